@@ -1,0 +1,1 @@
+"""Shared pieces of civic-iot: settings, the device registry, topic names and the CLI."""

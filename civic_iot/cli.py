@@ -1,0 +1,122 @@
+"""The ``civic-iot`` command line: one entry point for every process and tool."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from civic_iot import broker
+from civic_iot.registry import Device, load_registry, save_registry
+from civic_iot.settings import REPO_ROOT, get_settings
+
+app = typer.Typer(help="civic-iot: civic disaster-monitoring IoT platform.", no_args_is_help=True)
+stack_app = typer.Typer(help="The native stack: Mosquitto, Kafka (KRaft), InfluxDB 2.7.")
+devices_app = typer.Typer(help="The device registry and the broker credentials made from it.")
+app.add_typer(stack_app, name="stack")
+app.add_typer(devices_app, name="devices")
+console = Console()
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _stack(command: str) -> None:
+    rc = subprocess.call(["bash", str(REPO_ROOT / "deploy" / "stack.sh"), command])  # noqa: S603,S607
+    raise typer.Exit(rc)
+
+
+@stack_app.command("up")
+def stack_up() -> None:
+    """Install what is missing, start and health-check every service (idempotent)."""
+    _stack("up")
+
+
+@stack_app.command("down")
+def stack_down() -> None:
+    """Stop every service; data is kept."""
+    _stack("down")
+
+
+@stack_app.command("status")
+def stack_status() -> None:
+    """One line per service: health, pid, log."""
+    _stack("status")
+
+
+@devices_app.command("sync")
+def devices_sync(
+    quiet: Annotated[bool, typer.Option("--quiet", help="print nothing on success")] = False,
+) -> None:
+    """Regenerate Mosquitto's password and ACL files from the registry."""
+    settings = get_settings()
+    registry = load_registry(settings.registry)
+    out = broker.sync(registry, settings.data_dir)
+    if not quiet:
+        console.print(f"wrote {out}/passwd and {out}/acl for {len(registry)} devices")
+
+
+@devices_app.command("list")
+def devices_list(
+    kind: Annotated[str | None, typer.Option(help="air, water or seismic")] = None,
+) -> None:
+    """List the registered devices."""
+    registry = load_registry(get_settings().registry)
+    table = Table("id", "kind", "sensor", "lat", "lon", "township")
+    for d in registry:
+        if kind is None or d.kind == kind:
+            table.add_row(d.id, d.kind, d.sensor, f"{d.lat:.4f}", f"{d.lon:.4f}", d.township)
+    console.print(table)
+
+
+@devices_app.command("add")
+def devices_add(
+    device_id: Annotated[str, typer.Argument(help="unique device id")],
+    kind: Annotated[str, typer.Option(help="air, water or seismic")],
+    lat: Annotated[float, typer.Option(help="latitude, degrees WGS 84")],
+    lon: Annotated[float, typer.Option(help="longitude, degrees WGS 84")],
+    township: Annotated[str, typer.Option(help="township code from the registry")],
+    sensor: Annotated[str, typer.Option(help="e.g. pm2_5, flood, river, rain")] = "",
+) -> None:
+    """Register a device and regenerate the broker credentials."""
+    settings = get_settings()
+    registry = load_registry(settings.registry)
+    if registry.get(device_id) is not None:
+        console.print(f"[red]device {device_id!r} is already registered[/red]")
+        raise typer.Exit(1)
+    device = Device.model_validate(
+        {
+            "id": device_id,
+            "kind": kind,
+            "lat": lat,
+            "lon": lon,
+            "township": township,
+            "sensor": sensor,
+        }
+    )
+    new = registry.model_copy(update={"devices": (*registry.devices, device)})
+    type(registry).model_validate(new.model_dump())  # re-check townships and duplicates
+    save_registry(new, settings.registry)
+    broker.sync(new, settings.data_dir)
+    console.print(
+        f"registered {device_id}; broker credentials regenerated "
+        "(a running broker picks them up on `civic-iot stack up`, which sends SIGHUP)"
+    )
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

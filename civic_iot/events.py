@@ -1,0 +1,78 @@
+"""What travels between the processors and the alert service.
+
+An :class:`AlertCandidate` is a detector's finding for one hazard and one area, with
+its evidence. The processors publish one whenever a detector's level for that
+(hazard, area) changes, including back to level 0 (below the clear threshold); the
+alert service owns the lifecycle (new, update, cancel, hold times, acknowledgement).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+Hazard = Literal["air_quality", "flood", "river", "rain", "debris_flow", "earthquake"]
+Severity = Literal["Minor", "Moderate", "Severe", "Extreme"]
+
+
+class GridCell(BaseModel):
+    """One 0.1 deg x 0.1 deg cell of an earthquake's expected shaking."""
+
+    model_config = ConfigDict(frozen=True)
+
+    lat: float = Field(ge=-90, le=90, description="cell centre latitude, degrees")
+    lon: float = Field(ge=-180, le=180, description="cell centre longitude, degrees")
+    intensity: str = Field(description="expected CWA intensity level, e.g. '4' or '5-'")
+    s_wave_s: float = Field(description="seconds from detection until the S wave arrives")
+    township: str | None = None
+
+
+class Circle(BaseModel):
+    """A CAP circle: centre and radius in kilometres."""
+
+    model_config = ConfigDict(frozen=True)
+
+    lat: float = Field(ge=-90, le=90)
+    lon: float = Field(ge=-180, le=180)
+    radius_km: float = Field(ge=0)
+
+
+class AlertCandidate(BaseModel):
+    """A detector's finding for one hazard in one area."""
+
+    model_config = ConfigDict(frozen=True)
+
+    hazard: Hazard
+    #: Township code for most hazards; ``quake-<event id>`` for an earthquake.
+    area_code: str = Field(min_length=1)
+    area_desc: str = Field(min_length=1)
+    #: 0 means the value is back below the clear threshold; higher is worse.
+    level: int = Field(ge=0)
+    severity: Severity
+    headline: str
+    description: str = ""
+    metric: str = Field(description="what was measured, with its unit, e.g. 'aqi' or 'rain_24h_mm'")
+    value: float
+    threshold: float | None = None
+    #: Event time of the newest evidence (device clock).
+    event_time: AwareDatetime
+    #: When the detector decided (processing clock), for latency figures.
+    detected_at: AwareDatetime
+    devices: tuple[str, ...] = ()
+    geocodes: tuple[str, ...] = ()
+    polygon: tuple[tuple[float, float], ...] | None = None
+    circle: Circle | None = None
+    cells: tuple[GridCell, ...] = ()
+    evidence: dict[str, float | str] = Field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        """The lifecycle key: one alert per hazard and area."""
+        return f"{self.hazard}:{self.area_code}"
+
+
+def utc_iso(dt: datetime) -> str:
+    """An aware datetime as ISO 8601 with an explicit offset (CAP forbids ``Z``)."""
+    return dt.isoformat(timespec="seconds")
