@@ -1,0 +1,40 @@
+"""Exponential backoff with full jitter, for webhook retries.
+
+``delay = uniform(0, min(cap_s, base_s * 2**attempt))``: the "full jitter" of the AWS
+Architecture Blog's "Exponential Backoff And Jitter". Spreading retries over the whole
+window keeps many failing deliveries from hammering a receiver in lock-step when it comes
+back. Pure: the caller passes the random source, so tests are deterministic.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+__all__ = ["RandomSource", "ceiling", "delay"]
+
+#: Exponent beyond which ``2**attempt`` only overflows; any sane cap is reached long before.
+_MAX_EXPONENT = 62
+
+
+class RandomSource(Protocol):
+    """What :func:`delay` needs from a random generator (``random.Random`` has it)."""
+
+    def random(self) -> float:
+        """A float in [0, 1)."""
+        ...
+
+
+def ceiling(attempt: int, base_s: float, cap_s: float) -> float:
+    """The upper end of the delay window before retry ``attempt`` (0 = first retry), s."""
+    if attempt < 0:
+        msg = f"backoff attempt must be >= 0, got {attempt}"
+        raise ValueError(msg)
+    if base_s < 0 or cap_s < 0:
+        msg = f"backoff base_s and cap_s must be >= 0, got base_s={base_s} cap_s={cap_s}"
+        raise ValueError(msg)
+    return min(cap_s, base_s * 2.0 ** min(attempt, _MAX_EXPONENT))
+
+
+def delay(attempt: int, base_s: float, cap_s: float, rng: RandomSource) -> float:
+    """Seconds to wait before retry ``attempt`` (0 = first retry): in [0, ceiling)."""
+    return rng.random() * ceiling(attempt, base_s, cap_s)
