@@ -114,6 +114,26 @@ def devices_add(
     )
 
 
+@app.command("ingest")
+def ingest_cmd(
+    instance: Annotated[
+        str | None, typer.Option(help="stable instance id (MQTT session); default from settings")
+    ] = None,
+) -> None:
+    """Run the ingest bridge: MQTT devices/+/+ -> validated readings -> Kafka."""
+    import asyncio  # noqa: PLC0415
+
+    from ingest.service import run  # noqa: PLC0415 - keep CLI start-up light
+
+    settings = get_settings()
+    if instance is not None:
+        settings = settings.model_copy(
+            update={"ingest": settings.ingest.model_copy(update={"instance": instance})}
+        )
+    setup_logging(settings.log_level)
+    asyncio.run(run(settings))
+
+
 def main() -> None:
     app()
 

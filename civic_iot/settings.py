@@ -37,6 +37,27 @@ class MqttSettings(BaseModel):
     session_expiry_s: int = 3600
 
 
+class IngestSettings(BaseModel):
+    """The ingest bridge (MQTT -> Kafka)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    #: Stable per process: the MQTT client id is ``civic-ingest-{instance}``, and the broker
+    #: keeps that persistent session's unacknowledged messages while the process restarts.
+    instance: str = "0"
+    #: MQTT 5 Receive Maximum: unacknowledged messages the broker may have in flight to us.
+    receive_maximum: int = Field(default=2000, ge=1, le=65535)
+    #: Messages validated and produced per batch before their PUBACKs are sent.
+    max_batch: int = Field(default=1000, ge=1)
+    #: Readings older than this when they arrive are kept and flagged ``late``.
+    lateness_s: float = 3600.0
+    #: Readings stamped further ahead of the server clock are refused.
+    max_future_skew_s: float = 60.0
+    max_payload_bytes: int = 64 * 1024
+    #: Port of /health and /metrics (0 = off).
+    http_port: int = 9101
+
+
 class KafkaSettings(BaseModel):
     """Apache Kafka (KRaft)."""
 
@@ -77,8 +98,26 @@ class AlertSettings(BaseModel):
     sender: str = "alerts@civic-iot.example"
     http_host: str = "127.0.0.1"
     http_port: int = 8095
+    #: Attempts per webhook message (the first POST included) before it is dead-lettered.
     webhook_max_attempts: int = 6
+    #: Per-request timeout of a webhook POST (connect + send + response), seconds.
     webhook_timeout_s: float = 5.0
+    #: Exponential backoff with full jitter between webhook attempts: the window before
+    #: retry n is [0, min(cap, base * 2**n)), seconds.
+    webhook_backoff_base_s: float = 0.5
+    webhook_backoff_cap_s: float = 60.0
+    #: Messages waiting per webhook subscriber; beyond this a message is dead-lettered at
+    #: once rather than letting one dead receiver hold unbounded memory.
+    webhook_queue_size: int = 10_000
+    #: Webhook subscriptions (YAML); secrets are named by ``secret_ref`` (an environment
+    #: variable), never written in the file. A missing file means no webhooks.
+    subscriptions_file: Path = REPO_ROOT / "deploy" / "subscriptions.yaml"
+    #: Kafka consumer group of the candidate consumer.
+    consumer_group: str = "civic-alerts"
+    #: How often the lifecycle timers run (hold times, expiry), seconds.
+    tick_interval_s: float = 1.0
+    #: How long to wait for the broker's PUBACK of an MQTT alert before counting a retry.
+    mqtt_publish_timeout_s: float = 10.0
 
 
 class Settings(BaseSettings):
@@ -97,6 +136,7 @@ class Settings(BaseSettings):
     #: The device registry: the one source of broker credentials, ACLs and locations.
     registry: Path = Field(default=REPO_ROOT / "deploy" / "devices.yaml")
     mqtt: MqttSettings = MqttSettings()
+    ingest: IngestSettings = IngestSettings()
     kafka: KafkaSettings = KafkaSettings()
     influx: InfluxSettings = InfluxSettings()
     alerts: AlertSettings = AlertSettings()

@@ -1,0 +1,31 @@
+"""A tiny /health and /metrics endpoint shared by the processes (aiohttp)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+
+async def serve_health(
+    host: str, port: int, status: Callable[[], Mapping[str, object]]
+) -> web.AppRunner:
+    """Serve ``GET /health`` (JSON from ``status``) and ``GET /metrics`` (Prometheus)."""
+
+    async def health(_request: web.Request) -> web.Response:
+        return web.Response(
+            text=json.dumps(dict(status()), default=str), content_type="application/json"
+        )
+
+    async def metrics(_request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app = web.Application()
+    app.router.add_get("/health", health)
+    app.router.add_get("/metrics", metrics)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner

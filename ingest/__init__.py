@@ -1,0 +1,1 @@
+"""The device door: MQTT -> validated readings -> Kafka, with a dead-letter topic."""

@@ -1,0 +1,112 @@
+"""Small real-service helpers for integration tests (no fakes)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.reasoncodes import ReasonCode
+
+from civic_iot.registry import device_password, device_secret
+from civic_iot.settings import Settings
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class Device:
+    """A device publishing with its own credentials, QoS 1, waiting for each PUBACK."""
+
+    def __init__(self, settings: Settings, device_id: str, password: str | None = None) -> None:
+        self.id = device_id
+        self.acks: dict[int, ReasonCode] = {}
+        self._acked = threading.Condition()
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"{device_id}-{os.getpid()}-{time.time_ns()}",
+            protocol=mqtt.MQTTv5,
+        )
+        self.client.username_pw_set(
+            device_id, password or device_password(device_secret(settings.data_dir), device_id)
+        )
+        self.client.on_publish = self._on_publish
+        connected = threading.Event()
+        codes: list[ReasonCode] = []
+
+        def on_connect(_c: Any, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
+            codes.append(rc)
+            connected.set()
+
+        self.client.on_connect = on_connect
+        self.client.connect(settings.mqtt.host, settings.mqtt.port)
+        self.client.loop_start()
+        assert connected.wait(10), f"{device_id}: no CONNACK"
+        assert not codes[0].is_failure, f"{device_id}: connect refused: {codes[0]}"
+
+    def _on_publish(self, _c: Any, _u: Any, mid: int, rc: ReasonCode, _p: Any) -> None:
+        with self._acked:
+            self.acks[mid] = rc
+            self._acked.notify_all()
+
+    def publish(self, topic: str, payload: bytes | str, timeout: float = 10) -> ReasonCode:
+        info = self.client.publish(topic, payload, qos=1)
+        with self._acked:
+            assert self._acked.wait_for(lambda: info.mid in self.acks, timeout), "no PUBACK"
+            return self.acks[info.mid]
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def reading(ts: str | int, **values: float) -> str:
+    return json.dumps({"v": 1, "ts": ts, **values})
+
+
+async def read_topic(
+    settings: Settings, topic: str, *, want: int, timeout: float = 60
+) -> list[tuple[bytes | None, bytes]]:
+    """Read a topic from the beginning until ``want`` records arrived (or time out)."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka.bootstrap,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        metadata_max_age_ms=1000,
+    )
+    await consumer.start()
+    out: list[tuple[bytes | None, bytes]] = []
+    try:
+        deadline = time.monotonic() + timeout
+        while not (parts := consumer.partitions_for_topic(topic)):
+            assert time.monotonic() < deadline, f"topic {topic} never appeared"
+            await consumer._client.force_metadata_update()  # noqa: SLF001
+            await asyncio.sleep(0.2)
+        consumer.assign([TopicPartition(topic, p) for p in parts])
+        await consumer.seek_to_beginning()
+        while len(out) < want and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=500)
+            for recs in batch.values():
+                out += [(r.key, r.value) for r in recs if r.value is not None]
+        return out
+    finally:
+        await consumer.stop()
+
+
+def start_process(args: Iterable[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "civic_iot.cli", *args],
+        env={**os.environ, **env},
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+        cwd=REPO,
+    )
