@@ -1,0 +1,1 @@
+"""Faust agents and, beside them, the pure detectors they call."""

@@ -1,0 +1,404 @@
+"""Air quality: rolling means, real-time AQI and alert level per sensor, and per township.
+
+Reading fields (keys of ``values``) and units accepted by :func:`update_air`:
+
+===============  =======  ==========================================================
+key              unit     note
+===============  =======  ==========================================================
+``pm2_5_ugm3``   ug/m3    0..1000 plausible
+``pm10_ugm3``    ug/m3    0..2000 plausible
+``o3_ppb``       ppb      converted to ppm for the AQI
+``co_ppm``       ppm
+``no2_ppb``      ppb
+``so2_ppb``      ppb
+===============  =======  ==========================================================
+
+Other keys (temperature, humidity ...) are ignored, as are negative or non-finite values
+(the health detector reports those).
+
+How a sensor that reports every few minutes is averaged
+-------------------------------------------------------
+Readings go into clock-hour buckets (event time, UTC hours; Taiwan is a whole-hour
+offset so they are also local hours). An hour's value is the mean of its readings, and
+an hour is *valid* when it has at least one reading. The current, still filling hour
+counts as the newest hour. An N-hour mean is the mean of the valid hourly values among
+the current hour and the N-1 before it, so every hour weighs the same whatever the
+reporting rate. The "1 h" figures are the current hour's mean.
+
+The AQI inputs (source: domain.md, MOENV):
+
+* PM2.5, PM10: ``0.5 * mean12h + 0.5 * mean4h``, only when at least 2 of the last 4 and 6
+  of the last 12 hours are valid; PM2.5 rounded to 0.1 ug/m3, PM10 to 1 ug/m3.
+* O3 and CO: the 8-hour moving average, when at least ``min_valid_8h`` of the 8 hours are
+  valid; O3 also as the 1-hour value (see :mod:`.aqi` for the O3 rule).
+* NO2 and SO2: the current hour; SO2 also the 24-hour mean (used above AQI 200) when
+  at least ``min_valid_24h`` hours are valid.
+
+The alert level comes from a :class:`~.levels.LevelTracker` on the AQI.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Self
+
+from processors.detectors.aqi import (
+    MOENV_2025,
+    UNITS,
+    AqiResult,
+    AqiTables,
+    Pollutant,
+    compute_aqi,
+)
+from processors.detectors.levels import Ladder, LevelStep, LevelTracker, merge_thresholds
+from processors.detectors.windows import BucketSeries, epoch_s, from_epoch
+
+#: Reading field -> short pollutant name used in figures.
+AIR_FIELDS: Mapping[str, str] = {
+    "pm2_5_ugm3": "pm2_5",
+    "pm10_ugm3": "pm10",
+    "o3_ppb": "o3",
+    "co_ppm": "co",
+    "no2_ppb": "no2",
+    "so2_ppb": "so2",
+}
+
+HOUR_S = 3600
+
+#: Threshold names a region or device may override (AQI values), with ``aqi_warn`` as an
+#: alias of ``aqi_l1``.
+AIR_THRESHOLD_NAMES = ("aqi_l1", "aqi_l2", "aqi_l3", "aqi_clear_margin")
+
+
+@dataclass(frozen=True, slots=True)
+class AirConfig:
+    """Air detector configuration; every default is cited where it is set."""
+
+    # Real-time PM formula and its validity rule: MOENV via domain.md.
+    pm_short_hours: int = 4
+    pm_long_hours: int = 12
+    pm_min_valid_short: int = 2
+    pm_min_valid_long: int = 6
+    #: Valid hours needed for an 8-hour O3/CO average. *unconfirmed*: the US EPA 75 %
+    #: completeness convention (6 of 8); domain.md gives no number.
+    min_valid_8h: int = 6
+    #: Valid hours needed for the 24-hour SO2 mean. *unconfirmed*: US EPA 75 % (18 of 24).
+    min_valid_24h: int = 18
+    #: Hours of history kept per pollutant (the longest window, SO2 24 h).
+    history_hours: int = 24
+    # Alert ladder on the AQI: levels 1/2/3 above 100/150/200, i.e. from the first index
+    # of the orange, red and purple MOENV categories (101, 151, 201). Local choice.
+    aqi_l1: float = 101
+    aqi_l2: float = 151
+    aqi_l3: float = 201
+    #: A level is left only below its line minus this many AQI points. Local choice.
+    aqi_clear_margin: float = 10
+    #: Named threshold overrides per region (township code), applied before the device's.
+    regions: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    tables: AqiTables = MOENV_2025
+    # Township aggregation (local choices).
+    #: A township level needs this many sensors at or above it (fewer if it has fewer).
+    min_agreeing_sensors: int = 2
+    #: With this many agreeing sensors the finding is flagged a hot spot.
+    hotspot_min_sensors: int = 3
+    #: A sensor not heard for this long (event time) no longer counts for its township.
+    sensor_timeout_s: float = 3600.0
+
+    def ladder(
+        self, township: str | None = None, thresholds: Mapping[str, float] | None = None
+    ) -> Ladder:
+        """The AQI ladder after regional then per-device overrides (names above)."""
+        device = dict(thresholds or {})
+        if "aqi_warn" in device and "aqi_l1" not in device:
+            device["aqi_l1"] = device["aqi_warn"]
+        named = merge_thresholds(
+            {
+                "aqi_l1": self.aqi_l1,
+                "aqi_l2": self.aqi_l2,
+                "aqi_l3": self.aqi_l3,
+                "aqi_clear_margin": self.aqi_clear_margin,
+            },
+            self.regions.get(township) if township else None,
+            device,
+        )
+        margin = named["aqi_clear_margin"] or 0.0
+        return Ladder.of((named["aqi_l1"], named["aqi_l2"], named["aqi_l3"]), margin)
+
+
+@dataclass(frozen=True, slots=True)
+class AirState:
+    """One air sensor's hourly buckets (per reading field), clock and alert level."""
+
+    series: Mapping[str, BucketSeries] = field(default_factory=dict)
+    #: Newest event time seen, epoch seconds; windows end here.
+    clock: float | None = None
+    tracker: LevelTracker = field(default_factory=LevelTracker)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "series": {k: s.to_dict() for k, s in sorted(self.series.items())},
+            "clock": self.clock,
+            "tracker": self.tracker.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Self:
+        return cls(
+            series={k: BucketSeries.from_dict(s) for k, s in d.get("series", {}).items()},
+            clock=d.get("clock"),
+            tracker=LevelTracker.from_dict(d.get("tracker", {})),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PollutantMeans:
+    """Rolling means of one pollutant in its reading unit, and valid hours in 24 h."""
+
+    mean_1h: float | None
+    mean_8h: float | None
+    mean_24h: float | None
+    valid_hours_24h: int
+
+
+@dataclass(frozen=True, slots=True)
+class AirFigures:
+    """What one update derives, for storage and display.
+
+    ``aqi_inputs`` are the averaged concentrations given to :func:`.aqi.compute_aqi`
+    (keys and units of :mod:`.aqi`: PM ug/m3, O3 and CO ppm, SO2 and NO2 ppb).
+    """
+
+    as_of: datetime
+    means: Mapping[str, PollutantMeans]
+    aqi_inputs: Mapping[Pollutant, float]
+    aqi: AqiResult | None
+    level: int
+
+    def fields(self) -> dict[str, float]:
+        """Flat numeric fields with units in their names, e.g. ``pm2_5_ugm3_8h``."""
+        out: dict[str, float] = {}
+        for reading_field, m in self.means.items():
+            for suffix, value in (("1h", m.mean_1h), ("8h", m.mean_8h), ("24h", m.mean_24h)):
+                if value is not None:
+                    out[f"{reading_field}_{suffix}"] = value
+        for key, value in self.aqi_inputs.items():
+            out[f"aqi_input_{key}_{UNITS[key]}"] = value
+        if self.aqi is not None:
+            out["aqi"] = float(self.aqi.aqi)
+            for key, index in self.aqi.sub_indices.items():
+                out[f"aqi_sub_{key}"] = float(index)
+        out["level"] = float(self.level)
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class AirUpdate:
+    """The new state, the figures, the level step and whether the reading was kept."""
+
+    state: AirState
+    figures: AirFigures
+    step: LevelStep
+    #: False when every value was older than the kept history (or unusable).
+    accepted: bool
+
+
+def update_air(
+    state: AirState,
+    event_time: datetime,
+    values: Mapping[str, float],
+    config: AirConfig = AirConfig(),
+    *,
+    township: str | None = None,
+    thresholds: Mapping[str, float] | None = None,
+) -> AirUpdate:
+    """Add one reading (tz-aware event time, fields per the module table) and re-derive.
+
+    Out-of-order readings within the 24-hour history land in their hour and the figures
+    are recomputed as of the newest event time seen; older ones are dropped
+    (``accepted=False``). ``township`` selects regional overrides, ``thresholds`` the
+    device's (names in :data:`AIR_THRESHOLD_NAMES`).
+    """
+    t = epoch_s(event_time)
+    clock = t if state.clock is None else max(state.clock, t)
+    series = dict(state.series)
+    accepted = False
+    for reading_field, value in values.items():
+        if reading_field not in AIR_FIELDS or not math.isfinite(value) or value < 0:
+            continue
+        current = series.get(reading_field) or BucketSeries(HOUR_S, config.history_hours)
+        series[reading_field], kept = current.add(t, value, clock)
+        accepted = accepted or kept
+    series = {k: s.pruned(clock) for k, s in series.items()}
+
+    means = {k: _means(s, clock, config) for k, s in sorted(series.items())}
+    inputs = _aqi_inputs(series, clock, config)
+    result = compute_aqi(inputs, config.tables)
+    as_of = from_epoch(clock)
+    if result is None:
+        step = LevelStep(tracker=state.tracker, previous=state.tracker.level)
+    else:
+        step = state.tracker.update(result.aqi, config.ladder(township, thresholds), as_of)
+    new_state = AirState(series=series, clock=clock, tracker=step.tracker)
+    figures = AirFigures(as_of=as_of, means=means, aqi_inputs=inputs, aqi=result, level=step.level)
+    return AirUpdate(state=new_state, figures=figures, step=step, accepted=accepted)
+
+
+def _means(series: BucketSeries, now: float, config: AirConfig) -> PollutantMeans:
+    mean_1h, _ = series.mean_of_means(now, 1)
+    mean_8h, _ = series.mean_of_means(now, 8)
+    mean_24h, valid = series.mean_of_means(now, config.history_hours)
+    return PollutantMeans(mean_1h, mean_8h, mean_24h, valid)
+
+
+def _aqi_inputs(
+    series: Mapping[str, BucketSeries], now: float, config: AirConfig
+) -> dict[Pollutant, float]:
+    inputs: dict[Pollutant, float] = {}
+
+    def mean(reading_field: str, hours: int, min_valid: int) -> float | None:
+        s = series.get(reading_field)
+        if s is None:
+            return None
+        value, valid = s.mean_of_means(now, hours)
+        return value if valid >= min_valid else None
+
+    for reading_field, key in (("pm2_5_ugm3", "pm2_5"), ("pm10_ugm3", "pm10")):
+        long = mean(reading_field, config.pm_long_hours, config.pm_min_valid_long)
+        short = mean(reading_field, config.pm_short_hours, config.pm_min_valid_short)
+        if long is not None and short is not None:
+            pollutant: Pollutant = "pm2_5" if key == "pm2_5" else "pm10"
+            table = config.tables.get(pollutant)
+            inputs[pollutant] = float(table.quantise(0.5 * long + 0.5 * short))
+
+    o3_8h = mean("o3_ppb", 8, config.min_valid_8h)
+    if o3_8h is not None:
+        inputs["o3_8h"] = o3_8h / 1000.0  # ppb -> ppm
+    o3_1h = mean("o3_ppb", 1, 1)
+    if o3_1h is not None:
+        inputs["o3_1h"] = o3_1h / 1000.0
+    co_8h = mean("co_ppm", 8, config.min_valid_8h)
+    if co_8h is not None:
+        inputs["co_8h"] = co_8h
+    so2_1h = mean("so2_ppb", 1, 1)
+    if so2_1h is not None:
+        inputs["so2_1h"] = so2_1h
+    so2_24h = mean("so2_ppb", config.history_hours, config.min_valid_24h)
+    if so2_24h is not None:
+        inputs["so2_24h"] = so2_24h
+    no2_1h = mean("no2_ppb", 1, 1)
+    if no2_1h is not None:
+        inputs["no2_1h"] = no2_1h
+    return inputs
+
+
+# --- township aggregation -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SensorReport:
+    """A sensor's latest level and AQI as the township aggregator knows them."""
+
+    level: int
+    aqi: int | None
+    #: Event time of the report, epoch seconds.
+    last_seen: float
+
+
+@dataclass(frozen=True, slots=True)
+class TownshipAirState:
+    """The sensors heard recently in one township and the township's current level."""
+
+    sensors: Mapping[str, SensorReport] = field(default_factory=dict)
+    level: int = 0
+    clock: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "sensors": {
+                k: {"level": r.level, "aqi": r.aqi, "last_seen": r.last_seen}
+                for k, r in sorted(self.sensors.items())
+            },
+            "level": self.level,
+            "clock": self.clock,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Self:
+        return cls(
+            sensors={
+                k: SensorReport(int(r["level"]), r.get("aqi"), float(r["last_seen"]))
+                for k, r in d.get("sensors", {}).items()
+            },
+            level=int(d.get("level", 0)),
+            clock=d.get("clock"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TownshipUpdate:
+    """The township's level after one sensor report.
+
+    ``changed`` is what becomes an alert candidate (also back to 0); ``devices`` are the
+    sensors at or above the level, ``aqi`` the highest AQI among them.
+    """
+
+    state: TownshipAirState
+    level: int
+    previous: int
+    devices: tuple[str, ...]
+    hotspot: bool
+    aqi: int | None
+
+    @property
+    def changed(self) -> bool:
+        return self.level != self.previous
+
+
+def update_township(
+    state: TownshipAirState,
+    device_id: str,
+    level: int,
+    aqi: int | None,
+    event_time: datetime,
+    config: AirConfig = AirConfig(),
+    *,
+    registered_sensors: int | None = None,
+) -> TownshipUpdate:
+    """Record one sensor's level (0..3) and AQI at ``event_time`` and decide the township.
+
+    The township level is the highest level reached by at least
+    ``min(min_agreeing_sensors, n)`` sensors, where ``n`` is ``registered_sensors`` (the
+    registry's count for the township) or, when not given, the sensors heard within
+    ``sensor_timeout_s``; so a township with a single sensor follows that sensor. Pass
+    ``registered_sensors`` so that one noisy sensor cannot decide alone while its
+    neighbours are silent. A report older than the sensor's last one is ignored.
+    """
+    t = epoch_s(event_time)
+    clock = t if state.clock is None else max(state.clock, t)
+    sensors = dict(state.sensors)
+    known = sensors.get(device_id)
+    if known is None or t >= known.last_seen:
+        sensors[device_id] = SensorReport(level, aqi, t)
+    sensors = {k: r for k, r in sensors.items() if r.last_seen >= clock - config.sensor_timeout_s}
+
+    count = registered_sensors if registered_sensors is not None else len(sensors)
+    need = max(1, min(config.min_agreeing_sensors, count))
+    new_level = 0
+    agreeing: list[str] = []
+    for candidate in range(max((r.level for r in sensors.values()), default=0), 0, -1):
+        at_or_above = sorted(k for k, r in sensors.items() if r.level >= candidate)
+        if len(at_or_above) >= need:
+            new_level, agreeing = candidate, at_or_above
+            break
+    aqis = [a for k in agreeing if (a := sensors[k].aqi) is not None]
+    return TownshipUpdate(
+        state=TownshipAirState(sensors=sensors, level=new_level, clock=clock),
+        level=new_level,
+        previous=state.level,
+        devices=tuple(agreeing),
+        hotspot=new_level > 0 and len(agreeing) >= config.hotspot_min_sensors,
+        aqi=max(aqis, default=None),
+    )

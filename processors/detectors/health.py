@@ -1,0 +1,227 @@
+"""Sensor health: stuck values, implausible values, and devices gone silent.
+
+Per reading field (``pm2_5_ugm3``, ``flood_depth_cm`` ...) a :class:`QuantityRule` gives
+the plausible range and when a repeated value counts as stuck. :func:`update_health`
+checks one reading against them and reports the issues that opened or cleared, so a
+fault is reported once, not with every reading. :func:`silent_devices` is the separate,
+periodic check for devices that stopped reporting.
+
+Only readings newer than the last one seen extend a run of equal values: a late reading
+says nothing about which values were consecutive. Range checks apply to every reading.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal, Self
+
+from processors.detectors.windows import epoch_s, from_epoch
+
+Issue = Literal["stuck", "out_of_range", "silent"]
+ISSUES: tuple[Issue, ...] = ("stuck", "out_of_range", "silent")
+
+
+@dataclass(frozen=True, slots=True)
+class QuantityRule:
+    """Plausible range ``[min_value, max_value]`` and the stuck rule of one reading field.
+
+    A value is stuck when it repeats for ``stuck_count`` consecutive readings or for
+    ``stuck_minutes`` of event time (at least 3 readings), whichever comes first; ``None``
+    disables that half. ``stuck_exempt`` values never count as stuck (a dry rain gauge
+    or street reads 0 for weeks).
+    """
+
+    min_value: float
+    max_value: float
+    stuck_count: int | None = None
+    stuck_minutes: float | None = None
+    stuck_exempt: tuple[float, ...] = ()
+
+
+# Default rules. The ranges are the span of typical low-cost and hydrological sensors and
+# the stuck rules the project's starting choice: local values, not from domain.md; tune
+# them per fleet through HealthConfig.rules.
+DEFAULT_RULES: Mapping[str, QuantityRule] = {
+    "pm2_5_ugm3": QuantityRule(0, 1000, stuck_count=36, stuck_minutes=180),
+    "pm10_ugm3": QuantityRule(0, 2000, stuck_count=36, stuck_minutes=180),
+    "o3_ppb": QuantityRule(0, 1000, stuck_count=36, stuck_minutes=180),
+    "co_ppm": QuantityRule(0, 100, stuck_count=36, stuck_minutes=180),
+    "no2_ppb": QuantityRule(0, 3000, stuck_count=36, stuck_minutes=180),
+    "so2_ppb": QuantityRule(0, 2000, stuck_count=36, stuck_minutes=180),
+    "flood_depth_cm": QuantityRule(0, 500, stuck_count=60, stuck_minutes=360, stuck_exempt=(0.0,)),
+    # River stage is an elevation; some stations sit below mean sea level.
+    "water_level_m": QuantityRule(-20, 4000, stuck_minutes=24 * 60),
+    # Rain since the previous report (typically 1-10 minutes apart).
+    "rainfall_mm": QuantityRule(0, 200, stuck_count=12, stuck_exempt=(0.0,)),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class HealthConfig:
+    """Health rules by reading field; fields without a rule are not checked."""
+
+    rules: Mapping[str, QuantityRule] = field(default_factory=lambda: dict(DEFAULT_RULES))
+
+
+@dataclass(frozen=True, slots=True)
+class HealthFinding:
+    """One health issue of one device and reading field, open since ``since`` (event time)."""
+
+    device_id: str
+    quantity: str
+    issue: Issue
+    since: datetime
+    value: float | None = None
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """The current run of equal values of one field: value, first and last time, count."""
+
+    value: float
+    first: float
+    last: float
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class HealthState:
+    """Per field: the current run of equal values and the open issues (issue -> since)."""
+
+    runs: Mapping[str, Run] = field(default_factory=dict)
+    open: Mapping[str, Mapping[Issue, float]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "runs": {k: [r.value, r.first, r.last, r.count] for k, r in sorted(self.runs.items())},
+            "open": {k: dict(v) for k, v in sorted(self.open.items())},
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Self:
+        return cls(
+            runs={
+                k: Run(float(v), float(a), float(b), int(n))
+                for k, (v, a, b, n) in d.get("runs", {}).items()
+            },
+            open={
+                k: {i: float(v[i]) for i in ISSUES if i in v} for k, v in d.get("open", {}).items()
+            },
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class HealthUpdate:
+    """New state, the issues now open, and those that opened or cleared with this reading."""
+
+    state: HealthState
+    findings: tuple[HealthFinding, ...]
+    opened: tuple[HealthFinding, ...]
+    cleared: tuple[HealthFinding, ...]
+
+
+def update_health(
+    state: HealthState,
+    device_id: str,
+    event_time: datetime,
+    values: Mapping[str, float],
+    config: HealthConfig = HealthConfig(),
+) -> HealthUpdate:
+    """Check one reading's fields (units as in the field names) at tz-aware ``event_time``."""
+    t = epoch_s(event_time)
+    runs = dict(state.runs)
+    open_now: dict[str, dict[Issue, float]] = {k: dict(v) for k, v in state.open.items()}
+    opened: list[HealthFinding] = []
+    cleared: list[HealthFinding] = []
+
+    def set_issue(quantity: str, issue: Issue, active: bool, since: float, value: float) -> None:
+        issues = open_now.setdefault(quantity, {})
+        if active and issue not in issues:
+            issues[issue] = since
+            opened.append(_finding(device_id, quantity, issue, since, value))
+        elif not active and issue in issues:
+            cleared.append(_finding(device_id, quantity, issue, issues.pop(issue), value))
+
+    for quantity, value in values.items():
+        rule = config.rules.get(quantity)
+        if rule is None:
+            continue
+        plausible = math.isfinite(value) and rule.min_value <= value <= rule.max_value
+        set_issue(quantity, "out_of_range", not plausible, t, value)
+
+        run = runs.get(quantity)
+        if run is not None and t <= run.last:
+            continue  # late or duplicate: the run of consecutive values is unchanged
+        if run is not None and value == run.value:
+            run = Run(value, run.first, t, run.count + 1)
+        else:
+            run = Run(value, t, t, 1)
+        runs[quantity] = run
+        set_issue(quantity, "stuck", _is_stuck(run, rule), run.first, value)
+
+    open_clean = {k: v for k, v in open_now.items() if v}
+    findings = tuple(
+        _finding(device_id, q, i, since, values.get(q))
+        for q, issues in sorted(open_clean.items())
+        for i, since in sorted(issues.items())
+    )
+    return HealthUpdate(
+        state=HealthState(runs=runs, open=open_clean),
+        findings=findings,
+        opened=tuple(opened),
+        cleared=tuple(cleared),
+    )
+
+
+def _is_stuck(run: Run, rule: QuantityRule) -> bool:
+    if run.value in rule.stuck_exempt:
+        return False
+    by_count = rule.stuck_count is not None and run.count >= rule.stuck_count
+    by_time = (
+        rule.stuck_minutes is not None
+        and run.count >= 3
+        and run.last - run.first >= rule.stuck_minutes * 60
+    )
+    return by_count or by_time
+
+
+def _finding(
+    device_id: str, quantity: str, issue: Issue, since: float, value: float | None
+) -> HealthFinding:
+    details = {
+        "stuck": "same value repeated",
+        "out_of_range": "value outside the plausible range",
+        "silent": "no reading within the expected interval",
+    }
+    return HealthFinding(device_id, quantity, issue, from_epoch(since), value, details[issue])
+
+
+def silent_devices(
+    last_seen: Mapping[str, datetime],
+    now: datetime,
+    expected_interval_s: Mapping[str, float] | float,
+    factor: float = 3,
+) -> list[HealthFinding]:
+    """Devices whose last reading is more than ``factor`` expected intervals before ``now``.
+
+    ``expected_interval_s`` (seconds) is one value for all or one per device id; a device
+    missing from the mapping is not checked. ``now`` is the caller's clock (processing
+    time or the newest event time of the fleet). Sorted by device id; ``since`` is the
+    last reading's time.
+    """
+    found: list[HealthFinding] = []
+    now_s = epoch_s(now, "now")
+    for device_id, seen in sorted(last_seen.items()):
+        if isinstance(expected_interval_s, int | float):
+            interval: float | None = float(expected_interval_s)
+        else:
+            interval = expected_interval_s.get(device_id)
+        if interval is None:
+            continue
+        if now_s - epoch_s(seen, f"last_seen[{device_id}]") > factor * interval:
+            found.append(_finding(device_id, "*", "silent", epoch_s(seen), None))
+    return found

@@ -1,0 +1,167 @@
+"""Bounded event-time windows shared by the air and water detectors.
+
+* :class:`BucketSeries`: sums and counts per fixed-width bucket (an hour, ten minutes, a
+  local day), keyed by the bucket's start in epoch seconds. Only the newest ``keep``
+  buckets are kept, so memory is bounded whatever the reporting rate.
+* :class:`SampleBuffer`: the recent (time, value) samples of one gauge, sorted by event
+  time and bounded by age and count, with a least-squares slope for rates of rise.
+
+Both accept out-of-order readings inside their window and serialise to plain JSON.
+Times are epoch seconds (float) derived from tz-aware event times by :func:`epoch_s`.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Self
+
+
+def epoch_s(t: datetime, what: str = "event_time") -> float:
+    """Seconds since the Unix epoch of a tz-aware datetime; naive datetimes are refused."""
+    if t.tzinfo is None or t.utcoffset() is None:
+        msg = f"{what}: expected a timezone-aware datetime, got naive {t.isoformat()}"
+        raise ValueError(msg)
+    return t.timestamp()
+
+
+def from_epoch(s: float) -> datetime:
+    """The UTC datetime of epoch seconds."""
+    return datetime.fromtimestamp(s, tz=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class BucketSeries:
+    """Per-bucket (sum, count) of values in ``width_s``-second event-time buckets.
+
+    ``offset_s`` shifts bucket edges, e.g. ``8 * 3600`` with a one-day width gives local
+    days in Taiwan (UTC+8, no daylight saving). ``keep`` is how many buckets, counting the
+    newest, are kept; older ones are dropped.
+    """
+
+    width_s: int
+    keep: int
+    offset_s: int = 0
+    buckets: Mapping[int, tuple[float, int]] = field(default_factory=dict)
+
+    def start_of(self, t: float) -> int:
+        """The start (epoch seconds) of the bucket holding ``t``."""
+        return int((t + self.offset_s) // self.width_s) * self.width_s - self.offset_s
+
+    def oldest_kept(self, now: float) -> int:
+        """The start of the oldest bucket kept when the clock reads ``now``."""
+        return self.start_of(now) - (self.keep - 1) * self.width_s
+
+    def add(self, t: float, value: float, now: float) -> tuple[Self, bool]:
+        """Add ``value`` at time ``t``; ``now`` is the series clock (newest event time).
+
+        Returns the new series and whether the value was kept (False when ``t`` falls in a
+        bucket older than the ones kept).
+        """
+        now = max(now, t)
+        floor = self.oldest_kept(now)
+        start = self.start_of(t)
+        kept = {k: v for k, v in self.buckets.items() if k >= floor}
+        if start < floor:
+            return self._with(kept), False
+        total, count = kept.get(start, (0.0, 0))
+        kept[start] = (total + value, count + 1)
+        return self._with(kept), True
+
+    def pruned(self, now: float) -> Self:
+        """The series without buckets older than the window at ``now``."""
+        floor = self.oldest_kept(now)
+        return self._with({k: v for k, v in self.buckets.items() if k >= floor})
+
+    def last(self, now: float, n: int) -> list[tuple[int, float, int]]:
+        """(start, sum, count) of the existing buckets among the ``n`` newest at ``now``.
+
+        The newest bucket is the one holding ``now``, usually still filling.
+        """
+        newest = self.start_of(now)
+        oldest = newest - (n - 1) * self.width_s
+        return sorted(
+            (k, total, count) for k, (total, count) in self.buckets.items() if oldest <= k <= newest
+        )
+
+    def total(self, now: float, n: int) -> float:
+        """Sum of the values in the ``n`` newest buckets at ``now``."""
+        return sum(total for _, total, _ in self.last(now, n))
+
+    def mean_of_means(self, now: float, n: int) -> tuple[float | None, int]:
+        """Mean of the per-bucket means over the ``n`` newest buckets, and how many had data.
+
+        This is how hourly values become 4-, 8-, 12- or 24-hour averages: every hour
+        weighs the same whatever the number of readings in it.
+        """
+        means = [total / count for _, total, count in self.last(now, n) if count > 0]
+        return (sum(means) / len(means) if means else None), len(means)
+
+    def _with(self, buckets: dict[int, tuple[float, int]]) -> Self:
+        return type(self)(self.width_s, self.keep, self.offset_s, buckets)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "width_s": self.width_s,
+            "keep": self.keep,
+            "offset_s": self.offset_s,
+            "buckets": [[k, total, count] for k, (total, count) in sorted(self.buckets.items())],
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Self:
+        return cls(
+            width_s=int(d["width_s"]),
+            keep=int(d["keep"]),
+            offset_s=int(d.get("offset_s", 0)),
+            buckets={int(k): (float(total), int(count)) for k, total, count in d["buckets"]},
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SampleBuffer:
+    """Recent (epoch seconds, value) samples sorted by time, bounded by age and count."""
+
+    samples: tuple[tuple[float, float], ...] = ()
+
+    def add(self, t: float, value: float, keep_s: float, max_len: int) -> Self:
+        """Insert a sample in time order; a second sample at the same time replaces the first.
+
+        Samples older than ``keep_s`` before the newest are dropped, then the oldest
+        beyond ``max_len``.
+        """
+        items = [s for s in self.samples if s[0] != t]
+        bisect.insort(items, (t, value))
+        newest = items[-1][0]
+        items = [s for s in items if s[0] >= newest - keep_s][-max_len:]
+        return type(self)(tuple(items))
+
+    def slope_per_s(
+        self, now: float, window_s: float, min_samples: int, min_span_s: float
+    ) -> float | None:
+        """Least-squares slope (value units per second) over samples in ``[now - window_s, now]``.
+
+        ``None`` when fewer than ``min_samples`` samples or they span less than
+        ``min_span_s`` seconds: two readings a second apart say nothing about a trend.
+        """
+        pts = [(t, v) for t, v in self.samples if now - window_s <= t <= now]
+        if len(pts) < max(min_samples, 2) or pts[-1][0] - pts[0][0] < min_span_s:
+            return None
+        t0 = pts[0][0]
+        n = len(pts)
+        mean_t = sum(t - t0 for t, _ in pts) / n
+        mean_v = sum(v for _, v in pts) / n
+        var_t = sum((t - t0 - mean_t) ** 2 for t, _ in pts)
+        if var_t == 0:
+            return None
+        cov = sum((t - t0 - mean_t) * (v - mean_v) for t, v in pts)
+        return cov / var_t
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"samples": [[t, v] for t, v in self.samples]}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Self:
+        return cls(tuple((float(t), float(v)) for t, v in d.get("samples", [])))

@@ -1,0 +1,444 @@
+"""Water detectors: flood depth, river stage, rates of rise, rain classes, debris flow."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from processors.detectors.water import (
+    DebrisFlowConfig,
+    DebrisFlowState,
+    DebrisFlowUpdate,
+    FloodConfig,
+    GaugeState,
+    GaugeUpdate,
+    RainClass,
+    RainConfig,
+    RainState,
+    RainUpdate,
+    antecedent_rain,
+    mark_strong_shaking,
+    update_debris_flow,
+    update_flood,
+    update_rain,
+    update_river,
+)
+
+T0 = datetime(2025, 7, 1, tzinfo=UTC)
+DEFAULT_RAIN = RainConfig()
+DEFAULT_DEBRIS = DebrisFlowConfig()
+
+
+def at(hours: float = 0, minutes: float = 0) -> datetime:
+    return T0 + timedelta(hours=hours, minutes=minutes)
+
+
+def flood_run(readings: Sequence[tuple[float, float]], **kwargs: object) -> list[GaugeUpdate]:
+    """(minute, depth cm) readings through update_flood."""
+    state = GaugeState()
+    out = []
+    for minute, depth in readings:
+        update = update_flood(state, at(minutes=minute), depth, **kwargs)  # type: ignore[arg-type]
+        state = update.state
+        out.append(update)
+    return out
+
+
+def river_run(
+    readings: Sequence[tuple[float, float]], thresholds: dict[str, float] | None = None
+) -> list[GaugeUpdate]:
+    state = GaugeState()
+    out = []
+    for minute, stage in readings:
+        update = update_river(state, at(minutes=minute), stage, thresholds=thresholds)
+        state = update.state
+        out.append(update)
+    return out
+
+
+# --- flood ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("depth_cm", "level"),
+    [(0, 0), (9.9, 0), (10, 1), (29.9, 1), (30, 2), (49.9, 2), (50, 3), (120, 3)],
+)
+def test_flood_ladder_edges(depth_cm: float, level: int) -> None:
+    (update,) = flood_run([(0, depth_cm)])
+    assert update.figures.level == level
+    assert update.level_step.changed is (level > 0)
+
+
+def test_flood_hysteresis() -> None:
+    depths = [10, 6, 10.5, 5, 4.9, 9.9, 30, 25.1, 24.9]
+    levels = [u.figures.level for u in flood_run([(i, d) for i, d in enumerate(depths)])]
+    assert levels == [1, 1, 1, 1, 0, 0, 2, 2, 1]
+
+
+def test_flood_device_and_region_overrides() -> None:
+    (update,) = flood_run([(0, 15)], thresholds={"flood_depth_cm_l1": 20})
+    assert update.figures.level == 0
+    config = FloodConfig(regions={"6300100": {"flood_depth_cm_l1": 5}})
+    (update,) = flood_run([(0, 6)], config=config, township="6300100")
+    assert update.figures.level == 1
+    assert update.figures.threshold == 5
+
+
+def test_flood_rate_of_rise() -> None:
+    # +3 cm every 2 minutes = 15 cm per 10 min
+    updates = flood_run([(2 * i, 3.0 * i) for i in range(6)])
+    rates = [u.figures.rise_cm_per_10min for u in updates]
+    assert rates[:3] == [None, None, None]  # fewer than 3 samples, or under 5 minutes
+    assert rates[3] == pytest.approx(15.0)
+    assert [u.figures.rising for u in updates] == [False, False, False, True, True, True]
+    assert updates[3].rise_step.changed
+    assert not updates[4].rise_step.changed
+    fields = updates[3].figures.fields("flood_depth_cm")
+    assert fields["flood_depth_cm"] == 9.0
+    assert fields["rise_cm_per_10min"] == pytest.approx(15.0)
+    assert fields["rising"] == 1.0
+    assert "rise_cm_per_10min" not in updates[0].figures.fields("flood_depth_cm")
+
+
+def test_flood_rise_clears_below_half_the_threshold() -> None:
+    readings = [(2 * i, 3.0 * i) for i in range(6)]  # rising 15 cm / 10 min
+    readings += [(10 + 2 * i, 15.0 + 0.8 * i) for i in range(1, 12)]  # then 4 cm / 10 min
+    updates = flood_run(readings)
+    assert updates[5].figures.rising
+    assert not updates[-1].figures.rising
+    assert updates[-1].figures.rise_cm_per_10min == pytest.approx(4.0)
+
+
+def test_flood_late_reading_does_not_move_the_level() -> None:
+    updates = flood_run([(0, 40), (10, 0), (5, 60)])
+    assert [u.figures.level for u in updates] == [2, 0, 0]
+    assert updates[2].late
+    assert not updates[2].level_step.changed
+    assert updates[2].figures.value == 0  # the newest value, not the late one
+    assert [t for t, _ in updates[2].state.samples.samples] == sorted(
+        t for t, _ in updates[2].state.samples.samples
+    )
+
+
+def test_rise_window_expires() -> None:
+    updates = flood_run([(0, 0), (2, 10), (4, 20), (6, 30), (60, 30)])
+    assert updates[3].figures.rising
+    assert updates[4].figures.rise_cm_per_10min is None  # nothing else in the last 20 min
+
+
+def test_gauge_samples_stay_bounded() -> None:
+    updates = flood_run([(i * 0.25, 1.0) for i in range(2000)])
+    assert len(updates[-1].state.samples.samples) <= 240
+
+
+def test_gauge_state_round_trip() -> None:
+    state = flood_run([(2 * i, 3.0 * i) for i in range(6)])[-1].state
+    restored = GaugeState.from_dict(json.loads(json.dumps(state.to_dict())))
+    assert restored == state
+
+
+def test_gauge_refuses_non_finite_values() -> None:
+    with pytest.raises(ValueError, match="finite"):
+        update_flood(GaugeState(), at(), float("nan"))
+
+
+# --- river ---------------------------------------------------------------------------
+
+RIVER = {"river_level_m_l3": 10.0, "river_level_m_l2": 11.0, "river_level_m_l1": 12.0}
+
+
+def test_river_without_warning_levels_never_alerts() -> None:
+    updates = river_run([(0, 5.0), (1, 50.0), (2, 500.0)])
+    assert [u.figures.level for u in updates] == [0, 0, 0]
+    assert not updates[-1].figures.has_levels
+
+
+@pytest.mark.parametrize(
+    ("stage_m", "level"),
+    [(9.99, 0), (10.0, 1), (10.99, 1), (11.0, 2), (11.99, 2), (12.0, 3), (15.0, 3)],
+)
+def test_river_levels_yellow_orange_red(stage_m: float, level: int) -> None:
+    (update,) = river_run([(0, stage_m)], RIVER)
+    assert update.figures.level == level
+    assert update.figures.has_levels
+
+
+def test_river_hysteresis() -> None:
+    stages = [12.0, 11.95, 11.91, 11.89, 10.95, 10.89]
+    levels = [u.figures.level for u in river_run(list(enumerate(stages)), RIVER)]
+    assert levels == [3, 3, 3, 2, 2, 1]
+
+
+def test_river_with_only_a_red_line() -> None:
+    (update,) = river_run([(0, 12.6)], {"river_level_m_l1": 12.5})
+    assert update.figures.level == 3
+    assert update.figures.threshold == 12.5
+
+
+def test_river_rise_is_in_cm_per_10_minutes() -> None:
+    # +0.05 m every 2 minutes = 25 cm per 10 min
+    updates = river_run([(2 * i, 8.0 + 0.05 * i) for i in range(5)])
+    assert updates[-1].figures.rise_cm_per_10min == pytest.approx(25.0)
+    assert updates[-1].figures.rising
+    assert updates[-1].figures.level == 0  # rising is a separate signal
+
+
+# --- rain ----------------------------------------------------------------------------
+
+
+def rain_run(readings: list[tuple[datetime, float]], state: RainState | None = None) -> RainUpdate:
+    state = state or RainState()
+    update = None
+    for t, mm in readings:
+        update = update_rain(state, t, mm)
+        state = update.state
+    assert update is not None
+    return update
+
+
+@pytest.mark.parametrize(
+    ("readings", "level"),
+    [
+        # 1 h criterion of heavy rain: 40 mm
+        ([39.9], 0),
+        ([40.0], 1),
+        # 3 h criteria: 3 readings an hour apart; 99.9 mm still heavy by 24 h >= 80
+        ([33.3, 33.3, 33.3], 1),
+        ([33.4, 33.3, 33.3], 2),
+        ([66.6, 66.7, 66.6], 2),  # 199.9 mm in 3 h, 24 h criterion of 200 not reached
+        ([66.7, 66.7, 66.6], 3),  # 200 mm / 3 h: torrential (unconfirmed criterion)
+        # 24 h criteria: 20 hourly readings, each too small for the 1 h and 3 h criteria
+        ([4.0] * 19 + [3.9], 0),
+        ([4.0] * 20, 1),
+        ([10.0] * 19 + [9.9], 1),
+        ([10.0] * 20, 2),
+        ([17.5] * 19 + [17.4], 2),
+        ([17.5] * 20, 3),
+        ([25.0] * 19 + [24.9], 3),
+        ([25.0] * 20, 4),
+    ],
+)
+def test_rain_class_edges(readings: list[float], level: int) -> None:
+    update = rain_run([(at(h), mm) for h, mm in enumerate(readings)])
+    assert update.figures.level == level
+
+
+def test_rain_class_names() -> None:
+    update = rain_run([(at(), 40.0)])
+    assert (update.figures.class_en, update.figures.class_zh) == ("heavy rain", "大雨")
+    assert update.step.changed
+    assert rain_run([(at(), 1.0)]).figures.class_en is None
+
+
+def test_rain_accumulation_windows_and_expiry() -> None:
+    state = rain_run([(at(), 50.0)]).state
+    still = update_rain(state, at(minutes=50), 0.0)
+    assert still.figures.rain_1h_mm == 50.0
+    gone = update_rain(still.state, at(minutes=60), 0.0)
+    assert gone.figures.rain_1h_mm == 0.0
+    assert gone.figures.rain_3h_mm == 50.0
+    assert gone.figures.level == 0  # 1 h below 36 mm and 24 h below 72 mm
+    assert gone.step.changed
+    later = update_rain(gone.state, at(24), 0.0)
+    assert later.figures.rain_24h_mm == 0.0
+
+
+def rain_levels(
+    readings: Sequence[tuple[float, float]], config: RainConfig = DEFAULT_RAIN
+) -> list[int]:
+    state = RainState()
+    levels = []
+    for minutes, mm in readings:
+        update = update_rain(state, at(minutes=minutes), mm, config)
+        state = update.state
+        levels.append(update.figures.level)
+    return levels
+
+
+def test_rain_class_hysteresis() -> None:
+    hourly_only = RainConfig(classes=(RainClass(1, "heavy rain", "大雨", ((1, 40.0),)),))
+    readings = [(0, 40.0), (30, 37.0), (60, 0.0), (90, 0.0)]
+    # at 60 min the 40 mm left the hour but 37 mm >= 0.9 * 40 still holds heavy rain;
+    # at 90 min the hour is empty
+    assert rain_levels(readings, hourly_only) == [1, 1, 1, 0]
+    # with the CWA classes the 24 h total (77 mm >= 0.9 * 80) holds it too
+    assert rain_levels(readings) == [1, 1, 1, 1]
+    # 39.9 mm after 40 mm left the hour: 1 h 39.9 would not enter, but holds
+    assert rain_levels([(0, 40.0), (30, 39.9), (60, 0.0)], hourly_only) == [1, 1, 1]
+    assert rain_levels([(30, 39.9), (60, 0.0)], hourly_only) == [0, 0]
+
+
+def test_duplicate_delivery_is_not_counted_twice() -> None:
+    first = rain_run([(at(), 5.0)])
+    again = update_rain(first.state, at(), 5.0)
+    assert again.duplicate
+    assert again.added_mm == 0.0
+    assert again.figures.rain_1h_mm == 5.0
+
+
+def test_out_of_order_rain_is_counted() -> None:
+    update = rain_run([(at(minutes=20), 2.0), (at(minutes=10), 3.0)])
+    assert update.figures.rain_1h_mm == 5.0
+    assert update.figures.as_of == at(minutes=20)
+    assert not update.duplicate
+
+
+def test_daily_totals_use_taiwan_local_days() -> None:
+    # 15:30 UTC is 23:30 local; 16:30 UTC is 00:30 the next local day
+    update = rain_run([(at(15, 30), 3.0), (at(16, 30), 2.0)])
+    assert update.figures.daily_mm[:2] == (2.0, 3.0)
+    assert len(update.figures.daily_mm) == 8
+
+
+def test_rain_older_than_24_hours_still_counts_for_its_day() -> None:
+    state = rain_run([(at(40), 1.0)]).state
+    late = update_rain(state, at(10), 7.0)  # 30 h late, still within the kept days
+    assert late.figures.rain_24h_mm == 1.0
+    assert late.added_mm == 7.0
+    assert sum(late.figures.daily_mm) == 8.0
+
+
+def test_rain_state_stays_bounded_and_round_trips() -> None:
+    update = rain_run([(at(minutes=5 * i), 0.2) for i in range(3000)])
+    assert len(update.state.tens.buckets) <= 144
+    assert len(update.state.days.buckets) <= 8
+    assert len(update.state.recent) <= 64
+    restored = RainState.from_dict(json.loads(json.dumps(update.state.to_dict())))
+    assert restored == update.state
+
+
+def test_rain_refuses_negative_amounts() -> None:
+    with pytest.raises(ValueError, match="rainfall_mm"):
+        update_rain(RainState(), at(), -1.0)
+
+
+# --- debris flow ---------------------------------------------------------------------
+
+
+def test_antecedent_rain_arithmetic() -> None:
+    daily = (5.0, 10.0, 20.0, 0.0, 0.0, 0.0, 0.0, 30.0)
+    # 0.7 * 10 + 0.7^2 * 20 + 0.7^7 * 30 = 7 + 9.8 + 2.470629; today's 5 mm is excluded
+    assert antecedent_rain(daily, 0.7, 7) == pytest.approx(19.270629)
+    assert antecedent_rain(daily, 0.7, 1) == pytest.approx(7.0)
+    assert antecedent_rain(daily, 0.5, 7) == pytest.approx(5 + 5 + 30 / 128)
+
+
+class Gauge:
+    """Rain and debris-flow state of one gauge, fed together as an agent would."""
+
+    def __init__(self, config: DebrisFlowConfig = DEFAULT_DEBRIS) -> None:
+        self.rain = RainState()
+        self.debris = DebrisFlowState()
+        self.config = config
+
+    def report(
+        self, t: datetime, mm: float, r70: float | None = 30.0, r50: float | None = None
+    ) -> DebrisFlowUpdate:
+        rain = update_rain(self.rain, t, mm)
+        self.rain = rain.state
+        update = update_debris_flow(self.debris, rain, self.config, r70_mm=r70, r50_mm=r50)
+        self.debris = update.state
+        return update
+
+
+def test_event_starts_at_4_mm_per_hour_and_ends_after_6_dry_hours() -> None:
+    gauge = Gauge()
+    assert not gauge.report(at(0), 2.0).figures.in_event
+    start = gauge.report(at(0, 10), 2.0)  # 1 h rain reaches 4 mm
+    assert start.event_started
+    assert start.figures.event_rain_mm == 4.0  # the starting hour belongs to the event
+    assert start.figures.event_start == at(0, 10) - timedelta(minutes=50)
+    for hour in range(1, 6):
+        assert not gauge.report(at(0, 10) + timedelta(hours=hour), 0.0).event_ended
+    end = gauge.report(at(6, 10), 0.0)
+    assert end.event_ended
+    assert not end.figures.in_event
+    assert end.figures.event_rain_mm == 0.0
+
+
+def test_rain_after_the_start_accumulates_and_rti_is_i_times_rt() -> None:
+    gauge = Gauge()
+    # yesterday (local July 1): 20 mm, and an event that ends after 6 dry hours
+    first = gauge.report(at(2), 20.0, r70=20.0)
+    assert first.figures.level == 2  # observed event rain reached R70 = 20
+    for hour in range(3, 8):
+        assert not gauge.report(at(hour), 0.0, r70=20.0).event_ended
+    ended = gauge.report(at(8), 0.0, r70=20.0)
+    assert ended.event_ended
+    assert ended.figures.level == 0
+    assert ended.step.changed
+
+    # today (local July 2 starts at 16:00 UTC): a new event
+    day2 = at(24)
+    start = gauge.report(day2, 10.0)
+    assert start.event_started
+    assert start.figures.antecedent_mm == pytest.approx(14.0)  # 0.7 * 20
+    assert start.figures.rt_mm == pytest.approx(24.0)
+    assert start.figures.intensity_mm_h == 10.0
+    assert start.figures.rti == pytest.approx(240.0)
+    assert start.figures.level == 0  # event rain 10 < 0.8 * 30
+    yellow = gauge.report(day2 + timedelta(minutes=10), 15.0)
+    assert yellow.figures.event_rain_mm == 25.0
+    assert yellow.figures.rti == pytest.approx(25.0 * 39.0)
+    assert (yellow.figures.level, yellow.step.changed) == (1, True)
+    red = gauge.report(day2 + timedelta(minutes=20), 5.0)
+    assert (red.figures.level, red.step.escalated) == (2, True)
+    assert red.figures.threshold_kind == "r70"
+
+
+def test_effective_rain_comparison() -> None:
+    gauge = Gauge(DebrisFlowConfig(compare="effective"))
+    gauge.report(at(2), 20.0, r70=None)
+    for hour in range(3, 9):
+        gauge.report(at(hour), 0.0, r70=None)
+    start = gauge.report(at(24), 10.0)
+    assert start.figures.rt_mm == pytest.approx(24.0)
+    assert start.figures.level == 1  # Rt 24 >= 0.8 * 30
+
+
+def test_without_r70_no_level() -> None:
+    update = Gauge().report(at(), 80.0, r70=None)
+    assert update.figures.in_event
+    assert update.figures.level == 0
+    assert update.figures.threshold_mm is None
+
+
+def test_r50_after_strong_shaking() -> None:
+    gauge = Gauge()
+    gauge.debris = mark_strong_shaking(gauge.debris)
+    update = gauge.report(at(), 22.0, r70=50.0, r50=20.0)
+    assert (update.figures.threshold_kind, update.figures.threshold_mm) == ("r50", 20.0)
+    assert update.figures.level == 2
+    # R50 requested but unknown: R70 is used and said
+    other = Gauge()
+    other.debris = mark_strong_shaking(other.debris)
+    update = other.report(at(), 22.0, r70=50.0)
+    assert (update.figures.threshold_kind, update.figures.level) == ("r70", 0)
+    assert not mark_strong_shaking(gauge.debris, on=False).strong_shaking
+
+
+def test_r50_from_config() -> None:
+    gauge = Gauge(DebrisFlowConfig(use_r50=True))
+    update = gauge.report(at(), 22.0, r70=50.0, r50=25.0)
+    assert (update.figures.threshold_kind, update.figures.level) == ("r50", 1)
+
+
+def test_late_rain_before_the_event_start_is_not_event_rain() -> None:
+    gauge = Gauge()
+    gauge.report(at(3), 10.0)  # event starts; it begins at 02:10
+    late_in = gauge.report(at(2, 30), 1.0)
+    assert late_in.figures.event_rain_mm == 11.0
+    late_out = gauge.report(at(1), 1.0)
+    assert late_out.figures.event_rain_mm == 11.0
+
+
+def test_debris_flow_state_round_trip() -> None:
+    gauge = Gauge()
+    gauge.report(at(), 12.0)
+    gauge.debris = mark_strong_shaking(gauge.debris)
+    restored = DebrisFlowState.from_dict(json.loads(json.dumps(gauge.debris.to_dict())))
+    assert restored == gauge.debris
+    assert restored.event_start is not None
