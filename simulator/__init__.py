@@ -1,0 +1,1 @@
+"""Synthetic sensor data for tests, replays and benchmarks."""
