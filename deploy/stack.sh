@@ -35,9 +35,10 @@ apt_install() {
 
 # ---------------------------------------------------------------- installs
 ensure_python() {
-  if [[ ! -x "$py" ]] || ! "$py" -c 'import civic_iot, faust, paho' 2>/dev/null; then
+  if [[ ! -x "$py" ]] || ! "$py" -c 'import civic_iot, faust, paho, pytest' 2>/dev/null; then
     say "creating the Python environment in .venv"
-    python3 -m venv "$repo/.venv"
+    command -v python3 >/dev/null || apt_install python3 python3-venv
+    python3 -m venv "$repo/.venv" || { apt_install python3-venv; python3 -m venv "$repo/.venv"; }
     "$repo/.venv/bin/pip" install -q --upgrade pip
     "$repo/.venv/bin/pip" install -q -c "$repo/constraints.txt" -e "$repo[dev]"
   fi
@@ -211,5 +212,6 @@ case $cmd in
   status) status ;;
   reset) stop influxdb; stop kafka; stop mosquitto; rm -rf "$data"; say "data removed: $data" ;;
   install) mkdir -p "$data"; ensure_packages; ensure_python; ensure_kafka; ensure_influxd ;;
-  *) die "usage: stack.sh up|down|status|reset|install" ;;
+  install-python) mkdir -p "$data"; ensure_python ;;
+  *) die "usage: stack.sh up|down|status|reset|install|install-python" ;;
 esac
