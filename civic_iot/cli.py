@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from civic_iot import broker
+from civic_iot.grafana import grafana_app
 from civic_iot.registry import Device, load_registry, save_registry
 from civic_iot.settings import REPO_ROOT, get_settings
 
@@ -20,6 +21,7 @@ stack_app = typer.Typer(help="The native stack: Mosquitto, Kafka (KRaft), Influx
 devices_app = typer.Typer(help="The device registry and the broker credentials made from it.")
 app.add_typer(stack_app, name="stack")
 app.add_typer(devices_app, name="devices")
+app.add_typer(grafana_app, name="grafana", help="Provision Grafana (datasource, folder, dashboards).")
 console = Console()
 
 

@@ -24,7 +24,7 @@ from typing import Annotated, Any, Literal, Protocol, cast
 
 import typer
 from grafana_client.api import GrafanaApi
-from grafana_client.client import GrafanaClientError
+from grafana_client.client import GrafanaClientError, GrafanaException
 
 from civic_iot.settings import REPO_ROOT, InfluxSettings, get_settings, influx_token
 
@@ -38,16 +38,21 @@ __all__ = [
     "FOLDER_UID",
     "GrafanaAuth",
     "GrafanaProvisionError",
+    "PanelQuery",
     "ProvisionSummary",
     "bind_buckets",
+    "bind_flux",
     "dashboard_payload",
     "datasource_payload",
     "folder_payload",
     "grafana_app",
     "load_dashboards",
+    "panel_queries",
     "provision",
     "provision_with",
+    "render_flux",
     "resolve_auth",
+    "variable_query",
 ]
 
 Json = dict[str, Any]
@@ -63,6 +68,8 @@ DASHBOARDS_DIR = REPO_ROOT / "deploy" / "grafana" / "dashboards"
 MIN_INTERVAL = "1s"
 
 _HTTP_NOT_FOUND = 404
+#: What grafana-client raises: HTTP errors and timeouts, and (niquests) connection errors.
+_FAILURES = (GrafanaException, OSError)
 # The committed dashboards name the default buckets; a deployment that renames them (or a
 # test with its own buckets) gets the queries rewritten by bind_buckets.
 _DEFAULT_BUCKETS = InfluxSettings()
@@ -70,7 +77,7 @@ _BUCKET_REF = re.compile(r'\bbucket: "([^"]+)"')
 
 
 class GrafanaProvisionError(RuntimeError):
-    """Grafana refused a provisioning request; the message names the object."""
+    """Grafana could not be reached or refused a request; the message names the object."""
 
 
 # ------------------------------------------------------------------------ payloads (pure)
@@ -162,6 +169,81 @@ def load_dashboards(directory: Path = DASHBOARDS_DIR) -> list[Json]:
     return [cast(Json, json.loads(p.read_text(encoding="utf-8"))) for p in paths]
 
 
+@dataclass(frozen=True, slots=True)
+class PanelQuery:
+    """One Flux query of a dashboard: a panel target or a query variable."""
+
+    dashboard_uid: str
+    title: str  # panel title, or ``$name`` for a variable
+    ref_id: str
+    query: str
+
+
+def panel_queries(dashboard: Mapping[str, Any]) -> list[PanelQuery]:
+    """Every panel target's Flux query, rows' nested panels included."""
+    uid = str(dashboard.get("uid", ""))
+    out: list[PanelQuery] = []
+    panels: list[Mapping[str, Any]] = list(dashboard.get("panels", []))
+    while panels:
+        panel = panels.pop(0)
+        panels.extend(panel.get("panels", []))
+        for target in panel.get("targets", []):
+            out.append(PanelQuery(uid, str(panel["title"]), str(target["refId"]), target["query"]))
+    return out
+
+
+def variable_query(variable: Mapping[str, Any]) -> str:
+    """A query variable's Flux (stored as ``{"query": ...}`` or, by older Grafanas, a string)."""
+    query = variable.get("query", "")
+    return str(query.get("query", "") if isinstance(query, Mapping) else query)
+
+
+_VAR_REF = re.compile(r"\$\{(\w+)(?::(\w+))?\}|\$(\w+)")
+_REGEX_SPECIALS = re.compile(r"([\\^$.|?*+()\[\]{}/])")
+
+
+def _format_value(values: Sequence[str], fmt: str | None) -> str:
+    if fmt == "regex":
+        escaped = [_REGEX_SPECIALS.sub(r"\\\1", v) for v in values]
+        return escaped[0] if len(escaped) == 1 else "(" + "|".join(escaped) + ")"
+    if fmt == "json":
+        return json.dumps(list(values))
+    return values[0] if len(values) == 1 else "{" + ",".join(values) + "}"
+
+
+def render_flux(
+    query: str,
+    variables: Mapping[str, Sequence[str] | None],
+    *,
+    start: str,
+    stop: str,
+    window: str,
+) -> str:
+    """``query`` as Grafana sends it to InfluxDB: macros and template variables replaced.
+
+    ``variables`` maps a name to its selected values, or to ``None`` for "All" (the
+    variable's ``allValue``, ``.*`` on every civic-iot variable, inserted unformatted as
+    Grafana does). ``start``/``stop`` are Flux time expressions (``2025-01-01T00:00:00Z``,
+    ``-1h``), ``window`` a duration (``10s``). Raises ``KeyError`` for an unknown variable.
+    """
+
+    def swap(m: re.Match[str]) -> str:
+        name = m.group(1) or m.group(3)
+        if name.startswith("__"):  # Grafana's own (${__field.name} and friends)
+            return m.group(0)
+        values = variables[name]
+        return ".*" if values is None else _format_value(values, m.group(2))
+
+    rendered = _VAR_REF.sub(swap, query)
+    for macro, value in (
+        ("v.timeRangeStart", start),
+        ("v.timeRangeStop", stop),
+        ("v.windowPeriod", window),
+    ):
+        rendered = rendered.replace(macro, value)
+    return rendered
+
+
 def resolve_auth(token: str | None, user: str | None, password: str | None) -> GrafanaAuth:
     """A token, or a user with a password; exactly one of them."""
     if token and (user or password):
@@ -247,8 +329,8 @@ def provision_with(
         else:
             api.datasource.update_datasource_by_uid(DATASOURCE_UID, ds)
             ds_state = "updated"
-    except GrafanaClientError as exc:
-        msg = f"grafana refused datasource uid={DATASOURCE_UID}: {exc.message}"
+    except _FAILURES as exc:
+        msg = f"grafana: could not write datasource uid={DATASOURCE_UID}: {exc}"
         raise GrafanaProvisionError(msg) from exc
     logger.info("grafana datasource %s uid=%s url=%s", ds_state, DATASOURCE_UID, ds["url"])
 
@@ -263,8 +345,8 @@ def provision_with(
             folder_state = "updated"
         else:
             folder_state = "unchanged"
-    except GrafanaClientError as exc:
-        msg = f"grafana refused folder uid={FOLDER_UID}: {exc.message}"
+    except _FAILURES as exc:
+        msg = f"grafana: could not write folder uid={FOLDER_UID}: {exc}"
         raise GrafanaProvisionError(msg) from exc
     logger.info("grafana folder %s uid=%s", folder_state, FOLDER_UID)
 
@@ -274,8 +356,8 @@ def provision_with(
         uid = str(body["dashboard"].get("uid"))
         try:
             result = api.dashboard.update_dashboard(body)
-        except GrafanaClientError as exc:
-            msg = f"grafana refused dashboard uid={uid}: {exc.message}"
+        except _FAILURES as exc:
+            msg = f"grafana: could not write dashboard uid={uid}: {exc}"
             raise GrafanaProvisionError(msg) from exc
         written.append((uid, str(result.get("url", ""))))
         logger.info("grafana dashboard written uid=%s url=%s", uid, result.get("url"))
@@ -310,6 +392,12 @@ def provision(
 # ------------------------------------------------------------------------ command line
 
 grafana_app = typer.Typer(help="Grafana: the InfluxDB datasource and the dashboards.")
+
+
+@grafana_app.callback()
+def grafana_group() -> None:
+    """Grafana: the InfluxDB datasource and the dashboards."""
+    # A callback keeps ``provision`` a subcommand even while it is the only one.
 
 
 @grafana_app.command("provision")
@@ -348,7 +436,7 @@ def provision_command(
             dashboards_dir=dashboards,
         )
     except GrafanaProvisionError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        typer.echo(f"error: {exc} (grafana url {url})", err=True)
         raise typer.Exit(1) from exc
     typer.echo(f"datasource {DATASOURCE_UID}: {summary.datasource}")
     typer.echo(f"folder {FOLDER_UID}: {summary.folder}")

@@ -1,0 +1,385 @@
+"""Every dashboard query runs on the real InfluxDB and returns rows.
+
+A small, realistic data set following docs/storage.md is written to buckets of this test
+run alone (``gtest-<id>-readings`` ...); the dashboards' queries are pointed at them with
+:func:`civic_iot.grafana.bind_buckets`, Grafana's macros and template variables are
+replaced as Grafana would (:func:`civic_iot.grafana.render_flux`), and each query must come
+back without error and with at least one row. The buckets are deleted at the end.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from influxdb_client.client.influxdb_client import InfluxDBClient
+from influxdb_client.client.write.point import Point
+from influxdb_client.client.write_api import SYNCHRONOUS
+from influxdb_client.domain.bucket_retention_rules import BucketRetentionRules
+
+from civic_iot.grafana import (
+    DASHBOARDS_DIR,
+    PanelQuery,
+    bind_buckets,
+    bind_flux,
+    load_dashboards,
+    panel_queries,
+    render_flux,
+    variable_query,
+)
+from civic_iot.settings import InfluxSettings, get_settings, influx_token
+
+pytestmark = pytest.mark.integration
+
+DASHBOARDS = load_dashboards(DASHBOARDS_DIR)
+QUERIES = [q for d in DASHBOARDS for q in panel_queries(d)]
+NOW = datetime.now(UTC).replace(microsecond=0)
+# As Grafana sends them for "last 1 hour": RFC 3339 literals and a window in ms.
+START = (NOW - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+STOP = (NOW + timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+WINDOW = "10000ms"
+
+
+@dataclass(frozen=True)
+class Influx:
+    client: InfluxDBClient
+    settings: InfluxSettings
+
+    def rows(self, flux: str) -> list[dict[str, Any]]:
+        tables = self.client.query_api().query(flux, org=self.settings.org)
+        return [dict(rec.values) for table in tables for rec in table.records]
+
+
+@pytest.fixture(scope="module")
+def influx() -> Iterator[Influx]:
+    settings = get_settings()
+    prefix = f"gtest-{uuid.uuid4().hex[:8]}-"
+    base = settings.influx
+    mine = base.model_copy(
+        update={
+            "bucket_readings": prefix + base.bucket_readings,
+            "bucket_seismic": prefix + base.bucket_seismic,
+            "bucket_derived": prefix + base.bucket_derived,
+            "bucket_alerts": prefix + base.bucket_alerts,
+        }
+    )
+    client = InfluxDBClient(
+        url=base.url, token=influx_token(settings), org=base.org, timeout=30_000
+    )
+    buckets = client.buckets_api()
+    names = [mine.bucket_readings, mine.bucket_seismic, mine.bucket_derived, mine.bucket_alerts]
+    created = [
+        buckets.create_bucket(
+            bucket_name=name,
+            org=base.org,
+            retention_rules=BucketRetentionRules(type="expire", every_seconds=0),
+        )
+        for name in names
+    ]
+    try:
+        write_dataset(client, mine)
+        yield Influx(client, mine)
+    finally:
+        for bucket in created:
+            buckets.delete_bucket(bucket)
+        client.close()
+
+
+# ------------------------------------------------------------------------------ data set
+
+AIR = [("air-g1", "63000050", 25.032, 121.518), ("air-g2", "63000060", 25.041, 121.55)]
+WATER = [
+    ("river-g1", "63000050", 25.05, 121.51, "river"),
+    ("flood-g1", "63000060", 25.04, 121.56, "flood"),
+    ("rain-g1", "65000100", 24.95, 121.60, "rain"),
+]
+SEISMIC = [("seis-g1", "63000050", 25.03, 121.52), ("seis-g2", "65000100", 24.96, 121.54)]
+EVENT = "ev-20250101T000000-g"
+
+
+def minutes_ago(m: float) -> datetime:
+    return NOW - timedelta(minutes=m)
+
+
+def write_dataset(client: InfluxDBClient, s: InfluxSettings) -> None:
+    """Forty minutes of every measurement of docs/storage.md, with their documented types."""
+    readings: list[Point] = []
+    seismic: list[Point] = []
+    derived: list[Point] = []
+    alerts: list[Point] = []
+    steps = range(9)  # one point every 5 minutes, 40 minutes ago .. now
+
+    for i, (dev, town, lat, lon) in enumerate(AIR):
+        for k in steps:
+            t = minutes_ago(40 - 5 * k)
+            pm = 20.0 + 6 * k + 10 * i
+            readings.append(
+                Point("air").tag("device", dev).tag("township", town).tag("kind", "air")
+                .field("pm2_5_ugm3", pm).field("pm10_ugm3", pm * 1.6).field("o3_ppb", 31.0)
+                .field("co_ppm", 0.4).field("no2_ppb", 12.0).field("so2_ppb", 2.0)
+                .field("temperature_c", 27.5).field("humidity_pct", 71.0)
+                .field("lat", lat).field("lon", lon).field("late", k == 3)
+                .time(t)
+            )  # fmt: skip
+            aqi = int(50 + 12 * k + 20 * i)
+            derived.append(
+                Point("air_quality").tag("device", dev).tag("township", town)
+                .field("aqi", aqi).field("category", "普通" if aqi <= 100 else "對敏感族群不健康")
+                .field("leading", "pm2_5" if i == 0 else "o3_8h")
+                .field("level", min(aqi // 50 - 1, 3))
+                .field("pm2_5_1h", pm).field("pm2_5_rt", pm * 0.9).field("pm10_rt", pm * 1.5)
+                .field("o3_8h_ppm", 0.045).field("co_8h_ppm", 0.5)
+                .field("lat", lat).field("lon", lon)
+                .time(t)
+            )  # fmt: skip
+            derived.append(
+                Point("township_air").tag("township", town)
+                .field("level", min(k // 3, 3)).field("sensors_agreeing", 1 + k % 3)
+                .field("max_aqi", aqi)
+                .time(t)
+            )  # fmt: skip
+
+    for dev, town, lat, lon, sensor in WATER:
+        for k in steps:
+            t = minutes_ago(40 - 5 * k)
+            raw = Point("water").tag("device", dev).tag("township", town).tag("kind", "water")
+            raw = raw.tag("sensor", sensor).field("lat", lat).field("lon", lon).field("late", False)
+            if sensor == "river":
+                raw = raw.field("water_level_m", 2.0 + 0.3 * k)
+                derived.append(
+                    Point("water_level").tag("device", dev).tag("township", town)
+                    .tag("sensor", sensor).field("water_level_m", 2.0 + 0.3 * k)
+                    .field("rise_cm_per_10min", 60.0).field("level", min(k // 3, 3))
+                    .field("lat", lat).field("lon", lon)
+                    .time(t)
+                )  # fmt: skip
+            elif sensor == "flood":
+                raw = raw.field("flood_depth_cm", 4.0 * k)
+                derived.append(
+                    Point("water_level").tag("device", dev).tag("township", town)
+                    .tag("sensor", sensor).field("flood_depth_cm", 4.0 * k)
+                    .field("rise_cm_per_10min", 8.0).field("level", min(k // 4, 3))
+                    .field("lat", lat).field("lon", lon)
+                    .time(t)
+                )  # fmt: skip
+            else:
+                raw = raw.field("rainfall_mm", 6.5)
+                derived.append(
+                    Point("rain").tag("device", dev).tag("township", town)
+                    .field("rain_1h_mm", 40.0 + k).field("rain_3h_mm", 90.0 + 3 * k)
+                    .field("rain_24h_mm", 150.0 + 5 * k).field("rain_class", 1 + k // 5)
+                    .field("rti", 120.0 + 10 * k).field("lat", lat).field("lon", lon)
+                    .time(t)
+                )  # fmt: skip
+            readings.append(raw.time(t))
+
+    for i, (reason, kind) in enumerate([("schema", "air"), ("range", "water"), ("json", "air")]):
+        readings.append(
+            Point("deadletter").tag("reason", reason).tag("kind", kind)
+            .field("count", 1).field("device", f"air-g{i + 1}")
+            .field("error", f"{kind} payload refused: {reason}")
+            .time(minutes_ago(30 - 10 * i))
+        )  # fmt: skip
+
+    t0 = minutes_ago(10)
+    for dev, _town, _lat, _lon in SEISMIC:
+        for n in range(200):  # two seconds at 100 Hz
+            amp = 3.0 if n < 100 else 80.0 * (-1) ** n
+            seismic.append(
+                Point("seismic_sample").tag("device", dev).tag("township", _town)
+                .field("x_gal", amp).field("y_gal", -amp / 2).field("z_gal", amp / 3)
+                .time(t0 + timedelta(milliseconds=10 * n))
+            )  # fmt: skip
+    ranks = ["0", "1", "2", "3", "4", "5-"]
+    for i, (dev, town, lat, lon) in enumerate(SEISMIC):
+        for k in range(6):
+            t = t0 + timedelta(seconds=k)
+            derived.append(
+                Point("seismic_station").tag("device", dev).tag("township", town)
+                .field("pga_gal", 2.0 + 15.0 * k + i).field("pgv_cms", 0.1 + 1.5 * k)
+                .field("intensity", ranks[k]).field("intensity_rank", k)
+                .field("triggered", k >= 2).field("lat", lat).field("lon", lon)
+                .time(t)
+            )  # fmt: skip
+
+    for event, age, mag in ((EVENT, 9.0, 6.1), (EVENT + "-old", 35.0, 4.2)):
+        for k in range(3):  # the estimate improves as stations join
+            derived.append(
+                Point("quake_event").tag("event_id", event)
+                .field("lat", 24.8).field("lon", 121.3).field("depth_km", 12.0)
+                .field("magnitude", mag - 0.3 + 0.15 * k).field("n_stations", 4 + 3 * k)
+                .field("max_intensity_rank", 4 + k)
+                .field("origin_time", minutes_ago(age + 0.1).isoformat())
+                .time(minutes_ago(age - k / 60))
+            )  # fmt: skip
+    for n, (town, lat, lon, rank) in enumerate(
+        [("63000050", 25.05, 121.55, 5), ("63000050", 25.05, 121.45, 4),
+         ("65000100", 24.95, 121.45, 6), ("65000100", 24.85, 121.35, 7)]
+    ):  # fmt: skip
+        derived.append(
+            Point("quake_cell").tag("event_id", EVENT).tag("township", town)
+            .field("lat", lat).field("lon", lon).field("intensity_rank", rank)
+            .field("intensity", ranks[min(rank, 5)]).field("s_wave_s", 4.0 + 3.5 * n)
+            .time(minutes_ago(9) + timedelta(milliseconds=n))
+        )  # fmt: skip
+
+    derived.append(
+        Point("sensor_health").tag("device", "air-g2").tag("township", "63000060")
+        .tag("issue", "stuck").field("active", True)
+        .field("detail", "pm2_5_ugm3 unchanged for 30 readings")
+        .time(minutes_ago(20))
+    )  # fmt: skip
+    for proc, inst in (("ingest", "ingest-1"), ("worker", "worker-1"), ("alerts", "alerts-1")):
+        for k in steps:
+            derived.append(
+                Point("pipeline").tag("process", proc).tag("instance", inst)
+                .field("readings_in", 1000 * k).field("readings_out", 990 * k)
+                .field("deadletters", 3 * k).field("write_errors", k // 4).field("lag", 12 - k)
+                .field("latency_p50_ms", 14.0).field("latency_p99_ms", 85.0 + k)
+                .time(minutes_ago(40 - 5 * k))
+            )  # fmt: skip
+
+    def alert(
+        hazard: str, area: str, msg: str, sev: str, alert_id: str, seq: int, level: int, m: float
+    ) -> Point:
+        return (
+            Point("alert").tag("hazard", hazard).tag("area", area).tag("msg_type", msg)
+            .tag("severity", sev).tag("status", "Exercise")
+            .field("identifier", f"{alert_id}/{seq}").field("alert_id", alert_id)
+            .field("sequence", seq).field("level", level)
+            .field("headline", f"{hazard} level {level} in {area}")
+            .field("reason", {"Alert": "new", "Update": "escalated", "Cancel": "cleared"}[msg])
+            .field("latency_ms", 180.0 + seq)
+            .time(minutes_ago(m))
+        )  # fmt: skip
+
+    alerts += [
+        alert("flood", "63000060", "Alert", "Moderate", "al-flood", 1, 1, 30),
+        alert("flood", "63000060", "Update", "Severe", "al-flood", 2, 2, 15),
+        alert("air_quality", "63000050", "Alert", "Moderate", "al-air", 1, 1, 38),
+        alert("air_quality", "63000050", "Cancel", "Moderate", "al-air", 2, 0, 12),
+        alert("earthquake", f"quake-{EVENT}", "Alert", "Extreme", "al-quake", 1, 3, 9),
+    ]
+    for n, (channel, outcome, code) in enumerate(
+        [("mqtt", "delivered", 0), ("webhook", "retry", 503), ("webhook", "delivered", 200)]
+    ):
+        alerts.append(
+            Point("delivery").tag("channel", channel).tag("subscriber", f"agency-{n}")
+            .tag("outcome", outcome).field("identifier", "al-flood/2").field("attempt", 1 + n // 2)
+            .field("status_code", code).field("latency_ms", 40.0 + 100 * n)
+            .time(minutes_ago(14 - n))
+        )  # fmt: skip
+    alerts.append(
+        Point("ack").tag("hazard", "flood").tag("area", "63000060")
+        .field("alert_id", "al-flood").field("by", "taipei-eoc").field("note", "pumps dispatched")
+        .time(minutes_ago(13))
+    )  # fmt: skip
+
+    with client.write_api(write_options=SYNCHRONOUS) as api:
+        for bucket, points in (
+            (s.bucket_readings, readings),
+            (s.bucket_seismic, seismic),
+            (s.bucket_derived, derived),
+            (s.bucket_alerts, alerts),
+        ):
+            api.write(bucket=bucket, org=s.org, record=points)
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+def variable_values(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """What Grafana lists for a query variable: ``_value``, else the first string column."""
+    out: list[str] = []
+    for row in rows:
+        if "_value" in row:
+            value = row["_value"]
+        else:
+            value = next(
+                (v for k, v in row.items() if k not in {"result", "table"} and isinstance(v, str)),
+                None,
+            )
+        if value is not None and str(value) not in out:
+            out.append(str(value))
+    return out
+
+
+def resolve_variables(
+    influx: Influx, dashboard: Mapping[str, Any], *, pick_first: bool
+) -> dict[str, list[str] | None]:
+    """Run each query variable in order; select "All" (or the first value) as Grafana would."""
+    chosen: dict[str, list[str] | None] = {}
+    for var in dashboard["templating"]["list"]:
+        flux = render_flux(variable_query(var), chosen, start=START, stop=STOP, window=WINDOW)
+        values = variable_values(influx.rows(flux))
+        assert values, f"variable ${var['name']} of {dashboard['uid']} lists nothing"
+        all_selected = var.get("includeAll") and not pick_first
+        chosen[var["name"]] = None if all_selected else values[:1]
+    return chosen
+
+
+def rendered(influx: Influx, q: PanelQuery, variables: Mapping[str, list[str] | None]) -> str:
+    return render_flux(
+        bind_flux(q.query, influx.settings), variables, start=START, stop=STOP, window=WINDOW
+    )
+
+
+def dashboard_by_uid(influx: Influx, uid: str) -> dict[str, Any]:
+    return bind_buckets(next(d for d in DASHBOARDS if d["uid"] == uid), influx.settings)
+
+
+# ------------------------------------------------------------------------------ tests
+
+
+@pytest.mark.parametrize(
+    "q", QUERIES, ids=[f"{q.dashboard_uid}:{q.title}:{q.ref_id}" for q in QUERIES]
+)
+def test_panel_query_returns_rows(influx: Influx, q: PanelQuery) -> None:
+    variables = resolve_variables(
+        influx, dashboard_by_uid(influx, q.dashboard_uid), pick_first=False
+    )
+    flux = rendered(influx, q, variables)
+    rows = influx.rows(flux)
+    assert rows, f"panel {q.title!r} ({q.dashboard_uid}) returned no rows:\n{flux}"
+
+
+@pytest.mark.parametrize("uid", [d["uid"] for d in DASHBOARDS])
+def test_panels_run_with_one_value_selected(influx: Influx, uid: str) -> None:
+    """The regex form of a concrete selection (not "All") is valid Flux everywhere."""
+    dashboard = dashboard_by_uid(influx, uid)
+    variables = resolve_variables(influx, dashboard, pick_first=True)
+    for q in panel_queries(dashboard):
+        influx.rows(rendered(influx, q, variables))  # raises on a Flux error
+
+
+def test_open_alerts_are_latest_non_cancel_message_per_alert(influx: Influx) -> None:
+    dashboard = dashboard_by_uid(influx, "civic-alerts")
+    q = next(q for q in panel_queries(dashboard) if q.title.startswith("Open alerts (latest"))
+    rows = influx.rows(rendered(influx, q, {"hazard": None}))
+    got = {(r["alert_id"], r["msg_type"], r["sequence"]) for r in rows}
+    assert got == {("al-flood", "Update", 2), ("al-quake", "Alert", 1)}
+
+
+def test_event_variable_defaults_to_the_newest_event(influx: Influx) -> None:
+    dashboard = dashboard_by_uid(influx, "civic-earthquake")
+    variables = resolve_variables(influx, dashboard, pick_first=True)
+    assert variables["event_id"] == [EVENT]
+    cells = next(q for q in panel_queries(dashboard) if q.title.startswith("Grid cells:"))
+    rows = influx.rows(rendered(influx, cells, variables))
+    assert [r["intensity_rank"] for r in rows] == [5, 4, 6, 7]  # by S-wave seconds
+    assert all({"lat", "lon", "s_wave_s", "intensity"} <= r.keys() for r in rows)
+
+
+def test_geomap_layers_have_one_row_per_sensor_with_coordinates(influx: Influx) -> None:
+    dashboard = dashboard_by_uid(influx, "civic-overview")
+    geomap = next(p for p in dashboard["panels"] if p["type"] == "geomap")
+    for target in geomap["targets"]:
+        flux = render_flux(target["query"], {}, start=START, stop=STOP, window=WINDOW)
+        rows = influx.rows(flux)
+        devices = [r["device"] for r in rows]
+        assert len(devices) == len(set(devices)), f"{target['refId']}: one row per sensor"
+        assert all(isinstance(r["lat"], float) and isinstance(r["lon"], float) for r in rows)

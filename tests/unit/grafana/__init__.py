@@ -1,0 +1,1 @@
+"""Unit tests of the Grafana dashboards and their provisioning payloads (no server)."""
