@@ -21,7 +21,9 @@ stack_app = typer.Typer(help="The native stack: Mosquitto, Kafka (KRaft), Influx
 devices_app = typer.Typer(help="The device registry and the broker credentials made from it.")
 app.add_typer(stack_app, name="stack")
 app.add_typer(devices_app, name="devices")
-app.add_typer(grafana_app, name="grafana", help="Provision Grafana (datasource, folder, dashboards).")
+app.add_typer(
+    grafana_app, name="grafana", help="Provision Grafana (datasource, folder, dashboards)."
+)
 console = Console()
 
 

@@ -49,7 +49,10 @@ def validate(
         )
     try:
         doc = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:
+        # ValueError covers JSONDecodeError and UnicodeDecodeError and also the int-digit
+        # limit (a number of more than 4300 digits), which would otherwise escape, crash
+        # ingest and, never acknowledged, be redelivered to crash it again.
         raise ReadingRefusedError(
             "not_json", f"device {device_id!r} topic {topic!r}: not JSON ({exc})"
         ) from None
