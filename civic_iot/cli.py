@@ -15,6 +15,7 @@ from civic_iot import broker
 from civic_iot.grafana import grafana_app
 from civic_iot.registry import Device, load_registry, save_registry
 from civic_iot.settings import REPO_ROOT, get_settings
+from simulator.cli import simulate
 
 app = typer.Typer(help="civic-iot: civic disaster-monitoring IoT platform.", no_args_is_help=True)
 stack_app = typer.Typer(help="The native stack: Mosquitto, Kafka (KRaft), InfluxDB 2.7.")
@@ -24,6 +25,7 @@ app.add_typer(devices_app, name="devices")
 app.add_typer(
     grafana_app, name="grafana", help="Provision Grafana (datasource, folder, dashboards)."
 )
+app.command("simulate")(simulate)
 console = Console()
 
 

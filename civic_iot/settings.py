@@ -120,6 +120,40 @@ class AlertSettings(BaseModel):
     mqtt_publish_timeout_s: float = 10.0
 
 
+class ProcessorSettings(BaseModel):
+    """The Faust processors worker (``civic-iot worker``)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    #: Names this worker in logs and in the ``pipeline`` measurement.
+    instance: str = "0"
+    #: Port of Faust's web server (0 = off); give each worker on one host its own.
+    web_port: int = Field(default=6066, ge=0, le=65535)
+    web_host: str = "127.0.0.1"
+    #: Readings per batch and the longest wait to fill one, seconds: offsets are
+    #: committed per batch, after its points are stored.
+    batch_max: int = Field(default=500, ge=1)
+    batch_within_s: float = Field(default=0.2, gt=0)
+    #: The earthquake associator's batch wait, seconds: on the alert latency path.
+    quake_within_s: float = Field(default=0.02, gt=0)
+    #: Open alert candidates (level >= 1) are re-sent this often, seconds, so the alert
+    #: service does not expire an alert whose condition still holds.
+    republish_interval_s: float = Field(default=300.0, gt=0)
+    #: How often devices are checked for silence, seconds.
+    silence_check_interval_s: float = Field(default=60.0, gt=0)
+    #: A device is silent after this long without a reading (event time vs. now), s.
+    silent_after_air_s: float = Field(default=1800.0, gt=0)
+    silent_after_water_s: float = Field(default=1800.0, gt=0)
+    silent_after_seismic_s: float = Field(default=60.0, gt=0)
+    #: How often the worker writes its ``pipeline`` statistics, seconds (0 = never).
+    stats_interval_s: float = Field(default=10.0, ge=0)
+    #: InfluxDB writes: per-request timeout, attempts per flush, backoff (s).
+    influx_timeout_s: float = Field(default=10.0, gt=0)
+    influx_max_attempts: int = Field(default=5, ge=1)
+    influx_backoff_base_s: float = Field(default=0.2, gt=0)
+    influx_backoff_cap_s: float = Field(default=5.0, gt=0)
+
+
 class Settings(BaseSettings):
     """All of civic-iot's configuration."""
 
@@ -140,6 +174,7 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = KafkaSettings()
     influx: InfluxSettings = InfluxSettings()
     alerts: AlertSettings = AlertSettings()
+    processors: ProcessorSettings = ProcessorSettings()
     log_level: str = "INFO"
 
 
