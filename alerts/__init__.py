@@ -1,6 +1,6 @@
 """Alerts: one alert per hazard and area, with a lifecycle, in CAP 1.2, for agencies.
 
-The modules here are pure: no sockets, no clocks, no randomness of their own. The alert
+The core modules below are pure: no sockets, no clocks, no randomness of their own. The alert
 service (Kafka in, MQTT and webhooks out) calls them with the time and the state it holds.
 
 - :mod:`alerts.lifecycle`: the state machine from :class:`civic_iot.events.AlertCandidate`
@@ -11,4 +11,14 @@ service (Kafka in, MQTT and webhooks out) calls them with the time and the state
 - :mod:`alerts.subscriptions`: which webhook subscriptions a message goes to.
 - :mod:`alerts.signing`: HMAC-SHA256 webhook signatures with a timestamp.
 - :mod:`alerts.backoff`: exponential backoff with full jitter for webhook retries.
+
+The I/O shell around them:
+
+- :mod:`alerts.service`: the asyncio service (Kafka ``alerts.candidates`` in; the
+  ``alerts`` topic, the compacted ``alerts.state`` topic and InfluxDB out), rebuilding its
+  state from ``alerts.state`` before it consumes.
+- :mod:`alerts.delivery`: the ``Sink`` protocol (``add``, ``flush``, ``close``), MQTT
+  (retained, QoS 1), signed webhooks with per-subscriber queues, InfluxDB points.
+- :mod:`alerts.http`: ``/health``, ``/alerts``, ``/alerts/{alert_id}/ack``, ``/metrics``.
+- :mod:`alerts.cli`: ``civic-iot alerts run`` and ``civic-iot alerts ack``.
 """

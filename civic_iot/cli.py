@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from alerts.cli import alerts_app
 from civic_iot import broker
 from civic_iot.grafana import grafana_app
 from civic_iot.registry import Device, load_registry, save_registry
@@ -25,6 +26,7 @@ app.add_typer(devices_app, name="devices")
 app.add_typer(
     grafana_app, name="grafana", help="Provision Grafana (datasource, folder, dashboards)."
 )
+app.add_typer(alerts_app, name="alerts")
 app.command("simulate")(simulate)
 console = Console()
 
@@ -138,6 +140,48 @@ def ingest_cmd(
         )
     setup_logging(settings.log_level)
     asyncio.run(run(settings))
+
+
+@app.command("worker")
+def worker_cmd() -> None:
+    """Run a Faust processors worker (scale out: more workers, one web port each)."""
+    from processors.cli import run_worker  # noqa: PLC0415 - keep CLI start-up light
+
+    settings = get_settings()
+    setup_logging(settings.log_level)
+    run_worker(settings)
+
+
+@app.command("demo")
+def demo_cmd(
+    scenario: Annotated[
+        str, typer.Option("--scenario", "-s", help="scenario name or path")
+    ] = "demo",
+    speed: Annotated[float, typer.Option(help="multiplies the scenario's time compression")] = 1.0,
+    workers: Annotated[int, typer.Option(help="Faust workers to start")] = 1,
+) -> None:
+    """Stack up, ingest + worker(s) + alerts, a scenario from simulated devices, a summary."""
+    from civic_iot.demo import run_demo  # noqa: PLC0415
+
+    settings = get_settings()
+    logging.basicConfig(level="WARNING")
+    if subprocess.call(["bash", str(REPO_ROOT / "deploy" / "stack.sh"), "up"]) != 0:  # noqa: S603,S607
+        raise typer.Exit(1)
+    raise typer.Exit(run_demo(settings, scenario=scenario, speed=speed, workers=workers))
+
+
+@app.command("status")
+def status_cmd() -> None:
+    """The stack and every civic-iot process on this host, in one table."""
+    from civic_iot.status import collect  # noqa: PLC0415
+
+    rows = collect(get_settings())
+    table = Table("component", "state", "detail")
+    for name, state, detail in rows:
+        colour = "green" if state in {"healthy", "up"} else "red"
+        table.add_row(name, f"[{colour}]{state}[/{colour}]", detail)
+    console.print(table)
+    raise typer.Exit(0 if all(r[1] in {"healthy", "up"} for r in rows) else 1)
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ import logging
 import signal
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -45,6 +45,10 @@ MESSAGES = PromCounter("civic_ingest_messages_total", "MQTT messages handled", [
 DEADLETTERS = PromCounter("civic_ingest_deadletters_total", "Refused messages", ["reason"])
 BATCH_SECONDS = Histogram("civic_ingest_batch_seconds", "Validate+produce+ack time per batch")
 CONNECTED = Gauge("civic_ingest_mqtt_connected", "1 while connected to the broker")
+# Bound once: ``labels()`` takes a lock and a dict lookup, and this runs per message.
+_ACCEPTED = MESSAGES.labels("accepted")
+_LATE = MESSAGES.labels("late")
+_REFUSED = MESSAGES.labels("deadletter")
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,14 +63,19 @@ class Inbound:
 
 
 class MqttSource:
-    """A paho client with a persistent session and manual acknowledgements."""
+    """A paho client with a persistent session and manual acknowledgements.
 
-    def __init__(
-        self, settings: Settings, deliver: asyncio.Queue[Inbound], loop: asyncio.AbstractEventLoop
-    ) -> None:
+    paho's network thread appends each message to an inbox and wakes the asyncio loop
+    only when it may be waiting (once per burst, not once per message: a wake-up is a
+    syscall and a callback). The inbox is bounded by the broker: it never has more than
+    ``receive_maximum`` unacknowledged messages in flight to us.
+    """
+
+    def __init__(self, settings: Settings, loop: asyncio.AbstractEventLoop) -> None:
         self._settings = settings
-        self._queue = deliver
         self._loop = loop
+        self._inbox: deque[Inbound] = deque()
+        self._ready = asyncio.Event()
         self.connected = threading.Event()
         cid = f"civic-ingest-{settings.ingest.instance}"
         self.client = mqtt.Client(
@@ -106,6 +115,21 @@ class MqttSource:
     def ack(self, mid: int, qos: int) -> None:
         self.client.ack(mid, qos)
 
+    async def wait(self) -> None:
+        """Return once at least one message is in the inbox."""
+        while not self._inbox:
+            # Clear before looking again: a message appended after this look finds the
+            # event clear and schedules a wake-up; one appended before it is seen here.
+            self._ready.clear()
+            if self._inbox:
+                break
+            await self._ready.wait()
+
+    def take(self, most: int) -> list[Inbound]:
+        """Up to ``most`` messages from the inbox, in arrival order."""
+        inbox = self._inbox
+        return [inbox.popleft() for _ in range(min(most, len(inbox)))]
+
     def _on_connect(
         self,
         client: mqtt.Client,
@@ -118,7 +142,9 @@ class MqttSource:
             logger.error("mqtt connect refused reason=%s", rc)
             return
         group = self._settings.mqtt.share_group
-        client.subscribe(f"$share/{group}/devices/+/+", qos=1)
+        # devices/# (not devices/+/+): a malformed topic under a device's tree must reach us
+        # to be dead-lettered with its reason instead of vanishing.
+        client.subscribe(f"$share/{group}/devices/#", qos=1)
         CONNECTED.set(1)
         self.connected.set()
         logger.info("mqtt connected session_present=%s group=%s", flags.session_present, group)
@@ -132,7 +158,9 @@ class MqttSource:
 
     def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
         item = Inbound(msg.topic, bytes(msg.payload), msg.mid, msg.qos, datetime.now(UTC))
-        self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+        self._inbox.append(item)
+        if not self._ready.is_set():
+            self._loop.call_soon_threadsafe(self._ready.set)
 
 
 class Ingest:
@@ -164,7 +192,7 @@ class Ingest:
         except ReadingRefusedError as exc:
             self.counts[f"deadletter:{exc.reason}"] += 1
             DEADLETTERS.labels(exc.reason).inc()
-            MESSAGES.labels("deadletter").inc()
+            _REFUSED.inc()
             device = device_of(item.topic)
             logger.info("refused device=%s topic=%s reason=%s", device, item.topic, exc.reason)
             value = deadletter_record(
@@ -177,9 +205,9 @@ class Ingest:
             )
             return self.topics.deadletter, (device or item.topic).encode(), value
         self.counts["accepted"] += 1
-        MESSAGES.labels("accepted").inc()
+        _ACCEPTED.inc()
         if reading.late:
-            MESSAGES.labels("late").inc()
+            _LATE.inc()
         return (
             self.topics.readings(reading.kind),
             reading.device_id.encode(),
@@ -237,7 +265,6 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> Counter[
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
     ingest = Ingest(settings, load_registry(settings.registry))
-    queue: asyncio.Queue[Inbound] = asyncio.Queue()
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.kafka.bootstrap,
         acks="all",
@@ -247,7 +274,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> Counter[
         client_id=f"civic-ingest-{settings.ingest.instance}",
     )
     await producer.start()
-    source = MqttSource(settings, queue, loop)
+    source = MqttSource(settings, loop)
     http = None
     if settings.ingest.http_port:
         from civic_iot.health import serve_health  # noqa: PLC0415 - optional HTTP endpoint
@@ -266,16 +293,14 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> Counter[
     last_reload = time.monotonic()
     try:
         while not stop.is_set():
-            getter = asyncio.ensure_future(queue.get())
+            waiter = asyncio.ensure_future(source.wait())
             stopper = asyncio.ensure_future(stop.wait())
-            done, _ = await asyncio.wait({getter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            if getter not in done:
-                getter.cancel()
+            done, _ = await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            if waiter not in done:
+                waiter.cancel()
                 break
             stopper.cancel()
-            batch = [getter.result()]
-            while len(batch) < settings.ingest.max_batch and not queue.empty():
-                batch.append(queue.get_nowait())
+            batch = source.take(settings.ingest.max_batch)
             started = time.perf_counter()
             await _produce_batch(producer, [ingest.route(item) for item in batch])
             for item in batch:  # PUBACK in arrival order, only after Kafka has the batch

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import socket
 import uuid
-from collections.abc import Iterator
 
 import pytest
 
@@ -51,6 +50,6 @@ def stack(settings: Settings) -> Settings:
 
 
 @pytest.fixture
-def unique() -> Iterator[str]:
+def unique() -> str:
     """A short unique id for topic, bucket and client names of one test."""
-    yield uuid.uuid4().hex[:10]
+    return uuid.uuid4().hex[:10]

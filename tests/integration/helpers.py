@@ -74,7 +74,7 @@ def reading(ts: str | int, **values: float) -> str:
 
 
 async def read_topic(
-    settings: Settings, topic: str, *, want: int, timeout: float = 60
+    settings: Settings, topic: str, *, want: int, timeout_s: float = 60
 ) -> list[tuple[bytes | None, bytes]]:
     """Read a topic from the beginning until ``want`` records arrived (or time out)."""
     consumer = AIOKafkaConsumer(
@@ -86,10 +86,10 @@ async def read_topic(
     await consumer.start()
     out: list[tuple[bytes | None, bytes]] = []
     try:
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + timeout_s
         while not (parts := consumer.partitions_for_topic(topic)):
             assert time.monotonic() < deadline, f"topic {topic} never appeared"
-            await consumer._client.force_metadata_update()  # noqa: SLF001
+            await consumer._client.force_metadata_update()
             await asyncio.sleep(0.2)
         consumer.assign([TopicPartition(topic, p) for p in parts])
         await consumer.seek_to_beginning()

@@ -32,6 +32,9 @@ def env(stack: Settings, unique: str) -> dict[str, str]:
         "CIVIC_MQTT__SHARE_GROUP": f"g{unique}",
         "CIVIC_INGEST__INSTANCE": f"t{unique}",
         "CIVIC_INGEST__HTTP_PORT": "0",
+        # Long enough to survive the restart test; short so the broker drops the
+        # test's session (and its queue of everyone's readings) soon after.
+        "CIVIC_MQTT__SESSION_EXPIRY_S": "120",
     }
 
 
@@ -85,7 +88,7 @@ def test_broker_refuses_a_device_writing_another_devices_topic(
     assert rc.getName() == "Not authorized"
     assert not ok.is_failure
     prefix = env["CIVIC_KAFKA__TOPIC_PREFIX"]
-    records = asyncio.run(read_topic(stack, f"{prefix}readings.air", want=2, timeout=8))
+    records = asyncio.run(read_topic(stack, f"{prefix}readings.air", want=2, timeout_s=8))
     # Only the device's own reading got through: the forged one never reached ingest.
     assert [json.loads(v)["device_id"] for _, v in records] == [me.id]
 
@@ -137,9 +140,7 @@ def test_sigkill_mid_stream_loses_nothing(
         if i == n // 3:
             proc.send_signal(signal.SIGKILL)  # no goodbye, no flush
             proc.wait(10)
-        assert not d.publish(
-            f"devices/{d.id}/water", reading(ts_ms, rainfall_mm=0.5)
-        ).is_failure
+        assert not d.publish(f"devices/{d.id}/water", reading(ts_ms, rainfall_mm=0.5)).is_failure
         sent.add(f"{d.id}:{ts_ms * 1_000_000}")
         if i == 2 * n // 3:
             proc = _start_ingest(env, tmp_path)  # same instance id: same persistent session
@@ -147,7 +148,7 @@ def test_sigkill_mid_stream_loses_nothing(
         c.close()
     try:
         prefix = env["CIVIC_KAFKA__TOPIC_PREFIX"]
-        records = asyncio.run(read_topic(stack, f"{prefix}readings.water", want=n, timeout=60))
+        records = asyncio.run(read_topic(stack, f"{prefix}readings.water", want=n, timeout_s=60))
         got = {json.loads(v)["reading_id"] for _, v in records}
         # Every reading published while ingest was dead arrived after the restart;
         # redeliveries may duplicate a record, never drop one.

@@ -1,0 +1,797 @@
+"""Delivery: where issued alert messages go, and the record of what happened to them.
+
+Every sink and publisher has one shape, :class:`Sink` (``add``, ``flush``, ``close``):
+
+- :class:`MqttChannel`: ``alerts/{hazard}/{area}`` on Mosquitto as ``civic-alerts``, QoS 1,
+  the JSON form retained so that a subscriber connecting late sees what is open now.
+  A Cancel is published *not* retained (live subscribers see that it is over), then an
+  empty retained payload clears the topic (a late subscriber sees nothing: nothing is open).
+  Both go out on one connection in that order, so the clear cannot overtake the cancel.
+- :class:`WebhookChannel`: one queue and one worker per subscriber, so a slow or hanging
+  receiver delays only itself. Each POST is signed (:mod:`alerts.signing`), carries the
+  message identifier in ``X-Civic-Message-Id`` (receivers drop duplicates by it), has a
+  per-request timeout, and is retried with exponential backoff and full jitter
+  (:mod:`alerts.backoff`) until ``max_attempts``; then it is reported ``failed`` (the
+  service dead-letters it).
+- :class:`InfluxPoints`: points for the ``alerts`` bucket, buffered and written in one call.
+
+Channels do not write records themselves: each attempt becomes a :class:`DeliveryResult`
+handed to a ``report`` callback, and the service turns it into a ``delivery`` point, a
+metric and, on failure, a dead-letter record. The point builders (:func:`alert_point`,
+:func:`delivery_point`, :func:`ack_point`) are pure and follow ``docs/storage.md``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal, Protocol, TypeVar
+
+import aiohttp
+import paho.mqtt.client as mqtt
+import yaml
+from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync
+from influxdb_client.client.write.point import Point
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.reasoncodes import ReasonCode
+from pydantic import SecretStr, ValidationError
+
+from alerts import backoff
+from alerts.cap import DEFAULT_CAP_CONFIG, CapConfig, CapStatus, to_cap_xml
+from alerts.lifecycle import AckRecord, AlertMessage
+from alerts.messages import to_json_bytes
+from alerts.signing import sign
+from alerts.subscriptions import Subscription, matches
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "MESSAGE_ID_HEADER",
+    "DeliveryError",
+    "DeliveryResult",
+    "InfluxPoints",
+    "MqttChannel",
+    "Outcome",
+    "Report",
+    "Sink",
+    "SubscriptionError",
+    "Webhook",
+    "WebhookChannel",
+    "ack_point",
+    "alert_point",
+    "delivery_point",
+    "load_subscriptions",
+    "mqtt_topic",
+    "resolve_secret",
+    "retryable_status",
+    "webhook_request",
+]
+
+T_contra = TypeVar("T_contra", contravariant=True)
+
+#: The message identifier, stable across retries and re-sends: receivers drop duplicates
+#: by it (the lifecycle derives it from alert id and sequence, so a replay after a restart
+#: gives the same one).
+MESSAGE_ID_HEADER = "X-Civic-Message-Id"
+ATTEMPT_HEADER = "X-Civic-Delivery-Attempt"
+STATUS_HEADER = "X-Civic-Status"
+
+Outcome = Literal["delivered", "retry", "failed"]
+Channel = Literal["mqtt", "webhook"]
+
+
+class Sink(Protocol[T_contra]):
+    """The one shape of every sink and publisher of the alert service.
+
+    ``add`` takes an item without waiting for the outside world (it buffers or queues);
+    ``flush`` waits until what was added has been handled; ``close`` flushes (within the
+    sink's own time limits) and releases connections. After ``close`` nothing is added.
+    """
+
+    async def add(self, item: T_contra) -> None:
+        """Take ``item``; may buffer or queue it."""
+        ...
+
+    async def flush(self) -> None:
+        """Wait until every item added so far has been handled."""
+        ...
+
+    async def close(self) -> None:
+        """Flush what can be flushed and release resources."""
+        ...
+
+
+class DeliveryError(RuntimeError):
+    """A delivery channel could not do its job (connection refused, broker gone)."""
+
+
+class SubscriptionError(ValueError):
+    """The subscriptions file or a subscription's secret is wrong."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryResult:
+    """One delivery attempt of one message to one subscriber (or the MQTT broker)."""
+
+    channel: Channel
+    subscriber: str
+    message: AlertMessage
+    outcome: Outcome
+    #: 1 for the first attempt.
+    attempt: int
+    #: HTTP status code; 0 when there was none (timeout, connection error, MQTT).
+    status_code: int
+    #: When the attempt ended (Unix time, nanoseconds).
+    at_ns: int
+    #: Why it failed; empty when delivered. Never holds a secret.
+    error: str = ""
+
+    @property
+    def latency_ms(self) -> float:
+        """Issued (the message's ``sent``) -> this attempt's end, milliseconds."""
+        return (self.at_ns / 1e6) - self.message.sent.timestamp() * 1000.0
+
+
+Report = Callable[[DeliveryResult], Awaitable[None]]
+
+
+# --------------------------------------------------------------------------- records (pure)
+
+
+def _ns(dt: datetime) -> int:
+    return int(dt.timestamp()) * 1_000_000_000 + dt.microsecond * 1000
+
+
+def alert_point(msg: AlertMessage, status: CapStatus) -> Point:
+    """The ``alert`` point of an issued message; time = ``sent``.
+
+    ``latency_ms`` is the detector's decision (``detected_at``) -> issued (``sent``).
+    """
+    latency_ms = (msg.sent - msg.detected_at).total_seconds() * 1000.0
+    point: Point = (
+        Point("alert")
+        .tag("hazard", msg.hazard)
+        .tag("area", msg.area_code)
+        .tag("msg_type", msg.msg_type)
+        .tag("severity", msg.severity)
+        .tag("status", status)
+        .field("identifier", msg.identifier)
+        .field("alert_id", msg.alert_id)
+        .field("sequence", msg.sequence)
+        .field("level", msg.level)
+        .field("headline", msg.headline)
+        .field("reason", msg.reason)
+        .field("latency_ms", float(latency_ms))
+        .time(_ns(msg.sent))
+    )
+    return point
+
+
+def delivery_point(result: DeliveryResult) -> Point:
+    """The ``delivery`` point of one attempt; time = the attempt's end."""
+    point: Point = (
+        Point("delivery")
+        .tag("channel", result.channel)
+        .tag("subscriber", result.subscriber)
+        .tag("outcome", result.outcome)
+        .field("identifier", result.message.identifier)
+        .field("attempt", result.attempt)
+        .field("status_code", result.status_code)
+        .field("latency_ms", float(result.latency_ms))
+        .time(result.at_ns)
+    )
+    return point
+
+
+def ack_point(ack: AckRecord) -> Point:
+    """The ``ack`` point of an operator's acknowledgement; time = when it was made."""
+    hazard, _, area = ack.key.partition(":")
+    point: Point = (
+        Point("ack")
+        .tag("hazard", hazard)
+        .tag("area", area)
+        .field("alert_id", ack.alert_id)
+        .field("by", ack.by)
+        .field("note", ack.note)
+        .time(_ns(ack.at))
+    )
+    return point
+
+
+def mqtt_topic(msg: AlertMessage, root: str = "alerts") -> str:
+    """``alerts/{hazard}/{area}``; MQTT's special characters in an area code become ``_``."""
+    area = msg.area_code
+    for ch in ("/", "+", "#", "\x00"):
+        area = area.replace(ch, "_")
+    return f"{root}/{msg.hazard}/{area}"
+
+
+def retryable_status(status: int) -> bool:
+    """Whether an HTTP answer is worth retrying: 5xx, 408 Request Timeout, 425, 429.
+
+    Any other 4xx means the receiver refuses this request as it is; sending it again
+    unchanged cannot help, so it fails at once.
+    """
+    return status >= 500 or status in (408, 425, 429)
+
+
+# --------------------------------------------------------------------------- InfluxDB
+
+
+class InfluxPoints:
+    """:class:`Sink` of InfluxDB points for one bucket: buffered, written in one call.
+
+    A failed write keeps the points for the next flush (at most ``max_buffer``; beyond
+    that the oldest are dropped with an error log), so an InfluxDB restart loses nothing
+    short.
+    """
+
+    def __init__(
+        self, *, url: str, token: SecretStr, org: str, bucket: str, max_buffer: int = 100_000
+    ) -> None:
+        self._url, self._token, self._org, self._bucket = url, token, org, bucket
+        self._max_buffer = max_buffer
+        self._buffer: list[Point] = []
+        self._client: InfluxDBClientAsync | None = None
+        self._lock = asyncio.Lock()
+
+    async def add(self, item: Point) -> None:
+        self._buffer.append(item)
+        if len(self._buffer) > self._max_buffer:
+            dropped = len(self._buffer) - self._max_buffer
+            del self._buffer[:dropped]
+            logger.error("influx buffer full bucket=%s dropped_points=%d", self._bucket, dropped)
+
+    async def flush(self) -> None:
+        async with self._lock:
+            if not self._buffer:
+                return
+            if self._client is None:
+                self._client = InfluxDBClientAsync(
+                    url=self._url, token=self._token.get_secret_value(), org=self._org
+                )
+            points, self._buffer = self._buffer, []
+            try:
+                await self._client.write_api().write(bucket=self._bucket, record=points)
+            except Exception as exc:  # noqa: BLE001 - any vendor or network error: keep and retry
+                self._buffer[:0] = points
+                logger.warning(
+                    "influx write failed bucket=%s points=%d error=%s",
+                    self._bucket,
+                    len(points),
+                    exc,
+                )
+
+    async def close(self) -> None:
+        await self.flush()
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+
+# --------------------------------------------------------------------------- MQTT
+
+
+class MqttChannel:
+    """:class:`Sink` of alert messages to ``alerts/{hazard}/{area}``, QoS 1, retained.
+
+    One worker publishes in order, so per topic the broker sees Alert, Update, Cancel and
+    the clear in the order they were issued. paho's network loop runs on its own thread and
+    reconnects by itself; a QoS 1 message published while disconnected stays in paho's
+    queue and goes out on reconnect, so a missing PUBACK is waited for again (reported as
+    ``retry``), never published a second time.
+    """
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        username: str,
+        password: SecretStr,
+        status: CapStatus,
+        report: Report,
+        cap_config: CapConfig = DEFAULT_CAP_CONFIG,
+        publish_timeout_s: float = 10.0,
+        max_attempts: int = 6,
+        client_id: str | None = None,
+        keepalive_s: int = 30,
+    ) -> None:
+        self._host, self._port, self._keepalive = host, port, keepalive_s
+        self._username = username
+        self._status = status
+        self._report = report
+        self._cap_config = cap_config
+        self._timeout = publish_timeout_s
+        self._max_attempts = max(1, max_attempts)
+        cid = client_id or f"civic-alerts-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cid, protocol=mqtt.MQTTv5)
+        self._client.username_pw_set(username, password.get_secret_value())
+        self._client.reconnect_delay_set(min_delay=1, max_delay=30)
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_publish = self._on_publish
+        self._connected = threading.Event()
+        self._connect_error = ""
+        self._queue: asyncio.Queue[AlertMessage] = asyncio.Queue()
+        self._worker: asyncio.Task[None] | None = None
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # PUBACKs arrive on paho's thread, possibly before publish() has returned the mid.
+        self._mid_lock = threading.Lock()
+        self._pending: dict[int, asyncio.Future[None]] = {}
+        self._acked_early: set[int] = set()
+
+    @property
+    def connected(self) -> bool:
+        """Whether the broker connection is up (for /health)."""
+        return self._connected.is_set()
+
+    def _on_connect(
+        self, _c: mqtt.Client, _u: object, _f: object, rc: ReasonCode, _p: object
+    ) -> None:
+        if rc.is_failure:
+            self._connect_error = str(rc)
+            logger.error(
+                "mqtt connect refused host=%s user=%s reason=%s", self._host, self._username, rc
+            )
+            return
+        self._connected.set()
+        logger.info(
+            "mqtt connected host=%s port=%d user=%s", self._host, self._port, self._username
+        )
+
+    def _on_disconnect(
+        self, _c: mqtt.Client, _u: object, _f: object, rc: ReasonCode, _p: object
+    ) -> None:
+        self._connected.clear()
+        if rc.is_failure:
+            logger.warning("mqtt disconnected host=%s reason=%s", self._host, rc)
+
+    def _on_publish(
+        self, _c: mqtt.Client, _u: object, mid: int, _rc: ReasonCode, _p: object
+    ) -> None:
+        with self._mid_lock:
+            fut = self._pending.pop(mid, None)
+            if fut is None:
+                self._acked_early.add(mid)
+                return
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(_set_done, fut)
+
+    async def start(self, timeout_s: float = 10.0) -> None:
+        """Connect (paho reconnects by itself afterwards) and start the publisher."""
+        self._loop = asyncio.get_running_loop()
+        self._client.connect_async(self._host, self._port, keepalive=self._keepalive)
+        self._client.loop_start()
+        ok = await asyncio.to_thread(self._connected.wait, timeout_s)
+        if not ok:
+            self._client.loop_stop()
+            msg = (
+                f"MQTT broker {self._host}:{self._port} did not accept user {self._username!r} "
+                f"within {timeout_s:g} s ({self._connect_error or 'no CONNACK'})"
+            )
+            raise DeliveryError(msg)
+        self._worker = asyncio.create_task(self._run(), name="alerts-mqtt")
+
+    async def add(self, item: AlertMessage) -> None:
+        self._queue.put_nowait(item)
+
+    async def flush(self) -> None:
+        await self._queue.join()
+
+    async def close(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._timeout):
+                await self.flush()
+        tasks = [t for t in (self._worker, *self._inflight) if t is not None]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    async def _run(self) -> None:
+        # Publishing is in order; waiting for PUBACKs is not serialised, so one slow
+        # acknowledgement does not hold back the messages behind it.
+        inflight = self._inflight
+        while True:
+            msg = await self._queue.get()
+            try:
+                acks = self._publish_message(msg)
+            except DeliveryError as exc:
+                logger.error("mqtt publish refused identifier=%s error=%s", msg.identifier, exc)
+                self._queue.task_done()
+                await self._report(
+                    DeliveryResult("mqtt", "broker", msg, "failed", 1, 0, time.time_ns(), str(exc))
+                )
+                continue
+            task = asyncio.create_task(self._confirm(msg, acks))
+            inflight.add(task)
+            task.add_done_callback(inflight.discard)
+            task.add_done_callback(lambda _t: self._queue.task_done())
+
+    def _publish(self, topic: str, payload: bytes, *, retain: bool) -> asyncio.Future[None]:
+        """Hand one QoS 1 publish to paho; the future completes on its PUBACK."""
+        assert self._loop is not None  # set by start()
+        info = self._client.publish(topic, payload, qos=1, retain=retain)
+        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+            # NO_CONN is fine: paho keeps the message and sends it after reconnecting.
+            msg = f"paho refused the publish on {topic}: {mqtt.error_string(info.rc)}"
+            raise DeliveryError(msg)
+        fut: asyncio.Future[None] = self._loop.create_future()
+        with self._mid_lock:
+            if info.mid in self._acked_early:
+                self._acked_early.discard(info.mid)
+                fut.set_result(None)
+            else:
+                self._pending[info.mid] = fut
+        return fut
+
+    def _publish_message(self, msg: AlertMessage) -> list[asyncio.Future[None]]:
+        topic = mqtt_topic(msg)
+        payload = to_json_bytes(msg, self._status, config=self._cap_config)
+        if msg.msg_type == "Cancel":
+            # Live subscribers get the Cancel itself; then the retained state is cleared.
+            return [
+                self._publish(topic, payload, retain=False),
+                self._publish(topic, b"", retain=True),
+            ]
+        return [self._publish(topic, payload, retain=True)]
+
+    async def _confirm(self, msg: AlertMessage, acks: list[asyncio.Future[None]]) -> None:
+        try:
+            for attempt in range(1, self._max_attempts + 1):
+                _, pending = await asyncio.wait(acks, timeout=self._timeout)
+                if not pending:
+                    await self._report(
+                        DeliveryResult(
+                            "mqtt", "broker", msg, "delivered", attempt, 0, time.time_ns()
+                        )
+                    )
+                    return
+                error = f"no PUBACK within {self._timeout:g} s (connected={self.connected})"
+                outcome: Outcome = "failed" if attempt == self._max_attempts else "retry"
+                logger.warning(
+                    "mqtt publish not acknowledged topic=%s identifier=%s attempt=%d outcome=%s",
+                    mqtt_topic(msg),
+                    msg.identifier,
+                    attempt,
+                    outcome,
+                )
+                await self._report(
+                    DeliveryResult(
+                        "mqtt", "broker", msg, outcome, attempt, 0, time.time_ns(), error
+                    )
+                )
+        except Exception:
+            logger.exception("mqtt delivery report failed identifier=%s", msg.identifier)
+
+
+def _set_done(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+# --------------------------------------------------------------------------- webhooks
+
+
+def resolve_secret(sub: Subscription, environ: Mapping[str, str]) -> SecretStr:
+    """The HMAC key of ``sub``: its ``secret``, or the environment variable ``secret_ref``."""
+    if sub.secret is not None:
+        return sub.secret
+    assert sub.secret_ref is not None  # the model requires exactly one of the two
+    value = environ.get(sub.secret_ref, "")
+    if not value:
+        msg = (
+            f"webhook subscription {sub.id!r}: environment variable {sub.secret_ref!r} "
+            "(its secret_ref) is unset or empty"
+        )
+        raise SubscriptionError(msg)
+    return SecretStr(value)
+
+
+def load_subscriptions(
+    path: Path, environ: Mapping[str, str] | None = None
+) -> list[tuple[Subscription, SecretStr]]:
+    """Subscriptions from a YAML file ``{subscriptions: [...]}``, each with its secret.
+
+    A missing file means no subscriptions. A ``secret`` written in the file is refused:
+    secrets live in the environment (``secret_ref``), never in the repository.
+    """
+    env = os.environ if environ is None else environ
+    if not path.exists():
+        logger.info("no webhook subscriptions file path=%s", path)
+        return []
+    data: Any = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    items = data.get("subscriptions") if isinstance(data, dict) else None
+    if items is None:
+        items = []
+    if not isinstance(items, list):
+        msg = f"{path}: 'subscriptions' must be a list of subscriptions"
+        raise SubscriptionError(msg)
+    out: list[tuple[Subscription, SecretStr]] = []
+    seen: set[str] = set()
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            msg = f"{path}: subscriptions[{i}] must be a mapping, got {type(item).__name__}"
+            raise SubscriptionError(msg)
+        if "secret" in item:
+            msg = (
+                f"{path}: subscriptions[{i}] ({item.get('id', '?')}) writes its secret in the "
+                "file; name an environment variable with secret_ref instead"
+            )
+            raise SubscriptionError(msg)
+        try:
+            sub = Subscription.model_validate(item)
+        except ValidationError as exc:
+            msg = f"{path}: subscriptions[{i}] is invalid: {exc}"
+            raise SubscriptionError(msg) from exc
+        if sub.id in seen:
+            msg = f"{path}: subscription id {sub.id!r} appears twice"
+            raise SubscriptionError(msg)
+        seen.add(sub.id)
+        out.append((sub, resolve_secret(sub, env)))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Webhook:
+    """What one POST of one message to one subscriber consists of."""
+
+    url: str
+    body: bytes
+    headers: dict[str, str]
+
+
+def webhook_request(
+    sub: Subscription,
+    secret: SecretStr,
+    msg: AlertMessage,
+    status: CapStatus,
+    *,
+    attempt: int,
+    now_s: int,
+    cap_config: CapConfig = DEFAULT_CAP_CONFIG,
+) -> Webhook:
+    """The POST of ``msg`` to ``sub`` (pure): body in the subscriber's format, signed at
+    ``now_s`` (Unix seconds; each attempt is signed afresh so its timestamp is current).
+    """
+    if sub.format == "cap":
+        body = to_cap_xml(msg, status, config=cap_config)
+        content_type = "application/cap+xml; charset=utf-8"
+    else:
+        body = to_json_bytes(msg, status, config=cap_config)
+        content_type = "application/json; charset=utf-8"
+    headers = {
+        "Content-Type": content_type,
+        MESSAGE_ID_HEADER: msg.identifier,
+        "X-Civic-Alert-Id": msg.alert_id,
+        ATTEMPT_HEADER: str(attempt),
+        STATUS_HEADER: status,
+        **sign(secret, body, now_s),
+    }
+    return Webhook(url=str(sub.url), body=body, headers=headers)
+
+
+class _SubscriberWorker:
+    """One subscriber's queue and worker: retries here wait for nobody else."""
+
+    def __init__(
+        self, channel: WebhookChannel, sub: Subscription, secret: SecretStr, queue_size: int
+    ) -> None:
+        self.sub = sub
+        self._secret = secret
+        self._channel = channel
+        self.queue: asyncio.Queue[AlertMessage] = asyncio.Queue(maxsize=queue_size)
+        # Identifiers delivered by this process: a message handed over twice (a re-issued
+        # message after a restart overlapping with this run) is not POSTed twice.
+        self._delivered: OrderedDict[str, None] = OrderedDict()
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self._run(), name=f"alerts-webhook-{self.sub.id}")
+
+    async def _run(self) -> None:
+        while True:
+            msg = await self.queue.get()
+            try:
+                if msg.identifier not in self._delivered:
+                    await self._deliver(msg)
+            except Exception:
+                logger.exception(
+                    "webhook delivery crashed subscriber=%s identifier=%s",
+                    self.sub.id,
+                    msg.identifier,
+                )
+            finally:
+                self.queue.task_done()
+
+    async def _deliver(self, msg: AlertMessage) -> None:
+        ch = self._channel
+        for attempt in range(1, ch.max_attempts + 1):
+            req = webhook_request(
+                self.sub,
+                self._secret,
+                msg,
+                ch.status,
+                attempt=attempt,
+                now_s=int(time.time()),
+                cap_config=ch.cap_config,
+            )
+            status_code, error = 0, ""
+            try:
+                async with ch.session.post(
+                    req.url, data=req.body, headers=req.headers, timeout=ch.timeout
+                ) as resp:
+                    status_code = resp.status
+                    await resp.read()
+            except TimeoutError:
+                error = f"no answer within {ch.timeout.total:g} s"
+            except aiohttp.ClientError as exc:
+                error = f"{type(exc).__name__}: {exc}"
+            if 200 <= status_code < 300:
+                self._remember(msg.identifier)
+                await ch.report(
+                    DeliveryResult(
+                        "webhook",
+                        self.sub.id,
+                        msg,
+                        "delivered",
+                        attempt,
+                        status_code,
+                        time.time_ns(),
+                    )
+                )
+                return
+            error = error or f"HTTP {status_code}"
+            final = attempt >= ch.max_attempts or (
+                status_code != 0 and not retryable_status(status_code)
+            )
+            logger.warning(
+                "webhook attempt failed subscriber=%s identifier=%s attempt=%d status=%d "
+                "error=%s final=%s",
+                self.sub.id,
+                msg.identifier,
+                attempt,
+                status_code,
+                error,
+                final,
+            )
+            outcome: Outcome = "failed" if final else "retry"
+            await ch.report(
+                DeliveryResult(
+                    "webhook",
+                    self.sub.id,
+                    msg,
+                    outcome,
+                    attempt,
+                    status_code,
+                    time.time_ns(),
+                    error,
+                )
+            )
+            if final:
+                return
+            await asyncio.sleep(
+                backoff.delay(attempt - 1, ch.backoff_base_s, ch.backoff_cap_s, ch.rng)
+            )
+
+    def _remember(self, identifier: str) -> None:
+        self._delivered[identifier] = None
+        while len(self._delivered) > 10_000:
+            self._delivered.popitem(last=False)
+
+
+class WebhookChannel:
+    """:class:`Sink` of alert messages to webhook subscribers, one worker per subscriber."""
+
+    def __init__(
+        self,
+        subscriptions: Sequence[tuple[Subscription, SecretStr]],
+        *,
+        status: CapStatus,
+        report: Report,
+        cap_config: CapConfig = DEFAULT_CAP_CONFIG,
+        max_attempts: int = 6,
+        timeout_s: float = 5.0,
+        backoff_base_s: float = 0.5,
+        backoff_cap_s: float = 60.0,
+        queue_size: int = 10_000,
+        rng: backoff.RandomSource | None = None,
+    ) -> None:
+        if max_attempts < 1:
+            msg = f"webhook max_attempts must be >= 1, got {max_attempts}"
+            raise ValueError(msg)
+        self.status = status
+        self.report = report
+        self.cap_config = cap_config
+        self.max_attempts = max_attempts
+        self.timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self.backoff_base_s, self.backoff_cap_s = backoff_base_s, backoff_cap_s
+        self.rng: backoff.RandomSource = rng or random.Random()
+        self._workers = [_SubscriberWorker(self, s, k, queue_size) for s, k in subscriptions]
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            msg = "WebhookChannel used before start()"
+            raise RuntimeError(msg)
+        return self._session
+
+    @property
+    def subscribers(self) -> list[str]:
+        return [w.sub.id for w in self._workers]
+
+    async def start(self) -> None:
+        # No connection limit per host across subscribers: one hanging receiver must not
+        # take the pool's connections away from the others.
+        connector = aiohttp.TCPConnector(limit=0, limit_per_host=0)
+        self._session = aiohttp.ClientSession(
+            connector=connector, headers={"User-Agent": "civic-iot-alerts/1"}
+        )
+        for w in self._workers:
+            w.start()
+
+    async def add(self, item: AlertMessage) -> None:
+        for w in self._workers:
+            if not matches(w.sub, item):
+                continue
+            try:
+                w.queue.put_nowait(item)
+            except asyncio.QueueFull:
+                logger.error(
+                    "webhook queue full subscriber=%s identifier=%s size=%d",
+                    w.sub.id,
+                    item.identifier,
+                    w.queue.qsize(),
+                )
+                await self.report(
+                    DeliveryResult(
+                        "webhook", w.sub.id, item, "failed", 0, 0, time.time_ns(), "queue full"
+                    )
+                )
+
+    async def flush(self) -> None:
+        await asyncio.gather(*(w.queue.join() for w in self._workers))
+
+    async def close(self, timeout_s: float | None = None) -> None:
+        """Give the queues ``timeout_s`` (default: one request timeout) to drain, then stop."""
+        limit = self.timeout.total if timeout_s is None else timeout_s
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(limit):
+                await self.flush()
+        tasks = [w.task for w in self._workers if w.task is not None]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        left = sum(w.queue.qsize() for w in self._workers)
+        if left:
+            logger.warning("webhook messages left undelivered at close count=%d", left)
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+def subscriptions_from(
+    items: Iterable[Subscription], environ: Mapping[str, str] | None = None
+) -> list[tuple[Subscription, SecretStr]]:
+    """Pair already-built subscriptions with their secrets (tests, embedding)."""
+    env = os.environ if environ is None else environ
+    return [(s, resolve_secret(s, env)) for s in items]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)

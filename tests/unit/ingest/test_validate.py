@@ -1,0 +1,398 @@
+"""The validator as a whole: topic, size, registry, JSON, time, ids; and that nothing a
+device sends can make it raise anything but a refusal (hypothesis)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any, get_args
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from civic_iot.registry import Device, Registry, Township
+from ingest.models import (
+    AirPayload,
+    Limits,
+    Reading,
+    ReadingRefusedError,
+    ReasonCode,
+    to_ns,
+)
+from ingest.validate import validate
+
+NOW = datetime(2026, 11, 25, 0, 0, tzinfo=UTC)
+NOW_MS = 1_795_564_800_000
+LIMITS = Limits()
+
+REGISTRY = Registry(
+    townships=(
+        Township(code="63000030", name="Da'an", lat=25.026, lon=121.543),
+        Township(code="65000010", name="Banqiao", lat=25.011, lon=121.462),
+    ),
+    devices=(
+        Device(id="air-1", kind="air", lat=25.02, lon=121.54, township="63000030"),
+        Device(id="air-2", kind="air", lat=25.01, lon=121.46, township="65000010"),
+        Device(id="water-1", kind="water", lat=25.03, lon=121.55, township="63000030"),
+        Device(id="quake-1", kind="seismic", lat=25.04, lon=121.56, township="65000010"),
+    ),
+)
+
+
+def check(topic: str, raw: bytes, limits: Limits = LIMITS, now: datetime = NOW) -> Reading:
+    return validate(topic, raw, registry=REGISTRY, limits=limits, now=now)
+
+
+def refusal(topic: str, raw: bytes, limits: Limits = LIMITS, now: datetime = NOW) -> Any:
+    with pytest.raises(ReadingRefusedError) as info:
+        check(topic, raw, limits, now)
+    return info.value
+
+
+def air(**doc: Any) -> bytes:
+    return json.dumps({"v": 1, "ts": NOW_MS - 1000, "pm2_5_ugm3": 12.0, **doc}).encode()
+
+
+# ---------------------------------------------------------------- refusals in order
+
+
+@pytest.mark.parametrize(
+    "topic",
+    ["devices/air-1", "devices/air-1/air/x", "devices//air", "devices/air-1/noise", "x/air-1/air"],
+)
+def test_bad_topic(topic: str) -> None:
+    err = refusal(topic, air())
+    assert err.reason == "bad_topic"
+    assert repr(topic) in err.message
+
+
+def test_oversize_is_checked_before_anything_is_parsed() -> None:
+    limits = Limits(max_payload_bytes=100)
+    ok = air(pm10_ugm3=1.25).ljust(100)  # JSON tolerates trailing whitespace
+    assert len(ok) == 100
+    assert check("devices/air-1/air", ok, limits).data.pm10_ugm3 == 1.25
+    err = refusal("devices/air-1/air", ok + b" ", limits)
+    assert err.reason == "oversize"
+    assert "'air-1'" in err.message
+    assert "101 bytes" in err.message
+    assert "limit 100" in err.message
+
+
+def test_default_size_limit_is_64_kib() -> None:
+    assert refusal("devices/air-1/air", b" " * (64 * 1024 + 1)).reason == "oversize"
+    assert refusal("devices/air-1/air", b" " * (64 * 1024)).reason == "not_json"
+
+
+def test_unknown_device() -> None:
+    err = refusal("devices/air-9/air", air())
+    assert err.reason == "unknown_device"
+    assert "'air-9'" in err.message
+    assert "'devices/air-9/air'" in err.message
+    assert "registry" in err.message
+
+
+def test_unknown_device_is_refused_even_with_garbage() -> None:
+    assert refusal("devices/air-9/air", b"\xff").reason == "unknown_device"
+
+
+@pytest.mark.parametrize(
+    ("topic", "raw", "words"),
+    [
+        # the topic's kind is not the one the device is registered for
+        ("devices/air-1/water", b'{"ts":1795564799000,"rainfall_mm":1}', ["'air'", "'water'"]),
+        ("devices/water-1/seismic", b"{}", ["'water'", "'seismic'"]),
+        # the payload says another kind than its topic
+        ("devices/air-1/air", air(kind="water"), ["'water'", "air topic"]),
+        ("devices/air-1/air", air(kind=["air"]), ["['air']"]),
+    ],
+)
+def test_wrong_kind(topic: str, raw: bytes, words: list[str]) -> None:
+    err = refusal(topic, raw)
+    assert err.reason == "wrong_kind"
+    device = topic.split("/")[1]
+    assert repr(device) in err.message
+    assert repr(topic) in err.message
+    for word in words:
+        assert word in err.message
+
+
+def test_payload_may_repeat_its_kind() -> None:
+    assert check("devices/air-1/air", air(kind="air")).kind == "air"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"",
+        b"\xff\xfenot json",
+        b"pm2_5=12",
+        b'{"ts": 1795564799000, "pm2_5_ugm3": 12',
+        b"{'ts': 1}",
+        b"[" * 50_000,  # deeper than the parser's recursion limit
+        b'{"ts":1795564799000,"pm2_5_ugm3":' + b"1" * 4301 + b"}",  # int-digit limit
+        '{"ts":1,"pm2_5_ugm3":1,"n":"caf\xe9"}'.encode("latin-1"),
+    ],
+)
+def test_not_json(raw: bytes) -> None:
+    err = refusal("devices/air-1/air", raw)
+    assert err.reason == "not_json"
+    assert "'air-1'" in err.message
+    assert "'devices/air-1/air'" in err.message
+
+
+@pytest.mark.parametrize("raw", [b"[]", b"[1,2]", b"12", b'"air"', b"null", b"true"])
+def test_json_that_is_not_an_object(raw: bytes) -> None:
+    err = refusal("devices/air-1/air", raw)
+    assert err.reason == "schema"
+    assert "JSON object" in err.message
+    assert "'devices/air-1/air'" in err.message
+
+
+def test_several_problems_are_all_named() -> None:
+    err = refusal("devices/air-1/air", air(pm2_5_ugm3=-1, humidity_pct=101, colour="red"))
+    assert err.reason == "out_of_range"
+    for field in ("pm2_5_ugm3", "humidity_pct", "colour"):
+        assert field in err.message
+
+
+# ---------------------------------------------------------------- time
+
+
+def test_future_within_the_skew_is_accepted() -> None:
+    raw = air(ts=NOW_MS + 60_000)
+    assert check("devices/air-1/air", raw).event_time == NOW + timedelta(seconds=60)
+
+
+def test_future_beyond_the_skew_is_refused() -> None:
+    err = refusal("devices/air-1/air", air(ts=NOW_MS + 60_001))
+    assert err.reason == "future_timestamp"
+    assert "'air-1'" in err.message
+    assert "'devices/air-1/air'" in err.message
+    assert "ts 2026-11-25T00:01:00.001000+00:00" in err.message
+
+
+def test_future_skew_is_configurable() -> None:
+    limits = Limits(max_future_skew=timedelta(seconds=5))
+    assert refusal("devices/air-1/air", air(ts=NOW_MS + 5_001), limits).reason == (
+        "future_timestamp"
+    )
+    assert check("devices/air-1/air", air(ts=NOW_MS + 5_000), limits)
+
+
+@pytest.mark.parametrize(
+    ("ts", "late"),
+    [
+        (NOW_MS, False),
+        (NOW_MS - 3_600_000, False),  # exactly the lateness: still on time
+        (NOW_MS - 3_600_001, True),
+        ("2026-11-24T08:00:00+08:00", True),  # a day old
+        (0, True),  # the epoch itself is a valid, very late, time
+    ],
+)
+def test_late_readings_are_accepted_and_flagged(ts: object, *, late: bool) -> None:
+    reading = check("devices/air-1/air", air(ts=ts))
+    assert reading.late is late
+    assert reading.received_at == NOW
+
+
+# ---------------------------------------------------------------- the reading
+
+
+@pytest.mark.parametrize(
+    ("ts", "ns"),
+    [
+        (1_795_564_799_000, 1_795_564_799_000_000_000),
+        (1_795_564_799_999, 1_795_564_799_999_000_000),
+        ("2026-11-25T07:59:59.123456+08:00", 1_795_564_799_123_456_000),
+        ("2026-11-24T23:59:59Z", 1_795_564_799_000_000_000),
+    ],
+)
+def test_reading_id_is_device_and_event_time_ns(ts: object, ns: int) -> None:
+    reading = check("devices/air-2/air", air(ts=ts))
+    assert reading.reading_id == f"air-2:{ns}"
+    assert reading.event_time_ns == ns
+
+
+def test_same_time_in_two_notations_gives_one_reading_id() -> None:
+    a = check("devices/air-1/air", air(ts="2026-11-25T07:59:59+08:00"))
+    b = check("devices/air-1/air", air(ts=1_795_564_799_000))
+    assert a.reading_id == b.reading_id
+
+
+def test_reading_carries_device_location_and_data() -> None:
+    reading = check("devices/air-2/air", air(ts="2026-11-25T07:59:59+08:00", humidity_pct=80))
+    assert reading.device_id == "air-2"
+    assert reading.kind == "air"
+    assert reading.location.model_dump() == {"lat": 25.01, "lon": 121.46, "township": "65000010"}
+    assert isinstance(reading.data, AirPayload)
+    assert reading.data.humidity_pct == 80
+    assert reading.event_time == datetime(2026, 11, 24, 23, 59, 59, tzinfo=UTC)
+
+
+# ---------------------------------------------------------------- never raises
+
+KINDS = ("air", "water", "seismic")
+DEVICE_FOR = {"air": "air-1", "water": "water-1", "seismic": "quake-1"}
+CONTRACT_KEYS = (
+    "v",
+    "ts",
+    "kind",
+    "pm2_5_ugm3",
+    "pm10_ugm3",
+    "humidity_pct",
+    "water_level_m",
+    "rainfall_mm",
+    "sample_rate_hz",
+    "x_gal",
+    "y_gal",
+    "z_gal",
+    "pga_gal",
+)
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(10**20), max_value=10**20)
+    | st.floats()  # NaN and infinities included: json.dumps writes them, json.loads reads them
+    | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=10), children, max_size=5)
+    ),
+    max_leaves=30,
+)
+#: Objects using the contract's own keys reach deeper into the models than random keys.
+contract_like = st.dictionaries(st.sampled_from(CONTRACT_KEYS), json_values, max_size=8)
+plausible_ts = st.one_of(
+    st.integers(min_value=-(10**15), max_value=10**15),
+    st.floats(),
+    st.datetimes(timezones=st.timezones()).map(lambda d: d.isoformat()),
+    st.datetimes().map(lambda d: d.isoformat()),
+    st.text(max_size=30),
+)
+topics = st.one_of(
+    st.sampled_from(KINDS).map(lambda k: f"devices/{DEVICE_FOR[k]}/{k}"),
+    st.sampled_from(["devices/air-1/water", "devices/nobody/air", "devices/air-1"]),
+    st.text(max_size=40),
+)
+
+
+def never_raises_but_refusal(topic: str, raw: bytes) -> None:
+    outcome: Reading | ReadingRefusedError
+    try:
+        outcome = check(topic, raw)
+    except ReadingRefusedError as exc:
+        outcome = exc
+    if isinstance(outcome, ReadingRefusedError):
+        assert outcome.reason in get_args(ReasonCode)
+        assert outcome.message
+    else:
+        assert isinstance(outcome, Reading)
+
+
+@given(topic=topics, raw=st.binary(max_size=300))
+def test_random_bytes_never_raise_anything_but_a_refusal(topic: str, raw: bytes) -> None:
+    never_raises_but_refusal(topic, raw)
+
+
+@given(topic=topics, doc=json_values)
+def test_random_json_never_raises_anything_but_a_refusal(topic: str, doc: object) -> None:
+    never_raises_but_refusal(topic, json.dumps(doc).encode())
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow])
+@given(kind=st.sampled_from(KINDS), doc=contract_like, ts=plausible_ts)
+def test_random_contract_like_objects_never_raise(kind: str, doc: dict[str, Any], ts: Any) -> None:
+    topic = f"devices/{DEVICE_FOR[kind]}/{kind}"
+    never_raises_but_refusal(topic, json.dumps(doc).encode())
+    never_raises_but_refusal(topic, json.dumps({**doc, "ts": ts}).encode())
+
+
+# ---------------------------------------------------------------- valid always pass
+
+
+def opt(strategy: st.SearchStrategy[float]) -> st.SearchStrategy[float | None]:
+    return st.none() | strategy
+
+
+def num(lo: float, hi: float) -> st.SearchStrategy[float]:
+    return st.floats(min_value=lo, max_value=hi, allow_nan=False) | st.integers(lo, hi)
+
+
+valid_ts = st.one_of(
+    # epoch ms, from a year ago up to the allowed skew ahead
+    st.integers(NOW_MS - 365 * 86_400_000, NOW_MS + 60_000),
+    st.datetimes(
+        min_value=datetime(2000, 1, 1),  # hypothesis wants naive bounds
+        max_value=datetime(2026, 11, 25),
+        timezones=st.timezones(),
+    ).map(lambda d: d.isoformat()),
+)
+valid_air = st.fixed_dictionaries(
+    {
+        "v": st.just(1),
+        "ts": valid_ts,
+        "pm2_5_ugm3": num(0, 1000),  # the one pollutant every generated reading has
+    },
+    optional={
+        "kind": st.just("air"),
+        "pm10_ugm3": opt(num(0, 2000)),
+        "o3_ppb": opt(num(0, 1000)),
+        "co_ppm": opt(num(0, 100)),
+        "no2_ppb": opt(num(0, 5000)),
+        "so2_ppb": opt(num(0, 5000)),
+        "temperature_c": opt(num(-50, 70)),
+        "humidity_pct": opt(num(0, 100)),
+    },
+)
+valid_water = st.fixed_dictionaries(
+    {"ts": valid_ts, "rainfall_mm": num(0, 500)},
+    optional={
+        "v": st.just(1),
+        "water_level_m": opt(num(-100, 5000)),
+        "flood_depth_cm": opt(num(0, 1000)),
+    },
+)
+
+
+@st.composite
+def valid_seismic(draw: st.DrawFn) -> dict[str, Any]:
+    n = draw(st.integers(1, 1000))
+    sample = st.floats(-4000, 4000, allow_nan=False)
+    component = st.lists(sample, min_size=n, max_size=n)
+    doc = {
+        "v": 1,
+        "ts": draw(valid_ts),
+        "sample_rate_hz": draw(st.floats(0, 100, exclude_min=True) | st.integers(1, 100)),
+        "x_gal": draw(component),
+        "y_gal": draw(component),
+        "z_gal": draw(component),
+    }
+    if draw(st.booleans()):
+        doc["pga_gal"] = draw(num(0, 4000))
+    if draw(st.booleans()):
+        doc["pgv_cms"] = draw(num(0, 1000))
+    return doc
+
+
+valid_docs = st.one_of(
+    st.tuples(st.just("air"), valid_air),
+    st.tuples(st.just("water"), valid_water),
+    st.tuples(st.just("seismic"), valid_seismic()),
+)
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(case=valid_docs)
+def test_valid_readings_always_pass_and_round_trip(case: tuple[str, dict[str, Any]]) -> None:
+    kind, doc = case
+    device = DEVICE_FOR[kind]
+    reading = check(f"devices/{device}/{kind}", json.dumps(doc).encode())
+    assert reading.kind == reading.data.kind == kind
+    assert reading.reading_id == f"{device}:{to_ns(reading.event_time)}"
+    if isinstance(doc["ts"], int):
+        assert reading.reading_id == f"{device}:{doc['ts'] * 1_000_000}"
+    again = Reading.model_validate_json(reading.model_dump_json())
+    assert again == reading
+    assert again.reading_id == reading.reading_id
+    assert again.event_time_ns == reading.event_time_ns
