@@ -10,9 +10,8 @@ end), runs one worker (``python -m processors.cli``) and reports:
   visible (polling Flux counts);
 * latency Kafka record timestamp -> points stored, p50/p99, as the worker measures it per
   record (``pipeline`` measurement, every second: median of the p50s, max of the p99s);
-* triggering packet (its Kafka timestamp) -> earthquake candidate on Kafka (the
-  candidate's record timestamp), from the worker's log line ``quake candidate latency``
-  and from Kafka timestamps;
+* triggering packet (its Kafka record timestamp) -> earthquake candidate handed to the
+  producer, as the worker logs it (``quake candidate latency_ms``);
 * worker CPU time (user + sys from /proc) per reading, and peak RSS (VmHWM).
 """
 

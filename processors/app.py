@@ -1,0 +1,520 @@
+"""The processors' Faust app: thin agents around the pure detectors.
+
+Topics (``p`` = ``settings.kafka.topic_prefix``) and agents, all ``concurrency=1``
+(faust-streaming #606: more can commit past an unfinished message):
+
+===========================  ==================  ==========================================
+topic (key)                  agent               state table (key)
+===========================  ==================  ==========================================
+``p readings.air`` (device)     ``air``          ``air-state`` (device)
+``p readings.water`` (device)   ``water``        ``water-state`` (device)
+``p readings.seismic`` (dev.)   ``seismic``      ``seismic-state`` (device)
+``p processors.township``       ``township``     ``township-state`` (township)
+(township, N partitions)
+``p seismic.triggers``          ``quake``        ``quake-state`` (``network``)
+(constant key, 1 partition)
+===========================  ==================  ==========================================
+
+Device agents report each reading's level to ``processors.township`` keyed by township,
+so per-township state (air sensors agreeing, water hazards) is co-partitioned with its
+own input and the app scales out on partitions. The earthquake associator needs every
+station's triggers in one place: ``seismic.triggers`` has one partition and is the one
+serial point, deliberately (one small message per seismic batch).
+
+Commit after the sink: every agent reads with ``stream.noack_take(max, within)``, which
+yields buffered *events* and never acks them (faust/streams.py, ``noack_take``: the
+``await self.ack(event)`` of ``take()`` is commented out there). The agent processes the
+batch, hands candidates to the producer at once, then awaits the sink until InfluxDB has
+every point (retrying with backoff while it is down), and only then acks each event
+(``Stream.ack`` -> ``Consumer.ack``). The consumer commits, every
+``broker_commit_interval``, only the highest *contiguous* acked offset per partition
+(``Consumer._new_offset``), after flushing the producer (``Consumer._commit_offsets``).
+An event whose points are not stored is never acked, so neither it nor anything after it
+in its partition is committed; after a crash it is read again and its points rewritten
+to the same series and time. ``stream_wait_empty=False`` so that stopping the worker
+commits what is acked instead of waiting for events that cannot be stored.
+
+State is written to the tables only after the batch's points are stored
+(:class:`BatchState`), so the changelog never runs ahead of storage: a re-read batch
+recomputes the same figures. Table writes take the changelog partition from the *current
+event*; each key is written under its own last event (faust's task-local variable only:
+``Stream._set_current_event`` would also overwrite the stream's ``current_event``, which
+``noack_take``'s buffering processor reads in the background, and lose events).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import weakref
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any
+
+import faust
+from faust.streams import _current_event
+from pydantic import ValidationError
+
+from civic_iot.events import AlertCandidate
+from civic_iot.registry import Registry, load_registry
+from civic_iot.settings import Settings
+from civic_iot.topics import Topics
+from ingest.models import Reading
+from processors.detectors.health import silent_devices
+from processors.handlers import (
+    Context,
+    handle_air,
+    handle_quake,
+    handle_seismic,
+    handle_township,
+    handle_water,
+    open_candidates,
+)
+from processors.messages import NETWORK_KEY, Observation, SeismicTick, TownshipReport
+from processors.points import Point, pipeline_point, reading_points, sensor_health_point
+from processors.sink import InfluxSink, PointSink, Publisher, store
+
+logger = logging.getLogger(__name__)
+
+SinkFactory = Callable[[str], PointSink]
+
+
+def township_topic(settings: Settings) -> str:
+    return f"{settings.kafka.topic_prefix}processors.township"
+
+
+def triggers_topic(settings: Settings) -> str:
+    return f"{settings.kafka.topic_prefix}seismic.triggers"
+
+
+class FaustPublisher:
+    """:class:`~processors.sink.Publisher` on the app's own producer, so the consumer's
+    commit (which flushes that producer first) never passes an unsent message."""
+
+    def __init__(self, app: faust.App) -> None:
+        self._app = app
+        self._topics: dict[str, Any] = {}
+
+    async def add(self, topic: str, key: str, value: bytes) -> None:
+        t = self._topics.get(topic)
+        if t is None:
+            t = self._topics[topic] = self._app.topic(topic, value_serializer="raw")
+        await t.send(key=key.encode(), value=value)
+
+    async def flush(self) -> None:
+        await self._app.producer.flush()
+
+    async def close(self) -> None:
+        return None
+
+
+class BatchState:
+    """A table seen through the current batch: reads see the batch's own writes, and
+    nothing reaches the table (and so its changelog) until :meth:`write` after the
+    batch's points are stored. A crash before that leaves the old state, and the
+    re-read batch recomputes the same figures; a crash after it finds each key's stored
+    offset and skips what the state already holds (``_seen``)."""
+
+    def __init__(self, table: Any) -> None:
+        self.table = table
+        self._new: dict[str, tuple[dict[str, Any], Any]] = {}
+
+    def get(self, key: str) -> dict[str, Any]:
+        hit = self._new.get(key)
+        return hit[0] if hit is not None else (self.table.get(key) or {})
+
+    def set(self, key: str, value: dict[str, Any], event: Any) -> None:
+        self._new[key] = ({**value, "offset": int(event.message.offset)}, event)
+
+    def reset(self) -> None:
+        """Forget a batch that did not finish (its events are not acked either)."""
+        self._new.clear()
+
+    def write(self) -> None:
+        """Into the table, each key under its own last event (its changelog partition)."""
+        for key, (value, event) in self._new.items():
+            _current_event.set(weakref.ref(event))
+            self.table[key] = value
+        self._new.clear()
+
+
+class Stats:
+    """Counters and latencies of this worker for the ``pipeline`` measurement."""
+
+    def __init__(self) -> None:
+        self.counters: Counter[str] = Counter()
+        #: Kafka record time -> points stored, ms, since the last snapshot.
+        self.latencies_ms: list[float] = []
+        #: Kafka time of the triggering packet -> quake candidate sent, ms.
+        self.quake_latencies_ms: list[float] = []
+
+    def stored(self, record_ms: Sequence[int]) -> None:
+        now_ms = time.time() * 1000
+        self.counters["readings_out"] += len(record_ms)
+        self.latencies_ms += [now_ms - t for t in record_ms]
+
+    def snapshot(self) -> dict[str, float]:
+        lat = sorted(self.latencies_ms)
+        self.latencies_ms = []
+        out: dict[str, float] = {k: float(v) for k, v in self.counters.items()}
+        if lat:
+            out["latency_p50_ms"] = lat[len(lat) // 2]
+            out["latency_p99_ms"] = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+        return out
+
+
+def create_app(
+    settings: Settings,
+    *,
+    registry: Registry | None = None,
+    sink_factory: SinkFactory | None = None,
+    publisher: Publisher | None = None,
+) -> faust.App:
+    """The processors app. ``sink_factory(name)`` gives each agent its own sink and
+    ``publisher`` sends to Kafka; both default to the real ones (InfluxDB, the app's
+    producer) and are replaced by in-memory recorders in unit tests."""
+    p = settings.processors
+    prefix = settings.kafka.topic_prefix
+    topics = Topics.from_settings(settings.kafka)
+    n = settings.kafka.partitions
+    app = faust.App(
+        f"{prefix}civic-processors",
+        broker=f"kafka://{settings.kafka.bootstrap}",
+        store="memory://",
+        key_serializer="raw",
+        value_serializer="raw",
+        consumer_auto_offset_reset="earliest",
+        broker_max_poll_records=p.batch_max,
+        topic_partitions=n,
+        table_standby_replicas=0,
+        stream_wait_empty=False,
+        web_enabled=p.web_port > 0,
+        web_port=p.web_port or 6066,
+        web_bind=p.web_host,
+        web_host=p.web_host,
+    )
+    reg = registry if registry is not None else load_registry(settings.registry)
+    ctx = Context.build(
+        settings.influx,
+        reg,
+        {
+            "air": p.silent_after_air_s,
+            "water": p.silent_after_water_s,
+            "seismic": p.silent_after_seismic_s,
+        },
+    )
+    if sink_factory is None:
+        executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="influx")
+
+        def sink_factory(name: str) -> PointSink:
+            return InfluxSink.from_settings(settings, executor, name)
+
+    pub: Publisher = publisher if publisher is not None else FaustPublisher(app)
+    stats = Stats()
+    retry_s = p.influx_backoff_cap_s
+
+    def table(name: str, partitions: int = n) -> Any:
+        return app.Table(
+            name,
+            default=None,
+            partitions=partitions,
+            schema=faust.Schema(key_serializer="json", value_serializer="json"),
+        )
+
+    air_table = table("air-state")
+    water_table = table("water-state")
+    seismic_table = table("seismic-state")
+    township_table = table("township-state")
+    quake_table = table("quake-state", partitions=1)
+
+    town_topic = app.topic(township_topic(settings), partitions=n, internal=True)
+    trig_topic = app.topic(triggers_topic(settings), partitions=1, internal=True)
+
+    async def publish(candidates: Sequence[AlertCandidate]) -> None:
+        for c in candidates:
+            await pub.add(topics.candidates, c.key, c.model_dump_json().encode())
+            logger.info("alert candidate key=%s level=%d value=%s", c.key, c.level, f"{c.value:g}")
+
+    async def batches(
+        stream: Any,
+        name: str,
+        sink: PointSink,
+        handle: Callable[[Any], Awaitable[None]],
+        *,
+        within: float = p.batch_within_s,
+        after: Callable[[], Awaitable[None]] | None = None,
+        readings: bool = False,
+        state: BatchState,
+    ) -> None:
+        """The commit-after-sink loop shared by every agent (see the module docstring)."""
+        async for events in stream.noack_take(p.batch_max, within):
+            state.reset()
+            for event in events:
+                await handle(event)
+            if after is not None:
+                await after()
+            await store(sink, what=name, retry_s=retry_s)
+            state.write()
+            _current_event.set(None)
+            for event in events:
+                await stream.ack(event)
+            if readings:
+                stats.stored([ms for e in events if (ms := _record_ms(e)) is not None])
+
+    def reading_of(event: Any, kind: str) -> Reading | None:
+        stats.counters["readings_in"] += 1
+        try:
+            return Reading.model_validate_json(event.value)
+        except ValidationError as exc:
+            # ingest validated it: a message that is no Reading is not ours to store.
+            stats.counters["deadletters"] += 1
+            msg = event.message
+            logger.error(
+                "not a reading topic=%s partition=%d offset=%d kind=%s error=%s",
+                msg.topic,
+                msg.partition,
+                msg.offset,
+                kind,
+                exc.errors(include_url=False)[:3],
+            )
+            return None
+
+    def device_agent(
+        kind: str, topic: Any, state_table: Any, handler: Callable[..., Any]
+    ) -> PointSink:
+        sink = sink_factory(kind)
+        states = BatchState(state_table)
+        seismic_batch: list[tuple[Any, int | None, int]] = []
+
+        async def handle(event: Any) -> None:
+            reading = reading_of(event, kind)
+            if reading is None:
+                return
+            env = states.get(reading.device_id)
+            if _seen(env, event):
+                # Replayed after a restart: the state already holds it (its changelog was
+                # written, the offset not yet committed). Rewrite the raw point only.
+                stats.counters["replayed"] += 1
+                sink.add(reading_points(reading, ctx.buckets))
+                return
+            try:
+                out = handler(env, reading, ctx)
+            except Exception:
+                # A detector bug must not lose the reading nor stop the stream.
+                logger.exception("detector failed reading=%s kind=%s", reading.reading_id, kind)
+                stats.counters["detector_errors"] += 1
+                sink.add(reading_points(reading, ctx.buckets))
+                return
+            states.set(reading.device_id, out.state, event)
+            sink.add(out.points)
+            for r in getattr(out, "reports", ()):
+                await pub.add(town_name, r.township, r.model_dump_json().encode())
+            if kind == "seismic":
+                seismic_batch.append((out, _record_ms(event), event.message.partition))
+
+        async def send_tick() -> None:
+            """Per source partition and packet second of the batch, in time order, one
+            message to the associator (triggers, observations, clock), so that a backlog
+            replays as it happened: a batch may span many seconds, events close on that
+            clock, and the clock is the slowest partition's (see ``handle_quake``)."""
+            if not seismic_batch:
+                return
+            groups: dict[tuple[int, int], list[tuple[Any, int | None]]] = {}
+            for o, ts, part in seismic_batch:
+                groups.setdefault((math.ceil(o.end_s), part), []).append((o, ts))
+            seismic_batch.clear()
+            for (_, part), group in sorted(groups.items()):
+                tick = SeismicTick(
+                    now_s=max(o.end_s for o, _ in group),
+                    triggers=tuple(o.trigger for o, _ in group if o.trigger),
+                    observations=tuple(_latest_obs([o.observation for o, _ in group])),
+                    trigger_record_ms=min(
+                        (ts for o, ts in group if o.trigger and ts), default=None
+                    ),
+                    partition=part,
+                )
+                await pub.add(trig_name, NETWORK_KEY, tick.model_dump_json().encode())
+
+        async def agent(stream: Any) -> None:
+            await batches(stream, kind, sink, handle, after=send_tick, readings=True, state=states)
+
+        app.agent(topic, name=f"{prefix}{kind}", concurrency=1)(agent)
+        return sink
+
+    town_name, trig_name = township_topic(settings), triggers_topic(settings)
+    device_sinks = [
+        device_agent("air", app.topic(topics.readings("air")), air_table, handle_air),
+        device_agent("water", app.topic(topics.readings("water")), water_table, handle_water),
+        device_agent(
+            "seismic", app.topic(topics.readings("seismic")), seismic_table, handle_seismic
+        ),
+    ]
+
+    township_sink = sink_factory("township")
+    town_states = BatchState(township_table)
+
+    async def township_agent(stream: Any) -> None:
+        async def handle(event: Any) -> None:
+            report = TownshipReport.model_validate_json(event.value)
+            env = town_states.get(report.township)
+            if _seen(env, event):
+                return
+            decision = handle_township(env, report, ctx, datetime.now(UTC))
+            town_states.set(report.township, decision.state, event)
+            await publish(decision.candidates)
+            township_sink.add(decision.points)
+
+        await batches(stream, "township", township_sink, handle, state=town_states)
+
+    app.agent(town_topic, name=f"{prefix}township", concurrency=1)(township_agent)
+
+    quake_sink = sink_factory("quake")
+    quake_states = BatchState(quake_table)
+
+    async def quake_agent(stream: Any) -> None:
+        ticks: list[SeismicTick] = []
+
+        last: list[Any] = []
+
+        async def handle(event: Any) -> None:
+            if not _seen(quake_states.get(NETWORK_KEY), event):
+                ticks.append(SeismicTick.model_validate_json(event.value))
+                last.append(event)
+
+        async def step() -> None:
+            if not ticks:
+                return
+            # One associator step per tick, in stream-time order (Associator.step).
+            state = quake_states.get(NETWORK_KEY)
+            found: list[AlertCandidate] = []
+            points: list[Point] = []
+            for tick in sorted(ticks, key=lambda k: k.now_s):
+                decision = handle_quake(state, [tick], ctx, datetime.now(UTC))
+                state = decision.state
+                await publish(decision.candidates)
+                found += decision.candidates
+                points += decision.points
+            quake_states.set(NETWORK_KEY, state, last[-1])
+            last.clear()
+            first = min((t.trigger_record_ms for t in ticks if t.trigger_record_ms), default=None)
+            if found and first is not None:
+                latency = time.time() * 1000 - first
+                stats.quake_latencies_ms.append(latency)
+                logger.info("quake candidate latency_ms=%.1f", latency)
+            quake_sink.add(points)
+            ticks.clear()
+
+        await batches(
+            stream,
+            "quake",
+            quake_sink,
+            handle,
+            within=p.quake_within_s,
+            after=step,
+            state=quake_states,
+        )
+
+    app.agent(trig_topic, name=f"{prefix}quake", concurrency=1)(quake_agent)
+
+    # --- timers ---------------------------------------------------------------------
+
+    async def republish_open_candidates() -> None:
+        """Identical candidates raise no new alert message; they keep it from expiring."""
+        sent = 0
+        for tbl in (township_table, quake_table):
+            for _, state in list(tbl.items()):
+                for key, doc in open_candidates(state):
+                    await pub.add(topics.candidates, key, doc.encode())
+                    sent += 1
+        if sent:
+            logger.info("open alert candidates re-sent count=%d", sent)
+
+    timer_sink = sink_factory("timers")
+    flagged_silent: set[str] = set()
+
+    async def silence_check() -> None:
+        now = datetime.now(UTC)
+        found = []
+        for kind, tbl in (("air", air_table), ("water", water_table), ("seismic", seismic_table)):
+            seen = {
+                k: datetime.fromtimestamp(float(v["last_seen"]), UTC)
+                for k, v in list(tbl.items())
+                if v and v.get("last_seen") is not None
+            }
+            silent = silent_devices(seen, now, ctx.silent_after_s[kind], factor=1)
+            found += silent
+            flagged_silent.difference_update(set(seen) - {f.device_id for f in silent})
+        new = [f for f in found if f.device_id not in flagged_silent]
+        for f in new:
+            dev = reg.get(f.device_id)
+            pt = sensor_health_point(
+                f.device_id,
+                dev.township if dev else "",
+                "silent",
+                active=True,
+                detail=f"no reading since {f.since.isoformat(timespec='seconds')}",
+                at=now,
+                buckets=ctx.buckets,
+            )
+            timer_sink.add([pt] if pt else [])
+        if new:
+            try:
+                await timer_sink.flush()
+            except Exception as exc:  # noqa: BLE001 - retried at the next check
+                logger.warning("silent devices not stored, retry next check error=%s", exc)
+                return
+            flagged_silent.update(f.device_id for f in new)
+            logger.info("devices silent count=%d", len(new))
+
+    if p.stats_interval_s > 0:
+
+        async def pipeline_stats() -> None:
+            snap = stats.snapshot()
+            snap["write_errors"] = float(sum(getattr(s, "write_errors", 0) for s in device_sinks))
+            pt = pipeline_point(p.instance, snap, time.time_ns(), ctx.buckets)
+            if pt is None:
+                return
+            timer_sink.add([pt])
+            try:
+                await timer_sink.flush()
+            except Exception as exc:  # noqa: BLE001 - statistics are best effort
+                logger.warning("pipeline statistics not stored error=%s", exc)
+
+        app.timer(interval=p.stats_interval_s)(pipeline_stats)
+
+    app.timer(interval=p.republish_interval_s)(republish_open_candidates)
+    app.timer(interval=p.silence_check_interval_s)(silence_check)
+    return app
+
+
+def _record_ms(event: Any) -> int | None:
+    """The Kafka record timestamp in ms (faust keeps it as float seconds)."""
+    ts = event.message.timestamp
+    return None if not ts else round(float(ts) * 1000)
+
+
+def _seen(state: dict[str, Any], event: Any) -> bool:
+    """Whether a key's state already includes this message (the offset it stored).
+
+    Faust writes a table's changelog as soon as the value is set, but the source offset
+    is committed later; after a crash in between, the message comes again. Each key's
+    input stays in one partition, so the offset of the last message applied to a key
+    tells a replay from a new message, and the detectors see every reading once.
+    """
+    seen = state.get("offset")
+    return seen is not None and int(event.message.offset) <= int(seen)
+
+
+def _latest_obs(observations: Sequence[Observation | None]) -> list[Observation]:
+    """The newest observation per station (peaks only grow within an event window)."""
+    latest: dict[str, Observation] = {}
+    for o in observations:
+        if o is not None:
+            latest[o.station_id] = o
+    return list(latest.values())
+
+
+__all__ = ["FaustPublisher", "create_app", "township_topic", "triggers_topic"]

@@ -1,0 +1,79 @@
+"""Messages between the processors' own agents (internal Kafka topics).
+
+* ``{prefix}processors.township`` (keyed by township code, as many partitions as the
+  readings topics): every air and water reading's per-device level, so that the
+  township's state lives in one partition whatever device partition it came from.
+* ``{prefix}seismic.triggers`` (one partition, one constant key): per batch of seismic
+  packets, the station triggers and event-window observations and the stream clock, for
+  the network associator that must see every station.
+"""
+
+from __future__ import annotations
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from civic_iot.events import Hazard
+
+#: The key of every ``seismic.triggers`` message: the associator is one serial point.
+NETWORK_KEY = "network"
+
+
+class TownshipReport(BaseModel):
+    """One device's current level for one hazard in its township.
+
+    ``value`` is in ``metric``'s unit (``aqi``, ``flood_depth_cm`` ...); ``threshold`` is
+    the line of the device's current level in that unit.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    township: str
+    hazard: Hazard
+    device: str
+    level: int = Field(ge=0)
+    value: float | None
+    metric: str
+    threshold: float | None = None
+    event_time: AwareDatetime
+    evidence: dict[str, float | str] = Field(default_factory=dict)
+
+
+class Trigger(BaseModel):
+    """A station's STA/LTA trigger: P time epoch s, position degrees."""
+
+    model_config = ConfigDict(frozen=True)
+
+    station_id: str
+    lat: float
+    lon: float
+    p_time_s: float
+
+
+class Observation(BaseModel):
+    """A triggered station's event-window peaks: PGA gal, PGV cm/s, Pd cm."""
+
+    model_config = ConfigDict(frozen=True)
+
+    station_id: str
+    pga_gal: float
+    pgv_cms: float
+    pd_cm: float | None = None
+    pd_snr: float | None = None
+
+
+class SeismicTick(BaseModel):
+    """A batch of seismic packets as the associator needs it.
+
+    ``now_s``: end of the newest packet, epoch s (the associator's stream clock);
+    ``first_packet_ms``: Kafka timestamp of the oldest triggering packet (latency).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    now_s: float
+    triggers: tuple[Trigger, ...] = ()
+    observations: tuple[Observation, ...] = ()
+    trigger_record_ms: int | None = None
+    #: The ``readings.seismic`` partition the packets came from: the associator's clock
+    #: is the slowest partition's (a watermark), see ``processors.handlers.handle_quake``.
+    partition: int | None = None

@@ -1,0 +1,364 @@
+"""InfluxDB points, built without I/O, exactly as ``docs/storage.md`` lays them out.
+
+Every builder is a pure function of a reading or a detector's figures. The timestamp is
+always an event time (the reading's, or the detector's stream clock), never the wall
+clock, so processing the same reading twice writes the same point (same series, same
+time) and InfluxDB keeps one. :meth:`Point.line` encodes InfluxDB line protocol with
+nanosecond precision.
+
+Field types are fixed per field (``int`` fields get the ``i`` suffix, numbers from
+detectors are written as floats even when whole) because InfluxDB refuses a point whose
+field changes type within a shard.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from civic_iot.settings import InfluxSettings
+from ingest.models import POLLUTANT_FIELDS, AirPayload, Reading, SeismicPayload, WaterPayload, to_ns
+from processors.detectors.air import AirFigures, TownshipUpdate
+from processors.detectors.health import Issue
+from processors.detectors.intensity import cwa_intensity, intensity_ordinal
+from processors.detectors.quake import QuakeEvent
+from processors.detectors.seismic import PacketResult
+from processors.detectors.water import DebrisFlowFigures, GaugeFigures, RainFigures
+
+FieldValue = float | int | bool | str
+
+#: Weather fields an air sensor may send besides its pollutants (stored raw as sent).
+AIR_READING_FIELDS = (*POLLUTANT_FIELDS, "temperature_c", "humidity_pct")
+WATER_READING_FIELDS = ("water_level_m", "flood_depth_cm", "rainfall_mm")
+
+
+@dataclass(frozen=True, slots=True)
+class Point:
+    """One InfluxDB point: the bucket it belongs in, series, fields and time (ns)."""
+
+    bucket: str
+    measurement: str
+    tags: tuple[tuple[str, str], ...]
+    fields: tuple[tuple[str, FieldValue], ...]
+    time_ns: int
+
+    def line(self) -> str:
+        """Line protocol, tags sorted (InfluxDB's canonical order)."""
+        head = _escape(self.measurement, _MEASUREMENT)
+        for k, v in sorted(self.tags):
+            head += f",{_escape(k, _TAG)}={_escape(v, _TAG)}"
+        body = ",".join(f"{_escape(k, _TAG)}={_field(v)}" for k, v in self.fields)
+        return f"{head} {body} {self.time_ns}"
+
+
+_MEASUREMENT = str.maketrans({",": r"\,", " ": r"\ ", "\n": r"\n"})
+_TAG = str.maketrans({",": r"\,", " ": r"\ ", "=": r"\=", "\n": r"\n"})
+
+
+def _escape(s: str, table: dict[int, str]) -> str:
+    return s.replace("\\", "\\\\").translate(table)
+
+
+def _field(v: FieldValue) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return f"{v}i"
+    if isinstance(v, float):
+        return repr(v)
+    escaped = v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'"{escaped}"'
+
+
+def point(
+    bucket: str,
+    measurement: str,
+    tags: Mapping[str, str | None],
+    fields: Mapping[str, FieldValue | None],
+    time_ns: int,
+) -> Point | None:
+    """A point without the empty tags, ``None`` fields and non-finite floats (InfluxDB
+    accepts none of them); ``None`` when no field is left."""
+    kept: list[tuple[str, FieldValue]] = []
+    for k, v in fields.items():
+        if v is None or (isinstance(v, float) and not math.isfinite(v)):
+            continue
+        kept.append((k, v))
+    if not kept:
+        return None
+    return Point(
+        bucket=bucket,
+        measurement=measurement,
+        tags=tuple(sorted((k, v) for k, v in tags.items() if v)),
+        fields=tuple(kept),
+        time_ns=time_ns,
+    )
+
+
+def _opt_float(v: float | None) -> float | None:
+    return None if v is None else float(v)
+
+
+def _kept(points: Iterable[Point | None]) -> list[Point]:
+    return [p for p in points if p is not None]
+
+
+# --- raw readings -----------------------------------------------------------------------
+
+
+def water_sensor(data: WaterPayload, registered: str | None = None) -> str:
+    """The ``sensor`` tag of a water reading: the registry's, else what it carries."""
+    if registered in ("river", "flood", "rain"):
+        return registered
+    if data.flood_depth_cm is not None:
+        return "flood"
+    if data.water_level_m is not None:
+        return "river"
+    return "rain"
+
+
+def reading_points(
+    reading: Reading, buckets: InfluxSettings, *, sensor: str | None = None
+) -> list[Point]:
+    """The raw points of one reading: ``air`` or ``water`` in ``bucket_readings``, or one
+    ``seismic_sample`` per sample in ``bucket_seismic``. ``sensor``: the registry's."""
+    loc = reading.location
+    data = reading.data
+    t = reading.event_time_ns
+    if isinstance(data, AirPayload):
+        fields: dict[str, FieldValue | None] = {
+            f: _opt_float(getattr(data, f)) for f in AIR_READING_FIELDS
+        }
+        fields |= {"lat": float(loc.lat), "lon": float(loc.lon), "late": reading.late}
+        tags = {"device": reading.device_id, "township": loc.township, "kind": "air"}
+        return _kept([point(buckets.bucket_readings, "air", tags, fields, t)])
+    if isinstance(data, WaterPayload):
+        fields = {f: _opt_float(getattr(data, f)) for f in WATER_READING_FIELDS}
+        fields |= {"lat": float(loc.lat), "lon": float(loc.lon), "late": reading.late}
+        tags = {
+            "device": reading.device_id,
+            "township": loc.township,
+            "kind": "water",
+            "sensor": water_sensor(data, sensor),
+        }
+        return _kept([point(buckets.bucket_readings, "water", tags, fields, t)])
+    return seismic_sample_points(reading.device_id, loc.township, data, t, buckets)
+
+
+def sample_time_ns(t0_ns: int, i: int, rate_hz: float) -> int:
+    """Time of sample ``i`` of a packet starting at ``t0_ns``: ``t0 + i / rate``, ns."""
+    return t0_ns + round(i * 1_000_000_000 / rate_hz)
+
+
+def seismic_sample_points(
+    device: str, township: str, data: SeismicPayload, t0_ns: int, buckets: InfluxSettings
+) -> list[Point]:
+    """One ``seismic_sample`` point (``x_gal``, ``y_gal``, ``z_gal``) per sample."""
+    tags: tuple[tuple[str, str], ...] = (("device", device),)
+    if township:
+        tags = (("device", device), ("township", township))
+    rate = data.sample_rate_hz
+    return [
+        Point(
+            bucket=buckets.bucket_seismic,
+            measurement="seismic_sample",
+            tags=tags,
+            fields=(("x_gal", float(x)), ("y_gal", float(y)), ("z_gal", float(z))),
+            time_ns=sample_time_ns(t0_ns, i, rate),
+        )
+        for i, (x, y, z) in enumerate(zip(data.x_gal, data.y_gal, data.z_gal, strict=True))
+    ]
+
+
+# --- derived figures --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Where:
+    """Device identity as the derived points tag and locate it."""
+
+    device: str
+    township: str
+    lat: float
+    lon: float
+
+    @classmethod
+    def of(cls, reading: Reading) -> Where:
+        loc = reading.location
+        return cls(reading.device_id, loc.township, float(loc.lat), float(loc.lon))
+
+    def tags(self, **extra: str) -> dict[str, str | None]:
+        return {"device": self.device, "township": self.township, **extra}
+
+
+def air_quality_point(where: Where, figures: AirFigures, buckets: InfluxSettings) -> Point | None:
+    """``air_quality``: AQI, category, leading pollutant, level and the AQI inputs."""
+    aqi = figures.aqi
+    pm25 = figures.means.get("pm2_5_ugm3")
+    inputs = figures.aqi_inputs
+    fields: dict[str, FieldValue | None] = {
+        "aqi": aqi.aqi if aqi else None,
+        "category": aqi.category.name_en if aqi else None,
+        "leading": aqi.leading_pollutant if aqi else None,
+        "level": int(figures.level),
+        "pm2_5_1h": _opt_float(pm25.mean_1h) if pm25 else None,
+        "pm2_5_rt": _opt_float(inputs.get("pm2_5")),
+        "pm10_rt": _opt_float(inputs.get("pm10")),
+        "o3_8h_ppm": _opt_float(inputs.get("o3_8h")),
+        "co_8h_ppm": _opt_float(inputs.get("co_8h")),
+        "lat": where.lat,
+        "lon": where.lon,
+    }
+    return point(buckets.bucket_derived, "air_quality", where.tags(), fields, to_ns(figures.as_of))
+
+
+def township_air_point(
+    township: str, update: TownshipUpdate, at: datetime, buckets: InfluxSettings
+) -> Point | None:
+    """``township_air``: the township's level, agreeing sensors and their highest AQI."""
+    fields: dict[str, FieldValue | None] = {
+        "level": int(update.level),
+        "sensors_agreeing": len(update.devices),
+        "max_aqi": update.aqi,
+    }
+    return point(buckets.bucket_derived, "township_air", {"township": township}, fields, to_ns(at))
+
+
+def water_level_point(
+    where: Where, sensor: str, figures: GaugeFigures, buckets: InfluxSettings
+) -> Point | None:
+    """``water_level``: depth (flood, cm) or stage (river, m), rate of rise, level."""
+    value_name = "flood_depth_cm" if sensor == "flood" else "water_level_m"
+    fields: dict[str, FieldValue | None] = {
+        value_name: float(figures.value),
+        "rise_cm_per_10min": _opt_float(figures.rise_cm_per_10min),
+        "level": int(figures.level),
+        "lat": where.lat,
+        "lon": where.lon,
+    }
+    return point(
+        buckets.bucket_derived,
+        "water_level",
+        where.tags(sensor=sensor),
+        fields,
+        to_ns(figures.as_of),
+    )
+
+
+def rain_point(
+    where: Where, rain: RainFigures, debris: DebrisFlowFigures | None, buckets: InfluxSettings
+) -> Point | None:
+    """``rain``: accumulations (mm), CWA rain class, debris-flow RTI (mm^2/h)."""
+    fields: dict[str, FieldValue | None] = {
+        "rain_1h_mm": float(rain.rain_1h_mm),
+        "rain_3h_mm": float(rain.rain_3h_mm),
+        "rain_24h_mm": float(rain.rain_24h_mm),
+        "rain_class": int(rain.level),
+        "rti": float(debris.rti) if debris is not None else None,
+        "lat": where.lat,
+        "lon": where.lon,
+    }
+    return point(buckets.bucket_derived, "rain", where.tags(), fields, to_ns(rain.as_of))
+
+
+def seismic_station_point(
+    where: Where, result: PacketResult, t0_ns: int, buckets: InfluxSettings
+) -> Point | None:
+    """``seismic_station`` at the packet's first sample: the packet's PGA (gal) and PGV
+    (cm/s), the CWA intensity they make, and whether the station is triggered (a trigger
+    in this packet or its event window open)."""
+    pga, pgv = float(result.packet_pga_gal), float(result.packet_pgv_cms)
+    level = cwa_intensity(pga, pgv)
+    fields: dict[str, FieldValue | None] = {
+        "pga_gal": pga,
+        "pgv_cms": pgv,
+        "intensity": level,
+        "intensity_rank": intensity_ordinal(level),
+        "triggered": bool(result.triggered or result.in_event),
+        "lat": where.lat,
+        "lon": where.lon,
+    }
+    return point(buckets.bucket_derived, "seismic_station", where.tags(), fields, t0_ns)
+
+
+def quake_points(event: QuakeEvent, buckets: InfluxSettings) -> list[Point]:
+    """``quake_event`` and its ``quake_cell`` points at the event's stream time.
+
+    Cells share the series of their event and township, so each gets its own timestamp:
+    ``computed_at + i`` ns, ``i`` the cell's index (cells come in a fixed grid order).
+    """
+    t = round(event.computed_at_s * 1e9)
+    origin = datetime.fromtimestamp(event.origin_s, UTC).isoformat(timespec="milliseconds")
+    out = [
+        point(
+            buckets.bucket_derived,
+            "quake_event",
+            {"event_id": event.event_id},
+            {
+                "lat": float(event.lat),
+                "lon": float(event.lon),
+                "depth_km": float(event.depth_km),
+                "magnitude": float(event.magnitude),
+                "n_stations": event.n_stations,
+                "max_intensity_rank": intensity_ordinal(event.max_intensity),
+                "origin_time": origin,
+            },
+            t,
+        )
+    ]
+    out += [
+        point(
+            buckets.bucket_derived,
+            "quake_cell",
+            {"event_id": event.event_id, "township": cell.township},
+            {
+                "lat": float(cell.lat),
+                "lon": float(cell.lon),
+                "intensity_rank": intensity_ordinal(cell.intensity),
+                "intensity": cell.intensity,
+                "s_wave_s": float(cell.s_wave_s),
+            },
+            t + i,
+        )
+        for i, cell in enumerate(event.cells)
+    ]
+    return _kept(out)
+
+
+def sensor_health_point(
+    device: str,
+    township: str,
+    issue: Issue,
+    *,
+    active: bool,
+    detail: str,
+    at: datetime,
+    buckets: InfluxSettings,
+) -> Point | None:
+    """``sensor_health``: an issue opened (``active``) or cleared at event time ``at``."""
+    return point(
+        buckets.bucket_derived,
+        "sensor_health",
+        {"device": device, "township": township, "issue": issue},
+        {"active": active, "detail": detail},
+        to_ns(at),
+    )
+
+
+def pipeline_point(
+    instance: str, counters: Mapping[str, int | float], at_ns: int, buckets: InfluxSettings
+) -> Point | None:
+    """``pipeline`` statistics of this worker (``process=worker``)."""
+    fields: dict[str, FieldValue | None] = {
+        k: (int(v) if k not in ("latency_p50_ms", "latency_p99_ms") else float(v))
+        for k, v in counters.items()
+    }
+    return point(
+        buckets.bucket_derived,
+        "pipeline",
+        {"process": "worker", "instance": instance},
+        fields,
+        at_ns,
+    )

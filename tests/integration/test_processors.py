@@ -1,0 +1,369 @@
+"""The processors worker against the real Kafka and InfluxDB: readings in, points and
+alert candidates out, state surviving a SIGKILL, nothing committed past an outage."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaProducer
+from influxdb_client.client.influxdb_client import InfluxDBClient
+
+from civic_iot.kafka_setup import ensure_topics
+from civic_iot.registry import Device, Registry
+from civic_iot.settings import Settings, influx_token
+from ingest.models import AirPayload, Location, Reading, SeismicPayload, WaterPayload, to_ns
+from simulator.waveforms import SimQuake, SimStation, Spike, synthesize_packets
+from tests.integration.helpers import REPO, read_topic
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class Env:
+    settings: Settings
+    env: dict[str, str]
+    prefix: str
+    buckets: dict[str, str]
+    tmp: Path
+
+    def flux(self, query: str) -> list[dict[str, Any]]:
+        s = self.settings
+        with InfluxDBClient(url=s.influx.url, token=influx_token(s), org=s.influx.org) as c:
+            return [r.values for t in c.query_api().query(query) for r in t.records]
+
+    def count(self, bucket: str, measurement: str, field: str, extra: str = "") -> int:
+        rows = self.flux(
+            f'from(bucket: "{self.buckets[bucket]}") |> range(start: 0)'
+            f' |> filter(fn: (r) => r._measurement == "{measurement}" and r._field == "{field}")'
+            f"{extra} |> group() |> count()"
+        )
+        return int(rows[0]["_value"]) if rows else 0
+
+    def wait_count(
+        self, want: int, bucket: str, measurement: str, field: str, timeout: float = 90
+    ) -> int:
+        deadline = time.monotonic() + timeout
+        n = 0
+        while time.monotonic() < deadline:
+            n = self.count(bucket, measurement, field)
+            if n >= want:
+                return n
+            time.sleep(0.5)
+        return n
+
+
+@pytest.fixture
+def penv(stack: Settings, unique: str, tmp_path: Path) -> Iterator[Env]:
+    """Per-test topics and temporary buckets (deleted afterwards)."""
+    prefix = f"t{unique}."
+    kafka = stack.kafka.model_copy(update={"topic_prefix": prefix})
+    asyncio.run(ensure_topics(kafka))
+    buckets = {b: f"t{unique}-{b}" for b in ("readings", "seismic", "derived")}
+    influx = stack.influx
+    with InfluxDBClient(url=influx.url, token=influx_token(stack), org=influx.org) as c:
+        org = c.organizations_api().find_organizations(org=influx.org)[0]
+        for name in buckets.values():
+            c.buckets_api().create_bucket(bucket_name=name, org_id=org.id)
+    settings = stack.model_copy(
+        update={
+            "kafka": kafka,
+            "influx": influx.model_copy(
+                update={
+                    "bucket_readings": buckets["readings"],
+                    "bucket_seismic": buckets["seismic"],
+                    "bucket_derived": buckets["derived"],
+                }
+            ),
+        }
+    )
+    env = {
+        "CIVIC_KAFKA__TOPIC_PREFIX": prefix,
+        "CIVIC_INFLUX__BUCKET_READINGS": buckets["readings"],
+        "CIVIC_INFLUX__BUCKET_SEISMIC": buckets["seismic"],
+        "CIVIC_INFLUX__BUCKET_DERIVED": buckets["derived"],
+        "CIVIC_PROCESSORS__WEB_PORT": "0",
+        "CIVIC_PROCESSORS__STATS_INTERVAL_S": "0",
+        "CIVIC_PROCESSORS__INFLUX_BACKOFF_CAP_S": "1",
+    }
+    yield Env(settings, env, prefix, buckets, tmp_path)
+    with InfluxDBClient(url=influx.url, token=influx_token(stack), org=influx.org) as c:
+        api = c.buckets_api()
+        for name in buckets.values():
+            b = api.find_bucket_by_name(name)
+            if b is not None:
+                api.delete_bucket(b)
+
+
+def start_worker(e: Env, name: str = "worker", **extra: str) -> subprocess.Popen[bytes]:
+    log = e.tmp / f"{name}.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "processors.cli"],
+        env={**os.environ, **e.env, **extra},
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+        cwd=REPO,
+    )
+    deadline = time.monotonic() + 60
+    while "Ready" not in log.read_text(errors="replace"):
+        assert proc.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.2)
+    return proc
+
+
+def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    proc.wait(60)
+
+
+def _reading(device: Device | SimStation, t: datetime, data: Any, township: str) -> bytes:
+    dev_id = device.id if isinstance(device, Device) else device.station_id
+    r = Reading(
+        reading_id=f"{dev_id}:{to_ns(t)}",
+        device_id=dev_id,
+        kind=data.kind,
+        event_time=t,
+        received_at=t,
+        location=Location(lat=device.lat, lon=device.lon, township=township),
+        data=data,
+    )
+    return r.model_dump_json().encode()
+
+
+async def _produce(settings: Settings, records: Sequence[tuple[str, str, bytes]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap, linger_ms=5)
+    await producer.start()
+    try:
+        futs = [
+            await producer.send(topic, value, key=key.encode()) for topic, key, value in records
+        ]
+        await asyncio.gather(*futs)
+    finally:
+        await producer.stop()
+
+
+def produce(e: Env, records: Sequence[tuple[str, str, bytes]]) -> None:
+    asyncio.run(_produce(e.settings, records))
+
+
+def candidates(e: Env, want: int, timeout: float = 60) -> list[dict[str, Any]]:
+    recs = asyncio.run(
+        read_topic(e.settings, f"{e.prefix}alerts.candidates", want=want, timeout_s=timeout)
+    )
+    return [json.loads(v) for _, v in recs]
+
+
+def test_air_and_flood_readings_give_figures_and_candidates(penv: Env, registry: Registry) -> None:
+    town = "63000010"
+    air = [d for d in registry.of_kind("air") if d.township == town]
+    assert len(air) >= 2
+    flood = next(d for d in registry.of_kind("water") if d.sensor == "flood")
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=13)
+    records = []
+    for i in range(78):  # 13 h of 10-minute readings: enough valid hours for the PM AQI
+        t = start + timedelta(minutes=10 * i)
+        for d in air:
+            data = AirPayload(ts=t, pm2_5_ugm3=90.0, pm10_ugm3=60.0)
+            records.append((f"{penv.prefix}readings.air", d.id, _reading(d, t, data, town)))
+    for i, depth in enumerate((5.0, 12.0, 35.0)):
+        t = start + timedelta(minutes=5 * i)
+        data_w = WaterPayload(ts=t, flood_depth_cm=depth)
+        records.append(
+            (f"{penv.prefix}readings.water", flood.id, _reading(flood, t, data_w, flood.township))
+        )
+    produce(penv, records)
+    worker = start_worker(penv)
+    try:
+        n_air = 78 * len(air)
+        assert penv.wait_count(n_air, "readings", "air", "pm2_5_ugm3") == n_air
+        assert penv.wait_count(3, "readings", "water", "flood_depth_cm") == 3
+        got = candidates(penv, want=3)
+        by_key: dict[str, list[dict[str, Any]]] = {}
+        for c in got:
+            by_key.setdefault(f"{c['hazard']}:{c['area_code']}", []).append(c)
+        air_c = by_key[f"air_quality:{town}"]
+        assert air_c[-1]["level"] >= 2
+        assert air_c[-1]["value"] > 150
+        assert len(air_c[-1]["devices"]) >= 2
+        flood_c = by_key[f"flood:{flood.township}"]
+        assert [c["level"] for c in flood_c] == [1, 2]
+        assert flood_c[-1]["value"] == 35.0
+        # Derived figures as docs/storage.md lays them out.
+        assert penv.wait_count(n_air, "derived", "air_quality", "level") == n_air
+        rows = penv.flux(
+            f'from(bucket: "{penv.buckets["derived"]}") |> range(start: 0)'
+            ' |> filter(fn: (r) => r._measurement == "air_quality" and r._field == "aqi")'
+            " |> group() |> max()"
+        )
+        assert rows[0]["_value"] > 150
+        assert penv.count("derived", "township_air", "level") > 0
+        assert penv.wait_count(3, "derived", "water_level", "flood_depth_cm") == 3
+    finally:
+        stop(worker)
+
+
+# A synthetic M6 across northern Taiwan (as tests/unit/detectors/test_quake_replay.py).
+T0 = 1_700_000_000.0
+STATIONS = [
+    SimStation(*s)
+    for s in [
+        ("TPE", 25.04, 121.56), ("KEL", 25.13, 121.74), ("TSW", 25.17, 121.44),
+        ("BQA", 25.01, 121.46), ("TYN", 24.99, 121.30), ("ZLI", 24.96, 121.22),
+        ("HSC", 24.80, 120.97), ("ZBE", 24.84, 121.00), ("MLI", 24.56, 120.82),
+        ("ILA", 24.76, 121.75), ("LDG", 24.68, 121.77), ("SUA", 24.60, 121.85),
+        ("NAO", 24.46, 121.80), ("JXI", 24.83, 121.77), ("TCG", 24.86, 121.82),
+        ("PLN", 24.94, 121.71), ("WLI", 24.87, 121.55), ("SXA", 24.93, 121.37),
+        ("DXI", 24.88, 121.29), ("FXG", 24.82, 121.35), ("GXI", 24.79, 121.18),
+        ("JSH", 24.68, 121.20), ("WFG", 24.64, 121.12), ("DTG", 24.68, 121.60),
+        ("TAN", 24.47, 120.99), ("SMN", 25.29, 121.57), ("RFG", 25.11, 121.81),
+    ]
+]  # fmt: skip
+NOISY = "BQA"
+SPIKES = [Spike(NOISY, T0 + t, a) for t, a in ((15.0, 200.0), (47.3, 300.0), (80.0, 250.0))]
+
+
+def _seismic_records(e: Env, quake: SimQuake | None, duration_s: float) -> list[Any]:
+    packets = synthesize_packets(
+        STATIONS,
+        start_s=T0,
+        duration_s=duration_s,
+        quake=quake,
+        spikes=SPIKES,
+        noisy={NOISY: 1.5},
+        offset_gal=(0.0, 0.0, 980.0),
+        seed=7,
+    )
+    where = {s.station_id: s for s in STATIONS}
+    out = []
+    for p in packets:
+        t = datetime.fromtimestamp(p.t0_s, UTC)
+        data = SeismicPayload(
+            ts=t,
+            sample_rate_hz=p.sample_rate_hz,
+            x_gal=p.samples[:, 0].round(4).tolist(),
+            y_gal=p.samples[:, 1].round(4).tolist(),
+            z_gal=p.samples[:, 2].round(4).tolist(),
+        )
+        st = where[p.station_id]
+        out.append((f"{e.prefix}readings.seismic", st.station_id, _reading(st, t, data, "")))
+    return out
+
+
+def test_quake_replay_gives_one_event_and_noise_none(penv: Env) -> None:
+    quake = SimQuake(lat=24.80, lon=121.60, depth_km=10.0, magnitude=6.0, origin_s=T0 + 40.0)
+    records = _seismic_records(penv, quake, 100.0)
+    produce(penv, records)
+    worker = start_worker(penv)
+    try:
+        got = candidates(penv, want=50, timeout=90)
+        quakes = [c for c in got if c["hazard"] == "earthquake"]
+        assert quakes
+        assert len({c["area_code"] for c in quakes}) == 1, [c["area_code"] for c in quakes]
+        assert quakes[0]["level"] >= 1
+        assert quakes[-1]["level"] == 0  # the event closed
+        assert len(quakes[-1]["devices"]) >= 20
+        n = penv.wait_count(len(records) * 100, "seismic", "seismic_sample", "z_gal", 120)
+        assert n == len(records) * 100
+        # Updates in the same stream second share a point (same series and time).
+        assert 1 <= penv.count("derived", "quake_event", "magnitude") <= len(quakes)
+        assert penv.count("derived", "seismic_station", "pga_gal") == len(records)
+    finally:
+        stop(worker)
+
+
+def test_a_lone_noisy_station_raises_no_quake(penv: Env) -> None:
+    records = [r for r in _seismic_records(penv, None, 90.0) if r[1] == NOISY]
+    records += [r for r in _seismic_records(penv, None, 90.0) if r[1] in ("TPE", "KEL")]
+    produce(penv, records)
+    worker = start_worker(penv)
+    try:
+        n = penv.wait_count(len(records) * 100, "seismic", "seismic_sample", "z_gal", 120)
+        assert n == len(records) * 100
+        time.sleep(2)
+        assert candidates(penv, want=1, timeout=5) == []
+    finally:
+        stop(worker)
+
+
+def _rain_records(e: Env, gauge: Device, start: datetime, idx: range) -> list[Any]:
+    out = []
+    for i in idx:
+        t = start + timedelta(minutes=5 * i)
+        data = WaterPayload(ts=t, rainfall_mm=2.0)
+        out.append(
+            (f"{e.prefix}readings.water", gauge.id, _reading(gauge, t, data, gauge.township))
+        )
+    return out
+
+
+def _last_rain_24h(e: Env) -> float:
+    rows = e.flux(
+        f'from(bucket: "{e.buckets["derived"]}") |> range(start: 0)'
+        ' |> filter(fn: (r) => r._measurement == "rain" and r._field == "rain_24h_mm")'
+        ' |> group() |> sort(columns: ["_time"]) |> last()'
+    )
+    return float(rows[0]["_value"])
+
+
+def test_state_survives_sigkill_and_every_reading_is_stored_once(
+    penv: Env, registry: Registry
+) -> None:
+    gauge = next(d for d in registry.of_kind("water") if d.sensor == "rain")
+    start = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=10)
+    worker = start_worker(penv, "first")
+    produce(penv, _rain_records(penv, gauge, start, range(60)))
+    assert penv.wait_count(60, "readings", "water", "rainfall_mm") == 60
+    produce(penv, _rain_records(penv, gauge, start, range(60, 120)))
+    time.sleep(0.3)  # mid-stream
+    stop(worker, signal.SIGKILL)
+    worker = start_worker(penv, "second")
+    try:
+        assert penv.wait_count(120, "readings", "water", "rainfall_mm") == 120
+        assert penv.wait_count(120, "derived", "rain", "rain_24h_mm") == 120
+        # 120 reports of 2 mm every 5 minutes over 10 h: the 24 h sum continues from the
+        # state before the kill (a restart from zero would end far lower).
+        deadline = time.monotonic() + 30
+        while _last_rain_24h(penv) < 240.0 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert _last_rain_24h(penv) == pytest.approx(240.0)
+        assert penv.count("readings", "water", "rainfall_mm") == 120
+    finally:
+        stop(worker)
+
+
+def test_worker_without_influxdb_commits_nothing(penv: Env, registry: Registry) -> None:
+    gauge = next(d for d in registry.of_kind("water") if d.sensor == "rain")
+    start = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=5)
+    produce(penv, _rain_records(penv, gauge, start, range(40)))
+    # A closed port: every write fails, the worker backs off and holds its offsets.
+    worker = start_worker(penv, "down", CIVIC_INFLUX__URL="http://127.0.0.1:9")
+    log = penv.tmp / "down.log"
+    deadline = time.monotonic() + 30
+    while "storage unavailable" not in log.read_text(errors="replace"):
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.2)
+    time.sleep(4)  # several commit intervals pass
+    stop(worker)
+    assert penv.count("readings", "water", "rainfall_mm") == 0
+    worker = start_worker(penv, "up")
+    try:
+        assert penv.wait_count(40, "readings", "water", "rainfall_mm") == 40
+        deadline = time.monotonic() + 30
+        while _last_rain_24h(penv) < 80.0 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert _last_rain_24h(penv) == pytest.approx(80.0)
+    finally:
+        stop(worker)

@@ -1,0 +1,188 @@
+"""The agents through Faust's ``test_context()``: no Kafka, no InfluxDB; the sink and the
+publisher are in-memory recorders of their Protocols."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from civic_iot.registry import Device, Registry, Township
+from civic_iot.settings import Settings
+from ingest.models import AirPayload, Location, Reading, WaterPayload, to_ns
+from processors.app import create_app, township_topic
+from processors.points import Point
+
+TOWN = "63000010"
+REGISTRY = Registry(
+    townships=(Township(code=TOWN, name="Songshan", lat=25.05, lon=121.558),),
+    devices=(
+        Device(id="air-1", kind="air", lat=25.04, lon=121.55, township=TOWN),
+        Device(id="air-2", kind="air", lat=25.05, lon=121.56, township=TOWN),
+        Device(id="flood-1", kind="water", lat=25.05, lon=121.56, township=TOWN, sensor="flood"),
+    ),
+)
+
+
+class RecordingSink:
+    """PointSink: remembers what was flushed."""
+
+    def __init__(self) -> None:
+        self.pending: list[Point] = []
+        self.stored: list[Point] = []
+
+    def add(self, points: Iterable[Point]) -> None:
+        self.pending.extend(points)
+
+    async def flush(self) -> None:
+        self.stored += self.pending
+        self.pending = []
+
+    async def close(self) -> None:
+        return None
+
+
+class RecordingPublisher:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str, bytes]] = []
+
+    async def add(self, topic: str, key: str, value: bytes) -> None:
+        self.sent.append((topic, key, value))
+
+    async def flush(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+def _air(device: Device, t: datetime, pm25: float) -> bytes:
+    return (
+        Reading(
+            reading_id=f"{device.id}:{to_ns(t)}",
+            device_id=device.id,
+            kind="air",
+            event_time=t,
+            received_at=t,
+            location=Location(lat=device.lat, lon=device.lon, township=device.township),
+            data=AirPayload(ts=t, pm2_5_ugm3=pm25),
+        )
+        .model_dump_json()
+        .encode()
+    )
+
+
+@pytest.fixture
+def harness() -> tuple[Any, dict[str, RecordingSink], RecordingPublisher, Settings]:
+    settings = Settings(
+        processors={"web_port": 0, "batch_within_s": 0.01, "stats_interval_s": 0}  # type: ignore[arg-type]
+    )
+    sinks: dict[str, RecordingSink] = {}
+
+    def factory(name: str) -> RecordingSink:
+        return sinks.setdefault(name, RecordingSink())
+
+    pub = RecordingPublisher()
+    app = create_app(settings, registry=REGISTRY, sink_factory=factory, publisher=pub)
+    app.finalize()
+    app.conf.store = "memory://"
+    app.flow_control.resume()
+    return app, sinks, pub, settings
+
+
+async def _until(cond: Any, within_s: float = 5.0) -> None:
+    for _ in range(int(within_s / 0.01)):
+        if cond():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not met in time")
+
+
+def test_air_readings_give_figures_and_township_reports(harness: Any) -> None:
+    app, sinks, pub, settings = harness
+    agent = app.agents["air"]
+    start = datetime(2026, 11, 25, 0, 0, tzinfo=UTC)
+
+    async def run() -> None:
+        async with agent.test_context() as ctx:
+            for i in range(78):
+                t = start + timedelta(minutes=10 * i)
+                for d in REGISTRY.of_kind("air"):
+                    await ctx.put(key=d.id.encode(), value=_air(d, t, 90.0))
+            await _until(lambda: len(sinks["air"].stored) >= 2 * 78 * 2)
+
+    asyncio.run(run())
+    stored = sinks["air"].stored
+    raw = [p for p in stored if p.measurement == "air"]
+    assert len(raw) == 156
+    aq = [p for p in stored if p.measurement == "air_quality"]
+    last = dict(aq[-1].fields)
+    assert last["aqi"] > 150
+    assert last["level"] == 2
+    assert aq[-1].time_ns == to_ns(start + timedelta(minutes=770))
+    reports = [json.loads(v) for topic, _, v in pub.sent if topic == township_topic(settings)]
+    assert len(reports) == 156
+    assert reports[-1]["level"] == 2
+    assert reports[-1]["township"] == TOWN
+
+
+def test_township_agent_needs_two_sensors_and_sends_one_candidate_per_change(
+    harness: Any,
+) -> None:
+    app, sinks, pub, _settings = harness
+    agent = app.agents["township"]
+    t = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
+
+    def report(device: str, level: int, aqi: float, minutes: int) -> bytes:
+        return json.dumps({
+            "township": TOWN, "hazard": "air_quality", "device": device, "level": level,
+            "value": aqi, "metric": "aqi",
+            "event_time": (t + timedelta(minutes=minutes)).isoformat(),
+        }).encode()  # fmt: skip
+
+    async def run() -> None:
+        async with agent.test_context() as ctx:
+            await ctx.put(key=TOWN.encode(), value=report("air-1", 2, 170, 0))
+            await ctx.put(key=TOWN.encode(), value=report("air-1", 2, 172, 10))
+            await ctx.put(key=TOWN.encode(), value=report("air-2", 2, 165, 11))
+            await ctx.put(key=TOWN.encode(), value=report("air-2", 2, 166, 20))
+            await _until(lambda: len(sinks["township"].stored) >= 4)
+
+    asyncio.run(run())
+    cands = [json.loads(v) for topic, _, v in pub.sent if topic.endswith("alerts.candidates")]
+    # One sensor alone never decides; the second agreeing one does, once.
+    assert [(c["hazard"], c["area_code"], c["level"]) for c in cands] == [("air_quality", TOWN, 2)]
+    assert cands[0]["devices"] == ["air-1", "air-2"]
+    levels = [dict(p.fields)["level"] for p in sinks["township"].stored]
+    assert levels == [0, 0, 2, 2]
+
+
+def test_flood_reading_reports_its_level_to_the_township(harness: Any) -> None:
+    app, sinks, pub, _settings = harness
+    agent = app.agents["water"]
+    dev = REGISTRY.get("flood-1")
+    assert dev is not None
+    t = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
+    value = Reading(
+        reading_id=f"flood-1:{to_ns(t)}", device_id="flood-1", kind="water", event_time=t,
+        received_at=t, location=Location(lat=dev.lat, lon=dev.lon, township=TOWN),
+        data=WaterPayload(ts=t, flood_depth_cm=35.0),
+    ).model_dump_json().encode()  # fmt: skip
+
+    async def run() -> None:
+        async with agent.test_context() as ctx:
+            await ctx.put(key=b"flood-1", value=value)
+            await _until(lambda: len(sinks["water"].stored) >= 2)
+
+    asyncio.run(run())
+    by_m = {p.measurement: p for p in sinks["water"].stored}
+    assert dict(by_m["water"].tags)["sensor"] == "flood"
+    assert dict(by_m["water_level"].fields)["level"] == 2
+    [(_topic, key, v)] = pub.sent
+    assert key == TOWN
+    assert json.loads(v)["hazard"] == "flood"
+    assert json.loads(v)["level"] == 2

@@ -1,0 +1,143 @@
+"""Point builders: exact measurement, tags, fields and timestamps per docs/storage.md."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from influxdb_client.client.write.point import Point as InfluxPoint
+
+from civic_iot.settings import InfluxSettings
+from ingest.models import AirPayload, Location, Reading, SeismicPayload, WaterPayload, to_ns
+from processors.detectors.air import AirState, update_air
+from processors.detectors.quake import CellShaking, QuakeEvent
+from processors.points import (
+    Point,
+    Where,
+    air_quality_point,
+    quake_points,
+    reading_points,
+    sensor_health_point,
+)
+
+B = InfluxSettings()
+T = datetime(2026, 11, 25, 0, 0, 0, 123456, tzinfo=UTC)
+LOC = Location(lat=25.04, lon=121.55, township="63000010")
+
+
+def _reading(data: AirPayload | WaterPayload | SeismicPayload, late: bool = False) -> Reading:
+    return Reading(
+        reading_id=f"dev-1:{to_ns(T)}", device_id="dev-1", kind=data.kind, event_time=T,
+        received_at=T, late=late, location=LOC, data=data,
+    )  # fmt: skip
+
+
+def test_air_reading_point() -> None:
+    [p] = reading_points(_reading(AirPayload(ts=T, pm2_5_ugm3=12, humidity_pct=80)), B)
+    assert p.bucket == "readings"
+    assert p.measurement == "air"
+    assert dict(p.tags) == {"device": "dev-1", "township": "63000010", "kind": "air"}
+    assert dict(p.fields) == {
+        "pm2_5_ugm3": 12.0, "humidity_pct": 80.0, "lat": 25.04, "lon": 121.55, "late": False,
+    }  # fmt: skip
+    assert p.time_ns == 1795564800123456000
+    assert p.line() == (
+        "air,device=dev-1,kind=air,township=63000010 pm2_5_ugm3=12.0,humidity_pct=80.0,"
+        "lat=25.04,lon=121.55,late=false 1795564800123456000"
+    )
+
+
+@pytest.mark.parametrize(
+    ("data", "registered", "sensor"),
+    [
+        (WaterPayload(ts=T, flood_depth_cm=3), None, "flood"),
+        (WaterPayload(ts=T, water_level_m=4.2), None, "river"),
+        (WaterPayload(ts=T, rainfall_mm=0.5), None, "rain"),
+        (WaterPayload(ts=T, rainfall_mm=0.5), "river", "river"),
+    ],
+)
+def test_water_reading_sensor_tag(data: WaterPayload, registered: str | None, sensor: str) -> None:
+    [p] = reading_points(_reading(data, late=True), B, sensor=registered)
+    assert (p.bucket, p.measurement) == ("readings", "water")
+    assert dict(p.tags) == {
+        "device": "dev-1", "township": "63000010", "kind": "water", "sensor": sensor,
+    }  # fmt: skip
+    assert dict(p.fields)["late"] is True
+
+
+def test_seismic_samples_one_point_each_at_t0_plus_i_over_rate() -> None:
+    data = SeismicPayload(
+        ts=T, sample_rate_hz=40, x_gal=[1, 2, 3], y_gal=[4, 5, 6], z_gal=[7, 8, 9]
+    )
+    points = reading_points(_reading(data), B)
+    assert [p.bucket for p in points] == ["seismic"] * 3
+    assert {p.measurement for p in points} == {"seismic_sample"}
+    assert [p.time_ns - to_ns(T) for p in points] == [0, 25_000_000, 50_000_000]
+    assert dict(points[2].fields) == {"x_gal": 3.0, "y_gal": 6.0, "z_gal": 9.0}
+    assert dict(points[0].tags) == {"device": "dev-1", "township": "63000010"}
+
+
+def test_same_reading_same_points() -> None:
+    r = _reading(AirPayload(ts=T, pm2_5_ugm3=12))
+    assert reading_points(r, B) == reading_points(
+        Reading.model_validate_json(r.model_dump_json()), B
+    )
+
+
+def test_air_quality_point_fields_and_types() -> None:
+    state = AirState()
+    for i in range(78):
+        upd = update_air(state, T + timedelta(minutes=10 * i), {"pm2_5_ugm3": 90.0})
+        state = upd.state
+    p = air_quality_point(Where("dev-1", "63000010", 25.04, 121.55), upd.figures, B)
+    assert p is not None
+    assert (p.bucket, p.measurement) == ("derived", "air_quality")
+    f = dict(p.fields)
+    assert set(f) == {"aqi", "category", "leading", "level", "pm2_5_1h", "pm2_5_rt", "lat", "lon"}
+    assert isinstance(f["aqi"], int)
+    assert isinstance(f["level"], int)
+    assert f["leading"] == "pm2_5"
+    assert f["category"] == "Unhealthy"
+    assert f["level"] == 2
+    assert p.time_ns == to_ns(T + timedelta(minutes=770))
+
+
+def test_quake_cells_get_distinct_times_and_event_fields() -> None:
+    cells = tuple(
+        CellShaking(lat=24.85 + i / 10, lon=121.55, pga_gal=50, pgv_cms=3, intensity="4",
+                    s_wave_s=3.0, township="63000010")
+        for i in range(3)
+    )  # fmt: skip
+    ev = QuakeEvent(
+        event_id="e1", origin_s=1_700_000_040.0, lat=24.8, lon=121.6, depth_km=10, rms_s=0.1,
+        magnitude=6.0, magnitude_method="pd", station_ids=("a", "b", "c"), max_intensity="5-",
+        cells=cells, townships=("63000010",), first_trigger_s=1_700_000_042.0,
+        computed_at_s=1_700_000_045.0,
+    )  # fmt: skip
+    event, *cell_points = quake_points(ev, B)
+    assert event.measurement == "quake_event"
+    assert dict(event.tags) == {"event_id": "e1"}
+    f = dict(event.fields)
+    assert f["n_stations"] == 3
+    assert f["max_intensity_rank"] == 5
+    assert f["origin_time"] == "2023-11-14T22:14:00.000+00:00"
+    assert [p.time_ns - event.time_ns for p in cell_points] == [0, 1, 2]
+    assert dict(cell_points[0].fields)["intensity_rank"] == 4
+
+
+def test_line_protocol_escaping_matches_influxdb_client() -> None:
+    p = Point("derived", "sensor_health", (("device", "a b,c=d"), ("issue", "silent")),
+              (("active", True), ("detail", 'say "hi"\\n'), ("n", 3), ("x", 1.5)), 42)  # fmt: skip
+    ref = (
+        InfluxPoint("sensor_health").tag("device", "a b,c=d").tag("issue", "silent")
+        .field("active", True).field("detail", 'say "hi"\\n').field("n", 3).field("x", 1.5)
+        .time(42)
+    )  # fmt: skip
+    assert p.line() == ref.to_line_protocol()
+
+
+def test_health_point() -> None:
+    p = sensor_health_point("d", "t", "stuck", active=True, detail="pm2_5_ugm3", at=T, buckets=B)
+    assert p is not None
+    assert dict(p.tags) == {"device": "d", "township": "t", "issue": "stuck"}
+    assert dict(p.fields) == {"active": True, "detail": "pm2_5_ugm3"}
