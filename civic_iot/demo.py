@@ -259,6 +259,44 @@ class Check:
     text: str
 
 
+def health_found(settings: Settings, since: datetime) -> set[tuple[str, str]]:
+    """(device, issue) of every ``sensor_health`` finding opened since ``since``."""
+    i = settings.influx
+    q = (
+        f'from(bucket: "{i.bucket_derived}") |> range(start: {since.isoformat()}) '
+        '|> filter(fn: (r) => r._measurement == "sensor_health" and r._field == "active" '
+        "and r._value == true)"
+    )
+    with InfluxDBClient(url=i.url, token=influx_token(settings), org=i.org, timeout=60_000) as c:
+        return {
+            (str(r.values["device"]), str(r.values["issue"])) for r in c.query_api().query_stream(q)
+        }
+
+
+def check_health(
+    expect: Expectations, found: set[tuple[str, str]], found_live: set[tuple[str, str]]
+) -> list[Check]:
+    """Expected sensor faults were found (``found``: since the scenario's first event time),
+    and no other device was called silent during the run (``found_live``: silence is
+    stamped on the processing clock, so only findings since the run started count)."""
+    checks = [
+        Check((h.device, h.issue) in found, f"sensor health: {h.device} {h.issue}")
+        for h in expect.health
+    ]
+    expected_silent = {h.device for h in expect.health if h.issue == "silent"}
+    false_silent = sorted(
+        d for d, issue in found_live if issue == "silent" and d not in expected_silent
+    )
+    checks.append(
+        Check(
+            not false_silent,
+            "no device wrongly reported silent"
+            + (f": {', '.join(false_silent[:10])}" if false_silent else ""),
+        )
+    )
+    return checks
+
+
 def check_expectations(
     expect: Expectations, alerts: list[dict[str, Any]], refused: Mapping[str, int]
 ) -> list[Check]:
@@ -387,6 +425,7 @@ def execute(
         )
 
     tick = on_progress or (lambda _p: None)
+    wall_start = datetime.now(UTC)
     sender = threading.Thread(target=publish, name="publisher", daemon=True)
     sender.start()
     while sender.is_alive():
@@ -417,6 +456,11 @@ def execute(
     refused = refused_counts(counts)
     accepted = int(counts.get("accepted", 0))
     checks = check_expectations(scenario.expect, alerts, refused)
+    checks += check_health(
+        scenario.expect,
+        health_found(settings, min(start, wall_start)),
+        health_found(settings, wall_start),
+    )
     # Ingest's own count may include other publishers on a shared broker; what must hold
     # is that every reading of this run that ingest should accept is stored.
     checks.append(
