@@ -55,6 +55,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import faust
+from faust.sensors.prometheus import setup_prometheus_sensors
 from faust.streams import _current_event
 from pydantic import ValidationError
 
@@ -199,6 +200,9 @@ def create_app(
         web_bind=p.web_host,
         web_host=p.web_host,
     )
+    if p.web_port > 0:
+        # Prometheus /metrics on the worker's web port: events, lag by partition, commits.
+        setup_prometheus_sensors(app)
     reg = registry if registry is not None else load_registry(settings.registry)
     ctx = Context.build(
         settings.influx,
@@ -491,6 +495,7 @@ def create_app(
         async def pipeline_stats() -> None:
             snap = stats.snapshot()
             snap["write_errors"] = float(sum(getattr(s, "write_errors", 0) for s in device_sinks))
+            snap["lag"] = float(consumer_lag(app))
             pt = pipeline_point(p.instance, snap, time.time_ns(), ctx.buckets)
             if pt is None:
                 return
@@ -505,6 +510,20 @@ def create_app(
     app.timer(interval=p.republish_interval_s)(republish_open_candidates)
     app.timer(interval=p.silence_check_interval_s)(silence_check)
     return app
+
+
+def consumer_lag(app: faust.App) -> int:
+    """Records not yet committed on this worker's partitions (highwater - committed)."""
+    try:
+        consumer = app.consumer
+        committed = consumer._committed_offset  # type: ignore[attr-defined]  # no public accessor
+        return sum(
+            max(0, (consumer.highwater(tp) or 0) - (committed.get(tp) or 0))
+            for tp in consumer.assignment()
+        )
+    except Exception:  # a statistic must never stop the worker
+        logger.debug("consumer lag unavailable", exc_info=True)
+        return 0
 
 
 def _record_ms(event: Any) -> int | None:
