@@ -6,7 +6,7 @@ The same lean publishers (paho, one process per ``--publishers``, each device wi
 credentials from the registry, QoS 1, batches of ``--window`` messages with
 ``wait_for_publish`` semantics on the last of each batch) publish small air readings:
 
-1. **ceiling**: straight through Mosquitto to a plain subscriber process (the
+1. **ceiling**: straight through Mosquitto to ``mosquitto_sub`` (C, QoS 1) (the
    ``civic-ingest`` account, MQTT 5 shared subscription, QoS 1, auto-ack);
 2. **system**: through a real ingest process (``python -m civic_iot.cli ingest`` with its
    own topic prefix, share group and instance, like the integration tests) into Kafka,
@@ -20,13 +20,16 @@ per publisher) go through first in each phase and are not counted.
 CPU per reading comes from ``/proc/<pid>/stat`` (ingest, Mosquitto, Kafka) and
 ``os.times()`` (publishers, subscriber, this process's consumer); peak memory of ingest is
 ``VmHWM`` from ``/proc/<pid>/status``. Linux only. ``--profile out.prof`` runs ingest
-under cProfile (its main thread: validation, produce, acks; not paho's network thread).
+under cProfile (its main thread: since ingest drives paho from its asyncio loop, that is
+all of its work). ``--ingest-dir`` runs another checkout's ``ingest/`` for an A/B
+comparison on the same machine, in the same hour.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -51,7 +54,6 @@ from aiokafka.admin import AIOKafkaAdminClient
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from civic_iot.broker import INGEST_USER
 from civic_iot.kafka_setup import ensure_topics
@@ -140,13 +142,24 @@ class CpuWatch:
     _m0: tuple[int, int] = (0, 0)
 
     def start(self) -> None:
-        self._t0 = {n: proc_cpu_s(p) for n, p in self.pids.items() if p}
+        self._t0 = {}
+        for n, p in self.pids.items():
+            if p:
+                with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                    self._t0[n] = proc_cpu_s(p)
         self._t0 |= {n: proc_cpu_s(*pt) for n, pt in self.threads.items()}
         self._m0 = machine_ticks()
 
     def stop(self) -> None:
-        self.spent = {n: proc_cpu_s(p) - self._t0[n] for n, p in self.pids.items() if p}
-        self.spent |= {n: proc_cpu_s(*pt) - self._t0[n] for n, pt in self.threads.items()}
+        self.spent = {}
+        # Another engineer's ingest (a test's) may have exited meanwhile: leave it out.
+        for n, p in self.pids.items():
+            if p and n in self._t0:
+                with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                    self.spent[n] = proc_cpu_s(p) - self._t0[n]
+        for n, pt in self.threads.items():
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                self.spent[n] = proc_cpu_s(*pt) - self._t0[n]
         busy, total = machine_ticks()
         frac = (busy - self._m0[0]) / max(1, total - self._m0[1])
         self.busy_cores = frac * (os.cpu_count() or 1)
@@ -278,60 +291,70 @@ class Publishers:
 # ---------------------------------------------------------------- ceiling subscriber
 
 
-def subscriber(
-    conn: Connection,
-    host: str,
-    port: int,
-    password: str,
-    client_id: str,
-    topics: list[str],
-    warm: int,
-    want: int,
-    receive_maximum: int,
-) -> None:
-    """A plain QoS 1 subscriber: what Mosquitto delivers with no work done per message."""
-    lat_ms: list[float] = []
-    times: list[float] = []
-    seen = 0
-    warmed, finished, subscribed = threading.Event(), threading.Event(), threading.Event()
+class CeilingSubscriber:
+    """``mosquitto_sub`` (C) as the ceiling's sink: what Mosquitto delivers at QoS 1 with
+    no work per message in the measured process. Lines are parsed by a thread of the
+    bench, whose CPU is not counted as the sink's."""
 
-    def on_message(_c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        nonlocal seen
-        now = time.time() * 1000
-        if MARK not in msg.payload:
-            return
-        seen += 1
-        if seen <= warm:
-            if seen == warm:
-                warmed.set()
-            return
-        lat_ms.append(now - json.loads(msg.payload)["ts"])
-        times.append(now)
-        if seen >= warm + want:
-            finished.set()
+    def __init__(
+        self, settings: Settings, password: str, client_id: str, topics: list[str], total: int
+    ) -> None:
+        # stdbuf: line-buffered output, or the SUBACK line waits in a pipe buffer.
+        args = [
+            "stdbuf",
+            "-oL",
+            "mosquitto_sub",
+            "-h",
+            settings.mqtt.host,
+            "-p",
+            str(settings.mqtt.port),
+            "-u",
+            INGEST_USER,
+            "-P",
+            password,
+            "-i",
+            client_id,
+            "-q",
+            "1",
+            "-V",
+            "mqttv5",
+            "-D",
+            "connect",
+            "receive-maximum",
+            str(settings.ingest.receive_maximum),
+            "-C",
+            str(total),
+            "-F",
+            "%U %p",
+            "-d",
+        ]
+        for t in topics:
+            args += ["-t", t]
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE)
+        self.ready = threading.Event()
+        self.lines: list[tuple[float, bytes]] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
 
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
-    client.username_pw_set(INGEST_USER, password)
-    client.on_message = on_message
-    client.on_subscribe = lambda *_: subscribed.set()
-    client.on_connect = lambda c, *_: c.subscribe([(t, SubscribeOptions(qos=1)) for t in topics])
-    props = Properties(PacketTypes.CONNECT)
-    props.ReceiveMaximum = receive_maximum
-    client.connect(host, port, keepalive=60, clean_start=True, properties=props)
-    client.loop_start()
-    if not subscribed.wait(20):
-        conn.send(("error", "no SUBACK"))
-        return
-    conn.send(("ready",))
-    warmed.wait(120)
-    conn.send(("warm",))
-    cpu0 = os.times()
-    finished.wait(600)
-    cpu1 = os.times()
-    client.disconnect()
-    client.loop_stop()
-    cpu = (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)
-    conn.send(("done", times, lat_ms, cpu))
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if line.startswith(b"Client "):  # -d debug lines
+                if b"SUBACK" in line:
+                    self.ready.set()
+                continue
+            ts, _, payload = line.rstrip(b"\n").partition(b" ")
+            try:
+                self.lines.append((float(ts) * 1000, payload))
+            except ValueError:  # other -d lines ("Subscribed (mid: 1): 1")
+                continue
+
+    def received(self) -> int:
+        return len(self.lines)
+
+    def wait(self, timeout: float) -> None:
+        self.proc.wait(timeout)
+        self._reader.join(10)
 
 
 # ---------------------------------------------------------------- phases
@@ -360,36 +383,30 @@ class Phase:
 def run_ceiling(
     args: argparse.Namespace, settings: Settings, pubs: Publishers, ids: list[str], u: str
 ) -> Phase:
-    ctx = mp.get_context("spawn")
-    mine, theirs = ctx.Pipe()
     warm = pubs.window * len(pubs.conns)
-    sub = ctx.Process(
-        target=subscriber,
-        args=(
-            theirs,
-            settings.mqtt.host,
-            settings.mqtt.port,
-            mqtt_password(settings, INGEST_USER),
-            f"bench-ceiling-{u}",
-            [f"$share/bench{u}/devices/{d}/air" for d in ids],
-            warm,
-            args.readings,
-            settings.ingest.receive_maximum,
-        ),
-        daemon=True,
+    sub = CeilingSubscriber(
+        settings,
+        mqtt_password(settings, INGEST_USER),
+        f"bench-ceiling-{u}",
+        [f"$share/bench{u}/devices/{d}/air" for d in ids],
+        warm + args.readings,
     )
-    sub.start()
-    Publishers._expect(mine, "ready")
+    if not sub.ready.wait(20):
+        sys.exit("ceiling: mosquitto_sub got no SUBACK")
     pubs.start(warm)
     pubs.results()
-    Publishers._expect(mine, "warm")
-    watch = CpuWatch({"mosquitto": pid_file(settings, "mosquitto"), "sink": sub.pid})
+    deadline = time.monotonic() + 120
+    while sub.received() < warm and time.monotonic() < deadline:
+        time.sleep(0.05)
+    watch = CpuWatch({"mosquitto": pid_file(settings, "mosquitto"), "sink": sub.proc.pid})
     watch.start()
     pubs.start(args.readings)
     publish_s, pub_cpu = pubs.results()
-    _, times, lat, _sub_cpu = Publishers._expect(mine, "done")
+    sub.wait(600)
     watch.stop()
-    sub.join(10)
+    measured = [(t, p) for t, p in sub.lines[warm:] if MARK in p]
+    times = [t for t, _ in measured]
+    lat = [t - json.loads(p)["ts"] for t, p in measured]
     phase = Phase("ceiling", readings=len(times), publish_s=publish_s, lat_ms=lat)
     phase.sink_s = (times[-1] - times[0]) / 1000 if len(times) > 1 else 0.0
     phase.cpu_s = {"publishers": pub_cpu, **watch.spent}
@@ -440,7 +457,7 @@ async def run_system(
             "ingest",
         ]
     proc = subprocess.Popen(  # noqa: ASYNC220 - once, before anything is measured
-        cmd, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT, cwd=REPO
+        cmd, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT, cwd=args.ingest_dir
     )
     phase = Phase("system")
     try:
@@ -483,8 +500,9 @@ async def run_system(
                 "kafka": pid_file(settings, "kafka"),
                 **{f"other ingest {pid}": pid for pid in other_ingests() if pid != proc.pid},
             },
-            # The main thread (tid == pid) validates, produces and acks; the rest is
-            # paho's network thread (and the odd resolver thread).
+            # The main thread (tid == pid) runs the asyncio loop: MQTT, validation, Kafka,
+            # acks. Other threads: aiokafka's resolver, and paho's network thread in an
+            # ingest older than the loop-driven one.
             threads={"ingest main thread": (proc.pid, proc.pid)},
         )
         watch.start()
@@ -627,6 +645,13 @@ def main() -> int:
     parser.add_argument("--target", type=float, default=10_000, help="readings/s")
     parser.add_argument("--skip-ceiling", action="store_true")
     parser.add_argument("--profile", type=Path, help="run ingest under cProfile, write here")
+    parser.add_argument(
+        "--ingest-dir",
+        type=Path,
+        default=REPO,
+        help="run ingest with this working directory, so its ingest/ package is the one "
+        "imported: an A/B comparison against another checkout (e.g. from git archive)",
+    )
     parser.add_argument(
         "--force", action="store_true", help="run although an ingest without a prefix is up"
     )

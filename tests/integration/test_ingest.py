@@ -11,11 +11,16 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
+from civic_iot.broker import INGEST_USER
 from civic_iot.kafka_setup import ensure_topics
 from civic_iot.registry import Registry
-from civic_iot.settings import Settings
+from civic_iot.settings import Settings, mqtt_password
 from tests.integration.helpers import Device, read_topic, reading, start_process
 
 pytestmark = pytest.mark.integration
@@ -154,5 +159,65 @@ def test_sigkill_mid_stream_loses_nothing(
         # redeliveries may duplicate a record, never drop one.
         assert got == sent
     finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+
+
+def _kick(stack: Settings, client_id: str, session_expiry_s: int) -> None:
+    """Take over ingest's MQTT session for a moment: Mosquitto drops ingest's connection
+    (reason "Session taken over"), as it would on a network cut or a broker restart.
+
+    The intruder resumes the session (clean_start false, the same expiry) so the session
+    and its subscription survive, and never acknowledges anything it is sent.
+    """
+    intruder = mqtt.Client(
+        CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5, manual_ack=True
+    )
+    intruder.username_pw_set(INGEST_USER, mqtt_password(stack, INGEST_USER))
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = session_expiry_s
+    intruder.connect(stack.mqtt.host, stack.mqtt.port, clean_start=False, properties=props)
+    deadline = time.monotonic() + 10
+    while not intruder.is_connected():
+        assert time.monotonic() < deadline, "the intruder got no CONNACK"
+        intruder.loop(0.1)
+    intruder.disconnect()
+    intruder.loop(0.1)
+
+
+def test_ingest_reconnects_after_its_connection_is_dropped(
+    stack: Settings, registry: Registry, env: dict[str, str], tmp_path: Path
+) -> None:
+    devices = registry.of_kind("water")[3:5]
+    proc = _start_ingest(env, tmp_path)
+    log = tmp_path / "ingest.log"
+    prefix = env["CIVIC_KAFKA__TOPIC_PREFIX"]
+    clients = [Device(stack, d.id) for d in devices]
+    try:
+        _kick(stack, f"civic-ingest-{env['CIVIC_INGEST__INSTANCE']}", 120)
+        deadline = time.monotonic() + 10
+        while "mqtt disconnected" not in log.read_text(errors="replace"):
+            assert time.monotonic() < deadline, "ingest was not disconnected:\n" + log.read_text()
+            time.sleep(0.1)
+        sent: set[str] = set()
+        for i in range(100):  # at once: some arrive while ingest is still reconnecting
+            d = clients[i % len(clients)]
+            ts_ms = 1795564800000 + i * 1000
+            assert not d.publish(f"devices/{d.id}/water", reading(ts_ms, rainfall_mm=1)).is_failure
+            sent.add(f"{d.id}:{ts_ms * 1_000_000}")
+        got: set[str] = set()
+        deadline = time.monotonic() + 60
+        while not sent <= got and time.monotonic() < deadline:
+            records = asyncio.run(
+                read_topic(stack, f"{prefix}readings.water", want=10**6, timeout_s=3)
+            )
+            got = {json.loads(v)["reading_id"] for _, v in records}
+        assert sent <= got, f"missing {sorted(sent - got)[:5]}...\n" + log.read_text()
+        assert proc.poll() is None
+        # ingest itself reconnected, with its backoff, to the same persistent session
+        assert log.read_text().count("mqtt connected") >= 2
+    finally:
+        for c in clients:
+            c.close()
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)

@@ -10,11 +10,14 @@ from typing import Any, get_args
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydantic import TypeAdapter, ValidationError
 
 from civic_iot.registry import Device, Registry, Township
 from ingest.models import (
     AirPayload,
     Limits,
+    Location,
+    Payload,
     Reading,
     ReadingRefusedError,
     ReasonCode,
@@ -396,3 +399,85 @@ def test_valid_readings_always_pass_and_round_trip(case: tuple[str, dict[str, An
     assert again == reading
     assert again.reading_id == reading.reading_id
     assert again.event_time_ns == reading.event_time_ns
+
+
+# ---------------------------------------------------------------- the JSON fast path
+
+
+def slow_reading(topic: str, raw: bytes, now: datetime = NOW) -> Reading | None:
+    """The validator as it was before the JSON fast path: json.loads, then the union,
+    then a fully validated Reading. None where it refuses."""
+    device_id, kind = topic.split("/")[1:]
+    device = REGISTRY.get(device_id)
+    assert device is not None
+    try:
+        doc = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(doc, dict) or doc.setdefault("kind", kind) != kind:
+        return None
+    try:
+        data = TypeAdapter[Payload](Payload).validate_python(doc)
+    except ValidationError:
+        return None
+    if data.ts > now + LIMITS.max_future_skew:
+        return None
+    return Reading(
+        reading_id=f"{device_id}:{to_ns(data.ts)}",
+        device_id=device_id,
+        kind=data.kind,
+        event_time=data.ts,
+        received_at=now,
+        late=data.ts < now - LIMITS.lateness,
+        location=Location(lat=device.lat, lon=device.lon, township=device.township),
+        data=data,
+    )
+
+
+def same_outcome_as_before(topic: str, raw: bytes) -> None:
+    expected = slow_reading(topic, raw)
+    try:
+        got = check(topic, raw)
+    except ReadingRefusedError:
+        assert expected is None
+        return
+    assert expected is not None
+    assert got == expected
+    # byte for byte what Kafka gets, although the fast path skips revalidation
+    assert got.model_dump_json() == expected.model_dump_json()
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"v":1.0,"ts":1795564799000,"pm2_5_ugm3":1}',
+        b'{"ts":1795564799000,"pm2_5_ugm3":1,"pm2_5_ugm3":2}',  # the last duplicate wins
+        b'{"ts":1795564799000,"pm2_5_ugm3":1,"kind":"water","kind":"air"}',
+        b'{"ts":1795564799000,"pm2_5_ugm3":1,"kind":"air","kind":"water"}',
+        b'{"ts":1795564799000,"pm2_5_ugm3":0.1000000000000000055511151231257827}',
+        b'{"ts":1795564799000,"pm2_5_ugm3":1e-400}',
+        b'{"ts":1795564799000.5,"pm2_5_ugm3":-0.0}',
+        b'{"ts":"2026-11-25 07:59:59+08:00","pm2_5_ugm3":1}',
+        b'{"ts":1795564799000,"pm2_5_ugm3":NaN}',
+        b'\xef\xbb\xbf{"ts":1795564799000,"pm2_5_ugm3":1}',  # a byte-order mark
+        '{"ts":1795564799000,"pm2_5_ugm3":1}'.encode("utf-16"),  # only json.loads reads it
+        '{"ts":1795564799000,"pm2_5_ugm3":1}'.encode("utf-32-le"),
+    ],
+)
+def test_fast_path_decides_as_before(raw: bytes) -> None:
+    same_outcome_as_before("devices/air-1/air", raw)
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(case=valid_docs)
+def test_fast_path_builds_the_same_reading_as_before(case: tuple[str, dict[str, Any]]) -> None:
+    kind, doc = case
+    same_outcome_as_before(f"devices/{DEVICE_FOR[kind]}/{kind}", json.dumps(doc).encode())
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow])
+@given(kind=st.sampled_from(KINDS), doc=contract_like, ts=plausible_ts)
+def test_fast_path_accepts_and_refuses_as_before(kind: str, doc: dict[str, Any], ts: Any) -> None:
+    topic = f"devices/{DEVICE_FOR[kind]}/{kind}"
+    same_outcome_as_before(topic, json.dumps(doc).encode())
+    same_outcome_as_before(topic, json.dumps({**doc, "ts": ts}).encode())

@@ -1,0 +1,216 @@
+"""``MqttSource`` reading paho's packets from a buffer: no broker, a scripted socket."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from typing import cast
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.reasoncodes import ReasonCode
+from pydantic import SecretStr
+
+from civic_iot.settings import Settings
+from ingest.service import Inbound, MqttSource
+
+
+def publish(topic: str, payload: bytes, mid: int) -> bytes:
+    """An MQTT 5 PUBLISH, QoS 1, no properties."""
+    t = topic.encode()
+    body = struct.pack("!H", len(t)) + t + struct.pack("!H", mid) + b"\x00" + payload
+    n, length = len(body), b""
+    while True:
+        n, digit = divmod(n, 128)
+        length += bytes([digit | (128 if n else 0)])
+        if not n:
+            break
+    return b"\x32" + length + body
+
+
+class ScriptedSocket:
+    """What the kernel would hand out: one chunk per recv, then 'nothing now'."""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.recvs = 0
+        self.sent: list[bytes] = []
+
+    def send(self, data: bytes) -> int:
+        self.sent.append(bytes(data))
+        return len(data)
+
+    def recv(self, bufsize: int) -> bytes:
+        self.recvs += 1
+        if not self.chunks:
+            raise BlockingIOError
+        chunk = self.chunks.pop(0)
+        if len(chunk) > bufsize:  # paho asks for a byte or two at a time
+            self.chunks.insert(0, chunk[bufsize:])
+        return chunk[:bufsize]
+
+    def fileno(self) -> int:
+        return -1
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def source() -> Iterator[MqttSource]:
+    base = Settings(_env_file=None)
+    settings = base.model_copy(
+        update={"mqtt": base.mqtt.model_copy(update={"ingest_password": SecretStr("x")})}
+    )
+    loop = asyncio.new_event_loop()
+    source = MqttSource(settings, loop)
+    source.client._sock = ScriptedSocket()  # type: ignore[assignment]
+    yield source
+    loop.close()
+
+
+def test_one_read_parses_every_packet_that_came_and_keeps_a_partial_one(
+    source: MqttSource,
+) -> None:
+    sock = cast(ScriptedSocket, source.client._sock)
+    packets = [publish(f"devices/air-{i}/air", b'{"ts":%d}' % i, i + 1) for i in range(4)]
+    packets.append(publish("devices/quake-1/seismic", b"x" * 300, 5))  # 2-byte length
+    stream = b"".join(packets)
+    cut = len(stream) - 100  # the last packet arrives in two pieces
+    sock.chunks = [stream[:cut]]
+    source._read()
+    got = source.take(100)
+    assert [(m.topic, m.payload, m.mid, m.qos) for m in got] == [
+        (f"devices/air-{i}/air", b'{"ts":%d}' % i, i + 1, 1) for i in range(4)
+    ]
+    assert sock.recvs == 2  # the chunk, then "nothing more": not three reads per packet
+    sock.chunks = [stream[cut:]]
+    source._read()
+    [last] = source.take(100)
+    assert (last.topic, last.payload, last.mid) == ("devices/quake-1/seismic", b"x" * 300, 5)
+    assert not source.client.buffered
+
+
+def test_packets_split_anywhere_come_out_whole(source: MqttSource) -> None:
+    sock = cast(ScriptedSocket, source.client._sock)
+    stream = b"".join(publish("devices/w-1/water", b"%d" % i, i + 1) for i in range(50))
+    for i in range(0, len(stream), 7):
+        sock.chunks = [stream[i : i + 7]]
+        source._read()
+    assert [m.payload for m in source.take(100)] == [b"%d" % i for i in range(50)]
+
+
+def raw_publish(header: int, topic: bytes, mid: int | None, props: bytes, payload: bytes) -> bytes:
+    """Any MQTT 5 PUBLISH: ``props`` is the encoded properties, their length included."""
+    body = struct.pack("!H", len(topic)) + topic
+    body += b"" if mid is None else struct.pack("!H", mid)
+    body += props + payload
+    assert len(body) < 128
+    return bytes([header, len(body)]) + body
+
+
+@pytest.mark.parametrize(
+    "packet",
+    [
+        raw_publish(0x32, b"devices/a-1/air", 7, b"\x00", b'{"ts":1}'),  # the shortcut
+        raw_publish(0x3B, b"devices/a-1/air", 8, b"\x00", b"{}"),  # dup and retain flags
+        raw_publish(0x32, b"devices/a-1/air", 9, b"\x00", b""),  # empty payload
+        raw_publish(0x32, b"devices/a-1/air", 10, b"\x02\x01\x01", b"{}"),  # a property
+        raw_publish(0x30, b"devices/a-1/air", None, b"\x00", b"{}"),  # QoS 0: no packet id
+        raw_publish(0x32, b"d/\xc3\xa9", 11, b"\x00", b"x"),  # UTF-8 topic
+    ],
+)
+def test_messages_are_what_paho_itself_makes_of_the_packet(
+    source: MqttSource, packet: bytes
+) -> None:
+    def parse(client: mqtt.Client) -> list[tuple[object, ...]]:
+        got: list[tuple[object, ...]] = []
+        client.on_message = lambda _c, _u, m: got.append(
+            (m.topic, bytes(m.payload), m.mid, m.qos, m.dup, m.retain)
+        )
+        sock = ScriptedSocket()
+        sock.chunks = [packet]
+        client._sock = sock  # type: ignore[assignment]
+        for _ in range(10):  # paho reads a packet in a few calls
+            if client.loop_read() != mqtt.MQTT_ERR_SUCCESS or got:
+                break
+        return got
+
+    plain = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5, manual_ack=True)
+    expected = parse(plain)
+    assert len(expected) == 1
+    assert parse(source.client) == expected
+
+
+def test_connection_attempts_back_off_exponentially_up_to_the_cap(
+    source: MqttSource, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    slept: list[float] = []
+    attempts: list[int] = []
+
+    async def fake_sleep(delay: float) -> None:
+        slept.append(delay)
+
+    def reconnect() -> int:
+        attempts.append(1)
+        if len(attempts) < 8:
+            raise ConnectionRefusedError(111, "refused")
+        return 0
+
+    monkeypatch.setattr("ingest.service.asyncio.sleep", fake_sleep)
+    monkeypatch.setattr(source.client, "reconnect", reconnect)
+    asyncio.run(source._connect_loop())
+    assert len(attempts) == 8
+    assert slept == [1, 2, 4, 8, 16, 30, 30]  # the first attempt at once
+
+
+def test_a_drop_reconnects_after_the_minimum_delay_not_at_once(
+    source: MqttSource, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    slept: list[float] = []
+
+    async def fake_sleep(delay: float) -> None:
+        slept.append(delay)
+
+    async def scenario() -> None:
+        monkeypatch.setattr("ingest.service.asyncio.sleep", fake_sleep)
+        monkeypatch.setattr(source.client, "reconnect", lambda: 0)
+        monkeypatch.setattr(source.client, "subscribe", lambda *_a, **_k: (0, 1))
+        source._loop = asyncio.get_running_loop()
+        flags = mqtt.ConnectFlags(session_present=True)
+        ok = ReasonCode(PacketTypes.CONNACK, "Success")
+        source._on_connect(source.client, None, flags, ok, None)
+        states = [source.connected]
+        source._on_disconnect(source.client, None, None, ReasonCode(PacketTypes.DISCONNECT), None)
+        states.append(source.connected)
+        assert states == [True, False]
+        assert source._connector is not None
+        await source._connector
+
+    asyncio.run(scenario())
+    assert slept == [1]
+
+
+def test_a_batch_of_pubacks_is_one_write_of_what_paho_would_send(source: MqttSource) -> None:
+    def inbound(mid: int, qos: int = 1) -> Inbound:
+        return Inbound("devices/a-1/air", b"{}", mid, qos, datetime.now(UTC))
+
+    def written(client: mqtt.Client, ack: Callable[[], object]) -> list[bytes]:
+        sock = ScriptedSocket()
+        client._sock = sock  # type: ignore[assignment]
+        client.on_socket_register_write = lambda *_: None
+        client.on_socket_unregister_write = lambda *_: None
+        ack()
+        client.loop_write()
+        return sock.sent
+
+    batch = [inbound(7), inbound(0, qos=0), inbound(65535), inbound(1)]
+    plain = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5, manual_ack=True)
+    one_by_one = written(plain, lambda: [plain.ack(i.mid, i.qos) for i in batch])
+    assert len(one_by_one) == 3
+    together = written(source.client, lambda: source.ack(batch))
+    assert together == [b"".join(one_by_one)]
