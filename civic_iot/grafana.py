@@ -17,7 +17,7 @@ import copy
 import json
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Protocol, cast
@@ -242,6 +242,42 @@ def render_flux(
     ):
         rendered = rendered.replace(macro, value)
     return rendered
+
+
+def variable_values(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """What Grafana lists for a query variable: ``_value``, else the first string column."""
+    out: list[str] = []
+    for row in rows:
+        if "_value" in row:
+            value = row["_value"]
+        else:
+            value = next(
+                (v for k, v in row.items() if k not in {"result", "table"} and isinstance(v, str)),
+                None,
+            )
+        if value is not None and str(value) not in out:
+            out.append(str(value))
+    return out
+
+
+def resolve_variables(
+    dashboard: Mapping[str, Any],
+    run: Callable[[str], Sequence[Mapping[str, Any]]],
+    *,
+    start: str,
+    stop: str,
+    window: str,
+    pick_first: bool,
+) -> dict[str, list[str] | None]:
+    """Run each query variable in order (``run`` executes Flux, returns rows) and select
+    "All" where the variable offers it, else its first value, as Grafana does on load."""
+    chosen: dict[str, list[str] | None] = {}
+    for var in dashboard.get("templating", {}).get("list", []):
+        flux = render_flux(variable_query(var), chosen, start=start, stop=stop, window=window)
+        values = variable_values(run(flux))
+        all_selected = var.get("includeAll") and not pick_first
+        chosen[var["name"]] = None if all_selected else values[:1]
+    return chosen
 
 
 def resolve_auth(token: str | None, user: str | None, password: str | None) -> GrafanaAuth:

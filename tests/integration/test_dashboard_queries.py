@@ -10,7 +10,7 @@ back without error and with at least one row. The buckets are deleted at the end
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -21,6 +21,7 @@ from influxdb_client.client.write.point import Point
 from influxdb_client.client.write_api import SYNCHRONOUS
 from influxdb_client.domain.bucket_retention_rules import BucketRetentionRules
 
+from civic_iot import grafana
 from civic_iot.grafana import (
     DASHBOARDS_DIR,
     PanelQuery,
@@ -29,7 +30,6 @@ from civic_iot.grafana import (
     load_dashboards,
     panel_queries,
     render_flux,
-    variable_query,
 )
 from civic_iot.settings import InfluxSettings, get_settings, influx_token
 
@@ -292,33 +292,15 @@ def write_dataset(client: InfluxDBClient, s: InfluxSettings) -> None:
 # ------------------------------------------------------------------------------ helpers
 
 
-def variable_values(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    """What Grafana lists for a query variable: ``_value``, else the first string column."""
-    out: list[str] = []
-    for row in rows:
-        if "_value" in row:
-            value = row["_value"]
-        else:
-            value = next(
-                (v for k, v in row.items() if k not in {"result", "table"} and isinstance(v, str)),
-                None,
-            )
-        if value is not None and str(value) not in out:
-            out.append(str(value))
-    return out
-
-
 def resolve_variables(
     influx: Influx, dashboard: Mapping[str, Any], *, pick_first: bool
 ) -> dict[str, list[str] | None]:
     """Run each query variable in order; select "All" (or the first value) as Grafana would."""
-    chosen: dict[str, list[str] | None] = {}
-    for var in dashboard["templating"]["list"]:
-        flux = render_flux(variable_query(var), chosen, start=START, stop=STOP, window=WINDOW)
-        values = variable_values(influx.rows(flux))
-        assert values, f"variable ${var['name']} of {dashboard['uid']} lists nothing"
-        all_selected = var.get("includeAll") and not pick_first
-        chosen[var["name"]] = None if all_selected else values[:1]
+    chosen = grafana.resolve_variables(
+        dashboard, influx.rows, start=START, stop=STOP, window=WINDOW, pick_first=pick_first
+    )
+    for name, values in chosen.items():
+        assert values is None or values, f"variable ${name} of {dashboard['uid']} lists nothing"
     return chosen
 
 
