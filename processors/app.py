@@ -44,6 +44,7 @@ event*; each key is written under its own last event (faust's task-local variabl
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -75,7 +76,13 @@ from processors.handlers import (
     open_candidates,
 )
 from processors.messages import NETWORK_KEY, Observation, SeismicTick, TownshipReport
-from processors.points import Point, pipeline_point, reading_points, sensor_health_point
+from processors.points import (
+    Point,
+    deadletter_point,
+    pipeline_point,
+    reading_points,
+    sensor_health_point,
+)
 from processors.sink import InfluxSink, PointSink, Publisher, store
 
 logger = logging.getLogger(__name__)
@@ -289,8 +296,11 @@ def create_app(
             )
             return None
 
-    #: Processing-clock time of the latest reading per kind (for the silence check).
+    #: For the silence check: processing-clock time of the latest reading per kind, the
+    #: newest event time (epoch s) per kind and source partition, each device's partition.
     arrivals: dict[str, float] = {}
+    clocks: dict[tuple[str, int], float] = {}
+    partition_of: dict[str, int] = {}
     started = time.monotonic()
 
     def device_agent(
@@ -305,6 +315,11 @@ def create_app(
             if reading is None:
                 return
             arrivals[kind] = time.monotonic()
+            part = event.message.partition
+            t = reading.event_time.timestamp()
+            if t > clocks.get((kind, part), -math.inf):
+                clocks[(kind, part)] = t
+            partition_of[reading.device_id] = part
             env = states.get(reading.device_id)
             if _seen(env, event):
                 # Replayed after a restart: the state already holds it (its changelog was
@@ -364,6 +379,26 @@ def create_app(
             "seismic", app.topic(topics.readings("seismic")), seismic_table, handle_seismic
         ),
     ]
+
+    # Dead letters are counted in InfluxDB for the pipeline dashboard (the raw bytes stay
+    # on the Kafka topic). No state: a plain batch of points, committed after the sink.
+    deadletter_sink = sink_factory("deadletter")
+    no_state = BatchState({})
+
+    async def deadletter_agent(stream: Any) -> None:
+        async def handle(event: Any) -> None:
+            try:
+                pt = deadletter_point(json.loads(event.value), ctx.buckets)
+            except (ValueError, KeyError, TypeError):
+                logger.exception("unreadable dead-letter record offset=%s", event.message.offset)
+                return
+            deadletter_sink.add([pt] if pt else [])
+
+        await batches(stream, "deadletter", deadletter_sink, handle, state=no_state)
+
+    app.agent(app.topic(topics.deadletter), name=f"{prefix}deadletter", concurrency=1)(
+        deadletter_agent
+    )
 
     township_sink = sink_factory("township")
     town_states = BatchState(township_table)
@@ -450,6 +485,7 @@ def create_app(
     async def silence_check() -> None:
         now = datetime.now(UTC)
         found = []
+        refs: dict[str, datetime] = {}
         for kind, tbl in (("air", air_table), ("water", water_table), ("seismic", seismic_table)):
             seen = {
                 k: datetime.fromtimestamp(float(v["last_seen"]), UTC)
@@ -459,13 +495,24 @@ def create_app(
             if not seen:
                 continue
             # While readings of this kind keep arriving, each device is judged against the
-            # newest event time of its kind: a replay, a backlog or a compressed scenario
-            # runs on event time, and its devices are not silent because their clocks are
-            # behind the wall clock. When the whole kind has gone quiet on the processing
-            # clock, the wall clock judges: an outage is silence too.
+            # newest event time of its own partition: a replay, a backlog or a compressed
+            # scenario runs on event time, and partitions progress at different speeds, so
+            # a device is not silent because its clock or its partition is behind. When the
+            # whole kind has gone quiet on the processing clock, the wall clock judges: an
+            # outage is silence too.
             quiet_s = time.monotonic() - arrivals.get(kind, started)
-            ref = max(seen.values()) if quiet_s < ctx.silent_after_s[kind] else now
-            silent = silent_devices(seen, ref, ctx.silent_after_s[kind], factor=1)
+            kind_clocks = [c for (k, _), c in clocks.items() if k == kind]
+            silent = []
+            for device, last in seen.items():
+                if quiet_s >= ctx.silent_after_s[kind] or not kind_clocks:
+                    ref = now
+                else:
+                    part_clock = clocks.get((kind, partition_of.get(device, -1)))
+                    ref_s = part_clock if part_clock is not None else min(kind_clocks)
+                    ref = datetime.fromtimestamp(ref_s, UTC)
+                for f in silent_devices({device: last}, ref, ctx.silent_after_s[kind], factor=1):
+                    silent.append(f)
+                    refs[device] = ref
             found += silent
             flagged_silent.difference_update(set(seen) - {f.device_id for f in silent})
         new = [f for f in found if f.device_id not in flagged_silent]
@@ -476,7 +523,8 @@ def create_app(
                 dev.township if dev else "",
                 "silent",
                 active=True,
-                detail=f"no reading since {f.since.isoformat(timespec='seconds')}",
+                detail=f"no reading since {f.since.isoformat(timespec='seconds')} "
+                f"(judged at {refs[f.device_id].isoformat(timespec='seconds')})",
                 at=now,
                 buckets=ctx.buckets,
             )

@@ -362,3 +362,24 @@ def pipeline_point(
         fields,
         at_ns,
     )
+
+
+def deadletter_point(record: Mapping[str, object], buckets: InfluxSettings) -> Point | None:
+    """``deadletter`` from ingest's dead-letter record (``ingest.deadletter``), at its
+    receive time. The raw bytes stay on the Kafka topic; the point is for counting."""
+    topic = str(record.get("topic") or "")
+    parts = topic.split("/")
+    kind = parts[2] if len(parts) >= 3 and parts[2] in ("air", "water", "seismic") else "unknown"
+    received = datetime.fromisoformat(str(record["received_at"]))
+    device = record.get("device_id")
+    return point(
+        buckets.bucket_readings,
+        "deadletter",
+        {"reason": str(record.get("reason") or "unknown"), "kind": kind},
+        {
+            "count": 1,
+            "device": None if device is None else str(device),
+            "error": str(record.get("error") or "")[:500],
+        },
+        to_ns(received),
+    )

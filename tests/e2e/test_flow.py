@@ -60,7 +60,8 @@ def test_scenario_end_to_end(stack: Settings, unique: str, tmp_path: Path) -> No
     # Every Grafana panel's query runs on the data this scenario wrote: no Flux error, and
     # no empty panel except those listed with a reason.
     empty = dashboards_on_scenario_data(stack, start - timedelta(hours=1))
-    assert empty == set(NO_DATA_BY_DESIGN), empty
+    # (Those may still show older data from a shared InfluxDB.)
+    assert empty <= set(NO_DATA_BY_DESIGN), empty - set(NO_DATA_BY_DESIGN)
 
 
 def dashboards_on_scenario_data(settings: Settings, since: datetime) -> set[str]:

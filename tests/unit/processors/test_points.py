@@ -15,6 +15,7 @@ from processors.points import (
     Point,
     Where,
     air_quality_point,
+    deadletter_point,
     quake_points,
     reading_points,
     sensor_health_point,
@@ -141,3 +142,28 @@ def test_health_point() -> None:
     assert p is not None
     assert dict(p.tags) == {"device": "d", "township": "t", "issue": "stuck"}
     assert dict(p.fields) == {"active": True, "detail": "pm2_5_ugm3"}
+
+
+def test_deadletter_point_counts_by_reason_and_kind() -> None:
+    rec = {
+        "topic": "devices/air-0001/air",
+        "device_id": "air-0001",
+        "reason": "not_json",
+        "error": "device 'air-0001' topic 'devices/air-0001/air': not JSON",
+        "received_at": "2026-11-25T08:00:00.250000+00:00",
+        "payload_b64": "eno=",
+    }
+    pt = deadletter_point(rec, InfluxSettings())
+    assert pt is not None
+    assert pt.bucket == "readings"
+    assert pt.measurement == "deadletter"
+    assert dict(pt.tags) == {"reason": "not_json", "kind": "air"}
+    assert dict(pt.fields)["count"] == 1
+    assert dict(pt.fields)["device"] == "air-0001"
+    assert pt.time_ns == 1795593600250000000
+    odd = deadletter_point(
+        {**rec, "topic": "devices/x/raw/extra", "device_id": None}, InfluxSettings()
+    )
+    assert odd is not None
+    assert dict(odd.tags)["kind"] == "unknown"
+    assert "device" not in dict(odd.fields)
