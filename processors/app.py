@@ -301,6 +301,11 @@ def create_app(
     arrivals: dict[str, float] = {}
     clocks: dict[tuple[str, int], float] = {}
     partition_of: dict[str, int] = {}
+    received: dict[str, float] = {}
+    #: A device is silent only if nothing came from it on the processing clock for this
+    #: long as well: per-device streams are delayed independently (publishers, broker,
+    #: backlog), so a device may lag its partition's event-time clock without being silent.
+    received_grace_s = 30.0
     started = time.monotonic()
 
     def device_agent(
@@ -320,6 +325,7 @@ def create_app(
             if t > clocks.get((kind, part), -math.inf):
                 clocks[(kind, part)] = t
             partition_of[reading.device_id] = part
+            received[reading.device_id] = time.monotonic()
             env = states.get(reading.device_id)
             if _seen(env, event):
                 # Replayed after a restart: the state already holds it (its changelog was
@@ -504,6 +510,8 @@ def create_app(
             kind_clocks = [c for (k, _), c in clocks.items() if k == kind]
             silent = []
             for device, last in seen.items():
+                if time.monotonic() - received.get(device, started) < received_grace_s:
+                    continue
                 if quiet_s >= ctx.silent_after_s[kind] or not kind_clocks:
                     ref = now
                 else:

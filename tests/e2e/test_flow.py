@@ -70,7 +70,8 @@ def dashboards_on_scenario_data(settings: Settings, since: datetime) -> set[str]
     start = since.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     stop = (datetime.now(UTC) + timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
     empty: set[str] = set()
-    with InfluxDBClient(url=i.url, token=influx_token(settings), org=i.org, timeout=60_000) as c:
+    # Generous timeout: a development InfluxDB may hold much more than the scenario's data.
+    with InfluxDBClient(url=i.url, token=influx_token(settings), org=i.org, timeout=300_000) as c:
         api = c.query_api()
 
         def run(flux: str) -> list[dict[str, object]]:
