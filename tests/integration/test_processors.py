@@ -26,6 +26,7 @@ from civic_iot.settings import Settings, influx_token
 from ingest.models import AirPayload, Location, Reading, SeismicPayload, WaterPayload, to_ns
 from simulator.waveforms import SimQuake, SimStation, Spike, synthesize_packets
 from tests.integration.helpers import REPO, read_topic
+from tests.stations import NOISY, STATIONS, T0
 
 pytestmark = pytest.mark.integration
 
@@ -216,22 +217,6 @@ def test_air_and_flood_readings_give_figures_and_candidates(penv: Env, registry:
 
 
 # A synthetic M6 across northern Taiwan (as tests/unit/detectors/test_quake_replay.py).
-T0 = 1_700_000_000.0
-STATIONS = [
-    SimStation(*s)
-    for s in [
-        ("TPE", 25.04, 121.56), ("KEL", 25.13, 121.74), ("TSW", 25.17, 121.44),
-        ("BQA", 25.01, 121.46), ("TYN", 24.99, 121.30), ("ZLI", 24.96, 121.22),
-        ("HSC", 24.80, 120.97), ("ZBE", 24.84, 121.00), ("MLI", 24.56, 120.82),
-        ("ILA", 24.76, 121.75), ("LDG", 24.68, 121.77), ("SUA", 24.60, 121.85),
-        ("NAO", 24.46, 121.80), ("JXI", 24.83, 121.77), ("TCG", 24.86, 121.82),
-        ("PLN", 24.94, 121.71), ("WLI", 24.87, 121.55), ("SXA", 24.93, 121.37),
-        ("DXI", 24.88, 121.29), ("FXG", 24.82, 121.35), ("GXI", 24.79, 121.18),
-        ("JSH", 24.68, 121.20), ("WFG", 24.64, 121.12), ("DTG", 24.68, 121.60),
-        ("TAN", 24.47, 120.99), ("SMN", 25.29, 121.57), ("RFG", 25.11, 121.81),
-    ]
-]  # fmt: skip
-NOISY = "BQA"
 SPIKES = [Spike(NOISY, T0 + t, a) for t, a in ((15.0, 200.0), (47.3, 300.0), (80.0, 250.0))]
 
 
