@@ -85,11 +85,16 @@ class Registry(BaseModel):
         self._by_id = {d.id: d for d in self.devices}
         self._towns = {t.code: t for t in self.townships}
 
+    # Private attributes are read through pydantic's ``__getattr__`` (about 2 us); ``get``
+    # runs once per reading, so it reads the private dict directly (about 0.1 us).
+
     def get(self, device_id: str) -> Device | None:
-        return self._by_id.get(device_id)
+        by_id: dict[str, Device] = self.__pydantic_private__["_by_id"]  # type: ignore[index]
+        return by_id.get(device_id)
 
     def township(self, code: str) -> Township | None:
-        return self._towns.get(code)
+        towns: dict[str, Township] = self.__pydantic_private__["_towns"]  # type: ignore[index]
+        return towns.get(code)
 
     def __iter__(self) -> Iterator[Device]:  # type: ignore[override]
         return iter(self.devices)

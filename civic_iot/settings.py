@@ -45,10 +45,14 @@ class IngestSettings(BaseModel):
     #: Stable per process: the MQTT client id is ``civic-ingest-{instance}``, and the broker
     #: keeps that persistent session's unacknowledged messages while the process restarts.
     instance: str = "0"
-    #: MQTT 5 Receive Maximum: unacknowledged messages the broker may have in flight to us.
-    receive_maximum: int = Field(default=2000, ge=1, le=65535)
+    #: MQTT 5 Receive Maximum: unacknowledged messages the broker may have in flight to us
+    #: (what bounds ingest's memory: at most this many payloads, each <= max_payload_bytes).
+    receive_maximum: int = Field(default=4000, ge=1, le=65535)
     #: Messages validated and produced per batch before their PUBACKs are sent.
     max_batch: int = Field(default=1000, ge=1)
+    #: Batches handed to Kafka and not yet acknowledged by it: the next batch is validated
+    #: while earlier ones are on their way. PUBACKs still leave in arrival order.
+    batches_in_flight: int = Field(default=4, ge=1)
     #: Readings older than this when they arrive are kept and flagged ``late``.
     lateness_s: float = 3600.0
     #: Readings stamped further ahead of the server clock are refused.

@@ -1,19 +1,21 @@
 """The ingest process: MQTT (shared subscription) -> validate -> Kafka, nothing lost.
 
 Everything runs on one asyncio loop: paho's socket is registered with the loop (no paho
-network thread), so each message is converted and queued right where it is read. A batch
-is validated, produced to Kafka (idempotent producer, ``acks=all``) and only when Kafka has
-acknowledged every record of the batch are the MQTT PUBACKs sent (paho ``manual_ack``), in
-arrival order. If ingest dies mid-flight the broker still holds the unacknowledged messages
-for the persistent session and redelivers them; the duplicates collapse downstream by
-``reading_id``. The broker never has more than ``receive_maximum`` messages in flight to
-us, which bounds our memory.
+network thread) and ingest's own reader slices device readings out of what the socket
+holds. A batch is validated and handed to Kafka (idempotent producer, ``acks=all``); while
+Kafka acknowledges it, the next batch is validated (up to ``batches_in_flight``). Only when
+Kafka has every record of a batch are its MQTT PUBACKs sent (paho ``manual_ack``), batches
+strictly in arrival order. If ingest dies mid-flight the broker still holds the
+unacknowledged messages for the persistent session and redelivers them; the duplicates
+collapse downstream by ``reading_id``. The broker never has more than ``receive_maximum``
+messages in flight to us, which bounds our memory.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import struct
@@ -22,13 +24,13 @@ from collections import Counter, deque
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import paho.mqtt.client as mqtt
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 from paho.mqtt.client import PUBACK
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -47,7 +49,9 @@ logger = logging.getLogger(__name__)
 
 MESSAGES = PromCounter("civic_ingest_messages_total", "MQTT messages handled", ["outcome"])
 DEADLETTERS = PromCounter("civic_ingest_deadletters_total", "Refused messages", ["reason"])
-BATCH_SECONDS = Histogram("civic_ingest_batch_seconds", "Validate+produce+ack time per batch")
+BATCH_SECONDS = Histogram(
+    "civic_ingest_batch_seconds", "A batch handed to Kafka -> acknowledged by Kafka and the broker"
+)
 CONNECTED = Gauge("civic_ingest_mqtt_connected", "1 while connected to the broker")
 # Bound once: ``labels()`` takes a lock and a dict lookup, and this runs per message.
 _ACCEPTED = MESSAGES.labels("accepted")
@@ -55,8 +59,7 @@ _LATE = MESSAGES.labels("late")
 _REFUSED = MESSAGES.labels("deadletter")
 
 
-@dataclass(frozen=True, slots=True)
-class Inbound:
+class Inbound(NamedTuple):
     """One MQTT message, converted at the edge (paho's type does not travel inward)."""
 
     topic: str
@@ -73,31 +76,31 @@ RECONNECT_MIN_S = 1.0
 RECONNECT_MAX_S = 30.0
 
 
-class _BufferedClient(mqtt.Client):
-    """paho's client with two shortcuts on its receive path, the bulk of ingest's CPU.
+class _FastClient(mqtt.Client):
+    """paho's client with its own reader for the one packet that matters: device readings.
 
-    - paho 2.x reads each packet with at least three ``recv`` calls (command byte, length
-      bytes, body). Here one ``recv`` takes whatever the kernel holds and paho's parser is
-      served from that buffer. ``_sock_recv`` is paho's one read primitive (its contract:
-      bytes, ``b""`` at EOF, ``BlockingIOError`` when nothing is there), which this keeps.
-    - For a QoS 1 PUBLISH without MQTT 5 properties (what Mosquitto forwards from a
-      device that set none), the topic, packet id and payload are sliced out directly:
-      paho's decoder builds and clears a ``Properties`` object per message, about a third
-      of its cost. Anything else goes to paho's own decoder.
+    :meth:`read_publishes` takes whatever the kernel holds in one ``recv`` and splits it into
+    packets. A QoS 1 PUBLISH without MQTT 5 properties (what Mosquitto forwards from a
+    device that set none) is sliced into (topic, payload, packet id) right there: no
+    ``MQTTMessage``, no callback, none of paho's three reads per packet. Every other packet
+    (CONNACK, SUBACK, PINGRESP, DISCONNECT, a PUBLISH with properties or another QoS) is
+    handed whole to paho's own parser, so paho keeps its state machine and callbacks.
 
-    Both override private methods of paho 2.x (pinned in constraints.txt);
-    ``tests/unit/ingest/test_source.py`` checks them against paho's own parser.
+    Overrides ``_sock_recv``, a private method of paho 2.x (pinned in constraints.txt);
+    ``tests/unit/ingest/test_source.py`` checks the result against paho's own parser.
     """
 
     _CHUNK = 256 * 1024
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._rbuf = bytearray()
+        self._rbuf = bytearray()  # read, not yet a whole packet
+        self._paho_in = bytearray()  # one whole packet for paho's parser
+        self._feeding = False
 
     @property
     def buffered(self) -> bool:
-        """True while bytes already read from the socket wait to be parsed."""
+        """True while bytes already read from the socket wait for the rest of their packet."""
         return bool(self._rbuf)
 
     def drop_buffer(self) -> None:
@@ -105,15 +108,85 @@ class _BufferedClient(mqtt.Client):
         self._rbuf.clear()
 
     def _sock_recv(self, bufsize: int) -> bytes:
-        buf = self._rbuf
+        if not self._feeding:
+            return super()._sock_recv(bufsize)
+        buf = self._paho_in
         if not buf:
-            data = super()._sock_recv(self._CHUNK)
-            if len(data) <= bufsize:
-                return data  # also b"" (EOF), as paho expects
-            buf += data
+            raise BlockingIOError  # paho's "nothing more now": its packet is done
         out = bytes(buf[:bufsize])
-        del buf[:bufsize]  # cheap: a bytearray drops its head without copying the rest
+        del buf[:bufsize]
         return out
+
+    def read_publishes(self) -> list[tuple[str, bytes, int]]:
+        """Read the socket once; the QoS 1 PUBLISHes in it as (topic, payload, packet id).
+
+        Other packets go to paho as they come. EOF or a socket error is paho's to handle
+        (it closes the socket and calls ``on_disconnect``), as is a malformed packet.
+        """
+        try:
+            data = super()._sock_recv(self._CHUNK)
+        except BlockingIOError:
+            return []
+        except OSError:
+            data = b""
+        if not data:
+            self.loop_read()  # paho meets the EOF or the error itself
+            return []
+        with self._msgtime_mutex:
+            self._last_bytes_received = mqtt.time_func()
+        buf = self._rbuf
+        buf += data
+        out: list[tuple[str, bytes, int]] = []
+        pos, n = 0, len(buf)
+        while n - pos >= 2:
+            header = buf[pos]
+            i, length, shift = pos + 1, 0, 0
+            while i < n and shift < 28:  # remaining length: 1-4 bytes, 7 bits each
+                byte = buf[i]
+                length |= (byte & 0x7F) << shift
+                shift += 7
+                i += 1
+                if byte < 0x80:
+                    break
+            else:
+                if shift < 28:
+                    break  # the length itself is not all here yet
+                self._to_paho(buf[pos:])  # 5 length bytes: malformed, paho disconnects
+                pos = n
+                break
+            end = i + length
+            if end > n:
+                break  # the rest of this packet is still on its way
+            # PUBLISH, QoS 1 (any DUP/RETAIN): [topic len:2][topic][id:2][props len][payload]
+            if header & 0xF6 == 0x32 and length >= 5:
+                t_end = i + 2 + ((buf[i] << 8) | buf[i + 1])
+                if t_end + 3 <= end and buf[t_end + 2] == 0:
+                    out.append(
+                        (
+                            buf[i + 2 : t_end].decode("utf-8", "replace"),
+                            bytes(buf[t_end + 3 : end]),
+                            (buf[t_end] << 8) | buf[t_end + 1],
+                        )
+                    )
+                    pos = end
+                    continue
+            self._to_paho(buf[pos:end])
+            pos = end
+            if self._sock is None:  # paho closed the connection (DISCONNECT, protocol error)
+                pos = n
+                break
+        del buf[:pos]  # cheap: a bytearray drops its head without copying the rest
+        return out
+
+    def _to_paho(self, packet: bytearray) -> None:
+        """Let paho's own parser read and handle one whole packet."""
+        self._paho_in += packet
+        self._feeding = True
+        try:
+            self.loop_read()
+        finally:
+            self._feeding = False
+            self._paho_in.clear()
 
     def puback_many(self, mids: list[int]) -> None:
         """PUBACKs for these QoS 1 messages, in this order, in one write.
@@ -125,27 +198,6 @@ class _BufferedClient(mqtt.Client):
         if mids:
             packet = b"".join([_PUBACK.pack(0x40, 2, mid) for mid in mids])
             self._packet_queue(PUBACK, packet, 0, 1)
-
-    def _handle_publish(self) -> MQTTErrorCode:
-        header: int = self._in_packet["command"]
-        packet: bytearray = self._in_packet["packet"]
-        # [topic length:2][topic][packet id:2][properties length:varint][properties][payload]
-        if header & 0x06 == 0x02 and self._protocol == mqtt.MQTTv5 and len(packet) >= 2:
-            end = 2 + ((packet[0] << 8) | packet[1])
-            if end > 2 and len(packet) > end + 2 and packet[end + 2] == 0:
-                message = mqtt.MQTTMessage(
-                    mid=(packet[end] << 8) | packet[end + 1], topic=bytes(packet[2:end])
-                )
-                message.dup = bool(header & 0x08)
-                message.qos = 1
-                message.retain = bool(header & 0x01)
-                message.payload = bytes(packet[end + 3 :])
-                message.timestamp = mqtt.time_func()
-                self._handle_on_message(message)
-                if self._manual_ack:
-                    return MQTTErrorCode.MQTT_ERR_SUCCESS
-                return self._send_puback(message.mid)
-        return super()._handle_publish()
 
 
 class MqttSource:
@@ -167,6 +219,7 @@ class MqttSource:
         self._inbox: deque[Inbound] = deque()
         self._ready = asyncio.Event()
         self._woken = False
+        self._kicked = False
         self._stopping = False
         self._closed = asyncio.Event()
         self._closed.set()
@@ -175,7 +228,7 @@ class MqttSource:
         self._misc: asyncio.Task[None] | None = None
         self.connected = False
         cid = f"civic-ingest-{settings.ingest.instance}"
-        self.client = _BufferedClient(
+        self.client = _FastClient(
             CallbackAPIVersion.VERSION2,
             client_id=cid,
             protocol=mqtt.MQTTv5,
@@ -235,15 +288,21 @@ class MqttSource:
                 self.client.ack(item.mid, item.qos)
 
     def wake(self) -> None:
-        """Make :meth:`wait` return although the inbox is empty (to stop)."""
+        """Make :meth:`wait` return although the inbox is empty, from now on (to stop)."""
         self._woken = True
         self._ready.set()
 
+    def kick(self) -> None:
+        """Make :meth:`wait` return once although the inbox may be empty."""
+        self._kicked = True
+        self._ready.set()
+
     async def wait(self) -> None:
-        """Return once at least one message is in the inbox (or :meth:`wake` was called)."""
-        while not self._inbox and not self._woken:
+        """Return once a message is in the inbox (or :meth:`wake` or :meth:`kick` was called)."""
+        while not self._inbox and not self._woken and not self._kicked:
             self._ready.clear()
             await self._ready.wait()
+        self._kicked = False
 
     def take(self, most: int) -> list[Inbound]:
         """Up to ``most`` messages from the inbox, in arrival order."""
@@ -306,10 +365,12 @@ class MqttSource:
         self._loop.remove_writer(sock)
 
     def _read(self) -> None:
-        """The socket is readable: parse every packet that came (each loop_read parses one)."""
-        client = self.client
-        while client.loop_read() == mqtt.MQTT_ERR_SUCCESS and client.buffered:
-            pass
+        """The socket is readable: every whole packet that came is parsed now."""
+        publishes = self.client.read_publishes()
+        if publishes:
+            now = datetime.now(UTC)  # one clock read per chunk: they arrived together
+            self._inbox.extend([Inbound(t, p, mid, 1, now) for t, p, mid in publishes])
+            self._ready.set()
 
     # ------------------------------------------------------------ paho callbacks
 
@@ -443,9 +504,86 @@ async def _produce_batch(
             delay = min(delay * 2, 10.0)
 
 
+@dataclass(slots=True)
+class _Flight:
+    """A batch handed to Kafka: its messages (to acknowledge), records (to re-send) and
+    the future that completes when Kafka has all of them."""
+
+    batch: list[Inbound]
+    records: list[tuple[str, bytes, bytes]]
+    done: asyncio.Future[Any]
+    started: float
+
+
+class _Pipeline:
+    """Batches in flight to Kafka, acknowledged to the broker strictly in arrival order.
+
+    Records are handed to the producer here, in order (one batch after the other), so
+    Kafka receives each partition's records in arrival order; only the waiting for Kafka's
+    acknowledgement overlaps with validating the next batch. A batch whose send failed is
+    re-sent when it is the oldest, until Kafka has it (nothing later is acknowledged to the
+    broker before it). Records of later batches that Kafka already took may then precede
+    it in their partition: a reading is late by the length of the Kafka outage, which
+    consumers handle like any late reading; its redelivered duplicates collapse by
+    ``reading_id``.
+    """
+
+    def __init__(self, producer: AIOKafkaProducer, source: MqttSource, depth: int) -> None:
+        self._producer = producer
+        self._source = source
+        self.depth = depth
+        self._flights: deque[_Flight] = deque()
+
+    def __len__(self) -> int:
+        return len(self._flights)
+
+    async def send(self, batch: list[Inbound], records: list[tuple[str, bytes, bytes]]) -> None:
+        started = time.perf_counter()
+        try:
+            done: asyncio.Future[Any] = asyncio.gather(
+                *await _send_grouped(self._producer, records)
+            )
+        except Exception as exc:  # noqa: BLE001 - e.g. no metadata: settle re-sends it
+            done = asyncio.get_running_loop().create_future()
+            done.set_exception(exc)
+        done.add_done_callback(self._landed)
+        self._flights.append(_Flight(batch, records, done, started))
+
+    def _landed(self, done: asyncio.Future[Any]) -> None:
+        if not done.cancelled():
+            done.exception()  # retrieved here: settle() deals with it
+        self._source.kick()  # the loop acknowledges it even if no message comes
+
+    async def settle(self, *, wait: bool = False) -> None:
+        """Acknowledge the batches Kafka has, oldest first; with ``wait``, at least the
+        oldest one (re-sending it until Kafka has it)."""
+        flights = self._flights
+        while flights and (wait or flights[0].done.done()):
+            head = flights[0]
+            try:
+                await head.done
+            except Exception as exc:  # noqa: BLE001 - any Kafka error: re-send, in order
+                logger.warning(
+                    "kafka produce failed records=%d error=%r; re-sending",
+                    len(head.records),
+                    exc,
+                )
+                await _produce_batch(self._producer, head.records)
+            flights.popleft()
+            self._source.ack(head.batch)  # PUBACKs in arrival order, after Kafka has it
+            BATCH_SECONDS.observe(time.perf_counter() - head.started)
+            wait = False
+
+
 #: What ``AIOKafkaProducer.send`` uses when no partitioner is configured (none is, in run):
 #: murmur2 of the key over the topic's partitions, so a device's readings share a partition.
 _PARTITIONER = DefaultPartitioner()
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _partition(key: bytes, partitions: tuple[int, ...]) -> int:
+    """The partition for a key, remembered: murmur2 is pure Python and keys repeat."""
+    return int(_PARTITIONER(key, partitions, partitions))
 
 
 async def _send_grouped(
@@ -456,14 +594,14 @@ async def _send_grouped(
     The same records, partitions and order as one ``send`` per record, without a
     coroutine, a future and an accumulator lookup per record. Returns a future per batch.
     """
-    partitions: dict[str, list[int]] = {}
+    partitions: dict[str, tuple[int, ...]] = {}
     batches: dict[tuple[str, int], Any] = {}
     futures: list[asyncio.Future[Any]] = []
     for topic, key, value in records:
         parts = partitions.get(topic)
         if parts is None:
-            parts = partitions[topic] = sorted(await producer.partitions_for(topic))
-        tp = (topic, _PARTITIONER(key, parts, parts))
+            parts = partitions[topic] = tuple(sorted(await producer.partitions_for(topic)))
+        tp = (topic, _partition(key, parts))
         batch = batches.get(tp)
         if batch is None:
             batch = batches[tp] = producer.create_batch()
@@ -514,24 +652,34 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> Counter[
     last_reload = time.monotonic()
     stopper = asyncio.ensure_future(stop.wait())
     stopper.add_done_callback(lambda _: source.wake())
+    pipeline = _Pipeline(producer, source, settings.ingest.batches_in_flight)
     try:
         while not stop.is_set():
             await source.wait()
             if stop.is_set():
                 break
+            await pipeline.settle()
+            if len(pipeline) >= pipeline.depth:
+                await pipeline.settle(wait=True)
             batch = source.take(settings.ingest.max_batch)
-            started = time.perf_counter()
-            await _produce_batch(producer, [ingest.route(item) for item in batch])
-            source.ack(batch)  # PUBACKs in arrival order, only after Kafka has the batch
-            BATCH_SECONDS.observe(time.perf_counter() - started)
+            if batch:
+                await pipeline.send(batch, [ingest.route(item) for item in batch])
             if time.monotonic() - last_reload > 10:
                 ingest.maybe_reload_registry()
                 last_reload = time.monotonic()
     finally:
         stopper.cancel()
+        # What Kafka already has is acknowledged; anything else the broker redelivers.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(_drain(pipeline), timeout=5)
         await source.stop()
         await producer.stop()
         if http is not None:
             await http.cleanup()
         logger.info("ingest stopped counts=%s", dict(ingest.counts))
     return ingest.counts
+
+
+async def _drain(pipeline: _Pipeline) -> None:
+    while len(pipeline):
+        await pipeline.settle(wait=True)

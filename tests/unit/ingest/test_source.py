@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import struct
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -39,6 +40,8 @@ class ScriptedSocket:
         self.chunks: list[bytes] = []
         self.recvs = 0
         self.sent: list[bytes] = []
+        self.eof = False  # the peer closed: every read from now on returns b""
+        self._fd: int | None = None
 
     def send(self, data: bytes) -> int:
         self.sent.append(bytes(data))
@@ -47,6 +50,8 @@ class ScriptedSocket:
     def recv(self, bufsize: int) -> bytes:
         self.recvs += 1
         if not self.chunks:
+            if self.eof:
+                return b""
             raise BlockingIOError
         chunk = self.chunks.pop(0)
         if len(chunk) > bufsize:  # paho asks for a byte or two at a time
@@ -54,10 +59,14 @@ class ScriptedSocket:
         return chunk[:bufsize]
 
     def fileno(self) -> int:
-        return -1
+        if self._fd is None:  # a real descriptor, for the loop to unregister on close
+            self._fd = os.open(os.devnull, os.O_RDONLY)
+        return self._fd
 
     def close(self) -> None:
-        pass
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 @pytest.fixture
@@ -87,7 +96,7 @@ def test_one_read_parses_every_packet_that_came_and_keeps_a_partial_one(
     assert [(m.topic, m.payload, m.mid, m.qos) for m in got] == [
         (f"devices/air-{i}/air", b'{"ts":%d}' % i, i + 1, 1) for i in range(4)
     ]
-    assert sock.recvs == 2  # the chunk, then "nothing more": not three reads per packet
+    assert sock.recvs == 1  # one read for all of them: not three reads per packet
     sock.chunks = [stream[cut:]]
     source._read()
     [last] = source.take(100)
@@ -122,28 +131,71 @@ def raw_publish(header: int, topic: bytes, mid: int | None, props: bytes, payloa
         raw_publish(0x32, b"devices/a-1/air", 10, b"\x02\x01\x01", b"{}"),  # a property
         raw_publish(0x30, b"devices/a-1/air", None, b"\x00", b"{}"),  # QoS 0: no packet id
         raw_publish(0x32, b"d/\xc3\xa9", 11, b"\x00", b"x"),  # UTF-8 topic
+        raw_publish(0x32, b"", 13, b"\x00", b"x"),  # empty topic (topic alias in use)
     ],
 )
 def test_messages_are_what_paho_itself_makes_of_the_packet(
     source: MqttSource, packet: bytes
 ) -> None:
-    def parse(client: mqtt.Client) -> list[tuple[object, ...]]:
-        got: list[tuple[object, ...]] = []
-        client.on_message = lambda _c, _u, m: got.append(
-            (m.topic, bytes(m.payload), m.mid, m.qos, m.dup, m.retain)
-        )
-        sock = ScriptedSocket()
-        sock.chunks = [packet]
-        client._sock = sock  # type: ignore[assignment]
-        for _ in range(10):  # paho reads a packet in a few calls
-            if client.loop_read() != mqtt.MQTT_ERR_SUCCESS or got:
-                break
-        return got
-
+    got: list[tuple[object, ...]] = []
     plain = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5, manual_ack=True)
-    expected = parse(plain)
-    assert len(expected) == 1
-    assert parse(source.client) == expected
+    plain.on_message = lambda _c, _u, m: got.append((m.topic, bytes(m.payload), m.mid, m.qos))
+    sock = ScriptedSocket()
+    sock.chunks = [packet]
+    plain._sock = sock  # type: ignore[assignment]
+    for _ in range(10):  # paho reads a packet in a few calls
+        if plain.loop_read() != mqtt.MQTT_ERR_SUCCESS or got:
+            break
+    assert len(got) == 1
+
+    cast(ScriptedSocket, source.client._sock).chunks = [packet * 3]  # and in one read
+    source._read()
+    assert [tuple(m)[:4] for m in source.take(10)] == got * 3
+
+
+def test_other_packets_reach_paho_in_order_between_publishes(source: MqttSource) -> None:
+    """A SUBACK and a PINGRESP amid readings: paho handles them, the readings still come."""
+    subacks: list[int] = []
+    source.client.on_subscribe = lambda _c, _u, mid, _rc, _p: subacks.append(mid)
+    source.client._ping_t = 1.0  # a PINGREQ is out
+    suback = b"\x90\x04\x00\x05\x00\x01"  # packet id 5, no properties, granted QoS 1
+    pingresp = b"\xd0\x00"
+    stream = (
+        publish("devices/a-1/air", b"1", 1)
+        + suback
+        + publish("devices/a-1/air", b"2", 2)
+        + pingresp
+        + publish("devices/a-1/air", b"3", 3)
+    )
+    cast(ScriptedSocket, source.client._sock).chunks = [stream]
+    source._read()
+    assert [m.payload for m in source.take(10)] == [b"1", b"2", b"3"]
+    assert subacks == [5]
+    assert source.client._ping_t == 0  # paho saw the PINGRESP
+    assert not source.client.buffered
+
+
+def test_a_closed_connection_goes_through_pahos_disconnect(source: MqttSource) -> None:
+    reasons: list[object] = []
+    source.client.on_disconnect = lambda _c, _u, _f, rc, _p: reasons.append(rc)
+    source.client._state = mqtt._ConnectionState.MQTT_CS_CONNECTED
+    sock = cast(ScriptedSocket, source.client._sock)
+    sock.eof = True
+    source._read()
+    assert source.client.socket() is None
+    assert len(reasons) == 1
+
+
+def test_a_malformed_length_is_a_protocol_error_not_a_hang(source: MqttSource) -> None:
+    reasons: list[object] = []
+    source.client.on_disconnect = lambda _c, _u, _f, rc, _p: reasons.append(rc)
+    source.client._state = mqtt._ConnectionState.MQTT_CS_CONNECTED
+    good = publish("devices/a-1/air", b"1", 1)
+    cast(ScriptedSocket, source.client._sock).chunks = [good + b"\x32\xff\xff\xff\xff\x01"]
+    source._read()
+    assert [m.payload for m in source.take(10)] == [b"1"]
+    assert source.client.socket() is None
+    assert len(reasons) == 1
 
 
 def test_connection_attempts_back_off_exponentially_up_to_the_cap(
