@@ -84,7 +84,8 @@ class _FastClient(mqtt.Client):
     device that set none) is sliced into (topic, payload, packet id) right there: no
     ``MQTTMessage``, no callback, none of paho's three reads per packet. Every other packet
     (CONNACK, SUBACK, PINGRESP, DISCONNECT, a PUBLISH with properties or another QoS) is
-    handed whole to paho's own parser, so paho keeps its state machine and callbacks.
+    handed whole to paho's own parser, so paho keeps its state machine and callbacks; a
+    message paho makes of it joins the same list, in its place in the stream.
 
     Overrides ``_sock_recv``, a private method of paho 2.x (pinned in constraints.txt);
     ``tests/unit/ingest/test_source.py`` checks the result against paho's own parser.
@@ -97,6 +98,7 @@ class _FastClient(mqtt.Client):
         self._rbuf = bytearray()  # read, not yet a whole packet
         self._paho_in = bytearray()  # one whole packet for paho's parser
         self._feeding = False
+        self._out: list[tuple[str, bytes, int, int]] | None = None  # while reading
 
     @property
     def buffered(self) -> bool:
@@ -117,8 +119,8 @@ class _FastClient(mqtt.Client):
         del buf[:bufsize]
         return out
 
-    def read_publishes(self) -> list[tuple[str, bytes, int]]:
-        """Read the socket once; the QoS 1 PUBLISHes in it as (topic, payload, packet id).
+    def read_publishes(self) -> list[tuple[str, bytes, int, int]]:
+        """Read the socket once; the messages in it as (topic, payload, packet id, QoS).
 
         Other packets go to paho as they come. EOF or a socket error is paho's to handle
         (it closes the socket and calls ``on_disconnect``), as is a malformed packet.
@@ -136,7 +138,16 @@ class _FastClient(mqtt.Client):
             self._last_bytes_received = mqtt.time_func()
         buf = self._rbuf
         buf += data
-        out: list[tuple[str, bytes, int]] = []
+        out: list[tuple[str, bytes, int, int]] = []
+        self._out = out
+        try:
+            self._split(buf, out)
+        finally:
+            self._out = None
+        return out
+
+    def _split(self, buf: bytearray, out: list[tuple[str, bytes, int, int]]) -> None:
+        """Take every whole packet off the head of ``buf``; PUBLISHes end up in ``out``."""
         pos, n = 0, len(buf)
         while n - pos >= 2:
             header = buf[pos]
@@ -166,6 +177,7 @@ class _FastClient(mqtt.Client):
                             buf[i + 2 : t_end].decode("utf-8", "replace"),
                             bytes(buf[t_end + 3 : end]),
                             (buf[t_end] << 8) | buf[t_end + 1],
+                            1,
                         )
                     )
                     pos = end
@@ -176,7 +188,14 @@ class _FastClient(mqtt.Client):
                 pos = n
                 break
         del buf[:pos]  # cheap: a bytearray drops its head without copying the rest
-        return out
+
+    def _handle_on_message(self, message: mqtt.MQTTMessage) -> None:
+        """A message from paho's parser (a PUBLISH with properties, say) while reading:
+        into the same list as the sliced ones, so the order of arrival is kept."""
+        if self._out is None:
+            super()._handle_on_message(message)
+            return
+        self._out.append((message.topic, bytes(message.payload), message.mid, message.qos))
 
     def _to_paho(self, packet: bytearray) -> None:
         """Let paho's own parser read and handle one whole packet."""
@@ -369,7 +388,7 @@ class MqttSource:
         publishes = self.client.read_publishes()
         if publishes:
             now = datetime.now(UTC)  # one clock read per chunk: they arrived together
-            self._inbox.extend([Inbound(t, p, mid, 1, now) for t, p, mid in publishes])
+            self._inbox.extend([Inbound(t, p, mid, qos, now) for t, p, mid, qos in publishes])
             self._ready.set()
 
     # ------------------------------------------------------------ paho callbacks

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 import signal
 import subprocess
 import time
@@ -221,3 +222,78 @@ def test_ingest_reconnects_after_its_connection_is_dropped(
             c.close()
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
+
+
+def test_two_ingest_processes_split_the_load_and_lose_nothing(
+    stack: Settings, registry: Registry, env: dict[str, str], tmp_path: Path
+) -> None:
+    """The MQTT 5 shared subscription: two processes, one share group, each reading once."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    procs = [
+        _start_ingest({**env, "CIVIC_INGEST__INSTANCE": f"{env['CIVIC_INGEST__INSTANCE']}{s}"}, p)
+        for s, p in (("a", tmp_path / "a"), ("b", tmp_path / "b"))
+    ]
+    devices = registry.of_kind("air")[10:14]
+    clients = [Device(stack, d.id) for d in devices]
+    sent: set[str] = set()
+    try:
+        for i in range(400):
+            d = clients[i % len(clients)]
+            ts_ms = 1795564800000 + i * 1000
+            assert not d.publish(f"devices/{d.id}/air", reading(ts_ms, pm10_ugm3=9)).is_failure
+            sent.add(f"{d.id}:{ts_ms * 1_000_000}")
+        prefix = env["CIVIC_KAFKA__TOPIC_PREFIX"]
+        records = asyncio.run(read_topic(stack, f"{prefix}readings.air", want=400, timeout_s=60))
+    finally:
+        for c in clients:
+            c.close()
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
+    ids = [json.loads(v)["reading_id"] for _, v in records]
+    assert sorted(ids) == sorted(sent)  # every reading, each once
+    accepted = []
+    for sub in ("a", "b"):
+        stopped = [
+            line
+            for line in (tmp_path / sub / "ingest.log").read_text().splitlines()
+            if "ingest stopped counts=" in line
+        ]
+        assert stopped, f"ingest {sub} did not stop cleanly"
+        accepted.append(int(re.search(r"'accepted': (\d+)", stopped[-1]).group(1)))  # type: ignore[union-attr]
+    assert sum(accepted) == 400
+    assert min(accepted) > 0, f"one process got nothing: {accepted}"
+
+
+def test_readings_with_mqtt5_properties_arrive_amid_plain_ones(
+    stack: Settings, registry: Registry, env: dict[str, str], ingest: object
+) -> None:
+    """A device may set properties (content type, user properties, expiry): ingest's own
+    reader leaves those packets to paho's parser, and the order of arrival is kept."""
+    device = registry.of_kind("air")[15]
+    dev = Device(stack, device.id)
+    expected = []
+    try:
+        for i in range(20):
+            ts_ms = 1795564800000 + i * 1000
+            props = None
+            if i % 3 == 0:
+                props = Properties(PacketTypes.PUBLISH)
+                props.ContentType = "application/json"
+                props.UserProperty = [("firmware", "1.4.2")]
+                props.MessageExpiryInterval = 3600
+            info = dev.client.publish(
+                f"devices/{device.id}/air",
+                reading(ts_ms, pm2_5_ugm3=float(i)),
+                qos=1,
+                properties=props,
+            )
+            info.wait_for_publish(10)
+            expected.append(f"{device.id}:{ts_ms * 1_000_000}")
+    finally:
+        dev.close()
+    prefix = env["CIVIC_KAFKA__TOPIC_PREFIX"]
+    records = asyncio.run(read_topic(stack, f"{prefix}readings.air", want=20, timeout_s=30))
+    # One device, one partition: Kafka holds its readings in the order they were sent.
+    assert [json.loads(v)["reading_id"] for _, v in records] == expected

@@ -153,6 +153,16 @@ def test_messages_are_what_paho_itself_makes_of_the_packet(
     assert [tuple(m)[:4] for m in source.take(10)] == got * 3
 
 
+def test_a_publish_paho_parses_keeps_its_place_among_sliced_ones(source: MqttSource) -> None:
+    with_property = raw_publish(0x32, b"devices/a-1/air", 2, b"\x02\x01\x01", b"2")
+    stream = (
+        publish("devices/a-1/air", b"1", 1) + with_property + publish("devices/a-1/air", b"3", 3)
+    )
+    cast(ScriptedSocket, source.client._sock).chunks = [stream]
+    source._read()
+    assert [(m.payload, m.mid) for m in source.take(10)] == [(b"1", 1), (b"2", 2), (b"3", 3)]
+
+
 def test_other_packets_reach_paho_in_order_between_publishes(source: MqttSource) -> None:
     """A SUBACK and a PINGRESP amid readings: paho handles them, the readings still come."""
     subacks: list[int] = []
