@@ -484,6 +484,7 @@ class Phase:
     sink_s: float = 0.0  # first to last record at the sink
     lat_ms: list[float] = field(default_factory=list)
     lat_create_ms: list[float] = field(default_factory=list)  # to Kafka CreateTime
+    sent_ms: list[float] = field(default_factory=list)  # each reading's send time
     cpu_s: dict[str, float] = field(default_factory=dict)
     busy_cores: float = 0.0
     peak_rss_kb: int = 0
@@ -650,6 +651,7 @@ async def run_system(
             sent_ms = datetime.fromisoformat(json.loads(value)["event_time"]).timestamp() * 1000
             phase.lat_create_ms.append(create_ms - sent_ms)
             phase.lat_ms.append(consumed_ms - sent_ms)
+            phase.sent_ms.append(sent_ms)
     if proc.returncode not in (0, -signal.SIGTERM):
         phase.notes.append(f"ingest exited {proc.returncode}; log {log}")
     return phase
@@ -752,6 +754,17 @@ def report(args: argparse.Namespace, ceiling: Phase, system: Phase) -> None:
     print(f"target {args.target:,.0f} readings/s through one ingest: {verdict}")
     for note in ceiling.notes + system.notes:
         print(f"note: {note}")
+    if args.timeline and system.sent_ms:
+        print("\nsystem latency to Kafka CreateTime by second sent: n, p50 / p99 / max ms")
+        by_s: dict[int, list[float]] = {}
+        t0 = min(system.sent_ms)
+        for sent, lat in zip(system.sent_ms, system.lat_create_ms, strict=True):
+            by_s.setdefault(int((sent - t0) / 1000), []).append(lat)
+        for sec, lats in sorted(by_s.items()):
+            print(
+                f"  {sec:4d} s  {len(lats):6d}  {pct(lats, 50):6.0f} / {pct(lats, 99):6.0f}"
+                f" / {max(lats):6.0f}"
+            )
 
 
 def main() -> int:
@@ -769,6 +782,9 @@ def main() -> int:
         "measure latency at that load rather than the most the system takes",
     )
     parser.add_argument("--skip-ceiling", action="store_true")
+    parser.add_argument(
+        "--timeline", action="store_true", help="also print the system's latency per second"
+    )
     parser.add_argument("--profile", type=Path, help="run ingest under cProfile, write here")
     parser.add_argument(
         "--ingest-dir",
