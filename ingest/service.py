@@ -53,6 +53,8 @@ BATCH_SECONDS = Histogram(
     "civic_ingest_batch_seconds", "A batch handed to Kafka -> acknowledged by Kafka and the broker"
 )
 CONNECTED = Gauge("civic_ingest_mqtt_connected", "1 while connected to the broker")
+INBOX = Gauge("civic_ingest_inbox_messages", "Read from MQTT, not yet handed to Kafka")
+IN_FLIGHT = Gauge("civic_ingest_kafka_batches_in_flight", "Batches Kafka has not acknowledged")
 # Bound once: ``labels()`` takes a lock and a dict lookup, and this runs per message.
 _ACCEPTED = MESSAGES.labels("accepted")
 _LATE = MESSAGES.labels("late")
@@ -322,6 +324,11 @@ class MqttSource:
             self._ready.clear()
             await self._ready.wait()
         self._kicked = False
+
+    @property
+    def pending(self) -> int:
+        """Messages in the inbox."""
+        return len(self._inbox)
 
     def take(self, most: int) -> list[Inbound]:
         """Up to ``most`` messages from the inbox, in arrival order."""
@@ -683,6 +690,8 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> Counter[
             batch = source.take(settings.ingest.max_batch)
             if batch:
                 await pipeline.send(batch, [ingest.route(item) for item in batch])
+            INBOX.set(source.pending)
+            IN_FLIGHT.set(len(pipeline))
             if time.monotonic() - last_reload > 10:
                 ingest.maybe_reload_registry()
                 last_reload = time.monotonic()
