@@ -16,7 +16,9 @@ The I/O shell around them:
 
 - :mod:`alerts.service`: the asyncio service (Kafka ``alerts.candidates`` in; the
   ``alerts`` topic, the compacted ``alerts.state`` topic and InfluxDB out), rebuilding its
-  state from ``alerts.state`` before it consumes.
+  state from ``alerts.state`` whenever it becomes the active instance.
+- :mod:`alerts.election`: which of several instances is active (a Kafka consumer group on
+  the one-partition ``alerts.leader`` topic), and the fence checked before each write.
 - :mod:`alerts.delivery`: the ``Sink`` protocol (``add``, ``flush``, ``close``), MQTT
   (retained, QoS 1), signed webhooks with per-subscriber queues, InfluxDB points.
 - :mod:`alerts.http`: ``/health``, ``/alerts``, ``/alerts/{alert_id}/ack``, ``/metrics``.

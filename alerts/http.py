@@ -1,11 +1,20 @@
 """The alert service's HTTP endpoint (aiohttp), and the client the CLI uses to acknowledge.
 
-- ``GET /health``: 200 when the service is consuming and connected to the broker, else 503.
+- ``GET /health``: 200 when the instance is active or standby (or taking over) and
+  connected to the broker, else 503; ``role`` says which (``joining``, ``standby``,
+  ``taking_over``, ``active``).
 - ``GET /alerts``: the open alerts as JSON (times in CAP format, the configured time zone).
+  Only the active instance holds the lifecycle state: elsewhere 503, naming the role.
 - ``POST /alerts/{alert_id}/ack`` with JSON ``{"by": "...", "note": "..."}``: records an
   operator's acknowledgement (``alert_id`` may also be the ``hazard:area`` key). 200 with
-  the acknowledgement, 404 for an unknown alert, 400 for a bad body.
-- ``GET /metrics``: Prometheus text.
+  the acknowledgement, 404 for an unknown alert, 400 for a bad body, 503 with the role on
+  an instance that is not active.
+- ``GET /metrics``: Prometheus text (``civic_alerts_role`` says the role).
+
+A standby does not forward an acknowledgement to the active instance: the election does
+not tell it where that instance listens (``http_host`` is loopback by default), and an
+answer that names the role lets the operator, or a proxy that routes on ``/health``'s
+``role``, go to the right instance instead of hiding the misrouting.
 
 The endpoint has no authentication: it binds to ``AlertSettings.http_host`` (loopback by
 default); put it behind an authenticating proxy before exposing it.
@@ -21,6 +30,7 @@ import aiohttp
 from aiohttp import web
 
 from alerts.cap import DEFAULT_CAP_CONFIG, CapConfig, cap_time
+from alerts.election import NotActiveError, Role
 from alerts.lifecycle import AckRecord, AlertRecord, UnknownAlertError
 
 logger = logging.getLogger(__name__)
@@ -43,7 +53,7 @@ class AlertsBackend(Protocol):
     """What the endpoint needs from the service (:class:`alerts.service.AlertService`)."""
 
     @property
-    def ready(self) -> bool: ...
+    def role(self) -> Role: ...
 
     @property
     def cap_config(self) -> CapConfig: ...
@@ -117,6 +127,8 @@ def build_app(backend: AlertsBackend) -> web.Application:
         return web.json_response(body, status=200 if ok else 503)
 
     async def alerts(_req: web.Request) -> web.Response:
+        if backend.role != "active":
+            return _not_active(NotActiveError(backend.role, "ask the active instance"))
         return web.json_response([open_alert_json(r, tz) for r in backend.open_alerts()])
 
     async def ack(req: web.Request) -> web.Response:
@@ -132,12 +144,12 @@ def build_app(backend: AlertsBackend) -> web.Application:
             return _error(400, f"'by' must be a non-empty string of at most {MAX_BY_LEN} chars")
         if not isinstance(note, str) or len(note) > MAX_NOTE_LEN:
             return _error(400, f"'note' must be a string of at most {MAX_NOTE_LEN} chars")
-        if not backend.ready:
-            return _error(503, "alert service is not ready")
         try:
             record = await backend.acknowledge(alert_id, by.strip(), note)
         except UnknownAlertError as exc:
             return _error(404, str(exc))
+        except NotActiveError as exc:
+            return _not_active(exc)
         return web.json_response(ack_json(record, tz))
 
     async def metrics(_req: web.Request) -> web.Response:
@@ -156,6 +168,14 @@ def build_app(backend: AlertsBackend) -> web.Application:
 
 def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
+
+
+def _not_active(exc: NotActiveError) -> web.Response:
+    """503: this instance is not the active one (try another; taking over: retry soon)."""
+    resp = web.json_response({"error": str(exc), "role": exc.role}, status=503)
+    if exc.role in ("joining", "taking_over"):
+        resp.headers["Retry-After"] = "2"
+    return resp
 
 
 class HttpServer:

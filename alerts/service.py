@@ -1,28 +1,86 @@
 """The alert service: candidates from Kafka in, alert messages out to every channel.
 
-A thin asyncio shell around the pure lifecycle (:mod:`alerts.lifecycle`):
+A thin asyncio shell around the pure lifecycle (:mod:`alerts.lifecycle`). Several
+instances may run at once (a standby, a rolling deploy, a restart that overlaps the old
+process): exactly one is **active**, the others are **standby** and take over by themselves.
 
-1. On start, the lifecycle state is rebuilt by reading the compacted ``alerts.state``
-   topic from the beginning to its end offsets, *before* any candidate is consumed, so
-   a restart neither repeats an Alert nor loses a pending Cancel.
-2. Each candidate from ``alerts.candidates`` (consumer group ``AlertSettings.consumer_group``)
-   goes through :func:`~alerts.lifecycle.on_candidate`; a timer runs
-   :func:`~alerts.lifecycle.on_tick` every ``tick_interval_s``; operators' acknowledgements
-   go through :func:`~alerts.lifecycle.acknowledge`. One lock serialises the three.
-3. Each step, in this order: the issued messages are produced to the ``alerts`` topic
-   (key alert id; the JSON form and the CAP XML) and acknowledged by Kafka; then the
-   changed records are written to ``alerts.state`` (key ``hazard:area``, a tombstone for a
-   pruned key); only then is the in-memory state replaced and, for candidates, the offset
-   committed (after the batch). A crash in between repeats a step on restart: the same
-   message identifiers come out again (the lifecycle derives them from the input), so
-   receivers drop the repeat by ``X-Civic-Message-Id``; nothing is lost.
-4. Each issued message is written as an ``alert`` point and handed to the delivery
-   channels (:mod:`alerts.delivery`); their results become ``delivery`` points, metrics,
-   and for failures a dead-letter record on ``alerts.deadletter``.
+Who is active (:mod:`alerts.election`)
+    Every instance joins the consumer group of the one-partition topic ``alerts.leader``;
+    the member assigned the partition is active. A clean stop leaves the group and a
+    standby is elected within about one heartbeat (``AlertSettings.heartbeat_interval_s``,
+    3 s); an instance that dies or freezes is removed after the session timeout
+    (``AlertSettings.session_timeout_s``, 10 s). Candidates wait in Kafka meanwhile. Any
+    member joining or leaving makes the active instance step down and take over again
+    (the eager rebalance protocol of aiokafka revokes every partition before it reassigns
+    any); the assignor gives the partition back to it, so that costs a state replay and a
+    rejoin of the candidate group, not a handover.
+
+Taking over (the election partition assigned)
+    1. The lifecycle state is rebuilt by reading the compacted ``alerts.state`` topic from
+       the beginning to its end offsets of that moment. The previous leader had stepped
+       down, or had been removed from the group, before this instance was assigned the
+       partition, so its last write is in what is read: an open alert is not issued again
+       and a pending Cancel is not lost.
+    2. Only then does the instance join the candidate consumer group
+       (``AlertSettings.consumer_group``), start the tick timer and accept acknowledgements.
+
+Each step (a candidate through :func:`~alerts.lifecycle.on_candidate`, a tick of
+:func:`~alerts.lifecycle.on_tick` every ``tick_interval_s``, an operator's
+:func:`~alerts.lifecycle.acknowledge`), under one lock and in this order:
+    1. the lifecycle function runs; if it changed nothing, the step ends here;
+    2. the fence is checked (below);
+    3. the issued messages are produced to the ``alerts`` topic (key alert id; the JSON form
+       and the CAP XML) and acknowledged by Kafka;
+    4. the changed records are written to ``alerts.state`` (key ``hazard:area``, a tombstone
+       for a pruned key);
+    5. only then is the in-memory state replaced and, for candidates, the offset committed
+       (after the batch, or after the last candidate handled when stepping down).
+    A crash in between repeats the step on the next leader: the same message identifiers
+    come out again (the lifecycle derives them from the input), so receivers drop the
+    repeat by ``X-Civic-Message-Id``; nothing is lost. Each issued message is then written
+    as an ``alert`` point and handed to the delivery channels (:mod:`alerts.delivery`);
+    their results become ``delivery`` points, metrics, and for failures a dead-letter
+    record on ``alerts.deadletter``.
+
+Stepping down (the partition revoked, or :meth:`AlertService.stop`)
+    No new step starts; the step in flight finishes (or is abandoned after half the
+    session timeout, and what it had handed to the producer is flushed); the handled
+    candidates' offsets are committed and the candidate consumer leaves its group; the
+    in-memory state is dropped. Only then does the revocation callback return; the group
+    reassigns the partition only after that (or after removing this member when the
+    rebalance timeout, the session timeout, runs out). Messages issued before keep being
+    delivered by the channels.
+
+Fencing: what is and is not guaranteed
+    A consumer group does not fence a member: one that froze (a long GC or swap pause,
+    SIGSTOP, a suspended VM, a network cut) still believes it is active when it resumes,
+    although the group removed it after the session timeout and elected another. So each
+    step that would write first asks the broker whether this member still owns the
+    election partition in the group's current generation (an offset commit on the
+    election group, :meth:`~alerts.election.LeaderElection.fence`, about 1 ms); the group
+    coordinator refuses a removed member or an old generation, and the step is abandoned
+    without writing anything (as it is when the broker does not answer within a quarter
+    of the session timeout). An instance that resumes from a pause anywhere before that
+    check therefore issues nothing: no duplicate Alert, no Cancel from its stale timers;
+    it steps down and rejoins as a standby. Its candidate offset commits are refused by
+    the candidate group in the same way, so the new leader reads those candidates again.
+
+    Not covered: the check and the writes are not atomic. A pause that begins after a
+    successful check and before the writes reach the broker, and outlasts the session
+    timeout, lets that one step's writes arrive after the new leader rebuilt its state:
+    its messages go out besides the new leader's (with the same identifiers when both
+    handled the same input), and its ``alerts.state`` record for that key can overwrite
+    the new leader's until the new leader next writes that key (a further takeover before
+    that would read the stale record). The same holds for the records of a step abandoned
+    at the end of the step-down grace period, if the flush does not finish either.
+    Closing that window needs Kafka transactions (a ``transactional.id`` whose epoch fences
+    the old producer): about 30 ms per step on the development broker against 2 ms, so
+    not done. Deliveries (MQTT, webhooks) of messages issued before a step-down are not
+    fenced: they were issued once, by the leader of the time, and are not issued again.
 
 Delivery runs after the commit: a crash after the commit and before a webhook answered
 loses that delivery attempt (the message itself is in the ``alerts`` topic, so it can be
-re-sent from there). One instance runs at a time: the state is global, not per partition.
+re-sent from there).
 """
 
 from __future__ import annotations
@@ -31,12 +89,17 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
+import socket
+import uuid
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import SecretStr, ValidationError
@@ -52,6 +115,13 @@ from alerts.delivery import (
     alert_point,
     delivery_point,
     load_subscriptions,
+)
+from alerts.election import (
+    ROLES,
+    LeaderElection,
+    LostLeadershipError,
+    NotActiveError,
+    Role,
 )
 from alerts.lifecycle import (
     STATE_VERSION,
@@ -193,8 +263,20 @@ class AlertMetrics:
         self.registry = CollectorRegistry()
         self.alerts = Gauge(
             "civic_alerts_alerts",
-            "Alerts held by the lifecycle, by state (open, closed and kept for replays)",
+            "Alerts held by the lifecycle, by state (open, closed and kept for replays); "
+            "0 on a standby, which holds no state",
             ["state"],
+            registry=self.registry,
+        )
+        self.role = Gauge(
+            "civic_alerts_role",
+            "1 for this instance's role (joining, standby, taking_over, active), 0 for others",
+            ["role"],
+            registry=self.registry,
+        )
+        self.takeovers = Counter(
+            "civic_alerts_takeovers",
+            "Times this instance became the active one (state rebuilt from alerts.state)",
             registry=self.registry,
         )
         self.messages = Counter(
@@ -223,11 +305,16 @@ class AlertMetrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
             registry=self.registry,
         )
+        self.observe_role("joining")
 
     def observe_state(self, state: LifecycleState) -> None:
         n_open = sum(1 for r in state.records.values() if r.status == "open")
         self.alerts.labels("open").set(n_open)
         self.alerts.labels("closed").set(len(state.records) - n_open)
+
+    def observe_role(self, role: Role) -> None:
+        for r in ROLES:
+            self.role.labels(r).set(1 if r == role else 0)
 
     def render(self) -> tuple[bytes, str]:
         """The exposition text and its content type."""
@@ -237,8 +324,24 @@ class AlertMetrics:
 # --------------------------------------------------------------------------- service
 
 
+@dataclass(eq=False)
+class _Term:
+    """One period of leadership of this instance, from the assignment to the step-down."""
+
+    number: int
+    #: Set when the term must end: no new step starts once it is set.
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Takes over, then runs the candidate consumer and the timer (:meth:`_run_term`).
+    task: asyncio.Task[None] | None = None
+    consumer: AIOKafkaConsumer | None = None
+    #: The state is rebuilt and steps may run.
+    active: bool = False
+    #: The step-down is complete.
+    down: bool = False
+
+
 class AlertService:
-    """Candidates in, alert messages out; see the module doc for the order of writes.
+    """Candidates in, alert messages out; see the module doc for roles and the order of writes.
 
     Everything comes from one :class:`~civic_iot.settings.Settings`; ``lifecycle``,
     ``subscriptions`` and ``cap_config`` override what would be derived from it (tests
@@ -260,17 +363,30 @@ class AlertService:
         self.cap_config = cap_config
         self.status: CapStatus = settings.alerts.cap_status
         self.metrics = AlertMetrics()
+        #: Names this process in logs and ``/health`` (host, pid, a random suffix).
+        self.instance = f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:6]}"
         self._clock = clock
         if subscriptions is None:
             subscriptions = load_subscriptions(settings.alerts.subscriptions_file)
         a = settings.alerts
+        #: A step-down waits up to half the session timeout for the step in flight, then
+        #: up to an eighth each for the candidates' offset commit, the producer flush and
+        #: the candidate consumer's leaving: within the rebalance timeout (the session
+        #: timeout) the group waits for it.
+        self._grace_s = a.session_timeout_s / 2
+        self._close_s = a.session_timeout_s / 8
         self._state = LifecycleState()
         self._lock = asyncio.Lock()
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._ready = False
+        self._role: Role = "joining"
+        self._settled = asyncio.Event()
+        self._elected = asyncio.Event()
+        self._term: _Term | None = None
+        self._terms = 0
+        self._step_down_lock = asyncio.Lock()
+        self._election: LeaderElection | None = None
         self._producer_: AIOKafkaProducer | None = None
-        self._consumer: AIOKafkaConsumer | None = None
         self.points = InfluxPoints(
             url=settings.influx.url,
             token=SecretStr(influx_token(settings)),
@@ -308,28 +424,39 @@ class AlertService:
     # ------------------------------------------------------------------ views
 
     @property
+    def role(self) -> Role:
+        """``joining``, ``standby``, ``taking_over`` or ``active``."""
+        return self._role
+
+    @property
     def ready(self) -> bool:
-        """Started, state loaded, consuming."""
-        return self._ready
+        """Started and settled: active (state loaded, consuming) or standby."""
+        return self._role in ("standby", "active")
 
     @property
     def state(self) -> LifecycleState:
+        """The lifecycle state; empty unless active (a standby holds none)."""
         return self._state
 
     def open_alerts(self) -> list[AlertRecord]:
         return self._state.open_alerts()
 
     def health(self) -> dict[str, Any]:
+        serving = self._role in ("standby", "taking_over", "active")
         return {
-            "status": "ok" if self._ready and self.mqtt.connected else "degraded",
-            "ready": self._ready,
+            "status": "ok" if serving and self.mqtt.connected else "degraded",
+            "ready": self.ready,
+            "role": self._role,
+            "instance": self.instance,
+            "election_group": self.topics.alert_leader,
             "mqtt_connected": self.mqtt.connected,
-            "open_alerts": len(self._state.open_alerts()),
+            # A standby holds no state: it does not know what is open.
+            "open_alerts": len(self._state.open_alerts()) if self._role == "active" else None,
             "webhook_subscribers": self.webhooks.subscribers,
             "cap_status": self.status,
         }
 
-    # ------------------------------------------------------------------ lifecycle
+    # ------------------------------------------------------------------ start and stop
 
     @property
     def _producer(self) -> AIOKafkaProducer:
@@ -339,7 +466,7 @@ class AlertService:
         return self._producer_
 
     async def start(self) -> None:
-        """Connect everything, rebuild the state, then start consuming and ticking."""
+        """Connect everything, join the election; return once active or standby."""
         try:
             await self._start()
         except BaseException:
@@ -358,29 +485,51 @@ class AlertService:
         await self._producer_.start()
         await self.mqtt.start()
         await self.webhooks.start()
-        self._state = await self._load_state()
-        self.metrics.observe_state(self._state)
-        consumer = AIOKafkaConsumer(
-            self.topics.candidates,
-            bootstrap_servers=self.settings.kafka.bootstrap,
-            group_id=self.settings.alerts.consumer_group,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
+        a = self.settings.alerts
+        election = LeaderElection(
+            bootstrap=self.settings.kafka.bootstrap,
+            topic=self.topics.alert_leader,
             client_id="civic-alerts",
+            session_timeout_s=a.session_timeout_s,
+            heartbeat_interval_s=a.heartbeat_interval_s,
+            on_elected=self._on_elected,
+            on_revoked=self._on_revoked,
         )
-        await consumer.start()
-        self._consumer = consumer
+        self._election = election
+        await election.start()
         self._tasks = [
-            asyncio.create_task(self._consume(consumer), name="alerts-consume"),
-            asyncio.create_task(self._tick_loop(), name="alerts-tick"),
+            asyncio.create_task(election.wait(), name="alerts-election"),
+            asyncio.create_task(self._lead_loop(), name="alerts-lead"),
             asyncio.create_task(self._flush_loop(), name="alerts-flush"),
         ]
-        self._ready = True
+        # A caller that starts one instance and then sends candidates expects them handled
+        # by an instance that has its state: return once the role is settled. A group that
+        # still holds a dead member makes this wait for that member's session timeout.
+        settle_s = 3 * a.session_timeout_s + 30
+        settled = asyncio.create_task(self._settled.wait())
+        done, _ = await asyncio.wait(
+            [settled, *self._tasks], timeout=settle_s, return_when=asyncio.FIRST_COMPLETED
+        )
+        settled.cancel()
+        for t in done:
+            if t is not settled:
+                t.result()  # a background task failed: raise its error
+                msg = f"alert service task {t.get_name()} ended during start"
+                raise RuntimeError(msg)
+        if not done:
+            msg = (
+                f"no answer from the election group {self.topics.alert_leader} on "
+                f"{self.settings.kafka.bootstrap} within {settle_s:.0f} s"
+            )
+            raise RuntimeError(msg)
         logger.info(
-            "alert service started candidates=%s group=%s open_alerts=%d webhooks=%d status=%s",
+            "alert service started instance=%s role=%s election=%s candidates=%s group=%s "
+            "webhooks=%d status=%s",
+            self.instance,
+            self._role,
+            self.topics.alert_leader,
             self.topics.candidates,
-            self.settings.alerts.consumer_group,
-            len(self._state.open_alerts()),
+            a.consumer_group,
             len(self.webhooks.subscribers),
             self.status,
         )
@@ -395,25 +544,205 @@ class AlertService:
                 raise t.exception()  # type: ignore[misc]
 
     async def stop(self) -> None:
-        """Finish the current step, stop consuming, drain the channels, close everything."""
-        self._ready = False
+        """Step down (finish the current step), leave the election, drain, close everything.
+
+        Stepping down before leaving means a standby, elected the moment this instance
+        leaves, never overlaps with it.
+        """
         self._stopping.set()
+        self._elected.clear()
+        term = self._term
+        if term is not None:
+            await self._step_down(term, "service stopping")
+        if self._election is not None:
+            await self._election.stop()
+            self._election = None
         if self._tasks:
             _, pending = await asyncio.wait(self._tasks, timeout=10)
             for t in pending:
                 t.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
             self._tasks = []
-        if self._consumer is not None:
-            await self._consumer.stop()
-            self._consumer = None
         for ch in self._channels:
             await ch.close()
         await self.points.close()
         if self._producer_ is not None:
             await self._producer_.stop()
             self._producer_ = None
-        logger.info("alert service stopped open_alerts=%d", len(self._state.open_alerts()))
+        logger.info("alert service stopped instance=%s", self.instance)
+
+    # ------------------------------------------------------------------ leadership
+
+    def _set_role(self, role: Role) -> None:
+        if role != self._role:
+            logger.info("alerts role instance=%s from=%s to=%s", self.instance, self._role, role)
+        self._role = role
+        self.metrics.observe_role(role)
+        if role in ("standby", "active"):
+            self._settled.set()
+
+    def _on_elected(self, leader: bool) -> None:
+        """A rebalance of the election group ended (must return at once)."""
+        if self._stopping.is_set():
+            return
+        if leader:
+            self._set_role("taking_over")
+            self._elected.set()
+        else:
+            self._elected.clear()
+            self._set_role("standby")
+
+    async def _on_revoked(self) -> None:
+        """The election partition is being taken away: return only when nothing more is written."""
+        self._elected.clear()
+        term = self._term
+        if term is not None:
+            await self._step_down(term, "leadership revoked")
+        if not self._stopping.is_set():
+            self._set_role("standby")
+
+    async def _lead_loop(self) -> None:
+        """While elected, run a term; after a term ends while still elected, run another."""
+        backoff_s = self.settings.alerts.heartbeat_interval_s
+        while not self._stopping.is_set():
+            elected = asyncio.create_task(self._elected.wait())
+            stopping = asyncio.create_task(self._stopping.wait())
+            await asyncio.wait([elected, stopping], return_when=asyncio.FIRST_COMPLETED)
+            elected.cancel()
+            stopping.cancel()
+            if self._stopping.is_set():
+                return
+            if not self._elected.is_set():
+                continue  # elected and revoked again before this loop ran
+            self._terms += 1
+            term = _Term(self._terms)
+            self._term = term
+            term.task = asyncio.create_task(self._run_term(term), name=f"alerts-term-{term.number}")
+            await asyncio.wait([term.task])
+            await self._step_down(term, "term ended")
+            error = None if term.task.cancelled() else term.task.exception()
+            if error is not None and not isinstance(error, NotActiveError):
+                raise error
+            if self._elected.is_set() and not self._stopping.is_set():
+                # Lost leadership not yet revoked, or a takeover that failed: the group
+                # is about to rebalance; try again after a heartbeat if it does not.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), backoff_s)
+
+    async def _run_term(self, term: _Term) -> None:
+        """Take over (state, then candidates), then run the consumer and the timer."""
+        if self._stopping.is_set() or term.stopping.is_set():
+            return
+        self._set_role("taking_over")
+        state = await self._load_state()
+        a = self.settings.alerts
+        consumer = AIOKafkaConsumer(
+            self.topics.candidates,
+            bootstrap_servers=self.settings.kafka.bootstrap,
+            group_id=a.consumer_group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            client_id="civic-alerts",
+            # An active instance that dies leaves this group as soon as the election.
+            session_timeout_ms=round(a.session_timeout_s * 1000),
+            heartbeat_interval_ms=round(a.heartbeat_interval_s * 1000),
+        )
+        term.consumer = consumer
+        await consumer.start()
+        async with self._lock:
+            if term.stopping.is_set() or self._term is not term:
+                return
+            self._state = state
+            term.active = True
+            self.metrics.observe_state(state)
+            self.metrics.takeovers.inc()
+            self._set_role("active")
+        logger.info(
+            "alert service active instance=%s term=%d open_alerts=%d candidates=%s group=%s",
+            self.instance,
+            term.number,
+            len(state.open_alerts()),
+            self.topics.candidates,
+            a.consumer_group,
+        )
+        children = [
+            asyncio.create_task(self._consume(term, consumer), name="alerts-consume"),
+            asyncio.create_task(self._tick_loop(term), name="alerts-tick"),
+        ]
+        stop = asyncio.create_task(term.stopping.wait())
+        try:
+            await asyncio.wait([*children, stop], return_when=asyncio.FIRST_COMPLETED)
+            term.stopping.set()
+            # The consumer and the timer finish the step they are in, then return.
+            results = await asyncio.gather(*children, return_exceptions=True)
+        finally:
+            for t in (*children, stop):
+                t.cancel()
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+
+    async def _step_down(self, term: _Term, reason: str) -> None:
+        """End ``term``: no step starts, the one in flight ends, nothing is left to write."""
+        async with self._step_down_lock:
+            if term.down:
+                return
+            term.stopping.set()
+            task = term.task
+            if task is not None and not task.done():
+                done, _ = await asyncio.wait([task], timeout=self._grace_s)
+                if not done:
+                    logger.warning(
+                        "alerts step abandoned at step-down instance=%s term=%d after_s=%.1f",
+                        self.instance,
+                        term.number,
+                        self._grace_s,
+                    )
+                    task.cancel()
+                    await asyncio.wait([task])
+            async with self._lock:
+                was_active = term.active
+                term.active = False
+                if self._term is term:
+                    self._term = None
+                self._state = LifecycleState()
+            # An abandoned step may have left records in the producer's buffer: send them
+            # now, before another instance can be elected, rather than later.
+            with contextlib.suppress(TimeoutError, KafkaError):
+                async with asyncio.timeout(self._close_s):
+                    await self._producer.flush()
+            if term.consumer is not None:
+                with contextlib.suppress(TimeoutError, KafkaError):
+                    async with asyncio.timeout(self._close_s):
+                        await term.consumer.stop()
+            term.down = True
+            self.metrics.observe_state(self._state)
+            if was_active:
+                logger.info(
+                    "alert service stepped down instance=%s term=%d reason=%s",
+                    self.instance,
+                    term.number,
+                    reason,
+                )
+            if not self._stopping.is_set() and self._role in ("active", "taking_over"):
+                self._set_role("standby")
+
+    async def _fence(self, term: _Term) -> None:
+        """Raise unless the broker still counts this instance as the leader (module doc)."""
+        if self._election is None:
+            msg = "no election"
+            raise LostLeadershipError(msg)
+        try:
+            await self._election.fence()
+        except LostLeadershipError as exc:
+            term.stopping.set()
+            logger.warning(
+                "alerts step refused: leadership lost instance=%s term=%d reason=%s",
+                self.instance,
+                term.number,
+                exc,
+            )
+            raise
 
     # ------------------------------------------------------------------ operator actions
 
@@ -422,11 +751,17 @@ class AlertService:
 
         Raises:
             alerts.lifecycle.UnknownAlertError: no such alert.
+            alerts.election.NotActiveError: this instance is not the active one.
         """
         async with self._lock:
+            term = self._term
+            if term is None or not term.active or term.stopping.is_set():
+                role: Role = "standby" if self._role == "active" else self._role
+                raise NotActiveError(role, "acknowledge on the active instance")
             before = self._state
             after, ack = acknowledge(before, key_or_alert_id, by, self._clock(), note)
-            await self._write_state(before, after)
+            await self._fence(term)
+            await self._write_state(state_updates(before, after))
             self._state = after
         await self.points.add(ack_point(ack))
         await self.points.flush()
@@ -455,19 +790,21 @@ class AlertService:
                     "`python -m civic_iot.kafka_setup` (same CIVIC_KAFKA__TOPIC_PREFIX)"
                 )
                 raise RuntimeError(msg)
-            dlq = deadletter_topic(self.topics)
-            if dlq not in existing:
-                await admin.create_topics(
-                    [
-                        NewTopic(
-                            dlq,
-                            self.settings.kafka.partitions,
-                            1,
-                            topic_configs={"retention.ms": "-1"},
-                        )
-                    ]
-                )
-                logger.info("kafka topic created name=%s", dlq)
+            # Created here too, for deployments set up before they existed. Two instances
+            # starting together both try; the broker creates it once.
+            create = [
+                NewTopic(
+                    deadletter_topic(self.topics),
+                    self.settings.kafka.partitions,
+                    1,
+                    topic_configs={"retention.ms": "-1"},
+                ),
+                NewTopic(self.topics.alert_leader, 1, 1),
+            ]
+            create = [t for t in create if t.name not in existing]
+            if create:
+                await admin.create_topics(create)
+                logger.info("kafka topics ensured names=%s", ",".join(t.name for t in create))
         finally:
             await admin.close()
 
@@ -514,18 +851,37 @@ class AlertService:
         )
         return state
 
-    async def _consume(self, consumer: AIOKafkaConsumer) -> None:
-        while not self._stopping.is_set():
+    async def _consume(self, term: _Term, consumer: AIOKafkaConsumer) -> None:
+        while not term.stopping.is_set():
             batch = await consumer.getmany(timeout_ms=200, max_records=500)
-            if not batch:
-                continue
-            for tp, recs in batch.items():
-                for r in recs:
-                    await self._on_candidate(r.value, tp.partition, r.offset)
-            # Every message of the batch is in the alerts topic and its state written.
-            await consumer.commit()
+            handled: dict[TopicPartition, int] = {}
+            try:
+                for tp, r in ((tp, r) for tp, recs in batch.items() for r in recs):
+                    if not await self._on_candidate(term, r.value, tp.partition, r.offset):
+                        break  # stepping down: the rest is for the next leader
+                    handled[tp] = r.offset + 1
+            finally:
+                # Every handled candidate's messages are in the alerts topic, its state written.
+                if handled:
+                    await self._commit_candidates(term, consumer, handled)
 
-    async def _on_candidate(self, value: bytes | None, partition: int, offset: int) -> None:
+    async def _commit_candidates(
+        self, term: _Term, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]
+    ) -> None:
+        # A slow broker is no reason to give up leadership, but a step-down is on a budget.
+        timeout_s = self._close_s if term.stopping.is_set() else self._grace_s
+        try:
+            async with asyncio.timeout(timeout_s):
+                await consumer.commit(offsets)
+        except (CommitFailedError, IllegalStateError, TimeoutError) as exc:
+            # The next leader re-reads these candidates; the lifecycle ignores what it has.
+            msg = f"candidate offsets not committed for group {self.settings.alerts.consumer_group}"
+            raise LostLeadershipError(msg) from exc
+
+    async def _on_candidate(
+        self, term: _Term, value: bytes | None, partition: int, offset: int
+    ) -> bool:
+        """Handle one candidate; False if the term is ending and it was left alone."""
         try:
             cand = AlertCandidate.model_validate_json(value or b"")
         except ValidationError as exc:
@@ -538,20 +894,22 @@ class AlertService:
                 exc.error_count(),
                 exc.errors()[0]["msg"] if exc.error_count() else "",
             )
-            return
-        self.metrics.candidates.labels("ok").inc()
+            return True
         config = self.lifecycle
-        await self._step(lambda s, now: on_candidate(s, cand, now, config=config))
+        if not await self._step(term, lambda s, now: on_candidate(s, cand, now, config=config)):
+            return False
+        self.metrics.candidates.labels("ok").inc()
+        return True
 
-    async def _tick_loop(self) -> None:
+    async def _tick_loop(self, term: _Term) -> None:
         config = self.lifecycle
         interval = self.settings.alerts.tick_interval_s
-        while not self._stopping.is_set():
+        while not term.stopping.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), interval)
-            if self._stopping.is_set():
+                await asyncio.wait_for(term.stopping.wait(), interval)
+            if term.stopping.is_set():
                 return
-            await self._step(lambda s, now: on_tick(s, now, config=config))
+            await self._step(term, lambda s, now: on_tick(s, now, config=config))
 
     async def _flush_loop(self) -> None:
         interval = self.settings.influx.flush_interval_ms / 1000
@@ -560,19 +918,28 @@ class AlertService:
                 await asyncio.wait_for(self._stopping.wait(), interval)
             await self.points.flush()
 
-    async def _step(self, step: Step) -> None:
-        """Run one lifecycle step; persist messages and state before anything else sees it."""
+    async def _step(self, term: _Term, step: Step) -> bool:
+        """Run one lifecycle step; persist messages and state before anything else sees it.
+
+        Returns False (and does nothing) if ``term`` is ending or over.
+        """
         async with self._lock:
+            if self._term is not term or not term.active or term.stopping.is_set():
+                return False
             before = self._state
             after, messages = step(before, self._clock())
-            if messages:
-                await self._produce_messages(messages)
-            await self._write_state(before, after)
+            updates = state_updates(before, after)
+            if messages or updates:
+                await self._fence(term)
+                if messages:
+                    await self._produce_messages(messages)
+                await self._write_state(updates)
             self._state = after
         if after is not before:
             self.metrics.observe_state(after)
         for msg in messages:
             await self._dispatch(msg)
+        return True
 
     async def _produce_messages(self, messages: list[AlertMessage]) -> None:
         futures = []
@@ -584,8 +951,7 @@ class AlertService:
         for msg in messages:
             self.metrics.latency.labels("kafka").observe(done_s - msg.detected_at.timestamp())
 
-    async def _write_state(self, before: LifecycleState, after: LifecycleState) -> None:
-        updates = state_updates(before, after)
+    async def _write_state(self, updates: list[tuple[bytes, bytes | None]]) -> None:
         if not updates:
             return
         header = [(STATE_VERSION_HEADER, str(STATE_VERSION).encode())]

@@ -34,6 +34,8 @@ def topic_specs(kafka: KafkaSettings) -> list[NewTopic]:
         NewTopic(t.alerts, n, 1, topic_configs={"retention.ms": "-1"}),
         # Lifecycle state: the latest value per key survives restarts.
         NewTopic(t.alert_state, 1, 1, topic_configs={"cleanup.policy": "compact"}),
+        # Leader election of the alert service: exactly one partition, never any records.
+        NewTopic(t.alert_leader, 1, 1),
     ]
     return specs
 

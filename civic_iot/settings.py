@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -122,6 +122,25 @@ class AlertSettings(BaseModel):
     tick_interval_s: float = 1.0
     #: How long to wait for the broker's PUBACK of an MQTT alert before counting a retry.
     mqtt_publish_timeout_s: float = 10.0
+    #: Kafka session timeout of the leader election and of the candidate consumer, seconds:
+    #: how long an active instance that died (or froze) keeps leadership before a standby
+    #: takes over. The broker refuses values outside its ``group.min.session.timeout.ms``
+    #: (6 s by default) and ``group.max.session.timeout.ms``.
+    session_timeout_s: float = Field(default=10.0, gt=0)
+    #: Heartbeat interval of the same consumers, seconds: a standby learns within about
+    #: this long that the active instance left. At most a third of the session timeout.
+    heartbeat_interval_s: float = Field(default=3.0, gt=0)
+
+    @model_validator(mode="after")
+    def _heartbeat_within_session(self) -> AlertSettings:
+        if self.heartbeat_interval_s * 3 > self.session_timeout_s:
+            msg = (
+                f"alerts.heartbeat_interval_s={self.heartbeat_interval_s} must be at most a "
+                f"third of alerts.session_timeout_s={self.session_timeout_s}, or one missed "
+                "heartbeat could cost the active instance its leadership"
+            )
+            raise ValueError(msg)
+        return self
 
 
 class ProcessorSettings(BaseModel):
@@ -149,6 +168,11 @@ class ProcessorSettings(BaseModel):
     silent_after_air_s: float = Field(default=1800.0, gt=0)
     silent_after_water_s: float = Field(default=1800.0, gt=0)
     silent_after_seismic_s: float = Field(default=60.0, gt=0)
+    #: After an earthquake's estimated CWA intensity in a township reaches 5- (domain.md:
+    #: "after intensity >= 5 shaking the threshold drops (R50)"), its rain gauges judge
+    #: debris flow against R50 instead of R70 for this many days from the origin time.
+    #: 30 days is a local choice, not an agency figure.
+    debris_r50_days: float = Field(default=30.0, gt=0)
     #: How often the worker writes its ``pipeline`` statistics, seconds (0 = never).
     stats_interval_s: float = Field(default=10.0, ge=0)
     #: InfluxDB writes: per-request timeout, attempts per flush, backoff (s).

@@ -68,7 +68,13 @@ def collect(settings: Settings) -> list[tuple[str, str, str]]:
     if ah is None:
         rows.append(("alerts", "down", f"no answer on {alerts}/health"))
     else:
-        opened = http_json(f"{alerts}/alerts") or []
-        n = len(opened.get("alerts", [])) if isinstance(opened, dict) else len(opened)
-        rows.append(("alerts", "healthy", f"open alerts={n}"))
+        # One instance is active, the others standby (leader election on alerts.leader);
+        # only the active one knows the open alerts.
+        role = str(ah.get("role", "active"))
+        detail = f"role={role}"
+        if role == "active":
+            opened = http_json(f"{alerts}/alerts") or []
+            n = len(opened.get("alerts", [])) if isinstance(opened, dict) else len(opened)
+            detail += f" open alerts={n}"
+        rows.append(("alerts", "healthy", f"{detail} instance={ah.get('instance', '?')}"))
     return rows

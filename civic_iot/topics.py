@@ -39,6 +39,12 @@ class Topics:
         """Compacted lifecycle state of the alert service, keyed by hazard and area."""
         return f"{self.prefix}alerts.state"
 
+    @property
+    def alert_leader(self) -> str:
+        """Leader election of the alert service: one partition, no records; the instance
+        its consumer group (named like the topic) assigns the partition is the active one."""
+        return f"{self.prefix}alerts.leader"
+
     @classmethod
     def from_settings(cls, kafka: KafkaSettings) -> Topics:
         return cls(prefix=kafka.topic_prefix)

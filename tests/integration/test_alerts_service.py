@@ -1,20 +1,25 @@
 """The alert service against real Kafka, Mosquitto, InfluxDB and real HTTP receivers.
 
-Each test gets its own Kafka topics (a ``t-<id>-`` prefix), consumer group, InfluxDB bucket
-and MQTT area, so tests never see each other's alerts. Receivers are aiohttp servers
-started here on 127.0.0.1 with an ephemeral port.
+Each test gets its own Kafka topics (a ``t-<id>-`` prefix, so also its own leader election
+group), consumer group, InfluxDB bucket and MQTT area, so tests never see each other's
+alerts. Receivers are aiohttp servers started here on 127.0.0.1 with an ephemeral port.
+The election uses the broker's shortest session timeout (6 s) and a 0.5 s heartbeat, so
+a takeover after a stop takes about a second and after a death about seven.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -30,7 +35,7 @@ from pydantic import SecretStr
 
 from alerts.cap import parse_cap
 from alerts.delivery import MESSAGE_ID_HEADER
-from alerts.http import HttpServer, ack_via_http
+from alerts.http import AckError, HttpServer, ack_via_http
 from alerts.lifecycle import HazardTiming, LifecycleConfig
 from alerts.service import AlertService, deadletter_topic, replay_state
 from alerts.signing import SIGNATURE_HEADER, verify
@@ -39,6 +44,8 @@ from civic_iot.events import AlertCandidate, Hazard
 from civic_iot.kafka_setup import ensure_topics
 from civic_iot.settings import Settings, influx_token, mqtt_password
 from civic_iot.topics import Topics
+
+from .helpers import start_process
 
 pytestmark = pytest.mark.integration
 
@@ -77,6 +84,9 @@ def env(stack: Settings, unique: str) -> Iterator[Settings]:
                     "webhook_backoff_base_s": 0.05,
                     "webhook_backoff_cap_s": 0.2,
                     "mqtt_publish_timeout_s": 5.0,
+                    # group.min.session.timeout.ms of the broker (6 s by default).
+                    "session_timeout_s": 6.0,
+                    "heartbeat_interval_s": 0.5,
                 }
             ),
         }
@@ -188,6 +198,12 @@ def flux_rows(settings: Settings, measurement: str) -> list[dict[str, Any]]:
     ) as c:
         tables = c.query_api().query(query)
     return [dict(r.values) for t in tables for r in t.records]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 async def wait_until(pred: Callable[[], bool], within: float, what: str) -> None:
@@ -600,4 +616,323 @@ def test_ack_over_http_is_recorded_and_metrics_served(env: Settings, unique: str
     try:
         asyncio.run(run())
     finally:
+        clear_retained(env, f"alerts/flood/{area}")
+
+
+# --------------------------------------------------------------------------- several instances
+
+
+async def metric_value(base: str, line_prefix: str) -> float | None:
+    async with aiohttp.ClientSession() as s, s.get(f"{base}/metrics") as resp:
+        text = await resp.text()
+    for line in text.splitlines():
+        if line.startswith(line_prefix + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+async def health(base: str) -> tuple[int, dict[str, Any]]:
+    async with aiohttp.ClientSession() as s, s.get(f"{base}/health") as resp:
+        return resp.status, await resp.json()
+
+
+def test_two_instances_one_active_one_alert(env: Settings, unique: str) -> None:
+    """Two instances started together: one is active, and a candidate gives one Alert."""
+    area = f"t{unique}"
+    key = f"flood:{area}"
+
+    async def run() -> None:
+        async with receiver(Receiver()) as r:
+            subs = [subscription("agency", r.url("agency"), area)]
+            services = [
+                AlertService(env, lifecycle=short_lifecycle(60), subscriptions=subs)
+                for _ in range(2)
+            ]
+            https = [HttpServer(s, host="127.0.0.1", port=0) for s in services]
+            try:
+                await asyncio.gather(*(s.start() for s in services))
+                for h in https:
+                    await h.start()
+                await wait_until(
+                    lambda: sorted(s.role for s in services) == ["active", "standby"],
+                    15,
+                    "one active and one standby instance",
+                )
+                [active] = [s for s in services if s.role == "active"]
+                [standby] = [s for s in services if s.role == "standby"]
+                base_active = f"http://127.0.0.1:{https[services.index(active)].port}"
+                base_standby = f"http://127.0.0.1:{https[services.index(standby)].port}"
+
+                await send_candidates(env, candidate(area, 2))
+                await wait_until(lambda: len(active.open_alerts()) == 1, 15, "the alert to open")
+                await wait_until(lambda: len(r.of("agency")) >= 1, 10, "the webhook POST")
+                await active.webhooks.flush()
+                await asyncio.sleep(1.0)  # a duplicate from the standby would be here by now
+                assert standby.role == "standby"
+                assert standby.state.records == {}, "a standby holds no lifecycle state"
+
+                # The standby is healthy, says so, and refuses acknowledgements by name.
+                status, body = await health(base_standby)
+                assert (status, body["role"], body["open_alerts"]) == (200, "standby", None)
+                status, body = await health(base_active)
+                assert (status, body["role"], body["open_alerts"]) == (200, "active", 1)
+                alert_id = active.open_alerts()[0].alert_id
+                with pytest.raises(AckError, match=r"HTTP 503: .*standby"):
+                    await ack_via_http(base_standby, alert_id, "duty-officer")
+                async with (
+                    aiohttp.ClientSession() as s,
+                    s.get(f"{base_standby}/alerts") as resp,
+                ):
+                    assert resp.status == 503
+                    assert (await resp.json())["role"] == "standby"
+                ack = await ack_via_http(base_active, alert_id, "duty-officer")
+                assert ack["key"] == key
+
+                # The role gauge; the standby has never been active (leadership is sticky).
+                role = "civic_alerts_role{role="
+                assert await metric_value(base_standby, role + '"standby"}') == 1.0
+                assert await metric_value(base_standby, role + '"active"}') == 0.0
+                assert await metric_value(base_active, role + '"active"}') == 1.0
+                assert await metric_value(base_standby, "civic_alerts_takeovers_total") == 0.0
+            finally:
+                for h in https:
+                    await h.stop()
+                await asyncio.gather(*(s.stop() for s in services))
+
+        sent = await alert_messages(env, key)
+        assert [m["msg_type"] for m in sent] == ["Alert"]
+        assert [json.loads(h.body)["msg_type"] for h in r.of("agency")] == ["Alert"]
+
+    try:
+        asyncio.run(run())
+    finally:
+        clear_retained(env, f"alerts/flood/{area}")
+
+
+async def escalate_on(leader: AlertService, env: Settings, area: str, alert_id: str) -> None:
+    """After a takeover: the open alert was rebuilt, not re-issued; an escalation updates it."""
+    key = f"flood:{area}"
+    rebuilt = leader.state.records[key]
+    assert (rebuilt.alert_id, rebuilt.status, rebuilt.sequence) == (alert_id, "open", 1)
+    await asyncio.sleep(0.5)  # a re-issued Alert would be on the topic by now
+    assert [m["msg_type"] for m in await alert_messages(env, key)] == ["Alert"]
+
+    await send_candidates(env, candidate(area, 3))
+    await wait_until(
+        lambda: leader.open_alerts()[0].announced.level == 3, 15, "the escalation after takeover"
+    )
+    sent = await alert_messages(env, key)
+    assert [m["msg_type"] for m in sent] == ["Alert", "Update"]
+    assert sent[1]["alert_id"] == alert_id
+    assert sent[1]["reason"] == "escalated"
+    assert [ref["identifier"] for ref in sent[1]["references"]] == [sent[0]["identifier"]]
+
+
+def test_standby_takes_over_when_the_active_stops(env: Settings, unique: str) -> None:
+    area = f"t{unique}"
+
+    async def run() -> None:
+        a = AlertService(env, lifecycle=short_lifecycle(60), subscriptions=[])
+        b = AlertService(env, lifecycle=short_lifecycle(60), subscriptions=[])
+        try:
+            await a.start()
+            assert a.role == "active"
+            await b.start()
+            assert b.role == "standby"
+            await wait_until(lambda: a.role == "active", 10, "the first instance active again")
+            await send_candidates(env, candidate(area, 2))
+            await wait_until(lambda: len(a.open_alerts()) == 1, 15, "the alert to open")
+            alert_id = a.open_alerts()[0].alert_id
+
+            stopped = time.monotonic()
+            await a.stop()
+            await wait_until(lambda: b.role == "active", 10, "the standby to take over")
+            # Leaving the group hands over within about a heartbeat (0.5 s here).
+            assert time.monotonic() - stopped < 5
+            await escalate_on(b, env, area, alert_id)
+        finally:
+            await asyncio.gather(a.stop(), b.stop())
+
+    try:
+        asyncio.run(run())
+    finally:
+        clear_retained(env, f"alerts/flood/{area}")
+
+
+def test_standby_takes_over_when_the_active_is_killed(
+    env: Settings, unique: str, tmp_path: Path
+) -> None:
+    """The active instance is a real process killed with SIGKILL: it never leaves the group."""
+    area = f"t{unique}"
+    key = f"flood:{area}"
+    port = free_port()
+    a = env.alerts
+    child_env = {
+        "CIVIC_KAFKA__TOPIC_PREFIX": env.kafka.topic_prefix,
+        "CIVIC_INFLUX__BUCKET_ALERTS": env.influx.bucket_alerts,
+        "CIVIC_ALERTS__CONSUMER_GROUP": a.consumer_group,
+        "CIVIC_ALERTS__TICK_INTERVAL_S": str(a.tick_interval_s),
+        "CIVIC_ALERTS__SESSION_TIMEOUT_S": str(a.session_timeout_s),
+        "CIVIC_ALERTS__HEARTBEAT_INTERVAL_S": str(a.heartbeat_interval_s),
+        "CIVIC_ALERTS__HTTP_PORT": str(port),
+        "CIVIC_ALERTS__SUBSCRIPTIONS_FILE": str(tmp_path / "no-webhooks.yaml"),
+        "PYTHONUNBUFFERED": "1",
+    }
+    log = tmp_path / "alerts-a.log"
+    proc = start_process(["alerts", "run"], child_env, log)
+
+    async def run() -> None:
+        base = f"http://127.0.0.1:{port}"
+
+        async def child_role() -> str | None:
+            try:
+                return str((await health(base))[1].get("role"))
+            except (aiohttp.ClientError, json.JSONDecodeError):
+                return None
+
+        deadline = time.monotonic() + 60
+        while await child_role() != "active":
+            assert proc.poll() is None, f"alerts process exited: {log.read_text()[-2000:]}"
+            assert time.monotonic() < deadline, f"never active: {log.read_text()[-2000:]}"
+            await asyncio.sleep(0.2)
+
+        async with running(env, lifecycle=short_lifecycle(60), subscriptions=[]) as b:
+            assert b.role == "standby"
+            await send_candidates(env, candidate(area, 2))
+            deadline = time.monotonic() + 15
+            while not (sent := await alert_messages(env, key)):
+                assert time.monotonic() < deadline, "the child process issued no Alert"
+                await asyncio.sleep(0.2)
+            assert [m["msg_type"] for m in sent] == ["Alert"]
+            # Its state record follows the message (killed in between, the next leader would
+            # issue the Alert again, with the same identifier: the crash case of the module
+            # doc, not the one tested here).
+            state_topic = Topics.from_settings(env.kafka).alert_state
+            while not [x for x in await read_topic(env, state_topic) if x.key == key.encode()]:
+                assert time.monotonic() < deadline, "the child process wrote no state"
+                await asyncio.sleep(0.2)
+            assert b.role == "standby"
+
+            killed = time.monotonic()
+            proc.kill()
+            proc.wait(10)
+            # Removed from the groups after the session timeout (6 s), then a heartbeat.
+            await wait_until(lambda: b.role == "active", 20, "the standby to take over")
+            took = time.monotonic() - killed
+            assert a.session_timeout_s - 1 < took < a.session_timeout_s + 6, took
+            await escalate_on(b, env, area, sent[0]["alert_id"])
+
+    try:
+        asyncio.run(run())
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        clear_retained(env, f"alerts/flood/{area}")
+
+
+class FreezableClock:
+    """The service's clock; ``freeze_next`` makes its next call block the calling thread.
+
+    Called inside a lifecycle step, it freezes that service's event loop in the middle of
+    the step, as a long GC pause, SIGSTOP or a suspended VM would: no heartbeats, no I/O.
+    """
+
+    def __init__(self) -> None:
+        self._freeze_s = 0.0
+        self.frozen = threading.Event()
+        self.thawed = threading.Event()
+
+    def freeze_next(self, seconds: float) -> None:
+        self._freeze_s = seconds
+
+    def __call__(self) -> datetime:
+        if self._freeze_s:
+            seconds, self._freeze_s = self._freeze_s, 0.0
+            self.frozen.set()
+            time.sleep(seconds)
+            self.thawed.set()
+        return datetime.now(UTC)
+
+
+class ThreadedService:
+    """An :class:`AlertService` on its own thread and event loop, so the test can freeze it."""
+
+    def __init__(self, settings: Settings, **kwargs: Any) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+
+        async def make() -> AlertService:
+            return AlertService(settings, **kwargs)
+
+        self.service = asyncio.run_coroutine_threadsafe(make(), self.loop).result(10)
+
+    async def call(self, fn: Callable[[AlertService], Any]) -> Any:
+        """Await ``fn(service)`` on the service's own loop."""
+
+        async def go() -> Any:
+            return await fn(self.service)
+
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(go(), self.loop))
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self.loop.close()
+
+
+def test_frozen_leader_writes_nothing_when_it_resumes(
+    env: Settings, unique: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The active instance freezes in the middle of a step, before its writes; the standby
+    takes over and handles the candidate. When the frozen one resumes, the fence refuses
+    its step: the Alert goes out once, from the new leader."""
+    area = f"t{unique}"
+    key = f"flood:{area}"
+    clock = FreezableClock()
+    # No timer on the frozen instance: only the candidate's step calls its clock.
+    slow_tick = env.model_copy(
+        update={"alerts": env.alerts.model_copy(update={"tick_interval_s": 3600.0})}
+    )
+    a = ThreadedService(slow_tick, lifecycle=short_lifecycle(60), subscriptions=[], clock=clock)
+    caplog.set_level("WARNING", logger="alerts.service")
+
+    async def run() -> None:
+        await a.call(lambda s: s.start())
+        assert a.service.role == "active"
+        async with running(env, lifecycle=short_lifecycle(60), subscriptions=[]) as b:
+            assert b.role == "standby"
+            await wait_until(lambda: a.service.role == "active", 10, "the first instance active")
+            clock.freeze_next(env.alerts.session_timeout_s + 5)
+            await send_candidates(env, candidate(area, 2))
+            await wait_until(clock.frozen.is_set, 15, "the frozen step")
+
+            await wait_until(lambda: b.role == "active", 20, "the standby to take over")
+            await wait_until(lambda: len(b.open_alerts()) == 1, 15, "the new leader's Alert")
+            await wait_until(clock.thawed.is_set, 15, "the frozen instance to resume")
+            await wait_until(lambda: a.service.role == "standby", 15, "the old leader to step down")
+            # Its abandoned writes would be on the topics by now. It also rejoins the group
+            # as a standby: the rebalance makes the new leader step down and take over
+            # again (it keeps the partition, being the more recent holder).
+            await asyncio.sleep(2.0)
+            await wait_until(
+                lambda: b.role == "active" and len(b.open_alerts()) == 1, 15, "the new leader"
+            )
+            assert a.service.role == "standby"
+
+            sent = await alert_messages(env, key)
+            assert [m["msg_type"] for m in sent] == ["Alert"]
+            assert sent[0]["alert_id"] == b.open_alerts()[0].alert_id
+            state = await read_topic(env, Topics.from_settings(env.kafka).alert_state)
+            assert len([x for x in state if x.key == key.encode()]) == 1
+            refused = [r for r in caplog.records if "leadership lost" in r.getMessage()]
+            assert any(a.service.instance in r.getMessage() for r in refused), refused
+
+    try:
+        asyncio.run(run())
+    finally:
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(a.service.stop(), a.loop).result(30)
+        a.close()
         clear_retained(env, f"alerts/flood/{area}")
