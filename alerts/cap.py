@@ -96,11 +96,12 @@ class HazardProfile(BaseModel):
 
 
 #: Per-hazard CAP codes. Categories follow the CAP 1.2 list (Env/Health for air, Met/Geo
-#: for water and rain, Geo for debris flow and earthquakes). Urgency: an earthquake's
-#: shaking is seconds away (Immediate); other hazards are Expected until severe, then
-#: Immediate. Certainty: Observed where a sensor measured the value; Likely for a quake's
-#: expected intensity and for debris flow (a rainfall-threshold warning, not an observed
-#: flow). Responses and wording are our defaults (*unconfirmed* against agency practice).
+#: for water, a fast water rise and rain, Geo for debris flow and earthquakes). Urgency:
+#: an earthquake's shaking is seconds away (Immediate); other hazards are Expected until
+#: severe, then Immediate. Certainty: Observed where a sensor measured the value (a rate
+#: of rise too); Likely for a quake's expected intensity and for debris flow (a
+#: rainfall-threshold warning, not an observed flow). Responses and wording are our
+#: defaults (*unconfirmed* against agency practice).
 DEFAULT_PROFILES: Mapping[Hazard, HazardProfile] = {
     "air_quality": HazardProfile(
         categories=("Env", "Health"),
@@ -140,6 +141,21 @@ DEFAULT_PROFILES: Mapping[Hazard, HazardProfile] = {
         response_severe=("Evacuate",),
         instruction_en="Stay away from riverbanks and floodplains; follow evacuation orders.",
         instruction_zh="遠離河岸及高灘地，並依指示撤離。",
+    ),
+    "water_rise": HazardProfile(
+        categories=("Met", "Geo"),
+        event_en="Rapid water rise",
+        event_zh="水位快速上升",
+        certainty="Observed",
+        urgency="Expected",
+        response=("Prepare",),
+        urgency_severe="Immediate",
+        response_severe=("Avoid",),
+        instruction_en=(
+            "Water is rising fast at a river or flood gauge: keep away from riverbanks, "
+            "underpasses and low roads, and be ready to move to higher ground."
+        ),
+        instruction_zh="河川或淹水感測水位快速上升：遠離河岸、地下道及低窪道路，並準備移往高處。",
     ),
     "rain": HazardProfile(
         categories=("Met", "Geo"),

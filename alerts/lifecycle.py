@@ -102,14 +102,15 @@ class HazardTiming(BaseModel):
 
 
 #: Default hold times. Sources: the issue's examples (air 30 min, flood 20 min, rain 60 min,
-#: earthquake 60 s after the event closes). River follows flood and debris flow follows
-#: rain (*unconfirmed*: no agency figure found). Expiry values are our own choice
-#: (*unconfirmed*): long enough that a steady, real hazard outlives them only if its
+#: earthquake 60 s after the event closes). River and a fast water rise follow flood, and
+#: debris flow follows rain (*unconfirmed*: no agency figure found). Expiry values are our
+#: own choice (*unconfirmed*): long enough that a steady, real hazard outlives them only if its
 #: processor has stopped publishing.
 DEFAULT_TIMINGS: Mapping[Hazard, HazardTiming] = {
     "air_quality": HazardTiming(deescalate_hold_s=1800, clear_hold_s=1800, expire_after_s=6 * 3600),
     "flood": HazardTiming(deescalate_hold_s=1200, clear_hold_s=1200, expire_after_s=6 * 3600),
     "river": HazardTiming(deescalate_hold_s=1200, clear_hold_s=1200, expire_after_s=6 * 3600),
+    "water_rise": HazardTiming(deescalate_hold_s=1200, clear_hold_s=1200, expire_after_s=6 * 3600),
     "rain": HazardTiming(deescalate_hold_s=3600, clear_hold_s=3600, expire_after_s=12 * 3600),
     "debris_flow": HazardTiming(
         deescalate_hold_s=3600, clear_hold_s=3600, expire_after_s=12 * 3600

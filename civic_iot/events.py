@@ -13,7 +13,9 @@ from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-Hazard = Literal["air_quality", "flood", "river", "rain", "debris_flow", "earthquake"]
+#: ``water_rise``: a flood or river gauge rising fast (its rate of rise, cm per 10 min),
+#: an early signal of its own, before the depth or stage ladders are reached.
+Hazard = Literal["air_quality", "flood", "river", "water_rise", "rain", "debris_flow", "earthquake"]
 Severity = Literal["Minor", "Moderate", "Severe", "Extreme"]
 
 

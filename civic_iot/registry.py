@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 DeviceKind = Literal["air", "water", "seismic"]
 
@@ -37,6 +37,20 @@ class Township(BaseModel):
     lon: float = Field(ge=-180, le=180)
     #: Debris-flow rainfall warning threshold R70 (mm accumulated at I = 10 mm/h).
     debris_flow_r70_mm: float | None = None
+    #: The lower threshold R50 (mm) that applies after intensity >= 5 shaking; when
+    #: unset, the processors derive it from R70 (``DebrisFlowConfig.r50_below_r70_mm``).
+    debris_flow_r50_mm: float | None = None
+
+    @model_validator(mode="after")
+    def _r50_below_r70(self) -> Township:
+        r50, r70 = self.debris_flow_r50_mm, self.debris_flow_r70_mm
+        if r50 is not None and r70 is not None and r50 > r70:
+            msg = (
+                f"township {self.code}: debris_flow_r50_mm {r50} is above debris_flow_r70_mm "
+                f"{r70}; expected R50 <= R70 (the threshold after strong shaking is lower)"
+            )
+            raise ValueError(msg)
+        return self
 
 
 class Device(BaseModel):

@@ -13,6 +13,8 @@ topic (key)                  agent               state table (key)
 (township, N partitions)
 ``p seismic.triggers``          ``quake``        ``quake-state`` (``network``)
 (constant key, 1 partition)
+``p processors.shaking``        ``shaking``      ``shaking-state`` (device)
+(device, N partitions)
 ===========================  ==================  ==========================================
 
 Device agents report each reading's level to ``processors.township`` keyed by township,
@@ -20,6 +22,17 @@ so per-township state (air sensors agreeing, water hazards) is co-partitioned wi
 own input and the app scales out on partitions. The earthquake associator needs every
 station's triggers in one place: ``seismic.triggers`` has one partition and is the one
 serial point, deliberately (one small message per seismic batch).
+
+Strong shaking reaches the rain gauges through Kafka, never through the worker's memory
+(the quake agent and a gauge's water agent may run in different workers): the quake agent
+sends a notice per water device of a township shaken at intensity >= 5- to
+``processors.shaking`` keyed by device id; the ``shaking`` agent keeps it in
+``shaking-state``; the ``water`` agent reads that table for the reading's device and
+judges its rain against R50 (``processors.handlers.handle_water``). This works because
+``processors.shaking`` and ``readings.water`` have the same partition count and are
+keyed alike (murmur2, the default partitioner of ingest's and Faust's producers): Faust
+assigns co-partitioned topics by partition number (``PartitionAssignor``), so the worker
+holding a device's ``readings.water`` partition holds its ``shaking-state`` partition.
 
 Commit after the sink: every agent reads with ``stream.noack_take(max, within)``, which
 yields buffered *events* and never acks them (faust/streams.py, ``noack_take``: the
@@ -66,16 +79,25 @@ from civic_iot.settings import Settings
 from civic_iot.topics import Topics
 from ingest.models import Reading
 from processors.detectors.health import silent_devices
+from processors.detectors.water import DAY_S, DebrisFlowConfig
 from processors.handlers import (
     Context,
+    DeviceOutcome,
     handle_air,
     handle_quake,
     handle_seismic,
+    handle_shaking,
     handle_township,
     handle_water,
     open_candidates,
 )
-from processors.messages import NETWORK_KEY, Observation, SeismicTick, TownshipReport
+from processors.messages import (
+    NETWORK_KEY,
+    Observation,
+    SeismicTick,
+    StrongShakingNotice,
+    TownshipReport,
+)
 from processors.points import (
     Point,
     deadletter_point,
@@ -96,6 +118,10 @@ def township_topic(settings: Settings) -> str:
 
 def triggers_topic(settings: Settings) -> str:
     return f"{settings.kafka.topic_prefix}seismic.triggers"
+
+
+def shaking_topic(settings: Settings) -> str:
+    return f"{settings.kafka.topic_prefix}processors.shaking"
 
 
 class FaustPublisher:
@@ -219,6 +245,7 @@ def create_app(
             "water": p.silent_after_water_s,
             "seismic": p.silent_after_seismic_s,
         },
+        debris=DebrisFlowConfig(r50_after_shaking_s=p.debris_r50_days * DAY_S),
     )
     if sink_factory is None:
         executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="influx")
@@ -243,9 +270,11 @@ def create_app(
     seismic_table = table("seismic-state")
     township_table = table("township-state")
     quake_table = table("quake-state", partitions=1)
+    shaking_table = table("shaking-state")
 
     town_topic = app.topic(township_topic(settings), partitions=n, internal=True)
     trig_topic = app.topic(triggers_topic(settings), partitions=1, internal=True)
+    shake_topic = app.topic(shaking_topic(settings), partitions=n, internal=True)
 
     async def publish(candidates: Sequence[AlertCandidate]) -> None:
         for c in candidates:
@@ -378,9 +407,15 @@ def create_app(
         return sink
 
     town_name, trig_name = township_topic(settings), triggers_topic(settings)
+    shake_name = shaking_topic(settings)
+
+    def water_handler(env: dict[str, Any], reading: Reading, ctx: Context) -> DeviceOutcome:
+        # The device's strong shaking, as the shaking agent stored it (same partition).
+        return handle_water(env, reading, ctx, shaking=shaking_table.get(reading.device_id))
+
     device_sinks = [
         device_agent("air", app.topic(topics.readings("air")), air_table, handle_air),
-        device_agent("water", app.topic(topics.readings("water")), water_table, handle_water),
+        device_agent("water", app.topic(topics.readings("water")), water_table, water_handler),
         device_agent(
             "seismic", app.topic(topics.readings("seismic")), seismic_table, handle_seismic
         ),
@@ -424,6 +459,30 @@ def create_app(
 
     app.agent(town_topic, name=f"{prefix}township", concurrency=1)(township_agent)
 
+    shaking_sink = sink_factory("shaking")
+    shaking_states = BatchState(shaking_table)
+
+    async def shaking_agent(stream: Any) -> None:
+        async def handle(event: Any) -> None:
+            notice = StrongShakingNotice.model_validate_json(event.value)
+            env = shaking_states.get(notice.device)
+            if _seen(env, event):
+                return
+            decision = handle_shaking(env, notice, ctx)
+            shaking_states.set(notice.device, decision.state, event)
+            shaking_sink.add(decision.points)
+            logger.info(
+                "strong shaking device=%s township=%s event=%s intensity=%s",
+                notice.device,
+                notice.township,
+                notice.event_id,
+                notice.intensity,
+            )
+
+        await batches(stream, "shaking", shaking_sink, handle, state=shaking_states)
+
+    app.agent(shake_topic, name=f"{prefix}shaking", concurrency=1)(shaking_agent)
+
     quake_sink = sink_factory("quake")
     quake_states = BatchState(quake_table)
 
@@ -448,6 +507,8 @@ def create_app(
                 decision = handle_quake(state, [tick], ctx, datetime.now(UTC))
                 state = decision.state
                 await publish(decision.candidates)
+                for notice in decision.notices:
+                    await pub.add(shake_name, notice.device, notice.model_dump_json().encode())
                 found += decision.candidates
                 points += decision.points
             quake_states.set(NETWORK_KEY, state, last[-1])
@@ -609,4 +670,4 @@ def _latest_obs(observations: Sequence[Observation | None]) -> list[Observation]
     return list(latest.values())
 
 
-__all__ = ["FaustPublisher", "create_app", "township_topic", "triggers_topic"]
+__all__ = ["FaustPublisher", "create_app", "shaking_topic", "township_topic", "triggers_topic"]

@@ -21,11 +21,14 @@ from processors.messages import TownshipReport
 # Severity by level and hazard; local choices in the CAP sense (Minor: little threat,
 # Moderate: possible, Severe: significant, Extreme: extraordinary threat to life).
 # Air: levels 1/2/3 are the orange, red and purple AQI categories. Flood: 10/30/50 cm.
-# River: WRA yellow/orange/red. Rain: the four CWA classes. Debris flow: yellow, red.
+# River: WRA yellow/orange/red. Water rise: one level, a rate of rise at or above the
+# gauge's rise line (a possible threat, not yet a depth or stage reached: Moderate).
+# Rain: the four CWA classes. Debris flow: yellow, red.
 _SEVERITY: Mapping[Hazard, tuple[Severity, ...]] = {
     "air_quality": ("Minor", "Moderate", "Severe", "Extreme"),
     "flood": ("Minor", "Moderate", "Severe", "Extreme"),
     "river": ("Minor", "Moderate", "Severe", "Extreme"),
+    "water_rise": ("Minor", "Moderate"),
     "rain": ("Minor", "Moderate", "Severe", "Extreme", "Extreme"),
     "debris_flow": ("Minor", "Severe", "Extreme"),
 }
@@ -37,6 +40,7 @@ _WHAT: Mapping[Hazard, tuple[str, ...]] = {
               "Severe street flooding over 50 cm"),
     "river": ("River level back below warning", "River level yellow warning",
               "River level orange warning", "River level red warning"),
+    "water_rise": ("Water no longer rising fast", "Water rising fast"),
     "rain": ("Heavy rain over", "Heavy rain", "Extremely heavy rain", "Torrential rain",
              "Extremely torrential rain"),
     "debris_flow": ("Debris-flow warning lifted", "Debris-flow yellow warning",

@@ -6,9 +6,19 @@ are JSON-able dicts (the values of the plain changelog-backed Faust tables):
 
 * device tables (keyed by device id): ``{"last_seen": epoch s, "health": ...,
   "air": ...}`` / ``{"flood" | "river" | "rain" | "debris": ...}`` / ``{"station": ...}``;
+* shaking table (keyed by water device id): ``{"shaking": StrongShaking}``, the strong
+  shaking whose R50 period ends last, read by :func:`handle_water` for the device;
 * township table (keyed by township code): ``{"air": TownshipAirState, "water":
   {hazard: {device: report}}, "levels": {hazard: level}, "open": {key: candidate JSON}}``;
-* quake table (one key): ``{"assoc": Associator, "clock": epoch s, "open": {...}}``.
+* quake table (one key): ``{"assoc": Associator, "clock": epoch s, "open": {...},
+  "shaken": {event id: {township: intensity ordinal notified}}}``.
+
+From strong shaking to debris flow: :func:`handle_quake` turns every earthquake update
+whose estimated intensity in a township reaches the debris-flow shaking level (5-) into a
+:class:`~processors.messages.StrongShakingNotice` per water device of that township (once
+per earthquake, township and level); the worker sends them through Kafka, keyed by
+device, to :func:`handle_shaking`, whose table :func:`handle_water` reads: that device's
+rain is judged against R50 from the origin time for the configured period.
 
 ``open`` holds the last candidate of every (hazard, area) whose level is >= 1, sent
 again by the worker's timer so the alert service does not expire it.
@@ -19,7 +29,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -37,13 +47,16 @@ from processors.detectors.air import (
     update_township,
 )
 from processors.detectors.health import HealthConfig, HealthState, update_health
+from processors.detectors.intensity import intensity_ordinal
 from processors.detectors.quake import (
     Associator,
     QuakeConfig,
+    QuakeEvent,
     StationObservation,
     StationTrigger,
     Township,
     to_alert_candidate,
+    township_intensities,
 )
 from processors.detectors.seismic import SeismicConfig, StationState, process_packet
 from processors.detectors.water import (
@@ -55,12 +68,22 @@ from processors.detectors.water import (
     RainConfig,
     RainState,
     RiverConfig,
+    StrongShaking,
+    mark_strong_shaking,
+    r50_threshold,
+    strong_shaking,
     update_debris_flow,
     update_flood,
     update_rain,
     update_river,
 )
-from processors.messages import Observation, SeismicTick, TownshipReport, Trigger
+from processors.messages import (
+    Observation,
+    SeismicTick,
+    StrongShakingNotice,
+    TownshipReport,
+    Trigger,
+)
 from processors.points import (
     Point,
     Where,
@@ -70,6 +93,7 @@ from processors.points import (
     reading_points,
     seismic_station_point,
     sensor_health_point,
+    strong_shaking_point,
     township_air_point,
     water_level_point,
     water_sensor,
@@ -107,11 +131,14 @@ class Context:
         buckets: InfluxSettings,
         registry: Registry,
         silent_after_s: Mapping[str, float] | None = None,
+        *,
+        debris: DebrisFlowConfig | None = None,
     ) -> Context:
         towns = tuple(Township(t.code, t.lat, t.lon) for t in registry.townships)
         return cls(
             buckets=buckets,
             registry=registry,
+            debris=debris if debris is not None else DebrisFlowConfig(),
             quake=QuakeConfig(townships=towns),
             silent_after_s=dict(silent_after_s or SILENT_AFTER_S),
         )
@@ -119,6 +146,10 @@ class Context:
     def air_sensors_in(self, township: str) -> int | None:
         n = sum(1 for d in self.registry.devices if d.kind == "air" and d.township == township)
         return n or None
+
+    def water_devices_in(self, township: str) -> list[str]:
+        """Ids of the registry's water devices in a township (any may report rain)."""
+        return [d.id for d in self.registry.devices if d.kind == "water" and d.township == township]
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,9 +244,21 @@ def handle_air(env: State, reading: Reading, ctx: Context) -> DeviceOutcome:
     return DeviceOutcome(state, points, [report])
 
 
-def handle_water(env: State, reading: Reading, ctx: Context) -> DeviceOutcome:
+def handle_water(
+    env: State, reading: Reading, ctx: Context, shaking: Mapping[str, Any] | None = None
+) -> DeviceOutcome:
     """Raw point; flood depth, river stage, rain and debris flow as the reading carries
-    them; health; one township report per hazard."""
+    them; health; one township report per hazard.
+
+    A flood or river gauge that has a rate of rise (or is still at rise level 1) also
+    reports ``water_rise``: its rise level against its rise line (cm per 10 min). When
+    a reading carries both a depth and a stage, the faster-rising gauge reports.
+
+    ``shaking`` is the device's entry of the shaking table (:func:`handle_shaking`): its
+    strong shaking is marked on the debris-flow state before the rain is judged, so R50
+    applies within its period; the threshold in use, and the earthquake that lowered it,
+    go into the stored figures and the report's evidence.
+    """
     data = reading.data
     assert isinstance(data, WaterPayload), reading.reading_id
     dev = ctx.registry.get(reading.device_id)
@@ -235,7 +278,7 @@ def handle_water(env: State, reading: Reading, ctx: Context) -> DeviceOutcome:
     def report(
         hazard: Any,
         level: int,
-        value: float,
+        value: float | None,
         metric: str,
         thr: float | None,
         at: datetime,
@@ -296,6 +339,34 @@ def handle_water(env: State, reading: Reading, ctx: Context) -> DeviceOutcome:
             evidence["rise_cm_per_10min"] = round(g.figures.rise_cm_per_10min, 2)
         fig = g.figures
         report(name, fig.level, fig.value, metric, fig.threshold, fig.as_of, evidence)
+    rising = [
+        (name, g.figures)
+        for name, g in gauges
+        if g.figures.rise_cm_per_10min is not None or g.figures.rise_level > 0
+    ]
+    if rising:
+        # A gauge without a rate yet (too few samples) says nothing about rising.
+        name, fig = max(
+            rising, key=lambda nf: (nf[1].rise_level, nf[1].rise_cm_per_10min or -math.inf)
+        )
+        rate = fig.rise_cm_per_10min
+        line = fig.rise_threshold_cm_per_10min
+        rise_ev: dict[str, float | str] = {
+            "gauge": name,
+            "flood_depth_cm" if name == "flood" else "water_level_m": fig.value,
+            "gauge_level": float(fig.level),
+        }
+        if line is not None:
+            rise_ev["rise_threshold_cm_per_10min"] = line
+        report(
+            "water_rise",
+            fig.rise_level,
+            round(rate, 2) if rate is not None else None,
+            "rise_cm_per_10min",
+            line if fig.rise_level > 0 else None,
+            fig.as_of,
+            rise_ev,
+        )
 
     if data.rainfall_mm is not None:
         rain_state = (
@@ -303,11 +374,18 @@ def handle_water(env: State, reading: Reading, ctx: Context) -> DeviceOutcome:
         )
         r = update_rain(rain_state, reading.event_time, float(data.rainfall_mm), ctx.rain)
         town = ctx.registry.township(township)
-        d = update_debris_flow(
+        r70 = town.debris_flow_r70_mm if town else None
+        marked = shaking.get("shaking") if shaking else None
+        debris = mark_strong_shaking(
             DebrisFlowState.from_dict(env.get("debris", {})),
+            StrongShaking.from_dict(marked) if marked else None,
+        )
+        d = update_debris_flow(
+            debris,
             r,
             ctx.debris,
-            r70_mm=town.debris_flow_r70_mm if town else None,
+            r70_mm=r70,
+            r50_mm=r50_threshold(r70, town.debris_flow_r50_mm if town else None, ctx.debris),
         )
         state["rain"] = r.state.to_dict()
         state["debris"] = d.state.to_dict()
@@ -325,6 +403,18 @@ def handle_water(env: State, reading: Reading, ctx: Context) -> DeviceOutcome:
             "rti": round(df.rti, 1),
             "intensity_mm_h": df.intensity_mm_h,
         }
+        if df.threshold_kind is not None and df.threshold_mm is not None:
+            df_ev["threshold"] = df.threshold_kind
+            df_ev["threshold_mm"] = df.threshold_mm
+        if df.r70_mm is not None:
+            df_ev["r70_mm"] = df.r70_mm
+        if df.shaking is not None:
+            # Why the alert may come earlier than R70 would raise it.
+            df_ev["r50_after_earthquake"] = df.shaking.event_id
+            df_ev["r50_shaking_intensity"] = df.shaking.intensity
+            df_ev["r50_until"] = datetime.fromtimestamp(df.shaking.until_s, UTC).isoformat(
+                timespec="seconds"
+            )
         report(
             "debris_flow",
             df.level,
@@ -395,11 +485,13 @@ def handle_seismic(env: State, reading: Reading, ctx: Context) -> SeismicOutcome
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """New state, points, and the candidates to publish now."""
+    """New state, points, the candidates to publish now and, from the associator, the
+    strong-shaking notices to send to the water devices."""
 
     state: State
     points: list[Point]
     candidates: list[AlertCandidate]
+    notices: list[StrongShakingNotice] = field(default_factory=list)
 
 
 def _remember(state: State, candidate: AlertCandidate) -> None:
@@ -510,13 +602,80 @@ def handle_quake(
     state["clocks"] = {k: list(v) for k, v in clocks.items()}
     points: list[Point] = []
     candidates: list[AlertCandidate] = []
+    notices: list[StrongShakingNotice] = []
+    shaken = {str(k): dict(v) for k, v in env.get("shaken", {}).items()}
     for ev in out.updates:
         cand = to_alert_candidate(ev, detected_at=detected_at, config=ctx.quake)
         candidates.append(cand)
         points += quake_points(ev, ctx.buckets)
+        found, shaken[ev.event_id] = strong_shaking_townships(
+            ev, shaken.get(ev.event_id, {}), ctx.debris.shaking_min_level
+        )
+        notices += [
+            StrongShakingNotice(
+                device=device,
+                township=town,
+                event_id=ev.event_id,
+                intensity=level,
+                origin_time=datetime.fromtimestamp(ev.origin_s, UTC),
+            )
+            for town, level in found.items()
+            for device in ctx.water_devices_in(town)
+        ]
+        if ev.closed:
+            shaken.pop(ev.event_id)  # its last update: nothing more to notify
+    # Events that never closed (the network went quiet) must not grow the state forever.
+    state["shaken"] = dict(list(shaken.items())[-SHAKEN_MEMORY:])
     for c in candidates:
         _remember(state, c)
-    return Decision(state, points, candidates)
+    return Decision(state, points, candidates, notices)
+
+
+#: Earthquakes whose notified townships the quake state remembers (open ones; a closed
+#: event is forgotten at its last update). Bounds the state if events never close.
+SHAKEN_MEMORY = 16
+
+
+def strong_shaking_townships(
+    event: QuakeEvent, notified: Mapping[str, int], min_level: str
+) -> tuple[dict[str, str], dict[str, int]]:
+    """Townships of an earthquake update to notify of strong shaking, and what is then
+    notified.
+
+    A township is notified when its estimated intensity (:func:`township_intensities`)
+    reaches ``min_level`` and is higher than what was notified for it before in this
+    earthquake (``notified``: township code -> intensity ordinal). A later, lower
+    estimate notifies nothing and lifts nothing: the R50 period runs its course.
+    """
+    floor = intensity_ordinal(min_level)
+    out = dict(notified)
+    found: dict[str, str] = {}
+    for town, level in township_intensities(event).items():
+        rank = intensity_ordinal(level)
+        if rank >= floor and rank > out.get(town, -1):
+            found[town] = level
+            out[town] = rank
+    return found, out
+
+
+def handle_shaking(env: State, notice: StrongShakingNotice, ctx: Context) -> Decision:
+    """Remember a strong shaking for a water device (the one whose R50 period ends last,
+    see :func:`~processors.detectors.water.mark_strong_shaking`) and store a
+    ``strong_shaking`` point for it."""
+    mark = strong_shaking(
+        notice.event_id, notice.intensity, notice.origin_time.timestamp(), ctx.debris
+    )
+    state = dict(env)
+    if mark is None:  # below this worker's shaking level: not ours to mark
+        return Decision(state, [], [])
+    old = env.get("shaking")
+    merged = mark_strong_shaking(
+        DebrisFlowState(shaking=StrongShaking.from_dict(old) if old else None), mark
+    ).shaking
+    assert merged is not None
+    state["shaking"] = merged.to_dict()
+    p = strong_shaking_point(notice.device, notice.township, mark, ctx.buckets)
+    return Decision(state, [p] if p else [], [])
 
 
 def _watermark(

@@ -6,13 +6,19 @@
 * ``{prefix}seismic.triggers`` (one partition, one constant key): per batch of seismic
   packets, the station triggers and event-window observations and the stream clock, for
   the network associator that must see every station.
+* ``{prefix}processors.shaking`` (keyed by device id, as many partitions as the readings
+  topics): from the associator, for every water device of a township an earthquake
+  shakes at CWA intensity >= 5-, so that the device's rain gauge judges debris flow
+  against R50. Keyed like ``readings.water`` and partitioned alike, the notice lands on
+  the worker that holds the device's water state.
 """
 
 from __future__ import annotations
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 from civic_iot.events import Hazard
+from processors.detectors.intensity import intensity_ordinal
 
 #: The key of every ``seismic.triggers`` message: the associator is one serial point.
 NETWORK_KEY = "network"
@@ -77,3 +83,26 @@ class SeismicTick(BaseModel):
     #: The ``readings.seismic`` partition the packets came from: the associator's clock
     #: is the slowest partition's (a watermark), see ``processors.handlers.handle_quake``.
     partition: int | None = None
+
+
+class StrongShakingNotice(BaseModel):
+    """An earthquake's estimated CWA intensity in a township reached the debris-flow
+    shaking level: one notice per water device of the township.
+
+    ``intensity`` is the township's highest cell level (``"5-"`` ... ``"7"``);
+    ``origin_time`` the earthquake's origin (event time), from which R50 applies.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    device: str
+    township: str
+    event_id: str
+    intensity: str
+    origin_time: AwareDatetime
+
+    @field_validator("intensity")
+    @classmethod
+    def _known_level(cls, v: str) -> str:
+        intensity_ordinal(v)  # raises ValueError naming the unknown level
+        return v

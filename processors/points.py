@@ -25,7 +25,12 @@ from processors.detectors.health import Issue
 from processors.detectors.intensity import cwa_intensity, intensity_ordinal
 from processors.detectors.quake import QuakeEvent
 from processors.detectors.seismic import PacketResult
-from processors.detectors.water import DebrisFlowFigures, GaugeFigures, RainFigures
+from processors.detectors.water import (
+    DebrisFlowFigures,
+    GaugeFigures,
+    RainFigures,
+    StrongShaking,
+)
 
 FieldValue = float | int | bool | str
 
@@ -229,12 +234,14 @@ def township_air_point(
 def water_level_point(
     where: Where, sensor: str, figures: GaugeFigures, buckets: InfluxSettings
 ) -> Point | None:
-    """``water_level``: depth (flood, cm) or stage (river, m), rate of rise, level."""
+    """``water_level``: depth (flood, cm) or stage (river, m), rate of rise (cm per 10
+    min), level and rise level."""
     value_name = "flood_depth_cm" if sensor == "flood" else "water_level_m"
     fields: dict[str, FieldValue | None] = {
         value_name: float(figures.value),
         "rise_cm_per_10min": _opt_float(figures.rise_cm_per_10min),
         "level": int(figures.level),
+        "rise_level": int(figures.rise_level),
         "lat": where.lat,
         "lon": where.lon,
     }
@@ -250,17 +257,46 @@ def water_level_point(
 def rain_point(
     where: Where, rain: RainFigures, debris: DebrisFlowFigures | None, buckets: InfluxSettings
 ) -> Point | None:
-    """``rain``: accumulations (mm), CWA rain class, debris-flow RTI (mm^2/h)."""
+    """``rain``: accumulations (mm), CWA rain class, and the debris-flow figures: RTI
+    (mm^2/h), event rain (mm), level, and the threshold in use (mm) with which one it is
+    (``r70``, or ``r50`` after strong shaking)."""
     fields: dict[str, FieldValue | None] = {
         "rain_1h_mm": float(rain.rain_1h_mm),
         "rain_3h_mm": float(rain.rain_3h_mm),
         "rain_24h_mm": float(rain.rain_24h_mm),
         "rain_class": int(rain.level),
-        "rti": float(debris.rti) if debris is not None else None,
         "lat": where.lat,
         "lon": where.lon,
     }
+    if debris is not None:
+        fields |= {
+            "rti": float(debris.rti),
+            "event_rain_mm": float(debris.event_rain_mm),
+            "debris_flow_level": int(debris.level),
+            "debris_flow_threshold_mm": _opt_float(debris.threshold_mm),
+            "debris_flow_threshold_kind": debris.threshold_kind,
+        }
     return point(buckets.bucket_derived, "rain", where.tags(), fields, to_ns(rain.as_of))
+
+
+def strong_shaking_point(
+    device: str, township: str, shaking: StrongShaking, buckets: InfluxSettings
+) -> Point | None:
+    """``strong_shaking`` at the earthquake's origin time (as located when notified): a
+    water device whose rain is judged against R50 until ``r50_until``, the earthquake and
+    the township's estimated intensity. One point per notice: a higher estimate of the
+    same earthquake adds one (the origin may have moved a little in between)."""
+    return point(
+        buckets.bucket_derived,
+        "strong_shaking",
+        {"device": device, "township": township, "event_id": shaking.event_id},
+        {
+            "intensity": shaking.intensity,
+            "intensity_rank": intensity_ordinal(shaking.intensity),
+            "r50_until": datetime.fromtimestamp(shaking.until_s, UTC).isoformat(timespec="seconds"),
+        },
+        round(shaking.since_s * 1e9),
+    )
 
 
 def seismic_station_point(

@@ -165,6 +165,10 @@ LEVEL_MAP = value_map(
     ]
 )
 LEVEL_STEPS = steps((None, "green"), (1, "yellow"), (2, "orange"), (3, "red"))
+# A gauge's rise level (processors/detectors/water.py): 1 at or above its rise line.
+RISE_MAP = value_map([(0, "steady", "green"), (1, "rising fast", "orange")])
+# Debris-flow levels against the threshold in use (R70, or R50 after strong shaking).
+DEBRIS_MAP = value_map([(0, "normal", "green"), (1, "yellow", "yellow"), (2, "red", "red")])
 # CWA rain classes (processors/detectors/water.py).
 RAIN_MAP = value_map(
     [
@@ -963,7 +967,7 @@ def water() -> Json:
             flux(
                 "derived",
                 "water_level",
-                ["level", "water_level_m", "flood_depth_cm", "rise_cm_per_10min"],
+                ["level", "water_level_m", "flood_depth_cm", "rise_cm_per_10min", "rise_level"],
                 where=[TOWNSHIP, DEVICE],
                 then=[
                     *latest_row(
@@ -976,12 +980,18 @@ def water() -> Json:
                             "water_level_m",
                             "flood_depth_cm",
                             "rise_cm_per_10min",
+                            "rise_level",
                         ],
                     ),
-                    'sort(columns: ["level"], desc: true)',
+                    'sort(columns: ["level", "rise_level"], desc: true)',
                 ],
             ),
-            overrides=[by_name("level", mappings=LEVEL_MAP)],
+            overrides=[
+                by_name("level", mappings=LEVEL_MAP),
+                by_name("rise_level", mappings=RISE_MAP),
+            ],
+            description="Rise level 1: rising at least the gauge's rise line (an alert of "
+            "its own, hazard water_rise).",
         ),
         timeseries(
             "Rain accumulation 1 h / 3 h / 24 h (mm)",
@@ -1007,6 +1017,54 @@ def water() -> Json:
             flux("derived", "rain", ["rti"], where=[TOWNSHIP, DEVICE], then=[WINDOW_MAX]),
             legend=per_device,
             description="Debris-flow rainfall triggering index of each rain gauge.",
+        ),
+        timeseries(
+            "Debris flow: event rain against the threshold in use (mm)",
+            flux(
+                "derived",
+                "rain",
+                ["event_rain_mm", "debris_flow_threshold_mm"],
+                where=[TOWNSHIP, DEVICE],
+                then=[WINDOW_MAX],
+            ),
+            unit="lengthmm",
+            legend="${__field.labels.device} ${__field.name}",
+            description="The threshold is the township's R70, or R50 for a while after "
+            "intensity >= 5 shaking: a step down marks the earthquake.",
+        ),
+        table(
+            "Rain gauges now: debris flow",
+            flux(
+                "derived",
+                "rain",
+                [
+                    "debris_flow_level",
+                    "event_rain_mm",
+                    "debris_flow_threshold_mm",
+                    "debris_flow_threshold_kind",
+                    "rti",
+                ],
+                where=[TOWNSHIP, DEVICE],
+                then=[
+                    *latest_row(
+                        "device",
+                        [
+                            "device",
+                            "township",
+                            "debris_flow_level",
+                            "event_rain_mm",
+                            "debris_flow_threshold_mm",
+                            "debris_flow_threshold_kind",
+                            "rti",
+                        ],
+                    ),
+                    'sort(columns: ["debris_flow_level", "event_rain_mm"], desc: true)',
+                ],
+            ),
+            overrides=[by_name("debris_flow_level", mappings=DEBRIS_MAP)],
+            description="Threshold kind r50: the gauge's township shook at intensity >= 5 "
+            "and its lower threshold applies (measurement strong_shaking says which "
+            "earthquake, until when).",
         ),
         timeseries(
             "Raw readings: water level, flood depth, rainfall",

@@ -80,6 +80,7 @@ __all__ = [
     "locate",
     "magnitude_from_pd",
     "to_alert_candidate",
+    "township_intensities",
 ]
 
 FloatArray = NDArray[np.float64]
@@ -829,6 +830,23 @@ def _snapshot(ev: _EventState, now_s: float, cfg: QuakeConfig, *, closed: bool) 
         closed=closed,
         cell_broadcast_level=cell_broadcast_min_level(mag),
     )
+
+
+def township_intensities(event: QuakeEvent) -> dict[str, str]:
+    """The highest CWA level among each township's reported cells, by township code.
+
+    Only cells at or above the configured minimum level are reported, and a cell belongs
+    to the township with the nearest centroid (:attr:`QuakeConfig.townships`); cells
+    without a township are left out.
+    """
+    best: dict[str, str] = {}
+    for cell in event.cells:
+        town = cell.township
+        if town is None:
+            continue
+        if town not in best or intensity_ordinal(cell.intensity) > intensity_ordinal(best[town]):
+            best[town] = cell.intensity
+    return dict(sorted(best.items()))
 
 
 # Severity by the highest expected CWA level; our mapping (no national table says this):

@@ -10,11 +10,14 @@ Four detectors, each a pure function of (state, one reading, configuration):
 * :func:`update_rain`: a rain gauge's accumulations over 1, 3 and 24 hours, daily totals,
   and the CWA rain class;
 * :func:`update_debris_flow`: the rainfall triggering index (RTI) of a gauge's rain
-  event and the township's debris-flow level against its threshold R70 (or R50).
+  event and the township's debris-flow level against its threshold R70, or R50 for a
+  while after strong shaking (:func:`mark_strong_shaking`).
 
 Each returns figures for storage and :class:`~.levels.LevelStep` objects whose
-``changed`` flag is what becomes an alert candidate. Times are tz-aware event times;
-readings arriving out of order inside a window are counted, older ones are dropped.
+``changed`` flag is what becomes an alert candidate: the depth or stage level, the rise
+level of a gauge (its own candidate, hazard ``water_rise``), the rain class and the
+debris-flow level. Times are tz-aware event times; readings arriving out of order inside
+a window are counted, older ones are dropped.
 
 Threshold names a region (``regions[township]``) or a device (registry ``thresholds``)
 may override: ``flood_depth_cm_l1``, ``flood_depth_cm_l2``, ``flood_depth_cm_l3``,
@@ -31,6 +34,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal, Self
 
+from processors.detectors.intensity import intensity_ordinal
 from processors.detectors.levels import Ladder, LevelStep, LevelTracker, merge_thresholds
 from processors.detectors.windows import (
     BucketSeries,
@@ -145,6 +149,10 @@ class GaugeFigures:
     rising: bool
     #: False when no warning level is configured (a river station without elevations).
     has_levels: bool
+    #: The rise level (0: not rising fast, 1: rising at least the rise line) and that
+    #: line, cm per 10 minutes.
+    rise_level: int = 0
+    rise_threshold_cm_per_10min: float | None = None
 
     def fields(self, value_name: str) -> dict[str, float]:
         """Flat numeric fields; ``value_name`` names the value with its unit, e.g.
@@ -205,6 +213,8 @@ def _update_gauge(
         threshold=ladder.threshold(level_step.level),
         rising=rise_step.level > 0,
         has_levels=ladder.configured,
+        rise_level=rise_step.level,
+        rise_threshold_cm_per_10min=rise_ladder.threshold(1),
     )
     new_state = GaugeState(samples, clock, level_step.tracker, rise_step.tracker)
     return GaugeUpdate(new_state, figures, level_step, rise_step, late)
@@ -226,8 +236,10 @@ def update_flood(
     """One flood-depth reading (cm of water above the road surface, >= 0).
 
     Levels 1/2/3 at the ``flood_depth_cm_l1..l3`` lines (10/30/50 cm by default), with
-    regional then device overrides; ``rising`` when the depth rises at least
-    ``flood_rise_cm_per_10min``.
+    regional then device overrides; ``rising`` (rise level 1) when the depth rises at
+    least ``flood_rise_cm_per_10min``, held until the rate falls below
+    ``rise_clear_fraction`` of that line (escalation at once, hysteresis on the way down,
+    as for the depth ladder).
     """
     named = merge_thresholds(
         {
@@ -507,8 +519,13 @@ class DebrisFlowConfig:
     accumulated rain at I = 10 mm/h on the RTI70 line. Level 2 (red) when the observed
     rain reaches it; level 1 (yellow) officially needs a rain *forecast* above it, which
     this platform does not have, so yellow is raised at ``yellow_fraction`` of the
-    threshold (local choice). After intensity >= 5 shaking the lower R50 applies
-    (``use_r50`` here, or :func:`mark_strong_shaking` on a township's state).
+    threshold (local choice).
+
+    After shaking of CWA intensity ``shaking_min_level`` ("5-", i.e. intensity >= 5) or
+    above in the township, the lower R50 applies for ``r50_after_shaking_s`` of event
+    time from the earthquake's origin (:func:`mark_strong_shaking`); ``use_r50`` applies
+    it everywhere. R50 is the township's own when the registry gives one, else
+    ``r50_below_r70_mm`` below R70 (:func:`r50_threshold`).
     """
 
     discount: float = 0.7
@@ -518,19 +535,103 @@ class DebrisFlowConfig:
     yellow_fraction: float = 0.8
     compare: Literal["event", "effective"] = "event"
     use_r50: bool = False
+    #: Source: domain.md, "after intensity >= 5 shaking the threshold drops (R50)".
+    shaking_min_level: str = "5-"
+    #: How long R50 applies after the shaking, s. 30 days is a local choice (no agency
+    #: figure confirmed); the worker sets it from ``CIVIC_PROCESSORS__DEBRIS_R50_DAYS``.
+    r50_after_shaking_s: float = 30 * DAY_S
+    #: R50 of a township the registry gives none for: one 50 mm threshold step below R70.
+    #: Local choice, *unconfirmed*: no published relation between R50 and R70 was found.
+    r50_below_r70_mm: float = 50.0
+
+    def __post_init__(self) -> None:
+        intensity_ordinal(self.shaking_min_level)  # raises on an unknown level
+        if not (self.r50_after_shaking_s > 0 and math.isfinite(self.r50_after_shaking_s)):
+            msg = (
+                "debris-flow config: r50_after_shaking_s must be a positive number of "
+                f"seconds, got {self.r50_after_shaking_s}"
+            )
+            raise ValueError(msg)
+        if not (self.r50_below_r70_mm >= 0 and math.isfinite(self.r50_below_r70_mm)):
+            msg = (
+                "debris-flow config: r50_below_r70_mm must be a finite number of mm >= 0, "
+                f"got {self.r50_below_r70_mm}"
+            )
+            raise ValueError(msg)
+
+
+@dataclass(frozen=True, slots=True)
+class StrongShaking:
+    """Shaking of CWA intensity ``intensity`` (>= the configured level) in a gauge's
+    township by earthquake ``event_id``: R50 applies to rain from ``since_s`` (the
+    origin time) until ``until_s`` (epoch s, event time)."""
+
+    event_id: str
+    intensity: str
+    since_s: float
+    until_s: float
+
+    def active(self, t_s: float) -> bool:
+        """Whether R50 applies at event time ``t_s`` (epoch s)."""
+        return self.since_s <= t_s < self.until_s
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "event_id": self.event_id,
+            "intensity": self.intensity,
+            "since_s": self.since_s,
+            "until_s": self.until_s,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Self:
+        return cls(
+            event_id=str(d["event_id"]),
+            intensity=str(d["intensity"]),
+            since_s=float(d["since_s"]),
+            until_s=float(d["until_s"]),
+        )
+
+
+def strong_shaking(
+    event_id: str, intensity: str, origin_s: float, config: DebrisFlowConfig = DebrisFlowConfig()
+) -> StrongShaking | None:
+    """The R50 period an earthquake's shaking of ``intensity`` (a CWA level) starts at its
+    origin time ``origin_s`` (epoch s), or None below ``config.shaking_min_level``."""
+    if intensity_ordinal(intensity) < intensity_ordinal(config.shaking_min_level):
+        return None
+    return StrongShaking(event_id, intensity, origin_s, origin_s + config.r50_after_shaking_s)
+
+
+def r50_threshold(
+    r70_mm: float | None, r50_mm: float | None, config: DebrisFlowConfig = DebrisFlowConfig()
+) -> float | None:
+    """A township's R50 (mm): its own, else ``r50_below_r70_mm`` below R70 when that is
+    still above 0; None without either."""
+    if r50_mm is not None:
+        return r50_mm
+    if r70_mm is None:
+        return None
+    derived = r70_mm - config.r50_below_r70_mm
+    return derived if derived > 0 else None
 
 
 @dataclass(frozen=True, slots=True)
 class DebrisFlowState:
-    """The current rain event of a gauge (if any), its level, and the shaking flag."""
+    """The current rain event of a gauge (if any), its level, and the strong shaking
+    whose R50 period has not ended yet (if any)."""
 
     event_start: float | None = None
     last_wet: float | None = None
     event_rain_mm: float = 0.0
     antecedent_mm: float = 0.0
     tracker: LevelTracker = field(default_factory=LevelTracker)
-    #: Set after intensity >= 5 shaking: use R50 instead of R70.
-    strong_shaking: bool = False
+    shaking: StrongShaking | None = None
+
+    @property
+    def strong_shaking(self) -> bool:
+        """Whether a strong shaking is marked (its R50 period may not have begun yet)."""
+        return self.shaking is not None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -539,24 +640,36 @@ class DebrisFlowState:
             "event_rain_mm": self.event_rain_mm,
             "antecedent_mm": self.antecedent_mm,
             "tracker": self.tracker.to_dict(),
-            "strong_shaking": self.strong_shaking,
+            "shaking": None if self.shaking is None else self.shaking.to_dict(),
         }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Self:
+        shaking = d.get("shaking")
         return cls(
             event_start=d.get("event_start"),
             last_wet=d.get("last_wet"),
             event_rain_mm=float(d.get("event_rain_mm", 0.0)),
             antecedent_mm=float(d.get("antecedent_mm", 0.0)),
             tracker=LevelTracker.from_dict(d.get("tracker", {})),
-            strong_shaking=bool(d.get("strong_shaking", False)),
+            shaking=StrongShaking.from_dict(shaking) if shaking else None,
         )
 
 
-def mark_strong_shaking(state: DebrisFlowState, on: bool = True) -> DebrisFlowState:
-    """Switch the state to the R50 threshold after intensity >= 5 shaking (or back)."""
-    return replace(state, strong_shaking=on)
+def mark_strong_shaking(state: DebrisFlowState, shaking: StrongShaking | None) -> DebrisFlowState:
+    """The state with a strong shaking marked: of the marked one and ``shaking``, the one
+    whose R50 period ends later (the stronger one when they end together, as two updates
+    of one earthquake do). ``None`` leaves the state as it is; a period that has ended is
+    dropped by :func:`update_debris_flow`. Marking twice is marking once."""
+    if shaking is None:
+        return state
+    old = state.shaking
+    if old is not None and (old.until_s, intensity_ordinal(old.intensity)) >= (
+        shaking.until_s,
+        intensity_ordinal(shaking.intensity),
+    ):
+        return state
+    return replace(state, shaking=shaking)
 
 
 @dataclass(frozen=True, slots=True)
@@ -575,6 +688,10 @@ class DebrisFlowFigures:
     threshold_mm: float | None
     threshold_kind: Literal["r70", "r50"] | None
     level: int
+    #: The township's R70 (mm), whichever threshold is in use.
+    r70_mm: float | None = None
+    #: The strong shaking that put R50 in use (None when R70 is, or ``use_r50`` did).
+    shaking: StrongShaking | None = None
 
     def fields(self) -> dict[str, float]:
         out = {
@@ -614,9 +731,13 @@ def update_debris_flow(
 ) -> DebrisFlowUpdate:
     """Advance a gauge's rain event with the result of :func:`update_rain`.
 
-    ``r70_mm`` / ``r50_mm`` are the township's thresholds (mm, in 50 mm steps); without
-    R70 the figures are computed but the level stays 0. When R50 applies but is not
-    known, R70 is used (``threshold_kind`` says which).
+    ``r70_mm`` / ``r50_mm`` are the township's thresholds (mm, in 50 mm steps; see
+    :func:`r50_threshold`); without R70 the figures are computed but the level stays 0.
+    R50 applies with ``config.use_r50`` or while the rain clock is inside the state's
+    strong-shaking period; when it applies but is not known, R70 is used
+    (``threshold_kind`` says which). A period that has ended leaves the state. A level
+    reached under R50 is judged against R70 again once the period ends (and drops if the
+    rain is below R70's lines: the thresholds carry no clear margin).
     """
     fig = rain.figures
     now = epoch_s(fig.as_of)
@@ -643,7 +764,11 @@ def update_debris_flow(
         antecedent = antecedent_rain(fig.daily_mm, config.discount, config.antecedent_days)
 
     rt = event_rain + antecedent
-    reduced = config.use_r50 or state.strong_shaking
+    shaking = state.shaking
+    if shaking is not None and now >= shaking.until_s:
+        shaking = None
+    shaken = shaking is not None and shaking.active(now)
+    reduced = config.use_r50 or shaken
     kind: Literal["r70", "r50"] = "r50" if reduced and r50_mm is not None else "r70"
     threshold = r50_mm if kind == "r50" else r70_mm
     at = fig.as_of
@@ -653,9 +778,7 @@ def update_debris_flow(
         ladder = Ladder.of((config.yellow_fraction * threshold, threshold), 0.0)
         compared = event_rain if config.compare == "event" else rt
         step = state.tracker.update(compared, ladder, at)
-    new_state = DebrisFlowState(
-        start, last_wet, event_rain, antecedent, step.tracker, state.strong_shaking
-    )
+    new_state = DebrisFlowState(start, last_wet, event_rain, antecedent, step.tracker, shaking)
     figures = DebrisFlowFigures(
         as_of=at,
         in_event=start is not None,
@@ -668,5 +791,7 @@ def update_debris_flow(
         threshold_mm=threshold,
         threshold_kind=kind if threshold is not None else None,
         level=step.level,
+        r70_mm=r70_mm,
+        shaking=shaking if shaken and kind == "r50" else None,
     )
     return DebrisFlowUpdate(new_state, figures, step, started, ended)

@@ -31,6 +31,10 @@ NO_DATA_BY_DESIGN = {
 }
 
 
+# The scenario runs in real time (about three minutes through ingest, the worker and the
+# alert service), then every stored reading and every dashboard query is checked against
+# InfluxDB, which on a development machine holds much more than this run's data.
+@pytest.mark.timeout(600)
 def test_scenario_end_to_end(stack: Settings, unique: str, tmp_path: Path) -> None:
     sc, start, messages = plan_simulation(SCENARIO, registry=load_registry(stack.registry))
     pipeline = Pipeline(stack, f"e2e{unique}.", tmp_path / "logs")

@@ -154,7 +154,7 @@ def write_dataset(client: InfluxDBClient, s: InfluxSettings) -> None:
                     Point("water_level").tag("device", dev).tag("township", town)
                     .tag("sensor", sensor).field("water_level_m", 2.0 + 0.3 * k)
                     .field("rise_cm_per_10min", 60.0).field("level", min(k // 3, 3))
-                    .field("lat", lat).field("lon", lon)
+                    .field("rise_level", 1).field("lat", lat).field("lon", lon)
                     .time(t)
                 )  # fmt: skip
             elif sensor == "flood":
@@ -163,7 +163,7 @@ def write_dataset(client: InfluxDBClient, s: InfluxSettings) -> None:
                     Point("water_level").tag("device", dev).tag("township", town)
                     .tag("sensor", sensor).field("flood_depth_cm", 4.0 * k)
                     .field("rise_cm_per_10min", 8.0).field("level", min(k // 4, 3))
-                    .field("lat", lat).field("lon", lon)
+                    .field("rise_level", 0).field("lat", lat).field("lon", lon)
                     .time(t)
                 )  # fmt: skip
             else:
@@ -172,7 +172,11 @@ def write_dataset(client: InfluxDBClient, s: InfluxSettings) -> None:
                     Point("rain").tag("device", dev).tag("township", town)
                     .field("rain_1h_mm", 40.0 + k).field("rain_3h_mm", 90.0 + 3 * k)
                     .field("rain_24h_mm", 150.0 + 5 * k).field("rain_class", 1 + k // 5)
-                    .field("rti", 120.0 + 10 * k).field("lat", lat).field("lon", lon)
+                    .field("rti", 120.0 + 10 * k).field("event_rain_mm", 60.0 + 8 * k)
+                    .field("debris_flow_level", min(k // 6, 2))
+                    .field("debris_flow_threshold_mm", 250.0 if k < 10 else 200.0)
+                    .field("debris_flow_threshold_kind", "r70" if k < 10 else "r50")
+                    .field("lat", lat).field("lon", lon)
                     .time(t)
                 )  # fmt: skip
             readings.append(raw.time(t))

@@ -167,6 +167,17 @@ def candidates(e: Env, want: int, timeout: float = 60) -> list[dict[str, Any]]:
     return [json.loads(v) for _, v in recs]
 
 
+def _candidates_until(e: Env, done: Any, timeout: float = 120) -> list[dict[str, Any]]:
+    """Every candidate so far, read again until ``done(candidates)`` holds."""
+    deadline = time.monotonic() + timeout
+    got: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        got = candidates(e, want=1_000_000, timeout=2)
+        if done(got):
+            return got
+    return got
+
+
 def test_air_and_flood_readings_give_figures_and_candidates(penv: Env, registry: Registry) -> None:
     town = "63000010"
     air = [d for d in registry.of_kind("air") if d.township == town]
@@ -191,7 +202,17 @@ def test_air_and_flood_readings_give_figures_and_candidates(penv: Env, registry:
         n_air = 78 * len(air)
         assert penv.wait_count(n_air, "readings", "air", "pm2_5_ugm3") == n_air
         assert penv.wait_count(3, "readings", "water", "flood_depth_cm") == 3
-        got = candidates(penv, want=3)
+        flood_key, rise_key = f"flood:{flood.township}", f"water_rise:{flood.township}"
+
+        def done(got: list[dict[str, Any]]) -> bool:
+            keys = [f"{c['hazard']}:{c['area_code']}" for c in got]
+            return (
+                keys.count(flood_key) == 2
+                and rise_key in keys
+                and any(c["hazard"] == "air_quality" and c["level"] >= 2 for c in got)
+            )
+
+        got = _candidates_until(penv, done)
         by_key: dict[str, list[dict[str, Any]]] = {}
         for c in got:
             by_key.setdefault(f"{c['hazard']}:{c['area_code']}", []).append(c)
@@ -202,6 +223,10 @@ def test_air_and_flood_readings_give_figures_and_candidates(penv: Env, registry:
         flood_c = by_key[f"flood:{flood.township}"]
         assert [c["level"] for c in flood_c] == [1, 2]
         assert flood_c[-1]["value"] == 35.0
+        # 5, 12, 35 cm in 10 minutes: rising 30 cm per 10 min, a candidate of its own.
+        rise_c = by_key[rise_key]
+        assert [c["level"] for c in rise_c] == [1]
+        assert rise_c[0]["value"] == pytest.approx(30.0)
         # Derived figures as docs/storage.md lays them out.
         assert penv.wait_count(n_air, "derived", "air_quality", "level") == n_air
         rows = penv.flux(
@@ -351,5 +376,111 @@ def test_worker_without_influxdb_commits_nothing(penv: Env, registry: Registry) 
         while _last_rain_24h(penv) < 80.0 and time.monotonic() < deadline:
             time.sleep(0.5)
         assert _last_rain_24h(penv) == pytest.approx(80.0)
+    finally:
+        stop(worker)
+
+
+def _shaken_water_devices(e: Env, timeout: float = 120) -> dict[str, str]:
+    """device -> intensity of the ``strong_shaking`` points, once there are any."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rows = e.flux(
+            f'from(bucket: "{e.buckets["derived"]}") |> range(start: 0)'
+            ' |> filter(fn: (r) => r._measurement == "strong_shaking" and r._field == "intensity")'
+            " |> group()"
+        )
+        if rows:
+            return {str(r["device"]): str(r["_value"]) for r in rows}
+        time.sleep(1)
+    return {}
+
+
+def test_strong_shaking_lowers_the_debris_flow_threshold_and_a_fast_rise_alerts(
+    penv: Env, registry: Registry
+) -> None:
+    quake = SimQuake(lat=24.80, lon=121.60, depth_km=10.0, magnitude=6.0, origin_s=T0 + 40.0)
+    produce(penv, _seismic_records(penv, quake, 100.0))
+    worker = start_worker(penv)
+    try:
+        # (1) The quake's townships at intensity >= 5- mark their water devices (via Kafka).
+        shaken = _shaken_water_devices(penv)
+        towns = {t.code: t for t in registry.townships}
+        gauges = [
+            d
+            for d in registry.of_kind("water")
+            if d.sensor == "rain" and d.id in shaken and towns[d.township].debris_flow_r70_mm
+        ]
+        assert gauges, f"no rain gauge with R70 among the shaken devices {sorted(shaken)}"
+        gauge = gauges[0]
+        r70 = towns[gauge.township].debris_flow_r70_mm
+        assert r70 is not None
+        r50 = r70 - 50.0  # DebrisFlowConfig.r50_below_r70_mm (no R50 in the registry)
+        # Rain after the earthquake, 10 mm every 10 min up to R50 + 20 mm: red under R50;
+        # under R70 it would be yellow at most (R70 is 50 mm higher).
+        rain_start = datetime.fromtimestamp(quake.origin_s, UTC) + timedelta(hours=1)
+        n_rain = int((r50 + 20.0) // 10)
+        records = [
+            (
+                f"{penv.prefix}readings.water",
+                gauge.id,
+                _reading(
+                    gauge,
+                    rain_start + timedelta(minutes=10 * i),
+                    WaterPayload(ts=rain_start + timedelta(minutes=10 * i), rainfall_mm=10.0),
+                    gauge.township,
+                ),
+            )
+            for i in range(n_rain)
+        ]
+        # (2) A flood gauge rising 19 cm per 10 minutes, still under its 10 cm line.
+        flood = next(d for d in registry.of_kind("water") if d.sensor == "flood")
+        for minutes, depth in ((0.0, 0.0), (2.5, 4.5), (5.0, 9.5)):
+            t = rain_start + timedelta(minutes=minutes)
+            data = WaterPayload(ts=t, flood_depth_cm=depth)
+            records.append(
+                (f"{penv.prefix}readings.water", flood.id, _reading(flood, t, data, flood.township))
+            )
+        produce(penv, records)
+
+        debris_key = f"debris_flow:{gauge.township}"
+        rise_key = f"water_rise:{flood.township}"
+
+        def done(got: list[dict[str, Any]]) -> bool:
+            keys = {f"{c['hazard']}:{c['area_code']}": c["level"] for c in got}
+            return keys.get(debris_key) == 2 and keys.get(rise_key) == 1
+
+        got = _candidates_until(penv, done)
+        debris = [c for c in got if f"{c['hazard']}:{c['area_code']}" == debris_key]
+        assert [c["level"] for c in debris] == [1, 2], debris
+        red = debris[-1]
+        assert red["threshold"] == r50  # not R70
+        assert r50 <= red["value"] < r70  # the event rain when red was raised
+        assert red["evidence"]["threshold"] == "r50"
+        assert red["evidence"]["r70_mm"] == r70
+        assert red["evidence"]["r50_shaking_intensity"] == shaken[gauge.id]
+        quake_ids = {
+            c["area_code"].removeprefix("quake-") for c in got if c["hazard"] == "earthquake"
+        }
+        assert red["evidence"]["r50_after_earthquake"] in quake_ids
+        # The stored figures say which threshold was used.
+        assert penv.wait_count(n_rain, "derived", "rain", "debris_flow_threshold_kind") == n_rain
+        rows = penv.flux(
+            f'from(bucket: "{penv.buckets["derived"]}") |> range(start: 0)'
+            ' |> filter(fn: (r) => r._measurement == "rain")'
+            ' |> filter(fn: (r) => r._field == "debris_flow_threshold_kind"'
+            ' or r._field == "debris_flow_threshold_mm")'
+            ' |> group(columns: ["_field"]) |> distinct()'
+        )
+        assert {(r["_field"], r["_value"]) for r in rows} == {
+            ("debris_flow_threshold_kind", "r50"),
+            ("debris_flow_threshold_mm", r50),
+        }
+        rise = [c for c in got if f"{c['hazard']}:{c['area_code']}" == rise_key]
+        assert [c["level"] for c in rise] == [1]
+        assert rise[0]["value"] == pytest.approx(19.0, abs=0.5)
+        assert rise[0]["threshold"] == 10.0
+        assert rise[0]["devices"] == [flood.id]
+        # No flood candidate: the depth never reached its first line.
+        assert not [c for c in got if c["hazard"] == "flood"]
     finally:
         stop(worker)

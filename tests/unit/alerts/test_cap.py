@@ -123,6 +123,7 @@ def test_status_is_honoured(status: CapStatus) -> None:
         ("air_quality", ["Env", "Health"], "Observed"),
         ("flood", ["Met", "Geo"], "Observed"),
         ("river", ["Met", "Geo"], "Observed"),
+        ("water_rise", ["Met", "Geo"], "Observed"),
         ("rain", ["Met", "Geo"], "Observed"),
         ("debris_flow", ["Geo"], "Likely"),
         ("earthquake", ["Geo"], "Likely"),

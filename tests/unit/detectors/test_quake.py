@@ -7,9 +7,12 @@ from datetime import UTC, datetime
 import numpy as np
 import pytest
 
+from processors.detectors.intensity import intensity_ordinal
 from processors.detectors.quake import (
     Associator,
+    CellShaking,
     QuakeConfig,
+    QuakeEvent,
     StationObservation,
     StationTrigger,
     Township,
@@ -17,6 +20,7 @@ from processors.detectors.quake import (
     locate,
     magnitude_from_pd,
     to_alert_candidate,
+    township_intensities,
 )
 
 T0 = 1_700_000_000.0
@@ -165,3 +169,45 @@ def test_associator_round_trips_through_json() -> None:
     back = Associator.from_dict(data)
     assert back.to_dict() == assoc.to_dict()
     assert Associator.from_dict({"v": -1}) == Associator()
+
+
+def _event(cells: list[tuple[str, str | None]]) -> QuakeEvent:
+    """An event whose cells have these (intensity, township)."""
+    return QuakeEvent(
+        event_id="e1", origin_s=T0, lat=24.8, lon=121.6, depth_km=10.0, rms_s=0.1,
+        magnitude=6.0, magnitude_method="pd", station_ids=("WLI", "DTG", "ILA"),
+        max_intensity="5+",
+        cells=tuple(
+            CellShaking(24.8, 121.6 + 0.1 * i, 100.0, 20.0, level, 0.0, town)
+            for i, (level, town) in enumerate(cells)
+        ),
+        townships=tuple(sorted({t for _, t in cells if t})), first_trigger_s=T0 + 2,
+        computed_at_s=T0 + 6,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("cells", "expected"),
+    [
+        ([], {}),
+        ([("3", "A")], {"A": "3"}),
+        ([("4", "A"), ("5-", "A"), ("3", "A")], {"A": "5-"}),  # the township's highest cell
+        ([("5+", "A"), ("5-", "A")], {"A": "5+"}),  # by rank, whatever the order
+        ([("6-", "B"), ("4", "A"), ("5+", None)], {"A": "4", "B": "6-"}),  # no township: out
+    ],
+)
+def test_township_intensities(
+    cells: list[tuple[str, str | None]], expected: dict[str, str]
+) -> None:
+    assert township_intensities(_event(cells)) == expected
+
+
+def test_township_intensities_of_an_associated_event() -> None:
+    res = feed([trig(0), trig(1), trig(2)], T0 + 6)
+    obs = [StationObservation("WLI", 300.0, 30.0), StationObservation("DTG", 200.0, 20.0)]
+    ev = res.associator.step(now_s=T0 + 7, observations=obs, config=CFG).updates[0]
+    towns = township_intensities(ev)
+    assert set(towns) == set(ev.townships)
+    top = max(intensity_ordinal(level) for level in towns.values())
+    assert top <= intensity_ordinal(ev.max_intensity)
+    assert top >= intensity_ordinal("5-")  # observed 5+ near WLI reaches a township

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -19,8 +21,11 @@ from processors.detectors.water import (
     RainConfig,
     RainState,
     RainUpdate,
+    StrongShaking,
     antecedent_rain,
     mark_strong_shaking,
+    r50_threshold,
+    strong_shaking,
     update_debris_flow,
     update_flood,
     update_rain,
@@ -110,6 +115,25 @@ def test_flood_rise_clears_below_half_the_threshold() -> None:
     assert updates[5].figures.rising
     assert not updates[-1].figures.rising
     assert updates[-1].figures.rise_cm_per_10min == pytest.approx(4.0)
+
+
+@pytest.mark.parametrize(
+    ("thresholds", "cm_per_2min", "rise_level", "line"),
+    [
+        (None, 3.0, 1, 10.0),  # 15 cm / 10 min against the 10 cm default
+        (None, 2.0, 1, 10.0),  # exactly on the line: reached
+        (None, 1.0, 0, 10.0),  # 5 cm / 10 min
+        ({"flood_rise_cm_per_10min": 20.0}, 3.0, 0, 20.0),  # a device's own line
+        ({"flood_rise_cm_per_10min": 5.0}, 1.0, 1, 5.0),
+    ],
+)
+def test_flood_rise_level_against_its_line(
+    thresholds: dict[str, float] | None, cm_per_2min: float, rise_level: int, line: float
+) -> None:
+    last = flood_run([(2 * i, cm_per_2min * i) for i in range(6)], thresholds=thresholds)[-1]
+    assert last.figures.rise_level == rise_level
+    assert last.figures.rise_threshold_cm_per_10min == line
+    assert last.figures.rising is (rise_level > 0)
 
 
 def test_flood_late_reading_does_not_move_the_level() -> None:
@@ -406,18 +430,153 @@ def test_without_r70_no_level() -> None:
     assert update.figures.threshold_mm is None
 
 
-def test_r50_after_strong_shaking() -> None:
+# --- R50 after strong shaking ------------------------------------------------------------
+
+QUAKE_S = at().timestamp()
+MONTH_S = 30 * 86400.0
+
+
+def shaking(
+    intensity: str = "5-", since_s: float = QUAKE_S, days: float = 30, event: str = "q1"
+) -> StrongShaking:
+    return StrongShaking(event, intensity, since_s, since_s + days * 86400)
+
+
+@pytest.mark.parametrize(
+    ("intensity", "min_level", "marked"),
+    [
+        ("4", "5-", False),  # intensity 4 is below "intensity >= 5"
+        ("5-", "5-", True),
+        ("5+", "5-", True),
+        ("7", "5-", True),
+        ("5-", "5+", False),  # a stricter configured level
+        ("4", "4", True),
+    ],
+)
+def test_strong_shaking_starts_an_r50_period_at_the_origin(
+    intensity: str, min_level: str, marked: bool
+) -> None:
+    config = DebrisFlowConfig(shaking_min_level=min_level, r50_after_shaking_s=10 * 86400)
+    mark = strong_shaking("q1", intensity, QUAKE_S, config)
+    if not marked:
+        assert mark is None
+        return
+    assert mark == StrongShaking("q1", intensity, QUAKE_S, QUAKE_S + 10 * 86400)
+    by_default = strong_shaking(
+        "q1", intensity, QUAKE_S, DebrisFlowConfig(shaking_min_level=min_level)
+    )
+    assert by_default == StrongShaking("q1", intensity, QUAKE_S, QUAKE_S + 30 * 86400)
+
+
+@pytest.mark.parametrize(
+    ("t_offset_s", "active"),
+    [(-1.0, False), (0.0, True), (MONTH_S - 1, True), (MONTH_S, False), (MONTH_S + 1, False)],
+)
+def test_strong_shaking_period_is_half_open(t_offset_s: float, active: bool) -> None:
+    assert shaking().active(QUAKE_S + t_offset_s) is active
+
+
+@pytest.mark.parametrize(
+    ("r70", "r50", "below", "expected"),
+    [
+        (250.0, None, 50.0, 200.0),  # one 50 mm step below R70
+        (250.0, 180.0, 50.0, 180.0),  # the township's own R50 wins
+        (None, 150.0, 50.0, 150.0),
+        (None, None, 50.0, None),
+        (50.0, None, 50.0, None),  # nothing left above 0: no R50, R70 stays in use
+        (300.0, None, 100.0, 200.0),
+        (300.0, None, 0.0, 300.0),
+    ],
+)
+def test_r50_threshold(
+    r70: float | None, r50: float | None, below: float, expected: float | None
+) -> None:
+    config = DebrisFlowConfig(r50_below_r70_mm=below)
+    assert r50_threshold(r70, r50, config) == expected
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "kept"),
+    [
+        (None, shaking(), "new"),
+        (shaking(), None, "old"),
+        (shaking(days=30), shaking(since_s=QUAKE_S + 86400, event="q2"), "new"),  # ends later
+        (shaking(since_s=QUAKE_S + 86400, event="q2"), shaking(days=30), "old"),
+        (shaking("5-"), shaking("6-"), "new"),  # same earthquake, a higher estimate
+        (shaking("6-"), shaking("5-"), "old"),  # ... a lower one lifts nothing
+        (shaking(), shaking(), "old"),  # marking twice is marking once
+    ],
+)
+def test_mark_strong_shaking_keeps_the_period_that_ends_last(
+    old: StrongShaking | None, new: StrongShaking | None, kept: str
+) -> None:
+    state = DebrisFlowState(event_rain_mm=12.0, shaking=old)
+    marked = mark_strong_shaking(state, new)
+    assert marked.shaking == (old if kept == "old" else new)
+    assert marked.event_rain_mm == 12.0
+    assert marked.strong_shaking
+
+
+@pytest.mark.parametrize(
+    ("t_offset_s", "kind", "threshold", "level", "kept"),
+    [
+        # 22 mm of event rain; R70 50 mm (yellow from 40), R50 20 mm (yellow from 16)
+        (-3600.0, "r70", 50.0, 0, True),  # rain before the earthquake: R70
+        (0.0, "r50", 20.0, 2, True),
+        (3600.0, "r50", 20.0, 2, True),
+        (MONTH_S - 600, "r50", 20.0, 2, True),
+        (MONTH_S, "r70", 50.0, 0, False),  # the period is over and leaves the state
+        (MONTH_S + 86400, "r70", 50.0, 0, False),
+    ],
+)
+def test_r50_applies_within_the_strong_shaking_period(
+    t_offset_s: float, kind: str, threshold: float, level: int, kept: bool
+) -> None:
     gauge = Gauge()
-    gauge.debris = mark_strong_shaking(gauge.debris)
-    update = gauge.report(at(), 22.0, r70=50.0, r50=20.0)
-    assert (update.figures.threshold_kind, update.figures.threshold_mm) == ("r50", 20.0)
-    assert update.figures.level == 2
-    # R50 requested but unknown: R70 is used and said
-    other = Gauge()
-    other.debris = mark_strong_shaking(other.debris)
-    update = other.report(at(), 22.0, r70=50.0)
+    gauge.debris = mark_strong_shaking(gauge.debris, shaking())
+    t = at() + timedelta(seconds=t_offset_s)
+    update = gauge.report(t, 22.0, r70=50.0, r50=20.0)
+    fig = update.figures
+    assert (fig.threshold_kind, fig.threshold_mm, fig.level) == (kind, threshold, level)
+    assert fig.r70_mm == 50.0
+    assert fig.shaking == (shaking() if kind == "r50" else None)
+    assert (update.state.shaking is not None) is kept
+
+
+def test_r50_lowers_the_level_an_event_reaches() -> None:
+    # 230 mm of event rain against R70 = 250 mm (yellow from 200) and R50 = 200 mm.
+    plain, shaken = Gauge(), Gauge()
+    shaken.debris = mark_strong_shaking(shaken.debris, shaking())
+    for i in range(23):
+        t = at(minutes=10 * i)
+        by_r70 = plain.report(t, 10.0, r70=250.0, r50=200.0)
+        by_r50 = shaken.report(t, 10.0, r70=250.0, r50=200.0)
+    assert by_r70.figures.event_rain_mm == by_r50.figures.event_rain_mm == 230.0
+    assert (by_r70.figures.level, by_r70.figures.threshold_kind) == (1, "r70")
+    assert (by_r50.figures.level, by_r50.figures.threshold_kind) == (2, "r50")
+
+
+def test_r50_unknown_falls_back_to_r70_and_says_so() -> None:
+    gauge = Gauge()
+    gauge.debris = mark_strong_shaking(gauge.debris, shaking())
+    update = gauge.report(at(), 22.0, r70=50.0)
     assert (update.figures.threshold_kind, update.figures.level) == ("r70", 0)
-    assert not mark_strong_shaking(gauge.debris, on=False).strong_shaking
+    assert update.figures.shaking is None  # R70 in use: the shaking changed nothing
+    assert update.state.shaking == shaking()  # ... but its period still runs
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"shaking_min_level": "5"}, "unknown CWA intensity level"),
+        ({"r50_after_shaking_s": 0.0}, "r50_after_shaking_s"),
+        ({"r50_after_shaking_s": math.inf}, "r50_after_shaking_s"),
+        ({"r50_below_r70_mm": -50.0}, "r50_below_r70_mm"),
+    ],
+)
+def test_debris_flow_config_refuses_nonsense(changes: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        DebrisFlowConfig(**changes)
 
 
 def test_r50_from_config() -> None:
@@ -438,7 +597,10 @@ def test_late_rain_before_the_event_start_is_not_event_rain() -> None:
 def test_debris_flow_state_round_trip() -> None:
     gauge = Gauge()
     gauge.report(at(), 12.0)
-    gauge.debris = mark_strong_shaking(gauge.debris)
+    gauge.debris = mark_strong_shaking(gauge.debris, shaking("5+"))
     restored = DebrisFlowState.from_dict(json.loads(json.dumps(gauge.debris.to_dict())))
     assert restored == gauge.debris
     assert restored.event_start is not None
+    assert restored.shaking == shaking("5+")
+    # A state stored before strong shaking was tracked reads as unmarked.
+    assert DebrisFlowState.from_dict({"strong_shaking": False}).shaking is None

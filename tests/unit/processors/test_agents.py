@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -14,7 +15,9 @@ import pytest
 from civic_iot.registry import Device, Registry, Township
 from civic_iot.settings import Settings
 from ingest.models import AirPayload, Location, Reading, WaterPayload, to_ns
-from processors.app import create_app, township_topic
+from processors.app import create_app, shaking_topic, township_topic
+from processors.detectors.quake import distance_km
+from processors.messages import Observation, SeismicTick, StrongShakingNotice, Trigger
 from processors.points import Point
 
 TOWN = "63000010"
@@ -186,3 +189,121 @@ def test_flood_reading_reports_its_level_to_the_township(harness: Any) -> None:
     assert key == TOWN
     assert json.loads(v)["hazard"] == "flood"
     assert json.loads(v)["level"] == 2
+
+
+# --- strong shaking: quake agent -> processors.shaking -> shaking agent -> water agent -----
+
+YILAN = "10002010"
+SHAKEN_REGISTRY = Registry(
+    townships=(
+        Township(code=YILAN, name="Yilan", lat=24.76, lon=121.75, debris_flow_r70_mm=250.0),
+    ),
+    devices=(
+        Device(id="rain-1", kind="water", lat=24.75, lon=121.74, township=YILAN, sensor="rain"),
+        Device(id="air-9", kind="air", lat=24.75, lon=121.74, township=YILAN),
+    ),
+)
+QUAKE_T0 = 1_700_000_000.0
+QUAKE_STATIONS = [("WLI", 24.87, 121.55), ("DTG", 24.68, 121.60), ("ILA", 24.76, 121.75)]
+
+
+@pytest.fixture
+def shaken() -> tuple[Any, dict[str, RecordingSink], RecordingPublisher, Settings]:
+    settings = Settings(
+        processors={"web_port": 0, "batch_within_s": 0.01, "stats_interval_s": 0,  # type: ignore[arg-type]
+                    "debris_r50_days": 10}
+    )  # fmt: skip
+    sinks: dict[str, RecordingSink] = {}
+
+    def factory(name: str) -> RecordingSink:
+        return sinks.setdefault(name, RecordingSink())
+
+    pub = RecordingPublisher()
+    app = create_app(settings, registry=SHAKEN_REGISTRY, sink_factory=factory, publisher=pub)
+    app.finalize()
+    app.conf.store = "memory://"
+    app.flow_control.resume()
+    return app, sinks, pub, settings
+
+
+def _p_time(lat: float, lon: float) -> float:
+    r = math.hypot(float(distance_km(24.80, 121.60, lat, lon)), 10.0)
+    return QUAKE_T0 + r / 6.0
+
+
+def test_quake_agent_sends_strong_shaking_to_the_township_rain_gauges(shaken: Any) -> None:
+    app, _sinks, pub, settings = shaken
+    agent = app.agents["quake"]
+    declare = SeismicTick(
+        now_s=QUAKE_T0 + 6,
+        triggers=tuple(
+            Trigger(station_id=s, lat=la, lon=lo, p_time_s=_p_time(la, lo))
+            for s, la, lo in QUAKE_STATIONS
+        ),
+        partition=0,
+    )
+    shaking = SeismicTick(
+        now_s=QUAKE_T0 + 7,
+        observations=tuple(
+            Observation(station_id=s, pga_gal=160.0, pgv_cms=16.0) for s, _, _ in QUAKE_STATIONS
+        ),
+        partition=0,
+    )
+
+    async def run() -> None:
+        async with agent.test_context() as ctx:
+            await ctx.put(key=b"network", value=declare.model_dump_json().encode())
+            await ctx.put(key=b"network", value=shaking.model_dump_json().encode())
+            await _until(lambda: any(t == shaking_topic(settings) for t, _, _ in pub.sent))
+
+    asyncio.run(run())
+    sent = [(k, json.loads(v)) for t, k, v in pub.sent if t == shaking_topic(settings)]
+    assert [k for k, _ in sent] == ["rain-1"]  # keyed by device: the water device only
+    notice = sent[0][1]
+    assert (notice["township"], notice["intensity"]) == (YILAN, "5-")
+    cands = [json.loads(v) for t, _, v in pub.sent if t.endswith("alerts.candidates")]
+    assert notice["event_id"] == cands[-1]["area_code"].removeprefix("quake-")
+
+
+def _rain(t: datetime, mm: float) -> bytes:
+    dev = SHAKEN_REGISTRY.get("rain-1")
+    assert dev is not None
+    return Reading(
+        reading_id=f"rain-1:{to_ns(t)}", device_id="rain-1", kind="water", event_time=t,
+        received_at=t, location=Location(lat=dev.lat, lon=dev.lon, township=YILAN),
+        data=WaterPayload(ts=t, rainfall_mm=mm),
+    ).model_dump_json().encode()  # fmt: skip
+
+
+def test_shaking_agent_marks_the_gauge_and_the_water_agent_uses_r50(shaken: Any) -> None:
+    app, sinks, pub, settings = shaken
+    origin = datetime.fromtimestamp(QUAKE_T0, UTC)
+    notice = StrongShakingNotice(
+        device="rain-1", township=YILAN, event_id="q1", intensity="5+", origin_time=origin
+    )
+    rain_start = origin + timedelta(hours=1)
+
+    async def run() -> None:
+        async with app.agents["shaking"].test_context() as ctx:
+            await ctx.put(key=b"rain-1", value=notice.model_dump_json().encode())
+            await _until(lambda: len(sinks["shaking"].stored) >= 1)
+        async with app.agents["water"].test_context() as ctx:
+            for i in range(23):  # 230 mm: under R70 (250) but over R50 (200)
+                t = rain_start + timedelta(minutes=10 * i)
+                await ctx.put(key=b"rain-1", value=_rain(t, 10.0))
+            await _until(lambda: len(sinks["water"].stored) >= 2 * 23)
+
+    asyncio.run(run())
+    [mark] = sinks["shaking"].stored
+    assert mark.measurement == "strong_shaking"
+    assert dict(mark.tags) == {"device": "rain-1", "township": YILAN, "event_id": "q1"}
+    assert dict(mark.fields)["r50_until"] == (origin + timedelta(days=10)).isoformat()
+    rain = [dict(p.fields) for p in sinks["water"].stored if p.measurement == "rain"]
+    assert rain[-1]["debris_flow_threshold_kind"] == "r50"
+    assert rain[-1]["debris_flow_threshold_mm"] == 200.0
+    assert rain[-1]["debris_flow_level"] == 2
+    reports = [json.loads(v) for t, _, v in pub.sent if t == township_topic(settings)]
+    debris = [r for r in reports if r["hazard"] == "debris_flow"]
+    assert [r["level"] for r in debris][-1] == 2
+    assert debris[-1]["evidence"]["threshold"] == "r50"
+    assert debris[-1]["evidence"]["r50_after_earthquake"] == "q1"
