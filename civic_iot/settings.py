@@ -153,6 +153,9 @@ class ProcessorSettings(BaseModel):
     #: Port of Faust's web server (0 = off); give each worker on one host its own.
     web_port: int = Field(default=6066, ge=0, le=65535)
     web_host: str = "127.0.0.1"
+    #: ``/health`` on the web port answers 503 once InfluxDB writes have been failing
+    #: this long (the worker then holds its offsets and stores nothing).
+    health_storage_grace_s: float = Field(default=30.0, gt=0)
     #: Readings per batch and the longest wait to fill one, seconds: offsets are
     #: committed per batch, after its points are stored.
     batch_max: int = Field(default=500, ge=1)

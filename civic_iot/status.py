@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import re
-import socket
 import subprocess
+import urllib.error
 import urllib.request
+from typing import Any
 
 from civic_iot.demo import http_json
 from civic_iot.settings import REPO_ROOT, Settings
@@ -26,12 +28,19 @@ def _metrics(url: str) -> dict[str, float]:
     return out
 
 
-def _port_open(port: int) -> bool:
+def _health(url: str) -> dict[str, Any] | None:
+    """A /health JSON body, also when it comes with 503 (unhealthy); None if no answer."""
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return True
-    except OSError:
-        return False
+        with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 - loopback
+            body = json.load(resp)
+    except urllib.error.HTTPError as exc:
+        try:
+            body = json.load(exc)
+        except ValueError:
+            return None
+    except (OSError, ValueError):
+        return None
+    return body if isinstance(body, dict) else None
 
 
 def collect(settings: Settings) -> list[tuple[str, str, str]]:
@@ -62,7 +71,14 @@ def collect(settings: Settings) -> list[tuple[str, str, str]]:
             )
         )
     wport = settings.processors.web_port
-    rows.append(("worker", "up" if _port_open(wport) else "down", f"faust web 127.0.0.1:{wport}"))
+    wh = _health(f"http://127.0.0.1:{wport}/health")
+    if wh is None:
+        rows.append(("worker", "down", f"no answer on 127.0.0.1:{wport}/health"))
+    else:
+        detail = f"partitions={wh.get('partitions')} lag={wh.get('lag')}"
+        if not wh.get("healthy"):
+            detail += f" storage failing: {wh.get('storage_failing_s')}"
+        rows.append(("worker", "healthy" if wh.get("healthy") else "unhealthy", detail))
     alerts = f"http://{settings.alerts.http_host}:{settings.alerts.http_port}"
     ah = http_json(f"{alerts}/health")
     if ah is None:

@@ -63,7 +63,7 @@ import math
 import time
 import weakref
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
@@ -253,6 +253,13 @@ def create_app(
         def sink_factory(name: str) -> PointSink:
             return InfluxSink.from_settings(settings, executor, name)
 
+    sinks: dict[str, PointSink] = {}  # by name, for /health
+    make_sink = sink_factory
+
+    def new_sink(name: str) -> PointSink:
+        sinks[name] = sink = make_sink(name)
+        return sink
+
     pub: Publisher = publisher if publisher is not None else FaustPublisher(app)
     stats = Stats()
     retry_s = p.influx_backoff_cap_s
@@ -340,7 +347,7 @@ def create_app(
     def device_agent(
         kind: str, topic: Any, state_table: Any, handler: Callable[..., Any]
     ) -> PointSink:
-        sink = sink_factory(kind)
+        sink = new_sink(kind)
         states = BatchState(state_table)
         seismic_batch: list[tuple[Any, int | None, int]] = []
 
@@ -423,7 +430,7 @@ def create_app(
 
     # Dead letters are counted in InfluxDB for the pipeline dashboard (the raw bytes stay
     # on the Kafka topic). No state: a plain batch of points, committed after the sink.
-    deadletter_sink = sink_factory("deadletter")
+    deadletter_sink = new_sink("deadletter")
     no_state = BatchState({})
 
     async def deadletter_agent(stream: Any) -> None:
@@ -441,7 +448,7 @@ def create_app(
         deadletter_agent
     )
 
-    township_sink = sink_factory("township")
+    township_sink = new_sink("township")
     town_states = BatchState(township_table)
 
     async def township_agent(stream: Any) -> None:
@@ -459,7 +466,7 @@ def create_app(
 
     app.agent(town_topic, name=f"{prefix}township", concurrency=1)(township_agent)
 
-    shaking_sink = sink_factory("shaking")
+    shaking_sink = new_sink("shaking")
     shaking_states = BatchState(shaking_table)
 
     async def shaking_agent(stream: Any) -> None:
@@ -483,7 +490,7 @@ def create_app(
 
     app.agent(shake_topic, name=f"{prefix}shaking", concurrency=1)(shaking_agent)
 
-    quake_sink = sink_factory("quake")
+    quake_sink = new_sink("quake")
     quake_states = BatchState(quake_table)
 
     async def quake_agent(stream: Any) -> None:
@@ -546,7 +553,7 @@ def create_app(
         if sent:
             logger.info("open alert candidates re-sent count=%d", sent)
 
-    timer_sink = sink_factory("timers")
+    timer_sink = new_sink("timers")
     flagged_silent: set[str] = set()
 
     async def silence_check() -> None:
@@ -624,9 +631,52 @@ def create_app(
 
         app.timer(interval=p.stats_interval_s)(pipeline_stats)
 
+    if p.web_port > 0:
+
+        @app.page("/health")
+        async def health(web: Any, _request: Any) -> Any:
+            failing = {n: getattr(s, "failing_since", None) for n, s in sinks.items()}
+            report = worker_health(
+                failing,
+                now=time.monotonic(),
+                grace_s=p.health_storage_grace_s,
+                lag=consumer_lag(app),
+                partitions=len(app.consumer.assignment()) if app.consumer else 0,
+                instance=p.instance,
+            )
+            return web.json(report, status=200 if report["healthy"] else 503)
+
     app.timer(interval=p.republish_interval_s)(republish_open_candidates)
     app.timer(interval=p.silence_check_interval_s)(silence_check)
     return app
+
+
+def worker_health(
+    failing_since: Mapping[str, float | None],
+    *,
+    now: float,
+    grace_s: float,
+    lag: int,
+    partitions: int,
+    instance: str,
+) -> dict[str, Any]:
+    """The worker's ``/health`` body: unhealthy once any sink's InfluxDB writes have been
+    failing for ``grace_s`` (its agent then holds its offsets: nothing is stored, nothing
+    lost). Lag and partitions are reported, not judged: a worker may own no partition when
+    there are more workers than partitions, and a backlog drains by itself."""
+    down = {
+        name: round(now - since, 1)
+        for name, since in sorted(failing_since.items())
+        if since is not None and now - since >= grace_s
+    }
+    return {
+        "healthy": not down,
+        "instance": instance,
+        "storage": "unavailable" if down else "ok",
+        "storage_failing_s": down,
+        "partitions": partitions,
+        "lag": lag,
+    }
 
 
 def consumer_lag(app: faust.App) -> int:
@@ -670,4 +720,11 @@ def _latest_obs(observations: Sequence[Observation | None]) -> list[Observation]
     return list(latest.values())
 
 
-__all__ = ["FaustPublisher", "create_app", "shaking_topic", "township_topic", "triggers_topic"]
+__all__ = [
+    "FaustPublisher",
+    "create_app",
+    "shaking_topic",
+    "township_topic",
+    "triggers_topic",
+    "worker_health",
+]

@@ -1,7 +1,9 @@
 """Start a processors worker: ``python -m processors.cli`` (``civic-iot worker``).
 
 Several workers scale out on the Kafka partitions; give each its own
-``CIVIC_PROCESSORS__WEB_PORT`` (or 0 for none) and ``CIVIC_PROCESSORS__INSTANCE``.
+``CIVIC_PROCESSORS__WEB_PORT`` (or 0 for none) and ``CIVIC_PROCESSORS__INSTANCE``. The web
+port serves ``/health`` (JSON; 503 while InfluxDB writes have been failing for
+``CIVIC_PROCESSORS__HEALTH_STORAGE_GRACE_S``) and ``/metrics`` (Prometheus).
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
@@ -123,6 +124,8 @@ class InfluxSink:
         self.written = 0
         self.rejected = 0
         self.write_errors = 0
+        #: Monotonic time of the first failed write of an ongoing outage (None: writing).
+        self.failing_since: float | None = None
 
     @classmethod
     def from_settings(
@@ -171,6 +174,7 @@ class InfluxSink:
             except Exception as exc:
                 self.write_errors += 1
                 if not _transient(exc):
+                    self.failing_since = None  # InfluxDB answered: not an outage
                     self.rejected += len(chunk)
                     reason = getattr(exc, "message", None) or str(exc)
                     logger.error(
@@ -181,6 +185,8 @@ class InfluxSink:
                         reason,
                     )
                     raise StorageRejected(f"bucket {bucket!r}: {reason}") from exc
+                if self.failing_since is None:
+                    self.failing_since = time.monotonic()
                 if attempt == self._attempts:
                     raise StorageUnavailable(
                         f"bucket {bucket!r}: {len(chunk)} points not stored after "
@@ -198,6 +204,7 @@ class InfluxSink:
                 await asyncio.sleep(delay)
             else:
                 self.written += len(chunk)
+                self.failing_since = None
                 return
 
     def _post(self, bucket: str, body: bytes) -> Any:

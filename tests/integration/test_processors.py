@@ -10,6 +10,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -20,6 +22,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from influxdb_client.client.influxdb_client import InfluxDBClient
 
+from civic_iot.demo import free_port
 from civic_iot.kafka_setup import ensure_topics
 from civic_iot.registry import Device, Registry
 from civic_iot.settings import Settings, influx_token
@@ -360,24 +363,43 @@ def test_worker_without_influxdb_commits_nothing(penv: Env, registry: Registry) 
     start = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=5)
     produce(penv, _rain_records(penv, gauge, start, range(40)))
     # A closed port: every write fails, the worker backs off and holds its offsets.
-    worker = start_worker(penv, "down", CIVIC_INFLUX__URL="http://127.0.0.1:9")
+    port = free_port()
+    web = {"CIVIC_PROCESSORS__WEB_PORT": str(port), "CIVIC_PROCESSORS__HEALTH_STORAGE_GRACE_S": "1"}
+    worker = start_worker(penv, "down", CIVIC_INFLUX__URL="http://127.0.0.1:9", **web)
     log = penv.tmp / "down.log"
     deadline = time.monotonic() + 30
     while "storage unavailable" not in log.read_text(errors="replace"):
         assert time.monotonic() < deadline, log.read_text()
         time.sleep(0.2)
     time.sleep(4)  # several commit intervals pass
+    status, body = _health(port)
+    assert status == 503, body
+    assert body["storage"] == "unavailable"
+    assert "water" in body["storage_failing_s"]
     stop(worker)
     assert penv.count("readings", "water", "rainfall_mm") == 0
-    worker = start_worker(penv, "up")
+    worker = start_worker(penv, "up", **web)
     try:
         assert penv.wait_count(40, "readings", "water", "rainfall_mm") == 40
         deadline = time.monotonic() + 30
         while _last_rain_24h(penv) < 80.0 and time.monotonic() < deadline:
             time.sleep(0.5)
         assert _last_rain_24h(penv) == pytest.approx(80.0)
+        status, body = _health(port)
+        assert status == 200, body
+        assert body["healthy"] is True
+        assert body["partitions"] > 0
     finally:
         stop(worker)
+
+
+def _health(port: int) -> tuple[int, dict[str, Any]]:
+    """The worker's /health: status code and JSON body (503 carries a body too)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as resp:
+            return resp.status, json.load(resp)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.load(exc)
 
 
 def _shaken_water_devices(e: Env, timeout: float = 120) -> dict[str, str]:

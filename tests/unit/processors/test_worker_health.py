@@ -1,0 +1,38 @@
+"""The worker's /health body: storage outages count after a grace, lag never does."""
+
+from __future__ import annotations
+
+import pytest
+
+from processors.app import worker_health
+
+
+@pytest.mark.parametrize(
+    ("failing", "healthy", "down"),
+    [
+        ({}, True, {}),
+        ({"air": None, "water": None}, True, {}),
+        ({"air": 100.0 - 29.9, "water": None}, True, {}),  # failing, within the grace
+        ({"air": 100.0 - 30.0, "water": None}, False, {"air": 30.0}),  # at the grace
+        ({"air": 100.0 - 45.0, "quake": 100.0 - 31.0}, False, {"air": 45.0, "quake": 31.0}),
+    ],
+)
+def test_storage_failing_longer_than_the_grace_is_unhealthy(
+    failing: dict[str, float | None], healthy: bool, down: dict[str, float]
+) -> None:
+    report = worker_health(failing, now=100.0, grace_s=30.0, lag=0, partitions=4, instance="w1")
+    assert report["healthy"] is healthy
+    assert report["storage_failing_s"] == down
+    assert report["storage"] == ("ok" if healthy else "unavailable")
+
+
+def test_lag_and_no_partitions_are_reported_not_judged() -> None:
+    report = worker_health({}, now=0.0, grace_s=30.0, lag=250_000, partitions=0, instance="w2")
+    assert report == {
+        "healthy": True,
+        "instance": "w2",
+        "storage": "ok",
+        "storage_failing_s": {},
+        "partitions": 0,
+        "lag": 250_000,
+    }
