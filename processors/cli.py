@@ -8,19 +8,50 @@ port serves ``/health`` (JSON; 503 while InfluxDB writes have been failing for
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 
 import faust
 
+from civic_iot.kafka_setup import partition_counts
 from civic_iot.settings import Settings, get_settings
-from processors.app import create_app
+from civic_iot.topics import Topics
+from processors.app import create_app, shaking_topic
 
 logger = logging.getLogger(__name__)
 
 
+def copartitioning_errors(settings: Settings, counts: dict[str, int]) -> list[str]:
+    """Topics whose partition count differs from ``CIVIC_KAFKA__PARTITIONS``.
+
+    The water agent reads a gauge's strong-shaking mark from the ``shaking-state`` table,
+    which Faust fills from ``processors.shaking``; that works only while both topics have
+    the same partitions (Faust assigns co-partitioned topics by partition number). A
+    mismatch would silently lose the R50 threshold after an earthquake, so it stops the
+    worker instead.
+    """
+    n = settings.kafka.partitions
+    return [
+        f"{topic} has {have} partitions, CIVIC_KAFKA__PARTITIONS is {n}"
+        for topic, have in sorted(counts.items())
+        if have != n
+    ]
+
+
 def run_worker(settings: Settings) -> None:
     """Run the Faust worker in this process until it is stopped (SIGTERM/SIGINT)."""
+    names = [Topics.from_settings(settings.kafka).readings("water"), shaking_topic(settings)]
+    loop = asyncio.new_event_loop()  # not the thread's loop: Faust sets up its own
+    try:
+        counts = loop.run_until_complete(partition_counts(settings.kafka, names))
+    finally:
+        loop.close()
+    errors = copartitioning_errors(settings, counts)
+    if errors:
+        msg = "processors worker not started: " + "; ".join(errors)
+        logger.error(msg)
+        raise SystemExit(msg)
     app = create_app(settings)
     logger.info(
         "processors worker starting id=%s instance=%s web_port=%d",

@@ -506,3 +506,22 @@ def test_strong_shaking_lowers_the_debris_flow_threshold_and_a_fast_rise_alerts(
         assert not [c for c in got if c["hazard"] == "flood"]
     finally:
         stop(worker)
+
+
+def test_worker_refuses_topics_that_are_not_copartitioned(stack: Settings, unique: str) -> None:
+    """readings.water with other partitions than processors.shaking would lose R50 marks."""
+    prefix = f"t{unique}."
+    asyncio.run(
+        ensure_topics(stack.kafka.model_copy(update={"topic_prefix": prefix, "partitions": 2}))
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "processors.cli"],
+        env={**os.environ, "CIVIC_KAFKA__TOPIC_PREFIX": prefix, "CIVIC_PROCESSORS__WEB_PORT": "0"},
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert f"{prefix}readings.water has 2 partitions, CIVIC_KAFKA__PARTITIONS is 4" in proc.stderr

@@ -1,10 +1,13 @@
-"""The worker's /health body: storage outages count after a grace, lag never does."""
+"""The worker's /health body (storage outages count after a grace, lag never does), and
+the start-up check that the topics behind the shaking table are co-partitioned."""
 
 from __future__ import annotations
 
 import pytest
 
+from civic_iot.settings import Settings
 from processors.app import worker_health
+from processors.cli import copartitioning_errors
 
 
 @pytest.mark.parametrize(
@@ -36,3 +39,22 @@ def test_lag_and_no_partitions_are_reported_not_judged() -> None:
         "partitions": 0,
         "lag": 250_000,
     }
+
+
+@pytest.mark.parametrize(
+    ("counts", "errors"),
+    [
+        ({}, []),  # nothing created yet: Faust creates processors.shaking with N
+        ({"readings.water": 4, "processors.shaking": 4}, []),
+        (
+            {"readings.water": 8, "processors.shaking": 4},
+            ["readings.water has 8 partitions, CIVIC_KAFKA__PARTITIONS is 4"],
+        ),
+    ],
+)
+def test_topics_the_shaking_table_relies_on_must_be_copartitioned(
+    counts: dict[str, int], errors: list[str]
+) -> None:
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert settings.kafka.partitions == 4
+    assert copartitioning_errors(settings, counts) == errors
