@@ -156,6 +156,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=100.0)
     ap.add_argument("--rate", type=float, default=0.0, help="records/s (0: as fast as possible)")
     ap.add_argument("--keep", action="store_true", help="keep the buckets")
+    ap.add_argument("--profile", type=Path, help="run the worker under cProfile, write here")
     args = ap.parse_args()
 
     base = get_settings()
@@ -185,7 +186,10 @@ def main() -> int:
         "CIVIC_PROCESSORS__WEB_PORT": "0",
         "CIVIC_PROCESSORS__STATS_INTERVAL_S": "1",
     }
-    worker = subprocess.Popen([sys.executable, "-m", "processors.cli"], env=env, cwd=REPO,
+    cmd = [sys.executable, "-m", "processors.cli"]
+    if args.profile:  # the worker's main thread: its event loop, agents and detectors
+        cmd[1:1] = ["-m", "cProfile", "-o", str(args.profile)]
+    worker = subprocess.Popen(cmd, env=env, cwd=REPO,
                               stdout=log.open("wb"), stderr=subprocess.STDOUT)  # fmt: skip
     try:
         while "Ready" not in log.read_text(errors="replace"):
