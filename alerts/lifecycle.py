@@ -38,7 +38,7 @@ from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from civic_iot.events import AlertCandidate, Circle, GridCell, Hazard, Severity
+from civic_iot.events import AlertCandidate, Finding, Hazard, Severity
 
 logger = logging.getLogger(__name__)
 
@@ -171,10 +171,12 @@ class AckRecord(BaseModel):
     note: str = ""
 
 
-class AlertMessage(BaseModel):
-    """One message of an alert: what CAP, JSON, MQTT and webhooks are made from."""
+class AlertMessage(Finding):
+    """One message of an alert: what CAP, JSON, MQTT and webhooks are made from.
 
-    model_config = ConfigDict(frozen=True)
+    The finding's fields come from the candidate the message announces (``level`` is 0
+    only on a Cancel after the value cleared); ``key`` is the lifecycle key.
+    """
 
     #: Unique per message (deterministic from alert id and sequence).
     identifier: str
@@ -189,30 +191,8 @@ class AlertMessage(BaseModel):
     #: When the alert service stops vouching for this message (sent + ``expire_after``);
     #: ``None`` on a Cancel.
     expires: AwareDatetime | None = None
-    hazard: Hazard
-    key: str
-    area_code: str
-    area_desc: str
-    #: 0 only on a Cancel after the value cleared.
-    level: int = Field(ge=0)
-    severity: Severity
     #: Highest severity any message of this alert has announced (including this one).
     peak_severity: Severity
-    headline: str
-    description: str = ""
-    metric: str
-    value: float
-    threshold: float | None = None
-    #: Device time of the newest evidence.
-    event_time: AwareDatetime
-    #: When the detector decided (processing clock), for candidate-to-delivery latency.
-    detected_at: AwareDatetime
-    devices: tuple[str, ...] = ()
-    geocodes: tuple[str, ...] = ()
-    polygon: tuple[tuple[float, float], ...] | None = None
-    circle: Circle | None = None
-    cells: tuple[GridCell, ...] = ()
-    evidence: dict[str, float | str] = Field(default_factory=dict)
     #: Every earlier message of this alert, oldest first; empty on the Alert.
     references: tuple[Reference, ...] = ()
     acknowledgements: tuple[AckRecord, ...] = ()
@@ -354,25 +334,9 @@ def _build_message(
         sender=config.sender,
         sent=now,
         expires=expires,
-        hazard=content.hazard,
-        key=content.key,
-        area_code=content.area_code,
-        area_desc=content.area_desc,
-        level=content.level,
-        severity=content.severity,
+        # The finding as the candidate states it (its evidence copied: a dict is mutable).
+        **{name: getattr(content, name) for name in Finding.model_fields if name != "evidence"},
         peak_severity=peak,
-        headline=content.headline,
-        description=content.description,
-        metric=content.metric,
-        value=content.value,
-        threshold=content.threshold,
-        event_time=content.event_time,
-        detected_at=content.detected_at,
-        devices=content.devices,
-        geocodes=content.geocodes,
-        polygon=content.polygon,
-        circle=content.circle,
-        cells=content.cells,
         evidence=dict(content.evidence),
         references=references,
         acknowledgements=acks,

@@ -41,8 +41,9 @@ class Circle(BaseModel):
     radius_km: float = Field(ge=0)
 
 
-class AlertCandidate(BaseModel):
-    """A detector's finding for one hazard in one area."""
+class Finding(BaseModel):
+    """What was found for one hazard in one area: the fields an alert candidate and each
+    alert message made from it (:class:`alerts.lifecycle.AlertMessage`) share."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -73,6 +74,10 @@ class AlertCandidate(BaseModel):
     def key(self) -> str:
         """The lifecycle key: one alert per hazard and area."""
         return f"{self.hazard}:{self.area_code}"
+
+
+class AlertCandidate(Finding):
+    """A detector's finding for one hazard in one area."""
 
 
 def utc_iso(dt: datetime) -> str:
