@@ -40,7 +40,7 @@ sys.path.insert(0, str(REPO))
 from civic_iot.kafka_setup import ensure_topics  # noqa: E402
 from civic_iot.registry import load_registry  # noqa: E402
 from civic_iot.settings import Settings, get_settings, influx_token  # noqa: E402
-from ingest.models import AirPayload, Location, Reading, SeismicPayload, WaterPayload, to_ns  # noqa: E402
+from ingest.models import AirPayload, Location, Reading, WaterPayload, to_ns  # noqa: E402
 from simulator.waveforms import SimQuake, SimStation, synthesize_packets  # noqa: E402
 
 CLK = os.sysconf("SC_CLK_TCK")
@@ -95,14 +95,8 @@ def workload(settings: Settings, prefix: str, n_air: int, n_water: int, stations
     packets = synthesize_packets(sim, start_s=t0, duration_s=seconds, quake=quake, seed=3)
     seismic = []
     for p in packets:
-        t = datetime.fromtimestamp(p.t0_s, UTC)
-        data_s = SeismicPayload(
-            ts=t,
-            sample_rate_hz=p.sample_rate_hz,
-            x_gal=p.samples[:, 0].round(3).tolist(),
-            y_gal=p.samples[:, 1].round(3).tolist(),
-            z_gal=p.samples[:, 2].round(3).tolist(),
-        )
+        data_s = p.payload(decimals=3)
+        t = data_s.ts
         st = next(s for s in sim if s.station_id == p.station_id)
         seismic.append(
             (f"{prefix}readings.seismic", st.station_id,

@@ -57,7 +57,7 @@ def collect(settings: Settings) -> list[tuple[str, str, str]]:
         if len(parts) >= 2:
             rows.append((parts[0], parts[1], " ".join(parts[2:])))
     ingest = f"http://127.0.0.1:{settings.ingest.http_port}"
-    health = http_json(f"{ingest}/health")
+    health = _health(f"{ingest}/health")
     if health is None:
         rows.append(("ingest", "down", f"no answer on {ingest}/health"))
     else:
@@ -80,7 +80,7 @@ def collect(settings: Settings) -> list[tuple[str, str, str]]:
             detail += f" storage failing: {wh.get('storage_failing_s')}"
         rows.append(("worker", "healthy" if wh.get("healthy") else "unhealthy", detail))
     alerts = f"http://{settings.alerts.http_host}:{settings.alerts.http_port}"
-    ah = http_json(f"{alerts}/health")
+    ah = _health(f"{alerts}/health")  # 503 (degraded) still says why
     if ah is None:
         rows.append(("alerts", "down", f"no answer on {alerts}/health"))
     else:
@@ -92,5 +92,6 @@ def collect(settings: Settings) -> list[tuple[str, str, str]]:
             opened = http_json(f"{alerts}/alerts") or []
             n = len(opened.get("alerts", [])) if isinstance(opened, dict) else len(opened)
             detail += f" open alerts={n}"
-        rows.append(("alerts", "healthy", f"{detail} instance={ah.get('instance', '?')}"))
+        state = "healthy" if ah.get("status") == "ok" else "unhealthy"
+        rows.append(("alerts", state, f"{detail} instance={ah.get('instance', '?')}"))
     return rows

@@ -100,7 +100,8 @@ class _FastClient(mqtt.Client):
         self._rbuf = bytearray()  # read, not yet a whole packet
         self._paho_in = bytearray()  # one whole packet for paho's parser
         self._feeding = False
-        self._out: list[tuple[str, bytes, int, int]] | None = None  # while reading
+        #: Messages of the current read, sliced or parsed by paho, in arrival order.
+        self._received: list[tuple[str, bytes, int, int]] = []
 
     @property
     def buffered(self) -> bool:
@@ -140,16 +141,15 @@ class _FastClient(mqtt.Client):
             self._last_bytes_received = mqtt.time_func()
         buf = self._rbuf
         buf += data
-        out: list[tuple[str, bytes, int, int]] = []
-        self._out = out
         try:
-            self._split(buf, out)
+            self._split(buf)
         finally:
-            self._out = None
+            out, self._received = self._received, []
         return out
 
-    def _split(self, buf: bytearray, out: list[tuple[str, bytes, int, int]]) -> None:
-        """Take every whole packet off the head of ``buf``; PUBLISHes end up in ``out``."""
+    def _split(self, buf: bytearray) -> None:
+        """Take every whole packet off the head of ``buf``; messages go to ``_received``."""
+        out = self._received
         pos, n = 0, len(buf)
         while n - pos >= 2:
             header = buf[pos]
@@ -192,12 +192,10 @@ class _FastClient(mqtt.Client):
         del buf[:pos]  # cheap: a bytearray drops its head without copying the rest
 
     def _handle_on_message(self, message: mqtt.MQTTMessage) -> None:
-        """A message from paho's parser (a PUBLISH with properties, say) while reading:
-        into the same list as the sliced ones, so the order of arrival is kept."""
-        if self._out is None:
-            super()._handle_on_message(message)
-            return
-        self._out.append((message.topic, bytes(message.payload), message.mid, message.qos))
+        """A message from paho's parser (a PUBLISH with properties, say): into the same
+        list as the sliced ones, so the order of arrival is kept. paho only parses inside
+        :meth:`read_publishes`, so this is the one way a message comes in."""
+        self._received.append((message.topic, bytes(message.payload), message.mid, message.qos))
 
     def _to_paho(self, packet: bytearray) -> None:
         """Let paho's own parser read and handle one whole packet."""
@@ -263,7 +261,6 @@ class MqttSource:
         )
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
-        self.client.on_message = self._on_message
         self.client.on_socket_open = self._on_socket_open
         self.client.on_socket_close = self._on_socket_close
         self.client.on_socket_register_write = self._on_socket_register_write
@@ -429,12 +426,6 @@ class MqttSource:
             return
         logger.warning("mqtt disconnected reason=%s; reconnecting in %.0f s", rc, self._delay)
         self._reconnect_later()
-
-    def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
-        self._inbox.append(
-            Inbound(msg.topic, bytes(msg.payload), msg.mid, msg.qos, datetime.now(UTC))
-        )
-        self._ready.set()
 
 
 class Ingest:

@@ -27,9 +27,12 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import numpy as np
 from numpy.typing import NDArray
+
+from ingest.models import SeismicPayload
 
 __all__ = [
     "Packet",
@@ -137,6 +140,17 @@ class Packet:
     t0_s: float
     sample_rate_hz: float
     samples: FloatArray = field(repr=False)
+
+    def payload(self, decimals: int = 3) -> SeismicPayload:
+        """The packet as a device's seismic payload (samples rounded to ``decimals``)."""
+        rounded = self.samples.round(decimals)
+        return SeismicPayload(
+            ts=datetime.fromtimestamp(self.t0_s, UTC),
+            sample_rate_hz=self.sample_rate_hz,
+            x_gal=rounded[:, 0].tolist(),
+            y_gal=rounded[:, 1].tolist(),
+            z_gal=rounded[:, 2].tolist(),
+        )
 
 
 def hypocentral_distance_km(
