@@ -12,7 +12,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,7 +26,7 @@ from civic_iot.demo import free_port
 from civic_iot.kafka_setup import ensure_topics
 from civic_iot.registry import Device, Registry
 from civic_iot.settings import Settings, influx_token
-from ingest.models import AirPayload, Location, Reading, SeismicPayload, WaterPayload, to_ns
+from ingest.models import AirPayload, Location, Reading, WaterPayload, to_ns
 from simulator.waveforms import SimQuake, SimStation, Spike, synthesize_packets
 from tests.integration.helpers import REPO, read_topic
 from tests.stations import NOISY, STATIONS, T0
@@ -262,14 +262,8 @@ def _seismic_records(e: Env, quake: SimQuake | None, duration_s: float) -> list[
     where = {s.station_id: s for s in STATIONS}
     out = []
     for p in packets:
-        t = datetime.fromtimestamp(p.t0_s, UTC)
-        data = SeismicPayload(
-            ts=t,
-            sample_rate_hz=p.sample_rate_hz,
-            x_gal=p.samples[:, 0].round(4).tolist(),
-            y_gal=p.samples[:, 1].round(4).tolist(),
-            z_gal=p.samples[:, 2].round(4).tolist(),
-        )
+        data = p.payload(decimals=4)
+        t = data.ts
         st = where[p.station_id]
         out.append((f"{e.prefix}readings.seismic", st.station_id, _reading(st, t, data, "")))
     return out
@@ -402,19 +396,24 @@ def _health(port: int) -> tuple[int, dict[str, Any]]:
         return exc.code, json.load(exc)
 
 
-def _shaken_water_devices(e: Env, timeout: float = 120) -> dict[str, str]:
-    """device -> intensity of the ``strong_shaking`` points, once there are any."""
+def _shaken_water_devices(
+    e: Env, enough: Callable[[dict[str, str]], bool], timeout: float = 120
+) -> dict[str, str]:
+    """device -> intensity of the ``strong_shaking`` points, once ``enough`` of them are
+    stored (the shaking agent stores its notices batch by batch)."""
     deadline = time.monotonic() + timeout
+    shaken: dict[str, str] = {}
     while time.monotonic() < deadline:
         rows = e.flux(
             f'from(bucket: "{e.buckets["derived"]}") |> range(start: 0)'
             ' |> filter(fn: (r) => r._measurement == "strong_shaking" and r._field == "intensity")'
             " |> group()"
         )
-        if rows:
-            return {str(r["device"]): str(r["_value"]) for r in rows}
+        shaken = {str(r["device"]): str(r["_value"]) for r in rows}
+        if enough(shaken):
+            break
         time.sleep(1)
-    return {}
+    return shaken
 
 
 def test_strong_shaking_lowers_the_debris_flow_threshold_and_a_fast_rise_alerts(
@@ -425,13 +424,17 @@ def test_strong_shaking_lowers_the_debris_flow_threshold_and_a_fast_rise_alerts(
     worker = start_worker(penv)
     try:
         # (1) The quake's townships at intensity >= 5- mark their water devices (via Kafka).
-        shaken = _shaken_water_devices(penv)
         towns = {t.code: t for t in registry.townships}
-        gauges = [
-            d
-            for d in registry.of_kind("water")
-            if d.sensor == "rain" and d.id in shaken and towns[d.township].debris_flow_r70_mm
-        ]
+
+        def rain_gauges(shaken: dict[str, str]) -> list[Device]:
+            return [
+                d
+                for d in registry.of_kind("water")
+                if d.sensor == "rain" and d.id in shaken and towns[d.township].debris_flow_r70_mm
+            ]
+
+        shaken = _shaken_water_devices(penv, lambda found: bool(rain_gauges(found)))
+        gauges = rain_gauges(shaken)
         assert gauges, f"no rain gauge with R70 among the shaken devices {sorted(shaken)}"
         gauge = gauges[0]
         r70 = towns[gauge.township].debris_flow_r70_mm
