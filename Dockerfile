@@ -7,6 +7,7 @@ COPY ingest ingest
 COPY processors processors
 COPY alerts alerts
 COPY simulator simulator
+COPY ops ops
 COPY deploy deploy
 RUN pip install --no-cache-dir -c constraints.txt .
 ENV CIVIC_DATA_DIR=/data CIVIC_REGISTRY=/app/deploy/devices.yaml

@@ -29,7 +29,7 @@ from zoneinfo import ZoneInfo
 from pydantic import BaseModel, ConfigDict, Field
 
 from alerts.lifecycle import AlertMessage, Reference
-from civic_iot.events import GridCell, Hazard
+from civic_iot.contracts.alerts import GridCell, Hazard
 
 logger = logging.getLogger(__name__)
 

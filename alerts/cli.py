@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from alerts.http import AckError, ack_via_http
+from civic_iot.logs import setup_logging
 from civic_iot.settings import get_settings
 
 __all__ = ["alerts_app"]
@@ -23,7 +24,6 @@ alerts_app = typer.Typer(
 def run() -> None:
     """Run the alert service and its HTTP endpoint until SIGINT/SIGTERM."""
     from alerts.service import run_service  # noqa: PLC0415 - keep `ack` light
-    from civic_iot.cli import setup_logging  # noqa: PLC0415 - civic_iot.cli imports this module
 
     settings = get_settings()
     setup_logging(settings.log_level)

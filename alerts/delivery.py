@@ -47,12 +47,12 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import SecretStr, ValidationError
 
-from alerts import backoff
 from alerts.cap import DEFAULT_CAP_CONFIG, CapConfig, CapStatus, to_cap_xml
 from alerts.lifecycle import AckRecord, AlertMessage
 from alerts.messages import to_json_bytes
 from alerts.signing import sign
 from alerts.subscriptions import Subscription, matches
+from civic_iot import retry
 
 logger = logging.getLogger(__name__)
 
@@ -284,7 +284,8 @@ class InfluxPoints:
 
 
 class MqttChannel:
-    """:class:`Sink` of alert messages to ``alerts/{hazard}/{area}``, QoS 1, retained.
+    """:class:`Sink` of alert messages to ``{root}/{hazard}/{area}``, QoS 1, retained
+    (``root``: :attr:`civic_iot.topology.Topology.mqtt_alerts_root`).
 
     One worker publishes in order, so per topic the broker sees Alert, Update, Cancel and
     the clear in the order they were issued. paho's network loop runs on its own thread and
@@ -307,8 +308,10 @@ class MqttChannel:
         max_attempts: int = 6,
         client_id: str | None = None,
         keepalive_s: int = 30,
+        root: str = "alerts",
     ) -> None:
         self._host, self._port, self._keepalive = host, port, keepalive_s
+        self._root = root
         self._username = username
         self._status = status
         self._report = report
@@ -440,7 +443,7 @@ class MqttChannel:
         return fut
 
     def _publish_message(self, msg: AlertMessage) -> list[asyncio.Future[None]]:
-        topic = mqtt_topic(msg)
+        topic = mqtt_topic(msg, self._root)
         payload = to_json_bytes(msg, self._status, config=self._cap_config)
         if msg.msg_type == "Cancel":
             # Live subscribers get the Cancel itself; then the retained state is cleared.
@@ -465,7 +468,7 @@ class MqttChannel:
                 outcome: Outcome = "failed" if attempt == self._max_attempts else "retry"
                 logger.warning(
                     "mqtt publish not acknowledged topic=%s identifier=%s attempt=%d outcome=%s",
-                    mqtt_topic(msg),
+                    mqtt_topic(msg, self._root),
                     msg.identifier,
                     attempt,
                     outcome,
@@ -685,7 +688,7 @@ class _SubscriberWorker:
             if final:
                 return
             await asyncio.sleep(
-                backoff.delay(attempt - 1, ch.backoff_base_s, ch.backoff_cap_s, ch.rng)
+                retry.delay(attempt - 1, ch.backoff_base_s, ch.backoff_cap_s, ch.rng)
             )
 
     def _remember(self, identifier: str) -> None:
@@ -709,7 +712,7 @@ class WebhookChannel:
         backoff_base_s: float = 0.5,
         backoff_cap_s: float = 60.0,
         queue_size: int = 10_000,
-        rng: backoff.RandomSource | None = None,
+        rng: retry.RandomSource | None = None,
     ) -> None:
         if max_attempts < 1:
             msg = f"webhook max_attempts must be >= 1, got {max_attempts}"
@@ -720,7 +723,7 @@ class WebhookChannel:
         self.max_attempts = max_attempts
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
         self.backoff_base_s, self.backoff_cap_s = backoff_base_s, backoff_cap_s
-        self.rng: backoff.RandomSource = rng or random.Random()
+        self.rng: retry.RandomSource = rng or random.Random()
         self._workers = [_SubscriberWorker(self, s, k, queue_size) for s, k in subscriptions]
         self._session: aiohttp.ClientSession | None = None
 

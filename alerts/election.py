@@ -1,7 +1,7 @@
 """Which alert-service instance is active: a leader election on a Kafka consumer group.
 
 Every instance joins one consumer group on the single-partition topic ``alerts.leader``
-(:attr:`civic_iot.topics.Topics.alert_leader`; the group has the same name as the topic,
+(:attr:`civic_iot.topology.Topology.alert_leader`; the group has the same name as the topic,
 so each topic prefix, that is each ``alerts.state``, has its own election). The member the
 group assigns that partition is the **active** instance; the others are **standby**. When
 the active member leaves the group (a clean stop) or stops heartbeating for the session

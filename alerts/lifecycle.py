@@ -38,7 +38,7 @@ from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from civic_iot.events import AlertCandidate, Finding, Hazard, Severity
+from civic_iot.contracts.alerts import AlertCandidate, Finding, Hazard, Severity
 
 logger = logging.getLogger(__name__)
 

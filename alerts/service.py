@@ -22,7 +22,8 @@ Taking over (the election partition assigned)
        partition, so its last write is in what is read: an open alert is not issued again
        and a pending Cancel is not lost.
     2. Only then does the instance join the candidate consumer group
-       (``AlertSettings.consumer_group``), start the tick timer and accept acknowledgements.
+       (:attr:`~civic_iot.topology.Topology.alerts_group`), start the tick timer and accept
+       acknowledgements.
 
 Each step (a candidate through :func:`~alerts.lifecycle.on_candidate`, a tick of
 :func:`~alerts.lifecycle.on_tick` every ``tick_interval_s``, an operator's
@@ -98,7 +99,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
@@ -137,9 +137,10 @@ from alerts.lifecycle import (
 )
 from alerts.messages import to_json_dict
 from alerts.subscriptions import Subscription
-from civic_iot.events import AlertCandidate
+from civic_iot.contracts.alerts import AlertCandidate
+from civic_iot.kafka_admin import ensure_topics, wait_for_topics
 from civic_iot.settings import Settings, influx_token, mqtt_password
-from civic_iot.topics import Topics
+from civic_iot.topology import Topology
 
 logger = logging.getLogger(__name__)
 
@@ -149,7 +150,6 @@ __all__ = [
     "AlertService",
     "alerts_topic_record",
     "deadletter_record",
-    "deadletter_topic",
     "lifecycle_config",
     "replay_state",
     "state_updates",
@@ -166,11 +166,6 @@ def utc_now() -> datetime:
 
 
 # --------------------------------------------------------------------------- pure helpers
-
-
-def deadletter_topic(topics: Topics) -> str:
-    """Webhook and MQTT deliveries that failed for good, keyed by message identifier."""
-    return f"{topics.prefix}alerts.deadletter"
 
 
 def lifecycle_config(settings: Settings) -> LifecycleConfig:
@@ -358,7 +353,7 @@ class AlertService:
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self.settings = settings
-        self.topics = Topics.from_settings(settings.kafka)
+        self.topics = Topology.of(settings)
         self.lifecycle = lifecycle or lifecycle_config(settings)
         self.cap_config = cap_config
         self.status: CapStatus = settings.alerts.cap_status
@@ -407,6 +402,7 @@ class AlertService:
             publish_timeout_s=a.mqtt_publish_timeout_s,
             max_attempts=a.webhook_max_attempts,
             keepalive_s=settings.mqtt.keepalive_s,
+            root=self.topics.mqtt_alerts_root,
         )
         self.webhooks = WebhookChannel(
             subscriptions,
@@ -529,7 +525,7 @@ class AlertService:
             self._role,
             self.topics.alert_leader,
             self.topics.candidates,
-            a.consumer_group,
+            self.topics.alerts_group,
             len(self.webhooks.subscribers),
             self.status,
         )
@@ -639,7 +635,7 @@ class AlertService:
         consumer = AIOKafkaConsumer(
             self.topics.candidates,
             bootstrap_servers=self.settings.kafka.bootstrap,
-            group_id=a.consumer_group,
+            group_id=self.topics.alerts_group,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             client_id="civic-alerts",
@@ -663,7 +659,7 @@ class AlertService:
             term.number,
             len(state.open_alerts()),
             self.topics.candidates,
-            a.consumer_group,
+            self.topics.alerts_group,
         )
         children = [
             asyncio.create_task(self._consume(term, consumer), name="alerts-consume"),
@@ -770,43 +766,16 @@ class AlertService:
     # ------------------------------------------------------------------ internals
 
     async def _check_topics(self) -> None:
-        admin = AIOKafkaAdminClient(
-            bootstrap_servers=self.settings.kafka.bootstrap, request_timeout_ms=15000
+        """Create whatever topic of the deployment is missing, as the topology defines
+        it (``alerts.state`` compacted: auto-creation would not make it so)."""
+        await ensure_topics(self.settings.kafka.bootstrap, self.topics)
+        missing = await wait_for_topics(
+            self.settings.kafka.bootstrap,
+            [self.topics.candidates, self.topics.alerts, self.topics.alert_state],
         )
-        await admin.start()
-        try:
-            needed = [self.topics.candidates, self.topics.alerts, self.topics.alert_state]
-            for _ in range(50):
-                existing = set(await admin.list_topics())
-                missing = [t for t in needed if t not in existing]
-                if not missing:
-                    break
-                # A topic created a moment ago reaches the broker's metadata shortly after.
-                await asyncio.sleep(0.2)
-            if missing:
-                # Auto-creation would make alerts.state an uncompacted topic: refuse.
-                msg = (
-                    f"Kafka topics missing: {', '.join(missing)}; create them with "
-                    "`python -m civic_iot.kafka_setup` (same CIVIC_KAFKA__TOPIC_PREFIX)"
-                )
-                raise RuntimeError(msg)
-            # Created here too, for deployments set up before they existed. Two instances
-            # starting together both try; the broker creates it once.
-            create = [
-                NewTopic(
-                    deadletter_topic(self.topics),
-                    self.settings.kafka.partitions,
-                    1,
-                    topic_configs={"retention.ms": "-1"},
-                ),
-                NewTopic(self.topics.alert_leader, 1, 1),
-            ]
-            create = [t for t in create if t.name not in existing]
-            if create:
-                await admin.create_topics(create)
-                logger.info("kafka topics ensured names=%s", ",".join(t.name for t in create))
-        finally:
-            await admin.close()
+        if missing:
+            msg = f"Kafka topics missing after creating them: {', '.join(missing)}"
+            raise RuntimeError(msg)
 
     async def _load_state(self) -> LifecycleState:
         """Read ``alerts.state`` from the beginning to the end offsets of now."""
@@ -875,7 +844,7 @@ class AlertService:
                 await consumer.commit(offsets)
         except (CommitFailedError, IllegalStateError, TimeoutError) as exc:
             # The next leader re-reads these candidates; the lifecycle ignores what it has.
-            msg = f"candidate offsets not committed for group {self.settings.alerts.consumer_group}"
+            msg = f"candidate offsets not committed for group {self.topics.alerts_group}"
             raise LostLeadershipError(msg) from exc
 
     async def _on_candidate(
@@ -976,7 +945,7 @@ class AlertService:
         elif result.outcome == "failed":
             key, value = deadletter_record(result)
             try:
-                await self._producer.send_and_wait(deadletter_topic(self.topics), value, key=key)
+                await self._producer.send_and_wait(self.topics.alert_deadletter, value, key=key)
             except Exception:
                 logger.exception(
                     "dead-letter write failed identifier=%s subscriber=%s",

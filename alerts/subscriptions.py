@@ -27,7 +27,7 @@ from typing import Literal, Self
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from alerts.lifecycle import SEVERITY_RANK, AlertMessage
-from civic_iot.events import Hazard, Severity
+from civic_iot.contracts.alerts import Hazard, Severity
 
 __all__ = ["Subscription", "matches", "point_in_polygon"]
 

@@ -34,17 +34,16 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient
 from influxdb_client.client.influxdb_client import InfluxDBClient
 from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import SecretStr
 
 from alerts.service import AlertService
 from alerts.subscriptions import Subscription
-from civic_iot.events import AlertCandidate
-from civic_iot.kafka_setup import ensure_topics
+from civic_iot.contracts.alerts import AlertCandidate
+from civic_iot.kafka_admin import delete_topics, ensure_topics
 from civic_iot.settings import Settings, get_settings, influx_token, mqtt_password
-from civic_iot.topics import Topics
+from civic_iot.topology import Topology
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -91,7 +90,7 @@ async def bench(n: int, rate: float, worst: int = 0) -> dict[str, object]:
             "alerts": base.alerts.model_copy(update={"consumer_group": f"bench-{run_id}"}),
         }
     )
-    await ensure_topics(settings.kafka)
+    await ensure_topics(settings.kafka.bootstrap, Topology.of(settings))
     influx = InfluxDBClient(url=base.influx.url, token=influx_token(base), org=base.influx.org)
     created = influx.buckets_api().create_bucket(bucket_name=bucket, org=base.influx.org)
 
@@ -112,7 +111,7 @@ async def bench(n: int, rate: float, worst: int = 0) -> dict[str, object]:
     sub.on_subscribe = lambda *_a: ready.set()
     sub.connect(settings.mqtt.host, settings.mqtt.port)
     sub.loop_start()
-    sub.subscribe("alerts/air_quality/+", qos=1)
+    sub.subscribe(f"{Topology.of(settings).mqtt_alerts_root}/air_quality/+", qos=1)
     if not ready.wait(10):
         raise SystemExit("no SUBACK from Mosquitto for civic-subscriber")
 
@@ -136,7 +135,7 @@ async def bench(n: int, rate: float, worst: int = 0) -> dict[str, object]:
     await service.start()
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap, acks="all")
     await producer.start()
-    topic = Topics.from_settings(settings.kafka).candidates
+    topic = Topology.of(settings).candidates
     try:
         interval = 1.0 / rate
         start = time.monotonic()
@@ -174,20 +173,18 @@ async def bench(n: int, rate: float, worst: int = 0) -> dict[str, object]:
         sub.disconnect()
         sub.loop_stop()
         # Leave no retained bench alerts on the broker.
+        root = Topology.of(settings).mqtt_alerts_root
         pub = mqtt_client(settings, "civic-alerts")
         pub.connect(settings.mqtt.host, settings.mqtt.port)
         pub.loop_start()
-        infos = [pub.publish(f"alerts/air_quality/{a}", b"", qos=1, retain=True) for a in sent_at]
+        infos = [pub.publish(f"{root}/air_quality/{a}", b"", qos=1, retain=True) for a in sent_at]
         for info in infos:
             info.wait_for_publish(10)
         pub.disconnect()
         pub.loop_stop()
         influx.buckets_api().delete_bucket(created)
         influx.close()
-        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap)
-        await admin.start()
-        await admin.delete_topics([t for t in await admin.list_topics() if t.startswith(prefix)])
-        await admin.close()
+        await delete_topics(settings.kafka.bootstrap, Topology.of(settings))
 
     to_mqtt = [(mqtt_at[a] - t) * 1000 for a, t in sent_at.items() if a in mqtt_at]
     to_hook = [(hook_at[a] - t) * 1000 for a, t in sent_at.items() if a in hook_at]

@@ -13,7 +13,7 @@ publish small air readings:
 
 1. **ceiling**: straight through Mosquitto to ``mosquitto_sub`` (C, QoS 1) (the
    ``civic-ingest`` account, MQTT 5 shared subscription, QoS 1, auto-ack);
-2. **system**: through a real ingest process (``python -m civic_iot.cli ingest`` with its
+2. **system**: through a real ingest process (``python -m ops.cli ingest`` with its
    own topic prefix, share group and instance, like the integration tests) into Kafka,
    read back by a Kafka consumer here.
 
@@ -56,17 +56,16 @@ from typing import Any, ClassVar, Literal
 
 import paho.mqtt.client as mqtt
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from civic_iot.broker import INGEST_USER
-from civic_iot.kafka_setup import ensure_topics
+from civic_iot.accounts import INGEST_USER
+from civic_iot.kafka_admin import delete_topics, ensure_topics
 from civic_iot.registry import device_password, device_secret, load_registry
 from civic_iot.settings import Settings, get_settings, mqtt_password
-from civic_iot.topics import Topics
+from civic_iot.topology import Topology
 
 REPO = Path(__file__).resolve().parents[1]
 TICK = os.sysconf("SC_CLK_TCK")
@@ -118,7 +117,7 @@ def other_ingests() -> dict[int, str]:
             env = (d / "environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"civic_iot.cli" in cmd and b"ingest" in cmd:
+        if b"ops.cli" in cmd and b"ingest" in cmd:
             prefix = next(
                 (e.split(b"=", 1)[1] for e in env if e.startswith(b"CIVIC_KAFKA__TOPIC_PREFIX=")),
                 b"",
@@ -536,8 +535,8 @@ async def run_system(
 ) -> Phase:
     prefix = f"bench{u}."
     kafka = settings.kafka.model_copy(update={"topic_prefix": prefix})
-    await ensure_topics(kafka)
-    topics = Topics.from_settings(kafka)
+    topics = Topology(prefix=prefix, partitions=kafka.partitions)
+    await ensure_topics(kafka.bootstrap, topics)
     consumer = AIOKafkaConsumer(
         bootstrap_servers=kafka.bootstrap,
         enable_auto_commit=False,
@@ -561,7 +560,7 @@ async def run_system(
         "CIVIC_INGEST__INSTANCE": f"bench{u}",
         "CIVIC_INGEST__HTTP_PORT": "0",
     }
-    cmd = [sys.executable, "-m", "civic_iot.cli", "ingest"]
+    cmd = [sys.executable, "-m", "ops.cli", "ingest"]
     if args.profile:
         cmd = [
             sys.executable,
@@ -570,7 +569,7 @@ async def run_system(
             "-o",
             str(args.profile),
             "-m",
-            "civic_iot.cli",
+            "ops.cli",
             "ingest",
         ]
     proc = subprocess.Popen(  # noqa: ASYNC220 - once, before anything is measured
@@ -641,7 +640,7 @@ async def run_system(
             proc.wait()
         await consumer.stop()
         forget_session(settings, f"civic-ingest-bench{u}")
-        await delete_topics(kafka.bootstrap, prefix)
+        await delete_topics(kafka.bootstrap, topics)
     measured = records[n_warm:]
     phase.readings = len(measured)
     if len(measured) > 1:
@@ -666,17 +665,6 @@ def forget_session(settings: Settings, client_id: str) -> None:
     c.connect(settings.mqtt.host, settings.mqtt.port, clean_start=True, properties=props)
     c.loop(2.0)
     c.disconnect()
-
-
-async def delete_topics(bootstrap: str, prefix: str) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000)
-    await admin.start()
-    try:
-        mine = [t for t in await admin.list_topics() if t.startswith(prefix)]
-        if mine:
-            await admin.delete_topics(mine)
-    finally:
-        await admin.close()
 
 
 # ---------------------------------------------------------------- report

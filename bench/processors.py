@@ -37,10 +37,12 @@ from influxdb_client.client.influxdb_client import InfluxDBClient
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from civic_iot.kafka_setup import ensure_topics  # noqa: E402
+from civic_iot.contracts.readings import AirPayload, Location, Reading, WaterPayload  # noqa: E402
+from civic_iot.kafka_admin import ensure_topics  # noqa: E402
 from civic_iot.registry import load_registry  # noqa: E402
 from civic_iot.settings import Settings, get_settings, influx_token  # noqa: E402
-from ingest.models import AirPayload, Location, Reading, WaterPayload, to_ns  # noqa: E402
+from civic_iot.times import to_ns  # noqa: E402
+from civic_iot.topology import Topology  # noqa: E402
 from simulator.waveforms import SimQuake, SimStation, synthesize_packets  # noqa: E402
 
 CLK = os.sysconf("SC_CLK_TCK")
@@ -157,7 +159,9 @@ def main() -> int:
     uid = uuid.uuid4().hex[:8]
     prefix = f"bench{uid}."
     kafka = base.kafka.model_copy(update={"topic_prefix": prefix})
-    asyncio.run(ensure_topics(kafka))
+    asyncio.run(
+        ensure_topics(kafka.bootstrap, Topology(prefix=prefix, partitions=kafka.partitions))
+    )
     buckets = {b: f"bench{uid}-{b}" for b in ("readings", "seismic", "derived")}
     i = base.influx
     client = InfluxDBClient(url=i.url, token=influx_token(base), org=i.org, timeout=60_000)

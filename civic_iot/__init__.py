@@ -1,1 +1,2 @@
-"""Shared pieces of civic-iot: settings, the device registry, topic names and the CLI."""
+"""The shared core of civic-iot: settings, logging, the device registry, the topology,
+the message contracts, storage and retry. It imports no service (README "Architecture")."""

@@ -80,7 +80,7 @@ class InfluxSettings(BaseModel):
 
     url: str = "http://127.0.0.1:8086"
     org: str = "civic"
-    #: API token; when unset, the one ``civic_iot.influx_setup`` generated in the data dir.
+    #: API token; when unset, the one ``ops.influx_setup`` generated in the data dir.
     token: SecretStr | None = None
     #: Raw readings (air, water), 30 days.
     bucket_readings: str = "readings"

@@ -35,7 +35,7 @@ apt_install() {
 
 # ---------------------------------------------------------------- installs
 ensure_python() {
-  if [[ ! -x "$py" ]] || ! "$py" -c 'import civic_iot, faust, paho, pytest' 2>/dev/null; then
+  if [[ ! -x "$py" ]] || ! "$py" -c 'import civic_iot, ops.cli, faust, paho, pytest' 2>/dev/null; then
     say "creating the Python environment in .venv"
     command -v python3 >/dev/null || apt_install python3 python3-venv
     python3 -m venv "$repo/.venv" || { apt_install python3-venv; python3 -m venv "$repo/.venv"; }
@@ -103,7 +103,7 @@ up_mosquitto() {
   local dir="$data/mosquitto"
   mkdir -p "$dir/data"
   # Password and ACL files come from the device registry (the one source of credentials).
-  "$py" -m civic_iot.cli devices sync --quiet
+  "$py" -m ops.cli devices sync --quiet
   if pid_of mosquitto >/dev/null; then
     kill -HUP "$(pid_of mosquitto)"  # reload passwd/acl
     say "mosquitto: running (pid $(pid_of mosquitto)), credentials reloaded"
@@ -164,7 +164,7 @@ up_influxdb() {
     wait_for influxdb "$dir/influxdb.log" 60 influx_healthy
   fi
   # Organisation, token, buckets, retention and the seismic downsampling task (idempotent).
-  "$py" -m civic_iot.influx_setup || die "influxdb: setup failed; log: $dir/influxdb.log"
+  "$py" -m ops.influx_setup || die "influxdb: setup failed; log: $dir/influxdb.log"
   say "influxdb: up on $influx_url ($("$INFLUXD" version 2>/dev/null | head -1); log $dir/influxdb.log)"
 }
 
@@ -206,7 +206,7 @@ case $cmd in
     up_mosquitto
     up_kafka
     up_influxdb
-    "$py" -m civic_iot.kafka_setup || die "kafka: topic setup failed; log: $data/kafka/kafka.log"
+    "$py" -m civic_iot.kafka_admin || die "kafka: topic setup failed; log: $data/kafka/kafka.log"
     ;;
   down) stop influxdb; stop kafka; stop mosquitto ;;
   status) status ;;

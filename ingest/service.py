@@ -37,12 +37,12 @@ from paho.mqtt.reasoncodes import ReasonCode
 from prometheus_client import Counter as PromCounter
 from prometheus_client import Gauge, Histogram
 
-from civic_iot.broker import INGEST_USER
+from civic_iot.accounts import INGEST_USER
+from civic_iot.contracts.deadletter import deadletter_record, device_of
 from civic_iot.registry import Registry, load_registry
 from civic_iot.settings import Settings, mqtt_password
-from civic_iot.topics import Topics
-from ingest.deadletter import deadletter_record, device_of
-from ingest.models import Limits, ReadingRefusedError
+from civic_iot.topology import Topology
+from ingest.refusals import Limits, ReadingRefusedError
 from ingest.validate import validate
 
 logger = logging.getLogger(__name__)
@@ -409,13 +409,17 @@ class MqttSource:
             logger.error("mqtt connect refused reason=%s", rc)
             return
         self._delay = RECONNECT_MIN_S  # for the next drop: like paho, not at once
-        group = self._settings.mqtt.share_group
         # devices/# (not devices/+/+): a malformed topic under a device's tree must reach us
         # to be dead-lettered with its reason instead of vanishing.
-        client.subscribe(f"$share/{group}/devices/#", qos=1)
+        subscription = Topology.of(self._settings).device_subscription
+        client.subscribe(subscription, qos=1)
         CONNECTED.set(1)
         self.connected = True
-        logger.info("mqtt connected session_present=%s group=%s", flags.session_present, group)
+        logger.info(
+            "mqtt connected session_present=%s subscription=%s",
+            flags.session_present,
+            subscription,
+        )
 
     def _on_disconnect(
         self, _c: mqtt.Client, _u: object, _f: object, rc: ReasonCode, _p: object
@@ -434,7 +438,7 @@ class Ingest:
     def __init__(self, settings: Settings, registry: Registry) -> None:
         self.settings = settings
         self.registry = registry
-        self.topics = Topics.from_settings(settings.kafka)
+        self.topics = Topology.of(settings)
         i = settings.ingest
         self.limits = Limits(
             max_future_skew=timedelta(seconds=i.max_future_skew_s),

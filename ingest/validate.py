@@ -1,4 +1,5 @@
-"""Bytes from a device topic -> a :class:`~ingest.models.Reading`, or a refusal. No I/O."""
+"""Bytes from a device topic -> a :class:`~civic_iot.contracts.readings.Reading`, or a
+refusal. No I/O."""
 
 from __future__ import annotations
 
@@ -8,20 +9,17 @@ from datetime import datetime
 
 from pydantic import TypeAdapter, ValidationError
 
-from civic_iot.registry import Device, Registry
-from ingest.models import (
+from civic_iot.contracts.readings import (
     AirPayload,
-    Limits,
     Location,
     Payload,
     Reading,
-    ReadingRefusedError,
     SeismicPayload,
     WaterPayload,
-    describe,
-    parse_topic,
-    to_ns,
 )
+from civic_iot.registry import Device, Registry
+from civic_iot.times import to_ns
+from ingest.refusals import Limits, ReadingRefusedError, describe, parse_topic
 
 _PAYLOAD = TypeAdapter[Payload](Payload)
 #: The topic's kind -> its model's JSON validator (bytes in, frozen payload out).

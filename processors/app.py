@@ -73,11 +73,20 @@ from faust.sensors.prometheus import setup_prometheus_sensors
 from faust.streams import _current_event
 from pydantic import ValidationError
 
-from civic_iot.events import AlertCandidate
+from civic_iot.contracts.alerts import AlertCandidate
+from civic_iot.contracts.processing import (
+    NETWORK_KEY,
+    Observation,
+    SeismicTick,
+    StrongShakingNotice,
+    TownshipReport,
+)
+from civic_iot.contracts.readings import Reading
 from civic_iot.registry import Registry, load_registry
 from civic_iot.settings import Settings
-from civic_iot.topics import Topics
-from ingest.models import Reading
+from civic_iot.storage.points import Point
+from civic_iot.storage.sink import InfluxSink, PointSink, Publisher, store
+from civic_iot.topology import Topology
 from processors.detectors.health import silent_devices
 from processors.detectors.water import DAY_S, DebrisFlowConfig
 from processors.handlers import (
@@ -91,37 +100,16 @@ from processors.handlers import (
     handle_water,
     open_candidates,
 )
-from processors.messages import (
-    NETWORK_KEY,
-    Observation,
-    SeismicTick,
-    StrongShakingNotice,
-    TownshipReport,
-)
 from processors.points import (
-    Point,
     deadletter_point,
     pipeline_point,
     reading_points,
     sensor_health_point,
 )
-from processors.sink import InfluxSink, PointSink, Publisher, store
 
 logger = logging.getLogger(__name__)
 
 SinkFactory = Callable[[str], PointSink]
-
-
-def township_topic(settings: Settings) -> str:
-    return f"{settings.kafka.topic_prefix}processors.township"
-
-
-def triggers_topic(settings: Settings) -> str:
-    return f"{settings.kafka.topic_prefix}seismic.triggers"
-
-
-def shaking_topic(settings: Settings) -> str:
-    return f"{settings.kafka.topic_prefix}processors.shaking"
 
 
 class FaustPublisher:
@@ -211,11 +199,10 @@ def create_app(
     ``publisher`` sends to Kafka; both default to the real ones (InfluxDB, the app's
     producer) and are replaced by in-memory recorders in unit tests."""
     p = settings.processors
-    prefix = settings.kafka.topic_prefix
-    topics = Topics.from_settings(settings.kafka)
+    topics = Topology.of(settings)
     n = settings.kafka.partitions
     app = faust.App(
-        f"{prefix}civic-processors",
+        topics.processors_app,
         broker=f"kafka://{settings.kafka.bootstrap}",
         store="memory://",
         key_serializer="raw",
@@ -279,9 +266,9 @@ def create_app(
     quake_table = table("quake-state", partitions=1)
     shaking_table = table("shaking-state")
 
-    town_topic = app.topic(township_topic(settings), partitions=n, internal=True)
-    trig_topic = app.topic(triggers_topic(settings), partitions=1, internal=True)
-    shake_topic = app.topic(shaking_topic(settings), partitions=n, internal=True)
+    town_topic = app.topic(topics.township, partitions=n, internal=True)
+    trig_topic = app.topic(topics.triggers, partitions=1, internal=True)
+    shake_topic = app.topic(topics.shaking, partitions=n, internal=True)
 
     async def publish(candidates: Sequence[AlertCandidate]) -> None:
         for c in candidates:
@@ -410,11 +397,11 @@ def create_app(
         async def agent(stream: Any) -> None:
             await batches(stream, kind, sink, handle, after=send_tick, readings=True, state=states)
 
-        app.agent(topic, name=f"{prefix}{kind}", concurrency=1)(agent)
+        app.agent(topic, name=topics.agent(kind), concurrency=1)(agent)
         return sink
 
-    town_name, trig_name = township_topic(settings), triggers_topic(settings)
-    shake_name = shaking_topic(settings)
+    town_name, trig_name = topics.township, topics.triggers
+    shake_name = topics.shaking
 
     def water_handler(env: dict[str, Any], reading: Reading, ctx: Context) -> DeviceOutcome:
         # The device's strong shaking, as the shaking agent stored it (same partition).
@@ -444,7 +431,7 @@ def create_app(
 
         await batches(stream, "deadletter", deadletter_sink, handle, state=no_state)
 
-    app.agent(app.topic(topics.deadletter), name=f"{prefix}deadletter", concurrency=1)(
+    app.agent(app.topic(topics.deadletter), name=topics.agent("deadletter"), concurrency=1)(
         deadletter_agent
     )
 
@@ -464,7 +451,7 @@ def create_app(
 
         await batches(stream, "township", township_sink, handle, state=town_states)
 
-    app.agent(town_topic, name=f"{prefix}township", concurrency=1)(township_agent)
+    app.agent(town_topic, name=topics.agent("township"), concurrency=1)(township_agent)
 
     shaking_sink = new_sink("shaking")
     shaking_states = BatchState(shaking_table)
@@ -488,7 +475,7 @@ def create_app(
 
         await batches(stream, "shaking", shaking_sink, handle, state=shaking_states)
 
-    app.agent(shake_topic, name=f"{prefix}shaking", concurrency=1)(shaking_agent)
+    app.agent(shake_topic, name=topics.agent("shaking"), concurrency=1)(shaking_agent)
 
     quake_sink = new_sink("quake")
     quake_states = BatchState(quake_table)
@@ -538,7 +525,7 @@ def create_app(
             state=quake_states,
         )
 
-    app.agent(trig_topic, name=f"{prefix}quake", concurrency=1)(quake_agent)
+    app.agent(trig_topic, name=topics.agent("quake"), concurrency=1)(quake_agent)
 
     # --- timers ---------------------------------------------------------------------
 
@@ -631,6 +618,18 @@ def create_app(
 
         app.timer(interval=p.stats_interval_s)(pipeline_stats)
 
+    recovered: list[bool] = []
+
+    def _on_ready(_app: Any, *_args: Any, **_kw: Any) -> None:
+        # Faust sends this after every rebalance once the tables are recovered: from
+        # the first one on, the worker consumes.
+        if not recovered:
+            recovered.append(True)
+            logger.info("worker ready instance=%s", p.instance)
+
+    # mode's handler type spells out the ``signal`` keyword every receiver gets.
+    app.on_rebalance_complete.connect(_on_ready)  # type: ignore[arg-type]
+
     if p.web_port > 0:
 
         @app.page("/health")
@@ -643,6 +642,7 @@ def create_app(
                 lag=consumer_lag(app),
                 partitions=len(app.consumer.assignment()) if app.consumer else 0,
                 instance=p.instance,
+                ready=bool(recovered),
             )
             return web.json(report, status=200 if report["healthy"] else 503)
 
@@ -659,18 +659,22 @@ def worker_health(
     lag: int,
     partitions: int,
     instance: str,
+    ready: bool = True,
 ) -> dict[str, Any]:
-    """The worker's ``/health`` body: unhealthy once any sink's InfluxDB writes have been
-    failing for ``grace_s`` (its agent then holds its offsets: nothing is stored, nothing
-    lost). Lag and partitions are reported, not judged: a worker may own no partition when
-    there are more workers than partitions, and a backlog drains by itself."""
+    """The worker's ``/health`` body: unhealthy until its first rebalance and table
+    recovery are done (``ready``; before that it consumes nothing), and once any sink's
+    InfluxDB writes have been failing for ``grace_s`` (its agent then holds its offsets:
+    nothing is stored, nothing lost). Lag and partitions are reported, not judged: a
+    worker may own no partition when there are more workers than partitions, and a
+    backlog drains by itself."""
     down = {
         name: round(now - since, 1)
         for name, since in sorted(failing_since.items())
         if since is not None and now - since >= grace_s
     }
     return {
-        "healthy": not down,
+        "healthy": ready and not down,
+        "ready": ready,
         "instance": instance,
         "storage": "unavailable" if down else "ok",
         "storage_failing_s": down,
@@ -723,8 +727,5 @@ def _latest_obs(observations: Sequence[Observation | None]) -> list[Observation]
 __all__ = [
     "FaustPublisher",
     "create_app",
-    "shaking_topic",
-    "township_topic",
-    "triggers_topic",
     "worker_health",
 ]

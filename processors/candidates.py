@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from civic_iot.events import AlertCandidate, Hazard, Severity
+from civic_iot.contracts.alerts import AlertCandidate, Hazard, Severity
+from civic_iot.contracts.processing import TownshipReport
 from civic_iot.registry import Township
-from processors.messages import TownshipReport
 
 # Severity by level and hazard; local choices in the CAP sense (Minor: little threat,
 # Moderate: possible, Severe: significant, Extreme: extraordinary threat to life).

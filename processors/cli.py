@@ -14,10 +14,10 @@ import sys
 
 import faust
 
-from civic_iot.kafka_setup import partition_counts
+from civic_iot.kafka_admin import partition_counts
 from civic_iot.settings import Settings, get_settings
-from civic_iot.topics import Topics
-from processors.app import create_app, shaking_topic
+from civic_iot.topology import Topology
+from processors.app import create_app
 
 logger = logging.getLogger(__name__)
 
@@ -41,10 +41,10 @@ def copartitioning_errors(settings: Settings, counts: dict[str, int]) -> list[st
 
 def run_worker(settings: Settings) -> None:
     """Run the Faust worker in this process until it is stopped (SIGTERM/SIGINT)."""
-    names = [Topics.from_settings(settings.kafka).readings("water"), shaking_topic(settings)]
+    names = list(Topology.of(settings).copartitioned())
     loop = asyncio.new_event_loop()  # not the thread's loop: Faust sets up its own
     try:
-        counts = loop.run_until_complete(partition_counts(settings.kafka, names))
+        counts = loop.run_until_complete(partition_counts(settings.kafka.bootstrap, names))
     finally:
         loop.close()
     errors = copartitioning_errors(settings, counts)

@@ -34,10 +34,24 @@ from typing import Any
 
 import numpy as np
 
-from civic_iot.events import AlertCandidate
+from civic_iot.contracts.alerts import AlertCandidate
+from civic_iot.contracts.processing import (
+    Observation,
+    SeismicTick,
+    StrongShakingNotice,
+    TownshipReport,
+    Trigger,
+)
+from civic_iot.contracts.readings import (
+    POLLUTANT_FIELDS,
+    AirPayload,
+    Reading,
+    SeismicPayload,
+    WaterPayload,
+)
 from civic_iot.registry import Registry
 from civic_iot.settings import InfluxSettings
-from ingest.models import POLLUTANT_FIELDS, AirPayload, Reading, SeismicPayload, WaterPayload
+from civic_iot.storage.points import Point
 from processors.candidates import township_candidate, update_hazard
 from processors.detectors.air import (
     AirConfig,
@@ -77,15 +91,7 @@ from processors.detectors.water import (
     update_rain,
     update_river,
 )
-from processors.messages import (
-    Observation,
-    SeismicTick,
-    StrongShakingNotice,
-    TownshipReport,
-    Trigger,
-)
 from processors.points import (
-    Point,
     Where,
     air_quality_point,
     quake_points,

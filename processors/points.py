@@ -3,8 +3,8 @@
 Every builder is a pure function of a reading or a detector's figures. The timestamp is
 always an event time (the reading's, or the detector's stream clock), never the wall
 clock, so processing the same reading twice writes the same point (same series, same
-time) and InfluxDB keeps one. :meth:`Point.line` encodes InfluxDB line protocol with
-nanosecond precision.
+time) and InfluxDB keeps one. The point type and its encoder are the core's
+(:mod:`civic_iot.storage.points`).
 
 Field types are fixed per field (``int`` fields get the ``i`` suffix, numbers from
 detectors are written as floats even when whole) because InfluxDB refuses a point whose
@@ -13,13 +13,20 @@ field changes type within a shard.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from civic_iot.contracts.readings import (
+    POLLUTANT_FIELDS,
+    AirPayload,
+    Reading,
+    SeismicPayload,
+    WaterPayload,
+)
 from civic_iot.settings import InfluxSettings
-from ingest.models import POLLUTANT_FIELDS, AirPayload, Reading, SeismicPayload, WaterPayload, to_ns
+from civic_iot.storage.points import FieldValue, Point, point
+from civic_iot.times import to_ns
 from processors.detectors.air import AirFigures, TownshipUpdate
 from processors.detectors.health import Issue
 from processors.detectors.intensity import cwa_intensity, intensity_ordinal
@@ -32,74 +39,9 @@ from processors.detectors.water import (
     StrongShaking,
 )
 
-FieldValue = float | int | bool | str
-
 #: Weather fields an air sensor may send besides its pollutants (stored raw as sent).
 AIR_READING_FIELDS = (*POLLUTANT_FIELDS, "temperature_c", "humidity_pct")
 WATER_READING_FIELDS = ("water_level_m", "flood_depth_cm", "rainfall_mm")
-
-
-@dataclass(frozen=True, slots=True)
-class Point:
-    """One InfluxDB point: the bucket it belongs in, series, fields and time (ns)."""
-
-    bucket: str
-    measurement: str
-    tags: tuple[tuple[str, str], ...]
-    fields: tuple[tuple[str, FieldValue], ...]
-    time_ns: int
-
-    def line(self) -> str:
-        """Line protocol, tags sorted (InfluxDB's canonical order)."""
-        head = _escape(self.measurement, _MEASUREMENT)
-        for k, v in sorted(self.tags):
-            head += f",{_escape(k, _TAG)}={_escape(v, _TAG)}"
-        body = ",".join(f"{_escape(k, _TAG)}={_field(v)}" for k, v in self.fields)
-        return f"{head} {body} {self.time_ns}"
-
-
-_MEASUREMENT = str.maketrans({",": r"\,", " ": r"\ ", "\n": r"\n"})
-_TAG = str.maketrans({",": r"\,", " ": r"\ ", "=": r"\=", "\n": r"\n"})
-
-
-def _escape(s: str, table: dict[int, str]) -> str:
-    return s.replace("\\", "\\\\").translate(table)
-
-
-def _field(v: FieldValue) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int):
-        return f"{v}i"
-    if isinstance(v, float):
-        return repr(v)
-    escaped = v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-    return f'"{escaped}"'
-
-
-def point(
-    bucket: str,
-    measurement: str,
-    tags: Mapping[str, str | None],
-    fields: Mapping[str, FieldValue | None],
-    time_ns: int,
-) -> Point | None:
-    """A point without the empty tags, ``None`` fields and non-finite floats (InfluxDB
-    accepts none of them); ``None`` when no field is left."""
-    kept: list[tuple[str, FieldValue]] = []
-    for k, v in fields.items():
-        if v is None or (isinstance(v, float) and not math.isfinite(v)):
-            continue
-        kept.append((k, v))
-    if not kept:
-        return None
-    return Point(
-        bucket=bucket,
-        measurement=measurement,
-        tags=tuple(sorted((k, v) for k, v in tags.items() if v)),
-        fields=tuple(kept),
-        time_ns=time_ns,
-    )
 
 
 def _opt_float(v: float | None) -> float | None:

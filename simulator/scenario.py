@@ -37,9 +37,9 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-from civic_iot.events import Hazard
+from civic_iot.contracts.alerts import Hazard
+from civic_iot.contracts.deadletter import ReasonCode
 from civic_iot.registry import Device, Registry
-from ingest.models import ReasonCode
 from simulator.waveforms import SimQuake, SimStation, Spike, synthesize_packets
 
 __all__ = [

@@ -32,7 +32,7 @@ from datetime import UTC, datetime
 import numpy as np
 from numpy.typing import NDArray
 
-from ingest.models import SeismicPayload
+from civic_iot.contracts.readings import SeismicPayload
 
 __all__ = [
     "Packet",

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from civic_iot.contracts.alerts import INTENSITY_LEVELS
+
 __all__ = [
     "CWA_2020",
     "INTENSITY_LEVELS",
@@ -32,8 +34,7 @@ __all__ = [
     "level_from_ordinal",
 ]
 
-#: Every level in increasing order; the index is the level's ordinal (0-9).
-INTENSITY_LEVELS: tuple[str, ...] = ("0", "1", "2", "3", "4", "5-", "5+", "6-", "6+", "7")
+#: Every level in increasing order (INTENSITY_LEVELS); the index is its ordinal (0-9).
 _ORDINAL = {level: i for i, level in enumerate(INTENSITY_LEVELS)}
 
 

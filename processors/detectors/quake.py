@@ -55,7 +55,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from civic_iot.events import AlertCandidate, Circle, GridCell, Severity
+from civic_iot.contracts.alerts import AlertCandidate, Circle, GridCell, Severity
 from processors.detectors.intensity import (
     CWA_2020,
     IntensityScale,

@@ -9,16 +9,16 @@ from pathlib import Path
 import pytest
 from influxdb_client.client.influxdb_client import InfluxDBClient
 
-from civic_iot.demo import Pipeline, execute
-from civic_iot.grafana import (
+from civic_iot.registry import load_registry
+from civic_iot.settings import Settings, influx_token
+from ops.grafana import (
     bind_flux,
     load_dashboards,
     panel_queries,
     render_flux,
     resolve_variables,
 )
-from civic_iot.registry import load_registry
-from civic_iot.settings import Settings, influx_token
+from ops.pipeline import Pipeline, execute
 from simulator.cli import plan_simulation
 
 pytestmark = pytest.mark.e2e

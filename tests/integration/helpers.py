@@ -104,7 +104,7 @@ async def read_topic(
 
 def start_process(args: Iterable[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "civic_iot.cli", *args],
+        [sys.executable, "-m", "ops.cli", *args],
         env={**os.environ, **env},
         stdout=log.open("ab"),
         stderr=subprocess.STDOUT,

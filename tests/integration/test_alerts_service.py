@@ -37,13 +37,13 @@ from alerts.cap import parse_cap
 from alerts.delivery import MESSAGE_ID_HEADER
 from alerts.http import AckError, HttpServer, ack_via_http
 from alerts.lifecycle import HazardTiming, LifecycleConfig
-from alerts.service import AlertService, deadletter_topic, replay_state
+from alerts.service import AlertService, replay_state
 from alerts.signing import SIGNATURE_HEADER, verify
 from alerts.subscriptions import Subscription
-from civic_iot.events import AlertCandidate, Hazard
-from civic_iot.kafka_setup import ensure_topics
+from civic_iot.contracts.alerts import AlertCandidate, Hazard
+from civic_iot.kafka_admin import ensure_topics
 from civic_iot.settings import Settings, influx_token, mqtt_password
-from civic_iot.topics import Topics
+from civic_iot.topology import Topology
 
 from .helpers import start_process
 
@@ -91,7 +91,7 @@ def env(stack: Settings, unique: str) -> Iterator[Settings]:
             ),
         }
     )
-    asyncio.run(ensure_topics(settings.kafka))
+    asyncio.run(ensure_topics(settings.kafka.bootstrap, Topology.of(settings)))
     with InfluxDBClient(url=stack.influx.url, token=influx_token(stack), org=stack.influx.org) as c:
         created = c.buckets_api().create_bucket(bucket_name=bucket, org=stack.influx.org)
     try:
@@ -142,7 +142,7 @@ async def send_candidates(settings: Settings, *cands: AlertCandidate) -> float:
     try:
         for c in cands:
             await producer.send_and_wait(
-                Topics.from_settings(settings.kafka).candidates,
+                Topology.of(settings).candidates,
                 c.model_dump_json().encode(),
                 key=c.key.encode(),
             )
@@ -179,7 +179,7 @@ async def read_topic(settings: Settings, topic: str) -> list[ConsumerRecord[byte
 
 async def alert_messages(settings: Settings, key: str) -> list[dict[str, Any]]:
     """The JSON forms on the ``alerts`` topic for ``key``, in sent order."""
-    recs = await read_topic(settings, Topics.from_settings(settings.kafka).alerts)
+    recs = await read_topic(settings, Topology.of(settings).alerts)
     values = [json.loads(r.value) for r in recs if r.value is not None]
     return sorted(
         (v["json"] for v in values if v["key"] == key), key=lambda j: (j["sent"], j["sequence"])
@@ -336,7 +336,7 @@ def test_retained_alert_for_late_subscriber_then_cleared_by_cancel(
     env: Settings, unique: str
 ) -> None:
     area = f"t{unique}"
-    topic = f"alerts/flood/{area}"
+    topic = f"{Topology.of(env).mqtt_alerts_root}/flood/{area}"
     hold = 1.0
 
     async def run() -> None:
@@ -442,7 +442,7 @@ def test_flaky_receiver_gets_the_message_once_signed(env: Settings, unique: str)
         ]
 
     asyncio.run(run())
-    clear_retained(env, f"alerts/flood/{area}")
+    clear_retained(env, f"{Topology.of(env).mqtt_alerts_root}/flood/{area}")
 
 
 def test_hanging_receiver_does_not_delay_another_and_is_dead_lettered(
@@ -480,7 +480,7 @@ def test_hanging_receiver_does_not_delay_another_and_is_dead_lettered(
                 )
                 await asyncio.sleep(0.6)  # the last attempt times out
 
-        dead = await read_topic(env, deadletter_topic(Topics.from_settings(env.kafka)))
+        dead = await read_topic(env, Topology.of(env).alert_deadletter)
         records = [json.loads(d.value) for d in dead if d.value is not None]
         assert {(d["subscriber"], d["attempts"]) for d in records} == {("hang", 4)}
         assert len(records) == len(areas)
@@ -492,7 +492,7 @@ def test_hanging_receiver_does_not_delay_another_and_is_dead_lettered(
         asyncio.run(run())
     finally:
         for area in areas:
-            clear_retained(env, f"alerts/flood/{area}")
+            clear_retained(env, f"{Topology.of(env).mqtt_alerts_root}/flood/{area}")
 
 
 @pytest.mark.parametrize("group", ["same", "fresh"], ids=["same-group", "commits-lost"])
@@ -505,7 +505,7 @@ def test_restart_in_the_middle_no_duplicate_alert_and_cancel_kept(
     candidate from the start (as after a crash before the commit); still no second Alert.
     """
     area = f"t{unique}"
-    topic = f"alerts/flood/{area}"
+    topic = f"{Topology.of(env).mqtt_alerts_root}/flood/{area}"
     hold = 2.5
     key = f"flood:{area}"
 
@@ -542,7 +542,7 @@ def test_restart_in_the_middle_no_duplicate_alert_and_cancel_kept(
         assert sent[1]["reason"] == "cleared"
         assert [json.loads(h.body)["msg_type"] for h in r.of("agency")] == ["Alert", "Cancel"]
 
-        state_recs = await read_topic(env, Topics.from_settings(env.kafka).alert_state)
+        state_recs = await read_topic(env, Topology.of(env).alert_state)
         state = replay_state([(x.key, x.value, 1) for x in state_recs])
         assert state.records[key].status == "closed"
 
@@ -600,7 +600,7 @@ def test_ack_over_http_is_recorded_and_metrics_served(env: Settings, unique: str
             finally:
                 await http.stop()
 
-        state_recs = await read_topic(env, Topics.from_settings(env.kafka).alert_state)
+        state_recs = await read_topic(env, Topology.of(env).alert_state)
         state = replay_state([(x.key, x.value, 1) for x in state_recs])
         assert [a.by for a in state.records[key].acks] == ["duty-officer"]
         sent = await alert_messages(env, key)
@@ -616,7 +616,7 @@ def test_ack_over_http_is_recorded_and_metrics_served(env: Settings, unique: str
     try:
         asyncio.run(run())
     finally:
-        clear_retained(env, f"alerts/flood/{area}")
+        clear_retained(env, f"{Topology.of(env).mqtt_alerts_root}/flood/{area}")
 
 
 # --------------------------------------------------------------------------- several instances
@@ -706,7 +706,7 @@ def test_two_instances_one_active_one_alert(env: Settings, unique: str) -> None:
     try:
         asyncio.run(run())
     finally:
-        clear_retained(env, f"alerts/flood/{area}")
+        clear_retained(env, f"{Topology.of(env).mqtt_alerts_root}/flood/{area}")
 
 
 async def escalate_on(leader: AlertService, env: Settings, area: str, alert_id: str) -> None:
@@ -756,7 +756,7 @@ def test_standby_takes_over_when_the_active_stops(env: Settings, unique: str) ->
     try:
         asyncio.run(run())
     finally:
-        clear_retained(env, f"alerts/flood/{area}")
+        clear_retained(env, f"{Topology.of(env).mqtt_alerts_root}/flood/{area}")
 
 
 def test_standby_takes_over_when_the_active_is_killed(
@@ -807,7 +807,7 @@ def test_standby_takes_over_when_the_active_is_killed(
             # Its state record follows the message (killed in between, the next leader would
             # issue the Alert again, with the same identifier: the crash case of the module
             # doc, not the one tested here).
-            state_topic = Topics.from_settings(env.kafka).alert_state
+            state_topic = Topology.of(env).alert_state
             while not [x for x in await read_topic(env, state_topic) if x.key == key.encode()]:
                 assert time.monotonic() < deadline, "the child process wrote no state"
                 await asyncio.sleep(0.2)
@@ -828,7 +828,7 @@ def test_standby_takes_over_when_the_active_is_killed(
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
-        clear_retained(env, f"alerts/flood/{area}")
+        clear_retained(env, f"{Topology.of(env).mqtt_alerts_root}/flood/{area}")
 
 
 class FreezableClock:
@@ -924,7 +924,7 @@ def test_frozen_leader_writes_nothing_when_it_resumes(
             sent = await alert_messages(env, key)
             assert [m["msg_type"] for m in sent] == ["Alert"]
             assert sent[0]["alert_id"] == b.open_alerts()[0].alert_id
-            state = await read_topic(env, Topics.from_settings(env.kafka).alert_state)
+            state = await read_topic(env, Topology.of(env).alert_state)
             assert len([x for x in state if x.key == key.encode()]) == 1
             refused = [r for r in caplog.records if "leadership lost" in r.getMessage()]
             assert any(a.service.instance in r.getMessage() for r in refused), refused
@@ -935,4 +935,4 @@ def test_frozen_leader_writes_nothing_when_it_resumes(
         with contextlib.suppress(Exception):
             asyncio.run_coroutine_threadsafe(a.service.stop(), a.loop).result(30)
         a.close()
-        clear_retained(env, f"alerts/flood/{area}")
+        clear_retained(env, f"{Topology.of(env).mqtt_alerts_root}/flood/{area}")

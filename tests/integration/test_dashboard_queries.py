@@ -2,8 +2,8 @@
 
 A small, realistic data set following docs/storage.md is written to buckets of this test
 run alone (``gtest-<id>-readings`` ...); the dashboards' queries are pointed at them with
-:func:`civic_iot.grafana.bind_buckets`, Grafana's macros and template variables are
-replaced as Grafana would (:func:`civic_iot.grafana.render_flux`), and each query must come
+:func:`ops.grafana.bind_buckets`, Grafana's macros and template variables are
+replaced as Grafana would (:func:`ops.grafana.render_flux`), and each query must come
 back without error and with at least one row. The buckets are deleted at the end.
 """
 
@@ -21,8 +21,9 @@ from influxdb_client.client.write.point import Point
 from influxdb_client.client.write_api import SYNCHRONOUS
 from influxdb_client.domain.bucket_retention_rules import BucketRetentionRules
 
-from civic_iot import grafana
-from civic_iot.grafana import (
+from civic_iot.settings import InfluxSettings, get_settings, influx_token
+from ops import grafana
+from ops.grafana import (
     DASHBOARDS_DIR,
     PanelQuery,
     bind_buckets,
@@ -31,7 +32,6 @@ from civic_iot.grafana import (
     panel_queries,
     render_flux,
 )
-from civic_iot.settings import InfluxSettings, get_settings, influx_token
 
 pytestmark = pytest.mark.integration
 

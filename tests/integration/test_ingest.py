@@ -18,10 +18,11 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from civic_iot.broker import INGEST_USER
-from civic_iot.kafka_setup import ensure_topics
+from civic_iot.accounts import INGEST_USER
+from civic_iot.kafka_admin import ensure_topics
 from civic_iot.registry import Registry
 from civic_iot.settings import Settings, mqtt_password
+from civic_iot.topology import Topology
 from tests.integration.helpers import Device, read_topic, reading, start_process
 
 pytestmark = pytest.mark.integration
@@ -32,7 +33,9 @@ def env(stack: Settings, unique: str) -> dict[str, str]:
     """Per-test Kafka topics, MQTT share group and session: tests never compete."""
     prefix = f"t{unique}."
     kafka = stack.kafka.model_copy(update={"topic_prefix": prefix})
-    asyncio.run(ensure_topics(kafka))
+    asyncio.run(
+        ensure_topics(kafka.bootstrap, Topology(prefix=prefix, partitions=kafka.partitions))
+    )
     return {
         "CIVIC_KAFKA__TOPIC_PREFIX": prefix,
         "CIVIC_MQTT__SHARE_GROUP": f"g{unique}",

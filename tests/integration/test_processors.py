@@ -22,11 +22,13 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from influxdb_client.client.influxdb_client import InfluxDBClient
 
-from civic_iot.demo import free_port
-from civic_iot.kafka_setup import ensure_topics
+from civic_iot.contracts.readings import AirPayload, Location, Reading, WaterPayload
+from civic_iot.kafka_admin import ensure_topics
 from civic_iot.registry import Device, Registry
 from civic_iot.settings import Settings, influx_token
-from ingest.models import AirPayload, Location, Reading, WaterPayload, to_ns
+from civic_iot.times import to_ns
+from civic_iot.topology import Topology
+from ops.pipeline import free_port
 from simulator.waveforms import SimQuake, SimStation, Spike, synthesize_packets
 from tests.integration.helpers import REPO, read_topic
 from tests.stations import NOISY, STATIONS, T0
@@ -73,7 +75,9 @@ def penv(stack: Settings, unique: str, tmp_path: Path) -> Iterator[Env]:
     """Per-test topics and temporary buckets (deleted afterwards)."""
     prefix = f"t{unique}."
     kafka = stack.kafka.model_copy(update={"topic_prefix": prefix})
-    asyncio.run(ensure_topics(kafka))
+    asyncio.run(
+        ensure_topics(kafka.bootstrap, Topology(prefix=prefix, partitions=kafka.partitions))
+    )
     buckets = {b: f"t{unique}-{b}" for b in ("readings", "seismic", "derived")}
     influx = stack.influx
     with InfluxDBClient(url=influx.url, token=influx_token(stack), org=influx.org) as c:
@@ -514,9 +518,7 @@ def test_strong_shaking_lowers_the_debris_flow_threshold_and_a_fast_rise_alerts(
 def test_worker_refuses_topics_that_are_not_copartitioned(stack: Settings, unique: str) -> None:
     """readings.water with other partitions than processors.shaking would lose R50 marks."""
     prefix = f"t{unique}."
-    asyncio.run(
-        ensure_topics(stack.kafka.model_copy(update={"topic_prefix": prefix, "partitions": 2}))
-    )
+    asyncio.run(ensure_topics(stack.kafka.bootstrap, Topology(prefix=prefix, partitions=2)))
     proc = subprocess.run(
         [sys.executable, "-m", "processors.cli"],
         env={**os.environ, "CIVIC_KAFKA__TOPIC_PREFIX": prefix, "CIVIC_PROCESSORS__WEB_PORT": "0"},

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import yaml
 
-from civic_iot.broker import SERVICE_ACL, mosquitto_hash, render
+from civic_iot.accounts import SERVICE_ACL
 from civic_iot.registry import Device, Registry, Township, device_password
 from civic_iot.settings import Settings
+from ops.broker import mosquitto_hash, render
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -80,7 +81,7 @@ def test_acl_gives_each_device_only_its_own_topic() -> None:
     rules = {b[0].removeprefix("user "): b[1:] for b in blocks}
     assert rules["air-1"] == ["topic write devices/air-1/#"]
     assert rules["water-1"] == ["topic write devices/water-1/#"]
-    assert rules["civic-subscriber"] == ["topic read alerts/#"]
+    assert rules["civic-subscriber"] == ["topic read alerts/#", "topic read runs/+/alerts/#"]
     assert set(SERVICE_ACL) <= set(rules)
     users = [line.split(":")[0] for line in files.passwd.splitlines()]
     assert sorted(users) == sorted(["air-1", "water-1", *SERVICE_ACL])

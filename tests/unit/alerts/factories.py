@@ -13,7 +13,7 @@ from alerts.lifecycle import (
     on_candidate,
     on_tick,
 )
-from civic_iot.events import AlertCandidate, Circle, GridCell, Hazard, Severity
+from civic_iot.contracts.alerts import AlertCandidate, Circle, GridCell, Hazard, Severity
 
 #: A fixed processing-clock origin; every test time is an offset from it.
 T0 = datetime(2025, 6, 1, 4, 0, tzinfo=UTC)

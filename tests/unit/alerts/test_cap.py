@@ -22,7 +22,7 @@ from alerts.cap import (
     to_cap_xml,
 )
 from alerts.lifecycle import AlertMessage
-from civic_iot.events import Hazard
+from civic_iot.contracts.alerts import Hazard
 
 from .factories import at, candidate, lifecycle_messages, run
 

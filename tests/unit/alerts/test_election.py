@@ -31,7 +31,7 @@ from alerts.http import build_app
 from alerts.lifecycle import AckRecord, AlertRecord
 from alerts.service import AlertMetrics
 from civic_iot.settings import AlertSettings
-from civic_iot.topics import Topics
+from civic_iot.topology import Topology
 
 TOPIC = "t-alerts.leader"
 
@@ -141,8 +141,8 @@ def test_assignor_leaves_an_unknown_topic_unassigned() -> None:
 
 
 def test_leader_topic_name_follows_the_prefix() -> None:
-    assert Topics(prefix="t-1-").alert_leader == "t-1-alerts.leader"
-    assert Topics().alert_leader == "alerts.leader"
+    assert Topology(prefix="t-1-").alert_leader == "t-1-alerts.leader"
+    assert Topology().alert_leader == "alerts.leader"
 
 
 # --------------------------------------------------------------------------- settings, errors

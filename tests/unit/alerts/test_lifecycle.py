@@ -19,7 +19,7 @@ from alerts.lifecycle import (
     on_candidate,
     on_tick,
 )
-from civic_iot.events import GridCell, Hazard
+from civic_iot.contracts.alerts import GridCell, Hazard
 
 from .factories import at, candidate, run
 

@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from alerts.lifecycle import AlertMessage
 from alerts.subscriptions import Subscription, matches, point_in_polygon
-from civic_iot.events import Circle
+from civic_iot.contracts.alerts import Circle
 
 from .factories import candidate, lifecycle_messages, run
 

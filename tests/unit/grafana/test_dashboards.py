@@ -21,8 +21,8 @@ import yaml
 from grafana_client.client import GrafanaClientError
 from typer.testing import CliRunner
 
-from civic_iot import grafana
 from civic_iot.settings import REPO_ROOT, InfluxSettings
+from ops import grafana
 
 GRAFANA_DIR = REPO_ROOT / "deploy" / "grafana"
 STORAGE_MD = REPO_ROOT / "docs" / "storage.md"

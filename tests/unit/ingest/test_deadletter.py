@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ingest.deadletter import deadletter_record, device_of
+from civic_iot.contracts.deadletter import deadletter_record, device_of
 
 AT = datetime(2026, 11, 25, 0, 0, 1, 250_000, tzinfo=UTC)
 

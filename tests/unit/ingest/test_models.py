@@ -13,17 +13,10 @@ from typing import Any
 
 import pytest
 
+from civic_iot.contracts.readings import AirPayload, Reading, SeismicPayload, WaterPayload
 from civic_iot.registry import Device, Registry, Township
-from ingest.models import (
-    AirPayload,
-    Limits,
-    Reading,
-    ReadingRefusedError,
-    SeismicPayload,
-    WaterPayload,
-    parse_topic,
-    to_ns,
-)
+from civic_iot.times import to_ns
+from ingest.refusals import Limits, ReadingRefusedError, parse_topic
 from ingest.validate import validate
 
 NOW = datetime(2026, 11, 25, 0, 0, tzinfo=UTC)

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from civic_iot.contracts.readings import Reading
 from civic_iot.registry import Device, Registry, Township, load_registry, save_registry
 from civic_iot.settings import KafkaSettings, Settings
-from ingest.models import Reading
 from ingest.service import Inbound, Ingest
 
 NOW = datetime(2026, 11, 25, 0, 0, tzinfo=UTC)

@@ -12,17 +12,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import TypeAdapter, ValidationError
 
+from civic_iot.contracts.deadletter import ReasonCode
+from civic_iot.contracts.readings import AirPayload, Location, Payload, Reading
 from civic_iot.registry import Device, Registry, Township
-from ingest.models import (
-    AirPayload,
-    Limits,
-    Location,
-    Payload,
-    Reading,
-    ReadingRefusedError,
-    ReasonCode,
-    to_ns,
-)
+from civic_iot.times import to_ns
+from ingest.refusals import Limits, ReadingRefusedError
 from ingest.validate import validate
 
 NOW = datetime(2026, 11, 25, 0, 0, tzinfo=UTC)

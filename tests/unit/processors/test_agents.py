@@ -12,12 +12,14 @@ from typing import Any
 
 import pytest
 
+from civic_iot.contracts.processing import Observation, SeismicTick, StrongShakingNotice, Trigger
+from civic_iot.contracts.readings import AirPayload, Location, Reading, WaterPayload
 from civic_iot.registry import Device, Registry, Township
 from civic_iot.settings import Settings
-from ingest.models import AirPayload, Location, Reading, WaterPayload, to_ns
-from processors.app import create_app, shaking_topic, township_topic
+from civic_iot.times import to_ns
+from civic_iot.topology import Topology
+from processors.app import create_app
 from processors.detectors.quake import distance_km
-from processors.messages import Observation, SeismicTick, StrongShakingNotice, Trigger
 from processors.points import Point
 
 TOWN = "63000010"
@@ -127,7 +129,7 @@ def test_air_readings_give_figures_and_township_reports(harness: Any) -> None:
     assert last["aqi"] > 150
     assert last["level"] == 2
     assert aq[-1].time_ns == to_ns(start + timedelta(minutes=770))
-    reports = [json.loads(v) for topic, _, v in pub.sent if topic == township_topic(settings)]
+    reports = [json.loads(v) for topic, _, v in pub.sent if topic == Topology.of(settings).township]
     assert len(reports) == 156
     assert reports[-1]["level"] == 2
     assert reports[-1]["township"] == TOWN
@@ -254,10 +256,10 @@ def test_quake_agent_sends_strong_shaking_to_the_township_rain_gauges(shaken: An
         async with agent.test_context() as ctx:
             await ctx.put(key=b"network", value=declare.model_dump_json().encode())
             await ctx.put(key=b"network", value=shaking.model_dump_json().encode())
-            await _until(lambda: any(t == shaking_topic(settings) for t, _, _ in pub.sent))
+            await _until(lambda: any(t == Topology.of(settings).shaking for t, _, _ in pub.sent))
 
     asyncio.run(run())
-    sent = [(k, json.loads(v)) for t, k, v in pub.sent if t == shaking_topic(settings)]
+    sent = [(k, json.loads(v)) for t, k, v in pub.sent if t == Topology.of(settings).shaking]
     assert [k for k, _ in sent] == ["rain-1"]  # keyed by device: the water device only
     notice = sent[0][1]
     assert (notice["township"], notice["intensity"]) == (YILAN, "5-")
@@ -302,7 +304,7 @@ def test_shaking_agent_marks_the_gauge_and_the_water_agent_uses_r50(shaken: Any)
     assert rain[-1]["debris_flow_threshold_kind"] == "r50"
     assert rain[-1]["debris_flow_threshold_mm"] == 200.0
     assert rain[-1]["debris_flow_level"] == 2
-    reports = [json.loads(v) for t, _, v in pub.sent if t == township_topic(settings)]
+    reports = [json.loads(v) for t, _, v in pub.sent if t == Topology.of(settings).township]
     debris = [r for r in reports if r["hazard"] == "debris_flow"]
     assert [r["level"] for r in debris][-1] == 2
     assert debris[-1]["evidence"]["threshold"] == "r50"

@@ -9,9 +9,17 @@ from typing import Any
 
 import pytest
 
+from civic_iot.contracts.processing import (
+    Observation,
+    SeismicTick,
+    StrongShakingNotice,
+    TownshipReport,
+    Trigger,
+)
+from civic_iot.contracts.readings import Location, Reading, WaterPayload
 from civic_iot.registry import Device, Registry, Township
 from civic_iot.settings import InfluxSettings
-from ingest.models import Location, Reading, WaterPayload, to_ns
+from civic_iot.times import to_ns
 from processors.candidates import update_hazard
 from processors.detectors.intensity import intensity_ordinal
 from processors.detectors.quake import CellShaking, QuakeEvent, distance_km
@@ -26,13 +34,6 @@ from processors.handlers import (
     handle_water,
     open_candidates,
     strong_shaking_townships,
-)
-from processors.messages import (
-    Observation,
-    SeismicTick,
-    StrongShakingNotice,
-    TownshipReport,
-    Trigger,
 )
 
 T = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)

@@ -7,8 +7,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from influxdb_client.client.write.point import Point as InfluxPoint
 
+from civic_iot.contracts.readings import AirPayload, Location, Reading, SeismicPayload, WaterPayload
 from civic_iot.settings import InfluxSettings
-from ingest.models import AirPayload, Location, Reading, SeismicPayload, WaterPayload, to_ns
+from civic_iot.times import to_ns
 from processors.detectors.air import AirState, update_air
 from processors.detectors.quake import CellShaking, QuakeEvent
 from processors.points import (

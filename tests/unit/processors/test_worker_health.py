@@ -29,10 +29,19 @@ def test_storage_failing_longer_than_the_grace_is_unhealthy(
     assert report["storage"] == ("ok" if healthy else "unavailable")
 
 
+def test_not_ready_until_the_first_rebalance_is_done() -> None:
+    report = worker_health(
+        {}, now=0.0, grace_s=30.0, lag=0, partitions=0, instance="w", ready=False
+    )
+    assert report["healthy"] is False
+    assert report["ready"] is False
+
+
 def test_lag_and_no_partitions_are_reported_not_judged() -> None:
     report = worker_health({}, now=0.0, grace_s=30.0, lag=250_000, partitions=0, instance="w2")
     assert report == {
         "healthy": True,
+        "ready": True,
         "instance": "w2",
         "storage": "ok",
         "storage_failing_s": {},

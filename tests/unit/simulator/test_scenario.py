@@ -13,9 +13,9 @@ from typing import get_args
 
 import pytest
 
-from civic_iot.events import Hazard
+from civic_iot.contracts.alerts import Hazard
 from civic_iot.registry import Device, Registry
-from ingest.models import Limits, ReadingRefusedError
+from ingest.refusals import Limits, ReadingRefusedError
 from ingest.validate import validate
 from simulator.network import DEFAULT_SEED, build_network
 from simulator.scenario import (

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import subprocess
-import sys
 from typing import Annotated
 
 import typer
@@ -12,10 +11,11 @@ from rich.console import Console
 from rich.table import Table
 
 from alerts.cli import alerts_app
-from civic_iot import broker
-from civic_iot.grafana import grafana_app
+from civic_iot.logs import setup_logging
 from civic_iot.registry import Device, load_registry, save_registry
 from civic_iot.settings import REPO_ROOT, get_settings
+from ops import broker
+from ops.grafana import grafana_app
 from simulator.cli import simulate
 
 app = typer.Typer(help="civic-iot: civic disaster-monitoring IoT platform.", no_args_is_help=True)
@@ -29,14 +29,6 @@ app.add_typer(
 app.add_typer(alerts_app, name="alerts")
 app.command("simulate")(simulate)
 console = Console()
-
-
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
 
 
 def _stack(command: str) -> None:
@@ -161,7 +153,7 @@ def demo_cmd(
     workers: Annotated[int, typer.Option(help="Faust workers to start")] = 1,
 ) -> None:
     """Stack up, ingest + worker(s) + alerts, a scenario from simulated devices, a summary."""
-    from civic_iot.demo import run_demo  # noqa: PLC0415
+    from ops.demo import run_demo  # noqa: PLC0415
 
     settings = get_settings()
     logging.basicConfig(level="WARNING")
@@ -173,7 +165,7 @@ def demo_cmd(
 @app.command("status")
 def status_cmd() -> None:
     """The stack and every civic-iot process on this host, in one table."""
-    from civic_iot.status import collect  # noqa: PLC0415
+    from ops.status import collect  # noqa: PLC0415
 
     rows = collect(get_settings())
     table = Table("component", "state", "detail")

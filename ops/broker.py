@@ -1,9 +1,5 @@
-"""Mosquitto's password and ACL files, generated from the device registry.
-
-A device's user is its id; it may publish under ``devices/{its id}/#`` and read nothing.
-Service users: ``civic-ingest`` reads ``devices/#`` (and ``$SYS``), ``civic-alerts``
-publishes ``alerts/#``, ``civic-subscriber`` only reads ``alerts/#`` (agencies).
-"""
+"""Mosquitto's password and ACL files, generated from the device registry and the
+service accounts (:mod:`civic_iot.accounts`)."""
 
 from __future__ import annotations
 
@@ -13,17 +9,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from civic_iot.accounts import SERVICE_ACL
 from civic_iot.registry import Registry, device_password, device_secret
-
-INGEST_USER = "civic-ingest"
-ALERTS_USER = "civic-alerts"
-SUBSCRIBER_USER = "civic-subscriber"
-
-SERVICE_ACL: dict[str, tuple[str, ...]] = {
-    INGEST_USER: ("topic read devices/#", "topic read $SYS/#"),
-    ALERTS_USER: ("topic readwrite alerts/#",),
-    SUBSCRIBER_USER: ("topic read alerts/#",),
-}
 
 
 def mosquitto_hash(password: str, salt: bytes | None = None) -> str:

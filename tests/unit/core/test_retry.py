@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from alerts.backoff import ceiling, delay
+from civic_iot.retry import ceiling, delay
 
 
 class _Fixed:

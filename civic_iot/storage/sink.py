@@ -30,7 +30,7 @@ from influxdb_client.domain.write_precision import WritePrecision
 from influxdb_client.rest import ApiException
 
 from civic_iot.settings import Settings, influx_token
-from processors.points import Point
+from civic_iot.storage.points import Point
 
 logger = logging.getLogger(__name__)
 

@@ -8,8 +8,7 @@ alert service owns the lifecycle (new, update, cancel, hold times, acknowledgeme
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
@@ -17,6 +16,9 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 #: an early signal of its own, before the depth or stage ladders are reached.
 Hazard = Literal["air_quality", "flood", "river", "water_rise", "rain", "debris_flow", "earthquake"]
 Severity = Literal["Minor", "Moderate", "Severe", "Extreme"]
+#: The CWA seismic intensity scale's levels, lowest first (domain.md).
+IntensityLevel = Literal["0", "1", "2", "3", "4", "5-", "5+", "6-", "6+", "7"]
+INTENSITY_LEVELS: tuple[str, ...] = get_args(IntensityLevel)
 
 
 class GridCell(BaseModel):
@@ -26,7 +28,7 @@ class GridCell(BaseModel):
 
     lat: float = Field(ge=-90, le=90, description="cell centre latitude, degrees")
     lon: float = Field(ge=-180, le=180, description="cell centre longitude, degrees")
-    intensity: str = Field(description="expected CWA intensity level, e.g. '4' or '5-'")
+    intensity: IntensityLevel = Field(description="expected CWA intensity level, e.g. '4'")
     s_wave_s: float = Field(description="seconds from detection until the S wave arrives")
     township: str | None = None
 
@@ -78,8 +80,3 @@ class Finding(BaseModel):
 
 class AlertCandidate(Finding):
     """A detector's finding for one hazard in one area."""
-
-
-def utc_iso(dt: datetime) -> str:
-    """An aware datetime as ISO 8601 with an explicit offset (CAP forbids ``Z``)."""
-    return dt.isoformat(timespec="seconds")

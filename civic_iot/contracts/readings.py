@@ -1,16 +1,15 @@
 """The device contract: what a field device may publish, as frozen pydantic models.
 
 A device publishes JSON to ``devices/{device_id}/{kind}`` (kind ``air``, ``water`` or
-``seismic``). :func:`ingest.validate.validate` turns those bytes into a :class:`Reading`
-or raises :class:`ReadingRefusedError` with a reason code and a message naming the
-device, topic and field.
+``seismic``). Ingest (:func:`ingest.validate.validate`) turns those bytes into a
+:class:`Reading`, or refuses them with a reason code (:mod:`civic_iot.contracts.deadletter`),
+and writes the reading to ``readings.{kind}``, where the processors read it.
 See ``ingest/README.md`` for the contract as device makers read it.
 """
 
 from __future__ import annotations
 
-import math
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 from pydantic import (
@@ -18,43 +17,16 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    ValidationError,
     field_validator,
     model_validator,
 )
+
+from civic_iot.times import to_ns
 
 SCHEMA_VERSION = 1
 MAX_PAYLOAD_BYTES = 64 * 1024
 #: Seismic packets hold at most 10 s of samples at the highest rate.
 MAX_SAMPLES = 1000
-
-ReasonCode = Literal[
-    "bad_topic",
-    "oversize",
-    "not_json",
-    "schema",
-    "out_of_range",
-    "unknown_device",
-    "wrong_kind",
-    "future_timestamp",
-    "unsupported_version",
-]
-
-
-class ReadingRefusedError(Exception):
-    """A message that will not be accepted, with a reason code for the dead-letter topic."""
-
-    def __init__(self, reason: ReasonCode, message: str) -> None:
-        super().__init__(message)
-        self.reason: ReasonCode = reason
-        self.message = message
-
-
-def _finite(v: float | None) -> float | None:
-    if v is not None and not math.isfinite(v):
-        msg = "must be a finite number"
-        raise ValueError(msg)
-    return v
 
 
 class _Payload(BaseModel):
@@ -185,53 +157,9 @@ class Reading(BaseModel):
         return to_ns(self.event_time)
 
 
-def to_ns(dt: datetime) -> int:
-    """An aware datetime as integer nanoseconds since the epoch (exact, no float)."""
-    delta = dt - datetime(1970, 1, 1, tzinfo=UTC)
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
-
-
-class Limits(BaseModel):
-    """What ingest tolerates in time and size."""
-
-    model_config = ConfigDict(frozen=True)
-
-    max_future_skew: timedelta = timedelta(seconds=60)
-    lateness: timedelta = timedelta(hours=1)
-    max_payload_bytes: int = MAX_PAYLOAD_BYTES
-
-
-_PAYLOAD_MODELS: dict[str, type[_Payload]] = {
+#: The payload model of each reading kind (the last segment of a device topic).
+PAYLOAD_MODELS: dict[str, type[AirPayload | WaterPayload | SeismicPayload]] = {
     "air": AirPayload,
     "water": WaterPayload,
     "seismic": SeismicPayload,
 }
-
-
-def parse_topic(topic: str) -> tuple[str, str]:
-    """``devices/{device_id}/{kind}`` -> (device_id, kind), or :class:`ReadingRefusedError`."""
-    parts = topic.split("/")
-    if len(parts) != 3 or parts[0] != "devices" or not parts[1]:
-        raise ReadingRefusedError(
-            "bad_topic", f"topic {topic!r}: expected devices/{{device_id}}/{{kind}}"
-        )
-    if parts[2] not in _PAYLOAD_MODELS:
-        raise ReadingRefusedError(
-            "bad_topic", f"topic {topic!r}: kind {parts[2]!r} is not one of air, water, seismic"
-        )
-    return parts[1], parts[2]
-
-
-def describe(err: ValidationError, device_id: str, topic: str) -> tuple[ReasonCode, str]:
-    """A readable reason from pydantic's errors: the device, the topic, each field."""
-    range_types = {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}
-    parts = []
-    reason: ReasonCode = "schema"
-    for e in err.errors(include_url=False)[:5]:
-        loc = ".".join(str(p) for p in e["loc"][1:]) or "payload"
-        if e["type"] in range_types:
-            reason = "out_of_range"
-        if e["type"] == "literal_error" and e["loc"][1:2] == ("v",):
-            reason = "unsupported_version"
-        parts.append(f"{loc}: {e['msg']}")
-    return reason, f"device {device_id!r} topic {topic!r}: " + "; ".join(parts)

@@ -1,4 +1,4 @@
-"""Exponential backoff with full jitter, for webhook retries.
+"""Exponential backoff with full jitter: the one retry policy of every civic-iot process.
 
 ``delay = uniform(0, min(cap_s, base_s * 2**attempt))``: the "full jitter" of the AWS
 Architecture Blog's "Exponential Backoff And Jitter". Spreading retries over the whole

@@ -2,45 +2,15 @@
 
 from __future__ import annotations
 
-import json
-import re
 import subprocess
-import urllib.error
-import urllib.request
 from typing import Any
 
-from civic_iot.demo import http_json
 from civic_iot.settings import REPO_ROOT, Settings
-
-
-def _metrics(url: str) -> dict[str, float]:
-    """Sum Prometheus samples by metric name (labels folded)."""
-    try:
-        with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 - loopback
-            text = resp.read().decode()
-    except OSError:
-        return {}
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        m = re.match(r"^([a-zA-Z_:][\w:]*)(?:\{[^}]*\})?\s+([-+0-9.eE]+|NaN)$", line)
-        if m and not line.startswith("#") and m.group(2) != "NaN":
-            out[m.group(1)] = out.get(m.group(1), 0.0) + float(m.group(2))
-    return out
+from ops.probe import http_json, read_health, read_metrics
 
 
 def _health(url: str) -> dict[str, Any] | None:
-    """A /health JSON body, also when it comes with 503 (unhealthy); None if no answer."""
-    try:
-        with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 - loopback
-            body = json.load(resp)
-    except urllib.error.HTTPError as exc:
-        try:
-            body = json.load(exc)
-        except ValueError:
-            return None
-    except (OSError, ValueError):
-        return None
-    return body if isinstance(body, dict) else None
+    return read_health(url)[1]
 
 
 def collect(settings: Settings) -> list[tuple[str, str, str]]:
@@ -61,7 +31,7 @@ def collect(settings: Settings) -> list[tuple[str, str, str]]:
     if health is None:
         rows.append(("ingest", "down", f"no answer on {ingest}/health"))
     else:
-        m = _metrics(f"{ingest}/metrics")
+        m = read_metrics(f"{ingest}/metrics")
         rows.append(
             (
                 "ingest",

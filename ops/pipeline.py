@@ -1,11 +1,12 @@
-"""The demo and the end-to-end harness: the whole flow on the real local stack.
+"""A whole pipeline on the real local stack, run and checked: the harness of the demo
+(:mod:`ops.demo`), the end-to-end tests and the benchmarks.
 
-:func:`run_demo` starts ingest, the Faust worker(s) and the alert service as separate
-processes on a fresh set of Kafka topics (a per-run prefix, so each run's figures are its
-own), publishes a scenario as the registered devices would, shows a live table, waits for
-the pipeline to drain and prints a summary checked against the scenario's expectations.
-The pieces (:class:`Pipeline`, :func:`count_stored`, :func:`read_alerts`,
-:func:`check_expectations`) are what the e2e test uses too.
+:class:`Pipeline` starts ingest, the Faust worker(s) and the alert service as separate
+processes on a fresh deployment prefix (its own Kafka topics, consumer groups, MQTT share
+group and alert topics, :mod:`civic_iot.topology`) and waits until each one's ``/health``
+says it is ready; :func:`execute` publishes a scenario as the registered devices would,
+waits for the pipeline to drain and checks what came out against the scenario's
+expectations (:func:`check_expectations`, :func:`count_stored`, :func:`read_alerts`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -32,11 +32,10 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from influxdb_client.client.influxdb_client import InfluxDBClient
 
-from civic_iot.kafka_setup import ensure_topics
-from civic_iot.registry import load_registry
+from civic_iot.kafka_admin import ensure_topics
 from civic_iot.settings import REPO_ROOT, Settings, influx_token
-from civic_iot.topics import Topics
-from simulator.cli import plan_simulation
+from civic_iot.topology import Topology
+from ops.probe import http_json, read_health
 from simulator.publisher import Progress, PublishReport, publish_all
 from simulator.scenario import Expectations, Scenario, SimMessage
 
@@ -65,11 +64,15 @@ class Pipeline:
     worker_ports: list[int] = field(default_factory=list)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
+    @property
+    def topology(self) -> Topology:
+        """The run's topics, groups and MQTT names (all under its prefix)."""
+        return Topology.of(self.settings).with_prefix(self.prefix)
+
     def env(self) -> dict[str, str]:
         run = self.prefix.rstrip(".")
         return {
             "CIVIC_KAFKA__TOPIC_PREFIX": self.prefix,
-            "CIVIC_MQTT__SHARE_GROUP": f"ingest-{run}",
             "CIVIC_INGEST__INSTANCE": run,
             "CIVIC_INGEST__HTTP_PORT": str(self.ingest_port),
             "CIVIC_ALERTS__HTTP_PORT": str(self.alerts_port),
@@ -83,7 +86,7 @@ class Pipeline:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = (self.log_dir / f"{name}.log").open("ab")
         self.procs[name] = subprocess.Popen(  # noqa: S603 - our own CLI
-            [sys.executable, "-m", "civic_iot.cli", *args],
+            [sys.executable, "-m", "ops.cli", *args],
             env={**os.environ, **self.env(), **(extra or {})},
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -92,9 +95,7 @@ class Pipeline:
         )
 
     def start(self, timeout_s: float = 90) -> None:
-        asyncio.run(
-            ensure_topics(self.settings.kafka.model_copy(update={"topic_prefix": self.prefix}))
-        )
+        asyncio.run(ensure_topics(self.settings.kafka.bootstrap, self.topology))
         self._spawn("alerts", ["alerts", "run"])
         self.worker_ports = [free_port() for _ in range(self.workers)]
         for i, port in enumerate(self.worker_ports):
@@ -112,21 +113,16 @@ class Pipeline:
             "ingest": f"http://127.0.0.1:{self.ingest_port}/health",
             "alerts": f"http://127.0.0.1:{self.alerts_port}/health",
         }
+        checks |= {
+            f"worker{i}": f"http://127.0.0.1:{p}/health" for i, p in enumerate(self.worker_ports)
+        }
         for name, url in checks.items():
-            while http_json(url) is None:
+            # Ready: /health answers 200 (the worker once its first rebalance and table
+            # recovery are done, the alert service once it is the active instance).
+            while read_health(url)[0] != 200:
                 self._check_alive()
                 if time.monotonic() > deadline:
-                    msg = (
-                        f"{name} not healthy after {timeout_s:.0f}s; log: {self.log_dir / name}.log"
-                    )
-                    raise RuntimeError(msg)
-                time.sleep(0.3)
-        for i in range(self.workers):
-            log = self.log_dir / f"worker{i}.log"
-            while "Ready" not in log.read_text(errors="replace"):
-                self._check_alive()
-                if time.monotonic() > deadline:
-                    msg = f"worker{i} not ready after {timeout_s:.0f}s; log: {log}"
+                    msg = f"{name} not ready after {timeout_s:.0f}s; log: {self.log_dir / name}.log"
                     raise RuntimeError(msg)
                 time.sleep(0.3)
 
@@ -155,14 +151,6 @@ class Pipeline:
         if isinstance(data, dict):
             return list(data.get("alerts", []))
         return list(data or [])
-
-
-def http_json(url: str, timeout: float = 2.0) -> Any:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - loopback
-            return json.load(resp)
-    except (OSError, ValueError):
-        return None
 
 
 _STORED_QUERIES = {
@@ -247,7 +235,7 @@ async def _read_all(settings: Settings, topic: str, timeout_s: float = 30) -> li
 
 def read_alerts(settings: Settings, prefix: str) -> list[dict[str, Any]]:
     """Every message issued on ``{prefix}alerts`` (JSON form), oldest first."""
-    topic = Topics(prefix=prefix).alerts
+    topic = Topology(prefix=prefix).alerts
     values = asyncio.run(_read_all(settings, topic))
     msgs = [json.loads(v)["json"] for v in values]
     return sorted(msgs, key=lambda m: (m["sent"], m["sequence"]))
@@ -480,132 +468,4 @@ def execute(
         found,
         alerts,
         checks,
-    )
-
-
-def run_demo(
-    settings: Settings,
-    *,
-    scenario: str = "demo",
-    speed: float = 1.0,
-    workers: int = 1,
-    drain_timeout_s: float = 180,
-) -> int:
-    """The README's first command. Returns 0 when every expectation held."""
-    from rich.console import Console  # noqa: PLC0415 - only the demo draws
-    from rich.live import Live  # noqa: PLC0415
-    from rich.table import Table  # noqa: PLC0415
-
-    console = Console()
-    run = datetime.now(UTC).strftime("demo%Y%m%d%H%M%S")
-    pipeline = Pipeline(settings, f"{run}.", settings.data_dir / "logs" / run, workers=workers)
-    sc, start, messages = plan_simulation(
-        scenario, registry=load_registry(settings.registry), speed=speed
-    )
-    console.rule(
-        f"civic-iot demo: scenario [bold]{sc.name}[/bold] ({len(messages):,} messages, "
-        f"~{sc.wall_duration_s(speed):.0f} s), run {run}"
-    )
-    console.print(
-        f"starting ingest, {workers} Faust worker(s) and the alert service "
-        f"(logs in {pipeline.log_dir})"
-    )
-    pipeline.start()
-
-    def table(p: Progress | None) -> Table:
-        t = Table(title="live", expand=False)
-        for col in ("published", "acked", "accepted", "dead letters", "open alerts", "msg/s"):
-            t.add_column(col, justify="right")
-        counts = pipeline.ingest_counts()
-        opened = pipeline.open_alerts()
-        t.add_row(
-            f"{p.published:,}" if p else "0",
-            f"{p.acknowledged:,}" if p else "0",
-            f"{int(counts.get('accepted', 0)):,}",
-            f"{sum(refused_counts(counts).values()):,}",
-            str(len(opened)),
-            f"{p.published / p.elapsed_s:,.0f}" if p and p.elapsed_s else "-",
-        )
-        for a in opened[:10]:
-            t.add_row(
-                "",
-                "",
-                "",
-                a.get("hazard", ""),
-                str(a.get("area_desc", ""))[:30],
-                f"{a.get('severity', '')} L{a.get('level')}",
-            )
-        return t
-
-    try:
-        with Live(table(None), console=console, refresh_per_second=2, transient=False) as live:
-            res = execute(
-                settings,
-                pipeline,
-                sc,
-                start,
-                messages,
-                speed=speed,
-                drain_timeout_s=drain_timeout_s,
-                on_progress=lambda p: live.update(table(p)),
-            )
-    finally:
-        pipeline.stop()
-    print_summary(console, settings, res)
-    return 0 if res.ok else 1
-
-
-def print_summary(console: Any, settings: Settings, res: RunResult) -> None:
-    """The demo's closing tables and checks."""
-    from rich.table import Table  # noqa: PLC0415
-
-    summary = Table(title=f"summary of {res.run}")
-    summary.add_column("")
-    summary.add_column("", justify="right")
-    summary.add_row("readings published (broker-acknowledged)", f"{res.report.acknowledged:,}")
-    summary.add_row("refused by the broker (ACL/credentials)", f"{res.report.denied:,}")
-    summary.add_row("accepted by ingest", f"{res.accepted:,}")
-    summary.add_row(
-        "dead-lettered", ", ".join(f"{k} {v}" for k, v in sorted(res.refused.items())) or "0"
-    )
-    summary.add_row("stored in InfluxDB (this run's readings found)", f"{len(res.stored_ids):,}")
-    by_type = Counter(a["msg_type"] for a in res.alerts)
-    summary.add_row(
-        "alert messages", ", ".join(f"{k} {v}" for k, v in sorted(by_type.items())) or "0"
-    )
-    latency = alert_latencies(settings, res.alerts)
-    lat = percentiles(list(latency.values()))
-    if lat:
-        summary.add_row(
-            "detector decision -> alert issued",
-            f"p50 {lat['p50']:.0f} ms, p99 {lat['p99']:.0f} ms, max {lat['max']:.0f} ms",
-        )
-    console.print(summary)
-    issued = Table(title="alerts issued")
-    for col in ("hazard", "area", "severity", "level", "headline", "latency ms"):
-        issued.add_column(col)
-    for a in res.alerts:
-        if a["msg_type"] == "Alert":
-            ms = (
-                datetime.fromisoformat(a["sent"]) - datetime.fromisoformat(a["detected_at"])
-            ).total_seconds() * 1000
-            issued.add_row(
-                a["hazard"],
-                a["area"]["desc"][:40],
-                a["severity"],
-                str(a["level"]),
-                a["headline"][:60],
-                f"{ms:.0f}",
-            )
-    console.print(issued)
-    for c in res.checks:
-        console.print(("[green]ok  [/green]" if c.ok else "[red]FAIL[/red]") + f" {c.text}")
-    i = settings.influx
-    console.print(
-        "\nSee the data: Flux, e.g. "
-        f'[cyan]from(bucket: "{i.bucket_derived}") |> range(start: -2d) |> filter(fn: (r) => '
-        'r._measurement == "air_quality" and r._field == "aqi")[/cyan]\n'
-        f"  at {i.url} (token in {settings.data_dir / 'secrets' / 'influx-token'}); "
-        "Grafana: `docker compose up -d` on a host with Docker (dashboards provisioned), "
-        "or `civic-iot grafana provision --url ...` for an existing Grafana."
     )

@@ -1,6 +1,6 @@
 """Prepare InfluxDB 2.x: onboarding, buckets with retention, the seismic downsampling task.
 
-Idempotent; run by ``deploy/stack.sh up`` (``python -m civic_iot.influx_setup``). On a
+Idempotent; run by ``deploy/stack.sh up`` (``python -m ops.influx_setup``). On a
 first start it onboards the server with organisation ``CIVIC_INFLUX__ORG`` and a random
 admin token written to ``<data dir>/secrets/influx-token`` (never to the repo).
 """

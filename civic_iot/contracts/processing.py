@@ -1,4 +1,5 @@
-"""Messages between the processors' own agents (internal Kafka topics).
+"""Messages between the processors' own agents (internal Kafka topics, named in
+:mod:`civic_iot.topology`).
 
 * ``{prefix}processors.township`` (keyed by township code, as many partitions as the
   readings topics): every air and water reading's per-device level, so that the
@@ -15,10 +16,9 @@
 
 from __future__ import annotations
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from civic_iot.events import Hazard
-from processors.detectors.intensity import intensity_ordinal
+from civic_iot.contracts.alerts import Hazard, IntensityLevel
 
 #: The key of every ``seismic.triggers`` message: the associator is one serial point.
 NETWORK_KEY = "network"
@@ -98,11 +98,5 @@ class StrongShakingNotice(BaseModel):
     device: str
     township: str
     event_id: str
-    intensity: str
+    intensity: IntensityLevel
     origin_time: AwareDatetime
-
-    @field_validator("intensity")
-    @classmethod
-    def _known_level(cls, v: str) -> str:
-        intensity_ordinal(v)  # raises ValueError naming the unknown level
-        return v

@@ -1,0 +1,78 @@
+"""One InfluxDB point type and its line-protocol encoder, built without I/O.
+
+Every service that stores something builds :class:`Point` values (the processors from
+readings and detector figures, the alert service from issued messages) and hands them to
+one sink (:mod:`civic_iot.storage.sink`). :meth:`Point.line` encodes InfluxDB line
+protocol with nanosecond precision.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+FieldValue = float | int | bool | str
+
+
+@dataclass(frozen=True, slots=True)
+class Point:
+    """One InfluxDB point: the bucket it belongs in, series, fields and time (ns)."""
+
+    bucket: str
+    measurement: str
+    tags: tuple[tuple[str, str], ...]
+    fields: tuple[tuple[str, FieldValue], ...]
+    time_ns: int
+
+    def line(self) -> str:
+        """Line protocol, tags sorted (InfluxDB's canonical order)."""
+        head = _escape(self.measurement, _MEASUREMENT)
+        for k, v in sorted(self.tags):
+            head += f",{_escape(k, _TAG)}={_escape(v, _TAG)}"
+        body = ",".join(f"{_escape(k, _TAG)}={_field(v)}" for k, v in self.fields)
+        return f"{head} {body} {self.time_ns}"
+
+
+_MEASUREMENT = str.maketrans({",": r"\,", " ": r"\ ", "\n": r"\n"})
+_TAG = str.maketrans({",": r"\,", " ": r"\ ", "=": r"\=", "\n": r"\n"})
+
+
+def _escape(s: str, table: dict[int, str]) -> str:
+    return s.replace("\\", "\\\\").translate(table)
+
+
+def _field(v: FieldValue) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return f"{v}i"
+    if isinstance(v, float):
+        return repr(v)
+    escaped = v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'"{escaped}"'
+
+
+def point(
+    bucket: str,
+    measurement: str,
+    tags: Mapping[str, str | None],
+    fields: Mapping[str, FieldValue | None],
+    time_ns: int,
+) -> Point | None:
+    """A point without the empty tags, ``None`` fields and non-finite floats (InfluxDB
+    accepts none of them); ``None`` when no field is left."""
+    kept: list[tuple[str, FieldValue]] = []
+    for k, v in fields.items():
+        if v is None or (isinstance(v, float) and not math.isfinite(v)):
+            continue
+        kept.append((k, v))
+    if not kept:
+        return None
+    return Point(
+        bucket=bucket,
+        measurement=measurement,
+        tags=tuple(sorted((k, v) for k, v in tags.items() if v)),
+        fields=tuple(kept),
+        time_ns=time_ns,
+    )
