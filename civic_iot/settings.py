@@ -55,6 +55,12 @@ class IngestSettings(BaseModel):
     batches_in_flight: int = Field(default=4, ge=1)
     #: Readings older than this when they arrive are kept and flagged ``late``.
     lateness_s: float = 3600.0
+    #: Readings older than this are refused (``too_old``): six days of a device's buffer
+    #: after an outage are taken; anything older is a clock fault or needs backfill mode.
+    max_age_s: float = Field(default=6 * 86_400.0, gt=0)
+    #: Backfill mode: take readings up to the age their bucket keeps (less an hour), for
+    #: loading an archive or a long outage's buffer. Asked for explicitly, never default.
+    backfill: bool = False
     #: Readings stamped further ahead of the server clock are refused.
     max_future_skew_s: float = 60.0
     max_payload_bytes: int = 64 * 1024
@@ -88,6 +94,10 @@ class InfluxSettings(BaseModel):
     bucket_seismic: str = "seismic"
     bucket_derived: str = "derived"
     bucket_alerts: str = "alerts"
+    #: Days the raw readings (air, water) and the raw seismic samples are kept; ingest
+    #: refuses readings older than their bucket keeps (``too_old``).
+    readings_retention_days: int = Field(default=30, ge=1)
+    seismic_retention_days: int = Field(default=7, ge=1)
     batch_size: int = 5000
     flush_interval_ms: int = 200
 

@@ -22,7 +22,7 @@ import struct
 import time
 from collections import Counter, deque
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -439,12 +439,7 @@ class Ingest:
         self.settings = settings
         self.registry = registry
         self.topics = Topology.of(settings)
-        i = settings.ingest
-        self.limits = Limits(
-            max_future_skew=timedelta(seconds=i.max_future_skew_s),
-            lateness=timedelta(seconds=i.lateness_s),
-            max_payload_bytes=i.max_payload_bytes,
-        )
+        self.limits = Limits.of(settings)
         self.counts: Counter[str] = Counter()
         self._registry_mtime = _mtime(settings.registry)
 
@@ -480,7 +475,7 @@ class Ingest:
         return (
             self.topics.readings(reading.kind),
             reading.device_id.encode(),
-            reading.model_dump_json().encode(),
+            reading.to_record(),
         )
 
     def maybe_reload_registry(self) -> None:

@@ -304,7 +304,7 @@ def create_app(
     def reading_of(event: Any, kind: str) -> Reading | None:
         stats.counters["readings_in"] += 1
         try:
-            return Reading.model_validate_json(event.value)
+            return Reading.from_record(event.value)
         except ValidationError as exc:
             # ingest validated it: a message that is no Reading is not ours to store.
             stats.counters["deadletters"] += 1

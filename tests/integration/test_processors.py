@@ -148,7 +148,7 @@ def _reading(device: Device | SimStation, t: datetime, data: Any, township: str)
         location=Location(lat=device.lat, lon=device.lon, township=township),
         data=data,
     )
-    return r.model_dump_json().encode()
+    return r.to_record()
 
 
 async def _produce(settings: Settings, records: Sequence[tuple[str, str, bytes]]) -> None:

@@ -66,19 +66,15 @@ class RecordingPublisher:
 
 
 def _air(device: Device, t: datetime, pm25: float) -> bytes:
-    return (
-        Reading(
-            reading_id=f"{device.id}:{to_ns(t)}",
-            device_id=device.id,
-            kind="air",
-            event_time=t,
-            received_at=t,
-            location=Location(lat=device.lat, lon=device.lon, township=device.township),
-            data=AirPayload(ts=t, pm2_5_ugm3=pm25),
-        )
-        .model_dump_json()
-        .encode()
-    )
+    return Reading(
+        reading_id=f"{device.id}:{to_ns(t)}",
+        device_id=device.id,
+        kind="air",
+        event_time=t,
+        received_at=t,
+        location=Location(lat=device.lat, lon=device.lon, township=device.township),
+        data=AirPayload(ts=t, pm2_5_ugm3=pm25),
+    ).to_record()
 
 
 @pytest.fixture
@@ -176,7 +172,7 @@ def test_flood_reading_reports_its_level_to_the_township(harness: Any) -> None:
         reading_id=f"flood-1:{to_ns(t)}", device_id="flood-1", kind="water", event_time=t,
         received_at=t, location=Location(lat=dev.lat, lon=dev.lon, township=TOWN),
         data=WaterPayload(ts=t, flood_depth_cm=35.0),
-    ).model_dump_json().encode()  # fmt: skip
+    ).to_record()  # fmt: skip
 
     async def run() -> None:
         async with agent.test_context() as ctx:
@@ -274,7 +270,7 @@ def _rain(t: datetime, mm: float) -> bytes:
         reading_id=f"rain-1:{to_ns(t)}", device_id="rain-1", kind="water", event_time=t,
         received_at=t, location=Location(lat=dev.lat, lon=dev.lon, township=YILAN),
         data=WaterPayload(ts=t, rainfall_mm=mm),
-    ).model_dump_json().encode()  # fmt: skip
+    ).to_record()  # fmt: skip
 
 
 def test_shaking_agent_marks_the_gauge_and_the_water_agent_uses_r50(shaken: Any) -> None:

@@ -81,9 +81,7 @@ def test_seismic_samples_one_point_each_at_t0_plus_i_over_rate() -> None:
 
 def test_same_reading_same_points() -> None:
     r = _reading(AirPayload(ts=T, pm2_5_ugm3=12))
-    assert reading_points(r, B) == reading_points(
-        Reading.model_validate_json(r.model_dump_json()), B
-    )
+    assert reading_points(r, B) == reading_points(Reading.from_record(r.to_record()), B)
 
 
 def test_air_quality_point_fields_and_types() -> None:
