@@ -27,11 +27,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from influxdb_client.client.influxdb_client import InfluxDBClient
 
+from alerts.lifecycle import Reason
 from civic_iot.kafka_admin import ensure_topics
 from civic_iot.settings import REPO_ROOT, Settings, influx_token
 from civic_iot.topology import Topology
@@ -341,12 +342,32 @@ def refused_counts(ingest_counts: Mapping[str, Any]) -> Counter[str]:
     )
 
 
+#: Who issued an alert message, by its reason (:data:`alerts.lifecycle.Reason`): on a
+#: detector's candidate, at once (``sent - detected_at`` is the pipeline's latency), or on
+#: the service's timer after a hold or a silence (``sent - detected_at`` is then mostly
+#: the hold, e.g. a Cancel 60 s after the value cleared: not a latency).
+ISSUED_BY: dict[Reason, Literal["detector", "timer"]] = {
+    "new": "detector",
+    "escalated": "detector",
+    "area_changed": "detector",
+    "de-escalated": "timer",
+    "cleared": "timer",
+    "expired": "timer",
+}
+
+
+def decided_alerts(alerts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The alert messages (JSON form) a detector decided: those whose latency counts."""
+    return [a for a in alerts if ISSUED_BY.get(a["reason"]) == "detector"]
+
+
 def alert_latencies(settings: Settings, alerts: list[dict[str, Any]]) -> dict[str, float]:
-    """Detector decision -> alert issued, ms, per message identifier (``alert`` points).
+    """Detector decision -> alert issued, ms, per message identifier (``alert`` points), of
+    the messages a detector decided (:func:`decided_alerts`); timer-issued ones are left out.
 
     The JSON and CAP forms carry times in whole seconds (CAP's format), too coarse here.
     """
-    ids = {a["identifier"] for a in alerts}
+    ids = {a["identifier"] for a in decided_alerts(alerts)}
     if not ids:
         return {}
     i = settings.influx
