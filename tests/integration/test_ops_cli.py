@@ -29,9 +29,9 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from civic_iot.accounts import INGEST_USER
+from civic_iot.accounts import INGEST_USER, is_service_account
 from civic_iot.kafka_admin import partition_counts, wait_for_topics
-from civic_iot.registry import device_password, device_secret, load_registry
+from civic_iot.registry import device_password, device_secret, load_registry, service_password
 from civic_iot.settings import Settings
 from civic_iot.topology import TABLES, Topology
 from ops.pipeline import free_port
@@ -80,8 +80,10 @@ class PrivateBroker:
         )
 
     def password(self, user: str) -> str:
-        secret = device_secret(self.data_dir)
-        return device_password(secret, f"service:{user}" if user == INGEST_USER else user)
+        """The password of a device or service account under the test's own secret."""
+        if is_service_account(user):
+            return service_password(self.data_dir, user)
+        return device_password(device_secret(self.data_dir), user)
 
     def log(self) -> str:
         return (self.data_dir / "mosquitto" / "mosquitto.log").read_text(errors="replace")
@@ -114,10 +116,9 @@ def broker(settings: Settings, tmp_path: Path) -> Iterator[PrivateBroker]:
         while True:
             assert b.running(), b.log()
             client, rc = connect(b, INGEST_USER, b.password(INGEST_USER))
-            if rc is not None and not rc.is_failure:
-                disconnect(client)
-                break
             disconnect(client)
+            if accepted(rc):
+                break
             assert time.monotonic() < deadline, f"private mosquitto not up:\n{b.log()}"
             time.sleep(0.2)
         yield b
