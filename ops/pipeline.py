@@ -245,7 +245,7 @@ def stages(topology: Topology) -> list[tuple[str, list[str]]]:
     ]
 
 
-async def _lagging(
+async def group_lag(
     settings: Settings, group: str, topics: list[str], timeout_s: float
 ) -> list[str]:
     """Wait until ``group`` has committed every partition of ``topics`` up to the end offset
@@ -266,11 +266,13 @@ async def _lagging(
         end = {tp: n for tp, n in (await consumer.end_offsets(tps)).items() if n > 0}
         deadline = time.monotonic() + timeout_s
         while True:
-            committed = await admin.list_consumer_group_offsets(group, partitions=list(end))
+            found = await admin.list_consumer_group_offsets(group, partitions=list(end))
+            # -1: nothing committed on that partition yet.
+            committed = {tp: o.offset for tp, o in found.items() if o.offset >= 0}
             behind = [
-                f"{tp.topic}[{tp.partition}] {committed[tp].offset if tp in committed else '-'}/{n}"
+                f"{tp.topic}[{tp.partition}] {committed.get(tp, '-')}/{n}"
                 for tp, n in end.items()
-                if tp not in committed or committed[tp].offset < n
+                if committed.get(tp, -1) < n
             ]
             if not behind or time.monotonic() > deadline:
                 return behind
@@ -289,7 +291,7 @@ def wait_consumed(settings: Settings, topology: Topology, timeout_s: float = 90)
     deadline = time.monotonic() + timeout_s
     for group, topics in stages(topology):
         left = max(1.0, deadline - time.monotonic())
-        behind = asyncio.run(_lagging(settings, group, topics, left))
+        behind = asyncio.run(group_lag(settings, group, topics, left))
         if behind:
             return [f"{group}: {', '.join(behind[:8])}"]
     return []
@@ -524,7 +526,7 @@ def execute(
             break
         time.sleep(2)
     found = stored_readings(settings, start, window_end) & want
-    lagging = wait_consumed(settings, pipeline.topology)
+    lagging = wait_consumed(settings, pipeline.topology, timeout_s=drain_timeout_s)
     tick(progress.get("p"))
     counts = pipeline.ingest_counts()
     alerts = read_alerts(settings, pipeline.prefix)

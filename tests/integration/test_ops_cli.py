@@ -26,6 +26,8 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
@@ -34,7 +36,7 @@ from civic_iot.kafka_admin import partition_counts, wait_for_topics
 from civic_iot.registry import device_password, device_secret, load_registry, service_password
 from civic_iot.settings import Settings
 from civic_iot.topology import TABLES, Topology
-from ops.pipeline import free_port
+from ops.pipeline import free_port, group_lag
 from tests.integration.helpers import REPO
 
 pytestmark = pytest.mark.integration
@@ -373,3 +375,49 @@ def test_topics_created_listed_and_deleted_by_prefix(stack: Settings, unique: st
     while set(asyncio.run(wait_for_topics(stack.kafka.bootstrap, names, 0))) != set(names):
         assert time.monotonic() < deadline, "topics still there after delete"
         time.sleep(0.5)
+
+
+def test_a_stage_counts_as_consumed_once_its_group_committed_to_the_end(
+    stack: Settings, unique: str
+) -> None:
+    """What the e2e drain (ops.pipeline.wait_consumed) waits on, on the real Kafka."""
+    topic, group = f"t-lag-{unique}", f"t-lag-{unique}"
+    bootstrap = stack.kafka.bootstrap
+
+    async def run() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        await admin.create_topics([NewTopic(topic, 2, 1)])
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+        await producer.start()
+        try:
+            for p in (0, 1, 1):
+                await producer.send_and_wait(topic, b"x", partition=p)
+            behind = await group_lag(stack, group, [topic], timeout_s=0)
+            assert sorted(behind) == [f"{topic}[0] -/1", f"{topic}[1] -/2"]
+            consumer = AIOKafkaConsumer(
+                topic,
+                bootstrap_servers=bootstrap,
+                group_id=group,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+            )
+            await consumer.start()
+            try:
+                got = 0
+                async with asyncio.timeout(30):
+                    while got < 3:
+                        batch = await consumer.getmany(timeout_ms=500)
+                        got += sum(len(r) for r in batch.values())
+                # Consumed but not committed: still behind.
+                assert len(await group_lag(stack, group, [topic], timeout_s=0)) == 2
+                await consumer.commit()
+            finally:
+                await consumer.stop()
+            assert await group_lag(stack, group, [topic], timeout_s=5) == []
+        finally:
+            await producer.stop()
+            await admin.delete_topics([topic])
+            await admin.close()
+
+    asyncio.run(run())
