@@ -243,6 +243,12 @@ def create_app(
     sinks: dict[str, PointSink] = {}  # by name, for /health
     make_sink = sink_factory
 
+    async def close_sinks(*_args: Any, **_kw: Any) -> None:
+        for sink in sinks.values():
+            await sink.close()
+
+    app.on_before_shutdown.connect(close_sinks)
+
     def new_sink(name: str) -> PointSink:
         sinks[name] = sink = make_sink(name)
         return sink

@@ -417,14 +417,8 @@ class InfluxSink:
             return len(points)
 
     async def close(self) -> None:
-        if self._unsent or self._pending:
-            logger.error(
-                "storage sink closed with points neither stored nor set aside sink=%s "
-                "pending=%d unsent_deadletters=%d",
-                self.name,
-                len(self._pending),
-                len(self._unsent),
-            )
+        # Points still held are not lost by closing: the processors read them again from
+        # Kafka (offsets not committed); the alert service calls set_aside() first.
         if self._session is not None:
             await self._session.close()
             self._session = None
