@@ -41,7 +41,10 @@ Each step (a candidate through :func:`~alerts.lifecycle.on_candidate`, a tick of
     repeat by ``X-Civic-Message-Id``; nothing is lost. Each issued message is then written
     as an ``alert`` point and handed to the delivery channels (:mod:`alerts.delivery`);
     their results become ``delivery`` points, metrics, and for failures a dead-letter
-    record on ``alerts.deadletter``.
+    record on ``alerts.deadletter``. Points are written by a background flush through the
+    one InfluxDB sink (:mod:`civic_iot.storage.sink`): while InfluxDB is unavailable they
+    wait in it (bounded; beyond the bound, and at a stop, they go to
+    ``storage.deadletter``), and a point InfluxDB refuses goes there at once.
 
 Stepping down (the partition revoked, or :meth:`AlertService.stop`)
     No new step starts; the step in flight finishes (or is abandoned after half the
