@@ -917,23 +917,13 @@ class AlertService:
     async def _close_points(self) -> None:
         """Store what the sink holds, within one write timeout; what InfluxDB does not take
         by then goes to storage.deadletter (the producer is still up), never dropped."""
-        try:
+        with contextlib.suppress(StorageUnavailable, TimeoutError):
             async with asyncio.timeout(self.settings.influx.write_timeout_s):
                 await self.points.flush()
-        except (StorageUnavailable, TimeoutError):
-            pass
         try:
-            n = await self.points.set_aside("InfluxDB unavailable when the alert service stopped")
+            await self.points.set_aside("InfluxDB unavailable when the alert service stopped")
         except StorageUnavailable:
-            logger.exception(
-                "alert points lost at stop: neither InfluxDB nor Kafka took them count=%d",
-                self.points.pending,
-            )
-        else:
-            if n:
-                logger.error(
-                    "alert points sent to the storage dead-letter topic at stop count=%d", n
-                )
+            logger.exception("alert points lost at stop: neither InfluxDB nor Kafka took them")
         await self.points.close()
 
     async def _step(self, term: _Term, step: Step) -> bool:

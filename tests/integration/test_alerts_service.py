@@ -998,3 +998,49 @@ def test_alert_points_still_land_after_a_point_influxdb_refuses(env: Settings, u
         asyncio.run(run())
     finally:
         clear_retained(env, f"{Topology.of(env).mqtt_alerts_root}/flood/{area}")
+
+
+def test_alert_points_wait_out_an_influxdb_outage_and_are_dead_lettered_at_stop(
+    env: Settings, unique: str
+) -> None:
+    """InfluxDB unreachable: alerts still go out, their points wait in the sink (health
+    reports it, still ok), and at the stop they go to ``storage.deadletter``, not away."""
+    area = f"t{unique}"
+    key = f"flood:{area}"
+    influx = env.influx.model_copy(
+        update={
+            "url": f"http://127.0.0.1:{free_port()}",
+            "write_backoff_base_s": 0.05,
+            "write_backoff_cap_s": 0.2,
+        }
+    )
+    down = env.model_copy(update={"influx": influx})
+
+    async def run() -> None:
+        async with running(down, lifecycle=short_lifecycle(60), subscriptions=[]) as svc:
+            await send_candidates(env, candidate(area, 2))
+            await wait_until(lambda: len(svc.open_alerts()) == 1, 15, "the alert to open")
+            await wait_until(
+                lambda: svc.health()["storage"] == "unavailable", 15, "storage unavailable"
+            )
+            await svc.mqtt.flush()
+            health = svc.health()
+            assert health["status"] == "ok"  # alerts go out: storage is reported, not judged
+            assert health["storage_pending"] >= 1
+            assert health["storage_deadletters"] == {}
+            assert "alerts" in health["storage_failing_s"]
+
+        [sent] = await alert_messages(env, key)
+        recs = await read_topic(env, Topology.of(env).storage_deadletter)
+        dead = [StorageDeadLetter.model_validate_json(r.value) for r in recs if r.value]
+        assert {(d.reason_class, d.status, d.service) for d in dead} == {
+            ("unavailable", 0, "alerts")
+        }
+        [alert] = [d for d in dead if d.measurement == "alert"]
+        assert alert.line.startswith(f"alert,area={area},hazard=flood,msg_type=Alert,")
+        assert f'identifier="{sent["identifier"]}"' in alert.line
+
+    try:
+        asyncio.run(run())
+    finally:
+        clear_retained(env, f"{Topology.of(env).mqtt_alerts_root}/flood/{area}")
