@@ -320,6 +320,8 @@ class InfluxSink:
         self._session: aiohttp.ClientSession | None = None
         self._lock = asyncio.Lock()
         self._pending: list[Point] = []
+        #: Points of the flush under way not yet written or set aside.
+        self._in_flight = 0
         #: Set aside, not yet acknowledged by Kafka.
         self._unsent: list[StorageDeadLetter] = []
         #: Points stored, write requests that failed (unavailable), points set aside,
@@ -365,15 +367,15 @@ class InfluxSink:
 
     @property
     def pending(self) -> int:
-        """Points waiting to be written."""
-        return len(self._pending)
+        """Points waiting to be written (those of a flush under way included)."""
+        return len(self._pending) + self._in_flight
 
     def add(self, points: Iterable[Point]) -> None:
         for p in points:
-            if self._max_pending is not None and len(self._pending) >= self._max_pending:
+            if self._max_pending is not None and self.pending >= self._max_pending:
                 # The newest point goes: the ones held are older, and none is lost (the
                 # record keeps its line protocol for writing it again).
-                why = f"{len(self._pending)} points waiting for InfluxDB (the most it keeps)"
+                why = f"{self.pending} points waiting for InfluxDB (the most it keeps)"
                 self._set_aside(p, p.line(), "overflow", 0, why)
                 self._overflowed += 1
                 if self._overflowed % 1000 == 1:  # the first, then every 1000th: not a flood
@@ -392,9 +394,9 @@ class InfluxSink:
         async with self._lock:
             await self._send_deadletters()
             while self._pending:
-                bucket = self._pending[0].bucket
-                chunk = [p for p in self._pending if p.bucket == bucket][: self._chunk]
-                await self._store_chunk(bucket, chunk)
+                # What is buffered now; points added meanwhile wait for the next round.
+                todo, self._pending = self._pending, []
+                await self._store(todo)
             await self._send_deadletters()
 
     async def set_aside(self, why: str) -> int:
@@ -425,12 +427,28 @@ class InfluxSink:
 
     # ------------------------------------------------------------------ internals
 
-    async def _store_chunk(self, bucket: str, chunk: Sequence[Point]) -> None:
-        """Write ``chunk`` (one bucket), bisecting refused requests; the points written
-        or set aside leave the buffer even when an outage interrupts."""
+    async def _store(self, todo: list[Point]) -> None:
+        """Write ``todo`` per bucket in chunks; what an outage (or a cancellation) leaves
+        neither written nor set aside goes back in front of the buffer, in order."""
+        by_bucket: dict[str, list[Point]] = {}
+        for p in todo:
+            by_bucket.setdefault(p.bucket, []).append(p)
+        settled: set[int] = set()
+        self._in_flight = len(todo)
+        try:
+            for bucket, points in by_bucket.items():
+                for i in range(0, len(points), self._chunk):
+                    await self._store_chunk(bucket, points[i : i + self._chunk], settled)
+        finally:
+            self._in_flight = 0
+            if len(settled) < len(todo):
+                self._pending[:0] = [p for p in todo if id(p) not in settled]
+
+    async def _store_chunk(self, bucket: str, chunk: Sequence[Point], settled: set[int]) -> None:
+        """Write ``chunk`` (one bucket), bisecting refused requests; adds the points
+        written or set aside to ``settled``."""
         lines = [p.line() for p in chunk]
         parts = [(0, len(chunk))]
-        settled: set[int] = set()
         refused = 0
         try:
             while parts:
@@ -451,9 +469,8 @@ class InfluxSink:
                 else:  # pragma: no cover - _write raises instead of answering "unavailable"
                     raise AssertionError(step)
                 settled.update(id(p) for p in chunk[lo:hi])
+                self._in_flight -= hi - lo
         finally:
-            if settled:
-                self._pending = [p for p in self._pending if id(p) not in settled]
             if refused:
                 logger.error(
                     "influxdb refused points sink=%s bucket=%s refused=%d of=%d last_reason=%s",
