@@ -96,7 +96,7 @@ class InfluxSettings(BaseModel):
     #: Per-request timeout of a write (connect + send + answer), seconds.
     write_timeout_s: float = Field(default=10.0, gt=0)
     #: Attempts per write request while InfluxDB is unavailable (connection refused or
-    #: reset, timeout, 5xx, 408, 429, or 401/403/404) before a flush gives up for now;
+    #: reset, timeout, 5xx, 408, 425, 429, or 401/403/404) before a flush gives up for now;
     #: the points stay in the sink and the next flush tries again.
     write_max_attempts: int = Field(default=5, ge=1)
     #: Exponential backoff with full jitter between those attempts (civic_iot.retry): the
