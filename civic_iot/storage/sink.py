@@ -33,8 +33,10 @@ Refused: InfluxDB answered that it will not store some lines as they are
     and its ``dropped=`` count covers one cause only). A line that does not parse,
     including a timestamp outside 1677-2262, gives **HTTP 400** and *nothing* of the
     request is written (the message names each such line). Other 4xx (413 too large)
-    are treated alike. So a refused request is **bisected** (:func:`next_step`): each
-    half is written again until every line is either written or refused on its own.
+    are treated alike. The answer is therefore not parsed for lines (only a 400 names
+    them); a refused request is **bisected** instead (:func:`next_step`): each half is
+    written again until every line is either written or refused on its own, which also
+    gives each refused line InfluxDB's own reason for it.
     Writing a line again is harmless (same series, time and values), so halves already
     written by a partial write cost one request and change nothing. Finding k refused
     lines among n costs about 2 k log2(n / k) requests: 25 requests (0.13 s) for one
