@@ -13,12 +13,13 @@ Every sink and publisher has one shape, :class:`Sink` (``add``, ``flush``, ``clo
   per-request timeout, and is retried with exponential backoff and full jitter
   (:mod:`alerts.backoff`) until ``max_attempts``; then it is reported ``failed`` (the
   service dead-letters it).
-- :class:`InfluxPoints`: points for the ``alerts`` bucket, buffered and written in one call.
 
 Channels do not write records themselves: each attempt becomes a :class:`DeliveryResult`
 handed to a ``report`` callback, and the service turns it into a ``delivery`` point, a
 metric and, on failure, a dead-letter record. The point builders (:func:`alert_point`,
-:func:`delivery_point`, :func:`ack_point`) are pure and follow ``docs/storage.md``.
+:func:`delivery_point`, :func:`ack_point`) are pure, follow ``docs/storage.md`` and build
+the core's :class:`~civic_iot.storage.points.Point`; the service stores them through the
+one InfluxDB sink (:mod:`civic_iot.storage.sink`).
 """
 
 from __future__ import annotations
@@ -41,8 +42,6 @@ from typing import Any, Literal, Protocol, TypeVar
 import aiohttp
 import paho.mqtt.client as mqtt
 import yaml
-from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync
-from influxdb_client.client.write.point import Point
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import SecretStr, ValidationError
@@ -53,6 +52,9 @@ from alerts.messages import to_json_bytes
 from alerts.signing import sign
 from alerts.subscriptions import Subscription, matches
 from civic_iot import retry
+from civic_iot.retry import retryable_status
+from civic_iot.storage.points import FieldValue, Point, point
+from civic_iot.times import to_ns
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +62,6 @@ __all__ = [
     "MESSAGE_ID_HEADER",
     "DeliveryError",
     "DeliveryResult",
-    "InfluxPoints",
     "MqttChannel",
     "Outcome",
     "Report",
@@ -149,64 +150,66 @@ Report = Callable[[DeliveryResult], Awaitable[None]]
 # --------------------------------------------------------------------------- records (pure)
 
 
-def _ns(dt: datetime) -> int:
-    return int(dt.timestamp()) * 1_000_000_000 + dt.microsecond * 1000
-
-
-def alert_point(msg: AlertMessage, status: CapStatus) -> Point:
-    """The ``alert`` point of an issued message; time = ``sent``.
+def alert_point(msg: AlertMessage, status: CapStatus, bucket: str) -> Point:
+    """The ``alert`` point of an issued message (``docs/storage.md``); time = ``sent``.
 
     ``latency_ms`` is the detector's decision (``detected_at``) -> issued (``sent``).
     """
     latency_ms = (msg.sent - msg.detected_at).total_seconds() * 1000.0
-    point: Point = (
-        Point("alert")
-        .tag("hazard", msg.hazard)
-        .tag("area", msg.area_code)
-        .tag("msg_type", msg.msg_type)
-        .tag("severity", msg.severity)
-        .tag("status", status)
-        .field("identifier", msg.identifier)
-        .field("alert_id", msg.alert_id)
-        .field("sequence", msg.sequence)
-        .field("level", msg.level)
-        .field("headline", msg.headline)
-        .field("reason", msg.reason)
-        .field("latency_ms", float(latency_ms))
-        .time(_ns(msg.sent))
-    )
-    return point
+    tags = {
+        "hazard": msg.hazard,
+        "area": msg.area_code,
+        "msg_type": msg.msg_type,
+        "severity": msg.severity,
+        "status": status,
+    }
+    fields: dict[str, FieldValue | None] = {
+        "identifier": msg.identifier,
+        "alert_id": msg.alert_id,
+        "sequence": int(msg.sequence),
+        "level": int(msg.level),
+        "headline": msg.headline,
+        "reason": msg.reason,
+        "latency_ms": float(latency_ms),
+    }
+    return _point(bucket, "alert", tags, fields, to_ns(msg.sent))
 
 
-def delivery_point(result: DeliveryResult) -> Point:
+def delivery_point(result: DeliveryResult, bucket: str) -> Point:
     """The ``delivery`` point of one attempt; time = the attempt's end."""
-    point: Point = (
-        Point("delivery")
-        .tag("channel", result.channel)
-        .tag("subscriber", result.subscriber)
-        .tag("outcome", result.outcome)
-        .field("identifier", result.message.identifier)
-        .field("attempt", result.attempt)
-        .field("status_code", result.status_code)
-        .field("latency_ms", float(result.latency_ms))
-        .time(result.at_ns)
-    )
-    return point
+    tags = {"channel": result.channel, "subscriber": result.subscriber, "outcome": result.outcome}
+    fields: dict[str, FieldValue | None] = {
+        "identifier": result.message.identifier,
+        "attempt": int(result.attempt),
+        "status_code": int(result.status_code),
+        "latency_ms": float(result.latency_ms),
+    }
+    return _point(bucket, "delivery", tags, fields, result.at_ns)
 
 
-def ack_point(ack: AckRecord) -> Point:
+def ack_point(ack: AckRecord, bucket: str) -> Point:
     """The ``ack`` point of an operator's acknowledgement; time = when it was made."""
     hazard, _, area = ack.key.partition(":")
-    point: Point = (
-        Point("ack")
-        .tag("hazard", hazard)
-        .tag("area", area)
-        .field("alert_id", ack.alert_id)
-        .field("by", ack.by)
-        .field("note", ack.note)
-        .time(_ns(ack.at))
-    )
-    return point
+    fields: dict[str, FieldValue | None] = {
+        "alert_id": ack.alert_id,
+        "by": ack.by,
+        "note": ack.note,
+    }
+    return _point(bucket, "ack", {"hazard": hazard, "area": area}, fields, to_ns(ack.at))
+
+
+def _point(
+    bucket: str,
+    measurement: str,
+    tags: Mapping[str, str | None],
+    fields: Mapping[str, FieldValue | None],
+    time_ns: int,
+) -> Point:
+    p = point(bucket, measurement, tags, fields, time_ns)
+    if p is None:  # every alerts point carries an identifier: never happens
+        msg = f"{measurement} point without fields"
+        raise ValueError(msg)
+    return p
 
 
 def mqtt_topic(msg: AlertMessage, root: str = "alerts") -> str:
@@ -215,69 +218,6 @@ def mqtt_topic(msg: AlertMessage, root: str = "alerts") -> str:
     for ch in ("/", "+", "#", "\x00"):
         area = area.replace(ch, "_")
     return f"{root}/{msg.hazard}/{area}"
-
-
-def retryable_status(status: int) -> bool:
-    """Whether an HTTP answer is worth retrying: 5xx, 408 Request Timeout, 425, 429.
-
-    Any other 4xx means the receiver refuses this request as it is; sending it again
-    unchanged cannot help, so it fails at once.
-    """
-    return status >= 500 or status in (408, 425, 429)
-
-
-# --------------------------------------------------------------------------- InfluxDB
-
-
-class InfluxPoints:
-    """:class:`Sink` of InfluxDB points for one bucket: buffered, written in one call.
-
-    A failed write keeps the points for the next flush (at most ``max_buffer``; beyond
-    that the oldest are dropped with an error log), so an InfluxDB restart loses nothing
-    short.
-    """
-
-    def __init__(
-        self, *, url: str, token: SecretStr, org: str, bucket: str, max_buffer: int = 100_000
-    ) -> None:
-        self._url, self._token, self._org, self._bucket = url, token, org, bucket
-        self._max_buffer = max_buffer
-        self._buffer: list[Point] = []
-        self._client: InfluxDBClientAsync | None = None
-        self._lock = asyncio.Lock()
-
-    async def add(self, item: Point) -> None:
-        self._buffer.append(item)
-        if len(self._buffer) > self._max_buffer:
-            dropped = len(self._buffer) - self._max_buffer
-            del self._buffer[:dropped]
-            logger.error("influx buffer full bucket=%s dropped_points=%d", self._bucket, dropped)
-
-    async def flush(self) -> None:
-        async with self._lock:
-            if not self._buffer:
-                return
-            if self._client is None:
-                self._client = InfluxDBClientAsync(
-                    url=self._url, token=self._token.get_secret_value(), org=self._org
-                )
-            points, self._buffer = self._buffer, []
-            try:
-                await self._client.write_api().write(bucket=self._bucket, record=points)
-            except Exception as exc:  # noqa: BLE001 - any vendor or network error: keep and retry
-                self._buffer[:0] = points
-                logger.warning(
-                    "influx write failed bucket=%s points=%d error=%s",
-                    self._bucket,
-                    len(points),
-                    exc,
-                )
-
-    async def close(self) -> None:
-        await self.flush()
-        if self._client is not None:
-            await self._client.close()
-            self._client = None
 
 
 # --------------------------------------------------------------------------- MQTT

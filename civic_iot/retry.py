@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-__all__ = ["RandomSource", "ceiling", "delay"]
+__all__ = ["RandomSource", "ceiling", "delay", "retryable_status"]
 
 #: Exponent beyond which ``2**attempt`` only overflows; any sane cap is reached long before.
 _MAX_EXPONENT = 62
@@ -38,3 +38,13 @@ def ceiling(attempt: int, base_s: float, cap_s: float) -> float:
 def delay(attempt: int, base_s: float, cap_s: float, rng: RandomSource) -> float:
     """Seconds to wait before retry ``attempt`` (0 = first retry): in [0, ceiling)."""
     return rng.random() * ceiling(attempt, base_s, cap_s)
+
+
+def retryable_status(status: int) -> bool:
+    """Whether an HTTP answer is worth retrying unchanged: 5xx, 408 Request Timeout,
+    425 Too Early, 429 Too Many Requests (webhooks and InfluxDB writes alike).
+
+    Any other 4xx means the receiver refuses this request as it is; sending it again
+    unchanged cannot help.
+    """
+    return status >= 500 or status in (408, 425, 429)

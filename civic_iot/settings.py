@@ -98,8 +98,26 @@ class InfluxSettings(BaseModel):
     #: refuses readings older than their bucket keeps (``too_old``).
     readings_retention_days: int = Field(default=30, ge=1)
     seismic_retention_days: int = Field(default=7, ge=1)
-    batch_size: int = 5000
-    flush_interval_ms: int = 200
+    #: Lines per write request; a request InfluxDB refuses is split to find the lines it
+    #: refuses (:mod:`civic_iot.storage.sink`).
+    batch_size: int = Field(default=5000, ge=1)
+    #: How often the alert service writes its buffered points, milliseconds.
+    flush_interval_ms: int = Field(default=200, gt=0)
+    #: Per-request timeout of a write (connect + send + answer), seconds.
+    write_timeout_s: float = Field(default=10.0, gt=0)
+    #: Attempts per write request while InfluxDB is unavailable (connection refused or
+    #: reset, timeout, 5xx, 408, 425, 429, or 401/403/404) before a flush gives up for now;
+    #: the points stay in the sink and the next flush tries again.
+    write_max_attempts: int = Field(default=5, ge=1)
+    #: Exponential backoff with full jitter between those attempts (civic_iot.retry): the
+    #: window before retry n is [0, min(cap, base * 2**n)), seconds. The processors also
+    #: wait ``write_backoff_cap_s`` between flushes that gave up.
+    write_backoff_base_s: float = Field(default=0.2, gt=0)
+    write_backoff_cap_s: float = Field(default=5.0, gt=0)
+    #: Points the alert service keeps while InfluxDB is unavailable (the processors need
+    #: no bound: they hold their Kafka offsets instead). Past it, each new point goes to
+    #: ``storage.deadletter`` (reason ``overflow``), counted and logged.
+    max_pending_points: int = Field(default=100_000, ge=1)
 
 
 class AlertSettings(BaseModel):
@@ -188,11 +206,6 @@ class ProcessorSettings(BaseModel):
     debris_r50_days: float = Field(default=30.0, gt=0)
     #: How often the worker writes its ``pipeline`` statistics, seconds (0 = never).
     stats_interval_s: float = Field(default=10.0, ge=0)
-    #: InfluxDB writes: per-request timeout, attempts per flush, backoff (s).
-    influx_timeout_s: float = Field(default=10.0, gt=0)
-    influx_max_attempts: int = Field(default=5, ge=1)
-    influx_backoff_base_s: float = Field(default=0.2, gt=0)
-    influx_backoff_cap_s: float = Field(default=5.0, gt=0)
 
 
 class Settings(BaseSettings):

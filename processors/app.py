@@ -64,7 +64,6 @@ import time
 import weakref
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -85,7 +84,7 @@ from civic_iot.contracts.readings import Reading
 from civic_iot.registry import Registry, load_registry
 from civic_iot.settings import Settings
 from civic_iot.storage.points import Point
-from civic_iot.storage.sink import InfluxSink, PointSink, Publisher, store
+from civic_iot.storage.sink import InfluxSink, PointSink, Publisher, deadletter_report, store
 from civic_iot.topology import Topology
 from processors.detectors.health import silent_devices
 from processors.detectors.water import DAY_S, DebrisFlowConfig
@@ -235,13 +234,20 @@ def create_app(
         debris=DebrisFlowConfig(r50_after_shaking_s=p.debris_r50_days * DAY_S),
     )
     if sink_factory is None:
-        executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="influx")
 
         def sink_factory(name: str) -> PointSink:
-            return InfluxSink.from_settings(settings, executor, name)
+            # Refused points go to storage.deadletter on the app's producer, which the
+            # consumer flushes before it commits.
+            return InfluxSink.from_settings(settings, name, service="processors", deadletters=pub)
 
     sinks: dict[str, PointSink] = {}  # by name, for /health
     make_sink = sink_factory
+
+    async def close_sinks(*_args: Any, **_kw: Any) -> None:
+        for sink in sinks.values():
+            await sink.close()
+
+    app.on_before_shutdown.connect(close_sinks)
 
     def new_sink(name: str) -> PointSink:
         sinks[name] = sink = make_sink(name)
@@ -249,7 +255,7 @@ def create_app(
 
     pub: Publisher = publisher if publisher is not None else FaustPublisher(app)
     stats = Stats()
-    retry_s = p.influx_backoff_cap_s
+    retry_s = settings.influx.write_backoff_cap_s
 
     def table(name: str, partitions: int = n) -> Any:
         return app.Table(
@@ -644,6 +650,7 @@ def create_app(
                 instance=p.instance,
                 ready=bool(recovered),
             )
+            report["storage_deadletters"] = deadletter_report(sinks)
             return web.json(report, status=200 if report["healthy"] else 503)
 
     app.timer(interval=p.republish_interval_s)(republish_open_candidates)

@@ -1,9 +1,10 @@
 """One InfluxDB point type and its line-protocol encoder, built without I/O.
 
 Every service that stores something builds :class:`Point` values (the processors from
-readings and detector figures, the alert service from issued messages) and hands them to
-one sink (:mod:`civic_iot.storage.sink`). :meth:`Point.line` encodes InfluxDB line
-protocol with nanosecond precision.
+readings and detector figures, the alert service from issued messages and deliveries) and
+hands them to one sink (:mod:`civic_iot.storage.sink`). :meth:`Point.line` encodes InfluxDB
+line protocol with nanosecond precision: ``int`` fields get the ``i`` suffix, ``float``
+fields are written as Python's shortest round-trip form, strings are quoted.
 """
 
 from __future__ import annotations
@@ -49,7 +50,9 @@ def _field(v: FieldValue) -> str:
         return f"{v}i"
     if isinstance(v, float):
         return repr(v)
-    escaped = v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    # Only backslash and double quote are escaped in a string field: a newline is kept as
+    # it is (InfluxDB 2.7 stores it as a newline; "\\n" would be stored as two characters).
+    escaped = v.replace("\\", "\\\\").replace('"', '\\"')
     return f'"{escaped}"'
 
 

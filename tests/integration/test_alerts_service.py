@@ -30,6 +30,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import ConsumerRecord
 from influxdb_client.client.influxdb_client import InfluxDBClient
+from influxdb_client.client.write_api import SYNCHRONOUS
 from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import SecretStr
 
@@ -41,6 +42,7 @@ from alerts.service import AlertService, replay_state
 from alerts.signing import SIGNATURE_HEADER, verify
 from alerts.subscriptions import Subscription
 from civic_iot.contracts.alerts import AlertCandidate, Hazard
+from civic_iot.contracts.storage import StorageDeadLetter
 from civic_iot.kafka_admin import ensure_topics
 from civic_iot.settings import Settings, influx_token, mqtt_password
 from civic_iot.topology import Topology
@@ -997,4 +999,110 @@ def test_frozen_leader_writes_nothing_when_it_resumes(
         with contextlib.suppress(Exception):
             asyncio.run_coroutine_threadsafe(a.service.stop(), a.loop).result(30)
         a.close()
+        clear_retained(env, f"{Topology.of(env).mqtt_alerts_root}/flood/{area}")
+
+
+# --------------------------------------------------------------------------- storage
+
+
+def test_alert_points_still_land_after_a_point_influxdb_refuses(env: Settings, unique: str) -> None:
+    """An older tool stored ``ack`` notes as integers in this shard of the alerts bucket:
+    InfluxDB refuses the service's ``ack`` point (field type conflict). It goes to
+    ``storage.deadletter`` with InfluxDB's reason, is counted and reported on /health
+    (still ok), and the alert points written after it land."""
+    area = f"t{unique}"
+    key = f"flood:{area}"
+    with InfluxDBClient(url=env.influx.url, token=influx_token(env), org=env.influx.org) as c:
+        c.write_api(write_options=SYNCHRONOUS).write(
+            bucket=env.influx.bucket_alerts,
+            record=f"ack,area=backfill,hazard=flood note=1i {time.time_ns()}",
+        )
+
+    async def run() -> None:
+        async with running(env, lifecycle=short_lifecycle(60), subscriptions=[]) as svc:
+            await send_candidates(env, candidate(area, 2))
+            await wait_until(lambda: len(svc.open_alerts()) == 1, 15, "the alert to open")
+            await svc.acknowledge(svc.open_alerts()[0].alert_id, "duty-officer", "on it")
+            await wait_until(lambda: svc.points.deadletters == 1, 15, "the ack point refused")
+
+            await send_candidates(env, candidate(area, 4))
+            await wait_until(
+                lambda: svc.open_alerts()[0].announced.level == 4, 15, "the escalation"
+            )
+            await wait_until(lambda: svc.points.pending == 0, 15, "the Update's point written")
+            health = svc.health()
+            assert health["status"] == "ok"
+            assert health["storage"] == "ok"
+            report = health["storage_deadletters"]["alerts"]
+            assert (report["count"], report["last_reason_class"]) == (1, "type_conflict")
+            labels = {"sink": "alerts", "reason": "type_conflict"}
+            counted = svc.metrics.registry.get_sample_value(
+                "civic_storage_deadletters_total", labels
+            )
+            assert counted == 1.0  # on the service's /metrics
+
+        sent = await alert_messages(env, key)
+        assert [m["msg_type"] for m in sent] == ["Alert", "Update"]
+        rows = await asyncio.to_thread(flux_rows, env, "alert")
+        assert {r["identifier"] for r in rows} == {m["identifier"] for m in sent}
+        acks = await asyncio.to_thread(flux_rows, env, "ack")
+        assert [r["area"] for r in acks] == ["backfill"]  # the service's ack is not stored
+        recs = await read_topic(env, Topology.of(env).storage_deadletter)
+        [dead] = [StorageDeadLetter.model_validate_json(r.value) for r in recs if r.value]
+        assert dead.line.startswith(f"ack,area={area},hazard=flood ")
+        assert 'note="on it"' in dead.line
+        assert (dead.service, dead.sink) == ("alerts", "alerts")
+        assert dead.bucket == env.influx.bucket_alerts
+        assert (dead.reason_class, dead.status) == ("type_conflict", 422)
+        assert 'input field "note" on measurement "ack" is type string' in dead.reason
+
+    try:
+        asyncio.run(run())
+    finally:
+        clear_retained(env, f"{Topology.of(env).mqtt_alerts_root}/flood/{area}")
+
+
+def test_alert_points_wait_out_an_influxdb_outage_and_are_dead_lettered_at_stop(
+    env: Settings, unique: str
+) -> None:
+    """InfluxDB unreachable: alerts still go out, their points wait in the sink (health
+    reports it, still ok), and at the stop they go to ``storage.deadletter``, not away."""
+    area = f"t{unique}"
+    key = f"flood:{area}"
+    influx = env.influx.model_copy(
+        update={
+            "url": f"http://127.0.0.1:{free_port()}",
+            "write_backoff_base_s": 0.05,
+            "write_backoff_cap_s": 0.2,
+        }
+    )
+    down = env.model_copy(update={"influx": influx})
+
+    async def run() -> None:
+        async with running(down, lifecycle=short_lifecycle(60), subscriptions=[]) as svc:
+            await send_candidates(env, candidate(area, 2))
+            await wait_until(lambda: len(svc.open_alerts()) == 1, 15, "the alert to open")
+            await wait_until(
+                lambda: svc.health()["storage"] == "unavailable", 15, "storage unavailable"
+            )
+            await svc.mqtt.flush()
+            health = svc.health()
+            assert health["status"] == "ok"  # alerts go out: storage is reported, not judged
+            assert health["storage_pending"] >= 1
+            assert health["storage_deadletters"] == {}
+            assert "alerts" in health["storage_failing_s"]
+
+        [sent] = await alert_messages(env, key)
+        recs = await read_topic(env, Topology.of(env).storage_deadletter)
+        dead = [StorageDeadLetter.model_validate_json(r.value) for r in recs if r.value]
+        assert {(d.reason_class, d.status, d.service) for d in dead} == {
+            ("unavailable", 0, "alerts")
+        }
+        [alert] = [d for d in dead if d.measurement == "alert"]
+        assert alert.line.startswith(f"alert,area={area},hazard=flood,msg_type=Alert,")
+        assert f'identifier="{sent["identifier"]}"' in alert.line
+
+    try:
+        asyncio.run(run())
+    finally:
         clear_retained(env, f"{Topology.of(env).mqtt_alerts_root}/flood/{area}")

@@ -19,11 +19,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from influxdb_client.client.influxdb_client import InfluxDBClient
+from influxdb_client.client.write_api import SYNCHRONOUS
+from prometheus_client.parser import text_string_to_metric_families
 
 from civic_iot.contracts.readings import AirPayload, Location, Reading, WaterPayload
-from civic_iot.kafka_admin import ensure_topics
+from civic_iot.contracts.storage import StorageDeadLetter
+from civic_iot.kafka_admin import ensure_topics, partition_counts
 from civic_iot.registry import Device, Registry
 from civic_iot.settings import Settings, influx_token
 from civic_iot.times import to_ns
@@ -103,7 +107,7 @@ def penv(stack: Settings, unique: str, tmp_path: Path) -> Iterator[Env]:
         "CIVIC_INFLUX__BUCKET_DERIVED": buckets["derived"],
         "CIVIC_PROCESSORS__WEB_PORT": "0",
         "CIVIC_PROCESSORS__STATS_INTERVAL_S": "0",
-        "CIVIC_PROCESSORS__INFLUX_BACKOFF_CAP_S": "1",
+        "CIVIC_INFLUX__WRITE_BACKOFF_CAP_S": "1",
     }
     yield Env(settings, env, prefix, buckets, tmp_path)
     with InfluxDBClient(url=influx.url, token=influx_token(stack), org=influx.org) as c:
@@ -544,3 +548,110 @@ def test_worker_refuses_topics_that_are_not_copartitioned(stack: Settings, uniqu
     )
     assert proc.returncode != 0
     assert f"{prefix}readings.water has 2 partitions, CIVIC_KAFKA__PARTITIONS is 4" in proc.stderr
+
+
+def _metric(port: int, name: str, labels: dict[str, str]) -> float | None:
+    """One sample of the worker's /metrics (Prometheus text), if present."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return float(sample.value)
+    return None
+
+
+async def _uncommitted(e: Env, topic: str) -> int:
+    """Records of ``topic`` the processors' consumer group has not committed, from Kafka."""
+    group = Topology(prefix=e.prefix).processors_app
+    admin = AIOKafkaAdminClient(bootstrap_servers=e.settings.kafka.bootstrap)
+    await admin.start()
+    try:
+        committed = await admin.list_consumer_group_offsets(group)
+    finally:
+        await admin.close()
+    consumer = AIOKafkaConsumer(bootstrap_servers=e.settings.kafka.bootstrap)
+    await consumer.start()
+    try:
+        parts = await partition_counts(e.settings.kafka.bootstrap, [topic])
+        tps = [TopicPartition(topic, p) for p in range(parts[topic])]
+        end = await consumer.end_offsets(tps)
+    finally:
+        await consumer.stop()
+    return sum(end[tp] - (committed[tp].offset if tp in committed else 0) for tp in tps)
+
+
+def test_a_point_influxdb_refuses_mid_stream_is_dead_lettered_and_the_stream_moves_on(
+    penv: Env, registry: Registry
+) -> None:
+    """A field type conflict mid-stream, as the real world makes one: a backfill tool
+    stored ``o3_ppb`` as integers in this shard, then a sensor starts sending ozone. Its
+    ``air`` point is refused (HTTP 422, partial write); every other point of its batch is
+    stored, the refused line is on ``storage.deadletter`` with InfluxDB's reason, counted,
+    reported on /health (still 200), and the agent goes on committing and storing."""
+    town = "63000010"
+    a, b = [d for d in registry.of_kind("air") if d.township == town][:2]
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=7)  # 40 readings: past
+    odd_t = start + timedelta(minutes=10 * 15)
+    s = penv.settings
+    with InfluxDBClient(url=s.influx.url, token=influx_token(s), org=s.influx.org) as c:
+        c.write_api(write_options=SYNCHRONOUS).write(
+            bucket=penv.buckets["readings"],
+            record=f"air,device=backfill,kind=air,township={town} o3_ppb=41i {to_ns(odd_t)}",
+        )
+
+    def air(device: Device, i: int) -> tuple[str, str, bytes]:
+        t = start + timedelta(minutes=10 * i)
+        ozone = 35.0 if (device is a and i == 15) else None
+        data = AirPayload(ts=t, pm2_5_ugm3=20.0 + i, o3_ppb=ozone)
+        return (f"{penv.prefix}readings.air", device.id, _reading(device, t, data, town))
+
+    produce(penv, [air(d, i) for i in range(30) for d in (a, b)])
+    port = free_port()
+    worker = start_worker(penv, "conflict", CIVIC_PROCESSORS__WEB_PORT=str(port))
+    try:
+        [(key, value)] = asyncio.run(
+            read_topic(s, f"{penv.prefix}storage.deadletter", want=1, timeout_s=90)
+        )
+        dead = StorageDeadLetter.model_validate_json(value)
+        assert key == b"air"
+        assert dead.line.startswith(f"air,device={a.id},kind=air,township={town} ")
+        assert "o3_ppb=35.0" in dead.line
+        assert dead.line.endswith(f" {to_ns(odd_t)}")
+        assert (dead.bucket, dead.service, dead.sink) == (
+            penv.buckets["readings"],
+            "processors",
+            "air",
+        )
+        assert (dead.reason_class, dead.status) == ("type_conflict", 422)
+        assert 'input field "o3_ppb" on measurement "air" is type float' in dead.reason
+
+        # Nothing else is lost: every other reading of the batch, and the refused
+        # reading's derived figures (their own lines), are stored.
+        assert penv.wait_count(59, "readings", "air", "pm2_5_ugm3") == 59
+        assert penv.wait_count(60, "derived", "air_quality", "level") == 60
+        assert (
+            _metric(
+                port, "civic_storage_deadletters_total", {"sink": "air", "reason": "type_conflict"}
+            )
+            == 1.0
+        )
+        status, body = _health(port)
+        assert status == 200, body
+        assert body["healthy"] is True
+        assert body["storage"] == "ok"
+        report = body["storage_deadletters"]["air"]
+        assert (report["count"], report["last_reason_class"]) == (1, "type_conflict")
+        assert "field type conflict" in report["last_reason"]
+
+        # The agent keeps moving: later readings are stored and offsets committed.
+        produce(penv, [air(d, i) for i in range(30, 40) for d in (a, b)])
+        assert penv.wait_count(79, "readings", "air", "pm2_5_ugm3") == 79
+        topic = f"{penv.prefix}readings.air"
+        deadline = time.monotonic() + 60
+        while (behind := asyncio.run(_uncommitted(penv, topic))) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert behind == 0
+        assert penv.count("readings", "air", "o3_ppb") == 1  # the backfill's, nothing else
+    finally:
+        stop(worker)
