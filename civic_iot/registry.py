@@ -3,7 +3,8 @@
 ``deploy/devices.yaml`` lists every field device (OGC SensorThings: a *Thing* with its
 *Location*). Mosquitto's password and ACL files are generated from it
 (:mod:`deploy.mosquitto` via ``civic-iot devices sync``) and ingest enriches every reading
-with the device's location and township from it.
+with the device's location and township from it. Thresholds are not here: per township
+and per device they live in the thresholds file (:mod:`civic_iot.thresholds`).
 
 Device passwords are never stored in the repo: each is derived from a per-installation
 secret (``<data_dir>/secrets/device-secret``) as ``HMAC-SHA256(secret, device_id)``, so the
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 DeviceKind = Literal["air", "water", "seismic"]
 
@@ -35,22 +36,11 @@ class Township(BaseModel):
     county: str = ""
     lat: float = Field(ge=-90, le=90)
     lon: float = Field(ge=-180, le=180)
-    #: Debris-flow rainfall warning threshold R70 (mm accumulated at I = 10 mm/h).
-    debris_flow_r70_mm: float | None = None
-    #: The lower threshold R50 (mm) that applies after intensity >= 5 shaking; when
-    #: unset, the processors derive it from R70 (``DebrisFlowConfig.r50_below_r70_mm``).
-    debris_flow_r50_mm: float | None = None
 
-    @model_validator(mode="after")
-    def _r50_below_r70(self) -> Township:
-        r50, r70 = self.debris_flow_r50_mm, self.debris_flow_r70_mm
-        if r50 is not None and r70 is not None and r50 > r70:
-            msg = (
-                f"township {self.code}: debris_flow_r50_mm {r50} is above debris_flow_r70_mm "
-                f"{r70}; expected R50 <= R70 (the threshold after strong shaking is lower)"
-            )
-            raise ValueError(msg)
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _no_thresholds(cls, data: object) -> object:
+        return _refuse_moved(data, "township", ("debris_flow_r70_mm", "debris_flow_r50_mm"))
 
 
 class Device(BaseModel):
@@ -66,13 +56,27 @@ class Device(BaseModel):
     #: e.g. ``pm2_5``, ``flood``, ``river``, ``rain``, ``accelerometer``.
     sensor: str = ""
     elevation_m: float | None = None
-    #: Per-device thresholds overriding the regional defaults, by name.
-    thresholds: Mapping[str, float] = Field(default_factory=dict)
 
-    @field_validator("thresholds")
+    @model_validator(mode="before")
     @classmethod
-    def _freeze(cls, v: Mapping[str, float]) -> Mapping[str, float]:
-        return dict(v)
+    def _no_thresholds(cls, data: object) -> object:
+        return _refuse_moved(data, "device", ("thresholds",))
+
+
+def _refuse_moved(data: object, what: str, names: tuple[str, ...]) -> object:
+    """Thresholds live in the thresholds file now; a registry entry still carrying one
+    is refused rather than silently ignored."""
+    if isinstance(data, Mapping):
+        moved = [n for n in names if n in data]
+        if moved:
+            key = data.get("code") or data.get("id")
+            section = "regions" if what == "township" else "devices"
+            msg = (
+                f"{what} {key}: {', '.join(moved)} moved to the thresholds file "
+                f"(deploy/thresholds.yaml, {section}.{key}); remove it from the registry"
+            )
+            raise ValueError(msg)
+    return data
 
 
 class Registry(BaseModel):
