@@ -85,6 +85,13 @@ class _Strict(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
+def _three(v: object) -> object:
+    if isinstance(v, list | tuple) and len(v) != 3:
+        msg = f"expected 3 lines, for alert levels 1, 2 and 3; got {len(v)}: {list(v)}"
+        raise ValueError(msg)
+    return v
+
+
 def _increasing(values: Sequence[float | None], what: str) -> None:
     present = [v for v in values if v is not None]
     if any(b <= a for a, b in itertools.pairwise(present)):
@@ -127,6 +134,8 @@ class AirQualityThresholds(_Strict):
     ] = (101, 151, 201)
     aqi_clear_margin: float = Field(default=10, ge=0, le=100)
     pm2_5_ugm3_breakpoints: Pm25Breakpoints = "moenv_2025"
+
+    _levels = field_validator("aqi_levels", mode="before")(_three)
 
     @field_validator("aqi_levels")
     @classmethod
@@ -178,6 +187,8 @@ class FloodThresholds(_Strict):
     flood_depth_cm_clear_margin: float = Field(default=5, ge=0, le=100)
     rise_cm_per_10min: float = Field(default=10, gt=0, le=1000)
     rise_clear_fraction: float = Field(default=0.5, ge=0, lt=1)
+
+    _levels = field_validator("flood_depth_cm_levels", mode="before")(_three)
 
     @field_validator("flood_depth_cm_levels")
     @classmethod
