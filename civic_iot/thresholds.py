@@ -77,6 +77,11 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
+def _level_text(v: object) -> object:
+    """A CWA intensity level written as a bare number in YAML (``3``) is its text."""
+    return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+
 class ThresholdsError(ValueError):
     """The thresholds file is unreadable or holds something wrong; the message says where."""
 
@@ -321,6 +326,7 @@ class DebrisFlowThresholds(_Strict):
     antecedent_discount: float = Field(default=0.7, gt=0, le=1)
     antecedent_days: int = Field(default=7, ge=0, le=30)
     shaking_min_intensity: IntensityLevel = "5-"
+    _intensity = field_validator("shaking_min_intensity", mode="before")(_level_text)
     r50_days: float = Field(default=30, gt=0, le=3650)
     use_r50: bool = False
 
@@ -390,6 +396,7 @@ class QuakeThresholds(_Strict):
     pair_max_dt_s: float = Field(default=15.0, gt=0, le=600)
     close_after_s: float = Field(default=20.0, gt=0, le=3600)
     report_min_intensity: IntensityLevel = "3"
+    _intensity = field_validator("report_min_intensity", mode="before")(_level_text)
 
 
 # --- sensor health ---------------------------------------------------------------------------

@@ -191,7 +191,7 @@ def _b(name: str, doc: str = "") -> FieldSpec:
 
 _DEVICE = (TagSpec("device"), TagSpec("township"))
 _LATLON = (_f("lat", "deg"), _f("lon", "deg"))
-_INTENSITY_RANK = "0-4 for levels 0-4, then 5 = 5-, 6 = 5+, 7 = 6-, 8 = 6+, 9 = 7"
+_INTENSITY_RANK = "0-9, the CWA level's rank"
 _EVENT_TIME = "event time"
 
 AIR = Measurement(
