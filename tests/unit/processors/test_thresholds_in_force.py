@@ -63,6 +63,7 @@ THRESHOLDS = thresholds_from(
                 "rain": {"heavy_rain": {"rainfall_mm_1h": 20}},
                 "debris_flow": {"r70_mm": 60},
                 "health": {"pm2_5_ugm3": {"max_value": 50}},
+                "seismic": {"trigger_ratio": 90},
             },
             "New Taipei City": {"debris_flow": {"r70_mm": 30}},
         },
@@ -72,7 +73,8 @@ THRESHOLDS = thresholds_from(
             f"river-{PLAIN}-own": {"river": {"water_level_m_red": 7.0}},
             f"rain-{LOW}-own": {"rain": {"heavy_rain": {"rainfall_mm_1h": 40}}},
             f"rain-{PLAIN}-own": {"debris_flow": {"r70_mm": 60}},
-            f"seis-{PLAIN}-own": {"seismic": {"trigger_ratio": 90, "detrigger_ratio": 1}},
+            f"seis-{PLAIN}-own": {"seismic": {"trigger_ratio": 90}},
+            f"seis-{LOW}-own": {"seismic": {"trigger_ratio": 3}},
             f"air-{PLAIN}-own": {"health": {"pm2_5_ugm3": {"max_value": 50}}},
         },
     },
@@ -143,14 +145,15 @@ def test_flood_level_follows_the_region_and_device_depth_lines() -> None:
 
 
 def test_river_level_follows_the_region_and_device_lines() -> None:
-    def level(device: str) -> tuple[int, float | None]:
-        data = WaterPayload(ts=T, water_level_m=7.2)
+    def level(device: str, stage_m: float) -> tuple[int, float | None]:
+        data = WaterPayload(ts=T, water_level_m=stage_m)
         r = report(handle_water({}, reading(device, data), CTX), "river")
         return r.level, r.threshold
 
-    assert level(f"river-{PLAIN}") == (0, None)  # no lines by default
-    assert level(f"river-{PLAIN}-own") == (3, 7.0)  # the gauge's own red line
-    assert level(f"river-{LOW}") == (0, None)  # the township's red line is 7.4
+    assert level(f"river-{PLAIN}", 7.5) == (0, None)  # no lines by default
+    assert level(f"river-{LOW}", 7.5) == (3, 7.4)  # the township's red line
+    assert level(f"river-{LOW}", 7.2) == (0, None)
+    assert level(f"river-{PLAIN}-own", 7.2) == (3, 7.0)  # the gauge's own red line
 
 
 def test_rain_class_follows_the_region_and_device_criteria() -> None:
@@ -191,9 +194,15 @@ def _packets(device: str, n_quiet: int, n_loud: int) -> list[Reading]:
 
 
 @pytest.mark.parametrize(
-    ("device", "triggers"), [(f"seis-{PLAIN}", True), (f"seis-{PLAIN}-own", False)]
+    ("device", "triggers"),
+    [
+        (f"seis-{PLAIN}", True),  # trigger ratio 3 by default
+        (f"seis-{LOW}", False),  # 90 in the township
+        (f"seis-{LOW}-own", True),  # 3 for the station again
+        (f"seis-{PLAIN}-own", False),  # 90 for the station
+    ],
 )
-def test_sta_lta_trigger_follows_the_device_ratio(device: str, triggers: bool) -> None:
+def test_sta_lta_trigger_follows_the_region_and_device_ratio(device: str, triggers: bool) -> None:
     env: dict[str, Any] = {}
     fired = False
     for r in _packets(device, 15, 5):
