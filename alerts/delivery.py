@@ -53,7 +53,9 @@ from alerts.signing import sign
 from alerts.subscriptions import Subscription, matches
 from civic_iot import retry
 from civic_iot.retry import retryable_status
-from civic_iot.storage.points import FieldValue, Point, point
+from civic_iot.settings import InfluxSettings
+from civic_iot.storage.points import FieldValue, Point
+from civic_iot.storage.schema import measurement
 from civic_iot.times import to_ns
 
 logger = logging.getLogger(__name__)
@@ -150,7 +152,7 @@ Report = Callable[[DeliveryResult], Awaitable[None]]
 # --------------------------------------------------------------------------- records (pure)
 
 
-def alert_point(msg: AlertMessage, status: CapStatus, bucket: str) -> Point:
+def alert_point(msg: AlertMessage, status: CapStatus, buckets: InfluxSettings) -> Point:
     """The ``alert`` point of an issued message (``docs/storage.md``); time = ``sent``.
 
     ``latency_ms`` is the detector's decision (``detected_at``) -> issued (``sent``).
@@ -172,10 +174,10 @@ def alert_point(msg: AlertMessage, status: CapStatus, bucket: str) -> Point:
         "reason": msg.reason,
         "latency_ms": float(latency_ms),
     }
-    return _point(bucket, "alert", tags, fields, to_ns(msg.sent))
+    return _point(buckets, "alert", tags, fields, to_ns(msg.sent))
 
 
-def delivery_point(result: DeliveryResult, bucket: str) -> Point:
+def delivery_point(result: DeliveryResult, buckets: InfluxSettings) -> Point:
     """The ``delivery`` point of one attempt; time = the attempt's end."""
     tags = {"channel": result.channel, "subscriber": result.subscriber, "outcome": result.outcome}
     fields: dict[str, FieldValue | None] = {
@@ -184,10 +186,10 @@ def delivery_point(result: DeliveryResult, bucket: str) -> Point:
         "status_code": int(result.status_code),
         "latency_ms": float(result.latency_ms),
     }
-    return _point(bucket, "delivery", tags, fields, result.at_ns)
+    return _point(buckets, "delivery", tags, fields, result.at_ns)
 
 
-def ack_point(ack: AckRecord, bucket: str) -> Point:
+def ack_point(ack: AckRecord, buckets: InfluxSettings) -> Point:
     """The ``ack`` point of an operator's acknowledgement; time = when it was made."""
     hazard, _, area = ack.key.partition(":")
     fields: dict[str, FieldValue | None] = {
@@ -195,19 +197,20 @@ def ack_point(ack: AckRecord, bucket: str) -> Point:
         "by": ack.by,
         "note": ack.note,
     }
-    return _point(bucket, "ack", {"hazard": hazard, "area": area}, fields, to_ns(ack.at))
+    return _point(buckets, "ack", {"hazard": hazard, "area": area}, fields, to_ns(ack.at))
 
 
 def _point(
-    bucket: str,
-    measurement: str,
+    buckets: InfluxSettings,
+    name: str,
     tags: Mapping[str, str | None],
     fields: Mapping[str, FieldValue | None],
     time_ns: int,
 ) -> Point:
-    p = point(bucket, measurement, tags, fields, time_ns)
+    """A point of the storage schema's measurement ``name`` (its bucket, field types)."""
+    p = measurement(name).point(buckets, tags, fields, time_ns)
     if p is None:  # every alerts point carries an identifier: never happens
-        msg = f"{measurement} point without fields"
+        msg = f"{name} point without fields"
         raise ValueError(msg)
     return p
 

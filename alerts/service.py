@@ -403,7 +403,7 @@ class AlertService:
             bounded=True,
             metrics=StorageMetrics.of(self.metrics.registry),
         )
-        self._bucket = settings.influx.bucket_alerts
+        self._buckets = settings.influx
         password = settings.mqtt.alerts_password or SecretStr(
             mqtt_password(settings, settings.mqtt.alerts_username)
         )
@@ -785,7 +785,7 @@ class AlertService:
             await self._write_state(state_updates(before, after))
             self._state = after
         # Written by the flush loop: an InfluxDB outage must not hold the operator's answer.
-        self.points.add([ack_point(ack, self._bucket)])
+        self.points.add([ack_point(ack, self._buckets)])
         return ack
 
     # ------------------------------------------------------------------ internals
@@ -971,13 +971,13 @@ class AlertService:
 
     async def _dispatch(self, msg: AlertMessage) -> None:
         self.metrics.messages.labels(msg.msg_type).inc()
-        self.points.add([alert_point(msg, self.status, self._bucket)])
+        self.points.add([alert_point(msg, self.status, self._buckets)])
         for ch in self._channels:
             await ch.add(msg)
 
     async def _record_delivery(self, result: DeliveryResult) -> None:
         self.metrics.deliveries.labels(result.channel, result.outcome).inc()
-        self.points.add([delivery_point(result, self._bucket)])
+        self.points.add([delivery_point(result, self._buckets)])
         if result.outcome == "delivered":
             seconds = result.at_ns / 1e9 - result.message.detected_at.timestamp()
             self.metrics.latency.labels(result.channel).observe(seconds)

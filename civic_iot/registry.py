@@ -6,7 +6,9 @@
 with the device's location and township from it. ``civic-iot devices add|remove`` change
 it through :func:`add_devices` and :func:`remove_devices`, which check a whole batch and
 name every bad row, and :func:`save_registry`, which replaces the file atomically (ingest
-reloads it when its mtime changes, so it must never see half a file).
+reloads it when its mtime changes, so it must never see half a file). Thresholds are not
+here: per township and per device they live in the thresholds file
+(:mod:`civic_iot.thresholds`).
 
 Device passwords are never stored in the repo: each is derived from a per-installation
 secret (``<data_dir>/secrets/device-secret``) as ``HMAC-SHA256(secret, device_id)``, so the
@@ -34,7 +36,6 @@ from pydantic import (
     Field,
     PrivateAttr,
     ValidationError,
-    field_validator,
     model_validator,
 )
 
@@ -72,22 +73,11 @@ class Township(BaseModel):
     county: str = ""
     lat: float = Field(ge=-90, le=90)
     lon: float = Field(ge=-180, le=180)
-    #: Debris-flow rainfall warning threshold R70 (mm accumulated at I = 10 mm/h).
-    debris_flow_r70_mm: float | None = None
-    #: The lower threshold R50 (mm) that applies after intensity >= 5 shaking; when
-    #: unset, the processors derive it from R70 (``DebrisFlowConfig.r50_below_r70_mm``).
-    debris_flow_r50_mm: float | None = None
 
-    @model_validator(mode="after")
-    def _r50_below_r70(self) -> Township:
-        r50, r70 = self.debris_flow_r50_mm, self.debris_flow_r70_mm
-        if r50 is not None and r70 is not None and r50 > r70:
-            msg = (
-                f"township {self.code}: debris_flow_r50_mm {r50} is above debris_flow_r70_mm "
-                f"{r70}; expected R50 <= R70 (the threshold after strong shaking is lower)"
-            )
-            raise ValueError(msg)
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _no_thresholds(cls, data: object) -> object:
+        return _refuse_moved(data, "township", ("debris_flow_r70_mm", "debris_flow_r50_mm"))
 
 
 class Device(BaseModel):
@@ -103,13 +93,27 @@ class Device(BaseModel):
     #: e.g. ``pm2_5``, ``flood``, ``river``, ``rain``, ``accelerometer``.
     sensor: str = ""
     elevation_m: float | None = None
-    #: Per-device thresholds overriding the regional defaults, by name.
-    thresholds: Mapping[str, float] = Field(default_factory=dict)
 
-    @field_validator("thresholds")
+    @model_validator(mode="before")
     @classmethod
-    def _freeze(cls, v: Mapping[str, float]) -> Mapping[str, float]:
-        return dict(v)
+    def _no_thresholds(cls, data: object) -> object:
+        return _refuse_moved(data, "device", ("thresholds",))
+
+
+def _refuse_moved(data: object, what: str, names: tuple[str, ...]) -> object:
+    """Thresholds live in the thresholds file now; a registry entry still carrying one
+    is refused rather than silently ignored."""
+    if isinstance(data, Mapping):
+        moved = [n for n in names if n in data]
+        if moved:
+            key = data.get("code") or data.get("id")
+            section = "regions" if what == "township" else "devices"
+            msg = (
+                f"{what} {key}: {', '.join(moved)} moved to the thresholds file "
+                f"(deploy/thresholds.yaml, {section}.{key}); remove it from the registry"
+            )
+            raise ValueError(msg)
+    return data
 
 
 class Registry(BaseModel):
@@ -269,7 +273,8 @@ _SafeLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoade
 _SafeDumper: type[yaml.SafeDumper] = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 
-def _flow(item: Mapping[str, Any]) -> str:
+def flow_yaml(item: Mapping[str, Any]) -> str:
+    """One mapping as one line of YAML flow style (the registry and thresholds files)."""
     text: str = yaml.dump(
         dict(item),
         Dumper=_SafeDumper,
@@ -286,9 +291,9 @@ def registry_yaml(registry: Registry, header: Sequence[str] = ()) -> str:
     line (diffs of a change show one line per device)."""
     data = registry.model_dump(mode="json", exclude_defaults=True)
     lines = [*header, "townships:"]
-    lines += [f"- {_flow(t)}" for t in data.get("townships", [])]
+    lines += [f"- {flow_yaml(t)}" for t in data.get("townships", [])]
     lines.append("devices:")
-    lines += [f"- {_flow(d)}" for d in data.get("devices", [])]
+    lines += [f"- {flow_yaml(d)}" for d in data.get("devices", [])]
     return "\n".join(lines) + "\n"
 
 

@@ -193,17 +193,9 @@ class ProcessorSettings(BaseModel):
     #: Open alert candidates (level >= 1) are re-sent this often, seconds, so the alert
     #: service does not expire an alert whose condition still holds.
     republish_interval_s: float = Field(default=300.0, gt=0)
-    #: How often devices are checked for silence, seconds.
+    #: How often devices are checked for silence, seconds (how long a device may stay
+    #: silent before it counts as such is a threshold: ``silence`` in the thresholds file).
     silence_check_interval_s: float = Field(default=60.0, gt=0)
-    #: A device is silent after this long without a reading (event time vs. now), s.
-    silent_after_air_s: float = Field(default=1800.0, gt=0)
-    silent_after_water_s: float = Field(default=1800.0, gt=0)
-    silent_after_seismic_s: float = Field(default=60.0, gt=0)
-    #: After an earthquake's estimated CWA intensity in a township reaches 5- (domain.md:
-    #: "after intensity >= 5 shaking the threshold drops (R50)"), its rain gauges judge
-    #: debris flow against R50 instead of R70 for this many days from the origin time.
-    #: 30 days is a local choice, not an agency figure.
-    debris_r50_days: float = Field(default=30.0, gt=0)
     #: How often the worker writes its ``pipeline`` statistics, seconds (0 = never).
     stats_interval_s: float = Field(default=10.0, ge=0)
 
@@ -223,6 +215,11 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default=REPO_ROOT / ".civic")
     #: The device registry: the one source of broker credentials, ACLs and locations.
     registry: Path = Field(default=REPO_ROOT / "deploy" / "devices.yaml")
+    #: The thresholds file (``civic_iot.thresholds``): every line a detector judges
+    #: readings against, by default, region and device. Settings keep how the processes
+    #: run (ports, intervals, batch sizes, timeouts); the thresholds file what counts as
+    #: a warning.
+    thresholds: Path = Field(default=REPO_ROOT / "deploy" / "thresholds.yaml")
     mqtt: MqttSettings = MqttSettings()
     ingest: IngestSettings = IngestSettings()
     kafka: KafkaSettings = KafkaSettings()

@@ -85,9 +85,9 @@ from civic_iot.registry import Registry, load_registry
 from civic_iot.settings import Settings
 from civic_iot.storage.points import Point
 from civic_iot.storage.sink import InfluxSink, PointSink, Publisher, deadletter_report, store
+from civic_iot.thresholds import Thresholds, load_thresholds
 from civic_iot.topology import Topology
 from processors.detectors.health import silent_devices
-from processors.detectors.water import DAY_S, DebrisFlowConfig
 from processors.handlers import (
     Context,
     DeviceOutcome,
@@ -191,12 +191,15 @@ def create_app(
     settings: Settings,
     *,
     registry: Registry | None = None,
+    thresholds: Thresholds | None = None,
     sink_factory: SinkFactory | None = None,
     publisher: Publisher | None = None,
 ) -> faust.App:
     """The processors app. ``sink_factory(name)`` gives each agent its own sink and
     ``publisher`` sends to Kafka; both default to the real ones (InfluxDB, the app's
-    producer) and are replaced by in-memory recorders in unit tests."""
+    producer) and are replaced by in-memory recorders in unit tests. ``thresholds``
+    default to the file ``settings.thresholds``, checked against the registry (a wrong
+    file stops the worker here, before it consumes anything)."""
     p = settings.processors
     topics = Topology.of(settings)
     n = settings.kafka.partitions
@@ -223,16 +226,9 @@ def create_app(
         # Prometheus /metrics on the worker's web port: events, lag by partition, commits.
         setup_prometheus_sensors(app)
     reg = registry if registry is not None else load_registry(settings.registry)
-    ctx = Context.build(
-        settings.influx,
-        reg,
-        {
-            "air": p.silent_after_air_s,
-            "water": p.silent_after_water_s,
-            "seismic": p.silent_after_seismic_s,
-        },
-        debris=DebrisFlowConfig(r50_after_shaking_s=p.debris_r50_days * DAY_S),
-    )
+    thr = thresholds if thresholds is not None else load_thresholds(settings.thresholds, reg)
+    thr.log_in_force()
+    ctx = Context.build(settings.influx, reg, thr)
     if sink_factory is None:
 
         def sink_factory(name: str) -> PointSink:

@@ -27,7 +27,7 @@ again by the worker's timer so the alert service does not expire it.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -52,6 +52,8 @@ from civic_iot.contracts.readings import (
 from civic_iot.registry import Registry
 from civic_iot.settings import InfluxSettings
 from civic_iot.storage.points import Point
+from civic_iot.storage.schema import windowed
+from civic_iot.thresholds import Thresholds, ThresholdSet, thresholds_from
 from processors.candidates import township_candidate, update_hazard
 from processors.detectors.air import (
     AirConfig,
@@ -84,7 +86,6 @@ from processors.detectors.water import (
     RiverConfig,
     StrongShaking,
     mark_strong_shaking,
-    r50_threshold,
     strong_shaking,
     update_debris_flow,
     update_flood,
@@ -107,8 +108,32 @@ from processors.points import (
 
 State = dict[str, Any]
 
-#: Default seconds without a reading after which a device of a kind counts as silent.
-SILENT_AFTER_S: Mapping[str, float] = {"air": 1800.0, "water": 1800.0, "seismic": 60.0}
+
+@dataclass(frozen=True, slots=True)
+class Detectors:
+    """The detector configs in force for one township or device, built from what the
+    thresholds file sets for it (:meth:`of`: the one place thresholds become configs)."""
+
+    air: AirConfig
+    flood: FloodConfig
+    river: RiverConfig
+    rain: RainConfig
+    debris: DebrisFlowConfig
+    seismic: SeismicConfig
+    health: HealthConfig
+
+    @classmethod
+    def of(cls, t: ThresholdSet) -> Detectors:
+        return cls(
+            air=AirConfig(lines=t.air_quality),
+            flood=FloodConfig(lines=t.flood),
+            river=RiverConfig(lines=t.river),
+            # The gauge keeps the daily totals the debris-flow rule discounts.
+            rain=RainConfig(lines=t.rain, antecedent_days=t.debris_flow.antecedent_days),
+            debris=t.debris_flow,
+            seismic=SeismicConfig(sta_lta=t.seismic),
+            health=HealthConfig(rules=t.health.rules()),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,41 +142,60 @@ class Context:
 
     buckets: InfluxSettings
     registry: Registry
-    air: AirConfig = field(default_factory=AirConfig)
-    health: HealthConfig = field(default_factory=HealthConfig)
-    flood: FloodConfig = field(default_factory=FloodConfig)
-    river: RiverConfig = field(default_factory=RiverConfig)
-    rain: RainConfig = field(default_factory=RainConfig)
-    debris: DebrisFlowConfig = field(default_factory=DebrisFlowConfig)
-    seismic: SeismicConfig = field(default_factory=SeismicConfig)
-    quake: QuakeConfig = field(default_factory=QuakeConfig)
+    thresholds: Thresholds
+    #: Detector configs: the defaults, and where a region or device overrides them.
+    defaults: Detectors
+    townships: Mapping[str, Detectors]
+    devices: Mapping[str, Detectors]
+    quake: QuakeConfig
+    #: Seconds without a reading after which a device of a kind is silent.
+    silent_after_s: Mapping[str, float]
     #: A seismic partition without a tick for this long (processing time, s) no longer
     #: holds the associator's clock back.
     quake_idle_s: float = 10.0
-    #: Seconds without a reading after which a device of a kind is silent.
-    silent_after_s: Mapping[str, float] = field(default_factory=lambda: dict(SILENT_AFTER_S))
 
     @classmethod
     def build(
-        cls,
-        buckets: InfluxSettings,
-        registry: Registry,
-        silent_after_s: Mapping[str, float] | None = None,
-        *,
-        debris: DebrisFlowConfig | None = None,
+        cls, buckets: InfluxSettings, registry: Registry, thresholds: Thresholds | None = None
     ) -> Context:
+        """The context of a worker; ``thresholds`` default to the built-in defaults."""
+        thr = thresholds if thresholds is not None else thresholds_from({}, registry)
+        built: dict[int, Detectors] = {}
+
+        def detectors(t: ThresholdSet) -> Detectors:
+            # Townships without their own overrides share one set of configs.
+            if id(t) not in built:
+                built[id(t)] = Detectors.of(t)
+            return built[id(t)]
+
         towns = tuple(Township(t.code, t.lat, t.lon) for t in registry.townships)
         return cls(
             buckets=buckets,
             registry=registry,
-            debris=debris if debris is not None else DebrisFlowConfig(),
-            quake=QuakeConfig(townships=towns),
-            silent_after_s=dict(silent_after_s or SILENT_AFTER_S),
+            thresholds=thr,
+            defaults=detectors(thr.defaults),
+            townships={code: detectors(t) for code, t in thr.townships.items()},
+            devices={device: detectors(t) for device, t in thr.by_device.items()},
+            quake=QuakeConfig(association=thr.defaults.quake, townships=towns),
+            silent_after_s=thr.defaults.silence.by_kind(),
         )
+
+    def for_township(self, code: str) -> Detectors:
+        """The configs in force in a township."""
+        return self.townships.get(code, self.defaults)
+
+    def for_device(self, device_id: str, township: str) -> Detectors:
+        """The configs in force for a device: its own overrides, else its township's."""
+        found = self.devices.get(device_id)
+        return found if found is not None else self.townships.get(township, self.defaults)
 
     def air_sensors_in(self, township: str) -> int | None:
         n = sum(1 for d in self.registry.devices if d.kind == "air" and d.township == township)
         return n or None
+
+    def shaking_min_intensity(self, township: str) -> str:
+        """The CWA level from which an earthquake lowers a township's debris-flow line."""
+        return self.for_township(township).debris.shaking_min_intensity
 
     def water_devices_in(self, township: str) -> list[str]:
         """Ids of the registry's water devices in a township (any may report rain)."""
@@ -165,13 +209,13 @@ class DeviceOutcome:
     reports: list[TownshipReport]
 
 
-def _thresholds(ctx: Context, device_id: str) -> Mapping[str, float] | None:
-    dev = ctx.registry.get(device_id)
-    return dev.thresholds if dev else None
-
-
 def _health(
-    env: State, reading: Reading, values: Mapping[str, float], ctx: Context, kind: str
+    env: State,
+    reading: Reading,
+    values: Mapping[str, float],
+    ctx: Context,
+    kind: str,
+    health: HealthConfig,
 ) -> tuple[State, list[Point]]:
     """Stuck and out-of-range checks, and the end of a silence (state-based, so a
     restarted worker still clears the ``silent`` issue it raised before)."""
@@ -199,7 +243,7 @@ def _health(
             reading.device_id,
             reading.event_time,
             values,
-            ctx.health,
+            health,
         )
         out["health"] = upd.state.to_dict()
         for finding, active in [(f, True) for f in upd.opened] + [(f, False) for f in upd.cleared]:
@@ -223,15 +267,9 @@ def handle_air(env: State, reading: Reading, ctx: Context) -> DeviceOutcome:
     assert isinstance(data, AirPayload), reading.reading_id
     values = {f: float(v) for f in POLLUTANT_FIELDS if (v := getattr(data, f)) is not None}
     township = reading.location.township
-    upd = update_air(
-        AirState.from_dict(env.get("air", {})),
-        reading.event_time,
-        values,
-        ctx.air,
-        township=township,
-        thresholds=_thresholds(ctx, reading.device_id),
-    )
-    state, health_points = _health(env, reading, values, ctx, "air")
+    det = ctx.for_device(reading.device_id, township)
+    upd = update_air(AirState.from_dict(env.get("air", {})), reading.event_time, values, det.air)
+    state, health_points = _health(env, reading, values, ctx, "air", det.health)
     state["air"] = upd.state.to_dict()
     fig = upd.figures
     points = reading_points(reading, ctx.buckets)
@@ -270,14 +308,14 @@ def handle_water(
     dev = ctx.registry.get(reading.device_id)
     sensor = water_sensor(data, dev.sensor if dev else None)
     township = reading.location.township
-    thresholds = dev.thresholds if dev else None
+    det = ctx.for_device(reading.device_id, township)
     where = Where.of(reading)
     values = {
         f: float(v)
         for f in ("water_level_m", "flood_depth_cm", "rainfall_mm")
         if (v := getattr(data, f)) is not None
     }
-    state, health_points = _health(env, reading, values, ctx, "water")
+    state, health_points = _health(env, reading, values, ctx, "water", det.health)
     points = reading_points(reading, ctx.buckets, sensor=sensor)
     reports: list[TownshipReport] = []
 
@@ -310,14 +348,7 @@ def handle_water(
         gauges.append(
             (
                 "flood",
-                update_flood(
-                    flood,
-                    reading.event_time,
-                    data.flood_depth_cm,
-                    ctx.flood,
-                    township=township,
-                    thresholds=thresholds,
-                ),
+                update_flood(flood, reading.event_time, data.flood_depth_cm, det.flood),
             )
         )
     if data.water_level_m is not None:
@@ -325,14 +356,7 @@ def handle_water(
         gauges.append(
             (
                 "river",
-                update_river(
-                    river,
-                    reading.event_time,
-                    data.water_level_m,
-                    ctx.river,
-                    township=township,
-                    thresholds=thresholds,
-                ),
+                update_river(river, reading.event_time, data.water_level_m, det.river),
             )
         )
     for name, g in gauges:
@@ -376,42 +400,35 @@ def handle_water(
 
     if data.rainfall_mm is not None:
         rain_state = (
-            RainState.from_dict(env["rain"]) if "rain" in env else RainState.empty(ctx.rain)
+            RainState.from_dict(env["rain"]) if "rain" in env else RainState.empty(det.rain)
         )
-        r = update_rain(rain_state, reading.event_time, float(data.rainfall_mm), ctx.rain)
-        town = ctx.registry.township(township)
-        r70 = town.debris_flow_r70_mm if town else None
+        r = update_rain(rain_state, reading.event_time, float(data.rainfall_mm), det.rain)
         marked = shaking.get("shaking") if shaking else None
         debris = mark_strong_shaking(
             DebrisFlowState.from_dict(env.get("debris", {})),
             StrongShaking.from_dict(marked) if marked else None,
         )
-        d = update_debris_flow(
-            debris,
-            r,
-            ctx.debris,
-            r70_mm=r70,
-            r50_mm=r50_threshold(r70, town.debris_flow_r50_mm if town else None, ctx.debris),
-        )
+        d = update_debris_flow(debris, r, det.debris)
         state["rain"] = r.state.to_dict()
         state["debris"] = d.state.to_dict()
         p = rain_point(where, r.figures, d.figures, ctx.buckets)
         points += [p] if p else []
         f = r.figures
         rain_ev: dict[str, float | str] = {
-            "rain_1h_mm": f.rain_1h_mm,
-            "rain_3h_mm": f.rain_3h_mm,
-            "rain_24h_mm": f.rain_24h_mm,
+            windowed("rainfall_mm", "1h"): f.rainfall_mm_1h,
+            windowed("rainfall_mm", "3h"): f.rainfall_mm_3h,
+            windowed("rainfall_mm", "24h"): f.rainfall_mm_24h,
         }
-        report("rain", f.level, f.rain_24h_mm, "rain_24h_mm", None, f.as_of, rain_ev)
+        day = windowed("rainfall_mm", "24h")
+        report("rain", f.level, f.rainfall_mm_24h, day, None, f.as_of, rain_ev)
         df = d.figures
         df_ev: dict[str, float | str] = {
             "rti": round(df.rti, 1),
-            "intensity_mm_h": df.intensity_mm_h,
+            windowed("rainfall_mm", "1h"): df.rainfall_mm_1h,
         }
         if df.threshold_kind is not None and df.threshold_mm is not None:
-            df_ev["threshold"] = df.threshold_kind
-            df_ev["threshold_mm"] = df.threshold_mm
+            df_ev["debris_flow_threshold_kind"] = df.threshold_kind
+            df_ev["debris_flow_threshold_mm"] = df.threshold_mm
         if df.r70_mm is not None:
             df_ev["r70_mm"] = df.r70_mm
         if df.shaking is not None:
@@ -424,8 +441,8 @@ def handle_water(
         report(
             "debris_flow",
             df.level,
-            df.event_rain_mm,
-            "event_rain_mm",
+            df.rainfall_mm_event,
+            windowed("rainfall_mm", "event"),
             df.threshold_mm,
             df.as_of,
             df_ev,
@@ -452,14 +469,15 @@ def handle_seismic(env: State, reading: Reading, ctx: Context) -> SeismicOutcome
         (np.asarray(data.x_gal), np.asarray(data.y_gal), np.asarray(data.z_gal))
     )
     t0 = reading.event_time.timestamp()
+    det = ctx.for_device(reading.device_id, reading.location.township)
     res = process_packet(
         StationState.from_dict(env.get("station", {})),
         samples,
         data.sample_rate_hz,
         t0,
-        ctx.seismic,
+        det.seismic,
     )
-    state, _ = _health(env, reading, {}, ctx, "seismic")
+    state, _ = _health(env, reading, {}, ctx, "seismic", det.health)
     state["station"] = res.state.to_dict()
     where = Where.of(reading)
     points = reading_points(reading, ctx.buckets)
@@ -516,6 +534,7 @@ def handle_township(
     state = dict(env)
     code = report.township
     town = ctx.registry.township(code)
+    air = ctx.for_township(code).air
     points: list[Point] = []
     candidates: list[AlertCandidate] = []
     if report.hazard == "air_quality":
@@ -526,14 +545,14 @@ def handle_township(
             report.level,
             aqi,
             report.event_time,
-            ctx.air,
+            air,
             registered_sensors=ctx.air_sensors_in(code),
         )
         state["air"] = upd.state.to_dict()
         p = township_air_point(code, upd, report.event_time, ctx.buckets)
         points += [p] if p else []
         if upd.changed:
-            line = ctx.air.ladder(code).threshold(upd.level)
+            line = air.ladder().threshold(upd.level)
             candidates.append(
                 township_candidate(
                     hazard="air_quality",
@@ -615,7 +634,7 @@ def handle_quake(
         candidates.append(cand)
         points += quake_points(ev, ctx.buckets)
         found, shaken[ev.event_id] = strong_shaking_townships(
-            ev, shaken.get(ev.event_id, {}), ctx.debris.shaking_min_level
+            ev, shaken.get(ev.event_id, {}), ctx.shaking_min_intensity
         )
         notices += [
             StrongShakingNotice(
@@ -643,21 +662,23 @@ SHAKEN_MEMORY = 16
 
 
 def strong_shaking_townships(
-    event: QuakeEvent, notified: Mapping[str, int], min_level: str
+    event: QuakeEvent, notified: Mapping[str, int], min_level: str | Callable[[str], str]
 ) -> tuple[dict[str, str], dict[str, int]]:
     """Townships of an earthquake update to notify of strong shaking, and what is then
     notified.
 
     A township is notified when its estimated intensity (:func:`township_intensities`)
-    reaches ``min_level`` and is higher than what was notified for it before in this
-    earthquake (``notified``: township code -> intensity ordinal). A later, lower
-    estimate notifies nothing and lifts nothing: the R50 period runs its course.
+    reaches ``min_level`` (one level, or the township code -> its level: the
+    ``debris_flow.shaking_min_intensity`` in force there) and is higher than what was
+    notified for it before in this earthquake (``notified``: township code -> intensity
+    ordinal). A later, lower estimate notifies nothing and lifts nothing: the R50 period
+    runs its course.
     """
-    floor = intensity_ordinal(min_level)
     out = dict(notified)
     found: dict[str, str] = {}
     for town, level in township_intensities(event).items():
         rank = intensity_ordinal(level)
+        floor = intensity_ordinal(min_level if isinstance(min_level, str) else min_level(town))
         if rank >= floor and rank > out.get(town, -1):
             found[town] = level
             out[town] = rank
@@ -668,9 +689,8 @@ def handle_shaking(env: State, notice: StrongShakingNotice, ctx: Context) -> Dec
     """Remember a strong shaking for a water device (the one whose R50 period ends last,
     see :func:`~processors.detectors.water.mark_strong_shaking`) and store a
     ``strong_shaking`` point for it."""
-    mark = strong_shaking(
-        notice.event_id, notice.intensity, notice.origin_time.timestamp(), ctx.debris
-    )
+    debris = ctx.for_device(notice.device, notice.township).debris
+    mark = strong_shaking(notice.event_id, notice.intensity, notice.origin_time.timestamp(), debris)
     state = dict(env)
     if mark is None:  # below this worker's shaking level: not ours to mark
         return Decision(state, [], [])

@@ -16,8 +16,8 @@ In one formula, with ``t_k`` the threshold and ``m_k`` the clear margin of level
 Detectors whose level depends on several figures at once (the CWA rain classes) compute
 ``entered`` and ``held`` themselves and call :meth:`LevelTracker.advance`.
 
-Thresholds are named (``aqi_l1``, ``flood_depth_cm_l2`` ...) so that a region (township
-code) or a device can override them; :func:`merge_thresholds` applies the overrides.
+The lines themselves come from the thresholds file (:mod:`civic_iot.thresholds`), with a
+region's or device's overrides already applied.
 """
 
 from __future__ import annotations
@@ -158,19 +158,3 @@ class LevelTracker:
             level=int(d.get("level", 0)),
             since=datetime.fromisoformat(since) if since else None,
         )
-
-
-def merge_thresholds(
-    defaults: Mapping[str, float | None], *overrides: Mapping[str, float] | None
-) -> dict[str, float | None]:
-    """Named thresholds: the defaults, then each override mapping in turn (later wins).
-
-    Typical order: regional overrides (by township code), then the device's own
-    thresholds from the registry. Names not in ``defaults`` are ignored, so one device
-    mapping can carry thresholds for several detectors.
-    """
-    merged = dict(defaults)
-    for mapping in overrides:
-        if mapping:
-            merged.update({k: float(v) for k, v in mapping.items() if k in merged})
-    return merged

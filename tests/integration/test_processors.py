@@ -30,6 +30,7 @@ from civic_iot.contracts.storage import StorageDeadLetter
 from civic_iot.kafka_admin import ensure_topics, partition_counts
 from civic_iot.registry import Device, Registry
 from civic_iot.settings import Settings, influx_token
+from civic_iot.thresholds import load_thresholds
 from civic_iot.times import to_ns
 from civic_iot.topology import Topology
 from ops.pipeline import free_port
@@ -341,7 +342,7 @@ def _rain_records(e: Env, gauge: Device, start: datetime, idx: range) -> list[An
 def _last_rain_24h(e: Env) -> float:
     rows = e.flux(
         f'from(bucket: "{e.buckets["derived"]}") |> range(start: 0)'
-        ' |> filter(fn: (r) => r._measurement == "rain" and r._field == "rain_24h_mm")'
+        ' |> filter(fn: (r) => r._measurement == "rain" and r._field == "rainfall_mm_24h")'
         ' |> group() |> sort(columns: ["_time"]) |> last()'
     )
     # The derived point may trail the raw ones by a flush: none yet reads as 0.
@@ -362,7 +363,7 @@ def test_state_survives_sigkill_and_every_reading_is_stored_once(
     worker = start_worker(penv, "second")
     try:
         assert penv.wait_count(120, "readings", "water", "rainfall_mm") == 120
-        assert penv.wait_count(120, "derived", "rain", "rain_24h_mm") == 120
+        assert penv.wait_count(120, "derived", "rain", "rainfall_mm_24h") == 120
         # 120 reports of 2 mm every 5 minutes over 10 h: the 24 h sum continues from the
         # state before the kill (a restart from zero would end far lower).
         deadline = time.monotonic() + 30
@@ -446,22 +447,28 @@ def test_strong_shaking_lowers_the_debris_flow_threshold_and_a_fast_rise_alerts(
     worker = start_worker(penv)
     try:
         # (1) The quake's townships at intensity >= 5- mark their water devices (via Kafka).
-        towns = {t.code: t for t in registry.townships}
+        # The worker judges against the thresholds file it was started with (the default).
+        lines = load_thresholds(penv.settings.thresholds, registry)
+
+        def r70_of(d: Device) -> float | None:
+            return lines.for_device(d.id, d.township).debris_flow.r70_mm
 
         def rain_gauges(shaken: dict[str, str]) -> list[Device]:
             return [
                 d
                 for d in registry.of_kind("water")
-                if d.sensor == "rain" and d.id in shaken and towns[d.township].debris_flow_r70_mm
+                if d.sensor == "rain" and d.id in shaken and r70_of(d)
             ]
 
         shaken = _shaken_water_devices(penv, lambda found: bool(rain_gauges(found)))
         gauges = rain_gauges(shaken)
         assert gauges, f"no rain gauge with R70 among the shaken devices {sorted(shaken)}"
         gauge = gauges[0]
-        r70 = towns[gauge.township].debris_flow_r70_mm
+        r70 = r70_of(gauge)
         assert r70 is not None
-        r50 = r70 - 50.0  # DebrisFlowConfig.r50_below_r70_mm (no R50 in the registry)
+        debris = lines.for_device(gauge.id, gauge.township).debris_flow
+        assert debris.r50_mm is None  # so R50 is derived: one step below R70
+        r50 = r70 - debris.r50_below_r70_mm
         # Rain after the earthquake, 10 mm every 10 min up to R50 + 20 mm: red under R50;
         # under R70 it would be yellow at most (R70 is 50 mm higher).
         rain_start = datetime.fromtimestamp(quake.origin_s, UTC) + timedelta(hours=1)
@@ -502,7 +509,7 @@ def test_strong_shaking_lowers_the_debris_flow_threshold_and_a_fast_rise_alerts(
         red = debris[-1]
         assert red["threshold"] == r50  # not R70
         assert r50 <= red["value"] < r70  # the event rain when red was raised
-        assert red["evidence"]["threshold"] == "r50"
+        assert red["evidence"]["debris_flow_threshold_kind"] == "r50"
         assert red["evidence"]["r70_mm"] == r70
         assert red["evidence"]["r50_shaking_intensity"] == shaken[gauge.id]
         quake_ids = {

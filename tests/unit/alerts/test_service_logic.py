@@ -31,6 +31,7 @@ from alerts.service import (
 )
 from alerts.signing import verify
 from alerts.subscriptions import Subscription
+from civic_iot.settings import InfluxSettings
 from civic_iot.times import to_ns
 
 from .factories import at, candidate, lifecycle_messages, run
@@ -136,7 +137,7 @@ def test_deadletter_record_names_the_failure_without_the_body() -> None:
 
 def test_alert_point_follows_storage_md() -> None:
     msg = lifecycle_messages("flood")[0]
-    p = alert_point(msg, "Exercise", "alerts")
+    p = alert_point(msg, "Exercise", InfluxSettings())
     assert (p.bucket, p.measurement) == ("alerts", "alert")
     assert dict(p.tags) == {
         "area": "6300300",
@@ -177,7 +178,7 @@ def test_delivery_point_and_latency() -> None:
     at_ns = int(msg.sent.timestamp() * 1e9) + 250_000_000
     result = DeliveryResult("webhook", "agency-1", msg, "retry", 2, 500, at_ns, "HTTP 500")
     assert result.latency_ms == pytest.approx(250.0)
-    p = delivery_point(result, "alerts")
+    p = delivery_point(result, InfluxSettings())
     assert p.measurement == "delivery"
     assert [type(v) for _, v in p.fields] == [str, int, int, float]
     line = p.line()
@@ -191,7 +192,7 @@ def test_delivery_point_and_latency() -> None:
 def test_ack_point() -> None:
     s1, [alert] = run([(0, candidate(2, 0))])
     _, ack = acknowledge(s1, alert.alert_id, "duty officer", at(3), 'on it\n"now"')
-    p = ack_point(ack, "alerts")
+    p = ack_point(ack, InfluxSettings())
     line = p.line()
     assert line.startswith("ack,area=6300300,hazard=air_quality ")
     assert 'by="duty officer"' in line

@@ -93,7 +93,9 @@ def test_air_quality_point_fields_and_types() -> None:
     assert p is not None
     assert (p.bucket, p.measurement) == ("derived", "air_quality")
     f = dict(p.fields)
-    assert set(f) == {"aqi", "category", "leading", "level", "pm2_5_1h", "pm2_5_rt", "lat", "lon"}
+    assert set(f) == {
+        "aqi", "category", "leading", "level", "pm2_5_ugm3_1h", "pm2_5_ugm3_rt", "lat", "lon"
+    }  # fmt: skip
     assert isinstance(f["aqi"], int)
     assert isinstance(f["level"], int)
     assert f["leading"] == "pm2_5"
