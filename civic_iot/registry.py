@@ -40,6 +40,7 @@ from pydantic import (
 )
 
 from civic_iot.accounts import is_service_account
+from civic_iot.files import write_atomic
 
 DeviceKind = Literal["air", "water", "seismic"]
 
@@ -309,26 +310,6 @@ def save_registry(registry: Registry, path: Path) -> None:
                 break
             header.append(line)
     write_atomic(path, registry_yaml(registry, header), mode=mode)
-
-
-def write_atomic(path: Path, text: str, *, mode: int = 0o600) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder, created
-    with ``mode`` from the start (never readable by others meanwhile), then renamed over
-    ``path``: readers see the whole old file or the whole new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        # mkstemp creates the file 0600; widen only when asked (a registry, not a secret).
-        if mode != 0o600:
-            os.fchmod(fd, mode)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        Path(tmp).replace(path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def device_secret(data_dir: Path) -> bytes:

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from civic_iot.accounts import INGEST_USER, SERVICE_ACL
-from civic_iot.registry import Registry, device_password, device_secret, write_atomic
+from civic_iot.files import write_atomic
+from civic_iot.registry import Registry, device_password, device_secret
 
 logger = logging.getLogger(__name__)
 

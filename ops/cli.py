@@ -9,11 +9,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from alerts.cli import alerts_app
+from civic_iot.auth import ROLES, TokenStore
 from civic_iot.logs import setup_logging
 from civic_iot.registry import load_registry
 from civic_iot.settings import REPO_ROOT, get_settings
@@ -29,6 +31,8 @@ topics_app = typer.Typer(help="A deployment's Kafka topics, by prefix (civic_iot
 app.add_typer(stack_app, name="stack")
 app.add_typer(devices_app, name="devices")
 app.add_typer(topics_app, name="topics")
+tokens_app = typer.Typer(help="API tokens for the HTTP APIs (civic_iot/auth.py).")
+app.add_typer(tokens_app, name="tokens")
 app.add_typer(
     grafana_app, name="grafana", help="Provision Grafana (datasource, folder, dashboards)."
 )
@@ -196,6 +200,55 @@ def _topology(prefix: str | None) -> Topology:
 
 
 _PREFIX_HELP = "deployment prefix (default CIVIC_KAFKA__TOPIC_PREFIX; '' is production)"
+
+
+@tokens_app.command("create")
+def tokens_create(
+    principal: Annotated[str, typer.Argument(help="who the token is for: an agency id, a name")],
+    role: Annotated[str, typer.Option(help="agency, operator or admin")],
+    note: Annotated[str, typer.Option(help="what it is for (kept with it)")] = "",
+) -> None:
+    """Issue a token; it is printed once and never stored (only its hash is)."""
+    if role not in ROLES:
+        console.print(f"[red]role {role!r} is not one of {', '.join(ROLES)}[/red]")
+        raise typer.Exit(2)
+    store = TokenStore.of(get_settings().data_dir)
+    try:
+        record, token = store.issue(principal, role, note)
+    except ValidationError as exc:
+        console.print(f"[red]{exc.errors(include_url=False)[0]['msg']}[/red]")
+        raise typer.Exit(2) from None
+    typer.echo(token)
+    typer.echo(
+        f"token {record.id} for {record.principal} (role {record.role}); store it now: "
+        "it is shown only this once",
+        err=True,
+    )
+
+
+@tokens_app.command("list")
+def tokens_list() -> None:
+    """Every token issued: id, principal, role, created, revoked (never a secret)."""
+    table = Table("id", "principal", "role", "created", "revoked", "note")
+    for r in TokenStore.of(get_settings().data_dir).records():
+        revoked = r.revoked_at.isoformat(timespec="seconds") if r.revoked_at else ""
+        table.add_row(
+            r.id, r.principal, r.role, r.created_at.isoformat(timespec="seconds"), revoked, r.note
+        )
+    console.print(table)
+
+
+@tokens_app.command("revoke")
+def tokens_revoke(
+    token_ids: Annotated[list[str], typer.Argument(help="token ids (see `tokens list`)")],
+) -> None:
+    """Revoke tokens at once: the running services refuse them from their next request."""
+    try:
+        done = TokenStore.of(get_settings().data_dir).revoke(token_ids)
+    except KeyError as exc:
+        console.print(f"[red]{exc.args[0]}[/red]")
+        raise typer.Exit(1) from None
+    console.print(f"revoked {len(done)} token(s)" + (f": {', '.join(done)}" if done else ""))
 
 
 @topics_app.command("create")
