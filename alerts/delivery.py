@@ -41,7 +41,6 @@ import aiohttp
 import yaml
 from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync
 from influxdb_client.client.write.point import Point
-from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import SecretStr, ValidationError
 
 from alerts.cap import DEFAULT_CAP_CONFIG, CapConfig, CapStatus, to_cap_xml
@@ -50,7 +49,7 @@ from alerts.messages import to_json_bytes
 from alerts.signing import sign
 from alerts.subscriptions import Subscription, matches
 from civic_iot import retry
-from civic_iot.mqtt import MqttConnection, MqttError
+from civic_iot.mqtt import MqttConnection, MqttError, Reason
 
 logger = logging.getLogger(__name__)
 
@@ -385,7 +384,7 @@ class MqttChannel:
             task.add_done_callback(inflight.discard)
             task.add_done_callback(lambda _t: self._queue.task_done())
 
-    def _publish_message(self, msg: AlertMessage) -> list[asyncio.Future[ReasonCode]]:
+    def _publish_message(self, msg: AlertMessage) -> list[asyncio.Future[Reason]]:
         topic = mqtt_topic(msg, self._root)
         payload = to_json_bytes(msg, self._status, config=self._cap_config)
         if msg.msg_type == "Cancel":
@@ -396,7 +395,7 @@ class MqttChannel:
             ]
         return [self._mqtt.publish(topic, payload, retain=True)]
 
-    async def _confirm(self, msg: AlertMessage, acks: list[asyncio.Future[ReasonCode]]) -> None:
+    async def _confirm(self, msg: AlertMessage, acks: list[asyncio.Future[Reason]]) -> None:
         try:
             for attempt in range(1, self._max_attempts + 1):
                 _, pending = await asyncio.wait(acks, timeout=self._timeout)

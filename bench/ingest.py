@@ -27,7 +27,9 @@ CPU per reading comes from ``/proc/<pid>/stat`` (ingest, Mosquitto, Kafka) and
 ``VmHWM`` from ``/proc/<pid>/status``. Linux only. ``--profile out.prof`` runs ingest
 under cProfile (its main thread: since ingest drives paho from its asyncio loop, that is
 all of its work). ``--ingest-dir`` runs another checkout's ``ingest/`` for an A/B
-comparison on the same machine, in the same hour.
+comparison on the same machine, in the same hour. ``--reader paho`` runs ingest with paho's
+public parser instead of its own reader (``CIVIC_INGEST__MQTT_READER``, see
+``civic_iot/mqtt.py``); alternate ``--reader own`` and ``--reader paho`` runs for the A/B.
 """
 
 from __future__ import annotations

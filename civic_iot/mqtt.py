@@ -48,6 +48,7 @@ __all__ = [
     "MqttConnection",
     "MqttError",
     "Reader",
+    "Reason",
 ]
 
 logger = logging.getLogger(__name__)
@@ -76,6 +77,34 @@ class Message(NamedTuple):
     mid: int
     qos: int
     retain: bool
+
+
+class Reason(NamedTuple):
+    """An MQTT 5 reason code (PUBACK, SUBACK, CONNACK, DISCONNECT), converted at the edge."""
+
+    value: int
+    #: The specification's name for it, e.g. ``Success``, ``Not authorized``.
+    name: str
+
+    @property
+    def is_failure(self) -> bool:
+        """Reason codes from 0x80 on are failures."""
+        return self.value >= 0x80
+
+    def __str__(self) -> str:
+        return self.name
+
+
+#: One :class:`Reason` per (packet type, value): a PUBACK per message need not build one.
+_REASONS: dict[tuple[int, int], Reason] = {}
+
+
+def _reason(rc: ReasonCode) -> Reason:
+    key = (rc.packetType, rc.value)
+    reason = _REASONS.get(key)
+    if reason is None:
+        reason = _REASONS[key] = Reason(rc.value, rc.getName())
+    return reason
 
 
 class MqttError(RuntimeError):
@@ -130,7 +159,7 @@ class MqttConnection:
         nodelay: bool = False,
         retry_refused: bool = True,
         on_connect: Callable[[bool], None] | None = None,
-        on_disconnect: Callable[[ReasonCode], None] | None = None,
+        on_disconnect: Callable[[Reason], None] | None = None,
         on_messages: Callable[[list[Message]], None] | None = None,
         rng: retry.RandomSource | None = None,
     ) -> None:
@@ -173,8 +202,8 @@ class MqttConnection:
         c.on_socket_register_write = self._on_socket_register_write
         c.on_socket_unregister_write = self._on_socket_unregister_write
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._acks: dict[int, asyncio.Future[ReasonCode]] = {}
-        self._subacks: dict[int, asyncio.Future[list[ReasonCode]]] = {}
+        self._acks: dict[int, asyncio.Future[Reason]] = {}
+        self._subacks: dict[int, asyncio.Future[list[Reason]]] = {}
         self._events = 0  # paho callbacks so far: tells a read that parsed a packet
         self._attempt: asyncio.Handle | None = None
         self._misc: asyncio.Handle | None = None
@@ -187,7 +216,7 @@ class MqttConnection:
         #: Why the last attempt failed: a connect error or the CONNACK's reason.
         self.last_error = ""
         #: The CONNACK's reason when the broker refused us; None once it accepts.
-        self.refused: ReasonCode | None = None
+        self.refused: Reason | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -289,7 +318,7 @@ class MqttConnection:
         qos: int = 1,
         retain: bool = False,
         properties: Properties | None = None,
-    ) -> asyncio.Future[ReasonCode]:
+    ) -> asyncio.Future[Reason]:
         """Hand a message to paho; the future completes with the PUBACK's reason code.
 
         QoS 0 completes once written. Raises :class:`MqttError` when paho refuses the
@@ -303,18 +332,18 @@ class MqttConnection:
         ):
             msg = f"paho refused the publish on {topic}: {mqtt.error_string(info.rc)}"
             raise MqttError(msg)
-        fut: asyncio.Future[ReasonCode] = loop.create_future()
+        fut: asyncio.Future[Reason] = loop.create_future()
         self._acks[info.mid] = fut
         return fut
 
-    def subscribe(self, topic: str, qos: int = 1) -> asyncio.Future[list[ReasonCode]]:
+    def subscribe(self, topic: str, qos: int = 1) -> asyncio.Future[list[Reason]]:
         """Subscribe; the future completes with the SUBACK's reason codes."""
         loop = self._running_loop()
         rc, mid = self.client.subscribe(topic, qos=qos)
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
             msg = f"cannot subscribe to {topic}: {mqtt.error_string(rc)}"
             raise MqttError(msg)
-        fut: asyncio.Future[list[ReasonCode]] = loop.create_future()
+        fut: asyncio.Future[list[Reason]] = loop.create_future()
         self._subacks[mid] = fut
         return fut
 
@@ -444,7 +473,7 @@ class MqttConnection:
     ) -> None:
         self._events += 1
         if rc.is_failure:
-            self.refused = rc
+            self.refused = _reason(rc)
             self.last_error = f"refused: {rc}"
             logger.error("mqtt connect refused client=%s reason=%s", self, rc)
             return  # paho closes the connection: _on_disconnect decides what next
@@ -462,7 +491,7 @@ class MqttConnection:
         self._events += 1
         self._connected.clear()
         if self._hook_disconnect is not None:
-            self._hook_disconnect(rc)
+            self._hook_disconnect(_reason(rc))
         if self._stopping:
             return
         if self.gave_up:
@@ -480,7 +509,7 @@ class MqttConnection:
         self._events += 1
         fut = self._acks.pop(mid, None)
         if fut is not None and not fut.done():
-            fut.set_result(rc)
+            fut.set_result(_reason(rc))
 
     def _on_subscribe(
         self, _c: mqtt.Client, _u: object, mid: int, rcs: list[ReasonCode], _p: object
@@ -488,7 +517,7 @@ class MqttConnection:
         self._events += 1
         fut = self._subacks.pop(mid, None)
         if fut is not None and not fut.done():
-            fut.set_result(rcs)
+            fut.set_result([_reason(rc) for rc in rcs])
 
     def _on_message(self, _c: mqtt.Client, _u: object, m: mqtt.MQTTMessage) -> None:
         self._events += 1

@@ -28,9 +28,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from paho.mqtt.reasoncodes import ReasonCode
-
-from civic_iot.mqtt import MqttConnection, MqttError
+from civic_iot.mqtt import MqttConnection, MqttError, Reason
 from civic_iot.registry import device_password, device_secret
 from civic_iot.settings import Settings
 from simulator.scenario import SimMessage
@@ -148,7 +146,7 @@ class _Device:
     conn: MqttConnection
     state: _State = "connecting"
     #: PUBACK future -> send time (monotonic s): published, not yet acknowledged.
-    inflight: dict[asyncio.Future[ReasonCode], float] = field(default_factory=dict)
+    inflight: dict[asyncio.Future[Reason], float] = field(default_factory=dict)
     backlog: deque[int] = field(default_factory=deque)
 
 
@@ -393,7 +391,7 @@ class FleetPublisher:
             self._waiting.append(dev)
         self._drain_later()
 
-    def _on_disconnect(self, dev: _Device, reason: ReasonCode) -> None:
+    def _on_disconnect(self, dev: _Device, reason: Reason) -> None:
         if dev.state in ("refused", "closed"):
             return
         if dev.conn.refused is not None:
@@ -409,7 +407,7 @@ class FleetPublisher:
             dev.inflight.clear()
             self._check_idle()
 
-    def _on_ack(self, dev: _Device, ack: asyncio.Future[ReasonCode]) -> None:
+    def _on_ack(self, dev: _Device, ack: asyncio.Future[Reason]) -> None:
         sent = dev.inflight.pop(ack, None)
         if sent is None or ack.cancelled():
             return  # counted as lost when its connection dropped, or closing

@@ -16,10 +16,9 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
 
 from civic_iot.accounts import ALERTS_USER, SUBSCRIBER_USER
-from civic_iot.mqtt import Message, MqttConnection, MqttError
+from civic_iot.mqtt import Message, MqttConnection, MqttError, Reason
 from civic_iot.settings import Settings, mqtt_password
 
 pytestmark = pytest.mark.integration
@@ -31,7 +30,7 @@ class Side:
     def __init__(self, settings: Settings, user: str, client_id: str, **kwargs: object) -> None:
         self.messages: list[Message] = []
         self.connects: list[bool] = []
-        self.disconnects: list[ReasonCode] = []
+        self.disconnects: list[Reason] = []
         self.conn = MqttConnection(
             host=settings.mqtt.host,
             port=settings.mqtt.port,
@@ -114,7 +113,7 @@ async def _forbidden(stack: Settings, unique: str) -> None:
     try:
         await side.conn.wait_connected(10)
         ack = await asyncio.wait_for(side.conn.publish(f"runs/{unique}/alerts/x", b"no"), 10)
-        assert ack.getName() == "Not authorized"
+        assert (ack.value, ack.name, ack.is_failure) == (0x87, "Not authorized", True)
     finally:
         await side.conn.stop()
 

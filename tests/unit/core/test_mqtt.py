@@ -30,6 +30,7 @@ from civic_iot.mqtt import (
     MqttConnection,
     MqttError,
     Reader,
+    Reason,
 )
 
 REPO = Path(__file__).resolve().parents[3]
@@ -102,7 +103,7 @@ class Collected:
     def __init__(self) -> None:
         self.batches: list[list[Message]] = []
         self.connects: list[bool] = []
-        self.disconnects: list[ReasonCode] = []
+        self.disconnects: list[Reason] = []
 
     @property
     def messages(self) -> list[Message]:
@@ -234,7 +235,7 @@ def test_other_packets_reach_paho_in_order_between_publishes(
     """A SUBACK and a PINGRESP amid readings: paho handles them, the readings still come."""
     conn, sock, got = own
 
-    async def scenario() -> list[ReasonCode]:
+    async def scenario() -> list[Reason]:
         conn._loop = asyncio.get_running_loop()
         conn.client._state = mqtt._ConnectionState.MQTT_CS_CONNECTED
         suback = conn.subscribe("devices/#", qos=1)  # packet id 1
@@ -330,7 +331,7 @@ def test_the_installed_paho_is_the_pinned_one() -> None:
 def test_a_puback_resolves_the_publish_future_on_the_loop() -> None:
     conn, sock, _ = make("paho", manual_ack=False)
 
-    async def scenario() -> ReasonCode:
+    async def scenario() -> Reason:
         conn._loop = asyncio.get_running_loop()
         ack = conn.publish("alerts/flood/1", b"{}", retain=True)
         [mid] = list(conn._acks)
@@ -457,7 +458,7 @@ def test_a_drop_after_a_connack_starts_the_backoff_from_the_bottom(
     drop = ReasonCode(PacketTypes.DISCONNECT, "Session taken over")
     conn._on_disconnect(conn.client, None, None, drop, None)
     assert not conn.connected
-    assert got.disconnects == [drop]
+    assert got.disconnects == [Reason(0x8E, "Session taken over")]  # converted at the edge
     [(wait, _)] = loop.later
     assert 0 < wait < RECONNECT_BASE_S  # not at once, not after the old outage's window
 
@@ -473,6 +474,6 @@ def test_a_refused_connect_is_retried_unless_told_not_to() -> None:
         conn._on_connect(conn.client, None, flags, refused, None)
         conn._on_disconnect(conn.client, None, None, refused, None)
         assert len(loop.later) == retries
-        assert conn.refused == refused
+        assert conn.refused == Reason(0x86, "Bad user name or password")
         assert conn.gave_up is not retry_refused
         assert not conn.connected
