@@ -122,7 +122,8 @@ class MqttConnection:
     Hooks, all called on the loop: ``on_connect(session_present)`` after each accepted
     CONNACK (subscribe there), ``on_disconnect(reason)`` when a connection ends (also a
     refused one), ``on_messages(batch)`` with the messages of one readable event, in
-    arrival order.
+    arrival order, ``on_published(mid, reason)`` with the PUBACK of a message handed over
+    by :meth:`send`.
 
     Args:
         host, port: the broker.
@@ -161,6 +162,7 @@ class MqttConnection:
         on_connect: Callable[[bool], None] | None = None,
         on_disconnect: Callable[[Reason], None] | None = None,
         on_messages: Callable[[list[Message]], None] | None = None,
+        on_published: Callable[[int, Reason], None] | None = None,
         rng: retry.RandomSource | None = None,
     ) -> None:
         self.host, self.port, self.client_id, self.username = host, port, client_id, username
@@ -174,6 +176,7 @@ class MqttConnection:
         self._hook_connect = on_connect
         self._hook_disconnect = on_disconnect
         self._hook_messages = on_messages
+        self._hook_published = on_published
         self._backoff = retry.Backoff(RECONNECT_BASE_S, RECONNECT_CAP_S)
         if rng is not None:
             self._backoff.rng = rng
@@ -205,6 +208,7 @@ class MqttConnection:
         self._acks: dict[int, asyncio.Future[Reason]] = {}
         self._subacks: dict[int, asyncio.Future[list[Reason]]] = {}
         self._events = 0  # paho callbacks so far: tells a read that parsed a packet
+        self._sent = self._answered = 0  # messages handed to paho / completed by it
         self._attempt: asyncio.Handle | None = None
         self._misc: asyncio.Handle | None = None
         self._write_soon = False
@@ -326,15 +330,30 @@ class MqttConnection:
         the next connection.
         """
         loop = self._running_loop()
+        mid = self.send(topic, payload, qos=qos, retain=retain, properties=properties)
+        fut: asyncio.Future[Reason] = loop.create_future()
+        self._acks[mid] = fut
+        return fut
+
+    def send(
+        self,
+        topic: str,
+        payload: bytes | str,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        properties: Properties | None = None,
+    ) -> int:
+        """:meth:`publish` without a future, for many small messages: returns the packet
+        id, and the PUBACK goes to the ``on_published(mid, reason)`` hook."""
         info = self.client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS and not (
             info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN and qos > 0
         ):
             msg = f"paho refused the publish on {topic}: {mqtt.error_string(info.rc)}"
             raise MqttError(msg)
-        fut: asyncio.Future[Reason] = loop.create_future()
-        self._acks[info.mid] = fut
-        return fut
+        self._sent += 1
+        return info.mid
 
     def subscribe(self, topic: str, qos: int = 1) -> asyncio.Future[list[Reason]]:
         """Subscribe; the future completes with the SUBACK's reason codes."""
@@ -448,12 +467,15 @@ class MqttConnection:
         if isinstance(client, _SlicingClient):
             client.read_publishes()
         else:
-            # loop_read parses a packet or two per call; keep calling while each call
-            # makes progress (a callback ran), so one readable event takes what came.
+            # One loop_read parses at most one packet per message we await an answer for
+            # (at least one), stopping early when the socket has nothing more. Call it
+            # again only while a call used its whole allowance, so one readable event
+            # takes what came without a last read that finds nothing. Stopping early
+            # loses nothing: the socket stays readable and the loop comes back.
             for _ in range(_MAX_PACKETS_PER_READ):
-                seen = self._events
+                seen, allowance = self._events, max(1, self._sent - self._answered)
                 rc = client.loop_read()
-                if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or self._events == seen:
+                if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or self._events - seen < allowance:
                     break
         if self._inbox:
             batch = self._inbox[:]
@@ -507,9 +529,13 @@ class MqttConnection:
         self, _c: mqtt.Client, _u: object, mid: int, rc: ReasonCode, _p: object
     ) -> None:
         self._events += 1
+        self._answered += 1
         fut = self._acks.pop(mid, None)
-        if fut is not None and not fut.done():
-            fut.set_result(_reason(rc))
+        if fut is not None:
+            if not fut.done():
+                fut.set_result(_reason(rc))
+        elif self._hook_published is not None:
+            self._hook_published(mid, _reason(rc))
 
     def _on_subscribe(
         self, _c: mqtt.Client, _u: object, mid: int, rcs: list[ReasonCode], _p: object

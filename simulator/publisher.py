@@ -19,7 +19,6 @@ and the final drain all have timeouts, and whatever is left is counted as failed
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import math
 import time
@@ -145,8 +144,8 @@ class _Device:
     user: str
     conn: MqttConnection
     state: _State = "connecting"
-    #: PUBACK future -> send time (monotonic s): published, not yet acknowledged.
-    inflight: dict[asyncio.Future[Reason], float] = field(default_factory=dict)
+    #: packet id -> send time (monotonic s): published, not yet acknowledged.
+    inflight: dict[int, float] = field(default_factory=dict)
     backlog: deque[int] = field(default_factory=deque)
 
 
@@ -254,6 +253,7 @@ class FleetPublisher:
             retry_refused=False,
             on_connect=lambda _session_present: self._on_connect(made[0]),
             on_disconnect=lambda reason: self._on_disconnect(made[0], reason),
+            on_published=lambda mid, reason: self._on_ack(made[0], mid, reason),
         )
         made.append(_Device(user, conn))
         return made[0]
@@ -313,12 +313,11 @@ class FleetPublisher:
     def _send(self, dev: _Device, idx: int) -> None:
         m = self._messages[idx]
         try:
-            ack = dev.conn.publish(m.topic, m.payload, qos=1)
+            mid = dev.conn.send(m.topic, m.payload, qos=1)
         except MqttError as exc:
             self.tally.failures[f"publish:{exc}"] += 1
             return
-        dev.inflight[ack] = time.monotonic()
-        ack.add_done_callback(functools.partial(self._on_ack, dev))
+        dev.inflight[mid] = time.monotonic()
         self._inflight += 1
         self._idle.clear()
         self.tally.published += 1
@@ -407,14 +406,13 @@ class FleetPublisher:
             dev.inflight.clear()
             self._check_idle()
 
-    def _on_ack(self, dev: _Device, ack: asyncio.Future[Reason]) -> None:
-        sent = dev.inflight.pop(ack, None)
-        if sent is None or ack.cancelled():
-            return  # counted as lost when its connection dropped, or closing
+    def _on_ack(self, dev: _Device, mid: int, reason: Reason) -> None:
+        sent = dev.inflight.pop(mid, None)
+        if sent is None:
+            return  # counted as lost when its connection dropped
         self._inflight -= 1
         now = time.monotonic()
         self.tally.last_ack = now
-        reason = ack.result()
         if reason.is_failure:
             self._deny(f"puback:{reason}")
         else:
