@@ -347,6 +347,24 @@ def test_a_puback_resolves_the_publish_future_on_the_loop() -> None:
     assert not asyncio.run(scenario()).is_failure
 
 
+def test_send_hands_the_puback_to_the_hook_without_a_future() -> None:
+    published: list[tuple[int, Reason]] = []
+    conn, sock, _ = make("paho", manual_ack=False, on_published=lambda *a: published.append(a))
+
+    async def scenario() -> None:
+        conn._loop = asyncio.get_running_loop()
+        mid = conn.send("devices/a-1/air", b"{}")
+        assert not conn._acks
+        await asyncio.sleep(0)
+        sock.chunks = [bytes([0x40, 3]) + struct.pack("!H", mid) + b"\x87"]  # Not authorized
+        conn._on_readable()
+        assert published == [(mid, Reason(0x87, "Not authorized"))]
+        assert published[0][1].is_failure
+
+    asyncio.run(scenario())
+    sock.close()
+
+
 def test_publishes_of_one_turn_are_written_in_one_pass_then_wait_for_writable() -> None:
     conn, sock, _ = make("paho")
     writes: list[object] = []
