@@ -170,7 +170,6 @@ class MqttConnection:
         self._clean_start = clean_start
         self._session_expiry_s = session_expiry_s
         self._receive_maximum = receive_maximum
-        self._reader = reader
         self._nodelay = nodelay
         self._retry_refused = retry_refused
         self._hook_connect = on_connect
