@@ -3,7 +3,8 @@
 ``delay = uniform(0, min(cap_s, base_s * 2**attempt))``: the "full jitter" of the AWS
 Architecture Blog's "Exponential Backoff And Jitter". Spreading retries over the whole
 window keeps many failing deliveries from hammering a receiver in lock-step when it comes
-back. Pure: the caller passes the random source, so tests are deterministic.
+back. Pure: the caller passes the random source, so tests are deterministic;
+:class:`Backoff` only adds the count of consecutive failures, for one owner.
 """
 
 from __future__ import annotations
