@@ -624,7 +624,11 @@ class AlertService:
 
     async def _lead_loop(self) -> None:
         """While elected, run a term; after a term ends while still elected, run another."""
-        backoff_s = self.settings.alerts.heartbeat_interval_s
+        # Not a retry backoff (civic_iot.retry): a term comes round again only when it was
+        # fenced or stopped while still elected (any other error ends this loop), and what
+        # settles that is the group's rebalance, due within a heartbeat. Waiting longer
+        # each time would only delay the takeover once the group has settled.
+        rebalance_s = self.settings.alerts.heartbeat_interval_s
         while not self._stopping.is_set():
             elected = asyncio.create_task(self._elected.wait())
             stopping = asyncio.create_task(self._stopping.wait())
@@ -648,7 +652,7 @@ class AlertService:
                 # Lost leadership not yet revoked, or a takeover that failed: the group
                 # is about to rebalance; try again after a heartbeat if it does not.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), backoff_s)
+                    await asyncio.wait_for(self._stopping.wait(), rebalance_s)
 
     async def _run_term(self, term: _Term) -> None:
         """Take over (state, then candidates), then run the consumer and the timer."""

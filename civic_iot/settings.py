@@ -66,6 +66,10 @@ class IngestSettings(BaseModel):
     max_payload_bytes: int = 64 * 1024
     #: Port of /health and /metrics (0 = off).
     http_port: int = 9101
+    #: How device messages are read (``civic_iot.mqtt.Reader``): ``own`` slices QoS 1
+    #: PUBLISHes from one read and acknowledges a batch in one write; ``paho`` is paho's
+    #: public parser, one message at a time (bench/ingest.py --reader compares them).
+    mqtt_reader: Literal["own", "paho"] = "own"
 
 
 class KafkaSettings(BaseModel):

@@ -17,7 +17,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from civic_iot.registry import Registry
 from civic_iot.settings import Settings, mqtt_password
-from simulator.publisher import publish_all
+from simulator.publisher import PublishError, publish_all
 from simulator.scenario import (
     GarbageFault,
     Phase,
@@ -213,3 +213,11 @@ def test_fast_bulk_mode_bounds_the_window(stack: Settings, registry: Registry) -
     assert report.failed == 0
     assert report.devices == 20
     assert report.latency.count == 2000
+
+
+def test_an_unreachable_broker_is_a_clear_error(stack: Settings) -> None:
+    closed = stack.model_copy(update={"mqtt": stack.mqtt.model_copy(update={"port": 1})})
+    now = datetime.now(UTC)
+    message = SimMessage("air-0001", "air", "devices/air-0001/air", b"{}", now, 0.0)
+    with pytest.raises(PublishError, match=r"cannot reach Mosquitto at 127\.0\.0\.1:1"):
+        publish_all([message], closed, fast=True)
