@@ -8,6 +8,12 @@
 #
 # Data, logs and generated credentials live under $CIVIC_DATA_DIR (default <repo>/.civic);
 # built binaries and jars under $CIVIC_CACHE_DIR (default ~/.cache/civic-iot).
+#
+# Ports follow the settings the processes read: CIVIC_MQTT__PORT (1883), the port of
+# CIVIC_KAFKA__BOOTSTRAP (9092; its controller listens on CIVIC_KAFKA_CONTROLLER_PORT,
+# default the Kafka port + 1) and CIVIC_INFLUX__URL (8086). With another data dir and other
+# ports a second, private stack runs beside the first (the chaos benchmark and the fault
+# tests do), and every command here acts on that stack only.
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -16,6 +22,10 @@ cache=${CIVIC_CACHE_DIR:-$HOME/.cache/civic-iot}
 py="$repo/.venv/bin/python"
 kafka_version=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$repo/deploy/kafka/pom.xml")
 mqtt_port=${CIVIC_MQTT__PORT:-1883}
+kafka_bootstrap=${CIVIC_KAFKA__BOOTSTRAP:-127.0.0.1:9092}
+kafka_bootstrap=${kafka_bootstrap%%,*}  # a single node: the first server is ours
+kafka_port=${kafka_bootstrap##*:}
+kafka_controller_port=${CIVIC_KAFKA_CONTROLLER_PORT:-$((kafka_port + 1))}
 influx_url=${CIVIC_INFLUX__URL:-http://127.0.0.1:8086}
 influx_bind=${influx_url#http://}
 
@@ -119,14 +129,17 @@ up_mosquitto() {
   say "mosquitto: up on 127.0.0.1:$mqtt_port (log $dir/mosquitto.log)"
 }
 
-kafka_healthy() { grep -q "Kafka Server started" "$data/kafka/kafka.log" && port_busy 9092; }
+kafka_healthy() { grep -q "Kafka Server started" "$data/kafka/kafka.log" && port_busy "$kafka_port"; }
 
 up_kafka() {
   local dir="$data/kafka" libs; libs=$(kafka_libs)
   mkdir -p "$dir"
   if pid_of kafka >/dev/null; then say "kafka: running (pid $(pid_of kafka))"; return; fi
-  port_busy 9092 && die "kafka: port 9092 is taken by another process"
-  cp "$repo/deploy/kafka/server.properties" "$dir/server.properties"
+  port_busy "$kafka_port" && die "kafka: port $kafka_port is taken by another process"
+  port_busy "$kafka_controller_port" && die "kafka: controller port $kafka_controller_port is taken by another process"
+  # The ports of this stack replace those written in the file (9092, controller 9093).
+  sed -e "s/:9092\b/:$kafka_port/g" -e "s/:9093\b/:$kafka_controller_port/g" \
+    "$repo/deploy/kafka/server.properties" >"$dir/server.properties"
   cat >"$dir/log4j.properties" <<'L4J'
 log4j.rootLogger=INFO, stdout
 log4j.appender.stdout=org.apache.log4j.ConsoleAppender
@@ -147,7 +160,7 @@ L4J
   : >"$dir/kafka.log"
   start_bg kafka "$dir" java "${java_opts[@]}" -cp "$libs/*" kafka.Kafka server.properties
   wait_for kafka "$dir/kafka.log" 90 kafka_healthy
-  say "kafka: up on 127.0.0.1:9092 (KRaft, $kafka_version; log $dir/kafka.log)"
+  say "kafka: up on 127.0.0.1:$kafka_port (controller $kafka_controller_port, KRaft, $kafka_version; log $dir/kafka.log)"
 }
 
 influx_healthy() { curl -fsS "$influx_url/health"; }
