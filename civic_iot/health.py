@@ -12,11 +12,18 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 async def serve_health(
     host: str, port: int, status: Callable[[], Mapping[str, object]]
 ) -> web.AppRunner:
-    """Serve ``GET /health`` (JSON from ``status``) and ``GET /metrics`` (Prometheus)."""
+    """Serve ``GET /health`` (JSON from ``status``) and ``GET /metrics`` (Prometheus).
+
+    ``/health`` answers 503 when the body says ``"healthy": false`` (its other fields say
+    why), 200 otherwise.
+    """
 
     async def health(_request: web.Request) -> web.Response:
+        body = dict(status())
         return web.Response(
-            text=json.dumps(dict(status()), default=str), content_type="application/json"
+            text=json.dumps(body, default=str),
+            content_type="application/json",
+            status=503 if body.get("healthy") is False else 200,
         )
 
     async def metrics(_request: web.Request) -> web.Response:

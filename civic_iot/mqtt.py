@@ -139,6 +139,9 @@ class MqttConnection:
         nodelay: TCP_NODELAY (latency over batching of small writes).
         retry_refused: keep retrying when the broker refuses the CONNECT (bad
             credentials, not authorised); False: give up, :attr:`refused` says why.
+        reconnect_base_s, reconnect_cap_s: the reconnect backoff (:mod:`civic_iot.retry`),
+            s: a client whose broker queues for it while it is away (ingest) comes back
+            within the cap once the broker is up again.
         rng: the random source of the backoff's jitter (tests pass a fixed one).
     """
 
@@ -164,6 +167,8 @@ class MqttConnection:
         on_messages: Callable[[list[Message]], None] | None = None,
         on_published: Callable[[int, Reason], None] | None = None,
         rng: retry.RandomSource | None = None,
+        reconnect_base_s: float = RECONNECT_BASE_S,
+        reconnect_cap_s: float = RECONNECT_CAP_S,
     ) -> None:
         self.host, self.port, self.client_id, self.username = host, port, client_id, username
         self._keepalive = keepalive_s
@@ -176,7 +181,7 @@ class MqttConnection:
         self._hook_disconnect = on_disconnect
         self._hook_messages = on_messages
         self._hook_published = on_published
-        self._backoff = retry.Backoff(RECONNECT_BASE_S, RECONNECT_CAP_S)
+        self._backoff = retry.Backoff(reconnect_base_s, reconnect_cap_s)
         if rng is not None:
             self._backoff.rng = rng
         cls = _SlicingClient if reader == "own" else mqtt.Client
@@ -364,6 +369,13 @@ class MqttConnection:
         fut: asyncio.Future[list[Reason]] = loop.create_future()
         self._subacks[mid] = fut
         return fut
+
+    def unsubscribe(self, topic: str) -> None:
+        """Drop a subscription (of a resumed session: one this client no longer wants)."""
+        rc, _mid = self.client.unsubscribe(topic)
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            msg = f"cannot unsubscribe from {topic}: {mqtt.error_string(rc)}"
+            raise MqttError(msg)
 
     def ack(self, mids: Sequence[int], qos: int = 1) -> None:
         """Acknowledge received messages (``manual_ack``), in this order.
