@@ -1,12 +1,29 @@
-"""A tiny /health and /metrics endpoint shared by the processes (aiohttp)."""
+"""A tiny /health and /metrics endpoint shared by the processes (aiohttp), and the one
+question every process asks Kafka for its ``/health``."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+
+async def kafka_answers(client: Any, timeout_s: float) -> str:
+    """Whether Kafka answers a metadata request through ``client`` (an ``AIOKafkaClient``:
+    a producer's or consumer's ``client``) within ``timeout_s``: "" if it does, else why
+    not. The request names only the topics the client already uses."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            ok = await client.force_metadata_update()
+    except TimeoutError:
+        return f"no answer to a metadata request within {timeout_s:g} s"
+    except Exception as exc:  # noqa: BLE001 - a closed client, a Kafka error: all say no
+        return repr(exc)
+    return "" if ok else "no broker answered a metadata request"
 
 
 async def serve_health(

@@ -52,7 +52,6 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 from prometheus_client import Counter as PromCounter
 from prometheus_client import Gauge, Histogram
@@ -60,6 +59,7 @@ from prometheus_client import Gauge, Histogram
 from civic_iot import retry
 from civic_iot.accounts import INGEST_USER
 from civic_iot.contracts.deadletter import deadletter_record, device_of
+from civic_iot.health import kafka_answers, serve_health
 from civic_iot.logs import limit_repeats
 from civic_iot.mqtt import Message, MqttConnection
 from civic_iot.registry import Registry, load_registry
@@ -527,16 +527,9 @@ class _Pipeline:
             return
         if time.monotonic() - self.last_ok < KAFKA_PROBE_INTERVAL_S:
             return
-        try:
-            async with asyncio.timeout(KAFKA_PROBE_INTERVAL_S):
-                ok = await producer.client.force_metadata_update()
-        except (TimeoutError, KafkaError) as exc:
-            ok, self.probe_error = False, repr(exc)
-        if ok:
+        self.probe_error = await kafka_answers(producer.client, KAFKA_PROBE_INTERVAL_S)
+        if not self.probe_error:
             self.last_ok = time.monotonic()
-            self.probe_error = ""
-        elif not self.probe_error:
-            self.probe_error = "no broker answered a metadata request"
 
     def health(self, now: float) -> tuple[str, str]:
         """("ok" or "unavailable", why) for ``/health``."""
@@ -673,8 +666,6 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> Counter[
     )
     http = None
     if settings.ingest.http_port:
-        from civic_iot.health import serve_health  # noqa: PLC0415 - optional HTTP endpoint
-
         http = await serve_health(
             "127.0.0.1",
             settings.ingest.http_port,
@@ -752,4 +743,4 @@ async def _probe(pipeline: _Pipeline) -> None:
         try:
             await pipeline.probe()
         except Exception:  # a health probe never stops ingest
-            logger.debug("kafka probe failed", exc_info=True)
+            logger.exception("kafka probe failed")
