@@ -141,7 +141,9 @@ from alerts.lifecycle import (
 from alerts.messages import to_json_dict
 from alerts.subscriptions import Subscription
 from civic_iot.contracts.alerts import AlertCandidate
+from civic_iot.health import kafka_answers
 from civic_iot.kafka_admin import ensure_topics, wait_for_topics
+from civic_iot.logs import limit_repeats
 from civic_iot.settings import Settings, mqtt_password
 from civic_iot.storage.sink import (
     AIOKafkaPublisher,
@@ -392,6 +394,9 @@ class AlertService:
         self._step_down_lock = asyncio.Lock()
         self._election: LeaderElection | None = None
         self._producer_: AIOKafkaProducer | None = None
+        #: Since when Kafka has not answered (monotonic s; None: it answers), and why.
+        self._kafka_failing_since: float | None = None
+        self._kafka_error = ""
         #: The ``alerts`` bucket's points (module doc of :mod:`civic_iot.storage.sink`):
         #: alerts go out while InfluxDB is down, so the sink is bounded; points past the
         #: bound, and those still held when the service stops, go to storage.deadletter.
@@ -456,8 +461,21 @@ class AlertService:
     def health(self) -> dict[str, Any]:
         serving = self._role in ("standby", "taking_over", "active")
         failing = self.points.failing_since
+        kafka_since = self._kafka_failing_since
+        reasons = []
+        if not serving:
+            reasons.append(f"role {self._role}")
+        if not self.mqtt.connected:
+            reasons.append("mqtt disconnected")
+        if kafka_since is not None:
+            reasons.append(
+                f"kafka unavailable for {time.monotonic() - kafka_since:.0f} s "
+                f"({self._kafka_error})"
+            )
         return {
-            "status": "ok" if serving and self.mqtt.connected else "degraded",
+            "status": "degraded" if reasons else "ok",
+            "reason": "; ".join(reasons),
+            "kafka": "ok" if kafka_since is None else "unavailable",
             "ready": self.ready,
             "role": self._role,
             "instance": self.instance,
@@ -522,6 +540,7 @@ class AlertService:
             asyncio.create_task(election.wait(), name="alerts-election"),
             asyncio.create_task(self._lead_loop(), name="alerts-lead"),
             asyncio.create_task(self._flush_loop(), name="alerts-flush"),
+            asyncio.create_task(self._watch_kafka(), name="alerts-kafka-watch"),
         ]
         # A caller that starts one instance and then sends candidates expects them handled
         # by an instance that has its state: return once the role is settled. A group that
@@ -918,6 +937,25 @@ class AlertService:
             with contextlib.suppress(StorageUnavailable):
                 await self.points.flush()
 
+    async def _watch_kafka(self) -> None:
+        """For ``/health``: whether Kafka answers, asked once a heartbeat interval (the
+        consumers and the producer keep retrying by themselves; this only tells)."""
+        interval = self.settings.alerts.heartbeat_interval_s
+        while not self._stopping.is_set():
+            error = await kafka_answers(self._producer.client, interval)
+            if not error:
+                if self._kafka_failing_since is not None:
+                    logger.info("alerts kafka answers again instance=%s", self.instance)
+                self._kafka_failing_since = None
+            elif self._kafka_failing_since is None:
+                self._kafka_failing_since = time.monotonic()
+                logger.warning(
+                    "alerts kafka unavailable instance=%s error=%s", self.instance, error
+                )
+            self._kafka_error = error
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), interval)
+
     async def _close_points(self) -> None:
         """Store what the sink holds, within one write timeout; what InfluxDB does not take
         by then goes to storage.deadletter (the producer is still up), never dropped."""
@@ -1023,6 +1061,7 @@ async def run_service(settings: Settings, *, stop: asyncio.Event | None = None) 
 
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
+    limit_repeats("aiokafka")  # a Kafka outage: a line per interval, not per attempt
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
