@@ -371,6 +371,9 @@ def read_topic_values(settings: Settings, topic: str) -> list[bytes]:
         consumer = AIOKafkaConsumer(
             bootstrap_servers=settings.kafka.bootstrap,
             enable_auto_commit=False,
+            # seek_to_beginning alone races with the reset of a fresh assignment, which
+            # by default ("latest") can win: then nothing is read (seen, now and then).
+            auto_offset_reset="earliest",
             max_partition_fetch_bytes=8 << 20,
         )
         await consumer.start()
@@ -379,11 +382,6 @@ def read_topic_values(settings: Settings, topic: str) -> list[bytes]:
             tps = [TopicPartition(topic, p) for p in range(counts[topic])]
             consumer.assign(tps)
             end = await consumer.end_offsets(tps)
-            for _ in range(5):  # seen once: all zero, from a broker just asked
-                if sum(end.values()):
-                    break
-                await asyncio.sleep(2)
-                end = await consumer.end_offsets(tps)
             await consumer.seek_to_beginning(*tps)
             out: list[bytes] = []
             deadline = time.monotonic() + 300
@@ -670,7 +668,8 @@ def main() -> int:
     window = (wall_t0 - timedelta(seconds=5), wall_end + timedelta(seconds=5))
     readings = account_readings(settings, topics, acked, window)
     alerts = account_alerts(settings, topics, receiver)
-    during = health_summary(health.rows, fault_at, back_at if back_at > fault_at else fault_at + 10)
+    # During the fault: from it until every /health answered 200 again (or 30 s on).
+    during = health_summary(health.rows, fault_at, healthy if healthy is not None else back_at + 30)
     result = {
         "fault": args.fault,
         "prefix": prefix,
