@@ -71,6 +71,13 @@ def test_a_point_gets_the_schema_types_and_bucket() -> None:
     assert p.line().startswith("air_quality,device=d aqi=57i,level=1i,pm2_5_ugm3_1h=12.0,")
 
 
+def test_non_finite_and_none_fields_are_left_out_and_no_field_is_no_point() -> None:
+    p = schema.AIR_QUALITY.point(BUCKETS, {}, {"aqi": 50, "lat": float("nan")}, 7)
+    assert p is not None
+    assert dict(p.fields) == {"aqi": 50}
+    assert schema.AIR_QUALITY.point(BUCKETS, {}, {"lat": float("inf"), "lon": None}, 7) is None
+
+
 def test_a_name_the_schema_lacks_is_refused() -> None:
     with pytest.raises(KeyError, match="measurement air_quality has no field 'pm2_5_1h'"):
         schema.AIR_QUALITY.point(BUCKETS, {"device": "d"}, {"pm2_5_1h": 1.0}, 0)
