@@ -95,7 +95,8 @@ class Caps:
     devices: int = 100
     device_id: int = 64
     geocodes: int = 100
-    geocode: int = 32
+    #: Taiwan_Geocode_103 codes are 7 to 10 digits.
+    geocode: int = 16
     #: Corners of an area polygon (more are thinned out evenly).
     polygon: int = 200
     #: Earthquake grid cells (the strongest are kept): the island of Taiwan and its
@@ -262,7 +263,7 @@ def worst_case_candidate(
         return (fill * n)[:n]
 
     def token(i: int, n: int) -> str:
-        head = f"{i:x}"
+        head = f"{i:x}-"
         return head + "9" * (n - len(head))
 
     big = -1.2345678901234567e-300  # 24 characters as JSON, for unrounded numbers
