@@ -296,6 +296,8 @@ def _error(
     return resp
 
 
+MAX_BODY = web.AppKey("max_body", int)
+
 _HTTP_MESSAGES = {
     404: "no such endpoint",
     405: "method not allowed here",
@@ -313,7 +315,7 @@ async def _errors(
     except AuthError as exc:
         return _error(exc.status, exc.message)
     except web.HTTPRequestEntityTooLarge as exc:
-        limit = request.app["max_body"]
+        limit = request.app[MAX_BODY]
         return _error(413, f"body larger than {limit} bytes ({exc.reason})")
     except web.HTTPException as exc:
         if exc.status < 400:
@@ -503,7 +505,7 @@ def build_app(backend: AlertsBackend, *, max_body_bytes: int = 64 * 1024) -> web
         return serve
 
     app = web.Application(middlewares=[_errors], client_max_size=max_body_bytes)
-    app["max_body"] = max_body_bytes
+    app[MAX_BODY] = max_body_bytes
     for route in ROUTES:
         app.router.add_route(route.method.upper(), route.path, endpoint(route))
     return app
