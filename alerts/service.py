@@ -727,6 +727,8 @@ class AlertService:
         if self._election is not None:
             await self._election.stop()
             self._election = None
+        # What it has not delivered stays uncommitted: the next owner delivers it.
+        await self.webhooks.stop()
         if self._tasks:
             _, pending = await asyncio.wait(self._tasks, timeout=10)
             for t in pending:
@@ -735,7 +737,6 @@ class AlertService:
             self._tasks = []
         for ch in self._channels:
             await ch.close()
-        await self.webhooks.stop()
         await self.subscriptions.stop()
         await self._close_points()
         if self._producer_ is not None:
