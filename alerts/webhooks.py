@@ -37,7 +37,7 @@ import contextlib
 import json
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -594,8 +594,3 @@ class WebhookDelivery:
             await asyncio.wait_for(self._stopping.wait(), seconds)
         if self._stopping.is_set():
             raise asyncio.CancelledError
-
-
-def subscribers_of(store: SubscriptionStore) -> Mapping[str, str]:
-    """Subscription id -> owner, for ``/health``."""
-    return {s.id: s.owner for s in store.all()}
