@@ -8,11 +8,12 @@ The defaults match the native stack started by ``deploy/stack.sh`` and the ports
 
 from __future__ import annotations
 
+import ipaddress
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -142,12 +143,27 @@ class AlertSettings(BaseModel):
     #: retry n is [0, min(cap, base * 2**n)), seconds.
     webhook_backoff_base_s: float = 0.5
     webhook_backoff_cap_s: float = 60.0
-    #: Messages waiting per webhook subscriber; beyond this a message is dead-lettered at
-    #: once rather than letting one dead receiver hold unbounded memory.
-    webhook_queue_size: int = 10_000
-    #: Webhook subscriptions (YAML); secrets are named by ``secret_ref`` (an environment
-    #: variable), never written in the file. A missing file means no webhooks.
-    subscriptions_file: Path = REPO_ROOT / "deploy" / "subscriptions.yaml"
+    #: Records of the ``alerts`` topic the webhook consumer holds that some subscriber
+    #: still waits for; beyond it the consumer stops reading until deliveries catch up
+    #: (bounds memory; nothing is dropped, offsets wait).
+    webhook_max_pending: int = Field(default=1000, ge=1)
+    #: Webhook URLs may use plain ``http`` (tests and the demo's local receiver only).
+    webhook_allow_http: bool = False
+    #: Networks (CIDR) webhooks may reach although they are not public: loopback,
+    #: private, link-local and unique-local addresses are refused otherwise (SSRF guard,
+    #: alerts/urls.py). For a local receiver: ``["127.0.0.0/8"]``.
+    webhook_allowed_networks: tuple[str, ...] = ()
+    #: Key the webhook secrets are derived from (at least 32 characters); when unset, a
+    #: random one created once in ``<data dir>/secrets/alerts-webhook-key``. Every instance
+    #: of one deployment must have the same.
+    webhook_secret_key: SecretStr | None = None
+    #: After a secret rotation, webhooks are also signed with the previous secret for
+    #: this long, seconds, so a receiver can switch without losing a message.
+    webhook_secret_grace_s: float = Field(default=86_400.0, ge=0)
+    #: Webhook subscriptions one principal may hold (an admin is not limited).
+    max_subscriptions_per_owner: int = Field(default=20, ge=1)
+    #: Largest request body the HTTP API reads, bytes (413 beyond).
+    http_max_body_bytes: int = Field(default=64 * 1024, ge=1024)
     #: Kafka consumer group of the candidate consumer.
     consumer_group: str = "civic-alerts"
     #: How often the lifecycle timers run (hold times, expiry), seconds.
@@ -162,6 +178,17 @@ class AlertSettings(BaseModel):
     #: Heartbeat interval of the same consumers, seconds: a standby learns within about
     #: this long that the active instance left. At most a third of the session timeout.
     heartbeat_interval_s: float = Field(default=3.0, gt=0)
+
+    @field_validator("webhook_allowed_networks")
+    @classmethod
+    def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for net in value:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError as exc:
+                msg = f"alerts.webhook_allowed_networks: {net!r} is not a network: {exc}"
+                raise ValueError(msg) from None
+        return value
 
     @model_validator(mode="after")
     def _heartbeat_within_session(self) -> AlertSettings:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from alerts.delivery import DeliveryResult, ack_point, alert_point, delivery_point
+from alerts.delivery import DeliveryResult, MessageRef, ack_point, alert_point, delivery_point
 from alerts.lifecycle import AckRecord
 from civic_iot.contracts.readings import Location, Reading, SeismicPayload
 from civic_iot.settings import InfluxSettings
@@ -137,7 +137,8 @@ def _line(point: Point) -> str:
 def test_the_alert_services_points_are_in_the_schema() -> None:
     msg = lifecycle_messages("flood")[0]
     result = DeliveryResult(
-        channel="webhook", subscriber="agency", message=msg, outcome="delivered", attempt=1,
+        channel="webhook", subscriber="agency", message=MessageRef.of(msg), outcome="delivered",
+        attempt=1,
         status_code=200, at_ns=int(msg.sent.timestamp() * 1e9) + 5_000_000,
     )  # fmt: skip
     ack = AckRecord(alert_id=msg.alert_id, key=msg.key, by="eoc", at=msg.sent, note="ok, go")
