@@ -53,6 +53,8 @@ def run_worker(settings: Settings) -> None:
         logger.error(msg)
         raise SystemExit(msg)
     app = create_app(settings)
+    # Faust makes its own directory (the app's) under this one, not the parents.
+    app.conf.datadir.parent.mkdir(parents=True, exist_ok=True)
     logger.info(
         "processors worker starting id=%s instance=%s web_port=%d",
         app.conf.id,
