@@ -89,13 +89,17 @@ class Activity:
 
 
 def consumer_lag(app: faust.App) -> int:
-    """Records not yet committed on this worker's partitions (highwater - committed)."""
+    """Records not yet committed on this worker's input partitions (highwater -
+    committed). The tables' changelog partitions, also assigned to the consumer, are
+    read only to recover state and never committed: they are not lag."""
     try:
         consumer = app.consumer
         committed = committed_offsets(consumer)
+        changelogs = app.tables.changelog_topics
         return sum(
             max(0, (consumer.highwater(tp) or 0) - (committed.get(tp) or 0))
             for tp in consumer.assignment()
+            if tp.topic not in changelogs
         )
     except Exception:  # a statistic must never stop the worker
         logger.debug("consumer lag unavailable", exc_info=True)
