@@ -56,6 +56,9 @@ class Outcome(Protocol[S_co]):
     def points(self) -> list[Point]: ...
 
 
+OutcomeT = TypeVar("OutcomeT", bound=Outcome[Any])
+
+
 @dataclass(frozen=True, slots=True)
 class DeviceDeps:
     """What every device agent is built with."""
@@ -67,7 +70,7 @@ class DeviceDeps:
     activity: Activity
 
 
-class DeviceAgent(BatchAgent, Generic[S]):
+class DeviceAgent(BatchAgent, Generic[S, OutcomeT]):
     """One kind of device: decode, replay check, handler, stage the outcome."""
 
     kind: str
@@ -84,13 +87,12 @@ class DeviceAgent(BatchAgent, Generic[S]):
         self.state = self.states
 
     @abstractmethod
-    def decide(self, env: S, reading: Reading) -> Outcome[S]:
+    def decide(self, env: S, reading: Reading) -> OutcomeT:
         """The kind's pure handler."""
 
-    async def emit(self, outcome: Any, event: EventT[Any]) -> None:
-        """Send what the outcome has for other agents (by default its township reports)."""
-        for r in outcome.reports:
-            await self.outbox.send(self.outbox.topics.township, r.township, r)
+    @abstractmethod
+    async def emit(self, outcome: OutcomeT, event: EventT[Any]) -> None:
+        """Send what the outcome has for other agents."""
 
     async def on_event(self, event: EventT[Any]) -> None:
         reading = self._decode(event)
@@ -141,7 +143,15 @@ class DeviceAgent(BatchAgent, Generic[S]):
             return None
 
 
-class AirAgent(DeviceAgent[AirDevice]):
+class ReportingAgent(DeviceAgent[S, DeviceOutcome[S]]):
+    """A device agent whose readings report a level per hazard to their township."""
+
+    async def emit(self, outcome: DeviceOutcome[S], event: EventT[Any]) -> None:
+        for r in outcome.reports:
+            await self.outbox.send(self.outbox.topics.township, r.township, r)
+
+
+class AirAgent(ReportingAgent[AirDevice]):
     kind = "air"
     model = AirDevice
 
@@ -149,7 +159,7 @@ class AirAgent(DeviceAgent[AirDevice]):
         return handle_air(env, reading, self.ctx)
 
 
-class WaterAgent(DeviceAgent[WaterDevice]):
+class WaterAgent(ReportingAgent[WaterDevice]):
     """Water readings; a rain gauge's debris flow is judged with the strong shaking the
     ``shaking`` agent stored for the device. ``processors.shaking`` and
     ``readings.water`` are co-partitioned (same partitions, same key), so this worker
@@ -172,7 +182,7 @@ class WaterAgent(DeviceAgent[WaterDevice]):
         return handle_water(env, reading, self.ctx, shaking=mark.shaking if mark else None)
 
 
-class SeismicAgent(DeviceAgent[SeismicDevice]):
+class SeismicAgent(DeviceAgent[SeismicDevice, SeismicOutcome]):
     """Seismic packets; after each batch, ticks for the associator (:func:`seismic_ticks`)."""
 
     kind = "seismic"
@@ -189,7 +199,7 @@ class SeismicAgent(DeviceAgent[SeismicDevice]):
         super().begin_batch()
         self._batch = []
 
-    async def emit(self, outcome: Any, event: EventT[Any]) -> None:
+    async def emit(self, outcome: SeismicOutcome, event: EventT[Any]) -> None:
         self._batch.append((outcome, record_ms(event), event.message.partition))
 
     async def on_batch(self) -> None:

@@ -18,9 +18,12 @@ from civic_iot.registry import Device, Registry, Township
 from civic_iot.settings import Settings
 from civic_iot.times import to_ns
 from civic_iot.topology import Topology
+from processors.agents.device import seismic_ticks
 from processors.app import create_app
 from processors.detectors.quake import distance_km
+from processors.handlers import SeismicOutcome
 from processors.points import Point
+from processors.states import SeismicDevice
 
 TOWN = "63000010"
 REGISTRY = Registry(
@@ -370,3 +373,34 @@ def test_state_and_acks_wait_until_the_points_are_stored() -> None:
     assert state.last_seen == t.timestamp()
     # The replay rewrote the raw point only: the detectors saw the reading once.
     assert [p.measurement for p in sinks["air"].stored] == ["air", "air_quality", "air"]
+
+
+def test_seismic_ticks_replay_a_batch_per_second_and_partition() -> None:
+    def out(end_s: float, station: str, *, trig: bool = False, pga: float = 0.0) -> Any:
+        return SeismicOutcome(
+            state=SeismicDevice(),
+            points=[],
+            trigger=Trigger(station_id=station, lat=24.0, lon=121.0, p_time_s=end_s - 0.5)
+            if trig
+            else None,
+            observation=Observation(station_id=station, pga_gal=pga, pgv_cms=0.1) if pga else None,
+            end_s=end_s,
+        )
+
+    batch = [
+        (out(100.2, "A", trig=True), 5_000, 1),
+        (out(100.9, "A", pga=3.0), 5_100, 1),
+        (out(100.9, "A", pga=7.0), 5_200, 1),  # the newest observation per station wins
+        (out(100.5, "B", trig=True), None, 0),  # no record time: no latency from it
+        (out(101.4, "A"), 5_300, 1),
+    ]
+    ticks = seismic_ticks(batch)
+    assert [(t.partition, t.now_s) for t in ticks] == [(0, 100.5), (1, 100.9), (1, 101.4)]
+    p0, p1, later = ticks
+    assert [tr.station_id for tr in p0.triggers] == ["B"]
+    assert p0.trigger_record_ms is None
+    assert p1.trigger_record_ms == 5_000
+    assert [(o.station_id, o.pga_gal) for o in p1.observations] == [("A", 7.0)]
+    assert later.triggers == ()
+    assert later.observations == ()
+    assert later.trigger_record_ms is None
