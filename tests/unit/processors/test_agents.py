@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -22,8 +21,8 @@ from processors.agents.device import seismic_ticks
 from processors.app import create_app
 from processors.detectors.quake import distance_km
 from processors.handlers import SeismicOutcome
-from processors.points import Point
 from processors.states import SeismicDevice
+from tests.unit.processors.recorders import RecordingPublisher, RecordingSink
 
 TOWN = "63000010"
 REGISTRY = Registry(
@@ -34,38 +33,6 @@ REGISTRY = Registry(
         Device(id="flood-1", kind="water", lat=25.05, lon=121.56, township=TOWN, sensor="flood"),
     ),
 )
-
-
-class RecordingSink:
-    """PointSink: remembers what was flushed."""
-
-    def __init__(self) -> None:
-        self.pending: list[Point] = []
-        self.stored: list[Point] = []
-
-    def add(self, points: Iterable[Point]) -> None:
-        self.pending.extend(points)
-
-    async def flush(self) -> None:
-        self.stored += self.pending
-        self.pending = []
-
-    async def close(self) -> None:
-        return None
-
-
-class RecordingPublisher:
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, str, bytes]] = []
-
-    async def add(self, topic: str, key: str, value: bytes) -> None:
-        self.sent.append((topic, key, value))
-
-    async def flush(self) -> None:
-        return None
-
-    async def close(self) -> None:
-        return None
 
 
 def _air(device: Device, t: datetime, pm25: float) -> bytes:

@@ -71,7 +71,7 @@ from processors.states import (
     decode_value,
     encode_value,
 )
-from tests.unit.processors.test_agents import RecordingPublisher, RecordingSink
+from tests.unit.processors.recorders import RecordingPublisher, RecordingSink
 
 # --- strategies -----------------------------------------------------------------------
 
