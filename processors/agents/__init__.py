@@ -19,5 +19,7 @@ module               reads                            writes
 ===================  ===============================  ======================================
 
 :mod:`.timers` holds the periodic work (open candidates re-sent, the silence watch, the
-pipeline statistics); :mod:`.tables` the typed tables; :mod:`.outbox` the producer side.
+pipeline statistics); :mod:`.tables` the typed tables; :mod:`.outbox` the producer side;
+:mod:`.stats` what the worker observes of itself (counters, processing-clock activity,
+lag).
 """
