@@ -13,12 +13,13 @@ Every sink and publisher has one shape, :class:`Sink` (``add``, ``flush``, ``clo
   per-request timeout, and is retried with exponential backoff and full jitter
   (:mod:`alerts.backoff`) until ``max_attempts``; then it is reported ``failed`` (the
   service dead-letters it).
-- :class:`InfluxPoints`: points for the ``alerts`` bucket, buffered and written in one call.
 
 Channels do not write records themselves: each attempt becomes a :class:`DeliveryResult`
 handed to a ``report`` callback, and the service turns it into a ``delivery`` point, a
 metric and, on failure, a dead-letter record. The point builders (:func:`alert_point`,
-:func:`delivery_point`, :func:`ack_point`) are pure and follow ``docs/storage.md``.
+:func:`delivery_point`, :func:`ack_point`) are pure, follow ``docs/storage.md`` and build
+the core's :class:`~civic_iot.storage.points.Point`; the service stores them through the
+one InfluxDB sink (:mod:`civic_iot.storage.sink`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ import contextlib
 import logging
 import os
 import random
-import threading
 import time
 import uuid
 from collections import OrderedDict
@@ -39,12 +39,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar
 
 import aiohttp
-import paho.mqtt.client as mqtt
 import yaml
-from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync
-from influxdb_client.client.write.point import Point
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import SecretStr, ValidationError
 
 from alerts.cap import DEFAULT_CAP_CONFIG, CapConfig, CapStatus, to_cap_xml
@@ -53,6 +48,12 @@ from alerts.messages import to_json_bytes
 from alerts.signing import sign
 from alerts.subscriptions import Subscription, matches
 from civic_iot import retry
+from civic_iot.mqtt import MqttConnection, MqttError, Reason
+from civic_iot.retry import retryable_status
+from civic_iot.settings import InfluxSettings
+from civic_iot.storage.points import FieldValue, Point
+from civic_iot.storage.schema import measurement
+from civic_iot.times import to_ns
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +61,6 @@ __all__ = [
     "MESSAGE_ID_HEADER",
     "DeliveryError",
     "DeliveryResult",
-    "InfluxPoints",
     "MqttChannel",
     "Outcome",
     "Report",
@@ -149,64 +149,67 @@ Report = Callable[[DeliveryResult], Awaitable[None]]
 # --------------------------------------------------------------------------- records (pure)
 
 
-def _ns(dt: datetime) -> int:
-    return int(dt.timestamp()) * 1_000_000_000 + dt.microsecond * 1000
-
-
-def alert_point(msg: AlertMessage, status: CapStatus) -> Point:
-    """The ``alert`` point of an issued message; time = ``sent``.
+def alert_point(msg: AlertMessage, status: CapStatus, buckets: InfluxSettings) -> Point:
+    """The ``alert`` point of an issued message (``docs/storage.md``); time = ``sent``.
 
     ``latency_ms`` is the detector's decision (``detected_at``) -> issued (``sent``).
     """
     latency_ms = (msg.sent - msg.detected_at).total_seconds() * 1000.0
-    point: Point = (
-        Point("alert")
-        .tag("hazard", msg.hazard)
-        .tag("area", msg.area_code)
-        .tag("msg_type", msg.msg_type)
-        .tag("severity", msg.severity)
-        .tag("status", status)
-        .field("identifier", msg.identifier)
-        .field("alert_id", msg.alert_id)
-        .field("sequence", msg.sequence)
-        .field("level", msg.level)
-        .field("headline", msg.headline)
-        .field("reason", msg.reason)
-        .field("latency_ms", float(latency_ms))
-        .time(_ns(msg.sent))
-    )
-    return point
+    tags = {
+        "hazard": msg.hazard,
+        "area": msg.area_code,
+        "msg_type": msg.msg_type,
+        "severity": msg.severity,
+        "status": status,
+    }
+    fields: dict[str, FieldValue | None] = {
+        "identifier": msg.identifier,
+        "alert_id": msg.alert_id,
+        "sequence": int(msg.sequence),
+        "level": int(msg.level),
+        "headline": msg.headline,
+        "reason": msg.reason,
+        "latency_ms": float(latency_ms),
+    }
+    return _point(buckets, "alert", tags, fields, to_ns(msg.sent))
 
 
-def delivery_point(result: DeliveryResult) -> Point:
+def delivery_point(result: DeliveryResult, buckets: InfluxSettings) -> Point:
     """The ``delivery`` point of one attempt; time = the attempt's end."""
-    point: Point = (
-        Point("delivery")
-        .tag("channel", result.channel)
-        .tag("subscriber", result.subscriber)
-        .tag("outcome", result.outcome)
-        .field("identifier", result.message.identifier)
-        .field("attempt", result.attempt)
-        .field("status_code", result.status_code)
-        .field("latency_ms", float(result.latency_ms))
-        .time(result.at_ns)
-    )
-    return point
+    tags = {"channel": result.channel, "subscriber": result.subscriber, "outcome": result.outcome}
+    fields: dict[str, FieldValue | None] = {
+        "identifier": result.message.identifier,
+        "attempt": int(result.attempt),
+        "status_code": int(result.status_code),
+        "latency_ms": float(result.latency_ms),
+    }
+    return _point(buckets, "delivery", tags, fields, result.at_ns)
 
 
-def ack_point(ack: AckRecord) -> Point:
+def ack_point(ack: AckRecord, buckets: InfluxSettings) -> Point:
     """The ``ack`` point of an operator's acknowledgement; time = when it was made."""
     hazard, _, area = ack.key.partition(":")
-    point: Point = (
-        Point("ack")
-        .tag("hazard", hazard)
-        .tag("area", area)
-        .field("alert_id", ack.alert_id)
-        .field("by", ack.by)
-        .field("note", ack.note)
-        .time(_ns(ack.at))
-    )
-    return point
+    fields: dict[str, FieldValue | None] = {
+        "alert_id": ack.alert_id,
+        "by": ack.by,
+        "note": ack.note,
+    }
+    return _point(buckets, "ack", {"hazard": hazard, "area": area}, fields, to_ns(ack.at))
+
+
+def _point(
+    buckets: InfluxSettings,
+    name: str,
+    tags: Mapping[str, str | None],
+    fields: Mapping[str, FieldValue | None],
+    time_ns: int,
+) -> Point:
+    """A point of the storage schema's measurement ``name`` (its bucket, field types)."""
+    p = measurement(name).point(buckets, tags, fields, time_ns)
+    if p is None:  # every alerts point carries an identifier: never happens
+        msg = f"{name} point without fields"
+        raise ValueError(msg)
+    return p
 
 
 def mqtt_topic(msg: AlertMessage, root: str = "alerts") -> str:
@@ -217,69 +220,6 @@ def mqtt_topic(msg: AlertMessage, root: str = "alerts") -> str:
     return f"{root}/{msg.hazard}/{area}"
 
 
-def retryable_status(status: int) -> bool:
-    """Whether an HTTP answer is worth retrying: 5xx, 408 Request Timeout, 425, 429.
-
-    Any other 4xx means the receiver refuses this request as it is; sending it again
-    unchanged cannot help, so it fails at once.
-    """
-    return status >= 500 or status in (408, 425, 429)
-
-
-# --------------------------------------------------------------------------- InfluxDB
-
-
-class InfluxPoints:
-    """:class:`Sink` of InfluxDB points for one bucket: buffered, written in one call.
-
-    A failed write keeps the points for the next flush (at most ``max_buffer``; beyond
-    that the oldest are dropped with an error log), so an InfluxDB restart loses nothing
-    short.
-    """
-
-    def __init__(
-        self, *, url: str, token: SecretStr, org: str, bucket: str, max_buffer: int = 100_000
-    ) -> None:
-        self._url, self._token, self._org, self._bucket = url, token, org, bucket
-        self._max_buffer = max_buffer
-        self._buffer: list[Point] = []
-        self._client: InfluxDBClientAsync | None = None
-        self._lock = asyncio.Lock()
-
-    async def add(self, item: Point) -> None:
-        self._buffer.append(item)
-        if len(self._buffer) > self._max_buffer:
-            dropped = len(self._buffer) - self._max_buffer
-            del self._buffer[:dropped]
-            logger.error("influx buffer full bucket=%s dropped_points=%d", self._bucket, dropped)
-
-    async def flush(self) -> None:
-        async with self._lock:
-            if not self._buffer:
-                return
-            if self._client is None:
-                self._client = InfluxDBClientAsync(
-                    url=self._url, token=self._token.get_secret_value(), org=self._org
-                )
-            points, self._buffer = self._buffer, []
-            try:
-                await self._client.write_api().write(bucket=self._bucket, record=points)
-            except Exception as exc:  # noqa: BLE001 - any vendor or network error: keep and retry
-                self._buffer[:0] = points
-                logger.warning(
-                    "influx write failed bucket=%s points=%d error=%s",
-                    self._bucket,
-                    len(points),
-                    exc,
-                )
-
-    async def close(self) -> None:
-        await self.flush()
-        if self._client is not None:
-            await self._client.close()
-            self._client = None
-
-
 # --------------------------------------------------------------------------- MQTT
 
 
@@ -288,10 +228,10 @@ class MqttChannel:
     (``root``: :attr:`civic_iot.topology.Topology.mqtt_alerts_root`).
 
     One worker publishes in order, so per topic the broker sees Alert, Update, Cancel and
-    the clear in the order they were issued. paho's network loop runs on its own thread and
-    reconnects by itself; a QoS 1 message published while disconnected stays in paho's
-    queue and goes out on reconnect, so a missing PUBACK is waited for again (reported as
-    ``retry``), never published a second time.
+    the clear in the order they were issued. The connection (:mod:`civic_iot.mqtt`: paho
+    on this asyncio loop) reconnects by itself; a QoS 1 message published while
+    disconnected stays in paho's queue and goes out on reconnect, so a missing PUBACK is
+    waited for again (reported as ``retry``), never published a second time.
     """
 
     def __init__(
@@ -310,7 +250,7 @@ class MqttChannel:
         keepalive_s: int = 30,
         root: str = "alerts",
     ) -> None:
-        self._host, self._port, self._keepalive = host, port, keepalive_s
+        self._host, self._port = host, port
         self._root = root
         self._username = username
         self._status = status
@@ -318,74 +258,37 @@ class MqttChannel:
         self._cap_config = cap_config
         self._timeout = publish_timeout_s
         self._max_attempts = max(1, max_attempts)
-        cid = client_id or f"civic-alerts-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cid, protocol=mqtt.MQTTv5)
-        self._client.username_pw_set(username, password.get_secret_value())
-        self._client.reconnect_delay_set(min_delay=1, max_delay=30)
-        self._client.on_connect = self._on_connect
-        self._client.on_disconnect = self._on_disconnect
-        self._client.on_publish = self._on_publish
-        self._connected = threading.Event()
-        self._connect_error = ""
+        self._mqtt = MqttConnection(
+            host=host,
+            port=port,
+            client_id=client_id or f"civic-alerts-{os.getpid()}-{uuid.uuid4().hex[:6]}",
+            username=username,
+            password=password.get_secret_value(),
+            keepalive_s=keepalive_s,
+            on_connect=self._on_connect,
+        )
         self._queue: asyncio.Queue[AlertMessage] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
         self._inflight: set[asyncio.Task[None]] = set()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        # PUBACKs arrive on paho's thread, possibly before publish() has returned the mid.
-        self._mid_lock = threading.Lock()
-        self._pending: dict[int, asyncio.Future[None]] = {}
-        self._acked_early: set[int] = set()
 
     @property
     def connected(self) -> bool:
         """Whether the broker connection is up (for /health)."""
-        return self._connected.is_set()
+        return self._mqtt.connected
 
-    def _on_connect(
-        self, _c: mqtt.Client, _u: object, _f: object, rc: ReasonCode, _p: object
-    ) -> None:
-        if rc.is_failure:
-            self._connect_error = str(rc)
-            logger.error(
-                "mqtt connect refused host=%s user=%s reason=%s", self._host, self._username, rc
-            )
-            return
-        self._connected.set()
+    def _on_connect(self, _session_present: bool) -> None:
         logger.info(
             "mqtt connected host=%s port=%d user=%s", self._host, self._port, self._username
         )
 
-    def _on_disconnect(
-        self, _c: mqtt.Client, _u: object, _f: object, rc: ReasonCode, _p: object
-    ) -> None:
-        self._connected.clear()
-        if rc.is_failure:
-            logger.warning("mqtt disconnected host=%s reason=%s", self._host, rc)
-
-    def _on_publish(
-        self, _c: mqtt.Client, _u: object, mid: int, _rc: ReasonCode, _p: object
-    ) -> None:
-        with self._mid_lock:
-            fut = self._pending.pop(mid, None)
-            if fut is None:
-                self._acked_early.add(mid)
-                return
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(_set_done, fut)
-
     async def start(self, timeout_s: float = 10.0) -> None:
-        """Connect (paho reconnects by itself afterwards) and start the publisher."""
-        self._loop = asyncio.get_running_loop()
-        self._client.connect_async(self._host, self._port, keepalive=self._keepalive)
-        self._client.loop_start()
-        ok = await asyncio.to_thread(self._connected.wait, timeout_s)
-        if not ok:
-            self._client.loop_stop()
-            msg = (
-                f"MQTT broker {self._host}:{self._port} did not accept user {self._username!r} "
-                f"within {timeout_s:g} s ({self._connect_error or 'no CONNACK'})"
-            )
-            raise DeliveryError(msg)
+        """Connect (it reconnects by itself afterwards) and start the publisher."""
+        self._mqtt.start()
+        try:
+            await self._mqtt.wait_connected(timeout_s)
+        except MqttError as exc:
+            await self._mqtt.stop()
+            raise DeliveryError(str(exc)) from exc
         self._worker = asyncio.create_task(self._run(), name="alerts-mqtt")
 
     async def add(self, item: AlertMessage) -> None:
@@ -402,8 +305,7 @@ class MqttChannel:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        self._client.disconnect()
-        self._client.loop_stop()
+        await self._mqtt.stop()
 
     async def _run(self) -> None:
         # Publishing is in order; waiting for PUBACKs is not serialised, so one slow
@@ -413,7 +315,7 @@ class MqttChannel:
             msg = await self._queue.get()
             try:
                 acks = self._publish_message(msg)
-            except DeliveryError as exc:
+            except MqttError as exc:
                 logger.error("mqtt publish refused identifier=%s error=%s", msg.identifier, exc)
                 self._queue.task_done()
                 await self._report(
@@ -425,39 +327,38 @@ class MqttChannel:
             task.add_done_callback(inflight.discard)
             task.add_done_callback(lambda _t: self._queue.task_done())
 
-    def _publish(self, topic: str, payload: bytes, *, retain: bool) -> asyncio.Future[None]:
-        """Hand one QoS 1 publish to paho; the future completes on its PUBACK."""
-        assert self._loop is not None  # set by start()
-        info = self._client.publish(topic, payload, qos=1, retain=retain)
-        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
-            # NO_CONN is fine: paho keeps the message and sends it after reconnecting.
-            msg = f"paho refused the publish on {topic}: {mqtt.error_string(info.rc)}"
-            raise DeliveryError(msg)
-        fut: asyncio.Future[None] = self._loop.create_future()
-        with self._mid_lock:
-            if info.mid in self._acked_early:
-                self._acked_early.discard(info.mid)
-                fut.set_result(None)
-            else:
-                self._pending[info.mid] = fut
-        return fut
-
-    def _publish_message(self, msg: AlertMessage) -> list[asyncio.Future[None]]:
+    def _publish_message(self, msg: AlertMessage) -> list[asyncio.Future[Reason]]:
         topic = mqtt_topic(msg, self._root)
         payload = to_json_bytes(msg, self._status, config=self._cap_config)
         if msg.msg_type == "Cancel":
             # Live subscribers get the Cancel itself; then the retained state is cleared.
             return [
-                self._publish(topic, payload, retain=False),
-                self._publish(topic, b"", retain=True),
+                self._mqtt.publish(topic, payload, retain=False),
+                self._mqtt.publish(topic, b"", retain=True),
             ]
-        return [self._publish(topic, payload, retain=True)]
+        return [self._mqtt.publish(topic, payload, retain=True)]
 
-    async def _confirm(self, msg: AlertMessage, acks: list[asyncio.Future[None]]) -> None:
+    async def _confirm(self, msg: AlertMessage, acks: list[asyncio.Future[Reason]]) -> None:
         try:
             for attempt in range(1, self._max_attempts + 1):
                 _, pending = await asyncio.wait(acks, timeout=self._timeout)
                 if not pending:
+                    refusals = [str(a.result()) for a in acks if a.result().is_failure]
+                    if refusals:
+                        # The broker answered no (its ACL, say): sending again cannot help.
+                        error = f"PUBACK {', '.join(refusals)}"
+                        logger.error(
+                            "mqtt publish refused topic=%s identifier=%s reason=%s",
+                            mqtt_topic(msg, self._root),
+                            msg.identifier,
+                            error,
+                        )
+                        await self._report(
+                            DeliveryResult(
+                                "mqtt", "broker", msg, "failed", attempt, 0, time.time_ns(), error
+                            )
+                        )
+                        return
                     await self._report(
                         DeliveryResult(
                             "mqtt", "broker", msg, "delivered", attempt, 0, time.time_ns()
@@ -480,11 +381,6 @@ class MqttChannel:
                 )
         except Exception:
             logger.exception("mqtt delivery report failed identifier=%s", msg.identifier)
-
-
-def _set_done(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
 
 
 # --------------------------------------------------------------------------- webhooks

@@ -41,7 +41,10 @@ Each step (a candidate through :func:`~alerts.lifecycle.on_candidate`, a tick of
     repeat by ``X-Civic-Message-Id``; nothing is lost. Each issued message is then written
     as an ``alert`` point and handed to the delivery channels (:mod:`alerts.delivery`);
     their results become ``delivery`` points, metrics, and for failures a dead-letter
-    record on ``alerts.deadletter``.
+    record on ``alerts.deadletter``. Points are written by a background flush through the
+    one InfluxDB sink (:mod:`civic_iot.storage.sink`): while InfluxDB is unavailable they
+    wait in it (bounded; beyond the bound, and at a stop, they go to
+    ``storage.deadletter``), and a point InfluxDB refuses goes there at once.
 
 Stepping down (the partition revoked, or :meth:`AlertService.stop`)
     No new step starts; the step in flight finishes (or is abandoned after half the
@@ -92,6 +95,7 @@ import json
 import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -107,7 +111,6 @@ from pydantic import SecretStr, ValidationError
 from alerts.cap import DEFAULT_CAP_CONFIG, CapConfig, CapStatus, to_cap_xml
 from alerts.delivery import (
     DeliveryResult,
-    InfluxPoints,
     MqttChannel,
     Sink,
     WebhookChannel,
@@ -139,7 +142,14 @@ from alerts.messages import to_json_dict
 from alerts.subscriptions import Subscription
 from civic_iot.contracts.alerts import AlertCandidate
 from civic_iot.kafka_admin import ensure_topics, wait_for_topics
-from civic_iot.settings import Settings, influx_token, mqtt_password
+from civic_iot.settings import Settings, mqtt_password
+from civic_iot.storage.sink import (
+    AIOKafkaPublisher,
+    InfluxSink,
+    StorageMetrics,
+    StorageUnavailable,
+    deadletter_report,
+)
 from civic_iot.topology import Topology
 
 logger = logging.getLogger(__name__)
@@ -382,12 +392,18 @@ class AlertService:
         self._step_down_lock = asyncio.Lock()
         self._election: LeaderElection | None = None
         self._producer_: AIOKafkaProducer | None = None
-        self.points = InfluxPoints(
-            url=settings.influx.url,
-            token=SecretStr(influx_token(settings)),
-            org=settings.influx.org,
-            bucket=settings.influx.bucket_alerts,
+        #: The ``alerts`` bucket's points (module doc of :mod:`civic_iot.storage.sink`):
+        #: alerts go out while InfluxDB is down, so the sink is bounded; points past the
+        #: bound, and those still held when the service stops, go to storage.deadletter.
+        self.points = InfluxSink.from_settings(
+            settings,
+            "alerts",
+            service="alerts",
+            deadletters=AIOKafkaPublisher(lambda: self._producer),
+            bounded=True,
+            metrics=StorageMetrics.of(self.metrics.registry),
         )
+        self._buckets = settings.influx
         password = settings.mqtt.alerts_password or SecretStr(
             mqtt_password(settings, settings.mqtt.alerts_username)
         )
@@ -439,6 +455,7 @@ class AlertService:
 
     def health(self) -> dict[str, Any]:
         serving = self._role in ("standby", "taking_over", "active")
+        failing = self.points.failing_since
         return {
             "status": "ok" if serving and self.mqtt.connected else "degraded",
             "ready": self.ready,
@@ -450,6 +467,14 @@ class AlertService:
             "open_alerts": len(self._state.open_alerts()) if self._role == "active" else None,
             "webhook_subscribers": self.webhooks.subscribers,
             "cap_status": self.status,
+            # Reported, not judged: alerts still go out while InfluxDB is down (the points
+            # wait in the sink), and a refused point is a data problem, not an outage.
+            "storage": "ok" if failing is None else "unavailable",
+            "storage_failing_s": {}
+            if failing is None
+            else {self.points.name: round(time.monotonic() - failing, 1)},
+            "storage_pending": self.points.pending,
+            "storage_deadletters": deadletter_report({self.points.name: self.points}),
         }
 
     # ------------------------------------------------------------------ start and stop
@@ -561,7 +586,7 @@ class AlertService:
             self._tasks = []
         for ch in self._channels:
             await ch.close()
-        await self.points.close()
+        await self._close_points()
         if self._producer_ is not None:
             await self._producer_.stop()
             self._producer_ = None
@@ -599,7 +624,11 @@ class AlertService:
 
     async def _lead_loop(self) -> None:
         """While elected, run a term; after a term ends while still elected, run another."""
-        backoff_s = self.settings.alerts.heartbeat_interval_s
+        # Not a retry backoff (civic_iot.retry): a term comes round again only when it was
+        # fenced or stopped while still elected (any other error ends this loop), and what
+        # settles that is the group's rebalance, due within a heartbeat. Waiting longer
+        # each time would only delay the takeover once the group has settled.
+        rebalance_s = self.settings.alerts.heartbeat_interval_s
         while not self._stopping.is_set():
             elected = asyncio.create_task(self._elected.wait())
             stopping = asyncio.create_task(self._stopping.wait())
@@ -623,7 +652,7 @@ class AlertService:
                 # Lost leadership not yet revoked, or a takeover that failed: the group
                 # is about to rebalance; try again after a heartbeat if it does not.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), backoff_s)
+                    await asyncio.wait_for(self._stopping.wait(), rebalance_s)
 
     async def _run_term(self, term: _Term) -> None:
         """Take over (state, then candidates), then run the consumer and the timer."""
@@ -759,8 +788,8 @@ class AlertService:
             await self._fence(term)
             await self._write_state(state_updates(before, after))
             self._state = after
-        await self.points.add(ack_point(ack))
-        await self.points.flush()
+        # Written by the flush loop: an InfluxDB outage must not hold the operator's answer.
+        self.points.add([ack_point(ack, self._buckets)])
         return ack
 
     # ------------------------------------------------------------------ internals
@@ -885,7 +914,21 @@ class AlertService:
         while not self._stopping.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), interval)
-            await self.points.flush()
+            # Unavailable: the points stay in the sink (logged there), tried next round.
+            with contextlib.suppress(StorageUnavailable):
+                await self.points.flush()
+
+    async def _close_points(self) -> None:
+        """Store what the sink holds, within one write timeout; what InfluxDB does not take
+        by then goes to storage.deadletter (the producer is still up), never dropped."""
+        with contextlib.suppress(StorageUnavailable, TimeoutError):
+            async with asyncio.timeout(self.settings.influx.write_timeout_s):
+                await self.points.flush()
+        try:
+            await self.points.set_aside("InfluxDB unavailable when the alert service stopped")
+        except StorageUnavailable:
+            logger.exception("alert points lost at stop: neither InfluxDB nor Kafka took them")
+        await self.points.close()
 
     async def _step(self, term: _Term, step: Step) -> bool:
         """Run one lifecycle step; persist messages and state before anything else sees it.
@@ -932,13 +975,13 @@ class AlertService:
 
     async def _dispatch(self, msg: AlertMessage) -> None:
         self.metrics.messages.labels(msg.msg_type).inc()
-        await self.points.add(alert_point(msg, self.status))
+        self.points.add([alert_point(msg, self.status, self._buckets)])
         for ch in self._channels:
             await ch.add(msg)
 
     async def _record_delivery(self, result: DeliveryResult) -> None:
         self.metrics.deliveries.labels(result.channel, result.outcome).inc()
-        await self.points.add(delivery_point(result))
+        self.points.add([delivery_point(result, self._buckets)])
         if result.outcome == "delivered":
             seconds = result.at_ns / 1e9 - result.message.detected_at.timestamp()
             self.metrics.latency.labels(result.channel).observe(seconds)

@@ -27,7 +27,9 @@ CPU per reading comes from ``/proc/<pid>/stat`` (ingest, Mosquitto, Kafka) and
 ``VmHWM`` from ``/proc/<pid>/status``. Linux only. ``--profile out.prof`` runs ingest
 under cProfile (its main thread: since ingest drives paho from its asyncio loop, that is
 all of its work). ``--ingest-dir`` runs another checkout's ``ingest/`` for an A/B
-comparison on the same machine, in the same hour.
+comparison on the same machine, in the same hour. ``--reader paho`` runs ingest with paho's
+public parser instead of its own reader (``CIVIC_INGEST__MQTT_READER``, see
+``civic_iot/mqtt.py``); alternate ``--reader own`` and ``--reader paho`` runs for the A/B.
 """
 
 from __future__ import annotations
@@ -559,6 +561,7 @@ async def run_system(
         "CIVIC_MQTT__SHARE_GROUP": f"bench{u}",
         "CIVIC_INGEST__INSTANCE": f"bench{u}",
         "CIVIC_INGEST__HTTP_PORT": "0",
+        "CIVIC_INGEST__MQTT_READER": args.reader,
     }
     cmd = [sys.executable, "-m", "ops.cli", "ingest"]
     if args.profile:
@@ -730,6 +733,7 @@ def report(args: argparse.Namespace, ceiling: Phase, system: Phase) -> None:
     print(
         f"ingest bench: {args.readings} air readings, {args.devices} devices, "
         f"{args.publishers} publisher process(es), window {args.window}, "
+        f"ingest reader {args.reader}, "
         + (f"paced at {args.rate:,.0f} readings/s" if args.rate else "publishers flat out")
     )
     print(f"{'':<{w0}}  {'ceiling (MQTT only)':>22}  {'system (MQTT->ingest->Kafka)':>29}")
@@ -774,6 +778,13 @@ def main() -> int:
         "--timeline", action="store_true", help="also print the system's latency per second"
     )
     parser.add_argument("--profile", type=Path, help="run ingest under cProfile, write here")
+    parser.add_argument(
+        "--reader",
+        choices=["own", "paho"],
+        default="own",
+        help="how ingest reads device messages (CIVIC_INGEST__MQTT_READER): its own slicing "
+        "reader, or paho's public parser; run both alternately for an A/B",
+    )
     parser.add_argument(
         "--ingest-dir",
         type=Path,

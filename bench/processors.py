@@ -49,19 +49,15 @@ CLK = os.sysconf("SC_CLK_TCK")
 
 
 def reading(dev_id: str, lat: float, lon: float, town: str, t: datetime, data: Any) -> bytes:
-    return (
-        Reading(
-            reading_id=f"{dev_id}:{to_ns(t)}",
-            device_id=dev_id,
-            kind=data.kind,
-            event_time=t,
-            received_at=t,
-            location=Location(lat=lat, lon=lon, township=town),
-            data=data,
-        )
-        .model_dump_json()
-        .encode()
-    )
+    return Reading(
+        reading_id=f"{dev_id}:{to_ns(t)}",
+        device_id=dev_id,
+        kind=data.kind,
+        event_time=t,
+        received_at=t,
+        location=Location(lat=lat, lon=lon, township=town),
+        data=data,
+    ).to_record()
 
 
 def workload(settings: Settings, prefix: str, n_air: int, n_water: int, stations: int,

@@ -91,11 +91,15 @@ async def delete_topics(bootstrap: str, topology: Topology) -> list[str]:
 
 
 async def partition_counts(bootstrap: str, names: list[str]) -> dict[str, int]:
-    """Partitions of each of these topics that exists (missing ones are left out)."""
+    """Partitions of each of these topics that exists (missing ones are left out, and not
+    created: a metadata request for a missing topic would create it on a broker with
+    ``auto.create.topics.enable``)."""
     admin = _admin(bootstrap)
     await admin.start()
     try:
-        described = await admin.describe_topics(names)
+        existing = set(await admin.list_topics())
+        present = [n for n in names if n in existing]
+        described = await admin.describe_topics(present) if present else []
     finally:
         await admin.close()
     return {t["topic"]: len(t["partitions"]) for t in described if t["error_code"] == 0}

@@ -55,11 +55,21 @@ class IngestSettings(BaseModel):
     batches_in_flight: int = Field(default=4, ge=1)
     #: Readings older than this when they arrive are kept and flagged ``late``.
     lateness_s: float = 3600.0
+    #: Readings older than this are refused (``too_old``): six days of a device's buffer
+    #: after an outage are taken; anything older is a clock fault or needs backfill mode.
+    max_age_s: float = Field(default=6 * 86_400.0, gt=0)
+    #: Backfill mode: take readings up to the age their bucket keeps (less an hour), for
+    #: loading an archive or a long outage's buffer. Asked for explicitly, never default.
+    backfill: bool = False
     #: Readings stamped further ahead of the server clock are refused.
     max_future_skew_s: float = 60.0
     max_payload_bytes: int = 64 * 1024
     #: Port of /health and /metrics (0 = off).
     http_port: int = 9101
+    #: How device messages are read (``civic_iot.mqtt.Reader``): ``own`` slices QoS 1
+    #: PUBLISHes from one read and acknowledges a batch in one write; ``paho`` is paho's
+    #: public parser, one message at a time (bench/ingest.py --reader compares them).
+    mqtt_reader: Literal["own", "paho"] = "own"
 
 
 class KafkaSettings(BaseModel):
@@ -88,8 +98,30 @@ class InfluxSettings(BaseModel):
     bucket_seismic: str = "seismic"
     bucket_derived: str = "derived"
     bucket_alerts: str = "alerts"
-    batch_size: int = 5000
-    flush_interval_ms: int = 200
+    #: Days the raw readings (air, water) and the raw seismic samples are kept; ingest
+    #: refuses readings older than their bucket keeps (``too_old``).
+    readings_retention_days: int = Field(default=30, ge=1)
+    seismic_retention_days: int = Field(default=7, ge=1)
+    #: Lines per write request; a request InfluxDB refuses is split to find the lines it
+    #: refuses (:mod:`civic_iot.storage.sink`).
+    batch_size: int = Field(default=5000, ge=1)
+    #: How often the alert service writes its buffered points, milliseconds.
+    flush_interval_ms: int = Field(default=200, gt=0)
+    #: Per-request timeout of a write (connect + send + answer), seconds.
+    write_timeout_s: float = Field(default=10.0, gt=0)
+    #: Attempts per write request while InfluxDB is unavailable (connection refused or
+    #: reset, timeout, 5xx, 408, 425, 429, or 401/403/404) before a flush gives up for now;
+    #: the points stay in the sink and the next flush tries again.
+    write_max_attempts: int = Field(default=5, ge=1)
+    #: Exponential backoff with full jitter between those attempts (civic_iot.retry): the
+    #: window before retry n is [0, min(cap, base * 2**n)), seconds. The processors also
+    #: wait ``write_backoff_cap_s`` between flushes that gave up.
+    write_backoff_base_s: float = Field(default=0.2, gt=0)
+    write_backoff_cap_s: float = Field(default=5.0, gt=0)
+    #: Points the alert service keeps while InfluxDB is unavailable (the processors need
+    #: no bound: they hold their Kafka offsets instead). Past it, each new point goes to
+    #: ``storage.deadletter`` (reason ``overflow``), counted and logged.
+    max_pending_points: int = Field(default=100_000, ge=1)
 
 
 class AlertSettings(BaseModel):
@@ -165,24 +197,11 @@ class ProcessorSettings(BaseModel):
     #: Open alert candidates (level >= 1) are re-sent this often, seconds, so the alert
     #: service does not expire an alert whose condition still holds.
     republish_interval_s: float = Field(default=300.0, gt=0)
-    #: How often devices are checked for silence, seconds.
+    #: How often devices are checked for silence, seconds (how long a device may stay
+    #: silent before it counts as such is a threshold: ``silence`` in the thresholds file).
     silence_check_interval_s: float = Field(default=60.0, gt=0)
-    #: A device is silent after this long without a reading (event time vs. now), s.
-    silent_after_air_s: float = Field(default=1800.0, gt=0)
-    silent_after_water_s: float = Field(default=1800.0, gt=0)
-    silent_after_seismic_s: float = Field(default=60.0, gt=0)
-    #: After an earthquake's estimated CWA intensity in a township reaches 5- (domain.md:
-    #: "after intensity >= 5 shaking the threshold drops (R50)"), its rain gauges judge
-    #: debris flow against R50 instead of R70 for this many days from the origin time.
-    #: 30 days is a local choice, not an agency figure.
-    debris_r50_days: float = Field(default=30.0, gt=0)
     #: How often the worker writes its ``pipeline`` statistics, seconds (0 = never).
     stats_interval_s: float = Field(default=10.0, ge=0)
-    #: InfluxDB writes: per-request timeout, attempts per flush, backoff (s).
-    influx_timeout_s: float = Field(default=10.0, gt=0)
-    influx_max_attempts: int = Field(default=5, ge=1)
-    influx_backoff_base_s: float = Field(default=0.2, gt=0)
-    influx_backoff_cap_s: float = Field(default=5.0, gt=0)
 
 
 class Settings(BaseSettings):
@@ -200,6 +219,11 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default=REPO_ROOT / ".civic")
     #: The device registry: the one source of broker credentials, ACLs and locations.
     registry: Path = Field(default=REPO_ROOT / "deploy" / "devices.yaml")
+    #: The thresholds file (``civic_iot.thresholds``): every line a detector judges
+    #: readings against, by default, region and device. Settings keep how the processes
+    #: run (ports, intervals, batch sizes, timeouts); the thresholds file what counts as
+    #: a warning.
+    thresholds: Path = Field(default=REPO_ROOT / "deploy" / "thresholds.yaml")
     mqtt: MqttSettings = MqttSettings()
     ingest: IngestSettings = IngestSettings()
     kafka: KafkaSettings = KafkaSettings()

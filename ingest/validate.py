@@ -4,8 +4,10 @@ refusal. No I/O."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
+from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
@@ -22,6 +24,26 @@ from civic_iot.times import to_ns
 from ingest.refusals import Limits, ReadingRefusedError, describe, parse_topic
 
 _PAYLOAD = TypeAdapter[Payload](Payload)
+
+
+class _DuplicateKeyError(Exception):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object that names each key once (``json``'s default keeps the last)."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        for k, _ in pairs:
+            if k in seen:
+                raise _DuplicateKeyError(k)
+            seen.add(k)
+    return out
+
+
 #: The topic's kind -> its model's JSON validator (bytes in, frozen payload out).
 _FAST: dict[str, Callable[[bytes], AirPayload | WaterPayload | SeismicPayload]] = {
     "air": AirPayload.model_validate_json,
@@ -35,8 +57,10 @@ def validate(
 ) -> Reading:
     """Validate one MQTT message from a device; never raises anything but a refusal.
 
-    ``now`` is the receive time (aware). Readings older than ``limits.lateness`` are
-    accepted and flagged ``late``; newer than ``now + max_future_skew`` are refused.
+    ``now`` is the receive time (aware). Every sample must lie within
+    ``[now - limits.max_age[kind], now + limits.max_future_skew]`` (``too_old`` and
+    ``future_timestamp`` otherwise); readings older than ``limits.lateness`` are accepted
+    and flagged ``late``.
     """
     device_id, kind = parse_topic(topic)
     if len(raw) > limits.max_payload_bytes:
@@ -62,12 +86,18 @@ def validate(
         data: AirPayload | WaterPayload | SeismicPayload = _FAST[kind](raw)
     except ValidationError:
         data = _refuse_or_validate(device_id, kind, topic, raw)
-    if data.ts > now + limits.max_future_skew:
-        raise ReadingRefusedError(
-            "future_timestamp",
-            f"device {device_id!r} topic {topic!r}: ts {data.ts.isoformat()} is more than "
-            f"{limits.max_future_skew.total_seconds():.0f} s ahead of the server clock",
-        )
+    else:
+        # jiter keeps the last of duplicate keys and reads null as "absent"; the contract
+        # refuses both. An accepted payload's strings (ts, kind) hold no quote, backslash
+        # or "null", so without those every '"name":' in the bytes is a key; with one of
+        # them, json's parser and the careful path decide.
+        if b"\\" in raw or b"null" in raw:
+            data = _refuse_or_validate(device_id, kind, topic, raw)
+        else:
+            keys = _KEY.findall(raw)
+            if len(keys) != len(set(keys)):
+                _refuse_duplicates(device_id, topic, [k.decode() for k in keys])
+    _check_time(data, device_id, topic, kind, limits, now)
     # Every input is validated already (the payload above, the device by the registry,
     # ``now`` by the caller), so the reading is assembled without validating it again.
     return Reading.model_construct(
@@ -97,6 +127,53 @@ def _location(device: Device) -> Location:
     return location
 
 
+#: The last second datetime can show (year 9999).
+_MAX_EPOCH_S = 253_402_300_799.0
+#: A JSON object key followed by its colon (only used on bytes without a backslash).
+_KEY = re.compile(rb'"([^"]*)"\s*:')
+
+
+def _refuse_duplicates(device_id: str, topic: str, keys: list[str]) -> None:
+    dupes = sorted({k for k in keys if keys.count(k) > 1})
+    if dupes:
+        raise ReadingRefusedError(
+            "schema",
+            f"device {device_id!r} topic {topic!r}: duplicate key(s) {', '.join(dupes)}; "
+            "each field once",
+        )
+
+
+def _check_time(
+    data: AirPayload | WaterPayload | SeismicPayload,
+    device_id: str,
+    topic: str,
+    kind: str,
+    limits: Limits,
+    now: datetime,
+) -> None:
+    """Every sample's time (a seismic packet's first and last) against the limits, in
+    epoch seconds (a date near year 9999 plus a packet's length must not overflow)."""
+    first = data.ts
+    last_s = first.timestamp()
+    if isinstance(data, SeismicPayload):
+        last_s += data.duration_s - 1 / data.sample_rate_hz
+    if last_s > (now + limits.max_future_skew).timestamp():
+        last = datetime.fromtimestamp(min(last_s, _MAX_EPOCH_S), UTC)
+        raise ReadingRefusedError(
+            "future_timestamp",
+            f"device {device_id!r} topic {topic!r}: ts {last.isoformat()} is more than "
+            f"{limits.max_future_skew.total_seconds():.0f} s ahead of the server clock",
+        )
+    max_age = limits.max_age[kind]
+    if first < now - max_age:
+        raise ReadingRefusedError(
+            "too_old",
+            f"device {device_id!r} topic {topic!r}: ts {first.isoformat()} is more than "
+            f"{max_age.total_seconds() / 3600:g} h old; older readings are taken only in "
+            "backfill mode (CIVIC_INGEST__BACKFILL)",
+        )
+
+
 def _refuse_or_validate(
     device_id: str, kind: str, topic: str, raw: bytes
 ) -> AirPayload | WaterPayload | SeismicPayload:
@@ -107,7 +184,12 @@ def _refuse_or_validate(
     text, a byte-order mark), so the fast path changes no outcome.
     """
     try:
-        doc = json.loads(raw)
+        doc = json.loads(raw, object_pairs_hook=_object)
+    except _DuplicateKeyError as exc:
+        raise ReadingRefusedError(
+            "schema",
+            f"device {device_id!r} topic {topic!r}: duplicate key {exc.key!r}; each field once",
+        ) from None
     except (ValueError, RecursionError) as exc:
         # ValueError covers JSONDecodeError and UnicodeDecodeError and also the int-digit
         # limit (a number of more than 4300 digits), which would otherwise escape, crash
@@ -118,6 +200,13 @@ def _refuse_or_validate(
     if not isinstance(doc, dict):
         raise ReadingRefusedError(
             "schema", f"device {device_id!r} topic {topic!r}: payload must be a JSON object"
+        )
+    nulls = sorted(k for k, v in doc.items() if v is None)
+    if nulls:
+        raise ReadingRefusedError(
+            "schema",
+            f"device {device_id!r} topic {topic!r}: {', '.join(nulls)}: null is not a value; "
+            "leave a field without a value out",
         )
     declared = doc.setdefault("kind", kind)
     if declared != kind:

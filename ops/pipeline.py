@@ -27,14 +27,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from influxdb_client.client.influxdb_client import InfluxDBClient
 
+from alerts.lifecycle import Reason
 from civic_iot.kafka_admin import ensure_topics
 from civic_iot.settings import REPO_ROOT, Settings, influx_token
-from civic_iot.topology import Topology
+from civic_iot.topology import READING_KINDS, Topology
 from ops.probe import http_json, read_health
 from simulator.publisher import Progress, PublishReport, publish_all
 from simulator.scenario import Expectations, Scenario, SimMessage
@@ -233,6 +235,68 @@ async def _read_all(settings: Settings, topic: str, timeout_s: float = 30) -> li
         await consumer.stop()
 
 
+def stages(topology: Topology) -> list[tuple[str, list[str]]]:
+    """The hops of a run, in order: a consumer group and the topics it reads. Each hop's
+    input is complete once the hop before it has consumed all of its own."""
+    return [
+        (topology.processors_app, [topology.readings(k) for k in READING_KINDS]),
+        (topology.processors_app, [topology.township, topology.shaking, topology.triggers]),
+        (topology.alerts_group, [topology.candidates]),
+    ]
+
+
+async def group_lag(
+    settings: Settings, group: str, topics: list[str], timeout_s: float
+) -> list[str]:
+    """Wait until ``group`` has committed every partition of ``topics`` up to the end offset
+    it has now; returns ``topic[partition] committed/end`` of those still behind then."""
+    bootstrap = settings.kafka.bootstrap
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await admin.start()
+    await consumer.start()
+    try:
+        described = await admin.describe_topics(topics)  # they exist: no auto-creation
+        tps = [
+            TopicPartition(t["topic"], p["partition"])
+            for t in described
+            if t["error_code"] == 0
+            for p in t["partitions"]
+        ]
+        end = {tp: n for tp, n in (await consumer.end_offsets(tps)).items() if n > 0}
+        deadline = time.monotonic() + timeout_s
+        while True:
+            found = await admin.list_consumer_group_offsets(group, partitions=list(end))
+            # -1: nothing committed on that partition yet.
+            committed = {tp: o.offset for tp, o in found.items() if o.offset >= 0}
+            behind = [
+                f"{tp.topic}[{tp.partition}] {committed.get(tp, '-')}/{n}"
+                for tp, n in end.items()
+                if committed.get(tp, -1) < n
+            ]
+            if not behind or time.monotonic() > deadline:
+                return behind
+            await asyncio.sleep(0.5)
+    finally:
+        await consumer.stop()
+        await admin.close()
+
+
+def wait_consumed(settings: Settings, topology: Topology, timeout_s: float = 90) -> list[str]:
+    """Wait until each stage of a run has consumed (committed) everything produced before
+    it, hop after hop (:func:`stages`): then every candidate that the run's readings give
+    is on the alerts topic as the messages it made (the alert service commits a candidate
+    after its messages). A check that nothing else was issued can read the alerts then.
+    Returns what still lags after ``timeout_s`` per stage (empty: all consumed)."""
+    deadline = time.monotonic() + timeout_s
+    for group, topics in stages(topology):
+        left = max(1.0, deadline - time.monotonic())
+        behind = asyncio.run(group_lag(settings, group, topics, left))
+        if behind:
+            return [f"{group}: {', '.join(behind[:8])}"]
+    return []
+
+
 def read_alerts(settings: Settings, prefix: str) -> list[dict[str, Any]]:
     """Every message issued on ``{prefix}alerts`` (JSON form), oldest first."""
     topic = Topology(prefix=prefix).alerts
@@ -341,12 +405,32 @@ def refused_counts(ingest_counts: Mapping[str, Any]) -> Counter[str]:
     )
 
 
+#: Who issued an alert message, by its reason (:data:`alerts.lifecycle.Reason`): on a
+#: detector's candidate, at once (``sent - detected_at`` is the pipeline's latency), or on
+#: the service's timer after a hold or a silence (``sent - detected_at`` is then mostly
+#: the hold, e.g. a Cancel 60 s after the value cleared: not a latency).
+ISSUED_BY: dict[Reason, Literal["detector", "timer"]] = {
+    "new": "detector",
+    "escalated": "detector",
+    "area_changed": "detector",
+    "de-escalated": "timer",
+    "cleared": "timer",
+    "expired": "timer",
+}
+
+
+def decided_alerts(alerts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The alert messages (JSON form) a detector decided: those whose latency counts."""
+    return [a for a in alerts if ISSUED_BY.get(a["reason"]) == "detector"]
+
+
 def alert_latencies(settings: Settings, alerts: list[dict[str, Any]]) -> dict[str, float]:
-    """Detector decision -> alert issued, ms, per message identifier (``alert`` points).
+    """Detector decision -> alert issued, ms, per message identifier (``alert`` points), of
+    the messages a detector decided (:func:`decided_alerts`); timer-issued ones are left out.
 
     The JSON and CAP forms carry times in whole seconds (CAP's format), too coarse here.
     """
-    ids = {a["identifier"] for a in alerts}
+    ids = {a["identifier"] for a in decided_alerts(alerts)}
     if not ids:
         return {}
     i = settings.influx
@@ -401,9 +485,13 @@ def execute(
     speed: float = 1.0,
     drain_timeout_s: float = 180,
     on_progress: Callable[[Progress | None], None] | None = None,
-    settle_s: float = 5.0,
 ) -> RunResult:
-    """Publish ``messages`` through a started pipeline, wait for it to drain, check it."""
+    """Publish ``messages`` through a started pipeline, wait for it to drain, check it.
+
+    Drained: every reading ingest should accept is counted and stored, then each stage has
+    consumed what the one before it produced (:func:`wait_consumed`), so the alerts read
+    are all the readings gave: what must not be there is judged on them, not after a sleep.
+    """
     progress: dict[str, Progress] = {}
     result: dict[str, PublishReport] = {}
 
@@ -438,12 +526,20 @@ def execute(
             break
         time.sleep(2)
     found = stored_readings(settings, start, window_end) & want
-    time.sleep(settle_s)  # the last candidates become alert messages
+    lagging = wait_consumed(settings, pipeline.topology, timeout_s=drain_timeout_s)
+    tick(progress.get("p"))
     counts = pipeline.ingest_counts()
     alerts = read_alerts(settings, pipeline.prefix)
     refused = refused_counts(counts)
     accepted = int(counts.get("accepted", 0))
-    checks = check_expectations(scenario.expect, alerts, refused)
+    checks = [
+        Check(
+            not lagging,
+            "every stage consumed what the one before it produced"
+            + (f": still behind {'; '.join(lagging)}" if lagging else ""),
+        )
+    ]
+    checks += check_expectations(scenario.expect, alerts, refused)
     checks += check_health(
         scenario.expect,
         health_found(settings, min(start, wall_start)),

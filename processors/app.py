@@ -45,7 +45,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import faust
@@ -54,7 +53,8 @@ from faust.types import TopicT
 
 from civic_iot.registry import Registry, load_registry
 from civic_iot.settings import Settings
-from civic_iot.storage.sink import InfluxSink, PointSink, Publisher
+from civic_iot.storage.sink import InfluxSink, PointSink, Publisher, deadletter_report
+from civic_iot.thresholds import Thresholds, load_thresholds
 from civic_iot.topology import Topology
 from processors.agents.deadletter import DeadletterAgent
 from processors.agents.device import AirAgent, DeviceDeps, SeismicAgent, WaterAgent
@@ -66,7 +66,6 @@ from processors.agents.stats import Activity, Stats, consumer_lag
 from processors.agents.tables import state_table
 from processors.agents.timers import PipelineStats, Republish, SilenceWatch
 from processors.agents.township import TownshipAgent
-from processors.detectors.water import DAY_S, DebrisFlowConfig
 from processors.faust_adapter import on_rebalance_complete
 from processors.handlers import Context
 from processors.states import (
@@ -87,12 +86,15 @@ def create_app(
     settings: Settings,
     *,
     registry: Registry | None = None,
+    thresholds: Thresholds | None = None,
     sink_factory: SinkFactory | None = None,
     publisher: Publisher | None = None,
 ) -> faust.App:
     """The processors app. ``sink_factory(name)`` gives each agent its own sink and
     ``publisher`` sends to Kafka; both default to the real ones (InfluxDB, the app's
-    producer) and are replaced by in-memory recorders in unit tests."""
+    producer) and are replaced by in-memory recorders in unit tests. ``thresholds``
+    default to the file ``settings.thresholds``, checked against the registry (a wrong
+    file stops the worker here, before it consumes anything)."""
     p = settings.processors
     topics = Topology.of(settings)
     n = settings.kafka.partitions
@@ -120,31 +122,32 @@ def create_app(
         # Prometheus /metrics on the worker's web port: events, lag by partition, commits.
         setup_prometheus_sensors(app)
     reg = registry if registry is not None else load_registry(settings.registry)
-    ctx = Context.build(
-        settings.influx,
-        reg,
-        {
-            "air": p.silent_after_air_s,
-            "water": p.silent_after_water_s,
-            "seismic": p.silent_after_seismic_s,
-        },
-        debris=DebrisFlowConfig(r50_after_shaking_s=p.debris_r50_days * DAY_S),
-    )
+    thr = thresholds if thresholds is not None else load_thresholds(settings.thresholds, reg)
+    thr.log_in_force()
+    ctx = Context.build(settings.influx, reg, thr)
     if sink_factory is None:
-        executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="influx")
 
         def sink_factory(name: str) -> PointSink:
-            return InfluxSink.from_settings(settings, executor, name)
+            # Refused points go to storage.deadletter on the app's producer, which the
+            # consumer flushes before it commits.
+            return InfluxSink.from_settings(settings, name, service="processors", deadletters=pub)
 
     sinks: dict[str, PointSink] = {}  # by name, for /health
     make_sink = sink_factory
+
+    async def close_sinks(*_args: Any, **_kw: Any) -> None:
+        for sink in sinks.values():
+            await sink.close()
+
+    app.on_before_shutdown.connect(close_sinks)
 
     def new_sink(name: str) -> PointSink:
         sinks[name] = sink = make_sink(name)
         return sink
 
-    retry_s = p.influx_backoff_cap_s
-    outbox = Outbox(publisher if publisher is not None else FaustPublisher(app), topics)
+    pub: Publisher = publisher if publisher is not None else FaustPublisher(app)
+    retry_s = settings.influx.write_backoff_cap_s
+    outbox = Outbox(pub, topics)
     stats = Stats()
     activity = Activity()
 
@@ -238,6 +241,7 @@ def create_app(
                 instance=p.instance,
                 ready=bool(recovered),
             )
+            report["storage_deadletters"] = deadletter_report(sinks)
             return web.json(report, status=200 if report["healthy"] else 503)
 
     return app

@@ -24,7 +24,7 @@ again by the worker's timer so the alert service does not expire it.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
@@ -49,6 +49,8 @@ from civic_iot.contracts.readings import (
 from civic_iot.registry import Registry
 from civic_iot.settings import InfluxSettings
 from civic_iot.storage.points import Point
+from civic_iot.storage.schema import windowed
+from civic_iot.thresholds import Thresholds, ThresholdSet, thresholds_from
 from processors.candidates import township_candidate, update_hazard
 from processors.detectors.air import (
     AirConfig,
@@ -78,7 +80,6 @@ from processors.detectors.water import (
     RiverConfig,
     StrongShaking,
     mark_strong_shaking,
-    r50_threshold,
     strong_shaking,
     update_debris_flow,
     update_flood,
@@ -110,8 +111,32 @@ from processors.states import (
 
 S = TypeVar("S", bound=TableValue)
 
-#: Default seconds without a reading after which a device of a kind counts as silent.
-SILENT_AFTER_S: Mapping[str, float] = {"air": 1800.0, "water": 1800.0, "seismic": 60.0}
+
+@dataclass(frozen=True, slots=True)
+class Detectors:
+    """The detector configs in force for one township or device, built from what the
+    thresholds file sets for it (:meth:`of`: the one place thresholds become configs)."""
+
+    air: AirConfig
+    flood: FloodConfig
+    river: RiverConfig
+    rain: RainConfig
+    debris: DebrisFlowConfig
+    seismic: SeismicConfig
+    health: HealthConfig
+
+    @classmethod
+    def of(cls, t: ThresholdSet) -> Detectors:
+        return cls(
+            air=AirConfig(lines=t.air_quality),
+            flood=FloodConfig(lines=t.flood),
+            river=RiverConfig(lines=t.river),
+            # The gauge keeps the daily totals the debris-flow rule discounts.
+            rain=RainConfig(lines=t.rain, antecedent_days=t.debris_flow.antecedent_days),
+            debris=t.debris_flow,
+            seismic=SeismicConfig(sta_lta=t.seismic),
+            health=HealthConfig(rules=t.health.rules()),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,41 +145,60 @@ class Context:
 
     buckets: InfluxSettings
     registry: Registry
-    air: AirConfig = field(default_factory=AirConfig)
-    health: HealthConfig = field(default_factory=HealthConfig)
-    flood: FloodConfig = field(default_factory=FloodConfig)
-    river: RiverConfig = field(default_factory=RiverConfig)
-    rain: RainConfig = field(default_factory=RainConfig)
-    debris: DebrisFlowConfig = field(default_factory=DebrisFlowConfig)
-    seismic: SeismicConfig = field(default_factory=SeismicConfig)
-    quake: QuakeConfig = field(default_factory=QuakeConfig)
+    thresholds: Thresholds
+    #: Detector configs: the defaults, and where a region or device overrides them.
+    defaults: Detectors
+    townships: Mapping[str, Detectors]
+    devices: Mapping[str, Detectors]
+    quake: QuakeConfig
+    #: Seconds without a reading after which a device of a kind is silent.
+    silent_after_s: Mapping[str, float]
     #: A seismic partition without a tick for this long (processing time, s) no longer
     #: holds the associator's clock back.
     quake_idle_s: float = 10.0
-    #: Seconds without a reading after which a device of a kind is silent.
-    silent_after_s: Mapping[str, float] = field(default_factory=lambda: dict(SILENT_AFTER_S))
 
     @classmethod
     def build(
-        cls,
-        buckets: InfluxSettings,
-        registry: Registry,
-        silent_after_s: Mapping[str, float] | None = None,
-        *,
-        debris: DebrisFlowConfig | None = None,
+        cls, buckets: InfluxSettings, registry: Registry, thresholds: Thresholds | None = None
     ) -> Context:
+        """The context of a worker; ``thresholds`` default to the built-in defaults."""
+        thr = thresholds if thresholds is not None else thresholds_from({}, registry)
+        built: dict[int, Detectors] = {}
+
+        def detectors(t: ThresholdSet) -> Detectors:
+            # Townships without their own overrides share one set of configs.
+            if id(t) not in built:
+                built[id(t)] = Detectors.of(t)
+            return built[id(t)]
+
         towns = tuple(Township(t.code, t.lat, t.lon) for t in registry.townships)
         return cls(
             buckets=buckets,
             registry=registry,
-            debris=debris if debris is not None else DebrisFlowConfig(),
-            quake=QuakeConfig(townships=towns),
-            silent_after_s=dict(silent_after_s or SILENT_AFTER_S),
+            thresholds=thr,
+            defaults=detectors(thr.defaults),
+            townships={code: detectors(t) for code, t in thr.townships.items()},
+            devices={device: detectors(t) for device, t in thr.by_device.items()},
+            quake=QuakeConfig(association=thr.defaults.quake, townships=towns),
+            silent_after_s=thr.defaults.silence.by_kind(),
         )
+
+    def for_township(self, code: str) -> Detectors:
+        """The configs in force in a township."""
+        return self.townships.get(code, self.defaults)
+
+    def for_device(self, device_id: str, township: str) -> Detectors:
+        """The configs in force for a device: its own overrides, else its township's."""
+        found = self.devices.get(device_id)
+        return found if found is not None else self.townships.get(township, self.defaults)
 
     def air_sensors_in(self, township: str) -> int | None:
         n = sum(1 for d in self.registry.devices if d.kind == "air" and d.township == township)
         return n or None
+
+    def shaking_min_intensity(self, township: str) -> str:
+        """The CWA level from which an earthquake lowers a township's debris-flow line."""
+        return self.for_township(township).debris.shaking_min_intensity
 
     def water_devices_in(self, township: str) -> list[str]:
         """Ids of the registry's water devices in a township (any may report rain)."""
@@ -168,11 +212,6 @@ class DeviceOutcome(Generic[S]):
     reports: list[TownshipReport]
 
 
-def _thresholds(ctx: Context, device_id: str) -> Mapping[str, float] | None:
-    dev = ctx.registry.get(device_id)
-    return dev.thresholds if dev else None
-
-
 def _last_seen(last: float | None, reading: Reading) -> float:
     t = reading.event_time.timestamp()
     return t if last is None else max(last, t)
@@ -180,11 +219,12 @@ def _last_seen(last: float | None, reading: Reading) -> float:
 
 def _health(
     last: float | None,
-    health: HealthState,
+    state: HealthState,
     reading: Reading,
     values: Mapping[str, float],
     ctx: Context,
     kind: str,
+    health: HealthConfig,
 ) -> tuple[HealthState, list[Point]]:
     """Stuck and out-of-range checks, and the end of a silence (state-based, so a
     restarted worker still clears the ``silent`` issue it raised before); ``last`` is
@@ -205,8 +245,8 @@ def _health(
             )
         )
     if values:
-        upd = update_health(health, reading.device_id, reading.event_time, values, ctx.health)
-        health = upd.state
+        upd = update_health(state, reading.device_id, reading.event_time, values, health)
+        state = upd.state
         for finding, active in [(f, True) for f in upd.opened] + [(f, False) for f in upd.cleared]:
             points.append(
                 sensor_health_point(
@@ -219,7 +259,7 @@ def _health(
                     buckets=ctx.buckets,
                 )
             )
-    return health, [p for p in points if p is not None]
+    return state, [p for p in points if p is not None]
 
 
 def handle_air(env: AirDevice, reading: Reading, ctx: Context) -> DeviceOutcome[AirDevice]:
@@ -228,15 +268,11 @@ def handle_air(env: AirDevice, reading: Reading, ctx: Context) -> DeviceOutcome[
     assert isinstance(data, AirPayload), reading.reading_id
     values = {f: float(v) for f in POLLUTANT_FIELDS if (v := getattr(data, f)) is not None}
     township = reading.location.township
-    upd = update_air(
-        env.air,
-        reading.event_time,
-        values,
-        ctx.air,
-        township=township,
-        thresholds=_thresholds(ctx, reading.device_id),
+    det = ctx.for_device(reading.device_id, township)
+    upd = update_air(env.air, reading.event_time, values, det.air)
+    health, health_points = _health(
+        env.last_seen, env.health, reading, values, ctx, "air", det.health
     )
-    health, health_points = _health(env.last_seen, env.health, reading, values, ctx, "air")
     state = AirDevice(last_seen=_last_seen(env.last_seen, reading), health=health, air=upd.state)
     fig = upd.figures
     points = reading_points(reading, ctx.buckets)
@@ -275,14 +311,16 @@ def handle_water(
     dev = ctx.registry.get(reading.device_id)
     sensor = water_sensor(data, dev.sensor if dev else None)
     township = reading.location.township
-    thresholds = dev.thresholds if dev else None
+    det = ctx.for_device(reading.device_id, township)
     where = Where.of(reading)
     values = {
         f: float(v)
         for f in ("water_level_m", "flood_depth_cm", "rainfall_mm")
         if (v := getattr(data, f)) is not None
     }
-    health, health_points = _health(env.last_seen, env.health, reading, values, ctx, "water")
+    health, health_points = _health(
+        env.last_seen, env.health, reading, values, ctx, "water", det.health
+    )
     gauge_states = {"flood": env.flood, "river": env.river}
     rain_state, debris_state = env.rain, env.debris
     points = reading_points(reading, ctx.buckets, sensor=sensor)
@@ -313,31 +351,19 @@ def handle_water(
 
     gauges: list[tuple[str, GaugeUpdate]] = []
     if data.flood_depth_cm is not None:
+        flood = env.flood or GaugeState()
         gauges.append(
             (
                 "flood",
-                update_flood(
-                    env.flood or GaugeState(),
-                    reading.event_time,
-                    data.flood_depth_cm,
-                    ctx.flood,
-                    township=township,
-                    thresholds=thresholds,
-                ),
+                update_flood(flood, reading.event_time, data.flood_depth_cm, det.flood),
             )
         )
     if data.water_level_m is not None:
+        river = env.river or GaugeState()
         gauges.append(
             (
                 "river",
-                update_river(
-                    env.river or GaugeState(),
-                    reading.event_time,
-                    data.water_level_m,
-                    ctx.river,
-                    township=township,
-                    thresholds=thresholds,
-                ),
+                update_river(river, reading.event_time, data.water_level_m, det.river),
             )
         )
     for name, g in gauges:
@@ -381,39 +407,32 @@ def handle_water(
 
     if data.rainfall_mm is not None:
         r = update_rain(
-            env.rain or RainState.empty(ctx.rain),
+            env.rain or RainState.empty(det.rain),
             reading.event_time,
             float(data.rainfall_mm),
-            ctx.rain,
+            det.rain,
         )
-        town = ctx.registry.township(township)
-        r70 = town.debris_flow_r70_mm if town else None
         debris = mark_strong_shaking(env.debris or DebrisFlowState(), shaking)
-        d = update_debris_flow(
-            debris,
-            r,
-            ctx.debris,
-            r70_mm=r70,
-            r50_mm=r50_threshold(r70, town.debris_flow_r50_mm if town else None, ctx.debris),
-        )
+        d = update_debris_flow(debris, r, det.debris)
         rain_state, debris_state = r.state, d.state
         p = rain_point(where, r.figures, d.figures, ctx.buckets)
         points += [p] if p else []
         f = r.figures
         rain_ev: dict[str, float | str] = {
-            "rain_1h_mm": f.rain_1h_mm,
-            "rain_3h_mm": f.rain_3h_mm,
-            "rain_24h_mm": f.rain_24h_mm,
+            windowed("rainfall_mm", "1h"): f.rainfall_mm_1h,
+            windowed("rainfall_mm", "3h"): f.rainfall_mm_3h,
+            windowed("rainfall_mm", "24h"): f.rainfall_mm_24h,
         }
-        report("rain", f.level, f.rain_24h_mm, "rain_24h_mm", None, f.as_of, rain_ev)
+        day = windowed("rainfall_mm", "24h")
+        report("rain", f.level, f.rainfall_mm_24h, day, None, f.as_of, rain_ev)
         df = d.figures
         df_ev: dict[str, float | str] = {
             "rti": round(df.rti, 1),
-            "intensity_mm_h": df.intensity_mm_h,
+            windowed("rainfall_mm", "1h"): df.rainfall_mm_1h,
         }
         if df.threshold_kind is not None and df.threshold_mm is not None:
-            df_ev["threshold"] = df.threshold_kind
-            df_ev["threshold_mm"] = df.threshold_mm
+            df_ev["debris_flow_threshold_kind"] = df.threshold_kind
+            df_ev["debris_flow_threshold_mm"] = df.threshold_mm
         if df.r70_mm is not None:
             df_ev["r70_mm"] = df.r70_mm
         if df.shaking is not None:
@@ -426,8 +445,8 @@ def handle_water(
         report(
             "debris_flow",
             df.level,
-            df.event_rain_mm,
-            "event_rain_mm",
+            df.rainfall_mm_event,
+            windowed("rainfall_mm", "event"),
             df.threshold_mm,
             df.as_of,
             df_ev,
@@ -462,7 +481,8 @@ def handle_seismic(env: SeismicDevice, reading: Reading, ctx: Context) -> Seismi
         (np.asarray(data.x_gal), np.asarray(data.y_gal), np.asarray(data.z_gal))
     )
     t0 = reading.event_time.timestamp()
-    res = process_packet(env.station, samples, data.sample_rate_hz, t0, ctx.seismic)
+    det = ctx.for_device(reading.device_id, reading.location.township)
+    res = process_packet(env.station, samples, data.sample_rate_hz, t0, det.seismic)
     # No health checks on raw samples: the device's reading time only.
     state = SeismicDevice(last_seen=_last_seen(env.last_seen, reading), station=res.state)
     where = Where.of(reading)
@@ -521,9 +541,10 @@ def handle_township(
     env: TownshipState, report: TownshipReport, ctx: Context, detected_at: datetime
 ) -> Decision[TownshipState]:
     """Aggregate one device report into its township; a level change is a candidate."""
-    air, water, levels = env.air, env.water, env.levels
+    air_state, water, levels = env.air, env.water, env.levels
     code = report.township
     town = ctx.registry.township(code)
+    air = ctx.for_township(code).air
     points: list[Point] = []
     candidates: list[AlertCandidate] = []
     if report.hazard == "air_quality":
@@ -534,14 +555,14 @@ def handle_township(
             report.level,
             aqi,
             report.event_time,
-            ctx.air,
+            air,
             registered_sensors=ctx.air_sensors_in(code),
         )
-        air = upd.state
+        air_state = upd.state
         p = township_air_point(code, upd, report.event_time, ctx.buckets)
         points += [p] if p else []
         if upd.changed:
-            line = ctx.air.ladder(code).threshold(upd.level)
+            line = air.ladder().threshold(upd.level)
             candidates.append(
                 township_candidate(
                     hazard="air_quality",
@@ -580,7 +601,9 @@ def handle_township(
                     evidence=report.evidence,
                 )
             )
-    state = TownshipState(air=air, water=water, levels=levels, open=_remember(env.open, candidates))
+    state = TownshipState(
+        air=air_state, water=water, levels=levels, open=_remember(env.open, candidates)
+    )
     return Decision(state, points, candidates)
 
 
@@ -616,7 +639,7 @@ def handle_quake(
         candidates.append(cand)
         points += quake_points(ev, ctx.buckets)
         found, shaken[ev.event_id] = strong_shaking_townships(
-            ev, shaken.get(ev.event_id, {}), ctx.debris.shaking_min_level
+            ev, shaken.get(ev.event_id, {}), ctx.shaking_min_intensity
         )
         notices += [
             StrongShakingNotice(
@@ -648,21 +671,23 @@ SHAKEN_MEMORY = 16
 
 
 def strong_shaking_townships(
-    event: QuakeEvent, notified: Mapping[str, int], min_level: str
+    event: QuakeEvent, notified: Mapping[str, int], min_level: str | Callable[[str], str]
 ) -> tuple[dict[str, str], dict[str, int]]:
     """Townships of an earthquake update to notify of strong shaking, and what is then
     notified.
 
     A township is notified when its estimated intensity (:func:`township_intensities`)
-    reaches ``min_level`` and is higher than what was notified for it before in this
-    earthquake (``notified``: township code -> intensity ordinal). A later, lower
-    estimate notifies nothing and lifts nothing: the R50 period runs its course.
+    reaches ``min_level`` (one level, or the township code -> its level: the
+    ``debris_flow.shaking_min_intensity`` in force there) and is higher than what was
+    notified for it before in this earthquake (``notified``: township code -> intensity
+    ordinal). A later, lower estimate notifies nothing and lifts nothing: the R50 period
+    runs its course.
     """
-    floor = intensity_ordinal(min_level)
     out = dict(notified)
     found: dict[str, str] = {}
     for town, level in township_intensities(event).items():
         rank = intensity_ordinal(level)
+        floor = intensity_ordinal(min_level if isinstance(min_level, str) else min_level(town))
         if rank >= floor and rank > out.get(town, -1):
             found[town] = level
             out[town] = rank
@@ -675,9 +700,8 @@ def handle_shaking(
     """Remember a strong shaking for a water device (the one whose R50 period ends last,
     see :func:`~processors.detectors.water.mark_strong_shaking`) and store a
     ``strong_shaking`` point for it."""
-    mark = strong_shaking(
-        notice.event_id, notice.intensity, notice.origin_time.timestamp(), ctx.debris
-    )
+    debris = ctx.for_device(notice.device, notice.township).debris
+    mark = strong_shaking(notice.event_id, notice.intensity, notice.origin_time.timestamp(), debris)
     if mark is None:  # below this worker's shaking level: not ours to mark
         return Decision(env, [], [])
     merged = mark_strong_shaking(DebrisFlowState(shaking=env.shaking), mark).shaking

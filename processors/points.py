@@ -1,14 +1,13 @@
-"""InfluxDB points, built without I/O, exactly as ``docs/storage.md`` lays them out.
+"""InfluxDB points, built without I/O, through the storage schema.
 
 Every builder is a pure function of a reading or a detector's figures. The timestamp is
 always an event time (the reading's, or the detector's stream clock), never the wall
 clock, so processing the same reading twice writes the same point (same series, same
 time) and InfluxDB keeps one. The point type and its encoder are the core's
-(:mod:`civic_iot.storage.points`).
-
-Field types are fixed per field (``int`` fields get the ``i`` suffix, numbers from
-detectors are written as floats even when whole) because InfluxDB refuses a point whose
-field changes type within a shard.
+(:mod:`civic_iot.storage.points`); measurements, buckets, tag and field names and field
+types are the schema's (:mod:`civic_iot.storage.schema`, which ``docs/storage.md`` is
+generated from): :meth:`~civic_iot.storage.schema.Measurement.point` refuses a name the
+schema lacks and casts each field to its one type.
 """
 
 from __future__ import annotations
@@ -25,7 +24,9 @@ from civic_iot.contracts.readings import (
     WaterPayload,
 )
 from civic_iot.settings import InfluxSettings
-from civic_iot.storage.points import FieldValue, Point, point
+from civic_iot.storage import schema
+from civic_iot.storage.points import FieldValue, Point
+from civic_iot.storage.schema import windowed
 from civic_iot.times import to_ns
 from processors.detectors.air import AirFigures, TownshipUpdate
 from processors.detectors.health import Issue
@@ -42,10 +43,6 @@ from processors.detectors.water import (
 #: Weather fields an air sensor may send besides its pollutants (stored raw as sent).
 AIR_READING_FIELDS = (*POLLUTANT_FIELDS, "temperature_c", "humidity_pct")
 WATER_READING_FIELDS = ("water_level_m", "flood_depth_cm", "rainfall_mm")
-
-
-def _opt_float(v: float | None) -> float | None:
-    return None if v is None else float(v)
 
 
 def _kept(points: Iterable[Point | None]) -> list[Point]:
@@ -75,22 +72,20 @@ def reading_points(
     data = reading.data
     t = reading.event_time_ns
     if isinstance(data, AirPayload):
-        fields: dict[str, FieldValue | None] = {
-            f: _opt_float(getattr(data, f)) for f in AIR_READING_FIELDS
-        }
-        fields |= {"lat": float(loc.lat), "lon": float(loc.lon), "late": reading.late}
+        fields: dict[str, FieldValue | None] = {f: getattr(data, f) for f in AIR_READING_FIELDS}
+        fields |= {"lat": loc.lat, "lon": loc.lon, "late": reading.late}
         tags = {"device": reading.device_id, "township": loc.township, "kind": "air"}
-        return _kept([point(buckets.bucket_readings, "air", tags, fields, t)])
+        return _kept([schema.AIR.point(buckets, tags, fields, t)])
     if isinstance(data, WaterPayload):
-        fields = {f: _opt_float(getattr(data, f)) for f in WATER_READING_FIELDS}
-        fields |= {"lat": float(loc.lat), "lon": float(loc.lon), "late": reading.late}
+        fields = {f: getattr(data, f) for f in WATER_READING_FIELDS}
+        fields |= {"lat": loc.lat, "lon": loc.lon, "late": reading.late}
         tags = {
             "device": reading.device_id,
             "township": loc.township,
             "kind": "water",
             "sensor": water_sensor(data, sensor),
         }
-        return _kept([point(buckets.bucket_readings, "water", tags, fields, t)])
+        return _kept([schema.WATER.point(buckets, tags, fields, t)])
     return seismic_sample_points(reading.device_id, loc.township, data, t, buckets)
 
 
@@ -102,15 +97,19 @@ def sample_time_ns(t0_ns: int, i: int, rate_hz: float) -> int:
 def seismic_sample_points(
     device: str, township: str, data: SeismicPayload, t0_ns: int, buckets: InfluxSettings
 ) -> list[Point]:
-    """One ``seismic_sample`` point (``x_gal``, ``y_gal``, ``z_gal``) per sample."""
+    """One ``seismic_sample`` point (``x_gal``, ``y_gal``, ``z_gal``) per sample.
+
+    Built directly (a hundred points a second per station), with the schema's names."""
+    m = schema.SEISMIC_SAMPLE
     tags: tuple[tuple[str, str], ...] = (("device", device),)
     if township:
         tags = (("device", device), ("township", township))
     rate = data.sample_rate_hz
+    bucket = m.bucket_name(buckets)
     return [
         Point(
-            bucket=buckets.bucket_seismic,
-            measurement="seismic_sample",
+            bucket=bucket,
+            measurement=m.name,
             tags=tags,
             fields=(("x_gal", float(x)), ("y_gal", float(y)), ("z_gal", float(z))),
             time_ns=sample_time_ns(t0_ns, i, rate),
@@ -141,24 +140,29 @@ class Where:
 
 
 def air_quality_point(where: Where, figures: AirFigures, buckets: InfluxSettings) -> Point | None:
-    """``air_quality``: AQI, category, leading pollutant, level and the AQI inputs."""
+    """``air_quality``: AQI, category, leading pollutant, level and the AQI inputs, named
+    and measured as the readings are (``pm2_5_ugm3_rt``, ``o3_ppb_8h`` ...)."""
     aqi = figures.aqi
-    pm25 = figures.means.get("pm2_5_ugm3")
-    inputs = figures.aqi_inputs
+    conc = figures.concentrations
     fields: dict[str, FieldValue | None] = {
         "aqi": aqi.aqi if aqi else None,
         "category": aqi.category.name_en if aqi else None,
         "leading": aqi.leading_pollutant if aqi else None,
-        "level": int(figures.level),
-        "pm2_5_1h": _opt_float(pm25.mean_1h) if pm25 else None,
-        "pm2_5_rt": _opt_float(inputs.get("pm2_5")),
-        "pm10_rt": _opt_float(inputs.get("pm10")),
-        "o3_8h_ppm": _opt_float(inputs.get("o3_8h")),
-        "co_8h_ppm": _opt_float(inputs.get("co_8h")),
+        "level": figures.level,
+        **{
+            name: conc.get(name)
+            for name in (
+                windowed("pm2_5_ugm3", "1h"),
+                windowed("pm2_5_ugm3", "rt"),
+                windowed("pm10_ugm3", "rt"),
+                windowed("o3_ppb", "8h"),
+                windowed("co_ppm", "8h"),
+            )
+        },
         "lat": where.lat,
         "lon": where.lon,
     }
-    return point(buckets.bucket_derived, "air_quality", where.tags(), fields, to_ns(figures.as_of))
+    return schema.AIR_QUALITY.point(buckets, where.tags(), fields, to_ns(figures.as_of))
 
 
 def township_air_point(
@@ -166,11 +170,11 @@ def township_air_point(
 ) -> Point | None:
     """``township_air``: the township's level, agreeing sensors and their highest AQI."""
     fields: dict[str, FieldValue | None] = {
-        "level": int(update.level),
+        "level": update.level,
         "sensors_agreeing": len(update.devices),
         "max_aqi": update.aqi,
     }
-    return point(buckets.bucket_derived, "township_air", {"township": township}, fields, to_ns(at))
+    return schema.TOWNSHIP_AIR.point(buckets, {"township": township}, fields, to_ns(at))
 
 
 def water_level_point(
@@ -180,45 +184,41 @@ def water_level_point(
     min), level and rise level."""
     value_name = "flood_depth_cm" if sensor == "flood" else "water_level_m"
     fields: dict[str, FieldValue | None] = {
-        value_name: float(figures.value),
-        "rise_cm_per_10min": _opt_float(figures.rise_cm_per_10min),
-        "level": int(figures.level),
-        "rise_level": int(figures.rise_level),
+        value_name: figures.value,
+        "rise_cm_per_10min": figures.rise_cm_per_10min,
+        "level": figures.level,
+        "rise_level": figures.rise_level,
         "lat": where.lat,
         "lon": where.lon,
     }
-    return point(
-        buckets.bucket_derived,
-        "water_level",
-        where.tags(sensor=sensor),
-        fields,
-        to_ns(figures.as_of),
+    return schema.WATER_LEVEL.point(
+        buckets, where.tags(sensor=sensor), fields, to_ns(figures.as_of)
     )
 
 
 def rain_point(
     where: Where, rain: RainFigures, debris: DebrisFlowFigures | None, buckets: InfluxSettings
 ) -> Point | None:
-    """``rain``: accumulations (mm), CWA rain class, and the debris-flow figures: RTI
-    (mm^2/h), event rain (mm), level, and the threshold in use (mm) with which one it is
-    (``r70``, or ``r50`` after strong shaking)."""
+    """``rain``: accumulations of ``rainfall_mm`` (mm), CWA rain class, and the
+    debris-flow figures: RTI (mm^2/h), the event's rain (mm), level, and the threshold in
+    use (mm) with which one it is (``r70``, or ``r50`` after strong shaking)."""
     fields: dict[str, FieldValue | None] = {
-        "rain_1h_mm": float(rain.rain_1h_mm),
-        "rain_3h_mm": float(rain.rain_3h_mm),
-        "rain_24h_mm": float(rain.rain_24h_mm),
-        "rain_class": int(rain.level),
+        windowed("rainfall_mm", "1h"): rain.rainfall_mm_1h,
+        windowed("rainfall_mm", "3h"): rain.rainfall_mm_3h,
+        windowed("rainfall_mm", "24h"): rain.rainfall_mm_24h,
+        "rain_class": rain.level,
         "lat": where.lat,
         "lon": where.lon,
     }
     if debris is not None:
         fields |= {
-            "rti": float(debris.rti),
-            "event_rain_mm": float(debris.event_rain_mm),
-            "debris_flow_level": int(debris.level),
-            "debris_flow_threshold_mm": _opt_float(debris.threshold_mm),
+            "rti": debris.rti,
+            windowed("rainfall_mm", "event"): debris.rainfall_mm_event,
+            "debris_flow_level": debris.level,
+            "debris_flow_threshold_mm": debris.threshold_mm,
             "debris_flow_threshold_kind": debris.threshold_kind,
         }
-    return point(buckets.bucket_derived, "rain", where.tags(), fields, to_ns(rain.as_of))
+    return schema.RAIN.point(buckets, where.tags(), fields, to_ns(rain.as_of))
 
 
 def strong_shaking_point(
@@ -228,9 +228,8 @@ def strong_shaking_point(
     water device whose rain is judged against R50 until ``r50_until``, the earthquake and
     the township's estimated intensity. One point per notice: a higher estimate of the
     same earthquake adds one (the origin may have moved a little in between)."""
-    return point(
-        buckets.bucket_derived,
-        "strong_shaking",
+    return schema.STRONG_SHAKING.point(
+        buckets,
         {"device": device, "township": township, "event_id": shaking.event_id},
         {
             "intensity": shaking.intensity,
@@ -247,18 +246,18 @@ def seismic_station_point(
     """``seismic_station`` at the packet's first sample: the packet's PGA (gal) and PGV
     (cm/s), the CWA intensity they make, and whether the station is triggered (a trigger
     in this packet or its event window open)."""
-    pga, pgv = float(result.packet_pga_gal), float(result.packet_pgv_cms)
+    pga, pgv = result.packet_pga_gal, result.packet_pgv_cms
     level = cwa_intensity(pga, pgv)
     fields: dict[str, FieldValue | None] = {
         "pga_gal": pga,
         "pgv_cms": pgv,
         "intensity": level,
         "intensity_rank": intensity_ordinal(level),
-        "triggered": bool(result.triggered or result.in_event),
+        "triggered": result.triggered or result.in_event,
         "lat": where.lat,
         "lon": where.lon,
     }
-    return point(buckets.bucket_derived, "seismic_station", where.tags(), fields, t0_ns)
+    return schema.SEISMIC_STATION.point(buckets, where.tags(), fields, t0_ns)
 
 
 def quake_points(event: QuakeEvent, buckets: InfluxSettings) -> list[Point]:
@@ -270,15 +269,14 @@ def quake_points(event: QuakeEvent, buckets: InfluxSettings) -> list[Point]:
     t = round(event.computed_at_s * 1e9)
     origin = datetime.fromtimestamp(event.origin_s, UTC).isoformat(timespec="milliseconds")
     out = [
-        point(
-            buckets.bucket_derived,
-            "quake_event",
+        schema.QUAKE_EVENT.point(
+            buckets,
             {"event_id": event.event_id},
             {
-                "lat": float(event.lat),
-                "lon": float(event.lon),
-                "depth_km": float(event.depth_km),
-                "magnitude": float(event.magnitude),
+                "lat": event.lat,
+                "lon": event.lon,
+                "depth_km": event.depth_km,
+                "magnitude": event.magnitude,
                 "n_stations": event.n_stations,
                 "max_intensity_rank": intensity_ordinal(event.max_intensity),
                 "origin_time": origin,
@@ -287,16 +285,15 @@ def quake_points(event: QuakeEvent, buckets: InfluxSettings) -> list[Point]:
         )
     ]
     out += [
-        point(
-            buckets.bucket_derived,
-            "quake_cell",
+        schema.QUAKE_CELL.point(
+            buckets,
             {"event_id": event.event_id, "township": cell.township},
             {
-                "lat": float(cell.lat),
-                "lon": float(cell.lon),
+                "lat": cell.lat,
+                "lon": cell.lon,
                 "intensity_rank": intensity_ordinal(cell.intensity),
                 "intensity": cell.intensity,
-                "s_wave_s": float(cell.s_wave_s),
+                "s_wave_s": cell.s_wave_s,
             },
             t + i,
         )
@@ -316,9 +313,8 @@ def sensor_health_point(
     buckets: InfluxSettings,
 ) -> Point | None:
     """``sensor_health``: an issue opened (``active``) or cleared at event time ``at``."""
-    return point(
-        buckets.bucket_derived,
-        "sensor_health",
+    return schema.SENSOR_HEALTH.point(
+        buckets,
         {"device": device, "township": township, "issue": issue},
         {"active": active, "detail": detail},
         to_ns(at),
@@ -328,18 +324,11 @@ def sensor_health_point(
 def pipeline_point(
     instance: str, counters: Mapping[str, int | float], at_ns: int, buckets: InfluxSettings
 ) -> Point | None:
-    """``pipeline`` statistics of this worker (``process=worker``)."""
-    fields: dict[str, FieldValue | None] = {
-        k: (int(v) if k not in ("latency_p50_ms", "latency_p99_ms") else float(v))
-        for k, v in counters.items()
-    }
-    return point(
-        buckets.bucket_derived,
-        "pipeline",
-        {"process": "worker", "instance": instance},
-        fields,
-        at_ns,
-    )
+    """``pipeline`` statistics of this worker (``process=worker``); counters the schema
+    does not list are left out (the schema is what dashboards may rely on)."""
+    m = schema.PIPELINE
+    fields: dict[str, FieldValue | None] = {k: v for k, v in counters.items() if k in m.field_names}
+    return m.point(buckets, {"process": "worker", "instance": instance}, fields, at_ns)
 
 
 def deadletter_point(record: Mapping[str, object], buckets: InfluxSettings) -> Point | None:
@@ -350,9 +339,8 @@ def deadletter_point(record: Mapping[str, object], buckets: InfluxSettings) -> P
     kind = parts[2] if len(parts) >= 3 and parts[2] in ("air", "water", "seismic") else "unknown"
     received = datetime.fromisoformat(str(record["received_at"]))
     device = record.get("device_id")
-    return point(
-        buckets.bucket_readings,
-        "deadletter",
+    return schema.DEADLETTER.point(
+        buckets,
         {"reason": str(record.get("reason") or "unknown"), "kind": kind},
         {
             "count": 1,

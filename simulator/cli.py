@@ -19,6 +19,7 @@ import typer
 
 from civic_iot.registry import Registry, load_registry
 from civic_iot.settings import Settings, get_settings
+from civic_iot.thresholds import Thresholds, load_thresholds
 from simulator.publisher import Progress, PublishReport, publish_all
 from simulator.scenario import (
     Scenario,
@@ -63,6 +64,7 @@ def plan_simulation(
     scenario: str | Path | Scenario,
     *,
     registry: Registry,
+    thresholds: Thresholds | None = None,
     speed: float = 1.0,
     seed: int | None = None,
     duration_s: float | None = None,
@@ -73,7 +75,10 @@ def plan_simulation(
 
     ``duration_s`` caps the wall time (s) at ``speed``; ``now`` (default: the clock)
     anchors event times so that no reading is in the future (:func:`aligned_start`).
+    ``thresholds`` (default: the settings' file) give the river gauges' warning levels.
     """
+    if thresholds is None:
+        thresholds = load_thresholds(get_settings().thresholds, registry)
     sc = scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
     until = sc.duration_s
     wall = sc.wall_duration_s(speed)
@@ -85,7 +90,13 @@ def plan_simulation(
     # wall-clock moment it ends, so no reading is ever in the future.
     start = now + timedelta(seconds=wall - until)
     messages = generate(
-        sc, registry, start=start, seed=seed, sample_rate_hz=sample_rate_hz, until_s=until
+        sc,
+        registry,
+        start=start,
+        seed=seed,
+        sample_rate_hz=sample_rate_hz,
+        until_s=until,
+        thresholds=thresholds,
     )
     return sc, start, messages
 
@@ -120,6 +131,7 @@ def run_simulation(
     sc, start, messages = plan_simulation(
         scenario,
         registry=registry,
+        thresholds=load_thresholds(settings.thresholds, registry),
         speed=speed,
         seed=seed,
         duration_s=duration_s,

@@ -1,7 +1,9 @@
 """A realistic, seeded device network for northern Taiwan, written as ``deploy/devices.yaml``.
 
-``python -m simulator.network --out deploy/devices.yaml`` regenerates the file; the same
-seed always gives the same file. The network:
+``python -m simulator.network --out deploy/devices.yaml`` regenerates the file, and the
+``regions`` and ``devices`` sections of ``deploy/thresholds.yaml`` (the townships' R70 and
+the river gauges' warning levels; the ``defaults`` above them are kept as written); the
+same seed always gives the same files. The network:
 
 - 40 townships (districts of Taipei City, New Taipei City, Keelung, Taoyuan, Hsinchu and
   Yilan) with their English and Chinese names, county, an approximate centroid (degrees,
@@ -31,9 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from civic_iot.registry import Device, Registry, Township
+from civic_iot.registry import Device, Registry, Township, flow_yaml, registry_yaml
+from civic_iot.thresholds import Thresholds, thresholds_from
 
 __all__ = [
     "DEFAULT_SEED",
@@ -42,8 +43,11 @@ __all__ = [
     "TownSpec",
     "build_network",
     "dump_registry",
+    "dump_thresholds",
     "main",
     "nearest_township",
+    "network_thresholds",
+    "with_thresholds",
 ]
 
 DEFAULT_SEED = 20250101
@@ -224,19 +228,26 @@ def _cycle(n: int, towns: Sequence[TownSpec]) -> list[TownSpec]:
 
 def build_network(seed: int = DEFAULT_SEED, spec: NetworkSpec | None = None) -> Registry:
     """The northern-Taiwan registry for ``seed``: same seed, same registry."""
+    return _generate(seed, spec)[0]
+
+
+def network_thresholds(seed: int = DEFAULT_SEED, spec: NetworkSpec | None = None) -> Thresholds:
+    """The network's thresholds for ``seed``: the built-in defaults, each hilly township's
+    R70 and each river gauge's warning levels (the ``regions`` and ``devices`` of
+    ``deploy/thresholds.yaml``)."""
+    registry, overrides = _generate(seed, spec)
+    return thresholds_from(overrides, registry, source=f"simulator.network seed {seed}")
+
+
+def _generate(seed: int, spec: NetworkSpec | None) -> tuple[Registry, dict[str, Any]]:
+    """The registry and the thresholds document (``regions``, ``devices``) of a seed."""
     spec = spec if spec is not None else NetworkSpec()
     rng = random.Random(seed)
     townships = tuple(
-        Township(
-            code=t.code,
-            name=t.name,
-            county=t.county,
-            lat=t.lat,
-            lon=t.lon,
-            debris_flow_r70_mm=t.r70_mm,
-        )
-        for t in TOWNS
+        Township(code=t.code, name=t.name, county=t.county, lat=t.lat, lon=t.lon) for t in TOWNS
     )
+    regions = {t.code: {"debris_flow": {"r70_mm": t.r70_mm}} for t in TOWNS if t.r70_mm is not None}
+    lines: dict[str, Any] = {}
     devices: list[Device] = []
 
     def add(
@@ -249,6 +260,8 @@ def build_network(seed: int = DEFAULT_SEED, spec: NetworkSpec | None = None) -> 
         for i, town in enumerate(towns, start=1):
             lat, lon, code = _place(rng, town, spec.jitter_km)
             fields: dict[str, Any] = extra(rng, town) if extra is not None else {}
+            if "river" in fields:
+                lines[f"{prefix}-{i:04d}"] = {"river": fields.pop("river")}
             devices.append(
                 Device.model_validate(
                     {
@@ -279,7 +292,11 @@ def build_network(seed: int = DEFAULT_SEED, spec: NetworkSpec | None = None) -> 
         l1 = round(l2 + r.uniform(0.8, 1.2), 2)
         return {
             "elevation_m": datum,
-            "thresholds": {"river_level_m_l3": l3, "river_level_m_l2": l2, "river_level_m_l1": l1},
+            "river": {
+                "water_level_m_yellow": l3,
+                "water_level_m_orange": l2,
+                "water_level_m_red": l1,
+            },
         }
 
     add("river", "water", "river", _cycle(spec.river, river_towns), river_fields)
@@ -289,7 +306,8 @@ def build_network(seed: int = DEFAULT_SEED, spec: NetworkSpec | None = None) -> 
     add("rain", "water", "rain", _cycle(spec.rain, hilly))
     # Seismic stations: one per township, far-apart ones first so any count spreads wide.
     add("seis", "seismic", "accelerometer", _cycle(spec.seismic, _far_first(TOWNS)))
-    return Registry(townships=townships, devices=tuple(devices))
+    registry = Registry(townships=townships, devices=tuple(devices))
+    return registry, {"regions": regions, "devices": lines}
 
 
 def _far_first(towns: Sequence[TownSpec]) -> list[TownSpec]:
@@ -303,38 +321,64 @@ def _far_first(towns: Sequence[TownSpec]) -> list[TownSpec]:
     return out
 
 
-def _flow(d: dict[str, Any]) -> str:
-    return yaml.safe_dump(
-        d, default_flow_style=True, allow_unicode=True, sort_keys=False, width=1000
-    ).strip()
-
-
 def dump_registry(registry: Registry, seed: int) -> str:
     """The registry as YAML text: one township or device per line, with a header."""
-    lines = [
+    header = [
         "# Generated by `python -m simulator.network --out deploy/devices.yaml`"
         f" (seed {seed}); do not edit by hand.",
-        "# A simulated network for northern Taiwan. Centroids, town codes (MOI 8-digit pattern)",
-        "# and debris-flow R70 thresholds are approximate and unconfirmed: simulation data,",
-        "# not survey data. River thresholds are warning levels as elevations (m);",
-        "# elevation_m of a river gauge is its datum (riverbed) elevation.",
-        "townships:",
+        "# A simulated network for northern Taiwan. Centroids and town codes (MOI 8-digit",
+        "# pattern) are approximate and unconfirmed: simulation data, not survey data.",
+        "# elevation_m of a river gauge is its datum (riverbed) elevation. Thresholds (R70,",
+        "# river warning levels) are in deploy/thresholds.yaml.",
     ]
-    data = registry.model_dump(mode="json", exclude_defaults=True)
-    lines += [f"- {_flow(t)}" for t in data["townships"]]
+    return registry_yaml(registry, header)
+
+
+#: The line of the thresholds file from which :func:`with_thresholds` rewrites it.
+GENERATED_FROM = "regions:"
+_GENERATED_MARK = "# Generated by `python -m simulator.network`"
+
+
+def dump_thresholds(seed: int = DEFAULT_SEED, spec: NetworkSpec | None = None) -> str:
+    """The ``regions`` and ``devices`` sections of the thresholds file, one entry a line."""
+    _, overrides = _generate(seed, spec)
+    lines = [
+        f"{_GENERATED_MARK} (seed {seed}) from here to the end:",
+        "# the simulated network's R70 per hilly township and warning levels (elevations, m)",
+        "# per river gauge; approximate and unconfirmed (simulation data, not the agencies').",
+        GENERATED_FROM,
+    ]
+    lines += [f'  "{code}": {flow_yaml(v)}' for code, v in overrides["regions"].items()]
     lines.append("devices:")
-    lines += [f"- {_flow(d)}" for d in data["devices"]]
+    lines += [f"  {device}: {flow_yaml(v)}" for device, v in overrides["devices"].items()]
     return "\n".join(lines) + "\n"
 
 
+def with_thresholds(text: str, seed: int = DEFAULT_SEED) -> str:
+    """The thresholds file ``text`` with its generated sections rewritten: from the line
+    ``# Generated by `python -m simulator.network`...`` (or the first ``regions:``) to
+    the end; what precedes it, the ``defaults``, stays as written."""
+    lines = text.splitlines()
+    cut = next(
+        (i for i, line in enumerate(lines) if line.startswith(_GENERATED_MARK)),
+        next((i for i, line in enumerate(lines) if line.rstrip() == GENERATED_FROM), len(lines)),
+    )
+    head = "\n".join(lines[:cut]).rstrip("\n")
+    return f"{head}\n\n{dump_thresholds(seed)}" if head else dump_thresholds(seed)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    """Command line: write the generated registry to ``--out``."""
+    """Command line: write the generated registry to ``--out`` and the generated sections
+    of ``--thresholds``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--out", type=Path, default=Path("deploy/devices.yaml"))
+    parser.add_argument("--thresholds", type=Path, default=Path("deploy/thresholds.yaml"))
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
     args = parser.parse_args(argv)
     registry = build_network(args.seed)
     args.out.write_text(dump_registry(registry, args.seed), encoding="utf-8")
+    old = args.thresholds.read_text(encoding="utf-8") if args.thresholds.exists() else ""
+    args.thresholds.write_text(with_thresholds(old, args.seed), encoding="utf-8")
     kinds = {k: len(registry.of_kind(k)) for k in ("air", "water", "seismic")}
     print(f"wrote {args.out}: {len(registry.townships)} townships, {len(registry)} devices {kinds}")
 

@@ -2,11 +2,11 @@
 
 Each device connects with its own credentials (user = device id, password derived from
 the installation's device secret, see :func:`civic_iot.registry.device_password`) over
-MQTT 5 and publishes at QoS 1 on its own topic. Hundreds of devices share one thread:
-:class:`FleetPublisher` drives every paho client through paho's external-loop API
-(``loop_read`` / ``loop_write`` / ``loop_misc``) on one :mod:`selectors` selector.
+MQTT 5 and publishes at QoS 1 on its own topic. Hundreds of devices share one asyncio
+loop: :class:`FleetPublisher` makes each a :class:`civic_iot.mqtt.MqttConnection`, the
+one way civic-iot drives paho.
 
-What is in flight is bounded, per client and overall, and released in ``on_publish``:
+What is in flight is bounded, per client and overall, and released by each PUBACK:
 paho's own bookkeeping slows down as unacknowledged messages pile up (see
 ``docs/stack-notes.md``), so a message waits in our backlog, not in paho's queue.
 
@@ -18,22 +18,16 @@ and the final drain all have timeouts, and whatever is left is counted as failed
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import logging
 import math
-import selectors
-import socket
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
-from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
-
+from civic_iot.mqtt import MqttConnection, MqttError, Reason
 from civic_iot.registry import device_password, device_secret
 from civic_iot.settings import Settings
 from simulator.scenario import SimMessage
@@ -58,13 +52,16 @@ class PublishError(Exception):
 
 
 class MessageSink(Protocol):
-    """The shape every publisher in civic-iot has: add, flush, close."""
+    """The shape every publisher in civic-iot has: add, flush, close.
+
+    ``add`` never waits (it sends or queues); ``flush`` waits for what was added.
+    """
 
     def add(self, message: SimMessage) -> None: ...
 
-    def flush(self, timeout_s: float) -> bool: ...
+    async def flush(self, timeout_s: float) -> bool: ...
 
-    def close(self) -> None: ...
+    async def close(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,12 +142,11 @@ class PublishReport:
 @dataclass(slots=True, eq=False)  # identity hash: devices live in sets
 class _Device:
     user: str
-    client: mqtt.Client
+    conn: MqttConnection
     state: _State = "connecting"
-    #: mid -> (send time, message index)
-    inflight: dict[int, tuple[float, int]] = field(default_factory=dict)
+    #: packet id -> send time (monotonic s): published, not yet acknowledged.
+    inflight: dict[int, float] = field(default_factory=dict)
     backlog: deque[int] = field(default_factory=deque)
-    next_retry: float = 0.0
 
 
 @dataclass(slots=True)
@@ -168,12 +164,12 @@ class _Tally:
 
 
 class FleetPublisher:
-    """Many device clients on one thread, with bounded in-flight windows.
+    """Many device clients on one asyncio loop, with bounded in-flight windows.
 
+    Each device is a :class:`civic_iot.mqtt.MqttConnection`; the loop serves every socket.
     Use :meth:`connect` with the device ids first, then :meth:`add` messages (sent at once
-    when the windows allow, otherwise kept in a per-device backlog), :meth:`poll` to do
-    network I/O, :meth:`flush` to wait for acknowledgements and :meth:`close`.
-    Not thread-safe: one thread owns it.
+    when the windows allow, otherwise kept in a per-device backlog), :meth:`flush` to wait
+    for acknowledgements and :meth:`close`. Not thread-safe: one loop owns it.
     """
 
     def __init__(
@@ -193,18 +189,18 @@ class FleetPublisher:
         self._client_window = client_window
         self._keepalive = keepalive_s
         self._secret = secret
-        self._selector = selectors.DefaultSelector()
         self._devices: dict[str, _Device] = {}
         self._messages: list[SimMessage] = []
         self._waiting: deque[_Device] = deque()  # devices with a backlog, FIFO
-        self._writers: set[_Device] = set()
         self._inflight = 0
         self._backlog = 0
-        self._last_misc = 0.0
+        self._drain_soon = False
+        self._idle = asyncio.Event()  # nothing in flight and no backlog
+        self._idle.set()
         self.tally = _Tally()
 
     # -------------------------------------------------------------------- lifecycle
-    def connect(self, users: Iterable[str], timeout_s: float = 15.0) -> float:
+    async def connect(self, users: Iterable[str], timeout_s: float = 15.0) -> float:
         """Connect one client per user; returns the seconds it took.
 
         Users the broker refuses are marked refused (their messages fail as denied).
@@ -214,34 +210,23 @@ class FleetPublisher:
         if secret is None:
             secret = device_secret(self._settings.data_dir)
         t0 = time.monotonic()
-        host, port = self._settings.mqtt.host, self._settings.mqtt.port
         for user in dict.fromkeys(users):
             if user in self._devices:
                 continue
-            client = mqtt.Client(
-                CallbackAPIVersion.VERSION2,
-                client_id=user,
-                protocol=mqtt.MQTTv5,
-                userdata=None,
-            )
-            dev = _Device(user, client)
-            client.user_data_set(dev)
-            client.username_pw_set(user, device_password(secret, user))
-            client.max_inflight_messages_set(self._client_window)
-            client.on_connect = self._on_connect
-            client.on_disconnect = self._on_disconnect
-            client.on_publish = self._on_publish
-            client.on_socket_open = self._on_socket_open
-            client.on_socket_close = self._on_socket_close
+            dev = self._device(user, device_password(secret, user))
             self._devices[user] = dev
-            try:
-                client.connect(host, port, keepalive=self._keepalive, clean_start=True)
-            except OSError as exc:
-                self.close()
-                msg = f"simulator: cannot reach Mosquitto at {host}:{port} as {user!r}: {exc}"
-                raise PublishError(msg) from exc
-            # Read CONNACKs as they come so the broker's listen backlog never fills.
-            self.poll(0.0)
+            dev.conn.start()
+            # One turn of the loop: the TCP connect happens, and CONNACKs that came are
+            # read as they come, so the broker's listen backlog never fills.
+            await asyncio.sleep(0)
+            if len(self._devices) == 1 and not dev.conn.connected and dev.conn.last_error:
+                await self.close()
+                m = self._settings.mqtt
+                msg = (
+                    f"simulator: cannot reach Mosquitto at {m.host}:{m.port} as {user!r}: "
+                    f"{dev.conn.last_error}"
+                )
+                raise PublishError(msg)
         deadline = t0 + timeout_s
         while any(d.state == "connecting" for d in self._devices.values()):
             if time.monotonic() > deadline:
@@ -250,27 +235,44 @@ class FleetPublisher:
                 for user in slow:
                     self._devices[user].state = "lost"
                 break
-            self.poll(0.05)
+            await asyncio.sleep(0.05)
         return time.monotonic() - t0
 
-    def close(self) -> None:
+    def _device(self, user: str, password: str) -> _Device:
+        made: list[_Device] = []  # the hooks need the device, made just below
+        conn = MqttConnection(
+            host=self._settings.mqtt.host,
+            port=self._settings.mqtt.port,
+            client_id=user,
+            username=user,
+            password=password,
+            keepalive_s=self._keepalive,
+            clean_start=True,
+            max_inflight=self._client_window,
+            nodelay=True,  # latency over batching: each small PUBLISH goes out at once
+            retry_refused=False,
+            on_connect=lambda _session_present: self._on_connect(made[0]),
+            on_disconnect=lambda reason: self._on_disconnect(made[0], reason),
+            on_published=lambda mid, reason: self._on_ack(made[0], mid, reason),
+        )
+        made.append(_Device(user, conn))
+        return made[0]
+
+    async def close(self) -> None:
         """Disconnect every client and release the sockets."""
-        for dev in self._devices.values():
-            was = dev.state
+        devices = list(self._devices.values())
+        for dev in devices:
             dev.state = "closed"
-            if was == "connected":
-                dev.client.disconnect()  # writes DISCONNECT and closes the socket
-            sock = dev.client.socket()
-            if sock is not None:
-                self._on_socket_close(dev.client, dev, sock)
-            dev.client.on_socket_close = None
-            dev.client.on_socket_open = None
+        await asyncio.gather(*(dev.conn.stop(timeout_s=2.0) for dev in devices))
         self._devices.clear()
         self._waiting.clear()
-        self._writers.clear()
-        self._selector.close()
 
     # -------------------------------------------------------------------- sending
+    @property
+    def window(self) -> int:
+        """Most messages in flight over all devices."""
+        return self._window
+
     @property
     def in_flight(self) -> int:
         """Messages published and not yet acknowledged, over all devices."""
@@ -299,6 +301,7 @@ class FleetPublisher:
             self._waiting.append(dev)
         dev.backlog.append(idx)
         self._backlog += 1
+        self._idle.clear()
 
     def _can_send(self, dev: _Device) -> bool:
         return (
@@ -309,26 +312,33 @@ class FleetPublisher:
 
     def _send(self, dev: _Device, idx: int) -> None:
         m = self._messages[idx]
-        info = dev.client.publish(m.topic, m.payload, qos=1)
-        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            self.tally.failures[f"publish:{mqtt.error_string(info.rc)}"] += 1
+        try:
+            mid = dev.conn.send(m.topic, m.payload, qos=1)
+        except MqttError as exc:
+            self.tally.failures[f"publish:{exc}"] += 1
             return
-        dev.inflight[info.mid] = (time.monotonic(), idx)
+        dev.inflight[mid] = time.monotonic()
         self._inflight += 1
+        self._idle.clear()
         self.tally.published += 1
-        if dev.client.want_write():
-            self._writers.add(dev)
 
     def _deny(self, reason: str) -> None:
         self.tally.denied += 1
         self.tally.failures["denied"] += 1
         logger.debug("denied reason=%s", reason)
 
+    def _drain_later(self) -> None:
+        """Drain the backlogs once this turn of the loop has taken every PUBACK it read."""
+        if not self._drain_soon and self._waiting:
+            self._drain_soon = True
+            asyncio.get_running_loop().call_soon(self._drain_backlogs)
+
     def _drain_backlogs(self) -> None:
         """Send from device backlogs, oldest waiting device first, while windows allow."""
+        self._drain_soon = False
         for _ in range(len(self._waiting)):
             if self._inflight >= self._window:
-                return
+                break
             dev = self._waiting.popleft()
             if dev.state == "refused":
                 for _i in dev.backlog:
@@ -341,50 +351,21 @@ class FleetPublisher:
                 self._send(dev, dev.backlog.popleft())
             if dev.backlog:
                 self._waiting.append(dev)
+        self._check_idle()
 
-    # -------------------------------------------------------------------- I/O
-    def poll(self, timeout_s: float) -> None:
-        """One round of network I/O: reads (PUBACKs), pending writes, keepalives."""
-        if self._selector.get_map():
-            for key, _mask in self._selector.select(timeout_s):
-                dev: _Device = key.data
-                dev.client.loop_read()
-                if dev.client.want_write():
-                    self._writers.add(dev)
-        elif timeout_s > 0:
-            time.sleep(timeout_s)
-        for dev in list(self._writers):
-            self._writers.discard(dev)
-            if dev.client.socket() is not None:
-                dev.client.loop_write()
-                if dev.client.want_write():
-                    self._writers.add(dev)
-        now = time.monotonic()
-        if now - self._last_misc >= 1.0:
-            self._last_misc = now
-            for dev in self._devices.values():
-                if dev.state == "connected":
-                    dev.client.loop_misc()
-                elif dev.state == "lost" and now >= dev.next_retry:
-                    self._reconnect(dev, now)
-        self._drain_backlogs()
+    def _check_idle(self) -> None:
+        if not self._inflight and not self._waiting:
+            self._idle.set()
 
-    def _reconnect(self, dev: _Device, now: float) -> None:
-        dev.next_retry = now + 2.0
-        try:
-            dev.state = "connecting"
-            dev.client.reconnect()
-        except OSError as exc:
-            dev.state = "lost"
-            logger.warning("reconnect failed device=%s error=%s", dev.user, exc)
-
-    def flush(self, timeout_s: float) -> bool:
+    async def flush(self, timeout_s: float) -> bool:
         """Wait until every added message is acknowledged or failed; False on timeout."""
-        deadline = time.monotonic() + timeout_s
-        while self._inflight or self._waiting:
-            if time.monotonic() > deadline:
-                return False
-            self.poll(0.05)
+        self._drain_later()
+        self._check_idle()
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._idle.wait()
+        except TimeoutError:
+            return False
         return True
 
     def abandon(self, reason: str) -> None:
@@ -398,73 +379,47 @@ class FleetPublisher:
             dev.inflight.clear()
             dev.backlog.clear()
         self._waiting.clear()
+        self._check_idle()
 
     # -------------------------------------------------------------------- callbacks
-    def _on_socket_open(self, client: mqtt.Client, dev: _Device, sock: Any) -> None:
-        self._selector.register(sock, selectors.EVENT_READ, dev)
-        if isinstance(sock, socket.socket):
-            # Latency over batching: each small PUBLISH goes out at once.
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    def _on_connect(self, dev: _Device) -> None:
+        if dev.state == "closed":
+            return
+        dev.state = "connected"
+        if dev.backlog and dev not in self._waiting:
+            self._waiting.append(dev)
+        self._drain_later()
 
-    def _on_socket_close(self, client: mqtt.Client, dev: _Device, sock: Any) -> None:
-        with contextlib.suppress(KeyError, ValueError):  # never registered, or gone
-            self._selector.unregister(sock)
-        self._writers.discard(dev)
-
-    def _on_connect(
-        self,
-        client: mqtt.Client,
-        dev: _Device,
-        flags: mqtt.ConnectFlags,
-        reason: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
-        if reason.is_failure:
-            dev.state = "refused"
-            logger.info("connection refused device=%s reason=%s", dev.user, reason)
-        else:
-            dev.state = "connected"
-            if dev.backlog and dev not in self._waiting:
-                self._waiting.append(dev)
-
-    def _on_disconnect(
-        self,
-        client: mqtt.Client,
-        dev: _Device,
-        flags: mqtt.DisconnectFlags,
-        reason: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
+    def _on_disconnect(self, dev: _Device, reason: Reason) -> None:
         if dev.state in ("refused", "closed"):
             return
-        logger.warning("disconnected device=%s reason=%s", dev.user, reason)
-        dev.state = "lost"
-        dev.next_retry = time.monotonic() + 1.0
+        if dev.conn.refused is not None:
+            dev.state = "refused"
+            logger.info("connection refused device=%s reason=%s", dev.user, dev.conn.refused)
+            self._drain_later()  # its backlog is denied there
+            return
+        dev.state = "lost"  # the connection reconnects by itself, after its backoff
         # A clean session forgets unacknowledged messages: they are lost, say so.
         if dev.inflight:
             self.tally.failures["disconnected"] += len(dev.inflight)
             self._inflight -= len(dev.inflight)
             dev.inflight.clear()
+            self._check_idle()
 
-    def _on_publish(
-        self,
-        client: mqtt.Client,
-        dev: _Device,
-        mid: int,
-        reason: ReasonCode,
-        properties: Properties,
-    ) -> None:
+    def _on_ack(self, dev: _Device, mid: int, reason: Reason) -> None:
         sent = dev.inflight.pop(mid, None)
         if sent is None:
-            return
+            return  # counted as lost when its connection dropped
         self._inflight -= 1
         now = time.monotonic()
         self.tally.last_ack = now
         if reason.is_failure:
             self._deny(f"puback:{reason}")
-            return
-        self.tally.acknowledged += 1
-        self.tally.latencies.append(now - sent[0])
+        else:
+            self.tally.acknowledged += 1
+            self.tally.latencies.append(now - sent)
+        self._drain_later()
+        self._check_idle()
 
 
 def publish_all(
@@ -483,6 +438,8 @@ def publish_all(
     secret: bytes | None = None,
 ) -> PublishReport:
     """Publish ``messages`` (sorted by ``at_s``) as their devices; returns the counts.
+
+    Runs its own asyncio loop (call it from a thread of its own, not from a loop).
 
     Args:
         messages: what to send, in order (see :func:`simulator.scenario.generate`).
@@ -506,8 +463,36 @@ def publish_all(
         msg = f"speed must be > 0, got {speed}"
         raise ValueError(msg)
     fleet = FleetPublisher(settings, window=window, client_window=client_window, secret=secret)
+    return asyncio.run(
+        _publish(
+            fleet,
+            messages,
+            speed,
+            progress_cb,
+            fast=fast,
+            connect_timeout_s=connect_timeout_s,
+            stall_timeout_s=stall_timeout_s,
+            drain_timeout_s=drain_timeout_s,
+            progress_interval_s=progress_interval_s,
+        )
+    )
+
+
+async def _publish(
+    fleet: FleetPublisher,
+    messages: Sequence[SimMessage],
+    speed: float,
+    progress_cb: Callable[[Progress], None] | None,
+    *,
+    fast: bool,
+    connect_timeout_s: float,
+    stall_timeout_s: float,
+    drain_timeout_s: float,
+    progress_interval_s: float,
+) -> PublishReport:
+    window = fleet.window
     try:
-        connect_s = fleet.connect((m.publisher for m in messages), connect_timeout_s)
+        connect_s = await fleet.connect((m.publisher for m in messages), connect_timeout_s)
         t0 = time.monotonic()
         fleet.tally.last_ack = t0
         n, i = len(messages), 0
@@ -548,8 +533,8 @@ def publish_all(
                 wait = max(0.0, min(0.05, messages[i].at_s / speed - (time.monotonic() - t0)))
             else:
                 wait = 0.0 if fleet.backlog < window else 0.01
-            fleet.poll(wait)
-        if not fleet.flush(drain_timeout_s):
+            await asyncio.sleep(wait)  # the loop serves every device's socket meanwhile
+        if not await fleet.flush(drain_timeout_s):
             fleet.abandon("timeout")
         end = time.monotonic()
         report_progress(end, 0.0)
@@ -568,4 +553,4 @@ def publish_all(
             max_lag_s=max_lag,
         )
     finally:
-        fleet.close()
+        await fleet.close()

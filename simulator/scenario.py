@@ -40,6 +40,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_valida
 from civic_iot.contracts.alerts import Hazard
 from civic_iot.contracts.deadletter import ReasonCode
 from civic_iot.registry import Device, Registry
+from civic_iot.thresholds import Thresholds
 from simulator.waveforms import SimQuake, SimStation, Spike, synthesize_packets
 
 __all__ = [
@@ -477,6 +478,8 @@ class _Context:
     until_s: float
     starts: list[float]
     start_s: float = 0.0
+    #: River gauges' warning levels (what a RiverEvent's ``l3``/``l2``/``l1`` means).
+    thresholds: Thresholds | None = None
 
     def abs_time(self, t: float) -> datetime:
         """Scenario second ``t`` as an aware datetime in Taiwan time, ms resolution."""
@@ -548,14 +551,14 @@ class _DeviceModel:
             datum = d.elevation_m if d.elevation_m is not None else 0.0
             normal = datum + NORMAL_RIVER_DEPTH_M
             stage = normal
+            lines = (
+                self.ctx.thresholds.for_device(d.id, town).river if self.ctx.thresholds else None
+            )
             for e in events:
                 if isinstance(e, RiverEvent):
                     level = e.townships.get(town)
-                    key = f"river_level_m_{level}"
-                    if level is not None and key in d.thresholds:
-                        rise = d.thresholds[key] + e.margin_m - normal
-                    else:
-                        rise = e.background_rise_m
+                    line = lines.line(level) if lines is not None and level is not None else None
+                    rise = line + e.margin_m - normal if line is not None else e.background_rise_m
                     stage += rise * e.at(pt)
             return {"water_level_m": round(stage + r.gauss(0, 0.01), 2)}
         if d.sensor == "flood":
@@ -778,17 +781,20 @@ def generate(
     sample_rate_hz: float | None = None,
     until_s: float | None = None,
     kinds: Iterable[str] = ("air", "water", "seismic"),
+    thresholds: Thresholds | None = None,
 ) -> list[SimMessage]:
     """Every message of ``scenario`` for the devices of ``registry``, ordered by send time.
 
     Args:
         scenario: the scenario.
-        registry: the device network (townships, devices, thresholds).
+        registry: the device network (townships, devices).
         start: event time of scenario second 0 (aware); see :func:`aligned_start`.
         seed: overrides the scenario's seed.
         sample_rate_hz: overrides the scenario's seismic sample rate (<= 100 Hz).
         until_s: stop after this much scenario time, s (default: the whole scenario).
         kinds: device kinds to simulate (garbage is always included).
+        thresholds: the river gauges' warning levels a river event rises to; without
+            them every river gauge rises by the event's background rise.
 
     Returns:
         Messages sorted by ``at_s`` (wall offset at speed 1), then event time, then device.
@@ -808,6 +814,7 @@ def generate(
         until_s=min(scenario.duration_s, until_s if until_s is not None else math.inf),
         starts=scenario.phase_starts(),
         start_s=start.timestamp(),
+        thresholds=thresholds,
     )
     _check_references(scenario, registry)
     wanted = set(kinds)

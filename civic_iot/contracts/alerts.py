@@ -58,7 +58,7 @@ class Finding(BaseModel):
     severity: Severity
     headline: str
     description: str = ""
-    metric: str = Field(description="what was measured, with its unit, e.g. 'aqi' or 'rain_24h_mm'")
+    metric: str = Field(description="what was measured, with unit: 'aqi', 'rainfall_mm_24h' ...")
     value: float
     threshold: float | None = None
     #: Event time of the newest evidence (device clock).

@@ -23,6 +23,7 @@ ReasonCode = Literal[
     "unknown_device",
     "wrong_kind",
     "future_timestamp",
+    "too_old",
     "unsupported_version",
 ]
 

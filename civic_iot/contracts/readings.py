@@ -9,6 +9,7 @@ See ``ingest/README.md`` for the contract as device makers read it.
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
@@ -20,35 +21,82 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from civic_iot.times import to_ns
 
 SCHEMA_VERSION = 1
 MAX_PAYLOAD_BYTES = 64 * 1024
-#: Seismic packets hold at most 10 s of samples at the highest rate.
-MAX_SAMPLES = 1000
+#: The sample rates a seismic packet may declare, Hz: those of the MEMS accelerometers in
+#: use (OpenEEW 31.25 Hz, P-Alert and the CWA's low-cost stations 100 Hz, and the usual
+#: decimations). Anything else is a firmware fault (a period sent as a rate, a typo).
+SEISMIC_RATES_HZ: tuple[float, ...] = (20.0, 25.0, 31.25, 40.0, 50.0, 100.0)
+#: A seismic packet covers at most this many seconds.
+MAX_PACKET_S = 10.0
+#: Samples per axis at most: 10 s at the highest rate.
+MAX_SAMPLES = round(MAX_PACKET_S * max(SEISMIC_RATES_HZ))
+
+#: RFC 3339 date-time with a UTC offset (``T``, ``t`` or a space between date and time,
+#: any number of fraction digits; ``Z`` or ``+hh:mm``).
+_RFC3339 = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:[Zz]|[+-]\d{2}:\d{2})"
+)
+#: Epoch milliseconds at most this (year 5138): larger is a micro- or nanosecond count.
+_MAX_EPOCH_MS = 10**14
+
+
+def _event_time(v: object) -> datetime:
+    """``ts`` as JSON gives it: RFC 3339 text with an offset, or epoch milliseconds as a
+    JSON number. Nothing else: a numeric string (seconds or milliseconds?), a bool, text
+    without an offset (which clock?). Python code may pass an aware ``datetime``."""
+    if isinstance(v, datetime):
+        return v  # strict AwareDatetime refuses a naive one
+    if isinstance(v, str):
+        if not _RFC3339.fullmatch(v):
+            raise PydanticCustomError(
+                "ts_format",
+                "ts must be RFC 3339 text with an offset (2026-11-25T08:00:00+08:00) or "
+                "epoch milliseconds as a JSON number",
+            )
+        try:
+            return datetime.fromisoformat(v)
+        except ValueError as exc:
+            raise PydanticCustomError(
+                "ts_format", "ts is not a valid date-time: {e}", {"e": str(exc)}
+            ) from None
+    if isinstance(v, int | float) and not isinstance(v, bool):
+        if not 0 <= v < _MAX_EPOCH_MS:
+            raise PydanticCustomError("ts_format", "ts in epoch milliseconds must be in [0, 1e14)")
+        return datetime.fromtimestamp(v / 1000, tz=UTC)
+    raise PydanticCustomError(
+        "ts_format", "ts must be RFC 3339 text with an offset or epoch milliseconds"
+    )
 
 
 class _Payload(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+    # strict: JSON numbers only where numbers are meant (no "12.5", no true, no null).
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False, strict=True)
 
-    #: Contract version; only 1 exists.
-    v: Literal[1] = 1
+    #: Contract version; only 1 exists (a JSON integer).
+    v: int = SCHEMA_VERSION
     #: Event time: RFC 3339 with an offset, or epoch milliseconds.
     ts: AwareDatetime
 
+    @field_validator("v", mode="before")
+    @classmethod
+    def _version(cls, v: object) -> object:
+        if type(v) is not int or v != SCHEMA_VERSION:
+            raise PydanticCustomError(
+                "unsupported_version",
+                "contract version {v} is not supported; only the integer 1 exists",
+                {"v": repr(v)},
+            )
+        return v
+
     @field_validator("ts", mode="before")
     @classmethod
-    def _epoch_ms(cls, v: object) -> object:
-        if isinstance(v, bool):
-            msg = "ts must be RFC 3339 text or epoch milliseconds"
-            raise ValueError(msg)
-        if isinstance(v, int | float):
-            if not 0 <= v < 10**14:
-                msg = "ts in epoch milliseconds out of range"
-                raise ValueError(msg)
-            return datetime.fromtimestamp(v / 1000, tz=UTC)
-        return v
+    def _ts(cls, v: object) -> datetime:
+        return _event_time(v)
 
 
 class AirPayload(_Payload):
@@ -106,7 +154,7 @@ class SeismicPayload(_Payload):
     """A packet of three-component acceleration samples; ``ts`` is the first sample's time."""
 
     kind: Literal["seismic"] = "seismic"
-    sample_rate_hz: float = Field(gt=0, le=100, description="samples per second, (0, 100]")
+    sample_rate_hz: float = Field(description="samples per second, one of SEISMIC_RATES_HZ")
     x_gal: Component
     y_gal: Component
     z_gal: Component
@@ -114,13 +162,41 @@ class SeismicPayload(_Payload):
     pga_gal: float | None = Field(None, ge=0, le=4000, description="peak ground acceleration")
     pgv_cms: float | None = Field(None, ge=0, le=1000, description="peak ground velocity, cm/s")
 
+    @field_validator("sample_rate_hz")
+    @classmethod
+    def _known_rate(cls, v: float) -> float:
+        if v not in SEISMIC_RATES_HZ:
+            raise PydanticCustomError(
+                "out_of_range",
+                "sample_rate_hz {v} is not one of {rates} Hz",
+                {"v": v, "rates": ", ".join(f"{r:g}" for r in SEISMIC_RATES_HZ)},
+            )
+        return v
+
     @model_validator(mode="after")
     def _same_length(self) -> SeismicPayload:
         n = {len(self.x_gal), len(self.y_gal), len(self.z_gal)}
         if len(n) != 1:
             msg = "x_gal, y_gal and z_gal must hold the same number of samples"
             raise ValueError(msg)
+        if self.duration_s > MAX_PACKET_S:
+            raise PydanticCustomError(
+                "out_of_range",
+                "a packet of {n} samples at {rate} Hz covers {s} s; at most {max} s",
+                {
+                    "n": len(self.x_gal),
+                    "rate": f"{self.sample_rate_hz:g}",
+                    "s": f"{self.duration_s:g}",
+                    "max": f"{MAX_PACKET_S:g}",
+                },
+            )
         return self
+
+    @property
+    def duration_s(self) -> float:
+        """Seconds the packet covers: its last sample was taken at ``ts + duration_s``
+        minus one sample period."""
+        return len(self.x_gal) / self.sample_rate_hz
 
 
 Payload = Annotated[AirPayload | WaterPayload | SeismicPayload, Field(discriminator="kind")]
@@ -155,6 +231,17 @@ class Reading(BaseModel):
     @property
     def event_time_ns(self) -> int:
         return to_ns(self.event_time)
+
+    def to_record(self) -> bytes:
+        """The value of this reading's Kafka record on ``readings.{kind}``: JSON, and the
+        payload as the device contract has it (a field without a value left out)."""
+        return self.model_dump_json(exclude_none=True).encode()
+
+    @classmethod
+    def from_record(cls, value: bytes) -> Reading:
+        """A reading from its Kafka record (:meth:`to_record`), validated again: anyone
+        who may produce to the topic could have written it."""
+        return cls.model_validate_json(value)
 
 
 #: The payload model of each reading kind (the last segment of a device topic).

@@ -7,8 +7,10 @@ The JSON files are committed (Grafana's file provisioning and ``civic-iot grafan
 provision`` read them); ``tests/unit/grafana/test_dashboards.py`` checks they equal this
 generator's output, so edit the specs here, never the JSON.
 
-Every query is Flux against the InfluxDB datasource ``civic-influxdb`` and names only the
-buckets, measurements, tags and fields of ``docs/storage.md``. Grafana replaces
+Every query is Flux against the InfluxDB datasource ``civic-influxdb`` and names its
+measurement through the storage schema (:mod:`civic_iot.storage.schema`, from which
+``docs/storage.md`` is generated): the bucket is the measurement's, and a field the
+measurement lacks stops the build. Grafana replaces
 ``v.timeRangeStart``, ``v.timeRangeStop`` and ``v.windowPeriod`` and the template variables
 (``${township:regex}`` and friends; "All" is the regex ``.*``).
 """
@@ -21,6 +23,9 @@ import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
+
+from civic_iot.storage import schema
+from civic_iot.storage.schema import Measurement
 
 Json = dict[str, Any]
 
@@ -54,8 +59,7 @@ DEVICE = _regex("device")
 
 
 def flux(
-    bucket: str,
-    measurement: str | Sequence[str],
+    measurement: Measurement | Sequence[Measurement],
     fields: Sequence[str] = (),
     *,
     where: Sequence[str] = (),
@@ -63,14 +67,26 @@ def flux(
     imports: Sequence[str] = (),
     range_: str = RANGE,
 ) -> str:
-    """``from |> range |> filter(measurement) |> filter(fields) |> filter(where) |> then``."""
+    """``from |> range |> filter(measurement) |> filter(fields) |> filter(where) |> then``.
+
+    The bucket is the measurements' (by its default name, the role; ``ops.grafana``
+    points it at the configured bucket), and every field must be one of theirs.
+    """
+    ms = [measurement] if isinstance(measurement, Measurement) else list(measurement)
+    buckets = {m.bucket for m in ms}
+    if len(buckets) != 1:
+        msg = f"one query, one bucket: {[m.name for m in ms]} live in {sorted(buckets)}"
+        raise ValueError(msg)
+    for f in fields:
+        if not any(f in m.field_names for m in ms):
+            msg = f"no measurement of {[m.name for m in ms]} has a field {f!r} (schema.py)"
+            raise KeyError(msg)
     lines = [f'import "{name}"' for name in imports]
     if imports:
         lines.append("")
-    lines += [f'from(bucket: "{bucket}")', f"  |> {range_}"]
-    names = [measurement] if isinstance(measurement, str) else list(measurement)
+    lines += [f'from(bucket: "{ms[0].bucket}")', f"  |> {range_}"]
     lines.append(
-        "  |> filter(fn: (r) => " + " or ".join(f'r._measurement == "{m}"' for m in names) + ")"
+        "  |> filter(fn: (r) => " + " or ".join(f'r._measurement == "{m.name}"' for m in ms) + ")"
     )
     if fields:
         lines.append(
@@ -126,7 +142,7 @@ OPEN_COUNT = ['count(column: "alert_id")', 'rename(columns: {alert_id: "open"})'
 
 
 def open_alerts_query(then: Sequence[str], where: Sequence[str] = ()) -> str:
-    return flux("alerts", "alert", range_=OPEN_LOOKBACK, then=[*open_alerts((), where), *then])
+    return flux(schema.ALERT, range_=OPEN_LOOKBACK, then=[*open_alerts((), where), *then])
 
 
 # ------------------------------------------------------------------- field configuration
@@ -513,22 +529,25 @@ def query_variable(
     return var
 
 
-def tag_values(bucket: str, measurement: str, tag: str, where: Sequence[str] = ()) -> str:
-    predicate = " and ".join([f'r._measurement == "{measurement}"', *where])
+def tag_values(measurement: Measurement, tag: str, where: Sequence[str] = ()) -> str:
+    if tag not in measurement.tag_names:
+        msg = f"measurement {measurement.name} has no tag {tag!r} (schema.py)"
+        raise KeyError(msg)
+    predicate = " and ".join([f'r._measurement == "{measurement.name}"', *where])
     return (
         'import "influxdata/influxdb/schema"\n\n'
-        f'schema.tagValues(bucket: "{bucket}", tag: "{tag}", '
+        f'schema.tagValues(bucket: "{measurement.bucket}", tag: "{tag}", '
         f"predicate: (r) => {predicate}, start: -30d)"
     )
 
 
-def township_var(bucket: str, measurement: str) -> Json:
-    return query_variable("township", "Township", tag_values(bucket, measurement, "township"))
+def township_var(measurement: Measurement) -> Json:
+    return query_variable("township", "Township", tag_values(measurement, "township"))
 
 
-def device_var(bucket: str, measurement: str, *, township: bool = True) -> Json:
+def device_var(measurement: Measurement, *, township: bool = True) -> Json:
     where = [TOWNSHIP] if township else []
-    return query_variable("device", "Device", tag_values(bucket, measurement, "device", where))
+    return query_variable("device", "Device", tag_values(measurement, "device", where))
 
 
 # -------------------------------------------------------------------------- dashboards
@@ -608,15 +627,14 @@ def dashboard(
 # ---- overview
 
 
-def _map_layer(measurement: str, value: str, extra_tags: Sequence[str] = ()) -> str:
+def _map_layer(measurement: Measurement, value: str, extra_tags: Sequence[str] = ()) -> str:
     keep = ["device", "township", *extra_tags, value, "lat", "lon"]
-    return flux("derived", measurement, [value, "lat", "lon"], then=latest_row("device", keep))
+    return flux(measurement, [value, "lat", "lon"], then=latest_row("device", keep))
 
 
 def overview() -> Json:
     rate_in = flux(
-        "derived",
-        "pipeline",
+        schema.PIPELINE,
         ["readings_in", "readings_out"],
         then=[
             # Totals since each process started; the rate survives restarts (nonNegative).
@@ -635,15 +653,14 @@ def overview() -> Json:
         ),
         stat(
             "Highest AQI now",
-            flux("derived", "air_quality", ["aqi"], then=["last()", "group()", "max()"]),
+            flux(schema.AIR_QUALITY, ["aqi"], then=["last()", "group()", "max()"]),
             thresholds=AQI_STEPS,
             description="The highest latest AQI over every air sensor.",
         ),
         stat(
             "Gauges at a warning level",
             flux(
-                "derived",
-                "water_level",
+                schema.WATER_LEVEL,
                 ["level"],
                 then=[
                     "last()",
@@ -658,8 +675,7 @@ def overview() -> Json:
         stat(
             "Seismic stations triggered",
             flux(
-                "derived",
-                "seismic_station",
+                schema.SEISMIC_STATION,
                 ["triggered"],
                 then=["last()", as_flag(), "group()", "sum()"],
             ),
@@ -668,15 +684,14 @@ def overview() -> Json:
         ),
         stat(
             "Highest rain class",
-            flux("derived", "rain", ["rain_class"], then=["last()", "group()", "max()"]),
+            flux(schema.RAIN, ["rain_class"], then=["last()", "group()", "max()"]),
             thresholds=RAIN_STEPS,
             mappings=RAIN_MAP,
         ),
         stat(
             "Readings stored / s",
             flux(
-                "derived",
-                "pipeline",
+                schema.PIPELINE,
                 ["readings_out"],
                 where=['r.process == "worker"'],
                 then=["derivative(unit: 1s, nonNegative: true)", "last()", "group()", "sum()"],
@@ -688,24 +703,24 @@ def overview() -> Json:
         geomap(
             "Sensors: latest AQI, water level, rain class, intensity",
             [
-                ("Air (AQI)", _map_layer("air_quality", "aqi"), "aqi", AQI_STEPS, []),
+                ("Air (AQI)", _map_layer(schema.AIR_QUALITY, "aqi"), "aqi", AQI_STEPS, []),
                 (
                     "Water gauges (level)",
-                    _map_layer("water_level", "level", ["sensor"]),
+                    _map_layer(schema.WATER_LEVEL, "level", ["sensor"]),
                     "level",
                     LEVEL_STEPS,
                     LEVEL_MAP,
                 ),
                 (
                     "Rain gauges (class)",
-                    _map_layer("rain", "rain_class"),
+                    _map_layer(schema.RAIN, "rain_class"),
                     "rain_class",
                     RAIN_STEPS,
                     RAIN_MAP,
                 ),
                 (
                     "Seismic stations (intensity)",
-                    _map_layer("seismic_station", "intensity_rank"),
+                    _map_layer(schema.SEISMIC_STATION, "intensity_rank"),
                     "intensity_rank",
                     INTENSITY_STEPS,
                     INTENSITY_MAP,
@@ -753,18 +768,17 @@ def overview() -> Json:
 def air_quality() -> Json:
     per_device = "${__field.labels.device}"
     latest = flux(
-        "derived",
-        "air_quality",
+        schema.AIR_QUALITY,
         [
             "aqi",
             "category",
             "leading",
             "level",
-            "pm2_5_rt",
-            "pm2_5_1h",
-            "pm10_rt",
-            "o3_8h_ppm",
-            "co_8h_ppm",
+            "pm2_5_ugm3_rt",
+            "pm2_5_ugm3_1h",
+            "pm10_ugm3_rt",
+            "o3_ppb_8h",
+            "co_ppm_8h",
         ],
         where=[TOWNSHIP, DEVICE],
         then=[
@@ -777,11 +791,11 @@ def air_quality() -> Json:
                     "category",
                     "leading",
                     "level",
-                    "pm2_5_rt",
-                    "pm2_5_1h",
-                    "pm10_rt",
-                    "o3_8h_ppm",
-                    "co_8h_ppm",
+                    "pm2_5_ugm3_rt",
+                    "pm2_5_ugm3_1h",
+                    "pm10_ugm3_rt",
+                    "o3_ppb_8h",
+                    "co_ppm_8h",
                 ],
             ),
             'sort(columns: ["aqi"], desc: true)',
@@ -791,8 +805,7 @@ def air_quality() -> Json:
         timeseries(
             "AQI per township (highest sensor)",
             flux(
-                "derived",
-                "air_quality",
+                schema.AIR_QUALITY,
                 ["aqi"],
                 where=[TOWNSHIP],
                 then=['group(columns: ["township"])', WINDOW_MAX],
@@ -803,8 +816,7 @@ def air_quality() -> Json:
         state_timeline(
             "Township air level",
             flux(
-                "derived",
-                "township_air",
+                schema.TOWNSHIP_AIR,
                 ["level"],
                 where=[TOWNSHIP],
                 then=[WINDOW_MAX],
@@ -817,7 +829,7 @@ def air_quality() -> Json:
         timeseries(
             "PM2.5 real-time (µg/m³)",
             flux(
-                "derived", "air_quality", ["pm2_5_rt"], where=[TOWNSHIP, DEVICE], then=[WINDOW_MAX]
+                schema.AIR_QUALITY, ["pm2_5_ugm3_rt"], where=[TOWNSHIP, DEVICE], then=[WINDOW_MAX]
             ),
             unit="conμgm3",
             legend=per_device,
@@ -826,7 +838,7 @@ def air_quality() -> Json:
         timeseries(
             "PM2.5 1-hour mean (µg/m³)",
             flux(
-                "derived", "air_quality", ["pm2_5_1h"], where=[TOWNSHIP, DEVICE], then=[WINDOW_MAX]
+                schema.AIR_QUALITY, ["pm2_5_ugm3_1h"], where=[TOWNSHIP, DEVICE], then=[WINDOW_MAX]
             ),
             unit="conμgm3",
             legend=per_device,
@@ -850,8 +862,7 @@ def air_quality() -> Json:
         bargauge(
             "Leading pollutant (sensors)",
             flux(
-                "derived",
-                "air_quality",
+                schema.AIR_QUALITY,
                 ["leading"],
                 where=[TOWNSHIP, DEVICE],
                 then=[
@@ -867,8 +878,7 @@ def air_quality() -> Json:
         timeseries(
             "Township: highest AQI and sensors agreeing",
             flux(
-                "derived",
-                "township_air",
+                schema.TOWNSHIP_AIR,
                 ["max_aqi", "sensors_agreeing"],
                 where=[TOWNSHIP],
                 then=[WINDOW_MAX],
@@ -876,22 +886,20 @@ def air_quality() -> Json:
             legend="${__field.labels.township} ${__field.name}",
         ),
         timeseries(
-            "O3 8-hour and CO 8-hour (ppm)",
+            "O3 8-hour (ppb) and CO 8-hour (ppm)",
             flux(
-                "derived",
-                "air_quality",
-                ["o3_8h_ppm", "co_8h_ppm"],
+                schema.AIR_QUALITY,
+                ["o3_ppb_8h", "co_ppm_8h"],
                 where=[TOWNSHIP, DEVICE],
                 then=[WINDOW_MAX],
             ),
-            unit="ppm",
             legend="${__field.labels.device} ${__field.name}",
+            description="The units are in the field names: O3 in ppb, CO in ppm.",
         ),
         timeseries(
             "Raw readings: PM2.5 and PM10 (µg/m³)",
             flux(
-                "readings",
-                "air",
+                schema.AIR,
                 ["pm2_5_ugm3", "pm10_ugm3"],
                 where=[TOWNSHIP, DEVICE],
                 then=[WINDOW_MEAN],
@@ -907,7 +915,7 @@ def air_quality() -> Json:
         "civic-iot: air quality",
         "AQI per township and sensor (MOENV 2025), PM2.5, leading pollutant, township levels.",
         panels,
-        variables=[township_var("derived", "air_quality"), device_var("derived", "air_quality")],
+        variables=[township_var(schema.AIR_QUALITY), device_var(schema.AIR_QUALITY)],
         time_from="now-12h",
     )
 
@@ -921,8 +929,7 @@ def water() -> Json:
         timeseries(
             "River stage (m)",
             flux(
-                "derived",
-                "water_level",
+                schema.WATER_LEVEL,
                 ["water_level_m"],
                 where=['r.sensor == "river"', TOWNSHIP, DEVICE],
                 then=[WINDOW_MAX],
@@ -934,8 +941,7 @@ def water() -> Json:
         timeseries(
             "Flood depth (cm)",
             flux(
-                "derived",
-                "water_level",
+                schema.WATER_LEVEL,
                 ["flood_depth_cm"],
                 where=['r.sensor == "flood"', TOWNSHIP, DEVICE],
                 then=[WINDOW_MAX],
@@ -945,7 +951,7 @@ def water() -> Json:
         ),
         state_timeline(
             "Gauge warning level",
-            flux("derived", "water_level", ["level"], where=[TOWNSHIP, DEVICE], then=[WINDOW_MAX]),
+            flux(schema.WATER_LEVEL, ["level"], where=[TOWNSHIP, DEVICE], then=[WINDOW_MAX]),
             mappings=LEVEL_MAP,
             thresholds=LEVEL_STEPS,
             legend=per_device,
@@ -954,8 +960,7 @@ def water() -> Json:
         timeseries(
             "Rise rate (cm / 10 min)",
             flux(
-                "derived",
-                "water_level",
+                schema.WATER_LEVEL,
                 ["rise_cm_per_10min"],
                 where=[TOWNSHIP, DEVICE],
                 then=[WINDOW_MAX],
@@ -965,8 +970,7 @@ def water() -> Json:
         table(
             "Gauges now",
             flux(
-                "derived",
-                "water_level",
+                schema.WATER_LEVEL,
                 ["level", "water_level_m", "flood_depth_cm", "rise_cm_per_10min", "rise_level"],
                 where=[TOWNSHIP, DEVICE],
                 then=[
@@ -996,9 +1000,8 @@ def water() -> Json:
         timeseries(
             "Rain accumulation 1 h / 3 h / 24 h (mm)",
             flux(
-                "derived",
-                "rain",
-                ["rain_1h_mm", "rain_3h_mm", "rain_24h_mm"],
+                schema.RAIN,
+                ["rainfall_mm_1h", "rainfall_mm_3h", "rainfall_mm_24h"],
                 where=[TOWNSHIP, DEVICE],
                 then=[WINDOW_LAST],
             ),
@@ -1007,23 +1010,22 @@ def water() -> Json:
         ),
         state_timeline(
             "Rain class (CWA)",
-            flux("derived", "rain", ["rain_class"], where=[TOWNSHIP, DEVICE], then=[WINDOW_MAX]),
+            flux(schema.RAIN, ["rain_class"], where=[TOWNSHIP, DEVICE], then=[WINDOW_MAX]),
             mappings=RAIN_MAP,
             thresholds=RAIN_STEPS,
             legend=per_device,
         ),
         timeseries(
             "Rainfall triggering index (RTI)",
-            flux("derived", "rain", ["rti"], where=[TOWNSHIP, DEVICE], then=[WINDOW_MAX]),
+            flux(schema.RAIN, ["rti"], where=[TOWNSHIP, DEVICE], then=[WINDOW_MAX]),
             legend=per_device,
             description="Debris-flow rainfall triggering index of each rain gauge.",
         ),
         timeseries(
             "Debris flow: event rain against the threshold in use (mm)",
             flux(
-                "derived",
-                "rain",
-                ["event_rain_mm", "debris_flow_threshold_mm"],
+                schema.RAIN,
+                ["rainfall_mm_event", "debris_flow_threshold_mm"],
                 where=[TOWNSHIP, DEVICE],
                 then=[WINDOW_MAX],
             ),
@@ -1035,11 +1037,10 @@ def water() -> Json:
         table(
             "Rain gauges now: debris flow",
             flux(
-                "derived",
-                "rain",
+                schema.RAIN,
                 [
                     "debris_flow_level",
-                    "event_rain_mm",
+                    "rainfall_mm_event",
                     "debris_flow_threshold_mm",
                     "debris_flow_threshold_kind",
                     "rti",
@@ -1052,13 +1053,13 @@ def water() -> Json:
                             "device",
                             "township",
                             "debris_flow_level",
-                            "event_rain_mm",
+                            "rainfall_mm_event",
                             "debris_flow_threshold_mm",
                             "debris_flow_threshold_kind",
                             "rti",
                         ],
                     ),
-                    'sort(columns: ["debris_flow_level", "event_rain_mm"], desc: true)',
+                    'sort(columns: ["debris_flow_level", "rainfall_mm_event"], desc: true)',
                 ],
             ),
             overrides=[by_name("debris_flow_level", mappings=DEBRIS_MAP)],
@@ -1069,8 +1070,7 @@ def water() -> Json:
         timeseries(
             "Raw readings: water level, flood depth, rainfall",
             flux(
-                "readings",
-                "water",
+                schema.WATER,
                 ["water_level_m", "flood_depth_cm", "rainfall_mm"],
                 where=[TOWNSHIP, DEVICE],
                 then=[WINDOW_MEAN],
@@ -1085,7 +1085,7 @@ def water() -> Json:
         "civic-iot: water and rain",
         "River stage and flood depth against warning levels; rain 1/3/24 h, rain class, RTI.",
         panels,
-        variables=[township_var("readings", "water"), device_var("readings", "water")],
+        variables=[township_var(schema.WATER), device_var(schema.WATER)],
         time_from="now-12h",
     )
 
@@ -1101,8 +1101,7 @@ def earthquake() -> Json:
         "event_id",
         "Event",
         flux(
-            "derived",
-            "quake_event",
+            schema.QUAKE_EVENT,
             ["magnitude"],
             range_="range(start: -30d)",
             then=[
@@ -1116,8 +1115,7 @@ def earthquake() -> Json:
         sort=0,  # newest first, as the query returns them: the default is the latest event
     )
     cells = flux(
-        "derived",
-        "quake_cell",
+        schema.QUAKE_CELL,
         ["lat", "lon", "intensity_rank", "intensity", "s_wave_s"],
         range_="range(start: -30d)",
         where=[EVENT],
@@ -1134,22 +1132,20 @@ def earthquake() -> Json:
     panels = [
         timeseries(
             "Station PGA (gal)",
-            flux("derived", "seismic_station", ["pga_gal"], where=[DEVICE], then=[WINDOW_MAX]),
+            flux(schema.SEISMIC_STATION, ["pga_gal"], where=[DEVICE], then=[WINDOW_MAX]),
             unit="suffix: gal",
             legend=per_device,
             description="Peak ground acceleration per station (1 gal = 1 cm/s²).",
         ),
         timeseries(
             "Station PGV (cm/s)",
-            flux("derived", "seismic_station", ["pgv_cms"], where=[DEVICE], then=[WINDOW_MAX]),
+            flux(schema.SEISMIC_STATION, ["pgv_cms"], where=[DEVICE], then=[WINDOW_MAX]),
             unit="suffix: cm/s",
             legend=per_device,
         ),
         state_timeline(
             "Station intensity (CWA)",
-            flux(
-                "derived", "seismic_station", ["intensity_rank"], where=[DEVICE], then=[WINDOW_MAX]
-            ),
+            flux(schema.SEISMIC_STATION, ["intensity_rank"], where=[DEVICE], then=[WINDOW_MAX]),
             mappings=INTENSITY_MAP,
             thresholds=INTENSITY_STEPS,
             legend=per_device,
@@ -1157,8 +1153,7 @@ def earthquake() -> Json:
         timeseries(
             "Event timeline (magnitude)",
             flux(
-                "derived",
-                "quake_event",
+                schema.QUAKE_EVENT,
                 ["magnitude"],
                 then=['group(columns: ["event_id"])', WINDOW_MAX],
             ),
@@ -1170,8 +1165,7 @@ def earthquake() -> Json:
         stat(
             "Selected event",
             flux(
-                "derived",
-                "quake_event",
+                schema.QUAKE_EVENT,
                 ["magnitude", "depth_km", "n_stations", "max_intensity_rank"],
                 range_="range(start: -30d)",
                 where=[EVENT],
@@ -1186,8 +1180,7 @@ def earthquake() -> Json:
         table(
             "Events",
             flux(
-                "derived",
-                "quake_event",
+                schema.QUAKE_EVENT,
                 [
                     "origin_time",
                     "magnitude",
@@ -1234,8 +1227,7 @@ def earthquake() -> Json:
         table(
             "Stations now",
             flux(
-                "derived",
-                "seismic_station",
+                schema.SEISMIC_STATION,
                 ["pga_gal", "pgv_cms", "intensity", "triggered"],
                 where=[DEVICE],
                 then=[
@@ -1251,8 +1243,7 @@ def earthquake() -> Json:
         timeseries(
             "Raw samples: peak |acceleration| (gal)",
             flux(
-                "seismic",
-                "seismic_sample",
+                schema.SEISMIC_SAMPLE,
                 ["x_gal", "y_gal", "z_gal"],
                 imports=["math"],
                 where=[DEVICE],
@@ -1268,7 +1259,7 @@ def earthquake() -> Json:
         "Station PGA/PGV and intensity, events, grid-cell intensity and S-wave warning time.",
         panels,
         variables=[
-            device_var("derived", "seismic_station", township=False),
+            device_var(schema.SEISMIC_STATION, township=False),
             event_var,
         ],
         time_from="now-1h",
@@ -1312,8 +1303,7 @@ def alerts() -> Json:
         timeseries(
             "Messages by type",
             flux(
-                "alerts",
-                "alert",
+                schema.ALERT,
                 ["sequence"],
                 where=[HAZARD],
                 then=['group(columns: ["msg_type"])', WINDOW_COUNT],
@@ -1337,8 +1327,7 @@ def alerts() -> Json:
         table(
             "History",
             flux(
-                "alerts",
-                "alert",
+                schema.ALERT,
                 where=[HAZARD],
                 then=[
                     'pivot(rowKey: ["_time"], columnKey: ["_field"], valueColumn: "_value")',
@@ -1353,8 +1342,7 @@ def alerts() -> Json:
         timeseries(
             "Issue latency, candidate to message (ms)",
             flux(
-                "alerts",
-                "alert",
+                schema.ALERT,
                 ["latency_ms"],
                 where=[HAZARD],
                 then=['group(columns: ["hazard"])', WINDOW_MAX],
@@ -1366,8 +1354,7 @@ def alerts() -> Json:
         bargauge(
             "Deliveries by channel and outcome",
             flux(
-                "alerts",
-                "delivery",
+                schema.DELIVERY,
                 ["attempt"],
                 then=count_by(["channel", "outcome"], "_value"),
             ),
@@ -1377,8 +1364,7 @@ def alerts() -> Json:
         timeseries(
             "Delivery results over time",
             flux(
-                "alerts",
-                "delivery",
+                schema.DELIVERY,
                 ["attempt"],
                 then=['group(columns: ["channel", "outcome"])', WINDOW_COUNT],
             ),
@@ -1388,8 +1374,7 @@ def alerts() -> Json:
         timeseries(
             "Delivery latency, issued to delivered (ms)",
             flux(
-                "alerts",
-                "delivery",
+                schema.DELIVERY,
                 ["latency_ms"],
                 where=['r.outcome == "delivered"'],
                 then=['group(columns: ["channel"])', WINDOW_MAX],
@@ -1400,8 +1385,7 @@ def alerts() -> Json:
         table(
             "Latest delivery attempts",
             flux(
-                "alerts",
-                "delivery",
+                schema.DELIVERY,
                 then=[
                     'pivot(rowKey: ["_time"], columnKey: ["_field"], valueColumn: "_value")',
                     "group()",
@@ -1416,8 +1400,7 @@ def alerts() -> Json:
         table(
             "Acknowledgements",
             flux(
-                "alerts",
-                "ack",
+                schema.ACK,
                 where=[HAZARD],
                 then=[
                     'pivot(rowKey: ["_time"], columnKey: ["_field"], valueColumn: "_value")',
@@ -1434,7 +1417,7 @@ def alerts() -> Json:
         "civic-iot: alerts",
         "Open alerts, message history, delivery results and acknowledgements.",
         panels,
-        variables=[query_variable("hazard", "Hazard", tag_values("alerts", "alert", "hazard"))],
+        variables=[query_variable("hazard", "Hazard", tag_values(schema.ALERT, "hazard"))],
         time_from="now-24h",
     )
 
@@ -1450,8 +1433,7 @@ def pipeline() -> Json:
         timeseries(
             "Readings in / out (per second)",
             flux(
-                "derived",
-                "pipeline",
+                schema.PIPELINE,
                 ["readings_in", "readings_out"],
                 where=[PROCESS],
                 then=[
@@ -1466,8 +1448,7 @@ def pipeline() -> Json:
         timeseries(
             "Dead letters by reason",
             flux(
-                "readings",
-                "deadletter",
+                schema.DEADLETTER,
                 ["count"],
                 then=['group(columns: ["reason"])', WINDOW_SUM],
             ),
@@ -1478,8 +1459,7 @@ def pipeline() -> Json:
         timeseries(
             "Write errors and dead letters (per interval)",
             flux(
-                "derived",
-                "pipeline",
+                schema.PIPELINE,
                 ["write_errors", "deadletters"],
                 where=[PROCESS],
                 then=["difference(nonNegative: true)", WINDOW_SUM],
@@ -1489,14 +1469,13 @@ def pipeline() -> Json:
         ),
         timeseries(
             "Kafka consumer lag (messages)",
-            flux("derived", "pipeline", ["lag"], where=[PROCESS], then=[WINDOW_MAX]),
+            flux(schema.PIPELINE, ["lag"], where=[PROCESS], then=[WINDOW_MAX]),
             legend=per_instance,
         ),
         timeseries(
             "Latency p50 / p99 (ms)",
             flux(
-                "derived",
-                "pipeline",
+                schema.PIPELINE,
                 ["latency_p50_ms", "latency_p99_ms"],
                 where=[PROCESS],
                 then=[WINDOW_MAX],
@@ -1507,8 +1486,7 @@ def pipeline() -> Json:
         table(
             "Process totals since start",
             flux(
-                "derived",
-                "pipeline",
+                schema.PIPELINE,
                 ["readings_in", "readings_out", "deadletters", "write_errors", "lag"],
                 where=[PROCESS],
                 then=[
@@ -1525,8 +1503,7 @@ def pipeline() -> Json:
         table(
             "Latest dead letters",
             flux(
-                "readings",
-                "deadletter",
+                schema.DEADLETTER,
                 then=[
                     'pivot(rowKey: ["_time"], columnKey: ["_field"], valueColumn: "_value")',
                     "group()",
@@ -1540,8 +1517,7 @@ def pipeline() -> Json:
         timeseries(
             "Late readings (per interval)",
             flux(
-                "readings",
-                ["air", "water"],
+                [schema.AIR, schema.WATER],
                 ["late"],
                 then=[as_flag(), 'group(columns: ["_measurement"])', WINDOW_SUM],
             ),
@@ -1552,8 +1528,7 @@ def pipeline() -> Json:
         table(
             "Sensor health: active issues",
             flux(
-                "derived",
-                "sensor_health",
+                schema.SENSOR_HEALTH,
                 ["active", "detail"],
                 then=[
                     "last()",
@@ -1573,9 +1548,7 @@ def pipeline() -> Json:
         "civic-iot: pipeline health",
         "Throughput, Kafka lag, latencies, dead letters and write errors of every process.",
         panels,
-        variables=[
-            query_variable("process", "Process", tag_values("derived", "pipeline", "process"))
-        ],
+        variables=[query_variable("process", "Process", tag_values(schema.PIPELINE, "process"))],
         time_from="now-1h",
     )
 

@@ -127,7 +127,7 @@ class DeviceAgent(BatchAgent, Generic[S, OutcomeT]):
     def _decode(self, event: EventT[Any]) -> Reading | None:
         self.stats.counters["readings_in"] += 1
         try:
-            return Reading.model_validate_json(event.value)
+            return Reading.from_record(event.value)
         except ValidationError as exc:
             # ingest validated it: a message that is no Reading is not ours to store.
             self.stats.counters["deadletters"] += 1

@@ -34,7 +34,12 @@ The AQI inputs (source: domain.md, MOENV):
 * NO2 and SO2: the current hour; SO2 also the 24-hour mean (used above AQI 200) when
   at least ``min_valid_24h`` hours are valid.
 
-The alert level comes from a :class:`~.levels.LevelTracker` on the AQI.
+The alert level comes from a :class:`~.levels.LevelTracker` on the AQI, against the
+``air_quality`` lines of the thresholds file (:class:`civic_iot.thresholds.AirQualityThresholds`).
+
+Figures are named by the storage rule (:func:`civic_iot.storage.schema.windowed`): the
+reading field plus the window, in the reading's unit (``pm2_5_ugm3_1h``, ``o3_ppb_8h``,
+``pm2_5_ugm3_rt`` for the MOENV real-time average).
 """
 
 from __future__ import annotations
@@ -44,15 +49,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from civic_iot.storage.schema import Window, windowed
+from civic_iot.thresholds import AirQualityThresholds
 from processors.detectors.aqi import (
     MOENV_2025,
-    UNITS,
     AqiResult,
     AqiTables,
     Pollutant,
     compute_aqi,
+    pm2_5_table,
 )
-from processors.detectors.levels import Ladder, LevelStep, LevelTracker, merge_thresholds
+from processors.detectors.levels import Ladder, LevelStep, LevelTracker
 from processors.detectors.state import stored
 from processors.detectors.windows import BucketSeries, epoch_s, from_epoch
 
@@ -67,10 +74,6 @@ AIR_FIELDS: Mapping[str, str] = {
 }
 
 HOUR_S = 3600
-
-#: Threshold names a region or device may override (AQI values), with ``aqi_warn`` as an
-#: alias of ``aqi_l1``.
-AIR_THRESHOLD_NAMES = ("aqi_l1", "aqi_l2", "aqi_l3", "aqi_clear_margin")
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,16 +92,9 @@ class AirConfig:
     min_valid_24h: int = 18
     #: Hours of history kept per pollutant (the longest window, SO2 24 h).
     history_hours: int = 24
-    # Alert ladder on the AQI: levels 1/2/3 above 100/150/200, i.e. from the first index
-    # of the orange, red and purple MOENV categories (101, 151, 201). Local choice.
-    aqi_l1: float = 101
-    aqi_l2: float = 151
-    aqi_l3: float = 201
-    #: A level is left only below its line minus this many AQI points. Local choice.
-    aqi_clear_margin: float = 10
-    #: Named threshold overrides per region (township code), applied before the device's.
-    regions: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
-    tables: AqiTables = MOENV_2025
+    #: The alert ladder on the AQI and the PM2.5 breakpoints (the thresholds file's
+    #: ``air_quality`` section, with a region's or device's overrides applied).
+    lines: AirQualityThresholds = field(default_factory=AirQualityThresholds)
     # Township aggregation (local choices).
     #: A township level needs this many sensors at or above it (fewer if it has fewer).
     min_agreeing_sensors: int = 2
@@ -106,26 +102,19 @@ class AirConfig:
     hotspot_min_sensors: int = 3
     #: A sensor not heard for this long (event time) no longer counts for its township.
     sensor_timeout_s: float = 3600.0
+    #: The breakpoint tables: MOENV 2025 with ``lines``' PM2.5 table.
+    tables: AqiTables = field(init=False, default=MOENV_2025)
+    _ladder: Ladder = field(init=False, repr=False, compare=False)
 
-    def ladder(
-        self, township: str | None = None, thresholds: Mapping[str, float] | None = None
-    ) -> Ladder:
-        """The AQI ladder after regional then per-device overrides (names above)."""
-        device = dict(thresholds or {})
-        if "aqi_warn" in device and "aqi_l1" not in device:
-            device["aqi_l1"] = device["aqi_warn"]
-        named = merge_thresholds(
-            {
-                "aqi_l1": self.aqi_l1,
-                "aqi_l2": self.aqi_l2,
-                "aqi_l3": self.aqi_l3,
-                "aqi_clear_margin": self.aqi_clear_margin,
-            },
-            self.regions.get(township) if township else None,
-            device,
-        )
-        margin = named["aqi_clear_margin"] or 0.0
-        return Ladder.of((named["aqi_l1"], named["aqi_l2"], named["aqi_l3"]), margin)
+    def __post_init__(self) -> None:
+        tables = MOENV_2025.with_table("pm2_5", pm2_5_table(self.lines.pm2_5_ugm3_breakpoints))
+        object.__setattr__(self, "tables", tables)
+        ladder = Ladder.of(self.lines.aqi_levels, self.lines.aqi_clear_margin)
+        object.__setattr__(self, "_ladder", ladder)
+
+    def ladder(self) -> Ladder:
+        """The alert ladder on the AQI: levels 1/2/3 and their clear margin."""
+        return self._ladder
 
 
 @stored
@@ -153,7 +142,10 @@ class AirFigures:
     """What one update derives, for storage and display.
 
     ``aqi_inputs`` are the averaged concentrations given to :func:`.aqi.compute_aqi`
-    (keys and units of :mod:`.aqi`: PM ug/m3, O3 and CO ppm, SO2 and NO2 ppb).
+    (keys and units of :mod:`.aqi`: PM ug/m3, O3 and CO ppm, SO2 and NO2 ppb);
+    ``concentrations`` are the same figures named and measured as the readings are
+    (``pm2_5_ugm3_rt``, ``o3_ppb_8h`` ...), plus ``pm2_5_ugm3_1h``, the current hour's
+    mean of PM2.5.
     """
 
     as_of: datetime
@@ -161,22 +153,7 @@ class AirFigures:
     aqi_inputs: Mapping[Pollutant, float]
     aqi: AqiResult | None
     level: int
-
-    def fields(self) -> dict[str, float]:
-        """Flat numeric fields with units in their names, e.g. ``pm2_5_ugm3_8h``."""
-        out: dict[str, float] = {}
-        for reading_field, m in self.means.items():
-            for suffix, value in (("1h", m.mean_1h), ("8h", m.mean_8h), ("24h", m.mean_24h)):
-                if value is not None:
-                    out[f"{reading_field}_{suffix}"] = value
-        for key, value in self.aqi_inputs.items():
-            out[f"aqi_input_{key}_{UNITS[key]}"] = value
-        if self.aqi is not None:
-            out["aqi"] = float(self.aqi.aqi)
-            for key, index in self.aqi.sub_indices.items():
-                out[f"aqi_sub_{key}"] = float(index)
-        out["level"] = float(self.level)
-        return out
+    concentrations: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,16 +172,12 @@ def update_air(
     event_time: datetime,
     values: Mapping[str, float],
     config: AirConfig = AirConfig(),
-    *,
-    township: str | None = None,
-    thresholds: Mapping[str, float] | None = None,
 ) -> AirUpdate:
     """Add one reading (tz-aware event time, fields per the module table) and re-derive.
 
     Out-of-order readings within the 24-hour history land in their hour and the figures
     are recomputed as of the newest event time seen; older ones are dropped
-    (``accepted=False``). ``township`` selects regional overrides, ``thresholds`` the
-    device's (names in :data:`AIR_THRESHOLD_NAMES`).
+    (``accepted=False``). ``config`` carries the lines in force for the sensor.
     """
     t = epoch_s(event_time)
     clock = t if state.clock is None else max(state.clock, t)
@@ -219,15 +192,18 @@ def update_air(
     series = {k: s.pruned(clock) for k, s in series.items()}
 
     means = {k: _means(s, clock, config) for k, s in sorted(series.items())}
-    inputs = _aqi_inputs(series, clock, config)
+    inputs, concentrations = _aqi_inputs(series, clock, config)
+    pm25 = means.get("pm2_5_ugm3")
+    if pm25 is not None and pm25.mean_1h is not None:
+        concentrations[windowed("pm2_5_ugm3", "1h")] = pm25.mean_1h
     result = compute_aqi(inputs, config.tables)
     as_of = from_epoch(clock)
     if result is None:
         step = LevelStep(tracker=state.tracker, previous=state.tracker.level)
     else:
-        step = state.tracker.update(result.aqi, config.ladder(township, thresholds), as_of)
+        step = state.tracker.update(result.aqi, config.ladder(), as_of)
     new_state = AirState(series=series, clock=clock, tracker=step.tracker)
-    figures = AirFigures(as_of=as_of, means=means, aqi_inputs=inputs, aqi=result, level=step.level)
+    figures = AirFigures(as_of, means, inputs, result, step.level, concentrations)
     return AirUpdate(state=new_state, figures=figures, step=step, accepted=accepted)
 
 
@@ -240,8 +216,11 @@ def _means(series: BucketSeries, now: float, config: AirConfig) -> PollutantMean
 
 def _aqi_inputs(
     series: Mapping[str, BucketSeries], now: float, config: AirConfig
-) -> dict[Pollutant, float]:
+) -> tuple[dict[Pollutant, float], dict[str, float]]:
+    """The AQI inputs (keys and units of :mod:`.aqi`) and the same figures in the
+    readings' names and units."""
     inputs: dict[Pollutant, float] = {}
+    named: dict[str, float] = {}
 
     def mean(reading_field: str, hours: int, min_valid: int) -> float | None:
         s = series.get(reading_field)
@@ -250,33 +229,31 @@ def _aqi_inputs(
         value, valid = s.mean_of_means(now, hours)
         return value if valid >= min_valid else None
 
-    for reading_field, key in (("pm2_5_ugm3", "pm2_5"), ("pm10_ugm3", "pm10")):
+    pm: tuple[tuple[str, Pollutant], ...] = (("pm2_5_ugm3", "pm2_5"), ("pm10_ugm3", "pm10"))
+    for reading_field, pollutant in pm:
         long = mean(reading_field, config.pm_long_hours, config.pm_min_valid_long)
         short = mean(reading_field, config.pm_short_hours, config.pm_min_valid_short)
         if long is not None and short is not None:
-            pollutant: Pollutant = "pm2_5" if key == "pm2_5" else "pm10"
             table = config.tables.get(pollutant)
             inputs[pollutant] = float(table.quantise(0.5 * long + 0.5 * short))
+            named[windowed(reading_field, "rt")] = inputs[pollutant]
 
-    o3_8h = mean("o3_ppb", 8, config.min_valid_8h)
-    if o3_8h is not None:
-        inputs["o3_8h"] = o3_8h / 1000.0  # ppb -> ppm
-    o3_1h = mean("o3_ppb", 1, 1)
-    if o3_1h is not None:
-        inputs["o3_1h"] = o3_1h / 1000.0
-    co_8h = mean("co_ppm", 8, config.min_valid_8h)
-    if co_8h is not None:
-        inputs["co_8h"] = co_8h
-    so2_1h = mean("so2_ppb", 1, 1)
-    if so2_1h is not None:
-        inputs["so2_1h"] = so2_1h
-    so2_24h = mean("so2_ppb", config.history_hours, config.min_valid_24h)
-    if so2_24h is not None:
-        inputs["so2_24h"] = so2_24h
-    no2_1h = mean("no2_ppb", 1, 1)
-    if no2_1h is not None:
-        inputs["no2_1h"] = no2_1h
-    return inputs
+    # (reading field, hours, valid hours needed, AQI key, divisor to the AQI unit)
+    averaged: tuple[tuple[str, int, int, Pollutant, float], ...] = (
+        ("o3_ppb", 8, config.min_valid_8h, "o3_8h", 1000.0),  # ppb -> ppm
+        ("o3_ppb", 1, 1, "o3_1h", 1000.0),
+        ("co_ppm", 8, config.min_valid_8h, "co_8h", 1.0),
+        ("so2_ppb", 1, 1, "so2_1h", 1.0),
+        ("so2_ppb", config.history_hours, config.min_valid_24h, "so2_24h", 1.0),
+        ("no2_ppb", 1, 1, "no2_1h", 1.0),
+    )
+    for reading_field, hours, min_valid, key, divisor in averaged:
+        value = mean(reading_field, hours, min_valid)
+        if value is not None:
+            inputs[key] = value / divisor if divisor != 1.0 else value
+            window: Window = "8h" if hours == 8 else "1h" if hours == 1 else "24h"
+            named[windowed(reading_field, window)] = value
+    return inputs, named
 
 
 # --- township aggregation -------------------------------------------------------------

@@ -43,6 +43,8 @@ from dataclasses import dataclass, field, replace
 from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal
 from typing import Literal
 
+from civic_iot.thresholds import Pm25Breakpoints
+
 Pollutant = Literal["pm2_5", "pm10", "o3_8h", "o3_1h", "co_8h", "so2_1h", "so2_24h", "no2_1h"]
 
 #: Order used to break ties for the leading pollutant (first wins).
@@ -245,6 +247,25 @@ PM2_5_US_EPA_2024 = _table(
     ],
     rounding="truncate",
 )
+
+
+#: The PM2.5 tables the thresholds file names (``air_quality.pm2_5_ugm3_breakpoints``).
+PM2_5_TABLES: Mapping[str, BreakpointTable] = {
+    "moenv_2025": PM2_5_MOENV_2025,
+    "moenv_pre2025": PM2_5_MOENV_PRE2025,
+    "us_epa_2024": PM2_5_US_EPA_2024,
+}
+
+
+def pm2_5_table(breakpoints: Pm25Breakpoints) -> BreakpointTable:
+    """The PM2.5 table the thresholds file asks for: a name of :data:`PM2_5_TABLES`, or
+    custom bands (ug/m3 from, to, AQI from, to) at MOENV's 0.1 ug/m3, rounded half up."""
+    if isinstance(breakpoints, str):
+        return PM2_5_TABLES[breakpoints]
+    rows = [
+        (float(c_lo), float(c_hi), int(i_lo), int(i_hi)) for c_lo, c_hi, i_lo, i_hi in breakpoints
+    ]
+    return _table("PM2.5 custom (thresholds file)", "ug/m3", 1, rows)
 
 
 @dataclass(frozen=True, slots=True)

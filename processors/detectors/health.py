@@ -1,7 +1,8 @@
 """Sensor health: stuck values, implausible values, and devices gone silent.
 
-Per reading field (``pm2_5_ugm3``, ``flood_depth_cm`` ...) a :class:`QuantityRule` gives
-the plausible range and when a repeated value counts as stuck. :func:`update_health`
+Per reading field (``pm2_5_ugm3``, ``flood_depth_cm`` ...) a :class:`QuantityRule` (the
+thresholds file's ``health`` section) gives the plausible range and when a repeated value
+counts as stuck. :func:`update_health`
 checks one reading against them and reports the issues that opened or cleared, so a
 fault is reported once, not with every reading. :func:`silent_devices` is the separate,
 periodic check for devices that stopped reporting.
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
+from civic_iot.thresholds import HealthRule, HealthThresholds
 from processors.detectors.state import stored
 from processors.detectors.windows import epoch_s, from_epoch
 
@@ -25,46 +27,16 @@ Issue = Literal["stuck", "out_of_range", "silent"]
 ISSUES: tuple[Issue, ...] = ("stuck", "out_of_range", "silent")
 
 
-@dataclass(frozen=True, slots=True)
-class QuantityRule:
-    """Plausible range ``[min_value, max_value]`` and the stuck rule of one reading field.
-
-    A value is stuck when it repeats for ``stuck_count`` consecutive readings or for
-    ``stuck_minutes`` of event time (at least 3 readings), whichever comes first; ``None``
-    disables that half. ``stuck_exempt`` values never count as stuck (a dry rain gauge
-    or street reads 0 for weeks).
-    """
-
-    min_value: float
-    max_value: float
-    stuck_count: int | None = None
-    stuck_minutes: float | None = None
-    stuck_exempt: tuple[float, ...] = ()
-
-
-# Default rules. The ranges are the span of typical low-cost and hydrological sensors and
-# the stuck rules the project's starting choice: local values, not from domain.md; tune
-# them per fleet through HealthConfig.rules.
-DEFAULT_RULES: Mapping[str, QuantityRule] = {
-    "pm2_5_ugm3": QuantityRule(0, 1000, stuck_count=36, stuck_minutes=180),
-    "pm10_ugm3": QuantityRule(0, 2000, stuck_count=36, stuck_minutes=180),
-    "o3_ppb": QuantityRule(0, 1000, stuck_count=36, stuck_minutes=180),
-    "co_ppm": QuantityRule(0, 100, stuck_count=36, stuck_minutes=180),
-    "no2_ppb": QuantityRule(0, 3000, stuck_count=36, stuck_minutes=180),
-    "so2_ppb": QuantityRule(0, 2000, stuck_count=36, stuck_minutes=180),
-    "flood_depth_cm": QuantityRule(0, 500, stuck_count=60, stuck_minutes=360, stuck_exempt=(0.0,)),
-    # River stage is an elevation; some stations sit below mean sea level.
-    "water_level_m": QuantityRule(-20, 4000, stuck_minutes=24 * 60),
-    # Rain since the previous report (typically 1-10 minutes apart).
-    "rainfall_mm": QuantityRule(0, 200, stuck_count=12, stuck_exempt=(0.0,)),
-}
+#: Plausible range and stuck rule of one reading field: the thresholds file's ``health``
+#: section holds one per payload field (with the rules' defaults and their sources).
+QuantityRule = HealthRule
 
 
 @dataclass(frozen=True, slots=True)
 class HealthConfig:
     """Health rules by reading field; fields without a rule are not checked."""
 
-    rules: Mapping[str, QuantityRule] = field(default_factory=lambda: dict(DEFAULT_RULES))
+    rules: Mapping[str, QuantityRule] = field(default_factory=lambda: HealthThresholds().rules())
 
 
 @dataclass(frozen=True, slots=True)

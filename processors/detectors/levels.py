@@ -16,15 +16,15 @@ In one formula, with ``t_k`` the threshold and ``m_k`` the clear margin of level
 Detectors whose level depends on several figures at once (the CWA rain classes) compute
 ``entered`` and ``held`` themselves and call :meth:`LevelTracker.advance`.
 
-Thresholds are named (``aqi_l1``, ``flood_depth_cm_l2`` ...) so that a region (township
-code) or a device can override them; :func:`merge_thresholds` applies the overrides.
+The lines themselves come from the thresholds file (:mod:`civic_iot.thresholds`), with a
+region's or device's overrides already applied.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Self
@@ -149,19 +149,3 @@ class LevelTracker:
         """
         current = min(self.level, ladder.top)
         return self.advance(ladder.entered(value), ladder.held(value, current), at)
-
-
-def merge_thresholds(
-    defaults: Mapping[str, float | None], *overrides: Mapping[str, float] | None
-) -> dict[str, float | None]:
-    """Named thresholds: the defaults, then each override mapping in turn (later wins).
-
-    Typical order: regional overrides (by township code), then the device's own
-    thresholds from the registry. Names not in ``defaults`` are ignored, so one device
-    mapping can carry thresholds for several detectors.
-    """
-    merged = dict(defaults)
-    for mapping in overrides:
-        if mapping:
-            merged.update({k: float(v) for k, v in mapping.items() if k in merged})
-    return merged

@@ -55,6 +55,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from civic_iot.contracts.alerts import AlertCandidate, Circle, GridCell, Severity
+from civic_iot.thresholds import QuakeThresholds
 from processors.detectors.intensity import (
     CWA_2020,
     IntensityScale,
@@ -156,15 +157,18 @@ class QuakeConfig:
     """Network settings. Times s, distances km, angles degrees.
 
     Attributes:
-        min_stations: triggers needed to declare an event (3; OpenEEW uses 4).
-        pair_max_km, pair_max_dt_s: two triggers can be the same quake only within this
-            distance and time of each other (100 km, 15 s; Taiwan Earthworm EEW).
+        association: the thresholds file's ``quake`` section: ``min_stations``, triggers
+            needed to declare an event (3; OpenEEW uses 4); ``pair_max_km`` and
+            ``pair_max_dt_s``, two triggers can be the same quake only within this
+            distance and time of each other (100 km, 15 s; Taiwan Earthworm EEW);
+            ``close_after_s``, an event with no new trigger for this long is closed (20 s);
+            ``report_min_intensity``, cells (and townships) at or above this CWA level are
+            reported ("3").
         pair_tolerance_s: slack on ``|dt| <= distance / vp`` for pick error (s).
         join_tolerance_s: a trigger joins an event when its P time is this close to the
             predicted one (s).
         absorb_after_s_s: triggers up to this long after the predicted S arrival belong to
             the event's shaking and never start a new event (s).
-        close_after_s: an event with no new trigger for this long is closed (20 s).
         closed_memory_s: how long a closed event still absorbs late triggers (s).
         vp_kms, vs_kms: P and S speeds (6.0 / 3.5 km/s, *unconfirmed* for Taiwan).
         depth_km: fixed hypocentre depth for location (10 km).
@@ -180,7 +184,6 @@ class QuakeConfig:
         cell_deg: shaking grid cell size (0.1 deg, the Civil IoT micro-zoning grid).
         cell_margin_deg: covered area is the event stations' bounding box plus this,
             unless ``region_bbox`` (lat_min, lon_min, lat_max, lon_max) is given.
-        min_level: cells (and townships) at or above this CWA level are reported ("3").
         station_correction_km: a cell this close to a station takes at least the level
             that station observed.
         change_magnitude: magnitude change that is worth a new update.
@@ -189,13 +192,10 @@ class QuakeConfig:
         ground_motion, intensity_scale: the models.
     """
 
-    min_stations: int = 3
-    pair_max_km: float = 100.0
-    pair_max_dt_s: float = 15.0
+    association: QuakeThresholds = field(default_factory=QuakeThresholds)
     pair_tolerance_s: float = 1.0
     join_tolerance_s: float = 2.0
     absorb_after_s_s: float = 30.0
-    close_after_s: float = 20.0
     closed_memory_s: float = 120.0
     vp_kms: float = 6.0
     vs_kms: float = 3.5
@@ -211,7 +211,6 @@ class QuakeConfig:
     cell_deg: float = 0.1
     cell_margin_deg: float = 0.5
     region_bbox: tuple[float, float, float, float] | None = None
-    min_level: str = "3"
     station_correction_km: float = 10.0
     change_magnitude: float = 0.2
     max_pending: int = 256
@@ -220,12 +219,6 @@ class QuakeConfig:
     townships: tuple[Township, ...] = ()
     ground_motion: GroundMotionModel = field(default_factory=GroundMotionModel)
     intensity_scale: IntensityScale = CWA_2020
-
-    def __post_init__(self) -> None:
-        if self.min_stations < 2:
-            msg = f"min_stations must be >= 2 (one station is never a quake): {self.min_stations}"
-            raise ValueError(msg)
-        intensity_ordinal(self.min_level)  # raises on an unknown level
 
 
 @stored
@@ -489,7 +482,7 @@ class Associator:
             pending = [u for u in pending if u.station_id != trig.station_id]
             pending.append(trig)
             group = _consistent_group(trig, pending, cfg)
-            if len(group) >= cfg.min_stations and len(events) < cfg.max_open_events:
+            if len(group) >= cfg.association.min_stations and len(events) < cfg.max_open_events:
                 ev = _new_event(group, {*events, *(e.event_id for e in recent)}, cfg)
                 events[ev.event_id] = ev
                 touched.add(ev.event_id)
@@ -505,7 +498,7 @@ class Associator:
                             relocate.add(ev.event_id)
                 events[ev.event_id] = ev
 
-        horizon = now_s - cfg.pair_max_dt_s
+        horizon = now_s - cfg.association.pair_max_dt_s
         pending = [u for u in pending if u.p_time_s >= horizon][-cfg.max_pending :]
 
         for obs in observations:
@@ -526,7 +519,7 @@ class Associator:
         updates: list[QuakeEvent] = []
         still_open: list[_EventState] = []
         for ev in events.values():
-            closing = now_s - ev.last_trigger_s >= cfg.close_after_s
+            closing = now_s - ev.last_trigger_s >= cfg.association.close_after_s
             if not (closing or ev.event_id in touched):
                 still_open.append(ev)
                 continue
@@ -564,8 +557,8 @@ def _consistent(a: StationTrigger, b: StationTrigger, cfg: QuakeConfig) -> bool:
     d = float(distance_km(a.lat, a.lon, b.lat, b.lon))
     dt = abs(a.p_time_s - b.p_time_s)
     return (
-        d <= cfg.pair_max_km
-        and dt <= cfg.pair_max_dt_s
+        d <= cfg.association.pair_max_km
+        and dt <= cfg.association.pair_max_dt_s
         and dt <= d / cfg.vp_kms + cfg.pair_tolerance_s
     )
 
@@ -728,7 +721,7 @@ def _snapshot(ev: _EventState, now_s: float, cfg: QuakeConfig, *, closed: bool) 
     s_wave = np.maximum(0.0, r / cfg.vs_kms - (now_s - h.origin_s))
     max_level = int(max(levels.max(initial=0), observed.max(initial=0)))
 
-    keep = np.flatnonzero(levels >= intensity_ordinal(cfg.min_level))
+    keep = np.flatnonzero(levels >= intensity_ordinal(cfg.association.report_min_intensity))
     towns: list[str | None] = [None] * len(keep)
     if cfg.townships and len(keep):
         t_lat = np.array([t.lat for t in cfg.townships])
@@ -831,11 +824,11 @@ def to_alert_candidate(
         description=(
             f"Origin {origin.isoformat(timespec='seconds')}, depth {event.depth_km:.0f} km, "
             f"{event.n_stations} stations; {len(event.cells)} cells at intensity "
-            f">= {cfg.min_level}."
+            f">= {cfg.association.report_min_intensity}."
         ),
         metric="cwa_intensity_ordinal",
         value=float(level),
-        threshold=float(intensity_ordinal(cfg.min_level)),
+        threshold=float(intensity_ordinal(cfg.association.report_min_intensity)),
         event_time=datetime.fromtimestamp(event.computed_at_s, UTC),
         detected_at=detected_at,
         devices=event.station_ids,

@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from civic_iot.thresholds import StaLtaThresholds
 from processors.detectors.intensity import CWA_2020, IntensityScale, cwa_intensity
 from processors.detectors.state import stored
 
@@ -66,18 +67,14 @@ class SeismicConfig:
     """Per-station detection settings (defaults from docs/domain.md "Early-warning practice").
 
     Attributes:
-        sta_s: short-term average window, s (ObsPy tutorial / OpenEEW: 0.5-1 s).
-        lta_s: long-term average window, s (10-11 s); also the warm-up length.
-        trigger_ratio: STA/LTA ratio that triggers (3-3.5).
-        detrigger_ratio: ratio below which the event window may close (about 1).
-        retrigger_lockout_s: no new trigger within this many seconds of the last (60 s,
-            OpenEEW).
+        sta_lta: the STA/LTA trigger (the thresholds file's ``seismic`` section): STA and
+            LTA windows, s (the LTA is also the warm-up), trigger and detrigger ratios,
+            re-trigger lockout, s, and the event window's minimum and maximum length
+            after P, s.
         highpass_hz: corner of the first-order high-pass on acceleration and of the
             leaky integrators for velocity and displacement, Hz (0.075 Hz after Wu & Zhao
             2006).
         pd_window_s: Pd is the peak vertical displacement this long after P, s (3 s).
-        min_event_window_s: the event window stays open at least this long after P, s.
-        max_event_window_s: and closes after this long whatever the ratio, s.
         max_gap_s: a jump in packet time larger than this (s) restarts the filters and the
             warm-up; smaller gaps are bridged as if contiguous.
         noise_window_s: time constant of the running RMS of vertical displacement outside
@@ -88,15 +85,9 @@ class SeismicConfig:
         intensity_scale: the intensity table.
     """
 
-    sta_s: float = 0.5
-    lta_s: float = 10.0
-    trigger_ratio: float = 3.0
-    detrigger_ratio: float = 1.0
-    retrigger_lockout_s: float = 60.0
+    sta_lta: StaLtaThresholds = field(default_factory=StaLtaThresholds)
     highpass_hz: float = 0.075
     pd_window_s: float = 3.0
-    min_event_window_s: float = 30.0
-    max_event_window_s: float = 120.0
     max_gap_s: float = 2.0
     noise_window_s: float = 30.0
     vertical_axis: int = 2
@@ -104,20 +95,8 @@ class SeismicConfig:
     intensity_scale: IntensityScale = field(default=CWA_2020)
 
     def __post_init__(self) -> None:
-        if not 0 < self.sta_s < self.lta_s:
-            msg = f"need 0 < sta_s < lta_s, got sta_s={self.sta_s} lta_s={self.lta_s}"
-            raise ValueError(msg)
-        if not self.trigger_ratio > self.detrigger_ratio > 0:
-            msg = (
-                f"need trigger_ratio > detrigger_ratio > 0, got {self.trigger_ratio} "
-                f"and {self.detrigger_ratio}"
-            )
-            raise ValueError(msg)
         if self.vertical_axis not in (0, 1, 2):
             msg = f"vertical_axis must be 0, 1 or 2, got {self.vertical_axis}"
-            raise ValueError(msg)
-        if not 0 < self.min_event_window_s <= self.max_event_window_s:
-            msg = "need 0 < min_event_window_s <= max_event_window_s"
             raise ValueError(msg)
 
 
@@ -346,15 +325,15 @@ def process_packet(
     # 2-3. Characteristic function and recursive STA/LTA (two columns, one pass).
     vz = cfg.vertical_axis
     cf = acc[:, vz] ** 2 if cfg.use_vertical_only else np.einsum("ij,ij->i", acc, acc)
-    c_sta = 1.0 / max(cfg.sta_s * fs, 1.0)
-    c_lta = 1.0 / max(cfg.lta_s * fs, 1.0)
+    c_sta = 1.0 / max(cfg.sta_lta.sta_s * fs, 1.0)
+    c_lta = 1.0 / max(cfg.sta_lta.lta_s * fs, 1.0)
     avg = _recurse(
         (1.0 - c_sta, 1.0 - c_lta),
         cf[:, None] * np.asarray([c_sta, c_lta]),
         np.asarray([st.sta, st.lta]),
     )
     ratio = avg[:, 0] / np.maximum(avg[:, 1], 1e-12)
-    n_lta = math.ceil(cfg.lta_s * fs)
+    n_lta = math.ceil(cfg.sta_lta.lta_s * fs)
     first_warm = max(0, n_lta - st.n_seen)  # index of the first sample past warm-up
     if first_warm > 0:
         ratio[: min(first_warm, n)] = 0.0
@@ -362,9 +341,9 @@ def process_packet(
     # A trigger is an upward crossing of the threshold, as in ObsPy's trigger_onset: a
     # ratio still high when the lockout ends (long shaking, a spike's tail) is no new onset.
     prev_ratio = st.sta / st.lta if st.lta > 0 and first_warm == 0 else 0.0
-    onset = ratio >= cfg.trigger_ratio
-    onset[1:] &= ratio[:-1] < cfg.trigger_ratio
-    onset[0] &= prev_ratio < cfg.trigger_ratio
+    onset = ratio >= cfg.sta_lta.trigger_ratio
+    onset[1:] &= ratio[:-1] < cfg.sta_lta.trigger_ratio
+    onset[0] &= prev_ratio < cfg.sta_lta.trigger_ratio
 
     acc_norm = np.sqrt(np.einsum("ij,ij->i", acc, acc))
     vel_norm = np.sqrt(np.einsum("ij,ij->i", vel, vel))
@@ -383,9 +362,9 @@ def process_packet(
         if in_event and p_time is not None:
             # The window's first sample *not* in it: the first sub-detrigger ratio after the
             # minimum length, or the maximum length, whichever comes first.
-            min_end = _index_at(p_time + cfg.min_event_window_s, t0, fs)
-            end = _index_at(p_time + cfg.max_event_window_s, t0, fs)
-            below = _first_true(ratio < cfg.detrigger_ratio, max(i, min_end))
+            min_end = _index_at(p_time + cfg.sta_lta.min_event_window_s, t0, fs)
+            end = _index_at(p_time + cfg.sta_lta.max_event_window_s, t0, fs)
+            below = _first_true(ratio < cfg.sta_lta.detrigger_ratio, max(i, min_end))
             if below is not None:
                 end = min(end, below)
             end = max(end, i)
@@ -405,7 +384,7 @@ def process_packet(
             continue
         start = max(i, first_warm)
         if last_trigger is not None:
-            start = max(start, _index_at(last_trigger + cfg.retrigger_lockout_s, t0, fs))
+            start = max(start, _index_at(last_trigger + cfg.sta_lta.retrigger_lockout_s, t0, fs))
         j = _first_true(onset, start)
         if j is None:
             break
@@ -508,7 +487,7 @@ def _result(
         packet_pga_gal=packet_pga_gal,
         packet_pgv_cms=packet_pgv_cms,
         packet_max_ratio=packet_max_ratio,
-        warmed_up=state.n_seen >= math.ceil(cfg.lta_s * state.sample_rate_hz)
+        warmed_up=state.n_seen >= math.ceil(cfg.sta_lta.lta_s * state.sample_rate_hz)
         if state.sample_rate_hz > 0
         else False,
         restarted=restarted,

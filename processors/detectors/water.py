@@ -19,23 +19,28 @@ level of a gauge (its own candidate, hazard ``water_rise``), the rain class and 
 debris-flow level. Times are tz-aware event times; readings arriving out of order inside
 a window are counted, older ones are dropped.
 
-Threshold names a region (``regions[township]``) or a device (registry ``thresholds``)
-may override: ``flood_depth_cm_l1``, ``flood_depth_cm_l2``, ``flood_depth_cm_l3``,
-``flood_clear_margin_cm``, ``flood_rise_cm_per_10min``; ``river_level_m_l3`` (yellow,
-level 1), ``river_level_m_l2`` (orange, level 2), ``river_level_m_l1`` (red, level 3),
-``river_clear_margin_m``, ``river_rise_cm_per_10min``.
+The lines come from the thresholds file (:mod:`civic_iot.thresholds`: sections
+``flood``, ``river``, ``rain`` and ``debris_flow``), with the device's region and device
+overrides already applied: each config carries the lines in force for one gauge.
+Figures are named by the storage rule (:func:`civic_iot.storage.schema.windowed`):
+``rainfall_mm_1h`` is the 1-hour accumulation of the readings' ``rainfall_mm``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Literal, Self
 
+from civic_iot.thresholds import (
+    DebrisFlowThresholds,
+    FloodThresholds,
+    RainThresholds,
+    RiverThresholds,
+)
 from processors.detectors.intensity import intensity_ordinal
-from processors.detectors.levels import Ladder, LevelStep, LevelTracker, merge_thresholds
+from processors.detectors.levels import Ladder, LevelStep, LevelTracker
 from processors.detectors.state import stored
 from processors.detectors.windows import (
     BucketSeries,
@@ -70,41 +75,21 @@ class RiseConfig:
 
 @dataclass(frozen=True, slots=True)
 class FloodConfig:
-    """Flood depth ladder (cm) and rise threshold.
+    """A flood gauge's depth ladder (cm) and rise line (the thresholds file's ``flood``
+    section) and how its rate of rise is estimated."""
 
-    Source: WRA counts >= 10 cm as a flooding record; the 10/30/50 cm ladder is local
-    configuration (domain.md: *no national value confirmed*).
-    """
-
-    flood_depth_cm_l1: float = 10.0
-    flood_depth_cm_l2: float = 30.0
-    flood_depth_cm_l3: float = 50.0
-    #: Leave a level only below its line minus this (cm). Local choice.
-    flood_clear_margin_cm: float = 5.0
-    #: Early signal: rising at least this fast (cm per 10 min). Local choice.
-    flood_rise_cm_per_10min: float = 10.0
-    #: The rise signal clears below this fraction of its threshold. Local choice.
-    rise_clear_fraction: float = 0.5
+    lines: FloodThresholds = field(default_factory=FloodThresholds)
     rise: RiseConfig = RiseConfig()
-    regions: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
 class RiverConfig:
-    """River stage: warning levels come only from the registry (no default elevations).
+    """A river gauge's warning levels (m) and rise line (the thresholds file's ``river``
+    section: no default elevations, a station without lines never raises a level) and
+    how its rate of rise is estimated."""
 
-    WRA warning levels per station (domain.md): level 3 yellow (high floodplain within
-    2 h), level 2 orange (flood level within 5 h), level 1 red (within 2 h); here they are
-    alert levels 1, 2, 3 in rising severity.
-    """
-
-    #: Leave a level only below its line minus this (m). Local choice.
-    river_clear_margin_m: float = 0.10
-    #: Early signal: rising at least this fast (cm per 10 min). Local choice.
-    river_rise_cm_per_10min: float = 10.0
-    rise_clear_fraction: float = 0.5
+    lines: RiverThresholds = field(default_factory=RiverThresholds)
     rise: RiseConfig = RiseConfig()
-    regions: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
 
 
 @stored
@@ -137,14 +122,6 @@ class GaugeFigures:
     #: line, cm per 10 minutes.
     rise_level: int = 0
     rise_threshold_cm_per_10min: float | None = None
-
-    def fields(self, value_name: str) -> dict[str, float]:
-        """Flat numeric fields; ``value_name`` names the value with its unit, e.g.
-        ``flood_depth_cm`` or ``water_level_m``."""
-        out = {value_name: self.value, "level": float(self.level), "rising": float(self.rising)}
-        if self.rise_cm_per_10min is not None:
-            out["rise_cm_per_10min"] = self.rise_cm_per_10min
-        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,40 +190,21 @@ def update_flood(
     event_time: datetime,
     depth_cm: float,
     config: FloodConfig = FloodConfig(),
-    *,
-    township: str | None = None,
-    thresholds: Mapping[str, float] | None = None,
 ) -> GaugeUpdate:
     """One flood-depth reading (cm of water above the road surface, >= 0).
 
-    Levels 1/2/3 at the ``flood_depth_cm_l1..l3`` lines (10/30/50 cm by default), with
-    regional then device overrides; ``rising`` (rise level 1) when the depth rises at
-    least ``flood_rise_cm_per_10min``, held until the rate falls below
-    ``rise_clear_fraction`` of that line (escalation at once, hysteresis on the way down,
-    as for the depth ladder).
+    Levels 1/2/3 at ``flood_depth_cm_levels`` (10/30/50 cm by default); ``rising`` (rise
+    level 1) when the depth rises at least ``rise_cm_per_10min``, held until the rate
+    falls below ``rise_clear_fraction`` of that line (escalation at once, hysteresis on
+    the way down, as for the depth ladder).
     """
-    named = merge_thresholds(
-        {
-            "flood_depth_cm_l1": config.flood_depth_cm_l1,
-            "flood_depth_cm_l2": config.flood_depth_cm_l2,
-            "flood_depth_cm_l3": config.flood_depth_cm_l3,
-            "flood_clear_margin_cm": config.flood_clear_margin_cm,
-            "flood_rise_cm_per_10min": config.flood_rise_cm_per_10min,
-        },
-        config.regions.get(township) if township else None,
-        thresholds,
-    )
-    ladder = Ladder.of(
-        (named["flood_depth_cm_l1"], named["flood_depth_cm_l2"], named["flood_depth_cm_l3"]),
-        named["flood_clear_margin_cm"] or 0.0,
-    )
-    rise_threshold = named["flood_rise_cm_per_10min"] or config.flood_rise_cm_per_10min
+    lines = config.lines
     return _update_gauge(
         state,
         event_time,
         depth_cm,
-        ladder,
-        _rise_ladder(rise_threshold, config.rise_clear_fraction),
+        Ladder.of(lines.flood_depth_cm_levels, lines.flood_depth_cm_clear_margin),
+        _rise_ladder(lines.rise_cm_per_10min, lines.rise_clear_fraction),
         config.rise,
         cm_per_unit=1.0,
     )
@@ -257,38 +215,20 @@ def update_river(
     event_time: datetime,
     stage_m: float,
     config: RiverConfig = RiverConfig(),
-    *,
-    township: str | None = None,
-    thresholds: Mapping[str, float] | None = None,
 ) -> GaugeUpdate:
     """One river-stage reading (m, the water surface elevation used by the station).
 
-    Levels: 1 at ``river_level_m_l3`` (yellow), 2 at ``river_level_m_l2`` (orange), 3 at
-    ``river_level_m_l1`` (red). Missing lines cannot be entered; with none the level stays
-    0 and ``figures.has_levels`` is False. ``rising`` as for floods, in cm per 10 min.
+    Levels: 1 at ``water_level_m_yellow``, 2 at ``water_level_m_orange``, 3 at
+    ``water_level_m_red``. Missing lines cannot be entered; with none the level stays 0
+    and ``figures.has_levels`` is False. ``rising`` as for floods, in cm per 10 min.
     """
-    named = merge_thresholds(
-        {
-            "river_level_m_l3": None,
-            "river_level_m_l2": None,
-            "river_level_m_l1": None,
-            "river_clear_margin_m": config.river_clear_margin_m,
-            "river_rise_cm_per_10min": config.river_rise_cm_per_10min,
-        },
-        config.regions.get(township) if township else None,
-        thresholds,
-    )
-    ladder = Ladder.of(
-        (named["river_level_m_l3"], named["river_level_m_l2"], named["river_level_m_l1"]),
-        named["river_clear_margin_m"] or 0.0,
-    )
-    rise_threshold = named["river_rise_cm_per_10min"] or config.river_rise_cm_per_10min
+    lines = config.lines
     return _update_gauge(
         state,
         event_time,
         stage_m,
-        ladder,
-        _rise_ladder(rise_threshold, config.rise_clear_fraction),
+        Ladder.of(lines.levels, lines.water_level_m_clear_margin),
+        _rise_ladder(lines.rise_cm_per_10min, lines.rise_clear_fraction),
         config.rise,
         cm_per_unit=100.0,
     )
@@ -315,14 +255,24 @@ class RainClass:
     criteria: tuple[tuple[int, float], ...]
 
 
-# Source: CWA rain classes revised 2015-09-01, via domain.md. The 3-hour criterion of
-# torrential rain (200 mm / 3 h) is *unconfirmed*.
-CWA_RAIN_CLASSES: tuple[RainClass, ...] = (
-    RainClass(1, "heavy rain", "大雨", ((24, 80.0), (1, 40.0))),
-    RainClass(2, "extremely heavy rain", "豪雨", ((24, 200.0), (3, 100.0))),
-    RainClass(3, "torrential rain", "大豪雨", ((24, 350.0), (3, 200.0))),
-    RainClass(4, "extremely torrential rain", "超大豪雨", ((24, 500.0),)),
+#: Names of the CWA rain classes, levels 1 to 4 (source: CWA, via domain.md); their
+#: criteria are the thresholds file's ``rain`` section.
+CWA_RAIN_CLASS_NAMES: tuple[tuple[str, str], ...] = (
+    ("heavy rain", "大雨"),
+    ("extremely heavy rain", "豪雨"),
+    ("torrential rain", "大豪雨"),
+    ("extremely torrential rain", "超大豪雨"),
 )
+
+
+def rain_classes(lines: RainThresholds) -> tuple[RainClass, ...]:
+    """The CWA rain classes with the criteria of ``lines``."""
+    return tuple(
+        RainClass(level, en, zh, criteria.criteria)
+        for level, ((en, zh), criteria) in enumerate(
+            zip(CWA_RAIN_CLASS_NAMES, lines.classes, strict=True), start=1
+        )
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,19 +281,27 @@ class RainConfig:
 
     Accumulations use 10-minute buckets; an *N*-hour accumulation is the sum of the
     current bucket and the ``6N - 1`` before it, so it covers between ``N`` hours minus
-    10 minutes and ``N`` hours (it never includes rain older than ``N`` hours).
+    10 minutes and ``N`` hours (it never includes rain older than ``N`` hours). The
+    classes and their hysteresis are ``lines`` (the thresholds file's ``rain`` section).
     """
 
-    classes: tuple[RainClass, ...] = CWA_RAIN_CLASSES
-    #: A class is held until every criterion of it is below this fraction of its
-    #: threshold (hysteresis as the 24 h window slides). Local choice.
-    clear_fraction: float = 0.9
+    lines: RainThresholds = field(default_factory=RainThresholds)
     #: Daily totals are local days: Taiwan is UTC+8 with no daylight saving.
     utc_offset_s: int = 8 * HOUR_S
-    #: Daily totals kept before today, for the debris-flow antecedent rain (domain.md).
+    #: Daily totals kept before today, for the debris-flow antecedent rain (domain.md);
+    #: the worker sets it from ``debris_flow.antecedent_days``.
     antecedent_days: int = 7
     #: Recent reading times remembered to drop duplicate deliveries.
     dedupe_keep: int = 64
+    classes: tuple[RainClass, ...] = field(init=False, default=())
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "classes", rain_classes(self.lines))
+
+    @property
+    def clear_fraction(self) -> float:
+        """A class is held until every criterion is below this fraction of its value."""
+        return self.lines.clear_fraction
 
 
 @stored
@@ -364,27 +322,17 @@ class RainState:
 
 @dataclass(frozen=True, slots=True)
 class RainFigures:
-    """Accumulations (mm) as of the newest event time, and the rain class."""
+    """Accumulations of ``rainfall_mm`` (mm) as of the newest event time, and the class."""
 
     as_of: datetime
-    rain_1h_mm: float
-    rain_3h_mm: float
-    rain_24h_mm: float
+    rainfall_mm_1h: float
+    rainfall_mm_3h: float
+    rainfall_mm_24h: float
     #: Local-day totals: index 0 is today (so far), 1 yesterday ... up to 7 days back.
     daily_mm: tuple[float, ...]
     level: int
     class_en: str | None
     class_zh: str | None
-
-    def fields(self) -> dict[str, float]:
-        """Flat numeric fields for storage."""
-        return {
-            "rain_1h_mm": self.rain_1h_mm,
-            "rain_3h_mm": self.rain_3h_mm,
-            "rain_24h_mm": self.rain_24h_mm,
-            "rain_today_mm": self.daily_mm[0],
-            "rain_class": float(self.level),
-        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -450,9 +398,9 @@ def update_rain(
     current = next((c for c in config.classes if c.level == step.level), None)
     figures = RainFigures(
         as_of=as_of,
-        rain_1h_mm=sums[1],
-        rain_3h_mm=sums[3],
-        rain_24h_mm=sums[24],
+        rainfall_mm_1h=sums[1],
+        rainfall_mm_3h=sums[3],
+        rainfall_mm_24h=sums[24],
         daily_mm=daily,
         level=step.level,
         class_en=current.name_en if current else None,
@@ -465,64 +413,10 @@ def update_rain(
 # --- debris flow -----------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class DebrisFlowConfig:
-    """Rainfall triggering index (RTI) and debris-flow levels.
-
-    RTI = I x Rt (mm^2/h), I the latest hourly intensity (mm/h, the 1 h accumulation),
-    Rt = event rain + sum over d = 1..7 of ``discount ** d`` x rain of the d-th local day
-    before the event (source: Agency of Rural Development and Soil and Water Conservation
-    via domain.md; the discount coefficient is *unconfirmed*, 0.7 is common in the
-    literature).
-
-    A rain event starts when the hourly rain reaches ``event_start_mm_h`` and ends after
-    ``event_end_dry_h`` hours below it (*unconfirmed*: a common convention in the RTI
-    literature, 4 mm/h and 6 h). Its accumulation starts with the hour that triggered it.
-
-    Levels compare the accumulated rain (``compare``: the event's rain, or the effective
-    Rt including discounted antecedent rain) with the township threshold R70, the
-    accumulated rain at I = 10 mm/h on the RTI70 line. Level 2 (red) when the observed
-    rain reaches it; level 1 (yellow) officially needs a rain *forecast* above it, which
-    this platform does not have, so yellow is raised at ``yellow_fraction`` of the
-    threshold (local choice).
-
-    After shaking of CWA intensity ``shaking_min_level`` ("5-", i.e. intensity >= 5) or
-    above in the township, the lower R50 applies for ``r50_after_shaking_s`` of event
-    time from the earthquake's origin (:func:`mark_strong_shaking`); ``use_r50`` applies
-    it everywhere. R50 is the township's own when the registry gives one, else
-    ``r50_below_r70_mm`` below R70 (:func:`r50_threshold`).
-    """
-
-    discount: float = 0.7
-    antecedent_days: int = 7
-    event_start_mm_h: float = 4.0
-    event_end_dry_h: float = 6.0
-    yellow_fraction: float = 0.8
-    compare: Literal["event", "effective"] = "event"
-    use_r50: bool = False
-    #: Source: domain.md, "after intensity >= 5 shaking the threshold drops (R50)".
-    shaking_min_level: str = "5-"
-    #: How long R50 applies after the shaking, s. 30 days is a local choice (no agency
-    #: figure confirmed); the worker sets it from ``CIVIC_PROCESSORS__DEBRIS_R50_DAYS``.
-    r50_after_shaking_s: float = 30 * DAY_S
-    #: R50 of a township the registry gives none for: one 50 mm threshold step below R70.
-    #: Local choice, *unconfirmed*: no published relation between R50 and R70 was found.
-    r50_below_r70_mm: float = 50.0
-
-    def __post_init__(self) -> None:
-        intensity_ordinal(self.shaking_min_level)  # raises on an unknown level
-        if not (self.r50_after_shaking_s > 0 and math.isfinite(self.r50_after_shaking_s)):
-            msg = (
-                "debris-flow config: r50_after_shaking_s must be a positive number of "
-                f"seconds, got {self.r50_after_shaking_s}"
-            )
-            raise ValueError(msg)
-        if not (self.r50_below_r70_mm >= 0 and math.isfinite(self.r50_below_r70_mm)):
-            msg = (
-                "debris-flow config: r50_below_r70_mm must be a finite number of mm >= 0, "
-                f"got {self.r50_below_r70_mm}"
-            )
-            raise ValueError(msg)
+#: Debris-flow rule and a township's thresholds: the thresholds file's ``debris_flow``
+#: section as in force for one gauge (the model documents every value and its source).
+DebrisFlowConfig = DebrisFlowThresholds
+DEFAULT_DEBRIS_FLOW = DebrisFlowConfig()
 
 
 @stored
@@ -542,25 +436,24 @@ class StrongShaking:
 
 
 def strong_shaking(
-    event_id: str, intensity: str, origin_s: float, config: DebrisFlowConfig = DebrisFlowConfig()
+    event_id: str, intensity: str, origin_s: float, config: DebrisFlowConfig = DEFAULT_DEBRIS_FLOW
 ) -> StrongShaking | None:
     """The R50 period an earthquake's shaking of ``intensity`` (a CWA level) starts at its
-    origin time ``origin_s`` (epoch s), or None below ``config.shaking_min_level``."""
-    if intensity_ordinal(intensity) < intensity_ordinal(config.shaking_min_level):
+    origin time ``origin_s`` (epoch s) and ends ``config.r50_days`` later, or None below
+    ``config.shaking_min_intensity``."""
+    if intensity_ordinal(intensity) < intensity_ordinal(config.shaking_min_intensity):
         return None
-    return StrongShaking(event_id, intensity, origin_s, origin_s + config.r50_after_shaking_s)
+    return StrongShaking(event_id, intensity, origin_s, origin_s + config.r50_days * DAY_S)
 
 
-def r50_threshold(
-    r70_mm: float | None, r50_mm: float | None, config: DebrisFlowConfig = DebrisFlowConfig()
-) -> float | None:
-    """A township's R50 (mm): its own, else ``r50_below_r70_mm`` below R70 when that is
-    still above 0; None without either."""
-    if r50_mm is not None:
-        return r50_mm
-    if r70_mm is None:
+def r50_threshold(config: DebrisFlowConfig) -> float | None:
+    """The R50 in force (mm): ``config.r50_mm``, else ``r50_below_r70_mm`` below R70 when
+    that is still above 0; None without either."""
+    if config.r50_mm is not None:
+        return config.r50_mm
+    if config.r70_mm is None:
         return None
-    derived = r70_mm - config.r50_below_r70_mm
+    derived = config.r70_mm - config.r50_below_r70_mm
     return derived if derived > 0 else None
 
 
@@ -600,15 +493,20 @@ def mark_strong_shaking(state: DebrisFlowState, shaking: StrongShaking | None) -
 
 @dataclass(frozen=True, slots=True)
 class DebrisFlowFigures:
-    """RTI figures as of the rain clock. Rain in mm, intensity in mm/h, RTI in mm^2/h."""
+    """RTI figures as of the rain clock. Rain in mm, RTI in mm^2/h.
+
+    ``rainfall_mm_event``: the event's rain; ``antecedent_mm``: the discounted rain of
+    the days before; ``rt_mm`` = the two (the effective rain Rt); ``rainfall_mm_1h``: the
+    intensity I (mm in the last hour, read as mm/h).
+    """
 
     as_of: datetime
     in_event: bool
     event_start: datetime | None
-    event_rain_mm: float
+    rainfall_mm_event: float
     antecedent_mm: float
     rt_mm: float
-    intensity_mm_h: float
+    rainfall_mm_1h: float
     rti: float
     #: The threshold in use (mm) and which one; None without a township threshold.
     threshold_mm: float | None
@@ -618,19 +516,6 @@ class DebrisFlowFigures:
     r70_mm: float | None = None
     #: The strong shaking that put R50 in use (None when R70 is, or ``use_r50`` did).
     shaking: StrongShaking | None = None
-
-    def fields(self) -> dict[str, float]:
-        out = {
-            "event_rain_mm": self.event_rain_mm,
-            "antecedent_rain_mm": self.antecedent_mm,
-            "rt_mm": self.rt_mm,
-            "intensity_mm_h": self.intensity_mm_h,
-            "rti": self.rti,
-            "debris_flow_level": float(self.level),
-        }
-        if self.threshold_mm is not None:
-            out["debris_flow_threshold_mm"] = self.threshold_mm
-        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -650,15 +535,12 @@ def antecedent_rain(daily_mm: tuple[float, ...], discount: float, days: int) -> 
 def update_debris_flow(
     state: DebrisFlowState,
     rain: RainUpdate,
-    config: DebrisFlowConfig = DebrisFlowConfig(),
-    *,
-    r70_mm: float | None,
-    r50_mm: float | None = None,
+    config: DebrisFlowConfig = DEFAULT_DEBRIS_FLOW,
 ) -> DebrisFlowUpdate:
     """Advance a gauge's rain event with the result of :func:`update_rain`.
 
-    ``r70_mm`` / ``r50_mm`` are the township's thresholds (mm, in 50 mm steps; see
-    :func:`r50_threshold`); without R70 the figures are computed but the level stays 0.
+    ``config.r70_mm`` and :func:`r50_threshold` are the township's thresholds (mm, in
+    50 mm steps); without R70 the figures are computed but the level stays 0.
     R50 applies with ``config.use_r50`` or while the rain clock is inside the state's
     strong-shaking period; when it applies but is not known, R70 is used
     (``threshold_kind`` says which). A period that has ended leaves the state. A level
@@ -667,8 +549,8 @@ def update_debris_flow(
     """
     fig = rain.figures
     now = epoch_s(fig.as_of)
-    intensity = fig.rain_1h_mm
-    wet = intensity >= config.event_start_mm_h
+    intensity = fig.rainfall_mm_1h
+    wet = intensity >= config.event_start_rainfall_mm_1h
     start, last_wet = state.event_start, state.last_wet
     event_rain, antecedent = state.event_rain_mm, state.antecedent_mm
     started = ended = False
@@ -685,9 +567,13 @@ def update_debris_flow(
         # oldest 10-minute bucket of the 1 h accumulation.
         start = rain.state.tens.start_of(now) - 5 * TEN_MIN_S
         last_wet, event_rain, started = now, intensity, True
-        antecedent = antecedent_rain(fig.daily_mm, config.discount, config.antecedent_days)
+        antecedent = antecedent_rain(
+            fig.daily_mm, config.antecedent_discount, config.antecedent_days
+        )
     if start is None:
-        antecedent = antecedent_rain(fig.daily_mm, config.discount, config.antecedent_days)
+        antecedent = antecedent_rain(
+            fig.daily_mm, config.antecedent_discount, config.antecedent_days
+        )
 
     rt = event_rain + antecedent
     shaking = state.shaking
@@ -695,6 +581,7 @@ def update_debris_flow(
         shaking = None
     shaken = shaking is not None and shaking.active(now)
     reduced = config.use_r50 or shaken
+    r70_mm, r50_mm = config.r70_mm, r50_threshold(config)
     kind: Literal["r70", "r50"] = "r50" if reduced and r50_mm is not None else "r70"
     threshold = r50_mm if kind == "r50" else r70_mm
     at = fig.as_of
@@ -709,10 +596,10 @@ def update_debris_flow(
         as_of=at,
         in_event=start is not None,
         event_start=from_epoch(start) if start is not None else None,
-        event_rain_mm=event_rain,
+        rainfall_mm_event=event_rain,
         antecedent_mm=antecedent,
         rt_mm=rt,
-        intensity_mm_h=intensity,
+        rainfall_mm_1h=intensity,
         rti=intensity * rt,
         threshold_mm=threshold,
         threshold_kind=kind if threshold is not None else None,

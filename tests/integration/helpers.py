@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +97,51 @@ async def read_topic(
             batch = await consumer.getmany(timeout_ms=500)
             for recs in batch.values():
                 out += [(r.key, r.value) for r in recs if r.value is not None]
+        return out
+    finally:
+        await consumer.stop()
+
+
+async def read_through(
+    settings: Settings,
+    topic: str,
+    is_marker: Callable[[bytes | None, bytes], bool],
+    *,
+    timeout_s: float = 60,
+) -> list[tuple[bytes | None, bytes]]:
+    """Every record of ``topic`` up to a marker: read from the beginning until a record
+    ``is_marker(key, value)`` accepts arrived, then on to the end offsets every partition
+    has at that moment, so what was produced before the marker, on any partition, is in.
+    A test that asserts something did not arrive publishes the marker after it."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka.bootstrap,
+        enable_auto_commit=False,
+        metadata_max_age_ms=1000,
+    )
+    await consumer.start()
+    out: list[tuple[bytes | None, bytes]] = []
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not (parts := consumer.partitions_for_topic(topic)):
+            assert time.monotonic() < deadline, f"topic {topic} never appeared"
+            await consumer._client.force_metadata_update()
+            await asyncio.sleep(0.2)
+        tps = [TopicPartition(topic, p) for p in parts]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning()
+        while not any(is_marker(k, v) for k, v in out):
+            assert time.monotonic() < deadline, f"no marker on {topic}; got {len(out)} records"
+            batch = await consumer.getmany(timeout_ms=500)
+            out += [
+                (r.key, r.value) for recs in batch.values() for r in recs if r.value is not None
+            ]
+        end = await consumer.end_offsets(tps)
+        while [tp for tp in tps if await consumer.position(tp) < end[tp]]:
+            assert time.monotonic() < deadline, f"{topic} not read to its end"
+            batch = await consumer.getmany(timeout_ms=500)
+            out += [
+                (r.key, r.value) for recs in batch.values() for r in recs if r.value is not None
+            ]
         return out
     finally:
         await consumer.stop()

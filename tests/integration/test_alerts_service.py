@@ -30,6 +30,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import ConsumerRecord
 from influxdb_client.client.influxdb_client import InfluxDBClient
+from influxdb_client.client.write_api import SYNCHRONOUS
 from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import SecretStr
 
@@ -41,6 +42,7 @@ from alerts.service import AlertService, replay_state
 from alerts.signing import SIGNATURE_HEADER, verify
 from alerts.subscriptions import Subscription
 from civic_iot.contracts.alerts import AlertCandidate, Hazard
+from civic_iot.contracts.storage import StorageDeadLetter
 from civic_iot.kafka_admin import ensure_topics
 from civic_iot.settings import Settings, influx_token, mqtt_password
 from civic_iot.topology import Topology
@@ -135,8 +137,11 @@ def candidate(area: str, level: int, *, hazard: Hazard = "flood", **over: Any) -
     return AlertCandidate(**(fields | over))
 
 
-async def send_candidates(settings: Settings, *cands: AlertCandidate) -> float:
-    """Produce candidates (keyed by hazard:area); returns the time the last was acknowledged."""
+async def send_candidates(
+    settings: Settings, *cands: AlertCandidate, partition: int | None = None
+) -> float:
+    """Produce candidates (keyed by hazard:area; on ``partition`` if given, else the key's);
+    returns the time the last was acknowledged."""
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap, acks="all")
     await producer.start()
     try:
@@ -145,6 +150,7 @@ async def send_candidates(settings: Settings, *cands: AlertCandidate) -> float:
                 Topology.of(settings).candidates,
                 c.model_dump_json().encode(),
                 key=c.key.encode(),
+                partition=partition,
             )
         return time.time()
     finally:
@@ -267,6 +273,25 @@ def clear_retained(settings: Settings, topic: str) -> None:
     c.loop_stop()
 
 
+def publish_marker(settings: Settings, topic: str) -> bytes:
+    """Publish a unique, not retained marker on ``topic`` (as the alert service's account);
+    a subscriber that got it has got whatever the broker had for it before."""
+    marker = f"marker-{time.time_ns()}".encode()
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    c.username_pw_set("civic-alerts", mqtt_password(settings, "civic-alerts"))
+    c.connect(settings.mqtt.host, settings.mqtt.port)
+    c.loop_start()
+    c.publish(topic, marker, qos=1).wait_for_publish(10)
+    c.disconnect()
+    c.loop_stop()
+    return marker
+
+
+def posted(r: Receiver, name: str, field: str) -> list[Any]:
+    """``field`` of each JSON body POSTed to ``name``, in arrival order."""
+    return [json.loads(h.body)[field] for h in r.of(name)]
+
+
 # --------------------------------------------------------------------------- HTTP receiver
 
 
@@ -370,10 +395,13 @@ def test_retained_alert_for_late_subscriber_then_cleared_by_cancel(
             assert late.messages[2][1] == b"", "the retained alert was not cleared"
 
             # A subscriber that connects after the cancel sees nothing: nothing is open.
+            # A retained message would reach it before a marker published after it
+            # subscribed.
             after = Listener(env, topic, f"t-after-{unique}")
-            await asyncio.sleep(1.0)
+            marker = publish_marker(env, topic)
+            await wait_until(lambda: bool(after.messages), 10, "the marker")
             after.close()
-            assert after.messages == []
+            assert [(p, retained) for _, p, retained, _ in after.messages] == [(marker, False)]
 
         # Every message sent is in the alerts topic and InfluxDB, with its MQTT delivery.
         sent = await alert_messages(env, f"flood:{area}")
@@ -410,9 +438,16 @@ def test_flaky_receiver_gets_the_message_once_signed(env: Settings, unique: str)
                 await send_candidates(env, candidate(area, 3))
                 await wait_until(lambda: len(r.of("flaky")) >= 3, 15, "three POSTs to flaky")
                 await svc.webhooks.flush()
-                await asyncio.sleep(0.3)  # nothing more may arrive
+                # Marker: the alert's escalation goes through the same subscriber queue
+                # after the Alert; once it arrived, a repeated POST of the Alert would have.
+                await send_candidates(env, candidate(area, 4))
+                await wait_until(
+                    lambda: "Update" in posted(r, "flaky", "msg_type"), 15, "the marker Update"
+                )
+                await wait_until(lambda: len(r.of("cap")) >= 2, 15, "the marker Update (cap)")
 
-        flaky = r.of("flaky")
+        alert_ident = r.of("flaky")[0].headers[MESSAGE_ID_HEADER]
+        flaky = [h for h in r.of("flaky") if h.headers[MESSAGE_ID_HEADER] == alert_ident]
         assert [h.answered for h in flaky] == [500, 500, 200]
         ok = [h for h in flaky if h.answered == 200]
         assert len(ok) == 1, "the message must be accepted exactly once"
@@ -425,7 +460,7 @@ def test_flaky_receiver_gets_the_message_once_signed(env: Settings, unique: str)
         assert not verify("wrong-secret", ok[0].body, ok[0].headers, now=time.time())
         assert ok[0].headers[SIGNATURE_HEADER].startswith("t=")
 
-        [cap_hit] = r.of("cap")
+        [cap_hit] = [h for h in r.of("cap") if h.headers[MESSAGE_ID_HEADER] == alert_ident]
         assert cap_hit.headers["Content-Type"].startswith("application/cap+xml")
         assert verify(SECRET, cap_hit.body, cap_hit.headers, now=time.time())
         cap = parse_cap(cap_hit.body)
@@ -434,7 +469,11 @@ def test_flaky_receiver_gets_the_message_once_signed(env: Settings, unique: str)
         assert cap["msgType"] == "Alert"
 
         # Retries and the final delivery are recorded.
-        rows = [r for r in flux_rows(env, "delivery") if r["subscriber"] == "flaky"]
+        rows = [
+            r
+            for r in flux_rows(env, "delivery")
+            if r["subscriber"] == "flaky" and r["identifier"] == alert_ident
+        ]
         assert sorted((r["outcome"], r["attempt"], r["status_code"]) for r in rows) == [
             ("delivered", 3, 200),
             ("retry", 1, 500),
@@ -534,13 +573,23 @@ def test_restart_in_the_middle_no_duplicate_alert_and_cancel_kept(
                 assert b.state.records[key].zero_since is not None, "pending clear lost"
                 await wait_until(lambda: not b.open_alerts(), 15, "the cancel after restart")
                 await b.webhooks.flush()
-                await asyncio.sleep(0.5)  # a duplicate would have arrived by now
+                # Marker: another hazard's alert in the same area, its candidate on the
+                # flood candidates' partition: the new instance handles it after every
+                # flood candidate it (re-)reads, and the agency's queue delivers it after
+                # anything sent for the flood alert.
+                cands = await read_topic(env, Topology.of(env).candidates)
+                part = next(c.partition for c in cands if c.key == key.encode())
+                await send_candidates(env, candidate(area, 2, hazard="river"), partition=part)
+                await wait_until(
+                    lambda: "river" in posted(r, "agency", "hazard"), 15, "the marker alert"
+                )
             assert time.time() - stopped_at < hold + 10
 
         sent = await alert_messages(env, key)
         assert [m["msg_type"] for m in sent] == ["Alert", "Cancel"]
         assert sent[1]["reason"] == "cleared"
-        assert [json.loads(h.body)["msg_type"] for h in r.of("agency")] == ["Alert", "Cancel"]
+        flood = [h for h in r.of("agency") if json.loads(h.body)["hazard"] == "flood"]
+        assert [json.loads(h.body)["msg_type"] for h in flood] == ["Alert", "Cancel"]
 
         state_recs = await read_topic(env, Topology.of(env).alert_state)
         state = replay_state([(x.key, x.value, 1) for x in state_recs])
@@ -550,6 +599,7 @@ def test_restart_in_the_middle_no_duplicate_alert_and_cancel_kept(
         asyncio.run(run())
     finally:
         clear_retained(env, topic)
+        clear_retained(env, f"{Topology.of(env).mqtt_alerts_root}/river/{area}")
 
 
 def test_ack_over_http_is_recorded_and_metrics_served(env: Settings, unique: str) -> None:
@@ -667,7 +717,13 @@ def test_two_instances_one_active_one_alert(env: Settings, unique: str) -> None:
                 await wait_until(lambda: len(active.open_alerts()) == 1, 15, "the alert to open")
                 await wait_until(lambda: len(r.of("agency")) >= 1, 10, "the webhook POST")
                 await active.webhooks.flush()
-                await asyncio.sleep(1.0)  # a duplicate from the standby would be here by now
+                # Marker: the alert's escalation, on the same key (so the same partition),
+                # handled and POSTed after the Alert; a standby that consumed candidates
+                # would have handled the Alert's candidate by then too.
+                await send_candidates(env, candidate(area, 3))
+                await wait_until(
+                    lambda: "Update" in posted(r, "agency", "msg_type"), 15, "the marker Update"
+                )
                 assert standby.role == "standby"
                 assert standby.state.records == {}, "a standby holds no lifecycle state"
 
@@ -700,8 +756,8 @@ def test_two_instances_one_active_one_alert(env: Settings, unique: str) -> None:
                 await asyncio.gather(*(s.stop() for s in services))
 
         sent = await alert_messages(env, key)
-        assert [m["msg_type"] for m in sent] == ["Alert"]
-        assert [json.loads(h.body)["msg_type"] for h in r.of("agency")] == ["Alert"]
+        assert [m["msg_type"] for m in sent] == ["Alert", "Update"]
+        assert posted(r, "agency", "msg_type") == ["Alert", "Update"]
 
     try:
         asyncio.run(run())
@@ -714,9 +770,9 @@ async def escalate_on(leader: AlertService, env: Settings, area: str, alert_id: 
     key = f"flood:{area}"
     rebuilt = leader.state.records[key]
     assert (rebuilt.alert_id, rebuilt.status, rebuilt.sequence) == (alert_id, "open", 1)
-    await asyncio.sleep(0.5)  # a re-issued Alert would be on the topic by now
-    assert [m["msg_type"] for m in await alert_messages(env, key)] == ["Alert"]
 
+    # The escalation is also the marker: the new leader handles it after any candidate
+    # it re-reads, so a re-issued Alert would be on the topic before its Update.
     await send_candidates(env, candidate(area, 3))
     await wait_until(
         lambda: leader.open_alerts()[0].announced.level == 3, 15, "the escalation after takeover"
@@ -912,20 +968,28 @@ def test_frozen_leader_writes_nothing_when_it_resumes(
             await wait_until(lambda: len(b.open_alerts()) == 1, 15, "the new leader's Alert")
             await wait_until(clock.thawed.is_set, 15, "the frozen instance to resume")
             await wait_until(lambda: a.service.role == "standby", 15, "the old leader to step down")
-            # Its abandoned writes would be on the topics by now. It also rejoins the group
-            # as a standby: the rebalance makes the new leader step down and take over
-            # again (it keeps the partition, being the more recent holder).
-            await asyncio.sleep(2.0)
+            # Its abandoned writes would have been made before it stepped down. It also
+            # rejoins the group as a standby: the rebalance makes the new leader step down
+            # and take over again (it keeps the partition, being the more recent holder).
+            # Marker: the alert's escalation, handled by the leader once that is over.
+            await send_candidates(env, candidate(area, 3))
             await wait_until(
-                lambda: b.role == "active" and len(b.open_alerts()) == 1, 15, "the new leader"
+                lambda: (
+                    b.role == "active"
+                    and len(b.open_alerts()) == 1
+                    and b.open_alerts()[0].announced.level == 3
+                ),
+                30,
+                "the new leader's escalation",
             )
             assert a.service.role == "standby"
 
             sent = await alert_messages(env, key)
-            assert [m["msg_type"] for m in sent] == ["Alert"]
-            assert sent[0]["alert_id"] == b.open_alerts()[0].alert_id
+            assert [m["msg_type"] for m in sent] == ["Alert", "Update"]
+            assert {m["alert_id"] for m in sent} == {b.open_alerts()[0].alert_id}
             state = await read_topic(env, Topology.of(env).alert_state)
-            assert len([x for x in state if x.key == key.encode()]) == 1
+            # The Alert's and the Update's state, both the new leader's.
+            assert len([x for x in state if x.key == key.encode()]) == 2
             refused = [r for r in caplog.records if "leadership lost" in r.getMessage()]
             assert any(a.service.instance in r.getMessage() for r in refused), refused
 
@@ -935,4 +999,110 @@ def test_frozen_leader_writes_nothing_when_it_resumes(
         with contextlib.suppress(Exception):
             asyncio.run_coroutine_threadsafe(a.service.stop(), a.loop).result(30)
         a.close()
+        clear_retained(env, f"{Topology.of(env).mqtt_alerts_root}/flood/{area}")
+
+
+# --------------------------------------------------------------------------- storage
+
+
+def test_alert_points_still_land_after_a_point_influxdb_refuses(env: Settings, unique: str) -> None:
+    """An older tool stored ``ack`` notes as integers in this shard of the alerts bucket:
+    InfluxDB refuses the service's ``ack`` point (field type conflict). It goes to
+    ``storage.deadletter`` with InfluxDB's reason, is counted and reported on /health
+    (still ok), and the alert points written after it land."""
+    area = f"t{unique}"
+    key = f"flood:{area}"
+    with InfluxDBClient(url=env.influx.url, token=influx_token(env), org=env.influx.org) as c:
+        c.write_api(write_options=SYNCHRONOUS).write(
+            bucket=env.influx.bucket_alerts,
+            record=f"ack,area=backfill,hazard=flood note=1i {time.time_ns()}",
+        )
+
+    async def run() -> None:
+        async with running(env, lifecycle=short_lifecycle(60), subscriptions=[]) as svc:
+            await send_candidates(env, candidate(area, 2))
+            await wait_until(lambda: len(svc.open_alerts()) == 1, 15, "the alert to open")
+            await svc.acknowledge(svc.open_alerts()[0].alert_id, "duty-officer", "on it")
+            await wait_until(lambda: svc.points.deadletters == 1, 15, "the ack point refused")
+
+            await send_candidates(env, candidate(area, 4))
+            await wait_until(
+                lambda: svc.open_alerts()[0].announced.level == 4, 15, "the escalation"
+            )
+            await wait_until(lambda: svc.points.pending == 0, 15, "the Update's point written")
+            health = svc.health()
+            assert health["status"] == "ok"
+            assert health["storage"] == "ok"
+            report = health["storage_deadletters"]["alerts"]
+            assert (report["count"], report["last_reason_class"]) == (1, "type_conflict")
+            labels = {"sink": "alerts", "reason": "type_conflict"}
+            counted = svc.metrics.registry.get_sample_value(
+                "civic_storage_deadletters_total", labels
+            )
+            assert counted == 1.0  # on the service's /metrics
+
+        sent = await alert_messages(env, key)
+        assert [m["msg_type"] for m in sent] == ["Alert", "Update"]
+        rows = await asyncio.to_thread(flux_rows, env, "alert")
+        assert {r["identifier"] for r in rows} == {m["identifier"] for m in sent}
+        acks = await asyncio.to_thread(flux_rows, env, "ack")
+        assert [r["area"] for r in acks] == ["backfill"]  # the service's ack is not stored
+        recs = await read_topic(env, Topology.of(env).storage_deadletter)
+        [dead] = [StorageDeadLetter.model_validate_json(r.value) for r in recs if r.value]
+        assert dead.line.startswith(f"ack,area={area},hazard=flood ")
+        assert 'note="on it"' in dead.line
+        assert (dead.service, dead.sink) == ("alerts", "alerts")
+        assert dead.bucket == env.influx.bucket_alerts
+        assert (dead.reason_class, dead.status) == ("type_conflict", 422)
+        assert 'input field "note" on measurement "ack" is type string' in dead.reason
+
+    try:
+        asyncio.run(run())
+    finally:
+        clear_retained(env, f"{Topology.of(env).mqtt_alerts_root}/flood/{area}")
+
+
+def test_alert_points_wait_out_an_influxdb_outage_and_are_dead_lettered_at_stop(
+    env: Settings, unique: str
+) -> None:
+    """InfluxDB unreachable: alerts still go out, their points wait in the sink (health
+    reports it, still ok), and at the stop they go to ``storage.deadletter``, not away."""
+    area = f"t{unique}"
+    key = f"flood:{area}"
+    influx = env.influx.model_copy(
+        update={
+            "url": f"http://127.0.0.1:{free_port()}",
+            "write_backoff_base_s": 0.05,
+            "write_backoff_cap_s": 0.2,
+        }
+    )
+    down = env.model_copy(update={"influx": influx})
+
+    async def run() -> None:
+        async with running(down, lifecycle=short_lifecycle(60), subscriptions=[]) as svc:
+            await send_candidates(env, candidate(area, 2))
+            await wait_until(lambda: len(svc.open_alerts()) == 1, 15, "the alert to open")
+            await wait_until(
+                lambda: svc.health()["storage"] == "unavailable", 15, "storage unavailable"
+            )
+            await svc.mqtt.flush()
+            health = svc.health()
+            assert health["status"] == "ok"  # alerts go out: storage is reported, not judged
+            assert health["storage_pending"] >= 1
+            assert health["storage_deadletters"] == {}
+            assert "alerts" in health["storage_failing_s"]
+
+        [sent] = await alert_messages(env, key)
+        recs = await read_topic(env, Topology.of(env).storage_deadletter)
+        dead = [StorageDeadLetter.model_validate_json(r.value) for r in recs if r.value]
+        assert {(d.reason_class, d.status, d.service) for d in dead} == {
+            ("unavailable", 0, "alerts")
+        }
+        [alert] = [d for d in dead if d.measurement == "alert"]
+        assert alert.line.startswith(f"alert,area={area},hazard=flood,msg_type=Alert,")
+        assert f'identifier="{sent["identifier"]}"' in alert.line
+
+    try:
+        asyncio.run(run())
+    finally:
         clear_retained(env, f"{Topology.of(env).mqtt_alerts_root}/flood/{area}")

@@ -1,7 +1,8 @@
 """Every dashboard query runs on the real InfluxDB and returns rows.
 
-A small, realistic data set following docs/storage.md is written to buckets of this test
-run alone (``gtest-<id>-readings`` ...); the dashboards' queries are pointed at them with
+A small, realistic data set following the storage schema (docs/storage.md) is written to
+buckets of this test run alone (``gtest-<id>-readings`` ...); the dashboards' queries are
+pointed at them with
 :func:`ops.grafana.bind_buckets`, Grafana's macros and template variables are
 replaced as Grafana would (:func:`ops.grafana.render_flux`), and each query must come
 back without error and with at least one row. The buckets are deleted at the end.
@@ -131,8 +132,9 @@ def write_dataset(client: InfluxDBClient, s: InfluxSettings) -> None:
                 .field("aqi", aqi).field("category", "普通" if aqi <= 100 else "對敏感族群不健康")
                 .field("leading", "pm2_5" if i == 0 else "o3_8h")
                 .field("level", min(aqi // 50 - 1, 3))
-                .field("pm2_5_1h", pm).field("pm2_5_rt", pm * 0.9).field("pm10_rt", pm * 1.5)
-                .field("o3_8h_ppm", 0.045).field("co_8h_ppm", 0.5)
+                .field("pm2_5_ugm3_1h", pm).field("pm2_5_ugm3_rt", pm * 0.9)
+                .field("pm10_ugm3_rt", pm * 1.5)
+                .field("o3_ppb_8h", 45.0).field("co_ppm_8h", 0.5)
                 .field("lat", lat).field("lon", lon)
                 .time(t)
             )  # fmt: skip
@@ -170,9 +172,9 @@ def write_dataset(client: InfluxDBClient, s: InfluxSettings) -> None:
                 raw = raw.field("rainfall_mm", 6.5)
                 derived.append(
                     Point("rain").tag("device", dev).tag("township", town)
-                    .field("rain_1h_mm", 40.0 + k).field("rain_3h_mm", 90.0 + 3 * k)
-                    .field("rain_24h_mm", 150.0 + 5 * k).field("rain_class", 1 + k // 5)
-                    .field("rti", 120.0 + 10 * k).field("event_rain_mm", 60.0 + 8 * k)
+                    .field("rainfall_mm_1h", 40.0 + k).field("rainfall_mm_3h", 90.0 + 3 * k)
+                    .field("rainfall_mm_24h", 150.0 + 5 * k).field("rain_class", 1 + k // 5)
+                    .field("rti", 120.0 + 10 * k).field("rainfall_mm_event", 60.0 + 8 * k)
                     .field("debris_flow_level", min(k // 6, 2))
                     .field("debris_flow_threshold_mm", 250.0 if k < 10 else 200.0)
                     .field("debris_flow_threshold_kind", "r70" if k < 10 else "r50")

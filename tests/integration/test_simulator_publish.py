@@ -17,7 +17,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from civic_iot.registry import Registry
 from civic_iot.settings import Settings, mqtt_password
-from simulator.publisher import publish_all
+from simulator.publisher import PublishError, publish_all
 from simulator.scenario import (
     GarbageFault,
     Phase,
@@ -26,8 +26,12 @@ from simulator.scenario import (
     SimMessage,
     generate,
 )
+from tests.integration.helpers import Device, reading
 
 pytestmark = pytest.mark.integration
+
+#: The device that publishes the marker after a test's messages.
+MARKER_DEVICE = "air-0003"
 
 
 class Subscriber:
@@ -35,6 +39,7 @@ class Subscriber:
     the ingest service's shared subscription)."""
 
     def __init__(self, settings: Settings, unique: str) -> None:
+        self.settings = settings
         self.received: list[tuple[str, bytes]] = []
         self._lock = threading.Lock()
         self._ready = threading.Event()
@@ -62,16 +67,30 @@ class Subscriber:
             self.received.append((msg.topic, bytes(msg.payload)))
 
     def wait_for(self, wanted: set[tuple[str, bytes]], timeout: float) -> list[tuple[str, bytes]]:
-        """Wait until every wanted message arrived (or time out); return the ones of ours."""
+        """Wait until every wanted message arrived (or time out), then until a marker
+        published after them arrived; return what came before the marker. Anything extra
+        (duplicates, denied messages) the broker let through would have come first."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with self._lock:
                 if wanted <= set(self.received):
                     break
             time.sleep(0.1)
-        time.sleep(0.5)  # anything extra (duplicates, denied messages) arrives meanwhile
-        with self._lock:
-            return list(self.received)
+        device = MARKER_DEVICE
+        marker = (f"devices/{device}/air", reading(time.time_ns() // 1_000_000, pm2_5_ugm3=1.0))
+        publisher = Device(self.settings, device)
+        try:
+            assert not publisher.publish(*marker).is_failure
+        finally:
+            publisher.close()
+        want_marker = (marker[0], marker[1].encode())
+        deadline = time.monotonic() + 10
+        while True:
+            with self._lock:
+                if want_marker in self.received:
+                    return self.received[: self.received.index(want_marker)]
+            assert time.monotonic() < deadline, "the marker never arrived"
+            time.sleep(0.05)
 
     def close(self) -> None:
         self.client.disconnect()
@@ -194,3 +213,11 @@ def test_fast_bulk_mode_bounds_the_window(stack: Settings, registry: Registry) -
     assert report.failed == 0
     assert report.devices == 20
     assert report.latency.count == 2000
+
+
+def test_an_unreachable_broker_is_a_clear_error(stack: Settings) -> None:
+    closed = stack.model_copy(update={"mqtt": stack.mqtt.model_copy(update={"port": 1})})
+    now = datetime.now(UTC)
+    message = SimMessage("air-0001", "air", "devices/air-0001/air", b"{}", now, 0.0)
+    with pytest.raises(PublishError, match=r"cannot reach Mosquitto at 127\.0\.0\.1:1"):
+        publish_all([message], closed, fast=True)

@@ -53,11 +53,12 @@ def test_mosquitto_device_publishes_ingest_receives(
     secret = device_secret(stack.data_dir)
     sub = _client(stack, "civic-ingest", mqtt_password(stack, "civic-ingest"), f"t-sub-{unique}")
     got: list[bytes] = []
-    arrived = threading.Event()
+    arrived = threading.Condition()
 
     def on_message(_c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
-        got.append(msg.payload)
-        arrived.set()
+        with arrived:
+            got.append(msg.payload)
+            arrived.notify_all()
 
     sub.on_message = on_message
     assert not _connect(sub, stack).is_failure
@@ -70,8 +71,14 @@ def test_mosquitto_device_publishes_ingest_receives(
     assert not _connect(pub, stack).is_failure
     payload = f'{{"v":1,"ts":"2026-01-01T00:00:00+08:00","pm2_5_ugm3":12.5,"t":"{unique}"}}'
     pub.publish(f"devices/{device.id}/air", payload, qos=1).wait_for_publish(10)
-    assert arrived.wait(10), "the ingest account did not receive the device's reading"
-    assert got == [payload.encode()]
+    # A marker after it: a duplicate of the reading would arrive before the marker.
+    marker = f"marker-{unique}"
+    pub.publish(f"devices/{device.id}/air", marker, qos=1).wait_for_publish(10)
+    with arrived:
+        assert arrived.wait_for(lambda: marker.encode() in got, 10), (
+            f"the ingest account did not receive the device's reading and marker: {got}"
+        )
+    assert got == [payload.encode(), marker.encode()]
     for c in (pub, sub):
         c.disconnect()
         c.loop_stop()

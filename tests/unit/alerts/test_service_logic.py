@@ -31,6 +31,8 @@ from alerts.service import (
 )
 from alerts.signing import verify
 from alerts.subscriptions import Subscription
+from civic_iot.settings import InfluxSettings
+from civic_iot.times import to_ns
 
 from .factories import at, candidate, lifecycle_messages, run
 
@@ -135,7 +137,27 @@ def test_deadletter_record_names_the_failure_without_the_body() -> None:
 
 def test_alert_point_follows_storage_md() -> None:
     msg = lifecycle_messages("flood")[0]
-    line = alert_point(msg, "Exercise").to_line_protocol()
+    p = alert_point(msg, "Exercise", InfluxSettings())
+    assert (p.bucket, p.measurement) == ("alerts", "alert")
+    assert dict(p.tags) == {
+        "area": "6300300",
+        "hazard": "flood",
+        "msg_type": "Alert",
+        "severity": "Moderate",
+        "status": "Exercise",
+    }
+    # Field types as stored before the core's Point (dashboards read them): ints stay ints.
+    assert dict(p.fields) == {
+        "identifier": msg.identifier,
+        "alert_id": msg.alert_id,
+        "sequence": 1,
+        "level": 2,
+        "headline": "flood level 2",
+        "reason": "new",
+        "latency_ms": 0.0,  # the factory issues at the detection time
+    }
+    assert [type(v) for _, v in p.fields] == [str, str, int, int, str, str, float]
+    line = p.line()
     assert line.startswith(
         "alert,area=6300300,hazard=flood,msg_type=Alert,severity=Moderate,status=Exercise "
     )
@@ -145,7 +167,7 @@ def test_alert_point_follows_storage_md() -> None:
         "sequence=1i",
         "level=2i",
         'reason="new"',
-        "latency_ms=0,",  # the factory issues at the detection time (float 0 is written "0")
+        "latency_ms=0.0",
     ):
         assert part in line
     assert line.endswith(str(int(msg.sent.timestamp() * 1e9)))
@@ -156,7 +178,10 @@ def test_delivery_point_and_latency() -> None:
     at_ns = int(msg.sent.timestamp() * 1e9) + 250_000_000
     result = DeliveryResult("webhook", "agency-1", msg, "retry", 2, 500, at_ns, "HTTP 500")
     assert result.latency_ms == pytest.approx(250.0)
-    line = delivery_point(result).to_line_protocol()
+    p = delivery_point(result, InfluxSettings())
+    assert p.measurement == "delivery"
+    assert [type(v) for _, v in p.fields] == [str, int, int, float]
+    line = p.line()
     assert line.startswith("delivery,channel=webhook,outcome=retry,subscriber=agency-1 ")
     assert "attempt=2i" in line
     assert "status_code=500i" in line
@@ -166,11 +191,14 @@ def test_delivery_point_and_latency() -> None:
 
 def test_ack_point() -> None:
     s1, [alert] = run([(0, candidate(2, 0))])
-    _, ack = acknowledge(s1, alert.alert_id, "duty officer", at(3), "on it")
-    line = ack_point(ack).to_line_protocol()
+    _, ack = acknowledge(s1, alert.alert_id, "duty officer", at(3), 'on it\n"now"')
+    p = ack_point(ack, InfluxSettings())
+    line = p.line()
     assert line.startswith("ack,area=6300300,hazard=air_quality ")
     assert 'by="duty officer"' in line
-    assert 'note="on it"' in line
+    # A newline in a note is stored as a newline (only \\ and " are escaped).
+    assert 'note="on it\n\\"now\\""' in line
+    assert line.endswith(f" {to_ns(at(3))}")
 
 
 # --------------------------------------------------------------------------- MQTT and webhooks

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from civic_iot.retry import ceiling, delay
+from civic_iot.retry import Backoff, ceiling, delay
 
 
 class _Fixed:
@@ -55,3 +55,11 @@ def test_same_seed_same_delays() -> None:
 def test_bad_arguments(attempt: int, base_s: float, cap_s: float) -> None:
     with pytest.raises(ValueError, match="backoff"):
         ceiling(attempt, base_s, cap_s)
+
+
+def test_backoff_counts_failures_and_starts_over_after_a_success() -> None:
+    backoff = Backoff(base_s=1.0, cap_s=8.0, rng=_Fixed(0.5))
+    assert [backoff.next_delay() for _ in range(5)] == [0.5, 1.0, 2.0, 4.0, 4.0]
+    assert backoff.failures == 5
+    backoff.reset()
+    assert backoff.next_delay() == 0.5

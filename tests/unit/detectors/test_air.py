@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from civic_iot.thresholds import AirQualityThresholds
 from processors.detectors.air import (
     AirConfig,
     AirState,
@@ -190,27 +191,37 @@ def test_alert_level_with_hysteresis() -> None:
     assert levels(no2_hours(101, 92, 80, 361, 330, 300, 90, 85)) == [1, 1, 0, 2, 2, 1, 1, 1]
 
 
-def test_device_threshold_overrides() -> None:
-    assert levels(no2_hours(101), thresholds={"aqi_warn": 120}) == [0]
-    assert levels(no2_hours(101), thresholds={"aqi_l1": 120}) == [0]
-    assert levels(no2_hours(80), thresholds={"aqi_l1": 80, "aqi_clear_margin": 0}) == [1]
+def test_the_ladder_comes_from_the_lines() -> None:
+    higher = AirConfig(lines=AirQualityThresholds(aqi_levels=(120, 151, 201)))
+    assert levels(no2_hours(101), higher) == [0]
+    lower = AirConfig(lines=AirQualityThresholds(aqi_levels=(80, 151, 201), aqi_clear_margin=0))
+    assert levels(no2_hours(80), lower) == [1]
+    assert lower.ladder().threshold(1) == 80
 
 
-def test_region_override_then_device_override() -> None:
-    config = AirConfig(regions={"6300100": {"aqi_l1": 80}})
-    assert levels(no2_hours(80), config, township="6300100") == [1]
-    assert levels(no2_hours(80), config, township="6500100") == [0]
-    assert levels(no2_hours(80), config, township="6300100", thresholds={"aqi_l1": 90}) == [0]
+def test_the_pm2_5_breakpoints_come_from_the_lines() -> None:
+    readings = [(at(h), {"pm2_5_ugm3": 15.4}) for h in range(12)]
+    assert feed(readings).figures.aqi.aqi == 59  # type: ignore[union-attr]  # MOENV 2025
+    old = AirConfig(lines=AirQualityThresholds(pm2_5_ugm3_breakpoints="moenv_pre2025"))
+    assert feed(readings, old).figures.aqi.aqi == 50  # type: ignore[union-attr]
+    custom = AirConfig(
+        lines=AirQualityThresholds(
+            pm2_5_ugm3_breakpoints=((0.0, 10.0, 0, 50), (10.1, 20.0, 51, 100))
+        )
+    )
+    assert feed(readings, custom).figures.aqi.aqi == 77  # type: ignore[union-attr]
 
 
-def test_figures_fields_carry_units() -> None:
+def test_figures_carry_the_readings_names_and_units() -> None:
     readings = [(at(h), {"pm2_5_ugm3": 35.0, "o3_ppb": 60.0}) for h in range(8)]
-    fields = feed(readings).figures.fields()
-    assert fields["pm2_5_ugm3_1h"] == 35.0
-    assert fields["aqi_input_pm2_5_ugm3"] == 35.0
-    assert fields["aqi_input_o3_8h_ppm"] == pytest.approx(0.06)
-    assert fields["aqi"] == 112.0
-    assert fields["level"] == 1.0
+    figures = feed(readings).figures
+    assert figures.concentrations["pm2_5_ugm3_1h"] == 35.0
+    assert figures.concentrations["o3_ppb_8h"] == pytest.approx(60.0)
+    assert figures.aqi_inputs["o3_8h"] == pytest.approx(0.06)  # the AQI's own unit, ppm
+    assert figures.concentrations["pm2_5_ugm3_rt"] == 35.0  # 8 of 12 hours valid (>= 6)
+    assert figures.aqi is not None
+    assert figures.aqi.aqi == 112
+    assert figures.level == 1
 
 
 def test_state_round_trip() -> None:

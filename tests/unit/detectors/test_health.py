@@ -19,9 +19,9 @@ from processors.detectors.state import dump_state, load_state
 T0 = datetime(2025, 7, 1, tzinfo=UTC)
 CONFIG = HealthConfig(
     rules={
-        "pm2_5_ugm3": QuantityRule(0, 1000, stuck_count=3),
-        "water_level_m": QuantityRule(-20, 4000, stuck_minutes=30),
-        "rainfall_mm": QuantityRule(0, 200, stuck_count=3, stuck_exempt=(0.0,)),
+        "pm2_5_ugm3": QuantityRule(min_value=0, max_value=1000, stuck_count=3),
+        "water_level_m": QuantityRule(min_value=-20, max_value=4000, stuck_minutes=30),
+        "rainfall_mm": QuantityRule(min_value=0, max_value=200, stuck_count=3, stuck_exempt=(0.0,)),
     }
 )
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from processors.detectors.levels import Ladder, LevelTracker, merge_thresholds
+from processors.detectors.levels import Ladder, LevelTracker
 from processors.detectors.state import dump_state, load_state
 
 T0 = datetime(2025, 7, 1, tzinfo=UTC)
@@ -105,16 +105,6 @@ def test_round_trip_through_json() -> None:
     restored = load_state(LevelTracker, dump_state(tracker))
     assert restored == tracker
     assert load_state(LevelTracker, dump_state(LevelTracker())) == LevelTracker()
-
-
-def test_merge_thresholds_later_wins_and_unknown_names_are_ignored() -> None:
-    merged = merge_thresholds(
-        {"aqi_l1": 101, "aqi_l2": 151},
-        {"aqi_l1": 90, "flood_depth_cm_l1": 20},
-        None,
-        {"aqi_l1": 120},
-    )
-    assert merged == {"aqi_l1": 120.0, "aqi_l2": 151}
 
 
 @given(st.lists(st.floats(min_value=0, max_value=600, allow_nan=False), min_size=1))

@@ -6,6 +6,7 @@ from itertools import pairwise
 import numpy as np
 import pytest
 
+from civic_iot.thresholds import StaLtaThresholds
 from processors.detectors.seismic import PacketResult, SeismicConfig, StationState, process_packet
 from processors.detectors.state import dump_state, load_state
 from simulator.waveforms import SimQuake, SimStation, Spike, arrival_times, synthesize_traces
@@ -143,7 +144,7 @@ def test_duplicate_packet_is_ignored_and_gap_restarts() -> None:
 
 
 def test_event_window_closes() -> None:
-    cfg = SeismicConfig(min_event_window_s=10.0, max_event_window_s=20.0)
+    cfg = SeismicConfig(sta_lta=StaLtaThresholds(min_event_window_s=10.0, max_event_window_s=20.0))
     trace = noise(60, spikes=[Spike("ST1", T0 + 20.0, 100.0)])
     state = StationState()
     ended_at = None

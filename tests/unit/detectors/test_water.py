@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from civic_iot.thresholds import FloodThresholds, RainCriteria, RainThresholds, RiverThresholds
 from processors.detectors.state import dump_state, load_state
 from processors.detectors.water import (
     DebrisFlowConfig,
@@ -17,10 +18,10 @@ from processors.detectors.water import (
     FloodConfig,
     GaugeState,
     GaugeUpdate,
-    RainClass,
     RainConfig,
     RainState,
     RainUpdate,
+    RiverConfig,
     StrongShaking,
     antecedent_rain,
     mark_strong_shaking,
@@ -53,12 +54,13 @@ def flood_run(readings: Sequence[tuple[float, float]], **kwargs: object) -> list
 
 
 def river_run(
-    readings: Sequence[tuple[float, float]], thresholds: dict[str, float] | None = None
+    readings: Sequence[tuple[float, float]], lines: RiverThresholds | None = None
 ) -> list[GaugeUpdate]:
     state = GaugeState()
     out = []
+    config = RiverConfig(lines=lines) if lines is not None else RiverConfig()
     for minute, stage in readings:
-        update = update_river(state, at(minutes=minute), stage, thresholds=thresholds)
+        update = update_river(state, at(minutes=minute), stage, config)
         state = update.state
         out.append(update)
     return out
@@ -83,11 +85,12 @@ def test_flood_hysteresis() -> None:
     assert levels == [1, 1, 1, 1, 0, 0, 2, 2, 1]
 
 
-def test_flood_device_and_region_overrides() -> None:
-    (update,) = flood_run([(0, 15)], thresholds={"flood_depth_cm_l1": 20})
+def test_flood_lines_come_from_the_config() -> None:
+    higher = FloodConfig(lines=FloodThresholds(flood_depth_cm_levels=(20, 30, 50)))
+    (update,) = flood_run([(0, 15)], config=higher)
     assert update.figures.level == 0
-    config = FloodConfig(regions={"6300100": {"flood_depth_cm_l1": 5}})
-    (update,) = flood_run([(0, 6)], config=config, township="6300100")
+    lower = FloodConfig(lines=FloodThresholds(flood_depth_cm_levels=(5, 30, 50)))
+    (update,) = flood_run([(0, 6)], config=lower)
     assert update.figures.level == 1
     assert update.figures.threshold == 5
 
@@ -101,11 +104,9 @@ def test_flood_rate_of_rise() -> None:
     assert [u.figures.rising for u in updates] == [False, False, False, True, True, True]
     assert updates[3].rise_step.changed
     assert not updates[4].rise_step.changed
-    fields = updates[3].figures.fields("flood_depth_cm")
-    assert fields["flood_depth_cm"] == 9.0
-    assert fields["rise_cm_per_10min"] == pytest.approx(15.0)
-    assert fields["rising"] == 1.0
-    assert "rise_cm_per_10min" not in updates[0].figures.fields("flood_depth_cm")
+    assert updates[3].figures.value == 9.0
+    assert updates[3].figures.rise_cm_per_10min == pytest.approx(15.0)
+    assert updates[3].figures.rising
 
 
 def test_flood_rise_clears_below_half_the_threshold() -> None:
@@ -118,19 +119,24 @@ def test_flood_rise_clears_below_half_the_threshold() -> None:
 
 
 @pytest.mark.parametrize(
-    ("thresholds", "cm_per_2min", "rise_level", "line"),
+    ("own_line", "cm_per_2min", "rise_level", "line"),
     [
         (None, 3.0, 1, 10.0),  # 15 cm / 10 min against the 10 cm default
         (None, 2.0, 1, 10.0),  # exactly on the line: reached
         (None, 1.0, 0, 10.0),  # 5 cm / 10 min
-        ({"flood_rise_cm_per_10min": 20.0}, 3.0, 0, 20.0),  # a device's own line
-        ({"flood_rise_cm_per_10min": 5.0}, 1.0, 1, 5.0),
+        (20.0, 3.0, 0, 20.0),  # a gauge's own line
+        (5.0, 1.0, 1, 5.0),
     ],
 )
 def test_flood_rise_level_against_its_line(
-    thresholds: dict[str, float] | None, cm_per_2min: float, rise_level: int, line: float
+    own_line: float | None, cm_per_2min: float, rise_level: int, line: float
 ) -> None:
-    last = flood_run([(2 * i, cm_per_2min * i) for i in range(6)], thresholds=thresholds)[-1]
+    config = (
+        FloodConfig(lines=FloodThresholds(rise_cm_per_10min=own_line))
+        if own_line
+        else FloodConfig()
+    )
+    last = flood_run([(2 * i, cm_per_2min * i) for i in range(6)], config=config)[-1]
     assert last.figures.rise_level == rise_level
     assert last.figures.rise_threshold_cm_per_10min == line
     assert last.figures.rising is (rise_level > 0)
@@ -171,7 +177,9 @@ def test_gauge_refuses_non_finite_values() -> None:
 
 # --- river ---------------------------------------------------------------------------
 
-RIVER = {"river_level_m_l3": 10.0, "river_level_m_l2": 11.0, "river_level_m_l1": 12.0}
+RIVER = RiverThresholds(
+    water_level_m_yellow=10.0, water_level_m_orange=11.0, water_level_m_red=12.0
+)
 
 
 def test_river_without_warning_levels_never_alerts() -> None:
@@ -197,7 +205,7 @@ def test_river_hysteresis() -> None:
 
 
 def test_river_with_only_a_red_line() -> None:
-    (update,) = river_run([(0, 12.6)], {"river_level_m_l1": 12.5})
+    (update,) = river_run([(0, 12.6)], RiverThresholds(water_level_m_red=12.5))
     assert update.figures.level == 3
     assert update.figures.threshold == 12.5
 
@@ -260,14 +268,14 @@ def test_rain_class_names() -> None:
 def test_rain_accumulation_windows_and_expiry() -> None:
     state = rain_run([(at(), 50.0)]).state
     still = update_rain(state, at(minutes=50), 0.0)
-    assert still.figures.rain_1h_mm == 50.0
+    assert still.figures.rainfall_mm_1h == 50.0
     gone = update_rain(still.state, at(minutes=60), 0.0)
-    assert gone.figures.rain_1h_mm == 0.0
-    assert gone.figures.rain_3h_mm == 50.0
+    assert gone.figures.rainfall_mm_1h == 0.0
+    assert gone.figures.rainfall_mm_3h == 50.0
     assert gone.figures.level == 0  # 1 h below 36 mm and 24 h below 72 mm
     assert gone.step.changed
     later = update_rain(gone.state, at(24), 0.0)
-    assert later.figures.rain_24h_mm == 0.0
+    assert later.figures.rainfall_mm_24h == 0.0
 
 
 def rain_levels(
@@ -283,7 +291,8 @@ def rain_levels(
 
 
 def test_rain_class_hysteresis() -> None:
-    hourly_only = RainConfig(classes=(RainClass(1, "heavy rain", "大雨", ((1, 40.0),)),))
+    # Heavy rain by the hour only (the other classes as CWA's, out of reach here).
+    hourly_only = RainConfig(lines=RainThresholds(heavy_rain=RainCriteria(rainfall_mm_1h=40.0)))
     readings = [(0, 40.0), (30, 37.0), (60, 0.0), (90, 0.0)]
     # at 60 min the 40 mm left the hour but 37 mm >= 0.9 * 40 still holds heavy rain;
     # at 90 min the hour is empty
@@ -300,12 +309,12 @@ def test_duplicate_delivery_is_not_counted_twice() -> None:
     again = update_rain(first.state, at(), 5.0)
     assert again.duplicate
     assert again.added_mm == 0.0
-    assert again.figures.rain_1h_mm == 5.0
+    assert again.figures.rainfall_mm_1h == 5.0
 
 
 def test_out_of_order_rain_is_counted() -> None:
     update = rain_run([(at(minutes=20), 2.0), (at(minutes=10), 3.0)])
-    assert update.figures.rain_1h_mm == 5.0
+    assert update.figures.rainfall_mm_1h == 5.0
     assert update.figures.as_of == at(minutes=20)
     assert not update.duplicate
 
@@ -320,7 +329,7 @@ def test_daily_totals_use_taiwan_local_days() -> None:
 def test_rain_older_than_24_hours_still_counts_for_its_day() -> None:
     state = rain_run([(at(40), 1.0)]).state
     late = update_rain(state, at(10), 7.0)  # 30 h late, still within the kept days
-    assert late.figures.rain_24h_mm == 1.0
+    assert late.figures.rainfall_mm_24h == 1.0
     assert late.added_mm == 7.0
     assert sum(late.figures.daily_mm) == 8.0
 
@@ -363,7 +372,8 @@ class Gauge:
     ) -> DebrisFlowUpdate:
         rain = update_rain(self.rain, t, mm)
         self.rain = rain.state
-        update = update_debris_flow(self.debris, rain, self.config, r70_mm=r70, r50_mm=r50)
+        config = self.config.model_copy(update={"r70_mm": r70, "r50_mm": r50})
+        update = update_debris_flow(self.debris, rain, config)
         self.debris = update.state
         return update
 
@@ -373,14 +383,14 @@ def test_event_starts_at_4_mm_per_hour_and_ends_after_6_dry_hours() -> None:
     assert not gauge.report(at(0), 2.0).figures.in_event
     start = gauge.report(at(0, 10), 2.0)  # 1 h rain reaches 4 mm
     assert start.event_started
-    assert start.figures.event_rain_mm == 4.0  # the starting hour belongs to the event
+    assert start.figures.rainfall_mm_event == 4.0  # the starting hour belongs to the event
     assert start.figures.event_start == at(0, 10) - timedelta(minutes=50)
     for hour in range(1, 6):
         assert not gauge.report(at(0, 10) + timedelta(hours=hour), 0.0).event_ended
     end = gauge.report(at(6, 10), 0.0)
     assert end.event_ended
     assert not end.figures.in_event
-    assert end.figures.event_rain_mm == 0.0
+    assert end.figures.rainfall_mm_event == 0.0
 
 
 def test_rain_after_the_start_accumulates_and_rti_is_i_times_rt() -> None:
@@ -401,11 +411,11 @@ def test_rain_after_the_start_accumulates_and_rti_is_i_times_rt() -> None:
     assert start.event_started
     assert start.figures.antecedent_mm == pytest.approx(14.0)  # 0.7 * 20
     assert start.figures.rt_mm == pytest.approx(24.0)
-    assert start.figures.intensity_mm_h == 10.0
+    assert start.figures.rainfall_mm_1h == 10.0
     assert start.figures.rti == pytest.approx(240.0)
     assert start.figures.level == 0  # event rain 10 < 0.8 * 30
     yellow = gauge.report(day2 + timedelta(minutes=10), 15.0)
-    assert yellow.figures.event_rain_mm == 25.0
+    assert yellow.figures.rainfall_mm_event == 25.0
     assert yellow.figures.rti == pytest.approx(25.0 * 39.0)
     assert (yellow.figures.level, yellow.step.changed) == (1, True)
     red = gauge.report(day2 + timedelta(minutes=20), 5.0)
@@ -456,14 +466,14 @@ def shaking(
 def test_strong_shaking_starts_an_r50_period_at_the_origin(
     intensity: str, min_level: str, marked: bool
 ) -> None:
-    config = DebrisFlowConfig(shaking_min_level=min_level, r50_after_shaking_s=10 * 86400)
+    config = DebrisFlowConfig(shaking_min_intensity=min_level, r50_days=10)
     mark = strong_shaking("q1", intensity, QUAKE_S, config)
     if not marked:
         assert mark is None
         return
     assert mark == StrongShaking("q1", intensity, QUAKE_S, QUAKE_S + 10 * 86400)
     by_default = strong_shaking(
-        "q1", intensity, QUAKE_S, DebrisFlowConfig(shaking_min_level=min_level)
+        "q1", intensity, QUAKE_S, DebrisFlowConfig(shaking_min_intensity=min_level)
     )
     assert by_default == StrongShaking("q1", intensity, QUAKE_S, QUAKE_S + 30 * 86400)
 
@@ -491,8 +501,8 @@ def test_strong_shaking_period_is_half_open(t_offset_s: float, active: bool) -> 
 def test_r50_threshold(
     r70: float | None, r50: float | None, below: float, expected: float | None
 ) -> None:
-    config = DebrisFlowConfig(r50_below_r70_mm=below)
-    assert r50_threshold(r70, r50, config) == expected
+    config = DebrisFlowConfig(r70_mm=r70, r50_mm=r50, r50_below_r70_mm=below)
+    assert r50_threshold(config) == expected
 
 
 @pytest.mark.parametrize(
@@ -551,7 +561,7 @@ def test_r50_lowers_the_level_an_event_reaches() -> None:
         t = at(minutes=10 * i)
         by_r70 = plain.report(t, 10.0, r70=250.0, r50=200.0)
         by_r50 = shaken.report(t, 10.0, r70=250.0, r50=200.0)
-    assert by_r70.figures.event_rain_mm == by_r50.figures.event_rain_mm == 230.0
+    assert by_r70.figures.rainfall_mm_event == by_r50.figures.rainfall_mm_event == 230.0
     assert (by_r70.figures.level, by_r70.figures.threshold_kind) == (1, "r70")
     assert (by_r50.figures.level, by_r50.figures.threshold_kind) == (2, "r50")
 
@@ -568,10 +578,11 @@ def test_r50_unknown_falls_back_to_r70_and_says_so() -> None:
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"shaking_min_level": "5"}, "unknown CWA intensity level"),
-        ({"r50_after_shaking_s": 0.0}, "r50_after_shaking_s"),
-        ({"r50_after_shaking_s": math.inf}, "r50_after_shaking_s"),
+        ({"shaking_min_intensity": "5"}, "shaking_min_intensity"),
+        ({"r50_days": 0.0}, "r50_days"),
+        ({"r50_days": math.inf}, "r50_days"),
         ({"r50_below_r70_mm": -50.0}, "r50_below_r70_mm"),
+        ({"r70_mm": 200.0, "r50_mm": 250.0}, "expected R50 <= R70"),
     ],
 )
 def test_debris_flow_config_refuses_nonsense(changes: dict[str, Any], message: str) -> None:
@@ -589,9 +600,9 @@ def test_late_rain_before_the_event_start_is_not_event_rain() -> None:
     gauge = Gauge()
     gauge.report(at(3), 10.0)  # event starts; it begins at 02:10
     late_in = gauge.report(at(2, 30), 1.0)
-    assert late_in.figures.event_rain_mm == 11.0
+    assert late_in.figures.rainfall_mm_event == 11.0
     late_out = gauge.report(at(1), 1.0)
-    assert late_out.figures.event_rain_mm == 11.0
+    assert late_out.figures.rainfall_mm_event == 11.0
 
 
 def test_debris_flow_state_round_trip() -> None:

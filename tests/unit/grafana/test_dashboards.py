@@ -1,7 +1,7 @@
-"""The committed dashboards: generated, well formed, and naming only docs/storage.md's schema.
+"""The committed dashboards: generated, well formed, and naming only the storage schema.
 
-The schema is parsed from the tables of docs/storage.md, so the doc and this test cannot
-drift; the provisioning payloads are checked as grafana-client sends them, through a fake
+The schema is :mod:`civic_iot.storage.schema` (docs/storage.md is generated from it); the
+provisioning payloads are checked as grafana-client sends them, through a fake
 of the three API groups provisioning uses.
 """
 
@@ -22,10 +22,10 @@ from grafana_client.client import GrafanaClientError
 from typer.testing import CliRunner
 
 from civic_iot.settings import REPO_ROOT, InfluxSettings
+from civic_iot.storage import schema
 from ops import grafana
 
 GRAFANA_DIR = REPO_ROOT / "deploy" / "grafana"
-STORAGE_MD = REPO_ROOT / "docs" / "storage.md"
 EXPECTED_FILES = {
     "overview.json",
     "air-quality.json",
@@ -45,40 +45,27 @@ class Measurement:
     fields: set[str] = field(default_factory=set)
 
 
-def parse_storage_schema(text: str) -> dict[str, dict[str, Measurement]]:
-    """bucket -> measurement -> tags and fields, from the ``## `bucket``` tables."""
-    schema: dict[str, dict[str, Measurement]] = {}
-    bucket: str | None = None
-    for line in text.splitlines():
-        if m := re.match(r"^## `(\w+)`", line):
-            bucket = m.group(1)
-            schema[bucket] = {}
-            continue
-        if bucket is None or not line.startswith("| `"):
-            continue
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        name = cells[0].strip("`")
-        tags = {t.split("=")[0] for t in re.findall(r"`([^`]+)`", cells[1])}
-        fields = set(re.findall(r"`([^`]+)`", cells[2]))
-        schema[bucket][name] = Measurement(tags - {"_field"}, fields)
-    # seismic_peak_1m keeps the samples' own field names (its `_field` "from the sample").
-    peak = schema.get("derived", {}).get("seismic_peak_1m")
-    if peak is not None and not peak.fields:
-        peak.fields = set(schema["seismic"]["seismic_sample"].fields)
-    return schema
+def storage_schema() -> dict[str, dict[str, Measurement]]:
+    """bucket -> measurement -> tags and fields, from the storage schema (which
+    docs/storage.md is generated from, tests/unit/core/test_schema.py)."""
+    out: dict[str, dict[str, Measurement]] = {b: {} for b in schema.BUCKET_ROLES}
+    for m in schema.MEASUREMENTS:
+        out[m.bucket][m.name] = Measurement(set(m.tag_names), set(m.field_names))
+    return out
 
 
-SCHEMA = parse_storage_schema(STORAGE_MD.read_text(encoding="utf-8"))
+SCHEMA = storage_schema()
 BUILTIN_COLUMNS = {"_time", "_value", "_field", "_measurement", "_start", "_stop"}
 
 
-def test_the_storage_doc_parses_into_the_documented_layout() -> None:
+def test_the_schema_has_the_documented_layout() -> None:
     assert set(SCHEMA) == {"readings", "seismic", "derived", "alerts"}
     assert SCHEMA["derived"]["air_quality"].tags == {"device", "township"}
     assert {"aqi", "leading", "lat", "lon"} <= SCHEMA["derived"]["air_quality"].fields
     assert SCHEMA["readings"]["air"].tags == {"device", "township", "kind"}
     assert SCHEMA["alerts"]["alert"].fields >= {"alert_id", "sequence", "latency_ms"}
     assert SCHEMA["derived"]["water_level"].fields >= {"flood_depth_cm", "water_level_m"}
+    assert SCHEMA["derived"]["seismic_peak_1m"].fields == SCHEMA["seismic"]["seismic_sample"].fields
 
 
 # ---------------------------------------------------------------------- the dashboards
@@ -207,7 +194,7 @@ def test_query_names_only_documented_buckets_measurements_tags_and_fields(
     buckets = _names(r'bucket: "([^"]+)"', flux)
     assert buckets, f"{name} {where}: no bucket"
     for b in buckets:
-        assert b in SCHEMA, f"{name} {where}: bucket {b!r} is not in docs/storage.md"
+        assert b in SCHEMA, f"{name} {where}: bucket {b!r} is not in the storage schema"
     measurements = _names(r'r\._measurement == "([^"]+)"', flux)
     assert measurements, f"{name} {where}: no measurement filter"
     known = {m: SCHEMA[b][m] for b in buckets for m in SCHEMA[b]}

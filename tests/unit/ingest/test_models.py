@@ -139,6 +139,13 @@ def test_air_without_a_pollutant_is_refused(values: dict[str, Any]) -> None:
         ({"value": 1.0}, "schema"),
         (float("nan"), "schema"),
         (float("inf"), "schema"),
+        # JSON numbers only: no numeric strings, booleans or null in their place.
+        ("12.5", "schema"),
+        ("1_000", "schema"),
+        ("1e2", "schema"),
+        (True, "schema"),
+        (False, "schema"),
+        (None, "schema"),
     ],
 )
 def test_air_value_not_a_finite_number(value: object, reason: str) -> None:
@@ -221,9 +228,11 @@ def _packet(n: int = 3, **changes: Any) -> dict[str, Any]:
     [
         _packet(),
         _packet(1),
-        _packet(1000),  # 10 s at 100 Hz, the most a packet holds
+        _packet(1000, sample_rate_hz=100),  # 10 s at 100 Hz, the most a packet holds
+        _packet(500),  # 10 s at 50 Hz
         _packet(sample_rate_hz=100),
-        _packet(sample_rate_hz=0.5),
+        _packet(sample_rate_hz=31.25),  # OpenEEW
+        _packet(sample_rate_hz=20),
         _packet(x_gal=[-4000.0, 4000.0, 0.0]),
         _packet(pga_gal=0, pgv_cms=0),
         _packet(pga_gal=4000, pgv_cms=1000),
@@ -243,7 +252,17 @@ def test_seismic_packets_accepted(doc: dict[str, Any]) -> None:
         (_packet(sample_rate_hz=0), "out_of_range", "sample_rate_hz"),
         (_packet(sample_rate_hz=-50), "out_of_range", "sample_rate_hz"),
         (_packet(sample_rate_hz=100.1), "out_of_range", "sample_rate_hz"),
+        (_packet(sample_rate_hz=0.5), "out_of_range", "sample_rate_hz"),
+        # The sample period sent as the rate: 20 samples would "end" 2000 s ahead.
+        (_packet(sample_rate_hz=0.01), "out_of_range", "sample_rate_hz"),
+        (_packet(sample_rate_hz=1e-6), "out_of_range", "sample_rate_hz"),
+        (_packet(sample_rate_hz=1e-300), "out_of_range", "sample_rate_hz"),
+        (_packet(sample_rate_hz=49.999), "out_of_range", "sample_rate_hz"),
+        (_packet(sample_rate_hz="50"), "schema", "sample_rate_hz"),
+        (_packet(sample_rate_hz=True), "schema", "sample_rate_hz"),
         (_packet(sample_rate_hz=None), "schema", "sample_rate_hz"),  # required
+        (_packet(501), "out_of_range", "10 s"),  # 10.02 s at 50 Hz
+        (_packet(201, sample_rate_hz=20), "out_of_range", "10 s"),
         (_packet(x_gal=[4000.1, 0.0, 0.0]), "out_of_range", "x_gal.0"),
         (_packet(y_gal=[0.0, -4000.1, 0.0]), "out_of_range", "y_gal.1"),
         (_packet(z_gal=[0.0, 0.0, 1e9]), "out_of_range", "z_gal.2"),
@@ -254,6 +273,9 @@ def test_seismic_packets_accepted(doc: dict[str, Any]) -> None:
         (_packet(x_gal=None), "schema", "x_gal"),
         (_packet(x_gal=0.1), "schema", "x_gal"),
         (_packet(x_gal=[0.1, "a", 0.3]), "schema", "x_gal.1"),
+        (_packet(x_gal=[0.1, "0.2", 0.3]), "schema", "x_gal.1"),
+        (_packet(x_gal=[0.1, True, 0.3]), "schema", "x_gal.1"),
+        (_packet(x_gal=[0.1, None, 0.3]), "schema", "x_gal.1"),
         (_packet(pga_gal=-0.1), "out_of_range", "pga_gal"),
         (_packet(pga_gal=4000.1), "out_of_range", "pga_gal"),
         (_packet(pgv_cms=1000.1), "out_of_range", "pgv_cms"),
@@ -304,6 +326,12 @@ def test_timestamps_rfc3339_with_offset_or_epoch_ms(ts: object, expected: dateti
         10**14,  # beyond year 5138: a microsecond or nanosecond count, not milliseconds
         None,
         [1795563000000],
+        "1795563000000",  # a numeric string: seconds or milliseconds?
+        "1795563000",
+        "1e12",
+        "2026-11-24T23:30:00+0800",  # ISO 8601 basic offset, not RFC 3339
+        "2026-11-24T25:30:00Z",
+        "2026-11-24T23:30Z",
     ],
 )
 def test_timestamps_refused(ts: object) -> None:
@@ -325,7 +353,7 @@ def test_version_defaults_to_1() -> None:
     assert judge("air", {"ts": TS, "pm2_5_ugm3": 1}).data.v == 1
 
 
-@pytest.mark.parametrize("version", [2, 0, "2"])
+@pytest.mark.parametrize("version", [2, 0, "2", "1", True, 1.0])
 def test_unknown_schema_version(version: object) -> None:
     err = refused("air", {"v": version, "ts": TS, "pm2_5_ugm3": 1})
     assert err.reason == "unsupported_version"
@@ -406,9 +434,11 @@ def test_reading_round_trips_through_json() -> None:
         ("seismic", _packet(pga_gal=1.5)),
     ]:
         reading = judge(kind, doc)
-        text = reading.model_dump_json()
-        assert Reading.model_validate_json(text) == reading
-        assert json.loads(text)["data"]["kind"] == kind
+        record = reading.to_record()
+        assert Reading.from_record(record) == reading
+        assert json.loads(record)["data"]["kind"] == kind
+        # The payload inside is the device contract again: no null for a missing field.
+        assert None not in json.loads(record)["data"].values()
 
 
 def test_limits_default() -> None:

@@ -69,7 +69,7 @@ def test_valid_reading_goes_to_its_kind_keyed_by_device(
     out_topic, key, value = ingest.route(inbound(topic, payload))
     assert out_topic == f"{PREFIX}readings.{kind}"
     assert key == device.encode()
-    reading = Reading.model_validate_json(value)
+    reading = Reading.from_record(value)
     assert reading.device_id == device
     assert reading.kind == kind
     assert reading.reading_id == f"{device}:1795564740000000000"

@@ -13,7 +13,15 @@ from hypothesis import strategies as st
 from pydantic import TypeAdapter, ValidationError
 
 from civic_iot.contracts.deadletter import ReasonCode
-from civic_iot.contracts.readings import AirPayload, Location, Payload, Reading
+from civic_iot.contracts.readings import (
+    MAX_PACKET_S,
+    SEISMIC_RATES_HZ,
+    AirPayload,
+    Location,
+    Payload,
+    Reading,
+    SeismicPayload,
+)
 from civic_iot.registry import Device, Registry, Township
 from civic_iot.times import to_ns
 from ingest.refusals import Limits, ReadingRefusedError
@@ -49,6 +57,12 @@ def refusal(topic: str, raw: bytes, limits: Limits = LIMITS, now: datetime = NOW
 
 def air(**doc: Any) -> bytes:
     return json.dumps({"v": 1, "ts": NOW_MS - 1000, "pm2_5_ugm3": 12.0, **doc}).encode()
+
+
+def seismic(ts: object, n: int = 50, rate: float = 50) -> bytes:
+    axis = [0.1] * n
+    doc = {"ts": ts, "sample_rate_hz": rate, "x_gal": axis, "y_gal": axis, "z_gal": axis}
+    return json.dumps(doc).encode()
 
 
 # ---------------------------------------------------------------- refusals in order
@@ -184,13 +198,76 @@ def test_future_skew_is_configurable() -> None:
         (NOW_MS - 3_600_000, False),  # exactly the lateness: still on time
         (NOW_MS - 3_600_001, True),
         ("2026-11-24T08:00:00+08:00", True),  # a day old
-        (0, True),  # the epoch itself is a valid, very late, time
+        (NOW_MS - 6 * 86_400_000, True),  # exactly the default max age: still taken
     ],
 )
 def test_late_readings_are_accepted_and_flagged(ts: object, *, late: bool) -> None:
     reading = check("devices/air-1/air", air(ts=ts))
     assert reading.late is late
     assert reading.received_at == NOW
+
+
+@pytest.mark.parametrize(
+    "ts",
+    [
+        NOW_MS - 6 * 86_400_000 - 1,
+        0,  # the epoch
+        "0001-01-01T00:00:00Z",  # year 1: InfluxDB would refuse it
+        "1970-01-01T00:00:00+08:00",
+    ],
+)
+def test_older_than_the_max_age_is_too_old(ts: object) -> None:
+    with pytest.raises(ReadingRefusedError) as info:
+        check("devices/air-1/air", air(ts=ts))
+    assert info.value.reason == "too_old"
+    assert "'air-1'" in info.value.message
+    assert "backfill" in info.value.message
+
+
+def test_max_age_is_per_kind() -> None:
+    """Backfill mode widens the bound (up to what the kind's bucket keeps)."""
+    limits = Limits(
+        max_age={
+            "air": timedelta(days=29),
+            "water": timedelta(days=29),
+            "seismic": timedelta(days=6),
+        }
+    )
+    ten_days = NOW_MS - 10 * 86_400_000
+    assert check("devices/air-1/air", air(ts=ten_days), limits).late
+    with pytest.raises(ReadingRefusedError) as info:
+        check("devices/quake-1/seismic", seismic(ts=ten_days), limits)
+    assert info.value.reason == "too_old"
+
+
+def test_every_sample_of_a_packet_is_judged() -> None:
+    """A packet starting inside the skew whose last sample lies beyond it is refused."""
+    skew_ms = 60_000
+    ok = seismic(ts=NOW_MS + skew_ms - 990, n=100, rate=100)  # last sample at +59.999 s
+    assert check("devices/quake-1/seismic", ok).data.kind == "seismic"
+    late_end = seismic(ts=NOW_MS + skew_ms - 980, n=100, rate=100)  # last at +60.01 s
+    with pytest.raises(ReadingRefusedError) as info:
+        check("devices/quake-1/seismic", late_end)
+    assert info.value.reason == "future_timestamp"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"ts":1795564799000,"pm2_5_ugm3":1,"pm2_5_ugm3":2}',
+        b'{"ts":1795564799000,"pm2_5_ugm3":1,"kind":"air","kind":"air"}',
+        b'{"ts":1795564799000,"ts":1795564799001,"pm2_5_ugm3":1}',
+        b'{"ts":1795564799000, "pm2_5_ugm3" :1,"pm2_5_ugm3"  :  2}',
+        # The same key spelled with an escape: json decodes it, so it is caught too.
+        b'{"ts":1795564799000,"pm2_5_ugm3":1,"pm2_5_\\u0075gm3":2}',
+        b'{"ts":1795564799000,"pm2_5_ugm3":1,"\\u0074s":1795564799001}',
+    ],
+)
+def test_duplicate_keys_are_refused(raw: bytes) -> None:
+    with pytest.raises(ReadingRefusedError) as info:
+        check("devices/air-1/air", raw)
+    assert info.value.reason == "schema"
+    assert "duplicate key" in info.value.message
 
 
 # ---------------------------------------------------------------- the reading
@@ -308,21 +385,17 @@ def test_random_contract_like_objects_never_raise(kind: str, doc: dict[str, Any]
 # ---------------------------------------------------------------- valid always pass
 
 
-def opt(strategy: st.SearchStrategy[float]) -> st.SearchStrategy[float | None]:
-    return st.none() | strategy
-
-
 def num(lo: float, hi: float) -> st.SearchStrategy[float]:
     return st.floats(min_value=lo, max_value=hi, allow_nan=False) | st.integers(lo, hi)
 
 
 valid_ts = st.one_of(
-    # epoch ms, from a year ago up to the allowed skew ahead
-    st.integers(NOW_MS - 365 * 86_400_000, NOW_MS + 60_000),
+    # epoch ms, from the max age ago up to the allowed skew ahead (less a 10 s packet)
+    st.integers(NOW_MS - 6 * 86_400_000, NOW_MS + 50_000),
     st.datetimes(
-        min_value=datetime(2000, 1, 1),  # hypothesis wants naive bounds
+        min_value=datetime(2026, 11, 19, 0, 0, 1),  # hypothesis wants naive bounds
         max_value=datetime(2026, 11, 25),
-        timezones=st.timezones(),
+        timezones=st.just(UTC),
     ).map(lambda d: d.isoformat()),
 )
 valid_air = st.fixed_dictionaries(
@@ -333,34 +406,35 @@ valid_air = st.fixed_dictionaries(
     },
     optional={
         "kind": st.just("air"),
-        "pm10_ugm3": opt(num(0, 2000)),
-        "o3_ppb": opt(num(0, 1000)),
-        "co_ppm": opt(num(0, 100)),
-        "no2_ppb": opt(num(0, 5000)),
-        "so2_ppb": opt(num(0, 5000)),
-        "temperature_c": opt(num(-50, 70)),
-        "humidity_pct": opt(num(0, 100)),
+        "pm10_ugm3": (num(0, 2000)),
+        "o3_ppb": (num(0, 1000)),
+        "co_ppm": (num(0, 100)),
+        "no2_ppb": (num(0, 5000)),
+        "so2_ppb": (num(0, 5000)),
+        "temperature_c": (num(-50, 70)),
+        "humidity_pct": (num(0, 100)),
     },
 )
 valid_water = st.fixed_dictionaries(
     {"ts": valid_ts, "rainfall_mm": num(0, 500)},
     optional={
         "v": st.just(1),
-        "water_level_m": opt(num(-100, 5000)),
-        "flood_depth_cm": opt(num(0, 1000)),
+        "water_level_m": (num(-100, 5000)),
+        "flood_depth_cm": (num(0, 1000)),
     },
 )
 
 
 @st.composite
 def valid_seismic(draw: st.DrawFn) -> dict[str, Any]:
-    n = draw(st.integers(1, 1000))
+    rate = draw(st.sampled_from(SEISMIC_RATES_HZ))
+    n = draw(st.integers(1, round(rate * MAX_PACKET_S)))
     sample = st.floats(-4000, 4000, allow_nan=False)
     component = st.lists(sample, min_size=n, max_size=n)
     doc = {
         "v": 1,
         "ts": draw(valid_ts),
-        "sample_rate_hz": draw(st.floats(0, 100, exclude_min=True) | st.integers(1, 100)),
+        "sample_rate_hz": int(rate) if rate.is_integer() and draw(st.booleans()) else rate,
         "x_gal": draw(component),
         "y_gal": draw(component),
         "z_gal": draw(component),
@@ -389,7 +463,7 @@ def test_valid_readings_always_pass_and_round_trip(case: tuple[str, dict[str, An
     assert reading.reading_id == f"{device}:{to_ns(reading.event_time)}"
     if isinstance(doc["ts"], int):
         assert reading.reading_id == f"{device}:{doc['ts'] * 1_000_000}"
-    again = Reading.model_validate_json(reading.model_dump_json())
+    again = Reading.from_record(reading.to_record())
     assert again == reading
     assert again.reading_id == reading.reading_id
     assert again.event_time_ns == reading.event_time_ns
@@ -404,8 +478,14 @@ def slow_reading(topic: str, raw: bytes, now: datetime = NOW) -> Reading | None:
     device_id, kind = topic.split("/")[1:]
     device = REGISTRY.get(device_id)
     assert device is not None
+
+    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        if len({k for k, _ in pairs}) != len(pairs):
+            raise ValueError("duplicate key")
+        return dict(pairs)
+
     try:
-        doc = json.loads(raw)
+        doc = json.loads(raw, object_pairs_hook=no_duplicates)
     except (ValueError, RecursionError):
         return None
     if not isinstance(doc, dict) or doc.setdefault("kind", kind) != kind:
@@ -414,7 +494,10 @@ def slow_reading(topic: str, raw: bytes, now: datetime = NOW) -> Reading | None:
         data = TypeAdapter[Payload](Payload).validate_python(doc)
     except ValidationError:
         return None
-    if data.ts > now + LIMITS.max_future_skew:
+    last = data.ts
+    if isinstance(data, SeismicPayload):
+        last += timedelta(seconds=(len(data.x_gal) - 1) / data.sample_rate_hz)
+    if last > now + LIMITS.max_future_skew or data.ts < now - LIMITS.max_age[kind]:
         return None
     return Reading(
         reading_id=f"{device_id}:{to_ns(data.ts)}",
@@ -445,7 +528,7 @@ def same_outcome_as_before(topic: str, raw: bytes) -> None:
     "raw",
     [
         b'{"v":1.0,"ts":1795564799000,"pm2_5_ugm3":1}',
-        b'{"ts":1795564799000,"pm2_5_ugm3":1,"pm2_5_ugm3":2}',  # the last duplicate wins
+        b'{"ts":1795564799000,"pm2_5_ugm3":1,"pm2_5_ugm3":2}',  # a duplicate key
         b'{"ts":1795564799000,"pm2_5_ugm3":1,"kind":"water","kind":"air"}',
         b'{"ts":1795564799000,"pm2_5_ugm3":1,"kind":"air","kind":"water"}',
         b'{"ts":1795564799000,"pm2_5_ugm3":0.1000000000000000055511151231257827}',

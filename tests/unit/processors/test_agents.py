@@ -15,6 +15,7 @@ from civic_iot.contracts.processing import Observation, SeismicTick, StrongShaki
 from civic_iot.contracts.readings import AirPayload, Location, Reading, WaterPayload
 from civic_iot.registry import Device, Registry, Township
 from civic_iot.settings import Settings
+from civic_iot.thresholds import thresholds_from
 from civic_iot.times import to_ns
 from civic_iot.topology import Topology
 from processors.agents.device import seismic_ticks
@@ -36,19 +37,15 @@ REGISTRY = Registry(
 
 
 def _air(device: Device, t: datetime, pm25: float) -> bytes:
-    return (
-        Reading(
-            reading_id=f"{device.id}:{to_ns(t)}",
-            device_id=device.id,
-            kind="air",
-            event_time=t,
-            received_at=t,
-            location=Location(lat=device.lat, lon=device.lon, township=device.township),
-            data=AirPayload(ts=t, pm2_5_ugm3=pm25),
-        )
-        .model_dump_json()
-        .encode()
-    )
+    return Reading(
+        reading_id=f"{device.id}:{to_ns(t)}",
+        device_id=device.id,
+        kind="air",
+        event_time=t,
+        received_at=t,
+        location=Location(lat=device.lat, lon=device.lon, township=device.township),
+        data=AirPayload(ts=t, pm2_5_ugm3=pm25),
+    ).to_record()
 
 
 @pytest.fixture
@@ -62,7 +59,13 @@ def harness() -> tuple[Any, dict[str, RecordingSink], RecordingPublisher, Settin
         return sinks.setdefault(name, RecordingSink())
 
     pub = RecordingPublisher()
-    app = create_app(settings, registry=REGISTRY, sink_factory=factory, publisher=pub)
+    app = create_app(
+        settings,
+        registry=REGISTRY,
+        thresholds=thresholds_from({}, REGISTRY),
+        sink_factory=factory,
+        publisher=pub,
+    )
     app.finalize()
     app.conf.store = "memory://"
     app.flow_control.resume()
@@ -146,7 +149,7 @@ def test_flood_reading_reports_its_level_to_the_township(harness: Any) -> None:
         reading_id=f"flood-1:{to_ns(t)}", device_id="flood-1", kind="water", event_time=t,
         received_at=t, location=Location(lat=dev.lat, lon=dev.lon, township=TOWN),
         data=WaterPayload(ts=t, flood_depth_cm=35.0),
-    ).model_dump_json().encode()  # fmt: skip
+    ).to_record()  # fmt: skip
 
     async def run() -> None:
         async with agent.test_context() as ctx:
@@ -167,9 +170,7 @@ def test_flood_reading_reports_its_level_to_the_township(harness: Any) -> None:
 
 YILAN = "10002010"
 SHAKEN_REGISTRY = Registry(
-    townships=(
-        Township(code=YILAN, name="Yilan", lat=24.76, lon=121.75, debris_flow_r70_mm=250.0),
-    ),
+    townships=(Township(code=YILAN, name="Yilan", lat=24.76, lon=121.75),),
     devices=(
         Device(id="rain-1", kind="water", lat=24.75, lon=121.74, township=YILAN, sensor="rain"),
         Device(id="air-9", kind="air", lat=24.75, lon=121.74, township=YILAN),
@@ -182,16 +183,28 @@ QUAKE_STATIONS = [("WLI", 24.87, 121.55), ("DTG", 24.68, 121.60), ("ILA", 24.76,
 @pytest.fixture
 def shaken() -> tuple[Any, dict[str, RecordingSink], RecordingPublisher, Settings]:
     settings = Settings(
-        processors={"web_port": 0, "batch_within_s": 0.01, "stats_interval_s": 0,  # type: ignore[arg-type]
-                    "debris_r50_days": 10}
-    )  # fmt: skip
+        processors={"web_port": 0, "batch_within_s": 0.01, "stats_interval_s": 0}  # type: ignore[arg-type]
+    )
     sinks: dict[str, RecordingSink] = {}
 
     def factory(name: str) -> RecordingSink:
         return sinks.setdefault(name, RecordingSink())
 
     pub = RecordingPublisher()
-    app = create_app(settings, registry=SHAKEN_REGISTRY, sink_factory=factory, publisher=pub)
+    thresholds = thresholds_from(
+        {
+            "defaults": {"debris_flow": {"r50_days": 10}},
+            "regions": {YILAN: {"debris_flow": {"r70_mm": 250.0}}},
+        },
+        SHAKEN_REGISTRY,
+    )
+    app = create_app(
+        settings,
+        registry=SHAKEN_REGISTRY,
+        thresholds=thresholds,
+        sink_factory=factory,
+        publisher=pub,
+    )
     app.finalize()
     app.conf.store = "memory://"
     app.flow_control.resume()
@@ -244,7 +257,7 @@ def _rain(t: datetime, mm: float) -> bytes:
         reading_id=f"rain-1:{to_ns(t)}", device_id="rain-1", kind="water", event_time=t,
         received_at=t, location=Location(lat=dev.lat, lon=dev.lon, township=YILAN),
         data=WaterPayload(ts=t, rainfall_mm=mm),
-    ).model_dump_json().encode()  # fmt: skip
+    ).to_record()  # fmt: skip
 
 
 def test_shaking_agent_marks_the_gauge_and_the_water_agent_uses_r50(shaken: Any) -> None:
@@ -277,7 +290,7 @@ def test_shaking_agent_marks_the_gauge_and_the_water_agent_uses_r50(shaken: Any)
     reports = [json.loads(v) for t, _, v in pub.sent if t == Topology.of(settings).township]
     debris = [r for r in reports if r["hazard"] == "debris_flow"]
     assert [r["level"] for r in debris][-1] == 2
-    assert debris[-1]["evidence"]["threshold"] == "r50"
+    assert debris[-1]["evidence"]["debris_flow_threshold_kind"] == "r50"
     assert debris[-1]["evidence"]["r50_after_earthquake"] == "q1"
 
 
@@ -309,7 +322,11 @@ def test_state_and_acks_wait_until_the_points_are_stored() -> None:
         return sinks.setdefault(name, GatedSink() if name == "air" else RecordingSink())
 
     app = create_app(
-        settings, registry=REGISTRY, sink_factory=factory, publisher=RecordingPublisher()
+        settings,
+        registry=REGISTRY,
+        thresholds=thresholds_from({}, REGISTRY),
+        sink_factory=factory,
+        publisher=RecordingPublisher(),
     )
     app.finalize()
     app.flow_control.resume()

@@ -18,6 +18,7 @@ from civic_iot.contracts.processing import (
 from civic_iot.contracts.readings import Location, Reading, WaterPayload
 from civic_iot.registry import Device, Registry, Township
 from civic_iot.settings import InfluxSettings
+from civic_iot.thresholds import thresholds_from
 from civic_iot.times import to_ns
 from processors.candidates import update_hazard
 from processors.detectors.intensity import intensity_ordinal
@@ -80,7 +81,7 @@ def test_quake_clock_is_a_watermark(
 QUAKE_TOWN, FAR_TOWN = "10002010", "64000010"  # Yilan City; Kaohsiung, far from the quake
 REGISTRY = Registry(
     townships=(
-        Township(code=QUAKE_TOWN, name="Yilan", lat=24.76, lon=121.75, debris_flow_r70_mm=250.0),
+        Township(code=QUAKE_TOWN, name="Yilan", lat=24.76, lon=121.75),
         Township(code=FAR_TOWN, name="Kaohsiung", lat=22.6, lon=120.3),
     ),
     devices=(
@@ -92,7 +93,11 @@ REGISTRY = Registry(
         Device(id="rain-2", kind="water", lat=22.6, lon=120.3, township=FAR_TOWN, sensor="rain"),
     ),
 )  # fmt: skip
-CTX = Context.build(InfluxSettings(), REGISTRY)
+CTX = Context.build(
+    InfluxSettings(),
+    REGISTRY,
+    thresholds_from({"regions": {QUAKE_TOWN: {"debris_flow": {"r70_mm": 250.0}}}}, REGISTRY),
+)
 QUAKE_T0 = 1_700_000_000.0
 ORIGIN = (24.80, 121.60)
 QUAKE_STATIONS = [("WLI", 24.87, 121.55), ("DTG", 24.68, 121.60), ("ILA", 24.76, 121.75)]
@@ -281,8 +286,9 @@ def test_water_handler_judges_rain_against_r50_after_strong_shaking(
     last = _rain(shaking, 230)[-1]
     report = _debris(last)
     assert (report.level, report.value, report.threshold) == (level, 230.0, threshold)
-    assert report.evidence["threshold"] == kind
-    assert report.evidence["threshold_mm"] == threshold
+    assert report.metric == "rainfall_mm_event"
+    assert report.evidence["debris_flow_threshold_kind"] == kind
+    assert report.evidence["debris_flow_threshold_mm"] == threshold
     assert report.evidence["r70_mm"] == 250.0
     if kind == "r50":
         assert report.evidence["r50_after_earthquake"] == "e1"
@@ -298,7 +304,7 @@ def test_water_handler_judges_rain_against_r50_after_strong_shaking(
     assert fields["debris_flow_threshold_kind"] == kind
     assert fields["debris_flow_threshold_mm"] == threshold
     assert fields["debris_flow_level"] == level
-    assert fields["event_rain_mm"] == 230.0
+    assert fields["rainfall_mm_event"] == 230.0
 
 
 def _flood(depths: list[tuple[float, float]]) -> list[DeviceOutcome[WaterDevice]]:

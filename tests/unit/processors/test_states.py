@@ -30,6 +30,7 @@ from civic_iot.contracts.readings import (
 )
 from civic_iot.registry import Device, Registry, Township
 from civic_iot.settings import InfluxSettings, Settings
+from civic_iot.thresholds import thresholds_from
 from civic_iot.times import to_ns
 from civic_iot.topology import TABLES
 from processors.agents.tables import StateCodec
@@ -300,6 +301,7 @@ def test_every_table_of_the_app_is_covered_here() -> None:
     app = create_app(
         Settings(processors={"web_port": 0}),  # type: ignore[arg-type]
         registry=REGISTRY,
+        thresholds=thresholds_from({}, REGISTRY),
         sink_factory=lambda _name: RecordingSink(),
         publisher=RecordingPublisher(),
     )
@@ -330,14 +332,18 @@ def test_a_value_records_its_version() -> None:
 
 TOWN = "10002010"
 REGISTRY = Registry(
-    townships=(Township(code=TOWN, name="Yilan", lat=24.76, lon=121.75, debris_flow_r70_mm=250),),
+    townships=(Township(code=TOWN, name="Yilan", lat=24.76, lon=121.75),),
     devices=(
         Device(id="air-1", kind="air", lat=24.75, lon=121.74, township=TOWN),
         Device(id="w-1", kind="water", lat=24.75, lon=121.74, township=TOWN, sensor="rain"),
         Device(id="s-1", kind="seismic", lat=24.75, lon=121.74, township=TOWN),
     ),
 )
-CTX = Context.build(InfluxSettings(), REGISTRY)
+CTX = Context.build(
+    InfluxSettings(),
+    REGISTRY,
+    thresholds_from({"regions": {TOWN: {"debris_flow": {"r70_mm": 250.0}}}}, REGISTRY),
+)
 
 
 def _reading(device: str, t: datetime, data: Any) -> Reading:

@@ -10,14 +10,29 @@ import pytest
 
 from civic_iot.registry import Registry, load_registry
 from civic_iot.settings import REPO_ROOT
-from simulator.network import DEFAULT_SEED, TOWNS, build_network, dump_registry, nearest_township
+from civic_iot.thresholds import Thresholds, load_thresholds
+from simulator.network import (
+    DEFAULT_SEED,
+    TOWNS,
+    build_network,
+    dump_registry,
+    nearest_township,
+    network_thresholds,
+    with_thresholds,
+)
 
 DEVICES_YAML = REPO_ROOT / "deploy" / "devices.yaml"
+THRESHOLDS_YAML = REPO_ROOT / "deploy" / "thresholds.yaml"
 
 
 @pytest.fixture(scope="module")
 def network() -> Registry:
     return build_network(DEFAULT_SEED)
+
+
+@pytest.fixture(scope="module")
+def thresholds() -> Thresholds:
+    return network_thresholds(DEFAULT_SEED)
 
 
 def test_round_trips_through_the_registry_model(network: Registry, tmp_path: Path) -> None:
@@ -31,6 +46,23 @@ def test_round_trips_through_the_registry_model(network: Registry, tmp_path: Pat
 def test_committed_devices_yaml_is_the_generated_one(network: Registry) -> None:
     # Regenerate with `python -m simulator.network --out deploy/devices.yaml`.
     assert DEVICES_YAML.read_text(encoding="utf-8") == dump_registry(network, DEFAULT_SEED)
+
+
+def test_committed_thresholds_yaml_ends_with_the_generated_sections(
+    network: Registry, thresholds: Thresholds
+) -> None:
+    # Regenerate with `python -m simulator.network` (the defaults above stay as written).
+    text = THRESHOLDS_YAML.read_text(encoding="utf-8")
+    assert with_thresholds(text, DEFAULT_SEED) == text
+    loaded = load_thresholds(THRESHOLDS_YAML, network)
+    assert (loaded.regions, loaded.devices) == (thresholds.regions, thresholds.devices)
+
+
+def test_regenerating_keeps_the_hand_written_defaults() -> None:
+    head = "# mine\ndefaults:\n  flood: {flood_depth_cm_levels: [15, 30, 50]}\n"
+    once = with_thresholds(head, DEFAULT_SEED)
+    assert once.startswith(head)
+    assert with_thresholds(once, DEFAULT_SEED) == once
 
 
 def test_counts(network: Registry) -> None:
@@ -57,9 +89,6 @@ def test_townships_are_real_looking(network: Registry) -> None:
         assert re.search(r"[\u4e00-\u9fff]", t.name), t.name
         assert 24.4 < t.lat < 25.4
         assert 120.9 < t.lon < 122.1
-        if t.debris_flow_r70_mm is not None:
-            assert 250 <= t.debris_flow_r70_mm <= 500
-            assert t.debris_flow_r70_mm % 50 == 0
 
 
 def test_every_device_is_in_its_nearest_township(network: Registry) -> None:
@@ -71,15 +100,34 @@ def test_every_device_is_in_its_nearest_township(network: Registry) -> None:
         assert abs(d.lon - town.lon) < 0.05
 
 
-def test_river_thresholds_are_elevations_above_the_normal_stage(network: Registry) -> None:
+def test_hilly_townships_have_an_r70_in_50_mm_steps(
+    network: Registry, thresholds: Thresholds
+) -> None:
+    hilly = [t for t in TOWNS if t.r70_mm is not None]
+    assert len(hilly) >= 20
+    for t in network.townships:
+        r70 = thresholds.for_township(t.code).debris_flow.r70_mm
+        if r70 is not None:
+            assert 250 <= r70 <= 500
+            assert r70 % 50 == 0
+    assert sum(
+        thresholds.for_township(t.code).debris_flow.r70_mm is not None for t in TOWNS
+    ) == len(hilly)
+
+
+def test_river_thresholds_are_elevations_above_the_normal_stage(
+    network: Registry, thresholds: Thresholds
+) -> None:
     rivers = [d for d in network if d.sensor == "river"]
     assert rivers
     for d in rivers:
         assert d.kind == "water"
         assert d.elevation_m is not None
-        t = d.thresholds
-        assert d.elevation_m + 1.2 < t["river_level_m_l3"] < t["river_level_m_l2"]
-        assert t["river_level_m_l2"] < t["river_level_m_l1"]
+        yellow, orange, red = thresholds.for_device(d.id, d.township).river.levels
+        assert yellow is not None
+        assert orange is not None
+        assert red is not None
+        assert d.elevation_m + 1.2 < yellow < orange < red
 
 
 def test_seismic_stations_spread_over_the_area(network: Registry) -> None:

@@ -17,7 +17,7 @@ from civic_iot.contracts.alerts import Hazard
 from civic_iot.registry import Device, Registry
 from ingest.refusals import Limits, ReadingRefusedError
 from ingest.validate import validate
-from simulator.network import DEFAULT_SEED, build_network
+from simulator.network import DEFAULT_SEED, build_network, network_thresholds
 from simulator.scenario import (
     GarbageFault,
     Phase,
@@ -45,7 +45,7 @@ def network() -> Registry:
 
 def subset(network: Registry, keep: Iterable[Device]) -> Registry:
     """The same townships with only some devices."""
-    by_id = {d.id: d for d in keep}  # devices are not hashable (thresholds is a dict)
+    by_id = {d.id: d for d in keep}
     return Registry(townships=network.townships, devices=tuple(by_id.values()))
 
 
@@ -224,7 +224,8 @@ def test_typhoon_reaches_the_rain_river_and_flood_thresholds(network: Registry, 
     quiet = {t for a in sc.expect.no_alerts if a.hazard == "rain" for t in a.townships}
     water = network.of_kind("water")
     small = subset(network, water + named_devices(network, sc))
-    msgs = generate(sc, small, start=START, kinds=["water"])
+    lines = network_thresholds(DEFAULT_SEED)
+    msgs = generate(sc, small, start=START, kinds=["water"], thresholds=lines)
     rain: dict[str, list[tuple[float, float]]] = defaultdict(list)
     peak: dict[str, float] = defaultdict(float)
     for m in msgs:
@@ -249,11 +250,12 @@ def test_typhoon_reaches_the_rain_river_and_flood_thresholds(network: Registry, 
                 assert max_1h < 40
                 assert total < 80
             if dev.township in want["debris_flow"]:
-                r70 = network.township(dev.township).debris_flow_r70_mm  # type: ignore[union-attr]
+                r70 = lines.for_township(dev.township).debris_flow.r70_mm
                 assert r70 is not None
                 assert total > r70
         elif dev.sensor == "river":
-            l3 = dev.thresholds["river_level_m_l3"]
+            l3 = lines.for_device(dev.id, dev.township).river.water_level_m_yellow
+            assert l3 is not None
             if dev.township in want["river"]:
                 assert peak[dev.id] > l3, dev.id
             else:
@@ -273,7 +275,9 @@ def test_typhoon_reaches_the_rain_river_and_flood_thresholds(network: Registry, 
     assert l2_towns
     for dev in water:
         if dev.sensor == "river" and dev.township in l2_towns:
-            assert peak[dev.id] > dev.thresholds["river_level_m_l2"]
+            orange = lines.for_device(dev.id, dev.township).river.water_level_m_orange
+            assert orange is not None
+            assert peak[dev.id] > orange
 
 
 @pytest.mark.parametrize("name", ["earthquake", "demo"])
