@@ -211,6 +211,10 @@ def test_air_and_flood_readings_give_figures_and_candidates(penv: Env, registry:
     produce(penv, records)
     worker = start_worker(penv)
     try:
+        # Faust's files are under the data dir, none in the working directory.
+        app_id = Topology.of(penv.settings).processors_app
+        assert (penv.settings.data_dir / "processors" / app_id).is_dir()
+        assert not (REPO / f"{app_id}-data").exists()
         n_air = 78 * len(air)
         assert penv.wait_count(n_air, "readings", "air", "pm2_5_ugm3") == n_air
         assert penv.wait_count(3, "readings", "water", "flood_depth_cm") == 3
@@ -393,6 +397,9 @@ def test_worker_without_influxdb_commits_nothing(penv: Env, registry: Registry) 
     assert status == 503, body
     assert body["storage"] == "unavailable"
     assert "water" in body["storage_failing_s"]
+    # The lag counts from the consumer's committed offsets (processors.faust_adapter):
+    # nothing is committed, so every reading read so far is lag.
+    assert body["lag"] >= 40, body
     stop(worker)
     assert penv.count("readings", "water", "rainfall_mm") == 0
     worker = start_worker(penv, "up", **web)
@@ -406,6 +413,11 @@ def test_worker_without_influxdb_commits_nothing(penv: Env, registry: Registry) 
         assert status == 200, body
         assert body["healthy"] is True
         assert body["partitions"] > 0
+        deadline = time.monotonic() + 30
+        while body["lag"] > 0 and time.monotonic() < deadline:
+            time.sleep(0.5)
+            body = _health(port)[1]
+        assert body["lag"] == 0, body  # all stored, all committed
     finally:
         stop(worker)
 
