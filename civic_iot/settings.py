@@ -65,7 +65,8 @@ def check_secret(name: str, value: str) -> None:
 class MqttSettings(BaseModel):
     """Mosquitto, the device door and the alert fan-out."""
 
-    model_config = ConfigDict(frozen=True)
+    # A refused password must not be printed in the error.
+    model_config = ConfigDict(frozen=True, hide_input_in_errors=True)
 
     host: str = "127.0.0.1"
     port: int = 1883
@@ -145,7 +146,8 @@ class KafkaSettings(BaseModel):
 class InfluxSettings(BaseModel):
     """InfluxDB with the v2 HTTP API."""
 
-    model_config = ConfigDict(frozen=True)
+    # A refused token must not be printed in the error.
+    model_config = ConfigDict(frozen=True, hide_input_in_errors=True)
 
     url: str = "http://127.0.0.1:8086"
     org: str = "civic"
@@ -283,6 +285,8 @@ class Settings(BaseSettings):
         env_file=".env",
         extra="ignore",
         frozen=True,
+        # A refused secret must not be printed (the error names the variable and why).
+        hide_input_in_errors=True,
     )
 
     #: Where the native stack keeps data, logs, generated credentials.
@@ -342,7 +346,7 @@ def influx_token(settings: Settings, client: InfluxClient | None = None) -> str:
     """
     if settings.influx.token is not None:
         return settings.influx.token.get_secret_value()
-    who = "the InfluxDB admin token" if client is None else f"the InfluxDB token of {client}"
+    who = "InfluxDB admin token" if client is None else f"InfluxDB token for {client}"
     return read_secret(
         influx_token_path(settings.data_dir, client),
         who,
