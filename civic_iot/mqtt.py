@@ -509,9 +509,10 @@ class MqttConnection:
             self._tls_pending()
 
     def _tls_pending(self) -> None:
-        # OpenSSL may already hold decrypted bytes that the kernel no longer reports as
-        # readable (a read returns at most one TLS record): the loop would not call us
-        # again for them, so come back on the next turn while any are left.
+        # OpenSSL may still hold decrypted bytes that the kernel no longer reports as
+        # readable (a read stopped early, at _MAX_PACKETS_PER_READ say): the loop would
+        # not call us again for them, so come back on the next turn while any are left
+        # (paho's own loop checks pending() the same way).
         sock = self.client.socket()
         if (
             isinstance(sock, ssl.SSLSocket)
