@@ -15,7 +15,8 @@ COPY alerts alerts
 COPY simulator simulator
 COPY ops ops
 COPY deploy deploy
-RUN pip install --no-cache-dir -c constraints.txt .
+# Editable: the code finds deploy/ (thresholds, registry seed, broker settings) beside it.
+RUN pip install --no-cache-dir -c constraints.txt -e .
 ENV CIVIC_DATA_DIR=/data CIVIC_REGISTRY=/data/devices.yaml
 USER civic
 ENTRYPOINT ["civic-iot"]

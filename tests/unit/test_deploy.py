@@ -141,6 +141,8 @@ def test_only_the_setup_runs_as_root_and_it_listens_nowhere() -> None:
     dockerfile = (REPO / "Dockerfile").read_text().splitlines()
     users = [line.split()[1] for line in dockerfile if line.startswith("USER ")]
     assert users == ["civic"], "the project's processes run as an unprivileged account"
+    # Installed in place, so that REPO_ROOT/deploy (thresholds, broker settings) exists.
+    assert any(line.startswith("RUN pip install") and " -e ." in line for line in dockerfile)
 
 
 def test_compose_broker_drops_root_and_speaks_only_tls() -> None:
