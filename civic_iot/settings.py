@@ -157,13 +157,6 @@ class InfluxSettings(BaseModel):
     #: ``ops.influx_setup``); see :func:`influx_token`.
     token: SecretStr | None = None
 
-    @field_validator("token")
-    @classmethod
-    def _no_default_token(cls, v: SecretStr | None) -> SecretStr | None:
-        if v is not None:
-            check_secret("CIVIC_INFLUX__TOKEN", v.get_secret_value())
-        return v
-
     #: Raw readings (air, water), 30 days.
     bucket_readings: str = "readings"
     #: Raw seismic samples, 7 days, downsampled to ``derived`` by a task.
@@ -194,6 +187,13 @@ class InfluxSettings(BaseModel):
     #: no bound: they hold their Kafka offsets instead). Past it, each new point goes to
     #: ``storage.deadletter`` (reason ``overflow``), counted and logged.
     max_pending_points: int = Field(default=100_000, ge=1)
+
+    @field_validator("token")
+    @classmethod
+    def _no_default_token(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None:
+            check_secret("CIVIC_INFLUX__TOKEN", v.get_secret_value())
+        return v
 
 
 class AlertSettings(BaseModel):
