@@ -8,9 +8,13 @@ service (Kafka in, MQTT and webhooks out) calls them with the time and the state
   expiry, acknowledgement and a JSON-able state that survives a restart.
 - :mod:`alerts.cap`: the OASIS CAP 1.2 XML form of a message, and a small parser.
 - :mod:`alerts.messages`: the JSON form of the same message for MQTT and webhooks.
-- :mod:`alerts.subscriptions`: which webhook subscriptions a message goes to.
-- :mod:`alerts.signing`: HMAC-SHA256 webhook signatures with a timestamp.
-- :mod:`alerts.backoff`: exponential backoff with full jitter for webhook retries.
+- :mod:`alerts.subscriptions`: webhook subscriptions, which messages they receive, and
+  their secrets (derived, never stored).
+- :mod:`alerts.signing`: HMAC-SHA256 webhook signatures over timestamp, message id, body;
+  :mod:`alerts.receiver`: the receiver's side, as ``docs/webhooks.md`` documents it.
+- :mod:`alerts.limits`: the size caps that keep every record within Kafka's and
+  Mosquitto's limits; :mod:`alerts.text`: XML-safe text and escaped log values.
+- :mod:`alerts.api`: the HTTP API's models and routes, and its OpenAPI 3.1 document.
 
 The I/O shell around them:
 
@@ -20,7 +24,10 @@ The I/O shell around them:
 - :mod:`alerts.election`: which of several instances is active (a Kafka consumer group on
   the one-partition ``alerts.leader`` topic), and the fence checked before each write.
 - :mod:`alerts.delivery`: the ``Sink`` protocol (``add``, ``flush``, ``close``), MQTT
-  (retained, QoS 1), signed webhooks with per-subscriber queues, InfluxDB points.
-- :mod:`alerts.http`: ``/health``, ``/alerts``, ``/alerts/{alert_id}/ack``, ``/metrics``.
-- :mod:`alerts.cli`: ``civic-iot alerts run`` and ``civic-iot alerts ack``.
+  (retained, QoS 1), InfluxDB points.
+- :mod:`alerts.webhooks`: the durable webhook consumer of the ``alerts`` topic;
+  :mod:`alerts.subscription_store`: subscriptions in the compacted topic
+  ``alerts.subscriptions``; :mod:`alerts.urls`: the SSRF guard.
+- :mod:`alerts.http`: the authenticated HTTP API (aiohttp) and its client.
+- :mod:`alerts.cli`: ``civic-iot alerts run|ack|subscriptions``.
 """

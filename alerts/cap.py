@@ -12,6 +12,8 @@ What CAP wants and where it comes from here:
   never send ``Actual``.
 - category, event, responseType, urgency and certainty come from a per-hazard table,
   :data:`DEFAULT_PROFILES`; severity comes from the candidate.
+- Text: every character XML 1.0 forbids (controls, lone surrogates, U+FFFE/U+FFFF)
+  becomes U+FFFD, whatever field it is in (:func:`alerts.text.xml_safe`).
 - ``<area>``: the message's area (areaDesc, polygon closed if it was not, circle as
   ``lat,lon radius_km``, township codes as ``Taiwan_Geocode_103`` geocodes), then for an
   earthquake one area per expected intensity with a polygon per 0.1 deg grid cell.
@@ -19,7 +21,6 @@ What CAP wants and where it comes from here:
 
 from __future__ import annotations
 
-import logging
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
@@ -29,9 +30,10 @@ from zoneinfo import ZoneInfo
 from pydantic import BaseModel, ConfigDict, Field
 
 from alerts.lifecycle import AlertMessage, Reference
+from alerts.text import get_logger, xml_safe
 from civic_iot.contracts.alerts import GridCell, Hazard
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 __all__ = [
     "CAP_NS",
@@ -331,7 +333,9 @@ def _intensity_sort_key(intensity: str) -> tuple[float, str]:
 def _sub(parent: ET.Element, tag: str, text: str | None = None) -> ET.Element:
     el = ET.SubElement(parent, f"{{{CAP_NS}}}{tag}")
     if text is not None:
-        el.text = text
+        # Every text goes through here: whatever a candidate, an operator or the
+        # configuration put in it, the document stays well-formed XML 1.0.
+        el.text = xml_safe(text)
     return el
 
 

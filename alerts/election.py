@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Literal, Protocol
@@ -43,7 +42,9 @@ from aiokafka.coordinator.protocol import (
 )
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
-logger = logging.getLogger(__name__)
+from alerts.text import get_logger
+
+logger = get_logger(__name__)
 
 __all__ = [
     "ROLES",

@@ -30,7 +30,6 @@ a wrong clock must not hold an alert open or close it early.
 
 from __future__ import annotations
 
-import logging
 import uuid
 from collections.abc import Mapping
 from datetime import datetime, timedelta
@@ -38,15 +37,18 @@ from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
+from alerts.limits import DEFAULT_CAPS, Caps, cap_references
+from alerts.text import get_logger, xml_safe
 from civic_iot.contracts.alerts import AlertCandidate, Finding, Hazard, Severity
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 __all__ = [
     "DEFAULT_LIFECYCLE_CONFIG",
     "DEFAULT_TIMINGS",
     "SEVERITY_RANK",
     "STATE_VERSION",
+    "AckLimitError",
     "AckRecord",
     "AlertMessage",
     "AlertRecord",
@@ -79,7 +81,11 @@ _ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:civic-iot:alerts")
 
 
 class UnknownAlertError(LookupError):
-    """An acknowledgement named an alert (key or alert id) that the lifecycle does not hold."""
+    """An acknowledgement named an alert id that the lifecycle does not hold."""
+
+
+class AckLimitError(ValueError):
+    """The alert already carries as many acknowledgements as its record may hold."""
 
 
 # --------------------------------------------------------------------------- config
@@ -137,6 +143,8 @@ class LifecycleConfig(BaseModel):
     #: How long a closed alert's record is kept, so that a candidate replayed after a
     #: restart (Kafka redelivers from the last committed offset) cannot reopen it.
     closed_retention_s: float = Field(default=24 * 3600, ge=0)
+    #: Sizes that keep every record within Kafka's and Mosquitto's limits (alerts.limits).
+    caps: Caps = DEFAULT_CAPS
 
     def timing(self, hazard: Hazard) -> HazardTiming:
         """The hold times and expiry for ``hazard``."""
@@ -370,7 +378,7 @@ def _send(
     )
     update: dict[str, Any] = {
         "sequence": message.sequence,
-        "references": (*rec.references, message.reference),
+        "references": cap_references((*rec.references, message.reference), config.caps),
         "peak_severity": peak,
     }
     if msg_type == "Cancel":
@@ -576,26 +584,48 @@ def on_tick(
 
 def acknowledge(
     state: LifecycleState,
-    key_or_alert_id: str,
+    alert_id: str,
     by: str,
     now: datetime,
     note: str = "",
+    *,
+    caps: Caps = DEFAULT_CAPS,
 ) -> tuple[LifecycleState, AckRecord]:
-    """Record that operator ``by`` acknowledged an alert (by key or alert id).
+    """Record that ``by`` (a principal's name) acknowledged the alert ``alert_id``.
 
-    The acknowledgement appears on the alert's later messages; it changes no timer and
-    silences nothing.
+    One acknowledgement per principal: acknowledging again replaces the earlier one (its
+    time and note), in place. At most ``caps.acks`` principals per alert. The
+    acknowledgement appears on the alert's later messages; it changes no timer and
+    silences nothing. The alert is named by its id (a UUID), never by its guessable
+    ``hazard:area`` key.
 
     Raises:
-        UnknownAlertError: no open or recently closed alert has that key or alert id.
+        UnknownAlertError: no open or recently closed alert has that alert id.
+        AckLimitError: ``caps.acks`` other principals acknowledged it already.
+        ValueError: ``by`` or ``note`` is longer than its cap, or ``by`` is empty.
     """
     _require_aware(now)
-    rec = state.records.get(key_or_alert_id)
+    by, note = xml_safe(by.strip()), xml_safe(note)
+    if not by or len(by) > caps.ack_by:
+        msg = f"acknowledgement 'by' must be 1-{caps.ack_by} characters, got {len(by)}"
+        raise ValueError(msg)
+    if len(note) > caps.ack_note:
+        msg = f"acknowledgement note must be at most {caps.ack_note} characters, got {len(note)}"
+        raise ValueError(msg)
+    rec = next((r for r in state.records.values() if r.alert_id == alert_id), None)
     if rec is None:
-        rec = next((r for r in state.records.values() if r.alert_id == key_or_alert_id), None)
-    if rec is None:
-        msg = f"no alert with key or alert id {key_or_alert_id!r} to acknowledge"
+        msg = f"no alert with alert id {alert_id!r} to acknowledge"
         raise UnknownAlertError(msg)
     ack = AckRecord(alert_id=rec.alert_id, key=rec.key, by=by, at=now, note=note)
+    if any(a.by == by for a in rec.acks):
+        acks = tuple(ack if a.by == by else a for a in rec.acks)
+    elif len(rec.acks) >= caps.acks:
+        msg = (
+            f"alert {rec.alert_id} already has {len(rec.acks)} acknowledgements, "
+            f"the most one alert keeps"
+        )
+        raise AckLimitError(msg)
+    else:
+        acks = (*rec.acks, ack)
     logger.info("alert acknowledged key=%s alert_id=%s by=%s", rec.key, rec.alert_id, by)
-    return _with_record(state, rec.key, rec.model_copy(update={"acks": (*rec.acks, ack)})), ack
+    return _with_record(state, rec.key, rec.model_copy(update={"acks": acks})), ack

@@ -82,9 +82,18 @@ Fencing: what is and is not guaranteed
     not done. Deliveries (MQTT, webhooks) of messages issued before a step-down are not
     fenced: they were issued once, by the leader of the time, and are not issued again.
 
-Delivery runs after the commit: a crash after the commit and before a webhook answered
-loses that delivery attempt (the message itself is in the ``alerts`` topic, so it can be
-re-sent from there).
+Webhooks are not delivered by the step: every instance runs a consumer of the ``alerts``
+topic of its own (:mod:`alerts.webhooks`) that commits a record only once each matching
+subscription got it (2xx) or it was dead-lettered, so a crash loses no webhook. The
+subscriptions themselves live in the compacted topic ``alerts.subscriptions``
+(:mod:`alerts.subscription_store`), read by every instance.
+
+Sizes: a candidate is clamped when it is taken (:func:`alerts.limits.clamp_candidate`), the
+lifecycle caps references and acknowledgements, and the service checks at start that the
+largest message and state record its configuration allows fit Kafka's and Mosquitto's
+limits (:func:`check_record_sizes`). A record that would still exceed (a broker set
+smaller than the defaults) is not written: logged, counted
+(``civic_alerts_records_refused_total``); the service goes on.
 """
 
 from __future__ import annotations
@@ -92,7 +101,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 import os
 import socket
 import time
@@ -103,7 +111,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.errors import (
+    CommitFailedError,
+    IllegalStateError,
+    KafkaError,
+    MessageSizeTooLargeError,
+)
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import SecretStr, ValidationError
@@ -113,11 +126,9 @@ from alerts.delivery import (
     DeliveryResult,
     MqttChannel,
     Sink,
-    WebhookChannel,
     ack_point,
     alert_point,
     delivery_point,
-    load_subscriptions,
 )
 from alerts.election import (
     ROLES,
@@ -133,18 +144,30 @@ from alerts.lifecycle import (
     AlertRecord,
     LifecycleConfig,
     LifecycleState,
+    Reference,
     acknowledge,
     changed_keys,
     on_candidate,
     on_tick,
 )
-from alerts.messages import to_json_dict
-from alerts.subscriptions import Subscription
+from alerts.limits import (
+    KAFKA_RECORD_BUDGET,
+    MQTT_PAYLOAD_BUDGET,
+    CandidateRefusedError,
+    clamp_candidate,
+    worst_case_candidate,
+)
+from alerts.messages import to_json_bytes, to_json_dict
+from alerts.subscription_store import SubscriptionStore, webhook_key
+from alerts.text import get_logger
+from alerts.urls import UrlPolicy
+from alerts.webhooks import WebhookDelivery, deadletter_value
+from civic_iot.auth import TokenStore
 from civic_iot.contracts.alerts import AlertCandidate
 from civic_iot.health import kafka_answers
 from civic_iot.kafka_admin import ensure_topics, wait_for_topics
 from civic_iot.logs import limit_repeats
-from civic_iot.settings import Settings, mqtt_password
+from civic_iot.settings import Settings, mqtt_endpoint, mqtt_password
 from civic_iot.storage.sink import (
     AIOKafkaPublisher,
     InfluxSink,
@@ -152,19 +175,23 @@ from civic_iot.storage.sink import (
     StorageUnavailable,
     deadletter_report,
 )
+from civic_iot.times import to_ns
 from civic_iot.topology import Topology
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 __all__ = [
     "STATE_VERSION_HEADER",
     "AlertMetrics",
     "AlertService",
+    "RecordTooLargeError",
     "alerts_topic_record",
+    "check_record_sizes",
     "deadletter_record",
     "lifecycle_config",
     "replay_state",
     "state_updates",
+    "worst_case_sizes",
 ]
 
 #: Kafka header on every ``alerts.state`` record: the lifecycle's state version.
@@ -199,6 +226,10 @@ def alerts_topic_record(
         "key": msg.key,
         "msg_type": msg.msg_type,
         "status": status,
+        # Exact times for the webhook consumer's latency figures (the JSON form has
+        # CAP times, whole seconds).
+        "sent_ns": to_ns(msg.sent),
+        "detected_at_ns": to_ns(msg.detected_at),
         "json": to_json_dict(msg, status, config=cap_config),
         "cap_xml": to_cap_xml(msg, status, config=cap_config).decode(),
     }
@@ -244,20 +275,104 @@ def replay_state(
 
 def deadletter_record(result: DeliveryResult) -> tuple[bytes, bytes]:
     """Key and value of a failed delivery on ``alerts.deadletter`` (no secrets, no body)."""
-    msg = result.message
-    value = {
-        "identifier": msg.identifier,
-        "alert_id": msg.alert_id,
-        "key": msg.key,
-        "msg_type": msg.msg_type,
-        "channel": result.channel,
-        "subscriber": result.subscriber,
-        "attempts": result.attempt,
-        "status_code": result.status_code,
-        "error": result.error,
-        "failed_at_ns": result.at_ns,
+    return deadletter_value(result)
+
+
+class RecordTooLargeError(ValueError):
+    """A record beyond the size its topic or broker takes (see :mod:`alerts.limits`)."""
+
+
+def _worst_message(
+    lifecycle: LifecycleConfig, fill: str, at: datetime
+) -> tuple[AlertMessage, AlertRecord]:
+    caps = lifecycle.caps
+    cand = clamp_candidate(worst_case_candidate(fill, at, caps), caps)
+    _, [alert] = on_candidate(LifecycleState(), cand, at, config=lifecycle)
+    refs = tuple(
+        Reference(sender=lifecycle.sender, identifier=str(uuid.UUID(int=i)), sent=at)
+        for i in range(caps.references)
+    )
+    acks = tuple(
+        AckRecord(
+            alert_id=alert.alert_id,
+            key=alert.key,
+            by=(fill * caps.ack_by)[: caps.ack_by],
+            at=at,
+            note=(fill * caps.ack_note)[: caps.ack_note],
+        )
+        for _ in range(caps.acks)
+    )
+    msg = alert.model_copy(
+        update={
+            "msg_type": "Update",
+            "reason": "escalated",
+            "references": refs,
+            "acknowledgements": acks,
+            "sequence": 99_999,
+        }
+    )
+    record = AlertRecord(
+        key=cand.key,
+        alert_id=alert.alert_id,
+        sequence=99_999,
+        announced=cand,
+        latest=cand,
+        peak_severity="Extreme",
+        references=refs,
+        last_seen=at,
+        below_since=at,
+        zero_since=at,
+        acks=acks,
+        closed_at=at,
+    )
+    return msg, record
+
+
+def worst_case_sizes(
+    lifecycle: LifecycleConfig, cap_config: CapConfig, status: CapStatus, fill: str
+) -> dict[str, int]:
+    """Bytes of the largest record of each kind the caps allow, texts made of ``fill``:
+    ``alerts`` (key + value), ``alerts.state`` (key + value + header), ``mqtt`` (payload)."""
+    at = datetime(2025, 1, 1, tzinfo=UTC)
+    msg, record = _worst_message(lifecycle, fill, at)
+    key, value = alerts_topic_record(msg, status, cap_config=cap_config)
+    [(state_key, state_value)] = state_updates(
+        LifecycleState(), LifecycleState(records={record.key: record})
+    )
+    return {
+        "alerts": len(key) + len(value),
+        "alerts.state": len(state_key) + len(state_value or b"") + 64,
+        "mqtt": len(to_json_bytes(msg, status, config=cap_config)),
     }
-    return msg.identifier.encode(), _dumps(value)
+
+
+#: Characters that cost the most bytes in one of the encodings: ``&`` (5 in XML), an
+#: astral character (4 in UTF-8), ``"`` (2 in JSON, 12 as XML in JSON), a CJK character
+#: (3), a newline (2 in JSON).
+WORST_FILLS = ("&", "\U0001f6a8", '"', "\u6c34", "\n", "<")
+
+_BUDGETS = {
+    "alerts": KAFKA_RECORD_BUDGET,
+    "alerts.state": KAFKA_RECORD_BUDGET,
+    "mqtt": MQTT_PAYLOAD_BUDGET,
+}
+
+
+def check_record_sizes(
+    lifecycle: LifecycleConfig, cap_config: CapConfig, status: CapStatus
+) -> dict[str, int]:
+    """The largest size of each record over :data:`WORST_FILLS`; ValueError beyond a budget."""
+    worst: dict[str, int] = dict.fromkeys(_BUDGETS, 0)
+    for fill in WORST_FILLS:
+        for name, size in worst_case_sizes(lifecycle, cap_config, status, fill).items():
+            worst[name] = max(worst[name], size)
+    over = {name: size for name, size in worst.items() if size > _BUDGETS[name]}
+    if over:
+        msg = "the configured caps let records exceed their size limits: " + ", ".join(
+            f"{n} {b} bytes > {_BUDGETS[n]}" for n, b in over.items()
+        )
+        raise ValueError(msg)
+    return worst
 
 
 # --------------------------------------------------------------------------- metrics
@@ -302,6 +417,17 @@ class AlertMetrics:
             "civic_alerts_candidates",
             "Alert candidates consumed, by result (ok, invalid)",
             ["result"],
+            registry=self.registry,
+        )
+        self.refused_records = Counter(
+            "civic_alerts_records_refused",
+            "Records not written because they exceed the size their topic or broker takes",
+            ["topic"],
+            registry=self.registry,
+        )
+        self.clamped = Counter(
+            "civic_alerts_candidates_clamped",
+            "Candidates cut down to the size caps (texts, devices, cells...) when taken",
             registry=self.registry,
         )
         self.latency = Histogram(
@@ -350,9 +476,8 @@ class _Term:
 class AlertService:
     """Candidates in, alert messages out; see the module doc for roles and the order of writes.
 
-    Everything comes from one :class:`~civic_iot.settings.Settings`; ``lifecycle``,
-    ``subscriptions`` and ``cap_config`` override what would be derived from it (tests
-    use short hold times and their own receivers).
+    Everything comes from one :class:`~civic_iot.settings.Settings`; ``lifecycle`` and
+    ``cap_config`` override what would be derived from it (tests use short hold times).
     """
 
     def __init__(
@@ -360,7 +485,6 @@ class AlertService:
         settings: Settings,
         *,
         lifecycle: LifecycleConfig | None = None,
-        subscriptions: Sequence[tuple[Subscription, SecretStr]] | None = None,
         cap_config: CapConfig = DEFAULT_CAP_CONFIG,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
@@ -369,13 +493,18 @@ class AlertService:
         self.lifecycle = lifecycle or lifecycle_config(settings)
         self.cap_config = cap_config
         self.status: CapStatus = settings.alerts.cap_status
+        #: Refuses to start with caps that would let a record exceed its limit.
+        self.worst_sizes = check_record_sizes(self.lifecycle, cap_config, self.status)
         self.metrics = AlertMetrics()
         #: Names this process in logs and ``/health`` (host, pid, a random suffix).
         self.instance = f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:6]}"
         self._clock = clock
-        if subscriptions is None:
-            subscriptions = load_subscriptions(settings.alerts.subscriptions_file)
         a = settings.alerts
+        #: API tokens (civic_iot.auth), re-read when the file changes.
+        self.tokens = TokenStore.of(settings.data_dir)
+        self.url_policy = UrlPolicy.of(a.webhook_allow_http, a.webhook_allowed_networks)
+        self.max_subscriptions_per_owner = a.max_subscriptions_per_owner
+        self.secret_grace_s = a.webhook_secret_grace_s
         #: A step-down waits up to half the session timeout for the step in flight, then
         #: up to an eighth each for the candidates' offset commit, the producer flush and
         #: the candidate consumer's leaving: within the rebalance timeout (the session
@@ -412,9 +541,11 @@ class AlertService:
         password = settings.mqtt.alerts_password or SecretStr(
             mqtt_password(settings, settings.mqtt.alerts_username)
         )
+        broker = mqtt_endpoint(settings)
         self.mqtt = MqttChannel(
-            host=settings.mqtt.host,
-            port=settings.mqtt.port,
+            host=broker.host,
+            port=broker.port,
+            tls_ca=broker.tls_ca,
             username=settings.mqtt.alerts_username,
             password=password,
             status=self.status,
@@ -425,18 +556,30 @@ class AlertService:
             keepalive_s=settings.mqtt.keepalive_s,
             root=self.topics.mqtt_alerts_root,
         )
-        self.webhooks = WebhookChannel(
-            subscriptions,
-            status=self.status,
+        self.subscriptions = SubscriptionStore(
+            bootstrap=settings.kafka.bootstrap,
+            topic=self.topics.alert_subscriptions,
+            key=webhook_key(settings),
+            send=self._send_subscription,
+        )
+        self.webhooks = WebhookDelivery(
+            bootstrap=settings.kafka.bootstrap,
+            topic=self.topics.alerts,
+            group=self.topics.webhook_group,
+            deadletter_topic=self.topics.alert_deadletter,
+            store=self.subscriptions,
+            policy=self.url_policy,
             report=self._record_delivery,
-            cap_config=cap_config,
+            deadletter=self._send_deadletter,
             max_attempts=a.webhook_max_attempts,
             timeout_s=a.webhook_timeout_s,
             backoff_base_s=a.webhook_backoff_base_s,
             backoff_cap_s=a.webhook_backoff_cap_s,
-            queue_size=a.webhook_queue_size,
+            max_pending=a.webhook_max_pending,
+            session_timeout_s=a.session_timeout_s,
+            heartbeat_interval_s=a.heartbeat_interval_s,
         )
-        self._channels: list[Sink[AlertMessage]] = [self.mqtt, self.webhooks]
+        self._channels: list[Sink[AlertMessage]] = [self.mqtt]
 
     # ------------------------------------------------------------------ views
 
@@ -457,6 +600,10 @@ class AlertService:
 
     def open_alerts(self) -> list[AlertRecord]:
         return self._state.open_alerts()
+
+    def now(self) -> datetime:
+        """The service's clock (aware, UTC)."""
+        return self._clock()
 
     def health(self) -> dict[str, Any]:
         serving = self._role in ("standby", "taking_over", "active")
@@ -483,7 +630,9 @@ class AlertService:
             "mqtt_connected": self.mqtt.connected,
             # A standby holds no state: it does not know what is open.
             "open_alerts": len(self._state.open_alerts()) if self._role == "active" else None,
-            "webhook_subscribers": self.webhooks.subscribers,
+            # Counts only: /health is open to anyone.
+            "webhook_subscriptions": len(self.subscriptions.all()),
+            "webhook_pending": self.webhooks.pending,
             "cap_status": self.status,
             # Reported, not judged: alerts still go out while InfluxDB is down (the points
             # wait in the sink), and a refused point is a data problem, not an outage.
@@ -522,6 +671,7 @@ class AlertService:
             client_id="civic-alerts",
         )
         await self._producer_.start()
+        await self.subscriptions.start()
         await self.mqtt.start()
         await self.webhooks.start()
         a = self.settings.alerts
@@ -541,6 +691,7 @@ class AlertService:
             asyncio.create_task(self._lead_loop(), name="alerts-lead"),
             asyncio.create_task(self._flush_loop(), name="alerts-flush"),
             asyncio.create_task(self._watch_kafka(), name="alerts-kafka-watch"),
+            asyncio.create_task(self.webhooks.wait(), name="alerts-webhooks-wait"),
         ]
         # A caller that starts one instance and then sends candidates expects them handled
         # by an instance that has its state: return once the role is settled. A group that
@@ -564,13 +715,13 @@ class AlertService:
             raise RuntimeError(msg)
         logger.info(
             "alert service started instance=%s role=%s election=%s candidates=%s group=%s "
-            "webhooks=%d status=%s",
+            "webhook_subscriptions=%d status=%s",
             self.instance,
             self._role,
             self.topics.alert_leader,
             self.topics.candidates,
             self.topics.alerts_group,
-            len(self.webhooks.subscribers),
+            len(self.subscriptions.all()),
             self.status,
         )
 
@@ -597,6 +748,8 @@ class AlertService:
         if self._election is not None:
             await self._election.stop()
             self._election = None
+        # What it has not delivered stays uncommitted: the next owner delivers it.
+        await self.webhooks.stop()
         if self._tasks:
             _, pending = await asyncio.wait(self._tasks, timeout=10)
             for t in pending:
@@ -605,6 +758,7 @@ class AlertService:
             self._tasks = []
         for ch in self._channels:
             await ch.close()
+        await self.subscriptions.stop()
         await self._close_points()
         if self._producer_ is not None:
             await self._producer_.stop()
@@ -790,11 +944,13 @@ class AlertService:
 
     # ------------------------------------------------------------------ operator actions
 
-    async def acknowledge(self, key_or_alert_id: str, by: str, note: str = "") -> AckRecord:
-        """Record an operator's acknowledgement (state topic and an ``ack`` point).
+    async def acknowledge(self, alert_id: str, by: str, note: str = "") -> AckRecord:
+        """Record ``by``'s acknowledgement of ``alert_id`` (state topic and an ``ack`` point).
 
         Raises:
             alerts.lifecycle.UnknownAlertError: no such alert.
+            alerts.lifecycle.AckLimitError: the alert holds all the acknowledgements it may.
+            ValueError: ``by`` or ``note`` too long.
             alerts.election.NotActiveError: this instance is not the active one.
         """
         async with self._lock:
@@ -803,7 +959,9 @@ class AlertService:
                 role: Role = "standby" if self._role == "active" else self._role
                 raise NotActiveError(role, "acknowledge on the active instance")
             before = self._state
-            after, ack = acknowledge(before, key_or_alert_id, by, self._clock(), note)
+            after, ack = acknowledge(
+                before, alert_id, by, self._clock(), note, caps=self.lifecycle.caps
+            )
             await self._fence(term)
             await self._write_state(state_updates(before, after))
             self._state = after
@@ -819,7 +977,13 @@ class AlertService:
         await ensure_topics(self.settings.kafka.bootstrap, self.topics)
         missing = await wait_for_topics(
             self.settings.kafka.bootstrap,
-            [self.topics.candidates, self.topics.alerts, self.topics.alert_state],
+            [
+                self.topics.candidates,
+                self.topics.alerts,
+                self.topics.alert_state,
+                self.topics.alert_subscriptions,
+                self.topics.alert_deadletter,
+            ],
         )
         if missing:
             msg = f"Kafka topics missing after creating them: {', '.join(missing)}"
@@ -913,7 +1077,22 @@ class AlertService:
             )
             return True
         config = self.lifecycle
-        if not await self._step(term, lambda s, now: on_candidate(s, cand, now, config=config)):
+        try:
+            taken = clamp_candidate(cand, config.caps)
+        except CandidateRefusedError as exc:
+            self.metrics.candidates.labels("invalid").inc()
+            logger.warning(
+                "alert candidate refused topic=%s partition=%d offset=%d reason=%s",
+                self.topics.candidates,
+                partition,
+                offset,
+                exc,
+            )
+            return True
+        if taken is not cand:
+            self.metrics.clamped.inc()
+            logger.info("alert candidate clamped to the size caps key=%s", cand.key)
+        if not await self._step(term, lambda s, now: on_candidate(s, taken, now, config=config)):
             return False
         self.metrics.candidates.labels("ok").inc()
         return True
@@ -979,37 +1158,87 @@ class AlertService:
             before = self._state
             after, messages = step(before, self._clock())
             updates = state_updates(before, after)
+            sent: list[AlertMessage] = []
             if messages or updates:
                 await self._fence(term)
                 if messages:
-                    await self._produce_messages(messages)
+                    sent = await self._produce_messages(messages)
                 await self._write_state(updates)
             self._state = after
         if after is not before:
             self.metrics.observe_state(after)
-        for msg in messages:
+        for msg in sent:
             await self._dispatch(msg)
         return True
 
-    async def _produce_messages(self, messages: list[AlertMessage]) -> None:
-        futures = []
+    async def _send_sized(
+        self, topic: str, key: bytes, value: bytes | None, what: str, headers: Any = None
+    ) -> asyncio.Future[Any] | None:
+        """Hand one record to the producer, or refuse it (logged, counted) if too large."""
+        size = len(key) + len(value or b"")
+        try:
+            if size > KAFKA_RECORD_BUDGET:
+                msg = f"{size} bytes > {KAFKA_RECORD_BUDGET}"
+                raise RecordTooLargeError(msg)
+            fut: asyncio.Future[Any] = await self._producer.send(
+                topic, value, key=key, headers=headers
+            )
+        except (RecordTooLargeError, MessageSizeTooLargeError) as exc:
+            self._refused(topic, what, exc)
+            return None
+        return fut
+
+    def _refused(self, topic: str, what: str, exc: BaseException) -> None:
+        self.metrics.refused_records.labels(topic).inc()
+        logger.error("record not written: too large topic=%s record=%s error=%s", topic, what, exc)
+
+    async def _settle(self, pending: list[tuple[str, str, asyncio.Future[Any]]]) -> set[str]:
+        """Wait for the broker's answers; the names of the records it took."""
+        results = await asyncio.gather(*(f for _, _, f in pending), return_exceptions=True)
+        taken: set[str] = set()
+        for (topic, what, _), result in zip(pending, results, strict=True):
+            if isinstance(result, MessageSizeTooLargeError):
+                self._refused(topic, what, result)
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                taken.add(what)
+        return taken
+
+    async def _produce_messages(self, messages: list[AlertMessage]) -> list[AlertMessage]:
+        """Produce ``messages`` to the alerts topic; the ones Kafka took."""
+        pending = []
         for msg in messages:
             key, value = alerts_topic_record(msg, self.status, cap_config=self.cap_config)
-            futures.append(await self._producer.send(self.topics.alerts, value, key=key))
-        await asyncio.gather(*futures)
+            fut = await self._send_sized(self.topics.alerts, key, value, msg.identifier)
+            if fut is not None:
+                pending.append((self.topics.alerts, msg.identifier, fut))
+        taken = await self._settle(pending)
         done_s = self._clock().timestamp()
-        for msg in messages:
+        sent = [m for m in messages if m.identifier in taken]
+        for msg in sent:
             self.metrics.latency.labels("kafka").observe(done_s - msg.detected_at.timestamp())
+        return sent
 
     async def _write_state(self, updates: list[tuple[bytes, bytes | None]]) -> None:
         if not updates:
             return
         header = [(STATE_VERSION_HEADER, str(STATE_VERSION).encode())]
-        futures = [
-            await self._producer.send(self.topics.alert_state, value, key=key, headers=header)
-            for key, value in updates
-        ]
-        await asyncio.gather(*futures)
+        topic = self.topics.alert_state
+        pending = []
+        for key, value in updates:
+            what = key.decode("utf-8", "replace")
+            fut = await self._send_sized(topic, key, value, what, header)
+            if fut is not None:
+                pending.append((topic, what, fut))
+        await self._settle(pending)
+
+    async def _send_subscription(self, key: bytes, value: bytes | None) -> int:
+        meta = await self._producer.send_and_wait(self.topics.alert_subscriptions, value, key=key)
+        return int(meta.offset)
+
+    async def _send_deadletter(self, key: bytes, value: bytes) -> None:
+        await self._producer.send_and_wait(self.topics.alert_deadletter, value, key=key)
 
     async def _dispatch(self, msg: AlertMessage) -> None:
         self.metrics.messages.labels(msg.msg_type).inc()
@@ -1021,9 +1250,10 @@ class AlertService:
         self.metrics.deliveries.labels(result.channel, result.outcome).inc()
         self.points.add([delivery_point(result, self._buckets)])
         if result.outcome == "delivered":
-            seconds = result.at_ns / 1e9 - result.message.detected_at.timestamp()
+            seconds = (result.at_ns - result.message.detected_at_ns) / 1e9
             self.metrics.latency.labels(result.channel).observe(seconds)
-        elif result.outcome == "failed":
+        elif result.outcome == "failed" and result.channel == "mqtt":
+            # A webhook's dead letter is written by its consumer before it commits.
             key, value = deadletter_record(result)
             try:
                 await self._producer.send_and_wait(self.topics.alert_deadletter, value, key=key)
@@ -1067,7 +1297,12 @@ async def run_service(settings: Settings, *, stop: asyncio.Event | None = None) 
             loop.add_signal_handler(sig, stop.set)
     service = AlertService(settings)
     await service.start()
-    http = HttpServer(service, host=settings.alerts.http_host, port=settings.alerts.http_port)
+    http = HttpServer(
+        service,
+        host=settings.alerts.http_host,
+        port=settings.alerts.http_port,
+        max_body_bytes=settings.alerts.http_max_body_bytes,
+    )
     try:
         await http.start()
         waiters: list[asyncio.Task[Any]] = [

@@ -86,8 +86,18 @@ async def bench(n: int, rate: float, worst: int = 0) -> dict[str, object]:
     settings = base.model_copy(
         update={
             "kafka": base.kafka.model_copy(update={"topic_prefix": prefix}),
-            "influx": base.influx.model_copy(update={"bucket_alerts": bucket}),
-            "alerts": base.alerts.model_copy(update={"consumer_group": f"bench-{run_id}"}),
+            # The run's own bucket: written with the admin token.
+            "influx": base.influx.model_copy(
+                update={"bucket_alerts": bucket, "token": SecretStr(influx_token(base))}
+            ),
+            "alerts": base.alerts.model_copy(
+                update={
+                    "consumer_group": f"bench-{run_id}",
+                    # The receiver below listens on 127.0.0.1 over http.
+                    "webhook_allow_http": True,
+                    "webhook_allowed_networks": ("127.0.0.0/8",),
+                }
+            ),
         }
     )
     await ensure_topics(settings.kafka.bootstrap, Topology.of(settings))
@@ -127,12 +137,21 @@ async def bench(n: int, rate: float, worst: int = 0) -> dict[str, object]:
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     port = int(runner.addresses[0][1])
+    now = datetime.now(UTC)
     webhook = Subscription(
-        id="bench", url=f"http://127.0.0.1:{port}/hook", format="json", secret="bench-secret"
+        id=str(uuid.uuid4()),
+        owner="bench",
+        url=f"http://127.0.0.1:{port}/hook",
+        format="json",
+        created_at=now,
+        updated_at=now,
+        nonce=uuid.uuid4().hex,
     )
 
-    service = AlertService(settings, subscriptions=[(webhook, SecretStr("bench-secret"))])
+    service = AlertService(settings)
     await service.start()
+    # Through the store, as the API does: the webhook consumer reads it from Kafka.
+    await service.subscriptions.put(webhook)
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap, acks="all")
     await producer.start()
     topic = Topology.of(settings).candidates

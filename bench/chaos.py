@@ -11,8 +11,9 @@ everybody's. One run:
 
 1. ingest, one processors worker and the alert service start as separate processes on a
    fresh topic prefix (like ``civic-iot demo``), the alert service with one webhook
-   subscriber: a receiver here that answers 503 to the first ``--webhook-failures``
-   attempts of every message, so retries are pending whenever an alert goes out;
+   subscriber (made through its API): a receiver here that answers 503 to the first
+   ``--webhook-failures`` attempts of every message, so retries are pending whenever an
+   alert goes out;
 2. a lean device fleet (``bench/loadgen.py``: one MQTT connection per device) publishes
    ``--rate`` air readings/s from ``--devices`` devices, and flood gauges raise a flood
    alert in a new township every ``--episode-every`` s (one before the fault, some during
@@ -63,6 +64,7 @@ from aiohttp import web  # noqa: E402
 from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: E402
 from loadgen import LeanDevice, Tally  # noqa: E402
 
+from civic_iot.auth import TokenStore  # noqa: E402
 from civic_iot.kafka_admin import ensure_topics, partition_counts  # noqa: E402
 from civic_iot.registry import device_password, device_secret, load_registry  # noqa: E402
 from civic_iot.settings import Settings, get_settings  # noqa: E402
@@ -323,6 +325,24 @@ class Receiver(threading.Thread):
             self._loop.call_soon_threadsafe(self._stop_evt.set)
 
 
+def subscribe(settings: Settings, procs: Procs, url: str) -> None:
+    """The receiver as a webhook subscriber of every alert, through the alert service's
+    API (subscriptions live on the run's compacted topic), with a token of this run."""
+    store = TokenStore.of(settings.data_dir)
+    record, token = store.issue(f"chaos-{procs.prefix.rstrip('.')}", "admin", "bench/chaos.py")
+    try:
+        req = urllib.request.Request(
+            procs.url("alerts").removesuffix("/health") + "/subscriptions",
+            data=json.dumps({"url": url, "format": "json"}).encode(),
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(req, timeout=10):  # a refusal raises HTTPError
+            pass
+    finally:
+        store.revoke([record.id])
+
+
 # ---------------------------------------------------------------- faults
 
 
@@ -540,19 +560,13 @@ def main() -> int:
     receiver = Receiver(free_port(), args.webhook_failures)
     receiver.start()
     receiver.ready.wait(10)
-    subs = log_dir / "subscriptions.yaml"
-    subs.write_text(
-        "subscriptions:\n"
-        f"  - {{id: chaos, url: 'http://127.0.0.1:{receiver.port}/hook', format: json,"
-        " secret_ref: CHAOS_WEBHOOK_SECRET}\n"
-    )
     procs = Procs(
         settings,
         prefix,
         log_dir,
         {
-            "CIVIC_ALERTS__SUBSCRIPTIONS_FILE": str(subs),
-            "CHAOS_WEBHOOK_SECRET": "chaos-secret",
+            "CIVIC_ALERTS__WEBHOOK_ALLOW_HTTP": "true",
+            "CIVIC_ALERTS__WEBHOOK_ALLOWED_NETWORKS": '["127.0.0.0/8"]',
             # Retries stay pending for seconds (503 first), yet never run out.
             "CIVIC_ALERTS__WEBHOOK_BACKOFF_BASE_S": "2",
             "CIVIC_ALERTS__WEBHOOK_MAX_ATTEMPTS": "12",
@@ -568,6 +582,7 @@ def main() -> int:
             sys.exit(f"not all healthy after 180 s: {health.latest()}; logs in {log_dir}")
         time.sleep(0.5)
     print(f"run {prefix} logs {log_dir}: all healthy", flush=True)
+    subscribe(settings, procs, f"http://127.0.0.1:{receiver.port}/hook")
 
     reg = load_registry(settings.registry)
     secret = device_secret(settings.data_dir)

@@ -20,6 +20,7 @@ Kafka topic                partitions   key          what
 ``alerts.state``           1            hazard:area  alert lifecycle state (compacted)
 ``alerts.leader``          1            (none)       leader election of the alert service
 ``alerts.deadletter``      N            message id   deliveries that failed for good
+``alerts.subscriptions``   1            sub. id      webhook subscriptions (compacted)
 ========================== ============ ============ ==========================================
 
 ``N`` is ``CIVIC_KAFKA__PARTITIONS``. ``readings.water`` and ``processors.shaking`` must
@@ -147,6 +148,12 @@ class Topology:
         return f"{self.prefix}alerts.leader"
 
     @property
+    def alert_subscriptions(self) -> str:
+        """Webhook subscriptions of the alert service (compacted), keyed by subscription id;
+        every instance reads all of it."""
+        return f"{self.prefix}alerts.subscriptions"
+
+    @property
     def alert_deadletter(self) -> str:
         """Webhook and MQTT deliveries that failed for good, keyed by message identifier."""
         return f"{self.prefix}alerts.deadletter"
@@ -170,6 +177,8 @@ class Topology:
             # Leader election of the alert service: exactly one partition, never a record.
             TopicSpec(self.alert_leader, 1, "none"),
             TopicSpec(self.alert_deadletter, n, "message id", retention_ms=-1),
+            # Webhook subscriptions: the latest record per id, a tombstone deletes.
+            TopicSpec(self.alert_subscriptions, 1, "subscription id", cleanup="compact"),
         ]
 
     def copartitioned(self) -> tuple[str, ...]:
@@ -198,13 +207,19 @@ class Topology:
         return f"{self.prefix}{self.alerts_group_base}"
 
     @property
+    def webhook_group(self) -> str:
+        """The alert service's webhook consumer group of ``alerts`` (every instance joins;
+        offsets are committed once a record is delivered or dead-lettered)."""
+        return f"{self.prefix}{self.alerts_group_base}-webhooks"
+
+    @property
     def election_group(self) -> str:
         """The alert service's election group (named like its topic)."""
         return self.alert_leader
 
     @property
     def groups(self) -> tuple[str, ...]:
-        return (self.processors_app, self.alerts_group, self.election_group)
+        return (self.processors_app, self.alerts_group, self.election_group, self.webhook_group)
 
     # ------------------------------------------------------------------ MQTT
 

@@ -63,7 +63,7 @@ from civic_iot.health import kafka_answers, serve_health
 from civic_iot.logs import limit_repeats
 from civic_iot.mqtt import Message, MqttConnection
 from civic_iot.registry import Registry, load_registry
-from civic_iot.settings import Settings, mqtt_password
+from civic_iot.settings import Settings, mqtt_endpoint, mqtt_password
 from civic_iot.topology import Topology
 from ingest.refusals import Limits, ReadingRefusedError
 from ingest.validate import validate
@@ -136,9 +136,11 @@ class MqttSource:
         self._fresh_from = 0
         m = settings.mqtt
         self._subscriptions, self._stale = subscriptions(settings)
+        broker = mqtt_endpoint(settings)
         self.mqtt = MqttConnection(
-            host=m.host,
-            port=m.port,
+            host=broker.host,
+            port=broker.port,
+            tls_ca=broker.tls_ca,
             client_id=f"civic-ingest-{settings.ingest.instance}",
             username=m.ingest_username,
             password=m.ingest_password.get_secret_value()

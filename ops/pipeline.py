@@ -34,6 +34,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from influxdb_client.client.influxdb_client import InfluxDBClient
 
 from alerts.lifecycle import Reason
+from civic_iot.auth import TokenStore
 from civic_iot.kafka_admin import ensure_topics
 from civic_iot.settings import REPO_ROOT, Settings, influx_token
 from civic_iot.topology import READING_KINDS, Topology
@@ -65,6 +66,9 @@ class Pipeline:
     alerts_port: int = field(default_factory=free_port)
     worker_ports: list[int] = field(default_factory=list)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    #: An agency token of this run, to read the open alerts (the alert service's API
+    #: needs one); revoked at stop.
+    _token: tuple[str, str] | None = None
 
     @property
     def topology(self) -> Topology:
@@ -98,6 +102,10 @@ class Pipeline:
 
     def start(self, timeout_s: float = 90) -> None:
         asyncio.run(ensure_topics(self.settings.kafka.bootstrap, self.topology))
+        record, token = TokenStore.of(self.settings.data_dir).issue(
+            "civic-pipeline", "agency", f"run {self.prefix} (revoked when it stops)"
+        )
+        self._token = (record.id, token)
         self._spawn("alerts", ["alerts", "run"])
         self.worker_ports = [free_port() for _ in range(self.workers)]
         for i, port in enumerate(self.worker_ports):
@@ -135,6 +143,10 @@ class Pipeline:
                 raise RuntimeError(msg)
 
     def stop(self) -> None:
+        if self._token is not None:
+            with contextlib.suppress(KeyError, ValueError, OSError):
+                TokenStore.of(self.settings.data_dir).revoke([self._token[0]])
+            self._token = None
         for proc in self.procs.values():
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(signal.SIGTERM)
@@ -149,7 +161,8 @@ class Pipeline:
         return http_json(f"http://127.0.0.1:{self.ingest_port}/health") or {}
 
     def open_alerts(self) -> list[dict[str, Any]]:
-        data = http_json(f"http://127.0.0.1:{self.alerts_port}/alerts")
+        headers = {} if self._token is None else {"Authorization": f"Bearer {self._token[1]}"}
+        data = http_json(f"http://127.0.0.1:{self.alerts_port}/alerts", headers=headers)
         if isinstance(data, dict):
             return list(data.get("alerts", []))
         return list(data or [])

@@ -11,10 +11,11 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 
-def http_json(url: str, timeout: float = 2.0) -> Any:
+def http_json(url: str, timeout: float = 2.0, headers: dict[str, str] | None = None) -> Any:
     """The JSON body of a 2xx answer; None when there is no answer, an error or no JSON."""
+    request = urllib.request.Request(url, headers=headers or {})  # noqa: S310 - loopback
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - loopback
+        with urllib.request.urlopen(request, timeout=timeout) as resp:  # noqa: S310 - loopback
             return json.load(resp)
     except (OSError, ValueError):
         return None

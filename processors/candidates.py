@@ -9,14 +9,15 @@ underpass is a flood), see :func:`update_hazard`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from civic_iot.contracts.alerts import AlertCandidate, Hazard, Severity
 from civic_iot.contracts.processing import TownshipReport
 from civic_iot.registry import Township
+from processors.detectors.state import stored
 
 # Severity by level and hazard; local choices in the CAP sense (Minor: little threat,
 # Moderate: possible, Severe: significant, Extreme: extraordinary threat to life).
@@ -91,11 +92,23 @@ def township_candidate(
     )
 
 
+@stored
+class DeviceLevel:
+    """A device's last report of one water hazard, as its township keeps it: level,
+    value and threshold in ``metric``'s unit, event time epoch s."""
+
+    level: int
+    value: float | None
+    threshold: float | None
+    metric: str
+    t: float
+
+
 @dataclass(frozen=True, slots=True)
 class HazardUpdate:
     """A water hazard's township level after one report; ``changed`` -> a candidate."""
 
-    devices: dict[str, dict[str, Any]]
+    devices: dict[str, DeviceLevel]
     level: int
     previous: int
     at_level: tuple[str, ...]
@@ -109,31 +122,26 @@ class HazardUpdate:
 
 
 def update_hazard(
-    devices: Mapping[str, Mapping[str, Any]], previous: int, report: TownshipReport
+    devices: Mapping[str, DeviceLevel], previous: int, report: TownshipReport
 ) -> HazardUpdate:
     """Record one device's level and take the township's: the highest device level.
 
-    ``devices`` maps device id to its last report (``level``, ``value``, ``threshold``,
-    ``metric``, ``t`` epoch s); a report older than the device's last one is ignored.
-    ``value`` is the highest value among the devices at the township level (0 when
-    none is).
+    ``devices`` maps device id to its last report; a report older than the device's
+    last one is ignored. ``value`` is the highest value among the devices at the
+    township level (0 when none is).
     """
     t = report.event_time.timestamp()
-    out = {k: dict(v) for k, v in devices.items()}
+    out = dict(devices)
     known = out.get(report.device)
-    if known is None or t >= float(known["t"]):
-        out[report.device] = {
-            "level": report.level,
-            "value": report.value,
-            "threshold": report.threshold,
-            "metric": report.metric,
-            "t": t,
-        }
-    level = max((int(d["level"]) for d in out.values()), default=0)
-    at = sorted(k for k, d in out.items() if int(d["level"]) == level and level > 0)
+    if known is None or t >= known.t:
+        out[report.device] = DeviceLevel(
+            report.level, report.value, report.threshold, report.metric, t
+        )
+    level = max((d.level for d in out.values()), default=0)
+    at = sorted(k for k, d in out.items() if d.level == level and level > 0)
     top = max(
-        (out[k] for k in at if out[k]["value"] is not None),
-        key=lambda d: float(d["value"]),
+        (out[k] for k in at if out[k].value is not None),
+        key=lambda d: d.value if d.value is not None else -math.inf,
         default=None,
     )
     return HazardUpdate(
@@ -141,7 +149,7 @@ def update_hazard(
         level=level,
         previous=previous,
         at_level=tuple(at),
-        value=float(top["value"]) if top else float(report.value or 0.0),
-        threshold=None if top is None or top["threshold"] is None else float(top["threshold"]),
-        metric=str(top["metric"]) if top else report.metric,
+        value=top.value if top and top.value is not None else float(report.value or 0.0),
+        threshold=None if top is None else top.threshold,
+        metric=top.metric if top else report.metric,
     )

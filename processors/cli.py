@@ -3,7 +3,8 @@
 Several workers scale out on the Kafka partitions; give each its own
 ``CIVIC_PROCESSORS__WEB_PORT`` (or 0 for none) and ``CIVIC_PROCESSORS__INSTANCE``. The web
 port serves ``/health`` (JSON; 503 while InfluxDB writes have been failing for
-``CIVIC_PROCESSORS__HEALTH_STORAGE_GRACE_S``) and ``/metrics`` (Prometheus).
+``CIVIC_PROCESSORS__HEALTH_STORAGE_GRACE_S``) and ``/metrics`` (Prometheus). Faust keeps
+its files under ``{CIVIC_DATA_DIR}/processors/{app id}``.
 """
 
 from __future__ import annotations
@@ -77,6 +78,8 @@ def run_worker(settings: Settings) -> None:
         logger.error(msg)
         raise SystemExit(msg)
     app = create_app(settings)
+    # Faust makes its own directory (the app's) under this one, not the parents.
+    app.conf.datadir.parent.mkdir(parents=True, exist_ok=True)
     tune_recovery(app, settings)
     limit_repeats("aiokafka")  # a Kafka outage: a line per interval, not per attempt
     logger.info(

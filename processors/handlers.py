@@ -1,17 +1,14 @@
 """What each agent does with one input, as pure functions of (state, input) -> outcome.
 
-The agents in :mod:`processors.app` only read the table, call one of these, write the
+The agents in :mod:`processors.agents` only read the table, call one of these, write the
 new state back, hand the points to the sink and the messages to the publisher. States
-are JSON-able dicts (the values of the plain changelog-backed Faust tables):
-
-* device tables (keyed by device id): ``{"last_seen": epoch s, "health": ...,
-  "air": ...}`` / ``{"flood" | "river" | "rain" | "debris": ...}`` / ``{"station": ...}``;
-* shaking table (keyed by water device id): ``{"shaking": StrongShaking}``, the strong
-  shaking whose R50 period ends last, read by :func:`handle_water` for the device;
-* township table (keyed by township code): ``{"air": TownshipAirState, "water":
-  {hazard: {device: report}}, "levels": {hazard: level}, "open": {key: candidate JSON}}``;
-* quake table (one key): ``{"assoc": Associator, "clock": epoch s, "open": {...},
-  "shaken": {event id: {township: intensity ordinal notified}}}``.
+are the typed values of the changelog-backed Faust tables (:mod:`processors.states`):
+:class:`~processors.states.AirDevice`, :class:`~processors.states.WaterDevice`,
+:class:`~processors.states.SeismicDevice` (keyed by device id),
+:class:`~processors.states.ShakingMark` (keyed by water device id: the strong shaking
+whose R50 period ends last, read by :func:`handle_water` for the device),
+:class:`~processors.states.TownshipState` (keyed by township code) and
+:class:`~processors.states.QuakeState` (one key).
 
 From strong shaking to debris flow: :func:`handle_quake` turns every earthquake update
 whose estimated intensity in a township reaches the debris-flow shaking level (5-) into a
@@ -30,7 +27,7 @@ import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 
@@ -57,15 +54,12 @@ from civic_iot.thresholds import Thresholds, ThresholdSet, thresholds_from
 from processors.candidates import township_candidate, update_hazard
 from processors.detectors.air import (
     AirConfig,
-    AirState,
-    TownshipAirState,
     update_air,
     update_township,
 )
 from processors.detectors.health import HealthConfig, HealthState, update_health
 from processors.detectors.intensity import intensity_ordinal
 from processors.detectors.quake import (
-    Associator,
     QuakeConfig,
     QuakeEvent,
     StationObservation,
@@ -74,7 +68,7 @@ from processors.detectors.quake import (
     to_alert_candidate,
     township_intensities,
 )
-from processors.detectors.seismic import SeismicConfig, StationState, process_packet
+from processors.detectors.seismic import SeismicConfig, process_packet
 from processors.detectors.water import (
     DebrisFlowConfig,
     DebrisFlowState,
@@ -105,8 +99,17 @@ from processors.points import (
     water_level_point,
     water_sensor,
 )
+from processors.states import (
+    AirDevice,
+    QuakeState,
+    SeismicDevice,
+    ShakingMark,
+    TableValue,
+    TownshipState,
+    WaterDevice,
+)
 
-State = dict[str, Any]
+S = TypeVar("S", bound=TableValue)
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,49 +206,47 @@ class Context:
 
 
 @dataclass(frozen=True, slots=True)
-class DeviceOutcome:
-    state: State
+class DeviceOutcome(Generic[S]):
+    state: S
     points: list[Point]
     reports: list[TownshipReport]
 
 
+def _last_seen(last: float | None, reading: Reading) -> float:
+    t = reading.event_time.timestamp()
+    return t if last is None else max(last, t)
+
+
 def _health(
-    env: State,
+    last: float | None,
+    state: HealthState,
     reading: Reading,
     values: Mapping[str, float],
     ctx: Context,
     kind: str,
     health: HealthConfig,
-) -> tuple[State, list[Point]]:
+) -> tuple[HealthState, list[Point]]:
     """Stuck and out-of-range checks, and the end of a silence (state-based, so a
-    restarted worker still clears the ``silent`` issue it raised before)."""
+    restarted worker still clears the ``silent`` issue it raised before); ``last`` is
+    the device's last reading time before this one, epoch s."""
     where = Where.of(reading)
     t = reading.event_time.timestamp()
     points: list[Point | None] = []
-    last = env.get("last_seen")
-    if last is not None and t - float(last) > ctx.silent_after_s.get(kind, math.inf):
+    if last is not None and t - last > ctx.silent_after_s.get(kind, math.inf):
         points.append(
             sensor_health_point(
                 where.device,
                 where.township,
                 "silent",
                 active=False,
-                detail=f"reading again after {t - float(last):.0f} s",
+                detail=f"reading again after {t - last:.0f} s",
                 at=reading.event_time,
                 buckets=ctx.buckets,
             )
         )
-    out = dict(env)
-    out["last_seen"] = t if last is None else max(float(last), t)
     if values:
-        upd = update_health(
-            HealthState.from_dict(env.get("health", {})),
-            reading.device_id,
-            reading.event_time,
-            values,
-            health,
-        )
-        out["health"] = upd.state.to_dict()
+        upd = update_health(state, reading.device_id, reading.event_time, values, health)
+        state = upd.state
         for finding, active in [(f, True) for f in upd.opened] + [(f, False) for f in upd.cleared]:
             points.append(
                 sensor_health_point(
@@ -258,19 +259,21 @@ def _health(
                     buckets=ctx.buckets,
                 )
             )
-    return out, [p for p in points if p is not None]
+    return state, [p for p in points if p is not None]
 
 
-def handle_air(env: State, reading: Reading, ctx: Context) -> DeviceOutcome:
+def handle_air(env: AirDevice, reading: Reading, ctx: Context) -> DeviceOutcome[AirDevice]:
     """Raw point, rolling means and AQI, health, and the township report."""
     data = reading.data
     assert isinstance(data, AirPayload), reading.reading_id
     values = {f: float(v) for f in POLLUTANT_FIELDS if (v := getattr(data, f)) is not None}
     township = reading.location.township
     det = ctx.for_device(reading.device_id, township)
-    upd = update_air(AirState.from_dict(env.get("air", {})), reading.event_time, values, det.air)
-    state, health_points = _health(env, reading, values, ctx, "air", det.health)
-    state["air"] = upd.state.to_dict()
+    upd = update_air(env.air, reading.event_time, values, det.air)
+    health, health_points = _health(
+        env.last_seen, env.health, reading, values, ctx, "air", det.health
+    )
+    state = AirDevice(last_seen=_last_seen(env.last_seen, reading), health=health, air=upd.state)
     fig = upd.figures
     points = reading_points(reading, ctx.buckets)
     p = air_quality_point(Where.of(reading), fig, ctx.buckets)
@@ -289,8 +292,8 @@ def handle_air(env: State, reading: Reading, ctx: Context) -> DeviceOutcome:
 
 
 def handle_water(
-    env: State, reading: Reading, ctx: Context, shaking: Mapping[str, Any] | None = None
-) -> DeviceOutcome:
+    env: WaterDevice, reading: Reading, ctx: Context, shaking: StrongShaking | None = None
+) -> DeviceOutcome[WaterDevice]:
     """Raw point; flood depth, river stage, rain and debris flow as the reading carries
     them; health; one township report per hazard.
 
@@ -298,7 +301,7 @@ def handle_water(
     reports ``water_rise``: its rise level against its rise line (cm per 10 min). When
     a reading carries both a depth and a stage, the faster-rising gauge reports.
 
-    ``shaking`` is the device's entry of the shaking table (:func:`handle_shaking`): its
+    ``shaking`` is the device's mark in the shaking table (:func:`handle_shaking`): that
     strong shaking is marked on the debris-flow state before the rain is judged, so R50
     applies within its period; the threshold in use, and the earthquake that lowered it,
     go into the stored figures and the report's evidence.
@@ -315,7 +318,11 @@ def handle_water(
         for f in ("water_level_m", "flood_depth_cm", "rainfall_mm")
         if (v := getattr(data, f)) is not None
     }
-    state, health_points = _health(env, reading, values, ctx, "water", det.health)
+    health, health_points = _health(
+        env.last_seen, env.health, reading, values, ctx, "water", det.health
+    )
+    gauge_states = {"flood": env.flood, "river": env.river}
+    rain_state, debris_state = env.rain, env.debris
     points = reading_points(reading, ctx.buckets, sensor=sensor)
     reports: list[TownshipReport] = []
 
@@ -344,7 +351,7 @@ def handle_water(
 
     gauges: list[tuple[str, GaugeUpdate]] = []
     if data.flood_depth_cm is not None:
-        flood = GaugeState.from_dict(env.get("flood", {}))
+        flood = env.flood or GaugeState()
         gauges.append(
             (
                 "flood",
@@ -352,7 +359,7 @@ def handle_water(
             )
         )
     if data.water_level_m is not None:
-        river = GaugeState.from_dict(env.get("river", {}))
+        river = env.river or GaugeState()
         gauges.append(
             (
                 "river",
@@ -360,7 +367,7 @@ def handle_water(
             )
         )
     for name, g in gauges:
-        state[name] = g.state.to_dict()
+        gauge_states[name] = g.state
         p = water_level_point(where, name, g.figures, ctx.buckets)
         points += [p] if p else []
         metric = "flood_depth_cm" if name == "flood" else "water_level_m"
@@ -399,18 +406,15 @@ def handle_water(
         )
 
     if data.rainfall_mm is not None:
-        rain_state = (
-            RainState.from_dict(env["rain"]) if "rain" in env else RainState.empty(det.rain)
+        r = update_rain(
+            env.rain or RainState.empty(det.rain),
+            reading.event_time,
+            float(data.rainfall_mm),
+            det.rain,
         )
-        r = update_rain(rain_state, reading.event_time, float(data.rainfall_mm), det.rain)
-        marked = shaking.get("shaking") if shaking else None
-        debris = mark_strong_shaking(
-            DebrisFlowState.from_dict(env.get("debris", {})),
-            StrongShaking.from_dict(marked) if marked else None,
-        )
+        debris = mark_strong_shaking(env.debris or DebrisFlowState(), shaking)
         d = update_debris_flow(debris, r, det.debris)
-        state["rain"] = r.state.to_dict()
-        state["debris"] = d.state.to_dict()
+        rain_state, debris_state = r.state, d.state
         p = rain_point(where, r.figures, d.figures, ctx.buckets)
         points += [p] if p else []
         f = r.figures
@@ -448,12 +452,20 @@ def handle_water(
             df_ev,
         )
     points += health_points
+    state = WaterDevice(
+        last_seen=_last_seen(env.last_seen, reading),
+        health=health,
+        flood=gauge_states["flood"],
+        river=gauge_states["river"],
+        rain=rain_state,
+        debris=debris_state,
+    )
     return DeviceOutcome(state, points, reports)
 
 
 @dataclass(frozen=True, slots=True)
 class SeismicOutcome:
-    state: State
+    state: SeismicDevice
     points: list[Point]
     trigger: Trigger | None
     observation: Observation | None
@@ -461,7 +473,7 @@ class SeismicOutcome:
     end_s: float
 
 
-def handle_seismic(env: State, reading: Reading, ctx: Context) -> SeismicOutcome:
+def handle_seismic(env: SeismicDevice, reading: Reading, ctx: Context) -> SeismicOutcome:
     """Raw samples, the station detector, and what the associator needs."""
     data = reading.data
     assert isinstance(data, SeismicPayload), reading.reading_id
@@ -470,15 +482,9 @@ def handle_seismic(env: State, reading: Reading, ctx: Context) -> SeismicOutcome
     )
     t0 = reading.event_time.timestamp()
     det = ctx.for_device(reading.device_id, reading.location.township)
-    res = process_packet(
-        StationState.from_dict(env.get("station", {})),
-        samples,
-        data.sample_rate_hz,
-        t0,
-        det.seismic,
-    )
-    state, _ = _health(env, reading, {}, ctx, "seismic", det.health)
-    state["station"] = res.state.to_dict()
+    res = process_packet(env.station, samples, data.sample_rate_hz, t0, det.seismic)
+    # No health checks on raw samples: the device's reading time only.
+    state = SeismicDevice(last_seen=_last_seen(env.last_seen, reading), station=res.state)
     where = Where.of(reading)
     points = reading_points(reading, ctx.buckets)
     p = seismic_station_point(where, res, reading.event_time_ns, ctx.buckets)
@@ -508,30 +514,34 @@ def handle_seismic(env: State, reading: Reading, ctx: Context) -> SeismicOutcome
 
 
 @dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(Generic[S]):
     """New state, points, the candidates to publish now and, from the associator, the
     strong-shaking notices to send to the water devices."""
 
-    state: State
+    state: S
     points: list[Point]
     candidates: list[AlertCandidate]
     notices: list[StrongShakingNotice] = field(default_factory=list)
 
 
-def _remember(state: State, candidate: AlertCandidate) -> None:
-    open_ = dict(state.get("open", {}))
-    if candidate.level > 0:
-        open_[candidate.key] = candidate.model_dump_json()
-    else:
-        open_.pop(candidate.key, None)
-    state["open"] = open_
+def _remember(
+    open_: Mapping[str, AlertCandidate], candidates: Iterable[AlertCandidate]
+) -> dict[str, AlertCandidate]:
+    """The open candidates after ``candidates``: level >= 1 kept by key, level 0 gone."""
+    out = dict(open_)
+    for c in candidates:
+        if c.level > 0:
+            out[c.key] = c
+        else:
+            out.pop(c.key, None)
+    return out
 
 
 def handle_township(
-    env: State, report: TownshipReport, ctx: Context, detected_at: datetime
-) -> Decision:
+    env: TownshipState, report: TownshipReport, ctx: Context, detected_at: datetime
+) -> Decision[TownshipState]:
     """Aggregate one device report into its township; a level change is a candidate."""
-    state = dict(env)
+    air_state, water, levels = env.air, env.water, env.levels
     code = report.township
     town = ctx.registry.township(code)
     air = ctx.for_township(code).air
@@ -540,7 +550,7 @@ def handle_township(
     if report.hazard == "air_quality":
         aqi = None if report.value is None else int(report.value)
         upd = update_township(
-            TownshipAirState.from_dict(env.get("air", {})),
+            env.air,
             report.device,
             report.level,
             aqi,
@@ -548,7 +558,7 @@ def handle_township(
             air,
             registered_sensors=ctx.air_sensors_in(code),
         )
-        state["air"] = upd.state.to_dict()
+        air_state = upd.state
         p = township_air_point(code, upd, report.event_time, ctx.buckets)
         points += [p] if p else []
         if upd.changed:
@@ -572,12 +582,9 @@ def handle_township(
                 )
             )
     else:
-        water = {k: dict(v) for k, v in env.get("water", {}).items()}
-        levels = dict(env.get("levels", {}))
-        h = update_hazard(water.get(report.hazard, {}), int(levels.get(report.hazard, 0)), report)
-        water[report.hazard] = h.devices
-        levels[report.hazard] = h.level
-        state["water"], state["levels"] = water, levels
+        h = update_hazard(water.get(report.hazard, {}), levels.get(report.hazard, 0), report)
+        water = {**water, report.hazard: h.devices}
+        levels = {**levels, report.hazard: h.level}
         if h.changed:
             candidates.append(
                 township_candidate(
@@ -594,24 +601,24 @@ def handle_township(
                     evidence=report.evidence,
                 )
             )
-    for c in candidates:
-        _remember(state, c)
+    state = TownshipState(
+        air=air_state, water=water, levels=levels, open=_remember(env.open, candidates)
+    )
     return Decision(state, points, candidates)
 
 
 def handle_quake(
-    env: State, ticks: Iterable[SeismicTick], ctx: Context, detected_at: datetime
-) -> Decision:
+    env: QuakeState, ticks: Iterable[SeismicTick], ctx: Context, detected_at: datetime
+) -> Decision[QuakeState]:
     """One associator step for a batch of ticks: events declared, changed or closed
     become candidates (``quake-<event id>``) and ``quake_event``/``quake_cell`` points."""
     ticks = list(ticks)
-    assoc = Associator.from_dict(env["assoc"]) if "assoc" in env else Associator()
     wall = detected_at.timestamp()
-    clocks = {str(k): (float(v[0]), float(v[1])) for k, v in env.get("clocks", {}).items()}
+    clocks = dict(env.clocks)
     for t in ticks:
         src = str(t.partition)
         clocks[src] = (max(clocks.get(src, (t.now_s, 0.0))[0], t.now_s), wall)
-    clock = _watermark(clocks, float(env.get("clock") or 0.0), wall, ctx.quake_idle_s)
+    clock = _watermark(clocks, env.clock, wall, ctx.quake_idle_s)
     triggers = [
         StationTrigger(t.station_id, t.lat, t.lon, t.p_time_s) for k in ticks for t in k.triggers
     ]
@@ -620,15 +627,13 @@ def handle_quake(
         for k in ticks
         for o in k.observations
     ]
-    out = assoc.step(now_s=clock, triggers=triggers, observations=observations, config=ctx.quake)
-    state: State = dict(env)
-    state["assoc"] = out.associator.to_dict()
-    state["clock"] = clock
-    state["clocks"] = {k: list(v) for k, v in clocks.items()}
+    out = env.assoc.step(
+        now_s=clock, triggers=triggers, observations=observations, config=ctx.quake
+    )
     points: list[Point] = []
     candidates: list[AlertCandidate] = []
     notices: list[StrongShakingNotice] = []
-    shaken = {str(k): dict(v) for k, v in env.get("shaken", {}).items()}
+    shaken = {k: dict(v) for k, v in env.shaken.items()}
     for ev in out.updates:
         cand = to_alert_candidate(ev, detected_at=detected_at, config=ctx.quake)
         candidates.append(cand)
@@ -649,10 +654,14 @@ def handle_quake(
         ]
         if ev.closed:
             shaken.pop(ev.event_id)  # its last update: nothing more to notify
-    # Events that never closed (the network went quiet) must not grow the state forever.
-    state["shaken"] = dict(list(shaken.items())[-SHAKEN_MEMORY:])
-    for c in candidates:
-        _remember(state, c)
+    state = QuakeState(
+        assoc=out.associator,
+        clock=clock,
+        clocks=clocks,
+        # Events that never closed (the network went quiet) must not grow the state forever.
+        shaken=dict(list(shaken.items())[-SHAKEN_MEMORY:]),
+        open=_remember(env.open, candidates),
+    )
     return Decision(state, points, candidates, notices)
 
 
@@ -685,23 +694,20 @@ def strong_shaking_townships(
     return found, out
 
 
-def handle_shaking(env: State, notice: StrongShakingNotice, ctx: Context) -> Decision:
+def handle_shaking(
+    env: ShakingMark, notice: StrongShakingNotice, ctx: Context
+) -> Decision[ShakingMark]:
     """Remember a strong shaking for a water device (the one whose R50 period ends last,
     see :func:`~processors.detectors.water.mark_strong_shaking`) and store a
     ``strong_shaking`` point for it."""
     debris = ctx.for_device(notice.device, notice.township).debris
     mark = strong_shaking(notice.event_id, notice.intensity, notice.origin_time.timestamp(), debris)
-    state = dict(env)
     if mark is None:  # below this worker's shaking level: not ours to mark
-        return Decision(state, [], [])
-    old = env.get("shaking")
-    merged = mark_strong_shaking(
-        DebrisFlowState(shaking=StrongShaking.from_dict(old) if old else None), mark
-    ).shaking
+        return Decision(env, [], [])
+    merged = mark_strong_shaking(DebrisFlowState(shaking=env.shaking), mark).shaking
     assert merged is not None
-    state["shaking"] = merged.to_dict()
     p = strong_shaking_point(notice.device, notice.township, mark, ctx.buckets)
-    return Decision(state, [p] if p else [], [])
+    return Decision(ShakingMark(shaking=merged), [p] if p else [], [])
 
 
 def _watermark(
@@ -717,8 +723,8 @@ def _watermark(
     return max(previous, min(live)) if live else previous
 
 
-def open_candidates(state: Mapping[str, Any] | None) -> list[tuple[str, str]]:
-    """(key, candidate JSON) of every open (level >= 1) candidate in a state."""
-    if not state:
+def open_candidates(state: TownshipState | QuakeState | None) -> list[AlertCandidate]:
+    """Every open (level >= 1) candidate in a state, by key."""
+    if state is None:
         return []
-    return sorted(state.get("open", {}).items())
+    return [c for _, c in sorted(state.open.items())]

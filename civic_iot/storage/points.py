@@ -1,6 +1,7 @@
 """One InfluxDB point type and its line-protocol encoder, built without I/O.
 
-Every service that stores something builds :class:`Point` values (the processors from
+Every service that stores something builds :class:`Point` values through the schema
+(:meth:`civic_iot.storage.schema.Measurement.point`: the processors from
 readings and detector figures, the alert service from issued messages and deliveries) and
 hands them to one sink (:mod:`civic_iot.storage.sink`). :meth:`Point.line` encodes InfluxDB
 line protocol with nanosecond precision: ``int`` fields get the ``i`` suffix, ``float``
@@ -9,8 +10,6 @@ fields are written as Python's shortest round-trip form, strings are quoted.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 FieldValue = float | int | bool | str
@@ -54,28 +53,3 @@ def _field(v: FieldValue) -> str:
     # it is (InfluxDB 2.7 stores it as a newline; "\\n" would be stored as two characters).
     escaped = v.replace("\\", "\\\\").replace('"', '\\"')
     return f'"{escaped}"'
-
-
-def point(
-    bucket: str,
-    measurement: str,
-    tags: Mapping[str, str | None],
-    fields: Mapping[str, FieldValue | None],
-    time_ns: int,
-) -> Point | None:
-    """A point without the empty tags, ``None`` fields and non-finite floats (InfluxDB
-    accepts none of them); ``None`` when no field is left."""
-    kept: list[tuple[str, FieldValue]] = []
-    for k, v in fields.items():
-        if v is None or (isinstance(v, float) and not math.isfinite(v)):
-            continue
-        kept.append((k, v))
-    if not kept:
-        return None
-    return Point(
-        bucket=bucket,
-        measurement=measurement,
-        tags=tuple(sorted((k, v) for k, v in tags.items() if v)),
-        fields=tuple(kept),
-        time_ns=time_ns,
-    )

@@ -48,7 +48,6 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Self
 
 from civic_iot.storage.schema import Window, windowed
 from civic_iot.thresholds import AirQualityThresholds
@@ -61,6 +60,7 @@ from processors.detectors.aqi import (
     pm2_5_table,
 )
 from processors.detectors.levels import Ladder, LevelStep, LevelTracker
+from processors.detectors.state import stored
 from processors.detectors.windows import BucketSeries, epoch_s, from_epoch
 
 #: Reading field -> short pollutant name used in figures.
@@ -117,7 +117,7 @@ class AirConfig:
         return self._ladder
 
 
-@dataclass(frozen=True, slots=True)
+@stored
 class AirState:
     """One air sensor's hourly buckets (per reading field), clock and alert level."""
 
@@ -125,21 +125,6 @@ class AirState:
     #: Newest event time seen, epoch seconds; windows end here.
     clock: float | None = None
     tracker: LevelTracker = field(default_factory=LevelTracker)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "series": {k: s.to_dict() for k, s in sorted(self.series.items())},
-            "clock": self.clock,
-            "tracker": self.tracker.to_dict(),
-        }
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Self:
-        return cls(
-            series={k: BucketSeries.from_dict(s) for k, s in d.get("series", {}).items()},
-            clock=d.get("clock"),
-            tracker=LevelTracker.from_dict(d.get("tracker", {})),
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,7 +259,7 @@ def _aqi_inputs(
 # --- township aggregation -------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@stored
 class SensorReport:
     """A sensor's latest level and AQI as the township aggregator knows them."""
 
@@ -284,34 +269,13 @@ class SensorReport:
     last_seen: float
 
 
-@dataclass(frozen=True, slots=True)
+@stored
 class TownshipAirState:
     """The sensors heard recently in one township and the township's current level."""
 
     sensors: Mapping[str, SensorReport] = field(default_factory=dict)
     level: int = 0
     clock: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "sensors": {
-                k: {"level": r.level, "aqi": r.aqi, "last_seen": r.last_seen}
-                for k, r in sorted(self.sensors.items())
-            },
-            "level": self.level,
-            "clock": self.clock,
-        }
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Self:
-        return cls(
-            sensors={
-                k: SensorReport(int(r["level"]), r.get("aqi"), float(r["last_seen"]))
-                for k, r in d.get("sensors", {}).items()
-            },
-            level=int(d.get("level", 0)),
-            clock=d.get("clock"),
-        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,9 +17,10 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal, Self
+from typing import Literal
 
 from civic_iot.thresholds import HealthRule, HealthThresholds
+from processors.detectors.state import stored
 from processors.detectors.windows import epoch_s, from_epoch
 
 Issue = Literal["stuck", "out_of_range", "silent"]
@@ -50,7 +51,7 @@ class HealthFinding:
     detail: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@stored
 class Run:
     """The current run of equal values of one field: value, first and last time, count."""
 
@@ -60,30 +61,12 @@ class Run:
     count: int
 
 
-@dataclass(frozen=True, slots=True)
+@stored
 class HealthState:
     """Per field: the current run of equal values and the open issues (issue -> since)."""
 
     runs: Mapping[str, Run] = field(default_factory=dict)
     open: Mapping[str, Mapping[Issue, float]] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "runs": {k: [r.value, r.first, r.last, r.count] for k, r in sorted(self.runs.items())},
-            "open": {k: dict(v) for k, v in sorted(self.open.items())},
-        }
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Self:
-        return cls(
-            runs={
-                k: Run(float(v), float(a), float(b), int(n))
-                for k, (v, a, b, n) in d.get("runs", {}).items()
-            },
-            open={
-                k: {i: float(v[i]) for i in ISSUES if i in v} for k, v in d.get("open", {}).items()
-            },
-        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,10 +24,12 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Self
+from typing import Self
+
+from processors.detectors.state import stored
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +125,7 @@ class LevelStep:
         return self.tracker.level > self.previous
 
 
-@dataclass(frozen=True, slots=True)
+@stored
 class LevelTracker:
     """The remembered level (0 = clear) and the event time it was entered.
 
@@ -147,14 +149,3 @@ class LevelTracker:
         """
         current = min(self.level, ladder.top)
         return self.advance(ladder.entered(value), ladder.held(value, current), at)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"level": self.level, "since": self.since.isoformat() if self.since else None}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Self:
-        since = d.get("since")
-        return cls(
-            level=int(d.get("level", 0)),
-            since=datetime.fromisoformat(since) if since else None,
-        )

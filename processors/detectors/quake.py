@@ -1,7 +1,7 @@
 """Network earthquake detection: association, location, magnitude and expected shaking.
 
-Pure and I/O-free. The Faust agent keeps one :class:`Associator` (``to_dict()`` in its
-table), feeds it the station triggers and observations that
+Pure and I/O-free. The Faust agent keeps one :class:`Associator` (a stored state) in its
+table, feeds it the station triggers and observations that
 :func:`processors.detectors.seismic.process_packet` produced, and publishes an
 :class:`~civic_iot.events.AlertCandidate` (:func:`to_alert_candidate`) for every
 :class:`QuakeEvent` in ``result.updates``::
@@ -47,10 +47,9 @@ figure (Taiwan EEW uses depth-dependent speeds, about 5.1 / 2.9 km/s near the su
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -66,6 +65,7 @@ from processors.detectors.intensity import (
     level_from_ordinal,
 )
 from processors.detectors.seismic import PacketResult
+from processors.detectors.state import stored
 
 __all__ = [
     "AssociationResult",
@@ -86,7 +86,6 @@ __all__ = [
 
 FloatArray = NDArray[np.float64]
 EARTH_RADIUS_KM = 6371.0
-_STATE_VERSION = 1
 
 # Wu & Zhao (2006), GRL 33 L16312: log10 Pd = A + B M + C log10 R (Pd cm, R hypocentral km).
 WU_ZHAO_A, WU_ZHAO_B, WU_ZHAO_C = -3.463, 0.729, -1.374
@@ -222,7 +221,7 @@ class QuakeConfig:
     intensity_scale: IntensityScale = CWA_2020
 
 
-@dataclass(frozen=True, slots=True)
+@stored
 class StationTrigger:
     """A station's STA/LTA trigger: P time epoch s, position degrees."""
 
@@ -270,7 +269,7 @@ class StationObservation:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@stored
 class EventStation:
     """A station in an event. ``picked``: its P time is used for location."""
 
@@ -285,7 +284,7 @@ class EventStation:
     pd_snr: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@stored
 class Hypocentre:
     """Origin time (epoch s), epicentre (degrees), depth (km), RMS P residual (s)."""
 
@@ -352,7 +351,7 @@ class QuakeEvent:
         return len(self.station_ids)
 
 
-@dataclass(frozen=True, slots=True)
+@stored
 class _EventState:
     event_id: str
     stations: tuple[EventStation, ...]
@@ -437,10 +436,10 @@ def magnitude_from_pd(pd_cm: FloatArray, hyp_km: FloatArray) -> FloatArray:
     )
 
 
-@dataclass(frozen=True, slots=True)
+@stored
 class Associator:
     """The network's association state: pending triggers, open and recently closed
-    events. Bounded by the config's ``max_*`` settings; JSON-able via :meth:`to_dict`."""
+    events. Bounded by the config's ``max_*`` settings."""
 
     pending: tuple[StationTrigger, ...] = ()
     events: tuple[_EventState, ...] = ()
@@ -551,70 +550,6 @@ class Associator:
             ),
             updates=tuple(updates),
         )
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-able dict for a Faust table."""
-        return {
-            "v": _STATE_VERSION,
-            "pending": [_trigger_dict(t) for t in self.pending],
-            "events": [_event_dict(e) for e in self.events],
-            "recent": [_event_dict(e) for e in self.recent],
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Associator:
-        """Rebuild from :meth:`to_dict`; an unknown version starts afresh."""
-        if data.get("v") != _STATE_VERSION:
-            return cls()
-        return cls(
-            pending=tuple(StationTrigger(**t) for t in data["pending"]),
-            events=tuple(_event_from(e) for e in data["events"]),
-            recent=tuple(_event_from(e) for e in data["recent"]),
-        )
-
-
-def _trigger_dict(t: StationTrigger) -> dict[str, Any]:
-    return {"station_id": t.station_id, "lat": t.lat, "lon": t.lon, "p_time_s": t.p_time_s}
-
-
-def _event_dict(e: _EventState) -> dict[str, Any]:
-    h = e.hypo
-    return {
-        "event_id": e.event_id,
-        "stations": [
-            {
-                "station_id": s.station_id,
-                "lat": s.lat,
-                "lon": s.lon,
-                "p_time_s": s.p_time_s,
-                "picked": s.picked,
-                "pga_gal": s.pga_gal,
-                "pgv_cms": s.pgv_cms,
-                "pd_cm": s.pd_cm,
-                "pd_snr": None if s.pd_snr is None or math.isinf(s.pd_snr) else s.pd_snr,
-            }
-            for s in e.stations
-        ],
-        "first_trigger_s": e.first_trigger_s,
-        "last_trigger_s": e.last_trigger_s,
-        "hypo": [h.origin_s, h.lat, h.lon, h.depth_km, h.rms_s],
-        "published": None if e.published is None else list(e.published),
-        "closed_at_s": e.closed_at_s,
-    }
-
-
-def _event_from(d: Mapping[str, Any]) -> _EventState:
-    o, la, lo, dep, rms = (float(v) for v in d["hypo"])
-    pub = d["published"]
-    return _EventState(
-        event_id=str(d["event_id"]),
-        stations=tuple(EventStation(**s) for s in d["stations"]),
-        first_trigger_s=float(d["first_trigger_s"]),
-        last_trigger_s=float(d["last_trigger_s"]),
-        hypo=Hypocentre(origin_s=o, lat=la, lon=lo, depth_km=dep, rms_s=rms),
-        published=None if pub is None else (int(pub[0]), float(pub[1]), int(pub[2])),
-        closed_at_s=None if d["closed_at_s"] is None else float(d["closed_at_s"]),
-    )
 
 
 def _consistent(a: StationTrigger, b: StationTrigger, cfg: QuakeConfig) -> bool:

@@ -4,7 +4,7 @@ A station (a low-cost MEMS accelerometer such as OpenEEW or P-Alert) sends a pac
 three-component acceleration about once a second. :func:`process_packet` takes the
 station's :class:`StationState` and one packet and returns a :class:`PacketResult` with
 the new state; nothing is mutated and nothing does I/O, so the Faust agent only has to
-keep ``result.state.to_dict()`` in its table.
+keep ``result.state`` in its table.
 
 Signal chain, every filter carried across packets so that a stream cut into packets gives
 the same numbers as one long array:
@@ -38,8 +38,8 @@ Samples are rows, components columns: ``(n, 3)`` in gal, ordered east, north, ve
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any
 
@@ -48,6 +48,7 @@ from numpy.typing import NDArray
 
 from civic_iot.thresholds import StaLtaThresholds
 from processors.detectors.intensity import CWA_2020, IntensityScale, cwa_intensity
+from processors.detectors.state import stored
 
 __all__ = [
     "PacketResult",
@@ -59,7 +60,6 @@ __all__ = [
 FloatArray = NDArray[np.float64]
 Vec3 = tuple[float, float, float]
 _ZERO3: Vec3 = (0.0, 0.0, 0.0)
-_STATE_VERSION = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +100,7 @@ class SeismicConfig:
             raise ValueError(msg)
 
 
-@dataclass(frozen=True, slots=True)
+@stored
 class StationState:
     """Everything a station's detector carries between packets: a fixed set of numbers.
 
@@ -137,47 +137,6 @@ class StationState:
     event_pd_cm: float = 0.0
     #: Running mean square of vertical displacement outside event windows, cm^2.
     disp_noise_ms: float = 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-able dict (floats, ints, bools, None and lists) for a Faust table."""
-        out = asdict(self)
-        for key in ("x_prev", "acc", "vel", "disp"):
-            out[key] = list(out[key])
-        out["v"] = _STATE_VERSION
-        return out
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> StationState:
-        """Rebuild a state from :meth:`to_dict` output; unknown versions start afresh."""
-        if data.get("v") != _STATE_VERSION:
-            return cls()
-
-        def vec(key: str) -> Vec3:
-            x, y, z = (float(v) for v in data[key])
-            return (x, y, z)
-
-        def opt(key: str) -> float | None:
-            value = data.get(key)
-            return None if value is None else float(value)
-
-        return cls(
-            sample_rate_hz=float(data["sample_rate_hz"]),
-            next_t_s=opt("next_t_s"),
-            n_seen=int(data["n_seen"]),
-            x_prev=vec("x_prev"),
-            acc=vec("acc"),
-            vel=vec("vel"),
-            disp=vec("disp"),
-            sta=float(data["sta"]),
-            lta=float(data["lta"]),
-            last_trigger_s=opt("last_trigger_s"),
-            in_event=bool(data["in_event"]),
-            event_p_time_s=opt("event_p_time_s"),
-            event_pga_gal=float(data["event_pga_gal"]),
-            event_pgv_cms=float(data["event_pgv_cms"]),
-            event_pd_cm=float(data["event_pd_cm"]),
-            disp_noise_ms=float(data["disp_noise_ms"]),
-        )
 
 
 @dataclass(frozen=True, slots=True)

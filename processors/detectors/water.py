@@ -29,10 +29,9 @@ Figures are named by the storage rule (:func:`civic_iot.storage.schema.windowed`
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any, Literal, Self
+from typing import Literal, Self
 
 from civic_iot.thresholds import (
     DebrisFlowThresholds,
@@ -42,6 +41,7 @@ from civic_iot.thresholds import (
 )
 from processors.detectors.intensity import intensity_ordinal
 from processors.detectors.levels import Ladder, LevelStep, LevelTracker
+from processors.detectors.state import stored
 from processors.detectors.windows import (
     BucketSeries,
     SampleBuffer,
@@ -92,7 +92,7 @@ class RiverConfig:
     rise: RiseConfig = RiseConfig()
 
 
-@dataclass(frozen=True, slots=True)
+@stored
 class GaugeState:
     """A flood or river gauge: recent samples (gauge unit), clock, level and rise trackers."""
 
@@ -101,23 +101,6 @@ class GaugeState:
     clock: float | None = None
     level: LevelTracker = field(default_factory=LevelTracker)
     rise: LevelTracker = field(default_factory=LevelTracker)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "samples": self.samples.to_dict(),
-            "clock": self.clock,
-            "level": self.level.to_dict(),
-            "rise": self.rise.to_dict(),
-        }
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Self:
-        return cls(
-            samples=SampleBuffer.from_dict(d.get("samples", {})),
-            clock=d.get("clock"),
-            level=LevelTracker.from_dict(d.get("level", {})),
-            rise=LevelTracker.from_dict(d.get("rise", {})),
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,7 +304,7 @@ class RainConfig:
         return self.lines.clear_fraction
 
 
-@dataclass(frozen=True, slots=True)
+@stored
 class RainState:
     """One rain gauge: 10-minute sums over 24 h, daily sums, class tracker, clock."""
 
@@ -335,25 +318,6 @@ class RainState:
     def empty(cls, config: RainConfig) -> Self:
         """An empty state whose daily buckets follow ``config``'s offset and day count."""
         return cls(days=BucketSeries(DAY_S, config.antecedent_days + 1, config.utc_offset_s))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "tens": self.tens.to_dict(),
-            "days": self.days.to_dict(),
-            "clock": self.clock,
-            "tracker": self.tracker.to_dict(),
-            "recent": list(self.recent),
-        }
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Self:
-        return cls(
-            tens=BucketSeries.from_dict(d["tens"]),
-            days=BucketSeries.from_dict(d["days"]),
-            clock=d.get("clock"),
-            tracker=LevelTracker.from_dict(d.get("tracker", {})),
-            recent=tuple(float(t) for t in d.get("recent", [])),
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -455,7 +419,7 @@ DebrisFlowConfig = DebrisFlowThresholds
 DEFAULT_DEBRIS_FLOW = DebrisFlowConfig()
 
 
-@dataclass(frozen=True, slots=True)
+@stored
 class StrongShaking:
     """Shaking of CWA intensity ``intensity`` (>= the configured level) in a gauge's
     township by earthquake ``event_id``: R50 applies to rain from ``since_s`` (the
@@ -469,23 +433,6 @@ class StrongShaking:
     def active(self, t_s: float) -> bool:
         """Whether R50 applies at event time ``t_s`` (epoch s)."""
         return self.since_s <= t_s < self.until_s
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "event_id": self.event_id,
-            "intensity": self.intensity,
-            "since_s": self.since_s,
-            "until_s": self.until_s,
-        }
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Self:
-        return cls(
-            event_id=str(d["event_id"]),
-            intensity=str(d["intensity"]),
-            since_s=float(d["since_s"]),
-            until_s=float(d["until_s"]),
-        )
 
 
 def strong_shaking(
@@ -510,7 +457,7 @@ def r50_threshold(config: DebrisFlowConfig) -> float | None:
     return derived if derived > 0 else None
 
 
-@dataclass(frozen=True, slots=True)
+@stored
 class DebrisFlowState:
     """The current rain event of a gauge (if any), its level, and the strong shaking
     whose R50 period has not ended yet (if any)."""
@@ -526,28 +473,6 @@ class DebrisFlowState:
     def strong_shaking(self) -> bool:
         """Whether a strong shaking is marked (its R50 period may not have begun yet)."""
         return self.shaking is not None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "event_start": self.event_start,
-            "last_wet": self.last_wet,
-            "event_rain_mm": self.event_rain_mm,
-            "antecedent_mm": self.antecedent_mm,
-            "tracker": self.tracker.to_dict(),
-            "shaking": None if self.shaking is None else self.shaking.to_dict(),
-        }
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Self:
-        shaking = d.get("shaking")
-        return cls(
-            event_start=d.get("event_start"),
-            last_wet=d.get("last_wet"),
-            event_rain_mm=float(d.get("event_rain_mm", 0.0)),
-            antecedent_mm=float(d.get("antecedent_mm", 0.0)),
-            tracker=LevelTracker.from_dict(d.get("tracker", {})),
-            shaking=StrongShaking.from_dict(shaking) if shaking else None,
-        )
 
 
 def mark_strong_shaking(state: DebrisFlowState, shaking: StrongShaking | None) -> DebrisFlowState:

@@ -6,7 +6,8 @@
 * :class:`SampleBuffer`: the recent (time, value) samples of one gauge, sorted by event
   time and bounded by age and count, with a least-squares slope for rates of rise.
 
-Both accept out-of-order readings inside their window and serialise to plain JSON.
+Both accept out-of-order readings inside their window; both are stored states
+(:func:`~processors.detectors.state.stored`).
 Times are epoch seconds (float) derived from tz-aware event times by :func:`epoch_s`.
 """
 
@@ -14,9 +15,11 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from datetime import UTC, datetime
-from typing import Any, Self
+from typing import Self
+
+from processors.detectors.state import stored
 
 
 def epoch_s(t: datetime, what: str = "event_time") -> float:
@@ -32,7 +35,7 @@ def from_epoch(s: float) -> datetime:
     return datetime.fromtimestamp(s, tz=UTC)
 
 
-@dataclass(frozen=True, slots=True)
+@stored
 class BucketSeries:
     """Per-bucket (sum, count) of values in ``width_s``-second event-time buckets.
 
@@ -102,25 +105,8 @@ class BucketSeries:
     def _with(self, buckets: dict[int, tuple[float, int]]) -> Self:
         return type(self)(self.width_s, self.keep, self.offset_s, buckets)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "width_s": self.width_s,
-            "keep": self.keep,
-            "offset_s": self.offset_s,
-            "buckets": [[k, total, count] for k, (total, count) in sorted(self.buckets.items())],
-        }
 
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Self:
-        return cls(
-            width_s=int(d["width_s"]),
-            keep=int(d["keep"]),
-            offset_s=int(d.get("offset_s", 0)),
-            buckets={int(k): (float(total), int(count)) for k, total, count in d["buckets"]},
-        )
-
-
-@dataclass(frozen=True, slots=True)
+@stored
 class SampleBuffer:
     """Recent (epoch seconds, value) samples sorted by time, bounded by age and count."""
 
@@ -158,10 +144,3 @@ class SampleBuffer:
             return None
         cov = sum((t - t0 - mean_t) * (v - mean_v) for t, v in pts)
         return cov / var_t
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"samples": [[t, v] for t, v in self.samples]}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Self:
-        return cls(tuple((float(t), float(v)) for t, v in d.get("samples", [])))

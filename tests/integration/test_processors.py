@@ -24,6 +24,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from influxdb_client.client.influxdb_client import InfluxDBClient
 from influxdb_client.client.write_api import SYNCHRONOUS
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic import SecretStr
 
 from civic_iot.contracts.readings import AirPayload, Location, Reading, WaterPayload
 from civic_iot.contracts.storage import StorageDeadLetter
@@ -89,11 +90,15 @@ def penv(stack: Settings, unique: str, tmp_path: Path) -> Iterator[Env]:
         org = c.organizations_api().find_organizations(org=influx.org)[0]
         for name in buckets.values():
             c.buckets_api().create_bucket(bucket_name=name, org_id=org.id)
+    # The test's own buckets: the processors' token writes only the production ones, so
+    # this run writes with the admin token.
+    token = influx_token(stack)
     settings = stack.model_copy(
         update={
             "kafka": kafka,
             "influx": influx.model_copy(
                 update={
+                    "token": SecretStr(token),
                     "bucket_readings": buckets["readings"],
                     "bucket_seismic": buckets["seismic"],
                     "bucket_derived": buckets["derived"],
@@ -106,6 +111,7 @@ def penv(stack: Settings, unique: str, tmp_path: Path) -> Iterator[Env]:
         "CIVIC_INFLUX__BUCKET_READINGS": buckets["readings"],
         "CIVIC_INFLUX__BUCKET_SEISMIC": buckets["seismic"],
         "CIVIC_INFLUX__BUCKET_DERIVED": buckets["derived"],
+        "CIVIC_INFLUX__TOKEN": token,
         "CIVIC_PROCESSORS__WEB_PORT": "0",
         "CIVIC_PROCESSORS__STATS_INTERVAL_S": "0",
         "CIVIC_INFLUX__WRITE_BACKOFF_CAP_S": "1",
@@ -211,6 +217,10 @@ def test_air_and_flood_readings_give_figures_and_candidates(penv: Env, registry:
     produce(penv, records)
     worker = start_worker(penv)
     try:
+        # Faust's files are under the data dir, none in the working directory.
+        app_id = Topology.of(penv.settings).processors_app
+        assert (penv.settings.data_dir / "processors" / app_id).is_dir()
+        assert not (REPO / f"{app_id}-data").exists()
         n_air = 78 * len(air)
         assert penv.wait_count(n_air, "readings", "air", "pm2_5_ugm3") == n_air
         assert penv.wait_count(3, "readings", "water", "flood_depth_cm") == 3
@@ -393,6 +403,9 @@ def test_worker_without_influxdb_commits_nothing(penv: Env, registry: Registry) 
     assert status == 503, body
     assert body["storage"] == "unavailable"
     assert "water" in body["storage_failing_s"]
+    # The lag counts from the consumer's committed offsets (processors.faust_adapter):
+    # nothing is committed, so every reading read so far is lag.
+    assert body["lag"] >= 40, body
     stop(worker)
     assert penv.count("readings", "water", "rainfall_mm") == 0
     worker = start_worker(penv, "up", **web)
@@ -406,6 +419,11 @@ def test_worker_without_influxdb_commits_nothing(penv: Env, registry: Registry) 
         assert status == 200, body
         assert body["healthy"] is True
         assert body["partitions"] > 0
+        deadline = time.monotonic() + 30
+        while body["lag"] > 0 and time.monotonic() < deadline:
+            time.sleep(0.5)
+            body = _health(port)[1]
+        assert body["lag"] == 0, body  # all stored, all committed
     finally:
         stop(worker)
 

@@ -21,7 +21,8 @@ from alerts.cap import (
     references_text,
     to_cap_xml,
 )
-from alerts.lifecycle import AlertMessage
+from alerts.lifecycle import AckRecord, AlertMessage
+from alerts.text import xml_safe
 from civic_iot.contracts.alerts import Hazard
 
 from .factories import at, candidate, lifecycle_messages, run
@@ -279,3 +280,83 @@ def test_schema_check_has_teeth(schema: xmlschema.XMLSchema) -> None:
     assert with_z != good
     assert not schema.is_valid(with_z)
     assert not schema.is_valid(good.replace("<status>Exercise</status>", "<status>Demo</status>"))
+
+
+# --------------------------------------------------------------------------- any text
+
+
+#: Character classes that XML 1.0 forbids, or that need escaping, or that are unusual.
+CHAR_CLASSES: dict[str, str] = {
+    "nul": "\x00",
+    "c0_control": "\x01\x08\x0b\x0c\x1b\x1f",
+    "del_c1": "\x7f\x85\x9f",
+    "lone_surrogate": "\ud800\udfff",
+    "fffe_ffff": "\ufffe\uffff",
+    "markup": "<&>\"']]>",
+    "whitespace": "\t\n\r",
+    "astral": "\U0001f6a8\U00010000",
+    "bidi_separators": "\u202e\u2028\u2029",
+}
+
+#: Every text of a message that comes from outside (candidate, acknowledgement, config).
+TEXT_FIELDS = (
+    "area_code",
+    "area_desc",
+    "headline",
+    "description",
+    "metric",
+    "device",
+    "geocode",
+    "cell_township",
+    "evidence_name",
+    "evidence_text",
+    "ack_by",
+    "ack_note",
+    "sender",
+)
+
+
+def _message_with(field: str, text: str) -> AlertMessage:
+    msg = lifecycle_messages("earthquake")[1]
+    bad = f"a{text}z"
+    if field in ("area_code", "area_desc", "headline", "description", "metric", "sender"):
+        return msg.model_copy(update={field: bad})
+    if field == "device":
+        return msg.model_copy(update={"devices": (bad,)})
+    if field == "geocode":
+        return msg.model_copy(update={"geocodes": (bad,)})
+    if field == "cell_township":
+        cell = msg.cells[0].model_copy(update={"township": bad})
+        return msg.model_copy(update={"cells": (cell,)})
+    if field == "evidence_name":
+        return msg.model_copy(update={"evidence": {bad: 1.0}})
+    if field == "evidence_text":
+        return msg.model_copy(update={"evidence": {"note": bad}})
+    ack = AckRecord(alert_id=msg.alert_id, key=msg.key, by="ops", at=msg.sent)
+    ack = ack.model_copy(update={"by" if field == "ack_by" else "note": bad})
+    return msg.model_copy(update={"acknowledgements": (ack,)})
+
+
+@pytest.mark.parametrize("char_class", sorted(CHAR_CLASSES))
+@pytest.mark.parametrize("field", TEXT_FIELDS)
+def test_any_text_in_any_field_gives_a_valid_document(
+    schema: xmlschema.XMLSchema, field: str, char_class: str
+) -> None:
+    """The issue's finding: a control character made the next CAP message malformed XML
+    (49 of 156 field x character combinations). Now every one parses and validates."""
+    msg = _message_with(field, CHAR_CLASSES[char_class])
+    xml = to_cap_xml(msg, "Exercise")
+    schema.validate(xml.decode())
+    parsed = parse_cap(xml)
+    assert parsed["identifier"] == msg.identifier
+    text = xml.decode()
+    assert "a" in text
+    assert "z" in text
+    for ch in CHAR_CLASSES[char_class]:
+        if xml_safe(ch) != ch:
+            assert ch not in text
+
+
+def test_xml_safe_keeps_what_xml_allows_and_marks_what_it_forbids() -> None:
+    assert xml_safe("Da'an 大安 <&> \t\n\r \U0001f6a8") == "Da'an 大安 <&> \t\n\r \U0001f6a8"
+    assert xml_safe("a\x00b\x1bc\ud800d\ufffee") == "a\ufffdb\ufffdc\ufffdd\ufffde"

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import pytest
-from aiohttp.test_utils import make_mocked_request
 from aiokafka.coordinator.protocol import (
     ConsumerProtocolMemberAssignment,
     ConsumerProtocolMemberMetadata,
@@ -16,19 +12,15 @@ from aiokafka.coordinator.protocol import (
 from aiokafka.structs import TopicPartition
 from pydantic import ValidationError
 
-from alerts.cap import DEFAULT_CAP_CONFIG, CapConfig
 from alerts.election import (
     ROLES,
     LeaderAssignor,
     LostLeadershipError,
     NotActiveError,
-    Role,
     choose_leader,
     decode_claim,
     encode_claim,
 )
-from alerts.http import build_app
-from alerts.lifecycle import AckRecord, AlertRecord
 from alerts.service import AlertMetrics
 from civic_iot.settings import AlertSettings
 from civic_iot.topology import Topology
@@ -184,47 +176,3 @@ def test_role_gauge_has_one_role_set() -> None:
     assert roles() == {r: float(r == "joining") for r in ROLES}
     metrics.observe_role("standby")
     assert roles() == {r: float(r == "standby") for r in ROLES}
-
-
-# --------------------------------------------------------------------------- HTTP on a standby
-
-
-@dataclass
-class _Backend:
-    role: Role
-    cap_config: CapConfig = DEFAULT_CAP_CONFIG
-    metrics: AlertMetrics = field(default_factory=AlertMetrics)
-
-    def health(self) -> dict[str, Any]:
-        return {"status": "ok", "role": self.role}
-
-    def open_alerts(self) -> list[AlertRecord]:
-        return []
-
-    async def acknowledge(self, key_or_alert_id: str, by: str, note: str = "") -> AckRecord:
-        raise NotActiveError(self.role, "acknowledge on the active instance")
-
-
-async def _get(backend: _Backend, path: str) -> tuple[int, dict[str, str], Any]:
-    app = build_app(backend)
-    req = make_mocked_request("GET", path, app=app)
-    match = await app.router.resolve(req)
-    resp = await match.handler(req)
-    return resp.status, dict(resp.headers), json.loads(resp.body)
-
-
-def test_standby_is_healthy_but_has_no_open_alerts_to_show() -> None:
-    async def run() -> None:
-        status, _, body = await _get(_Backend("standby"), "/health")
-        assert (status, body["role"]) == (200, "standby")
-        status, headers, body = await _get(_Backend("standby"), "/alerts")
-        assert status == 503
-        assert body["role"] == "standby"
-        assert "standby" in body["error"]
-        assert "Retry-After" not in headers  # another instance is the one to ask
-        status, headers, body = await _get(_Backend("taking_over"), "/alerts")
-        assert (status, headers["Retry-After"]) == (503, "2")
-        status, _, body = await _get(_Backend("active"), "/alerts")
-        assert (status, body) == (200, [])
-
-    asyncio.run(run())

@@ -9,6 +9,7 @@ import pytest
 
 from alerts.lifecycle import (
     DEFAULT_TIMINGS,
+    AckLimitError,
     AlertMessage,
     HazardTiming,
     LifecycleConfig,
@@ -19,7 +20,8 @@ from alerts.lifecycle import (
     on_candidate,
     on_tick,
 )
-from civic_iot.contracts.alerts import GridCell, Hazard
+from alerts.limits import Caps
+from civic_iot.contracts.alerts import AlertCandidate, GridCell, Hazard
 
 from .factories import at, candidate, run
 
@@ -338,7 +340,7 @@ def test_quake_cells_growing_is_an_area_change_but_intensity_shift_is_not() -> N
 
 def test_ack_is_recorded_and_does_not_silence_escalation() -> None:
     state, [alert] = run([(0, candidate(2, 0))])
-    state, ack = acknowledge(state, alert.key, "operator-7", at(30), "called the EPB")
+    state, ack = acknowledge(state, alert.alert_id, "operator-7", at(30), "called the EPB")
     assert (ack.by, ack.at, ack.note, ack.alert_id) == (
         "operator-7",
         at(30),
@@ -361,6 +363,60 @@ def test_ack_by_alert_id_and_survives_restart() -> None:
 def test_ack_of_unknown_alert_raises() -> None:
     with pytest.raises(UnknownAlertError, match="nope"):
         acknowledge(LifecycleState(), "nope", "ops", at(0))
+
+
+def test_ack_by_the_guessable_key_is_refused() -> None:
+    state, [alert] = run([(0, candidate(2, 0))])
+    with pytest.raises(UnknownAlertError):
+        acknowledge(state, alert.key, "ops", at(1))
+
+
+def test_acks_are_one_per_principal_and_capped() -> None:
+    caps = Caps(acks=3)
+    state, [alert] = run([(0, candidate(2, 0))])
+    state, first = acknowledge(state, alert.alert_id, "ops-a", at(1), "first", caps=caps)
+    state, _ = acknowledge(state, alert.alert_id, "ops-b", at(2), caps=caps)
+    # Again by ops-a: replaces its note and time, in place; still two.
+    state, again = acknowledge(state, alert.alert_id, "ops-a", at(3), "again", caps=caps)
+    acks = state.records[alert.key].acks
+    assert [(a.by, a.note, a.at) for a in acks] == [("ops-a", "again", at(3)), ("ops-b", "", at(2))]
+    state, _ = acknowledge(state, alert.alert_id, "ops-c", at(4), caps=caps)
+    with pytest.raises(AckLimitError, match="already has 3 acknowledgements"):
+        acknowledge(state, alert.alert_id, "ops-d", at(5), caps=caps)
+    # A principal already counted may still change its own.
+    state, _ = acknowledge(state, alert.alert_id, "ops-b", at(6), "later", caps=caps)
+    assert len(state.records[alert.key].acks) == 3
+    assert first != again
+
+
+@pytest.mark.parametrize(
+    ("by", "note", "error"),
+    [("", "", "'by' must be"), ("x" * 65, "", "'by' must be"), ("ops", "n" * 281, "note must")],
+)
+def test_ack_sizes_are_checked(by: str, note: str, error: str) -> None:
+    state, [alert] = run([(0, candidate(2, 0))])
+    with pytest.raises(ValueError, match=error):
+        acknowledge(state, alert.alert_id, by, at(1), note)
+
+
+def test_ack_text_is_made_xml_safe() -> None:
+    state, [alert] = run([(0, candidate(2, 0))])
+    _, ack = acknowledge(state, alert.alert_id, "ops\x00", at(1), "a\x1bb\ud800c")
+    assert (ack.by, ack.note) == ("ops\ufffd", "a\ufffdb\ufffdc")
+
+
+def test_references_keep_the_alert_and_the_newest() -> None:
+    config = LifecycleConfig(caps=Caps(references=4))
+    steps: list[tuple[float, AlertCandidate | None]] = [(0, candidate(1, 0))]
+    # Escalate and move the area each time: one Update per step.
+    for i in range(1, 8):
+        steps.append((i, candidate(1 + i % 3 + (i > 3), i, devices=(f"aq-{i:04d}",))))
+    state, msgs = run(steps, config=config)
+    rec = state.records[msgs[0].key]
+    assert len(rec.references) == 4
+    assert rec.references[0].identifier == msgs[0].identifier
+    assert [r.identifier for r in rec.references[1:]] == [m.identifier for m in msgs[-3:]]
+    assert all(len(m.references) <= 4 for m in msgs)
 
 
 # ------------------------------------------------------------------ restart

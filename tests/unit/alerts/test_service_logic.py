@@ -3,23 +3,19 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
+from datetime import timedelta
+from typing import Any
 
 import pytest
-from pydantic import SecretStr
 
 from alerts.cap import parse_cap
 from alerts.delivery import (
-    MESSAGE_ID_HEADER,
     DeliveryResult,
-    SubscriptionError,
+    MessageRef,
     ack_point,
     alert_point,
     delivery_point,
-    load_subscriptions,
     mqtt_topic,
-    retryable_status,
-    webhook_request,
 )
 from alerts.http import open_alert_json
 from alerts.lifecycle import LifecycleState, acknowledge, on_tick
@@ -29,14 +25,16 @@ from alerts.service import (
     replay_state,
     state_updates,
 )
-from alerts.signing import verify
-from alerts.subscriptions import Subscription
+from alerts.signing import MESSAGE_ID_HEADER, verify
+from alerts.subscriptions import Subscription, derive_secret
+from alerts.webhooks import MessageView, OffsetTracker, webhook_request
+from civic_iot.retry import retryable_status
 from civic_iot.settings import InfluxSettings
 from civic_iot.times import to_ns
 
-from .factories import at, candidate, lifecycle_messages, run
+from .factories import T0, at, candidate, lifecycle_messages, run
 
-REPO = Path(__file__).resolve().parents[3]
+KEY = b"k" * 32
 
 
 def _replay(updates: list[tuple[bytes, bytes | None]]) -> LifecycleState:
@@ -104,6 +102,7 @@ def test_alerts_topic_record_holds_json_and_cap_of_the_same_message() -> None:
         "Exercise",
     )
     assert body["json"]["identifier"] == msg.identifier
+    assert (body["sent_ns"], body["detected_at_ns"]) == (to_ns(msg.sent), to_ns(msg.detected_at))
     cap = parse_cap(body["cap_xml"])
     assert (cap["identifier"], cap["msgType"], cap["status"]) == (
         msg.identifier,
@@ -114,7 +113,8 @@ def test_alerts_topic_record_holds_json_and_cap_of_the_same_message() -> None:
 
 def test_deadletter_record_names_the_failure_without_the_body() -> None:
     msg = lifecycle_messages("flood")[0]
-    result = DeliveryResult("webhook", "agency", msg, "failed", 6, 503, 123, "HTTP 503")
+    ref = MessageRef.of(msg)
+    result = DeliveryResult("webhook", "agency", ref, "failed", 6, 503, 123, "HTTP 503")
     key, value = deadletter_record(result)
     body = json.loads(value)
     assert key == msg.identifier.encode()
@@ -176,7 +176,8 @@ def test_alert_point_follows_storage_md() -> None:
 def test_delivery_point_and_latency() -> None:
     msg = lifecycle_messages("rain")[0]
     at_ns = int(msg.sent.timestamp() * 1e9) + 250_000_000
-    result = DeliveryResult("webhook", "agency-1", msg, "retry", 2, 500, at_ns, "HTTP 500")
+    ref = MessageRef.of(msg)
+    result = DeliveryResult("webhook", "agency-1", ref, "retry", 2, 500, at_ns, "HTTP 500")
     assert result.latency_ms == pytest.approx(250.0)
     p = delivery_point(result, InfluxSettings())
     assert p.measurement == "delivery"
@@ -236,83 +237,99 @@ def test_retryable_status(status: int, retry: bool) -> None:
     assert retryable_status(status) is retry
 
 
+def _sub(fmt: Any = "json", **over: Any) -> Subscription:
+    fields: dict[str, Any] = {
+        "id": "0b6c0f3e-9d55-4b7e-8f21-3c4d5e6f7a8b",
+        "owner": "wra",
+        "url": "https://agency.example/hook",
+        "format": fmt,
+        "created_at": T0,
+        "updated_at": T0,
+        "nonce": "ab" * 16,
+    }
+    return Subscription(**(fields | over))
+
+
 @pytest.mark.parametrize("fmt", ["cap", "json"])
 def test_webhook_request_is_signed_and_names_the_message(fmt: str) -> None:
     msg = lifecycle_messages("river")[2]
-    sub = Subscription(id="a", url="https://agency.example/hook", format=fmt, secret="k")
-    req = webhook_request(sub, SecretStr("k"), msg, "Test", attempt=3, now_s=1_750_000_000)
+    _, value = alerts_topic_record(msg, "Test")
+    view = MessageView.from_record(value)
+    sub = _sub(fmt)
+    secret = derive_secret(KEY, sub.id, sub.nonce)
+    req = webhook_request(sub, [secret], view, attempt=3, now_s=1_750_000_000)
     assert req.url == "https://agency.example/hook"
     assert req.headers[MESSAGE_ID_HEADER] == msg.identifier
     assert req.headers["X-Civic-Delivery-Attempt"] == "3"
     assert req.headers["X-Civic-Status"] == "Test"
-    assert verify("k", req.body, req.headers, now=1_750_000_010)
-    assert not verify("k", req.body + b" ", req.headers, now=1_750_000_010)
+    assert verify(secret, req.body, req.headers, now=1_750_000_010)
+    assert not verify(secret, req.body + b" ", req.headers, now=1_750_000_010)
+    # The message id is signed: the same body under another id does not verify.
+    other = dict(req.headers) | {MESSAGE_ID_HEADER: lifecycle_messages("river")[0].identifier}
+    assert not verify(secret, req.body, other, now=1_750_000_010)
     if fmt == "cap":
         assert req.headers["Content-Type"].startswith("application/cap+xml")
         assert parse_cap(req.body)["msgType"] == "Cancel"
     else:
         assert req.headers["Content-Type"].startswith("application/json")
         assert json.loads(req.body)["msg_type"] == "Cancel"
+        # The body read back from the topic is the bytes the message encodes to.
+        from alerts.messages import to_json_bytes  # noqa: PLC0415
+
+        assert req.body == to_json_bytes(msg, "Test")
 
 
-# --------------------------------------------------------------------------- subscriptions file
+def test_rotation_signs_with_both_secrets_during_the_grace_period() -> None:
+    sub = _sub(previous_nonce="cd" * 16, previous_until=T0 + timedelta(hours=1))
+    old = derive_secret(KEY, sub.id, "cd" * 16)
+    new = derive_secret(KEY, sub.id, sub.nonce)
+    assert old.get_secret_value() != new.get_secret_value()
+    assert new.get_secret_value().startswith("whsec_")
+    msg = lifecycle_messages("river")[0]
+    view = MessageView.from_record(alerts_topic_record(msg, "Test")[1])
+    from alerts.subscriptions import signing_secrets  # noqa: PLC0415
+
+    during = signing_secrets(sub, KEY, T0 + timedelta(minutes=59))
+    after = signing_secrets(sub, KEY, T0 + timedelta(minutes=61))
+    assert [s.get_secret_value() for s in during] == [
+        new.get_secret_value(),
+        old.get_secret_value(),
+    ]
+    assert [s.get_secret_value() for s in after] == [new.get_secret_value()]
+    req = webhook_request(sub, during, view, attempt=1, now_s=1_750_000_000)
+    assert verify(old, req.body, req.headers, now=1_750_000_000)
+    assert verify(new, req.body, req.headers, now=1_750_000_000)
+    # Another key, another subscription, another nonce: another secret.
+    assert derive_secret(b"x" * 32, sub.id, sub.nonce) != new
 
 
-def test_load_subscriptions_resolves_secret_refs(tmp_path: Path) -> None:
-    path = tmp_path / "subs.yaml"
-    path.write_text(
-        "subscriptions:\n"
-        "  - id: water\n"
-        "    url: https://water.example/hook\n"
-        "    hazards: [flood, river]\n"
-        "    min_severity: Moderate\n"
-        "    townships: ['6300300']\n"
-        "    secret_ref: WATER_SECRET\n",
-        encoding="utf-8",
-    )
-    [(sub, secret)] = load_subscriptions(path, {"WATER_SECRET": "s3"})
-    assert sub.id == "water"
-    assert sub.hazards == frozenset({"flood", "river"})
-    assert secret.get_secret_value() == "s3"
-    assert "s3" not in repr(sub)
+def test_message_view_refuses_what_is_not_an_alerts_record() -> None:
+    for value in (b"", b"{}", b"[1]", b'{"json": 1}', b"\xff"):
+        with pytest.raises(ValueError, match="not an alerts topic record"):
+            MessageView.from_record(value)
 
 
-@pytest.mark.parametrize(
-    ("text", "env", "error"),
-    [
-        (
-            "subscriptions:\n  - {id: a, url: 'https://a.example', secret: inline}\n",
-            {},
-            "writes its secret in the file",
-        ),
-        (
-            "subscriptions:\n  - {id: a, url: 'https://a.example', secret_ref: A_KEY}\n",
-            {},
-            "'A_KEY'",
-        ),
-        (
-            "subscriptions:\n"
-            "  - {id: a, url: 'https://a.example', secret_ref: K}\n"
-            "  - {id: a, url: 'https://b.example', secret_ref: K}\n",
-            {"K": "x"},
-            "appears twice",
-        ),
-        ("subscriptions:\n  - {id: a, url: 'not a url', secret_ref: K}\n", {"K": "x"}, "invalid"),
-        ("subscriptions: {id: a}\n", {}, "must be a list"),
-    ],
-)
-def test_load_subscriptions_refuses(
-    tmp_path: Path, text: str, env: dict[str, str], error: str
-) -> None:
-    path = tmp_path / "subs.yaml"
-    path.write_text(text, encoding="utf-8")
-    with pytest.raises(SubscriptionError, match=error):
-        load_subscriptions(path, env)
+def test_offset_tracker_commits_below_the_first_pending_record() -> None:
+    from aiokafka import TopicPartition  # noqa: PLC0415
 
-
-def test_missing_file_means_no_subscriptions_and_the_shipped_file_loads(tmp_path: Path) -> None:
-    assert load_subscriptions(tmp_path / "none.yaml", {}) == []
-    assert load_subscriptions(REPO / "deploy" / "subscriptions.yaml", {}) == []
+    tp, other = TopicPartition("alerts", 0), TopicPartition("alerts", 1)
+    t = OffsetTracker()
+    t.take(tp, 10, 2)  # two subscribers
+    t.take(tp, 11, 0)  # nobody wants it
+    t.take(tp, 12, 1)
+    t.take(other, 5, 0)
+    assert t.committable() == {tp: 10, other: 6}
+    t.done(tp, 12)
+    assert t.committable()[tp] == 10  # 10 still waits for one delivery
+    t.done(tp, 10)
+    assert t.committable()[tp] == 10
+    t.done(tp, 10)
+    assert t.committable()[tp] == 13
+    assert t.pending == 0
+    t.take(tp, 13, 1)
+    t.forget([tp])
+    t.done(tp, 13)  # a delivery ending after its partition was revoked
+    assert t.committable() == {other: 6}
 
 
 # --------------------------------------------------------------------------- HTTP views

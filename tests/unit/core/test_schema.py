@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from alerts.delivery import DeliveryResult, ack_point, alert_point, delivery_point
+from alerts.delivery import DeliveryResult, MessageRef, ack_point, alert_point, delivery_point
 from alerts.lifecycle import AckRecord
 from civic_iot.contracts.readings import Location, Reading, SeismicPayload
 from civic_iot.settings import InfluxSettings
@@ -71,6 +71,13 @@ def test_a_point_gets_the_schema_types_and_bucket() -> None:
     assert p.line().startswith("air_quality,device=d aqi=57i,level=1i,pm2_5_ugm3_1h=12.0,")
 
 
+def test_non_finite_and_none_fields_are_left_out_and_no_field_is_no_point() -> None:
+    p = schema.AIR_QUALITY.point(BUCKETS, {}, {"aqi": 50, "lat": float("nan")}, 7)
+    assert p is not None
+    assert dict(p.fields) == {"aqi": 50}
+    assert schema.AIR_QUALITY.point(BUCKETS, {}, {"lat": float("inf"), "lon": None}, 7) is None
+
+
 def test_a_name_the_schema_lacks_is_refused() -> None:
     with pytest.raises(KeyError, match="measurement air_quality has no field 'pm2_5_1h'"):
         schema.AIR_QUALITY.point(BUCKETS, {"device": "d"}, {"pm2_5_1h": 1.0}, 0)
@@ -130,7 +137,8 @@ def _line(point: Point) -> str:
 def test_the_alert_services_points_are_in_the_schema() -> None:
     msg = lifecycle_messages("flood")[0]
     result = DeliveryResult(
-        channel="webhook", subscriber="agency", message=msg, outcome="delivered", attempt=1,
+        channel="webhook", subscriber="agency", message=MessageRef.of(msg), outcome="delivered",
+        attempt=1,
         status_code=200, at_ns=int(msg.sent.timestamp() * 1e9) + 5_000_000,
     )  # fmt: skip
     ack = AckRecord(alert_id=msg.alert_id, key=msg.key, by="eoc", at=msg.sent, note="ok, go")

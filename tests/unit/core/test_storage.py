@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from civic_iot.contracts.storage import REASON_CLASSES, StorageDeadLetter
 from civic_iot.settings import InfluxSettings, Settings
-from civic_iot.storage.points import Point, point
+from civic_iot.storage.points import Point
 from civic_iot.storage.sink import (
     Answer,
     InfluxSink,
@@ -66,14 +66,6 @@ def test_a_newline_in_a_string_field_is_written_as_it_is() -> None:
     # InfluxDB stores a raw newline inside a quoted string; "\\n" would be two characters.
     p = Point("b", "ack", (), (("note", "on it\nnow"),), 1)
     assert p.line() == 'ack note="on it\nnow" 1'
-
-
-def test_point_drops_empty_tags_none_fields_and_non_finite_floats() -> None:
-    p = point("b", "m", {"a": "x", "empty": "", "none": None}, {"v": 1.0, "n": None}, 7)
-    assert p is not None
-    assert p.tags == (("a", "x"),)
-    assert p.fields == (("v", 1.0),)
-    assert point("b", "m", {}, {"v": float("nan"), "w": float("inf")}, 7) is None
 
 
 # --------------------------------------------------------------------------- answers

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
@@ -17,6 +16,7 @@ from processors.detectors.air import (
     update_air,
     update_township,
 )
+from processors.detectors.state import dump_state, load_state
 
 T0 = datetime(2025, 7, 1, tzinfo=UTC)
 DEFAULT = AirConfig()
@@ -227,7 +227,7 @@ def test_figures_carry_the_readings_names_and_units() -> None:
 def test_state_round_trip() -> None:
     readings = [(at(minutes=7 * i), {"pm2_5_ugm3": 5.0 + i, "o3_ppb": 30.0}) for i in range(40)]
     state = feed(readings).state
-    restored = AirState.from_dict(json.loads(json.dumps(state.to_dict())))
+    restored = load_state(AirState, dump_state(state))
     assert restored == state
     # and it keeps working from the restored state
     nxt = update_air(restored, at(5), {"pm2_5_ugm3": 50.0})
@@ -312,5 +312,5 @@ def test_township_state_round_trip() -> None:
     state = TownshipAirState()
     state = update_township(state, "a", 2, 160, at(0)).state
     state = update_township(state, "b", 1, None, at(0, 5)).state
-    restored = TownshipAirState.from_dict(json.loads(json.dumps(state.to_dict())))
+    restored = load_state(TownshipAirState, dump_state(state))
     assert restored == state

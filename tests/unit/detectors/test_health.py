@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -15,6 +14,7 @@ from processors.detectors.health import (
     silent_devices,
     update_health,
 )
+from processors.detectors.state import dump_state, load_state
 
 T0 = datetime(2025, 7, 1, tzinfo=UTC)
 CONFIG = HealthConfig(
@@ -115,7 +115,7 @@ def test_state_round_trip() -> None:
     updates = run("pm2_5_ugm3", [(0, 5.0), (1, 5.0), (2, 5.0), (3, 2000.0)])
     state = updates[-1].state
     assert state.open["pm2_5_ugm3"]
-    restored = HealthState.from_dict(json.loads(json.dumps(state.to_dict())))
+    restored = load_state(HealthState, dump_state(state))
     assert restored == state
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -10,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from processors.detectors.levels import Ladder, LevelTracker
+from processors.detectors.state import dump_state, load_state
 
 T0 = datetime(2025, 7, 1, tzinfo=UTC)
 AQI = Ladder.of((101, 151, 201), 10)
@@ -102,9 +102,9 @@ def test_invalid_ladders_are_refused(
 
 def test_round_trip_through_json() -> None:
     tracker = LevelTracker(level=2, since=T0 + timedelta(seconds=90))
-    restored = LevelTracker.from_dict(json.loads(json.dumps(tracker.to_dict())))
+    restored = load_state(LevelTracker, dump_state(tracker))
     assert restored == tracker
-    assert LevelTracker.from_dict(LevelTracker().to_dict()) == LevelTracker()
+    assert load_state(LevelTracker, dump_state(LevelTracker())) == LevelTracker()
 
 
 @given(st.lists(st.floats(min_value=0, max_value=600, allow_nan=False), min_size=1))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -11,6 +10,7 @@ from typing import Any
 import pytest
 
 from civic_iot.thresholds import FloodThresholds, RainCriteria, RainThresholds, RiverThresholds
+from processors.detectors.state import dump_state, load_state
 from processors.detectors.water import (
     DebrisFlowConfig,
     DebrisFlowState,
@@ -166,7 +166,7 @@ def test_gauge_samples_stay_bounded() -> None:
 
 def test_gauge_state_round_trip() -> None:
     state = flood_run([(2 * i, 3.0 * i) for i in range(6)])[-1].state
-    restored = GaugeState.from_dict(json.loads(json.dumps(state.to_dict())))
+    restored = load_state(GaugeState, dump_state(state))
     assert restored == state
 
 
@@ -339,7 +339,7 @@ def test_rain_state_stays_bounded_and_round_trips() -> None:
     assert len(update.state.tens.buckets) <= 144
     assert len(update.state.days.buckets) <= 8
     assert len(update.state.recent) <= 64
-    restored = RainState.from_dict(json.loads(json.dumps(update.state.to_dict())))
+    restored = load_state(RainState, dump_state(update.state))
     assert restored == update.state
 
 
@@ -609,9 +609,9 @@ def test_debris_flow_state_round_trip() -> None:
     gauge = Gauge()
     gauge.report(at(), 12.0)
     gauge.debris = mark_strong_shaking(gauge.debris, shaking("5+"))
-    restored = DebrisFlowState.from_dict(json.loads(json.dumps(gauge.debris.to_dict())))
+    restored = load_state(DebrisFlowState, dump_state(gauge.debris))
     assert restored == gauge.debris
     assert restored.event_start is not None
     assert restored.shaking == shaking("5+")
     # A state stored before strong shaking was tracked reads as unmarked.
-    assert DebrisFlowState.from_dict({"strong_shaking": False}).shaking is None
+    assert load_state(DebrisFlowState, b'{"strong_shaking": false}').shaking is None

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -19,9 +18,12 @@ from civic_iot.settings import Settings
 from civic_iot.thresholds import thresholds_from
 from civic_iot.times import to_ns
 from civic_iot.topology import Topology
+from processors.agents.device import seismic_ticks
 from processors.app import create_app
 from processors.detectors.quake import distance_km
-from processors.points import Point
+from processors.handlers import SeismicOutcome
+from processors.states import SeismicDevice
+from tests.unit.processors.recorders import RecordingPublisher, RecordingSink
 
 TOWN = "63000010"
 REGISTRY = Registry(
@@ -32,38 +34,6 @@ REGISTRY = Registry(
         Device(id="flood-1", kind="water", lat=25.05, lon=121.56, township=TOWN, sensor="flood"),
     ),
 )
-
-
-class RecordingSink:
-    """PointSink: remembers what was flushed."""
-
-    def __init__(self) -> None:
-        self.pending: list[Point] = []
-        self.stored: list[Point] = []
-
-    def add(self, points: Iterable[Point]) -> None:
-        self.pending.extend(points)
-
-    async def flush(self) -> None:
-        self.stored += self.pending
-        self.pending = []
-
-    async def close(self) -> None:
-        return None
-
-
-class RecordingPublisher:
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, str, bytes]] = []
-
-    async def add(self, topic: str, key: str, value: bytes) -> None:
-        self.sent.append((topic, key, value))
-
-    async def flush(self) -> None:
-        return None
-
-    async def close(self) -> None:
-        return None
 
 
 def _air(device: Device, t: datetime, pm25: float) -> bytes:
@@ -322,3 +292,99 @@ def test_shaking_agent_marks_the_gauge_and_the_water_agent_uses_r50(shaken: Any)
     assert [r["level"] for r in debris][-1] == 2
     assert debris[-1]["evidence"]["debris_flow_threshold_kind"] == "r50"
     assert debris[-1]["evidence"]["r50_after_earthquake"] == "q1"
+
+
+# --- the commit-after-sink loop ------------------------------------------------------------
+
+
+class GatedSink(RecordingSink):
+    """A sink whose flush waits until the test opens the gate (InfluxDB slow or down)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.flushing = asyncio.Event()
+
+    async def flush(self) -> None:
+        if self.pending:
+            self.flushing.set()
+            await self.gate.wait()
+        await super().flush()
+
+
+def test_state_and_acks_wait_until_the_points_are_stored() -> None:
+    settings = Settings(
+        processors={"web_port": 0, "batch_within_s": 0.01, "stats_interval_s": 0}  # type: ignore[arg-type]
+    )
+    sinks: dict[str, RecordingSink] = {}
+
+    def factory(name: str) -> RecordingSink:
+        return sinks.setdefault(name, GatedSink() if name == "air" else RecordingSink())
+
+    app = create_app(
+        settings,
+        registry=REGISTRY,
+        thresholds=thresholds_from({}, REGISTRY),
+        sink_factory=factory,
+        publisher=RecordingPublisher(),
+    )
+    app.finalize()
+    app.flow_control.resume()
+    table = app.tables["air-state"]
+    device = REGISTRY.devices[0]
+    t = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
+    before: dict[str, Any] = {}
+
+    async def run() -> None:
+        sink = sinks["air"]
+        assert isinstance(sink, GatedSink)
+        async with app.agents["air"].test_context() as ctx:
+            event = await ctx.put(key=device.id.encode(), value=_air(device, t, 40.0), wait=False)
+            await asyncio.wait_for(sink.flushing.wait(), 5)
+            before.update(state=table.get(device.id), acked=event.message.acked)
+            sink.gate.set()
+            await _until(lambda: event.message.acked)
+            # Read again (a restart before the commit): the state holds it already.
+            ctx.sent_offset = event.message.offset
+            await ctx.put(key=device.id.encode(), value=_air(device, t, 40.0))
+            await _until(lambda: len(sink.stored) >= 3)
+
+    asyncio.run(run())
+    assert before == {"state": None, "acked": False}  # nothing before the points are stored
+    state = table.get(device.id)
+    assert state is not None
+    assert state.offset == 0
+    assert state.last_seen == t.timestamp()
+    # The replay rewrote the raw point only: the detectors saw the reading once.
+    assert [p.measurement for p in sinks["air"].stored] == ["air", "air_quality", "air"]
+
+
+def test_seismic_ticks_replay_a_batch_per_second_and_partition() -> None:
+    def out(end_s: float, station: str, *, trig: bool = False, pga: float = 0.0) -> Any:
+        return SeismicOutcome(
+            state=SeismicDevice(),
+            points=[],
+            trigger=Trigger(station_id=station, lat=24.0, lon=121.0, p_time_s=end_s - 0.5)
+            if trig
+            else None,
+            observation=Observation(station_id=station, pga_gal=pga, pgv_cms=0.1) if pga else None,
+            end_s=end_s,
+        )
+
+    batch = [
+        (out(100.2, "A", trig=True), 5_000, 1),
+        (out(100.9, "A", pga=3.0), 5_100, 1),
+        (out(100.9, "A", pga=7.0), 5_200, 1),  # the newest observation per station wins
+        (out(100.5, "B", trig=True), None, 0),  # no record time: no latency from it
+        (out(101.4, "A"), 5_300, 1),
+    ]
+    ticks = seismic_ticks(batch)
+    assert [(t.partition, t.now_s) for t in ticks] == [(0, 100.5), (1, 100.9), (1, 101.4)]
+    p0, p1, later = ticks
+    assert [tr.station_id for tr in p0.triggers] == ["B"]
+    assert p0.trigger_record_ms is None
+    assert p1.trigger_record_ms == 5_000
+    assert [(o.station_id, o.pga_gal) for o in p1.observations] == [("A", 7.0)]
+    assert later.triggers == ()
+    assert later.observations == ()
+    assert later.trigger_record_ms is None

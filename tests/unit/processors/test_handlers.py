@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import pytest
 
@@ -24,6 +23,7 @@ from civic_iot.times import to_ns
 from processors.candidates import update_hazard
 from processors.detectors.intensity import intensity_ordinal
 from processors.detectors.quake import CellShaking, QuakeEvent, distance_km
+from processors.detectors.water import StrongShaking
 from processors.handlers import (
     Context,
     Decision,
@@ -36,6 +36,7 @@ from processors.handlers import (
     open_candidates,
     strong_shaking_townships,
 )
+from processors.states import QuakeState, ShakingMark, TownshipState, WaterDevice
 
 T = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
 
@@ -126,7 +127,7 @@ def _tick(now_s: float, *, triggers: bool = False, pgv_cms: float = 0.0) -> Seis
     )
 
 
-def _quake(env: dict[str, Any], tick: SeismicTick) -> Decision:
+def _quake(env: QuakeState, tick: SeismicTick) -> Decision[QuakeState]:
     return handle_quake(env, [tick], CTX, datetime.fromtimestamp(tick.now_s, UTC))
 
 
@@ -163,7 +164,7 @@ def test_strong_shaking_townships(
 
 
 def test_quake_notifies_each_water_device_of_a_strongly_shaken_township_once() -> None:
-    declared = _quake({}, _tick(QUAKE_T0 + 6, triggers=True))
+    declared = _quake(QuakeState(), _tick(QUAKE_T0 + 6, triggers=True))
     assert [c.hazard for c in declared.candidates] == ["earthquake"]
     assert declared.notices == []  # nothing observed yet
     eid = declared.candidates[0].area_code.removeprefix("quake-")
@@ -183,11 +184,11 @@ def test_quake_notifies_each_water_device_of_a_strongly_shaken_township_once() -
             assert (n.township, n.intensity, n.event_id) == (QUAKE_TOWN, level, eid)
             assert abs(n.origin_time.timestamp() - QUAKE_T0) < 2  # the located origin
         if devices:
-            assert state["shaken"] == {eid: {QUAKE_TOWN: intensity_ordinal(level)}}
+            assert state.shaken == {eid: {QUAKE_TOWN: intensity_ordinal(level)}}
     closed = _quake(state, _tick(QUAKE_T0 + 60))
     assert [c.level for c in closed.candidates] == [0]
     assert closed.notices == []
-    assert closed.state["shaken"] == {}  # its last update: the event is forgotten
+    assert closed.state.shaken == {}  # its last update: the event is forgotten
 
 
 def _notice(intensity: str, origin_s: float = QUAKE_T0, event: str = "e1") -> StrongShakingNotice:
@@ -213,7 +214,7 @@ def _notice(intensity: str, origin_s: float = QUAKE_T0, event: str = "e1") -> St
 def test_shaking_handler_keeps_the_period_that_ends_last(
     notices: list[tuple[str, float, str]], kept: tuple[str, str] | None
 ) -> None:
-    env: dict[str, Any] = {}
+    env = ShakingMark()
     points = []
     for level, origin_s, event in notices:
         decision = handle_shaking(env, _notice(level, origin_s, event), CTX)
@@ -221,12 +222,13 @@ def test_shaking_handler_keeps_the_period_that_ends_last(
         points += decision.points
         assert decision.candidates == []
     if kept is None:
-        assert env == {}
+        assert env == ShakingMark()
         assert points == []
         return
-    mark = env["shaking"]
-    assert (mark["event_id"], mark["intensity"]) == kept
-    assert mark["until_s"] - mark["since_s"] == 30 * 86400
+    mark = env.shaking
+    assert mark is not None
+    assert (mark.event_id, mark.intensity) == kept
+    assert mark.until_s - mark.since_s == 30 * 86400
     # One point per notice, at the earthquake's origin, naming the device's R50 period.
     assert len(points) == len(notices)
     last = points[-1]
@@ -249,9 +251,9 @@ def _water(device: str, t: datetime, **values: float) -> Reading:
     )  # fmt: skip
 
 
-def _rain(shaking: dict[str, Any] | None, minutes: int) -> list[DeviceOutcome]:
-    """10 mm every 10 minutes at rain-1 (R70 250 mm), with a shaking-table entry."""
-    env: dict[str, Any] = {}
+def _rain(shaking: StrongShaking | None, minutes: int) -> list[DeviceOutcome[WaterDevice]]:
+    """10 mm every 10 minutes at rain-1 (R70 250 mm), with a shaking-table mark."""
+    env = WaterDevice()
     start = datetime.fromtimestamp(QUAKE_T0, UTC) + timedelta(hours=1)
     out = []
     for i in range(minutes // 10):
@@ -264,7 +266,7 @@ def _rain(shaking: dict[str, Any] | None, minutes: int) -> list[DeviceOutcome]:
     return out
 
 
-def _debris(outcome: DeviceOutcome) -> TownshipReport:
+def _debris(outcome: DeviceOutcome[WaterDevice]) -> TownshipReport:
     return next(r for r in outcome.reports if r.hazard == "debris_flow")
 
 
@@ -272,14 +274,14 @@ def _debris(outcome: DeviceOutcome) -> TownshipReport:
     ("shaking", "level", "threshold", "kind"),
     [
         (None, 1, 250.0, "r70"),  # 230 mm: yellow (from 200) under R70 = 250
-        ({"shaking": {"event_id": "e1", "intensity": "5-", "since_s": QUAKE_T0,
-                      "until_s": QUAKE_T0 + 30 * 86400}}, 2, 200.0, "r50"),  # red under R50
-        ({"shaking": {"event_id": "e1", "intensity": "5-", "since_s": QUAKE_T0 - 40 * 86400,
-                      "until_s": QUAKE_T0 - 10 * 86400}}, 1, 250.0, "r70"),  # period over
+        (StrongShaking("e1", "5-", QUAKE_T0, QUAKE_T0 + 30 * 86400),
+         2, 200.0, "r50"),  # red under R50
+        (StrongShaking("e1", "5-", QUAKE_T0 - 40 * 86400, QUAKE_T0 - 10 * 86400),
+         1, 250.0, "r70"),  # period over
     ],
 )  # fmt: skip
 def test_water_handler_judges_rain_against_r50_after_strong_shaking(
-    shaking: dict[str, Any] | None, level: int, threshold: float, kind: str
+    shaking: StrongShaking | None, level: int, threshold: float, kind: str
 ) -> None:
     last = _rain(shaking, 230)[-1]
     report = _debris(last)
@@ -305,9 +307,9 @@ def test_water_handler_judges_rain_against_r50_after_strong_shaking(
     assert fields["rainfall_mm_event"] == 230.0
 
 
-def _flood(depths: list[tuple[float, float]]) -> list[DeviceOutcome]:
+def _flood(depths: list[tuple[float, float]]) -> list[DeviceOutcome[WaterDevice]]:
     """(minute, depth cm) readings of flood-1."""
-    env: dict[str, Any] = {}
+    env = WaterDevice()
     start = datetime.fromtimestamp(QUAKE_T0, UTC)
     out = []
     for minute, depth in depths:
@@ -357,7 +359,7 @@ def test_flood_gauge_reports_its_rise_level(
 def test_fast_rise_is_a_township_candidate_of_its_own() -> None:
     # Rising 19 cm / 10 min while still under the 10 cm flood line.
     outcomes = _flood([(0, 0.0), (2.5, 4.5), (5, 9.5)])
-    township: dict[str, Any] = {}
+    township = TownshipState()
     cands = []
     for o in outcomes:
         for r in o.reports:
@@ -372,4 +374,4 @@ def test_fast_rise_is_a_township_candidate_of_its_own() -> None:
     assert c.threshold == 10.0
     assert c.evidence["flood_depth_cm"] == 9.5
     assert c.headline.startswith("Water rising fast in Yilan")
-    assert open_candidates(township) == [(c.key, c.model_dump_json())]
+    assert open_candidates(township) == [c]

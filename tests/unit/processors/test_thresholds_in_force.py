@@ -31,6 +31,7 @@ from processors.handlers import (
     handle_township,
     handle_water,
 )
+from processors.states import AirDevice, SeismicDevice, TownshipState, WaterDevice
 
 PLAIN, LOW, OTHER = "63000010", "63000020", "65000010"  # no override; overridden; county
 REGISTRY = Registry(
@@ -111,7 +112,7 @@ def test_air_quality_level_follows_the_region_and_device_aqi_lines() -> None:
     # NO2 40 ppb in the current hour: AQI 62 (the hourly NO2 decides at once).
     def level(device: str) -> int:
         data = AirPayload(ts=T, no2_ppb=40.0)
-        return report(handle_air({}, reading(device, data), CTX), "air_quality").level
+        return report(handle_air(AirDevice(), reading(device, data), CTX), "air_quality").level
 
     assert level(f"air-{PLAIN}") == 0  # default line 101
     assert level(f"air-{LOW}") == 1  # the township's line 50
@@ -120,7 +121,7 @@ def test_air_quality_level_follows_the_region_and_device_aqi_lines() -> None:
 
 def test_the_township_candidate_names_the_township_line() -> None:
     # Both air sensors of the township at level 1 (two must agree).
-    state: dict[str, Any] = {}
+    state = TownshipState()
     candidates = []
     for device in (f"air-{LOW}", f"air-{LOW}-own"):
         r = TownshipReport(
@@ -137,7 +138,7 @@ def test_the_township_candidate_names_the_township_line() -> None:
 def test_flood_level_follows_the_region_and_device_depth_lines() -> None:
     def level(device: str) -> int:
         data = WaterPayload(ts=T, flood_depth_cm=6.0)
-        return report(handle_water({}, reading(device, data), CTX), "flood").level
+        return report(handle_water(WaterDevice(), reading(device, data), CTX), "flood").level
 
     assert level(f"flood-{PLAIN}") == 0  # 10 cm by default
     assert level(f"flood-{LOW}") == 1  # 5 cm in the township
@@ -147,7 +148,7 @@ def test_flood_level_follows_the_region_and_device_depth_lines() -> None:
 def test_river_level_follows_the_region_and_device_lines() -> None:
     def level(device: str, stage_m: float) -> tuple[int, float | None]:
         data = WaterPayload(ts=T, water_level_m=stage_m)
-        r = report(handle_water({}, reading(device, data), CTX), "river")
+        r = report(handle_water(WaterDevice(), reading(device, data), CTX), "river")
         return r.level, r.threshold
 
     assert level(f"river-{PLAIN}", 7.5) == (0, None)  # no lines by default
@@ -159,7 +160,7 @@ def test_river_level_follows_the_region_and_device_lines() -> None:
 def test_rain_class_follows_the_region_and_device_criteria() -> None:
     def level(device: str) -> int:
         data = WaterPayload(ts=T, rainfall_mm=25.0)
-        r = report(handle_water({}, reading(device, data), CTX), "rain")
+        r = report(handle_water(WaterDevice(), reading(device, data), CTX), "rain")
         assert r.metric == "rainfall_mm_24h"
         assert r.evidence["rainfall_mm_1h"] == 25.0
         return r.level
@@ -172,7 +173,7 @@ def test_rain_class_follows_the_region_and_device_criteria() -> None:
 def test_debris_flow_follows_the_county_township_and_device_r70() -> None:
     def judged(device: str) -> tuple[int, float | None]:
         data = WaterPayload(ts=T, rainfall_mm=50.0)
-        r = report(handle_water({}, reading(device, data), CTX), "debris_flow")
+        r = report(handle_water(WaterDevice(), reading(device, data), CTX), "debris_flow")
         return r.level, r.threshold
 
     assert judged(f"rain-{PLAIN}") == (0, None)  # no R70: no level
@@ -203,7 +204,7 @@ def _packets(device: str, n_quiet: int, n_loud: int) -> list[Reading]:
     ],
 )
 def test_sta_lta_trigger_follows_the_region_and_device_ratio(device: str, triggers: bool) -> None:
-    env: dict[str, Any] = {}
+    env = SeismicDevice()
     fired = False
     for r in _packets(device, 15, 5):
         out = handle_seismic(env, r, CTX)
@@ -217,7 +218,7 @@ def test_sta_lta_trigger_follows_the_region_and_device_ratio(device: str, trigge
     [(f"air-{OTHER}", False), (f"air-{LOW}", True), (f"air-{PLAIN}-own", True)],
 )
 def test_health_range_follows_the_region_and_device_rule(device: str, flagged: bool) -> None:
-    out = handle_air({}, reading(device, AirPayload(ts=T, pm2_5_ugm3=60.0)), CTX)
+    out = handle_air(AirDevice(), reading(device, AirPayload(ts=T, pm2_5_ugm3=60.0)), CTX)
     issues = [dict(p.tags).get("issue") for p in out.points if p.measurement == "sensor_health"]
     assert ("out_of_range" in issues) is flagged
 

@@ -1,0 +1,90 @@
+"""The commit-after-sink loop, written once: every agent runs :func:`commit_after_sink`.
+
+An agent (:class:`BatchAgent`) says what it does with each event of a batch and after
+the batch; the loop does the rest, the same way for all of them:
+
+1. :func:`processors.faust_adapter.batches` reads with ``stream.noack_take(max,
+   within)``, which yields buffered *events* and never acks them.
+2. The agent handles every event of the batch: its state goes to its
+   :class:`~processors.agents.tables.BatchState` (not yet to the table), its points to
+   its sink, its messages (township reports, alert candidates, ticks, notices) to the
+   app's producer at once.
+3. The loop awaits the sink (:func:`civic_iot.storage.sink.store`) until InfluxDB has
+   every point, retrying with backoff while it is down.
+4. Only then is the batch's state written to the table (and so its changelog), each
+   key under its own last event, and each event acked (``Stream.ack`` ->
+   ``Consumer.ack``).
+
+The consumer commits, every ``broker_commit_interval``, only the highest *contiguous*
+acked offset per partition (``Consumer._new_offset``), after flushing the producer
+(``Consumer._commit_offsets``). An event whose points are not stored is never acked, so
+neither it nor anything after it in its partition is committed; after a crash it is
+read again and its points rewritten to the same series and time: storage sees each
+reading's effect exactly once. Because the changelog never runs ahead of storage, a
+re-read batch recomputes the same figures; because each key's state records the offset
+of the last message applied to it (:func:`~processors.agents.tables.seen`), a message
+read again after its state was written is skipped by the detectors. Messages to other
+topics go through the app's own producer, which the consumer flushes before it commits.
+
+Every agent runs with ``concurrency=1`` (faust-streaming #606: more can commit past an
+unfinished message), and the app sets ``stream_wait_empty=False`` so that stopping the
+worker commits what is acked instead of waiting for events that cannot be stored.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any
+
+from faust.streams import Stream
+from faust.types import EventT
+
+from civic_iot.storage.sink import PointSink, store
+from processors.agents.tables import BatchState
+from processors.faust_adapter import batches
+
+
+class BatchAgent(ABC):
+    """What one agent does with the events of a batch; :func:`commit_after_sink` runs it."""
+
+    #: Names the agent (with the deployment prefix), its sink and its log lines.
+    name: str
+    sink: PointSink
+    #: Its table through the batch; None for an agent without state.
+    state: BatchState[Any] | None = None
+
+    def begin_batch(self) -> None:
+        """Forget whatever a batch that did not finish left staged."""
+        if self.state is not None:
+            self.state.reset()
+
+    @abstractmethod
+    async def on_event(self, event: EventT[Any]) -> None:
+        """Decode one event, decide, stage the state, add points, send messages."""
+
+    async def on_batch(self) -> None:  # noqa: B027 - most agents have nothing to do here
+        """After every event of the batch, before its points are stored."""
+
+    def on_stored(self, events: Sequence[EventT[Any]]) -> None:  # noqa: B027
+        """After the batch's points are stored, its state written and its events acked."""
+
+
+async def commit_after_sink(
+    stream: Stream[Any], agent: BatchAgent, *, batch_max: int, within_s: float, retry_s: float
+) -> None:
+    """Run ``agent`` on ``stream`` until the stream stops (see the module docstring)."""
+    async for events in batches(stream, batch_max, within_s):
+        agent.begin_batch()
+        for event in events:
+            await agent.on_event(event)
+        await agent.on_batch()
+        await store(agent.sink, what=agent.name, retry_s=retry_s)
+        if agent.state is not None:
+            agent.state.write()
+        for event in events:
+            await stream.ack(event)
+        agent.on_stored(events)
+
+
+__all__ = ["BatchAgent", "commit_after_sink"]

@@ -1,0 +1,57 @@
+"""Where the agents' messages go: alert candidates and the messages between agents."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+import faust
+from pydantic import BaseModel
+
+from civic_iot.contracts.alerts import AlertCandidate
+from civic_iot.storage.sink import Publisher
+from civic_iot.topology import Topology
+
+logger = logging.getLogger(__name__)
+
+
+class FaustPublisher:
+    """:class:`~civic_iot.storage.sink.Publisher` on the app's own producer, so the
+    consumer's commit (which flushes that producer first) never passes an unsent
+    message."""
+
+    def __init__(self, app: faust.App) -> None:
+        self._app = app
+        self._topics: dict[str, Any] = {}
+
+    async def add(self, topic: str, key: str, value: bytes) -> None:
+        t = self._topics.get(topic)
+        if t is None:
+            t = self._topics[topic] = self._app.topic(topic, value_serializer="raw")
+        await t.send(key=key.encode(), value=value)
+
+    async def flush(self) -> None:
+        await self._app.producer.flush()
+
+    async def close(self) -> None:
+        return None
+
+
+class Outbox:
+    """The agents' messages as JSON on the deployment's topics."""
+
+    def __init__(self, publisher: Publisher, topics: Topology) -> None:
+        self.publisher = publisher
+        self.topics = topics
+
+    async def send(self, topic: str, key: str, message: BaseModel) -> None:
+        await self.publisher.add(topic, key, message.model_dump_json().encode())
+
+    async def candidates(self, candidates: Iterable[AlertCandidate]) -> None:
+        for c in candidates:
+            await self.send(self.topics.candidates, c.key, c)
+            logger.info("alert candidate key=%s level=%d value=%s", c.key, c.level, f"{c.value:g}")
+
+
+__all__ = ["FaustPublisher", "Outbox"]

@@ -1,0 +1,86 @@
+"""The quake agent: ``seismic.triggers`` (every station's ticks, one partition, one key)
+-> the associator (:func:`~processors.handlers.handle_quake`) -> earthquake candidates,
+``quake_event``/``quake_cell`` points, and a strong-shaking notice per water device of a
+township shaken at intensity >= 5- (to ``processors.shaking``, keyed by device).
+
+The associator needs every station's triggers in one place: ``seismic.triggers`` has one
+partition and is the one serial point, deliberately (one small message per seismic
+batch). The agent's batches are short (``CIVIC_PROCESSORS__QUAKE_WITHIN_S``): it is on
+the alert latency path.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import MutableMapping
+from datetime import UTC, datetime
+from typing import Any
+
+from faust.types import EventT
+
+from civic_iot.contracts.alerts import AlertCandidate
+from civic_iot.contracts.processing import NETWORK_KEY, SeismicTick
+from civic_iot.storage.points import Point
+from civic_iot.storage.sink import PointSink
+from processors.agents.loop import BatchAgent
+from processors.agents.outbox import Outbox
+from processors.agents.tables import BatchState, seen
+from processors.handlers import Context, handle_quake
+from processors.states import QuakeState
+
+logger = logging.getLogger(__name__)
+
+
+class QuakeAgent(BatchAgent):
+    name = "quake"
+
+    def __init__(
+        self,
+        ctx: Context,
+        table: MutableMapping[str, QuakeState],
+        sink: PointSink,
+        outbox: Outbox,
+    ) -> None:
+        self.ctx = ctx
+        self.sink = sink
+        self.outbox = outbox
+        self.states = BatchState(table, QuakeState)
+        self.state = self.states
+        self._ticks: list[SeismicTick] = []
+        self._last: EventT[Any] | None = None
+
+    def begin_batch(self) -> None:
+        super().begin_batch()
+        self._ticks, self._last = [], None
+
+    async def on_event(self, event: EventT[Any]) -> None:
+        if not seen(self.states.get(NETWORK_KEY), event):
+            self._ticks.append(SeismicTick.model_validate_json(event.value))
+            self._last = event
+
+    async def on_batch(self) -> None:
+        ticks, last = self._ticks, self._last
+        self._ticks, self._last = [], None
+        if not ticks or last is None:
+            return
+        # One associator step per tick, in stream-time order (Associator.step).
+        state = self.states.get(NETWORK_KEY)
+        found: list[AlertCandidate] = []
+        points: list[Point] = []
+        for tick in sorted(ticks, key=lambda k: k.now_s):
+            decision = handle_quake(state, [tick], self.ctx, datetime.now(UTC))
+            state = decision.state
+            await self.outbox.candidates(decision.candidates)
+            for notice in decision.notices:
+                await self.outbox.send(self.outbox.topics.shaking, notice.device, notice)
+            found += decision.candidates
+            points += decision.points
+        self.states.set(NETWORK_KEY, state, last)
+        first = min((t.trigger_record_ms for t in ticks if t.trigger_record_ms), default=None)
+        if found and first is not None:
+            logger.info("quake candidate latency_ms=%.1f", time.time() * 1000 - first)
+        self.sink.add(points)
+
+
+__all__ = ["QuakeAgent"]

@@ -1,0 +1,108 @@
+"""The agents' tables: typed values in Faust tables, seen through the current batch.
+
+Every table holds one model of :mod:`processors.states`, written to and read from its
+changelog by :class:`StateCodec` (JSON through pydantic). An agent reads and writes its
+table only through a :class:`BatchState`, so nothing reaches the table (and its
+changelog) before the batch's points are stored (:mod:`processors.agents.loop`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import MutableMapping
+from typing import Any, Generic, TypeVar, cast
+
+import faust
+from faust.serializers.codecs import Codec
+from faust.types import EventT
+
+from processors.faust_adapter import write_table
+from processors.states import TableValue, decode_value, encode_value
+
+S = TypeVar("S", bound=TableValue)
+
+
+class StateCodec(Codec):
+    """The changelog codec of a table whose values are ``model``s."""
+
+    def __init__(self, model: type[TableValue], **kwargs: Any) -> None:
+        super().__init__(model=model, **kwargs)
+        self.model = model
+
+    def _dumps(self, s: Any) -> bytes:
+        return encode_value(s)
+
+    def _loads(self, s: bytes) -> Any:
+        return decode_value(self.model, s)
+
+
+def state_table(
+    app: faust.App, name: str, model: type[S], partitions: int
+) -> MutableMapping[str, S]:
+    """A changelog-backed table of ``model`` values keyed by string.
+
+    A table takes its changelog codec from its ``value_serializer`` when it is added to
+    the app (which creates its changelog topic), and ``app.Table`` would set that from
+    the value type (faust Records only); so the table is made, given its codec, then
+    added."""
+    table: faust.Table[Any, Any] = faust.Table(
+        app,
+        name=name,
+        default=None,
+        beacon=app.tables.beacon,
+        partitions=partitions,
+        key_type=None,
+        value_type=None,
+    )
+    table.key_serializer = "json"
+    table.value_serializer = StateCodec(model)
+    app.tables.add(table)
+    return cast(MutableMapping[str, S], table)
+
+
+class BatchState(Generic[S]):
+    """A table seen through the current batch: reads see the batch's own writes, and
+    nothing reaches the table (and so its changelog) until :meth:`write` after the
+    batch's points are stored. A crash before that leaves the old state, and the
+    re-read batch recomputes the same figures; a crash after it finds each key's stored
+    offset and skips what the state already holds (:func:`seen`)."""
+
+    def __init__(self, table: MutableMapping[str, S], model: type[S]) -> None:
+        self.table = table
+        self._empty = model()
+        self._new: dict[str, tuple[S, EventT[Any]]] = {}
+
+    def get(self, key: str) -> S:
+        """The key's state as of this batch (a fresh one for a key never stored)."""
+        hit = self._new.get(key)
+        if hit is not None:
+            return hit[0]
+        value = self.table.get(key)
+        return value if value is not None else self._empty
+
+    def set(self, key: str, value: S, event: EventT[Any]) -> None:
+        """The key's new state, having applied ``event`` (its offset is recorded)."""
+        self._new[key] = (value.model_copy(update={"offset": int(event.message.offset)}), event)
+
+    def reset(self) -> None:
+        """Forget a batch that did not finish (its events are not acked either)."""
+        self._new.clear()
+
+    def write(self) -> None:
+        """Into the table, each key under its own last event (its changelog partition)."""
+        for key, (value, event) in self._new.items():
+            write_table(self.table, key, value, event)
+        self._new.clear()
+
+
+def seen(state: TableValue, event: EventT[Any]) -> bool:
+    """Whether a key's state already includes this message (the offset it stored).
+
+    Faust writes a table's changelog as soon as the value is set, but the source offset
+    is committed later; after a crash in between, the message comes again. Each key's
+    input stays in one partition, so the offset of the last message applied to a key
+    tells a replay from a new message, and the detectors see every reading once.
+    """
+    return state.offset is not None and int(event.message.offset) <= state.offset
+
+
+__all__ = ["BatchState", "StateCodec", "seen", "state_table"]

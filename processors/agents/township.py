@@ -1,0 +1,53 @@
+"""The township agent: ``processors.township`` (device reports keyed by township) ->
+:func:`~processors.handlers.handle_township` -> township points and alert candidates.
+
+Per-township state (air sensors agreeing, the water hazards' device levels) is keyed by
+township like its input, so it is co-partitioned with it and the app scales out on
+partitions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import MutableMapping
+from datetime import UTC, datetime
+from typing import Any
+
+from faust.types import EventT
+
+from civic_iot.contracts.processing import TownshipReport
+from civic_iot.storage.sink import PointSink
+from processors.agents.loop import BatchAgent
+from processors.agents.outbox import Outbox
+from processors.agents.tables import BatchState, seen
+from processors.handlers import Context, handle_township
+from processors.states import TownshipState
+
+
+class TownshipAgent(BatchAgent):
+    name = "township"
+
+    def __init__(
+        self,
+        ctx: Context,
+        table: MutableMapping[str, TownshipState],
+        sink: PointSink,
+        outbox: Outbox,
+    ) -> None:
+        self.ctx = ctx
+        self.sink = sink
+        self.outbox = outbox
+        self.states = BatchState(table, TownshipState)
+        self.state = self.states
+
+    async def on_event(self, event: EventT[Any]) -> None:
+        report = TownshipReport.model_validate_json(event.value)
+        env = self.states.get(report.township)
+        if seen(env, event):
+            return
+        decision = handle_township(env, report, self.ctx, datetime.now(UTC))
+        self.states.set(report.township, decision.state, event)
+        await self.outbox.candidates(decision.candidates)
+        self.sink.add(decision.points)
+
+
+__all__ = ["TownshipAgent"]

@@ -1,0 +1,80 @@
+"""Everything the processors rely on in faust-streaming (and mode) beyond its public API.
+
+faust-streaming is pinned to exactly :data:`FAUST_VERSION` (``pyproject.toml``,
+``constraints.txt``); ``tests/unit/processors/test_faust_adapter.py`` fails when the
+installed version differs or when one of the behaviours below changes. Nothing else in
+the project touches a private name of faust or mode.
+
+* :func:`batches`: ``Stream.noack_take`` yields buffered *events* and never acks them
+  (faust/streams.py: the ``await self.ack(event)`` of ``take()`` is commented out
+  there), so an agent acks each event itself, after its points are stored.
+* :func:`write_table`: a table write goes to the changelog partition of the *current
+  event*, which ``Table.partition_for_key`` reads from faust's task-local
+  ``faust.streams._current_event``. ``Stream._set_current_event`` would also
+  overwrite the stream's ``current_event``, which ``noack_take``'s buffering processor
+  reads in the background, and lose events; so only the task-local variable is set.
+* :func:`committed_offsets`: the consumer's last committed offset per partition
+  (``Consumer._committed_offset``; there is no public accessor), for the lag.
+* :func:`on_rebalance_complete`: mode's signal handler type spells out the ``signal``
+  keyword every receiver gets; the callback here takes nothing.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import AsyncIterator, Callable, Mapping, MutableMapping, Sequence
+from contextlib import aclosing
+from typing import Any, TypeVar, cast
+
+import faust
+from faust.streams import Stream, _current_event
+from faust.types import TP, EventT
+from mode.types.signals import BaseSignalT
+
+#: The faust-streaming release whose behaviour this module is written against.
+FAUST_VERSION = "0.15.3"
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+async def batches(
+    stream: Stream[Any], max_events: int, within_s: float
+) -> AsyncIterator[Sequence[EventT[Any]]]:
+    """Up to ``max_events`` events at a time (or what came within ``within_s``), none
+    of them acked: ack each with ``await stream.ack(event)`` once it is done with."""
+    async with aclosing(stream.noack_take(max_events, within_s)) as taken:
+        async for events in taken:
+            yield cast(Sequence[EventT[Any]], events)
+
+
+def write_table(table: MutableMapping[K, V], key: K, value: V, event: EventT[Any]) -> None:
+    """``table[key] = value``, its changelog record in ``event``'s partition."""
+    _current_event.set(weakref.ref(event))
+    try:
+        table[key] = value
+    finally:
+        _current_event.set(None)
+
+
+def committed_offsets(consumer: Any) -> Mapping[TP, int | None]:
+    """The consumer's committed offset per topic partition (None: nothing committed)."""
+    return cast(Mapping[TP, int | None], consumer._committed_offset)
+
+
+def on_rebalance_complete(app: faust.App, callback: Callable[[], None]) -> None:
+    """Call ``callback`` after every rebalance, once the tables are recovered."""
+
+    def receiver(_sender: Any, /, *_args: Any, signal: BaseSignalT[Any], **_kw: Any) -> None:
+        callback()
+
+    app.on_rebalance_complete.connect(receiver)
+
+
+__all__ = [
+    "FAUST_VERSION",
+    "batches",
+    "committed_offsets",
+    "on_rebalance_complete",
+    "write_table",
+]

@@ -1,0 +1,159 @@
+"""The values of the processors' tables: one frozen pydantic model per table.
+
+==================  ======================  ===========================================
+table (key)         value                   holds
+==================  ======================  ===========================================
+``air-state``       :class:`AirDevice`      last reading time, health runs, AQI windows
+(device)
+``water-state``     :class:`WaterDevice`    last reading time, health runs, flood and
+(device)                                    river gauges, rain windows, debris flow
+``seismic-state``   :class:`SeismicDevice`  last reading time, the station's filters
+(device)
+``shaking-state``   :class:`ShakingMark`    the strong shaking whose R50 period ends
+(water device)                              last (:func:`~processors.handlers.handle_water`
+                                            judges the device's rain with it)
+``township-state``  :class:`TownshipState`  sensors agreeing on air quality, each water
+(township)                                  device's last level per hazard, the open
+                                            candidates
+``quake-state``     :class:`QuakeState`     the associator, its stream clock per source
+(``network``)                               partition, townships notified of shaking,
+                                            the open candidates
+==================  ======================  ===========================================
+
+Each value records the ``offset`` of the last input message applied to its key, so a
+message read again after a restart is recognised (:mod:`processors.agents.loop`).
+Values are written to and read from the changelog by one codec
+(:func:`encode_value`/:func:`decode_value`), never by hand.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from civic_iot.contracts.alerts import AlertCandidate
+from processors.candidates import DeviceLevel
+from processors.detectors.air import AirState, TownshipAirState
+from processors.detectors.health import HealthState
+from processors.detectors.quake import Associator
+from processors.detectors.seismic import StationState
+from processors.detectors.water import DebrisFlowState, GaugeState, RainState, StrongShaking
+
+logger = logging.getLogger(__name__)
+
+#: The layout of every stored value. Bump it when a state's fields change meaning: a
+#: value written under another version is not read, and its key starts afresh.
+STATE_VERSION = 2
+
+
+class TableValue(BaseModel):
+    """What every table value has: its layout version and the offset of the last input
+    message applied to its key (None: not yet stored)."""
+
+    model_config = ConfigDict(frozen=True, ser_json_inf_nan="constants")
+
+    v: int = STATE_VERSION
+    offset: int | None = None
+
+
+class DeviceState(TableValue):
+    """A device's state; ``last_seen`` is the newest event time of its readings, epoch s."""
+
+    last_seen: float | None = None
+
+
+class AirDevice(DeviceState):
+    health: HealthState = Field(default_factory=HealthState)
+    air: AirState = Field(default_factory=AirState)
+
+
+class WaterDevice(DeviceState):
+    """A water device's gauges: each is absent until a reading carries its quantity."""
+
+    health: HealthState = Field(default_factory=HealthState)
+    flood: GaugeState | None = None
+    river: GaugeState | None = None
+    rain: RainState | None = None
+    debris: DebrisFlowState | None = None
+
+
+class SeismicDevice(DeviceState):
+    station: StationState = Field(default_factory=StationState)
+
+
+class ShakingMark(TableValue):
+    shaking: StrongShaking | None = None
+
+
+class TownshipState(TableValue):
+    air: TownshipAirState = Field(default_factory=TownshipAirState)
+    #: Water hazard -> device id -> that device's last report.
+    water: dict[str, dict[str, DeviceLevel]] = Field(default_factory=dict)
+    #: Water hazard -> the township's level.
+    levels: dict[str, int] = Field(default_factory=dict)
+    #: The last candidate of each (hazard, area) at level >= 1, by candidate key: the
+    #: worker re-sends them so the alert service does not expire an alert that holds.
+    open: dict[str, AlertCandidate] = Field(default_factory=dict)
+
+
+class QuakeState(TableValue):
+    assoc: Associator = Field(default_factory=Associator)
+    #: The associator's stream clock (epoch s): never goes backwards.
+    clock: float = 0.0
+    #: Source partition -> (stream time of its newest packet, processing time of its
+    #: last tick), epoch s.
+    clocks: dict[str, tuple[float, float]] = Field(default_factory=dict)
+    #: Earthquake id -> township code -> intensity ordinal already notified, oldest
+    #: earthquake first.
+    shaken: dict[str, dict[str, int]] = Field(default_factory=dict)
+    open: dict[str, AlertCandidate] = Field(default_factory=dict)
+
+
+V = TypeVar("V", bound=TableValue)
+
+
+def encode_value(value: TableValue) -> bytes:
+    """A table value as the changelog stores it (JSON)."""
+    return value.model_dump_json().encode()
+
+
+def decode_value(kind: type[V], data: bytes) -> V | None:
+    """A table value from the changelog, or None (its key starts afresh) when it was
+    written under another :data:`STATE_VERSION` or is not a ``kind`` at all: a worker
+    must come up whatever an older one left behind."""
+    try:
+        value = kind.model_validate_json(data)
+    except ValidationError as exc:
+        _unreadable(kind, f"invalid: {exc.errors(include_url=False)[:3]}")
+        return None
+    if "v" not in value.model_fields_set or value.v != STATE_VERSION:
+        _unreadable(kind, f"version {value.v if 'v' in value.model_fields_set else None}")
+        return None
+    return value
+
+
+_reported: set[str] = set()
+
+
+def _unreadable(kind: type[TableValue], why: str) -> None:
+    # Once per table value type: after a version change every key of a table says so.
+    level = logging.DEBUG if kind.__name__ in _reported else logging.WARNING
+    _reported.add(kind.__name__)
+    logger.log(level, "stored state not read, key starts afresh kind=%s why=%s", kind.__name__, why)
+
+
+__all__ = [
+    "STATE_VERSION",
+    "AirDevice",
+    "DeviceState",
+    "QuakeState",
+    "SeismicDevice",
+    "ShakingMark",
+    "TableValue",
+    "TownshipState",
+    "WaterDevice",
+    "decode_value",
+    "encode_value",
+]

@@ -1,0 +1,136 @@
+"""What the processors rely on in faust-streaming beyond its public API
+(:mod:`processors.faust_adapter`) still holds in the installed, pinned version.
+
+A failure here after an upgrade means: read the adapter's docstring, check each
+behaviour in the new release, adapt the adapter, then move the pin. The lag's
+committed offsets are checked against the real Kafka in
+``tests/integration/test_processors.py`` (``/health`` lag while storage is down).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import tomllib
+import uuid
+from collections.abc import Mapping
+from importlib.metadata import version
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import faust
+from faust.events import Event
+from faust.types import TP, EventT, Message
+
+from processors.agents.tables import StateCodec, state_table
+from processors.faust_adapter import (
+    FAUST_VERSION,
+    batches,
+    committed_offsets,
+    on_rebalance_complete,
+    write_table,
+)
+from processors.states import AirDevice
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def _app() -> faust.App:
+    app = faust.App(f"adapter-{uuid.uuid4().hex[:8]}", store="memory://", web_enabled=False)
+    app.finalize()
+    app.flow_control.resume()
+    return app
+
+
+def _event(app: faust.App, partition: int, offset: int) -> EventT[Any]:
+    message = Message("topic", partition, offset, 0.0, 0, [], b"k", b"v", None)
+    return Event(app, b"k", b"v", [], message)
+
+
+def test_the_installed_faust_is_the_pinned_one() -> None:
+    assert version("faust-streaming") == FAUST_VERSION
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert f"faust-streaming=={FAUST_VERSION}" in deps
+    constraints = (REPO / "constraints.txt").read_text().splitlines()
+    assert f"faust-streaming=={FAUST_VERSION}" in constraints
+
+
+def test_noack_take_never_acks_the_events_it_yields() -> None:
+    app = _app()
+    taken: list[list[EventT[Any]]] = []
+    acked: list[list[bool]] = []
+
+    async def probe(stream: Any) -> None:
+        async for events in batches(stream, 2, 0.01):
+            taken.append(list(events))
+            if len(taken) == 2:
+                # take() would have acked the first batch when the second was asked for.
+                acked.append([e.message.acked for e in taken[0]])
+                for e in taken[0]:
+                    await stream.ack(e)
+                acked.append([e.message.acked for e in taken[0]])
+
+    agent = app.agent(app.channel(), name="probe")(probe)
+
+    async def run() -> None:
+        async with agent.test_context() as ctx:
+            for i in range(4):
+                await ctx.put(key=b"k", value=str(i).encode())
+            for _ in range(500):
+                if len(acked) == 2:
+                    break
+                await asyncio.sleep(0.01)
+
+    asyncio.run(run())
+    assert [len(b) for b in taken] == [2, 2]
+    assert acked == [[False, False], [True, True]]
+
+
+def test_a_table_write_goes_to_the_changelog_partition_of_its_event() -> None:
+    app = _app()
+    table: Any = state_table(app, "state", AirDevice, 8)
+    sent: list[tuple[int | None, Any, bytes]] = []
+
+    def send_changelog(partition: int | None, key: Any, value: Any, *_a: Any, **_k: Any) -> Any:
+        sent.append((partition, key, table.value_serializer.dumps(value)))
+        return SimpleNamespace(message=SimpleNamespace(partition=partition))
+
+    table.send_changelog = send_changelog
+    value = AirDevice(last_seen=5.0, offset=7)
+    write_table(table, "air-1", value, _event(app, partition=5, offset=7))
+    write_table(table, "air-2", value, _event(app, partition=3, offset=9))
+    assert [(p, k) for p, k, _ in sent] == [(5, "air-1"), (3, "air-2")]
+    # The table's own codec writes the changelog and reads it back as the model.
+    assert table.changelog_topic.value_serializer is table.value_serializer
+    assert isinstance(table.value_serializer, StateCodec)
+    assert table.value_serializer.loads(sent[0][2]) == value
+    assert table["air-1"] == value
+    # No event is left current for the next writer (a write without one fails).
+    assert faust.current_event() is None
+
+
+def test_the_consumer_keeps_its_committed_offsets_by_partition() -> None:
+    app = _app()
+    offsets = committed_offsets(app.consumer)
+    assert isinstance(offsets, Mapping)
+    assert offsets.get(TP("readings.air", 0)) is None  # nothing committed yet
+
+
+def test_rebalance_complete_calls_back_with_nothing() -> None:
+    app = _app()
+    calls: list[int] = []
+    on_rebalance_complete(app, lambda: calls.append(1))
+    asyncio.run(app.on_rebalance_complete.send())
+    asyncio.run(app.on_rebalance_complete.send())
+    assert calls == [1, 1]
+
+
+def test_the_adapter_is_the_only_module_with_private_faust_names() -> None:
+    private = re.compile(r"\b(_current_event|_committed_offset)\b")
+    users = {
+        str(path.relative_to(REPO))
+        for path in sorted((REPO / "processors").rglob("*.py"))
+        if private.search(path.read_text(encoding="utf-8"))
+    }
+    assert users == {"processors/faust_adapter.py"}
