@@ -164,7 +164,7 @@ from alerts.urls import UrlPolicy
 from alerts.webhooks import WebhookDelivery, deadletter_value
 from civic_iot.auth import TokenStore
 from civic_iot.contracts.alerts import AlertCandidate
-from civic_iot.health import kafka_answers
+from civic_iot.health import KafkaWatch
 from civic_iot.kafka_admin import ensure_topics, wait_for_topics
 from civic_iot.logs import limit_repeats
 from civic_iot.settings import Settings, mqtt_endpoint, mqtt_password
@@ -523,9 +523,8 @@ class AlertService:
         self._step_down_lock = asyncio.Lock()
         self._election: LeaderElection | None = None
         self._producer_: AIOKafkaProducer | None = None
-        #: Since when Kafka has not answered (monotonic s; None: it answers), and why.
-        self._kafka_failing_since: float | None = None
-        self._kafka_error = ""
+        #: Whether Kafka answers, for ``/health``.
+        self._kafka = KafkaWatch(f"alerts instance={self.instance}")
         #: The ``alerts`` bucket's points (module doc of :mod:`civic_iot.storage.sink`):
         #: alerts go out while InfluxDB is down, so the sink is bounded; points past the
         #: bound, and those still held when the service stops, go to storage.deadletter.
@@ -608,21 +607,17 @@ class AlertService:
     def health(self) -> dict[str, Any]:
         serving = self._role in ("standby", "taking_over", "active")
         failing = self.points.failing_since
-        kafka_since = self._kafka_failing_since
         reasons = []
         if not serving:
             reasons.append(f"role {self._role}")
         if not self.mqtt.connected:
             reasons.append("mqtt disconnected")
-        if kafka_since is not None:
-            reasons.append(
-                f"kafka unavailable for {time.monotonic() - kafka_since:.0f} s "
-                f"({self._kafka_error})"
-            )
+        if kafka := self._kafka.reason():
+            reasons.append(kafka)
         return {
             "status": "degraded" if reasons else "ok",
             "reason": "; ".join(reasons),
-            "kafka": "ok" if kafka_since is None else "unavailable",
+            "kafka": "unavailable" if kafka else "ok",
             "ready": self.ready,
             "role": self._role,
             "instance": self.instance,
@@ -1121,17 +1116,7 @@ class AlertService:
         consumers and the producer keep retrying by themselves; this only tells)."""
         interval = self.settings.alerts.heartbeat_interval_s
         while not self._stopping.is_set():
-            error = await kafka_answers(self._producer.client, interval)
-            if not error:
-                if self._kafka_failing_since is not None:
-                    logger.info("alerts kafka answers again instance=%s", self.instance)
-                self._kafka_failing_since = None
-            elif self._kafka_failing_since is None:
-                self._kafka_failing_since = time.monotonic()
-                logger.warning(
-                    "alerts kafka unavailable instance=%s error=%s", self.instance, error
-                )
-            self._kafka_error = error
+            await self._kafka.ask(self._producer.client, interval)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), interval)
 

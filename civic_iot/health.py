@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+logger = logging.getLogger(__name__)
 
 
 async def kafka_answers(client: Any, timeout_s: float) -> str:
@@ -24,6 +28,43 @@ async def kafka_answers(client: Any, timeout_s: float) -> str:
     except Exception as exc:  # noqa: BLE001 - a closed client, a Kafka error: all say no
         return repr(exc)
     return "" if ok else "no broker answered a metadata request"
+
+
+class KafkaWatch:
+    """Since when Kafka has not answered :func:`kafka_answers`, and why, for a process's
+    ``/health``; the change is logged once each way (not per question)."""
+
+    def __init__(self, service: str, clock: Callable[[], float] = time.monotonic) -> None:
+        self.service = service
+        self._clock = clock
+        #: Monotonic s of the first unanswered question of this outage; None: it answers.
+        self.failing_since: float | None = None
+        self.error = ""
+
+    def record(self, error: str) -> None:
+        """The answer to one question: "" (Kafka answered) or why not."""
+        if not error:
+            if self.failing_since is not None:
+                logger.info(
+                    "%s kafka answers again after_s=%.1f",
+                    self.service,
+                    self._clock() - self.failing_since,
+                )
+            self.failing_since = None
+        elif self.failing_since is None:
+            self.failing_since = self._clock()
+            logger.warning("%s kafka unavailable error=%s", self.service, error)
+        self.error = error
+
+    async def ask(self, client: Any, timeout_s: float) -> None:
+        """Ask Kafka once through ``client`` (see :func:`kafka_answers`)."""
+        self.record(await kafka_answers(client, timeout_s))
+
+    def reason(self) -> str:
+        """Why Kafka counts as unavailable ("" while it answers)."""
+        if self.failing_since is None:
+            return ""
+        return f"kafka unavailable for {self._clock() - self.failing_since:.0f} s ({self.error})"
 
 
 async def serve_health(

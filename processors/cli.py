@@ -41,29 +41,6 @@ def copartitioning_errors(settings: Settings, counts: dict[str, int]) -> list[st
     ]
 
 
-#: Kafka session of a worker, s: a worker that dies and does not come back loses its
-#: partitions to the others after this (the broker's minimum is 6 s).
-SESSION_TIMEOUT_S = 10.0
-#: Heartbeats within a session: a third of it, so one lost heartbeat costs nothing.
-HEARTBEAT_INTERVAL_S = SESSION_TIMEOUT_S / 3
-
-
-def tune_recovery(app: faust.App, settings: Settings) -> None:
-    """How fast a worker that was killed is replaced.
-
-    Static membership (KIP-345): the consumer's group instance id is the worker's
-    ``CIVIC_PROCESSORS__INSTANCE``, so a worker restarted with the same instance takes its
-    partitions back at once, without waiting for the dead process's session to time out
-    and without a rebalance of the others. Every worker of a deployment therefore needs an
-    instance of its own (two with the same one fence each other: the older one stops).
-    A stopped worker is not replaced before the session timeout either: scaling down
-    costs that long; a crash loop costs nothing more.
-    """
-    app.conf.consumer_group_instance_id = f"worker-{settings.processors.instance}"
-    app.conf.broker_session_timeout = SESSION_TIMEOUT_S
-    app.conf.broker_heartbeat_interval = HEARTBEAT_INTERVAL_S
-
-
 def run_worker(settings: Settings) -> None:
     """Run the Faust worker in this process until it is stopped (SIGTERM/SIGINT)."""
     names = list(Topology.of(settings).copartitioned())
@@ -80,7 +57,6 @@ def run_worker(settings: Settings) -> None:
     app = create_app(settings)
     # Faust makes its own directory (the app's) under this one, not the parents.
     app.conf.datadir.parent.mkdir(parents=True, exist_ok=True)
-    tune_recovery(app, settings)
     limit_repeats("aiokafka")  # a Kafka outage: a line per interval, not per attempt
     logger.info(
         "processors worker starting id=%s instance=%s web_port=%d",
