@@ -3,6 +3,7 @@
 #
 #   deploy/stack.sh up       install what is missing, start, health-check (idempotent)
 #   deploy/stack.sh down     stop every service (data is kept)
+#   (up and down take service names too: `stack.sh up mosquitto kafka`)
 #   deploy/stack.sh status   one line per service
 #   deploy/stack.sh reset    down, then delete the data folder
 #
@@ -252,23 +253,41 @@ status() {
   return $rc
 }
 
+choose() {  # chosen=(the services named after the command; default: all)
+  local s
+  (($#)) || set -- mosquitto kafka influxdb
+  for s in "$@"; do
+    case $s in mosquitto | kafka | influxdb) ;; *) die "unknown service: $s (mosquitto, kafka, influxdb)" ;; esac
+  done
+  chosen=("$@")
+}
+
 cmd=${1:-status}
+shift || true
 case $cmd in
   up)
+    choose "$@"
     mkdir -p "$data"
     ensure_packages
     ensure_python
-    ensure_kafka
-    ensure_influxd
-    up_mosquitto
-    up_kafka
-    up_influxdb
-    "$py" -m civic_iot.kafka_admin || die "kafka: topic setup failed; log: $data/kafka/kafka.log"
+    if [[ " ${chosen[*]} " == *" kafka "* ]]; then ensure_kafka; fi
+    if [[ " ${chosen[*]} " == *" influxdb "* ]]; then ensure_influxd; fi
+    for s in mosquitto kafka influxdb; do
+      if [[ " ${chosen[*]} " == *" $s "* ]]; then "up_$s"; fi
+    done
+    if [[ " ${chosen[*]} " == *" kafka "* ]]; then
+      "$py" -m civic_iot.kafka_admin || die "kafka: topic setup failed; log: $data/kafka/kafka.log"
+    fi
     ;;
-  down) stop influxdb; stop kafka; stop mosquitto ;;
+  down)
+    choose "$@"
+    for s in influxdb kafka mosquitto; do
+      if [[ " ${chosen[*]} " == *" $s "* ]]; then stop "$s"; fi
+    done
+    ;;
   status) status ;;
   reset) stop influxdb; stop kafka; stop mosquitto; rm -rf "$data"; say "data removed: $data" ;;
   install) mkdir -p "$data"; ensure_packages; ensure_python; ensure_kafka; ensure_influxd ;;
   install-python) mkdir -p "$data"; ensure_python ;;
-  *) die "usage: stack.sh up|down|status|reset|install|install-python" ;;
+  *) die "usage: stack.sh up|down [mosquitto kafka influxdb]|status|reset|install|install-python" ;;
 esac

@@ -255,19 +255,20 @@ def create_app(
     if p.web_port > 0:
         kafka = KafkaWatch(f"processors worker instance={p.instance}")
         progress = Progress()
-        probe = AIOKafkaClient(bootstrap_servers=settings.kafka.bootstrap)
-        bootstrapped: list[bool] = []
+        probes: list[AIOKafkaClient] = []  # made in the worker's loop, bootstrapped
 
         async def check_health() -> None:
             # Its own client: the consumer's and producer's are faust's, and retry alone.
-            if not bootstrapped:
+            if not probes:
+                probe = AIOKafkaClient(bootstrap_servers=settings.kafka.bootstrap)
                 try:
                     await probe.bootstrap()
                 except Exception as exc:  # noqa: BLE001 - Kafka down: /health says so
+                    await probe.close()
                     kafka.record(repr(exc))
                     return
-                bootstrapped.append(True)
-            await kafka.ask(probe, HEALTH_CHECK_INTERVAL_S)
+                probes.append(probe)
+            await kafka.ask(probes[0], HEALTH_CHECK_INTERVAL_S)
             progress.observe(time.monotonic(), committed_total(app), consumer_lag(app))
 
         app.timer(interval=HEALTH_CHECK_INTERVAL_S)(check_health)
