@@ -538,7 +538,7 @@ def log_lines(log_dir: Path) -> dict[str, int]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--fault", choices=FAULTS, required=True)
-    ap.add_argument("--rate", type=float, default=200.0, help="air readings/s")
+    ap.add_argument("--rate", type=float, default=100.0, help="air readings/s")
     ap.add_argument("--devices", type=int, default=40, help="air devices publishing")
     ap.add_argument("--before", type=float, default=30.0, help="s of load before the fault")
     ap.add_argument("--down", type=float, default=60.0, help="s a broker stays down")
@@ -660,7 +660,7 @@ def main() -> int:
     fleet.join(10)
     wall_end = datetime.now(UTC)
     # Drain: what was acknowledged reaches storage; webhook retries finish.
-    drain_deadline = time.monotonic() + 180
+    drain_deadline = time.monotonic() + 600  # a loaded machine drains slowly
     while time.monotonic() < drain_deadline:
         latest = health.latest()
         worker, ingest = latest.get("worker"), latest.get("ingest")
