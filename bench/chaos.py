@@ -19,7 +19,8 @@ everybody's. One run:
    alert in a new township every ``--episode-every`` s (one before the fault, some during
    it, one after);
 3. after ``--before`` s, the fault: SIGKILL of a process (restarted at once, as a
-   supervisor would), or SIGTERM of a broker that stays down ``--down`` s (counted from the
+   supervisor would; the alert service once a webhook message waits for a retry), or
+   SIGTERM of a broker that stays down ``--down`` s (counted from the
    SIGTERM) and comes back through ``deploy/stack.sh up``;
 4. the load goes on ``--after`` s past the recovery, stops, and the pipeline drains;
 5. accounting, per reading: acknowledged by the broker (PUBACK success, 0x10 "no matching
@@ -621,8 +622,17 @@ def main() -> int:
     time.sleep(args.before)
     fault_at = time.monotonic()
     print(f"fault {args.fault} at +{fault_at - load_t0:.0f} s", flush=True)
+    pending_at_kill: list[str] = []
     if args.fault in PROCESS_FAULTS:
         name = PROCESS_FAULTS[args.fault]
+        if name == "alerts":
+            # Killed while a webhook message waits for its retry (refused, not delivered).
+            wait_until = time.monotonic() + 60
+            while time.monotonic() < wait_until:
+                pending_at_kill = sorted(set(receiver.attempts) - set(receiver.delivered))
+                if pending_at_kill:
+                    break
+                time.sleep(0.05)
         procs.kill(name, signal.SIGKILL)
         procs.start(name)
         back_at = time.monotonic()
@@ -695,6 +705,7 @@ def main() -> int:
         "alerts": alerts,
         "fleet": {k: v for k, v in vars(tally).items() if k != "per_second"},
         "health_during_fault": during,
+        "webhook_pending_at_kill": pending_at_kill,
         "lag_before_fault_max": lag_ok,
         "recovery_health_s": None if healthy is None else round(healthy - back_at, 1),
         "recovery_caught_up_s": None if caught_up is None else round(caught_up - back_at, 1),
