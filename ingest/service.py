@@ -14,8 +14,10 @@ Faults, and what ingest does about them:
 
 - **Kafka unavailable** (down, restarting, or a producer it can no longer use: an
   idempotent producer whose batches expired gets ``OutOfOrderSequenceNumber`` for ever
-  after): a batch Kafka has not acknowledged within ``kafka_timeout_s`` fails; ingest
-  drops that producer, waits with the retry policy's backoff until a new one starts, and
+  after): a batch fails when the producer says so (after ``kafka_timeout_s``) or, at the
+  latest, :data:`FLIGHT_DEADLINE_TIMEOUTS` times that after it was handed over (aiokafka
+  holds a batch for ever while Kafka's node cannot be reached at all); ingest drops that
+  producer, waits with the retry policy's backoff until a new one starts, and
   re-sends every batch Kafka has not acknowledged, in arrival order. Nothing more is taken
   from the broker meanwhile (it keeps what it could not deliver); the outage is logged
   when it starts, once per :data:`OUTAGE_LOG_INTERVAL_S` with the count of attempts, and
@@ -52,6 +54,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaTimeoutError
 from aiokafka.partitioner import DefaultPartitioner
 from prometheus_client import Counter as PromCounter
 from prometheus_client import Gauge, Histogram
@@ -93,6 +96,8 @@ OUTAGE_LOG_INTERVAL_S = 30.0
 #: When no batch is on its way, Kafka is asked for metadata this often, s, so that
 #: ``/health`` notices an outage without traffic.
 KAFKA_PROBE_INTERVAL_S = 5.0
+#: A batch not acknowledged within this many producer request timeouts has failed.
+FLIGHT_DEADLINE_TIMEOUTS = 3
 #: ``/health`` counts Kafka as unavailable once the oldest batch has waited this long, s.
 STALL_S = 2.0
 #: After SIGTERM, how long Kafka may take to acknowledge what ingest holds, s.
@@ -377,6 +382,8 @@ class _Flight:
     done: asyncio.Future[Any]
     #: When it was first handed to Kafka (``time.monotonic``).
     started: float
+    #: When it was last handed to a producer (``time.monotonic``).
+    launched: float = 0.0
 
 
 class _Pipeline:
@@ -405,6 +412,9 @@ class _Pipeline:
         self._new_producer = new_producer
         #: The producer's request timeout, s: a batch has failed by then.
         self._timeout_s = timeout_s
+        #: A batch Kafka has not acknowledged this long after it was handed to the
+        #: producer has failed, whatever the producer says, s.
+        self.deadline_s = FLIGHT_DEADLINE_TIMEOUTS * timeout_s
         self._producer: AIOKafkaProducer | None = None
         self._source = source
         self.depth = depth
@@ -440,6 +450,7 @@ class _Pipeline:
     async def _launch(self, flight: _Flight) -> None:
         """Hand a flight's records to the producer (a failure shows in its future)."""
         producer = self._producer
+        flight.launched = time.monotonic()
         done: asyncio.Future[Any]
         if producer is None:
             done = _failed("no Kafka producer")
@@ -460,10 +471,20 @@ class _Pipeline:
         """Acknowledge the batches Kafka has, oldest first; with ``wait``, at least the
         oldest one (recovering from a Kafka outage until Kafka has it)."""
         flights = self._flights
-        while flights and (wait or flights[0].done.done()):
+        while flights:
             head = flights[0]
+            # aiokafka fails a batch after its request timeout only once it has been sent:
+            # while Kafka's node cannot be reached at all, it holds the batch for ever.
+            left = head.launched + self.deadline_s - time.monotonic()
+            if not (wait or head.done.done() or left <= 0):
+                break
             try:
-                await asyncio.shield(head.done)
+                await asyncio.wait_for(asyncio.shield(head.done), max(left, 0.0))
+            except TimeoutError:
+                await self._recover(
+                    KafkaTimeoutError(f"not acknowledged within {self.deadline_s:g} s")
+                )
+                continue
             except Exception as exc:  # noqa: BLE001 - any Kafka error: recover, re-send
                 await self._recover(exc)
                 continue
@@ -525,7 +546,11 @@ class _Pipeline:
         """When nothing is on its way, ask Kafka for metadata, so that ``/health`` sees an
         outage without traffic."""
         producer = self._producer
-        if producer is None or self._flights:
+        if self._flights:
+            if time.monotonic() - self._flights[0].launched > self.deadline_s:
+                self._source.kick()  # no message may come to make the loop settle it
+            return
+        if producer is None:
             return
         if time.monotonic() - self.last_ok < KAFKA_PROBE_INTERVAL_S:
             return

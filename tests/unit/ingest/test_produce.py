@@ -259,3 +259,28 @@ def test_an_outage_is_logged_when_it_starts_then_once_per_interval() -> None:
     assert outage.end(171.0) is None  # nothing to end
     assert outage.failed(200.0, KafkaTimeoutError())  # a new outage is logged at once
     assert outage.last_error == "KafkaTimeoutError()"
+
+
+def test_a_batch_the_producer_holds_past_the_deadline_is_sent_again_on_a_new_producer() -> None:
+    """While Kafka's node cannot be reached at all, aiokafka neither sends a batch nor
+    fails it: past the deadline ingest counts it failed and recovers."""
+
+    async def scenario() -> None:
+        old, new = HeldProducer(), HeldProducer()
+        pipeline, log = await pipeline_of(old, new)
+        pipeline.deadline_s = 0.05
+        await pipeline.send(*batch_of(1))
+        await pipeline.settle()
+        assert new.sent == []  # within the deadline: still waiting
+        await asyncio.sleep(0.06)
+        await pipeline.settle()
+        assert old.stopped
+        assert [records for _, _, records in new.sent] == [[(b"a-1", b"1")]]
+        assert pipeline.outage.attempts == 1
+        new.pending[0].set_result(None)
+        await turns()
+        await pipeline.settle()
+        assert log.acked == [[1]]
+        assert pipeline.outage.since is None
+
+    asyncio.run(scenario())
