@@ -21,7 +21,7 @@ everybody's. One run:
 3. after ``--before`` s, the fault: SIGKILL of a process (restarted at once, as a
    supervisor would; the alert service once a webhook message waits for a retry), or
    SIGTERM of a broker that stays down ``--down`` s (counted from the
-   SIGTERM) and comes back through ``deploy/stack.sh up``;
+   SIGTERM) and comes back through ``deploy/stack.sh up <broker>``;
 4. the load goes on ``--after`` s past the recovery, stops, and the pipeline drains;
 5. accounting, per reading: acknowledged by the broker (PUBACK success, 0x10 "no matching
    subscribers" included) vs on Kafka (with duplicates) vs stored in InfluxDB; per alert
@@ -371,10 +371,10 @@ def stop_service(settings: Settings, service: str) -> None:
     sys.exit(f"{service} (pid {pid}) did not stop within 60 s")
 
 
-def stack_up(log: Path) -> None:
+def stack_up(log: Path, service: str) -> None:
     with log.open("ab") as out:
         subprocess.run(
-            ["bash", str(REPO / "deploy" / "stack.sh"), "up"],
+            ["bash", str(REPO / "deploy" / "stack.sh"), "up", service],
             check=True,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -640,7 +640,7 @@ def main() -> int:
         stop_service(settings, args.fault)
         print(f"{args.fault} stopped after {time.monotonic() - fault_at:.1f} s", flush=True)
         time.sleep(max(0.0, args.down - (time.monotonic() - fault_at)))
-        stack_up(log_dir / "stack.log")
+        stack_up(log_dir / "stack.log", args.fault)
         back_at = time.monotonic()
         print(f"{args.fault} back (healthy) after {back_at - fault_at:.0f} s", flush=True)
     else:
