@@ -45,6 +45,7 @@ import contextlib
 import json
 import multiprocessing as mp
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -480,8 +481,11 @@ def health_summary(
     for name in ("ingest", "worker", "alerts"):
         seen = [(s, b) for t, n, s, b in rows if n == name and start <= t <= end]
         codes = Counter(s for s, _ in seen)
+        # The reasons' figures (seconds, counts) vary from answer to answer: N for each.
         reasons = Counter(
-            str(b.get("reason") or b.get("storage") or b.get("role") or "")[:60]
+            re.sub(r"\d+", "N", str(b.get("reason") or b.get("storage") or b.get("role") or ""))[
+                :70
+            ]
             for s, b in seen
             if s == 503
         )
@@ -540,7 +544,14 @@ def log_lines(log_dir: Path) -> dict[str, int]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--fault", choices=FAULTS, required=True)
+    ap.add_argument("--fault", choices=FAULTS)
+    ap.add_argument(
+        "--table",
+        nargs="+",
+        metavar="RESULT",
+        help="print the README rows of these results (bench/results/chaos-*.json), the "
+        "/health summaries read again from their health.jsonl, and exit",
+    )
     ap.add_argument("--rate", type=float, default=100.0, help="air readings/s")
     ap.add_argument("--devices", type=int, default=40, help="air devices publishing")
     ap.add_argument("--before", type=float, default=30.0, help="s of load before the fault")
@@ -549,6 +560,12 @@ def main() -> int:
     ap.add_argument("--episode-every", type=float, default=20.0, help="s between flood alerts")
     ap.add_argument("--webhook-failures", type=int, default=2)
     args = ap.parse_args()
+    if args.table:
+        for path in args.table:
+            print(table_row(resummarised(Path(path))))
+        return 0
+    if args.fault is None:
+        ap.error("--fault is required")
 
     settings = get_settings()
     refuse_shared_stack(settings)
@@ -707,6 +724,7 @@ def main() -> int:
         "prefix": prefix,
         "rate": args.rate,
         "devices": len(air),
+        "fault_at_s": round(fault_at - load_t0, 1),
         "down_s": round(back_at - fault_at, 1),
         "readings": readings,
         "alerts": alerts,
@@ -727,6 +745,20 @@ def main() -> int:
     print(json.dumps(result, indent=2, default=str))
     print(table_row(result))
     return 0
+
+
+def resummarised(path: Path) -> dict[str, Any]:
+    """A result with its /health summary made again from the run's health.jsonl (times
+    there count from the load's start)."""
+    r: dict[str, Any] = json.loads(path.read_text())
+    log = path.with_suffix("") / "health.jsonl"
+    if log.exists():
+        rows = [tuple(json.loads(line)) for line in log.open()]
+        fault_at = float(r.get("fault_at_s", 30.0))
+        healthy = r["recovery_health_s"]
+        end = fault_at + r["down_s"] + (30.0 if healthy is None else healthy)
+        r["health_during_fault"] = health_summary(rows, fault_at, end)  # type: ignore[arg-type]
+    return r
 
 
 def table_row(r: dict[str, Any]) -> str:
