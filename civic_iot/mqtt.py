@@ -50,6 +50,7 @@ __all__ = [
     "MISC_INTERVAL_S",
     "RECONNECT_BASE_S",
     "RECONNECT_CAP_S",
+    "SERVICE_RECONNECT_CAP_S",
     "Message",
     "MqttConnection",
     "MqttError",
@@ -64,6 +65,10 @@ logger = logging.getLogger(__name__)
 #: first retry, and the widest window.
 RECONNECT_BASE_S = 1.0
 RECONNECT_CAP_S = 30.0
+#: The widest window for a service process (ingest, the alert service), s: the broker
+#: queues for ingest's session and alerts wait to go out while it is away, so coming back
+#: soon after the broker matters more than sparing it (a few processes, not a fleet).
+SERVICE_RECONNECT_CAP_S = 5.0
 #: How often paho's housekeeping runs: keepalive PINGREQ, a connection that went quiet.
 MISC_INTERVAL_S = 1.0
 #: Packets paho's parser takes per readable event before the loop serves something else

@@ -64,7 +64,7 @@ from civic_iot.accounts import INGEST_USER
 from civic_iot.contracts.deadletter import deadletter_record, device_of
 from civic_iot.health import kafka_answers, serve_health
 from civic_iot.logs import limit_repeats
-from civic_iot.mqtt import Message, MqttConnection
+from civic_iot.mqtt import SERVICE_RECONNECT_CAP_S, Message, MqttConnection
 from civic_iot.registry import Registry, load_registry
 from civic_iot.settings import Settings, mqtt_endpoint, mqtt_password
 from civic_iot.topology import Topology
@@ -102,9 +102,8 @@ FLIGHT_DEADLINE_TIMEOUTS = 3
 STALL_S = 2.0
 #: After SIGTERM, how long Kafka may take to acknowledge what ingest holds, s.
 STOP_GRACE_S = 3.0
-#: Widest window of the MQTT reconnect backoff, s: the broker queues for ingest's session
-#: while it is away, so coming back soon after the broker matters more than sparing it.
-MQTT_RECONNECT_CAP_S = 5.0
+#: Widest window of the MQTT reconnect backoff, s.
+MQTT_RECONNECT_CAP_S = SERVICE_RECONNECT_CAP_S
 
 
 class Inbound(NamedTuple):
