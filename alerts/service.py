@@ -164,7 +164,7 @@ from alerts.urls import UrlPolicy
 from alerts.webhooks import WebhookDelivery, deadletter_value
 from civic_iot.auth import TokenStore
 from civic_iot.contracts.alerts import AlertCandidate
-from civic_iot.health import KafkaWatch
+from civic_iot.health import KAFKA_ASK_INTERVAL_S, KafkaWatch
 from civic_iot.kafka_admin import ensure_topics, wait_for_topics
 from civic_iot.logs import limit_repeats
 from civic_iot.settings import Settings, mqtt_endpoint, mqtt_password
@@ -1112,13 +1112,12 @@ class AlertService:
                 await self.points.flush()
 
     async def _watch_kafka(self) -> None:
-        """For ``/health``: whether Kafka answers, asked once a heartbeat interval (the
-        consumers and the producer keep retrying by themselves; this only tells)."""
-        interval = self.settings.alerts.heartbeat_interval_s
+        """For ``/health``: whether Kafka answers (the consumers and the producer keep
+        retrying by themselves; this only tells)."""
         while not self._stopping.is_set():
-            await self._kafka.ask(self._producer.client, interval)
+            await self._kafka.ask(self._producer.client, KAFKA_ASK_INTERVAL_S)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), interval)
+                await asyncio.wait_for(self._stopping.wait(), KAFKA_ASK_INTERVAL_S)
 
     async def _close_points(self) -> None:
         """Store what the sink holds, within one write timeout; what InfluxDB does not take

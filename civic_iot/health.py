@@ -15,6 +15,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 logger = logging.getLogger(__name__)
 
+#: How often a process asks Kafka whether it answers (for ``/health``), and how long it
+#: waits for the answer, s: a healthy Kafka answers in milliseconds, a loaded machine's
+#: in well under this.
+KAFKA_ASK_INTERVAL_S = 5.0
+
 
 async def kafka_answers(client: Any, timeout_s: float) -> str:
     """Whether Kafka answers a metadata request through ``client`` (an ``AIOKafkaClient``:

@@ -62,7 +62,7 @@ from prometheus_client import Gauge, Histogram
 from civic_iot import retry
 from civic_iot.accounts import INGEST_USER
 from civic_iot.contracts.deadletter import deadletter_record, device_of
-from civic_iot.health import kafka_answers, serve_health
+from civic_iot.health import KAFKA_ASK_INTERVAL_S, kafka_answers, serve_health
 from civic_iot.logs import limit_repeats
 from civic_iot.mqtt import SERVICE_RECONNECT_CAP_S, Message, MqttConnection
 from civic_iot.registry import Registry, load_registry
@@ -95,7 +95,7 @@ KAFKA_RETRY_CAP_S = 5.0
 OUTAGE_LOG_INTERVAL_S = 30.0
 #: When no batch is on its way, Kafka is asked for metadata this often, s, so that
 #: ``/health`` notices an outage without traffic.
-KAFKA_PROBE_INTERVAL_S = 5.0
+KAFKA_PROBE_INTERVAL_S = KAFKA_ASK_INTERVAL_S
 #: A batch not acknowledged within this many producer request timeouts has failed.
 FLIGHT_DEADLINE_TIMEOUTS = 3
 #: ``/health`` counts Kafka as unavailable once the oldest batch has waited this long, s.

@@ -52,7 +52,7 @@ from aiokafka import AIOKafkaClient
 from faust.sensors.prometheus import setup_prometheus_sensors
 from faust.types import TopicT
 
-from civic_iot.health import KafkaWatch
+from civic_iot.health import KAFKA_ASK_INTERVAL_S, KafkaWatch
 from civic_iot.registry import Registry, load_registry
 from civic_iot.settings import Settings
 from civic_iot.storage.sink import InfluxSink, PointSink, Publisher, deadletter_report
@@ -88,7 +88,7 @@ SESSION_TIMEOUT_S = 10.0
 
 #: How often the worker asks Kafka whether it answers and looks at its progress, s
 #: (for ``/health``).
-HEALTH_CHECK_INTERVAL_S = 5.0
+HEALTH_CHECK_INTERVAL_S = KAFKA_ASK_INTERVAL_S
 
 SinkFactory = Callable[[str], PointSink]
 
