@@ -177,6 +177,7 @@ def main() -> int:
         "CIVIC_INFLUX__BUCKET_READINGS": buckets["readings"],
         "CIVIC_INFLUX__BUCKET_SEISMIC": buckets["seismic"],
         "CIVIC_INFLUX__BUCKET_DERIVED": buckets["derived"],
+        "CIVIC_INFLUX__TOKEN": influx_token(base),  # the run's own buckets
         "CIVIC_PROCESSORS__WEB_PORT": "0",
         "CIVIC_PROCESSORS__STATS_INTERVAL_S": "1",
     }
