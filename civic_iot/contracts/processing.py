@@ -45,7 +45,12 @@ class TownshipReport(BaseModel):
 
 
 class Trigger(BaseModel):
-    """A station's STA/LTA trigger: its P pick, epoch s, and position, degrees."""
+    """A station's STA/LTA trigger: its P pick, epoch s, and position, degrees.
+
+    ``at_s``: the end of the packet that carried it, epoch s (a pick is placed up to a
+    second or so before the crossing that found it, so it may arrive after the network's
+    clock has passed its P time); None: the P time.
+    """
 
     model_config = ConfigDict(frozen=True)
 
@@ -53,6 +58,7 @@ class Trigger(BaseModel):
     lat: float
     lon: float
     p_time_s: float
+    at_s: float | None = None
 
 
 class Observation(BaseModel):

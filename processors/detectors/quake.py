@@ -51,9 +51,10 @@ The thresholds are the thresholds file's ``quake`` section
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from typing import Any, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -89,6 +90,7 @@ __all__ = [
 ]
 
 FloatArray = NDArray[np.float64]
+_T = TypeVar("_T")
 EARTH_RADIUS_KM = 6371.0
 
 # Wu & Zhao (2006), GRL 33 L16312: log10 Pd = A + B M + C log10 R (Pd cm, R hypocentral km).
@@ -234,6 +236,8 @@ class EventStation:
     tau_c_s: float | None = None
     p_window_s: float = 0.0
     transient: bool = False
+    #: The end of the newest packet observed, epoch s (0: unknown, the stream clock).
+    seen_until_s: float = 0.0
 
 
 @stored
@@ -541,8 +545,8 @@ def locate(
                 c_lat, c_lon, c_z = float(f_lat[g]), float(f_lon[g]), float(zs[d])
                 c_origin = float(f_origin[d, g])
                 i_lat, i_lon = divmod(int(g), lo.size)
-                inside = 0 < i_lat < la.size - 1 and 0 < i_lon < lo.size - 1
-                inside = inside and (0 < d < zs.size - 1 or zs[d] in (z_lo, z_hi))
+                inside = bool(0 < i_lat < la.size - 1 and 0 < i_lon < lo.size - 1)
+                inside = inside and bool(0 < d < zs.size - 1 or float(zs[d]) in (z_lo, z_hi))
                 if inside:
                     break
         if c_cost < best[0]:
@@ -667,7 +671,10 @@ def _station_magnitudes(
             else 5.0
         )
         duration = 10 ** (0.5 * rough - 2.3) + 2.0
-        passed = ok & (now_s >= t_s + duration)
+        # Judged on the station's own data (its newest packet), not on the clock: a
+        # station whose window closed has shown all it will.
+        until = np.array([s.seen_until_s or now_s for s in stations])
+        passed = ok & (until >= t_s + duration)
         if passed.any():
             m_s[passed] = gm.magnitude_from_pga(seen[passed], r[passed])
     return m_pd, m_pa, m_s
@@ -702,10 +709,11 @@ def _magnitude(
 
 @stored
 class Associator:
-    """The network's association state: triggers waiting for the watermark (``inbox``),
-    picks no event explains (``pending``), open and recently closed events, and the
-    stations' armed status (position, armed since, data until, noise of the trigger
-    band). Bounded by the config's ``max_*`` settings."""
+    """The network's association state: triggers, observations and statuses waiting for
+    the watermark (``inbox*``), picks no event explains (``pending``), open and recently
+    closed events, the stations' armed status (position, armed since, data until, noise
+    of the trigger band) and the newest watermark (``clock_s``). Bounded by the config's
+    ``max_*`` settings."""
 
     pending: tuple[EventStation, ...] = ()
     inbox: tuple[Trigger, ...] = ()
@@ -713,6 +721,9 @@ class Associator:
     recent: tuple[_EventState, ...] = ()
     #: station id -> (lat, lon, armed since or None, data until, noise gal).
     armed: dict[str, tuple[float, float, float | None, float, float]] = field(default_factory=dict)
+    inbox_obs: tuple[Observation, ...] = ()
+    inbox_status: tuple[StationStatus, ...] = ()
+    clock_s: float = -math.inf
 
     def step(
         self,
@@ -728,8 +739,12 @@ class Associator:
 
         Args:
             now_s: the watermark, epoch s: every station's data up to here has arrived.
-                Triggers are taken once it passes their P time; events close and S-wave
-                countdowns run on this clock, so replays are exact.
+                Triggers, observations and statuses are taken once it passes the end of
+                the packet that carried them (``at_s``, ``until_s``; a trigger without
+                ``at_s``: its P time), all of a kind in time order, so the result does
+                not depend on how stations are spread over partitions nor on the order
+                messages arrive in; events close and S-wave countdowns run on this
+                clock, so replays are exact.
             triggers: new station triggers (any order, any partition).
             observations: latest event-window figures of triggered stations.
             stations: the status of stations that sent packets (armed or not).
@@ -737,21 +752,40 @@ class Associator:
         """
         cfg = config if config is not None else QuakeConfig()
         thr = cfg.association
+        due, waiting = _split(
+            {(t.station_id, t.p_time_s): t for t in (*self.inbox, *triggers)}.values(),
+            now_s,
+            lambda t: (t.at_s if t.at_s is not None else t.p_time_s, t.p_time_s, t.station_id),
+            cfg.max_inbox,
+        )
+        obs_list, obs_waiting = _split(
+            {(o.station_id, o.p_time_s, o.at_s): o for o in (*self.inbox_obs, *observations)}
+            .values(),
+            now_s,
+            lambda o: (o.at_s if o.at_s is not None else -math.inf, o.station_id,
+                       o.p_time_s or 0.0, o.p_window_s),
+            cfg.max_inbox,
+        )  # fmt: skip
+        st_due, st_waiting = _split(
+            {(s.station_id, s.until_s): s for s in (*self.inbox_status, *stations)}.values(),
+            now_s,
+            lambda s: (s.until_s, s.station_id),
+            cfg.max_inbox,
+        )
+        if not (due or obs_list or st_due) and now_s <= self.clock_s:
+            # Nothing new has passed the watermark: another partition's tick of a second
+            # the network has not finished. The same state, holding what came.
+            held = replace(
+                self, inbox=tuple(waiting), inbox_obs=tuple(obs_waiting),
+                inbox_status=tuple(st_waiting),
+            )  # fmt: skip
+            return AssociationResult(associator=held, updates=())
+        due.sort(key=lambda t: (t.p_time_s, t.station_id))
         armed = dict(self.armed)
-        for s in stations:
+        for s in st_due:
             old = armed.get(s.station_id)
             if old is None or s.until_s >= old[3]:
                 armed[s.station_id] = (s.lat, s.lon, s.armed_since_s, s.until_s, s.noise_gal)
-
-        inbox = {(t.station_id, t.p_time_s): t for t in (*self.inbox, *triggers)}
-        due = sorted(
-            (t for t in inbox.values() if t.p_time_s <= now_s),
-            key=lambda t: (t.p_time_s, t.station_id),
-        )
-        waiting = sorted(
-            (t for t in inbox.values() if t.p_time_s > now_s),
-            key=lambda t: (t.p_time_s, t.station_id),
-        )[: cfg.max_inbox]
 
         events = {e.event_id: e for e in self.events}
         recent = list(self.recent)
@@ -759,7 +793,6 @@ class Associator:
         touched: set[str] = set()
         relocate: set[str] = set()
 
-        obs_list = list(observations)
         for trig in due:
             eid = _take(trig, events, recent, cfg)
             if eid is None:
@@ -850,9 +883,23 @@ class Associator:
                 events=tuple(still_open),
                 recent=tuple(recent),
                 armed=armed,
+                inbox_obs=tuple(obs_waiting),
+                inbox_status=tuple(st_waiting),
+                clock_s=max(now_s, self.clock_s),
             ),
             updates=tuple(updates),
         )
+
+
+def _split(
+    items: Iterable[_T], now_s: float, key: Callable[[_T], tuple[Any, ...]], limit: int
+) -> tuple[list[_T], list[_T]]:
+    """Items whose time (``key``'s first element) the watermark has passed, in key
+    order, and the rest, in key order and at most ``limit`` of them (the newest dropped:
+    a bound on memory should a partition stall)."""
+    ordered = sorted(items, key=key)
+    due = [x for x in ordered if key(x)[0] <= now_s]
+    return due, [x for x in ordered if key(x)[0] > now_s][:limit]
 
 
 def _station(trig: Trigger, *, picked: bool) -> EventStation:
@@ -864,18 +911,20 @@ def _observe(st: EventStation, obs: Observation) -> EventStation:
     window of the same station is the same shaking), features only from the window its
     pick opened."""
     same = obs.p_time_s is None or abs(obs.p_time_s - st.p_time_s) <= 0.05
-    peaks = {
-        "pga_gal": max(st.pga_gal, obs.pga_gal),
-        "pgv_cms": max(st.pgv_cms, obs.pgv_cms),
-    }
+    pga, pgv = max(st.pga_gal, obs.pga_gal), max(st.pgv_cms, obs.pgv_cms)
+    until = max(st.seen_until_s, obs.at_s or 0.0)
     if not same:
-        return replace(st, **peaks) if peaks != {"pga_gal": st.pga_gal,
-                                                  "pgv_cms": st.pgv_cms} else st  # fmt: skip
+        if (pga, pgv, until) == (st.pga_gal, st.pgv_cms, st.seen_until_s):
+            return st
+        return replace(st, pga_gal=pga, pgv_cms=pgv, seen_until_s=until)
     if obs.p_window_s < st.p_window_s:
-        return replace(st, **peaks)  # an older packet of the window: nothing new
+        # An older packet of the window: nothing new.
+        return replace(st, pga_gal=pga, pgv_cms=pgv, seen_until_s=until)
     return replace(
         st,
-        **peaks,
+        pga_gal=pga,
+        pgv_cms=pgv,
+        seen_until_s=until,
         pd_cm=obs.pd_cm if obs.pd_cm is not None else st.pd_cm,
         pd_snr=_finite_or_none(obs.pd_snr) if obs.pd_cm is not None else st.pd_snr,
         pv_cms=obs.pv_cms if obs.pv_cms is not None else st.pv_cms,
@@ -1256,7 +1305,7 @@ def _level_at(
     mag: float,
     stations: Sequence[EventStation],
     cfg: QuakeConfig,
-) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
+) -> tuple[FloatArray, FloatArray, NDArray[np.int64], FloatArray]:
     """PGA gal, PGV cm/s, CWA ordinal (raised to what a near station observed) and
     hypocentral distance km at places."""
     r = np.hypot(distance_km(h.lat, h.lon, lat, lon), h.depth_km)
@@ -1276,7 +1325,7 @@ def _level_at(
         near = d <= cfg.station_correction_km
         seen = np.where(near, observed[None, :], 0).max(axis=1)
         levels = np.maximum(levels, seen)
-    return pga, pgv, levels, r
+    return pga, pgv, np.asarray(levels, dtype=np.int64), np.asarray(r, dtype=np.float64)
 
 
 def _snapshot(ev: _EventState, now_s: float, cfg: QuakeConfig, *, closed: bool) -> QuakeEvent:
@@ -1473,7 +1522,7 @@ def to_alert_candidate(
             GridCell(
                 lat=c.lat,
                 lon=c.lon,
-                intensity=c.intensity,  # type: ignore[arg-type]
+                intensity=c.intensity,
                 s_wave_s=max(0.0, c.s_wave_s - lag),
                 township=c.township,
             )
@@ -1482,7 +1531,7 @@ def to_alert_candidate(
         places=tuple(
             PlaceShaking(
                 township=p.township,
-                intensity=p.intensity,  # type: ignore[arg-type]
+                intensity=p.intensity,
                 s_wave_s=max(0.0, p.s_arrival_s - detected_at.timestamp()),
             )
             for p in event.places

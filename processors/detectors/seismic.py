@@ -261,7 +261,9 @@ class PacketResult:
         trigger. Position, degrees."""
         if not self.triggered or self.p_time_s is None:
             return None
-        return Trigger(station_id=station_id, lat=lat, lon=lon, p_time_s=self.p_time_s)
+        return Trigger(
+            station_id=station_id, lat=lat, lon=lon, p_time_s=self.p_time_s, at_s=self.end_s
+        )
 
     def observation(self, station_id: str) -> Observation | None:
         """The event window's figures for the associator, or None outside a window."""

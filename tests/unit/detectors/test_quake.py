@@ -215,3 +215,19 @@ def test_township_intensities_of_an_associated_event() -> None:
     top = max(intensity_ordinal(level) for level in towns.values())
     assert top <= intensity_ordinal(ev.max_intensity)
     assert top >= intensity_ordinal("5-")  # observed 5+ near WLI reaches a township
+
+
+def test_a_trigger_waits_for_the_watermark_to_pass_its_packet() -> None:
+    # The third pick is placed before the clock but came in a packet ending after it:
+    # another partition may still hold an earlier pick of that second, so it waits.
+    late = trig(2).model_copy(update={"at_s": T0 + 7.0})
+    held = Associator().step(now_s=T0 + 6, triggers=[trig(0), trig(1), late], config=CFG)
+    assert held.updates == ()
+    assert held.associator.inbox == (late,)
+    # Another partition's tick at the same clock brings nothing new: nothing happens.
+    again = held.associator.step(now_s=T0 + 6, config=CFG)
+    assert again.updates == ()
+    done = again.associator.step(now_s=T0 + 7, config=CFG)
+    assert len(done.updates) == 1
+    assert done.updates[0].n_stations == 3
+    assert done.associator.inbox == ()

@@ -1,0 +1,279 @@
+"""Earthquake early warning scenarios, replayed the way the processors run them.
+
+Pure and seeded (no I/O): synthetic accelerograms (:mod:`simulator.waveforms`) through
+every station's detector (:func:`processors.detectors.seismic.process_packet`), grouped
+into the associator's ticks per Kafka partition and packet second
+(:func:`processors.agents.device.seismic_ticks`, what the seismic agent sends), the
+stations hashed onto ``partitions`` partitions, the ticks of a second delivered in a
+shuffled partition order and each one's contents shuffled, and the associator's clock
+the slowest partition's (the watermark of :func:`processors.handlers.handle_quake`).
+
+Used by the scenario matrix (``tests/unit/detectors/test_eew_scenarios.py``) and the
+benchmark (``bench/eew.py``). The world and the detectors share the velocity model and
+the ground-motion model unless a scenario says otherwise (``model``): the figures
+measure the method, not a calibration.
+"""
+
+from __future__ import annotations
+
+import random
+import zlib
+from dataclasses import dataclass, field
+from itertools import groupby
+
+import numpy as np
+
+from civic_iot.contracts.processing import SeismicTick, Trigger
+from processors.agents.device import seismic_ticks
+from processors.detectors.intensity import cwa_intensity_ordinals
+from processors.detectors.quake import (
+    Associator,
+    QuakeConfig,
+    QuakeEvent,
+    Township,
+    distance_km,
+)
+from processors.detectors.seismic import SeismicConfig, StationState, process_packet
+from processors.handlers import SeismicOutcome
+from simulator.waveforms import (
+    Burst,
+    SimQuake,
+    SimStation,
+    Spike,
+    WaveModel,
+    hypocentral_distance_km,
+    synthesize_packets,
+)
+from tests.stations import T0, TAIWAN, TOWNS
+
+#: Noise before the quake: the station detectors' LTA warm-up (10 s) and some margin.
+LEAD_S = 14.0
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One replay: a quake (or none) and what else happens on the network.
+
+    ``after_s``: how long to replay after the origin (or after ``LEAD_S`` without a
+    quake), s. ``sample_rate_hz``: the stations' rate (20 Hz: a MEMS board's, and fast).
+    """
+
+    name: str
+    quake: SimQuake | None
+    stations: tuple[SimStation, ...] = tuple(TAIWAN)
+    noise_gal: float = 0.3
+    noisy: tuple[tuple[str, float], ...] = ()
+    spikes: tuple[Spike, ...] = ()
+    bursts: tuple[Burst, ...] = ()
+    model: WaveModel = field(default_factory=WaveModel)
+    after_s: float = 30.0
+    sample_rate_hz: float = 20.0
+    #: Only stations within this epicentral distance of the quake are simulated, km
+    #: (the rest are far beyond the association's reach; keeps the replay fast).
+    radius_km: float = 250.0
+
+
+@dataclass
+class Outcome:
+    """What a replay produced: every update (in order), every trigger, and the first P
+    arrival at any station (epoch s; None without a quake)."""
+
+    scenario: Scenario
+    updates: list[QuakeEvent]
+    triggers: list[Trigger]
+    first_p_s: float | None
+    observed_levels: dict[str, int]
+
+    @property
+    def event_ids(self) -> set[str]:
+        return {e.event_id for e in self.updates}
+
+    def first(self) -> QuakeEvent:
+        return self.updates[0]
+
+    def final(self) -> QuakeEvent:
+        """The last estimate before the event closed (the closing report repeats it)."""
+        return self.updates[-1]
+
+    def epicentre_error_km(self, ev: QuakeEvent) -> float:
+        q = self.scenario.quake
+        assert q is not None
+        return float(distance_km(ev.lat, ev.lon, q.lat, q.lon))
+
+
+def townships() -> tuple[Township, ...]:
+    return tuple(Township(code, lat, lon) for code, lat, lon in TOWNS)
+
+
+def config() -> QuakeConfig:
+    return QuakeConfig(townships=townships())
+
+
+def partition_of(station_id: str, partitions: int) -> int:
+    """A stable stand-in for Kafka's key hash (murmur2 in the real client)."""
+    return zlib.crc32(station_id.encode()) % partitions
+
+
+@dataclass(frozen=True)
+class Recording:
+    """What the station detectors made of a scenario: per packet second, every station's
+    outcome and partition-independent facts (the first P, the stations' observed peaks)."""
+
+    scenario: Scenario
+    seconds: list[list[tuple[str, SeismicOutcome]]]
+    stations: dict[str, SimStation]
+    start_s: float
+    first_p_s: float | None
+    observed_levels: dict[str, int]
+
+
+def record(sc: Scenario, *, seed: int = 0, cfg: QuakeConfig | None = None) -> Recording:
+    """Synthesise a scenario's packets and run them through every station's detector."""
+    cfg = cfg if cfg is not None else config()
+    q = sc.quake
+    start = (q.origin_s - LEAD_S) if q is not None else T0
+    stations = list(sc.stations)
+    if q is not None:
+        stations = [
+            s for s in stations if float(distance_km(q.lat, q.lon, s.lat, s.lon)) <= sc.radius_km
+        ]
+    packets = synthesize_packets(
+        stations,
+        start_s=start,
+        duration_s=LEAD_S + sc.after_s,
+        sample_rate_hz=sc.sample_rate_hz,
+        quake=q,
+        spikes=sc.spikes,
+        bursts=sc.bursts,
+        noise_gal=sc.noise_gal,
+        noisy=dict(sc.noisy),
+        model=sc.model,
+        seed=seed,
+    )
+    where = {s.station_id: s for s in stations}
+    states = {s.station_id: StationState() for s in stations}
+    # The P-wave filter is network-wide (as in processors.handlers.Detectors).
+    seismic = SeismicConfig(pd_highpass_hz=cfg.association.pd_highpass_hz)
+    seconds: list[list[tuple[str, SeismicOutcome]]] = []
+    peaks: dict[str, tuple[float, float]] = {}
+    for _, batch in groupby(packets, key=lambda p: p.t0_s):
+        second: list[tuple[str, SeismicOutcome]] = []
+        for p in batch:
+            res = process_packet(states[p.station_id], p.samples, p.sample_rate_hz, p.t0_s, seismic)
+            states[p.station_id] = res.state
+            st = where[p.station_id]
+            obs = res.observation(st.station_id)
+            if obs is not None:
+                old = peaks.get(st.station_id, (0.0, 0.0))
+                peaks[st.station_id] = (max(old[0], obs.pga_gal), max(old[1], obs.pgv_cms))
+            second.append(
+                (
+                    st.station_id,
+                    SeismicOutcome(
+                        state=res.state,
+                        points=[],
+                        trigger=res.trigger(st.station_id, st.lat, st.lon),
+                        observation=obs,
+                        end_s=p.t0_s + p.samples.shape[0] / p.sample_rate_hz,
+                        status=res.status(st.station_id, st.lat, st.lon),
+                    ),
+                )
+            )
+        seconds.append(second)
+    first_p = None
+    if q is not None and stations:
+        first_p = q.origin_s + min(
+            float(hypocentral_distance_km(q, s.lat, s.lon)) / sc.model.vp_kms for s in stations
+        )
+    observed = {
+        k: int(cwa_intensity_ordinals(np.array([a]), np.array([v]), cfg.intensity_scale)[0])
+        for k, (a, v) in peaks.items()
+    }
+    return Recording(sc, seconds, where, start, first_p, observed)
+
+
+def associate(
+    rec: Recording,
+    *,
+    partitions: int = 1,
+    shuffle: int | None = None,
+    cfg: QuakeConfig | None = None,
+) -> Outcome:
+    """Feed a recording to the associator as the seismic agents would send it.
+
+    Args:
+        rec: the station detectors' outcomes.
+        partitions: how many ``readings.seismic`` partitions the stations hash onto.
+        shuffle: seed for the order of partitions and of packets within a tick (None:
+            partition and station order).
+        cfg: the associator's settings (default: :func:`config`).
+    """
+    cfg = cfg if cfg is not None else config()
+    rng = random.Random(shuffle)
+    assoc = Associator()
+    updates: list[QuakeEvent] = []
+    triggers: list[Trigger] = []
+    clocks: dict[int, float] = {}
+    for second in rec.seconds:
+        batch = [(o, None, partition_of(sid, partitions)) for sid, o in second]
+        triggers += [o.trigger for _, o in second if o.trigger is not None]
+        if shuffle is not None:
+            rng.shuffle(batch)
+        ticks = seismic_ticks(batch)
+        if shuffle is not None:
+            rng.shuffle(ticks)
+            ticks = [_shuffled(t, rng) for t in ticks]
+        for tick in ticks:
+            part = tick.partition if tick.partition is not None else 0
+            clocks[part] = max(clocks.get(part, 0.0), tick.now_s)
+            # The watermark: every partition's data up to the slowest one's clock.
+            now = min(clocks.values()) if len(clocks) == partitions else rec.start_s
+            step = assoc.step(
+                now_s=now,
+                triggers=tick.triggers,
+                observations=tick.observations,
+                stations=tick.stations,
+                config=cfg,
+            )
+            assoc = step.associator
+            updates.extend(step.updates)
+    # Let open events close on the stream clock, as an idle network would.
+    now = max(clocks.values(), default=rec.start_s)
+    for k in range(1, 4):
+        step = assoc.step(now_s=now + 10.0 * k, config=cfg)
+        assoc = step.associator
+        updates.extend(step.updates)
+    return Outcome(rec.scenario, updates, triggers, rec.first_p_s, rec.observed_levels)
+
+
+def replay(
+    sc: Scenario,
+    *,
+    seed: int = 0,
+    partitions: int = 1,
+    shuffle: int | None = None,
+    cfg: QuakeConfig | None = None,
+) -> Outcome:
+    """:func:`record` then :func:`associate`."""
+    rec = record(sc, seed=seed, cfg=cfg)
+    return associate(rec, partitions=partitions, shuffle=shuffle, cfg=cfg)
+
+
+def _shuffled(tick: SeismicTick, rng: random.Random) -> SeismicTick:
+    """The same tick with its triggers, observations and statuses in another order."""
+    parts = {
+        "triggers": list(tick.triggers),
+        "observations": list(tick.observations),
+        "stations": list(tick.stations),
+    }
+    for v in parts.values():
+        rng.shuffle(v)
+    return tick.model_copy(update={k: tuple(v) for k, v in parts.items()})
+
+
+def quake(lat: float, lon: float, depth_km: float, magnitude: float) -> SimQuake:
+    """A quake at ``T0 + LEAD_S`` (the replay starts at ``T0``)."""
+    return SimQuake(lat, lon, depth_km, magnitude, T0 + LEAD_S)
+
+
+__all__ = ["LEAD_S", "Outcome", "Scenario", "config", "quake", "replay"]
