@@ -67,6 +67,8 @@ class Scenario:
     bursts: tuple[Burst, ...] = ()
     model: WaveModel = field(default_factory=WaveModel)
     after_s: float = 30.0
+    #: Noise before the origin (at least the warm-up), s.
+    lead_s: float = LEAD_S
     sample_rate_hz: float = 20.0
     #: Only stations within this epicentral distance of the quake are simulated, km
     #: (the rest are far beyond the association's reach; keeps the replay fast).
@@ -75,14 +77,20 @@ class Scenario:
 
 @dataclass
 class Outcome:
-    """What a replay produced: every update (in order), every trigger, and the first P
-    arrival at any station (epoch s; None without a quake)."""
+    """What a replay produced: every update (in order), every trigger, the P arrival
+    at every simulated station (epoch s, nearest first; empty without a quake) and the
+    CWA level each station observed."""
 
     scenario: Scenario
     updates: list[QuakeEvent]
     triggers: list[Trigger]
-    first_p_s: float | None
+    p_arrivals_s: list[float]
     observed_levels: dict[str, int]
+    stations: dict[str, SimStation]
+
+    @property
+    def first_p_s(self) -> float | None:
+        return self.p_arrivals_s[0] if self.p_arrivals_s else None
 
     @property
     def event_ids(self) -> set[str]:
@@ -99,6 +107,81 @@ class Outcome:
         q = self.scenario.quake
         assert q is not None
         return float(distance_km(ev.lat, ev.lon, q.lat, q.lon))
+
+    def metrics(self) -> Metrics | None:
+        """The figures of the one event (None when nothing was declared)."""
+        q = self.scenario.quake
+        if q is None or not self.updates:
+            return None
+        first = self.updates[0]
+        final = self.updates[-1]
+        return Metrics(
+            first_error_km=self.epicentre_error_km(first),
+            final_error_km=self.epicentre_error_km(final),
+            first_depth_error_km=first.depth_km - q.depth_km,
+            final_depth_error_km=final.depth_km - q.depth_km,
+            first_magnitude_error=first.magnitude - q.magnitude,
+            final_magnitude_error=final.magnitude - q.magnitude,
+            first_alert_s=first.computed_at_s - q.origin_s,
+            first_p_s=self.p_arrivals_s[0] - q.origin_s,
+            fifth_p_s=self.p_arrivals_s[min(4, len(self.p_arrivals_s) - 1)] - q.origin_s,
+            intensity_hit=self.intensity_hit_rate(final),
+            first_quality=first.location.quality if first.location else "unknown",
+            n_events=len(self.event_ids),
+        )
+
+    def intensity_hit_rate(self, ev: QuakeEvent) -> float:
+        """Share of the stations that felt it (observed level >= 1, the S wave and the
+        source's duration recorded) where the event's model (hypocentre, magnitude,
+        ground-motion model; no station correction) puts the level within one CWA step
+        of what the station observed."""
+        q = self.scenario.quake
+        assert q is not None
+        end = q.origin_s + self.scenario.after_s
+        vs = self.scenario.model.vs_kms
+        src = 10 ** (0.5 * q.magnitude - 2.3)
+        felt = [
+            k
+            for k, v in self.observed_levels.items()
+            if v >= 1
+            and q.origin_s
+            + float(hypocentral_distance_km(q, self.stations[k].lat, self.stations[k].lon)) / vs
+            + src
+            <= end
+        ]
+        if not felt:
+            return 1.0
+        cfg = config()
+        lat = np.array([self.stations[k].lat for k in felt])
+        lon = np.array([self.stations[k].lon for k in felt])
+        r = np.hypot(distance_km(ev.lat, ev.lon, lat, lon), ev.depth_km)
+        gm = cfg.ground_motion
+        predicted = cwa_intensity_ordinals(
+            gm.pga_gal(ev.magnitude, r), gm.pgv_cms(ev.magnitude, r), cfg.intensity_scale
+        )
+        observed = np.array([self.observed_levels[k] for k in felt])
+        return float(np.mean(np.abs(predicted - observed) <= 1))
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """One declared quake's figures: epicentre errors, km; depth and magnitude errors
+    (estimate - truth), km and units; the first alert, the first and the fifth P
+    arrival, s after origin (stream time: data up to that moment had arrived); the share
+    of felt stations whose level the final estimate gets within one CWA step."""
+
+    first_error_km: float
+    final_error_km: float
+    first_depth_error_km: float
+    final_depth_error_km: float
+    first_magnitude_error: float
+    final_magnitude_error: float
+    first_alert_s: float
+    first_p_s: float
+    fifth_p_s: float
+    intensity_hit: float
+    first_quality: str
+    n_events: int
 
 
 def townships() -> tuple[Township, ...]:
@@ -123,7 +206,7 @@ class Recording:
     seconds: list[list[tuple[str, SeismicOutcome]]]
     stations: dict[str, SimStation]
     start_s: float
-    first_p_s: float | None
+    p_arrivals_s: list[float]
     observed_levels: dict[str, int]
 
 
@@ -131,7 +214,7 @@ def record(sc: Scenario, *, seed: int = 0, cfg: QuakeConfig | None = None) -> Re
     """Synthesise a scenario's packets and run them through every station's detector."""
     cfg = cfg if cfg is not None else config()
     q = sc.quake
-    start = (q.origin_s - LEAD_S) if q is not None else T0
+    start = (q.origin_s - sc.lead_s) if q is not None else T0
     stations = list(sc.stations)
     if q is not None:
         stations = [
@@ -140,7 +223,7 @@ def record(sc: Scenario, *, seed: int = 0, cfg: QuakeConfig | None = None) -> Re
     packets = synthesize_packets(
         stations,
         start_s=start,
-        duration_s=LEAD_S + sc.after_s,
+        duration_s=sc.lead_s + sc.after_s,
         sample_rate_hz=sc.sample_rate_hz,
         quake=q,
         spikes=sc.spikes,
@@ -180,16 +263,17 @@ def record(sc: Scenario, *, seed: int = 0, cfg: QuakeConfig | None = None) -> Re
                 )
             )
         seconds.append(second)
-    first_p = None
-    if q is not None and stations:
-        first_p = q.origin_s + min(
-            float(hypocentral_distance_km(q, s.lat, s.lon)) / sc.model.vp_kms for s in stations
+    arrivals = []
+    if q is not None:
+        arrivals = sorted(
+            q.origin_s + float(hypocentral_distance_km(q, s.lat, s.lon)) / sc.model.vp_kms
+            for s in stations
         )
     observed = {
         k: int(cwa_intensity_ordinals(np.array([a]), np.array([v]), cfg.intensity_scale)[0])
         for k, (a, v) in peaks.items()
     }
-    return Recording(sc, seconds, where, start, first_p, observed)
+    return Recording(sc, seconds, where, start, arrivals, observed)
 
 
 def associate(
@@ -243,7 +327,9 @@ def associate(
         step = assoc.step(now_s=now + 10.0 * k, config=cfg)
         assoc = step.associator
         updates.extend(step.updates)
-    return Outcome(rec.scenario, updates, triggers, rec.first_p_s, rec.observed_levels)
+    return Outcome(
+        rec.scenario, updates, triggers, rec.p_arrivals_s, rec.observed_levels, rec.stations
+    )
 
 
 def replay(
@@ -276,4 +362,46 @@ def quake(lat: float, lon: float, depth_km: float, magnitude: float) -> SimQuake
     return SimQuake(lat, lon, depth_km, magnitude, T0 + LEAD_S)
 
 
-__all__ = ["LEAD_S", "Outcome", "Scenario", "config", "quake", "replay"]
+def _coast() -> tuple[SimStation, ...]:
+    """Only the east coast's stations, Toucheng to Taitung: a network nearly on a line."""
+    ids = ("TCG", "ILA", "SUA", "NAO", "HEP", "TRK", "HUA", "SFG", "FBN", "CBN", "CGO", "TTT")
+    return tuple(s for s in TAIWAN if s.station_id in ids)
+
+
+def _noisy_nearest(lat: float, lon: float, k: int, gal: float) -> tuple[tuple[str, float], ...]:
+    """The ``k`` stations nearest a place, noisier than the rest (``gal`` RMS)."""
+    near = sorted(TAIWAN, key=lambda s: float(distance_km(lat, lon, s.lat, s.lon)))[:k]
+    return tuple((s.station_id, gal) for s in near)
+
+
+#: The scenario matrix: where Taiwan's large quakes start, and what gets in the way.
+MATRIX: tuple[Scenario, ...] = (
+    Scenario("offshore east of Hualien, M6.5, 20 km", quake(23.95, 121.95, 20.0, 6.5)),
+    Scenario("offshore east of Yilan, M7.0, 40 km", quake(24.50, 122.30, 40.0, 7.0)),
+    Scenario(
+        "off Taitung (SE), M5.5, 30 km, noise x3",
+        quake(22.60, 121.70, 30.0, 5.5),
+        noise_gal=0.9,
+    ),
+    Scenario("deep under the island, M6.0, 90 km", quake(23.80, 121.00, 90.0, 6.0)),
+    Scenario("inside the northern network, M5.0, 10 km", quake(24.80, 121.60, 10.0, 5.0)),
+    Scenario("north-east edge off Keelung, M5.5, 10 km", quake(25.30, 122.10, 10.0, 5.5)),
+    Scenario(
+        "Hualien coast, M7.3, 15 km, nearest stations noisy",
+        quake(23.80, 121.70, 15.0, 7.3),
+        noisy=_noisy_nearest(23.80, 121.70, 4, 1.5),
+    ),
+    Scenario(
+        "offshore Hualien, M6.0, collinear coast network",
+        quake(23.50, 121.80, 20.0, 6.0),
+        stations=_coast(),
+    ),
+    Scenario(
+        "off Yilan, M6.3, slower world than the model, site delays",
+        quake(24.20, 122.00, 20.0, 6.3),
+        model=WaveModel(vp_kms=5.5, vs_kms=3.2, delay_sigma_s=0.15, noise_sigma_log10=0.2),
+    ),
+)
+
+
+__all__ = ["LEAD_S", "MATRIX", "Metrics", "Outcome", "Scenario", "config", "quake", "replay"]

@@ -400,18 +400,22 @@ def _gap_deg(lat0: float, lon0: float, lat: FloatArray, lon: FloatArray) -> floa
 @dataclass(frozen=True, slots=True)
 class _Constraints:
     """Armed stations that did not trigger: position degrees, armed since and data until
-    (epoch s), and the watermark ``now_s``."""
+    (epoch s), noise of the trigger band (gal), the watermark ``now_s``, and the
+    magnitude the event is believed to have (None: not known yet)."""
 
     lat: FloatArray
     lon: FloatArray
     since_s: FloatArray
     until_s: FloatArray
     now_s: float
+    noise_gal: FloatArray = field(default_factory=lambda: np.zeros(0))
+    magnitude: float | None = None
+    ground_motion: GroundMotionModel = field(default_factory=GroundMotionModel)
 
     @classmethod
     def none(cls, now_s: float = 0.0) -> _Constraints:
         e = np.zeros(0)
-        return cls(e, e, e, e, now_s)
+        return cls(e, e, e, e, now_s, e)
 
     def __len__(self) -> int:
         return int(self.lat.shape[0])
@@ -432,8 +436,10 @@ def _costs(
     The cost is in units of the pick error: squared P residuals over ``pick_sigma_s``
     squared, each capped at 9 (an odd pick, an S taken for P, weighs like a 3-sigma one),
     plus the squared delay by which an armed station that did not trigger should have
-    (EPIC's "not yet arrived"), plus a weak prior on depth. The origin is the median of
-    ``p - travel time``.
+    (EPIC's "not yet arrived"), capped like a pick (a noisy station may miss a weak P),
+    and once the magnitude is known only where that P would stand
+    ``unpicked_min_pa_snr`` above the station's noise, plus a weak prior on depth. The
+    origin is the median of ``p - travel time``.
     """
     sigma = thr.pick_sigma_s
     epi = distance_km(g_lat[:, None], g_lon[:, None], p_lat[None, :], p_lon[None, :])
@@ -451,7 +457,11 @@ def _costs(
         limit = np.minimum(cons.until_s, cons.now_s)[None, None, :] - thr.unpicked_margin_s
         nearer = tt_c < tt.max(axis=2, keepdims=True)
         late = (tp_c >= cons.since_s[None, None, :]) & (tp_c < limit) & nearer
-        v = np.where(late, np.minimum(limit - tp_c, 3.0), 0.0) / sigma
+        if cons.magnitude is not None and cons.noise_gal.size:
+            hyp = tt_c * thr.vp_kms
+            seen = thr.p_to_s_ratio * cons.ground_motion.pga_gal(cons.magnitude, hyp)
+            late &= seen >= thr.unpicked_min_pa_snr * np.maximum(cons.noise_gal, 1e-3)
+        v = np.where(late, np.minimum(limit - tp_c, 3.0 * sigma), 0.0) / sigma
         cost = cost + np.sum(v * v, axis=2)
     return cost, origin
 
@@ -1044,6 +1054,7 @@ def _constraints(
     near_lon: float,
     now_s: float,
     cfg: QuakeConfig,
+    magnitude: float | None = None,
 ) -> tuple[_Constraints, list[str]]:
     """The armed stations that did not trigger, nearest first, within range."""
     ids = [k for k, v in armed.items() if k not in exclude and v[2] is not None]
@@ -1062,6 +1073,9 @@ def _constraints(
             since_s=np.array([armed[k][2] or 0.0 for k in sel]),
             until_s=np.array([armed[k][3] for k in sel]),
             now_s=now_s,
+            noise_gal=np.array([armed[k][4] for k in sel]),
+            magnitude=magnitude,
+            ground_motion=cfg.ground_motion,
         ),
         sel,
     )
@@ -1074,9 +1088,10 @@ def _locate_picks(
     now_s: float,
     cfg: QuakeConfig,
     around: Hypocentre | None = None,
+    magnitude: float | None = None,
 ) -> Hypocentre:
     use = sorted(picks, key=lambda s: (s.p_time_s, s.station_id))[: cfg.max_location_picks]
-    cons, _ = _constraints(armed, exclude, use[0].lat, use[0].lon, now_s, cfg)
+    cons, _ = _constraints(armed, exclude, use[0].lat, use[0].lon, now_s, cfg, magnitude)
     return locate(
         [s.lat for s in use],
         [s.lon for s in use],
@@ -1099,6 +1114,9 @@ def _relocate(
     names = {s.station_id for s in ev.stations}
     stations = list(ev.stations)
     hypo = ev.hypo
+    # The magnitude so far decides which silent stations should have seen the P wave.
+    mag, method = _magnitude(ev.stations, hypo, now_s, cfg)
+    known = mag if method != "none" else None
     for _ in range(3):
         picks = [s for s in stations if s.picked]
         if len(picks) < thr.min_stations:
@@ -1106,7 +1124,7 @@ def _relocate(
         # A young or poor event is searched over the whole region; a settled one near
         # its solution (bounded cost).
         around = None if _young(replace(ev, stations=tuple(stations)), cfg) else hypo
-        hypo = _locate_picks(picks, armed, names, now_s, cfg, around=around)
+        hypo = _locate_picks(picks, armed, names, now_s, cfg, around=around, magnitude=known)
         probe = replace(ev, hypo=hypo)
         tol = _tolerance(hypo, cfg)
         new = []
