@@ -450,7 +450,9 @@ class QuakeThresholds(_Strict):
     (``unpicked_min_pa_snr`` times their noise), is not declared (local choices).
 
     Magnitude: Pd (Wu & Zhao 2006) over at least ``pd_min_window_s`` of P, where Pd stands
-    ``pd_min_snr`` above the noise and the S wave has not yet arrived, corrected for the
+    ``pd_magnitude_min_snr`` above the noise (the displacement noise is narrow-band near
+    the high-pass corner, so its peak over a 3 s window reaches 3-4 times its RMS: below
+    that Pd measures the noise) and the S wave has not yet arrived, corrected for the
     station's P-wave high-pass at ``pd_highpass_hz`` (Wu & Zhao used 0.075 Hz) with the
     dominant period of Wu & Kanamori (2005). Until a Pd qualifies, the trigger-band P
     amplitude through the ground-motion model and ``p_to_s_ratio`` (*unconfirmed*); once
@@ -486,6 +488,7 @@ class QuakeThresholds(_Strict):
     unpicked_min_pa_snr: float = Field(default=10.0, gt=0, le=10_000)
     pd_highpass_hz: float = Field(default=0.2, gt=0, le=5)
     pd_min_snr: float = Field(default=3.0, gt=0, le=1000)
+    pd_magnitude_min_snr: float = Field(default=6.0, gt=0, le=1000)
     pd_min_window_s: float = Field(default=1.0, gt=0, le=10)
     p_to_s_ratio: float = Field(default=0.25, gt=0, le=10)
 

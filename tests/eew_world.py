@@ -16,6 +16,7 @@ measure the method, not a calibration.
 
 from __future__ import annotations
 
+import functools
 import random
 import zlib
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ from processors.detectors.quake import (
 )
 from processors.detectors.seismic import SeismicConfig, StationState, process_packet
 from processors.handlers import SeismicOutcome
+from processors.states import SeismicDevice
 from simulator.waveforms import (
     Burst,
     SimQuake,
@@ -253,7 +255,7 @@ def record(sc: Scenario, *, seed: int = 0, cfg: QuakeConfig | None = None) -> Re
                 (
                     st.station_id,
                     SeismicOutcome(
-                        state=res.state,
+                        state=SeismicDevice(station=res.state),
                         points=[],
                         trigger=res.trigger(st.station_id, st.lat, st.lon),
                         observation=obs,
@@ -340,21 +342,35 @@ def replay(
     shuffle: int | None = None,
     cfg: QuakeConfig | None = None,
 ) -> Outcome:
-    """:func:`record` then :func:`associate`."""
-    rec = record(sc, seed=seed, cfg=cfg)
+    """:func:`record` then :func:`associate` (a recording with the default settings
+    is made once per scenario and seed)."""
+    rec = record(sc, seed=seed, cfg=cfg) if cfg is not None else recorded(sc, seed)
     return associate(rec, partitions=partitions, shuffle=shuffle, cfg=cfg)
+
+
+@functools.lru_cache(maxsize=4)
+def recorded(sc: Scenario, seed: int) -> Recording:
+    """:func:`record` with the default settings, made once (tests share it)."""
+    return record(sc, seed=seed)
 
 
 def _shuffled(tick: SeismicTick, rng: random.Random) -> SeismicTick:
     """The same tick with its triggers, observations and statuses in another order."""
-    parts = {
-        "triggers": list(tick.triggers),
-        "observations": list(tick.observations),
-        "stations": list(tick.stations),
-    }
-    for v in parts.values():
-        rng.shuffle(v)
-    return tick.model_copy(update={k: tuple(v) for k, v in parts.items()})
+    triggers, observations, stations = (
+        list(tick.triggers),
+        list(tick.observations),
+        list(tick.stations),
+    )
+    rng.shuffle(triggers)
+    rng.shuffle(observations)
+    rng.shuffle(stations)
+    return tick.model_copy(
+        update={
+            "triggers": tuple(triggers),
+            "observations": tuple(observations),
+            "stations": tuple(stations),
+        }
+    )
 
 
 def quake(lat: float, lon: float, depth_km: float, magnitude: float) -> SimQuake:

@@ -665,7 +665,7 @@ def _station_magnitudes(
             s.pd_cm is not None
             and s.pd_cm > 0
             and s.p_window_s >= thr.pd_min_window_s
-            and (s.pd_snr is None or s.pd_snr >= thr.pd_min_snr)
+            and (s.pd_snr is None or s.pd_snr >= thr.pd_magnitude_min_snr)
         ):
             m_pd[i] = float(_magnitude_pd(np.asarray([s.pd_cm]), r[i : i + 1], cfg)[0])
         if s.pa_gal is not None and s.pa_gal > 0 and (s.pa_snr is None or s.pa_snr >= 3.0):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 
 from simulator.waveforms import Burst, Spike
-from tests.eew_world import LEAD_S, MATRIX, Scenario, associate, quake, record, replay
+from tests.eew_world import LEAD_S, MATRIX, Scenario, associate, quake, recorded, replay
 from tests.stations import T0
 
 
@@ -27,7 +27,7 @@ def _key(out):  # type: ignore[no-untyped-def]
 def test_partitions_and_arrival_order_do_not_change_the_event() -> None:
     # Offshore east of Hualien: picks arrive over many seconds from stations spread over
     # every partition, some picks placed before the second that carried them.
-    rec = record(Scenario("hualien", quake(23.95, 121.95, 20.0, 6.5)), seed=3)
+    rec = recorded(MATRIX[0], 0)
     one = associate(rec, partitions=1)
     assert len(one.event_ids) == 1
     assert len(one.updates) >= 3
