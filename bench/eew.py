@@ -172,10 +172,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"| {max(vals):.2f} | {ok} |"
         )
     print()
-    print("Worst first-alert epicentres:\n")
+    print("Quakes outside a target:\n")
     print(HEADER)
-    worst = sorted(found, key=lambda r: -(r[2].first_error_km if r[2] else 0.0))[:5]
-    for kind, sc, m in worst:
+    outside = [
+        r
+        for r in found
+        if r[2] is not None and any(t is not None and f(r[2]) > t for _, f, t in figures)
+    ]
+    for kind, sc, m in outside:
         q = sc.quake
         assert q is not None
         name = f"{kind} M{q.magnitude} {q.depth_km:.0f} km ({q.lat:.2f}, {q.lon:.2f})"

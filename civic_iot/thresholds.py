@@ -437,8 +437,9 @@ class QuakeThresholds(_Strict):
     triggered ``unpicked_margin_s`` after its predicted P. A location whose
     ``pick_sigma_s`` confidence region reaches further than ``poor_location_km`` from the
     solution is *poor* (ill-conditioned geometry, nearly collinear stations): an event
-    with only ``min_stations`` picks waits for one more while its location is poor
-    (local choices).
+    with only ``min_stations`` picks waits for one more while its location is poor, and
+    one with fewer than ``2 * min_stations`` while its region reaches beyond
+    ``declare_max_uncertainty_km`` (local choices).
 
     Noise discrimination (zero false alarms is the bar): a pick whose trigger-band peak
     stands ``noise_min_pa_snr`` above the noise and whose dominant period
@@ -482,6 +483,7 @@ class QuakeThresholds(_Strict):
     max_rms_s: float = Field(default=1.0, gt=0, le=30)
     unpicked_margin_s: float = Field(default=1.5, ge=0, le=30)
     poor_location_km: float = Field(default=30.0, gt=0, le=1000)
+    declare_max_uncertainty_km: float = Field(default=100.0, gt=0, le=10_000)
     noise_min_pa_snr: float = Field(default=20.0, gt=0, le=10_000)
     noise_max_period_s: float = Field(default=0.4, ge=0, le=10)
     max_magnitude_spread: float = Field(default=1.0, gt=0, le=10)

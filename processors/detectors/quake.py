@@ -1229,6 +1229,8 @@ def _declare(
     hypo = _locate_picks(best, armed, names, now_s, cfg)
     if hypo.rms_s > thr.max_rms_s:
         return None
+    if hypo.uncertainty_km > thr.declare_max_uncertainty_km and len(best) < 2 * thr.min_stations:
+        return None  # a line of picks: near and far offshore fit alike; wait for one more
     sites = _sites(best, thr)
     if sites <= thr.min_stations:
         if hypo.quality == "poor":
