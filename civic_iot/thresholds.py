@@ -476,7 +476,7 @@ class QuakeThresholds(_Strict):
     ] = (0.0, 100.0)
     search_step_deg: float = Field(default=0.2, gt=0, le=2)
     depth_prior_km: float = Field(default=10.0, ge=0, le=700)
-    depth_prior_sigma_km: float = Field(default=25.0, gt=0, le=1000)
+    depth_prior_sigma_km: float = Field(default=35.0, gt=0, le=1000)
     vp_kms: float = Field(default=6.0, gt=0, le=20)
     vs_kms: float = Field(default=3.5, gt=0, le=20)
     pick_sigma_s: float = Field(default=0.3, gt=0, le=10)
