@@ -15,7 +15,6 @@ twice collapses by ``reading_id``.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
