@@ -33,13 +33,16 @@ TimeProblem = Literal["too_old", "future_timestamp", "schema"]
 
 def sample_span_s(reading: Reading) -> tuple[float, float] | None:
     """The times of a reading's first and last sample, epoch s (a seismic packet's last
-    sample is one period before its end); ``None`` when they are not finite numbers."""
+    sample is one period before its end); ``None`` when they are not finite numbers (or
+    the sample rate is no finite positive number)."""
     try:
         first = reading.event_time.timestamp()
         last = first
         data = reading.data
         if isinstance(data, SeismicPayload):
             rate = float(data.sample_rate_hz)
+            if not (math.isfinite(rate) and rate > 0):
+                return None
             last = first + (len(data.x_gal) - 1) / rate
     except (ArithmeticError, ValueError, TypeError):
         return None

@@ -26,11 +26,12 @@ from influxdb_client.client.write_api import SYNCHRONOUS
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
+from civic_iot.contracts.provenance import Marker
 from civic_iot.contracts.readings import AirPayload, Location, Reading, WaterPayload
 from civic_iot.contracts.storage import StorageDeadLetter
 from civic_iot.kafka_admin import ensure_topics, partition_counts
 from civic_iot.registry import Device, Registry
-from civic_iot.settings import Settings, influx_token
+from civic_iot.settings import Settings, influx_token, mark_key
 from civic_iot.thresholds import load_thresholds
 from civic_iot.times import to_ns
 from civic_iot.topology import Topology
@@ -163,11 +164,16 @@ def _reading(device: Device | SimStation, t: datetime, data: Any, township: str)
 
 
 async def _produce(settings: Settings, records: Sequence[tuple[str, str, bytes]]) -> None:
+    """Produce as ingest does: each record with its mark."""
+    mark = Marker(mark_key(settings))
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap, linger_ms=5)
     await producer.start()
     try:
         futs = [
-            await producer.send(topic, value, key=key.encode()) for topic, key, value in records
+            await producer.send(
+                topic, value, key=key.encode(), headers=mark.headers(topic, key.encode(), value)
+            )
+            for topic, key, value in records
         ]
         await asyncio.gather(*futs)
     finally:
