@@ -100,8 +100,8 @@ class DeviceAgent(BatchAgent, Generic[S, OutcomeT]):
     async def on_event(self, event: EventT[Any]) -> None:
         if not await self.guard.marked(event):  # not written by ingest: dead-lettered
             return
-        reading = self._decode(event)
-        if reading is None or not await self.guard.admit(event, reading, self.sink):
+        reading = await self.guard.admit(event, self._decode(event), self.sink)
+        if reading is None:
             return
         msg = event.message
         self.activity.observe(

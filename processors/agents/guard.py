@@ -3,7 +3,7 @@ ingest wrote it and its time lies within the bounds.
 
 Anyone who can produce to Kafka can write to a readings topic. :meth:`ReadingGuard.marked`
 checks ingest's mark (:mod:`civic_iot.contracts.provenance`) before the record is even
-decoded; :meth:`ReadingGuard.admit` checks the decoded reading's time
+decoded; :meth:`ReadingGuard.admit` checks that it decoded, and the reading's time
 (:func:`processors.guard.judge_time`). A refused record is counted (``foreign_records``,
 ``future_records``, ``bad_records`` in the worker's statistics and
 ``civic_processors_refused_records_total`` on ``/metrics``), logged, and written to
@@ -94,20 +94,32 @@ class ReadingGuard:
         )
         return False
 
-    async def admit(self, event: EventT[Any], reading: Reading, sink: PointSink) -> bool:
-        """Whether the reading may reach the detectors: a future one is dead-lettered, an
-        old one only stored (module doc)."""
+    async def admit(
+        self, event: EventT[Any], reading: Reading | None, sink: PointSink
+    ) -> Reading | None:
+        """The reading, if it may reach the detectors. A marked record that is no reading
+        (``reading`` None: the agent could not decode it) and a reading from the future
+        are dead-lettered; an old one is only stored (module doc)."""
+        if reading is None:
+            msg = event.message
+            await self._refuse(
+                event,
+                "schema",
+                f"record on {msg.topic} partition {msg.partition} offset {msg.offset} "
+                "carries ingest's mark but is no reading (the worker's log has why)",
+            )
+            return None
         found = judge_time(reading, self.clock(), self.bounds)
         if found is None:
-            return True
+            return reading
         problem, message = found
         if problem == "too_old":
             self._count(problem)
             logger.warning("reading kept from the detectors reason=too_old %s", message)
             sink.add(reading_points(reading, self.buckets))
-            return False
+            return None
         await self._refuse(event, problem, message)
-        return False
+        return None
 
     def _count(self, reason: str) -> None:
         self.stats.counters[COUNTERS.get(reason, "bad_records")] += 1
