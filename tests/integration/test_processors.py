@@ -49,9 +49,10 @@ from simulator.waveforms import SimQuake, SimStation, Spike, synthesize_packets
 from tests.integration.helpers import REPO, read_topic
 from tests.stations import NOISY, STATIONS
 
-#: The seismic replays start six hours ago: readings as ingest takes them (the worker holds
-#: ingest's time bounds), with room for the rain that follows the quake.
-T0 = float(int(time.time()) - 6 * 3600)
+#: The seismic replays start twelve hours ago: readings as ingest takes them (the worker
+#: holds ingest's time bounds: nothing older than days, nothing ahead of the clock), with
+#: room for the hours of rain that follow the quake.
+T0 = float(int(time.time()) - 12 * 3600)
 
 pytestmark = pytest.mark.integration
 
