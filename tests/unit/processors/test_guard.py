@@ -19,9 +19,11 @@ from civic_iot.contracts.readings import (
     SeismicPayload,
 )
 from civic_iot.settings import InfluxSettings, Settings, mark_key
+from civic_iot.thresholds import thresholds_from
 from civic_iot.timebounds import TimeBounds
 from civic_iot.times import to_ns
 from ops.mark_key import ensure_mark_key
+from processors.app import create_app
 from processors.guard import bound_clocks, bound_tick, judge_time, not_ahead, sample_span_s
 from processors.handlers import Context, handle_quake
 from processors.states import QuakeState
@@ -71,6 +73,8 @@ def test_processes_refuse_to_start_without_a_good_key(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path)
     with pytest.raises(RuntimeError, match="kafka-mark-key does not exist"):
         mark_key(settings)
+    with pytest.raises(RuntimeError, match="kafka-mark-key does not exist"):
+        create_app(settings, registry=REGISTRY, thresholds=thresholds_from({}, REGISTRY))
     path = ensure_mark_key(tmp_path)
     assert path.stat().st_mode & 0o777 == 0o600
     key = mark_key(settings)
