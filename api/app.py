@@ -29,7 +29,8 @@ from api import console, live
 from api.context import ApiContext
 from api.errors import ApiError, ErrorBody, error_code
 from api.influx import QueryFailed, StorageUnavailable
-from api.routes import health
+from api.routes import alerts, devices, health, operations, quakes, townships
+from api.sensorthings import routes as sensorthings
 from civic_iot.settings import Settings, influx_token
 
 logger = logging.getLogger(__name__)
@@ -156,7 +157,17 @@ def create_app(settings: Settings, *, ctx: ApiContext | None = None) -> FastAPI:
     if ctx is not None:
         app.state.ctx = ctx
     _install_errors(app)
-    routers: Sequence[Any] = (health.router, live.router, console.router)
+    routers: Sequence[Any] = (
+        health.router,
+        devices.router,
+        townships.router,
+        alerts.router,
+        quakes.router,
+        operations.router,
+        sensorthings.router,
+        live.router,
+        console.router,
+    )
     for router in routers:
         app.include_router(router)
 

@@ -12,6 +12,7 @@ from typing import Generic, TypeVar
 
 from api.influx import FluxClient
 from api.ratelimit import RateLimiter
+from api.store import Store
 from civic_iot.auth import TokenStore
 from civic_iot.registry import Registry, load_registry
 from civic_iot.settings import Settings
@@ -77,6 +78,13 @@ class ApiContext:
     registry: FileView[Registry]
     clock: Callable[[], float] = time.monotonic
     _thresholds: tuple[int, Thresholds] | None = field(default=None, repr=False)
+    _store: Store | None = field(default=None, repr=False)
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            self._store = Store(self.flux, self.settings.influx)
+        return self._store
 
     def thresholds(self) -> Thresholds:
         """The thresholds file checked against the registry as it is now."""

@@ -1,0 +1,222 @@
+"""The read API's data access: the queries of :mod:`api.queries` run on the Flux client,
+their rows turned into answers by :mod:`api.views`. Thin: no decision is made here that
+a unit test could not make on rows."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from api import queries, views
+from api.catalogue import level_of, presence_field, quantities_of, raw_measurement
+from api.influx import FluxClient, Row, parse_time_ns
+from api.models import (
+    Acknowledgement,
+    AlertMessage,
+    HealthIssue,
+    OpenAlert,
+    QuakeCell,
+    QuakeEvent,
+)
+from api.queries import Where, Window
+from civic_iot.registry import Device, Registry
+from civic_iot.settings import InfluxSettings
+from civic_iot.storage import schema
+from civic_iot.storage.schema import Measurement
+
+__all__ = ["Store"]
+
+#: Within this much after an estimate's time lie all its cells (``time + i`` ns, i < 10^6).
+_CELLS_SPAN_NS = 1_000_000
+
+
+class Store:
+    """Queries over one InfluxDB organisation and its configured buckets."""
+
+    def __init__(self, flux: FluxClient, influx: InfluxSettings) -> None:
+        self.flux = flux
+        self.influx = influx
+
+    async def _latest(
+        self, m: Measurement, where: Where, fields: Sequence[str] | None = None
+    ) -> list[Row]:
+        return await self.flux.query(queries.latest(m, self.influx, where, fields=fields))
+
+    # ------------------------------------------------------------------ devices
+
+    async def readings(self, devices: Sequence[Device], where: Where) -> list[Row]:
+        """The newest value of each quantity of these devices (``where``: the tags that
+        select them in storage, e.g. one device or one township)."""
+        groups: dict[str, tuple[Measurement, set[str]]] = {}
+        for d in devices:
+            m = raw_measurement(d.kind)
+            groups.setdefault(m.name, (m, set()))[1].update(q.field for q in quantities_of(d))
+        results = await asyncio.gather(
+            *(self._latest(m, where, sorted(fields)) for m, fields in groups.values())
+        )
+        return [r for rows in results for r in rows]
+
+    async def last_seen(self, devices: Sequence[Device], where: Where) -> dict[str, int]:
+        """Each device's newest stored event time, ns (from the one field every point of
+        its measurement carries: one series per device)."""
+        groups = {raw_measurement(d.kind).name: raw_measurement(d.kind) for d in devices}
+        results = await asyncio.gather(
+            *(self._latest(m, where, [presence_field(m)]) for m in groups.values())
+        )
+        seen: dict[str, int] = {}
+        for rows in results:
+            for r in rows:
+                dev = r.get("device")
+                if dev is not None and r["_time"] > seen.get(dev, -1):
+                    seen[dev] = r["_time"]
+        return seen
+
+    async def levels(
+        self, devices: Sequence[Device], where: Where, *, figures: bool = False
+    ) -> dict[str, views.StoredPoint]:
+        """Each device's newest level point: its ranking field, or every field of it
+        (``figures``; one series per field and device, so dearer)."""
+        wanted: dict[str, tuple[Measurement, set[str]]] = {}
+        for d in devices:
+            m, field = level_of(d)
+            wanted.setdefault(m.name, (m, set()))[1].add(field)
+        results = await asyncio.gather(
+            *(
+                self._latest(m, _device_tags(m, where), None if figures else sorted(fields))
+                for m, fields in wanted.values()
+            )
+        )
+        out: dict[str, views.StoredPoint] = {}
+        for (m, _), rows in zip(wanted.values(), results, strict=True):
+            for p in views.newest_points(rows, m):
+                dev = p.get("device")
+                if dev and (dev not in out or p["_time"] > out[dev]["_time"]):
+                    out[dev] = p
+        return out
+
+    async def health(self, where: Where) -> dict[str, list[HealthIssue]]:
+        m = schema.SENSOR_HEALTH
+        return views.health_issues(await self._latest(m, _device_tags(m, where)))
+
+    # ------------------------------------------------------------------ alerts
+
+    async def open_alerts(self, registry: Registry, where: Where = {}) -> list[OpenAlert]:  # noqa: B006
+        """Open alerts (newest first), with their acknowledgements."""
+        m = schema.ALERT
+        rows = await self._latest(m, where)
+        opened = views.open_alerts(views.newest_points(rows, m), registry)
+        if not opened:
+            return opened
+        ids = [a.alert_id for a in opened]
+        start = min(_ns(a.opened or a.last.sent) for a in opened)
+        ack_rows = await self.flux.query(
+            queries.history(schema.ACK, self.influx, start_ns=start, newest_first=False)
+        )
+        acks = views.acknowledgements(
+            p for p in map(views.pivoted_point, ack_rows) if p.get("alert_id") in ids
+        )
+        return [a.model_copy(update={"acknowledgements": acks.get(a.alert_id, [])}) for a in opened]
+
+    async def alert_messages(
+        self,
+        where: Where,
+        *,
+        start_ns: int | None,
+        stop_ns: int | None,
+        limit: int,
+        offset: int,
+        alert_id: str | None = None,
+        newest_first: bool = True,
+    ) -> list[AlertMessage]:
+        q = queries.history(
+            schema.ALERT,
+            self.influx,
+            where,
+            start_ns=start_ns,
+            stop_ns=stop_ns,
+            match={"alert_id": alert_id} if alert_id else None,
+            limit=limit,
+            offset=offset,
+            newest_first=newest_first,
+        )
+        return [views.alert_message(views.pivoted_point(r)) for r in await self.flux.query(q)]
+
+    async def acknowledgements(self, alert_id: str) -> list[Acknowledgement]:
+        q = queries.history(
+            schema.ACK, self.influx, match={"alert_id": alert_id}, newest_first=False
+        )
+        rows = await self.flux.query(q)
+        return views.acknowledgements(map(views.pivoted_point, rows)).get(alert_id, [])
+
+    # ------------------------------------------------------------------ earthquakes
+
+    async def quake_events(
+        self, *, start_ns: int | None, stop_ns: int | None, event_id: str | None = None
+    ) -> list[QuakeEvent]:
+        """Each event's latest estimate within the range, newest origin first."""
+        m = schema.QUAKE_EVENT
+        q = queries.latest(m, self.influx, {"event_id": event_id} if event_id else {},
+                           start_ns=start_ns, stop_ns=stop_ns)  # fmt: skip
+        events = [views.quake_event(p) for p in views.newest_points(await self.flux.query(q), m)]
+        events.sort(key=lambda e: (e.origin_time or "", e.event_id), reverse=True)
+        return events
+
+    async def quake_cells(self, event: QuakeEvent) -> list[QuakeCell]:
+        """The cells of an event's latest estimate, in grid order."""
+        t = _ns(event.estimated_at)
+        q = queries.history(
+            schema.QUAKE_CELL,
+            self.influx,
+            {"event_id": event.event_id},
+            start_ns=t,
+            stop_ns=t + _CELLS_SPAN_NS,
+            newest_first=False,
+        )
+        return [views.quake_cell(views.pivoted_point(r), t) for r in await self.flux.query(q)]
+
+    # ------------------------------------------------------------------ series
+
+    async def series(
+        self,
+        device: Device,
+        field: str,
+        *,
+        start_ns: int,
+        stop_ns: int,
+        window: Window | None,
+        limit: int,
+        offset: int,
+    ) -> list[Row]:
+        m = raw_measurement(device.kind)
+        q = queries.series(
+            m, self.influx, {"device": device.id}, field,
+            start_ns=start_ns, stop_ns=stop_ns, window=window, limit=limit, offset=offset,
+        )  # fmt: skip
+        return await self.flux.query(q)
+
+    # ------------------------------------------------------------------ operations
+
+    async def pipeline(self, start_ns: int) -> tuple[list[views.StoredPoint], list[Row]]:
+        """The newest ``pipeline`` point of each process instance, and the rows of the
+        readings-in rate since ``start``."""
+        m = schema.PIPELINE
+        newest, rate = await asyncio.gather(
+            self.flux.query(queries.latest(m, self.influx, {}, start_ns=start_ns)),
+            self.flux.query(queries.rate(m, self.influx, "readings_in", start_ns=start_ns)),
+        )
+        return views.newest_points(newest, m), rate
+
+    async def deadletters(self, start_ns: int) -> list[Row]:
+        m = schema.DEADLETTER
+        return await self.flux.query(
+            queries.counts(m, self.influx, "count", ("reason", "kind"), start_ns=start_ns)
+        )
+
+
+def _device_tags(m: Measurement, where: Where) -> Where:
+    """``where`` restricted to the tags ``m`` has (a level measurement may lack one)."""
+    return {k: v for k, v in where.items() if k in m.tag_names}
+
+
+def _ns(text: str) -> int:
+    return parse_time_ns(text)
