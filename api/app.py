@@ -95,6 +95,11 @@ def _install_errors(app: FastAPI) -> None:
     async def failed(_r: Request, exc: Exception) -> JSONResponse:
         return _json_error(500, f"internal error: a storage query failed ({exc})")
 
+    async def crashed(_r: Request, exc: Exception) -> JSONResponse:
+        logger.error("unhandled error error=%r", exc)
+        return _json_error(500, "internal error; the service log has the details")
+
+    app.add_exception_handler(Exception, crashed)
     app.add_exception_handler(ApiError, api_error)
     app.add_exception_handler(RequestValidationError, invalid)
     app.add_exception_handler(StarletteHTTPException, http_error)

@@ -256,6 +256,11 @@ def _level_text(rank: object) -> str | None:
     return None
 
 
+def _intensity(text: object, rank: object) -> str | None:
+    """A stored CWA level, or the level of its rank when the text is not one."""
+    return text if isinstance(text, str) and text in INTENSITY_LEVELS else _level_text(rank)
+
+
 def quake_event(p: StoredPoint) -> QuakeEvent:
     return QuakeEvent(
         event_id=p.get("event_id", ""),
@@ -277,7 +282,7 @@ def quake_cell(p: StoredPoint, estimate_ns: int) -> QuakeCell:
         lat=p.get("lat", 0.0),
         lon=p.get("lon", 0.0),
         township=p.get("township"),
-        intensity=p.get("intensity") or _level_text(p.get("intensity_rank")),
+        intensity=_intensity(p.get("intensity"), p.get("intensity_rank")),
         intensity_rank=p.get("intensity_rank"),
         s_wave_s=s,
         s_wave_at=None if s is None else format_ns(estimate_ns + round(s * 1e9)),

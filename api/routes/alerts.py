@@ -117,8 +117,9 @@ async def alert_messages(
 
 
 def _after(sent: str) -> str:
-    """An RFC 3339 time 1 ns after ``sent`` (``until`` is exclusive)."""
-    return format_ns(parse_time_ns(sent) + 1)
+    """The first whole microsecond after ``sent`` (``until`` is exclusive, and a query
+    parameter's time is read to the microsecond)."""
+    return format_ns((parse_time_ns(sent) // 1000 + 1) * 1000)
 
 
 @router.get(
