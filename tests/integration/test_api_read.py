@@ -16,6 +16,7 @@ from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
 
 from api.influx import format_ns
+from civic_iot.auth import TokenStore
 from civic_iot.settings import Settings
 from ops.pipeline import free_port
 from tests.integration.api_env import (
@@ -303,5 +304,32 @@ def test_storage_unavailable_is_503_with_retry_after(stack: Settings, tmp_path: 
         assert requests.get(f"{base}/sta/v1.1/Things('air-0001')", timeout=10).status_code == 200
         assert requests.get(f"{base}/api/v1/townships", timeout=10).status_code == 200
         assert proc.poll() is None
+    finally:
+        stop(proc)
+
+
+def test_public_reads_are_rate_limited_per_client(stack: Settings, tmp_path: Path) -> None:
+    """Without a token: a burst, then 429 with Retry-After, for every public route alike
+    (one bucket per client IP); a token is not counted; /health is never limited."""
+    env = {"CIVIC_API__PUBLIC_BURST": "3", "CIVIC_API__PUBLIC_RATE_PER_S": "0.2"}
+    store = TokenStore.of(tmp_path)
+    _, token = store.issue("test-agency", "agency")
+    base, proc, _log = start_api(stack, tmp_path, env)
+    try:
+        paths = ["/api/v1/townships", "/sta/v1.1/Things('air-0001')", "/api/v1/townships"]
+        assert [requests.get(f"{base}{p}", timeout=10).status_code for p in paths] == [200] * 3
+        refused = requests.get(f"{base}/sta/v1.0", timeout=10)
+        assert refused.status_code == 429
+        assert refused.headers["Retry-After"] == "5"
+        assert "send a token" in refused.json()["message"]
+        with_token = [
+            requests.get(
+                f"{base}/api/v1/townships", headers={"Authorization": f"Bearer {token}"}, timeout=10
+            ).status_code
+            for _ in range(5)
+        ]
+        assert with_token == [200] * 5
+        assert requests.get(f"{base}/health", timeout=10).status_code == 200
+        assert requests.get(f"{base}/api/v1/townships", timeout=10).status_code == 429
     finally:
         stop(proc)
