@@ -83,7 +83,12 @@ class ApiContext:
     @property
     def store(self) -> Store:
         if self._store is None:
-            self._store = Store(self.flux, self.settings.influx)
+            self._store = Store(
+                self.flux,
+                self.settings.influx,
+                cache_ttl_s=self.settings.api.cache_ttl_s,
+                clock=self.clock,
+            )
         return self._store
 
     def thresholds(self) -> Thresholds:

@@ -5,9 +5,12 @@ a unit test could not make on rows."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from api import queries, views
+from api.cache import Recent, freeze
 from api.catalogue import level_of, presence_field, quantities_of, raw_measurement
 from api.influx import FluxClient, Row, parse_time_ns
 from api.models import (
@@ -33,9 +36,18 @@ _CELLS_SPAN_NS = 1_000_000
 class Store:
     """Queries over one InfluxDB organisation and its configured buckets."""
 
-    def __init__(self, flux: FluxClient, influx: InfluxSettings) -> None:
+    def __init__(
+        self,
+        flux: FluxClient,
+        influx: InfluxSettings,
+        *,
+        cache_ttl_s: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.flux = flux
         self.influx = influx
+        self._open_alerts: Recent[list[OpenAlert]] = Recent(cache_ttl_s, clock)
+        self.recent: Recent[Any] = Recent(cache_ttl_s, clock)
 
     async def _latest(
         self, m: Measurement, where: Where, fields: Sequence[str] | None = None
@@ -101,7 +113,13 @@ class Store:
     # ------------------------------------------------------------------ alerts
 
     async def open_alerts(self, registry: Registry, where: Where = {}) -> list[OpenAlert]:  # noqa: B006
-        """Open alerts (newest first), with their acknowledgements."""
+        """Open alerts (newest first), with their acknowledgements (reused for the cache's
+        time: every device and township answer includes them)."""
+        return await self._open_alerts.get(
+            (id(registry), freeze(dict(where))), lambda: self._read_open_alerts(registry, where)
+        )
+
+    async def _read_open_alerts(self, registry: Registry, where: Where) -> list[OpenAlert]:
         m = schema.ALERT
         rows = await self._latest(m, where)
         opened = views.open_alerts(views.newest_points(rows, m), registry)

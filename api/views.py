@@ -36,6 +36,7 @@ __all__ = [
     "alert_message",
     "device_status",
     "health_issues",
+    "last_seen",
     "newest_points",
     "open_alerts",
     "pivoted_point",
@@ -74,6 +75,17 @@ def pivoted_point(row: Row) -> StoredPoint:
     return {k: v for k, v in row.items() if k not in _META or k == "_time"}
 
 
+def last_seen(rows: Iterable[Row]) -> dict[str, int]:
+    """Each device's newest time among rows of its quantities: a reading carries at
+    least one quantity, so this is its newest reading's time."""
+    seen: dict[str, int] = {}
+    for r in rows:
+        dev = r.get("device")
+        if dev is not None and r["_time"] > seen.get(dev, -1):
+            seen[dev] = r["_time"]
+    return seen
+
+
 def readings(rows: Iterable[Row], device: Device) -> list[Reading]:
     """A device's newest value of each quantity it reports, in the catalogue's order."""
     newest: dict[str, Row] = {}
@@ -103,7 +115,7 @@ def health_issues(rows: Iterable[Row]) -> dict[str, list[HealthIssue]]:
         if p.get("active") is True:
             out[p["device"]].append(
                 HealthIssue(
-                    issue=p["issue"], since=format_ns(p["_time"]), detail=p.get("detail", "")
+                    issue=p["issue"], since=format_ns(p["_time"]), detail=p.get("detail") or ""
                 )
             )
     return out
@@ -170,17 +182,17 @@ def alert_message(p: StoredPoint) -> AlertMessage:
     """An ``alert`` point as a message."""
     return AlertMessage(
         sent=format_ns(p["_time"]),
-        identifier=p.get("identifier", ""),
-        alert_id=p.get("alert_id", ""),
-        hazard=p.get("hazard", ""),
-        area=p.get("area", ""),
-        msg_type=p.get("msg_type", ""),
-        severity=p.get("severity", ""),
-        status=p.get("status", ""),
+        identifier=p.get("identifier") or "",
+        alert_id=p.get("alert_id") or "",
+        hazard=p.get("hazard") or "",
+        area=p.get("area") or "",
+        msg_type=p.get("msg_type") or "",
+        severity=p.get("severity") or "",
+        status=p.get("status") or "",
         sequence=p.get("sequence"),
         level=p.get("level"),
-        headline=p.get("headline", ""),
-        reason=p.get("reason", ""),
+        headline=p.get("headline") or "",
+        reason=p.get("reason") or "",
         latency_ms=p.get("latency_ms"),
     )
 
@@ -190,7 +202,9 @@ def acknowledgements(points: Iterable[StoredPoint]) -> dict[str, list[Acknowledg
     out: dict[str, list[Acknowledgement]] = defaultdict(list)
     for p in sorted(points, key=lambda p: p["_time"]):
         out[p.get("alert_id", "")].append(
-            Acknowledgement(by=p.get("by", ""), note=p.get("note", ""), at=format_ns(p["_time"]))
+            Acknowledgement(
+                by=p.get("by") or "", note=p.get("note") or "", at=format_ns(p["_time"])
+            )
         )
     return out
 
@@ -263,7 +277,7 @@ def _intensity(text: object, rank: object) -> str | None:
 
 def quake_event(p: StoredPoint) -> QuakeEvent:
     return QuakeEvent(
-        event_id=p.get("event_id", ""),
+        event_id=p.get("event_id") or "",
         origin_time=p.get("origin_time"),
         lat=p.get("lat"),
         lon=p.get("lon"),
@@ -279,8 +293,8 @@ def quake_cell(p: StoredPoint, estimate_ns: int) -> QuakeCell:
     """A cell; ``s_wave_at`` is the estimate's time plus the cell's ``s_wave_s``."""
     s = p.get("s_wave_s")
     return QuakeCell(
-        lat=p.get("lat", 0.0),
-        lon=p.get("lon", 0.0),
+        lat=p.get("lat") or 0.0,
+        lon=p.get("lon") or 0.0,
         township=p.get("township"),
         intensity=_intensity(p.get("intensity"), p.get("intensity_rank")),
         intensity_rank=p.get("intensity_rank"),

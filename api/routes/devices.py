@@ -14,7 +14,7 @@ from api import views
 from api.catalogue import level_of, quantities_of
 from api.deps import PUBLIC, context, principal, public
 from api.errors import ApiError, ErrorBody
-from api.influx import format_ns
+from api.influx import Row, format_ns
 from api.models import (
     DeviceDetail,
     DeviceStatus,
@@ -55,19 +55,31 @@ def device_of(registry: Registry, device_id: str) -> Device:
 
 async def statuses(
     request: Request, devices: Sequence[Device], where: Where, *, detail: bool = False
-) -> list[dict[str, object]]:
-    """The status fields of each device (``where``: the storage tags selecting them)."""
+) -> tuple[list[dict[str, object]], list[Row]]:
+    """The status fields of each device (``where``: the storage tags selecting them);
+    with ``detail``, every field of the level point and the newest readings too (their
+    rows, from which the last reading's time is taken as well)."""
     ctx = context(request)
     registry = ctx.registry.get()
     store = ctx.store
-    seen, levels, issues, alerts = await asyncio.gather(
-        store.last_seen(devices, where),
-        store.levels(devices, where, figures=detail),
-        store.health(where),
-        store.open_alerts(registry),
-    )
+    rows: list[Row] = []
+    if detail:
+        rows, levels, issues, alerts = await asyncio.gather(
+            store.readings(devices, where),
+            store.levels(devices, where, figures=True),
+            store.health(where),
+            store.open_alerts(registry),
+        )
+        seen = views.last_seen(rows)
+    else:
+        seen, levels, issues, alerts = await asyncio.gather(
+            store.last_seen(devices, where),
+            store.levels(devices, where),
+            store.health(where),
+            store.open_alerts(registry),
+        )
     refs = [views.alert_ref(a) for a in alerts]
-    return [
+    out = [
         views.device_status(
             d,
             registry,
@@ -79,6 +91,7 @@ async def statuses(
         )
         for d in devices
     ]
+    return out, rows
 
 
 @router.get(
@@ -118,7 +131,7 @@ async def list_devices(
         where = {"township": township}
     elif len(page) < len(registry):
         where = {"device": [d.id for d in page]}
-    items = [DeviceStatus(**s) for s in await statuses(request, page, where)] if page else []
+    items = [DeviceStatus(**s) for s in (await statuses(request, page, where))[0]] if page else []
     return Page[DeviceStatus](
         items=items,
         limit=size,
@@ -142,10 +155,7 @@ async def get_device(
 ) -> DeviceDetail:
     ctx = context(request)
     device = device_of(ctx.registry.get(), device_id)
-    where: Where = {"device": device.id}
-    (status,), rows = await asyncio.gather(
-        statuses(request, [device], where, detail=True), ctx.store.readings([device], where)
-    )
+    (status,), rows = await statuses(request, [device], {"device": device.id}, detail=True)
     return DeviceDetail(**status, readings=views.readings(rows, device))
 
 

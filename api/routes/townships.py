@@ -71,15 +71,24 @@ async def township_latest(
     ctx = context(request)
     registry = ctx.registry.get()
     town = township_of(registry, code)
+    answer: TownshipLatest = await ctx.store.recent.get(
+        ("township", id(registry), code), lambda: _township_latest(request, registry, town)
+    )
+    return answer
+
+
+async def _township_latest(request: Request, registry: Registry, town: Township) -> TownshipLatest:
+    ctx = context(request)
+    code = town.code
     devices = sorted((d for d in registry if d.township == code), key=lambda d: d.id)
     where = {"township": code}
     air_q = queries.latest(schema.TOWNSHIP_AIR, ctx.settings.influx, where)
-    rows, seen, air_rows, alerts = await asyncio.gather(
+    rows, air_rows, alerts = await asyncio.gather(
         ctx.store.readings(devices, where) if devices else _nothing(),
-        ctx.store.last_seen(devices, where) if devices else _nothing_seen(),
         ctx.flux.query(air_q),
         ctx.store.open_alerts(registry, {"area": code}),
     )
+    seen = views.last_seen(rows)
     air = None
     points = views.newest_points(air_rows, schema.TOWNSHIP_AIR)
     if points:
@@ -110,7 +119,3 @@ async def township_latest(
 
 async def _nothing() -> list[dict[str, object]]:
     return []
-
-
-async def _nothing_seen() -> dict[str, int]:
-    return {}

@@ -320,7 +320,8 @@ def test_public_reads_are_rate_limited_per_client(stack: Settings, tmp_path: Pat
         assert [requests.get(f"{base}{p}", timeout=10).status_code for p in paths] == [200] * 3
         refused = requests.get(f"{base}/sta/v1.0", timeout=10)
         assert refused.status_code == 429
-        assert refused.headers["Retry-After"] == "5"
+        # 1 / 0.2 s for the next request, less the time the burst took.
+        assert 1 <= int(refused.headers["Retry-After"]) <= 5
         assert "send a token" in refused.json()["message"]
         with_token = [
             requests.get(
