@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from api.cache import Recent
 from api.catalogue import QUANTITIES, level_of, presence_field, quantities_of, raw_measurement
 from api.influx import QueryFailed, flux_string, format_ns, parse_csv, parse_time_ns
 from api.queries import Window, in_pred, latest, series
@@ -191,3 +194,47 @@ def test_newest_point_does_not_mix_fields_of_older_points() -> None:
     (p,) = newest_points(rows, schema.SENSOR_HEALTH)
     assert p["active"] is False
     assert "detail" not in p
+
+
+# --------------------------------------------------------------------------- cache
+
+
+def test_recent_answers_are_shared_and_expire() -> None:
+    now = [0.0]
+    calls: list[str] = []
+    recent: Recent[str] = Recent(1.0, lambda: now[0])
+
+    async def make(tag: str) -> str:
+        calls.append(tag)
+        await asyncio.sleep(0)
+        return tag
+
+    async def scenario() -> list[str]:
+        together = await asyncio.gather(*(recent.get("k", lambda: make("a")) for _ in range(5)))
+        now[0] = 0.5
+        kept = await recent.get("k", lambda: make("b"))
+        now[0] = 1.5
+        fresh = await recent.get("k", lambda: make("c"))
+        return [*together, kept, fresh]
+
+    assert asyncio.run(scenario()) == ["a"] * 6 + ["c"]
+    assert calls == ["a", "c"]  # five concurrent callers, one computation
+
+
+def test_recent_keeps_no_failure() -> None:
+    recent: Recent[int] = Recent(10.0, lambda: 0.0)
+    attempts = [0]
+
+    async def flaky() -> int:
+        attempts[0] += 1
+        if attempts[0] == 1:
+            raise RuntimeError("down")
+        return 7
+
+    async def scenario() -> int:
+        with pytest.raises(RuntimeError):
+            await recent.get("k", flaky)
+        return await recent.get("k", flaky)
+
+    assert asyncio.run(scenario()) == 7
+    assert Recent(0.0, lambda: 0.0).ttl_s == 0
