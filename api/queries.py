@@ -31,6 +31,7 @@ __all__ = [
     "history",
     "in_pred",
     "latest",
+    "newest_times",
     "rate",
     "series",
     "tag",
@@ -182,6 +183,30 @@ def history(
     if limit is not None:
         q += f"\n  |> limit(n: {limit}, offset: {offset})"
     return q
+
+
+def newest_times(
+    m: Measurement,
+    influx: InfluxSettings,
+    where: Where,
+    field: str,
+    *,
+    start_ns: int | None,
+    stop_ns: int | None,
+    limit: int,
+    offset: int,
+) -> str:
+    """The times (and tags) of points of ``m``, newest first, paged: one field read, each
+    series cut to the page before the merge (a page of whole points costs then one small
+    :func:`history` over the page's time span, not a pivot of everything)."""
+    return (
+        f"{_from(m, influx)}\n  |> {_range(start_ns, stop_ns)}\n"
+        f"  |> filter(fn: (r) => {_filter(m, where, [field])})\n"
+        f"  |> tail(n: {offset + limit})\n"
+        '  |> drop(columns: ["_start", "_stop", "_measurement", "_field"])\n'
+        '  |> group()\n  |> sort(columns: ["_time"], desc: true)\n'
+        f"  |> limit(n: {limit}, offset: {offset})"
+    )
 
 
 def counts(

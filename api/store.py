@@ -146,18 +146,43 @@ class Store:
         alert_id: str | None = None,
         newest_first: bool = True,
     ) -> list[AlertMessage]:
-        q = queries.history(
-            schema.ALERT,
-            self.influx,
-            where,
-            start_ns=start_ns,
-            stop_ns=stop_ns,
-            match={"alert_id": alert_id} if alert_id else None,
-            limit=limit,
-            offset=offset,
-            newest_first=newest_first,
+        """Issued messages: those of one alert (every one, in order), or a page of all of
+        them newest first (their times found first, then only those points read whole)."""
+        m = schema.ALERT
+        if alert_id is not None:
+            q = queries.history(
+                m,
+                self.influx,
+                where,
+                start_ns=start_ns,
+                stop_ns=stop_ns,
+                match={"alert_id": alert_id},
+                limit=limit,
+                offset=offset,
+                newest_first=newest_first,
+            )
+            return [views.alert_message(views.pivoted_point(r)) for r in await self.flux.query(q)]
+        page = await self.flux.query(
+            queries.newest_times(
+                m,
+                self.influx,
+                where,
+                "identifier",
+                start_ns=start_ns,
+                stop_ns=stop_ns,
+                limit=limit,
+                offset=offset,
+            )
         )
-        return [views.alert_message(views.pivoted_point(r)) for r in await self.flux.query(q)]
+        if not page:
+            return []
+        wanted = [(r["_time"], r.get("_value")) for r in page]
+        times = [t for t, _ in wanted]
+        rows = await self.flux.query(
+            queries.history(m, self.influx, where, start_ns=min(times), stop_ns=max(times) + 1)
+        )
+        by_key = {(p["_time"], p.get("identifier")): p for p in map(views.pivoted_point, rows)}
+        return [views.alert_message(by_key[k]) for k in wanted if k in by_key]
 
     async def acknowledgements(self, alert_id: str) -> list[Acknowledgement]:
         q = queries.history(
@@ -173,8 +198,13 @@ class Store:
     ) -> list[QuakeEvent]:
         """Each event's latest estimate within the range, newest origin first."""
         m = schema.QUAKE_EVENT
-        q = queries.latest(m, self.influx, {"event_id": event_id} if event_id else {},
-                           start_ns=start_ns, stop_ns=stop_ns)  # fmt: skip
+        q = queries.latest(
+            m,
+            self.influx,
+            {"event_id": event_id} if event_id else {},
+            start_ns=start_ns,
+            stop_ns=stop_ns,
+        )
         events = [views.quake_event(p) for p in views.newest_points(await self.flux.query(q), m)]
         events.sort(key=lambda e: (e.origin_time or "", e.event_id), reverse=True)
         return events
@@ -207,9 +237,16 @@ class Store:
     ) -> list[Row]:
         m = raw_measurement(device.kind)
         q = queries.series(
-            m, self.influx, {"device": device.id}, field,
-            start_ns=start_ns, stop_ns=stop_ns, window=window, limit=limit, offset=offset,
-        )  # fmt: skip
+            m,
+            self.influx,
+            {"device": device.id},
+            field,
+            start_ns=start_ns,
+            stop_ns=stop_ns,
+            window=window,
+            limit=limit,
+            offset=offset,
+        )
         return await self.flux.query(q)
 
     # ------------------------------------------------------------------ operations
