@@ -221,8 +221,8 @@ class ApiSettings(BaseModel):
     trusted_proxies: tuple[str, ...] = ()
     #: Per-query timeout to InfluxDB, seconds; a slower query answers 503.
     query_timeout_s: float = Field(default=10.0, gt=0)
-    #: Seconds an answer polled by many (the open alerts, a township's newest readings)
-    #: is reused, shared by the requests that arrive meanwhile (0: never reused).
+    #: Seconds an answer polled by many (the open alerts, a device's or township's newest
+    #: readings) is reused, shared by the requests arriving meanwhile (0: never reused).
     cache_ttl_s: float = Field(default=1.0, ge=0)
     #: Items per page when a request names no ``limit`` / ``$top``, and the most it may ask.
     default_page: int = Field(default=100, ge=1)

@@ -172,9 +172,14 @@ async def device_latest(
     device_id: DeviceId,
 ) -> list[Reading]:
     ctx = context(request)
-    device = device_of(ctx.registry.get(), device_id)
-    rows = await ctx.store.readings([device], {"device": device.id})
-    return views.readings(rows, device)
+    registry = ctx.registry.get()
+    device = device_of(registry, device_id)
+
+    async def read() -> list[Reading]:
+        return views.readings(await ctx.store.readings([device], {"device": device.id}), device)
+
+    answer: list[Reading] = await ctx.store.recent.get(("latest", id(registry), device.id), read)
+    return answer
 
 
 @router.get(
