@@ -1,11 +1,11 @@
 """A short-lived memory of expensive answers, shared by concurrent requests.
 
 The open alerts are part of every device and township answer, and a map or a phone
-polls the same device or township every few seconds: for ``ttl_s`` seconds (``CIVIC_API__CACHE_TTL_S``,
-1 s by default; 0 turns it off) an answer is reused, and requests arriving while it is
-being computed wait for that one computation instead of each asking InfluxDB. Failures
-are not kept. Live changes reach clients through the push feeds, not through polling, so
-a second of staleness costs nothing there.
+polls the same device or township every few seconds: for ``ttl_s`` seconds
+(``CIVIC_API__CACHE_TTL_S``, 1 s by default; 0 turns it off) an answer is reused, and
+requests arriving while it is being computed wait for that one computation instead of
+each asking InfluxDB. Failures are not kept. Live changes reach clients through the push
+feeds, not through polling, so a second of staleness costs nothing there.
 """
 
 from __future__ import annotations

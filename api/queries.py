@@ -33,6 +33,7 @@ __all__ = [
     "latest",
     "newest_times",
     "rate",
+    "recent_last",
     "series",
     "tag",
 ]
@@ -109,6 +110,26 @@ def latest(
     return (
         f"{_from(m, influx)}\n  |> {_range(start_ns, stop_ns)}\n"
         f"  |> filter(fn: (r) => {_filter(m, where, fields)})\n  |> last()"
+    )
+
+
+def recent_last(
+    m: Measurement,
+    influx: InfluxSettings,
+    where: Where,
+    fields: Sequence[str],
+    *,
+    start_ns: int,
+) -> str:
+    """The newest point of every series of ``m`` since ``start`` (a few minutes ago),
+    found by reading those minutes rather than by a pushed-down ``last()``: InfluxDB reads
+    the newest shard's recent blocks once instead of the end of every series in every
+    shard, several times faster for a township's hundred series."""
+    return (
+        f"{_from(m, influx)}\n  |> {_range(start_ns, None)}\n"
+        f"  |> filter(fn: (r) => {_filter(m, where, fields)})\n"
+        '  |> keep(columns: ["_time", "_value", "_field", "device"])\n'
+        '  |> group(columns: ["device", "_field"])\n  |> last()\n  |> group()'
     )
 
 

@@ -31,6 +31,10 @@ __all__ = ["Store"]
 
 #: Within this much after an estimate's time lie all its cells (``time + i`` ns, i < 10^6).
 _CELLS_SPAN_NS = 1_000_000
+#: The window :meth:`Store.readings` reads first, ns.
+RECENT_NS = 15 * 60 * 1_000_000_000
+#: How long what a device reports (its quantities with data) is trusted, seconds.
+KNOWN_FOR_S = 600.0
 
 
 class Store:
@@ -46,7 +50,10 @@ class Store:
     ) -> None:
         self.flux = flux
         self.influx = influx
+        self._clock = clock
         self._open_alerts: Recent[list[OpenAlert]] = Recent(cache_ttl_s, clock)
+        #: device -> (when learned, the quantities it has data for)
+        self._known: dict[str, tuple[float, frozenset[str]]] = {}
         self.recent: Recent[Any] = Recent(cache_ttl_s, clock)
 
     async def _latest(
@@ -58,15 +65,66 @@ class Store:
 
     async def readings(self, devices: Sequence[Device], where: Where) -> list[Row]:
         """The newest value of each quantity of these devices (``where``: the tags that
-        select them in storage, e.g. one device or one township)."""
+        select them in storage, e.g. one device or one township).
+
+        The last :data:`RECENT_NS` are read first (cheap); a device is then read over all
+        time (a pushed-down ``last()`` per series, dearer) only when that window lacks one
+        of the quantities it is known to report, or when what it reports is not known or
+        older than :data:`KNOWN_FOR_S` (each all-time read refreshes it). So a device that
+        reports a quantity less often than the window still gets its newest value, and a
+        busy township costs the window's points, not every series' end in every shard.
+        """
+        now = self._clock()
         groups: dict[str, tuple[Measurement, set[str]]] = {}
         for d in devices:
             m = raw_measurement(d.kind)
             groups.setdefault(m.name, (m, set()))[1].update(q.field for q in quantities_of(d))
-        results = await asyncio.gather(
-            *(self._latest(m, where, sorted(fields)) for m, fields in groups.values())
+        start = time.time_ns() - RECENT_NS
+        recent = await asyncio.gather(
+            *(
+                self.flux.query(
+                    queries.recent_last(m, self.influx, where, sorted(f), start_ns=start)
+                )
+                for m, f in groups.values()
+            )
         )
-        return [r for rows in results for r in rows]
+        rows = [r for part in recent for r in part]
+        have = {(r.get("device"), r.get("_field")) for r in rows}
+        stale = []
+        for d in devices:
+            known = self._known.get(d.id)
+            if (
+                known is None
+                or now - known[0] > KNOWN_FOR_S
+                or any((d.id, f) not in have for f in known[1])
+            ):
+                stale.append(d)
+        if not stale:
+            return rows
+        full = await self._readings_all_time(stale)
+        fields: dict[str, set[str]] = {d.id: set() for d in stale}
+        for r in full:
+            fields.setdefault(r.get("device") or "", set()).add(r["_field"])
+        for d in stale:
+            self._known[d.id] = (now, frozenset(fields[d.id]))
+        newest = {(r.get("device"), r["_field"]): r for r in rows}
+        for r in full:
+            key = (r.get("device"), r["_field"])
+            if key not in newest or r["_time"] > newest[key]["_time"]:
+                newest[key] = r
+        return list(newest.values())
+
+    async def _readings_all_time(self, devices: Sequence[Device]) -> list[Row]:
+        groups: dict[str, tuple[Measurement, set[str], list[str]]] = {}
+        for d in devices:
+            m = raw_measurement(d.kind)
+            g = groups.setdefault(m.name, (m, set(), []))
+            g[1].update(q.field for q in quantities_of(d))
+            g[2].append(d.id)
+        results = await asyncio.gather(
+            *(self._latest(m, {"device": ids}, sorted(f)) for m, f, ids in groups.values())
+        )
+        return [r for part in results for r in part]
 
     async def last_seen(self, devices: Sequence[Device], where: Where) -> dict[str, int]:
         """Each device's newest stored event time, ns (from the one field every point of

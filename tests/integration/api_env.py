@@ -117,6 +117,24 @@ def _points(influx: InfluxSettings, t0: int) -> tuple[list[Point], dict[str, Any
             )
         )
     facts["air2_last_ns"] = t0 + 2 * MIN
+    # air-0003: PM2.5 every minute of the last quarter hour, CO once, long before.
+    for i in range(18, 29):
+        pts.append(
+            schema.AIR.point(
+                influx,
+                {"device": "air-0003", "township": town, "kind": "air"},
+                {"pm2_5_ugm3": float(i), "late": False},
+                t0 + i * MIN,
+            )
+        )
+    pts.append(
+        schema.AIR.point(
+            influx,
+            {"device": "air-0003", "township": town, "kind": "air"},
+            {"co_ppm": 0.4, "late": False},
+            t0 + 5 * MIN,
+        )
+    )
     health = schema.SENSOR_HEALTH
     pts.append(
         health.point(

@@ -123,7 +123,9 @@ def test_device_status_is_what_was_stored(api: ApiEnv) -> None:
     assert seis["level"]["field"] == "intensity_rank"
     assert seis["level"]["value"] == 1
     # A registered device without data is unknown, not ok.
-    quiet = next(d for d in page["items"] if d["id"] not in ("air-0001", "air-0002", "seis-0001"))
+    quiet = next(
+        d for d in page["items"] if d["id"] not in ("air-0001", "air-0002", "air-0003", "seis-0001")
+    )
     assert quiet["health"] == "unknown"
     assert quiet["last_seen"] is None
     rain = api.get("/api/v1/devices/rain-0001").json()
@@ -172,6 +174,20 @@ def test_latest_readings_per_device_and_township(api: ApiEnv) -> None:
         }
     ]
     assert [a["alert_id"] for a in town["open_alerts"]] == [ALERT_OPEN]
+
+
+def test_a_quantity_reported_rarely_keeps_its_newest_value(api: ApiEnv) -> None:
+    """air-0003 sent PM2.5 every minute lately and CO once, 25 minutes ago: the recent
+    window the API reads first lacks the CO, which it then reads over all time, on the
+    first request and on the next ones."""
+    t0 = api.t0_ns
+    for _ in range(3):
+        got = {r["quantity"]: r for r in api.get("/api/v1/devices/air-0003").json()["readings"]}
+        assert (got["pm2_5_ugm3"]["value"], got["pm2_5_ugm3"]["at"]) == (
+            28.0,
+            format_ns(t0 + 28 * MIN),
+        )
+        assert (got["co_ppm"]["value"], got["co_ppm"]["at"]) == (0.4, format_ns(t0 + 5 * MIN))
 
 
 def test_series_downsampled_and_paged(api: ApiEnv) -> None:
