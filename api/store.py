@@ -205,7 +205,35 @@ class Store:
         newest_first: bool = True,
     ) -> list[AlertMessage]:
         """Issued messages: those of one alert (every one, in order), or a page of all of
-        them newest first (their times found first, then only those points read whole)."""
+        them newest first (their times found first, then only those points read whole).
+        Reused for the cache's time, like the open alerts (a feed clients poll)."""
+        key = ("messages", freeze(dict(where)), start_ns, stop_ns, limit, offset, alert_id,
+               newest_first)  # fmt: skip
+        answer: list[AlertMessage] = await self.recent.get(
+            key,
+            lambda: self._alert_messages(
+                where,
+                start_ns=start_ns,
+                stop_ns=stop_ns,
+                limit=limit,
+                offset=offset,
+                alert_id=alert_id,
+                newest_first=newest_first,
+            ),
+        )
+        return answer
+
+    async def _alert_messages(
+        self,
+        where: Where,
+        *,
+        start_ns: int | None,
+        stop_ns: int | None,
+        limit: int,
+        offset: int,
+        alert_id: str | None,
+        newest_first: bool,
+    ) -> list[AlertMessage]:
         m = schema.ALERT
         if alert_id is not None:
             q = queries.history(

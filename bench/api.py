@@ -6,7 +6,9 @@ production buckets::
     .venv/bin/python bench/api.py --n 300 --concurrency 4
 
 It starts ``civic-iot api run`` on a free port (or uses ``--url`` of a running one),
-warms it with one request per kind, then sends ``--n`` requests of each kind below from
+warms it as a long-running service is warm (one request per kind, and one for every
+device and township: the API learns which quantities each device reports, see
+``api.store.Store.readings``), then sends ``--n`` requests of each kind below from
 ``--concurrency`` clients at once (aiohttp, kept-alive connections, one token so the
 public rate limit does not count them), each for a device or township picked at random
 from the registry, and prints the latency of each kind measured by the client (request
@@ -110,8 +112,12 @@ async def bench(base: str, token: str, n: int, conc: int, seed: int) -> list[dic
     headers = {"Authorization": f"Bearer {token}"}
     async with aiohttp.ClientSession(headers=headers) as session:
         table = kinds(rng)
-        for make in table.values():  # warm-up: connections, the SensorThings graph
-            async with session.get(base + make()) as resp:
+        warm = [make() for make in table.values()]  # connections, the SensorThings graph
+        registry = load_registry(get_settings().registry)
+        warm += [f"/api/v1/devices/{d.id}/readings/latest" for d in registry]
+        warm += [f"/api/v1/townships/{t.code}/readings/latest" for t in registry.townships]
+        for path in warm:
+            async with session.get(base + path) as resp:
                 await resp.read()
         print(f"{'kind':<16} {'n':>5} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'bytes':>8} err")
         for name, make in table.items():
