@@ -33,8 +33,10 @@ __all__ = ["Store"]
 _CELLS_SPAN_NS = 1_000_000
 #: The window :meth:`Store.readings` reads first, ns.
 RECENT_NS = 15 * 60 * 1_000_000_000
-#: How long what a device reports (its quantities with data) is trusted, seconds.
+#: How long a device's all-time newest values are remembered, seconds; shorter than
+#: :data:`RECENT_NS`, so that whatever was stored since is in the window.
 KNOWN_FOR_S = 600.0
+assert KNOWN_FOR_S * 1e9 < RECENT_NS
 
 
 class Store:
@@ -52,8 +54,8 @@ class Store:
         self.influx = influx
         self._clock = clock
         self._open_alerts: Recent[list[OpenAlert]] = Recent(cache_ttl_s, clock)
-        #: device -> (when learned, the quantities it has data for)
-        self._known: dict[str, tuple[float, frozenset[str]]] = {}
+        #: device -> (when read, its all-time newest row of each quantity)
+        self._known: dict[str, tuple[float, tuple[Row, ...]]] = {}
         self.recent: Recent[Any] = Recent(cache_ttl_s, clock)
 
     async def _latest(
@@ -67,12 +69,16 @@ class Store:
         """The newest value of each quantity of these devices (``where``: the tags that
         select them in storage, e.g. one device or one township).
 
-        The last :data:`RECENT_NS` are read first (cheap); a device is then read over all
-        time (a pushed-down ``last()`` per series, dearer) only when that window lacks one
-        of the quantities it is known to report, or when what it reports is not known or
-        older than :data:`KNOWN_FOR_S` (each all-time read refreshes it). So a device that
-        reports a quantity less often than the window still gets its newest value, and a
-        busy township costs the window's points, not every series' end in every shard.
+        The last :data:`RECENT_NS` are read first (cheap: a few minutes of points). A
+        device is read over all time (a pushed-down ``last()`` per series: every series'
+        end in every shard, dearer) when its all-time newest values are not remembered
+        from an earlier read, or were remembered more than :data:`KNOWN_FOR_S` ago; else
+        a quantity the window lacks takes the remembered value. That value is the newest:
+        a reading stored since the all-time read is in the window, because the window is
+        longer than the memory. (A backlog a device sends late, stamped before the window,
+        shows once the memory expires.) So a busy township costs the window's points, a
+        quiet one nothing more, and a quantity reported less often than the window keeps
+        its newest value.
         """
         now = self._clock()
         groups: dict[str, tuple[Measurement, set[str]]] = {}
@@ -88,30 +94,29 @@ class Store:
                 for m, f in groups.values()
             )
         )
-        rows = [r for part in recent for r in part]
-        have = {(r.get("device"), r.get("_field")) for r in rows}
+        newest: dict[tuple[str, str], Row] = {}
+        for r in (r for part in recent for r in part):
+            newest[(r.get("device") or "", r["_field"])] = r
         stale = []
         for d in devices:
             known = self._known.get(d.id)
-            if (
-                known is None
-                or now - known[0] > KNOWN_FOR_S
-                or any((d.id, f) not in have for f in known[1])
-            ):
+            if known is None or now - known[0] > KNOWN_FOR_S:
                 stale.append(d)
-        if not stale:
-            return rows
-        full = await self._readings_all_time(stale)
-        fields: dict[str, set[str]] = {d.id: set() for d in stale}
-        for r in full:
-            fields.setdefault(r.get("device") or "", set()).add(r["_field"])
-        for d in stale:
-            self._known[d.id] = (now, frozenset(fields[d.id]))
-        newest = {(r.get("device"), r["_field"]): r for r in rows}
-        for r in full:
-            key = (r.get("device"), r["_field"])
-            if key not in newest or r["_time"] > newest[key]["_time"]:
-                newest[key] = r
+                continue
+            for r in known[1]:
+                key = (d.id, r["_field"])
+                if key not in newest or r["_time"] > newest[key]["_time"]:
+                    newest[key] = r
+        if stale:
+            full = await self._readings_all_time(stale)
+            by_device: dict[str, list[Row]] = {d.id: [] for d in stale}
+            for r in full:
+                by_device.setdefault(r.get("device") or "", []).append(r)
+                key = (r.get("device") or "", r["_field"])
+                if key not in newest or r["_time"] > newest[key]["_time"]:
+                    newest[key] = r
+            for d in stale:
+                self._known[d.id] = (now, tuple(by_device[d.id]))
         return list(newest.values())
 
     async def _readings_all_time(self, devices: Sequence[Device]) -> list[Row]:

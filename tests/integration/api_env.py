@@ -345,7 +345,8 @@ def _points(influx: InfluxSettings, t0: int) -> tuple[list[Point], dict[str, Any
     return [p for p in pts if p is not None], facts
 
 
-async def _write(settings: Settings, points: Iterable[Point]) -> None:
+async def write_points(settings: Settings, points: Iterable[Point]) -> None:
+    """Points written through the project's sink (as the processors write them)."""
     sink = InfluxSink.from_settings(
         settings,
         "api-tests",
@@ -422,7 +423,7 @@ def api_env(stack: Settings, tmp: Path, **extra_env: str) -> Iterator[ApiEnv]:
         settings = s.model_copy(update={"influx": influx})
         t0 = (time.time_ns() // MIN) * MIN - 30 * MIN
         points, facts = _points(influx, t0)
-        asyncio.run(_write(settings, points))
+        asyncio.run(write_points(settings, points))
         store = TokenStore.of(tmp)
         tokens = {role: store.issue(f"test-{role}", role)[1] for role in ("agency", "operator")}
         env = {f"CIVIC_INFLUX__BUCKET_{r.upper()}": b for r, b in buckets.items()}

@@ -4,7 +4,9 @@ it says matches what was stored."""
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from statistics import mean
@@ -18,6 +20,7 @@ from openapi_spec_validator import validate
 from api.influx import format_ns
 from civic_iot.auth import TokenStore
 from civic_iot.settings import Settings
+from civic_iot.storage import schema
 from ops.pipeline import free_port
 from tests.integration.api_env import (
     ALERT_CANCELLED,
@@ -30,6 +33,7 @@ from tests.integration.api_env import (
     api_env,
     start_api,
     stop,
+    write_points,
 )
 from tests.integration.api_examples import TESTED_ELSEWHERE, examples
 
@@ -178,16 +182,32 @@ def test_latest_readings_per_device_and_township(api: ApiEnv) -> None:
 
 def test_a_quantity_reported_rarely_keeps_its_newest_value(api: ApiEnv) -> None:
     """air-0003 sent PM2.5 every minute lately and CO once, 25 minutes ago: the recent
-    window the API reads first lacks the CO, which it then reads over all time, on the
-    first request and on the next ones."""
+    window the API reads first lacks the CO, which the first request reads over all time
+    and the next ones remember; a reading stored meanwhile shows at once."""
     t0 = api.t0_ns
-    for _ in range(3):
-        got = {r["quantity"]: r for r in api.get("/api/v1/devices/air-0003").json()["readings"]}
-        assert (got["pm2_5_ugm3"]["value"], got["pm2_5_ugm3"]["at"]) == (
-            28.0,
-            format_ns(t0 + 28 * MIN),
-        )
-        assert (got["co_ppm"]["value"], got["co_ppm"]["at"]) == (0.4, format_ns(t0 + 5 * MIN))
+
+    def newest() -> dict[str, tuple[float, str]]:
+        body = api.get("/api/v1/devices/air-0003").json()
+        return {r["quantity"]: (r["value"], r["at"]) for r in body["readings"]}
+
+    for _ in range(2):
+        assert newest() == {
+            "pm2_5_ugm3": (28.0, format_ns(t0 + 28 * MIN)),
+            "co_ppm": (0.4, format_ns(t0 + 5 * MIN)),
+        }
+    now = time.time_ns()
+    point = schema.AIR.point(
+        api.settings.influx,
+        {"device": "air-0003", "township": "63000010", "kind": "air"},
+        {"pm2_5_ugm3": 99.0, "late": False},
+        now,
+    )
+    assert point is not None
+    asyncio.run(write_points(api.settings, [point]))
+    assert newest() == {
+        "pm2_5_ugm3": (99.0, format_ns(now)),
+        "co_ppm": (0.4, format_ns(t0 + 5 * MIN)),
+    }
 
 
 def test_series_downsampled_and_paged(api: ApiEnv) -> None:
