@@ -122,9 +122,11 @@ def _convert(kind: str, text: str) -> Any:
     return text
 
 
-def parse_csv(text: str) -> Iterator[Row]:
+def parse_csv(text: str, *, keep_result: bool = False) -> Iterator[Row]:
     """The rows of an annotated CSV answer (``#datatype`` annotations, a header per
-    table); a Flux runtime error inside the answer raises :class:`QueryFailed`."""
+    table); a Flux runtime error inside the answer raises :class:`QueryFailed`.
+    ``keep_result``: keep the ``result`` column (the name a ``yield`` gave the table)."""
+    skip = ("", "table") if keep_result else ("", "result", "table")
     types: list[str] | None = None
     header: list[str] | None = None
     for rec in csv.reader(text.splitlines()):
@@ -147,7 +149,7 @@ def parse_csv(text: str) -> Iterator[Row]:
         yield {
             name: _convert(kind, value)
             for name, kind, value in zip(header, types, rec, strict=False)
-            if name not in ("", "result", "table")
+            if name not in skip
         }
 
 
@@ -176,7 +178,26 @@ class FluxClient:
             )
         return self._session
 
-    async def query(self, flux: str) -> list[Row]:
+    async def query_many(self, scripts: list[str]) -> list[list[Row]]:
+        """Several queries in one request, each its own ``yield`` (InfluxDB plans and
+        answers them together: one round trip and one planning instead of several);
+        their rows in order. Each script is one pipeline; their imports are hoisted."""
+        if len(scripts) == 1:
+            return [await self.query(scripts[0])]
+        imports: dict[str, None] = {}
+        bodies = []
+        for i, script in enumerate(scripts):
+            lines = script.splitlines()
+            imports.update((ln, None) for ln in lines if ln.startswith("import "))
+            body = "\n".join(ln for ln in lines if not ln.startswith("import "))
+            bodies.append(f'{body}\n  |> yield(name: "q{i}")')
+        rows = await self.query("\n".join([*imports, *bodies]), keep_result=True)
+        out: list[list[Row]] = [[] for _ in scripts]
+        for row in rows:
+            out[int(str(row.pop("result"))[1:])].append(row)
+        return out
+
+    async def query(self, flux: str, *, keep_result: bool = False) -> list[Row]:
         """Run a Flux query; every row of every table."""
         body = {
             "query": flux,
@@ -200,7 +221,7 @@ class FluxClient:
             msg = f"InfluxDB refused a query ({status}): {text[:300]}"
             raise QueryFailed(msg)
         try:
-            return list(parse_csv(text))
+            return list(parse_csv(text, keep_result=keep_result))
         except QueryFailed:
             logger.error("flux query failed answer=%s query=%s", text[:500], flux)
             raise

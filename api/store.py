@@ -65,7 +65,9 @@ class Store:
 
     # ------------------------------------------------------------------ devices
 
-    async def readings(self, devices: Sequence[Device], where: Where) -> list[Row]:
+    async def readings(
+        self, devices: Sequence[Device], where: Where, *, also: Sequence[str] = ()
+    ) -> tuple[list[Row], list[list[Row]]]:
         """The newest value of each quantity of these devices (``where``: the tags that
         select them in storage, e.g. one device or one township).
 
@@ -78,7 +80,8 @@ class Store:
         longer than the memory. (A backlog a device sends late, stamped before the window,
         shows once the memory expires.) So a busy township costs the window's points, a
         quiet one nothing more, and a quantity reported less often than the window keeps
-        its newest value.
+        its newest value. ``also``: other queries sent in the same request, answered
+        second.
         """
         now = self._clock()
         groups: dict[str, tuple[Measurement, set[str]]] = {}
@@ -86,14 +89,12 @@ class Store:
             m = raw_measurement(d.kind)
             groups.setdefault(m.name, (m, set()))[1].update(q.field for q in quantities_of(d))
         start = time.time_ns() - RECENT_NS
-        recent = await asyncio.gather(
-            *(
-                self.flux.query(
-                    queries.recent_last(m, self.influx, where, sorted(f), start_ns=start)
-                )
-                for m, f in groups.values()
-            )
-        )
+        scripts = [
+            queries.recent_last(m, self.influx, where, sorted(f), start_ns=start)
+            for m, f in groups.values()
+        ]
+        answers = await self.flux.query_many([*scripts, *also]) if scripts or also else []
+        recent, extra = answers[: len(scripts)], answers[len(scripts) :]
         newest: dict[tuple[str, str], Row] = {}
         for r in (r for part in recent for r in part):
             newest[(r.get("device") or "", r["_field"])] = r
@@ -117,7 +118,7 @@ class Store:
                     newest[key] = r
             for d in stale:
                 self._known[d.id] = (now, tuple(by_device[d.id]))
-        return list(newest.values())
+        return list(newest.values()), extra
 
     async def _readings_all_time(self, devices: Sequence[Device]) -> list[Row]:
         groups: dict[str, tuple[Measurement, set[str], list[str]]] = {}
@@ -126,8 +127,11 @@ class Store:
             g = groups.setdefault(m.name, (m, set(), []))
             g[1].update(q.field for q in quantities_of(d))
             g[2].append(d.id)
-        results = await asyncio.gather(
-            *(self._latest(m, {"device": ids}, sorted(f)) for m, f, ids in groups.values())
+        results = await self.flux.query_many(
+            [
+                queries.latest(m, self.influx, {"device": ids}, fields=sorted(f))
+                for m, f, ids in groups.values()
+            ]
         )
         return [r for part in results for r in part]
 

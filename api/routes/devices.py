@@ -64,7 +64,7 @@ async def statuses(
     store = ctx.store
     rows: list[Row] = []
     if detail:
-        rows, levels, issues, alerts = await asyncio.gather(
+        (rows, _), levels, issues, alerts = await asyncio.gather(
             store.readings(devices, where),
             store.levels(devices, where, figures=True),
             store.health(where),
@@ -176,7 +176,8 @@ async def device_latest(
     device = device_of(registry, device_id)
 
     async def read() -> list[Reading]:
-        return views.readings(await ctx.store.readings([device], {"device": device.id}), device)
+        rows, _ = await ctx.store.readings([device], {"device": device.id})
+        return views.readings(rows, device)
 
     answer: list[Reading] = await ctx.store.recent.get(("latest", id(registry), device.id), read)
     return answer

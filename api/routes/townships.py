@@ -83,9 +83,8 @@ async def _township_latest(request: Request, registry: Registry, town: Township)
     devices = sorted((d for d in registry if d.township == code), key=lambda d: d.id)
     where = {"township": code}
     air_q = queries.latest(schema.TOWNSHIP_AIR, ctx.settings.influx, where)
-    rows, air_rows, alerts = await asyncio.gather(
-        ctx.store.readings(devices, where) if devices else _nothing(),
-        ctx.flux.query(air_q),
+    (rows, (air_rows,)), alerts = await asyncio.gather(
+        ctx.store.readings(devices, where, also=[air_q]),
         ctx.store.open_alerts(registry, {"area": code}),
     )
     seen = views.last_seen(rows)
@@ -115,7 +114,3 @@ async def _township_latest(request: Request, registry: Registry, town: Township)
         ],
         open_alerts=[views.alert_ref(a) for a in alerts],
     )
-
-
-async def _nothing() -> list[dict[str, object]]:
-    return []

@@ -100,6 +100,8 @@ def test_annotated_csv_tables() -> None:
         {"_time": 2, "note": 'x, "y"'},
         {"_time": 3, "note": None},
     ]
+    named = list(parse_csv(text, keep_result=True))
+    assert [r["result"] for r in named] == ["_result"] * 3
     error = "#datatype,string,string\r\n,error,reference\r\n,division by zero,\r\n"
     with pytest.raises(QueryFailed, match="division by zero"):
         list(parse_csv(error))
