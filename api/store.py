@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from api import queries, views
@@ -27,7 +28,7 @@ from civic_iot.settings import InfluxSettings
 from civic_iot.storage import schema
 from civic_iot.storage.schema import Measurement
 
-__all__ = ["Store"]
+__all__ = ["Status", "Store"]
 
 #: Within this much after an estimate's time lie all its cells (``time + i`` ns, i < 10^6).
 _CELLS_SPAN_NS = 1_000_000
@@ -37,6 +38,17 @@ RECENT_NS = 15 * 60 * 1_000_000_000
 #: :data:`RECENT_NS`, so that whatever was stored since is in the window.
 KNOWN_FOR_S = 600.0
 assert KNOWN_FOR_S * 1e9 < RECENT_NS
+
+
+@dataclass(frozen=True)
+class Status:
+    """The stored facts a device status is made of (:meth:`Store.status`)."""
+
+    last_seen: dict[str, int]
+    levels: dict[str, views.StoredPoint]
+    issues: dict[str, list[HealthIssue]]
+    #: The newest readings' rows (detail only).
+    readings: list[Row]
 
 
 class Store:
@@ -135,47 +147,45 @@ class Store:
         )
         return [r for part in results for r in part]
 
-    async def last_seen(self, devices: Sequence[Device], where: Where) -> dict[str, int]:
-        """Each device's newest stored event time, ns (from the one field every point of
-        its measurement carries: one series per device)."""
-        groups = {raw_measurement(d.kind).name: raw_measurement(d.kind) for d in devices}
-        results = await asyncio.gather(
-            *(self._latest(m, where, [presence_field(m)]) for m in groups.values())
-        )
-        seen: dict[str, int] = {}
-        for rows in results:
-            for r in rows:
-                dev = r.get("device")
-                if dev is not None and r["_time"] > seen.get(dev, -1):
-                    seen[dev] = r["_time"]
-        return seen
-
-    async def levels(
-        self, devices: Sequence[Device], where: Where, *, figures: bool = False
-    ) -> dict[str, views.StoredPoint]:
-        """Each device's newest level point: its ranking field, or every field of it
-        (``figures``; one series per field and device, so dearer)."""
+    async def status(
+        self, devices: Sequence[Device], where: Where, *, detail: bool = False
+    ) -> Status:
+        """What a device's status is made of, in one request to InfluxDB: the newest
+        reading's time (from the one field every point of a raw measurement carries), the
+        newest level point (its ranking field; with ``detail`` every field) and the open
+        health issues; with ``detail`` the newest readings too (:meth:`readings`)."""
+        presence = {raw_measurement(d.kind).name: raw_measurement(d.kind) for d in devices}
         wanted: dict[str, tuple[Measurement, set[str]]] = {}
         for d in devices:
             m, field = level_of(d)
             wanted.setdefault(m.name, (m, set()))[1].add(field)
-        results = await asyncio.gather(
+        health = schema.SENSOR_HEALTH
+        scripts = [
             *(
-                self._latest(m, _device_tags(m, where), None if figures else sorted(fields))
+                queries.latest(m, self.influx, _device_tags(m, where), fields=None if detail
+                               else sorted(fields))
                 for m, fields in wanted.values()
-            )
-        )
-        out: dict[str, views.StoredPoint] = {}
-        for (m, _), rows in zip(wanted.values(), results, strict=True):
-            for p in views.newest_points(rows, m):
+            ),
+            queries.latest(health, self.influx, _device_tags(health, where)),
+        ]  # fmt: skip
+        if not detail:
+            scripts += [
+                queries.latest(m, self.influx, where, fields=[presence_field(m)])
+                for m in presence.values()
+            ]
+            answers = await self.flux.query_many(scripts)
+            rows: list[Row] = []
+        else:
+            rows, answers = await self.readings(devices, where, also=scripts)
+        n = len(wanted)
+        levels: dict[str, views.StoredPoint] = {}
+        for (m, _), level_rows in zip(wanted.values(), answers[:n], strict=True):
+            for p in views.newest_points(level_rows, m):
                 dev = p.get("device")
-                if dev and (dev not in out or p["_time"] > out[dev]["_time"]):
-                    out[dev] = p
-        return out
-
-    async def health(self, where: Where) -> dict[str, list[HealthIssue]]:
-        m = schema.SENSOR_HEALTH
-        return views.health_issues(await self._latest(m, _device_tags(m, where)))
+                if dev and (dev not in levels or p["_time"] > levels[dev]["_time"]):
+                    levels[dev] = p
+        seen = views.last_seen(rows if detail else [r for a in answers[n + 1 :] for r in a])
+        return Status(seen, levels, views.health_issues(answers[n]), rows)
 
     # ------------------------------------------------------------------ alerts
 

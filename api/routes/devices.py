@@ -61,23 +61,10 @@ async def statuses(
     rows, from which the last reading's time is taken as well)."""
     ctx = context(request)
     registry = ctx.registry.get()
-    store = ctx.store
-    rows: list[Row] = []
-    if detail:
-        (rows, _), levels, issues, alerts = await asyncio.gather(
-            store.readings(devices, where),
-            store.levels(devices, where, figures=True),
-            store.health(where),
-            store.open_alerts(registry),
-        )
-        seen = views.last_seen(rows)
-    else:
-        seen, levels, issues, alerts = await asyncio.gather(
-            store.last_seen(devices, where),
-            store.levels(devices, where),
-            store.health(where),
-            store.open_alerts(registry),
-        )
+    found, alerts = await asyncio.gather(
+        ctx.store.status(devices, where, detail=detail), ctx.store.open_alerts(registry)
+    )
+    seen, levels, issues, rows = found.last_seen, found.levels, found.issues, found.readings
     refs = [views.alert_ref(a) for a in alerts]
     out = [
         views.device_status(
