@@ -38,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -166,8 +167,6 @@ def main() -> int:
         base = f"http://127.0.0.1:{port}"
         for _ in range(100):
             try:
-                import urllib.request  # noqa: PLC0415
-
                 with urllib.request.urlopen(f"{base}/health", timeout=2):
                     break
             except OSError:
