@@ -37,6 +37,8 @@ app.add_typer(
     grafana_app, name="grafana", help="Provision Grafana (datasource, folder, dashboards)."
 )
 app.add_typer(alerts_app, name="alerts")
+api_app = typer.Typer(help="The read API, SensorThings and live feeds (package api).")
+app.add_typer(api_app, name="api")
 app.command("simulate")(simulate)
 # soft_wrap: a refusal's long lines stay whole (tables still fit the terminal).
 console = Console(soft_wrap=True)
@@ -369,6 +371,22 @@ def worker_cmd() -> None:
     settings = get_settings()
     setup_logging(settings.log_level)
     run_worker(settings)
+
+
+@api_app.command("run")
+def api_run(
+    host: Annotated[str | None, typer.Option(help="bind address; default CIVIC_API__HOST")] = None,
+    port: Annotated[int | None, typer.Option(help="port; default CIVIC_API__PORT")] = None,
+) -> None:
+    """Serve the read API, SensorThings (/sta/v1.1, /sta/v1.0) and /openapi.json."""
+    from api.server import run  # noqa: PLC0415 - keep CLI start-up light
+
+    settings = get_settings()
+    changes = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
+    if changes:
+        settings = settings.model_copy(update={"api": settings.api.model_copy(update=changes)})
+    setup_logging(settings.log_level)
+    run(settings)
 
 
 @app.command("demo")
