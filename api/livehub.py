@@ -231,6 +231,8 @@ class DeviceState:
     levels: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: issue -> detail of the sensor-health issues open now.
     health: dict[str, str] = field(default_factory=dict)
+    #: issue -> when it was found (epoch s).
+    health_at: dict[str, float] = field(default_factory=dict)
 
     def public(self) -> dict[str, Any]:
         return {
@@ -270,7 +272,8 @@ class LiveHub:
         self.settings = settings
         self.api = settings.api
         self.topology = topology or Topology.of(settings)
-        self._registry_path = settings.registry
+        #: A registry given here is kept; otherwise the settings' file, re-read on change.
+        self._registry_path = None if registry is not None else settings.registry
         self._registry_mtime: float | None = None
         self.clock = clock
         self.epoch = secrets.token_hex(4)
@@ -290,9 +293,7 @@ class LiveHub:
         self._want_devices: Counter[str] = Counter()
         self._want_towns: Counter[str] = Counter()
         self.devices: dict[str, DeviceState] = {}
-        self.registry = registry or Registry()
-        if registry is not None:
-            self._apply_registry(registry)
+        self.registry = Registry()
         self.open_alerts: dict[str, dict[str, Any]] = {}
         self.acks: dict[str, list[dict[str, Any]]] = {}
         self.quakes: dict[str, Quake] = {}
@@ -311,6 +312,8 @@ class LiveHub:
         self._stopping = asyncio.Event()
         self._http: aiohttp.ClientSession | None = None
         self._consumer: AIOKafkaConsumer | None = None
+        if registry is not None:
+            self._apply_registry(registry)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -378,6 +381,8 @@ class LiveHub:
 
     def reload_registry(self) -> None:
         """Read the device registry again if it changed (devices join and leave live)."""
+        if self._registry_path is None:
+            return
         try:
             mtime = self._registry_path.stat().st_mtime
         except OSError:
@@ -580,6 +585,9 @@ class LiveHub:
         if dev is not None:
             dev.last_seen_s = ts_ms / 1000.0
             self._dirty_devices.add(device)
+            if "silent" in dev.health and dev.health_at.get("silent", 0.0) < dev.last_seen_s:
+                del dev.health["silent"]
+                self._dirty_health.add(device)
         town = dev.township if dev is not None else None
         if device not in self._want_devices and (town is None or town not in self._want_towns):
             return
@@ -616,10 +624,19 @@ class LiveHub:
             _msg_keys(msg),
         )
 
-    def set_health(self, issues: Mapping[str, Mapping[str, str]]) -> None:
-        """Open sensor-health issues per device (device -> issue -> detail), all of them."""
+    def set_health(self, issues: Mapping[str, Mapping[str, tuple[str, float]]]) -> None:
+        """Open sensor-health issues per device (device -> issue -> (detail, found at,
+        epoch s)), all of them. A device heard from after it was found ``silent`` is not
+        silent: the finding was cleared by nobody (a run that stopped, a worker that
+        restarted and lost the device's state), so it is not shown."""
         for dev in self.devices.values():
-            now = dict(issues.get(dev.id, {}))
+            found = {
+                issue: (detail, at)
+                for issue, (detail, at) in issues.get(dev.id, {}).items()
+                if not (issue == "silent" and (dev.last_seen_s or 0.0) > at)
+            }
+            now = {issue: detail for issue, (detail, _) in found.items()}
+            dev.health_at = {issue: at for issue, (_, at) in found.items()}
             if now != dev.health:
                 dev.health = now
                 self._dirty_health.add(dev.id)
@@ -808,9 +825,9 @@ class LiveHub:
                         out[str(rec.values["device"])] = rec.get_time().timestamp()
         return out
 
-    def _read_health(self) -> dict[str, dict[str, str]]:
+    def _read_health(self) -> dict[str, dict[str, tuple[str, float]]]:
         """Open sensor-health issues: the last ``sensor_health`` point per device and issue
-        within a week, where ``active`` is true."""
+        within a week, where ``active`` is true: device -> issue -> (detail, epoch s)."""
         i = self.settings.influx
         q = (
             f'from(bucket: "{i.bucket_derived}") |> range(start: -7d) '
@@ -822,11 +839,14 @@ class LiveHub:
             for t in c.query_api().query(q):
                 for rec in t.records:
                     k = (str(rec.values.get("device")), str(rec.values.get("issue")))
-                    last.setdefault(k, {})[str(rec.get_field())] = rec.get_value()
-        out: dict[str, dict[str, str]] = {}
+                    fields = last.setdefault(k, {})
+                    fields[str(rec.get_field())] = rec.get_value()
+                    fields["at"] = max(float(fields.get("at", 0.0)), rec.get_time().timestamp())
+        out: dict[str, dict[str, tuple[str, float]]] = {}
         for (device, issue), fields in last.items():
             if fields.get("active") is True:
-                out.setdefault(device, {})[issue] = str(fields.get("detail") or "")
+                detail = str(fields.get("detail") or "")
+                out.setdefault(device, {})[issue] = (detail, float(fields["at"]))
         return out
 
     async def _health_loop(self) -> None:

@@ -132,8 +132,8 @@ function fitView() {
 async function drawCoast() {
   const resp = await fetch("taiwan.geojson");
   const gj = await resp.json();
-  const g = $("#coast");
-  g.replaceChildren();
+  const g = $("#coast"), line = $("#coastline");
+  g.replaceChildren(); line.replaceChildren();
   for (const f of gj.features) {
     const polys = f.geometry.type === "MultiPolygon" ? f.geometry.coordinates : [f.geometry.coordinates];
     let d = "";
@@ -141,6 +141,7 @@ async function drawCoast() {
       d += ring.map(([lon, lat], i) => (i ? "L" : "M") + project(lat, lon).map((v) => v.toFixed(3)).join(" ")).join("") + "Z";
     }
     g.append(svg("path", { d }));
+    line.append(svg("path", { d }));
   }
 }
 

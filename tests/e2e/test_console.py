@@ -12,6 +12,7 @@ to the S wave.
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -154,4 +155,8 @@ def drive(
     assert page.locator("#cells rect").count() > 0
     assert page.locator("#epicentre path").count() == 1
     assert "M" in page.locator("#quake-head").inner_text()
+    # To look at it: CIVIC_TEST_SCREENSHOTS=<dir> keeps a picture of the console now.
+    shots = os.environ.get("CIVIC_TEST_SCREENSHOTS")
+    if shots:
+        page.screenshot(path=str(Path(shots) / "console-quake.png"))
     return loaded_s
