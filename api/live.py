@@ -48,6 +48,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.background import BackgroundTask
 
 from api.livehub import ClientTooSlowError, LiveEvent, LiveHub, Subscription
+from api.livehub import sse_frame as frame
 from api.warning import PlaceWarning, Quake, warn_point, warn_township
 from civic_iot.auth import AuthError, Principal, Role, TokenStore
 
@@ -113,12 +114,6 @@ def principal(role: Role) -> Callable[..., Principal]:
 
 
 # --------------------------------------------------------------------------- SSE plumbing
-
-
-def frame(name: str, data: str, event_id: str | None = None) -> str:
-    """One SSE event (``data`` is one line of JSON)."""
-    head = f"id: {event_id}\n" if event_id is not None else ""
-    return f"{head}event: {name}\ndata: {data}\n\n"
 
 
 def _json(data: Any) -> str:
@@ -191,7 +186,7 @@ async def _pump(stream: _Stream, first: list[str]) -> AsyncIterator[str]:
             if ev is None:
                 yield ": keep-alive\n\n"
             else:
-                yield frame(ev.name, ev.data, hub.event_id(ev.seq))
+                yield ev.frame
     except ClientTooSlowError:
         yield frame("reset", _json({"reason": "client too slow or server stopping"}))
     finally:
@@ -202,7 +197,7 @@ def _first(hub: LiveHub, replay: list[LiveEvent] | None, snapshot: Callable[[], 
     """The frames a client gets before live events: what it missed, or a snapshot taken
     now (synchronously, right after subscribing: nothing can fall in between)."""
     if replay is not None:
-        return [frame(ev.name, ev.data, hub.event_id(ev.seq)) for ev in replay]
+        return [ev.frame for ev in replay]
     return [frame("snapshot", _json(snapshot()), hub.event_id(hub.seq))]
 
 

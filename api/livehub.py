@@ -76,6 +76,7 @@ __all__ = [
     "LiveHub",
     "RateLimiter",
     "Subscription",
+    "sse_frame",
 ]
 
 Stream = Literal["alerts", "quakes", "devices", "readings", "health", "stats"]
@@ -109,6 +110,14 @@ class LiveEvent:
     name: str
     data: str
     keys: frozenset[str] = frozenset()
+    #: The SSE frame, made once for every client that gets it.
+    frame: str = ""
+
+
+def sse_frame(name: str, data: str, event_id: str | None = None) -> str:
+    """One SSE event (``data`` is one line of JSON)."""
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    return f"{head}event: {name}\ndata: {data}\n\n"
 
 
 _OVERFLOW = LiveEvent(-1, "", "", "")
@@ -409,7 +418,8 @@ class LiveHub:
     def publish(self, stream: Stream, name: str, data: Any, keys: Iterable[str] = ()) -> LiveEvent:
         self._seq += 1
         text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
-        ev = LiveEvent(self._seq, stream, name, text, frozenset(keys))
+        frame = sse_frame(name, text, self.event_id(self._seq))
+        ev = LiveEvent(self._seq, stream, name, text, frozenset(keys), frame)
         ring = self._rings[stream]
         if len(ring) == ring.maxlen:
             self._dropped[stream] = ring[0].seq
