@@ -60,6 +60,9 @@ def main() -> None:
         port=settings.api.port,
         log_level="warning",
         access_log=False,
+        # Open streams never end by themselves: without this a stop waits for every
+        # browser to leave before the lifespan (and the hub) can shut down.
+        timeout_graceful_shutdown=3,
     )
 
 

@@ -50,6 +50,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
+from urllib.parse import quote
 
 import aiohttp
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -147,6 +148,13 @@ class Subscription:
             self._queue.put_nowait(_OVERFLOW)  # the one slot kept for it
             return
         self._queue.put_nowait(ev)
+
+    def close(self) -> None:
+        """End the client's stream at its next read (the server is stopping)."""
+        self.overflowed = True
+        while not self._queue.empty():
+            self._queue.get_nowait()
+        self._queue.put_nowait(_OVERFLOW)
 
     async def get(self, timeout_s: float) -> LiveEvent | None:
         """The next event, or None after ``timeout_s`` without one.
@@ -362,7 +370,7 @@ class LiveHub:
         # Wake every client so that its stream ends now rather than at its next event.
         for subs in self._subs.values():
             for sub in subs:
-                sub.offer(_OVERFLOW)
+                sub.close()
 
     async def _guard(self, name: str, fn: Callable[[], Any]) -> None:
         """Run a source loop; an error is logged and the loop restarted after a pause."""
@@ -676,7 +684,7 @@ class LiveHub:
         """
         if self._http is None:
             raise AckFailedError(503, "the live hub is not running")
-        url = f"{self.alerts_url}/alerts/{alert_id}/ack"
+        url = f"{self.alerts_url}/alerts/{quote(alert_id, safe='')}/ack"
         try:
             async with self._http.post(url, json={"by": by, "note": note}) as resp:
                 body: Any = await resp.json(content_type=None)

@@ -283,3 +283,16 @@ def test_a_device_heard_from_after_it_was_called_silent_is_not_silent() -> None:
     hub.on_reading_record("air", b"air-0002", b"", 60_000)
     hub.flush_batches()
     assert drain(hub, ops) == [("health", {"devices": [{"id": "air-0002", "issues": {}}]})]
+
+
+def test_stopping_ends_every_stream() -> None:
+    hub = make_hub()
+    sub, _ = hub.subscribe(["alerts"])
+    hub.publish("alerts", "alert", {"n": 1})
+
+    async def stop_then_read() -> None:
+        await hub.stop()
+        with pytest.raises(ClientTooSlowError):
+            await sub.get(1.0)
+
+    asyncio.run(stop_then_read())
