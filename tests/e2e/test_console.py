@@ -7,6 +7,11 @@ pipeline harness runs ingest, the worker, the alert service and the API; the sce
 browser must show every registered device on the map, the flood alert as it is issued,
 an acknowledgement made with an operator token, and the earthquake panel counting down
 to the S wave.
+
+The countdown is only there while the S wave has not reached the farthest townships
+(about 20 s after origin); the alert leaves 5-6 s after origin on the 2-core machine when
+nothing else runs, but took 25 s once while other test suites loaded it to 9: then this
+test fails at the countdown, as a phone would have warned too late.
 """
 
 from __future__ import annotations
