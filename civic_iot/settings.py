@@ -304,7 +304,8 @@ class ProcessorSettings(BaseModel):
 
 
 class ApiSettings(BaseModel):
-    """The read API, SensorThings and live feeds (``civic-iot api run``, package ``api``)."""
+    """The HTTP API process (``civic-iot api run``, package ``api``): read API,
+    SensorThings, live push and console."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -337,6 +338,28 @@ class ApiSettings(BaseModel):
     #: The absolute base URL clients reach the API at (``https://api.example.org``), for
     #: ``@iot.selfLink`` and ``@iot.nextLink``; unset: taken from each request.
     public_url: str | None = None
+    #: Live push (``api/live.py``). Seconds between heartbeat comments on an idle stream,
+    #: so proxies and browsers keep it open and a dead client is noticed.
+    live_heartbeat_s: float = Field(default=15.0, gt=0)
+    #: Events waiting per client; a client that falls this far behind (a slow browser, a
+    #: stalled network) is sent ``reset`` and disconnected instead of growing memory.
+    live_client_buffer: int = Field(default=1000, ge=10)
+    #: Recent events kept per stream so that a client reconnecting with ``Last-Event-ID``
+    #: gets what it missed; older ids get a fresh snapshot instead.
+    live_replay_events: int = Field(default=2000, ge=10)
+    #: Public feeds, per client IP: streams open at once, and new streams per minute
+    #: (a token bucket of that size, refilled evenly). Beyond either: 429.
+    live_streams_per_ip: int = Field(default=20, ge=1)
+    live_connects_per_minute: float = Field(default=60.0, gt=0)
+    #: Streams open at once over all clients.
+    live_max_streams: int = Field(default=2000, ge=1)
+    #: How often sensor health is read from InfluxDB, Kafka consumer lag measured, and
+    #: acknowledgements read from the alert service, seconds.
+    live_health_poll_s: float = Field(default=10.0, gt=0)
+    live_lag_poll_s: float = Field(default=5.0, gt=0)
+    live_ack_poll_s: float = Field(default=2.0, gt=0)
+    #: Device map updates are sent in batches at most this often, seconds.
+    live_device_batch_s: float = Field(default=1.0, gt=0)
 
     @model_validator(mode="after")
     def _pages(self) -> ApiSettings:

@@ -44,6 +44,10 @@ from simulator.scenario import Expectations, Scenario, SimMessage
 
 logger = logging.getLogger(__name__)
 
+#: How the harness starts the HTTP API process (``python -m <this>``): the live push and
+#: console's stand-in app until ``api/app.py`` is wired to a command.
+API_MODULE = "api._dev"
+
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
@@ -54,16 +58,19 @@ def free_port() -> int:
 
 @dataclass
 class Pipeline:
-    """ingest + worker(s) + alerts as child processes sharing one topic prefix."""
+    """ingest + worker(s) + alerts (+ the HTTP API with ``api=True``) as child processes
+    sharing one topic prefix."""
 
     settings: Settings
     prefix: str
     log_dir: Path
     workers: int = 1
+    api: bool = False
     #: HTTP ports of the children; free ones are picked so a demo never collides with
     #: processes already running on the usual ports.
     ingest_port: int = field(default_factory=free_port)
     alerts_port: int = field(default_factory=free_port)
+    api_port: int = field(default_factory=free_port)
     worker_ports: list[int] = field(default_factory=list)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     #: An agency token of this run, to read the open alerts (the alert service's API
@@ -82,17 +89,29 @@ class Pipeline:
             "CIVIC_INGEST__INSTANCE": run,
             "CIVIC_INGEST__HTTP_PORT": str(self.ingest_port),
             "CIVIC_ALERTS__HTTP_PORT": str(self.alerts_port),
+            "CIVIC_API__PORT": str(self.api_port),
             # The run's ingest session is not resumed by a later run: let the broker drop
             # it (and its queue) soon after the run ends.
             "CIVIC_MQTT__SESSION_EXPIRY_S": "300",
             "PYTHONUNBUFFERED": "1",
         }
 
-    def _spawn(self, name: str, args: list[str], extra: Mapping[str, str] | None = None) -> None:
+    @property
+    def console_url(self) -> str:
+        """The operations console of the run (with ``api=True``)."""
+        return f"http://127.0.0.1:{self.api_port}/console/"
+
+    def _spawn(
+        self,
+        name: str,
+        args: list[str],
+        extra: Mapping[str, str] | None = None,
+        module: str = "ops.cli",
+    ) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = (self.log_dir / f"{name}.log").open("ab")
         self.procs[name] = subprocess.Popen(  # noqa: S603 - our own CLI
-            [sys.executable, "-m", "ops.cli", *args],
+            [sys.executable, "-m", module, *args],
             env={**os.environ, **self.env(), **(extra or {})},
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -118,11 +137,15 @@ class Pipeline:
                 },
             )
         self._spawn("ingest", ["ingest"])
+        if self.api:
+            self._spawn("api", [], module=API_MODULE)
         deadline = time.monotonic() + timeout_s
         checks = {
             "ingest": f"http://127.0.0.1:{self.ingest_port}/health",
             "alerts": f"http://127.0.0.1:{self.alerts_port}/health",
         }
+        if self.api:
+            checks["api"] = f"http://127.0.0.1:{self.api_port}/health"
         checks |= {
             f"worker{i}": f"http://127.0.0.1:{p}/health" for i, p in enumerate(self.worker_ports)
         }
