@@ -8,7 +8,10 @@ naming the parameter, and documented so).
 
 The lifespan opens what requests share (:class:`api.context.ApiContext`: the token
 store, the rate limiter, the InfluxDB client, the registry and thresholds files) and
-closes the client at shutdown.
+starts the live hub (:class:`api.livehub.LiveHub`, ``app.state.live_hub``: the push
+streams and the console), returning once the hub has rebuilt the open alerts; at
+shutdown it stops the hub (every open stream ends) and closes the client. The API reads
+InfluxDB with its own read-only token (``influx_token(settings, "api")``).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from api import console, live
 from api.context import ApiContext
 from api.errors import ApiError, ErrorBody, error_code
 from api.influx import QueryFailed, StorageUnavailable
+from api.livehub import LiveHub
 from api.routes import alerts, devices, health, operations, quakes, townships
 from api.sensorthings import routes as sensorthings
 from civic_iot.settings import Settings, influx_token
@@ -42,7 +46,9 @@ API_VERSION = "1.0.0"
 DESCRIPTION = """\
 Read access to civic-iot: devices and their status, readings (latest and as time series),
 alerts (open and history), earthquake events with their intensity grid, and the same
-sensor data as OGC SensorThings API v1.1 (read part) under `/sta/v1.1/` and `/sta/v1.0/`.
+sensor data as OGC SensorThings API v1.1 (read part) under `/sta/v1.1/` and `/sta/v1.0/`;
+live push as server-sent events (`/live/...`: alerts, earthquakes, readings, the warning
+for a place) and the operations console (`/console/`).
 
 **Access.** Public data (devices, readings, alerts, earthquakes, SensorThings) needs no
 token; without one, each client IP may send bursts of requests refilled at a steady rate
@@ -133,14 +139,21 @@ def _errors_documented(doc: dict[str, Any]) -> dict[str, Any]:
     return doc
 
 
-def create_app(settings: Settings, *, ctx: ApiContext | None = None) -> FastAPI:
-    """The application; ``ctx`` when the caller built the shared context (else the
-    lifespan builds it from ``settings``, reading the InfluxDB token)."""
+def create_app(
+    settings: Settings, *, ctx: ApiContext | None = None, hub: LiveHub | None = None
+) -> FastAPI:
+    """The application. ``ctx`` / ``hub`` when the caller built them and owns them (the
+    lifespan neither closes that context nor starts or stops that hub); otherwise the
+    lifespan builds both from ``settings`` (the InfluxDB token is the API's own)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        shared = ctx if ctx is not None else ApiContext.of(settings, influx_token(settings))
+        shared = ctx or ApiContext.of(settings, influx_token(settings, "api"))
+        live = hub or LiveHub(settings, flux=shared.flux)
         app.state.ctx = shared
+        app.state.live_hub = live
+        if hub is None:
+            await live.start()
         logger.info(
             "api ready host=%s port=%s influxdb=%s", settings.api.host, settings.api.port,
             settings.influx.url,
@@ -148,7 +161,10 @@ def create_app(settings: Settings, *, ctx: ApiContext | None = None) -> FastAPI:
         try:
             yield
         finally:
-            await shared.flux.close()
+            if hub is None:
+                await live.stop()
+            if ctx is None:
+                await shared.flux.close()
 
     app = FastAPI(
         title="civic-iot API",
@@ -161,6 +177,8 @@ def create_app(settings: Settings, *, ctx: ApiContext | None = None) -> FastAPI:
     )
     if ctx is not None:
         app.state.ctx = ctx
+    if hub is not None:
+        app.state.live_hub = hub
     _install_errors(app)
     routers: Sequence[Any] = (
         health.router,

@@ -9,7 +9,8 @@ header, never in a URL the server sees) also ``/live/ops`` and acknowledges aler
 - ``GET /console/``: the page; ``GET /console/{asset}``: its scripts, styles, outline.
 - ``GET /console/me``: who the token belongs to (role ``agency`` or higher).
 - ``POST /console/alerts/{alert_id}/ack`` (role ``operator``), JSON ``{"note": "..."}``:
-  acknowledges at the alert service in the caller's name.
+  acknowledges at the alert service with the caller's own token, so the alert service
+  checks it again and records its principal.
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, HTTPException
+from fastapi import APIRouter, Body, Depends, Request
 from fastapi.responses import FileResponse, RedirectResponse
 from pydantic import BaseModel, Field
 
-from api.live import HubDep, principal
+from api.deps import principal
+from api.errors import ApiError, ErrorBody
+from api.live import HubDep
 from api.livehub import AckFailedError
 from civic_iot.auth import Principal
 
@@ -37,7 +40,8 @@ ASSETS = {
     "console.css": "text/css; charset=utf-8",
     "taiwan.geojson": "application/geo+json",
 }
-MAX_NOTE_LEN = 2000
+#: The alert service's own limit on a note (``alerts.api.AckIn``).
+MAX_NOTE_LEN = 280
 
 
 @router.get("/console", include_in_schema=False)
@@ -50,7 +54,15 @@ def console_page() -> FileResponse:
     return _asset("index.html")
 
 
-@router.get("/console/me", tags=["console"], summary="Who the bearer token belongs to")
+@router.get(
+    "/console/me",
+    tags=["console"],
+    summary="Who the bearer token belongs to",
+    responses={
+        401: {"model": ErrorBody, "description": "no valid token"},
+        403: {"model": ErrorBody, "description": "the token's role is below agency"},
+    },
+)
 def console_me(who: Annotated[Principal, Depends(principal("agency"))]) -> dict[str, str]:
     return {"name": who.name, "role": who.role}
 
@@ -64,23 +76,28 @@ class AckBody(BaseModel):
     tags=["console"],
     summary="Acknowledge an open alert (operator)",
     responses={
-        401: {"description": "no valid token"},
-        403: {"description": "the token's role is below operator"},
-        404: {"description": "no such open alert"},
-        503: {"description": "the alert service is not reachable or not active"},
+        401: {"model": ErrorBody, "description": "no valid token"},
+        403: {"model": ErrorBody, "description": "the token's role is below operator"},
+        404: {"model": ErrorBody, "description": "no such open alert"},
+        503: {
+            "model": ErrorBody,
+            "description": "the alert service is not reachable or not active",
+        },
     },
 )
 async def console_ack(
+    request: Request,
     alert_id: str,
     hub: HubDep,
-    who: Annotated[Principal, Depends(principal("operator"))],
+    _who: Annotated[Principal, Depends(principal("operator"))],
     body: Annotated[AckBody | None, Body()] = None,
 ) -> dict[str, Any]:
     """Acknowledge at the alert service, as the token's principal."""
+    authorization = request.headers["authorization"]  # checked by principal()
     try:
-        return await hub.acknowledge(alert_id, who.name, body.note if body else "")
+        return await hub.acknowledge(alert_id, authorization, body.note if body else "")
     except AckFailedError as exc:
-        raise HTTPException(exc.status, exc.message) from None
+        raise ApiError(exc.status, exc.message) from None
 
 
 @router.get("/console/{asset}", include_in_schema=False)
@@ -91,6 +108,6 @@ def console_asset(asset: str) -> FileResponse:
 def _asset(name: str) -> FileResponse:
     media = ASSETS.get(name)
     if media is None:
-        raise HTTPException(404, f"no console asset {name!r}")
+        raise ApiError(404, f"no console asset {name!r}")
     # Small files, changed only by a deploy: revalidate each load (ETag), never stale.
     return FileResponse(CONSOLE_DIR / name, media_type=media, headers={"Cache-Control": "no-cache"})

@@ -43,18 +43,20 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi.responses import StreamingResponse
 from starlette.background import BackgroundTask
 
+from api.deps import PUBLIC, client_ip, principal, public
+from api.errors import ApiError, ErrorBody
 from api.livehub import ClientTooSlowError, LiveEvent, LiveHub, Subscription
 from api.livehub import sse_frame as frame
 from api.warning import PlaceWarning, Quake, warn_point, warn_township
-from civic_iot.auth import AuthError, Principal, Role, TokenStore
+from civic_iot.auth import Principal
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["get_hub", "principal", "router"]
+__all__ = ["HubDep", "get_hub", "router"]
 
 router = APIRouter()
 
@@ -65,7 +67,7 @@ _SSE_RESPONSE: dict[int | str, dict[str, Any]] = {
         "description": "a server-sent event stream",
         "content": {"text/event-stream": {"schema": {"type": "string"}}},
     },
-    429: {"description": "too many streams from this client"},
+    429: {"model": ErrorBody, "description": "too many streams from this client"},
 }
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -74,43 +76,14 @@ def get_hub(request: Request) -> LiveHub:
     """The app's live hub (``app.state.live_hub``, started by the lifespan)."""
     hub = getattr(request.app.state, "live_hub", None)
     if not isinstance(hub, LiveHub):
-        raise HTTPException(503, "live push is not running")
+        raise ApiError(503, "live push is not running")
     return hub
 
 
 HubDep = Annotated[LiveHub, Depends(get_hub)]
-
-
-def _token_store(request: Request, hub: LiveHub) -> TokenStore:
-    store = getattr(request.app.state, "token_store", None)
-    if isinstance(store, TokenStore):
-        return store
-    store = TokenStore.of(hub.settings.data_dir)
-    request.app.state.token_store = store
-    return store
-
-
-def principal(role: Role) -> Callable[..., Principal]:
-    """A dependency: the caller's principal from ``Authorization: Bearer``, which must
-    hold ``role`` or higher; else 401 (no or bad token) or 403 (too low a role).
-
-    The same contract as ``api.deps.principal``, kept here until the two are one.
-    """
-
-    def dependency(
-        request: Request,
-        hub: HubDep,
-        authorization: Annotated[str | None, Header()] = None,
-    ) -> Principal:
-        try:
-            who = _token_store(request, hub).authenticate_header(authorization)
-            who.require(role)
-        except AuthError as exc:
-            headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-            raise HTTPException(exc.status, exc.message, headers=headers) from None
-        return who
-
-    return dependency
+#: Public streams: anyone; a token sent must be valid (401 otherwise, never silently
+#: anonymous), and then the stream does not count against the client's per-IP limits.
+PublicDep = Annotated[Principal | None, Depends(public)]
 
 
 # --------------------------------------------------------------------------- SSE plumbing
@@ -120,16 +93,8 @@ def _json(data: Any) -> str:
     return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
 
 
-def _client_ip(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
-
-
-def _too_many(hub: LiveHub, ip: str, reason: str) -> JSONResponse:
-    return JSONResponse(
-        {"error": reason},
-        status_code=429,
-        headers={"Retry-After": str(hub.limiter.retry_after_s(ip))},
-    )
+def _too_many(hub: LiveHub, ip: str, reason: str) -> ApiError:
+    return ApiError(429, reason, {"Retry-After": str(hub.limiter.retry_after_s(ip))})
 
 
 class _Stream:
@@ -154,12 +119,14 @@ def _open(
     keys: Iterable[str] | None = None,
     last_event_id: str | None = None,
     public: bool = True,
-) -> tuple[_Stream, list[LiveEvent] | None] | JSONResponse:
-    ip = _client_ip(request)
+) -> tuple[_Stream, list[LiveEvent] | None]:
+    """A subscription and its slot; 429 (:class:`ApiError`) when the client may not
+    open another stream."""
+    ip = client_ip(request)
     refused = hub.limiter.acquire(ip, public=public)
     if refused is not None:
         logger.info("live stream refused ip=%s reason=%s", ip, refused)
-        return _too_many(hub, ip, refused)
+        raise _too_many(hub, ip, refused)
     sub, replay = hub.subscribe(streams, keys, last_event_id)
     return _Stream(hub, ip, sub), replay
 
@@ -211,12 +178,14 @@ LastEventId = Annotated[str | None, Header(alias="Last-Event-ID")]
     "/live/alerts",
     response_class=StreamingResponse,
     responses=_SSE_RESPONSE,
+    openapi_extra=PUBLIC,
     summary="Alerts as the alert service issues them (SSE)",
     tags=["live"],
 )
 def live_alerts(
     request: Request,
     hub: HubDep,
+    who: PublicDep,
     hazard: Annotated[str | None, Query(description="only this hazard, e.g. flood")] = None,
     area: Annotated[str | None, Query(description="only this area code")] = None,
     township: Annotated[str | None, Query(description="only alerts naming this township")] = None,
@@ -226,11 +195,10 @@ def live_alerts(
     keys += [f"area:{area}"] if area else []
     keys += [f"township:{township}"] if township else []
     if len(keys) > 1:
-        raise HTTPException(400, "give at most one of hazard, area, township")
-    opened = _open(request, hub, ["alerts"], keys=keys or None, last_event_id=last_event_id)
-    if isinstance(opened, JSONResponse):
-        return opened
-    stream, replay = opened
+        raise ApiError(400, "give at most one of hazard, area, township")
+    stream, replay = _open(
+        request, hub, ["alerts"], keys=keys or None, last_event_id=last_event_id, public=who is None
+    )
 
     def snapshot() -> Any:
         return [a for a in hub.alerts_view() if not keys or _alert_matches(a, keys[0])]
@@ -252,14 +220,16 @@ def _alert_matches(msg: dict[str, Any], key: str) -> bool:
     "/live/quakes",
     response_class=StreamingResponse,
     responses=_SSE_RESPONSE,
+    openapi_extra=PUBLIC,
     summary="Earthquake warnings: epicentre, intensity grid, S-wave arrival per township (SSE)",
     tags=["live"],
 )
-def live_quakes(request: Request, hub: HubDep, last_event_id: LastEventId = None) -> Any:
-    opened = _open(request, hub, ["quakes"], last_event_id=last_event_id)
-    if isinstance(opened, JSONResponse):
-        return opened
-    stream, replay = opened
+def live_quakes(
+    request: Request, hub: HubDep, who: PublicDep, last_event_id: LastEventId = None
+) -> Any:
+    stream, replay = _open(
+        request, hub, ["quakes"], last_event_id=last_event_id, public=who is None
+    )
     return _respond(stream, _pump(stream, _first(hub, replay, hub.quakes_view)))
 
 
@@ -267,27 +237,28 @@ def live_quakes(request: Request, hub: HubDep, last_event_id: LastEventId = None
     "/live/readings",
     response_class=StreamingResponse,
     responses=_SSE_RESPONSE,
+    openapi_extra=PUBLIC,
     summary="Readings of one device or of every device of a township (SSE)",
     tags=["live"],
 )
 def live_readings(
     request: Request,
     hub: HubDep,
+    who: PublicDep,
     device: Annotated[str | None, Query(description="a device id, e.g. air-0001")] = None,
     township: Annotated[str | None, Query(description="a township code")] = None,
     last_event_id: LastEventId = None,
 ) -> Any:
     if (device is None) == (township is None):
-        raise HTTPException(400, "give exactly one of device, township")
+        raise ApiError(400, "give exactly one of device, township")
     if device is not None and device not in hub.devices:
-        raise HTTPException(404, f"no device {device!r} in the registry")
+        raise ApiError(404, f"no device {device!r} in the registry")
     if township is not None and hub.registry.township(township) is None:
-        raise HTTPException(404, f"no township {township!r} in the registry")
+        raise ApiError(404, f"no township {township!r} in the registry")
     key = f"device:{device}" if device is not None else f"township:{township}"
-    opened = _open(request, hub, ["readings"], keys=[key], last_event_id=last_event_id)
-    if isinstance(opened, JSONResponse):
-        return opened
-    stream, replay = opened
+    stream, replay = _open(
+        request, hub, ["readings"], keys=[key], last_event_id=last_event_id, public=who is None
+    )
     ready = {"device": device, "township": township}
     first = _first(hub, replay, lambda: ready)
     if replay is None:  # nothing to restore for readings: say the stream is ready
@@ -299,14 +270,20 @@ def live_readings(
     "/live/console",
     response_class=StreamingResponse,
     responses=_SSE_RESPONSE,
+    openapi_extra=PUBLIC,
     summary="The console's public layers: devices, alerts, earthquakes (SSE)",
     tags=["live"],
 )
-def live_console(request: Request, hub: HubDep, last_event_id: LastEventId = None) -> Any:
-    opened = _open(request, hub, ["alerts", "quakes", "devices"], last_event_id=last_event_id)
-    if isinstance(opened, JSONResponse):
-        return opened
-    stream, replay = opened
+def live_console(
+    request: Request, hub: HubDep, who: PublicDep, last_event_id: LastEventId = None
+) -> Any:
+    stream, replay = _open(
+        request,
+        hub,
+        ["alerts", "quakes", "devices"],
+        last_event_id=last_event_id,
+        public=who is None,
+    )
 
     def snapshot() -> Any:
         return {
@@ -324,7 +301,11 @@ def live_console(request: Request, hub: HubDep, last_event_id: LastEventId = Non
 @router.get(
     "/live/ops",
     response_class=StreamingResponse,
-    responses={**_SSE_RESPONSE, 401: {"description": "no valid token"}},
+    responses={
+        **_SSE_RESPONSE,
+        401: {"model": ErrorBody, "description": "no valid token"},
+        403: {"model": ErrorBody, "description": "the token's role is below agency"},
+    },
     summary="Operators: sensor health and pipeline throughput and lag (SSE)",
     tags=["live"],
 )
@@ -334,10 +315,9 @@ def live_ops(
     _who: Annotated[Principal, Depends(principal("agency"))],
     last_event_id: LastEventId = None,
 ) -> Any:
-    opened = _open(request, hub, ["health", "stats"], last_event_id=last_event_id, public=False)
-    if isinstance(opened, JSONResponse):
-        return opened
-    stream, replay = opened
+    stream, replay = _open(
+        request, hub, ["health", "stats"], last_event_id=last_event_id, public=False
+    )
 
     def snapshot() -> Any:
         return {
@@ -355,23 +335,25 @@ def live_ops(
     "/live/place",
     response_class=StreamingResponse,
     responses=_SSE_RESPONSE,
+    openapi_extra=PUBLIC,
     summary="The phone warning for a place: expected intensity and seconds to the S wave (SSE)",
     tags=["live"],
 )
 def live_place(
     request: Request,
     hub: HubDep,
+    who: PublicDep,
     lat: Annotated[float | None, Query(ge=-90, le=90, description="degrees")] = None,
     lon: Annotated[float | None, Query(ge=-180, le=180, description="degrees")] = None,
     township: Annotated[str | None, Query(description="a township code")] = None,
 ) -> Any:
     point = lat is not None and lon is not None
     if point == (township is not None) or (lat is None) != (lon is None):
-        raise HTTPException(400, "give either lat and lon, or township")
+        raise ApiError(400, "give either lat and lon, or township")
     if township is not None:
         town = hub.registry.township(township)
         if town is None:
-            raise HTTPException(404, f"no township {township!r} in the registry")
+            raise ApiError(404, f"no township {township!r} in the registry")
         place: dict[str, Any] = {"township": township, "name": town.name}
 
         def warn(q: Quake) -> PlaceWarning:
@@ -384,10 +366,7 @@ def live_place(
         def warn(q: Quake) -> PlaceWarning:
             return warn_point(q, *at)
 
-    opened = _open(request, hub, ["quakes"])
-    if isinstance(opened, JSONResponse):
-        return opened
-    stream, _ = opened
+    stream, _ = _open(request, hub, ["quakes"], public=who is None)
     warnings = {q.alert_id: warn(q) for q in hub.quakes.values()}
     return _respond(stream, _place_pump(stream, place, warnings, warn))
 

@@ -18,11 +18,14 @@ Sources (names from :mod:`civic_iot.topology`, under the deployment's prefix):
   throughput, and, for devices and townships a client asked for, the readings themselves
   (decoded only then: the key is the device id);
 - ``processors.township`` from its end: each device's current level per hazard (the map);
-- the alert service's ``GET /alerts``, polled: acknowledgements (an acknowledgement is
-  state, not a message on the ``alerts`` topic); acknowledgements go through
-  :meth:`LiveHub.acknowledge` to its ``POST /alerts/{id}/ack``;
-- InfluxDB, polled: sensor health (``sensor_health`` is not on Kafka), and the last
+- InfluxDB, polled, with the API's read-only token: acknowledgements (the ``ack``
+  measurement the alert service writes: an acknowledgement is state, not a message on
+  the ``alerts`` topic), sensor health (``sensor_health`` is not on Kafka), and the last
   reception per device at start;
+- the alert service: its open ``GET /health`` (which role the instance has), and
+  acknowledgements made in the console, which :meth:`LiveHub.acknowledge` sends to its
+  ``POST /alerts/{id}/ack`` with the caller's own bearer token (the alert service records
+  the token's principal);
 - the Kafka consumer groups of the processors and the alert service: their lag.
 
 Streams and what a client may ask for: ``alerts``, ``quakes``, ``devices`` (levels and
@@ -58,12 +61,15 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from influxdb_client.client.influxdb_client import InfluxDBClient
 
+from api import queries, views
+from api.influx import FluxClient
 from api.warning import Quake, warn_township
 from civic_iot.contracts.processing import TownshipReport
 from civic_iot.contracts.readings import Reading
 from civic_iot.kafka_admin import partition_counts
 from civic_iot.registry import Registry, load_registry
 from civic_iot.settings import Settings, influx_token
+from civic_iot.storage import schema
 from civic_iot.topology import READING_KINDS, Topology
 
 logger = logging.getLogger(__name__)
@@ -285,8 +291,11 @@ class LiveHub:
         topology: Topology | None = None,
         registry: Registry | None = None,
         clock: Callable[[], float] = time.time,
+        flux: FluxClient | None = None,
     ) -> None:
         self.settings = settings
+        #: The API's InfluxDB query client (acknowledgements); None: not read.
+        self.flux = flux
         self.api = settings.api
         self.topology = topology or Topology.of(settings)
         #: A registry given here is kept; otherwise the settings' file, re-read on change.
@@ -621,10 +630,20 @@ class LiveHub:
             {f"device:{reading.device_id}", f"township:{reading.location.township}"},
         )
 
-    def set_acks(self, by_alert: Mapping[str, list[dict[str, Any]]]) -> None:
-        """Acknowledgements as the alert service reports them now."""
-        for alert_id in self.open_alerts:
-            acks = list(by_alert.get(alert_id, []))
+    def set_acks(
+        self, by_alert: Mapping[str, list[dict[str, Any]]], *, only: Iterable[str] | None = None
+    ) -> None:
+        """Acknowledgements read now (``only``: of these alerts; default every open one).
+
+        One per principal (again by the same principal replaces it, as the alert service
+        does), and never taken back: one made here a moment ago may not be stored yet.
+        """
+        for alert_id in self.open_alerts if only is None else only:
+            held = {str(a.get("by")): a for a in self.acks.get(alert_id, [])}
+            for a in by_alert.get(alert_id, []):
+                held.pop(str(a.get("by")), None)
+                held[str(a.get("by"))] = a
+            acks = list(held.values())
             if acks != self.acks.get(alert_id, []):
                 self.acks[alert_id] = acks
                 self._publish_ack(alert_id)
@@ -675,8 +694,11 @@ class LiveHub:
 
     # ------------------------------------------------------------------ acknowledgements
 
-    async def acknowledge(self, alert_id: str, by: str, note: str = "") -> dict[str, Any]:
-        """Acknowledge at the alert service; returns its record of it.
+    async def acknowledge(
+        self, alert_id: str, authorization: str, note: str = ""
+    ) -> dict[str, Any]:
+        """Acknowledge at the alert service with the caller's ``Authorization`` header (the
+        alert service checks the token and records its principal); returns its record.
 
         Raises:
             AckFailedError: with the HTTP status to answer (the alert service's, or 503
@@ -685,8 +707,11 @@ class LiveHub:
         if self._http is None:
             raise AckFailedError(503, "the live hub is not running")
         url = f"{self.alerts_url}/alerts/{quote(alert_id, safe='')}/ack"
+        headers = {"Authorization": authorization}
         try:
-            async with self._http.post(url, json={"by": by, "note": note}) as resp:
+            async with self._http.post(
+                url, json={"note": note}, headers=headers, allow_redirects=False
+            ) as resp:
                 body: Any = await resp.json(content_type=None)
                 status = resp.status
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
@@ -697,10 +722,7 @@ class LiveHub:
             raise AckFailedError(status if status >= 400 else 502, str(detail))
         target = str(body.get("alert_id") or alert_id)
         if target in self.open_alerts:
-            acks = self.acks.setdefault(target, [])
-            if body not in acks:
-                acks.append(body)
-                self._publish_ack(target)
+            self.set_acks({target: [body]}, only=[target])
         return body
 
     # ------------------------------------------------------------------ loops (I/O)
@@ -805,24 +827,40 @@ class LiveHub:
         assert self._http is not None
         while not self._stopping.is_set():
             try:
-                async with self._http.get(f"{self.alerts_url}/alerts") as resp:
+                async with self._http.get(f"{self.alerts_url}/health") as resp:
                     body: Any = await resp.json(content_type=None)
-                    if resp.status == 200 and isinstance(body, list):
-                        self.alert_service = "active"
-                        by_alert: dict[str, list[dict[str, Any]]] = {}
-                        for a in body:
-                            by_alert[str(a.get("alert_id"))] = list(a.get("acknowledgements", []))
-                        self.set_acks(by_alert)
-                    else:
-                        role = body.get("role") if isinstance(body, dict) else None
-                        self.alert_service = str(role or f"http {resp.status}")
+                role = body.get("role") if isinstance(body, dict) else None
+                self.alert_service = str(role or f"http {resp.status}")
             except (aiohttp.ClientError, TimeoutError, ValueError):
                 self.alert_service = "unreachable"
+            if self.flux is not None and self.open_alerts:
+                try:
+                    self.set_acks(await self._read_acks())
+                except Exception as exc:  # noqa: BLE001 - keep the last known acks
+                    logger.warning("live hub: acknowledgements not read from InfluxDB: %s", exc)
             await asyncio.sleep(self.api.live_ack_poll_s)
+
+    async def _read_acks(self) -> dict[str, list[dict[str, Any]]]:
+        """The stored acknowledgements of the open alerts (``ack``, oldest first). All of
+        them are read: people make them, so they are few, and an alert may be acknowledged
+        long before its newest message."""
+        assert self.flux is not None
+        q = queries.history(schema.ACK, self.settings.influx, newest_first=False)
+        out: dict[str, list[dict[str, Any]]] = {}
+        for alert_id, acks in views.acknowledgements(
+            map(views.pivoted_point, await self.flux.query(q))
+        ).items():
+            msg = self.open_alerts.get(alert_id)
+            if msg is not None:
+                key = msg.get("key")
+                out[alert_id] = [
+                    {"alert_id": alert_id, "key": key, **a.model_dump(mode="json")} for a in acks
+                ]
+        return out
 
     def _influx(self) -> InfluxDBClient:
         i = self.settings.influx
-        return InfluxDBClient(url=i.url, token=influx_token(self.settings), org=i.org)
+        return InfluxDBClient(url=i.url, token=influx_token(self.settings, "api"), org=i.org)
 
     def _read_last_seen(self) -> dict[str, float]:
         i = self.settings.influx

@@ -16,8 +16,8 @@ __all__ = ["run"]
 
 
 def run(settings: Settings) -> None:
-    """Serve until SIGINT/SIGTERM (uvicorn stops accepting, finishes what runs, then the
-    lifespan closes the InfluxDB client)."""
+    """Serve until SIGINT/SIGTERM (uvicorn stops accepting, gives what runs, open streams
+    included, 3 s, then the lifespan stops the live hub and closes the InfluxDB client)."""
     api = settings.api
     proxies = list(api.trusted_proxies)
     config = uvicorn.Config(
@@ -31,5 +31,8 @@ def run(settings: Settings) -> None:
         server_header=False,
         log_config=None,  # the process's logging (civic_iot.logs) applies
         access_log=False,
+        # Live streams never end by themselves: without this a stop would wait for every
+        # client to leave before the lifespan could stop the live hub.
+        timeout_graceful_shutdown=3,
     )
     uvicorn.Server(config).run()

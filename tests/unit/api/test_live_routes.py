@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from api import console, live
+from api import console
+from api.app import create_app
+from api.context import ApiContext
 from api.livehub import LiveHub
 from civic_iot.auth import TokenStore
 from civic_iot.registry import Registry
@@ -28,24 +29,30 @@ NOW = ORIGIN_S + 2.0
 
 
 @pytest.fixture
-def hub() -> LiveHub:
-    settings = Settings(api=ApiSettings(live_streams_per_ip=3, live_heartbeat_s=0.2))
+def settings(tmp_path: Path) -> Settings:
+    return Settings(data_dir=tmp_path, api=ApiSettings(live_streams_per_ip=3, live_heartbeat_s=0.2))
+
+
+@pytest.fixture
+def hub(settings: Settings) -> LiveHub:
     return LiveHub(settings, registry=Registry(townships=TOWNS, devices=DEVICES), clock=lambda: NOW)
 
 
 @pytest.fixture
-def tokens(tmp_path: Path) -> TokenStore:
-    return TokenStore(tmp_path / "api-tokens.json")
+def ctx(settings: Settings) -> ApiContext:
+    """The real app's shared context (its InfluxDB client is never asked here)."""
+    return ApiContext.of(settings, "unused")
 
 
 @pytest.fixture
-def client(hub: LiveHub, tokens: TokenStore) -> Iterator[TestClient]:
-    app = FastAPI()
-    app.include_router(live.router)
-    app.include_router(console.router)
-    app.state.live_hub = hub
-    app.state.token_store = tokens
-    with TestClient(app) as c:
+def tokens(ctx: ApiContext) -> TokenStore:
+    return ctx.tokens
+
+
+@pytest.fixture
+def client(settings: Settings, ctx: ApiContext, hub: LiveHub) -> Iterator[TestClient]:
+    """The real application with a hub of the test's (fed by hand, not started)."""
+    with TestClient(create_app(settings, ctx=ctx, hub=hub)) as c:
         yield c
 
 
@@ -156,7 +163,7 @@ def test_place_warning_then_a_countdown(client: TestClient, hub: LiveHub) -> Non
         ("", 400),
         ("lat=25", 400),
         ("lat=25&lon=121&township=65000020", 400),
-        ("lat=95&lon=121", 422),
+        ("lat=95&lon=121", 400),
     ],
 )
 def test_place_refuses_a_bad_place(client: TestClient, query: str, status: int) -> None:
@@ -166,7 +173,7 @@ def test_place_refuses_a_bad_place(client: TestClient, query: str, status: int) 
 def test_place_of_an_unknown_township(client: TestClient) -> None:
     resp = client.get("/live/place?township=nope")
     assert resp.status_code == 404
-    assert "nope" in resp.json()["detail"]
+    assert "nope" in resp.json()["message"]
 
 
 def test_ops_stream_needs_a_token(client: TestClient, tokens: TokenStore, hub: LiveHub) -> None:
@@ -181,7 +188,9 @@ def test_ops_stream_needs_a_token(client: TestClient, tokens: TokenStore, hub: L
     assert set(snap["stats"]) >= {"rates", "lag", "open_alerts", "alert_service", "streams"}
 
 
-def test_public_streams_are_limited_per_client(client: TestClient, hub: LiveHub) -> None:
+def test_public_streams_are_limited_per_client(
+    client: TestClient, hub: LiveHub, tokens: TokenStore
+) -> None:
     with (
         client.stream("GET", "/live/alerts") as a,
         client.stream("GET", "/live/quakes") as b,
@@ -193,7 +202,14 @@ def test_public_streams_are_limited_per_client(client: TestClient, hub: LiveHub)
         resp = client.get("/live/alerts")
         assert resp.status_code == 429
         assert int(resp.headers["retry-after"]) >= 1
-        assert "at most 3 streams" in resp.json()["error"]
+        assert "at most 3 streams" in resp.json()["message"]
+        # A token's streams are not counted per client; a bad token is refused, not ignored.
+        with client.stream("GET", "/live/alerts", headers=bearer(tokens, "agency")) as d:
+            assert d.status_code == 200
+            next(line for line in d.iter_lines() if line.startswith("data: "))
+        assert (
+            client.get("/live/alerts", headers={"Authorization": "Bearer civ_x"}).status_code == 401
+        )
     # The slots come back as those streams end (the server notices the client left).
     deadline = time.monotonic() + 10
     while hub.limiter.open_streams and time.monotonic() < deadline:
@@ -228,7 +244,7 @@ def test_ack_needs_an_operator(client: TestClient, tokens: TokenStore) -> None:
         "role": "agency",
     }
     # With the right role the request goes on to the alert service: not reachable here.
-    resp = client.post(url, json={"note": "x" * 2001}, headers=bearer(tokens, "operator"))
-    assert resp.status_code == 422
+    resp = client.post(url, json={"note": "x" * 281}, headers=bearer(tokens, "operator"))
+    assert resp.status_code == 400
     resp = client.post(url, json={"note": "seen"}, headers=bearer(tokens, "operator"))
     assert resp.status_code == 503

@@ -46,6 +46,9 @@ def test_public_and_token_operations(doc: dict[str, Any]) -> None:
         "GET /api/v1/pipeline",
         "GET /api/v1/deadletters",
         "GET /api/v1/devices/{device_id}/thresholds",
+        "GET /live/ops",
+        "GET /console/me",
+        "POST /console/alerts/{alert_id}/ack",
     }
     for name, op in _ops(doc):
         if name == "GET /health":
