@@ -5,7 +5,7 @@ Run by hand against the native stack (``deploy/stack.sh up``)::
     .venv/bin/python bench/live.py --n 200 --rate 20 --clients 50
 
 It starts the alert service (``python -m ops.cli alerts run``) and the API (``python -m
-api._dev``) as separate processes on their own topics (a ``benchlive-<id>.`` prefix),
+ops.cli api run``) as separate processes on their own topics (a ``benchlive-<id>.`` prefix),
 consumer group and InfluxDB bucket, as a deployment runs them; connects one MQTT
 subscriber (user civic-subscriber), one SSE client on ``/live/alerts`` and ``--clients``
 more SSE clients on ``/live/console`` (fan-out load, read but not timed); then sends N
@@ -46,7 +46,7 @@ from civic_iot.contracts.alerts import AlertCandidate
 from civic_iot.kafka_admin import delete_topics, ensure_topics
 from civic_iot.settings import REPO_ROOT, Settings, get_settings, influx_token, mqtt_password
 from civic_iot.topology import Topology
-from ops.pipeline import API_MODULE, free_port
+from ops.pipeline import free_port
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -131,11 +131,12 @@ async def bench(n: int, rate: float, clients: int, log_dir: Path) -> dict[str, o
         "CIVIC_API__PORT": str(api_port),
         "CIVIC_API__LIVE_STREAMS_PER_IP": str(clients + 10),
         "CIVIC_API__LIVE_CONNECTS_PER_MINUTE": str(clients + 10),
+        "CIVIC_API__PUBLIC_BURST": str(clients + 10),
         "PYTHONUNBUFFERED": "1",
     }
     procs = [
         spawn("ops.cli", ["alerts", "run"], env, log_dir / "alerts.log"),
-        spawn(API_MODULE, [], env, log_dir / "api.log"),
+        spawn("ops.cli", ["api", "run"], env, log_dir / "api.log"),
     ]
     sent_at: dict[str, float] = {}
     mqtt_at: dict[str, float] = {}

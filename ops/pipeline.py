@@ -44,10 +44,6 @@ from simulator.scenario import Expectations, Scenario, SimMessage
 
 logger = logging.getLogger(__name__)
 
-#: How the harness starts the HTTP API process (``python -m <this>``): the live push and
-#: console's stand-in app until ``api/app.py`` is wired to a command.
-API_MODULE = "api._dev"
-
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
@@ -101,17 +97,11 @@ class Pipeline:
         """The operations console of the run (with ``api=True``)."""
         return f"http://127.0.0.1:{self.api_port}/console/"
 
-    def _spawn(
-        self,
-        name: str,
-        args: list[str],
-        extra: Mapping[str, str] | None = None,
-        module: str = "ops.cli",
-    ) -> None:
+    def _spawn(self, name: str, args: list[str], extra: Mapping[str, str] | None = None) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = (self.log_dir / f"{name}.log").open("ab")
         self.procs[name] = subprocess.Popen(  # noqa: S603 - our own CLI
-            [sys.executable, "-m", module, *args],
+            [sys.executable, "-m", "ops.cli", *args],
             env={**os.environ, **self.env(), **(extra or {})},
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -138,7 +128,7 @@ class Pipeline:
             )
         self._spawn("ingest", ["ingest"])
         if self.api:
-            self._spawn("api", [], module=API_MODULE)
+            self._spawn("api", ["api", "run"])
         deadline = time.monotonic() + timeout_s
         checks = {
             "ingest": f"http://127.0.0.1:{self.ingest_port}/health",

@@ -27,10 +27,12 @@ from prometheus_client import CollectorRegistry
 
 from civic_iot.auth import TokenStore
 from civic_iot.contracts.alerts import INTENSITY_LEVELS
+from civic_iot.kafka_admin import ensure_topics
 from civic_iot.settings import InfluxSettings, Settings, influx_token
 from civic_iot.storage import schema
 from civic_iot.storage.points import Point
 from civic_iot.storage.sink import InfluxSink, StorageMetrics
+from civic_iot.topology import Topology
 from ops.pipeline import free_port
 from tests.integration.helpers import start_process
 
@@ -377,17 +379,26 @@ def _wait_ready(base: str, proc: subprocess.Popen[bytes], log: Path, health: int
     raise AssertionError(msg)
 
 
+#: The Kafka topics the API processes of these tests read (their live hub): created
+#: once, never written, so they stay empty and every run may share them.
+TOPIC_PREFIX = "apitests."
+
+
 def start_api(
     settings: Settings, tmp: Path, env: Mapping[str, str], *, health: int = 200
 ) -> tuple[str, subprocess.Popen[bytes], Path]:
     """``civic-iot api run`` on a free port with ``env``; waits until ``/health`` answers
     ``health``."""
+    topology = Topology(prefix=TOPIC_PREFIX, partitions=settings.kafka.partitions)
+    asyncio.run(ensure_topics(settings.kafka.bootstrap, topology))
     port = free_port()
     log = tmp / f"api-{port}.log"
     proc = start_process(
         ["api", "run", "--port", str(port)],
         {
             "CIVIC_DATA_DIR": str(tmp),
+            "CIVIC_KAFKA__TOPIC_PREFIX": TOPIC_PREFIX,
+            # Test buckets are not in the API's own read-only token: the admin token.
             "CIVIC_INFLUX__TOKEN": influx_token(settings),
             **env,
         },
