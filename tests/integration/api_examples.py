@@ -12,9 +12,24 @@ from api.influx import format_ns
 from civic_iot.auth import Role
 from tests.integration.api_env import ALERT_OPEN, MIN, QUAKE, ApiEnv
 
-#: Operations tested elsewhere, by design (path -> the test module): none for now. The
-#: live feeds and the console add theirs here with the module that drives them.
-TESTED_ELSEWHERE: dict[str, str] = {}
+_STREAMS = (
+    "test_api_read.py::test_live_streams_answer_on_the_process (the process), "
+    "tests/unit/api/test_live_routes.py (every refusal, replay, countdown)"
+)
+#: Operations tested elsewhere, by design (path -> the tests): the push streams never end,
+#: so a plain GET cannot walk them; acknowledging needs an alert service.
+TESTED_ELSEWHERE: dict[str, str] = {
+    "/live/alerts": _STREAMS,
+    "/live/quakes": _STREAMS,
+    "/live/readings": _STREAMS,
+    "/live/place": _STREAMS,
+    "/live/console": _STREAMS,
+    "/live/ops": _STREAMS,
+    "/console/alerts/{alert_id}/ack": (
+        "tests/unit/api/test_live_routes.py::test_ack_needs_an_operator, "
+        "tests/e2e/test_console.py (an ack in the browser, recorded by the alert service)"
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -108,6 +123,10 @@ def examples(api: ApiEnv) -> dict[tuple[str, str], list[Example]]:
         ],
         ("get", "/api/v1/deadletters"): [
             Example(200, query={"since": _iso(t0)}, role="operator"),
+            Example(401),
+        ],
+        ("get", "/console/me"): [
+            Example(200, role="agency"),
             Example(401),
         ],
         ("get", "/sta/{version}"): [

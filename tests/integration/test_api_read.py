@@ -5,10 +5,12 @@ it says matches what was stored."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
+import subprocess
 import time
 from collections.abc import Iterator
-from pathlib import Path
+from dataclasses import dataclass
 from statistics import mean
 from typing import Any
 
@@ -321,54 +323,100 @@ def test_operations_need_an_operator_token(api: ApiEnv) -> None:
     assert api.get("/api/v1/townships", token="nonsense").status_code == 401
 
 
-def test_storage_unavailable_is_503_with_retry_after(stack: Settings, tmp_path: Path) -> None:
-    """InfluxDB not answering: /health says so, reads answer 503 (not 500) and say when
-    to retry; what needs no storage still answers; the process stays up."""
+def _first_event(api: ApiEnv, path: str, token: str | None = None) -> tuple[str, Any]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    with requests.get(f"{api.base}{path}", headers=headers, stream=True, timeout=10) as resp:
+        assert resp.status_code == 200, (path, resp.text)
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        name = None
+        for line in resp.iter_lines(decode_unicode=True):
+            if line.startswith("event: "):
+                name = line[7:]
+            elif line.startswith("data: "):
+                return str(name), json.loads(line[6:])
+    raise AssertionError(f"{path}: the stream ended without an event")
+
+
+def test_live_streams_answer_on_the_process(api: ApiEnv) -> None:
+    """The process's live hub is started by its lifespan: each stream opens with its
+    first event (the snapshots of an empty deployment); /health says the hub is ready."""
+    live = requests.get(f"{api.base}/health", timeout=10).json()["live"]
+    assert (live["status"], live["kafka"], live["alerts_replayed"]) == ("ok", True, True)
+    assert _first_event(api, "/live/alerts") == ("snapshot", [])
+    assert _first_event(api, "/live/quakes") == ("snapshot", [])
+    name, console = _first_event(api, "/live/console")
+    assert name == "snapshot"
+    assert "air-0001" in {d["id"] for d in console["devices"]}
+    assert _first_event(api, "/live/readings?device=air-0001") == (
+        "ready",
+        {"device": "air-0001", "township": None},
+    )
+    name, ready = _first_event(api, "/live/place?township=63000010")
+    assert (name, ready["quakes"]) == ("ready", 0)
+    name, ops = _first_event(api, "/live/ops", api.tokens["agency"])
+    assert name == "snapshot"
+    assert ops["stats"]["open_alerts"] == 0
+
+
+@dataclass(frozen=True)
+class Offline:
+    """One API process for the two tests below (a process start costs seconds): its
+    InfluxDB does not answer, and its public limit is small (a burst of 3, then one
+    request per 5 s)."""
+
+    base: str
+    proc: subprocess.Popen[bytes]
+    token: str
+
+    def get(self, path: str, *, token: bool = False) -> requests.Response:
+        headers = {"Authorization": f"Bearer {self.token}"} if token else {}
+        return requests.get(f"{self.base}{path}", headers=headers, timeout=10)
+
+
+@pytest.fixture(scope="module")
+def offline(stack: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Offline]:
+    tmp = tmp_path_factory.mktemp("api-offline")
+    _, token = TokenStore.of(tmp).issue("test-agency", "agency")
     env = {
         "CIVIC_INFLUX__URL": f"http://127.0.0.1:{free_port()}",
         "CIVIC_API__QUERY_TIMEOUT_S": "2",
+        "CIVIC_API__PUBLIC_BURST": "3",
+        "CIVIC_API__PUBLIC_RATE_PER_S": "0.2",
     }
-    base, proc, _log = start_api(stack, tmp_path, env, health=503)
+    base, proc, _log = start_api(stack, tmp, env, health=503)
     try:
-        health = requests.get(f"{base}/health", timeout=5)
-        body = health.json()
-        assert (body["status"], body["storage"]) == ("degraded", "unavailable")
-        assert body["live"]["status"] == "ok"  # the live push does not need InfluxDB
-        for path in ("/api/v1/devices/air-0001", "/api/v1/alerts/open", "/sta/v1.1/Observations"):
-            resp = requests.get(f"{base}{path}", timeout=10)
-            assert resp.status_code == 503, (path, resp.text)
-            assert resp.headers["Retry-After"] == "5"
-            assert "storage unavailable" in resp.json()["message"]
-        assert requests.get(f"{base}/sta/v1.1/Things('air-0001')", timeout=10).status_code == 200
-        assert requests.get(f"{base}/api/v1/townships", timeout=10).status_code == 200
-        assert proc.poll() is None
+        yield Offline(base, proc, token)
     finally:
         stop(proc)
 
 
-def test_public_reads_are_rate_limited_per_client(stack: Settings, tmp_path: Path) -> None:
+def test_storage_unavailable_is_503_with_retry_after(offline: Offline) -> None:
+    """InfluxDB not answering: /health says so, reads answer 503 (not 500) and say when
+    to retry; what needs no storage still answers; the process stays up. (With a token:
+    the token-less budget is the next test's.)"""
+    body = offline.get("/health").json()
+    assert (body["status"], body["storage"]) == ("degraded", "unavailable")
+    assert body["live"]["status"] == "ok"  # the live push does not need InfluxDB
+    for path in ("/api/v1/devices/air-0001", "/api/v1/alerts/open", "/sta/v1.1/Observations"):
+        resp = offline.get(path, token=True)
+        assert resp.status_code == 503, (path, resp.text)
+        assert resp.headers["Retry-After"] == "5"
+        assert "storage unavailable" in resp.json()["message"]
+    assert offline.get("/sta/v1.1/Things('air-0001')", token=True).status_code == 200
+    assert offline.get("/api/v1/townships", token=True).status_code == 200
+    assert offline.proc.poll() is None
+
+
+def test_public_reads_are_rate_limited_per_client(offline: Offline) -> None:
     """Without a token: a burst, then 429 with Retry-After, for every public route alike
     (one bucket per client IP); a token is not counted; /health is never limited."""
-    env = {"CIVIC_API__PUBLIC_BURST": "3", "CIVIC_API__PUBLIC_RATE_PER_S": "0.2"}
-    store = TokenStore.of(tmp_path)
-    _, token = store.issue("test-agency", "agency")
-    base, proc, _log = start_api(stack, tmp_path, env)
-    try:
-        paths = ["/api/v1/townships", "/sta/v1.1/Things('air-0001')", "/api/v1/townships"]
-        assert [requests.get(f"{base}{p}", timeout=10).status_code for p in paths] == [200] * 3
-        refused = requests.get(f"{base}/sta/v1.0", timeout=10)
-        assert refused.status_code == 429
-        # 1 / 0.2 s for the next request, less the time the burst took.
-        assert 1 <= int(refused.headers["Retry-After"]) <= 5
-        assert "send a token" in refused.json()["message"]
-        with_token = [
-            requests.get(
-                f"{base}/api/v1/townships", headers={"Authorization": f"Bearer {token}"}, timeout=10
-            ).status_code
-            for _ in range(5)
-        ]
-        assert with_token == [200] * 5
-        assert requests.get(f"{base}/health", timeout=10).status_code == 200
-        assert requests.get(f"{base}/api/v1/townships", timeout=10).status_code == 429
-    finally:
-        stop(proc)
+    paths = ["/api/v1/townships", "/sta/v1.1/Things('air-0001')", "/api/v1/townships"]
+    assert [offline.get(p).status_code for p in paths] == [200] * 3
+    refused = offline.get("/sta/v1.0")
+    assert refused.status_code == 429
+    # 1 / 0.2 s for the next request, less the time the burst took.
+    assert 1 <= int(refused.headers["Retry-After"]) <= 5
+    assert "send a token" in refused.json()["message"]
+    assert [offline.get("/api/v1/townships", token=True).status_code for _ in range(5)] == [200] * 5
+    assert offline.get("/health").status_code == 503  # answered (storage down), not limited
+    assert offline.get("/api/v1/townships").status_code == 429
