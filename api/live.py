@@ -8,7 +8,8 @@ missed; then live events, and a ``: keep-alive`` comment after ``live_heartbeat_
 silence. A client that falls ``live_client_buffer`` events behind is sent ``reset`` and
 disconnected; it reconnects and gets a snapshot.
 
-Public (no token; per client IP at most ``live_streams_per_ip`` streams open and
+Public (:func:`api.deps.public`: no token needed, a token sent must be valid; without
+one, per client IP at most ``live_streams_per_ip`` streams open and
 ``live_connects_per_minute`` new ones a minute, else 429 with ``Retry-After``):
 
 ============================ ====================================================================
@@ -27,7 +28,7 @@ Public (no token; per client IP at most ``live_streams_per_ip`` streams open and
                               ``ack``, ``quake``
 ============================ ====================================================================
 
-Operators (bearer token, role ``agency`` or higher): ``GET /live/ops``: ``snapshot``,
+Operators (:func:`api.deps.principal`, role ``agency`` or higher): ``GET /live/ops``: ``snapshot``,
 ``health`` (sensor-health issues per device), ``stats`` (throughput, consumer lag,
 alert service role, clients).
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from api.livehub import ClientTooSlowError, LiveHub, RateLimiter, Subscription
+from api.livehub import AckFailedError, ClientTooSlowError, LiveHub, RateLimiter, Subscription
 from civic_iot.contracts.processing import TownshipReport
 from civic_iot.contracts.readings import AirPayload, Location, Reading
 from civic_iot.registry import Device, Registry, Township
@@ -107,7 +107,7 @@ def test_filtered_subscription_gets_only_its_hazard() -> None:
     assert [d["alert_id"] for _, d in drain(hub, sub)] == [air["alert_id"]]
 
 
-def test_acknowledgements_reported_by_the_alert_service_are_pushed_once() -> None:
+def test_acknowledgements_reported_by_storage_are_pushed_once() -> None:
     hub = make_hub()
     flood, _ = message_json(candidate(2, hazard="flood"))
     hub.on_alert_message(flood, replay=True)
@@ -119,6 +119,33 @@ def test_acknowledgements_reported_by_the_alert_service_are_pushed_once() -> Non
         ("ack", {"alert_id": flood["alert_id"], "key": flood["key"], "acknowledgements": [ack]})
     ]
     assert hub.alerts_view()[0]["acknowledgements"] == [ack]
+
+
+def test_acknowledgements_one_per_principal_and_never_taken_back() -> None:
+    """An ack made in the console a moment ago is not lost to a read that predates its
+    storage; the same principal again replaces its ack (as the alert service does)."""
+    hub = make_hub()
+    flood, _ = message_json(candidate(2, hazard="flood"))
+    hub.on_alert_message(flood, replay=True)
+    alert_id = flood["alert_id"]
+
+    def ack(by: str, note: str) -> dict[str, Any]:
+        return {"alert_id": alert_id, "key": flood["key"], "by": by, "at": "t", "note": note}
+
+    hub.set_acks({alert_id: [ack("op", "seen")]}, only=[alert_id])
+    hub.set_acks({})  # a read from before it was stored
+    assert hub.acks[alert_id] == [ack("op", "seen")]
+    hub.set_acks({alert_id: [ack("op", "on it"), ack("chief", "")]})
+    assert hub.acks[alert_id] == [ack("op", "on it"), ack("chief", "")]
+    hub.set_acks({"not-open": [ack("op", "")]})
+    assert "not-open" not in hub.acks
+
+
+def test_acknowledging_needs_the_hub_running() -> None:
+    hub = make_hub()
+    with pytest.raises(AckFailedError) as err:
+        asyncio.run(hub.acknowledge("some-alert", "Bearer civ_x", "seen"))
+    assert err.value.status == 503
 
 
 # --------------------------------------------------------------------------- replay
