@@ -378,7 +378,8 @@ def api_run(
     host: Annotated[str | None, typer.Option(help="bind address; default CIVIC_API__HOST")] = None,
     port: Annotated[int | None, typer.Option(help="port; default CIVIC_API__PORT")] = None,
 ) -> None:
-    """Serve the read API, SensorThings (/sta/v1.1, /sta/v1.0) and /openapi.json."""
+    """Serve the read API, SensorThings (/sta/v1.1, /sta/v1.0), the live push (/live),
+    the operations console (/console/) and /openapi.json."""
     from api.server import run  # noqa: PLC0415 - keep CLI start-up light
 
     settings = get_settings()
@@ -397,7 +398,8 @@ def demo_cmd(
     speed: Annotated[float, typer.Option(help="multiplies the scenario's time compression")] = 1.0,
     workers: Annotated[int, typer.Option(help="Faust workers to start")] = 1,
 ) -> None:
-    """Stack up, ingest + worker(s) + alerts, a scenario from simulated devices, a summary."""
+    """Stack up, ingest + worker(s) + alerts + the API, a scenario from simulated devices
+    (the operations console's URL is printed), a summary."""
     from ops.demo import run_demo  # noqa: PLC0415
 
     settings = get_settings()
