@@ -148,8 +148,8 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        shared = ctx or ApiContext.of(settings, influx_token(settings, "api"))
-        live = hub or LiveHub(settings, flux=shared.flux)
+        shared = ctx if ctx is not None else ApiContext.of(settings, influx_token(settings, "api"))
+        live = hub if hub is not None else LiveHub(settings, flux=shared.flux)
         app.state.ctx = shared
         app.state.live_hub = live
         if hub is None:
