@@ -136,12 +136,25 @@ class IngestSettings(BaseModel):
 class KafkaSettings(BaseModel):
     """Apache Kafka (KRaft)."""
 
-    model_config = ConfigDict(frozen=True)
+    # A refused key must not be printed in the error.
+    model_config = ConfigDict(frozen=True, hide_input_in_errors=True)
 
     bootstrap: str = "127.0.0.1:9092"
     #: Prefix for every topic name, so tests and demos can run side by side on one broker.
     topic_prefix: str = ""
     partitions: int = 4
+    #: Key of the mark ingest puts on its records and the processors check
+    #: (:mod:`civic_iot.contracts.provenance`). Unset (the normal case): the file
+    #: ``<data dir>/secrets/kafka-mark-key`` (``python -m ops.mark_key`` creates it); see
+    #: :func:`mark_key`.
+    mark_key: SecretStr | None = None
+
+    @field_validator("mark_key")
+    @classmethod
+    def _no_default_key(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None:
+            check_secret("CIVIC_KAFKA__MARK_KEY", v.get_secret_value())
+        return v
 
 
 class InfluxSettings(BaseModel):
@@ -446,6 +459,30 @@ def influx_token(settings: Settings, client: InfluxClient | None = None) -> str:
         who,
         "run deploy/stack.sh up, or python -m ops.influx_setup, or set CIVIC_INFLUX__TOKEN",
     )
+
+
+#: Where ``ops.mark_key`` keeps the key of the records' mark, in the data dir.
+MARK_KEY_FILE = Path("secrets") / "kafka-mark-key"
+
+
+def mark_key(settings: Settings) -> bytes:
+    """The key of the mark on ingest's records (:mod:`civic_iot.contracts.provenance`):
+    ``CIVIC_KAFKA__MARK_KEY`` when set, else ``<data dir>/secrets/kafka-mark-key``.
+    ``RuntimeError`` (the process refuses to start) when there is none, or it is short or
+    a known default."""
+    if settings.kafka.mark_key is not None:
+        return settings.kafka.mark_key.get_secret_value().encode()
+    path = settings.data_dir / MARK_KEY_FILE
+    value = read_secret(
+        path,
+        "Kafka record mark key",
+        "run deploy/stack.sh up, or python -m ops.mark_key, or set CIVIC_KAFKA__MARK_KEY",
+    )
+    try:
+        check_secret(str(path), value)
+    except ValueError as exc:
+        raise RuntimeError(str(exc)) from None
+    return value.encode()
 
 
 def mqtt_password(settings: Settings, user: str) -> str:

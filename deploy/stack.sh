@@ -258,6 +258,8 @@ case $cmd in
     up_kafka
     up_influxdb
     "$py" -m civic_iot.kafka_admin || die "kafka: topic setup failed; log: $data/kafka/kafka.log"
+    # The key of the mark ingest puts on its records (kept when it exists).
+    "$py" -m ops.mark_key >/dev/null || die "could not create the Kafka record mark key"
     ;;
   down) stop influxdb; stop kafka; stop mosquitto ;;
   status) status ;;
