@@ -33,9 +33,10 @@ from prometheus_client import Gauge, Histogram
 from civic_iot import retry
 from civic_iot.accounts import INGEST_USER
 from civic_iot.contracts.deadletter import deadletter_record, device_of
+from civic_iot.contracts.provenance import Marker
 from civic_iot.mqtt import Message, MqttConnection
 from civic_iot.registry import Registry, load_registry
-from civic_iot.settings import Settings, mqtt_endpoint, mqtt_password
+from civic_iot.settings import Settings, mark_key, mqtt_endpoint, mqtt_password
 from civic_iot.topology import Topology
 from ingest.refusals import Limits, ReadingRefusedError
 from ingest.validate import validate
@@ -246,13 +247,13 @@ def _mtime(path: Path) -> float:
 
 
 async def _produce_batch(
-    producer: AIOKafkaProducer, records: list[tuple[str, bytes, bytes]]
+    producer: AIOKafkaProducer, records: list[tuple[str, bytes, bytes]], mark: Marker
 ) -> None:
     """Produce until Kafka has every record; retry the whole batch on failure (idempotent)."""
     backoff = retry.Backoff(KAFKA_RETRY_BASE_S, KAFKA_RETRY_CAP_S)
     while True:
         try:
-            await asyncio.gather(*await _send_grouped(producer, records))
+            await asyncio.gather(*await _send_grouped(producer, records, mark))
             return
         except Exception as exc:  # noqa: BLE001 - any Kafka error: keep the batch, retry
             delay = backoff.next_delay()
@@ -289,8 +290,11 @@ class _Pipeline:
     ``reading_id``.
     """
 
-    def __init__(self, producer: AIOKafkaProducer, source: MqttSource, depth: int) -> None:
+    def __init__(
+        self, producer: AIOKafkaProducer, source: MqttSource, depth: int, mark: Marker
+    ) -> None:
         self._producer = producer
+        self._mark = mark
         self._source = source
         self.depth = depth
         self._flights: deque[_Flight] = deque()
@@ -302,7 +306,7 @@ class _Pipeline:
         started = time.perf_counter()
         try:
             done: asyncio.Future[Any] = asyncio.gather(
-                *await _send_grouped(self._producer, records)
+                *await _send_grouped(self._producer, records, self._mark)
             )
         except Exception as exc:  # noqa: BLE001 - e.g. no metadata: settle re-sends it
             done = asyncio.get_running_loop().create_future()
@@ -329,7 +333,7 @@ class _Pipeline:
                     len(head.records),
                     exc,
                 )
-                await _produce_batch(self._producer, head.records)
+                await _produce_batch(self._producer, head.records, self._mark)
             flights.popleft()
             self._source.ack(head.batch)  # PUBACKs in arrival order, after Kafka has it
             BATCH_SECONDS.observe(time.perf_counter() - head.started)
@@ -348,12 +352,13 @@ def _partition(key: bytes, partitions: tuple[int, ...]) -> int:
 
 
 async def _send_grouped(
-    producer: AIOKafkaProducer, records: list[tuple[str, bytes, bytes]]
+    producer: AIOKafkaProducer, records: list[tuple[str, bytes, bytes]], mark: Marker
 ) -> list[asyncio.Future[Any]]:
     """Hand the records to the producer as one Kafka batch per (topic, partition).
 
     The same records, partitions and order as one ``send`` per record, without a
     coroutine, a future and an accumulator lookup per record. Returns a future per batch.
+    Each record carries ingest's ``mark`` (:mod:`civic_iot.contracts.provenance`).
     """
     partitions: dict[str, tuple[int, ...]] = {}
     batches: dict[tuple[str, int], Any] = {}
@@ -366,10 +371,11 @@ async def _send_grouped(
         batch = batches.get(tp)
         if batch is None:
             batch = batches[tp] = producer.create_batch()
-        if batch.append(key=key, value=value, timestamp=None) is None:  # full
+        headers = mark.headers(topic, key, value)
+        if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:  # full
             futures.append(await producer.send_batch(batch, topic, partition=tp[1]))
             batch = batches[tp] = producer.create_batch()
-            if batch.append(key=key, value=value, timestamp=None) is None:
+            if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
                 msg = f"record of {len(value)} bytes for {topic} exceeds the Kafka batch size"
                 raise ValueError(msg)
     for (topic, partition), batch in batches.items():
@@ -385,6 +391,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> Counter[
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
     ingest = Ingest(settings, load_registry(settings.registry))
+    mark = Marker(mark_key(settings))  # no key: ingest refuses to start
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.kafka.bootstrap,
         acks="all",
@@ -413,7 +420,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> Counter[
     last_reload = time.monotonic()
     stopper = asyncio.ensure_future(stop.wait())
     stopper.add_done_callback(lambda _: source.wake())
-    pipeline = _Pipeline(producer, source, settings.ingest.batches_in_flight)
+    pipeline = _Pipeline(producer, source, settings.ingest.batches_in_flight, mark)
     try:
         while not stop.is_set():
             await source.wait()

@@ -25,6 +25,7 @@ from civic_iot.contracts.processing import NETWORK_KEY, Observation, SeismicTick
 from civic_iot.contracts.readings import Reading
 from civic_iot.storage.points import Point
 from civic_iot.storage.sink import PointSink
+from processors.agents.guard import ReadingGuard
 from processors.agents.loop import BatchAgent
 from processors.agents.outbox import Outbox
 from processors.agents.stats import Activity, Stats, record_ms
@@ -68,6 +69,7 @@ class DeviceDeps:
     outbox: Outbox
     stats: Stats
     activity: Activity
+    guard: ReadingGuard
 
 
 class DeviceAgent(BatchAgent, Generic[S, OutcomeT]):
@@ -83,6 +85,7 @@ class DeviceAgent(BatchAgent, Generic[S, OutcomeT]):
         self.outbox = deps.outbox
         self.stats = deps.stats
         self.activity = deps.activity
+        self.guard = deps.guard
         self.states: BatchState[S] = BatchState(table, self.model)
         self.state = self.states
 
@@ -95,7 +98,9 @@ class DeviceAgent(BatchAgent, Generic[S, OutcomeT]):
         """Send what the outcome has for other agents."""
 
     async def on_event(self, event: EventT[Any]) -> None:
-        reading = self._decode(event)
+        if not await self.guard.marked(event):  # not written by ingest: dead-lettered
+            return
+        reading = await self.guard.admit(event, self._decode(event), self.sink)
         if reading is None:
             return
         msg = event.message
