@@ -23,7 +23,7 @@ from tests.unit.api.live_factories import ORIGIN_S, quake_message
 def test_grid_and_speed_are_the_detectors() -> None:
     """The message does not carry them: the copies here must equal the detector's."""
     cfg = QuakeConfig()
-    assert (cfg.cell_deg, cfg.vs_kms) == (CELL_DEG, VS_KMS)
+    assert (cfg.cell_deg, cfg.association.vs_kms) == (CELL_DEG, VS_KMS)
 
 
 def test_quake_from_the_alert_message() -> None:
