@@ -1,14 +1,18 @@
 """The JSON form of an alert message, for MQTT and webhooks.
 
 It carries the same facts as the CAP document (:mod:`alerts.cap`), with the same times
-(CAP format, configured time zone) and the same CAP codes, so a consumer can switch
-between the two forms without surprises. ``status`` is in every message: consumers must
-honour ``Test`` and ``Exercise`` and never show them as real.
+(configured time zone, an offset, never ``Z``) and the same CAP codes, so a consumer can
+switch between the two forms without surprises. ``sent`` and ``detected_at`` carry
+milliseconds (an earthquake warning is measured in seconds); CAP's format keeps whole
+seconds, and so do ``references`` (they quote the CAP messages' identities).
+``status`` is in every message: consumers must honour ``Test`` and ``Exercise`` and never
+show them as real.
 """
 
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Any
 
 from alerts.cap import DEFAULT_CAP_CONFIG, CapConfig, CapStatus, cap_time, info_codes
@@ -32,7 +36,7 @@ def to_json_dict(
         "alert_id": msg.alert_id,
         "sequence": msg.sequence,
         "sender": msg.sender,
-        "sent": cap_time(msg.sent, tz),
+        "sent": _ms_time(msg.sent, tz),
         "status": status,
         "actual": status == "Actual",
         "msg_type": msg.msg_type,
@@ -57,7 +61,7 @@ def to_json_dict(
         "value": msg.value,
         "threshold": msg.threshold,
         "event_time": cap_time(msg.event_time, tz),
-        "detected_at": cap_time(msg.detected_at, tz),
+        "detected_at": _ms_time(msg.detected_at, tz),
         "expires": None if msg.expires is None else cap_time(msg.expires, tz),
         "area": {
             "code": msg.area_code,
@@ -73,6 +77,12 @@ def to_json_dict(
             {"by": a.by, "at": cap_time(a.at, tz), "note": a.note} for a in msg.acknowledgements
         ],
     }
+
+
+def _ms_time(dt: datetime, timezone: str) -> str:
+    """``dt`` as :func:`alerts.cap.cap_time` with milliseconds: ``...T12:00:00.250+08:00``."""
+    whole = cap_time(dt, timezone)  # validates awareness, converts the zone
+    return f"{whole[:19]}.{dt.microsecond // 1000:03d}{whole[19:]}"
 
 
 def to_json_bytes(

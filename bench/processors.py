@@ -37,10 +37,11 @@ from influxdb_client.client.influxdb_client import InfluxDBClient
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from civic_iot.contracts.provenance import Marker  # noqa: E402
 from civic_iot.contracts.readings import AirPayload, Location, Reading, WaterPayload  # noqa: E402
 from civic_iot.kafka_admin import ensure_topics  # noqa: E402
 from civic_iot.registry import load_registry  # noqa: E402
-from civic_iot.settings import Settings, get_settings, influx_token  # noqa: E402
+from civic_iot.settings import Settings, get_settings, influx_token, mark_key  # noqa: E402
 from civic_iot.times import to_ns  # noqa: E402
 from civic_iot.topology import Topology  # noqa: E402
 from simulator.waveforms import SimQuake, SimStation, synthesize_packets  # noqa: E402
@@ -117,6 +118,7 @@ def workload(settings: Settings, prefix: str, n_air: int, n_water: int, stations
 async def produce(settings: Settings, records: list[tuple[str, str, bytes]], rate: float) -> float:
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap, linger_ms=5,
                                 max_batch_size=256 * 1024)  # fmt: skip
+    mark = Marker(mark_key(settings))  # as ingest marks its records: the worker checks
     await producer.start()
     t_first = time.time()
     try:
@@ -126,7 +128,8 @@ async def produce(settings: Settings, records: list[tuple[str, str, bytes]], rat
                 ahead = t_first + i / rate - time.time()
                 if ahead > 0:
                     await asyncio.sleep(ahead)
-            futs.append(await producer.send(topic, value, key=key.encode()))
+            headers = mark.headers(topic, key.encode(), value)
+            futs.append(await producer.send(topic, value, key=key.encode(), headers=headers))
         await asyncio.gather(*futs)
     finally:
         await producer.stop()

@@ -62,11 +62,12 @@ from prometheus_client import Gauge, Histogram
 from civic_iot import retry
 from civic_iot.accounts import INGEST_USER
 from civic_iot.contracts.deadletter import deadletter_record, device_of
+from civic_iot.contracts.provenance import Marker
 from civic_iot.health import KAFKA_ASK_INTERVAL_S, kafka_answers, serve_health
 from civic_iot.logs import limit_repeats
 from civic_iot.mqtt import SERVICE_RECONNECT_CAP_S, Message, MqttConnection
 from civic_iot.registry import Registry, load_registry
-from civic_iot.settings import Settings, mqtt_endpoint, mqtt_password
+from civic_iot.settings import Settings, mark_key, mqtt_endpoint, mqtt_password
 from civic_iot.topology import Topology
 from ingest.refusals import Limits, ReadingRefusedError
 from ingest.validate import validate
@@ -407,8 +408,11 @@ class _Pipeline:
         source: MqttSource,
         depth: int,
         timeout_s: float,
+        mark: Marker,
     ) -> None:
         self._new_producer = new_producer
+        #: Put on every record (:mod:`civic_iot.contracts.provenance`).
+        self._mark = mark
         #: The producer's request timeout, s: a batch has failed by then.
         self._timeout_s = timeout_s
         #: A batch Kafka has not acknowledged this long after it was handed to the
@@ -455,7 +459,7 @@ class _Pipeline:
             done = _failed("no Kafka producer")
         else:
             try:
-                done = asyncio.gather(*await _send_grouped(producer, flight.records))
+                done = asyncio.gather(*await _send_grouped(producer, flight.records, self._mark))
             except Exception as exc:  # noqa: BLE001 - e.g. no metadata: settle re-sends it
                 done = _failed(exc)
         done.add_done_callback(self._landed)
@@ -607,12 +611,13 @@ def _partition(key: bytes, partitions: tuple[int, ...]) -> int:
 
 
 async def _send_grouped(
-    producer: AIOKafkaProducer, records: list[tuple[str, bytes, bytes]]
+    producer: AIOKafkaProducer, records: list[tuple[str, bytes, bytes]], mark: Marker
 ) -> list[asyncio.Future[Any]]:
     """Hand the records to the producer as one Kafka batch per (topic, partition).
 
     The same records, partitions and order as one ``send`` per record, without a
     coroutine, a future and an accumulator lookup per record. Returns a future per batch.
+    Each record carries ingest's ``mark`` (:mod:`civic_iot.contracts.provenance`).
     """
     partitions: dict[str, tuple[int, ...]] = {}
     batches: dict[tuple[str, int], Any] = {}
@@ -625,10 +630,11 @@ async def _send_grouped(
         batch = batches.get(tp)
         if batch is None:
             batch = batches[tp] = producer.create_batch()
-        if batch.append(key=key, value=value, timestamp=None) is None:  # full
+        headers = mark.headers(topic, key, value)
+        if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:  # full
             futures.append(await producer.send_batch(batch, topic, partition=tp[1]))
             batch = batches[tp] = producer.create_batch()
-            if batch.append(key=key, value=value, timestamp=None) is None:
+            if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
                 msg = f"record of {len(value)} bytes for {topic} exceeds the Kafka batch size"
                 raise ValueError(msg)
     for (topic, partition), batch in batches.items():
@@ -683,12 +689,14 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> Counter[
             loop.add_signal_handler(sig, stop.set)
     limit_repeats("aiokafka")
     ingest = Ingest(settings, load_registry(settings.registry))
+    mark = Marker(mark_key(settings))  # no key: ingest refuses to start
     source = MqttSource(settings)
     pipeline = _Pipeline(
         functools.partial(_new_producer, settings),
         source,
         settings.ingest.batches_in_flight,
         settings.ingest.kafka_timeout_s,
+        mark,
     )
     http = None
     if settings.ingest.http_port:

@@ -35,6 +35,7 @@ from civic_iot.contracts.alerts import AlertCandidate
 from civic_iot.contracts.processing import (
     Observation,
     SeismicTick,
+    StationStatus,
     StrongShakingNotice,
     TownshipReport,
     Trigger,
@@ -51,6 +52,7 @@ from civic_iot.settings import InfluxSettings
 from civic_iot.storage.points import Point
 from civic_iot.storage.schema import windowed
 from civic_iot.thresholds import Thresholds, ThresholdSet, thresholds_from
+from civic_iot.timebounds import TimeBounds
 from processors.candidates import township_candidate, update_hazard
 from processors.detectors.air import (
     AirConfig,
@@ -62,8 +64,6 @@ from processors.detectors.intensity import intensity_ordinal
 from processors.detectors.quake import (
     QuakeConfig,
     QuakeEvent,
-    StationObservation,
-    StationTrigger,
     Township,
     to_alert_candidate,
     township_intensities,
@@ -86,6 +86,7 @@ from processors.detectors.water import (
     update_rain,
     update_river,
 )
+from processors.guard import bound_clocks, bound_tick, not_ahead
 from processors.points import (
     Where,
     air_quality_point,
@@ -134,7 +135,8 @@ class Detectors:
             # The gauge keeps the daily totals the debris-flow rule discounts.
             rain=RainConfig(lines=t.rain, antecedent_days=t.debris_flow.antecedent_days),
             debris=t.debris_flow,
-            seismic=SeismicConfig(sta_lta=t.seismic),
+            # The P-wave filter is network-wide: the magnitude corrects for it.
+            seismic=SeismicConfig(sta_lta=t.seismic, pd_highpass_hz=t.quake.pd_highpass_hz),
             health=HealthConfig(rules=t.health.rules()),
         )
 
@@ -156,6 +158,8 @@ class Context:
     #: A seismic partition without a tick for this long (processing time, s) no longer
     #: holds the associator's clock back.
     quake_idle_s: float = 10.0
+    #: How far ahead of the wall clock a stream time may be (processors.guard).
+    bounds: TimeBounds = field(default_factory=TimeBounds)
 
     @classmethod
     def build(
@@ -471,6 +475,8 @@ class SeismicOutcome:
     observation: Observation | None
     #: End of the packet (time of the sample after the last), epoch s.
     end_s: float
+    #: Whether the station could trigger (the associator's constraints).
+    status: StationStatus | None = None
 
 
 def handle_seismic(env: SeismicDevice, reading: Reading, ctx: Context) -> SeismicOutcome:
@@ -489,27 +495,13 @@ def handle_seismic(env: SeismicDevice, reading: Reading, ctx: Context) -> Seismi
     points = reading_points(reading, ctx.buckets)
     p = seismic_station_point(where, res, reading.event_time_ns, ctx.buckets)
     points += [p] if p else []
-    trig = StationTrigger.from_packet(where.device, where.lat, where.lon, res)
-    obs = StationObservation.from_packet(where.device, res)
-    pd_snr = obs.pd_snr if obs and obs.pd_snr is not None and math.isfinite(obs.pd_snr) else None
     return SeismicOutcome(
         state=state,
         points=points,
-        trigger=Trigger(
-            station_id=trig.station_id, lat=trig.lat, lon=trig.lon, p_time_s=trig.p_time_s
-        )
-        if trig
-        else None,
-        observation=Observation(
-            station_id=obs.station_id,
-            pga_gal=obs.pga_gal,
-            pgv_cms=obs.pgv_cms,
-            pd_cm=obs.pd_cm,
-            pd_snr=pd_snr,
-        )
-        if obs
-        else None,
+        trigger=res.trigger(where.device, where.lat, where.lon),
+        observation=res.observation(where.device),
         end_s=t0 + len(data.x_gal) / data.sample_rate_hz,
+        status=res.status(where.device, where.lat, where.lon),
     )
 
 
@@ -612,23 +604,20 @@ def handle_quake(
 ) -> Decision[QuakeState]:
     """One associator step for a batch of ticks: events declared, changed or closed
     become candidates (``quake-<event id>``) and ``quake_event``/``quake_cell`` points."""
-    ticks = list(ticks)
     wall = detected_at.timestamp()
-    clocks = dict(env.clocks)
+    # No tick (nor a state written before the guard) moves a clock past wall + skew.
+    ticks = [bound_tick(t, wall, ctx.bounds) for t in ticks]
+    clocks = bound_clocks(env.clocks, wall, ctx.bounds)
     for t in ticks:
         src = str(t.partition)
         clocks[src] = (max(clocks.get(src, (t.now_s, 0.0))[0], t.now_s), wall)
-    clock = _watermark(clocks, env.clock, wall, ctx.quake_idle_s)
-    triggers = [
-        StationTrigger(t.station_id, t.lat, t.lon, t.p_time_s) for k in ticks for t in k.triggers
-    ]
-    observations = [
-        StationObservation(o.station_id, o.pga_gal, o.pgv_cms, o.pd_cm, o.pd_snr)
-        for k in ticks
-        for o in k.observations
-    ]
+    clock = _watermark(clocks, not_ahead(env.clock, wall, ctx.bounds), wall, ctx.quake_idle_s)
     out = env.assoc.step(
-        now_s=clock, triggers=triggers, observations=observations, config=ctx.quake
+        now_s=clock,
+        triggers=[t for k in ticks for t in k.triggers],
+        observations=[o for k in ticks for o in k.observations],
+        stations=[s for k in ticks for s in k.stations],
+        config=ctx.quake,
     )
     points: list[Point] = []
     candidates: list[AlertCandidate] = []

@@ -21,10 +21,11 @@ from typing import Any, Generic, Protocol, TypeVar
 from faust.types import EventT
 from pydantic import ValidationError
 
-from civic_iot.contracts.processing import NETWORK_KEY, Observation, SeismicTick
+from civic_iot.contracts.processing import NETWORK_KEY, Observation, SeismicTick, StationStatus
 from civic_iot.contracts.readings import Reading
 from civic_iot.storage.points import Point
 from civic_iot.storage.sink import PointSink
+from processors.agents.guard import ReadingGuard
 from processors.agents.loop import BatchAgent
 from processors.agents.outbox import Outbox
 from processors.agents.stats import Activity, Stats, record_ms
@@ -68,6 +69,7 @@ class DeviceDeps:
     outbox: Outbox
     stats: Stats
     activity: Activity
+    guard: ReadingGuard
 
 
 class DeviceAgent(BatchAgent, Generic[S, OutcomeT]):
@@ -83,6 +85,7 @@ class DeviceAgent(BatchAgent, Generic[S, OutcomeT]):
         self.outbox = deps.outbox
         self.stats = deps.stats
         self.activity = deps.activity
+        self.guard = deps.guard
         self.states: BatchState[S] = BatchState(table, self.model)
         self.state = self.states
 
@@ -95,7 +98,9 @@ class DeviceAgent(BatchAgent, Generic[S, OutcomeT]):
         """Send what the outcome has for other agents."""
 
     async def on_event(self, event: EventT[Any]) -> None:
-        reading = self._decode(event)
+        if not await self.guard.marked(event):  # not written by ingest: dead-lettered
+            return
+        reading = await self.guard.admit(event, self._decode(event), self.sink)
         if reading is None:
             return
         msg = event.message
@@ -212,10 +217,12 @@ def seismic_ticks(batch: Sequence[tuple[SeismicOutcome, int | None, int]]) -> li
     """The associator's messages for a batch of (outcome, Kafka record ms, partition).
 
     One per source partition and packet second, in time order (triggers, observations,
-    clock), so that a backlog replays as it happened: a batch may span many seconds,
-    events close on that clock, and the clock is the slowest partition's (see
-    :func:`processors.handlers.handle_quake`). ``trigger_record_ms`` is the earliest
-    record time of a triggering packet (for the alert latency).
+    station statuses, clock), so that a backlog replays as it happened: a batch may span
+    many seconds, events close on that clock, and the clock is the slowest partition's
+    (see :func:`processors.handlers.handle_quake`). Within a tick the order of packets
+    does not matter: the associator takes triggers in P-time order.
+    ``trigger_record_ms`` is the earliest record time of a triggering packet (for the
+    alert latency).
     """
     groups: dict[tuple[int, int], list[tuple[SeismicOutcome, int | None]]] = {}
     for o, ts, part in batch:
@@ -223,8 +230,14 @@ def seismic_ticks(batch: Sequence[tuple[SeismicOutcome, int | None, int]]) -> li
     return [
         SeismicTick(
             now_s=max(o.end_s for o, _ in group),
-            triggers=tuple(o.trigger for o, _ in group if o.trigger),
+            triggers=tuple(
+                sorted(
+                    (o.trigger for o, _ in group if o.trigger),
+                    key=lambda t: (t.p_time_s, t.station_id),
+                )
+            ),
             observations=tuple(_latest_obs([o.observation for o, _ in group])),
+            stations=tuple(_latest_status([o.status for o, _ in group])),
             trigger_record_ms=min((ts for o, ts in group if o.trigger and ts), default=None),
             partition=part,
         )
@@ -233,12 +246,27 @@ def seismic_ticks(batch: Sequence[tuple[SeismicOutcome, int | None, int]]) -> li
 
 
 def _latest_obs(observations: Sequence[Observation | None]) -> list[Observation]:
-    """The newest observation per station (peaks only grow within an event window)."""
-    latest: dict[str, Observation] = {}
+    """The newest observation per station and window (peaks only grow within a window),
+    by station id."""
+    latest: dict[tuple[str, float | None], Observation] = {}
     for o in observations:
         if o is not None:
-            latest[o.station_id] = o
-    return list(latest.values())
+            key = (o.station_id, o.p_time_s)
+            old = latest.get(key)
+            if old is None or (o.at_s or 0.0) >= (old.at_s or 0.0):
+                latest[key] = o
+    return [latest[k] for k in sorted(latest, key=lambda k: (k[0], k[1] or 0.0))]
+
+
+def _latest_status(statuses: Sequence[StationStatus | None]) -> list[StationStatus]:
+    """The newest status per station, by station id."""
+    latest: dict[str, StationStatus] = {}
+    for s in statuses:
+        if s is not None and (
+            s.station_id not in latest or s.until_s >= latest[s.station_id].until_s
+        ):
+            latest[s.station_id] = s
+    return [latest[k] for k in sorted(latest)]
 
 
 __all__ = ["AirAgent", "DeviceAgent", "DeviceDeps", "SeismicAgent", "WaterAgent", "seismic_ticks"]

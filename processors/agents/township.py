@@ -16,8 +16,10 @@ from faust.types import EventT
 
 from civic_iot.contracts.processing import TownshipReport
 from civic_iot.storage.sink import PointSink
+from processors.agents.faults import failed
 from processors.agents.loop import BatchAgent
 from processors.agents.outbox import Outbox
+from processors.agents.stats import Stats
 from processors.agents.tables import BatchState, seen
 from processors.handlers import Context, handle_township
 from processors.states import TownshipState
@@ -32,19 +34,25 @@ class TownshipAgent(BatchAgent):
         table: MutableMapping[str, TownshipState],
         sink: PointSink,
         outbox: Outbox,
+        stats: Stats | None = None,
     ) -> None:
         self.ctx = ctx
         self.sink = sink
         self.outbox = outbox
+        self.stats = stats if stats is not None else Stats()
         self.states = BatchState(table, TownshipState)
         self.state = self.states
 
     async def on_event(self, event: EventT[Any]) -> None:
-        report = TownshipReport.model_validate_json(event.value)
-        env = self.states.get(report.township)
-        if seen(env, event):
+        try:
+            report = TownshipReport.model_validate_json(event.value)
+            env = self.states.get(report.township)
+            if seen(env, event):
+                return
+            decision = handle_township(env, report, self.ctx, datetime.now(UTC))
+        except Exception as exc:  # noqa: BLE001 - one record must not stop the agent
+            failed(self.stats, self.name, exc, event)
             return
-        decision = handle_township(env, report, self.ctx, datetime.now(UTC))
         self.states.set(report.township, decision.state, event)
         await self.outbox.candidates(decision.candidates)
         self.sink.add(decision.points)

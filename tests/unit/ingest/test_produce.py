@@ -13,8 +13,11 @@ import pytest
 from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError, OutOfOrderSequenceNumber
 from aiokafka.partitioner import DefaultPartitioner
 
+from civic_iot.contracts.provenance import HEADER, Marker
 from ingest import service
 from ingest.service import Inbound, Outage, _Pipeline, _send_grouped
+
+MARK = Marker(b"k" * 32)
 
 
 class FakeBatch:
@@ -22,8 +25,11 @@ class FakeBatch:
         self.room = room
         self.records: list[tuple[bytes, bytes]] = []
 
-    def append(self, *, key: bytes, value: bytes, timestamp: None) -> object | None:
+    def append(
+        self, *, key: bytes, value: bytes, timestamp: None, headers: list[tuple[str, bytes]]
+    ) -> object | None:
         assert timestamp is None
+        assert [k for k, _ in headers] == [HEADER]
         if len(self.records) == self.room:
             return None
         self.records.append((key, value))
@@ -72,7 +78,7 @@ def expected() -> dict[Any, list[Any]]:
 
 def test_records_go_where_send_would_put_them_in_order() -> None:
     producer = FakeProducer()
-    futures = asyncio.run(_send_grouped(producer, RECORDS))
+    futures = asyncio.run(_send_grouped(producer, RECORDS, MARK))
     assert len(futures) == len(producer.sent)
     assert len({(t, p) for t, p, _ in producer.sent}) == len(producer.sent)  # one batch each
     assert per_partition(producer.sent) == expected()
@@ -80,7 +86,7 @@ def test_records_go_where_send_would_put_them_in_order() -> None:
 
 def test_a_full_batch_is_sent_and_a_new_one_started() -> None:
     producer = FakeProducer(room=3)
-    asyncio.run(_send_grouped(producer, RECORDS))
+    asyncio.run(_send_grouped(producer, RECORDS, MARK))
     assert all(len(records) <= 3 for _, _, records in producer.sent)
     assert per_partition(producer.sent) == expected()
 
@@ -143,7 +149,7 @@ async def pipeline_of(*producers: HeldProducer) -> tuple[_Pipeline, AckLog]:
     """A started pipeline whose producers are these, one after the other."""
     log = AckLog()
     queue = list(producers)
-    pipeline = _Pipeline(lambda: queue.pop(0), log, depth=4, timeout_s=1.0)  # type: ignore[arg-type,return-value]
+    pipeline = _Pipeline(lambda: queue.pop(0), log, depth=4, timeout_s=1.0, mark=MARK)  # type: ignore[arg-type,return-value]
     await pipeline.start()
     return pipeline, log
 
