@@ -63,7 +63,7 @@ from influxdb_client.client.influxdb_client import InfluxDBClient
 
 from api import queries, views
 from api.influx import FluxClient
-from api.warning import Quake, warn_township
+from civic_iot.warning import Quake, warn_township
 from civic_iot.contracts.processing import TownshipReport
 from civic_iot.contracts.readings import Reading
 from civic_iot.kafka_admin import partition_counts
