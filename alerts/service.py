@@ -165,6 +165,7 @@ from alerts.webhooks import WebhookDelivery, deadletter_value
 from civic_iot.auth import TokenStore
 from civic_iot.contracts.alerts import AlertCandidate
 from civic_iot.kafka_admin import ensure_topics, wait_for_topics
+from civic_iot.registry import load_registry
 from civic_iot.settings import Settings, mqtt_endpoint, mqtt_password
 from civic_iot.storage.sink import (
     AIOKafkaPublisher,
@@ -212,6 +213,18 @@ def lifecycle_config(settings: Settings) -> LifecycleConfig:
 
 def _dumps(data: Any) -> bytes:
     return json.dumps(data, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode()
+
+
+def township_centroids(settings: Settings) -> dict[str, tuple[float, float]]:
+    """Township code -> centroid (lat, lon degrees) from the registry, for the earthquake
+    countdown per township; without a readable registry, townships are placed by their
+    reported cells only (logged)."""
+    try:
+        registry = load_registry(settings.registry)
+    except (OSError, ValueError) as exc:
+        logger.warning("registry unreadable path=%s error=%s", settings.registry, exc)
+        return {}
+    return {t.code: (t.lat, t.lon) for t in registry.townships}
 
 
 def alerts_topic_record(
@@ -550,6 +563,7 @@ class AlertService:
             max_attempts=a.webhook_max_attempts,
             keepalive_s=settings.mqtt.keepalive_s,
             root=self.topics.mqtt_alerts_root,
+            townships=township_centroids(settings),
         )
         self.subscriptions = SubscriptionStore(
             bootstrap=settings.kafka.bootstrap,

@@ -1,4 +1,5 @@
-"""The per-place earthquake warning (civic_iot.warning, which the API and the alert service share) against the detector's own figures."""
+"""The per-place earthquake warning (civic_iot.warning, shared by the API and the alert
+service) against the detector's own figures."""
 
 from __future__ import annotations
 
