@@ -157,7 +157,12 @@ from alerts.limits import (
     clamp_candidate,
     worst_case_candidate,
 )
-from alerts.messages import to_json_bytes, to_json_dict
+from alerts.messages import (
+    to_json_bytes,
+    to_json_dict,
+    township_json_bytes,
+    township_warnings,
+)
 from alerts.subscription_store import SubscriptionStore, webhook_key
 from alerts.text import get_logger
 from alerts.urls import UrlPolicy
@@ -343,7 +348,8 @@ def worst_case_sizes(
     lifecycle: LifecycleConfig, cap_config: CapConfig, status: CapStatus, fill: str
 ) -> dict[str, int]:
     """Bytes of the largest record of each kind the caps allow, texts made of ``fill``:
-    ``alerts`` (key + value), ``alerts.state`` (key + value + header), ``mqtt`` (payload)."""
+    ``alerts`` (key + value), ``alerts.state`` (key + value + header), ``mqtt`` (payload),
+    ``mqtt_township`` (the largest payload of an earthquake's township topics)."""
     at = datetime(2025, 1, 1, tzinfo=UTC)
     msg, record = _worst_message(lifecycle, fill, at)
     key, value = alerts_topic_record(msg, status, cap_config=cap_config)
@@ -354,7 +360,33 @@ def worst_case_sizes(
         "alerts": len(key) + len(value),
         "alerts.state": len(state_key) + len(state_value or b"") + 64,
         "mqtt": len(to_json_bytes(msg, status, config=cap_config)),
+        "mqtt_township": _worst_township_payload(msg, status, cap_config),
     }
+
+
+def _worst_township_payload(msg: AlertMessage, status: CapStatus, cap_config: CapConfig) -> int:
+    """Bytes of the largest township payload of ``msg`` made an earthquake (its size does
+    not depend on the evidence beyond these numbers, so they take their longest form)."""
+    big = -1.2345678901234567e-300
+    quake = msg.model_copy(
+        update={
+            "hazard": "earthquake",
+            "evidence": {
+                "magnitude": big,
+                "epicentre_lat": big,
+                "epicentre_lon": big,
+                "depth_km": big,
+                "origin_time": "2025-01-01T00:00:00.000+00:00",
+                "max_intensity": "5-",
+            },
+        }
+    )
+    now_s = msg.sent.timestamp()
+    places = township_warnings(quake, status, {}, config=cap_config)
+    return max(
+        (len(township_json_bytes(quake, code, w, now_s, config=cap_config)) for code, w in places),
+        default=0,
+    )
 
 
 #: Characters that cost the most bytes in one of the encodings: ``&`` (5 in XML), an
@@ -366,6 +398,7 @@ _BUDGETS = {
     "alerts": KAFKA_RECORD_BUDGET,
     "alerts.state": KAFKA_RECORD_BUDGET,
     "mqtt": MQTT_PAYLOAD_BUDGET,
+    "mqtt_township": MQTT_PAYLOAD_BUDGET,
 }
 
 

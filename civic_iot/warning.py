@@ -27,7 +27,7 @@ and a unit test pins them to the detector's values.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -233,10 +233,17 @@ def warn_township(
     Raises:
         ValueError: neither a centroid nor a cell of the township: nowhere to place it.
     """
-    cells = [c for c in quake.cells if c.township == code]
-    centroid = [] if lat is None or lon is None else [(lat, lon)]
-    points: Iterable[tuple[float, float]] = [*centroid, *((c.lat, c.lon) for c in cells)]
-    if not centroid and not cells:
+    centroid = None if lat is None or lon is None else (lat, lon)
+    return _warn_cells(quake, code, centroid, [c for c in quake.cells if c.township == code])
+
+
+def _warn_cells(
+    quake: Quake, code: str, centroid: tuple[float, float] | None, cells: list[Cell]
+) -> PlaceWarning:
+    points: list[tuple[float, float]] = [(c.lat, c.lon) for c in cells]
+    if centroid is not None:
+        points.insert(0, centroid)
+    if not points:
         msg = f"township {code!r}: no centroid and no reported cell"
         raise ValueError(msg)
     first = min(points, key=lambda p: quake.arrival_s(*p))
@@ -260,13 +267,16 @@ def warn_townships(
     quake: Quake, centroids: Mapping[str, tuple[float, float]]
 ) -> tuple[tuple[str, PlaceWarning], ...]:
     """The warning of each affected township (:func:`affected_townships`), in that order,
-    as (code, warning) pairs, by :func:`warn_township` with its centroid when known
-    (``centroids``: code -> lat, lon degrees); a township with neither a centroid nor a
-    cell cannot be placed and is left out."""
+    as (code, warning) pairs, as :func:`warn_township` gives it with the centroid when
+    known (``centroids``: code -> lat, lon degrees); a township with neither a centroid
+    nor a cell cannot be placed and is left out."""
+    by_town: dict[str, list[Cell]] = {}
+    for c in quake.cells:
+        if c.township:
+            by_town.setdefault(c.township, []).append(c)
     out: list[tuple[str, PlaceWarning]] = []
     for code in affected_townships(quake):
-        lat, lon = centroids.get(code, (None, None))
-        if lat is None and not any(c.township == code for c in quake.cells):
-            continue
-        out.append((code, warn_township(quake, code, lat, lon)))
+        centroid, cells = centroids.get(code), by_town.get(code, [])
+        if centroid is not None or cells:
+            out.append((code, _warn_cells(quake, code, centroid, cells)))
     return tuple(out)
