@@ -95,7 +95,7 @@ def test_payload_carries_identity_intensity_and_countdown() -> None:
 
 
 def test_a_cancel_is_told_to_the_townships_as_ended() -> None:
-    msg, event, state = quake_alert()
+    msg, _, state = quake_alert()
     event2, cfg = quake_event()
     clear = to_alert_candidate(event2, detected_at=msg.detected_at, config=cfg).model_copy(
         update={"level": 0, "severity": "Minor"}
