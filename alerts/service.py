@@ -365,12 +365,15 @@ def worst_case_sizes(
 
 
 def _worst_township_payload(msg: AlertMessage, status: CapStatus, cap_config: CapConfig) -> int:
-    """Bytes of the largest township payload of ``msg`` made an earthquake (its size does
-    not depend on the evidence beyond these numbers, so they take their longest form)."""
+    """Bytes of the largest township payload of ``msg`` made an earthquake. Its size does
+    not depend on the number of cells or townships (a few of the longest codes do), nor on
+    the evidence beyond these numbers, which take their longest form."""
     big = -1.2345678901234567e-300
     quake = msg.model_copy(
         update={
             "hazard": "earthquake",
+            "cells": msg.cells[:8],
+            "geocodes": msg.geocodes[:8],
             "evidence": {
                 "magnitude": big,
                 "epicentre_lat": big,
