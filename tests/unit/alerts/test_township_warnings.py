@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -21,8 +22,10 @@ from alerts.messages import (
     township_json_dict,
     township_warnings,
 )
-from alerts.service import WORST_FILLS, worst_case_sizes
+from alerts.service import WORST_FILLS, township_centroids, worst_case_sizes
 from alerts.subscriptions import SubscriptionFilter, matches
+from civic_iot.registry import load_registry
+from civic_iot.settings import Settings
 from civic_iot.warning import VS_KMS, Quake, hypocentral_km, intensity_rank
 from processors.detectors.quake import QuakeEvent, to_alert_candidate
 from tests.unit.alerts.factories import lifecycle_messages
@@ -186,3 +189,15 @@ def test_channel_publishes_event_then_each_township_not_retained() -> None:
     assert [b["township"] for b in bodies] == codes
     assert all(b["schema"] == PLACE_SCHEMA_ID and b["seconds_left"] >= 0 for b in bodies)
     assert [(r.message.identifier, r.outcome) for r in results] == [(msg.identifier, "delivered")]
+
+
+def test_centroids_come_from_the_registry_and_a_missing_one_places_by_cells(
+    tmp_path: Path,
+) -> None:
+    shipped = Settings()
+    centroids = township_centroids(shipped)
+    registry = load_registry(shipped.registry)
+    assert centroids == {t.code: (t.lat, t.lon) for t in registry.townships}
+    assert centroids
+    missing = shipped.model_copy(update={"registry": tmp_path / "absent.yaml"})
+    assert township_centroids(missing) == {}
