@@ -44,7 +44,7 @@ from alerts.lifecycle import AckRecord, AlertMessage
 from alerts.limits import MQTT_PAYLOAD_BUDGET
 from alerts.messages import to_json_bytes, township_json_bytes, township_warnings
 from alerts.text import get_logger
-from civic_iot.mqtt import MqttConnection, MqttError, Reason
+from civic_iot.mqtt import SERVICE_RECONNECT_CAP_S, MqttConnection, MqttError, Reason
 from civic_iot.settings import InfluxSettings
 from civic_iot.storage.points import FieldValue, Point
 from civic_iot.storage.schema import measurement
@@ -280,6 +280,7 @@ class MqttChannel:
             keepalive_s=keepalive_s,
             tls_ca=tls_ca,
             on_connect=self._on_connect,
+            reconnect_cap_s=SERVICE_RECONNECT_CAP_S,
         )
         self._queue: asyncio.Queue[AlertMessage] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None

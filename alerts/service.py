@@ -169,7 +169,9 @@ from alerts.urls import UrlPolicy
 from alerts.webhooks import WebhookDelivery, deadletter_value
 from civic_iot.auth import TokenStore
 from civic_iot.contracts.alerts import AlertCandidate
+from civic_iot.health import KAFKA_ASK_INTERVAL_S, KafkaWatch
 from civic_iot.kafka_admin import ensure_topics, wait_for_topics
+from civic_iot.logs import limit_repeats
 from civic_iot.registry import load_registry
 from civic_iot.settings import Settings, mqtt_endpoint, mqtt_password
 from civic_iot.storage.sink import (
@@ -570,6 +572,8 @@ class AlertService:
         self._step_down_lock = asyncio.Lock()
         self._election: LeaderElection | None = None
         self._producer_: AIOKafkaProducer | None = None
+        #: Whether Kafka answers, for ``/health``.
+        self._kafka = KafkaWatch(f"alerts instance={self.instance}")
         #: The ``alerts`` bucket's points (module doc of :mod:`civic_iot.storage.sink`):
         #: alerts go out while InfluxDB is down, so the sink is bounded; points past the
         #: bound, and those still held when the service stops, go to storage.deadletter.
@@ -653,8 +657,17 @@ class AlertService:
     def health(self) -> dict[str, Any]:
         serving = self._role in ("standby", "taking_over", "active")
         failing = self.points.failing_since
+        reasons = []
+        if not serving:
+            reasons.append(f"role {self._role}")
+        if not self.mqtt.connected:
+            reasons.append("mqtt disconnected")
+        if kafka := self._kafka.reason():
+            reasons.append(kafka)
         return {
-            "status": "ok" if serving and self.mqtt.connected else "degraded",
+            "status": "degraded" if reasons else "ok",
+            "reason": "; ".join(reasons),
+            "kafka": "unavailable" if kafka else "ok",
             "ready": self.ready,
             "role": self._role,
             "instance": self.instance,
@@ -722,6 +735,7 @@ class AlertService:
             asyncio.create_task(election.wait(), name="alerts-election"),
             asyncio.create_task(self._lead_loop(), name="alerts-lead"),
             asyncio.create_task(self._flush_loop(), name="alerts-flush"),
+            asyncio.create_task(self._watch_kafka(), name="alerts-kafka-watch"),
             asyncio.create_task(self.webhooks.wait(), name="alerts-webhooks-wait"),
         ]
         # A caller that starts one instance and then sends candidates expects them handled
@@ -1147,6 +1161,14 @@ class AlertService:
             with contextlib.suppress(StorageUnavailable):
                 await self.points.flush()
 
+    async def _watch_kafka(self) -> None:
+        """For ``/health``: whether Kafka answers (the consumers and the producer keep
+        retrying by themselves; this only tells)."""
+        while not self._stopping.is_set():
+            await self._kafka.ask(self._producer.client, KAFKA_ASK_INTERVAL_S)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), KAFKA_ASK_INTERVAL_S)
+
     async def _close_points(self) -> None:
         """Store what the sink holds, within one write timeout; what InfluxDB does not take
         by then goes to storage.deadletter (the producer is still up), never dropped."""
@@ -1303,6 +1325,7 @@ async def run_service(settings: Settings, *, stop: asyncio.Event | None = None) 
 
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
+    limit_repeats("aiokafka")  # a Kafka outage: a line per interval, not per attempt
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
