@@ -157,7 +157,12 @@ from alerts.limits import (
     clamp_candidate,
     worst_case_candidate,
 )
-from alerts.messages import to_json_bytes, to_json_dict
+from alerts.messages import (
+    to_json_bytes,
+    to_json_dict,
+    township_json_bytes,
+    township_warnings,
+)
 from alerts.subscription_store import SubscriptionStore, webhook_key
 from alerts.text import get_logger
 from alerts.urls import UrlPolicy
@@ -167,6 +172,7 @@ from civic_iot.contracts.alerts import AlertCandidate
 from civic_iot.health import KAFKA_ASK_INTERVAL_S, KafkaWatch
 from civic_iot.kafka_admin import ensure_topics, wait_for_topics
 from civic_iot.logs import limit_repeats
+from civic_iot.registry import load_registry
 from civic_iot.settings import Settings, mqtt_endpoint, mqtt_password
 from civic_iot.storage.sink import (
     AIOKafkaPublisher,
@@ -214,6 +220,18 @@ def lifecycle_config(settings: Settings) -> LifecycleConfig:
 
 def _dumps(data: Any) -> bytes:
     return json.dumps(data, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode()
+
+
+def township_centroids(settings: Settings) -> dict[str, tuple[float, float]]:
+    """Township code -> centroid (lat, lon degrees) from the registry, for the earthquake
+    countdown per township; without a readable registry, townships are placed by their
+    reported cells only (logged)."""
+    try:
+        registry = load_registry(settings.registry)
+    except (OSError, ValueError) as exc:
+        logger.warning("registry unreadable path=%s error=%s", settings.registry, exc)
+        return {}
+    return {t.code: (t.lat, t.lon) for t in registry.townships}
 
 
 def alerts_topic_record(
@@ -332,7 +350,8 @@ def worst_case_sizes(
     lifecycle: LifecycleConfig, cap_config: CapConfig, status: CapStatus, fill: str
 ) -> dict[str, int]:
     """Bytes of the largest record of each kind the caps allow, texts made of ``fill``:
-    ``alerts`` (key + value), ``alerts.state`` (key + value + header), ``mqtt`` (payload)."""
+    ``alerts`` (key + value), ``alerts.state`` (key + value + header), ``mqtt`` (payload),
+    ``mqtt_township`` (the largest payload of an earthquake's township topics)."""
     at = datetime(2025, 1, 1, tzinfo=UTC)
     msg, record = _worst_message(lifecycle, fill, at)
     key, value = alerts_topic_record(msg, status, cap_config=cap_config)
@@ -343,7 +362,36 @@ def worst_case_sizes(
         "alerts": len(key) + len(value),
         "alerts.state": len(state_key) + len(state_value or b"") + 64,
         "mqtt": len(to_json_bytes(msg, status, config=cap_config)),
+        "mqtt_township": _worst_township_payload(msg, status, cap_config),
     }
+
+
+def _worst_township_payload(msg: AlertMessage, status: CapStatus, cap_config: CapConfig) -> int:
+    """Bytes of the largest township payload of ``msg`` made an earthquake. Its size does
+    not depend on the number of cells or townships (a few of the longest codes do), nor on
+    the evidence beyond these numbers, which take their longest form."""
+    big = -1.2345678901234567e-300
+    quake = msg.model_copy(
+        update={
+            "hazard": "earthquake",
+            "cells": msg.cells[:8],
+            "geocodes": msg.geocodes[:8],
+            "evidence": {
+                "magnitude": big,
+                "epicentre_lat": big,
+                "epicentre_lon": big,
+                "depth_km": big,
+                "origin_time": "2025-01-01T00:00:00.000+00:00",
+                "max_intensity": "5-",
+            },
+        }
+    )
+    now_s = msg.sent.timestamp()
+    places = township_warnings(quake, status, {}, config=cap_config)
+    return max(
+        (len(township_json_bytes(quake, code, w, now_s, config=cap_config)) for code, w in places),
+        default=0,
+    )
 
 
 #: Characters that cost the most bytes in one of the encodings: ``&`` (5 in XML), an
@@ -355,6 +403,7 @@ _BUDGETS = {
     "alerts": KAFKA_RECORD_BUDGET,
     "alerts.state": KAFKA_RECORD_BUDGET,
     "mqtt": MQTT_PAYLOAD_BUDGET,
+    "mqtt_township": MQTT_PAYLOAD_BUDGET,
 }
 
 
@@ -554,6 +603,7 @@ class AlertService:
             max_attempts=a.webhook_max_attempts,
             keepalive_s=settings.mqtt.keepalive_s,
             root=self.topics.mqtt_alerts_root,
+            townships=township_centroids(settings),
         )
         self.subscriptions = SubscriptionStore(
             bootstrap=settings.kafka.bootstrap,

@@ -1,4 +1,5 @@
-"""The per-place earthquake warning (api.warning) against the detector's own figures."""
+"""The per-place earthquake warning (civic_iot.warning, shared by the API and the alert
+service) against the detector's own figures."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import math
 
 import pytest
 
-from api.warning import (
+from civic_iot.warning import (
     CELL_DEG,
     VS_KMS,
     Quake,
