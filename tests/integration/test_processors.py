@@ -310,13 +310,19 @@ def _seismic_records(
     return out
 
 
+def _quake_closed(got: list[dict[str, Any]]) -> bool:
+    quakes = [c for c in got if c["hazard"] == "earthquake"]
+    return any(c["level"] >= 1 for c in quakes) and quakes[-1]["level"] == 0
+
+
 def test_quake_replay_gives_one_event_and_noise_none(penv: Env) -> None:
     quake = SimQuake(lat=24.80, lon=121.60, depth_km=10.0, magnitude=6.0, origin_s=T0 + 40.0)
     records = _seismic_records(penv, quake, 100.0)
     produce(penv, records)
     worker = start_worker(penv)
     try:
-        got = candidates(penv, want=50, timeout=90)
+        # Until the event has been declared and closed (its last candidate is level 0).
+        got = _candidates_until(penv, _quake_closed)
         quakes = [c for c in got if c["hazard"] == "earthquake"]
         assert quakes
         assert len({c["area_code"] for c in quakes}) == 1, [c["area_code"] for c in quakes]
