@@ -284,15 +284,25 @@ async def group_lag(
     await admin.start()
     await consumer.start()
     try:
-        described = await admin.describe_topics(topics)  # they exist: no auto-creation
+        deadline = time.monotonic() + timeout_s
+        # They exist (no auto-creation); a topic the broker cannot describe yet (an error
+        # code, say no leader) is asked again, never left out: it would pass as consumed.
+        while True:
+            described = await admin.describe_topics(topics)
+            failing = [
+                f"{t['topic']} (describe error {t['error_code']})"
+                for t in described
+                if t["error_code"] != 0
+            ]
+            if not failing:
+                break
+            if time.monotonic() > deadline:
+                return failing
+            await asyncio.sleep(0.5)
         tps = [
-            TopicPartition(t["topic"], p["partition"])
-            for t in described
-            if t["error_code"] == 0
-            for p in t["partitions"]
+            TopicPartition(t["topic"], p["partition"]) for t in described for p in t["partitions"]
         ]
         end = {tp: n for tp, n in (await consumer.end_offsets(tps)).items() if n > 0}
-        deadline = time.monotonic() + timeout_s
         while True:
             found = await admin.list_consumer_group_offsets(group, partitions=list(end))
             # -1: nothing committed on that partition yet.

@@ -18,7 +18,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -53,7 +53,7 @@ from processors.detectors.intensity import intensity_ordinal
 from processors.detectors.quake import distance_km, to_alert_candidate
 from tests.unit.api.live_factories import quake_event
 
-from .helpers import start_process
+from .helpers import serve_posts, start_process
 
 pytestmark = pytest.mark.integration
 
@@ -369,19 +369,9 @@ class Receiver:
         return f"http://127.0.0.1:{self.port}/{name}"
 
 
-@asynccontextmanager
-async def receiver(r: Receiver) -> AsyncIterator[Receiver]:
-    app = web.Application()
-    app.router.add_post("/{name}", r.handle)
-    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    r.port = int(runner.addresses[0][1])
-    try:
-        yield r
-    finally:
-        await runner.cleanup()
+def receiver(r: Receiver) -> AbstractAsyncContextManager[Receiver]:
+    """The webhook receiver: ``/{name}`` is the subscription's name."""
+    return serve_posts(r, "/{name}")
 
 
 def sid(name: str) -> str:
