@@ -1,4 +1,4 @@
-# The civic-iot processes (ingest, worker, alerts, setup) for docker-compose.
+# The civic-iot processes (ingest, worker, alerts, api, setup) for docker-compose.
 # They run as the unprivileged account civic (uid 10001), each with its own data dir volume
 # at /data; only the one-shot setup service runs as root (docker-compose.yml says why).
 # openssl (for the broker's local CA) comes with the base image's ca-certificates.
@@ -12,6 +12,7 @@ COPY civic_iot civic_iot
 COPY ingest ingest
 COPY processors processors
 COPY alerts alerts
+COPY api api
 COPY simulator simulator
 COPY ops ops
 COPY deploy deploy

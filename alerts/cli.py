@@ -42,8 +42,7 @@ Url = Annotated[
 def _base(url: str | None) -> str:
     if url is not None:
         return url
-    a = get_settings().alerts
-    return f"http://{a.http_host}:{a.http_port}"
+    return get_settings().alerts.base_url
 
 
 def _call(url: str | None, method: str, path: str, token: str, body: Any = None) -> Any:

@@ -558,7 +558,7 @@ class AlertService:
         self._clock = clock
         a = settings.alerts
         #: API tokens (civic_iot.auth), re-read when the file changes.
-        self.tokens = TokenStore.of(settings.data_dir)
+        self.tokens = TokenStore.at(settings.tokens_file)
         self.url_policy = UrlPolicy.of(a.webhook_allow_http, a.webhook_allowed_networks)
         self.max_subscriptions_per_owner = a.max_subscriptions_per_owner
         self.secret_grace_s = a.webhook_secret_grace_s

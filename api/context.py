@@ -106,7 +106,7 @@ class ApiContext:
         api = settings.api
         return cls(
             settings=settings,
-            tokens=TokenStore.of(settings.data_dir),
+            tokens=TokenStore.at(settings.tokens_file),
             limiter=RateLimiter(api.public_rate_per_s, api.public_burst, api.rate_limit_clients),
             flux=FluxClient(settings.influx.url, settings.influx.org, token, api.query_timeout_s),
             registry=FileView(settings.registry, load_registry),

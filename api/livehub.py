@@ -308,7 +308,7 @@ class LiveHub:
             per_minute=self.api.live_connects_per_minute,
             total=self.api.live_max_streams,
         )
-        self.alerts_url = f"http://{settings.alerts.http_host}:{settings.alerts.http_port}"
+        self.alerts_url = settings.alerts.base_url
         self._seq = 0
         self._rings: dict[str, deque[LiveEvent]] = {
             s: deque(maxlen=self.api.live_replay_events) for s in STREAMS

@@ -332,7 +332,7 @@ class Receiver(threading.Thread):
 def subscribe(settings: Settings, procs: Procs, url: str) -> None:
     """The receiver as a webhook subscriber of every alert, through the alert service's
     API (subscriptions live on the run's compacted topic), with a token of this run."""
-    store = TokenStore.of(settings.data_dir)
+    store = TokenStore.at(settings.tokens_file)
     record, token = store.issue(f"chaos-{procs.prefix.rstrip('.')}", "admin", "bench/chaos.py")
     try:
         req = urllib.request.Request(

@@ -32,6 +32,9 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 
 from civic_iot.files import write_atomic
 
+#: The token file's place under a data dir (``Settings.tokens_file`` may move it).
+TOKENS_FILE = Path("secrets") / "api-tokens.json"
+
 Role = Literal["agency", "operator", "admin"]
 ROLES: tuple[Role, ...] = get_args(Role)
 #: What each role includes: a higher role may do everything a lower one may.
@@ -118,7 +121,13 @@ class TokenStore:
 
     @classmethod
     def of(cls, data_dir: Path) -> TokenStore:
-        store = cls(data_dir / "secrets" / "api-tokens.json")
+        """The file at its default place under ``data_dir``."""
+        return cls.at(data_dir / TOKENS_FILE)
+
+    @classmethod
+    def at(cls, path: Path) -> TokenStore:
+        """The file at ``path`` (an installation's: ``Settings.tokens_file``), read."""
+        store = cls(path)
         store.refresh()
         return store
 

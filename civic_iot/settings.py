@@ -25,6 +25,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from civic_iot.auth import TOKENS_FILE
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 #: Values that ship in examples, images and tutorials: never accepted as a secret.
@@ -234,8 +236,24 @@ class AlertSettings(BaseModel):
     #: CAP ``<status>``. Demo and tests never send ``Actual``.
     cap_status: Literal["Actual", "Exercise", "System", "Test", "Draft"] = "Exercise"
     sender: str = "alerts@civic-iot.example"
+    #: Where the service's HTTP API listens.
     http_host: str = "127.0.0.1"
     http_port: int = 8095
+    #: The HTTP API's base URL as the other processes reach it (the API's console, the
+    #: CLI, ``civic-iot status``); ``None``: :attr:`http_host` and :attr:`http_port` on
+    #: this host. docker-compose names the container: ``http://alerts:8095``.
+    url: str | None = None
+
+    @property
+    def base_url(self) -> str:
+        """:attr:`url`, or the listening address (a wildcard one as loopback)."""
+        if self.url is not None:
+            return self.url.rstrip("/")
+        host = "127.0.0.1" if self.http_host in ("0.0.0.0", "", "::") else self.http_host  # noqa: S104
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.http_port}"
+
     #: Attempts per webhook message (the first POST included) before it is dead-lettered.
     webhook_max_attempts: int = 6
     #: Per-request timeout of a webhook POST (connect + send + response), seconds.
@@ -420,6 +438,11 @@ class Settings(BaseSettings):
     #: run (ports, intervals, batch sizes, timeouts); the thresholds file what counts as
     #: a warning.
     thresholds: Path = Field(default=REPO_ROOT / "deploy" / "thresholds.yaml")
+    #: The API token file (:class:`civic_iot.auth.TokenStore`) shared by the alert
+    #: service, the API and the CLI; ``None``: ``<data dir>/secrets/api-tokens.json``.
+    #: docker-compose gives it a volume of its own, so that the API container sees the
+    #: tokens and none of the alert service's other secrets.
+    api_tokens_file: Path | None = None
     mqtt: MqttSettings = MqttSettings()
     ingest: IngestSettings = IngestSettings()
     kafka: KafkaSettings = KafkaSettings()
@@ -428,6 +451,11 @@ class Settings(BaseSettings):
     processors: ProcessorSettings = ProcessorSettings()
     api: ApiSettings = ApiSettings()
     log_level: str = "INFO"
+
+    @property
+    def tokens_file(self) -> Path:
+        """The installation's API token file (:attr:`api_tokens_file`)."""
+        return self.api_tokens_file or self.data_dir / TOKENS_FILE
 
 
 #: Who holds an InfluxDB token of its own, and what it may do (``ops.influx_setup``

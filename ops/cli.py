@@ -214,7 +214,7 @@ def tokens_create(
     if role not in ROLES:
         console.print(f"[red]role {role!r} is not one of {', '.join(ROLES)}[/red]")
         raise typer.Exit(2)
-    store = TokenStore.of(get_settings().data_dir)
+    store = TokenStore.at(get_settings().tokens_file)
     try:
         record, token = store.issue(principal, role, note)
     except ValidationError as exc:
@@ -232,7 +232,7 @@ def tokens_create(
 def tokens_list() -> None:
     """Every token issued: id, principal, role, created, revoked (never a secret)."""
     table = Table("id", "principal", "role", "created", "revoked", "note")
-    for r in TokenStore.of(get_settings().data_dir).records():
+    for r in TokenStore.at(get_settings().tokens_file).records():
         revoked = r.revoked_at.isoformat(timespec="seconds") if r.revoked_at else ""
         table.add_row(
             r.id, r.principal, r.role, r.created_at.isoformat(timespec="seconds"), revoked, r.note
@@ -246,7 +246,7 @@ def tokens_revoke(
 ) -> None:
     """Revoke tokens at once: the running services refuse them from their next request."""
     try:
-        done = TokenStore.of(get_settings().data_dir).revoke(token_ids)
+        done = TokenStore.at(get_settings().tokens_file).revoke(token_ids)
     except KeyError as exc:
         console.print(f"[red]{exc.args[0]}[/red]")
         raise typer.Exit(1) from None

@@ -63,7 +63,7 @@ def run_demo(
     console.print(f"{len(messages):,} messages, ~{sc.wall_duration_s(speed):.0f} s")
     # An operator token for this run only (revoked at the end), handed to the page in the
     # URL's fragment: a browser never sends the fragment to a server.
-    tokens = TokenStore.of(settings.data_dir)
+    tokens = TokenStore.at(settings.tokens_file)
     token_record, token = tokens.issue(f"demo-{run}", "operator", note="civic-iot demo")
     console.print(
         f"operations console: [link]{pipeline.console_url}#token={token}[/link]\n"

@@ -111,7 +111,7 @@ class Pipeline:
 
     def start(self, timeout_s: float = 90) -> None:
         asyncio.run(ensure_topics(self.settings.kafka.bootstrap, self.topology))
-        record, token = TokenStore.of(self.settings.data_dir).issue(
+        record, token = TokenStore.at(self.settings.tokens_file).issue(
             "civic-pipeline", "agency", f"run {self.prefix} (revoked when it stops)"
         )
         self._token = (record.id, token)
@@ -158,7 +158,7 @@ class Pipeline:
     def stop(self) -> None:
         if self._token is not None:
             with contextlib.suppress(KeyError, ValueError, OSError):
-                TokenStore.of(self.settings.data_dir).revoke([self._token[0]])
+                TokenStore.at(self.settings.tokens_file).revoke([self._token[0]])
             self._token = None
         for proc in self.procs.values():
             with contextlib.suppress(ProcessLookupError):

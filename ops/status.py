@@ -49,7 +49,7 @@ def collect(settings: Settings) -> list[tuple[str, str, str]]:
         if not wh.get("healthy"):
             detail += f" storage failing: {wh.get('storage_failing_s')}"
         rows.append(("worker", "healthy" if wh.get("healthy") else "unhealthy", detail))
-    alerts = f"http://{settings.alerts.http_host}:{settings.alerts.http_port}"
+    alerts = settings.alerts.base_url
     ah = _health(f"{alerts}/health")  # 503 (degraded) still says why
     if ah is None:
         rows.append(("alerts", "down", f"no answer on {alerts}/health"))

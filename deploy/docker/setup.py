@@ -106,6 +106,15 @@ HANDOUT: dict[str, Handout] = {
             "tls/ca.crt": "tls/ca.crt",
         }
     ),
+    "api": Handout(
+        {
+            "devices.yaml": "devices.yaml",
+            "secrets/influx-token-api": "secrets/influx-token-api",
+        }
+    ),
+    # The API token file's own volume (CIVIC_API_TOKENS_FILE of the alert service and the
+    # API): nothing handed out, only given to the account that writes the file.
+    "tokens": Handout({}),
     # Read by deploy/grafana/start.sh, not by civic-iot code.
     "grafana": Handout(
         {
@@ -146,6 +155,7 @@ def hand_out(settings: Settings, root: Path = HANDOUT_ROOT) -> None:
     its registry sees the old file or the new one)."""
     for service, h in HANDOUT.items():
         dest = root / service
+        dest.mkdir(parents=True, exist_ok=True)
         for src, dst in h.files.items():
             text = (settings.data_dir / src).read_text(encoding="utf-8")
             target = dest / dst

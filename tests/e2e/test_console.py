@@ -54,7 +54,7 @@ CHROMIUM_FLAGS = [
 @pytest.fixture
 def operator_token(stack: Settings, unique: str) -> Iterator[tuple[str, str]]:
     """An operator token in the installation's token file, revoked afterwards."""
-    store = TokenStore.of(stack.data_dir)
+    store = TokenStore.at(stack.tokens_file)
     name = f"console-test-{unique}"
     record, token = store.issue(name, "operator", note="tests/e2e/test_console.py")
     yield name, token

@@ -236,7 +236,7 @@ async def wait_until(pred: Callable[[], bool], within: float, what: str) -> None
 def api_tokens(stack: Settings, unique: str) -> Iterator[dict[str, str]]:
     """A token per role for this test (principals ``agency-<id>``, ``duty-officer``,
     ``admin-<id>``), revoked at its end."""
-    store = TokenStore.of(stack.data_dir)
+    store = TokenStore.at(stack.tokens_file)
     issued = {
         "agency": store.issue(f"agency-{unique}", "agency", "integration test"),
         "operator": store.issue("duty-officer", "operator", "integration test"),

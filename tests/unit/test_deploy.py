@@ -95,6 +95,7 @@ def test_compose_publishes_only_what_users_need_on_loopback_by_default() -> None
         "mosquitto": [(PUBLISH, s.mqtt.tls_port, 8883)],
         "grafana": [(PUBLISH, 3000, 3000)],
         "alerts": [(PUBLISH, s.alerts.http_port, 8095)],
+        "api": [(PUBLISH, s.api.port, 8097)],
         "influxdb": [("127.0.0.1", 8086, 8086)],
     }
     assert s.influx.url.endswith(":8086")
@@ -124,7 +125,9 @@ def test_compose_has_no_secret_in_its_environment() -> None:
     secretish = re.compile(r"PASSWORD|TOKEN|SECRET|_KEY\b")
     for name, svc in _compose()["services"].items():
         env = svc.get("environment") or {}
-        for key in env:
+        for key, value in env.items():
+            if key.endswith("_FILE") and str(value).startswith("/"):
+                continue  # where a secret file is (in a volume), not a secret
             assert not secretish.search(key), f"{name} sets {key} in its environment"
     # InfluxDB is onboarded by setup with a random token, not by the image from variables.
     assert not any(k.startswith("DOCKER_INFLUXDB_INIT") for k in env_keys())
@@ -189,12 +192,30 @@ def test_each_service_gets_only_its_own_secrets() -> None:
     for name, svc in services.items():
         if name != "setup":
             assert "civic-data" not in _mounts(svc).values(), name
-    # Each service mounts its hand-out volume, and only its own.
-    where = {"ingest": "/data", "worker": "/data", "alerts": "/data", "grafana": "/run/civic"}
+    # Each service mounts its hand-out volume, and only its own; the alert service and
+    # the API share the token file's volume, and nobody else sees it.
+    where = {
+        "ingest": "/data",
+        "worker": "/data",
+        "alerts": "/data",
+        "api": "/data",
+        "grafana": "/run/civic",
+    }
     for service, target in where.items():
         mounts = _mounts(services[service])
         assert mounts[target] == handout[service], service
-        assert not set(mounts.values()) & (set(handout.values()) - {handout[service]})
+        shared = {handout["tokens"]} if service in ("alerts", "api") else set()
+        assert not set(mounts.values()) & (set(handout.values()) - {handout[service]} - shared)
+    assert setup.HANDOUT["tokens"].files == {}
+    for service in ("alerts", "api"):
+        assert _mounts(services[service])["/tokens"] == handout["tokens"]
+        tokens_file = Path(services[service]["environment"]["CIVIC_API_TOKENS_FILE"])
+        assert tokens_file.parent == Path("/tokens")
+    assert [n for n, svc in services.items() if handout["tokens"] in _mounts(svc).values()] == [
+        "setup",
+        "alerts",
+        "api",
+    ]
     tokens = {
         svc: sorted(f for f in h.files if f.startswith("secrets/influx-token"))
         for svc, h in setup.HANDOUT.items()
@@ -203,6 +224,8 @@ def test_each_service_gets_only_its_own_secrets() -> None:
         "ingest": [],
         "worker": ["secrets/influx-token-processors"],
         "alerts": ["secrets/influx-token-alerts"],
+        "api": ["secrets/influx-token-api"],
+        "tokens": [],
         "grafana": ["secrets/influx-token-grafana"],
     }
     # The processes read those files where the settings say (the data dir layout).
@@ -214,7 +237,7 @@ def test_each_service_gets_only_its_own_secrets() -> None:
 
 def test_compose_processes_use_tls_and_their_data_dir() -> None:
     services = _compose()["services"]
-    for name in ("ingest", "worker", "alerts", "setup"):
+    for name in ("ingest", "worker", "alerts", "api", "setup"):
         env = services[name]["environment"]
         assert env["CIVIC_DATA_DIR"] == "/data"
         assert env["CIVIC_MQTT__TLS"] == "true"

@@ -131,3 +131,34 @@ def test_the_cli_creates_lists_and_revokes(tmp_path: Path, monkeypatch: pytest.M
         assert bad.exit_code == 2
     finally:
         get_settings.cache_clear()
+
+
+def test_the_token_file_is_under_the_data_dir_unless_settings_move_it(tmp_path: Path) -> None:
+    from civic_iot.settings import Settings  # noqa: PLC0415
+
+    default = Settings(data_dir=tmp_path)
+    assert default.tokens_file == tmp_path / "secrets" / "api-tokens.json"
+    _, token = TokenStore.at(default.tokens_file).issue("wra", "agency")
+    # TokenStore.of(data dir) and the settings' file are one file.
+    assert TokenStore.of(tmp_path).authenticate(token).name == "wra"
+    moved = Settings(data_dir=tmp_path, api_tokens_file=tmp_path / "shared" / "tokens.json")
+    assert moved.tokens_file == tmp_path / "shared" / "tokens.json"
+    with pytest.raises(AuthError):
+        TokenStore.at(moved.tokens_file).authenticate(token)
+
+
+@pytest.mark.parametrize(
+    ("alerts", "url"),
+    [
+        ({}, "http://127.0.0.1:8095"),
+        ({"http_host": "0.0.0.0", "http_port": 9000}, "http://127.0.0.1:9000"),
+        ({"http_host": "::1"}, "http://[::1]:8095"),
+        ({"http_host": "0.0.0.0", "url": "http://alerts:8095/"}, "http://alerts:8095"),
+    ],
+)
+def test_the_alert_service_is_reached_where_it_listens_or_where_told(
+    alerts: dict[str, object], url: str
+) -> None:
+    from civic_iot.settings import AlertSettings  # noqa: PLC0415
+
+    assert AlertSettings.model_validate(alerts).base_url == url
