@@ -30,7 +30,6 @@ import statistics
 import sys
 import time
 from collections import Counter
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -38,23 +37,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from civic_iot.contracts.readings import SEISMIC_RATES_HZ  # noqa: E402
-from civic_iot.registry import Device, Registry, Township  # noqa: E402
 from ingest.refusals import Limits, ReadingRefusedError  # noqa: E402
 from ingest.validate import validate  # noqa: E402
 from tests.contract_oracle import RANGES, violations  # noqa: E402
+from tests.contract_world import DEVICE_FOR, NOW, NOW_MS, REGISTRY  # noqa: E402
 
-NOW = datetime(2026, 11, 25, tzinfo=UTC)
-NOW_MS = int(NOW.timestamp() * 1000)
 LIMITS = Limits()
-REGISTRY = Registry(
-    townships=(Township(code="63000030", name="Da'an", lat=25.026, lon=121.543),),
-    devices=(
-        Device(id="air-1", kind="air", lat=25.02, lon=121.54, township="63000030"),
-        Device(id="water-1", kind="water", lat=25.03, lon=121.55, township="63000030"),
-        Device(id="quake-1", kind="seismic", lat=25.04, lon=121.56, township="63000030"),
-    ),
-)
-DEVICE_FOR = {"air": "air-1", "water": "water-1", "seismic": "quake-1"}
 ODD_VALUES: list[Any] = [
     None,
     True,

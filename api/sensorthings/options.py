@@ -11,7 +11,7 @@ left alone, as the specification asks.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 
 from api.sensorthings.filter import Expr, FilterError, parse_expression, parse_filter
@@ -50,20 +50,24 @@ class Options:
     expand: Mapping[str, Options] = field(default_factory=dict)
 
 
-def split_top(text: str, sep: str) -> list[str]:
-    """``text`` split on ``sep`` where it is outside parentheses and quotes."""
-    out: list[str] = []
-    depth, quoted, start = 0, False, 0
+def _unquoted(text: str) -> Iterator[tuple[int, str, int]]:
+    """Index, character and parenthesis depth after it, of each character of ``text``
+    outside single-quoted strings (``''`` inside one toggles twice: still inside)."""
+    depth, quoted = 0, False
     for i, ch in enumerate(text):
         if ch == "'":
             quoted = not quoted
-        elif quoted:
-            continue
-        elif ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-        elif ch == sep and depth == 0:
+        elif not quoted:
+            depth += (ch == "(") - (ch == ")")
+            yield i, ch, depth
+
+
+def split_top(text: str, sep: str) -> list[str]:
+    """``text`` split on ``sep`` where it is outside parentheses and quotes."""
+    out: list[str] = []
+    start = 0
+    for i, ch, depth in _unquoted(text):
+        if ch == sep and depth == 0:
             out.append(text[start:i])
             start = i + 1
     out.append(text[start:])
@@ -144,19 +148,7 @@ def _item(text: str) -> tuple[list[str], str]:
 
 def _closing(text: str) -> int:
     """The index of the parenthesis closing ``text[0]`` (outside quotes), or -1."""
-    depth, quoted = 0, False
-    for i, ch in enumerate(text):
-        if ch == "'":
-            quoted = not quoted
-        elif quoted:
-            continue
-        elif ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-            if depth == 0:
-                return i
-    return -1
+    return next((i for i, ch, depth in _unquoted(text) if ch == ")" and depth == 0), -1)
 
 
 def _expand(value: str) -> dict[str, Options]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import json
 import math
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any, get_args
 
 import pytest
@@ -23,26 +23,15 @@ from hypothesis import strategies as st
 
 from civic_iot.contracts.deadletter import ReasonCode, deadletter_record
 from civic_iot.contracts.readings import SEISMIC_RATES_HZ, Reading, SeismicPayload
-from civic_iot.registry import Device, Registry, Township
 from civic_iot.settings import InfluxSettings
 from ingest.refusals import Limits, ReadingRefusedError
 from ingest.validate import validate
 from processors.points import reading_points
 from tests.contract_oracle import RANGES, violations
+from tests.contract_world import DEVICE_FOR, NOW, NOW_MS, REGISTRY
 
-NOW = datetime(2026, 11, 25, 0, 0, tzinfo=UTC)
-NOW_MS = int(NOW.timestamp() * 1000)
 LIMITS = Limits()
 BUCKETS = InfluxSettings()
-REGISTRY = Registry(
-    townships=(Township(code="63000030", name="Da'an", lat=25.026, lon=121.543),),
-    devices=(
-        Device(id="air-1", kind="air", lat=25.02, lon=121.54, township="63000030"),
-        Device(id="water-1", kind="water", lat=25.03, lon=121.55, township="63000030"),
-        Device(id="quake-1", kind="seismic", lat=25.04, lon=121.56, township="63000030"),
-    ),
-)
-DEVICE_FOR = {"air": "air-1", "water": "water-1", "seismic": "quake-1"}
 KINDS = tuple(DEVICE_FOR)
 
 # ---------------------------------------------------------------- generators
