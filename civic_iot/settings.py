@@ -16,6 +16,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from civic_iot.registry import device_password, device_secret
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -82,6 +84,10 @@ class KafkaSettings(BaseModel):
     #: Prefix for every topic name, so tests and demos can run side by side on one broker.
     topic_prefix: str = ""
     partitions: int = 4
+    #: Key ingest seals its readings records with and the processors check them by
+    #: (``civic_iot.contracts.readings.seal``); when unset, derived from the installation
+    #: secret in the data dir. Ingest and every worker must have the same.
+    record_key: SecretStr | None = None
 
 
 class InfluxSettings(BaseModel):
@@ -278,6 +284,15 @@ def mqtt_password(settings: Settings, user: str) -> str:
         msg = f"no MQTT password for {user!r}: run deploy/stack.sh up ({path})"
         raise RuntimeError(msg)
     return path.read_text(encoding="ascii").strip()
+
+
+def readings_record_key(settings: Settings) -> bytes:
+    """The key of the readings records' seal: ``CIVIC_KAFKA__RECORD_KEY``, else derived
+    from the installation secret (``<data dir>/secrets/device-secret``, created on first
+    use), so that ingest and the workers of one installation agree without setup."""
+    if settings.kafka.record_key is not None:
+        return settings.kafka.record_key.get_secret_value().encode()
+    return device_password(device_secret(settings.data_dir), "kafka:readings-records").encode()
 
 
 @lru_cache(maxsize=1)

@@ -52,7 +52,7 @@ from faust.sensors.prometheus import setup_prometheus_sensors
 from faust.types import TopicT
 
 from civic_iot.registry import Registry, load_registry
-from civic_iot.settings import Settings
+from civic_iot.settings import Settings, readings_record_key
 from civic_iot.storage.sink import InfluxSink, PointSink, Publisher, deadletter_report
 from civic_iot.thresholds import Thresholds, load_thresholds
 from civic_iot.topology import Topology
@@ -80,6 +80,8 @@ from processors.states import (
 logger = logging.getLogger(__name__)
 
 SinkFactory = Callable[[str], PointSink]
+#: Events buffered per agent stream (Faust's default is 4096).
+STREAM_BUFFER = 64
 
 
 def create_app(
@@ -107,6 +109,9 @@ def create_app(
         value_serializer="raw",
         consumer_auto_offset_reset="earliest",
         broker_max_poll_records=p.batch_max,
+        # A readings record holds up to 256 KB of readings: a few per agent buffered
+        # are enough to keep it busy, and bound the worker's memory in a backlog.
+        stream_buffer_maxsize=STREAM_BUFFER,
         topic_partitions=n,
         table_standby_replicas=0,
         stream_wait_empty=False,
@@ -158,8 +163,10 @@ def create_app(
     quake_table = state_table(app, "quake-state", QuakeState, 1)
     shaking_table = state_table(app, "shaking-state", ShakingMark, n)
 
+    seal_key = readings_record_key(settings)
+
     def deps(kind: str) -> DeviceDeps:
-        return DeviceDeps(ctx, new_sink(kind), outbox, stats, activity)
+        return DeviceDeps(ctx, new_sink(kind), outbox, stats, activity, seal_key)
 
     devices: list[BatchAgent] = [
         AirAgent(deps("air"), air_table),

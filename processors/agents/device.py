@@ -1,12 +1,15 @@
 """The device agents: ``readings.{air,water,seismic}`` -> detectors -> points, township
 reports and, from the seismic stations, ticks for the earthquake associator.
 
-Each reading is decoded (a record that is no :class:`~civic_iot.contracts.readings.Reading`
-is logged and counted, not stored: ingest validated it), handed with its device's state
-to the kind's pure handler (:mod:`processors.handlers`), and its outcome staged: the
-state for the table, the points for the sink, the reports for ``processors.township``
-keyed by township. A reading read again after a restart (:func:`seen`) has its raw point
-rewritten only; a detector that fails stores the raw point and the stream moves on.
+A record holds one reading or many (:mod:`civic_iot.contracts.readings`): a record
+ingest sealed is read as ingest wrote it; any other is validated line by line, and a
+line that is no :class:`~civic_iot.contracts.readings.Reading` is logged and counted,
+not stored. Each reading is handed with its device's state to the kind's pure handler
+(:mod:`processors.handlers`) and its outcome staged: the state for the table, the points
+for the sink; after the batch, the reports go to ``processors.township``, one message per
+township (:class:`~civic_iot.contracts.processing.TownshipReports`). A reading read again
+after a restart (:func:`seen`) has its raw point rewritten only; a detector that fails
+stores the raw point and the stream moves on.
 """
 
 from __future__ import annotations
@@ -14,15 +17,20 @@ from __future__ import annotations
 import logging
 import math
 from abc import abstractmethod
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
 from faust.types import EventT
-from pydantic import ValidationError
 
-from civic_iot.contracts.processing import NETWORK_KEY, Observation, SeismicTick
-from civic_iot.contracts.readings import Reading
+from civic_iot.contracts.processing import (
+    NETWORK_KEY,
+    Observation,
+    SeismicTick,
+    TownshipReport,
+    TownshipReports,
+)
+from civic_iot.contracts.readings import Reading, RecordReadings, decode_record, is_sealed
 from civic_iot.storage.points import Point
 from civic_iot.storage.sink import PointSink
 from processors.agents.loop import BatchAgent
@@ -61,13 +69,15 @@ OutcomeT = TypeVar("OutcomeT", bound=Outcome[Any])
 
 @dataclass(frozen=True, slots=True)
 class DeviceDeps:
-    """What every device agent is built with."""
+    """What every device agent is built with. ``seal_key``: the key ingest seals its
+    records with (None: every record is validated again)."""
 
     ctx: Context
     sink: PointSink
     outbox: Outbox
     stats: Stats
     activity: Activity
+    seal_key: bytes | None = None
 
 
 class DeviceAgent(BatchAgent, Generic[S, OutcomeT]):
@@ -83,72 +93,123 @@ class DeviceAgent(BatchAgent, Generic[S, OutcomeT]):
         self.outbox = deps.outbox
         self.stats = deps.stats
         self.activity = deps.activity
+        self.seal_key = deps.seal_key
         self.states: BatchState[S] = BatchState(table, self.model)
         self.state = self.states
+        #: Readings of each event of the batch (by id), for the statistics.
+        self._inputs: dict[int, int] = {}
+
+    def begin_batch(self) -> None:
+        super().begin_batch()
+        self._inputs = {}
 
     @abstractmethod
     def decide(self, env: S, reading: Reading) -> OutcomeT:
         """The kind's pure handler."""
 
     @abstractmethod
-    async def emit(self, outcome: OutcomeT, event: EventT[Any]) -> None:
-        """Send what the outcome has for other agents."""
+    def stage(self, outcome: OutcomeT, event: EventT[Any]) -> None:
+        """Keep what the outcome has for other agents (sent in :meth:`on_batch`)."""
 
-    async def on_event(self, event: EventT[Any]) -> None:
-        reading = self._decode(event)
-        if reading is None:
-            return
+    async def on_event(self, event: EventT[Any]) -> int:
+        record = self._decode(event)
         msg = event.message
-        self.activity.observe(
-            self.kind, reading.device_id, msg.partition, reading.event_time.timestamp()
-        )
-        env = self.states.get(reading.device_id)
-        if seen(env, event):
-            # Replayed after a restart: the state already holds it (its changelog was
-            # written, the offset not yet committed). Rewrite the raw point only.
-            self.stats.counters["replayed"] += 1
-            self.sink.add(reading_points(reading, self.ctx.buckets))
-            return
-        try:
-            out = self.decide(env, reading)
-        except Exception:
-            # A detector bug must not lose the reading nor stop the stream.
-            logger.exception("detector failed reading=%s kind=%s", reading.reading_id, self.kind)
-            self.stats.counters["detector_errors"] += 1
-            self.sink.add(reading_points(reading, self.ctx.buckets))
-            return
-        self.states.set(reading.device_id, out.state, event)
-        self.sink.add(out.points)
-        await self.emit(out, event)
+        partition = msg.partition
+        observe = self.activity.observe
+        for index, reading in enumerate(record.readings):
+            device = reading.device_id
+            observe(self.kind, device, partition, reading.event_time.timestamp())
+            env = self.states.get(device)
+            if seen(env, event, index):
+                # Replayed after a restart: the state already holds it (its changelog was
+                # written, the offset not yet committed). Rewrite the raw point only.
+                self.stats.counters["replayed"] += 1
+                self.sink.add(reading_points(reading, self.ctx.buckets))
+                continue
+            try:
+                out = self.decide(env, reading)
+            except Exception:
+                # A detector bug must not lose the reading nor stop the stream.
+                logger.exception(
+                    "detector failed reading=%s kind=%s", reading.reading_id, self.kind
+                )
+                self.stats.counters["detector_errors"] += 1
+                self.sink.add(reading_points(reading, self.ctx.buckets))
+                continue
+            self.states.set(device, out.state, event, index)
+            self.sink.add(out.points)
+            self.stage(out, event)
+        return len(record.readings) + len(record.refused)
 
     def on_stored(self, events: Sequence[EventT[Any]]) -> None:
-        self.stats.stored([ms for e in events if (ms := record_ms(e)) is not None])
+        self.stats.stored(
+            [
+                ms
+                for e in events
+                if (ms := record_ms(e)) is not None
+                for _ in range(self._inputs.get(id(e), 1))
+            ]
+        )
 
-    def _decode(self, event: EventT[Any]) -> Reading | None:
-        self.stats.counters["readings_in"] += 1
+    def _decode(self, event: EventT[Any]) -> RecordReadings:
+        msg = event.message
+        value: bytes = event.value
+        sealed = is_sealed(self.seal_key, value, _headers(msg.headers))
         try:
-            return Reading.from_record(event.value)
-        except ValidationError as exc:
-            # ingest validated it: a message that is no Reading is not ours to store.
-            self.stats.counters["deadletters"] += 1
-            msg = event.message
+            record = decode_record(value, sealed=sealed)
+        except Exception:  # a sealed record that does not read: take it line by line
+            logger.exception("sealed record unreadable topic=%s offset=%d", msg.topic, msg.offset)
+            record = decode_record(value, sealed=False)
+        n = len(record.readings) + len(record.refused)
+        self._inputs[id(event)] = n
+        self.stats.counters["readings_in"] += n
+        if not record.sealed:
+            self.stats.counters["unsealed_records"] += 1
+        if record.refused:
+            # ingest validated what it wrote: a line that is no Reading is not ours to store.
+            self.stats.counters["deadletters"] += len(record.refused)
             logger.error(
-                "not a reading topic=%s partition=%d offset=%d kind=%s error=%s",
+                "not a reading topic=%s partition=%d offset=%d kind=%s refused=%d error=%s",
                 msg.topic,
                 msg.partition,
                 msg.offset,
                 self.kind,
-                exc.errors(include_url=False)[:3],
+                len(record.refused),
+                record.refused[0],
             )
-            return None
+        return record
+
+
+def _headers(headers: Any) -> list[tuple[str, bytes]]:
+    """Faust gives a record's headers as a list of pairs or a mapping."""
+    if not headers:
+        return []
+    if isinstance(headers, Mapping):
+        return list(headers.items())
+    return list(headers)
 
 
 class ReportingAgent(DeviceAgent[S, DeviceOutcome[S]]):
-    """A device agent whose readings report a level per hazard to their township."""
+    """A device agent whose readings report a level per hazard to their township: the
+    batch's reports go out after it, one message per township, in reading order."""
 
-    async def emit(self, outcome: DeviceOutcome[S], event: EventT[Any]) -> None:
+    def __init__(self, deps: DeviceDeps, table: MutableMapping[str, S]) -> None:
+        super().__init__(deps, table)
+        self._reports: dict[str, list[TownshipReport]] = {}
+
+    def begin_batch(self) -> None:
+        super().begin_batch()
+        self._reports = {}
+
+    def stage(self, outcome: DeviceOutcome[S], event: EventT[Any]) -> None:
         for r in outcome.reports:
-            await self.outbox.send(self.outbox.topics.township, r.township, r)
+            self._reports.setdefault(r.township, []).append(r)
+
+    async def on_batch(self) -> None:
+        reports, self._reports = self._reports, {}
+        for township, batch in reports.items():
+            msg = TownshipReports(township=township, reports=tuple(batch))
+            await self.outbox.send(self.outbox.topics.township, township, msg)
 
 
 class AirAgent(ReportingAgent[AirDevice]):
@@ -199,7 +260,7 @@ class SeismicAgent(DeviceAgent[SeismicDevice, SeismicOutcome]):
         super().begin_batch()
         self._batch = []
 
-    async def emit(self, outcome: SeismicOutcome, event: EventT[Any]) -> None:
+    def stage(self, outcome: SeismicOutcome, event: EventT[Any]) -> None:
         self._batch.append((outcome, record_ms(event), event.message.partition))
 
     async def on_batch(self) -> None:
