@@ -29,6 +29,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal, Protocol, TypeVar
 
 from pydantic import SecretStr
@@ -227,6 +228,7 @@ class MqttChannel:
     on this asyncio loop) reconnects by itself; a QoS 1 message published while
     disconnected stays in paho's queue and goes out on reconnect, so a missing PUBACK is
     waited for again (reported as ``retry``), never published a second time.
+    ``tls_ca``: connect to the broker's TLS listener, trusting that CA.
     """
 
     def __init__(
@@ -244,6 +246,7 @@ class MqttChannel:
         client_id: str | None = None,
         keepalive_s: int = 30,
         root: str = "alerts",
+        tls_ca: Path | None = None,
     ) -> None:
         self._host, self._port = host, port
         self._root = root
@@ -260,6 +263,7 @@ class MqttChannel:
             username=username,
             password=password.get_secret_value(),
             keepalive_s=keepalive_s,
+            tls_ca=tls_ca,
             on_connect=self._on_connect,
         )
         self._queue: asyncio.Queue[AlertMessage] = asyncio.Queue()

@@ -165,7 +165,7 @@ from alerts.webhooks import WebhookDelivery, deadletter_value
 from civic_iot.auth import TokenStore
 from civic_iot.contracts.alerts import AlertCandidate
 from civic_iot.kafka_admin import ensure_topics, wait_for_topics
-from civic_iot.settings import Settings, mqtt_password
+from civic_iot.settings import Settings, mqtt_endpoint, mqtt_password
 from civic_iot.storage.sink import (
     AIOKafkaPublisher,
     InfluxSink,
@@ -536,9 +536,11 @@ class AlertService:
         password = settings.mqtt.alerts_password or SecretStr(
             mqtt_password(settings, settings.mqtt.alerts_username)
         )
+        broker = mqtt_endpoint(settings)
         self.mqtt = MqttChannel(
-            host=settings.mqtt.host,
-            port=settings.mqtt.port,
+            host=broker.host,
+            port=broker.port,
+            tls_ca=broker.tls_ca,
             username=settings.mqtt.alerts_username,
             password=password,
             status=self.status,

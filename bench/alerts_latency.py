@@ -36,6 +36,7 @@ from aiohttp import web
 from aiokafka import AIOKafkaProducer
 from influxdb_client.client.influxdb_client import InfluxDBClient
 from paho.mqtt.enums import CallbackAPIVersion
+from pydantic import SecretStr
 
 from alerts.service import AlertService
 from alerts.subscriptions import Subscription
@@ -85,7 +86,10 @@ async def bench(n: int, rate: float, worst: int = 0) -> dict[str, object]:
     settings = base.model_copy(
         update={
             "kafka": base.kafka.model_copy(update={"topic_prefix": prefix}),
-            "influx": base.influx.model_copy(update={"bucket_alerts": bucket}),
+            # The run's own bucket: written with the admin token.
+            "influx": base.influx.model_copy(
+                update={"bucket_alerts": bucket, "token": SecretStr(influx_token(base))}
+            ),
             "alerts": base.alerts.model_copy(
                 update={
                     "consumer_group": f"bench-{run_id}",

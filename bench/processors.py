@@ -58,7 +58,7 @@ from bench.common import (  # noqa: E402
 from civic_iot.contracts.readings import AirPayload, Location, Reading, WaterPayload  # noqa: E402
 from civic_iot.kafka_admin import ensure_topics  # noqa: E402
 from civic_iot.registry import load_registry  # noqa: E402
-from civic_iot.settings import Settings, get_settings  # noqa: E402
+from civic_iot.settings import Settings, get_settings, influx_token  # noqa: E402
 from civic_iot.times import to_ns  # noqa: E402
 from civic_iot.topology import READING_KINDS, Topology  # noqa: E402
 from simulator.waveforms import SimQuake, SimStation, synthesize_packets  # noqa: E402
@@ -197,6 +197,7 @@ def main() -> int:
         **os.environ,
         "CIVIC_KAFKA__TOPIC_PREFIX": prefix,
         **buckets.env(),
+        "CIVIC_INFLUX__TOKEN": influx_token(base),  # the run's own buckets
         "CIVIC_PROCESSORS__WEB_PORT": "0",
         "CIVIC_PROCESSORS__STATS_INTERVAL_S": "1",
     }

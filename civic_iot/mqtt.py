@@ -19,7 +19,10 @@ Public paho API only, with one exception that ingest opts into (``reader="own"``
 paho version in ``constraints.txt`` by ``tests/unit/core/test_mqtt.py``.
 
 The TCP connect itself (inside paho's ``reconnect``) blocks the loop, bounded by paho's
-``connect_timeout`` (5 s): the broker is on this host or its LAN.
+``connect_timeout`` (5 s): the broker is on this host or its LAN. So does the TLS handshake
+when ``tls_ca`` is given (paho makes it in blocking mode, within the same timeout): the
+broker's certificate must chain to that CA and name the host we connect to, or nothing,
+credentials included, is sent.
 """
 
 from __future__ import annotations
@@ -28,8 +31,11 @@ import asyncio
 import contextlib
 import logging
 import socket
+import ssl
 import struct
 from collections.abc import Callable, Sequence
+from functools import lru_cache
+from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 import paho.mqtt.client as mqtt
@@ -49,6 +55,7 @@ __all__ = [
     "MqttError",
     "Reader",
     "Reason",
+    "tls_context",
 ]
 
 logger = logging.getLogger(__name__)
@@ -111,6 +118,16 @@ class MqttError(RuntimeError):
     """The broker could not be reached, refused us, or paho refused a request."""
 
 
+@lru_cache(maxsize=8)
+def tls_context(ca: Path) -> ssl.SSLContext:
+    """A client context that trusts only ``ca`` (PEM) and checks the host name, TLS 1.2
+    or later; one per CA file, shared by every connection (a fleet of devices loads the
+    CA once). A changed CA file is read by the next process."""
+    ctx = ssl.create_default_context(cafile=str(ca))
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
+
+
 class MqttConnection:
     """One paho client driven by the running asyncio loop, reconnecting with backoff.
 
@@ -139,6 +156,8 @@ class MqttConnection:
         nodelay: TCP_NODELAY (latency over batching of small writes).
         retry_refused: keep retrying when the broker refuses the CONNECT (bad
             credentials, not authorised); False: give up, :attr:`refused` says why.
+        tls_ca: connect over TLS, trusting only this CA certificate (PEM); ``port``
+            is then the broker's TLS listener. ``None``: plain MQTT.
         rng: the random source of the backoff's jitter (tests pass a fixed one).
     """
 
@@ -159,6 +178,7 @@ class MqttConnection:
         reader: Reader = "paho",
         nodelay: bool = False,
         retry_refused: bool = True,
+        tls_ca: Path | None = None,
         on_connect: Callable[[bool], None] | None = None,
         on_disconnect: Callable[[Reason], None] | None = None,
         on_messages: Callable[[list[Message]], None] | None = None,
@@ -188,6 +208,10 @@ class MqttConnection:
         )
         self.client.username_pw_set(username, password)
         self.client.max_inflight_messages_set(max_inflight)
+        self.tls = tls_ca is not None
+        if tls_ca is not None:
+            self.client.tls_set_context(tls_context(tls_ca))
+        self._tls_more_soon = False
         #: Received messages of the current readable event, in arrival order (the slicing
         #: reader appends to the same list, so a message paho parses keeps its place).
         self._inbox: list[Message] = []
@@ -309,7 +333,7 @@ class MqttConnection:
         self.client.loop_read()
 
     def __repr__(self) -> str:
-        return f"{self.client_id}@{self.host}:{self.port}"
+        return f"{self.client_id}@{self.host}:{self.port}" + (" (tls)" if self.tls else "")
 
     # ------------------------------------------------------------------ requests
 
@@ -481,6 +505,28 @@ class MqttConnection:
             self._inbox.clear()
             if self._hook_messages is not None:
                 self._hook_messages(batch)
+        if self.tls:
+            self._tls_pending()
+
+    def _tls_pending(self) -> None:
+        # OpenSSL may still hold decrypted bytes that the kernel no longer reports as
+        # readable (a read stopped early, at _MAX_PACKETS_PER_READ say): the loop would
+        # not call us again for them, so come back on the next turn while any are left
+        # (paho's own loop checks pending() the same way).
+        sock = self.client.socket()
+        if (
+            isinstance(sock, ssl.SSLSocket)
+            and sock.pending()
+            and not self._tls_more_soon
+            and self._loop is not None
+        ):
+            self._tls_more_soon = True
+            self._loop.call_soon(self._read_pending)
+
+    def _read_pending(self) -> None:
+        self._tls_more_soon = False
+        if self.client.socket() is not None:
+            self._on_readable()
 
     # ------------------------------------------------------------------ paho callbacks
 

@@ -8,23 +8,70 @@ The defaults match the native stack started by ``deploy/stack.sh`` and the ports
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+import os
+import secrets
+import stat
+import tempfile
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from civic_iot.registry import device_password, device_secret
-
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+#: Values that ship in examples, images and tutorials: never accepted as a secret.
+KNOWN_DEFAULT_SECRETS = frozenset(
+    {
+        "admin",
+        "password",
+        "changeme",
+        "change-me",
+        "change_me",
+        "change-me-please",
+        "changeit",
+        "secret",
+        "token",
+        "my-token",
+        "mytoken",
+        "my-super-secret-auth-token",
+        "my-secret-token",
+        "civic",
+        "civic-iot",
+        "test",
+    }
+)
+#: Shortest secret accepted from the environment: the generated ones have 43 or more.
+MIN_SECRET_CHARS = 16
+
+
+def check_secret(name: str, value: str) -> None:
+    """Refuse a secret that is empty, short, or a known default (``ValueError``, which
+    names the setting and never repeats a value that may be real)."""
+    if value.strip().lower() in KNOWN_DEFAULT_SECRETS or not value.strip():
+        msg = f"{name} is empty or a known default value: set a long random secret"
+        raise ValueError(msg)
+    if len(value) < MIN_SECRET_CHARS:
+        msg = f"{name} is shorter than {MIN_SECRET_CHARS} characters: set a long random secret"
+        raise ValueError(msg)
 
 
 class MqttSettings(BaseModel):
     """Mosquitto, the device door and the alert fan-out."""
 
-    model_config = ConfigDict(frozen=True)
+    # A refused password must not be printed in the error.
+    model_config = ConfigDict(frozen=True, hide_input_in_errors=True)
 
     host: str = "127.0.0.1"
     port: int = 1883
@@ -38,6 +85,21 @@ class MqttSettings(BaseModel):
     share_group: str = "ingest"
     keepalive_s: int = 30
     session_expiry_s: int = 3600
+    #: Connect to the broker's TLS listener (``tls_port``) instead of ``port``, verifying
+    #: its certificate (and that it names ``host``) against ``tls_ca``.
+    tls: bool = False
+    #: The broker's TLS listener (``deploy/stack.sh`` opens it on 127.0.0.1).
+    tls_port: int = Field(default=8883, ge=1, le=65535)
+    #: CA certificate (PEM) the broker's certificate must chain to; unset: the local CA
+    #: that ``deploy/stack.sh up`` generated, ``<data dir>/tls/ca.crt``.
+    tls_ca: Path | None = None
+
+    @field_validator("ingest_password", "alerts_password")
+    @classmethod
+    def _no_default_password(cls, v: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        if v is not None:
+            check_secret(f"CIVIC_MQTT__{str(info.field_name).upper()}", v.get_secret_value())
+        return v
 
 
 class IngestSettings(BaseModel):
@@ -78,27 +140,40 @@ class IngestSettings(BaseModel):
 class KafkaSettings(BaseModel):
     """Apache Kafka (KRaft)."""
 
-    model_config = ConfigDict(frozen=True)
+    # A refused key must not be printed in the error.
+    model_config = ConfigDict(frozen=True, hide_input_in_errors=True)
 
     bootstrap: str = "127.0.0.1:9092"
     #: Prefix for every topic name, so tests and demos can run side by side on one broker.
     topic_prefix: str = ""
     partitions: int = 4
     #: Key ingest seals its readings records with and the processors check them by
-    #: (``civic_iot.contracts.readings.seal``); when unset, derived from the installation
-    #: secret in the data dir. Ingest and every worker must have the same.
+    #: (``civic_iot.contracts.readings.seal``); when unset, the installation's key in
+    #: the data dir (:func:`readings_record_key`). Ingest and every worker must have the same.
     record_key: SecretStr | None = None
+
+    @field_validator("record_key")
+    @classmethod
+    def _no_default_key(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None:
+            check_secret("CIVIC_KAFKA__RECORD_KEY", v.get_secret_value())
+        return v
 
 
 class InfluxSettings(BaseModel):
     """InfluxDB with the v2 HTTP API."""
 
-    model_config = ConfigDict(frozen=True)
+    # A refused token must not be printed in the error.
+    model_config = ConfigDict(frozen=True, hide_input_in_errors=True)
 
     url: str = "http://127.0.0.1:8086"
     org: str = "civic"
-    #: API token; when unset, the one ``ops.influx_setup`` generated in the data dir.
+    #: This process's API token. Unset (the normal case): each service reads its own
+    #: least-privilege token, ``<data dir>/secrets/influx-token-<service>``, and operator
+    #: commands the admin token, ``<data dir>/secrets/influx-token`` (both written by
+    #: ``ops.influx_setup``); see :func:`influx_token`.
     token: SecretStr | None = None
+
     #: Raw readings (air, water), 30 days.
     bucket_readings: str = "readings"
     #: Raw seismic samples, 7 days, downsampled to ``derived`` by a task.
@@ -129,6 +204,13 @@ class InfluxSettings(BaseModel):
     #: no bound: they hold their Kafka offsets instead). Past it, each new point goes to
     #: ``storage.deadletter`` (reason ``overflow``), counted and logged.
     max_pending_points: int = Field(default=100_000, ge=1)
+
+    @field_validator("token")
+    @classmethod
+    def _no_default_token(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None:
+            check_secret("CIVIC_INFLUX__TOKEN", v.get_secret_value())
+        return v
 
 
 class AlertSettings(BaseModel):
@@ -246,6 +328,8 @@ class Settings(BaseSettings):
         env_file=".env",
         extra="ignore",
         frozen=True,
+        # A refused secret must not be printed (the error names the variable and why).
+        hide_input_in_errors=True,
     )
 
     #: Where the native stack keeps data, logs, generated credentials.
@@ -266,33 +350,110 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
 
 
-def influx_token(settings: Settings) -> str:
-    """The InfluxDB token: ``CIVIC_INFLUX__TOKEN`` or the one generated at setup."""
+#: Who holds an InfluxDB token of its own, and what it may do (``ops.influx_setup``
+#: creates them): the processors write ``readings``, ``seismic`` and ``derived``; the alert
+#: service writes ``alerts``; Grafana and the read API (``api/``) read all four buckets.
+InfluxClient = Literal["processors", "alerts", "grafana", "api"]
+
+
+def read_secret(path: Path, what: str, hint: str) -> str:
+    """A secret file's content; ``RuntimeError`` (the process refuses to start) when it is
+    missing, empty, or readable or writable by anyone but its owner."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        msg = f"no {what}: {path} does not exist ({hint})"
+        raise RuntimeError(msg) from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        msg = f"{what} in {path} is open to other users (mode {mode & 0o777:o}): chmod 600 it"
+        raise RuntimeError(msg)
+    value = path.read_text(encoding="ascii").strip()
+    if not value:
+        msg = f"{what} in {path} is empty ({hint})"
+        raise RuntimeError(msg)
+    return value
+
+
+def influx_token_path(data_dir: Path, client: InfluxClient | None = None) -> Path:
+    """Where ``ops.influx_setup`` keeps a client's token (``None``: the admin token)."""
+    name = "influx-token" if client is None else f"influx-token-{client}"
+    return data_dir / "secrets" / name
+
+
+def influx_token(settings: Settings, client: InfluxClient | None = None) -> str:
+    """The InfluxDB token of this process.
+
+    ``CIVIC_INFLUX__TOKEN`` when set; otherwise ``client``'s own least-privilege token
+    from the data dir, or, for ``client=None`` (operator commands, setup, tests that
+    create buckets), the admin token. A service never falls back to the admin token.
+    """
     if settings.influx.token is not None:
         return settings.influx.token.get_secret_value()
-    path = settings.data_dir / "secrets" / "influx-token"
-    if not path.exists():
-        msg = f"no InfluxDB token: set CIVIC_INFLUX__TOKEN or run deploy/stack.sh up ({path})"
-        raise RuntimeError(msg)
-    return path.read_text(encoding="ascii").strip()
+    who = "InfluxDB admin token" if client is None else f"InfluxDB token for {client}"
+    return read_secret(
+        influx_token_path(settings.data_dir, client),
+        who,
+        "run deploy/stack.sh up, or python -m ops.influx_setup, or set CIVIC_INFLUX__TOKEN",
+    )
 
 
 def mqtt_password(settings: Settings, user: str) -> str:
     """A service account's MQTT password, as ``civic-iot devices sync`` generated it."""
-    path = settings.data_dir / "secrets" / f"mqtt-{user}"
-    if not path.exists():
-        msg = f"no MQTT password for {user!r}: run deploy/stack.sh up ({path})"
+    return read_secret(
+        settings.data_dir / "secrets" / f"mqtt-{user}",
+        f"MQTT password for {user!r}",
+        "run deploy/stack.sh up",
+    )
+
+
+class MqttEndpoint(NamedTuple):
+    """Where and how a process connects to Mosquitto."""
+
+    host: str
+    port: int
+    #: The CA to verify the broker against; ``None``: plain MQTT (loopback only).
+    tls_ca: Path | None
+
+
+def mqtt_endpoint(settings: Settings) -> MqttEndpoint:
+    """The broker as ``settings.mqtt`` says: the TLS listener with its CA when
+    ``CIVIC_MQTT__TLS`` is set (``RuntimeError`` when the CA file is missing), else the
+    plain one."""
+    m = settings.mqtt
+    if not m.tls:
+        return MqttEndpoint(m.host, m.port, None)
+    ca = m.tls_ca if m.tls_ca is not None else settings.data_dir / "tls" / "ca.crt"
+    if not ca.is_file():
+        msg = (
+            f"CIVIC_MQTT__TLS is set but the CA certificate {ca} does not exist: run "
+            "deploy/stack.sh up (it generates the local CA) or set CIVIC_MQTT__TLS_CA"
+        )
         raise RuntimeError(msg)
-    return path.read_text(encoding="ascii").strip()
+    return MqttEndpoint(m.host, m.tls_port, ca)
 
 
 def readings_record_key(settings: Settings) -> bytes:
-    """The key of the readings records' seal: ``CIVIC_KAFKA__RECORD_KEY``, else derived
-    from the installation secret (``<data dir>/secrets/device-secret``, created on first
-    use), so that ingest and the workers of one installation agree without setup."""
+    """The key of the readings records' seal: ``CIVIC_KAFKA__RECORD_KEY``, else the
+    installation's own, ``<data dir>/secrets/kafka-record-key`` (created on first use,
+    mode 0600), so that ingest and the workers of one installation agree without setup.
+    A key of its own: the processors need not hold the device secret."""
     if settings.kafka.record_key is not None:
         return settings.kafka.record_key.get_secret_value().encode()
-    return device_password(device_secret(settings.data_dir), "kafka:readings-records").encode()
+    path = settings.data_dir / "secrets" / "kafka-record-key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".kafka-record-key.")  # 0600
+        try:
+            with os.fdopen(fd, "w", encoding="ascii") as f:
+                f.write(secrets.token_hex(32))
+            # A hard link appears whole or never replaces a file: of two first uses at
+            # once (ingest and a worker), both keep the key that won.
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, path)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+    key = read_secret(path, "Kafka readings record key", "delete it to have a new one made")
+    return key.encode()
 
 
 @lru_cache(maxsize=1)

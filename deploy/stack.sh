@@ -8,6 +8,11 @@
 #
 # Data, logs and generated credentials live under $CIVIC_DATA_DIR (default <repo>/.civic);
 # built binaries and jars under $CIVIC_CACHE_DIR (default ~/.cache/civic-iot).
+#
+# Mosquitto listens on 127.0.0.1:$CIVIC_MQTT__PORT (1883, plain MQTT, this host only) and on
+# $CIVIC_MQTT_TLS_BIND:$CIVIC_MQTT__TLS_PORT (127.0.0.1:8883, TLS with a local CA made on the
+# first `up` under $CIVIC_DATA_DIR/tls; extra names for its certificate, comma-separated, in
+# $CIVIC_MQTT_TLS_HOSTS). Started as root, it runs as $CIVIC_BROKER_USER (default mosquitto).
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -16,6 +21,8 @@ cache=${CIVIC_CACHE_DIR:-$HOME/.cache/civic-iot}
 py="$repo/.venv/bin/python"
 kafka_version=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$repo/deploy/kafka/pom.xml")
 mqtt_port=${CIVIC_MQTT__PORT:-1883}
+mqtt_tls_port=${CIVIC_MQTT__TLS_PORT:-8883}
+mqtt_tls_bind=${CIVIC_MQTT_TLS_BIND:-127.0.0.1}
 influx_url=${CIVIC_INFLUX__URL:-http://127.0.0.1:8086}
 influx_bind=${influx_url#http://}
 
@@ -51,6 +58,7 @@ ensure_packages() {
   command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
   command -v mvn >/dev/null || missing+=(maven)
   command -v curl >/dev/null || missing+=(curl)
+  command -v openssl >/dev/null || missing+=(openssl)
   if ((${#missing[@]})); then apt_install "${missing[@]}"; fi
 }
 
@@ -94,29 +102,66 @@ start_bg() {  # name workdir command...
   echo $! >"$data/$name/$name.pid"
 }
 
+# The address the TLS health check connects to (a name the certificate carries).
+mqtt_tls_check_host() {
+  case $mqtt_tls_bind in 127.0.0.1 | 0.0.0.0 | ::) echo 127.0.0.1 ;; *) echo "$mqtt_tls_bind" ;; esac
+}
+
 mqtt_healthy() {
-  mosquitto_sub -h 127.0.0.1 -p "$mqtt_port" -u civic-ingest -P "$(cat "$data/secrets/mqtt-civic-ingest")" \
-    -t '$SYS/broker/version' -C 1 -W 3 -V mqttv5
+  local pw; pw=$(cat "$data/secrets/mqtt-civic-ingest")
+  mosquitto_sub -h 127.0.0.1 -p "$mqtt_port" -u civic-ingest -P "$pw" \
+    -t '$SYS/broker/version' -C 1 -W 3 -V mqttv5 || return 1
+  # The TLS listener, once the configuration has one (a data dir from before has not).
+  grep -q '^certfile' "$data/mosquitto/mosquitto.conf" 2>/dev/null || return 0
+  mosquitto_sub -h "$(mqtt_tls_check_host)" -p "$mqtt_tls_port" --cafile "$data/tls/ca.crt" \
+    -u civic-ingest -P "$pw" -t '$SYS/broker/version' -C 1 -W 3 -V mqttv5
+}
+
+# The account Mosquitto runs as: the invoking user, or, started as root, $CIVIC_BROKER_USER
+# (default mosquitto, which the Debian package creates). Never root: it drops root after
+# opening its listeners, and its files in .civic/mosquitto are given to that account.
+broker_user() {
+  if [[ $(id -u) -ne 0 ]]; then id -un; return; fi
+  local user=${CIVIC_BROKER_USER:-mosquitto}
+  [[ $user == root ]] && die "mosquitto: will not run the broker as root (CIVIC_BROKER_USER=root)"
+  id "$user" >/dev/null 2>&1 ||
+    die "mosquitto: account '$user' does not exist (apt-get install mosquitto creates it; or set CIVIC_BROKER_USER)"
+  echo "$user"
 }
 
 up_mosquitto() {
-  local dir="$data/mosquitto"
+  local dir="$data/mosquitto" user state running extra=()
+  user=$(broker_user)
   mkdir -p "$dir/data"
+  # mosquitto.conf and the TLS files: the local CA on the first up, a server certificate
+  # for 127.0.0.1, localhost and $CIVIC_MQTT_TLS_HOSTS (python -m ops.broker prepare).
+  local hosts=(--host localhost --host 127.0.0.1) h
+  case $mqtt_tls_bind in 127.0.0.1 | 0.0.0.0 | ::) ;; *) hosts+=(--host "$mqtt_tls_bind") ;; esac
+  IFS=, read -r -a extra <<<"${CIVIC_MQTT_TLS_HOSTS:-}"
+  for h in "${extra[@]}"; do [[ -n $h ]] && hosts+=(--host "$h"); done
+  state=$("$py" -m ops.broker prepare --bind 127.0.0.1 --tls-bind "$mqtt_tls_bind" \
+    --user "$user" "${hosts[@]}") || die "mosquitto: could not write its configuration or TLS files"
   # Password and ACL files come from the device registry (the one source of credentials).
   "$py" -m ops.cli devices sync --quiet
-  if pid_of mosquitto >/dev/null; then
-    kill -HUP "$(pid_of mosquitto)"  # reload passwd/acl
-    say "mosquitto: running (pid $(pid_of mosquitto)), credentials reloaded"
-    return
+  if running=$(pid_of mosquitto); then
+    if [[ $state == unchanged && $(ps -o uid= -p "$running" | tr -d ' ') == "$(id -u "$user")" ]]; then
+      kill -HUP "$running"  # reload passwd/acl
+      say "mosquitto: running (pid $running), credentials reloaded"
+      return
+    fi
+    # A new listener, certificate or account takes a restart; persistent sessions and
+    # their queued messages are saved on the way down and read back.
+    say "mosquitto: configuration, TLS files or account changed: restarting"
+    stop mosquitto
   fi
   port_busy "$mqtt_port" && die "mosquitto: port $mqtt_port is taken by another process"
-  # Run as the owner of the data folder (as root, Mosquitto would switch to user
-  # "mosquitto", which cannot read the 0600 credential files).
-  { echo "listener $mqtt_port 127.0.0.1"; echo "user $(id -un)"; cat "$repo/deploy/mosquitto/mosquitto.conf"; } >"$dir/mosquitto.conf"
+  port_busy "$mqtt_tls_port" && die "mosquitto: port $mqtt_tls_port is taken by another process"
+  # Its folder (credentials, TLS copy, persistence) belongs to the account it runs as.
+  [[ $(id -u) -eq 0 ]] && chown -R "$user:" "$dir"
   : >"$dir/mosquitto.log"
   start_bg mosquitto "$dir" "$(command -v mosquitto || echo /usr/sbin/mosquitto)" -c "$dir/mosquitto.conf"
   wait_for mosquitto "$dir/mosquitto.log" 20 mqtt_healthy
-  say "mosquitto: up on 127.0.0.1:$mqtt_port (log $dir/mosquitto.log)"
+  say "mosquitto: up on 127.0.0.1:$mqtt_port and $mqtt_tls_bind:$mqtt_tls_port (TLS, CA $data/tls/ca.crt) as user $user (log $dir/mosquitto.log)"
 }
 
 kafka_healthy() { grep -q "Kafka Server started" "$data/kafka/kafka.log" && port_busy 9092; }

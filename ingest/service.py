@@ -37,7 +37,7 @@ from civic_iot.contracts.deadletter import deadletter_record, device_of
 from civic_iot.contracts.readings import SEAL_HEADER, chunked, record_value, seal
 from civic_iot.mqtt import Message, MqttConnection
 from civic_iot.registry import Registry, load_registry
-from civic_iot.settings import Settings, mqtt_password, readings_record_key
+from civic_iot.settings import Settings, mqtt_endpoint, mqtt_password, readings_record_key
 from civic_iot.topology import READING_KINDS, Topology
 from ingest.refusals import Limits, ReadingRefusedError
 from ingest.validate import validate
@@ -90,9 +90,11 @@ class MqttSource:
         self._kicked = False
         m = settings.mqtt
         self._subscription = Topology.of(settings).device_subscription
+        broker = mqtt_endpoint(settings)
         self.mqtt = MqttConnection(
-            host=m.host,
-            port=m.port,
+            host=broker.host,
+            port=broker.port,
+            tls_ca=broker.tls_ca,
             client_id=f"civic-ingest-{settings.ingest.instance}",
             username=m.ingest_username,
             password=m.ingest_password.get_secret_value()

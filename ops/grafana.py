@@ -467,7 +467,7 @@ def provision_command(
             url,
             auth,
             settings.influx,
-            token=influx_token(settings),
+            token=influx_token(settings, "grafana"),
             influx_url=influx_url,
             dashboards_dir=dashboards,
         )

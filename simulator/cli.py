@@ -164,6 +164,14 @@ def simulate(
         float | None, typer.Option(help="seismic samples per second, <= 100")
     ] = None,
     fast: Annotated[bool, typer.Option(help="no pacing: send as fast as possible")] = False,
+    tls: Annotated[
+        bool,
+        typer.Option(
+            "--tls",
+            help="publish over the broker's TLS listener (CIVIC_MQTT__TLS_PORT, "
+            "CA CIVIC_MQTT__TLS_CA, default the local CA of deploy/stack.sh)",
+        ),
+    ] = False,
     list_scenarios: Annotated[
         bool, typer.Option("--list", help="list the shipped scenarios and exit")
     ] = False,
@@ -184,9 +192,15 @@ def simulate(
                 f"  failed {p.failed}  in flight {p.in_flight}  lag {p.lag_s:.2f} s"
             )
 
+    settings = get_settings()
+    if tls:
+        settings = settings.model_copy(
+            update={"mqtt": settings.mqtt.model_copy(update={"tls": True})}
+        )
     try:
         result = run_simulation(
             scenario,
+            settings=settings,
             speed=speed,
             seed=seed,
             duration_s=duration,
@@ -194,7 +208,7 @@ def simulate(
             fast=fast,
             progress_cb=show,
         )
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
         typer.echo(f"simulate: {exc}", err=True)
         raise typer.Exit(2) from None
     r = result.report

@@ -29,7 +29,7 @@ from typing import Literal, Protocol
 
 from civic_iot.mqtt import MqttConnection, MqttError, Reason
 from civic_iot.registry import device_password, device_secret
-from civic_iot.settings import Settings
+from civic_iot.settings import Settings, mqtt_endpoint
 from simulator.scenario import SimMessage
 
 __all__ = [
@@ -185,6 +185,8 @@ class FleetPublisher:
             msg = "window and client_window must be >= 1"
             raise ValueError(msg)
         self._settings = settings
+        #: Plain MQTT, or the TLS listener when ``CIVIC_MQTT__TLS`` (``simulate --tls``).
+        self._broker = mqtt_endpoint(settings)
         self._window = window
         self._client_window = client_window
         self._keepalive = keepalive_s
@@ -221,9 +223,9 @@ class FleetPublisher:
             await asyncio.sleep(0)
             if len(self._devices) == 1 and not dev.conn.connected and dev.conn.last_error:
                 await self.close()
-                m = self._settings.mqtt
+                b = self._broker
                 msg = (
-                    f"simulator: cannot reach Mosquitto at {m.host}:{m.port} as {user!r}: "
+                    f"simulator: cannot reach Mosquitto at {b.host}:{b.port} as {user!r}: "
                     f"{dev.conn.last_error}"
                 )
                 raise PublishError(msg)
@@ -241,8 +243,9 @@ class FleetPublisher:
     def _device(self, user: str, password: str) -> _Device:
         made: list[_Device] = []  # the hooks need the device, made just below
         conn = MqttConnection(
-            host=self._settings.mqtt.host,
-            port=self._settings.mqtt.port,
+            host=self._broker.host,
+            port=self._broker.port,
+            tls_ca=self._broker.tls_ca,
             client_id=user,
             username=user,
             password=password,

@@ -75,7 +75,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter
 
 from civic_iot import retry
 from civic_iot.contracts.storage import ReasonClass, StorageDeadLetter
-from civic_iot.settings import Settings, influx_token
+from civic_iot.settings import InfluxClient, Settings, influx_token
 from civic_iot.storage.points import Point
 from civic_iot.topology import Topology
 
@@ -342,17 +342,18 @@ class InfluxSink:
         settings: Settings,
         name: str,
         *,
-        service: str,
+        service: InfluxClient,
         deadletters: Publisher,
         bounded: bool = False,
         metrics: StorageMetrics | None = None,
     ) -> InfluxSink:
-        """A sink as ``settings.influx`` configures it; ``bounded`` for a service that
-        cannot hold its input back (``InfluxSettings.max_pending_points``)."""
+        """A sink as ``settings.influx`` configures it, with ``service``'s own token;
+        ``bounded`` for a service that cannot hold its input back
+        (``InfluxSettings.max_pending_points``)."""
         i = settings.influx
         return cls(
             url=i.url,
-            token=influx_token(settings),
+            token=influx_token(settings, service),
             org=i.org,
             name=name,
             service=service,

@@ -33,6 +33,7 @@ from aiokafka.structs import ConsumerRecord
 from influxdb_client.client.influxdb_client import InfluxDBClient
 from influxdb_client.client.write_api import SYNCHRONOUS
 from paho.mqtt.enums import CallbackAPIVersion
+from pydantic import SecretStr
 
 from alerts.cap import parse_cap
 from alerts.http import AckError, HttpServer, ack_via_http
@@ -76,7 +77,11 @@ def env(stack: Settings, unique: str) -> Iterator[Settings]:
     settings = stack.model_copy(
         update={
             "kafka": stack.kafka.model_copy(update={"topic_prefix": prefix, "partitions": 2}),
-            "influx": stack.influx.model_copy(update={"bucket_alerts": bucket}),
+            # The test's own bucket: the alert service's token writes only the production
+            # one, so this run writes with the admin token.
+            "influx": stack.influx.model_copy(
+                update={"bucket_alerts": bucket, "token": SecretStr(influx_token(stack))}
+            ),
             "alerts": stack.alerts.model_copy(
                 update={
                     "consumer_group": f"t-alerts-{unique}",
@@ -901,6 +906,7 @@ def test_standby_takes_over_when_the_active_is_killed(
     child_env = {
         "CIVIC_KAFKA__TOPIC_PREFIX": env.kafka.topic_prefix,
         "CIVIC_INFLUX__BUCKET_ALERTS": env.influx.bucket_alerts,
+        "CIVIC_INFLUX__TOKEN": influx_token(env),
         "CIVIC_ALERTS__CONSUMER_GROUP": a.consumer_group,
         "CIVIC_ALERTS__TICK_INTERVAL_S": str(a.tick_interval_s),
         "CIVIC_ALERTS__SESSION_TIMEOUT_S": str(a.session_timeout_s),

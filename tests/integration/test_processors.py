@@ -24,6 +24,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from influxdb_client.client.influxdb_client import InfluxDBClient
 from influxdb_client.client.write_api import SYNCHRONOUS
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic import SecretStr
 
 from civic_iot.contracts.readings import AirPayload, Location, Reading, WaterPayload
 from civic_iot.contracts.storage import StorageDeadLetter
@@ -89,11 +90,15 @@ def penv(stack: Settings, unique: str, tmp_path: Path) -> Iterator[Env]:
         org = c.organizations_api().find_organizations(org=influx.org)[0]
         for name in buckets.values():
             c.buckets_api().create_bucket(bucket_name=name, org_id=org.id)
+    # The test's own buckets: the processors' token writes only the production ones, so
+    # this run writes with the admin token.
+    token = influx_token(stack)
     settings = stack.model_copy(
         update={
             "kafka": kafka,
             "influx": influx.model_copy(
                 update={
+                    "token": SecretStr(token),
                     "bucket_readings": buckets["readings"],
                     "bucket_seismic": buckets["seismic"],
                     "bucket_derived": buckets["derived"],
@@ -106,6 +111,7 @@ def penv(stack: Settings, unique: str, tmp_path: Path) -> Iterator[Env]:
         "CIVIC_INFLUX__BUCKET_READINGS": buckets["readings"],
         "CIVIC_INFLUX__BUCKET_SEISMIC": buckets["seismic"],
         "CIVIC_INFLUX__BUCKET_DERIVED": buckets["derived"],
+        "CIVIC_INFLUX__TOKEN": token,
         "CIVIC_PROCESSORS__WEB_PORT": "0",
         "CIVIC_PROCESSORS__STATS_INTERVAL_S": "0",
         "CIVIC_INFLUX__WRITE_BACKOFF_CAP_S": "1",

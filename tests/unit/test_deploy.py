@@ -1,22 +1,60 @@
-"""The native stack and docker-compose describe the same system (no services needed)."""
+"""The native stack and docker-compose describe the same system, locked down (no
+services needed: Docker cannot run here, so docker-compose.yml is checked as data)."""
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import re
+import stat
+import subprocess
+import sys
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
+import pytest
 import yaml
+from pydantic import ValidationError
 
 from civic_iot.accounts import SERVICE_ACL
-from civic_iot.registry import Device, Registry, Township, device_password
-from civic_iot.settings import Settings
-from ops.broker import mosquitto_hash, render
+from civic_iot.registry import Device, Registry, Township, device_password, load_registry
+from civic_iot.settings import (
+    KNOWN_DEFAULT_SECRETS,
+    Settings,
+    check_secret,
+    influx_token,
+    influx_token_path,
+    mqtt_endpoint,
+    mqtt_password,
+)
+from ops.broker import Listener, mosquitto_hash, render, render_conf, subject_alt_names
+from ops.influx_setup import token_specs, written_by
 
 REPO = Path(__file__).resolve().parents[2]
+#: docker-compose's own variables (not civic-iot settings): where ports are published,
+#: extra names for the broker's certificate.
+COMPOSE_VARS = {"CIVIC_PUBLISH_HOST", "CIVIC_MQTT_TLS_HOSTS"}
+PUBLISH = "${CIVIC_PUBLISH_HOST:-127.0.0.1}"
 
 
-def _compose() -> dict[str, dict[str, dict[str, object]]]:
+def _compose() -> dict[str, dict[str, dict[str, Any]]]:
     return yaml.safe_load((REPO / "docker-compose.yml").read_text())
+
+
+def _setup_module() -> ModuleType:
+    """deploy/docker/setup.py (a script in the image, not a package)."""
+    spec = importlib.util.spec_from_file_location(
+        "compose_setup", REPO / "deploy" / "docker" / "setup.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    mod = sys.modules.get(spec.name)
+    if mod is None:
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = mod  # its dataclasses resolve their annotations there
+        spec.loader.exec_module(mod)
+    return mod
 
 
 def test_compose_mounts_files_that_exist() -> None:
@@ -30,7 +68,7 @@ def test_compose_mounts_files_that_exist() -> None:
 def test_compose_env_vars_are_settings() -> None:
     fields = {f"CIVIC_{name.upper()}": info for name, info in Settings.model_fields.items()}
     text = (REPO / "docker-compose.yml").read_text()
-    for var in set(re.findall(r"\b(CIVIC_[A-Z_]+)\b", text)) - {"CIVIC_INFLUX_ADMIN_PASSWORD"}:
+    for var in set(re.findall(r"\b(CIVIC_[A-Z_]+)\b", text)) - COMPOSE_VARS:
         top = var.split("__")[0]
         assert top in fields, f"{var} is not a civic-iot setting"
         if "__" in var:
@@ -38,13 +76,169 @@ def test_compose_env_vars_are_settings() -> None:
             assert var.split("__")[1].lower() in group.model_fields, var  # type: ignore[union-attr]
 
 
-def test_compose_uses_the_native_ports() -> None:
+def _published() -> dict[str, list[tuple[str, int, int]]]:
+    """(host address, host port, container port) of every published port, by service."""
+    out: dict[str, list[tuple[str, int, int]]] = {}
+    for name, svc in _compose()["services"].items():
+        for spec in svc.get("ports", []):
+            host, host_port, port = str(spec).rsplit(":", 2)
+            out.setdefault(name, []).append((host, int(host_port), int(port)))
+    return out
+
+
+def test_compose_publishes_only_what_users_need_on_loopback_by_default() -> None:
     s = Settings()
-    ports = {name: svc.get("ports", []) for name, svc in _compose()["services"].items()}
-    assert f"{s.mqtt.port}:1883" in ports["mosquitto"]
-    assert f"{s.kafka.bootstrap.split(':')[1]}:9092" in ports["kafka"]
-    assert "8086:8086" in ports["influxdb"]
+    published = _published()
+    # Devices (MQTT over TLS), operators (Grafana), agencies and operators (alerts API);
+    # InfluxDB for operators on this host only. Kafka and plain MQTT: never.
+    assert published == {
+        "mosquitto": [(PUBLISH, s.mqtt.tls_port, 8883)],
+        "grafana": [(PUBLISH, 3000, 3000)],
+        "alerts": [(PUBLISH, s.alerts.http_port, 8095)],
+        "influxdb": [("127.0.0.1", 8086, 8086)],
+    }
     assert s.influx.url.endswith(":8086")
+
+
+def test_kafka_listens_on_the_compose_network_only() -> None:
+    kafka = _compose()["services"]["kafka"]
+    env = kafka["environment"]
+    assert "ports" not in kafka
+    listeners = dict(x.split("://") for x in env["KAFKA_LISTENERS"].split(","))
+    assert listeners == {"INTERNAL": ":29092", "CONTROLLER": "localhost:9093"}
+    assert env["KAFKA_ADVERTISED_LISTENERS"] == "INTERNAL://kafka:29092"
+    # Every service reaches it there, and nothing else is advertised.
+    for svc in _compose()["services"].values():
+        env = svc.get("environment") or {}
+        if isinstance(env, dict) and "CIVIC_KAFKA__BOOTSTRAP" in env:
+            assert env["CIVIC_KAFKA__BOOTSTRAP"] == "kafka:29092"
+
+
+def env_keys() -> set[str]:
+    return {k for svc in _compose()["services"].values() for k in svc.get("environment") or {}}
+
+
+def test_compose_has_no_secret_in_its_environment() -> None:
+    """Every secret is generated by setup into files: no password, token or key is set
+    (or defaulted) in docker-compose.yml, so none can be left at a known value."""
+    secretish = re.compile(r"PASSWORD|TOKEN|SECRET|_KEY\b")
+    for name, svc in _compose()["services"].items():
+        env = svc.get("environment") or {}
+        for key in env:
+            assert not secretish.search(key), f"{name} sets {key} in its environment"
+    # InfluxDB is onboarded by setup with a random token, not by the image from variables.
+    assert not any(k.startswith("DOCKER_INFLUXDB_INIT") for k in env_keys())
+    text = (REPO / "docker-compose.yml").read_text()
+    for var, default in re.findall(r"\$\{([A-Z_]+):-([^}]*)\}", text):
+        assert not secretish.search(var), f"{var} has a default ({default!r})"
+
+
+def test_only_the_setup_runs_as_root_and_it_listens_nowhere() -> None:
+    services = _compose()["services"]
+    root = {n for n, s in services.items() if str(s.get("user", "")) in {"root", "0", "0:0"}}
+    assert root == {"setup"}
+    assert "ports" not in services["setup"]
+    dockerfile = (REPO / "Dockerfile").read_text().splitlines()
+    users = [line.split()[1] for line in dockerfile if line.startswith("USER ")]
+    assert users == ["civic"], "the project's processes run as an unprivileged account"
+    # Installed in place, so that REPO_ROOT/deploy (thresholds, broker settings) exists.
+    assert any(line.startswith("RUN pip install") and " -e ." in line for line in dockerfile)
+
+
+def test_compose_broker_drops_root_and_speaks_only_tls() -> None:
+    setup = _setup_module()
+    s = Settings(mqtt={"host": "mosquitto"})
+    conf = render_conf("allow_anonymous false", setup.broker_listeners(s), user=setup.BROKER_USER)
+    lines = conf.splitlines()
+    assert "user mosquitto" in lines
+    assert [line for line in lines if line.startswith("listener")] == [
+        f"listener {s.mqtt.tls_port}"
+    ]
+    assert "certfile tls/server.crt" in lines
+    assert setup.broker_hosts(s, "mqtt.example.org,") == [
+        "mosquitto",
+        "localhost",
+        "127.0.0.1",
+        "mqtt.example.org",
+    ]
+    mosq = _compose()["services"]["mosquitto"]
+    assert "user" not in mosq  # the image starts it as root; it drops to `mosquitto`
+    assert mosq["command"][-1] == f"{mosq['working_dir']}/mosquitto.conf"
+
+
+def _mounts(svc: dict[str, Any]) -> dict[str, str]:
+    """target -> named volume (or ./path) of a service."""
+    out = {}
+    for vol in svc.get("volumes", []):
+        src, target = str(vol).split(":")[:2]
+        out[target] = src
+    return out
+
+
+def test_each_service_gets_only_its_own_secrets() -> None:
+    setup = _setup_module()
+    services = _compose()["services"]
+    handout = {
+        target.removeprefix("/handout/"): src
+        for target, src in _mounts(services["setup"]).items()
+        if target.startswith("/handout/")
+    }
+    assert set(handout) == set(setup.HANDOUT)
+    # The setup's own data dir (device secret, admin token, CA key) is nobody else's.
+    assert _mounts(services["setup"])["/data"] == "civic-data"
+    for name, svc in services.items():
+        if name != "setup":
+            assert "civic-data" not in _mounts(svc).values(), name
+    # Each service mounts its hand-out volume, and only its own.
+    where = {"ingest": "/data", "worker": "/data", "alerts": "/data", "grafana": "/run/civic"}
+    for service, target in where.items():
+        mounts = _mounts(services[service])
+        assert mounts[target] == handout[service], service
+        assert not set(mounts.values()) & (set(handout.values()) - {handout[service]})
+    tokens = {
+        svc: sorted(f for f in h.files if f.startswith("secrets/influx-token"))
+        for svc, h in setup.HANDOUT.items()
+    }
+    assert tokens == {
+        "ingest": [],
+        "worker": ["secrets/influx-token-processors"],
+        "alerts": ["secrets/influx-token-alerts"],
+        "grafana": ["secrets/influx-token-grafana"],
+    }
+    # The processes read those files where the settings say (the data dir layout).
+    assert setup.HANDOUT["worker"].files["secrets/influx-token-processors"] == str(
+        influx_token_path(Path(), "processors")
+    )
+    assert setup.HANDOUT["ingest"].files["tls/ca.crt"] == "tls/ca.crt"
+
+
+def test_compose_processes_use_tls_and_their_data_dir() -> None:
+    services = _compose()["services"]
+    for name in ("ingest", "worker", "alerts", "setup"):
+        env = services[name]["environment"]
+        assert env["CIVIC_DATA_DIR"] == "/data"
+        assert env["CIVIC_MQTT__TLS"] == "true"
+        assert env["CIVIC_MQTT__HOST"] == "mosquitto"
+
+
+def test_the_setup_refuses_a_device_named_like_a_service_account(tmp_path: Path) -> None:
+    """The compose setup loads the registry (load_registry) before it writes anything."""
+    reg = tmp_path / "devices.yaml"
+    reg.write_text(
+        yaml.safe_dump(
+            {
+                "townships": [{"code": "1", "name": "t", "lat": 25, "lon": 121}],
+                "devices": [
+                    {"id": "civic-alerts", "kind": "air", "lat": 25, "lon": 121, "township": "1"}
+                ],
+            }
+        )
+    )
+    with pytest.raises(ValueError, match="civic-alerts"):
+        load_registry(reg)
+
+
+# ---------------------------------------------------------------- the broker's configuration
 
 
 def test_mosquitto_config_is_locked_down_and_persistent() -> None:
@@ -53,6 +247,209 @@ def test_mosquitto_config_is_locked_down_and_persistent() -> None:
     assert "persistence true" in conf
     assert any(line.startswith("autosave_interval ") for line in conf)
     assert not any(line.startswith("listener") for line in conf)  # added per environment
+
+
+def test_native_broker_config_has_a_loopback_plain_and_a_tls_listener() -> None:
+    base = (REPO / "deploy/mosquitto/mosquitto.conf").read_text()
+    conf = render_conf(
+        base, [Listener(1883, "127.0.0.1"), Listener(8883, "127.0.0.1", tls=True)], user="mosquitto"
+    )
+    lines = conf.splitlines()
+    assert lines[1] == "user mosquitto"
+    tail = lines[lines.index("listener 1883 127.0.0.1") :]
+    # Listener options follow their listener; the plain one has none.
+    assert tail == [
+        "listener 1883 127.0.0.1",
+        "",
+        "listener 8883 127.0.0.1",
+        "certfile tls/server.crt",
+        "keyfile tls/server.key",
+    ]
+    # Every path is relative to the broker's folder (it may not traverse the data dir's
+    # parents once it has dropped root).
+    for line in lines:
+        if line.split(" ")[0] in {"certfile", "keyfile", "password_file", "acl_file"}:
+            assert not line.split(" ", 1)[1].startswith("/"), line
+
+
+def test_stack_sh_prepares_the_broker_and_never_runs_it_as_root() -> None:
+    sh = (REPO / "deploy" / "stack.sh").read_text()
+    assert "-m ops.broker prepare" in sh
+    assert 'echo "user $(id -un)"' not in sh  # the old root-as-root line
+    assert "will not run the broker as root" in sh
+    assert "command -v openssl" in sh
+
+
+def test_subject_alt_names() -> None:
+    assert subject_alt_names(["localhost", "127.0.0.1", "::1", "mqtt.example.org"]) == (
+        "DNS:localhost,IP:127.0.0.1,IP:::1,DNS:mqtt.example.org"
+    )
+
+
+# ---------------------------------------------------------------- InfluxDB tokens
+
+
+def test_influx_tokens_are_least_privilege() -> None:
+    s = Settings()
+    specs = {t.client: (t.action, t.buckets) for t in token_specs(s)}
+    every = ("readings", "seismic", "derived", "alerts")
+    assert specs == {
+        "processors": ("write", ("readings", "seismic", "derived")),
+        "alerts": ("write", ("alerts",)),
+        "grafana": ("read", every),
+        "api": ("read", every),
+    }
+    renamed = Settings(influx={"bucket_alerts": "a2"})
+    assert written_by("alerts", renamed) == ("a2",)
+
+
+# ---------------------------------------------------------------- refusing to start
+
+
+@pytest.mark.parametrize("value", sorted(KNOWN_DEFAULT_SECRETS | {"", "   ", "CHANGE-ME"}))
+def test_known_default_secrets_are_refused(value: str) -> None:
+    with pytest.raises(ValueError, match="known default"):
+        check_secret("X", value)
+
+
+def test_short_secrets_are_refused_and_long_random_ones_taken() -> None:
+    with pytest.raises(ValueError, match="shorter than 16"):
+        check_secret("X", "abcdefgh12345")
+    check_secret("X", "h2Vd8s0Qm1xT5kPz")
+
+
+@pytest.mark.parametrize(
+    ("var", "value"),
+    [
+        ("CIVIC_INFLUX__TOKEN", "my-super-secret-auth-token"),
+        ("CIVIC_INFLUX__TOKEN", "short"),
+        ("CIVIC_MQTT__INGEST_PASSWORD", "change-me-please"),
+        ("CIVIC_MQTT__ALERTS_PASSWORD", "changeme"),
+    ],
+)
+def test_a_process_refuses_to_start_with_a_default_secret(
+    monkeypatch: pytest.MonkeyPatch, var: str, value: str
+) -> None:
+    """Every process reads Settings() at its entry point: this is where it stops."""
+    monkeypatch.setenv(var, value)
+    with pytest.raises(ValidationError, match=var) as err:
+        Settings()
+    if len(value) >= 8:
+        assert value not in str(err.value)  # a refused secret is never printed
+
+
+def test_a_service_never_falls_back_to_the_admin_token(tmp_path: Path) -> None:
+    s = Settings(data_dir=tmp_path)
+    admin = influx_token_path(tmp_path)
+    admin.parent.mkdir(mode=0o700)
+    admin.write_text("a" * 43)
+    admin.chmod(0o600)
+    assert influx_token(s) == "a" * 43
+    with pytest.raises(RuntimeError, match="InfluxDB token for processors"):
+        influx_token(s, "processors")
+    own = influx_token_path(tmp_path, "processors")
+    fd = os.open(own, os.O_WRONLY | os.O_CREAT, 0o600)
+    os.write(fd, b"p" * 43 + b"\n")
+    os.close(fd)
+    assert influx_token(s, "processors") == "p" * 43
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o660])
+def test_a_secret_file_open_to_others_is_refused(tmp_path: Path, mode: int) -> None:
+    s = Settings(data_dir=tmp_path)
+    path = tmp_path / "secrets" / "mqtt-civic-ingest"
+    path.parent.mkdir()
+    path.write_text("x" * 64)
+    path.chmod(mode)
+    with pytest.raises(RuntimeError, match="chmod 600"):
+        mqtt_password(s, "civic-ingest")
+    path.chmod(0o600)
+    assert mqtt_password(s, "civic-ingest") == "x" * 64
+
+
+def test_an_empty_secret_file_is_refused(tmp_path: Path) -> None:
+    path = influx_token_path(tmp_path, "alerts")
+    path.parent.mkdir()
+    path.touch(mode=0o600)
+    with pytest.raises(RuntimeError, match="empty"):
+        influx_token(Settings(data_dir=tmp_path), "alerts")
+
+
+def test_mqtt_endpoint_plain_or_tls(tmp_path: Path) -> None:
+    plain = mqtt_endpoint(Settings(data_dir=tmp_path))
+    assert (plain.port, plain.tls_ca) == (1883, None)
+    tls = Settings(data_dir=tmp_path, mqtt={"tls": True, "tls_port": 18883})
+    with pytest.raises(RuntimeError, match="CA certificate"):
+        mqtt_endpoint(tls)
+    ca = tmp_path / "tls" / "ca.crt"
+    ca.parent.mkdir()
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    assert mqtt_endpoint(tls) == ("127.0.0.1", 18883, ca)
+    other = tmp_path / "other.pem"
+    other.write_text("x")
+    own = Settings(data_dir=tmp_path, mqtt={"tls": True, "tls_ca": other})
+    assert mqtt_endpoint(own).tls_ca == other
+
+
+def _grafana_start(
+    tmp_path: Path, password: str | None, token: str | None
+) -> subprocess.CompletedProcess[str]:
+    for name, value in (("admin-password", password), ("influx-token", token)):
+        if value is not None:
+            (tmp_path / name).write_text(value)
+    return subprocess.run(
+        ["sh", str(REPO / "deploy" / "grafana" / "start.sh")],
+        env={"CIVIC_GRAFANA_SECRETS": str(tmp_path), "PATH": os.environ["PATH"]},
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("password", "token", "why"),
+    [
+        (None, "t" * 43, "admin-password is missing"),
+        ("p" * 24, None, "influx-token is missing"),
+        ("admin", "t" * 43, "default admin password"),
+        ("short-pw", "t" * 43, "shorter than 16"),
+    ],
+)
+def test_grafana_refuses_to_start_without_its_secrets(
+    tmp_path: Path, password: str | None, token: str | None, why: str
+) -> None:
+    done = _grafana_start(tmp_path, password, token)
+    assert done.returncode == 1
+    assert why in done.stderr
+
+
+def test_grafana_starts_with_generated_secrets(tmp_path: Path) -> None:
+    # Past the checks it execs Grafana's own /run.sh, absent here: exit 127, nothing else.
+    done = _grafana_start(tmp_path, "p" * 32, "t" * 43)
+    assert done.returncode == 127, done.stderr
+    assert "grafana:" not in done.stderr
+
+
+def test_setup_hands_out_private_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    setup = _setup_module()
+    data = tmp_path / "data"
+    for svc in setup.HANDOUT.values():
+        for src in svc.files:
+            (data / src).parent.mkdir(parents=True, exist_ok=True)
+            (data / src).write_text(f"content of {src}")
+    owners: dict[Path, tuple[int, int]] = {}
+    monkeypatch.setattr(setup.os, "chown", lambda p, u, g, **_: owners.__setitem__(Path(p), (u, g)))
+    setup.hand_out(Settings(data_dir=data), root=tmp_path / "handout")
+    for name, h in setup.HANDOUT.items():
+        dest = tmp_path / "handout" / name
+        assert stat.S_IMODE(dest.stat().st_mode) == 0o700
+        assert owners[dest] == (h.uid, h.gid)
+        for src, dst in h.files.items():
+            mode = stat.S_IMODE((dest / dst).stat().st_mode)
+            assert mode == (0o644 if src in setup.PUBLIC else 0o600), (name, dst)
+            assert (dest / dst).read_text() == f"content of {src}"
+            assert owners[dest / dst] == (h.uid, h.gid)
 
 
 def test_kafka_is_single_node_kraft() -> None:

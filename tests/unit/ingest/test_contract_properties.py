@@ -248,7 +248,14 @@ def test_the_generator_reaches_both_outcomes() -> None:
     reasons must come up (a generator that only makes garbage would pass vacuously)."""
     outcomes: dict[str, int] = {}
 
-    @settings(max_examples=200, suppress_health_check=list(HealthCheck), deadline=None)
+    # Derandomized: a tally over random draws would fail now and then by chance alone.
+    @settings(
+        max_examples=200,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+        deadline=None,
+    )
     @given(msg=message())
     def tally(msg: tuple[str, bytes]) -> None:
         outcome = _judge(*msg)
