@@ -116,7 +116,7 @@ def test_ingest_gathers_a_partitions_readings_in_one_sealed_record() -> None:
         if record[0] != "p.readings.air":
             continue
         assert len(record) == 4
-        topic, key, value, headers = record
+        _topic, key, value, headers = record
         assert is_sealed(KEY, value, headers)
         lines = decode_record(value, sealed=True).readings
         # The record lands where each of its readings would alone.
