@@ -100,11 +100,12 @@ def create_app(
     p = settings.processors
     topics = Topology.of(settings)
     n = settings.kafka.partitions
+    app_id = processors_app_id(topics, p.role)
     app = faust.App(
-        topics.processors_app,
+        app_id,
         broker=f"kafka://{settings.kafka.bootstrap}",
         store="memory://",
-        datadir=settings.data_dir / "processors" / topics.processors_app,
+        datadir=settings.data_dir / "processors" / app_id,
         key_serializer="raw",
         value_serializer="raw",
         consumer_auto_offset_reset="earliest",
@@ -156,55 +157,67 @@ def create_app(
     stats = Stats()
     activity = Activity()
 
-    air_table = state_table(app, "air-state", AirDevice, n)
-    water_table = state_table(app, "water-state", WaterDevice, n)
-    seismic_table = state_table(app, "seismic-state", SeismicDevice, n)
-    township_table = state_table(app, "township-state", TownshipState, n)
-    quake_table = state_table(app, "quake-state", QuakeState, 1)
-    shaking_table = state_table(app, "shaking-state", ShakingMark, n)
-
+    bulk, seismic = p.role in ("all", "bulk"), p.role in ("all", "seismic")
     seal_key = readings_record_key(settings)
 
     def deps(kind: str) -> DeviceDeps:
         return DeviceDeps(ctx, new_sink(kind), outbox, stats, activity, seal_key)
 
-    devices: list[BatchAgent] = [
-        AirAgent(deps("air"), air_table),
-        WaterAgent(deps("water"), water_table, shaking_table),
-        SeismicAgent(deps("seismic"), seismic_table),
-    ]
-    agents: list[tuple[TopicT, BatchAgent, float]] = [
-        *((app.topic(topics.readings(a.name)), a, p.batch_within_s) for a in devices),
-        (
-            app.topic(topics.deadletter),
-            DeadletterAgent(ctx.buckets, new_sink("deadletter")),
-            p.batch_within_s,
-        ),
-        (
-            app.topic(topics.township, partitions=n, internal=True),
-            TownshipAgent(ctx, township_table, new_sink("township"), outbox),
-            p.batch_within_s,
-        ),
-        (
-            app.topic(topics.shaking, partitions=n, internal=True),
-            ShakingAgent(ctx, shaking_table, new_sink("shaking")),
-            p.batch_within_s,
-        ),
-        (
-            app.topic(topics.triggers, partitions=1, internal=True),
-            QuakeAgent(ctx, quake_table, new_sink("quake"), outbox),
-            p.quake_within_s,
-        ),
-    ]
+    devices: list[BatchAgent] = []
+    agents: list[tuple[TopicT, BatchAgent, float]] = []
+    watched: dict[str, Any] = {}  # kind -> its device table, for the silence watch
+    republished: list[Any] = []  # tables whose open candidates are re-sent
+    if bulk:
+        air_table = state_table(app, "air-state", AirDevice, n)
+        water_table = state_table(app, "water-state", WaterDevice, n)
+        township_table = state_table(app, "township-state", TownshipState, n)
+        shaking_table = state_table(app, "shaking-state", ShakingMark, n)
+        devices += [
+            AirAgent(deps("air"), air_table),
+            WaterAgent(deps("water"), water_table, shaking_table),
+        ]
+        watched |= {"air": air_table, "water": water_table}
+        republished.append(township_table)
+        agents += [
+            (
+                app.topic(topics.deadletter),
+                DeadletterAgent(ctx.buckets, new_sink("deadletter")),
+                p.batch_within_s,
+            ),
+            (
+                app.topic(topics.township, partitions=n, internal=True),
+                TownshipAgent(ctx, township_table, new_sink("township"), outbox),
+                p.batch_within_s,
+            ),
+            (
+                app.topic(topics.shaking, partitions=n, internal=True),
+                ShakingAgent(ctx, shaking_table, new_sink("shaking")),
+                p.batch_within_s,
+            ),
+        ]
+    if seismic:
+        seismic_table = state_table(app, "seismic-state", SeismicDevice, n)
+        quake_table = state_table(app, "quake-state", QuakeState, 1)
+        devices.append(SeismicAgent(deps("seismic"), seismic_table))
+        watched["seismic"] = seismic_table
+        republished.append(quake_table)
+        agents.append(
+            (
+                app.topic(topics.triggers, partitions=1, internal=True),
+                QuakeAgent(ctx, quake_table, new_sink("quake"), outbox),
+                p.quake_within_s,
+            )
+        )
+    agents[:0] = [(app.topic(topics.readings(a.name)), a, p.batch_within_s) for a in devices]
     for topic, agent, within_s in agents:
         _register(
             app, topics, topic, agent, batch_max=p.batch_max, within_s=within_s, retry_s=retry_s
         )
 
     timer_sink = new_sink("timers")
-    republish = Republish([township_table, quake_table], outbox)
+    republish = Republish(republished, outbox)
     silence = SilenceWatch(
-        tables={"air": air_table, "water": water_table, "seismic": seismic_table},
+        tables=watched,
         activity=activity,
         ctx=ctx,
         registry=reg,
@@ -252,6 +265,13 @@ def create_app(
             return web.json(report, status=200 if report["healthy"] else 503)
 
     return app
+
+
+def processors_app_id(topics: Topology, role: str) -> str:
+    """The Faust app id (the consumer group, and the prefix of its tables' changelogs) of
+    a worker of ``role``: the seismic path's workers are a group of their own, so that
+    their partitions and their event loop never wait for the bulk readings'."""
+    return f"{topics.processors_app}-seismic" if role == "seismic" else topics.processors_app
 
 
 def _register(
@@ -308,4 +328,4 @@ def worker_health(
     }
 
 
-__all__ = ["FaustPublisher", "create_app", "worker_health"]
+__all__ = ["FaustPublisher", "create_app", "processors_app_id", "worker_health"]
