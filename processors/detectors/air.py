@@ -218,14 +218,16 @@ Windows = Mapping[int, tuple[float | None, int]]
 
 def _window_sizes(config: AirConfig) -> tuple[int, ...]:
     """Every window (hours) the figures and the AQI inputs need, ascending."""
-    sizes = _SIZES.get(config)
-    if sizes is None:
+    # By identity: hashing a config (a frozen dataclass of tables) costs more than the
+    # windows themselves. The config is kept with its sizes, so its id is never reused.
+    found = _SIZES.get(id(config))
+    if found is None:
         hours = {1, 8, config.history_hours, config.pm_short_hours, config.pm_long_hours}
-        sizes = _SIZES[config] = tuple(sorted(hours))
-    return sizes
+        found = _SIZES[id(config)] = (config, tuple(sorted(hours)))
+    return found[1]
 
 
-_SIZES: dict[AirConfig, tuple[int, ...]] = {}
+_SIZES: dict[int, tuple[AirConfig, tuple[int, ...]]] = {}
 
 
 def _means(windows: Windows, config: AirConfig) -> PollutantMeans:
