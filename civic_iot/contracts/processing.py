@@ -81,7 +81,7 @@ class SeismicTick(BaseModel):
     """A batch of seismic packets as the associator needs it.
 
     ``now_s``: end of the newest packet, epoch s (the associator's stream clock);
-    ``first_packet_ms``: Kafka timestamp of the oldest triggering packet (latency).
+    ``trigger_record_ms``: Kafka timestamp of the oldest triggering packet (latency).
     """
 
     model_config = ConfigDict(frozen=True)
@@ -90,6 +90,9 @@ class SeismicTick(BaseModel):
     triggers: tuple[Trigger, ...] = ()
     observations: tuple[Observation, ...] = ()
     trigger_record_ms: int | None = None
+    #: Kafka timestamp of the oldest packet of the tick, ms: the latency of a candidate
+    #: this tick decides is counted from it.
+    record_ms: int | None = None
     #: The ``readings.seismic`` partition the packets came from: the associator's clock
     #: is the slowest partition's (a watermark), see ``processors.handlers.handle_quake``.
     partition: int | None = None

@@ -276,7 +276,7 @@ def seismic_ticks(batch: Sequence[tuple[SeismicOutcome, int | None, int]]) -> li
     clock), so that a backlog replays as it happened: a batch may span many seconds,
     events close on that clock, and the clock is the slowest partition's (see
     :func:`processors.handlers.handle_quake`). ``trigger_record_ms`` is the earliest
-    record time of a triggering packet (for the alert latency).
+    record time of a triggering packet, ``record_ms`` of any packet (for the latency).
     """
     groups: dict[tuple[int, int], list[tuple[SeismicOutcome, int | None]]] = {}
     for o, ts, part in batch:
@@ -287,6 +287,7 @@ def seismic_ticks(batch: Sequence[tuple[SeismicOutcome, int | None, int]]) -> li
             triggers=tuple(o.trigger for o, _ in group if o.trigger),
             observations=tuple(_latest_obs([o.observation for o, _ in group])),
             trigger_record_ms=min((ts for o, ts in group if o.trigger and ts), default=None),
+            record_ms=min((ts for _, ts in group if ts), default=None),
             partition=part,
         )
         for (_, part), group in sorted(groups.items())

@@ -175,7 +175,12 @@ class SampleBuffer:
         Samples older than ``keep_s`` before the newest are dropped, then the oldest
         beyond ``max_len``.
         """
-        items = [s for s in self.samples if s[0] != t]
+        samples = self.samples
+        if samples and t > samples[-1][0]:
+            # The usual case, a sample newer than any: append, cut the old ones off.
+            start = bisect.bisect_left(samples, (t - keep_s,))
+            return type(self)((*samples[start:], (t, value))[-max_len:])
+        items = [s for s in samples if s[0] != t]
         bisect.insort(items, (t, value))
         newest = items[-1][0]
         items = [s for s in items if s[0] >= newest - keep_s][-max_len:]
@@ -194,10 +199,13 @@ class SampleBuffer:
             return None
         t0 = pts[0][0]
         n = len(pts)
-        mean_t = sum(t - t0 for t, _ in pts) / n
-        mean_v = sum(v for _, v in pts) / n
-        var_t = sum((t - t0 - mean_t) ** 2 for t, _ in pts)
+        ts = [t - t0 for t, _ in pts]
+        vs = [v for _, v in pts]
+        mean_t = sum(ts) / n
+        mean_v = sum(vs) / n
+        dts = [x - mean_t for x in ts]
+        var_t = sum([d * d for d in dts])
         if var_t == 0:
             return None
-        cov = sum((t - t0 - mean_t) * (v - mean_v) for t, v in pts)
+        cov = sum([d * (v - mean_v) for d, v in zip(dts, vs, strict=True)])
         return cov / var_t
