@@ -35,6 +35,13 @@ assigns co-partitioned topics by partition number (``PartitionAssignor``), so th
 holding a device's ``readings.water`` partition holds its ``shaking-state`` partition
 (:func:`processors.cli.copartitioning_errors` refuses to start otherwise).
 
+A worker runs every agent (``CIVIC_PROCESSORS__ROLE=all``), or one of two halves in
+processes of their own: ``bulk`` (air, water, township, shaking, dead letters) and
+``seismic`` (the stations and the associator, app id and consumer group
+``{processors_app}-seismic``: :func:`processors_app_id`). The halves share no table and
+talk only through Kafka (``processors.shaking``), so a seismic worker's event loop,
+producer buffer and partitions never wait behind an air or water backlog.
+
 Every agent runs the commit-after-sink loop (:mod:`processors.agents.loop`): a batch's
 events are acked, and its state written to the tables, only once its points are stored.
 Faust's own files go under ``{data dir}/processors/{app id}``.
