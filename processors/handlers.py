@@ -625,22 +625,22 @@ def handle_township_reports(
     env: TownshipState, reports: Sequence[TownshipReport], ctx: Context, detected_at: datetime
 ) -> Decision[TownshipState]:
     """A batch's reports for one township, in order (:func:`handle_township` each): every
-    level change is a candidate; of the ``township_air`` points only the last is kept,
-    the township's air as of the batch's newest report."""
+    level change is a candidate; of ``township_air`` points at one time only the last is
+    kept (InfluxDB would keep only that one of a series at one time anyway)."""
     points: list[Point] = []
     candidates: list[AlertCandidate] = []
-    last_air: Point | None = None
+    air: dict[int, Point] = {}  # time ns -> the township's air then
     for report in reports:
         d = handle_township(env, report, ctx, detected_at)
         env = d.state
         candidates += d.candidates
         for p in d.points:
             if p.measurement == TOWNSHIP_AIR_MEASUREMENT:
-                last_air = p
+                air.pop(p.time_ns, None)  # the newest goes last, as it was written
+                air[p.time_ns] = p
             else:
                 points.append(p)
-    if last_air is not None:
-        points.append(last_air)
+    points += air.values()
     return Decision(env, points, candidates)
 
 
