@@ -9,8 +9,11 @@ demo: stack-up
 	.venv/bin/civic-iot demo
 
 ## README command 2: every test (unit, integration, e2e) against the real local stack.
+# The unit tests need no services and run on every core; the integration and e2e tests
+# share one stack (device ids, the broker) and run one at a time.
 test: stack-up
-	$(PY) -m pytest
+	$(PY) -m pytest -n auto tests/unit
+	$(PY) -m pytest tests --ignore=tests/unit
 
 ## Unit tests only: no services needed.
 unit: install

@@ -16,9 +16,13 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from influxdb_client.client.influxdb_client import InfluxDBClient
 
-from civic_iot.settings import Settings, influx_token, readings_record_key
+from civic_iot.contracts.provenance import Marker
+from civic_iot.settings import Settings, influx_token, mark_key
 from civic_iot.topology import READING_KINDS, Topology
-from ingest.service import Record, _send_grouped, readings_records
+from ingest.service import _send_grouped, readings_records
+
+#: A record for Kafka: topic, key, value.
+Record = tuple[str, bytes, bytes]
 
 CLK = os.sysconf("SC_CLK_TCK")
 
@@ -71,7 +75,6 @@ def ingest_records(
     record (:func:`ingest.service.readings_records`)."""
     topics = Topology.of(settings)
     readings = frozenset(topics.readings(k) for k in READING_KINDS)
-    key = readings_record_key(settings)
     parts = _Partitions(settings.kafka.partitions)
     out: list[Record] = []
 
@@ -79,7 +82,7 @@ def ingest_records(
         for i in range(0, len(messages), batch):
             chunk = [(t, k.encode(), v) for t, k, v in messages[i : i + batch]]
             out.extend(
-                await readings_records(parts, chunk, readings=readings, seal_key=key)  # type: ignore[arg-type]
+                await readings_records(parts, chunk, readings=readings)  # type: ignore[arg-type]
             )
 
     asyncio.run(run())
@@ -97,6 +100,7 @@ async def produce(settings: Settings, records: Sequence[Record], rate: float = 0
         max_batch_size=512 * 1024,
         max_request_size=4 * 1024 * 1024,
     )
+    mark = Marker(mark_key(settings))  # as ingest marks its records: the worker checks
     await producer.start()
     first = time.time()
     try:
@@ -107,7 +111,7 @@ async def produce(settings: Settings, records: Sequence[Record], rate: float = 0
                 ahead = first + i / rate - time.time()
                 if ahead > 0:
                     await asyncio.sleep(ahead)
-            futures += await _send_grouped(producer, records[i : i + step])  # type: ignore[arg-type]
+            futures += await _send_grouped(producer, list(records[i : i + step]), mark)
         await asyncio.gather(*futures)
     finally:
         await producer.stop()

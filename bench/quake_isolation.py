@@ -38,13 +38,14 @@ from aiokafka.admin import AIOKafkaAdminClient
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.common import Buckets, ingest_records, load, produce, table  # noqa: E402
+from bench.common import Buckets, Record, ingest_records, load, produce, table  # noqa: E402
 from bench.processors import reading, workload  # noqa: E402
+from civic_iot.contracts.provenance import Marker  # noqa: E402
 from civic_iot.kafka_admin import ensure_topics  # noqa: E402
 from civic_iot.registry import load_registry  # noqa: E402
-from civic_iot.settings import Settings, get_settings, influx_token  # noqa: E402
+from civic_iot.settings import Settings, get_settings, influx_token, mark_key  # noqa: E402
 from civic_iot.topology import Topology  # noqa: E402
-from ingest.service import Record, _send_grouped  # noqa: E402
+from ingest.service import _send_grouped  # noqa: E402
 from processors.app import processors_app_id  # noqa: E402
 from simulator.waveforms import SimQuake, SimStation, synthesize_packets  # noqa: E402
 
@@ -89,6 +90,7 @@ def quake_plan(settings: Settings, seconds: float, origin_s: float) -> tuple[flo
 async def send_when_due(settings: Settings, t0: float, plan: Plan) -> int:
     """Each second's records when its packets are complete; returns the records sent."""
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap, linger_ms=1)
+    mark = Marker(mark_key(settings))  # as ingest marks its records: the worker checks
     await producer.start()
     try:
         for second in sorted(plan):
@@ -96,7 +98,7 @@ async def send_when_due(settings: Settings, t0: float, plan: Plan) -> int:
             ahead = t0 + second + 1 - time.time()
             if ahead > 0:
                 await asyncio.sleep(ahead)
-            await asyncio.gather(*await _send_grouped(producer, plan[second]))
+            await asyncio.gather(*await _send_grouped(producer, plan[second], mark))
     finally:
         await producer.stop()
     return sum(len(v) for v in plan.values())

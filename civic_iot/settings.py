@@ -8,12 +8,8 @@ The defaults match the native stack started by ``deploy/stack.sh`` and the ports
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
-import os
-import secrets
 import stat
-import tempfile
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal, NamedTuple
@@ -147,16 +143,17 @@ class KafkaSettings(BaseModel):
     #: Prefix for every topic name, so tests and demos can run side by side on one broker.
     topic_prefix: str = ""
     partitions: int = 4
-    #: Key ingest seals its readings records with and the processors check them by
-    #: (``civic_iot.contracts.readings.seal``); when unset, the installation's key in
-    #: the data dir (:func:`readings_record_key`). Ingest and every worker must have the same.
-    record_key: SecretStr | None = None
+    #: Key of the mark ingest puts on its records and the processors check
+    #: (:mod:`civic_iot.contracts.provenance`). Unset (the normal case): the file
+    #: ``<data dir>/secrets/kafka-mark-key`` (``python -m ops.mark_key`` creates it); see
+    #: :func:`mark_key`.
+    mark_key: SecretStr | None = None
 
-    @field_validator("record_key")
+    @field_validator("mark_key")
     @classmethod
     def _no_default_key(cls, v: SecretStr | None) -> SecretStr | None:
         if v is not None:
-            check_secret("CIVIC_KAFKA__RECORD_KEY", v.get_secret_value())
+            check_secret("CIVIC_KAFKA__MARK_KEY", v.get_secret_value())
         return v
 
 
@@ -324,6 +321,72 @@ class ProcessorSettings(BaseModel):
     role: Literal["all", "bulk", "seismic"] = "all"
 
 
+class ApiSettings(BaseModel):
+    """The HTTP API process (``civic-iot api run``, package ``api``): read API,
+    SensorThings, live push and console."""
+
+    model_config = ConfigDict(frozen=True)
+
+    #: Loopback by default: nothing listens beyond this host unless configured.
+    host: str = "127.0.0.1"
+    port: int = Field(default=8097, ge=1, le=65535)
+    #: Requests without a token, per client IP: a token bucket refilled at this rate
+    #: (requests per second) holding at most ``public_burst`` requests. A request with a
+    #: valid token is not counted.
+    public_rate_per_s: float = Field(default=10.0, gt=0)
+    public_burst: int = Field(default=60, ge=1)
+    #: Client IPs whose buckets are kept at once (least recently seen dropped first; a
+    #: dropped bucket was full or nearly so, so forgetting it changes little).
+    rate_limit_clients: int = Field(default=10_000, ge=1)
+    #: Proxies whose ``X-Forwarded-For`` names the client (empty: the socket's peer is the
+    #: client; the rate limit counts per that address).
+    trusted_proxies: tuple[str, ...] = ()
+    #: Per-query timeout to InfluxDB, seconds; a slower query answers 503.
+    query_timeout_s: float = Field(default=10.0, gt=0)
+    #: Seconds an answer polled by many (the open alerts, a device's or township's newest
+    #: readings) is reused, shared by the requests arriving meanwhile (0: never reused).
+    cache_ttl_s: float = Field(default=1.0, ge=0)
+    #: Items per page when a request names no ``limit`` / ``$top``, and the most it may ask.
+    default_page: int = Field(default=100, ge=1)
+    max_page: int = Field(default=1000, ge=1)
+    #: Points a time series may return (raw, or windows of ``every``).
+    max_series_points: int = Field(default=10_000, ge=1)
+    #: The ``authority`` property of every SensorThings Thing (Civil IoT clients filter on it).
+    authority: str = "civic-iot"
+    #: The absolute base URL clients reach the API at (``https://api.example.org``), for
+    #: ``@iot.selfLink`` and ``@iot.nextLink``; unset: taken from each request.
+    public_url: str | None = None
+    #: Live push (``api/live.py``). Seconds between heartbeat comments on an idle stream,
+    #: so proxies and browsers keep it open and a dead client is noticed.
+    live_heartbeat_s: float = Field(default=15.0, gt=0)
+    #: Events waiting per client; a client that falls this far behind (a slow browser, a
+    #: stalled network) is sent ``reset`` and disconnected instead of growing memory.
+    live_client_buffer: int = Field(default=1000, ge=10)
+    #: Recent events kept per stream so that a client reconnecting with ``Last-Event-ID``
+    #: gets what it missed; older ids get a fresh snapshot instead.
+    live_replay_events: int = Field(default=2000, ge=10)
+    #: Public feeds, per client IP: streams open at once, and new streams per minute
+    #: (a token bucket of that size, refilled evenly). Beyond either: 429.
+    live_streams_per_ip: int = Field(default=20, ge=1)
+    live_connects_per_minute: float = Field(default=60.0, gt=0)
+    #: Streams open at once over all clients.
+    live_max_streams: int = Field(default=2000, ge=1)
+    #: How often sensor health is read from InfluxDB, Kafka consumer lag measured, and
+    #: acknowledgements read from the alert service, seconds.
+    live_health_poll_s: float = Field(default=10.0, gt=0)
+    live_lag_poll_s: float = Field(default=5.0, gt=0)
+    live_ack_poll_s: float = Field(default=2.0, gt=0)
+    #: Device map updates are sent in batches at most this often, seconds.
+    live_device_batch_s: float = Field(default=1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _pages(self) -> ApiSettings:
+        if self.default_page > self.max_page:
+            msg = f"api.default_page={self.default_page} exceeds api.max_page={self.max_page}"
+            raise ValueError(msg)
+        return self
+
+
 class Settings(BaseSettings):
     """All of civic-iot's configuration."""
 
@@ -352,6 +415,7 @@ class Settings(BaseSettings):
     influx: InfluxSettings = InfluxSettings()
     alerts: AlertSettings = AlertSettings()
     processors: ProcessorSettings = ProcessorSettings()
+    api: ApiSettings = ApiSettings()
     log_level: str = "INFO"
 
 
@@ -402,6 +466,30 @@ def influx_token(settings: Settings, client: InfluxClient | None = None) -> str:
     )
 
 
+#: Where ``ops.mark_key`` keeps the key of the records' mark, in the data dir.
+MARK_KEY_FILE = Path("secrets") / "kafka-mark-key"
+
+
+def mark_key(settings: Settings) -> bytes:
+    """The key of the mark on ingest's records (:mod:`civic_iot.contracts.provenance`):
+    ``CIVIC_KAFKA__MARK_KEY`` when set, else ``<data dir>/secrets/kafka-mark-key``.
+    ``RuntimeError`` (the process refuses to start) when there is none, or it is short or
+    a known default."""
+    if settings.kafka.mark_key is not None:
+        return settings.kafka.mark_key.get_secret_value().encode()
+    path = settings.data_dir / MARK_KEY_FILE
+    value = read_secret(
+        path,
+        "Kafka record mark key",
+        "run deploy/stack.sh up, or python -m ops.mark_key, or set CIVIC_KAFKA__MARK_KEY",
+    )
+    try:
+        check_secret(str(path), value)
+    except ValueError as exc:
+        raise RuntimeError(str(exc)) from None
+    return value.encode()
+
+
 def mqtt_password(settings: Settings, user: str) -> str:
     """A service account's MQTT password, as ``civic-iot devices sync`` generated it."""
     return read_secret(
@@ -435,30 +523,6 @@ def mqtt_endpoint(settings: Settings) -> MqttEndpoint:
         )
         raise RuntimeError(msg)
     return MqttEndpoint(m.host, m.tls_port, ca)
-
-
-def readings_record_key(settings: Settings) -> bytes:
-    """The key of the readings records' seal: ``CIVIC_KAFKA__RECORD_KEY``, else the
-    installation's own, ``<data dir>/secrets/kafka-record-key`` (created on first use,
-    mode 0600), so that ingest and the workers of one installation agree without setup.
-    A key of its own: the processors need not hold the device secret."""
-    if settings.kafka.record_key is not None:
-        return settings.kafka.record_key.get_secret_value().encode()
-    path = settings.data_dir / "secrets" / "kafka-record-key"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".kafka-record-key.")  # 0600
-        try:
-            with os.fdopen(fd, "w", encoding="ascii") as f:
-                f.write(secrets.token_hex(32))
-            # A hard link appears whole or never replaces a file: of two first uses at
-            # once (ingest and a worker), both keep the key that won.
-            with contextlib.suppress(FileExistsError):
-                os.link(tmp, path)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
-    key = read_secret(path, "Kafka readings record key", "delete it to have a new one made")
-    return key.encode()
 
 
 @lru_cache(maxsize=1)

@@ -42,12 +42,15 @@ apt_install() {
 
 # ---------------------------------------------------------------- installs
 ensure_python() {
-  if [[ ! -x "$py" ]] || ! "$py" -c 'import civic_iot, ops.cli, faust, paho, pytest' 2>/dev/null; then
+  if [[ ! -x "$py" ]] || ! "$py" -c 'import civic_iot, ops.cli, faust, paho, pytest, fastapi, pyCIOT, playwright' 2>/dev/null; then
     say "creating the Python environment in .venv"
     command -v python3 >/dev/null || apt_install python3 python3-venv
     python3 -m venv "$repo/.venv" || { apt_install python3-venv; python3 -m venv "$repo/.venv"; }
     "$repo/.venv/bin/pip" install -q --upgrade pip
     "$repo/.venv/bin/pip" install -q -c "$repo/constraints.txt" -e "$repo[dev]"
+    # pyCIOT (a SensorThings client the API's tests use) pins requests==2.28.0 and so
+    # urllib3<1.27; without its pins it runs on the project's (pyproject.toml, dev).
+    "$repo/.venv/bin/pip" install -q --no-deps -c "$repo/constraints.txt" pyCIOT
   fi
 }
 
@@ -59,6 +62,9 @@ ensure_packages() {
   command -v mvn >/dev/null || missing+=(maven)
   command -v curl >/dev/null || missing+=(curl)
   command -v openssl >/dev/null || missing+=(openssl)
+  # The console's browser test drives Debian's Chromium (never a downloaded browser).
+  command -v chromium >/dev/null || missing+=(chromium)
+  command -v chromedriver >/dev/null || missing+=(chromium-driver)
   if ((${#missing[@]})); then apt_install "${missing[@]}"; fi
 }
 
@@ -252,6 +258,8 @@ case $cmd in
     up_kafka
     up_influxdb
     "$py" -m civic_iot.kafka_admin || die "kafka: topic setup failed; log: $data/kafka/kafka.log"
+    # The key of the mark ingest puts on its records (kept when it exists).
+    "$py" -m ops.mark_key >/dev/null || die "could not create the Kafka record mark key"
     ;;
   down) stop influxdb; stop kafka; stop mosquitto ;;
   status) status ;;

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from civic_iot.contracts.deadletter import ReasonCode
 from civic_iot.contracts.readings import MAX_PAYLOAD_BYTES, PAYLOAD_MODELS
 from civic_iot.settings import Settings
+from civic_iot.timebounds import TimeBounds
 
 
 class ReadingRefusedError(Exception):
@@ -23,11 +24,6 @@ class ReadingRefusedError(Exception):
         super().__init__(message)
         self.reason: ReasonCode = reason
         self.message = message
-
-
-#: How much younger than its bucket's retention a reading must be, so that it is still in
-#: the bucket's window when the processors write it (a backlog may delay that by minutes).
-RETENTION_MARGIN = timedelta(hours=1)
 
 
 class Limits(BaseModel):
@@ -50,24 +46,14 @@ class Limits(BaseModel):
 
     @classmethod
     def of(cls, settings: Settings) -> Limits:
-        """The limits of a deployment: a reading may be as old as ``max_age_s`` (in
-        backfill mode, as old as its bucket keeps data), never older than its bucket
-        keeps it less an hour (InfluxDB refuses points beyond a bucket's retention)."""
-        i = settings.ingest
-        keep = {
-            "air": settings.influx.readings_retention_days,
-            "water": settings.influx.readings_retention_days,
-            "seismic": settings.influx.seismic_retention_days,
-        }
-        max_age = {}
-        for kind, days in keep.items():
-            bound = timedelta(days=days) - RETENTION_MARGIN
-            max_age[kind] = bound if i.backfill else min(timedelta(seconds=i.max_age_s), bound)
+        """The limits of a deployment (:meth:`civic_iot.timebounds.TimeBounds.of`, the
+        bounds the processors hold too)."""
+        b = TimeBounds.of(settings)
         return cls(
-            max_future_skew=timedelta(seconds=i.max_future_skew_s),
-            lateness=timedelta(seconds=i.lateness_s),
-            max_age=max_age,
-            max_payload_bytes=i.max_payload_bytes,
+            max_future_skew=timedelta(seconds=b.max_future_skew_s),
+            lateness=timedelta(seconds=b.lateness_s),
+            max_age={kind: timedelta(seconds=s) for kind, s in b.max_age_s.items()},
+            max_payload_bytes=settings.ingest.max_payload_bytes,
         )
 
 

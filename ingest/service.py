@@ -34,10 +34,11 @@ from prometheus_client import Gauge, Histogram
 from civic_iot import retry
 from civic_iot.accounts import INGEST_USER
 from civic_iot.contracts.deadletter import deadletter_record, device_of
-from civic_iot.contracts.readings import SEAL_HEADER, chunked, record_value, seal
+from civic_iot.contracts.provenance import Marker
+from civic_iot.contracts.readings import chunked, record_value
 from civic_iot.mqtt import Message, MqttConnection
 from civic_iot.registry import Registry, load_registry
-from civic_iot.settings import Settings, mqtt_endpoint, mqtt_password, readings_record_key
+from civic_iot.settings import Settings, mark_key, mqtt_endpoint, mqtt_password
 from civic_iot.topology import READING_KINDS, Topology
 from ingest.refusals import Limits, ReadingRefusedError
 from ingest.validate import validate
@@ -247,37 +248,17 @@ def _mtime(path: Path) -> float:
         return 0.0
 
 
-@dataclass(frozen=True, slots=True)
-class Sealing:
-    """How ingest writes readings: the ``readings`` topics' records gathered per
-    partition and sealed with ``key`` (:func:`readings_records`)."""
-
-    key: bytes
-    readings: frozenset[str]
-
-
-async def _send(
-    producer: AIOKafkaProducer, records: list[tuple[str, bytes, bytes]], sealing: Sealing | None
-) -> list[asyncio.Future[Any]]:
-    """A batch's records to the producer (readings gathered and sealed with ``sealing``)."""
-    out: Sequence[Record] = records
-    if sealing is not None:
-        out = await readings_records(
-            producer, records, readings=sealing.readings, seal_key=sealing.key
-        )
-    return await _send_grouped(producer, out)
-
-
 async def _produce_batch(
     producer: AIOKafkaProducer,
     records: list[tuple[str, bytes, bytes]],
-    sealing: Sealing | None = None,
+    mark: Marker,
+    readings: Collection[str] = frozenset(),
 ) -> None:
     """Produce until Kafka has every record; retry the whole batch on failure (idempotent)."""
     backoff = retry.Backoff(KAFKA_RETRY_BASE_S, KAFKA_RETRY_CAP_S)
     while True:
         try:
-            await asyncio.gather(*await _send(producer, records, sealing))
+            await asyncio.gather(*await _send_grouped(producer, records, mark, readings))
             return
         except Exception as exc:  # noqa: BLE001 - any Kafka error: keep the batch, retry
             delay = backoff.next_delay()
@@ -319,12 +300,15 @@ class _Pipeline:
         producer: AIOKafkaProducer,
         source: MqttSource,
         depth: int,
-        sealing: Sealing | None = None,
+        mark: Marker,
+        readings: Collection[str] = frozenset(),
     ) -> None:
         self._producer = producer
+        self._mark = mark
+        #: The readings topics, whose records hold a partition's readings of a batch.
+        self._readings = readings
         self._source = source
         self.depth = depth
-        self._sealing = sealing
         self._flights: deque[_Flight] = deque()
 
     def __len__(self) -> int:
@@ -334,7 +318,7 @@ class _Pipeline:
         started = time.perf_counter()
         try:
             done: asyncio.Future[Any] = asyncio.gather(
-                *await _send(self._producer, records, self._sealing)
+                *await _send_grouped(self._producer, records, self._mark, self._readings)
             )
         except Exception as exc:  # noqa: BLE001 - e.g. no metadata: settle re-sends it
             done = asyncio.get_running_loop().create_future()
@@ -361,7 +345,7 @@ class _Pipeline:
                     len(head.records),
                     exc,
                 )
-                await _produce_batch(self._producer, head.records, self._sealing)
+                await _produce_batch(self._producer, head.records, self._mark, self._readings)
             flights.popleft()
             self._source.ack(head.batch)  # PUBACKs in arrival order, after Kafka has it
             BATCH_SECONDS.observe(time.perf_counter() - head.started)
@@ -379,25 +363,25 @@ def _partition(key: bytes, partitions: tuple[int, ...]) -> int:
     return int(_PARTITIONER(key, partitions, partitions))
 
 
-#: A record for Kafka: topic, key, value and, for a readings record, its seal header.
-Record = tuple[str, bytes, bytes] | tuple[str, bytes, bytes, tuple[tuple[str, bytes], ...]]
-
-
 async def _send_grouped(
-    producer: AIOKafkaProducer, records: Sequence[Record]
+    producer: AIOKafkaProducer,
+    records: list[tuple[str, bytes, bytes]],
+    mark: Marker,
+    readings: Collection[str] = frozenset(),
 ) -> list[asyncio.Future[Any]]:
     """Hand the records to the producer as one Kafka batch per (topic, partition).
 
     The same records, partitions and order as one ``send`` per record, without a
     coroutine, a future and an accumulator lookup per record. Returns a future per batch.
+    Each record carries ingest's ``mark`` (:mod:`civic_iot.contracts.provenance`). The
+    readings of the ``readings`` topics go in records of several (:func:`readings_records`).
     """
+    if readings:
+        records = await readings_records(producer, records, readings=readings)
     partitions: dict[str, tuple[int, ...]] = {}
     batches: dict[tuple[str, int], Any] = {}
     futures: list[asyncio.Future[Any]] = []
-    for record in records:
-        topic, key, value = record[0], record[1], record[2]
-        # Headers only where there are some (the batch takes them as a keyword).
-        extra = {"headers": list(record[3])} if len(record) == 4 else {}
+    for topic, key, value in records:
         parts = partitions.get(topic)
         if parts is None:
             parts = partitions[topic] = tuple(sorted(await producer.partitions_for(topic)))
@@ -405,10 +389,11 @@ async def _send_grouped(
         batch = batches.get(tp)
         if batch is None:
             batch = batches[tp] = producer.create_batch()
-        if batch.append(key=key, value=value, timestamp=None, **extra) is None:  # full
+        headers = mark.headers(topic, key, value)
+        if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:  # full
             futures.append(await producer.send_batch(batch, topic, partition=tp[1]))
             batch = batches[tp] = producer.create_batch()
-            if batch.append(key=key, value=value, timestamp=None, **extra) is None:
+            if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
                 msg = f"record of {len(value)} bytes for {topic} exceeds the Kafka batch size"
                 raise ValueError(msg)
     for (topic, partition), batch in batches.items():
@@ -421,23 +406,22 @@ async def readings_records(
     records: Sequence[tuple[str, bytes, bytes]],
     *,
     readings: Collection[str],
-    seal_key: bytes,
-) -> list[Record]:
-    """A batch's records with the readings gathered into records of several, sealed.
+) -> list[tuple[str, bytes, bytes]]:
+    """A batch's records with the readings gathered into records of several.
 
     Readings of one ``readings`` topic that go to one partition share a record (JSON
     Lines in arrival order, at most
     :data:`~civic_iot.contracts.readings.MAX_RECORD_BYTES` each:
     :func:`~civic_iot.contracts.readings.record_value`), keyed by its first reading's
-    device, so that it lands where each of its readings would alone, and sealed
-    (:func:`~civic_iot.contracts.readings.seal`). The processors pay their per-record
-    cost once per such record instead of once per reading, and take a sealed record's
+    device, so that it lands where each of its readings would alone; ingest marks it
+    like any record (:func:`_send_grouped`). The processors pay their per-record cost
+    once per such record instead of once per reading, and take a marked record's
     readings without validating them again. Other records (dead letters) stay as they
     are; every partition keeps its order.
     """
     partitions: dict[str, tuple[int, ...]] = {}
     groups: dict[tuple[str, int], list[tuple[bytes, bytes]]] = {}
-    others: list[Record] = []
+    others: list[tuple[str, bytes, bytes]] = []
     for topic, key, value in records:
         if topic not in readings:
             others.append((topic, key, value))
@@ -446,12 +430,12 @@ async def readings_records(
         if parts is None:
             parts = partitions[topic] = tuple(sorted(await producer.partitions_for(topic)))
         groups.setdefault((topic, _partition(key, parts)), []).append((key, value))
-    out: list[Record] = []
+    out: list[tuple[str, bytes, bytes]] = []
     for (topic, _), group in groups.items():
         first = 0
         for lines in chunked(v for _, v in group):
             value = record_value(lines)
-            out.append((topic, group[first][0], value, ((SEAL_HEADER, seal(seal_key, value)),)))
+            out.append((topic, group[first][0], value))
             first += len(lines)
     return out + others
 
@@ -464,6 +448,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> Counter[
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
     ingest = Ingest(settings, load_registry(settings.registry))
+    mark = Marker(mark_key(settings))  # no key: ingest refuses to start
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.kafka.bootstrap,
         acks="all",
@@ -493,11 +478,8 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> Counter[
     stopper = asyncio.ensure_future(stop.wait())
     stopper.add_done_callback(lambda _: source.wake())
     topics = Topology.of(settings)
-    sealing = Sealing(
-        key=readings_record_key(settings),
-        readings=frozenset(topics.readings(k) for k in READING_KINDS),
-    )
-    pipeline = _Pipeline(producer, source, settings.ingest.batches_in_flight, sealing)
+    readings = frozenset(topics.readings(k) for k in READING_KINDS)
+    pipeline = _Pipeline(producer, source, settings.ingest.batches_in_flight, mark, readings)
     try:
         while not stop.is_set():
             await source.wait()

@@ -37,6 +37,8 @@ app.add_typer(
     grafana_app, name="grafana", help="Provision Grafana (datasource, folder, dashboards)."
 )
 app.add_typer(alerts_app, name="alerts")
+api_app = typer.Typer(help="The read API, SensorThings and live feeds (package api).")
+app.add_typer(api_app, name="api")
 app.command("simulate")(simulate)
 # soft_wrap: a refusal's long lines stay whole (tables still fit the terminal).
 console = Console(soft_wrap=True)
@@ -371,6 +373,23 @@ def worker_cmd() -> None:
     run_worker(settings)
 
 
+@api_app.command("run")
+def api_run(
+    host: Annotated[str | None, typer.Option(help="bind address; default CIVIC_API__HOST")] = None,
+    port: Annotated[int | None, typer.Option(help="port; default CIVIC_API__PORT")] = None,
+) -> None:
+    """Serve the read API, SensorThings (/sta/v1.1, /sta/v1.0), the live push (/live),
+    the operations console (/console/) and /openapi.json."""
+    from api.server import run  # noqa: PLC0415 - keep CLI start-up light
+
+    settings = get_settings()
+    changes = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
+    if changes:
+        settings = settings.model_copy(update={"api": settings.api.model_copy(update=changes)})
+    setup_logging(settings.log_level)
+    run(settings)
+
+
 @app.command("demo")
 def demo_cmd(
     scenario: Annotated[
@@ -379,7 +398,8 @@ def demo_cmd(
     speed: Annotated[float, typer.Option(help="multiplies the scenario's time compression")] = 1.0,
     workers: Annotated[int, typer.Option(help="Faust workers to start")] = 1,
 ) -> None:
-    """Stack up, ingest + worker(s) + alerts, a scenario from simulated devices, a summary."""
+    """Stack up, ingest + worker(s) + alerts + the API, a scenario from simulated devices
+    (the operations console's URL is printed), a summary."""
     from ops.demo import run_demo  # noqa: PLC0415
 
     settings = get_settings()

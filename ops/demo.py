@@ -12,6 +12,7 @@ from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
+from civic_iot.auth import TokenStore
 from civic_iot.registry import load_registry
 from civic_iot.settings import Settings
 from ops.pipeline import (
@@ -41,19 +42,33 @@ def run_demo(
 
     console = Console()
     run = datetime.now(UTC).strftime("demo%Y%m%d%H%M%S")
-    pipeline = Pipeline(settings, f"{run}.", settings.data_dir / "logs" / run, workers=workers)
-    sc, start, messages = plan_simulation(
-        scenario, registry=load_registry(settings.registry), speed=speed
+    pipeline = Pipeline(
+        settings, f"{run}.", settings.data_dir / "logs" / run, workers=workers, api=True
     )
-    console.rule(
-        f"civic-iot demo: scenario [bold]{sc.name}[/bold] ({len(messages):,} messages, "
-        f"~{sc.wall_duration_s(speed):.0f} s), run {run}"
-    )
+    console.rule(f"civic-iot demo: scenario [bold]{scenario}[/bold], run {run}")
     console.print(
-        f"starting ingest, {workers} Faust worker(s) and the alert service "
+        f"starting ingest, {workers} Faust worker(s), the alert service and the API "
         f"(logs in {pipeline.log_dir})"
     )
     pipeline.start()
+    try:
+        # Planned once the processes are up, so that the real-time phases' event times
+        # are the wall clock's (the console's S-wave countdown runs on it).
+        sc, start, messages = plan_simulation(
+            scenario, registry=load_registry(settings.registry), speed=speed
+        )
+    except BaseException:
+        pipeline.stop()
+        raise
+    console.print(f"{len(messages):,} messages, ~{sc.wall_duration_s(speed):.0f} s")
+    # An operator token for this run only (revoked at the end), handed to the page in the
+    # URL's fragment: a browser never sends the fragment to a server.
+    tokens = TokenStore.of(settings.data_dir)
+    token_record, token = tokens.issue(f"demo-{run}", "operator", note="civic-iot demo")
+    console.print(
+        f"operations console: [link]{pipeline.console_url}#token={token}[/link]\n"
+        f"  (public view: {pipeline.console_url}; the token is revoked when the demo ends)"
+    )
 
     def table(p: Progress | None) -> Table:
         t = Table(title="live", expand=False)
@@ -94,6 +109,7 @@ def run_demo(
             )
     finally:
         pipeline.stop()
+        tokens.revoke([token_record.id])
     print_summary(console, settings, res)
     return 0 if res.ok else 1
 

@@ -54,16 +54,19 @@ def free_port() -> int:
 
 @dataclass
 class Pipeline:
-    """ingest + worker(s) + alerts as child processes sharing one topic prefix."""
+    """ingest + worker(s) + alerts (+ the HTTP API with ``api=True``) as child processes
+    sharing one topic prefix."""
 
     settings: Settings
     prefix: str
     log_dir: Path
     workers: int = 1
+    api: bool = False
     #: HTTP ports of the children; free ones are picked so a demo never collides with
     #: processes already running on the usual ports.
     ingest_port: int = field(default_factory=free_port)
     alerts_port: int = field(default_factory=free_port)
+    api_port: int = field(default_factory=free_port)
     worker_ports: list[int] = field(default_factory=list)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     #: An agency token of this run, to read the open alerts (the alert service's API
@@ -82,11 +85,17 @@ class Pipeline:
             "CIVIC_INGEST__INSTANCE": run,
             "CIVIC_INGEST__HTTP_PORT": str(self.ingest_port),
             "CIVIC_ALERTS__HTTP_PORT": str(self.alerts_port),
+            "CIVIC_API__PORT": str(self.api_port),
             # The run's ingest session is not resumed by a later run: let the broker drop
             # it (and its queue) soon after the run ends.
             "CIVIC_MQTT__SESSION_EXPIRY_S": "300",
             "PYTHONUNBUFFERED": "1",
         }
+
+    @property
+    def console_url(self) -> str:
+        """The operations console of the run (with ``api=True``)."""
+        return f"http://127.0.0.1:{self.api_port}/console/"
 
     def _spawn(self, name: str, args: list[str], extra: Mapping[str, str] | None = None) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -118,11 +127,15 @@ class Pipeline:
                 },
             )
         self._spawn("ingest", ["ingest"])
+        if self.api:
+            self._spawn("api", ["api", "run"])
         deadline = time.monotonic() + timeout_s
         checks = {
             "ingest": f"http://127.0.0.1:{self.ingest_port}/health",
             "alerts": f"http://127.0.0.1:{self.alerts_port}/health",
         }
+        if self.api:
+            checks["api"] = f"http://127.0.0.1:{self.api_port}/health"
         checks |= {
             f"worker{i}": f"http://127.0.0.1:{p}/health" for i, p in enumerate(self.worker_ports)
         }

@@ -49,6 +49,7 @@ Faust's own files go under ``{data dir}/processors/{app id}``.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -58,13 +59,17 @@ import faust
 from faust.sensors.prometheus import setup_prometheus_sensors
 from faust.types import TopicT
 
+from civic_iot.contracts.provenance import Marker
 from civic_iot.registry import Registry, load_registry
-from civic_iot.settings import Settings, readings_record_key
+from civic_iot.settings import Settings, mark_key
 from civic_iot.storage.sink import InfluxSink, PointSink, Publisher, deadletter_report
 from civic_iot.thresholds import Thresholds, load_thresholds
+from civic_iot.timebounds import TimeBounds
 from civic_iot.topology import Topology
 from processors.agents.deadletter import DeadletterAgent
 from processors.agents.device import AirAgent, DeviceDeps, SeismicAgent, WaterAgent
+from processors.agents.faults import contained
+from processors.agents.guard import ReadingGuard
 from processors.agents.loop import BatchAgent, commit_after_sink
 from processors.agents.outbox import FaustPublisher, Outbox
 from processors.agents.quake import QuakeAgent
@@ -98,12 +103,17 @@ def create_app(
     thresholds: Thresholds | None = None,
     sink_factory: SinkFactory | None = None,
     publisher: Publisher | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> faust.App:
     """The processors app. ``sink_factory(name)`` gives each agent its own sink and
     ``publisher`` sends to Kafka; both default to the real ones (InfluxDB, the app's
     producer) and are replaced by in-memory recorders in unit tests. ``thresholds``
     default to the file ``settings.thresholds``, checked against the registry (a wrong
-    file stops the worker here, before it consumes anything)."""
+    file stops the worker here, before it consumes anything). Without the key of
+    ingest's record mark (:func:`civic_iot.settings.mark_key`) the worker refuses to
+    start. ``clock`` is the wall clock the readings' times are judged against, epoch s
+    (:mod:`processors.agents.guard`)."""
+    key = mark_key(settings)
     p = settings.processors
     topics = Topology.of(settings)
     n = settings.kafka.partitions
@@ -137,7 +147,8 @@ def create_app(
     reg = registry if registry is not None else load_registry(settings.registry)
     thr = thresholds if thresholds is not None else load_thresholds(settings.thresholds, reg)
     thr.log_in_force()
-    ctx = Context.build(settings.influx, reg, thr)
+    bounds = TimeBounds.of(settings)
+    ctx = dataclasses.replace(Context.build(settings.influx, reg, thr), bounds=bounds)
     if sink_factory is None:
 
         def sink_factory(name: str) -> PointSink:
@@ -165,10 +176,19 @@ def create_app(
     activity = Activity()
 
     bulk, seismic = p.role in ("all", "bulk"), p.role in ("all", "seismic")
-    seal_key = readings_record_key(settings)
+
+    guard = ReadingGuard(
+        marker=Marker(key),
+        bounds=bounds,
+        publisher=pub,
+        deadletter_topic=topics.deadletter,
+        stats=stats,
+        buckets=ctx.buckets,
+        clock=clock,
+    )
 
     def deps(kind: str) -> DeviceDeps:
-        return DeviceDeps(ctx, new_sink(kind), outbox, stats, activity, seal_key)
+        return DeviceDeps(ctx, new_sink(kind), outbox, stats, activity, guard)
 
     devices: list[BatchAgent] = []
     agents: list[tuple[TopicT, BatchAgent, float]] = []
@@ -188,17 +208,17 @@ def create_app(
         agents += [
             (
                 app.topic(topics.deadletter),
-                DeadletterAgent(ctx.buckets, new_sink("deadletter")),
+                DeadletterAgent(ctx.buckets, new_sink("deadletter"), stats),
                 p.batch_within_s,
             ),
             (
                 app.topic(topics.township, partitions=n, internal=True),
-                TownshipAgent(ctx, township_table, new_sink("township"), outbox),
+                TownshipAgent(ctx, township_table, new_sink("township"), outbox, stats),
                 p.batch_within_s,
             ),
             (
                 app.topic(topics.shaking, partitions=n, internal=True),
-                ShakingAgent(ctx, shaking_table, new_sink("shaking")),
+                ShakingAgent(ctx, shaking_table, new_sink("shaking"), stats),
                 p.batch_within_s,
             ),
         ]
@@ -211,7 +231,7 @@ def create_app(
         agents.append(
             (
                 app.topic(topics.triggers, partitions=1, internal=True),
-                QuakeAgent(ctx, quake_table, new_sink("quake"), outbox),
+                QuakeAgent(ctx, quake_table, new_sink("quake"), outbox, stats),
                 p.quake_within_s,
             )
         )
@@ -230,8 +250,8 @@ def create_app(
         registry=reg,
         sink=timer_sink,
     )
-    app.timer(interval=p.republish_interval_s)(republish.run)
-    app.timer(interval=p.silence_check_interval_s)(silence.run)
+    app.timer(interval=p.republish_interval_s)(contained(republish.run, stats, "republish"))
+    app.timer(interval=p.silence_check_interval_s)(contained(silence.run, stats, "silence"))
     if p.stats_interval_s > 0:
         pipeline = PipelineStats(
             instance=p.instance,
@@ -241,7 +261,7 @@ def create_app(
             ctx=ctx,
             sink=timer_sink,
         )
-        app.timer(interval=p.stats_interval_s)(pipeline.run)
+        app.timer(interval=p.stats_interval_s)(contained(pipeline.run, stats, "pipeline"))
 
     recovered: list[bool] = []
 

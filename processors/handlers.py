@@ -52,6 +52,7 @@ from civic_iot.settings import InfluxSettings
 from civic_iot.storage.points import Point
 from civic_iot.storage.schema import TOWNSHIP_AIR, windowed
 from civic_iot.thresholds import Thresholds, ThresholdSet, thresholds_from
+from civic_iot.timebounds import TimeBounds
 from processors.candidates import township_candidate, update_hazard
 from processors.detectors.air import (
     AirConfig,
@@ -87,6 +88,7 @@ from processors.detectors.water import (
     update_rain,
     update_river,
 )
+from processors.guard import bound_clocks, bound_tick, not_ahead
 from processors.points import (
     Where,
     air_quality_point,
@@ -162,6 +164,8 @@ class Context:
     #: once: a township is asked for every report).
     air_counts: Mapping[str, int] = field(default_factory=dict)
     water_ids: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    #: How far ahead of the wall clock a stream time may be (processors.guard).
+    bounds: TimeBounds = field(default_factory=TimeBounds)
 
     @classmethod
     def build(
@@ -649,13 +653,14 @@ def handle_quake(
 ) -> Decision[QuakeState]:
     """One associator step for a batch of ticks: events declared, changed or closed
     become candidates (``quake-<event id>``) and ``quake_event``/``quake_cell`` points."""
-    ticks = list(ticks)
     wall = detected_at.timestamp()
-    clocks = dict(env.clocks)
+    # No tick (nor a state written before the guard) moves a clock past wall + skew.
+    ticks = [bound_tick(t, wall, ctx.bounds) for t in ticks]
+    clocks = bound_clocks(env.clocks, wall, ctx.bounds)
     for t in ticks:
         src = str(t.partition)
         clocks[src] = (max(clocks.get(src, (t.now_s, 0.0))[0], t.now_s), wall)
-    clock = _watermark(clocks, env.clock, wall, ctx.quake_idle_s)
+    clock = _watermark(clocks, not_ahead(env.clock, wall, ctx.bounds), wall, ctx.quake_idle_s)
     triggers = [
         StationTrigger(t.station_id, t.lat, t.lon, t.p_time_s) for k in ticks for t in k.triggers
     ]

@@ -13,7 +13,9 @@ from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict
 
-#: Why a device message was refused; each is documented in ``ingest/README.md``.
+#: Why a device message was refused; each is documented in ``ingest/README.md``. The
+#: processors refuse a record on a readings topic that ingest did not write (``unmarked``,
+#: ``bad_mark``: :mod:`processors.agents.guard`), with ``topic`` naming the Kafka topic.
 ReasonCode = Literal[
     "bad_topic",
     "oversize",
@@ -25,6 +27,8 @@ ReasonCode = Literal[
     "future_timestamp",
     "too_old",
     "unsupported_version",
+    "unmarked",
+    "bad_mark",
 ]
 
 

@@ -11,16 +11,13 @@ A record on ``readings.{kind}`` holds one reading or several, one JSON object a 
 (:meth:`Reading.to_record`), so a consumer that wants one reading at a time splits the
 value on newlines (:func:`record_lines`), and a one-line record is the one-reading
 record. Ingest writes one record per Kafka partition and batch of device messages (at
-most :data:`MAX_RECORD_BYTES`), every reading in it keyed to that partition, and seals
-it (:data:`SEAL_HEADER`, :func:`seal`) with a key only it and the processors hold. The
-processors take a sealed record's readings as ingest wrote them (:func:`decode_record`,
-no second validation) and validate every line of any other record again: anyone who
-may produce to the topic could have written it.
+most :data:`MAX_RECORD_BYTES`), every reading in it keyed to that partition, and marks
+it (:mod:`civic_iot.contracts.provenance`). The processors take a marked record's
+readings as ingest wrote them (:func:`decode_record` ``trusted``, no second validation).
 """
 
 from __future__ import annotations
 
-import hmac
 import json
 import re
 from collections.abc import Iterable, Sequence
@@ -272,9 +269,6 @@ PAYLOAD_MODELS: dict[str, type[AirPayload | WaterPayload | SeismicPayload]] = {
 #: A readings record holds at most this many bytes of readings (Kafka refuses records
 #: over 1 MB by default; a seismic packet is a few KB).
 MAX_RECORD_BYTES = 256 * 1024
-#: The Kafka header of a record ingest wrote: HMAC-SHA256 of the record's value with the
-#: record key (:func:`seal`), which only ingest and the processors hold.
-SEAL_HEADER = "civic-seal"
 _LINE = b"\n"
 
 
@@ -303,40 +297,23 @@ def chunked(lines: Iterable[bytes], max_bytes: int = MAX_RECORD_BYTES) -> list[l
     return out
 
 
-def seal(key: bytes, value: bytes) -> bytes:
-    """The seal of a record's value: HMAC-SHA256 with the record key (32 bytes)."""
-    return hmac.digest(key, value, "sha256")
-
-
-def is_sealed(key: bytes | None, value: bytes, headers: Iterable[tuple[str, bytes]]) -> bool:
-    """Whether ``headers`` carry the seal of ``value`` under ``key`` (None: no key, no
-    record is taken as sealed)."""
-    if key is None:
-        return False
-    for name, mac in headers:
-        if name == SEAL_HEADER:
-            return hmac.compare_digest(mac, seal(key, value))
-    return False
-
-
 class RecordReadings(NamedTuple):
     """What one record held: its readings in order, and why each line that is no
-    reading was refused (``line index: error``). ``sealed``: ingest wrote it."""
+    reading was refused (``line index: error``). ``trusted``: read as ingest wrote it."""
 
     readings: list[Reading]
     refused: list[str]
-    sealed: bool
+    trusted: bool
 
 
-def decode_record(value: bytes, *, sealed: bool) -> RecordReadings:
+def decode_record(value: bytes, *, trusted: bool) -> RecordReadings:
     """The readings of a record on ``readings.{kind}``.
 
-    A ``sealed`` record (:func:`is_sealed`) is read as ingest wrote it: every line a
-    reading that ingest validated, so the models are assembled without validating them
-    again (about half the CPU). Any other record may come from anyone who can produce to
-    the topic: each line is validated as :meth:`Reading.from_record` does, and a line
-    that is no reading is refused alone."""
-    if sealed:
+    A ``trusted`` record (it carries ingest's mark) is read as ingest wrote it: every
+    line a reading that ingest validated, so the models are assembled without validating
+    them again (about half the CPU). Otherwise each line is validated as
+    :meth:`Reading.from_record` does, and a line that is no reading is refused alone."""
+    if trusted:
         docs = json.loads(b"[" + value.replace(_LINE, b",") + b"]")
         return RecordReadings([_trusted(d) for d in docs], [], True)
     readings: list[Reading] = []
@@ -363,7 +340,7 @@ def _assemble(model: type[M], values: dict[str, Any]) -> M:
     return m
 
 
-#: Every payload field and its default, per kind: a sealed line leaves None fields out.
+#: Every payload field and its default, per kind: a record's line leaves None fields out.
 _DEFAULTS: dict[str, dict[str, Any]] = {
     kind: {name: f.default for name, f in model.model_fields.items()}
     for kind, model in (("air", AirPayload), ("water", WaterPayload), ("seismic", SeismicPayload))
@@ -391,7 +368,7 @@ def _time(text: str) -> datetime:
 
 
 def _trusted(doc: dict[str, Any]) -> Reading:
-    """A reading from one line of a sealed record (ingest's :meth:`Reading.to_record`)."""
+    """A reading from one line of a trusted record (ingest's :meth:`Reading.to_record`)."""
     data = doc["data"]
     kind = data["kind"]
     data["ts"] = _time(data["ts"])

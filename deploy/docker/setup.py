@@ -43,6 +43,7 @@ from civic_iot.settings import REPO_ROOT, Settings, get_settings
 from civic_iot.topology import Topology
 from ops import broker
 from ops.influx_setup import setup as influx_setup
+from ops.mark_key import ensure_mark_key
 
 logger = logging.getLogger("civic.setup")
 
@@ -87,6 +88,7 @@ HANDOUT: dict[str, Handout] = {
         {
             "devices.yaml": "devices.yaml",
             "secrets/mqtt-civic-ingest": "secrets/mqtt-civic-ingest",
+            "secrets/kafka-mark-key": "secrets/kafka-mark-key",
             "tls/ca.crt": "tls/ca.crt",
         }
     ),
@@ -94,6 +96,7 @@ HANDOUT: dict[str, Handout] = {
         {
             "devices.yaml": "devices.yaml",
             "secrets/influx-token-processors": "secrets/influx-token-processors",
+            "secrets/kafka-mark-key": "secrets/kafka-mark-key",
         }
     ),
     "alerts": Handout(
@@ -170,6 +173,7 @@ def run(settings: Settings) -> None:
     broker.sync(load_registry(settings.registry), data)
     asyncio.run(ensure_topics(settings.kafka.bootstrap, Topology.of(settings)))
     influx_setup(settings)
+    ensure_mark_key(data)
     ensure_grafana_password(settings)
     hand_out(settings)
     logger.info(

@@ -1,15 +1,17 @@
 """The device agents: ``readings.{air,water,seismic}`` -> detectors -> points, township
 reports and, from the seismic stations, ticks for the earthquake associator.
 
-A record holds one reading or many (:mod:`civic_iot.contracts.readings`): a record
-ingest sealed is read as ingest wrote it; any other is validated line by line, and a
-line that is no :class:`~civic_iot.contracts.readings.Reading` is logged and counted,
-not stored. Each reading is handed with its device's state to the kind's pure handler
-(:mod:`processors.handlers`) and its outcome staged: the state for the table, the points
-for the sink; after the batch, the reports go to ``processors.township``, one message per
-township (:class:`~civic_iot.contracts.processing.TownshipReports`). A reading read again
-after a restart (:func:`seen`) has its raw point rewritten only; a detector that fails
-stores the raw point and the stream moves on.
+A record holds one reading or many (:mod:`civic_iot.contracts.readings`). A record
+without ingest's mark is dead-lettered (:mod:`processors.agents.guard`); a marked one's
+lines are validated (a line that is no :class:`~civic_iot.contracts.readings.Reading` is
+logged, counted and dead-lettered with its record, the others go on); each reading's
+time is checked against the bounds (the guard). Each reading is handed with its device's
+state to the kind's pure handler (:mod:`processors.handlers`) and its outcome staged: the
+state for the table, the points for the sink; after the batch, the reports go to
+``processors.township``, one message per township
+(:class:`~civic_iot.contracts.processing.TownshipReports`). A reading read again after a
+restart (:func:`seen`) has its raw point rewritten only; a detector that fails stores the
+raw point and the stream moves on.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 import logging
 import math
 from abc import abstractmethod
-from collections.abc import Mapping, MutableMapping, Sequence
+from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -30,9 +32,10 @@ from civic_iot.contracts.processing import (
     TownshipReport,
     TownshipReports,
 )
-from civic_iot.contracts.readings import Reading, RecordReadings, decode_record, is_sealed
+from civic_iot.contracts.readings import Reading, RecordReadings, decode_record
 from civic_iot.storage.points import Point
 from civic_iot.storage.sink import PointSink
+from processors.agents.guard import ReadingGuard
 from processors.agents.loop import BatchAgent
 from processors.agents.outbox import Outbox
 from processors.agents.stats import Activity, Stats, record_ms
@@ -69,15 +72,14 @@ OutcomeT = TypeVar("OutcomeT", bound=Outcome[Any])
 
 @dataclass(frozen=True, slots=True)
 class DeviceDeps:
-    """What every device agent is built with. ``seal_key``: the key ingest seals its
-    records with (None: every record is validated again)."""
+    """What every device agent is built with."""
 
     ctx: Context
     sink: PointSink
     outbox: Outbox
     stats: Stats
     activity: Activity
-    seal_key: bytes | None = None
+    guard: ReadingGuard
 
 
 class DeviceAgent(BatchAgent, Generic[S, OutcomeT]):
@@ -93,7 +95,7 @@ class DeviceAgent(BatchAgent, Generic[S, OutcomeT]):
         self.outbox = deps.outbox
         self.stats = deps.stats
         self.activity = deps.activity
-        self.seal_key = deps.seal_key
+        self.guard = deps.guard
         self.states: BatchState[S] = BatchState(table, self.model)
         self.state = self.states
         #: Readings of each event of the batch (by id), for the statistics.
@@ -112,11 +114,21 @@ class DeviceAgent(BatchAgent, Generic[S, OutcomeT]):
         """Keep what the outcome has for other agents (sent in :meth:`on_batch`)."""
 
     async def on_event(self, event: EventT[Any]) -> int:
+        if not await self.guard.marked(event):  # not written by ingest: dead-lettered
+            return 1
         record = self._decode(event)
+        if record.refused:
+            # Marked, yet a line is no reading: the record is dead-lettered (its bytes
+            # whole) and its other readings go on.
+            await self.guard.admit(event, None, self.sink)
         msg = event.message
         partition = msg.partition
         observe = self.activity.observe
-        for index, reading in enumerate(record.readings):
+        admit, sink = self.guard.admit, self.sink
+        for index, found in enumerate(record.readings):
+            reading = await admit(event, found, sink)  # its time within the bounds
+            if reading is None:
+                continue
             device = reading.device_id
             observe(self.kind, device, partition, reading.event_time.timestamp())
             env = self.states.get(device)
@@ -152,19 +164,16 @@ class DeviceAgent(BatchAgent, Generic[S, OutcomeT]):
         )
 
     def _decode(self, event: EventT[Any]) -> RecordReadings:
+        """A marked record's readings, each line validated again (defence in depth: the
+        mark says ingest wrote it, not that what ingest wrote is sound; the trusted path,
+        ``decode_record(trusted=True)``, would halve the decoding), a line that is no
+        reading refused alone."""
         msg = event.message
         value: bytes = event.value
-        sealed = is_sealed(self.seal_key, value, _headers(msg.headers))
-        try:
-            record = decode_record(value, sealed=sealed)
-        except Exception:  # a sealed record that does not read: take it line by line
-            logger.exception("sealed record unreadable topic=%s offset=%d", msg.topic, msg.offset)
-            record = decode_record(value, sealed=False)
+        record = decode_record(value, trusted=False)
         n = len(record.readings) + len(record.refused)
         self._inputs[id(event)] = n
         self.stats.counters["readings_in"] += n
-        if not record.sealed:
-            self.stats.counters["unsealed_records"] += 1
         if record.refused:
             # ingest validated what it wrote: a line that is no Reading is not ours to store.
             self.stats.counters["deadletters"] += len(record.refused)
@@ -178,15 +187,6 @@ class DeviceAgent(BatchAgent, Generic[S, OutcomeT]):
                 record.refused[0],
             )
         return record
-
-
-def _headers(headers: Any) -> list[tuple[str, bytes]]:
-    """Faust gives a record's headers as a list of pairs or a mapping."""
-    if not headers:
-        return []
-    if isinstance(headers, Mapping):
-        return list(headers.items())
-    return list(headers)
 
 
 class ReportingAgent(DeviceAgent[S, DeviceOutcome[S]]):

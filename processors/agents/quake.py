@@ -23,8 +23,10 @@ from civic_iot.contracts.alerts import AlertCandidate
 from civic_iot.contracts.processing import NETWORK_KEY, SeismicTick
 from civic_iot.storage.points import Point
 from civic_iot.storage.sink import PointSink
+from processors.agents.faults import failed
 from processors.agents.loop import BatchAgent
 from processors.agents.outbox import Outbox
+from processors.agents.stats import Stats
 from processors.agents.tables import BatchState, seen
 from processors.handlers import Context, handle_quake
 from processors.states import QuakeState
@@ -41,7 +43,9 @@ class QuakeAgent(BatchAgent):
         table: MutableMapping[str, QuakeState],
         sink: PointSink,
         outbox: Outbox,
+        stats: Stats | None = None,
     ) -> None:
+        self.stats = stats if stats is not None else Stats()
         self.ctx = ctx
         self.sink = sink
         self.outbox = outbox
@@ -56,7 +60,10 @@ class QuakeAgent(BatchAgent):
 
     async def on_event(self, event: EventT[Any]) -> None:
         if not seen(self.states.get(NETWORK_KEY), event):
-            self._ticks.append(SeismicTick.model_validate_json(event.value))
+            try:
+                self._ticks.append(SeismicTick.model_validate_json(event.value))
+            except Exception as exc:  # noqa: BLE001 - one record must not stop the agent
+                failed(self.stats, self.name, exc, event)
             self._last = event
 
     async def on_batch(self) -> None:
@@ -70,7 +77,11 @@ class QuakeAgent(BatchAgent):
         points: list[Point] = []
         deciding: list[int] = []  # record ms of the ticks that gave candidates
         for tick in sorted(ticks, key=lambda k: k.now_s):
-            decision = handle_quake(state, [tick], self.ctx, datetime.now(UTC))
+            try:
+                decision = handle_quake(state, [tick], self.ctx, datetime.now(UTC))
+            except Exception as exc:  # noqa: BLE001 - one tick must not stop the associator
+                failed(self.stats, self.name, exc)
+                continue
             state = decision.state
             if decision.candidates and tick.record_ms:
                 deciding.append(tick.record_ms)

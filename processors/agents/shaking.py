@@ -17,7 +17,9 @@ from faust.types import EventT
 
 from civic_iot.contracts.processing import StrongShakingNotice
 from civic_iot.storage.sink import PointSink
+from processors.agents.faults import failed
 from processors.agents.loop import BatchAgent
+from processors.agents.stats import Stats
 from processors.agents.tables import BatchState, seen
 from processors.handlers import Context, handle_shaking
 from processors.states import ShakingMark
@@ -29,19 +31,28 @@ class ShakingAgent(BatchAgent):
     name = "shaking"
 
     def __init__(
-        self, ctx: Context, table: MutableMapping[str, ShakingMark], sink: PointSink
+        self,
+        ctx: Context,
+        table: MutableMapping[str, ShakingMark],
+        sink: PointSink,
+        stats: Stats | None = None,
     ) -> None:
         self.ctx = ctx
         self.sink = sink
+        self.stats = stats if stats is not None else Stats()
         self.states = BatchState(table, ShakingMark)
         self.state = self.states
 
     async def on_event(self, event: EventT[Any]) -> None:
-        notice = StrongShakingNotice.model_validate_json(event.value)
-        env = self.states.get(notice.device)
-        if seen(env, event):
+        try:
+            notice = StrongShakingNotice.model_validate_json(event.value)
+            env = self.states.get(notice.device)
+            if seen(env, event):
+                return
+            decision = handle_shaking(env, notice, self.ctx)
+        except Exception as exc:  # noqa: BLE001 - one record must not stop the agent
+            failed(self.stats, self.name, exc, event)
             return
-        decision = handle_shaking(env, notice, self.ctx)
         self.states.set(notice.device, decision.state, event)
         self.sink.add(decision.points)
         logger.info(

@@ -19,8 +19,10 @@ from pydantic import ValidationError
 
 from civic_iot.contracts.processing import TownshipReport, TownshipReports
 from civic_iot.storage.sink import PointSink
+from processors.agents.faults import failed
 from processors.agents.loop import BatchAgent
 from processors.agents.outbox import Outbox
+from processors.agents.stats import Stats
 from processors.agents.tables import BatchState, seen
 from processors.handlers import Context, handle_township_reports
 from processors.states import TownshipState
@@ -35,19 +37,25 @@ class TownshipAgent(BatchAgent):
         table: MutableMapping[str, TownshipState],
         sink: PointSink,
         outbox: Outbox,
+        stats: Stats | None = None,
     ) -> None:
         self.ctx = ctx
         self.sink = sink
         self.outbox = outbox
+        self.stats = stats if stats is not None else Stats()
         self.states = BatchState(table, TownshipState)
         self.state = self.states
 
     async def on_event(self, event: EventT[Any]) -> int:
-        msg = decode_reports(event.value)
-        env = self.states.get(msg.township)
-        if seen(env, event):
-            return len(msg.reports)
-        decision = handle_township_reports(env, msg.reports, self.ctx, datetime.now(UTC))
+        try:
+            msg = decode_reports(event.value)
+            env = self.states.get(msg.township)
+            if seen(env, event):
+                return len(msg.reports)
+            decision = handle_township_reports(env, msg.reports, self.ctx, datetime.now(UTC))
+        except Exception as exc:  # noqa: BLE001 - one record must not stop the agent
+            failed(self.stats, self.name, exc, event)
+            return 1
         self.states.set(msg.township, decision.state, event)
         await self.outbox.candidates(decision.candidates)
         self.sink.add(decision.points)

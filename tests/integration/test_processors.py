@@ -4,6 +4,7 @@ alert candidates out, state surviving a SIGKILL, nothing committed past an outag
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import signal
@@ -26,18 +27,32 @@ from influxdb_client.client.write_api import SYNCHRONOUS
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
-from civic_iot.contracts.readings import AirPayload, Location, Reading, WaterPayload
+from civic_iot.contracts.deadletter import DeadLetter
+from civic_iot.contracts.provenance import HEADER, Marker
+from civic_iot.contracts.readings import (
+    AirPayload,
+    Location,
+    Reading,
+    SeismicPayload,
+    WaterPayload,
+)
 from civic_iot.contracts.storage import StorageDeadLetter
 from civic_iot.kafka_admin import ensure_topics, partition_counts
 from civic_iot.registry import Device, Registry
-from civic_iot.settings import Settings, influx_token
+from civic_iot.settings import Settings, influx_token, mark_key
 from civic_iot.thresholds import load_thresholds
 from civic_iot.times import to_ns
 from civic_iot.topology import Topology
 from ops.pipeline import free_port
+from processors.detectors.quake import distance_km
 from simulator.waveforms import SimQuake, SimStation, Spike, synthesize_packets
 from tests.integration.helpers import REPO, read_topic
-from tests.stations import NOISY, STATIONS, T0
+from tests.stations import NOISY, STATIONS
+
+#: The seismic replays start twelve hours ago: readings as ingest takes them (the worker
+#: holds ingest's time bounds: nothing older than days, nothing ahead of the clock), with
+#: room for the hours of rain that follow the quake.
+T0 = float(int(time.time()) - 12 * 3600)
 
 pytestmark = pytest.mark.integration
 
@@ -163,11 +178,16 @@ def _reading(device: Device | SimStation, t: datetime, data: Any, township: str)
 
 
 async def _produce(settings: Settings, records: Sequence[tuple[str, str, bytes]]) -> None:
+    """Produce as ingest does: each record with its mark."""
+    mark = Marker(mark_key(settings))
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap, linger_ms=5)
     await producer.start()
     try:
         futs = [
-            await producer.send(topic, value, key=key.encode()) for topic, key, value in records
+            await producer.send(
+                topic, value, key=key.encode(), headers=mark.headers(topic, key.encode(), value)
+            )
+            for topic, key, value in records
         ]
         await asyncio.gather(*futs)
     finally:
@@ -678,5 +698,114 @@ def test_a_point_influxdb_refuses_mid_stream_is_dead_lettered_and_the_stream_mov
             time.sleep(0.5)
         assert behind == 0
         assert penv.count("readings", "air", "o3_ppb") == 1  # the backfill's, nothing else
+    finally:
+        stop(worker)
+
+
+# --- defence in depth: records ingest did not write, and readings outside the bounds -------
+
+
+def _raw(topic: str, key: str, value: bytes, headers: list[tuple[str, bytes]] | None = None) -> Any:
+    return (topic, key, value, headers or [])
+
+
+async def _produce_raw(settings: Settings, records: Sequence[Any]) -> None:
+    """Produce as anyone with access to Kafka could: headers as given, or none."""
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap)
+    await producer.start()
+    try:
+        for topic, key, value, headers in records:
+            await producer.send_and_wait(topic, value, key=key.encode(), headers=headers)
+    finally:
+        await producer.stop()
+
+
+def _packet(station: SimStation, t: datetime, rate: float, n: int) -> bytes:
+    """A seismic reading as the worker reads it, built without validation (the issue's
+    1e-6 Hz packet is no reading at all)."""
+    data = SeismicPayload.model_construct(
+        v=1,
+        kind="seismic",
+        ts=t,
+        sample_rate_hz=rate,
+        x_gal=[0.0] * n,
+        y_gal=[0.0] * n,
+        z_gal=[980.0] * n,
+        pga_gal=None,
+        pgv_cms=None,
+    )
+    return Reading.model_construct(
+        reading_id=f"{station.station_id}:{to_ns(t)}", device_id=station.station_id,
+        kind="seismic", event_time=t, received_at=t, late=False,
+        location=Location(lat=station.lat, lon=station.lon, township=""), data=data,
+    ).model_dump_json(exclude_none=True).encode()  # fmt: skip
+
+
+def test_foreign_and_hostile_records_are_refused_and_a_quake_still_alerts(
+    penv: Env, registry: Registry
+) -> None:
+    """Straight to the readings topics: a reading without ingest's mark, one with a forged
+    mark, and, marked, the issue's 1e-6 Hz packet, a packet 231 days ahead and one from
+    year 1. Each is dead-lettered with its reason and bytes (year 1's raw point is stored,
+    so InfluxDB refuses it and the sink dead-letters it), and an earthquake replayed right
+    after them still gives its candidate."""
+    s = penv.settings
+    mark = Marker(mark_key(s))
+    air = registry.of_kind("air")[0]
+    now = datetime.now(UTC).replace(microsecond=0)
+    good = _reading(air, now, AirPayload(ts=now, pm2_5_ugm3=12.0), air.township)
+    air_topic, seis_topic = f"{penv.prefix}readings.air", f"{penv.prefix}readings.seismic"
+    tpe = STATIONS[0]
+
+    def marked(topic: str, key: str, value: bytes) -> Any:
+        return _raw(topic, key, value, mark.headers(topic, key.encode(), value))
+
+    slow = _packet(tpe, now, 1e-6, 20)
+    ahead = _packet(tpe, now + timedelta(days=231), 100.0, 100)
+    year_1 = _packet(tpe, datetime(1, 1, 1, tzinfo=UTC), 100.0, 1)
+    asyncio.run(
+        _produce_raw(
+            s,
+            [
+                _raw(air_topic, air.id, good),
+                _raw(air_topic, air.id, good, [(HEADER, b"v1=" + b"0" * 64)]),
+                marked(seis_topic, tpe.station_id, slow),
+                marked(seis_topic, tpe.station_id, ahead),
+                marked(seis_topic, tpe.station_id, year_1),
+            ],
+        )
+    )
+    # The quake: the stations within 60 km of it, enough for the associator.
+    quake = SimQuake(lat=24.80, lon=121.60, depth_km=10.0, magnitude=6.0, origin_s=T0 + 40.0)
+    near = {
+        st.station_id
+        for st in STATIONS
+        if float(distance_km(quake.lat, quake.lon, st.lat, st.lon)) < 60.0
+    }
+    produce(penv, [r for r in _seismic_records(penv, quake, 50.0) if r[1] in near])
+    worker = start_worker(penv)
+    try:
+        got = _candidates_until(
+            penv, lambda got: any(c["hazard"] == "earthquake" and c["level"] >= 1 for c in got)
+        )
+        assert any(c["hazard"] == "earthquake" and c["level"] >= 1 for c in got)
+        dead = [
+            DeadLetter.model_validate_json(v)
+            for _, v in asyncio.run(read_topic(s, f"{penv.prefix}readings.deadletter", want=4))
+        ]
+        by_reason = {d.reason: d for d in dead}
+        assert sorted(d.reason for d in dead) == [
+            "bad_mark", "future_timestamp", "schema", "unmarked",
+        ]  # fmt: skip
+        assert base64.b64decode(by_reason["unmarked"].payload_b64) == good
+        assert by_reason["unmarked"].topic == air_topic
+        assert base64.b64decode(by_reason["schema"].payload_b64) == slow
+        assert base64.b64decode(by_reason["future_timestamp"].payload_b64) == ahead
+        [(_, value)] = asyncio.run(read_topic(s, f"{penv.prefix}storage.deadletter", want=1))
+        refused = StorageDeadLetter.model_validate_json(value)
+        assert refused.line.startswith("seismic_sample,device=TPE")
+        assert refused.line.endswith(f" {to_ns(datetime(1, 1, 1, tzinfo=UTC))}")
+        # Nothing foreign was stored.
+        assert penv.count("readings", "air", "pm2_5_ugm3") == 0
     finally:
         stop(worker)

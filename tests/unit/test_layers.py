@@ -22,7 +22,8 @@ ALLOWED: dict[str, set[str]] = {
     "processors": {"civic_iot"},
     "alerts": {"civic_iot"},
     "simulator": {"civic_iot"},
-    "ops": {"civic_iot", "ingest", "processors", "alerts", "simulator"},
+    "api": {"civic_iot"},
+    "ops": {"civic_iot", "ingest", "processors", "alerts", "simulator", "api"},
 }
 
 

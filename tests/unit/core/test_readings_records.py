@@ -1,19 +1,16 @@
 """Records on ``readings.{kind}`` holding several readings: JSON Lines, cut to a size,
-sealed by ingest and read back without a second validation only when the seal holds."""
+gathered by ingest per partition, and read back without a second validation when trusted
+(ingest's mark: civic_iot.contracts.provenance)."""
 
 from __future__ import annotations
 
 import asyncio
-import stat
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
-from pydantic import SecretStr, ValidationError
 
 from civic_iot.contracts.readings import (
-    SEAL_HEADER,
     AirPayload,
     Location,
     Reading,
@@ -21,16 +18,12 @@ from civic_iot.contracts.readings import (
     WaterPayload,
     chunked,
     decode_record,
-    is_sealed,
     record_lines,
     record_value,
-    seal,
 )
-from civic_iot.settings import KafkaSettings, Settings, readings_record_key
 from ingest.service import readings_records
 
 T0 = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
-KEY = b"k" * 32
 
 
 def _reading(device: str, i: int, kind: str = "air") -> Reading:
@@ -67,32 +60,22 @@ def test_lines_round_trip_and_chunks_keep_order_within_the_size() -> None:
 
 
 @pytest.mark.parametrize("kind", ["air", "water", "seismic"])
-def test_a_sealed_record_reads_as_the_validated_readings(kind: str) -> None:
+def test_a_trusted_record_reads_as_the_validated_readings(kind: str) -> None:
     readings = [_reading(f"dev-{i % 3}", i, kind) for i in range(7)]
     value = record_value([r.to_record() for r in readings])
-    trusted = decode_record(value, sealed=True)
-    checked = decode_record(value, sealed=False)
+    trusted = decode_record(value, trusted=True)
+    checked = decode_record(value, trusted=False)
     assert checked.refused == []
     assert trusted.readings == checked.readings == readings
-    assert (trusted.sealed, checked.sealed) == (True, False)
+    assert (trusted.trusted, checked.trusted) == (True, False)
 
 
-def test_an_unsealed_record_refuses_a_bad_line_alone() -> None:
+def test_an_untrusted_record_refuses_a_bad_line_alone() -> None:
     good = [_reading("dev-1", i).to_record() for i in range(3)]
     value = record_value([good[0], b'{"reading_id": "nope"}', good[1], b"not json", good[2]])
-    out = decode_record(value, sealed=False)
+    out = decode_record(value, trusted=False)
     assert [r.reading_id for r in out.readings] == ["dev-1:0", "dev-1:1", "dev-1:2"]
     assert [e.split(":")[0] for e in out.refused] == ["line 1", "line 3"]
-
-
-def test_the_seal_holds_only_for_its_key_and_value() -> None:
-    value = record_value([_reading("dev-1", 0).to_record()])
-    headers = [("other", b"x"), (SEAL_HEADER, seal(KEY, value))]
-    assert is_sealed(KEY, value, headers)
-    assert not is_sealed(b"j" * 32, value, headers)
-    assert not is_sealed(KEY, value + b" ", headers)
-    assert not is_sealed(KEY, value, [("other", b"x")])
-    assert not is_sealed(None, value, headers)
 
 
 class _Parts:
@@ -100,12 +83,12 @@ class _Parts:
         return {0, 1, 2, 3}
 
 
-def test_ingest_gathers_a_partitions_readings_in_one_sealed_record() -> None:
+def test_ingest_gathers_a_partitions_readings_in_one_record() -> None:
     readings = [_reading(f"dev-{i % 9}", i) for i in range(60)]
     batch = [("p.readings.air", r.device_id.encode(), r.to_record()) for r in readings]
     batch.insert(5, ("p.readings.deadletter", b"dev-x", b"{}"))
     out = asyncio.run(
-        readings_records(_Parts(), batch, readings={"p.readings.air"}, seal_key=KEY)  # type: ignore[arg-type]
+        readings_records(_Parts(), batch, readings={"p.readings.air"})  # type: ignore[arg-type]
     )
     dead = [r for r in out if r[0] == "p.readings.deadletter"]
     assert dead == [("p.readings.deadletter", b"dev-x", b"{}")]
@@ -115,10 +98,8 @@ def test_ingest_gathers_a_partitions_readings_in_one_sealed_record() -> None:
     for record in out:
         if record[0] != "p.readings.air":
             continue
-        assert len(record) == 4
-        _topic, key, value, headers = record
-        assert is_sealed(KEY, value, headers)
-        lines = decode_record(value, sealed=True).readings
+        _topic, key, value = record
+        lines = decode_record(value, trusted=True).readings
         # The record lands where each of its readings would alone.
         assert {part(r.device_id.encode(), ids, ids) for r in lines} == {part(key, ids, ids)}
         seen += [r.reading_id for r in lines]
@@ -127,17 +108,3 @@ def test_ingest_gathers_a_partitions_readings_in_one_sealed_record() -> None:
     for dev in {r.device_id for r in readings}:
         mine = [s for s in seen if s.startswith(f"{dev}:")]
         assert mine == [r.reading_id for r in readings if r.device_id == dev]
-
-
-def test_the_record_key_is_made_once_private_and_overridable(tmp_path: Path) -> None:
-    settings = Settings(data_dir=tmp_path)
-    key = readings_record_key(settings)
-    path = tmp_path / "secrets" / "kafka-record-key"
-    assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert len(key) == 64
-    assert readings_record_key(settings) == key
-    given = "r" * 20 + "0123456789abcdef"
-    kafka = KafkaSettings(record_key=SecretStr(given))
-    assert readings_record_key(settings.model_copy(update={"kafka": kafka})) == given.encode()
-    with pytest.raises(ValidationError):
-        KafkaSettings(record_key=SecretStr("changeme"))

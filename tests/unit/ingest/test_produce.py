@@ -10,7 +10,10 @@ from typing import Any
 from aiokafka.errors import KafkaTimeoutError
 from aiokafka.partitioner import DefaultPartitioner
 
+from civic_iot.contracts.provenance import HEADER, Marker
 from ingest.service import Inbound, _Pipeline, _send_grouped
+
+MARK = Marker(b"k" * 32)
 
 
 class FakeBatch:
@@ -18,8 +21,11 @@ class FakeBatch:
         self.room = room
         self.records: list[tuple[bytes, bytes]] = []
 
-    def append(self, *, key: bytes, value: bytes, timestamp: None) -> object | None:
+    def append(
+        self, *, key: bytes, value: bytes, timestamp: None, headers: list[tuple[str, bytes]]
+    ) -> object | None:
         assert timestamp is None
+        assert [k for k, _ in headers] == [HEADER]
         if len(self.records) == self.room:
             return None
         self.records.append((key, value))
@@ -68,7 +74,7 @@ def expected() -> dict[Any, list[Any]]:
 
 def test_records_go_where_send_would_put_them_in_order() -> None:
     producer = FakeProducer()
-    futures = asyncio.run(_send_grouped(producer, RECORDS))
+    futures = asyncio.run(_send_grouped(producer, RECORDS, MARK))
     assert len(futures) == len(producer.sent)
     assert len({(t, p) for t, p, _ in producer.sent}) == len(producer.sent)  # one batch each
     assert per_partition(producer.sent) == expected()
@@ -76,7 +82,7 @@ def test_records_go_where_send_would_put_them_in_order() -> None:
 
 def test_a_full_batch_is_sent_and_a_new_one_started() -> None:
     producer = FakeProducer(room=3)
-    asyncio.run(_send_grouped(producer, RECORDS))
+    asyncio.run(_send_grouped(producer, RECORDS, MARK))
     assert all(len(records) <= 3 for _, _, records in producer.sent)
     assert per_partition(producer.sent) == expected()
 
@@ -127,7 +133,7 @@ async def turns() -> None:
 def test_batches_are_acknowledged_in_arrival_order_whatever_order_kafka_finishes() -> None:
     async def scenario() -> None:
         producer, log = HeldProducer(), AckLog()
-        pipeline = _Pipeline(producer, log, depth=4)  # type: ignore[arg-type]
+        pipeline = _Pipeline(producer, log, depth=4, mark=MARK)  # type: ignore[arg-type]
         for mids in ((1, 2), (3,), (4, 5)):
             await pipeline.send(*batch_of(*mids))
         first, second, third = producer.pending
@@ -152,7 +158,7 @@ def test_batches_are_acknowledged_in_arrival_order_whatever_order_kafka_finishes
 def test_a_failed_batch_is_sent_again_before_anything_later_is_acknowledged() -> None:
     async def scenario() -> None:
         producer, log = HeldProducer(), AckLog()
-        pipeline = _Pipeline(producer, log, depth=4)  # type: ignore[arg-type]
+        pipeline = _Pipeline(producer, log, depth=4, mark=MARK)  # type: ignore[arg-type]
         await pipeline.send(*batch_of(1))
         await pipeline.send(*batch_of(2))
         first, second = producer.pending

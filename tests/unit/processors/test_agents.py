@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from civic_iot.contracts.processing import Observation, SeismicTick, StrongShakingNotice, Trigger
+from civic_iot.contracts.provenance import Marker
 from civic_iot.contracts.readings import AirPayload, Location, Reading, WaterPayload
 from civic_iot.registry import Device, Registry, Township
 from civic_iot.settings import Settings
@@ -36,6 +37,25 @@ REGISTRY = Registry(
 )
 
 
+#: The record mark key of these tests' worker, and the worker's wall clock (epoch s): the
+#: readings below are dated the day before.
+MARK_KEY = "unit-test-mark-key-0123456789abcdef"
+NOW = datetime(2026, 11, 26, tzinfo=UTC).timestamp()
+
+
+def _settings() -> Settings:
+    return Settings(
+        kafka={"mark_key": MARK_KEY},  # type: ignore[arg-type]
+        processors={"web_port": 0, "batch_within_s": 0.01, "stats_interval_s": 0},  # type: ignore[arg-type]
+    )
+
+
+def _marked(kind: str, key: bytes, value: bytes) -> dict[str, Any]:
+    """``ctx.put``'s arguments for a record on ``readings.{kind}`` that ingest wrote."""
+    headers = Marker(MARK_KEY.encode()).headers(f"readings.{kind}", key, value)
+    return {"key": key, "value": value, "headers": headers}
+
+
 def _air(device: Device, t: datetime, pm25: float) -> bytes:
     return Reading(
         reading_id=f"{device.id}:{to_ns(t)}",
@@ -50,9 +70,7 @@ def _air(device: Device, t: datetime, pm25: float) -> bytes:
 
 @pytest.fixture
 def harness() -> tuple[Any, dict[str, RecordingSink], RecordingPublisher, Settings]:
-    settings = Settings(
-        processors={"web_port": 0, "batch_within_s": 0.01, "stats_interval_s": 0}  # type: ignore[arg-type]
-    )
+    settings = _settings()
     sinks: dict[str, RecordingSink] = {}
 
     def factory(name: str) -> RecordingSink:
@@ -65,6 +83,7 @@ def harness() -> tuple[Any, dict[str, RecordingSink], RecordingPublisher, Settin
         thresholds=thresholds_from({}, REGISTRY),
         sink_factory=factory,
         publisher=pub,
+        clock=lambda: NOW,
     )
     app.finalize()
     app.conf.store = "memory://"
@@ -90,7 +109,7 @@ def test_air_readings_give_figures_and_township_reports(harness: Any) -> None:
             for i in range(78):
                 t = start + timedelta(minutes=10 * i)
                 for d in REGISTRY.of_kind("air"):
-                    await ctx.put(key=d.id.encode(), value=_air(d, t, 90.0))
+                    await ctx.put(**_marked("air", d.id.encode(), _air(d, t, 90.0)))
             await _until(lambda: len(sinks["air"].stored) >= 2 * 78 * 2)
 
     asyncio.run(run())
@@ -158,7 +177,7 @@ def test_flood_reading_reports_its_level_to_the_township(harness: Any) -> None:
 
     async def run() -> None:
         async with agent.test_context() as ctx:
-            await ctx.put(key=b"flood-1", value=value)
+            await ctx.put(**_marked("water", b"flood-1", value))
             await _until(lambda: len(sinks["water"].stored) >= 2)
 
     asyncio.run(run())
@@ -188,9 +207,7 @@ QUAKE_STATIONS = [("WLI", 24.87, 121.55), ("DTG", 24.68, 121.60), ("ILA", 24.76,
 
 @pytest.fixture
 def shaken() -> tuple[Any, dict[str, RecordingSink], RecordingPublisher, Settings]:
-    settings = Settings(
-        processors={"web_port": 0, "batch_within_s": 0.01, "stats_interval_s": 0}  # type: ignore[arg-type]
-    )
+    settings = _settings()
     sinks: dict[str, RecordingSink] = {}
 
     def factory(name: str) -> RecordingSink:
@@ -210,6 +227,7 @@ def shaken() -> tuple[Any, dict[str, RecordingSink], RecordingPublisher, Setting
         thresholds=thresholds,
         sink_factory=factory,
         publisher=pub,
+        clock=lambda: QUAKE_T0 + 86_400,  # the rain falls in the hours after the quake
     )
     app.finalize()
     app.conf.store = "memory://"
@@ -281,7 +299,7 @@ def test_shaking_agent_marks_the_gauge_and_the_water_agent_uses_r50(shaken: Any)
         async with app.agents["water"].test_context() as ctx:
             for i in range(23):  # 230 mm: under R70 (250) but over R50 (200)
                 t = rain_start + timedelta(minutes=10 * i)
-                await ctx.put(key=b"rain-1", value=_rain(t, 10.0))
+                await ctx.put(**_marked("water", b"rain-1", _rain(t, 10.0)))
             await _until(lambda: len(sinks["water"].stored) >= 2 * 23)
 
     asyncio.run(run())
@@ -324,9 +342,7 @@ class GatedSink(RecordingSink):
 
 
 def test_state_and_acks_wait_until_the_points_are_stored() -> None:
-    settings = Settings(
-        processors={"web_port": 0, "batch_within_s": 0.01, "stats_interval_s": 0}  # type: ignore[arg-type]
-    )
+    settings = _settings()
     sinks: dict[str, RecordingSink] = {}
 
     def factory(name: str) -> RecordingSink:
@@ -338,6 +354,7 @@ def test_state_and_acks_wait_until_the_points_are_stored() -> None:
         thresholds=thresholds_from({}, REGISTRY),
         sink_factory=factory,
         publisher=RecordingPublisher(),
+        clock=lambda: NOW,
     )
     app.finalize()
     app.flow_control.resume()
@@ -350,14 +367,15 @@ def test_state_and_acks_wait_until_the_points_are_stored() -> None:
         sink = sinks["air"]
         assert isinstance(sink, GatedSink)
         async with app.agents["air"].test_context() as ctx:
-            event = await ctx.put(key=device.id.encode(), value=_air(device, t, 40.0), wait=False)
+            record = _marked("air", device.id.encode(), _air(device, t, 40.0))
+            event = await ctx.put(**record, wait=False)
             await asyncio.wait_for(sink.flushing.wait(), 5)
             before.update(state=table.get(device.id), acked=event.message.acked)
             sink.gate.set()
             await _until(lambda: event.message.acked)
             # Read again (a restart before the commit): the state holds it already.
             ctx.sent_offset = event.message.offset
-            await ctx.put(key=device.id.encode(), value=_air(device, t, 40.0))
+            await ctx.put(**record)
             await _until(lambda: len(sink.stored) >= 3)
 
     asyncio.run(run())

@@ -299,7 +299,10 @@ def test_a_stored_candidate_is_republished_byte_for_byte() -> None:
 
 def test_every_table_of_the_app_is_covered_here() -> None:
     app = create_app(
-        Settings(processors={"web_port": 0}),  # type: ignore[arg-type]
+        Settings(
+            processors={"web_port": 0},  # type: ignore[arg-type]
+            kafka={"mark_key": "unit-test-mark-key-0123456789abcdef"},  # type: ignore[arg-type]
+        ),
         registry=REGISTRY,
         thresholds=thresholds_from({}, REGISTRY),
         sink_factory=lambda _name: RecordingSink(),
