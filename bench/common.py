@@ -71,8 +71,8 @@ def ingest_records(
     settings: Settings, messages: Sequence[tuple[str, str, bytes]], batch: int = 1000
 ) -> list[Record]:
     """``(topic, key, one-reading record)`` in arrival order as ingest writes them: per
-    batch of ``batch`` messages, each topic's readings of one partition in one sealed
-    record (:func:`ingest.service.readings_records`)."""
+    batch of ``batch`` messages, each topic's readings of one partition in one record
+    (:func:`ingest.service.readings_records`); :func:`produce` marks them as ingest does."""
     topics = Topology.of(settings)
     readings = frozenset(topics.readings(k) for k in READING_KINDS)
     parts = _Partitions(settings.kafka.partitions)

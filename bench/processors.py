@@ -6,7 +6,7 @@ same run (run by hand).
     .venv/bin/python bench/processors.py --rate 2000   # records/s, for latency below saturation
 
 The workload is written to fresh topics (unique prefix) exactly as ingest writes it:
-readings in arrival order, per batch of 1,000 messages one sealed record per topic and
+readings in arrival order, per batch of 1,000 messages one marked record per topic and
 partition (:func:`ingest.service.readings_records`). Then, one after the other, on the
 same records and temporary buckets (deleted at the end):
 

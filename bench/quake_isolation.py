@@ -5,7 +5,7 @@ worker and a seismic worker of their own (``CIVIC_PROCESSORS__ROLE``). Run by ha
 
 For each mode, on fresh topics (unique prefix) and temporary buckets (deleted at the
 end): ``--backlog`` air readings are written to ``readings.air`` as ingest writes them
-(sealed records of a partition's readings), the worker(s) started, and once they are
+(marked records of a partition's readings), the worker(s) started, and once they are
 ready the registry's seismic stations send a packet a second in real time for
 ``--seconds``, with an M6 near them ``--origin`` seconds in (bench/processors.py's
 quake), each second's packets written as ingest would (:func:`bench.common.ingest_records`).
