@@ -9,6 +9,11 @@ Every sink and publisher has one shape, :class:`Sink` (``add``, ``flush``, ``clo
   Both go out on one connection in that order, so the clear cannot overtake the cancel.
   A payload beyond Mosquitto's packet limit (:mod:`alerts.limits`; the caps make that
   impossible for the default limits) is reported ``failed``, never sent.
+  An earthquake message also goes to ``alerts/earthquake/{township}`` for every township
+  it concerns (:func:`alerts.messages.township_warnings`), QoS 1, *not* retained: one
+  township topic carries every quake there, so a retained one would be overwritten by
+  another quake's or cleared by its Cancel; an agency that must not miss one keeps a
+  persistent session. The event's own topic keeps the retained state.
 - Webhooks are not a channel of the step: they have their own consumer of the ``alerts``
   topic (:mod:`alerts.webhooks`), so a crash cannot lose one.
 
@@ -37,9 +42,9 @@ from pydantic import SecretStr
 from alerts.cap import DEFAULT_CAP_CONFIG, CapConfig, CapStatus
 from alerts.lifecycle import AckRecord, AlertMessage
 from alerts.limits import MQTT_PAYLOAD_BUDGET
-from alerts.messages import to_json_bytes
+from alerts.messages import to_json_bytes, township_json_bytes, township_warnings
 from alerts.text import get_logger
-from civic_iot.mqtt import MqttConnection, MqttError, Reason
+from civic_iot.mqtt import SERVICE_RECONNECT_CAP_S, MqttConnection, MqttError, Reason
 from civic_iot.settings import InfluxSettings
 from civic_iot.storage.points import FieldValue, Point
 from civic_iot.storage.schema import measurement
@@ -208,15 +213,22 @@ def _point(
     return p
 
 
-def mqtt_topic(msg: AlertMessage, root: str = "alerts") -> str:
-    """``alerts/{hazard}/{area}``; MQTT's special characters in an area code become ``_``."""
-    area = msg.area_code
+def mqtt_topic(msg: AlertMessage, root: str = "alerts", area: str | None = None) -> str:
+    """``alerts/{hazard}/{area}`` (``area``: the message's area code unless given, e.g. a
+    township of an earthquake); MQTT's special characters in it become ``_``."""
+    area = msg.area_code if area is None else area
     for ch in ("/", "+", "#", "\x00"):
         area = area.replace(ch, "_")
     return f"{root}/{msg.hazard}/{area}"
 
 
 # --------------------------------------------------------------------------- MQTT
+
+
+def _check_budget(payload: bytes) -> None:
+    if len(payload) > MQTT_PAYLOAD_BUDGET:
+        msg = f"payload of {len(payload)} bytes exceeds the MQTT budget of {MQTT_PAYLOAD_BUDGET}"
+        raise MqttError(msg)
 
 
 class MqttChannel:
@@ -228,7 +240,8 @@ class MqttChannel:
     on this asyncio loop) reconnects by itself; a QoS 1 message published while
     disconnected stays in paho's queue and goes out on reconnect, so a missing PUBACK is
     waited for again (reported as ``retry``), never published a second time.
-    ``tls_ca``: connect to the broker's TLS listener, trusting that CA.
+    ``tls_ca``: connect to the broker's TLS listener, trusting that CA. ``townships``:
+    township code -> centroid (lat, lon degrees) for the per-township earthquake topics.
     """
 
     def __init__(
@@ -247,8 +260,10 @@ class MqttChannel:
         keepalive_s: int = 30,
         root: str = "alerts",
         tls_ca: Path | None = None,
+        townships: Mapping[str, tuple[float, float]] | None = None,
     ) -> None:
         self._host, self._port = host, port
+        self._townships: Mapping[str, tuple[float, float]] = dict(townships or {})
         self._root = root
         self._username = username
         self._status = status
@@ -265,6 +280,7 @@ class MqttChannel:
             keepalive_s=keepalive_s,
             tls_ca=tls_ca,
             on_connect=self._on_connect,
+            reconnect_cap_s=SERVICE_RECONNECT_CAP_S,
         )
         self._queue: asyncio.Queue[AlertMessage] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
@@ -338,18 +354,40 @@ class MqttChannel:
     def _publish_message(self, msg: AlertMessage) -> list[asyncio.Future[Reason]]:
         topic = mqtt_topic(msg, self._root)
         payload = to_json_bytes(msg, self._status, config=self._cap_config)
-        if len(payload) > MQTT_PAYLOAD_BUDGET:
-            msg_ = (
-                f"payload of {len(payload)} bytes exceeds the MQTT budget of {MQTT_PAYLOAD_BUDGET}"
-            )
-            raise MqttError(msg_)
+        _check_budget(payload)
         if msg.msg_type == "Cancel":
             # Live subscribers get the Cancel itself; then the retained state is cleared.
-            return [
+            acks = [
                 self._mqtt.publish(topic, payload, retain=False),
                 self._mqtt.publish(topic, b"", retain=True),
             ]
-        return [self._mqtt.publish(topic, payload, retain=True)]
+        else:
+            acks = [self._mqtt.publish(topic, payload, retain=True)]
+        # After the event's own topic: the townships' payloads take a moment to compute.
+        for code, body in self._township_payloads(msg):
+            acks.append(self._mqtt.publish(mqtt_topic(msg, self._root, code), body, retain=False))
+        return acks
+
+    def _township_payloads(self, msg: AlertMessage) -> list[tuple[str, bytes]]:
+        """Each concerned township's payload (earthquakes only), countdown as of now."""
+        if msg.hazard != "earthquake":
+            return []
+        now_s = time.time()
+        out = []
+        for code, warning in township_warnings(
+            msg, self._status, self._townships, config=self._cap_config
+        ):
+            body = township_json_bytes(msg, code, warning, now_s, config=self._cap_config)
+            if len(body) > MQTT_PAYLOAD_BUDGET:  # the caps make it impossible (limits tests)
+                logger.error(
+                    "mqtt township payload too large identifier=%s township=%s bytes=%d",
+                    msg.identifier,
+                    code,
+                    len(body),
+                )
+                continue
+            out.append((code, body))
+        return out
 
     async def _confirm(self, message: AlertMessage, acks: list[asyncio.Future[Reason]]) -> None:
         msg = MessageRef.of(message)

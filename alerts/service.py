@@ -101,6 +101,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import socket
 import time
@@ -157,14 +158,22 @@ from alerts.limits import (
     clamp_candidate,
     worst_case_candidate,
 )
-from alerts.messages import to_json_bytes, to_json_dict
+from alerts.messages import (
+    to_json_bytes,
+    to_json_dict,
+    township_json_bytes,
+    township_warnings,
+)
 from alerts.subscription_store import SubscriptionStore, webhook_key
 from alerts.text import get_logger
 from alerts.urls import UrlPolicy
 from alerts.webhooks import WebhookDelivery, deadletter_value
 from civic_iot.auth import TokenStore
 from civic_iot.contracts.alerts import AlertCandidate
+from civic_iot.health import KAFKA_ASK_INTERVAL_S, KafkaWatch
 from civic_iot.kafka_admin import ensure_topics, wait_for_topics
+from civic_iot.logs import limit_repeats
+from civic_iot.registry import load_registry
 from civic_iot.settings import Settings, mqtt_endpoint, mqtt_password
 from civic_iot.storage.sink import (
     AIOKafkaPublisher,
@@ -212,6 +221,18 @@ def lifecycle_config(settings: Settings) -> LifecycleConfig:
 
 def _dumps(data: Any) -> bytes:
     return json.dumps(data, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode()
+
+
+def township_centroids(settings: Settings) -> dict[str, tuple[float, float]]:
+    """Township code -> centroid (lat, lon degrees) from the registry, for the earthquake
+    countdown per township; without a readable registry, townships are placed by their
+    reported cells only (logged)."""
+    try:
+        registry = load_registry(settings.registry)
+    except (OSError, ValueError) as exc:
+        logger.warning("registry unreadable path=%s error=%s", settings.registry, exc)
+        return {}
+    return {t.code: (t.lat, t.lon) for t in registry.townships}
 
 
 def alerts_topic_record(
@@ -285,7 +306,14 @@ def _worst_message(
 ) -> tuple[AlertMessage, AlertRecord]:
     caps = lifecycle.caps
     cand = clamp_candidate(worst_case_candidate(fill, at, caps), caps)
-    _, [alert] = on_candidate(LifecycleState(), cand, at, config=lifecycle)
+    # A size check, not an alert: the lifecycle's "alert message" line stays out of the log.
+    quiet = get_logger(on_candidate.__module__)
+    silence = logging.Filter("-")  # passes only a logger named "-": none here
+    quiet.addFilter(silence)
+    try:
+        _, [alert] = on_candidate(LifecycleState(), cand, at, config=lifecycle)
+    finally:
+        quiet.removeFilter(silence)
     refs = tuple(
         Reference(sender=lifecycle.sender, identifier=str(uuid.UUID(int=i)), sent=at)
         for i in range(caps.references)
@@ -330,7 +358,8 @@ def worst_case_sizes(
     lifecycle: LifecycleConfig, cap_config: CapConfig, status: CapStatus, fill: str
 ) -> dict[str, int]:
     """Bytes of the largest record of each kind the caps allow, texts made of ``fill``:
-    ``alerts`` (key + value), ``alerts.state`` (key + value + header), ``mqtt`` (payload)."""
+    ``alerts`` (key + value), ``alerts.state`` (key + value + header), ``mqtt`` (payload),
+    ``mqtt_township`` (the largest payload of an earthquake's township topics)."""
     at = datetime(2025, 1, 1, tzinfo=UTC)
     msg, record = _worst_message(lifecycle, fill, at)
     key, value = alerts_topic_record(msg, status, cap_config=cap_config)
@@ -341,7 +370,36 @@ def worst_case_sizes(
         "alerts": len(key) + len(value),
         "alerts.state": len(state_key) + len(state_value or b"") + 64,
         "mqtt": len(to_json_bytes(msg, status, config=cap_config)),
+        "mqtt_township": _worst_township_payload(msg, status, cap_config),
     }
+
+
+def _worst_township_payload(msg: AlertMessage, status: CapStatus, cap_config: CapConfig) -> int:
+    """Bytes of the largest township payload of ``msg`` made an earthquake. Its size does
+    not depend on the number of cells or townships (a few of the longest codes do), nor on
+    the evidence beyond these numbers, which take their longest form."""
+    big = -1.2345678901234567e-300
+    quake = msg.model_copy(
+        update={
+            "hazard": "earthquake",
+            "cells": msg.cells[:8],
+            "geocodes": msg.geocodes[:8],
+            "evidence": {
+                "magnitude": big,
+                "epicentre_lat": big,
+                "epicentre_lon": big,
+                "depth_km": big,
+                "origin_time": "2025-01-01T00:00:00.000+00:00",
+                "max_intensity": "5-",
+            },
+        }
+    )
+    now_s = msg.sent.timestamp()
+    places = township_warnings(quake, status, {}, config=cap_config)
+    return max(
+        (len(township_json_bytes(quake, code, w, now_s, config=cap_config)) for code, w in places),
+        default=0,
+    )
 
 
 #: Characters that cost the most bytes in one of the encodings: ``&`` (5 in XML), an
@@ -353,6 +411,7 @@ _BUDGETS = {
     "alerts": KAFKA_RECORD_BUDGET,
     "alerts.state": KAFKA_RECORD_BUDGET,
     "mqtt": MQTT_PAYLOAD_BUDGET,
+    "mqtt_township": MQTT_PAYLOAD_BUDGET,
 }
 
 
@@ -521,6 +580,8 @@ class AlertService:
         self._step_down_lock = asyncio.Lock()
         self._election: LeaderElection | None = None
         self._producer_: AIOKafkaProducer | None = None
+        #: Whether Kafka answers, for ``/health``.
+        self._kafka = KafkaWatch(f"alerts instance={self.instance}")
         #: The ``alerts`` bucket's points (module doc of :mod:`civic_iot.storage.sink`):
         #: alerts go out while InfluxDB is down, so the sink is bounded; points past the
         #: bound, and those still held when the service stops, go to storage.deadletter.
@@ -550,6 +611,7 @@ class AlertService:
             max_attempts=a.webhook_max_attempts,
             keepalive_s=settings.mqtt.keepalive_s,
             root=self.topics.mqtt_alerts_root,
+            townships=township_centroids(settings),
         )
         self.subscriptions = SubscriptionStore(
             bootstrap=settings.kafka.bootstrap,
@@ -603,8 +665,17 @@ class AlertService:
     def health(self) -> dict[str, Any]:
         serving = self._role in ("standby", "taking_over", "active")
         failing = self.points.failing_since
+        reasons = []
+        if not serving:
+            reasons.append(f"role {self._role}")
+        if not self.mqtt.connected:
+            reasons.append("mqtt disconnected")
+        if kafka := self._kafka.reason():
+            reasons.append(kafka)
         return {
-            "status": "ok" if serving and self.mqtt.connected else "degraded",
+            "status": "degraded" if reasons else "ok",
+            "reason": "; ".join(reasons),
+            "kafka": "unavailable" if kafka else "ok",
             "ready": self.ready,
             "role": self._role,
             "instance": self.instance,
@@ -672,6 +743,7 @@ class AlertService:
             asyncio.create_task(election.wait(), name="alerts-election"),
             asyncio.create_task(self._lead_loop(), name="alerts-lead"),
             asyncio.create_task(self._flush_loop(), name="alerts-flush"),
+            asyncio.create_task(self._watch_kafka(), name="alerts-kafka-watch"),
             asyncio.create_task(self.webhooks.wait(), name="alerts-webhooks-wait"),
         ]
         # A caller that starts one instance and then sends candidates expects them handled
@@ -1097,6 +1169,14 @@ class AlertService:
             with contextlib.suppress(StorageUnavailable):
                 await self.points.flush()
 
+    async def _watch_kafka(self) -> None:
+        """For ``/health``: whether Kafka answers (the consumers and the producer keep
+        retrying by themselves; this only tells)."""
+        while not self._stopping.is_set():
+            await self._kafka.ask(self._producer.client, KAFKA_ASK_INTERVAL_S)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), KAFKA_ASK_INTERVAL_S)
+
     async def _close_points(self) -> None:
         """Store what the sink holds, within one write timeout; what InfluxDB does not take
         by then goes to storage.deadletter (the producer is still up), never dropped."""
@@ -1253,6 +1333,7 @@ async def run_service(settings: Settings, *, stop: asyncio.Event | None = None) 
 
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
+    limit_repeats("aiokafka")  # a Kafka outage: a line per interval, not per attempt
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)

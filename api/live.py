@@ -52,8 +52,8 @@ from api.deps import PUBLIC, client_ip, principal, public
 from api.errors import ApiError, ErrorBody
 from api.livehub import ClientTooSlowError, LiveEvent, LiveHub, Subscription
 from api.livehub import sse_frame as frame
-from api.warning import PlaceWarning, Quake, warn_point, warn_township
 from civic_iot.auth import Principal
+from civic_iot.warning import PlaceWarning, Quake, warn_point, warn_township
 
 logger = logging.getLogger(__name__)
 

@@ -63,7 +63,6 @@ from influxdb_client.client.influxdb_client import InfluxDBClient
 
 from api import queries, views
 from api.influx import FluxClient
-from api.warning import Quake, warn_township
 from civic_iot.contracts.processing import TownshipReport
 from civic_iot.contracts.readings import Reading
 from civic_iot.kafka_admin import partition_counts
@@ -71,6 +70,7 @@ from civic_iot.registry import Registry, load_registry
 from civic_iot.settings import Settings, influx_token
 from civic_iot.storage import schema
 from civic_iot.topology import READING_KINDS, Topology
+from civic_iot.warning import Quake, warn_township
 
 logger = logging.getLogger(__name__)
 

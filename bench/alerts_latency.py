@@ -77,6 +77,27 @@ def mqtt_client(settings: Settings, user: str) -> mqtt.Client:
     return c
 
 
+def bench_candidate(area: str, i: int) -> AlertCandidate:
+    """The benches' alert candidate: an air-quality level 2 in area ``area``, now (also
+    used by ``bench/live.py``)."""
+    now = datetime.now(UTC)
+    return AlertCandidate(
+        hazard="air_quality",
+        area_code=area,
+        area_desc=f"Bench area {i}",
+        level=2,
+        severity="Moderate",
+        headline=f"AQI high in bench area {i}",
+        metric="aqi",
+        value=160.0,
+        threshold=100.0,
+        event_time=now,
+        detected_at=now,
+        devices=("bench-aq",),
+        geocodes=(area,),
+    )
+
+
 async def bench(n: int, rate: float, worst: int = 0) -> dict[str, object]:
     base = get_settings()
     run_id = uuid.uuid4().hex[:8]
@@ -160,22 +181,7 @@ async def bench(n: int, rate: float, worst: int = 0) -> dict[str, object]:
         start = time.monotonic()
         for i in range(n):
             area = f"{area_prefix}-{i:05d}"
-            now = datetime.now(UTC)
-            cand = AlertCandidate(
-                hazard="air_quality",
-                area_code=area,
-                area_desc=f"Bench area {i}",
-                level=2,
-                severity="Moderate",
-                headline=f"AQI high in bench area {i}",
-                metric="aqi",
-                value=160.0,
-                threshold=100.0,
-                event_time=now,
-                detected_at=now,
-                devices=("bench-aq",),
-                geocodes=(area,),
-            )
+            cand = bench_candidate(area, i)
             await producer.send_and_wait(
                 topic, cand.model_dump_json().encode(), key=cand.key.encode()
             )

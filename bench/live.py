@@ -39,10 +39,10 @@ from pathlib import Path
 import httpx
 import paho.mqtt.client as mqtt
 from aiokafka import AIOKafkaProducer
+from alerts_latency import bench_candidate
 from influxdb_client.client.influxdb_client import InfluxDBClient
 from paho.mqtt.enums import CallbackAPIVersion
 
-from civic_iot.contracts.alerts import AlertCandidate
 from civic_iot.kafka_admin import delete_topics, ensure_topics
 from civic_iot.settings import REPO_ROOT, Settings, get_settings, influx_token, mqtt_password
 from civic_iot.topology import Topology
@@ -188,22 +188,7 @@ async def bench(n: int, rate: float, clients: int, log_dir: Path) -> dict[str, o
             start = time.monotonic()
             for i in range(n):
                 area = f"{area_prefix}-{i:05d}"
-                now = datetime.now(UTC)
-                cand = AlertCandidate(
-                    hazard="air_quality",
-                    area_code=area,
-                    area_desc=f"Bench area {i}",
-                    level=2,
-                    severity="Moderate",
-                    headline=f"AQI high in bench area {i}",
-                    metric="aqi",
-                    value=160.0,
-                    threshold=100.0,
-                    event_time=now,
-                    detected_at=now,
-                    devices=("bench-aq",),
-                    geocodes=(area,),
-                )
+                cand = bench_candidate(area, i)
                 await producer.send_and_wait(
                     topology.candidates, cand.model_dump_json().encode(), key=cand.key.encode()
                 )

@@ -50,6 +50,7 @@ __all__ = [
     "MISC_INTERVAL_S",
     "RECONNECT_BASE_S",
     "RECONNECT_CAP_S",
+    "SERVICE_RECONNECT_CAP_S",
     "Message",
     "MqttConnection",
     "MqttError",
@@ -64,6 +65,10 @@ logger = logging.getLogger(__name__)
 #: first retry, and the widest window.
 RECONNECT_BASE_S = 1.0
 RECONNECT_CAP_S = 30.0
+#: The widest window for a service process (ingest, the alert service), s: the broker
+#: queues for ingest's session and alerts wait to go out while it is away, so coming back
+#: soon after the broker matters more than sparing it (a few processes, not a fleet).
+SERVICE_RECONNECT_CAP_S = 5.0
 #: How often paho's housekeeping runs: keepalive PINGREQ, a connection that went quiet.
 MISC_INTERVAL_S = 1.0
 #: Packets paho's parser takes per readable event before the loop serves something else
@@ -156,6 +161,9 @@ class MqttConnection:
         nodelay: TCP_NODELAY (latency over batching of small writes).
         retry_refused: keep retrying when the broker refuses the CONNECT (bad
             credentials, not authorised); False: give up, :attr:`refused` says why.
+        reconnect_base_s, reconnect_cap_s: the reconnect backoff (:mod:`civic_iot.retry`),
+            s: a client whose broker queues for it while it is away (ingest) comes back
+            within the cap once the broker is up again.
         tls_ca: connect over TLS, trusting only this CA certificate (PEM); ``port``
             is then the broker's TLS listener. ``None``: plain MQTT.
         rng: the random source of the backoff's jitter (tests pass a fixed one).
@@ -184,6 +192,8 @@ class MqttConnection:
         on_messages: Callable[[list[Message]], None] | None = None,
         on_published: Callable[[int, Reason], None] | None = None,
         rng: retry.RandomSource | None = None,
+        reconnect_base_s: float = RECONNECT_BASE_S,
+        reconnect_cap_s: float = RECONNECT_CAP_S,
     ) -> None:
         self.host, self.port, self.client_id, self.username = host, port, client_id, username
         self._keepalive = keepalive_s
@@ -196,7 +206,7 @@ class MqttConnection:
         self._hook_disconnect = on_disconnect
         self._hook_messages = on_messages
         self._hook_published = on_published
-        self._backoff = retry.Backoff(RECONNECT_BASE_S, RECONNECT_CAP_S)
+        self._backoff = retry.Backoff(reconnect_base_s, reconnect_cap_s)
         if rng is not None:
             self._backoff.rng = rng
         cls = _SlicingClient if reader == "own" else mqtt.Client
@@ -388,6 +398,13 @@ class MqttConnection:
         fut: asyncio.Future[list[Reason]] = loop.create_future()
         self._subacks[mid] = fut
         return fut
+
+    def unsubscribe(self, topic: str) -> None:
+        """Drop a subscription (of a resumed session: one this client no longer wants)."""
+        rc, _mid = self.client.unsubscribe(topic)
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            msg = f"cannot unsubscribe from {topic}: {mqtt.error_string(rc)}"
+            raise MqttError(msg)
 
     def ack(self, mids: Sequence[int], qos: int = 1) -> None:
         """Acknowledge received messages (``manual_ack``), in this order.

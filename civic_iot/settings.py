@@ -127,6 +127,22 @@ class IngestSettings(BaseModel):
     max_payload_bytes: int = 64 * 1024
     #: Port of /health and /metrics (0 = off).
     http_port: int = 9101
+    #: How ingest subscribes to the devices' topics. ``exclusive``: a plain subscription to
+    #: ``topic_filters`` in its persistent session, which Mosquitto keeps across its own
+    #: restart, so what the broker acknowledged while ingest was away waits for it.
+    #: ``shared``: the MQTT 5 shared subscription ``$share/{share_group}/devices/#``, which
+    #: any number of instances split, but which Mosquitto 2.0 does not keep across a
+    #: restart: what devices publish between the broker's restart and the instances'
+    #: return is acknowledged to them and delivered to nobody (ingest/README.md).
+    subscription: Literal["exclusive", "shared"] = "exclusive"
+    #: The MQTT topic filters of ``exclusive``, comma-separated. Several instances split
+    #: the devices with disjoint filters, e.g. ``devices/+/air`` and
+    #: ``devices/+/water,devices/+/seismic`` (a topic no filter matches reaches nobody).
+    topic_filters: str = "devices/#"
+    #: How long a batch may wait for Kafka, s (the producer's request timeout): past it
+    #: ingest counts Kafka as unavailable, makes a new producer once Kafka answers again
+    #: and re-sends every batch Kafka has not acknowledged.
+    kafka_timeout_s: float = Field(default=5.0, gt=0)
     #: How device messages are read (``civic_iot.mqtt.Reader``): ``own`` slices QoS 1
     #: PUBLISHes from one read and acknowledges a batch in one write; ``paho`` is paho's
     #: public parser, one message at a time (bench/ingest.py --reader compares them).

@@ -348,16 +348,36 @@ class StaLtaThresholds(_Strict):
     """Per-station STA/LTA trigger (domain.md "Early-warning practice").
 
     STA 0.5-1 s, LTA 10-11 s (also the warm-up), trigger ratio 3-3.5, detrigger about 1
-    (ObsPy tutorial, OpenEEW); no new trigger within ``retrigger_lockout_s`` of the last
-    (60 s, OpenEEW). The event window stays open at least ``min_event_window_s`` after P
-    (long enough for the S wave a few hundred km away) and closes after
-    ``max_event_window_s`` whatever the ratio (local choices).
+    (ObsPy tutorial, OpenEEW). The characteristic function is the acceleration in
+    ``cf_band_hz`` (local choice: 1-10 Hz holds the P wave of local and regional quakes
+    and drops most of a MEMS sensor's white noise), on the vertical component when
+    ``cf_vertical_only`` (P is strongest there, S weakest).
+
+    The LTA is frozen while a window is open. A window whose STA has faded to
+    ``transient_fraction`` of its peak within ``transient_max_s`` of the trigger was a
+    transient (a spike, a door; a quake's P is followed by more P and the S wave): the
+    station is armed again at once, its LTA kept frozen until the ratio is back below
+    the detrigger ratio, so the spike is not learnt as noise (local choices: a 0.75 s
+    STA fades to 5 % in about 2.5 s after a 0.4 s spike; the P coda of an M4.5 keeps
+    about 15 % after 3 s). Any other window stays open at least
+    ``min_event_window_s`` after P (long enough for the S wave a few hundred km away),
+    closes after ``max_event_window_s`` whatever the ratio, and no new trigger comes
+    within ``retrigger_lockout_s`` of its P (60 s, OpenEEW), so a quake's coda does not
+    fire again (local choices).
     """
 
-    sta_s: float = Field(default=0.5, gt=0, le=60)
+    sta_s: float = Field(default=0.75, gt=0, le=60)
     lta_s: float = Field(default=10.0, gt=0, le=600)
     trigger_ratio: float = Field(default=3.0, gt=0, le=100)
     detrigger_ratio: float = Field(default=1.0, gt=0, le=100)
+    onset_ratio: float = Field(default=1.5, gt=0, le=100)
+    max_backtrack_s: float = Field(default=1.0, ge=0, le=10)
+    cf_band_hz: tuple[
+        Annotated[float, Field(gt=0, le=100)], Annotated[float, Field(gt=0, le=500)]
+    ] = (1.0, 10.0)
+    cf_vertical_only: bool = True
+    transient_max_s: float = Field(default=3.0, ge=0, le=60)
+    transient_fraction: float = Field(default=0.05, gt=0, lt=1)
     retrigger_lockout_s: float = Field(default=60.0, ge=0, le=3600)
     min_event_window_s: float = Field(default=30.0, gt=0, le=3600)
     max_event_window_s: float = Field(default=120.0, gt=0, le=3600)
@@ -379,24 +399,117 @@ class StaLtaThresholds(_Strict):
                 f"max_event_window_s {self.max_event_window_s:g}"
             )
             raise ValueError(msg)
+        if not self.cf_band_hz[0] < self.cf_band_hz[1]:
+            msg = f"cf_band_hz {list(self.cf_band_hz)} must go from a lower to a higher corner"
+            raise ValueError(msg)
+        if not self.transient_max_s < self.min_event_window_s:
+            msg = (
+                f"transient_max_s {self.transient_max_s:g} must be shorter than "
+                f"min_event_window_s {self.min_event_window_s:g}"
+            )
+            raise ValueError(msg)
         return self
 
 
-class QuakeThresholds(_Strict):
-    """Network association (domain.md "Early-warning practice"); network-wide.
+Degrees = Annotated[float, Field(ge=-180, le=180)]
 
-    An event needs ``min_stations`` triggers (3-4; OpenEEW uses 4) pairwise within
-    ``pair_max_km`` and ``pair_max_dt_s`` (Taiwan Earthworm EEW: 100 km, 15 s); an event
-    with no new trigger for ``close_after_s`` (20 s) is closed. Cells and townships at or
-    above ``report_min_intensity`` are reported (local choice).
+
+class QuakeThresholds(_Strict):
+    """The earthquake network (domain.md "Early-warning practice"); network-wide.
+
+    Association: an event needs ``min_stations`` P picks (3-4; OpenEEW uses 4) pairwise
+    within ``pair_max_km`` and ``pair_max_dt_s`` (Taiwan Earthworm EEW: 100 km, 15 s) and
+    ``|dt| <= distance / vp + pair_tolerance_s``; a trigger is a P pick of an event when
+    its residual against the relocated hypocentre is within ``join_tolerance_s``, and
+    belongs to its shaking (an S or coda trigger) up to ``absorb_after_s_s`` after the
+    predicted S; an event with no new trigger for ``close_after_s`` (20 s) is closed.
+    Cells and townships at or above ``report_min_intensity`` are reported (local choice).
+
+    Location: a grid search over ``region_deg`` (lat_min, lon_min, lat_max, lon_max: the
+    Taiwan warning region, about 21-26.5 N, 119-123.5 E) and ``depth_km`` (0-100 km),
+    coarse ``search_step_deg`` then finer, with a weak prior on depth
+    (``depth_prior_km`` +- ``depth_prior_sigma_km``: a few picks do not resolve depth from
+    origin time; EPIC and ElarmS fix it at 8 km; local choice); constant ``vp_kms`` /
+    ``vs_kms`` (6.0 / 3.5,
+    *unconfirmed* for Taiwan, which uses depth-dependent speeds of about 5.1 / 2.9 km/s
+    near the surface). Stations that have NOT triggered constrain it (ShakeAlert/EPIC): a
+    station armed and nearer the trial hypocentre than the farthest pick must have
+    triggered ``unpicked_margin_s`` after its predicted P. A location whose
+    ``pick_sigma_s`` confidence region reaches further than ``poor_location_km`` from the
+    solution is *poor* (ill-conditioned geometry, nearly collinear stations): an event
+    with only ``min_stations`` picks waits for one more while its location is poor, and
+    one with fewer than ``2 * min_stations`` while its region reaches beyond
+    ``declare_max_uncertainty_km`` (local choices).
+
+    Noise discrimination (zero false alarms is the bar): a pick whose trigger-band peak
+    stands ``noise_min_pa_snr`` above the noise and whose dominant period
+    ``2 pi sqrt(Pd / Pa)`` is below ``noise_max_period_s`` is a human-made transient (a
+    door, a truck: energy above 5 Hz and no low-frequency P pulse); tau_c below
+    ``noise_max_period_s`` says the same. Such picks never declare an event. An event
+    whose picks' magnitudes (from Pa) spread more than ``max_magnitude_spread``, or whose
+    nearest armed stations did not trigger although its amplitudes say they must
+    (``unpicked_min_pa_snr`` times their noise), is not declared (local choices).
+
+    Magnitude: Pd (Wu & Zhao 2006) over at least ``pd_min_window_s`` of P, where Pd stands
+    ``pd_magnitude_min_snr`` above the noise (the displacement noise is narrow-band near
+    the high-pass corner, so its peak over a 3 s window reaches 3-4 times its RMS: below
+    that Pd measures the noise) and the S wave has not yet arrived, corrected for the
+    station's P-wave high-pass at ``pd_highpass_hz`` (Wu & Zhao used 0.075 Hz) with the
+    dominant period of Wu & Kanamori (2005). Until a Pd qualifies, the trigger-band P
+    amplitude through the ground-motion model and ``p_to_s_ratio`` (*unconfirmed*); once
+    the S wave has passed stations, their PGA and PGV through the ground-motion model.
     """
 
     min_stations: int = Field(default=3, ge=2, le=100)
+    min_site_km: float = Field(default=1.0, ge=0, le=100)
     pair_max_km: float = Field(default=100.0, gt=0, le=2000)
     pair_max_dt_s: float = Field(default=15.0, gt=0, le=600)
+    pair_tolerance_s: float = Field(default=1.0, ge=0, le=30)
+    join_tolerance_s: float = Field(default=2.0, gt=0, le=30)
+    absorb_after_s_s: float = Field(default=30.0, ge=0, le=600)
     close_after_s: float = Field(default=20.0, gt=0, le=3600)
     report_min_intensity: IntensityLevel = "3"
     _intensity = field_validator("report_min_intensity", mode="before")(_level_text)
+    region_deg: tuple[Degrees, Degrees, Degrees, Degrees] = (21.0, 119.0, 26.5, 123.5)
+    depth_km: tuple[
+        Annotated[float, Field(ge=0, le=700)], Annotated[float, Field(ge=0, le=700)]
+    ] = (0.0, 100.0)
+    search_step_deg: float = Field(default=0.2, gt=0, le=2)
+    depth_prior_km: float = Field(default=10.0, ge=0, le=700)
+    depth_prior_sigma_km: float = Field(default=35.0, gt=0, le=1000)
+    vp_kms: float = Field(default=6.0, gt=0, le=20)
+    vs_kms: float = Field(default=3.5, gt=0, le=20)
+    pick_sigma_s: float = Field(default=0.3, gt=0, le=10)
+    max_rms_s: float = Field(default=1.0, gt=0, le=30)
+    unpicked_margin_s: float = Field(default=1.5, ge=0, le=30)
+    poor_location_km: float = Field(default=30.0, gt=0, le=1000)
+    declare_max_uncertainty_km: float = Field(default=100.0, gt=0, le=10_000)
+    noise_min_pa_snr: float = Field(default=20.0, gt=0, le=10_000)
+    noise_max_period_s: float = Field(default=0.4, ge=0, le=10)
+    max_magnitude_spread: float = Field(default=1.0, gt=0, le=10)
+    unpicked_min_pa_snr: float = Field(default=10.0, gt=0, le=10_000)
+    pd_highpass_hz: float = Field(default=0.2, gt=0, le=5)
+    pd_min_snr: float = Field(default=3.0, gt=0, le=1000)
+    pd_magnitude_min_snr: float = Field(default=6.0, gt=0, le=1000)
+    pd_min_window_s: float = Field(default=1.0, gt=0, le=10)
+    p_to_s_ratio: float = Field(default=0.25, gt=0, le=10)
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        lat0, lon0, lat1, lon1 = self.region_deg
+        if not (-90 <= lat0 < lat1 <= 90 and lon0 < lon1):
+            msg = (
+                f"region_deg {list(self.region_deg)} must be [lat_min, lon_min, lat_max, "
+                "lon_max] with lat_min < lat_max <= 90 and lon_min < lon_max"
+            )
+            raise ValueError(msg)
+        if not self.depth_km[0] <= self.depth_km[1]:
+            msg = f"depth_km {list(self.depth_km)} must go from the shallower to the deeper"
+            raise ValueError(msg)
+        if not self.vs_kms < self.vp_kms:
+            msg = f"vs_kms {self.vs_kms:g} must be slower than vp_kms {self.vp_kms:g}"
+            raise ValueError(msg)
+        return self
 
 
 # --- sensor health ---------------------------------------------------------------------------

@@ -3,12 +3,18 @@
 #
 #   deploy/stack.sh up       install what is missing, start, health-check (idempotent)
 #   deploy/stack.sh down     stop every service (data is kept)
+#   (up and down take service names too: `stack.sh up mosquitto kafka`)
 #   deploy/stack.sh status   one line per service
 #   deploy/stack.sh reset    down, then delete the data folder
 #
 # Data, logs and generated credentials live under $CIVIC_DATA_DIR (default <repo>/.civic);
 # built binaries and jars under $CIVIC_CACHE_DIR (default ~/.cache/civic-iot).
 #
+# Ports follow the settings the processes read: CIVIC_MQTT__PORT (1883), the port of
+# CIVIC_KAFKA__BOOTSTRAP (9092; its controller listens on CIVIC_KAFKA_CONTROLLER_PORT,
+# default the Kafka port + 1) and CIVIC_INFLUX__URL (8086). With another data dir and other
+# ports a second, private stack runs beside the first (the chaos benchmark and the fault
+# tests do), and every command here acts on that stack only.
 # Mosquitto listens on 127.0.0.1:$CIVIC_MQTT__PORT (1883, plain MQTT, this host only) and on
 # $CIVIC_MQTT_TLS_BIND:$CIVIC_MQTT__TLS_PORT (127.0.0.1:8883, TLS with a local CA made on the
 # first `up` under $CIVIC_DATA_DIR/tls; extra names for its certificate, comma-separated, in
@@ -21,6 +27,10 @@ cache=${CIVIC_CACHE_DIR:-$HOME/.cache/civic-iot}
 py="$repo/.venv/bin/python"
 kafka_version=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$repo/deploy/kafka/pom.xml")
 mqtt_port=${CIVIC_MQTT__PORT:-1883}
+kafka_bootstrap=${CIVIC_KAFKA__BOOTSTRAP:-127.0.0.1:9092}
+kafka_bootstrap=${kafka_bootstrap%%,*}  # a single node: the first server is ours
+kafka_port=${kafka_bootstrap##*:}
+kafka_controller_port=${CIVIC_KAFKA_CONTROLLER_PORT:-$((kafka_port + 1))}
 mqtt_tls_port=${CIVIC_MQTT__TLS_PORT:-8883}
 mqtt_tls_bind=${CIVIC_MQTT_TLS_BIND:-127.0.0.1}
 influx_url=${CIVIC_INFLUX__URL:-http://127.0.0.1:8086}
@@ -170,14 +180,17 @@ up_mosquitto() {
   say "mosquitto: up on 127.0.0.1:$mqtt_port and $mqtt_tls_bind:$mqtt_tls_port (TLS, CA $data/tls/ca.crt) as user $user (log $dir/mosquitto.log)"
 }
 
-kafka_healthy() { grep -q "Kafka Server started" "$data/kafka/kafka.log" && port_busy 9092; }
+kafka_healthy() { grep -q "Kafka Server started" "$data/kafka/kafka.log" && port_busy "$kafka_port"; }
 
 up_kafka() {
   local dir="$data/kafka" libs; libs=$(kafka_libs)
   mkdir -p "$dir"
   if pid_of kafka >/dev/null; then say "kafka: running (pid $(pid_of kafka))"; return; fi
-  port_busy 9092 && die "kafka: port 9092 is taken by another process"
-  cp "$repo/deploy/kafka/server.properties" "$dir/server.properties"
+  port_busy "$kafka_port" && die "kafka: port $kafka_port is taken by another process"
+  port_busy "$kafka_controller_port" && die "kafka: controller port $kafka_controller_port is taken by another process"
+  # The ports of this stack replace those written in the file (9092, controller 9093).
+  sed -e "s/:9092\b/:$kafka_port/g" -e "s/:9093\b/:$kafka_controller_port/g" \
+    "$repo/deploy/kafka/server.properties" >"$dir/server.properties"
   cat >"$dir/log4j.properties" <<'L4J'
 log4j.rootLogger=INFO, stdout
 log4j.appender.stdout=org.apache.log4j.ConsoleAppender
@@ -198,7 +211,7 @@ L4J
   : >"$dir/kafka.log"
   start_bg kafka "$dir" java "${java_opts[@]}" -cp "$libs/*" kafka.Kafka server.properties
   wait_for kafka "$dir/kafka.log" 90 kafka_healthy
-  say "kafka: up on 127.0.0.1:9092 (KRaft, $kafka_version; log $dir/kafka.log)"
+  say "kafka: up on 127.0.0.1:$kafka_port (controller $kafka_controller_port, KRaft, $kafka_version; log $dir/kafka.log)"
 }
 
 influx_healthy() { curl -fsS "$influx_url/health"; }
@@ -246,25 +259,43 @@ status() {
   return $rc
 }
 
+choose() {  # chosen=(the services named after the command; default: all)
+  local s
+  (($#)) || set -- mosquitto kafka influxdb
+  for s in "$@"; do
+    case $s in mosquitto | kafka | influxdb) ;; *) die "unknown service: $s (mosquitto, kafka, influxdb)" ;; esac
+  done
+  chosen=("$@")
+}
+
 cmd=${1:-status}
+shift || true
 case $cmd in
   up)
+    choose "$@"
     mkdir -p "$data"
     ensure_packages
     ensure_python
-    ensure_kafka
-    ensure_influxd
-    up_mosquitto
-    up_kafka
-    up_influxdb
-    "$py" -m civic_iot.kafka_admin || die "kafka: topic setup failed; log: $data/kafka/kafka.log"
+    if [[ " ${chosen[*]} " == *" kafka "* ]]; then ensure_kafka; fi
+    if [[ " ${chosen[*]} " == *" influxdb "* ]]; then ensure_influxd; fi
+    for s in mosquitto kafka influxdb; do
+      if [[ " ${chosen[*]} " == *" $s "* ]]; then "up_$s"; fi
+    done
+    if [[ " ${chosen[*]} " == *" kafka "* ]]; then
+      "$py" -m civic_iot.kafka_admin || die "kafka: topic setup failed; log: $data/kafka/kafka.log"
+    fi
     # The key of the mark ingest puts on its records (kept when it exists).
     "$py" -m ops.mark_key >/dev/null || die "could not create the Kafka record mark key"
     ;;
-  down) stop influxdb; stop kafka; stop mosquitto ;;
+  down)
+    choose "$@"
+    for s in influxdb kafka mosquitto; do
+      if [[ " ${chosen[*]} " == *" $s "* ]]; then stop "$s"; fi
+    done
+    ;;
   status) status ;;
   reset) stop influxdb; stop kafka; stop mosquitto; rm -rf "$data"; say "data removed: $data" ;;
   install) mkdir -p "$data"; ensure_packages; ensure_python; ensure_kafka; ensure_influxd ;;
   install-python) mkdir -p "$data"; ensure_python ;;
-  *) die "usage: stack.sh up|down|status|reset|install|install-python" ;;
+  *) die "usage: stack.sh up|down [mosquitto kafka influxdb]|status|reset|install|install-python" ;;
 esac

@@ -231,8 +231,10 @@ def reading_key(device_id: str, event_time: datetime) -> tuple[str, str]:
     ).isoformat()
 
 
-async def _read_all(settings: Settings, topic: str, timeout_s: float = 30) -> list[bytes]:
-    """Every record of ``topic`` up to its current end offsets."""
+async def _read_all(settings: Settings, topic: str, timeout_s: float = 90) -> list[bytes]:
+    """Every record of ``topic`` up to its current end offsets. ``TimeoutError`` when the
+    topic or its end cannot be reached in ``timeout_s``: a partial read would pass for
+    "nothing was issued"."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka.bootstrap,
         enable_auto_commit=False,
@@ -243,7 +245,7 @@ async def _read_all(settings: Settings, topic: str, timeout_s: float = 30) -> li
         deadline = time.monotonic() + timeout_s
         while not (parts := consumer.partitions_for_topic(topic)):
             if time.monotonic() > deadline:
-                return []
+                raise TimeoutError(f"topic {topic} not found within {timeout_s} s")
             await consumer._client.force_metadata_update()  # no public call for this
             await asyncio.sleep(0.2)
         tps = [TopicPartition(topic, p) for p in parts]
@@ -251,9 +253,9 @@ async def _read_all(settings: Settings, topic: str, timeout_s: float = 30) -> li
         end = await consumer.end_offsets(tps)
         await consumer.seek_to_beginning(*tps)
         out: list[bytes] = []
-        while [tp for tp in tps if await consumer.position(tp) < end[tp]]:
+        while behind := [tp for tp in tps if await consumer.position(tp) < end[tp]]:
             if time.monotonic() > deadline:
-                break
+                raise TimeoutError(f"{topic}: {len(behind)} partition(s) not read to the end")
             batch = await consumer.getmany(timeout_ms=1000)
             out += [r.value for recs in batch.values() for r in recs if r.value is not None]
         return out
@@ -282,15 +284,25 @@ async def group_lag(
     await admin.start()
     await consumer.start()
     try:
-        described = await admin.describe_topics(topics)  # they exist: no auto-creation
+        deadline = time.monotonic() + timeout_s
+        # They exist (no auto-creation); a topic the broker cannot describe yet (an error
+        # code, say no leader) is asked again, never left out: it would pass as consumed.
+        while True:
+            described = await admin.describe_topics(topics)
+            failing = [
+                f"{t['topic']} (describe error {t['error_code']})"
+                for t in described
+                if t["error_code"] != 0
+            ]
+            if not failing:
+                break
+            if time.monotonic() > deadline:
+                return failing
+            await asyncio.sleep(0.5)
         tps = [
-            TopicPartition(t["topic"], p["partition"])
-            for t in described
-            if t["error_code"] == 0
-            for p in t["partitions"]
+            TopicPartition(t["topic"], p["partition"]) for t in described for p in t["partitions"]
         ]
         end = {tp: n for tp, n in (await consumer.end_offsets(tps)).items() if n > 0}
-        deadline = time.monotonic() + timeout_s
         while True:
             found = await admin.list_consumer_group_offsets(group, partitions=list(end))
             # -1: nothing committed on that partition yet.

@@ -56,10 +56,12 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import faust
+from aiokafka import AIOKafkaClient
 from faust.sensors.prometheus import setup_prometheus_sensors
 from faust.types import TopicT
 
 from civic_iot.contracts.provenance import Marker
+from civic_iot.health import KAFKA_ASK_INTERVAL_S, KafkaWatch
 from civic_iot.registry import Registry, load_registry
 from civic_iot.settings import Settings, mark_key
 from civic_iot.storage.sink import InfluxSink, PointSink, Publisher, deadletter_report
@@ -78,7 +80,7 @@ from processors.agents.stats import Activity, Stats, consumer_lag
 from processors.agents.tables import state_table
 from processors.agents.timers import PipelineStats, Republish, SilenceWatch
 from processors.agents.township import TownshipAgent
-from processors.faust_adapter import on_rebalance_complete
+from processors.faust_adapter import committed_offsets, on_rebalance_complete
 from processors.handlers import Context
 from processors.states import (
     AirDevice,
@@ -91,9 +93,32 @@ from processors.states import (
 
 logger = logging.getLogger(__name__)
 
+#: Kafka session of a worker, s: a worker that died (and is not restarted with the same
+#: instance, see :func:`group_instance_id`) loses its partitions to the others after this,
+#: not Faust's 60 s; the broker's minimum is 6 s.
+SESSION_TIMEOUT_S = 10.0
+
+#: How often the worker asks Kafka whether it answers and looks at its progress, s
+#: (for ``/health``).
+HEALTH_CHECK_INTERVAL_S = KAFKA_ASK_INTERVAL_S
+
 SinkFactory = Callable[[str], PointSink]
 #: Events buffered per agent stream (Faust's default is 4096).
 STREAM_BUFFER = 64
+
+
+def group_instance_id(settings: Settings) -> str | None:
+    """The worker's static group membership (KIP-345), when ``CIVIC_PROCESSORS__INSTANCE``
+    is set: a worker killed and restarted with the same instance takes its partitions
+    back at once (measured in the README's chaos table), without waiting for the dead
+    process's session to time out and without a rebalance of the others. Two workers
+    with one instance fence each other (the older one stops), so a deployment that sets
+    it gives every worker its own; left unset (``docker compose --scale`` starts
+    replicas alike), membership is dynamic and a killed worker costs one session
+    timeout. A worker stopped with SIGTERM keeps its membership until the session times
+    out too, so that a restart finds its partitions waiting."""
+    p = settings.processors
+    return f"worker-{p.instance}" if "instance" in p.model_fields_set else None
 
 
 def create_app(
@@ -133,9 +158,9 @@ def create_app(
         topic_partitions=n,
         table_standby_replicas=0,
         stream_wait_empty=False,
-        # A killed worker's partitions move to the survivors after this, not Faust's 60 s.
-        broker_session_timeout=15.0,
-        broker_heartbeat_interval=3.0,
+        broker_session_timeout=SESSION_TIMEOUT_S,
+        broker_heartbeat_interval=SESSION_TIMEOUT_S / 3,  # one lost heartbeat costs nothing
+        consumer_group_instance_id=group_instance_id(settings),
         web_enabled=p.web_port > 0,
         web_port=p.web_port or 6066,
         web_bind=p.web_host,
@@ -275,18 +300,41 @@ def create_app(
     on_rebalance_complete(app, ready)
 
     if p.web_port > 0:
+        kafka = KafkaWatch(f"processors worker instance={p.instance}")
+        progress = Progress()
+        probes: list[AIOKafkaClient] = []  # made in the worker's loop, bootstrapped
+
+        async def check_health() -> None:
+            # Its own client: the consumer's and producer's are faust's, and retry alone.
+            if not probes:
+                probe = AIOKafkaClient(bootstrap_servers=settings.kafka.bootstrap)
+                try:
+                    await probe.bootstrap()
+                except Exception as exc:  # noqa: BLE001 - Kafka down: /health says so
+                    await probe.close()
+                    kafka.record(repr(exc))
+                    return
+                probes.append(probe)
+            await kafka.ask(probes[0], HEALTH_CHECK_INTERVAL_S)
+            progress.observe(time.monotonic(), committed_total(app), consumer_lag(app))
+
+        app.timer(interval=HEALTH_CHECK_INTERVAL_S)(check_health)
 
         @app.page("/health")
         async def health(web: Any, _request: Any) -> Any:
             failing = {n: getattr(s, "failing_since", None) for n, s in sinks.items()}
+            now = time.monotonic()
             report = worker_health(
                 failing,
-                now=time.monotonic(),
+                now=now,
                 grace_s=p.health_storage_grace_s,
                 lag=consumer_lag(app),
                 partitions=len(app.consumer.assignment()) if app.consumer else 0,
                 instance=p.instance,
                 ready=bool(recovered),
+                rebalancing=bool(app.rebalancing),
+                kafka=kafka.reason(),
+                stalled_s=progress.stalled_s(now),
             )
             report["storage_deadletters"] = deadletter_report(sinks)
             return web.json(report, status=200 if report["healthy"] else 503)
@@ -323,6 +371,41 @@ def _register(
     app.agent(topic, name=topics.agent(agent.name), concurrency=1)(run)
 
 
+class Progress:
+    """Whether the worker commits while it has something to commit: sampled every
+    :data:`HEALTH_CHECK_INTERVAL_S`, progress is a change of the committed offsets or no
+    lag at all."""
+
+    def __init__(self) -> None:
+        self._committed: int | None = None
+        self._since: float | None = None
+
+    def observe(self, now: float, committed: int, lag: int) -> None:
+        """One sample: offsets committed so far (summed) and the lag, at ``now`` (s)."""
+        if lag == 0 or committed != self._committed or self._since is None:
+            self._since = now
+        self._committed = committed
+
+    def stalled_s(self, now: float) -> float:
+        """How long, s, the worker has had a lag and committed nothing (0: progressing)."""
+        return 0.0 if self._since is None else now - self._since
+
+
+def committed_total(app: faust.App) -> int:
+    """Offsets committed on this worker's input partitions, summed (changelogs, read only
+    to recover tables, are never committed)."""
+    try:
+        changelogs = app.tables.changelog_topics
+        return sum(
+            offset or 0
+            for tp, offset in committed_offsets(app.consumer).items()
+            if tp.topic not in changelogs
+        )
+    except Exception:  # a statistic must never stop the worker
+        logger.debug("committed offsets unavailable", exc_info=True)
+        return 0
+
+
 def worker_health(
     failing_since: Mapping[str, float | None],
     *,
@@ -332,27 +415,47 @@ def worker_health(
     partitions: int,
     instance: str,
     ready: bool = True,
+    rebalancing: bool = False,
+    kafka: str = "",
+    stalled_s: float = 0.0,
 ) -> dict[str, Any]:
-    """The worker's ``/health`` body: unhealthy until its first rebalance and table
-    recovery are done (``ready``; before that it consumes nothing), and once any sink's
-    InfluxDB writes have been failing for ``grace_s`` (its agent then holds its offsets:
-    nothing is stored, nothing lost). Lag and partitions are reported, not judged: a
-    worker may own no partition when there are more workers than partitions, and a
-    backlog drains by itself."""
+    """The worker's ``/health`` body: healthy only while it consumes, so unhealthy (with
+    the ``reason``) until its first rebalance and table recovery are done (``ready``;
+    before that it consumes nothing), during a rebalance, with no partition assigned (a
+    worker beyond the partition count idles: 503 says so), while Kafka does not answer
+    (``kafka``: why, "" while it does), once it has had a lag and committed nothing for
+    ``grace_s`` (``stalled_s``), and once any sink's InfluxDB writes have been failing
+    for ``grace_s`` (its agent then holds its offsets: nothing is stored, nothing lost).
+    A lag alone is reported, not judged: a backlog drains by itself."""
     down = {
         name: round(now - since, 1)
         for name, since in sorted(failing_since.items())
         if since is not None and now - since >= grace_s
     }
+    reasons = []
+    if not ready:
+        reasons.append("starting: first rebalance and table recovery not done")
+    elif rebalancing:
+        reasons.append("rebalancing")
+    elif partitions == 0:
+        reasons.append("no partition assigned")
+    if kafka:
+        reasons.append(kafka)
+    if stalled_s >= grace_s:
+        reasons.append(f"nothing committed for {stalled_s:.0f} s with a lag of {lag}")
+    if down:
+        reasons.append("storage unavailable: " + ", ".join(sorted(down)))
     return {
-        "healthy": ready and not down,
+        "healthy": not reasons,
+        "reason": "; ".join(reasons),
         "ready": ready,
         "instance": instance,
         "storage": "unavailable" if down else "ok",
         "storage_failing_s": down,
+        "kafka": "unavailable" if kafka else "ok",
         "partitions": partitions,
         "lag": lag,
     }
 
 
-__all__ = ["FaustPublisher", "create_app", "processors_app_id", "worker_health"]
+__all__ = ["FaustPublisher", "Progress", "create_app", "processors_app_id", "worker_health"]

@@ -16,6 +16,7 @@ import sys
 import faust
 
 from civic_iot.kafka_admin import partition_counts
+from civic_iot.logs import limit_repeats
 from civic_iot.settings import Settings, get_settings
 from civic_iot.topology import Topology
 from processors.app import create_app
@@ -56,6 +57,7 @@ def run_worker(settings: Settings) -> None:
     app = create_app(settings)
     # Faust makes its own directory (the app's) under this one, not the parents.
     app.conf.datadir.parent.mkdir(parents=True, exist_ok=True)
+    limit_repeats("aiokafka")  # a Kafka outage: a line per interval, not per attempt
     logger.info(
         "processors worker starting id=%s instance=%s web_port=%d",
         app.conf.id,

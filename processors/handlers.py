@@ -36,6 +36,7 @@ from civic_iot.contracts.alerts import AlertCandidate
 from civic_iot.contracts.processing import (
     Observation,
     SeismicTick,
+    StationStatus,
     StrongShakingNotice,
     TownshipReport,
     Trigger,
@@ -64,8 +65,6 @@ from processors.detectors.intensity import intensity_ordinal
 from processors.detectors.quake import (
     QuakeConfig,
     QuakeEvent,
-    StationObservation,
-    StationTrigger,
     Township,
     to_alert_candidate,
     township_intensities,
@@ -138,7 +137,8 @@ class Detectors:
             # The gauge keeps the daily totals the debris-flow rule discounts.
             rain=RainConfig(lines=t.rain, antecedent_days=t.debris_flow.antecedent_days),
             debris=t.debris_flow,
-            seismic=SeismicConfig(sta_lta=t.seismic),
+            # The P-wave filter is network-wide: the magnitude corrects for it.
+            seismic=SeismicConfig(sta_lta=t.seismic, pd_highpass_hz=t.quake.pd_highpass_hz),
             health=HealthConfig(rules=t.health.rules()),
         )
 
@@ -489,6 +489,8 @@ class SeismicOutcome:
     observation: Observation | None
     #: End of the packet (time of the sample after the last), epoch s.
     end_s: float
+    #: Whether the station could trigger (the associator's constraints).
+    status: StationStatus | None = None
 
 
 def handle_seismic(env: SeismicDevice, reading: Reading, ctx: Context) -> SeismicOutcome:
@@ -507,27 +509,13 @@ def handle_seismic(env: SeismicDevice, reading: Reading, ctx: Context) -> Seismi
     points = reading_points(reading, ctx.buckets)
     p = seismic_station_point(where, res, reading.event_time_ns, ctx.buckets)
     points += [p] if p else []
-    trig = StationTrigger.from_packet(where.device, where.lat, where.lon, res)
-    obs = StationObservation.from_packet(where.device, res)
-    pd_snr = obs.pd_snr if obs and obs.pd_snr is not None and math.isfinite(obs.pd_snr) else None
     return SeismicOutcome(
         state=state,
         points=points,
-        trigger=Trigger(
-            station_id=trig.station_id, lat=trig.lat, lon=trig.lon, p_time_s=trig.p_time_s
-        )
-        if trig
-        else None,
-        observation=Observation(
-            station_id=obs.station_id,
-            pga_gal=obs.pga_gal,
-            pgv_cms=obs.pgv_cms,
-            pd_cm=obs.pd_cm,
-            pd_snr=pd_snr,
-        )
-        if obs
-        else None,
+        trigger=res.trigger(where.device, where.lat, where.lon),
+        observation=res.observation(where.device),
         end_s=t0 + len(data.x_gal) / data.sample_rate_hz,
+        status=res.status(where.device, where.lat, where.lon),
     )
 
 
@@ -661,16 +649,12 @@ def handle_quake(
         src = str(t.partition)
         clocks[src] = (max(clocks.get(src, (t.now_s, 0.0))[0], t.now_s), wall)
     clock = _watermark(clocks, not_ahead(env.clock, wall, ctx.bounds), wall, ctx.quake_idle_s)
-    triggers = [
-        StationTrigger(t.station_id, t.lat, t.lon, t.p_time_s) for k in ticks for t in k.triggers
-    ]
-    observations = [
-        StationObservation(o.station_id, o.pga_gal, o.pgv_cms, o.pd_cm, o.pd_snr)
-        for k in ticks
-        for o in k.observations
-    ]
     out = env.assoc.step(
-        now_s=clock, triggers=triggers, observations=observations, config=ctx.quake
+        now_s=clock,
+        triggers=[t for k in ticks for t in k.triggers],
+        observations=[o for k in ticks for o in k.observations],
+        stations=[s for k in ticks for s in k.stations],
+        config=ctx.quake,
     )
     points: list[Point] = []
     candidates: list[AlertCandidate] = []

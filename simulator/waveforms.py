@@ -4,7 +4,9 @@ Pure and seeded: the same arguments give the same samples. Nothing here is a phy
 model fit to data; it is a plausible-looking stand-in with the properties the detectors
 rely on:
 
-- background noise of a few tenths of a gal (white, per component), per-station level;
+- background noise of a few tenths of a gal (white, per component), per-station level,
+  given as the RMS of a 100 Hz stream: a stream at another rate has the same noise
+  density (a 20 Hz stream, anti-alias filtered as a sensor does, has sqrt(20/100) of it);
 - a P wave at ``hypocentral distance / vp`` (mostly vertical, high-frequency, a fraction
   ``p_to_s`` of the S amplitude) carrying a low-frequency vertical displacement pulse whose
   peak in the first 3 s matches Wu & Zhao (2006) ``log Pd = -3.463 + 0.729 M - 1.374 log R``
@@ -12,8 +14,13 @@ rely on:
 - an S wave at ``hypocentral distance / vs`` (mostly horizontal) whose peak horizontal
   vector acceleration follows a Campbell-type attenuation (see :class:`WaveModel`), with a
   log-normal site term, a source duration growing with magnitude and an exponential coda;
-- optional human-made spikes (a truck, a slammed door): a short broadband burst on one
-  station, and noisy stations (a larger noise level).
+- optional human-made noise: spikes (a slammed door: a short burst on one station) and
+  bursts (the same on several neighbouring stations at nearly the same time: traffic,
+  construction, a door on a floor shared by co-located stations), and noisy stations
+  (a larger noise level);
+- optional model error: per-station arrival delays (site terms, clock error) and noise
+  levels spread log-normally, and any wave speeds (synthesise with one velocity model,
+  locate with another).
 
 Displacement pulses are built as displacement and differentiated twice, so the synthetic
 velocity and displacement have no spurious offsets, as with real ground motion.
@@ -35,6 +42,7 @@ from numpy.typing import NDArray
 from civic_iot.contracts.readings import SeismicPayload
 
 __all__ = [
+    "Burst",
     "Packet",
     "SimQuake",
     "SimStation",
@@ -90,6 +98,28 @@ class Spike:
 
 
 @dataclass(frozen=True, slots=True)
+class Burst:
+    """Human-made noise on several stations at nearly the same time.
+
+    Each station gets the burst ``jitter_s`` (s, uniform) after ``time_s`` (epoch s), with
+    its own amplitude: ``amplitude_gal`` (gal, peak) times a log-uniform factor within
+    ``amplitude_spread`` (2: from half to twice). A burst is ``repeats`` impacts
+    ``interval_s`` apart (construction), each ``duration_s`` long with its energy in
+    ``band_hz`` (Hz; capped at 0.45 of the sample rate).
+    """
+
+    station_ids: tuple[str, ...]
+    time_s: float
+    amplitude_gal: float = 100.0
+    duration_s: float = 0.4
+    band_hz: tuple[float, float] = (5.0, 20.0)
+    jitter_s: float = 0.5
+    amplitude_spread: float = 2.0
+    repeats: int = 1
+    interval_s: float = 0.7
+
+
+@dataclass(frozen=True, slots=True)
 class WaveModel:
     """How the synthetic world behaves.
 
@@ -106,6 +136,10 @@ class WaveModel:
         site_sigma_log10: standard deviation of the per-station log10 site term.
         p_to_s: high-frequency P amplitude as a fraction of the S amplitude.
         p_band_hz, s_band_hz: pass bands of the P and S wave trains, Hz.
+        delay_sigma_s: standard deviation of a per-station delay of both arrivals, s
+            (site terms and clock error the locator does not know; 0: none).
+        noise_sigma_log10: standard deviation of the per-station log10 noise level
+            around ``noise_gal`` (0: every station alike).
     """
 
     vp_kms: float = 6.0
@@ -118,6 +152,8 @@ class WaveModel:
     p_to_s: float = 0.25
     p_band_hz: tuple[float, float] = (3.0, 15.0)
     s_band_hz: tuple[float, float] = (0.7, 6.0)
+    delay_sigma_s: float = 0.0
+    noise_sigma_log10: float = 0.0
 
     def pga_gal(self, magnitude: float, hyp_km: FloatArray) -> FloatArray:
         """Median peak horizontal acceleration, gal, at hypocentral distances (km)."""
@@ -206,6 +242,7 @@ def synthesize_traces(
     sample_rate_hz: float = 100.0,
     quake: SimQuake | None = None,
     spikes: Iterable[Spike] = (),
+    bursts: Iterable[Burst] = (),
     noise_gal: float = 0.3,
     noisy: Mapping[str, float] | None = None,
     offset_gal: tuple[float, float, float] = (0.0, 0.0, 0.0),
@@ -220,9 +257,12 @@ def synthesize_traces(
         duration_s: length, s.
         sample_rate_hz: samples per second.
         quake: the earthquake, or None for noise (and spikes) only.
-        spikes: human-made bursts to add.
-        noise_gal: RMS background noise per component, gal (a few tenths for MEMS).
-        noisy: station id -> RMS noise (gal) for stations noisier than the rest.
+        spikes: human-made spikes to add (one station each).
+        bursts: human-made bursts to add (several stations each).
+        noise_gal: RMS background noise per component of a 100 Hz stream, gal (a few
+            tenths for MEMS); other rates get the same noise density.
+        noisy: station id -> RMS noise (gal, as ``noise_gal``) for stations noisier than
+            the rest.
         offset_gal: constant sensor offset per component, gal (e.g. 980 on the vertical
             for a board that reports gravity).
         model: the synthetic world's parameters.
@@ -240,25 +280,73 @@ def synthesize_traces(
     noise_levels = np.array(
         [(noisy or {}).get(s.station_id, noise_gal) for s in stations], dtype=np.float64
     )
+    # The same noise density at every rate: RMS scales with the square root of the band.
+    noise_levels *= math.sqrt(min(fs, 100.0) / 100.0)
     data = rng.standard_normal((k, n, 3)) * noise_levels[:, None, None]
     data += np.asarray(offset_gal)[None, None, :]
 
     if quake is not None and k:
         data += _quake_motion(stations, quake, t, fs, m, rng)
+    if m.noise_sigma_log10 > 0 and k:
+        # Drawn after the quake so that a model without spread keeps its samples.
+        spread = 10 ** rng.normal(0.0, m.noise_sigma_log10, k)
+        extra = np.sqrt(np.maximum(spread**2 - 1.0, 0.0)) * noise_levels
+        data += rng.standard_normal((k, n, 3)) * extra[:, None, None]
 
     index = {s.station_id: i for i, s in enumerate(stations)}
     for spike in spikes:
-        i = index[spike.station_id]
-        j0 = max(0, math.floor((spike.time_s - start_s) * fs))
-        j1 = min(n, j0 + max(1, round(spike.duration_s * fs)))
-        if j1 <= j0:
-            continue
-        burst = _band_noise(rng, (j1 - j0, 3), fs, (5.0, 20.0))
-        burst *= np.hanning(j1 - j0)[:, None]
-        peak = float(np.max(np.abs(burst))) or 1.0
-        data[i, j0:j1] += burst * (spike.amplitude_gal / peak)
+        _add_burst(data[index[spike.station_id]], rng, fs, start_s, spike.time_s,
+                   spike.amplitude_gal, spike.duration_s, (5.0, 20.0))  # fmt: skip
+    for b in bursts:
+        for sid in b.station_ids:
+            when = b.time_s + float(rng.uniform(0.0, b.jitter_s))
+            amp = b.amplitude_gal * float(b.amplitude_spread ** rng.uniform(-1.0, 1.0))
+            for r in range(max(1, b.repeats)):
+                scale = float(rng.uniform(0.5, 1.0)) if r else 1.0
+                _add_burst(data[index[sid]], rng, fs, start_s, when + r * b.interval_s,
+                           amp * scale, b.duration_s, b.band_hz)  # fmt: skip
 
     return {s.station_id: data[i] for i, s in enumerate(stations)}
+
+
+def _add_burst(
+    trace: FloatArray,
+    rng: np.random.Generator,
+    fs: float,
+    start_s: float,
+    time_s: float,
+    amplitude_gal: float,
+    duration_s: float,
+    band_hz: tuple[float, float],
+) -> None:
+    """Add one burst of peak ``amplitude_gal`` to an (n, 3) trace, in place."""
+    n = trace.shape[0]
+    j0 = max(0, math.floor((time_s - start_s) * fs))
+    j1 = min(n, j0 + max(1, round(duration_s * fs)))
+    if j1 <= j0:
+        return
+    # Built at >= 200 Hz as displacement and differentiated twice, like the quake's
+    # pulse (a door or a truck leaves the ground where it was: no net velocity), then
+    # band-limited to 0.45 of the stream's rate and decimated, as a sensor's anti-alias
+    # filter would: a 0.2 s knock is not a few samples of random numbers at 20 Hz.
+    k = max(1, math.ceil(200.0 / fs))
+    f_hi = fs * k
+    lo, hi = band_hz
+    m_hi = max(8, round(duration_s * f_hi))
+    pad = 2 * k * max(8, round(0.5 * fs))  # room for the anti-alias filter's ringing
+    disp = np.zeros((m_hi + 2 * pad, 3))
+    shape = (np.hanning(m_hi) ** 2)[:, None]
+    disp[pad : pad + m_hi] = _band_noise(rng, (m_hi, 3), f_hi, (lo, hi)) * shape
+    acc = np.gradient(np.gradient(disp, 1.0 / f_hi, axis=0), 1.0 / f_hi, axis=0)
+    f = np.fft.rfftfreq(acc.shape[0], 1.0 / f_hi)
+    spec = np.fft.rfft(acc, axis=0) / np.sqrt(1.0 + (f / (0.4 * fs)) ** 16)[:, None]
+    burst = np.fft.irfft(spec, n=acc.shape[0], axis=0)[::k]
+    peak = float(np.max(np.abs(burst))) or 1.0
+    j0 -= pad // k
+    seg = burst * (amplitude_gal / peak)
+    a, b = max(0, j0), min(n, j0 + seg.shape[0])
+    if b > a:
+        trace[a:b] += seg[a - j0 : b - j0]
 
 
 def _quake_motion(
@@ -278,6 +366,9 @@ def _quake_motion(
     tp = quake.origin_s + r / m.vp_kms
     ts = quake.origin_s + r / m.vs_kms
     site = 10 ** (rng.normal(0.0, m.site_sigma_log10, k))
+    if m.delay_sigma_s > 0:
+        delay = rng.normal(0.0, m.delay_sigma_s, k)
+        tp, ts = tp + delay, ts + delay
     a_s = m.pga_gal(mag, r) * site
     # Source duration grows with magnitude (~5 s at M 6); the S train lengthens with distance.
     src_s = 10 ** (0.5 * mag - 2.3)
@@ -349,6 +440,7 @@ def synthesize_packets(
     packet_s: float = 1.0,
     quake: SimQuake | None = None,
     spikes: Iterable[Spike] = (),
+    bursts: Iterable[Burst] = (),
     noise_gal: float = 0.3,
     noisy: Mapping[str, float] | None = None,
     offset_gal: tuple[float, float, float] = (0.0, 0.0, 0.0),
@@ -363,6 +455,7 @@ def synthesize_packets(
         sample_rate_hz=sample_rate_hz,
         quake=quake,
         spikes=spikes,
+        bursts=bursts,
         noise_gal=noise_gal,
         noisy=noisy,
         offset_gal=offset_gal,

@@ -22,15 +22,30 @@ INTENSITY_LEVELS: tuple[str, ...] = get_args(IntensityLevel)
 
 
 class GridCell(BaseModel):
-    """One 0.1 deg x 0.1 deg cell of an earthquake's expected shaking."""
+    """One 0.1 deg x 0.1 deg cell of an earthquake's expected shaking (the Civil IoT
+    micro-zoning grid). The S wave reaches the cell ``s_wave_s`` after the finding's
+    ``detected_at`` (0: it has arrived)."""
 
     model_config = ConfigDict(frozen=True)
 
     lat: float = Field(ge=-90, le=90, description="cell centre latitude, degrees")
     lon: float = Field(ge=-180, le=180, description="cell centre longitude, degrees")
     intensity: IntensityLevel = Field(description="expected CWA intensity level, e.g. '4'")
-    s_wave_s: float = Field(description="seconds from detection until the S wave arrives")
+    s_wave_s: float = Field(description="seconds from detected_at until the S wave arrives")
     township: str | None = None
+
+
+class PlaceShaking(BaseModel):
+    """The public warning for one place: a township's expected CWA intensity and the
+    seconds from the finding's ``detected_at`` until the S wave reaches it (0: arrived),
+    what a phone shows. A township once warned of an earthquake stays listed, with its
+    newest estimate, until the earthquake's alert ends."""
+
+    model_config = ConfigDict(frozen=True)
+
+    township: str = Field(min_length=1, description="township code")
+    intensity: IntensityLevel = Field(description="expected CWA intensity level")
+    s_wave_s: float = Field(description="seconds from detected_at until the S wave arrives")
 
 
 class Circle(BaseModel):
@@ -70,6 +85,8 @@ class Finding(BaseModel):
     polygon: tuple[tuple[float, float], ...] | None = None
     circle: Circle | None = None
     cells: tuple[GridCell, ...] = ()
+    #: Earthquakes: the warning per township (every code here is also in ``geocodes``).
+    places: tuple[PlaceShaking, ...] = ()
     evidence: dict[str, float | str] = Field(default_factory=dict)
 
     @property

@@ -55,7 +55,12 @@ class TownshipReports(BaseModel):
 
 
 class Trigger(BaseModel):
-    """A station's STA/LTA trigger: P time epoch s, position degrees."""
+    """A station's STA/LTA trigger: its P pick, epoch s, and position, degrees.
+
+    ``at_s``: the end of the packet that carried it, epoch s (a pick is placed up to a
+    second or so before the crossing that found it, so it may arrive after the network's
+    clock has passed its P time); None: the P time.
+    """
 
     model_config = ConfigDict(frozen=True)
 
@@ -63,25 +68,67 @@ class Trigger(BaseModel):
     lat: float
     lon: float
     p_time_s: float
+    at_s: float | None = None
 
 
 class Observation(BaseModel):
-    """A triggered station's event-window peaks: PGA gal, PGV cm/s, Pd cm."""
+    """What a triggered station has seen so far in its event window.
+
+    The window is the one opened by the trigger at ``p_time_s`` (epoch s; None: the
+    station's current window, whichever it is). ``pga_gal`` gal and ``pgv_cms`` cm/s are
+    its peaks so far. The P-wave features cover the first ``p_window_s`` seconds after P
+    (up to the station's Pd window, 3 s): ``pd_cm`` peak vertical displacement, cm, with
+    ``pd_snr`` its ratio to the station's displacement noise; ``pv_cms`` peak vertical
+    velocity, cm/s; ``pa_gal`` peak vertical acceleration in the trigger band, gal, with
+    ``pa_snr`` its ratio to the band's noise before the trigger; ``tau_c_s`` the dominant
+    period of Wu & Kanamori (2005), s. ``transient``: the window closed as a transient
+    (the signal was gone within seconds: a spike). ``at_s``: the end of the packet, epoch s.
+    """
 
     model_config = ConfigDict(frozen=True)
 
     station_id: str
     pga_gal: float
     pgv_cms: float
+    p_time_s: float | None = None
+    at_s: float | None = None
     pd_cm: float | None = None
     pd_snr: float | None = None
+    pv_cms: float | None = None
+    pa_gal: float | None = None
+    pa_snr: float | None = None
+    tau_c_s: float | None = None
+    p_window_s: float = 0.0
+    transient: bool = False
+
+
+class StationStatus(BaseModel):
+    """Whether a station could have triggered: the associator uses the stations that did
+    NOT trigger as constraints on the location (ShakeAlert/EPIC), so it must know which
+    were listening.
+
+    ``until_s``: end of the station's newest packet, epoch s; ``armed_since_s``: its
+    detector has been able to trigger continuously since then (None: it cannot now:
+    warm-up, an event window, a lockout); ``noise_gal``: RMS of its trigger band, gal;
+    position, degrees.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    station_id: str
+    lat: float
+    lon: float
+    until_s: float
+    armed_since_s: float | None = None
+    noise_gal: float = 0.0
 
 
 class SeismicTick(BaseModel):
     """A batch of seismic packets as the associator needs it.
 
     ``now_s``: end of the newest packet, epoch s (the associator's stream clock);
-    ``trigger_record_ms``: Kafka timestamp of the oldest triggering packet (latency).
+    ``trigger_record_ms``: Kafka timestamp of the oldest triggering packet (latency);
+    ``stations``: the status of every station with a packet in the batch.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -89,6 +136,7 @@ class SeismicTick(BaseModel):
     now_s: float
     triggers: tuple[Trigger, ...] = ()
     observations: tuple[Observation, ...] = ()
+    stations: tuple[StationStatus, ...] = ()
     trigger_record_ms: int | None = None
     #: Kafka timestamp of the oldest packet of the tick, ms: the latency of a candidate
     #: this tick decides is counted from it.

@@ -29,6 +29,7 @@ from civic_iot.contracts.processing import (
     NETWORK_KEY,
     Observation,
     SeismicTick,
+    StationStatus,
     TownshipReport,
     TownshipReports,
 )
@@ -273,10 +274,13 @@ def seismic_ticks(batch: Sequence[tuple[SeismicOutcome, int | None, int]]) -> li
     """The associator's messages for a batch of (outcome, Kafka record ms, partition).
 
     One per source partition and packet second, in time order (triggers, observations,
-    clock), so that a backlog replays as it happened: a batch may span many seconds,
-    events close on that clock, and the clock is the slowest partition's (see
-    :func:`processors.handlers.handle_quake`). ``trigger_record_ms`` is the earliest
-    record time of a triggering packet, ``record_ms`` of any packet (for the latency).
+    station statuses, clock), so that a backlog replays as it happened: a batch may span
+    many seconds, events close on that clock, and the clock is the slowest partition's
+    (see :func:`processors.handlers.handle_quake`). Within a tick the order of packets
+    does not matter: the associator takes triggers in P-time order.
+    ``trigger_record_ms`` is the earliest record time of a triggering packet (for the
+    alert latency), ``record_ms`` of any packet (the latency of a candidate the stream
+    clock decides).
     """
     groups: dict[tuple[int, int], list[tuple[SeismicOutcome, int | None]]] = {}
     for o, ts, part in batch:
@@ -284,8 +288,14 @@ def seismic_ticks(batch: Sequence[tuple[SeismicOutcome, int | None, int]]) -> li
     return [
         SeismicTick(
             now_s=max(o.end_s for o, _ in group),
-            triggers=tuple(o.trigger for o, _ in group if o.trigger),
+            triggers=tuple(
+                sorted(
+                    (o.trigger for o, _ in group if o.trigger),
+                    key=lambda t: (t.p_time_s, t.station_id),
+                )
+            ),
             observations=tuple(_latest_obs([o.observation for o, _ in group])),
+            stations=tuple(_latest_status([o.status for o, _ in group])),
             trigger_record_ms=min((ts for o, ts in group if o.trigger and ts), default=None),
             record_ms=min((ts for _, ts in group if ts), default=None),
             partition=part,
@@ -295,12 +305,27 @@ def seismic_ticks(batch: Sequence[tuple[SeismicOutcome, int | None, int]]) -> li
 
 
 def _latest_obs(observations: Sequence[Observation | None]) -> list[Observation]:
-    """The newest observation per station (peaks only grow within an event window)."""
-    latest: dict[str, Observation] = {}
+    """The newest observation per station and window (peaks only grow within a window),
+    by station id."""
+    latest: dict[tuple[str, float | None], Observation] = {}
     for o in observations:
         if o is not None:
-            latest[o.station_id] = o
-    return list(latest.values())
+            key = (o.station_id, o.p_time_s)
+            old = latest.get(key)
+            if old is None or (o.at_s or 0.0) >= (old.at_s or 0.0):
+                latest[key] = o
+    return [latest[k] for k in sorted(latest, key=lambda k: (k[0], k[1] or 0.0))]
+
+
+def _latest_status(statuses: Sequence[StationStatus | None]) -> list[StationStatus]:
+    """The newest status per station, by station id."""
+    latest: dict[str, StationStatus] = {}
+    for s in statuses:
+        if s is not None and (
+            s.station_id not in latest or s.until_s >= latest[s.station_id].until_s
+        ):
+            latest[s.station_id] = s
+    return [latest[k] for k in sorted(latest)]
 
 
 __all__ = ["AirAgent", "DeviceAgent", "DeviceDeps", "SeismicAgent", "WaterAgent", "seismic_ticks"]

@@ -1,60 +1,69 @@
 """Network earthquake detection: association, location, magnitude and expected shaking.
 
 Pure and I/O-free. The Faust agent keeps one :class:`Associator` (a stored state) in its
-table, feeds it the station triggers and observations that
-:func:`processors.detectors.seismic.process_packet` produced, and publishes an
-:class:`~civic_iot.events.AlertCandidate` (:func:`to_alert_candidate`) for every
-:class:`QuakeEvent` in ``result.updates``::
+table, feeds it the station triggers, observations and statuses that
+:func:`processors.detectors.seismic.process_packet` produced (the contract's
+:class:`~civic_iot.contracts.processing.Trigger`, ``Observation`` and ``StationStatus``),
+and publishes an :class:`~civic_iot.contracts.alerts.AlertCandidate`
+(:func:`to_alert_candidate`) for every :class:`QuakeEvent` in ``result.updates``::
 
-    result = assoc.step(now_s=t, triggers=[...], observations=[...], config=cfg)
+    result = assoc.step(now_s=t, triggers=[...], observations=[...], stations=[...])
     for event in result.updates:
         publish(to_alert_candidate(event, detected_at=datetime.now(UTC), config=cfg))
 
-Rules (defaults from docs/domain.md "Early-warning practice"):
+The thresholds are the thresholds file's ``quake`` section
+(:class:`~civic_iot.thresholds.QuakeThresholds`, where each has its source); the rules:
 
-- **Association.** A trigger first tries the open events: it *joins* one when its P time is
-  within ``join_tolerance_s`` of the P time predicted from the current hypocentre, and is
-  *absorbed* (kept for shaking, not used for location) when it falls between that
-  prediction and the predicted S arrival plus ``absorb_after_s_s`` (a far station that
-  triggers on the S wave or the coda must not start a second event). Otherwise it waits
-  in ``pending``. An event is declared only when ``min_stations`` (3; OpenEEW uses 4)
-  pending triggers are pairwise consistent with P travel: within ``pair_max_km`` (100 km)
-  and ``pair_max_dt_s`` (15 s) of each other (Taiwan Earthworm EEW practice) and
-  ``|dt| <= distance / vp + pair_tolerance_s``. One station's spike (a truck, a door)
-  therefore never makes an event. An event with no new trigger for ``close_after_s``
-  (20 s) is closed; it is remembered for ``closed_memory_s`` so stragglers are absorbed.
-- **Location.** Grid search over epicentre (origin time solved in closed form, depth fixed
-  at ``depth_km``), minimising squared P residuals with constant ``vp_kms``; coarse grid
-  then finer grids around the best point.
-- **Magnitude.** From Pd: ``log10 Pd = -3.463 + 0.729 M - 1.374 log10 R`` (Wu & Zhao 2006;
-  Pd cm, R hypocentral km), averaged over picked stations whose Pd window is complete and
-  whose Pd stands ``pd_min_snr`` above their noise. Until one exists, the PGA seen so
-  far is inverted through the ground-motion model (:class:`GroundMotionModel`); early in
-  the P wave that underestimates, which the later Pd estimate corrects.
-- **Expected shaking.** For each 0.1 x 0.1 degree cell of the covered area, PGA and PGV
-  from :class:`GroundMotionModel`, then the CWA level; a cell near a station
-  (``station_correction_km``) is raised to the level that station has observed. Seconds
-  to the S wave: ``R / vs_kms - (now - origin)``, floored at 0 (arrived / blind zone).
+- **Order.** ``now_s`` is a watermark: every station's data up to it has arrived. A
+  trigger, an observation or a station status is taken only once ``now_s`` has passed
+  the end of the packet that carried it (a pick may lie a second before the packet that
+  found it), and those taken in a step are taken in time order (triggers by P time, then
+  station id), so the result does not depend on how stations are spread over partitions
+  nor on the order messages arrive in (tested on 1, 4 and 8 partitions, shuffled).
+- **Declaration.** Triggers not explained by an open event wait in ``pending``. An
+  event is declared from the largest group of pending picks that are pairwise
+  consistent with P travel (within ``pair_max_km`` and ``pair_max_dt_s``, and
+  ``|dt| <= distance / vp + pair_tolerance_s``) and come from ``min_stations`` distinct
+  sites, once it passes the noise tests: picks whose P wave looks human-made (high
+  frequency, no low-frequency P pulse) do not count; with only ``min_stations`` picks,
+  at least one must look like an earthquake and the location must not be poor; the
+  armed stations that should have triggered (amplitude over distance) must have; the
+  picks' magnitudes must agree. One station's spike, or a burst on a few neighbours,
+  never makes an event.
+- **Location.** Grid search over the whole warning region and depth (origin time in
+  closed form), coarse to fine around the best few minima, robust to an odd pick, with
+  the stations that did NOT trigger as constraints (EPIC): a hypocentre that would have
+  reached an armed station nearer than the farthest pick, long enough ago, is penalised.
+  The quality (the size of the confidence region, the azimuthal gap) is reported and a
+  poor location is flagged. Every station that joins an event is tried as a P pick at
+  every relocation: no station is locked out by an early, wrong solution.
+- **Magnitude.** Pd (Wu & Zhao 2006, corrected for the station's P-wave filter) where
+  it stands ``pd_magnitude_min_snr`` above the noise, updated as picks and seconds of P
+  arrive; the P amplitude through the ground-motion model until a Pd qualifies; the PGA
+  of stations whose own data show the S wave has passed, once there are three.
+- **Expected shaking.** For each 0.1 x 0.1 degree cell of the warning region and each
+  township centroid, PGA and PGV from :class:`GroundMotionModel`, then the CWA level; a
+  place near a station (``station_correction_km``) is raised to the level that station
+  has observed. The S wave reaches a place at ``origin + R / vs``.
 - **Updates.** An event is reported when declared, when it changes materially (a new
-  station, magnitude change >= ``change_magnitude``, a different maximum intensity) and
-  once more when it closes (``closed=True``; its candidate has level 0 and the alert
-  service cancels it after its hold time).
-
-Velocities: Vp 6.0 / Vs 3.5 km/s constant is a fair first model, *unconfirmed* as a Taiwan
-figure (Taiwan EEW uses depth-dependent speeds, about 5.1 / 2.9 km/s near the surface).
+  station, magnitude change >= ``change_magnitude``, a different maximum intensity, an
+  epicentre moved >= ``change_location_km``) and once more when it closes
+  (``closed=True``; its candidate has level 0 and the alert service cancels it).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from typing import Any, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
 
-from civic_iot.contracts.alerts import AlertCandidate, Circle, GridCell, Severity
+from civic_iot.contracts.alerts import AlertCandidate, Circle, GridCell, PlaceShaking, Severity
+from civic_iot.contracts.processing import Observation, StationStatus, Trigger
 from civic_iot.thresholds import QuakeThresholds
 from processors.detectors.intensity import (
     CWA_2020,
@@ -64,18 +73,17 @@ from processors.detectors.intensity import (
     intensity_ordinal,
     level_from_ordinal,
 )
-from processors.detectors.seismic import PacketResult
 from processors.detectors.state import stored
 
 __all__ = [
     "AssociationResult",
     "Associator",
     "CellShaking",
+    "EventStation",
     "GroundMotionModel",
+    "Hypocentre",
     "QuakeConfig",
     "QuakeEvent",
-    "StationObservation",
-    "StationTrigger",
     "Township",
     "distance_km",
     "locate",
@@ -85,10 +93,13 @@ __all__ = [
 ]
 
 FloatArray = NDArray[np.float64]
+_T = TypeVar("_T")
 EARTH_RADIUS_KM = 6371.0
 
 # Wu & Zhao (2006), GRL 33 L16312: log10 Pd = A + B M + C log10 R (Pd cm, R hypocentral km).
 WU_ZHAO_A, WU_ZHAO_B, WU_ZHAO_C = -3.463, 0.729, -1.374
+# Wu & Kanamori (2005), BSSA 95: log10 tau_c = A + B M (tau_c s).
+WU_KANAMORI_A, WU_KANAMORI_B = -1.716, 0.296
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,133 +156,73 @@ class GroundMotionModel:
 
 @dataclass(frozen=True, slots=True)
 class Township:
-    """A township (鄉鎮市區) centroid for naming cells: code and degrees."""
+    """A township (鄉鎮市區) centroid for naming cells and warning places: code, degrees."""
 
     code: str
     lat: float
     lon: float
 
 
+#: Depths of the coarse location grid, km (clipped to the thresholds' depth range).
+COARSE_DEPTHS_KM = (0.0, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 65.0, 80.0, 100.0)
+
+
 @dataclass(frozen=True, slots=True)
 class QuakeConfig:
-    """Network settings. Times s, distances km, angles degrees.
+    """Network settings that are not thresholds. Times s, distances km, angles degrees.
 
     Attributes:
-        association: the thresholds file's ``quake`` section: ``min_stations``, triggers
-            needed to declare an event (3; OpenEEW uses 4); ``pair_max_km`` and
-            ``pair_max_dt_s``, two triggers can be the same quake only within this
-            distance and time of each other (100 km, 15 s; Taiwan Earthworm EEW);
-            ``close_after_s``, an event with no new trigger for this long is closed (20 s);
-            ``report_min_intensity``, cells (and townships) at or above this CWA level are
-            reported ("3").
-        pair_tolerance_s: slack on ``|dt| <= distance / vp`` for pick error (s).
-        join_tolerance_s: a trigger joins an event when its P time is this close to the
-            predicted one (s).
-        absorb_after_s_s: triggers up to this long after the predicted S arrival belong to
-            the event's shaking and never start a new event (s).
+        association: the thresholds file's ``quake`` section (every threshold, with
+            its source).
         closed_memory_s: how long a closed event still absorbs late triggers (s).
-        vp_kms, vs_kms: P and S speeds (6.0 / 3.5 km/s, *unconfirmed* for Taiwan).
-        depth_km: fixed hypocentre depth for location (10 km).
-        search_margin_deg, search_step_deg, refine_levels: grid search: the stations'
-            bounding box plus a margin, a first step, then ``refine_levels`` grids each
-            five times finer around the best point (0.05 deg -> 0.002 deg, ~200 m).
-        pd_min_snr: Pd counts for magnitude only this far above the station's noise.
-        pd_window_s: the Pd window after P (3 s, as in the station detector).
-        pd_skip_s_in_window: ignore Pd where the predicted S wave arrives inside the Pd
-            window (hypocentral distance below ~25 km at 6.0 / 3.5 km/s): there the S
-            wave, not the P wave, sets the peak and inflates the magnitude.
+        pd_window_s: the stations' P window (3 s, as in the station detector).
+        station_highpass_hz: the stations' high-pass on acceleration (0.075 Hz), part of
+            the P-wave filter the magnitude corrects Pd for.
         min_magnitude, max_magnitude: magnitude clip.
         cell_deg: shaking grid cell size (0.1 deg, the Civil IoT micro-zoning grid).
-        cell_margin_deg: covered area is the event stations' bounding box plus this,
-            unless ``region_bbox`` (lat_min, lon_min, lat_max, lon_max) is given.
-        station_correction_km: a cell this close to a station takes at least the level
+        township_cell_km: a cell is named for the nearest township centroid within this
+            distance (beyond, at sea, it has no township).
+        station_correction_km: a place this close to a station takes at least the level
             that station observed.
-        change_magnitude: magnitude change that is worth a new update.
-        max_pending, max_event_stations, max_open_events: memory bounds.
-        townships: centroids to name cells by (nearest); empty means no names.
+        change_magnitude, change_location_km: what is worth a new update.
+        max_pending, max_event_stations, max_open_events, max_location_picks,
+            max_constraint_stations, max_inbox: bounds (memory, and the location's cost).
+        constraint_radius_km: stations that did not trigger constrain the location within
+            this distance of the first pick.
+        townships: centroids to name cells and warn places by; empty means no names.
         ground_motion, intensity_scale: the models.
     """
 
     association: QuakeThresholds = field(default_factory=QuakeThresholds)
-    pair_tolerance_s: float = 1.0
-    join_tolerance_s: float = 2.0
-    absorb_after_s_s: float = 30.0
     closed_memory_s: float = 120.0
-    vp_kms: float = 6.0
-    vs_kms: float = 3.5
-    depth_km: float = 10.0
-    search_margin_deg: float = 0.5
-    search_step_deg: float = 0.05
-    refine_levels: int = 2
-    pd_min_snr: float = 5.0
     pd_window_s: float = 3.0
-    pd_skip_s_in_window: bool = True
+    station_highpass_hz: float = 0.075
     min_magnitude: float = 2.0
     max_magnitude: float = 8.5
     cell_deg: float = 0.1
-    cell_margin_deg: float = 0.5
-    region_bbox: tuple[float, float, float, float] | None = None
+    township_cell_km: float = 15.0
     station_correction_km: float = 10.0
     change_magnitude: float = 0.2
+    change_location_km: float = 5.0
     max_pending: int = 256
     max_event_stations: int = 1000
     max_open_events: int = 8
+    max_location_picks: int = 40
+    max_constraint_stations: int = 60
+    max_inbox: int = 2000
+    constraint_radius_km: float = 150.0
     townships: tuple[Township, ...] = ()
     ground_motion: GroundMotionModel = field(default_factory=GroundMotionModel)
     intensity_scale: IntensityScale = CWA_2020
 
 
 @stored
-class StationTrigger:
-    """A station's STA/LTA trigger: P time epoch s, position degrees."""
-
-    station_id: str
-    lat: float
-    lon: float
-    p_time_s: float
-
-    @classmethod
-    def from_packet(
-        cls, station_id: str, lat: float, lon: float, result: PacketResult
-    ) -> StationTrigger | None:
-        """The trigger in ``result``, or None when the packet did not trigger."""
-        if not result.triggered or result.p_time_s is None:
-            return None
-        return cls(station_id=station_id, lat=lat, lon=lon, p_time_s=result.p_time_s)
-
-
-@dataclass(frozen=True, slots=True)
-class StationObservation:
-    """What a triggered station has seen so far in its event window.
-
-    ``pga_gal`` gal, ``pgv_cms`` cm/s; ``pd_cm`` (cm) only once the Pd window is complete,
-    with ``pd_snr`` its ratio to the station's displacement noise (None: unknown).
-    """
-
-    station_id: str
-    pga_gal: float
-    pgv_cms: float
-    pd_cm: float | None = None
-    pd_snr: float | None = None
-
-    @classmethod
-    def from_packet(cls, station_id: str, result: PacketResult) -> StationObservation | None:
-        """The event-window figures in ``result``, or None outside an event window."""
-        if result.event_p_time_s is None or not (result.in_event or result.event_ended):
-            return None
-        complete = result.pd_complete and result.pd_cm is not None
-        return cls(
-            station_id=station_id,
-            pga_gal=result.event_pga_gal,
-            pgv_cms=result.event_pgv_cms,
-            pd_cm=result.pd_cm if complete else None,
-            pd_snr=result.pd_snr if complete else None,
-        )
-
-
-@stored
 class EventStation:
-    """A station in an event. ``picked``: its P time is used for location."""
+    """A station's pick and what it has seen. ``picked``: its P time locates the event
+    (otherwise it triggered on the S wave or the coda, or does not fit yet).
+
+    Times epoch s; PGA and Pa gal, PGV and Pv cm/s, Pd cm, tau_c and p_window s.
+    """
 
     station_id: str
     lat: float
@@ -282,23 +233,40 @@ class EventStation:
     pgv_cms: float = 0.0
     pd_cm: float | None = None
     pd_snr: float | None = None
+    pv_cms: float | None = None
+    pa_gal: float | None = None
+    pa_snr: float | None = None
+    tau_c_s: float | None = None
+    p_window_s: float = 0.0
+    transient: bool = False
+    #: The end of the newest packet observed, epoch s (0: unknown, the stream clock).
+    seen_until_s: float = 0.0
 
 
 @stored
 class Hypocentre:
-    """Origin time (epoch s), epicentre (degrees), depth (km), RMS P residual (s)."""
+    """A location: origin time (epoch s), epicentre (degrees), depth (km), RMS P residual
+    of the picks (s), and its quality: the farthest epicentre within the confidence
+    region (km), the largest azimuthal gap between picks seen from the epicentre
+    (degrees), the picks used, the stations that did not trigger used as constraints,
+    and ``quality`` "good", "fair" or "poor" (see the thresholds' ``poor_location_km``)."""
 
     origin_s: float
     lat: float
     lon: float
     depth_km: float
     rms_s: float
+    uncertainty_km: float = 0.0
+    gap_deg: float = 360.0
+    n_picks: int = 0
+    n_constraints: int = 0
+    quality: str = "poor"
 
 
 @dataclass(frozen=True, slots=True)
 class CellShaking:
     """Expected shaking in one grid cell: centre degrees, PGA gal, PGV cm/s, CWA level,
-    seconds until the S wave (0: arrived), nearest township code."""
+    seconds from ``computed_at_s`` until the S wave (0: arrived), nearest township code."""
 
     lat: float
     lon: float
@@ -310,22 +278,35 @@ class CellShaking:
 
 
 @dataclass(frozen=True, slots=True)
+class PlaceWarning:
+    """A township's expected CWA level and the S wave's arrival there, epoch s."""
+
+    township: str
+    intensity: str
+    s_arrival_s: float
+
+
+@dataclass(frozen=True, slots=True)
 class QuakeEvent:
     """One earthquake as the network sees it at ``computed_at_s``.
 
     Attributes:
         event_id: stable across updates (UTC time of the first trigger).
         origin_s, lat, lon, depth_km, rms_s: the hypocentre (epoch s, degrees, km, s).
-        magnitude: estimated magnitude; ``magnitude_method`` "pd", "pga" or "none".
+        magnitude: estimated magnitude; ``magnitude_method`` "pd", "pa", "pga" or "none".
         station_ids: every station attributed to the event.
         max_intensity: the highest expected or observed CWA level anywhere.
         cells: cells at or above the configured minimum level.
-        townships: township codes at or above the minimum level, sorted.
+        townships: township codes warned (at or above the minimum level now or at an
+            earlier update of this event), sorted.
         first_trigger_s: earliest P time, epoch s.
         computed_at_s: the stream time of this estimate, epoch s.
         closed: the event is over; this is its last report.
         cell_broadcast_level: lowest level that gets a public cell broadcast under the CWA
             2024 criteria for this magnitude, or None.
+        location: the hypocentre with its quality.
+        places: the warning per township (``townships``, in that order).
+        n_picks: stations whose P pick locates the event.
     """
 
     event_id: str
@@ -344,6 +325,9 @@ class QuakeEvent:
     computed_at_s: float
     closed: bool = False
     cell_broadcast_level: str | None = None
+    location: Hypocentre | None = None
+    places: tuple[PlaceWarning, ...] = ()
+    n_picks: int = 0
 
     @property
     def n_stations(self) -> int:
@@ -358,12 +342,20 @@ class _EventState:
     first_trigger_s: float
     last_trigger_s: float
     hypo: Hypocentre
-    #: (n_stations, magnitude, max intensity ordinal) last reported, or None.
-    published: tuple[int, float, int] | None = None
+    #: (n_stations, magnitude, max intensity ordinal, lat, lon) last reported, or None.
+    published: tuple[int, float, int, float, float] | None = None
     closed_at_s: float | None = None
+    #: Townships warned at an earlier update: they stay listed until the event ends.
+    warned: tuple[str, ...] = ()
+    #: Stream time of the last relocation, s.
+    located_at_s: float = 0.0
 
     def station(self, station_id: str) -> EventStation | None:
         return next((s for s in self.stations if s.station_id == station_id), None)
+
+    @property
+    def picks(self) -> tuple[EventStation, ...]:
+        return tuple(s for s in self.stations if s.picked)
 
 
 @dataclass(frozen=True, slots=True)
@@ -372,6 +364,9 @@ class AssociationResult:
 
     associator: Associator
     updates: tuple[QuakeEvent, ...]
+
+
+# --------------------------------------------------------------------------- geometry
 
 
 def distance_km(
@@ -387,44 +382,235 @@ def distance_km(
     return np.asarray(2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.clip(h, 0, 1))), np.float64)
 
 
-def locate(
-    lats: Sequence[float], lons: Sequence[float], p_times_s: Sequence[float], config: QuakeConfig
-) -> Hypocentre:
-    """Grid-search epicentre and origin time from P picks at fixed depth.
+def _azimuth_deg(lat0: float, lon0: float, lat: FloatArray, lon: FloatArray) -> FloatArray:
+    """Azimuths from (lat0, lon0) to points, degrees (flat-earth: fine at these ranges)."""
+    dx = (np.asarray(lon) - lon0) * math.cos(math.radians(lat0))
+    dy = np.asarray(lat) - lat0
+    return np.asarray(np.degrees(np.arctan2(dx, dy)) % 360.0, dtype=np.float64)
 
-    For each trial epicentre the origin time minimising squared residuals is the mean of
-    ``p - travel_time``, so only latitude and longitude are searched: first on
-    ``search_step_deg`` over the stations' box plus ``search_margin_deg``, then
-    ``refine_levels`` times on a five-times-finer grid around the best point.
+
+def _gap_deg(lat0: float, lon0: float, lat: FloatArray, lon: FloatArray) -> float:
+    az = np.sort(_azimuth_deg(lat0, lon0, lat, lon))
+    if az.size < 2:
+        return 360.0
+    gaps = np.diff(np.concatenate((az, [az[0] + 360.0])))
+    return float(gaps.max())
+
+
+# --------------------------------------------------------------------------- location
+
+
+@dataclass(frozen=True, slots=True)
+class _Constraints:
+    """Armed stations that did not trigger: position degrees, armed since and data until
+    (epoch s), noise of the trigger band (gal), the watermark ``now_s``, and the
+    magnitude the event is believed to have (None: not known yet)."""
+
+    lat: FloatArray
+    lon: FloatArray
+    since_s: FloatArray
+    until_s: FloatArray
+    now_s: float
+    noise_gal: FloatArray = field(default_factory=lambda: np.zeros(0))
+    magnitude: float | None = None
+    ground_motion: GroundMotionModel = field(default_factory=GroundMotionModel)
+
+    @classmethod
+    def none(cls, now_s: float = 0.0) -> _Constraints:
+        e = np.zeros(0)
+        return cls(e, e, e, e, now_s, e)
+
+    def __len__(self) -> int:
+        return int(self.lat.shape[0])
+
+
+def _costs(
+    g_lat: FloatArray,
+    g_lon: FloatArray,
+    depths: FloatArray,
+    p_lat: FloatArray,
+    p_lon: FloatArray,
+    p_t: FloatArray,
+    cons: _Constraints,
+    thr: QuakeThresholds,
+) -> tuple[FloatArray, FloatArray]:
+    """Cost and origin time of every (epicentre, depth) pair, shape (depths, epicentres).
+
+    The cost is in units of the pick error: squared P residuals over ``pick_sigma_s``
+    squared, each capped at 9 (an odd pick, an S taken for P, weighs like a 3-sigma one),
+    plus the squared delay by which an armed station that did not trigger should have
+    (EPIC's "not yet arrived"), capped like a pick (a noisy station may miss a weak P),
+    and once the magnitude is known only where that P would stand
+    ``unpicked_min_pa_snr`` above the station's noise, plus a weak prior on depth. The
+    origin is the median of ``p - travel time``.
     """
-    la = np.asarray(lats, dtype=np.float64)
-    lo = np.asarray(lons, dtype=np.float64)
-    p = np.asarray(p_times_s, dtype=np.float64)
-    step = config.search_step_deg
-    m = config.search_margin_deg
-    lat_ax = np.arange(la.min() - m, la.max() + m + step / 2, step)
-    lon_ax = np.arange(lo.min() - m, lo.max() + m + step / 2, step)
-    best = (float(la[0]), float(lo[0]), 0.0, math.inf)
-    for level in range(config.refine_levels + 1):
-        if level:
-            half = 2 * step
-            step /= 5
-            lat_ax = np.arange(best[0] - half, best[0] + half + step / 2, step)
-            lon_ax = np.arange(best[1] - half, best[1] + half + step / 2, step)
-        g_lat, g_lon = (a.ravel() for a in np.meshgrid(lat_ax, lon_ax, indexing="ij"))
-        epi = distance_km(g_lat[:, None], g_lon[:, None], la[None, :], lo[None, :])
-        tt = np.hypot(epi, config.depth_km) / config.vp_kms
-        origin = np.mean(p[None, :] - tt, axis=1)
-        cost = np.sum((p[None, :] - tt - origin[:, None]) ** 2, axis=1)
-        k = int(np.argmin(cost))
-        best = (float(g_lat[k]), float(g_lon[k]), float(origin[k]), float(cost[k]))
+    sigma = thr.pick_sigma_s
+    epi = distance_km(g_lat[:, None], g_lon[:, None], p_lat[None, :], p_lon[None, :])
+    tt = np.hypot(epi[None, :, :], depths[:, None, None]) / thr.vp_kms  # (D, G, N)
+    origin = np.median(p_t[None, None, :] - tt, axis=2)
+    res = (p_t[None, None, :] - tt - origin[:, :, None]) / sigma
+    cost = np.sum(np.minimum(res * res, 9.0), axis=2)
+    # A weak prior on depth: three or four picks do not resolve depth from origin time,
+    # and a free depth slides along that trade-off (EPIC and ElarmS fix it at 8 km).
+    cost = cost + ((depths[:, None] - thr.depth_prior_km) / thr.depth_prior_sigma_km) ** 2
+    if len(cons):
+        epi_c = distance_km(g_lat[:, None], g_lon[:, None], cons.lat[None, :], cons.lon[None, :])
+        tt_c = np.hypot(epi_c[None, :, :], depths[:, None, None]) / thr.vp_kms
+        tp_c = origin[:, :, None] + tt_c
+        limit = np.minimum(cons.until_s, cons.now_s)[None, None, :] - thr.unpicked_margin_s
+        nearer = tt_c < tt.max(axis=2, keepdims=True)
+        late = (tp_c >= cons.since_s[None, None, :]) & (tp_c < limit) & nearer
+        if cons.magnitude is not None and cons.noise_gal.size:
+            hyp = tt_c * thr.vp_kms
+            seen = thr.p_to_s_ratio * cons.ground_motion.pga_gal(cons.magnitude, hyp)
+            late &= seen >= thr.unpicked_min_pa_snr * np.maximum(cons.noise_gal, 1e-3)
+        v = np.where(late, np.minimum(limit - tp_c, 3.0 * sigma), 0.0) / sigma
+        cost = cost + np.sum(v * v, axis=2)
+    return cost, origin
+
+
+def locate(
+    lats: Sequence[float],
+    lons: Sequence[float],
+    p_times_s: Sequence[float],
+    config: QuakeConfig,
+    *,
+    constraints: _Constraints | None = None,
+    around: Hypocentre | None = None,
+) -> Hypocentre:
+    """Grid-search hypocentre and origin time from P picks.
+
+    For each trial hypocentre the origin time is solved in closed form (the median of
+    ``p - travel time``), so only latitude, longitude and depth are searched: the whole
+    warning region (``region_deg``) at ``search_step_deg`` and :data:`COARSE_DEPTHS_KM`,
+    or a box around ``around`` (a relocation), then three grids each four times finer
+    around the three best distinct minima (mirror solutions of a poor geometry are kept
+    until the finer grids decide). Cost: ``len(picks) + len(constraints)`` distances per
+    trial point, a few thousand points in all.
+
+    Args:
+        lats, lons, p_times_s: the picks, degrees and epoch s.
+        config: the settings (velocities, region, depth range, pick error).
+        constraints: armed stations that did not trigger (see :func:`_costs`).
+        around: search near this hypocentre only (a relocation with more picks).
+    """
+    thr = config.association
+    p_lat = np.asarray(lats, dtype=np.float64)
+    p_lon = np.asarray(lons, dtype=np.float64)
+    p_t = np.asarray(p_times_s, dtype=np.float64)
+    cons = constraints if constraints is not None else _Constraints.none()
+    z_lo, z_hi = thr.depth_km
+    lat0, lon0, lat1, lon1 = thr.region_deg
+    step = thr.search_step_deg
+    if around is None:
+        lat_ax = np.arange(lat0 + step / 2, lat1, step)
+        lon_ax = np.arange(lon0 + step / 2, lon1, step)
+        depths = np.clip(np.asarray(COARSE_DEPTHS_KM), z_lo, z_hi)
+        depths = np.unique(depths)
+    else:
+        span = 2.0 * step
+        lat_ax = np.arange(around.lat - span, around.lat + span + step / 8, step / 4)
+        lon_ax = np.arange(around.lon - span, around.lon + span + step / 8, step / 4)
+        depths = np.unique(np.clip(around.depth_km + np.arange(-20.0, 21.0, 5.0), z_lo, z_hi))
+        step /= 4
+    g_lat, g_lon = (a.ravel() for a in np.meshgrid(lat_ax, lon_ax, indexing="ij"))
+    cost, _ = _costs(g_lat, g_lon, depths, p_lat, p_lon, p_t, cons, thr)
+    # Every point tried, for the confidence region: (lat, lon, cost).
+    tried = [(np.broadcast_to(g_lat, cost.shape), np.broadcast_to(g_lon, cost.shape), cost)]
+
+    # The best few distinct minima of the first grid, each refined.
+    order = np.argsort(cost, axis=None)
+    seeds: list[tuple[float, float, float]] = []
+    for flat in order[: min(order.size, 400)]:
+        d, g = np.unravel_index(flat, cost.shape)
+        cand = (float(g_lat[g]), float(g_lon[g]), float(depths[d]))
+        if all(abs(cand[0] - s[0]) > 2 * step or abs(cand[1] - s[1]) > 2 * step for s in seeds):
+            seeds.append(cand)
+        if len(seeds) == 3:
+            break
+    best = (math.inf, 0.0, 0.0, 0.0, 0.0)  # cost, lat, lon, depth, origin
+    for s_lat, s_lon, s_z in seeds:
+        c_lat, c_lon, c_z = s_lat, s_lon, s_z
+        h_step, z_step = step, 10.0
+        c_cost, c_origin = math.inf, 0.0
+        for _ in range(3):
+            h_step /= 4
+            z_step /= 2.5
+            # Walk the box downhill until its best point is inside it: a valley (the
+            # depth-origin trade-off of few picks) is followed, not cut at the box edge.
+            for _walk in range(6):
+                la = c_lat + h_step * np.arange(-4, 5)
+                lo = c_lon + h_step * np.arange(-4, 5)
+                zs = np.unique(np.clip(c_z + z_step * np.arange(-3, 4), z_lo, z_hi))
+                f_lat, f_lon = (a.ravel() for a in np.meshgrid(la, lo, indexing="ij"))
+                f_cost, f_origin = _costs(f_lat, f_lon, zs, p_lat, p_lon, p_t, cons, thr)
+                tried.append(
+                    (
+                        np.broadcast_to(f_lat, f_cost.shape),
+                        np.broadcast_to(f_lon, f_cost.shape),
+                        f_cost,
+                    )
+                )
+                d, g = np.unravel_index(int(np.argmin(f_cost)), f_cost.shape)
+                if not f_cost[d, g] < c_cost:
+                    break
+                c_cost = float(f_cost[d, g])
+                c_lat, c_lon, c_z = float(f_lat[g]), float(f_lon[g]), float(zs[d])
+                c_origin = float(f_origin[d, g])
+                i_lat, i_lon = divmod(int(g), lo.size)
+                inside = bool(0 < i_lat < la.size - 1 and 0 < i_lon < lo.size - 1)
+                inside = inside and bool(0 < d < zs.size - 1 or float(zs[d]) in (z_lo, z_hi))
+                if inside:
+                    break
+        if c_cost < best[0]:
+            best = (c_cost, c_lat, c_lon, c_z, c_origin)
+    b_cost, b_lat, b_lon, b_z, b_origin = best
+
+    # Mean origin over the picks that fit (the median served the search).
+    tt = np.hypot(distance_km(b_lat, b_lon, p_lat, p_lon), b_z) / thr.vp_kms
+    res = p_t - tt - b_origin
+    fit = np.abs(res) <= 3 * thr.pick_sigma_s
+    if fit.any():
+        b_origin += float(np.mean(res[fit]))
+    res = p_t - tt - b_origin
+    rms = float(np.sqrt(np.mean(res**2))) if res.size else 0.0
+
+    # Confidence region: every point tried within a chi-square step (~90 %, 3 unknowns
+    # that matter here) of the best; its reach from the solution is the uncertainty.
+    reach = 0.0
+    for t_lat, t_lon, t_cost in tried:
+        ok = t_cost <= b_cost + 6.25
+        if ok.any():
+            far = distance_km(b_lat, b_lon, t_lat[ok], t_lon[ok])
+            reach = max(reach, float(far.max()))
+    uncertainty = reach
+    gap = _gap_deg(b_lat, b_lon, p_lat, p_lon)
+    quality = "good" if uncertainty <= 0.5 * thr.poor_location_km else "fair"
+    if uncertainty > thr.poor_location_km:
+        quality = "poor"
+    n_used = 0
+    if len(cons):
+        n_used = int(
+            np.sum(
+                distance_km(b_lat, b_lon, cons.lat, cons.lon)
+                <= distance_km(b_lat, b_lon, p_lat, p_lon).max()
+            )
+        )
     return Hypocentre(
-        origin_s=best[2],
-        lat=best[0],
-        lon=best[1],
-        depth_km=config.depth_km,
-        rms_s=math.sqrt(best[3] / len(p)),
+        origin_s=b_origin,
+        lat=b_lat,
+        lon=b_lon,
+        depth_km=b_z,
+        rms_s=rms,
+        uncertainty_km=round(uncertainty, 1),
+        gap_deg=round(gap, 1),
+        n_picks=int(p_t.size),
+        n_constraints=n_used,
+        quality=quality,
     )
+
+
+# --------------------------------------------------------------------------- magnitude
 
 
 def magnitude_from_pd(pd_cm: FloatArray, hyp_km: FloatArray) -> FloatArray:
@@ -436,90 +622,244 @@ def magnitude_from_pd(pd_cm: FloatArray, hyp_km: FloatArray) -> FloatArray:
     )
 
 
+def _pd_filter_gain(magnitude: FloatArray, cfg: QuakeConfig) -> FloatArray:
+    """How much of Pd the stations' P-wave chain keeps for a quake of this magnitude: the
+    gain of the chain (high-pass at ``station_highpass_hz``, then a high-pass and two
+    leaky integrators at ``pd_highpass_hz``) at 1 / tau_c of Wu & Kanamori (2005)."""
+    tau_c = 10 ** (WU_KANAMORI_A + WU_KANAMORI_B * np.asarray(magnitude))
+    f = 1.0 / tau_c
+    a, p = cfg.station_highpass_hz, cfg.association.pd_highpass_hz
+    gain = f / np.sqrt(f * f + a * a) * (f / np.sqrt(f * f + p * p)) ** 3
+    return np.asarray(gain, dtype=np.float64)
+
+
+def _magnitude_pd(pd_cm: FloatArray, hyp_km: FloatArray, cfg: QuakeConfig) -> FloatArray:
+    """Wu & Zhao magnitude of Pd measured through the stations' filter (corrected)."""
+    m = magnitude_from_pd(pd_cm, hyp_km)
+    for _ in range(4):  # the correction depends on M: a fixed point, reached in a few steps
+        m = magnitude_from_pd(np.asarray(pd_cm) / _pd_filter_gain(m, cfg), hyp_km)
+    return m
+
+
+def _station_magnitudes(
+    stations: Sequence[EventStation], hypo: Hypocentre, now_s: float, cfg: QuakeConfig
+) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """Per-station magnitudes from Pd, from Pa and from PGA after the S wave (NaN where
+    a station has none), in the order of ``stations``."""
+    thr = cfg.association
+    n = len(stations)
+    m_pd = np.full(n, np.nan)
+    m_pa = np.full(n, np.nan)
+    m_s = np.full(n, np.nan)
+    if not n:
+        return m_pd, m_pa, m_s
+    lat = np.array([s.lat for s in stations])
+    lon = np.array([s.lon for s in stations])
+    r = np.maximum(np.hypot(distance_km(hypo.lat, hypo.lon, lat, lon), hypo.depth_km), 1.0)
+    t_p = hypo.origin_s + r / thr.vp_kms
+    t_s = hypo.origin_s + r / thr.vs_kms
+    # The P window must end before the S wave arrives, or S sets the peaks.
+    clear = np.array([s.p_window_s for s in stations]) <= (t_s - t_p) - 0.2
+    gm = cfg.ground_motion
+    for i, s in enumerate(stations):
+        if not (s.picked and clear[i]):
+            continue
+        if (
+            s.pd_cm is not None
+            and s.pd_cm > 0
+            and s.p_window_s >= thr.pd_min_window_s
+            and (s.pd_snr is None or s.pd_snr >= thr.pd_magnitude_min_snr)
+        ):
+            m_pd[i] = float(_magnitude_pd(np.asarray([s.pd_cm]), r[i : i + 1], cfg)[0])
+        if s.pa_gal is not None and s.pa_gal > 0 and (s.pa_snr is None or s.pa_snr >= 3.0):
+            m_pa[i] = float(gm.magnitude_from_pga(np.asarray([s.pa_gal / thr.p_to_s_ratio]),
+                                                 r[i : i + 1])[0])  # fmt: skip
+    # PGA counts once the S wave has passed for a source duration's worth (it only grows).
+    seen = np.array([s.pga_gal for s in stations])
+    ok = seen > 0
+    if ok.any():
+        rough = (
+            np.nanmedian(np.concatenate((m_pd, m_pa)))
+            if np.isfinite(np.concatenate((m_pd, m_pa))).any()
+            else 5.0
+        )
+        duration = 10 ** (0.5 * rough - 2.3) + 2.0
+        # Judged on the station's own data (its newest packet), not on the clock: a
+        # station whose window closed has shown all it will.
+        until = np.array([s.seen_until_s or now_s for s in stations])
+        passed = ok & (until >= t_s + duration)
+        if passed.any():
+            m_s[passed] = gm.magnitude_from_pga(seen[passed], r[passed])
+    return m_pd, m_pa, m_s
+
+
+def _magnitude(
+    stations: Sequence[EventStation], hypo: Hypocentre, now_s: float, cfg: QuakeConfig
+) -> tuple[float, str]:
+    """The event's magnitude and how it was estimated: the median over stations of the
+    best kind available (PGA after S from 3 stations, else Pd, else Pa, else PGA so far)."""
+    m_pd, m_pa, m_s = _station_magnitudes(stations, hypo, now_s, cfg)
+    if np.sum(np.isfinite(m_s)) >= 3:
+        m, method = float(np.nanmedian(m_s)), "pga"
+    elif np.isfinite(m_pd).any():
+        m, method = float(np.nanmedian(m_pd)), "pd"
+    elif np.isfinite(m_pa).any():
+        m, method = float(np.nanmedian(m_pa)), "pa"
+    else:
+        pga = np.array([s.pga_gal for s in stations])
+        seen = pga > 0
+        if not seen.any():
+            return cfg.min_magnitude, "none"
+        lat = np.array([s.lat for s in stations])[seen]
+        lon = np.array([s.lon for s in stations])[seen]
+        r = np.hypot(distance_km(hypo.lat, hypo.lon, lat, lon), hypo.depth_km)
+        m, method = float(np.median(cfg.ground_motion.magnitude_from_pga(pga[seen], r))), "pga"
+    return float(np.clip(round(m, 2), cfg.min_magnitude, cfg.max_magnitude)), method
+
+
+# --------------------------------------------------------------------------- association
+
+
 @stored
 class Associator:
-    """The network's association state: pending triggers, open and recently closed
-    events. Bounded by the config's ``max_*`` settings."""
+    """The network's association state: triggers, observations and statuses waiting for
+    the watermark (``inbox*``), picks no event explains (``pending``), open and recently
+    closed events, the stations' armed status (position, armed since, data until, noise
+    of the trigger band) and the newest watermark (``clock_s``). Bounded by the config's
+    ``max_*`` settings."""
 
-    pending: tuple[StationTrigger, ...] = ()
+    pending: tuple[EventStation, ...] = ()
+    inbox: tuple[Trigger, ...] = ()
     events: tuple[_EventState, ...] = ()
     recent: tuple[_EventState, ...] = ()
+    #: station id -> (lat, lon, armed since or None, data until, noise gal).
+    armed: dict[str, tuple[float, float, float | None, float, float]] = field(default_factory=dict)
+    inbox_obs: tuple[Observation, ...] = ()
+    inbox_status: tuple[StationStatus, ...] = ()
+    clock_s: float = -math.inf
 
     def step(
         self,
         *,
         now_s: float,
-        triggers: Iterable[StationTrigger] = (),
-        observations: Iterable[StationObservation] = (),
+        triggers: Iterable[Trigger] = (),
+        observations: Iterable[Observation] = (),
+        stations: Iterable[StationStatus] = (),
         config: QuakeConfig | None = None,
     ) -> AssociationResult:
-        """Take new triggers and observations, close stale events, report changes.
+        """Take new triggers, observations and station statuses; declare, relocate, close
+        and report.
 
         Args:
-            now_s: stream time, epoch s: the end of the newest packet processed. Events
-                close and S-wave countdowns run on this clock, so replays are exact.
-            triggers: new station triggers (any order).
+            now_s: the watermark, epoch s: every station's data up to here has arrived.
+                Triggers, observations and statuses are taken once it passes the end of
+                the packet that carried them (``at_s``, ``until_s``; a trigger without
+                ``at_s``: its P time), all of a kind in time order, so the result does
+                not depend on how stations are spread over partitions nor on the order
+                messages arrive in; events close and S-wave countdowns run on this
+                clock, so replays are exact.
+            triggers: new station triggers (any order, any partition).
             observations: latest event-window figures of triggered stations.
+            stations: the status of stations that sent packets (armed or not).
             config: settings; defaults when None.
         """
         cfg = config if config is not None else QuakeConfig()
+        thr = cfg.association
+        due, waiting = _split(
+            {(t.station_id, t.p_time_s): t for t in (*self.inbox, *triggers)}.values(),
+            now_s,
+            lambda t: (t.at_s if t.at_s is not None else t.p_time_s, t.p_time_s, t.station_id),
+            cfg.max_inbox,
+        )
+        obs_list, obs_waiting = _split(
+            {(o.station_id, o.p_time_s, o.at_s): o for o in (*self.inbox_obs, *observations)}
+            .values(),
+            now_s,
+            lambda o: (o.at_s if o.at_s is not None else -math.inf, o.station_id,
+                       o.p_time_s or 0.0, o.p_window_s),
+            cfg.max_inbox,
+        )  # fmt: skip
+        st_due, st_waiting = _split(
+            {(s.station_id, s.until_s): s for s in (*self.inbox_status, *stations)}.values(),
+            now_s,
+            lambda s: (s.until_s, s.station_id),
+            cfg.max_inbox,
+        )
+        if not (due or obs_list or st_due) and now_s <= self.clock_s:
+            # Nothing new has passed the watermark: another partition's tick of a second
+            # the network has not finished. The same state, holding what came.
+            held = replace(
+                self, inbox=tuple(waiting), inbox_obs=tuple(obs_waiting),
+                inbox_status=tuple(st_waiting),
+            )  # fmt: skip
+            return AssociationResult(associator=held, updates=())
+        due.sort(key=lambda t: (t.p_time_s, t.station_id))
+        armed = dict(self.armed)
+        for s in st_due:
+            old = armed.get(s.station_id)
+            if old is None or s.until_s >= old[3]:
+                armed[s.station_id] = (s.lat, s.lon, s.armed_since_s, s.until_s, s.noise_gal)
+
         events = {e.event_id: e for e in self.events}
         recent = list(self.recent)
         pending = list(self.pending)
         touched: set[str] = set()
         relocate: set[str] = set()
 
-        for trig in sorted(triggers, key=lambda t: t.p_time_s):
-            target = _attribute(trig, [*events.values(), *recent], cfg)
-            if target is not None:
-                ev, picked = target
-                if ev.event_id in events and len(ev.stations) < cfg.max_event_stations:
-                    events[ev.event_id] = _add_station(ev, trig, picked=picked)
-                    touched.add(ev.event_id)
-                    if picked:
-                        relocate.add(ev.event_id)
-                continue  # attributed to a closed event, or a full one: nothing new
-            pending = [u for u in pending if u.station_id != trig.station_id]
-            pending.append(trig)
-            group = _consistent_group(trig, pending, cfg)
-            if len(group) >= cfg.association.min_stations and len(events) < cfg.max_open_events:
-                ev = _new_event(group, {*events, *(e.event_id for e in recent)}, cfg)
-                events[ev.event_id] = ev
-                touched.add(ev.event_id)
-                used = {g.station_id for g in group}
-                pending = [u for u in pending if u.station_id not in used]
-                # Earlier triggers that did not fit the first group may fit the solution.
-                for u in list(pending):
-                    hit = _attribute(u, [ev], cfg)
-                    if hit is not None:
-                        ev = _add_station(ev, u, picked=hit[1])
-                        pending.remove(u)
-                        if hit[1]:
-                            relocate.add(ev.event_id)
-                events[ev.event_id] = ev
+        for trig in due:
+            eid = _take(trig, events, recent, cfg)
+            if eid is None:
+                pending = [u for u in pending if u.station_id != trig.station_id]
+                pending.append(_station(trig, picked=True))
+            elif eid:
+                touched.add(eid)
+                relocate.add(eid)
 
-        horizon = now_s - cfg.association.pair_max_dt_s
-        pending = [u for u in pending if u.p_time_s >= horizon][-cfg.max_pending :]
-
-        for obs in observations:
+        # Observations: event stations and pending picks (whose features decide whether
+        # they may declare an event).
+        for obs in obs_list:
             for eid, ev in events.items():
                 st = ev.station(obs.station_id)
                 if st is not None:
-                    events[eid] = _observe(ev, st, obs)
-                    touched.add(eid)
+                    new = _observe(st, obs)
+                    if new != st:
+                        events[eid] = replace(
+                            ev, stations=tuple(new if s is st else s for s in ev.stations)
+                        )
+                        touched.add(eid)
+            pending = [_observe(p, obs) if p.station_id == obs.station_id else p for p in pending]
 
-        for eid in relocate:
+        horizon = now_s - thr.pair_max_dt_s
+        pending = [u for u in pending if u.p_time_s >= horizon][-cfg.max_pending :]
+
+        # Relocate events with new stations: every station tried again as a P pick.
+        for eid in sorted(relocate):
+            events[eid] = _relocate(events[eid], armed, now_s, cfg)
+        # A relocated event may now explain pending picks.
+        for eid in sorted(relocate):
             ev = events[eid]
-            picks = [s for s in ev.stations if s.picked]
-            hypo = locate(
-                [s.lat for s in picks], [s.lon for s in picks], [s.p_time_s for s in picks], cfg
-            )
-            events[eid] = replace(ev, hypo=hypo)
+            took = [u for u in pending if _fits(u, ev, cfg) is not None]
+            if took:
+                ev = replace(ev, stations=(*ev.stations, *(replace(u, picked=True) for u in took)))
+                ev = replace(ev, last_trigger_s=max(ev.last_trigger_s, *(u.p_time_s for u in took)))
+                events[eid] = _relocate(ev, armed, now_s, cfg)
+                names = {u.station_id for u in took}
+                pending = [u for u in pending if u.station_id not in names]
+
+        # Declare from pending picks.
+        if len(pending) >= thr.min_stations and len(events) < cfg.max_open_events:
+            taken = {*events, *(e.event_id for e in recent)}
+            found = _declare(pending, armed, now_s, taken, cfg)
+            if found is not None:
+                events[found.event_id] = found
+                touched.add(found.event_id)
+                used = {s.station_id for s in found.stations}
+                pending = [u for u in pending if u.station_id not in used]
 
         updates: list[QuakeEvent] = []
         still_open: list[_EventState] = []
-        for ev in events.values():
-            closing = now_s - ev.last_trigger_s >= cfg.association.close_after_s
+        for ev in sorted(events.values(), key=lambda e: e.first_trigger_s):
+            closing = now_s - ev.last_trigger_s >= thr.close_after_s
             if not (closing or ev.event_id in touched):
                 still_open.append(ev)
                 continue
@@ -528,14 +868,17 @@ class Associator:
                 snapshot.n_stations,
                 snapshot.magnitude,
                 intensity_ordinal(snapshot.max_intensity),
+                snapshot.lat,
+                snapshot.lon,
             )
+            warned = tuple(sorted({*ev.warned, *snapshot.townships}))
             if closing:
                 updates.append(snapshot)
-                recent.append(replace(ev, published=key, closed_at_s=now_s))
+                recent.append(replace(ev, published=key, closed_at_s=now_s, warned=warned))
                 continue
             if _material(ev.published, key, cfg):
                 updates.append(snapshot)
-                still_open.append(replace(ev, published=key))
+                still_open.append(replace(ev, published=key, warned=warned))
             else:
                 still_open.append(ev)
 
@@ -544,78 +887,408 @@ class Associator:
             for e in recent
             if e.closed_at_s is None or now_s - e.closed_at_s < cfg.closed_memory_s
         ][-cfg.max_open_events :]
+        # Stations silent for long are forgotten (bounded state; they come back with data).
+        armed = {k: v for k, v in armed.items() if v[3] >= now_s - 600.0}
         return AssociationResult(
             associator=Associator(
-                pending=tuple(pending), events=tuple(still_open), recent=tuple(recent)
+                pending=tuple(pending),
+                inbox=tuple(waiting),
+                events=tuple(still_open),
+                recent=tuple(recent),
+                armed=armed,
+                inbox_obs=tuple(obs_waiting),
+                inbox_status=tuple(st_waiting),
+                clock_s=max(now_s, self.clock_s),
             ),
             updates=tuple(updates),
         )
 
 
-def _consistent(a: StationTrigger, b: StationTrigger, cfg: QuakeConfig) -> bool:
+def _split(
+    items: Iterable[_T], now_s: float, key: Callable[[_T], tuple[Any, ...]], limit: int
+) -> tuple[list[_T], list[_T]]:
+    """Items whose time (``key``'s first element) the watermark has passed, in key
+    order, and the rest, in key order and at most ``limit`` of them (the newest dropped:
+    a bound on memory should a partition stall)."""
+    ordered = sorted(items, key=key)
+    due = [x for x in ordered if key(x)[0] <= now_s]
+    return due, [x for x in ordered if key(x)[0] > now_s][:limit]
+
+
+def _station(trig: Trigger, *, picked: bool) -> EventStation:
+    return EventStation(trig.station_id, trig.lat, trig.lon, trig.p_time_s, picked=picked)
+
+
+def _observe(st: EventStation, obs: Observation) -> EventStation:
+    """A station with an observation of one of its windows: peaks always (an S-wave
+    window of the same station is the same shaking), features only from the window its
+    pick opened."""
+    same = obs.p_time_s is None or abs(obs.p_time_s - st.p_time_s) <= 0.05
+    pga, pgv = max(st.pga_gal, obs.pga_gal), max(st.pgv_cms, obs.pgv_cms)
+    until = max(st.seen_until_s, obs.at_s or 0.0)
+    if not same:
+        if (pga, pgv, until) == (st.pga_gal, st.pgv_cms, st.seen_until_s):
+            return st
+        return replace(st, pga_gal=pga, pgv_cms=pgv, seen_until_s=until)
+    if obs.p_window_s < st.p_window_s:
+        # An older packet of the window: nothing new.
+        return replace(st, pga_gal=pga, pgv_cms=pgv, seen_until_s=until)
+    return replace(
+        st,
+        pga_gal=pga,
+        pgv_cms=pgv,
+        seen_until_s=until,
+        pd_cm=obs.pd_cm if obs.pd_cm is not None else st.pd_cm,
+        pd_snr=_finite_or_none(obs.pd_snr) if obs.pd_cm is not None else st.pd_snr,
+        pv_cms=obs.pv_cms if obs.pv_cms is not None else st.pv_cms,
+        pa_gal=obs.pa_gal if obs.pa_gal is not None else st.pa_gal,
+        pa_snr=_finite_or_none(obs.pa_snr) if obs.pa_gal is not None else st.pa_snr,
+        tau_c_s=obs.tau_c_s if obs.tau_c_s is not None else st.tau_c_s,
+        p_window_s=obs.p_window_s,
+        transient=obs.transient,
+    )
+
+
+def _finite_or_none(v: float | None) -> float | None:
+    """None for an unknown ratio (NaN); infinity (no noise measured) is kept."""
+    if v is None or math.isnan(v):
+        return None
+    return v
+
+
+def _predicted(ev: _EventState, lat: float, lon: float, cfg: QuakeConfig) -> tuple[float, float]:
+    """Predicted P and S arrival times at a place, epoch s."""
+    h = ev.hypo
+    r = math.hypot(float(distance_km(h.lat, h.lon, lat, lon)), h.depth_km)
+    thr = cfg.association
+    return h.origin_s + r / thr.vp_kms, h.origin_s + r / thr.vs_kms
+
+
+def _tolerance(h: Hypocentre, cfg: QuakeConfig) -> float:
+    """How far a P pick may be from its prediction: the join tolerance, widened by the
+    location's uncertainty (a poor early location predicts poorly)."""
+    thr = cfg.association
+    return thr.join_tolerance_s + min(h.uncertainty_km, 100.0) / thr.vp_kms
+
+
+def _fits(u: EventStation, ev: _EventState, cfg: QuakeConfig) -> str | None:
+    """``"p"`` when a pick fits an event's predicted P, ``"s"`` when it falls in its
+    shaking (from P to S + ``absorb_after_s_s``), else None."""
+    thr = cfg.association
+    tp, ts = _predicted(ev, u.lat, u.lon, cfg)
+    if abs(u.p_time_s - tp) <= _tolerance(ev.hypo, cfg):
+        return "p"
+    if tp <= u.p_time_s <= ts + thr.absorb_after_s_s:
+        return "s"
+    return None
+
+
+def _take(
+    trig: Trigger, events: dict[str, _EventState], recent: list[_EventState], cfg: QuakeConfig
+) -> str | None:
+    """Attribute a trigger: the id of the open event it joins, ``""`` when it is absorbed
+    (a duplicate, a re-trigger, a straggler of a closed event) or None (pending)."""
+    for ev in recent:
+        if ev.station(trig.station_id) is not None:
+            return ""
+        if _fits(_station(trig, picked=True), ev, cfg) is not None:
+            return ""
+    best: tuple[float, str] | None = None
+    for eid, ev in events.items():
+        st = ev.station(trig.station_id)
+        if st is not None:
+            if st.picked or _fits(_station(trig, picked=True), ev, cfg) != "p":
+                return ""  # a second trigger of the station: its S wave or the coda
+            # The station's first trigger did not fit (a spike before the P wave); this
+            # one does: it is the station's P pick.
+            new = _station(trig, picked=True)
+            events[eid] = replace(
+                ev,
+                stations=tuple(new if s is st else s for s in ev.stations),
+                last_trigger_s=max(ev.last_trigger_s, trig.p_time_s),
+            )
+            return eid
+        u = _station(trig, picked=True)
+        kind = _fits(u, ev, cfg)
+        if kind is None and not _young(ev, cfg):
+            continue
+        if kind is None and not _near(u, ev, cfg):
+            continue
+        tp, _ = _predicted(ev, trig.lat, trig.lon, cfg)
+        score = abs(trig.p_time_s - tp)
+        if best is None or score < best[0]:
+            best = (score, eid)
+    if best is None:
+        return None
+    ev = events[best[1]]
+    if len(ev.stations) >= cfg.max_event_stations:
+        return ""
+    kind = _fits(_station(trig, picked=True), ev, cfg)
+    # A trigger that fits neither P nor S of a young event is tried as a pick: the
+    # relocation keeps it if it fits the better solution it may bring.
+    st = _station(trig, picked=kind != "s")
+    events[best[1]] = replace(
+        ev, stations=(*ev.stations, st), last_trigger_s=max(ev.last_trigger_s, trig.p_time_s)
+    )
+    return best[1]
+
+
+def _young(ev: _EventState, cfg: QuakeConfig) -> bool:
+    """An event whose location may still move a lot: few picks or a poor location."""
+    return len(ev.picks) < 2 * cfg.association.min_stations or ev.hypo.quality == "poor"
+
+
+def _near(u: EventStation, ev: _EventState, cfg: QuakeConfig) -> bool:
+    """A trigger within pair range (space and time) of one of the event's picks."""
+    thr = cfg.association
+    for s in ev.picks:
+        if (
+            abs(u.p_time_s - s.p_time_s) <= thr.pair_max_dt_s
+            and float(distance_km(u.lat, u.lon, s.lat, s.lon)) <= thr.pair_max_km
+        ):
+            return True
+    return False
+
+
+def _constraints(
+    armed: dict[str, tuple[float, float, float | None, float, float]],
+    exclude: set[str],
+    near_lat: float,
+    near_lon: float,
+    now_s: float,
+    cfg: QuakeConfig,
+    magnitude: float | None = None,
+) -> tuple[_Constraints, list[str]]:
+    """The armed stations that did not trigger, nearest first, within range."""
+    ids = [k for k, v in armed.items() if k not in exclude and v[2] is not None]
+    if not ids:
+        return _Constraints.none(now_s), []
+    lat = np.array([armed[k][0] for k in ids])
+    lon = np.array([armed[k][1] for k in ids])
+    d = distance_km(near_lat, near_lon, lat, lon)
+    order = [i for i in np.argsort(d, kind="stable") if d[i] <= cfg.constraint_radius_km]
+    order = order[: cfg.max_constraint_stations]
+    sel = [ids[i] for i in order]
+    return (
+        _Constraints(
+            lat=lat[order],
+            lon=lon[order],
+            since_s=np.array([armed[k][2] or 0.0 for k in sel]),
+            until_s=np.array([armed[k][3] for k in sel]),
+            now_s=now_s,
+            noise_gal=np.array([armed[k][4] for k in sel]),
+            magnitude=magnitude,
+            ground_motion=cfg.ground_motion,
+        ),
+        sel,
+    )
+
+
+def _locate_picks(
+    picks: Sequence[EventStation],
+    armed: dict[str, tuple[float, float, float | None, float, float]],
+    exclude: set[str],
+    now_s: float,
+    cfg: QuakeConfig,
+    around: Hypocentre | None = None,
+    magnitude: float | None = None,
+) -> Hypocentre:
+    use = sorted(picks, key=lambda s: (s.p_time_s, s.station_id))[: cfg.max_location_picks]
+    cons, _ = _constraints(armed, exclude, use[0].lat, use[0].lon, now_s, cfg, magnitude)
+    return locate(
+        [s.lat for s in use],
+        [s.lon for s in use],
+        [s.p_time_s for s in use],
+        cfg,
+        constraints=cons,
+        around=around,
+    )
+
+
+def _relocate(
+    ev: _EventState,
+    armed: dict[str, tuple[float, float, float | None, float, float]],
+    now_s: float,
+    cfg: QuakeConfig,
+) -> _EventState:
+    """Locate with the event's picks, then try every station again as a P pick (keep
+    those within tolerance of the new solution), until the picks stop changing."""
+    thr = cfg.association
+    names = {s.station_id for s in ev.stations}
+    stations = list(ev.stations)
+    hypo = ev.hypo
+    # The magnitude so far decides which silent stations should have seen the P wave.
+    mag, method = _magnitude(ev.stations, hypo, now_s, cfg)
+    known = mag if method != "none" else None
+    for _ in range(3):
+        picks = [s for s in stations if s.picked]
+        if len(picks) < thr.min_stations:
+            break
+        # A young or poor event is searched over the whole region; a settled one near
+        # its solution (bounded cost).
+        around = None if _young(replace(ev, stations=tuple(stations)), cfg) else hypo
+        hypo = _locate_picks(picks, armed, names, now_s, cfg, around=around, magnitude=known)
+        probe = replace(ev, hypo=hypo)
+        tol = _tolerance(hypo, cfg)
+        new = []
+        for s in stations:
+            tp, _ = _predicted(probe, s.lat, s.lon, cfg)
+            new.append(replace(s, picked=abs(s.p_time_s - tp) <= tol))
+        if sum(s.picked for s in new) < thr.min_stations:
+            break
+        changed = [s.picked for s in new] != [s.picked for s in stations]
+        stations = new
+        if not changed:
+            break
+    return replace(ev, stations=tuple(stations), hypo=hypo, located_at_s=now_s)
+
+
+def _consistent(a: EventStation, b: EventStation, thr: QuakeThresholds) -> bool:
     """Could P have reached both stations this far apart in time?"""
     d = float(distance_km(a.lat, a.lon, b.lat, b.lon))
     dt = abs(a.p_time_s - b.p_time_s)
     return (
-        d <= cfg.association.pair_max_km
-        and dt <= cfg.association.pair_max_dt_s
-        and dt <= d / cfg.vp_kms + cfg.pair_tolerance_s
+        d <= thr.pair_max_km
+        and dt <= thr.pair_max_dt_s
+        and dt <= d / thr.vp_kms + thr.pair_tolerance_s
     )
 
 
-def _consistent_group(
-    trig: StationTrigger, pending: Sequence[StationTrigger], cfg: QuakeConfig
-) -> list[StationTrigger]:
-    """Greedy largest set containing ``trig`` whose members are pairwise consistent."""
-    group = [trig]
+def _noise_like(s: EventStation, thr: QuakeThresholds) -> bool:
+    """A pick whose P wave looks human-made: high frequency, strong, no low-frequency
+    pulse (dominant period ``2 pi sqrt(Pd / Pa)`` or tau_c short), or a transient."""
+    if s.transient:
+        return True
+    if s.p_window_s < 0.5 or s.pa_gal is None or not s.pa_gal > 0:
+        return False
+    if s.pa_snr is not None and s.pa_snr < thr.noise_min_pa_snr:
+        return False
+    period = 2 * math.pi * math.sqrt(max(s.pd_cm or 0.0, 0.0) / s.pa_gal)
+    return period < thr.noise_max_period_s
+
+
+def _quake_like(s: EventStation, thr: QuakeThresholds) -> bool:
+    """A pick with a low-frequency P pulse well above the noise: what an earthquake has
+    and a door or a truck has not."""
+    if s.p_window_s < 0.5 or s.pa_gal is None or not s.pa_gal > 0 or s.pd_cm is None:
+        return False
+    if s.pd_snr is not None and s.pd_snr < thr.pd_min_snr + 1.0:
+        return False
+    period = 2 * math.pi * math.sqrt(s.pd_cm / s.pa_gal)
+    return period >= thr.noise_max_period_s
+
+
+def _sites(picks: Sequence[EventStation], thr: QuakeThresholds) -> int:
+    """Distinct sites among picks: stations closer than ``min_site_km`` count once."""
+    kept: list[EventStation] = []
+    for s in picks:
+        if all(float(distance_km(s.lat, s.lon, k.lat, k.lon)) >= thr.min_site_km for k in kept):
+            kept.append(s)
+    return len(kept)
+
+
+def _group(
+    anchor: EventStation, pool: Sequence[EventStation], thr: QuakeThresholds
+) -> list[EventStation]:
+    """Greedy largest set containing ``anchor`` whose members are pairwise consistent."""
+    group = [anchor]
     others = sorted(
-        (u for u in pending if u.station_id != trig.station_id and _consistent(trig, u, cfg)),
-        key=lambda u: abs(u.p_time_s - trig.p_time_s),
+        (u for u in pool if u.station_id != anchor.station_id and _consistent(anchor, u, thr)),
+        key=lambda u: (abs(u.p_time_s - anchor.p_time_s), u.station_id),
     )
     for u in others:
-        if all(_consistent(u, g, cfg) for g in group[1:]):
+        if all(_consistent(u, g, thr) for g in group[1:]):
             group.append(u)
     return group
 
 
-def _attribute(
-    trig: StationTrigger, events: Sequence[_EventState], cfg: QuakeConfig
-) -> tuple[_EventState, bool] | None:
-    """The event a trigger belongs to and whether it is a usable P pick, or None."""
-    for ev in events:
-        if ev.station(trig.station_id) is not None:
-            return ev, False  # already counted; a second trigger is coda
-        h = ev.hypo
-        r = float(np.hypot(distance_km(h.lat, h.lon, trig.lat, trig.lon), h.depth_km))
-        p_pred = h.origin_s + r / cfg.vp_kms
-        s_pred = h.origin_s + r / cfg.vs_kms
-        if abs(trig.p_time_s - p_pred) <= cfg.join_tolerance_s:
-            return ev, True
-        if p_pred <= trig.p_time_s <= s_pred + cfg.absorb_after_s_s:
-            return ev, False
-    return None
-
-
-def _add_station(ev: _EventState, trig: StationTrigger, *, picked: bool) -> _EventState:
-    if ev.station(trig.station_id) is not None:
-        return ev
-    st = EventStation(trig.station_id, trig.lat, trig.lon, trig.p_time_s, picked=picked)
-    return replace(
-        ev,
-        stations=(*ev.stations, st),
-        last_trigger_s=max(ev.last_trigger_s, trig.p_time_s),
+def _declare(
+    pending: Sequence[EventStation],
+    armed: dict[str, tuple[float, float, float | None, float, float]],
+    now_s: float,
+    taken: set[str],
+    cfg: QuakeConfig,
+) -> _EventState | None:
+    """A new event from pending picks, or None while the evidence is not there yet."""
+    thr = cfg.association
+    # A pick counts once its P wave has been seen long enough to judge it (or when it
+    # carries no waveform features at all), and when it does not look human-made.
+    usable = sorted(
+        (
+            u
+            for u in pending
+            if (u.pa_gal is None or u.p_window_s >= 0.5) and not _noise_like(u, thr)
+        ),
+        key=lambda u: (u.p_time_s, u.station_id),
     )
-
-
-def _observe(ev: _EventState, st: EventStation, obs: StationObservation) -> _EventState:
-    new = replace(
-        st,
-        pga_gal=max(st.pga_gal, obs.pga_gal),
-        pgv_cms=max(st.pgv_cms, obs.pgv_cms),
-        pd_cm=obs.pd_cm if obs.pd_cm is not None else st.pd_cm,
-        pd_snr=obs.pd_snr if obs.pd_cm is not None else st.pd_snr,
+    best: list[EventStation] = []
+    for anchor in usable:
+        g = _group(anchor, usable, thr)
+        if len(g) > len(best):
+            best = g
+    if _sites(best, thr) < thr.min_stations:
+        return None
+    names = {s.station_id for s in best}
+    hypo = _locate_picks(best, armed, names, now_s, cfg)
+    if hypo.rms_s > thr.max_rms_s:
+        return None
+    if hypo.uncertainty_km > thr.declare_max_uncertainty_km and len(best) < 2 * thr.min_stations:
+        return None  # a line of picks: near and far offshore fit alike; wait for one more
+    sites = _sites(best, thr)
+    if sites <= thr.min_stations:
+        if hypo.quality == "poor":
+            return None
+        # Triggers alone (an external picker, no waveform features) cannot be judged.
+        featured = [s for s in best if s.pa_gal is not None]
+        if featured and not any(_quake_like(s, thr) for s in featured):
+            return None
+    first = min(s.p_time_s for s in best)
+    ev = _EventState(
+        event_id=_event_id(first, taken),
+        stations=tuple(sorted(best, key=lambda s: (s.p_time_s, s.station_id))),
+        first_trigger_s=first,
+        last_trigger_s=max(s.p_time_s for s in best),
+        hypo=hypo,
+        located_at_s=now_s,
     )
-    return replace(ev, stations=tuple(new if s is st else s for s in ev.stations))
+    if _contradicted(ev, armed, now_s, cfg) or _disagree(ev, now_s, cfg):
+        return None
+    return ev
+
+
+def _disagree(ev: _EventState, now_s: float, cfg: QuakeConfig) -> bool:
+    """The picks' P-amplitude magnitudes spread more than an earthquake's would (a burst
+    of unrelated noise on a few stations is not one source)."""
+    _, m_pa, _ = _station_magnitudes(ev.picks, ev.hypo, now_s, cfg)
+    m = m_pa[np.isfinite(m_pa)]
+    return m.size >= 3 and float(m.max() - m.min()) > 2 * cfg.association.max_magnitude_spread
+
+
+def _contradicted(
+    ev: _EventState,
+    armed: dict[str, tuple[float, float, float | None, float, float]],
+    now_s: float,
+    cfg: QuakeConfig,
+) -> bool:
+    """Armed stations that should have triggered by now (their predicted P passed and the
+    magnitude says they would see it well above their noise) but did not: more than a
+    third of the picks' number of them means the picks are not one earthquake."""
+    thr = cfg.association
+    names = {s.station_id for s in ev.stations}
+    cons, ids = _constraints(armed, names, ev.hypo.lat, ev.hypo.lon, now_s, cfg)
+    if not ids:
+        return False
+    mag, _ = _magnitude(ev.picks, ev.hypo, now_s, cfg)
+    h = ev.hypo
+    r = np.hypot(distance_km(h.lat, h.lon, cons.lat, cons.lon), h.depth_km)
+    tp = h.origin_s + r / thr.vp_kms
+    due = (tp >= cons.since_s) & (tp + thr.unpicked_margin_s <= np.minimum(cons.until_s, now_s))
+    if not due.any():
+        return False
+    noise = np.array([max(armed[k][4], 1e-3) for k in ids])
+    expected = thr.p_to_s_ratio * cfg.ground_motion.pga_gal(mag, r)
+    missing = int(np.sum(due & (expected >= thr.unpicked_min_pa_snr * noise)))
+    return missing > max(1, len(ev.picks) // 3)
 
 
 def _event_id(first_p_s: float, taken: set[str]) -> str:
@@ -628,106 +1301,115 @@ def _event_id(first_p_s: float, taken: set[str]) -> str:
     return eid
 
 
-def _new_event(group: Sequence[StationTrigger], taken: set[str], cfg: QuakeConfig) -> _EventState:
-    first = min(t.p_time_s for t in group)
-    hypo = locate([t.lat for t in group], [t.lon for t in group], [t.p_time_s for t in group], cfg)
-    return _EventState(
-        event_id=_event_id(first, taken),
-        stations=tuple(
-            EventStation(t.station_id, t.lat, t.lon, t.p_time_s, picked=True)
-            for t in sorted(group, key=lambda t: t.p_time_s)
-        ),
-        first_trigger_s=first,
-        last_trigger_s=max(t.p_time_s for t in group),
-        hypo=hypo,
-    )
-
-
 def _material(
-    published: tuple[int, float, int] | None, key: tuple[int, float, int], cfg: QuakeConfig
+    published: tuple[int, float, int, float, float] | None,
+    key: tuple[int, float, int, float, float],
+    cfg: QuakeConfig,
 ) -> bool:
     if published is None:
         return True
-    n, mag, level = published
-    return key[0] > n or abs(key[1] - mag) >= cfg.change_magnitude or key[2] != level
-
-
-def _magnitude(ev: _EventState, cfg: QuakeConfig) -> tuple[float, str]:
-    h = ev.hypo
-    st = ev.stations
-    lat = np.array([s.lat for s in st])
-    lon = np.array([s.lon for s in st])
-    r = np.hypot(distance_km(h.lat, h.lon, lat, lon), h.depth_km)
-    s_minus_p = r / cfg.vs_kms - r / cfg.vp_kms
-    clear_of_s = s_minus_p >= cfg.pd_window_s if cfg.pd_skip_s_in_window else np.ones(len(st), bool)
-    pd_ok = clear_of_s & np.array(
-        [
-            s.picked
-            and s.pd_cm is not None
-            and s.pd_cm > 0
-            and (s.pd_snr is None or s.pd_snr >= cfg.pd_min_snr)
-            for s in st
-        ]
+    n, mag, level, lat, lon = published
+    moved = float(distance_km(lat, lon, key[3], key[4]))
+    return (
+        key[0] > n
+        or abs(key[1] - mag) >= cfg.change_magnitude
+        or key[2] != level
+        or moved >= cfg.change_location_km
     )
-    if pd_ok.any():
-        pd = np.array([s.pd_cm or 0.0 for s in st])[pd_ok]
-        m = float(np.mean(magnitude_from_pd(pd, r[pd_ok])))
-        method = "pd"
-    else:
-        pga = np.array([s.pga_gal for s in st])
-        seen = pga > 0
-        if not seen.any():
-            return cfg.min_magnitude, "none"
-        m = float(np.mean(cfg.ground_motion.magnitude_from_pga(pga[seen], r[seen])))
-        method = "pga"
-    return float(np.clip(round(m, 2), cfg.min_magnitude, cfg.max_magnitude)), method
 
 
-def _snapshot(ev: _EventState, now_s: float, cfg: QuakeConfig, *, closed: bool) -> QuakeEvent:
-    """The event's current magnitude and expected shaking."""
-    h = ev.hypo
-    mag, method = _magnitude(ev, cfg)
-    st = ev.stations
-    s_lat = np.array([s.lat for s in st])
-    s_lon = np.array([s.lon for s in st])
+# --------------------------------------------------------------------------- shaking
 
-    # The covered area, snapped to the cell grid so cells are the same across updates.
-    if cfg.region_bbox is not None:
-        lat0, lon0, lat1, lon1 = cfg.region_bbox
-    else:
-        mg = cfg.cell_margin_deg
-        lat0, lat1 = float(s_lat.min()) - mg, float(s_lat.max()) + mg
-        lon0, lon1 = float(s_lon.min()) - mg, float(s_lon.max()) + mg
-    c = cfg.cell_deg
-    lat_c = (np.arange(math.floor(lat0 / c), math.ceil(lat1 / c)) + 0.5) * c
-    lon_c = (np.arange(math.floor(lon0 / c), math.ceil(lon1 / c)) + 0.5) * c
-    g_lat, g_lon = (a.ravel() for a in np.meshgrid(lat_c, lon_c, indexing="ij"))
 
-    r = np.hypot(distance_km(h.lat, h.lon, g_lat, g_lon), h.depth_km)
+def _level_at(
+    lat: FloatArray,
+    lon: FloatArray,
+    h: Hypocentre,
+    mag: float,
+    stations: Sequence[EventStation],
+    cfg: QuakeConfig,
+) -> tuple[FloatArray, FloatArray, NDArray[np.int64], FloatArray]:
+    """PGA gal, PGV cm/s, CWA ordinal (raised to what a near station observed) and
+    hypocentral distance km at places."""
+    r = np.hypot(distance_km(h.lat, h.lon, lat, lon), h.depth_km)
     gm = cfg.ground_motion
     pga = gm.pga_gal(mag, r)
     pgv = gm.pgv_cms(mag, r)
     levels = cwa_intensity_ordinals(pga, pgv, cfg.intensity_scale)
+    if stations and lat.size:
+        s_lat = np.array([s.lat for s in stations])
+        s_lon = np.array([s.lon for s in stations])
+        observed = cwa_intensity_ordinals(
+            np.array([s.pga_gal for s in stations]),
+            np.array([s.pgv_cms for s in stations]),
+            cfg.intensity_scale,
+        )
+        d = distance_km(lat[:, None], lon[:, None], s_lat[None, :], s_lon[None, :])
+        near = d <= cfg.station_correction_km
+        seen = np.where(near, observed[None, :], 0).max(axis=1)
+        levels = np.maximum(levels, seen)
+    return pga, pgv, np.asarray(levels, dtype=np.int64), np.asarray(r, dtype=np.float64)
 
-    # Observed shaking overrides a lower prediction near the station that saw it.
-    s_pga = np.array([s.pga_gal for s in st])
-    s_pgv = np.array([s.pgv_cms for s in st])
-    observed = cwa_intensity_ordinals(s_pga, s_pgv, cfg.intensity_scale)
-    d_cs = distance_km(g_lat[:, None], g_lon[:, None], s_lat[None, :], s_lon[None, :])
-    nearest = np.argmin(d_cs, axis=1)
-    near = d_cs[np.arange(len(g_lat)), nearest] <= cfg.station_correction_km
-    levels = np.where(near, np.maximum(levels, observed[nearest]), levels)
 
-    s_wave = np.maximum(0.0, r / cfg.vs_kms - (now_s - h.origin_s))
+def _snapshot(ev: _EventState, now_s: float, cfg: QuakeConfig, *, closed: bool) -> QuakeEvent:
+    """The event's current magnitude and expected shaking."""
+    thr = cfg.association
+    h = ev.hypo
+    st = ev.stations
+    mag, method = _magnitude(st, h, now_s, cfg)
+
+    # The warning region's cells, snapped to the grid so cells are the same across updates.
+    lat0, lon0, lat1, lon1 = thr.region_deg
+    c = cfg.cell_deg
+    lat_c = (np.arange(math.floor(lat0 / c + 1e-9), math.ceil(lat1 / c - 1e-9)) + 0.5) * c
+    lon_c = (np.arange(math.floor(lon0 / c + 1e-9), math.ceil(lon1 / c - 1e-9)) + 0.5) * c
+    g_lat, g_lon = (a.ravel() for a in np.meshgrid(lat_c, lon_c, indexing="ij"))
+    pga, pgv, levels, r = _level_at(g_lat, g_lon, h, mag, st, cfg)
+    s_wave = np.maximum(0.0, h.origin_s + r / thr.vs_kms - now_s)
+    observed = cwa_intensity_ordinals(
+        np.array([s.pga_gal for s in st]), np.array([s.pgv_cms for s in st]), cfg.intensity_scale
+    )
     max_level = int(max(levels.max(initial=0), observed.max(initial=0)))
+    floor = intensity_ordinal(thr.report_min_intensity)
 
-    keep = np.flatnonzero(levels >= intensity_ordinal(cfg.association.report_min_intensity))
+    keep = np.flatnonzero(levels >= floor)
     towns: list[str | None] = [None] * len(keep)
-    if cfg.townships and len(keep):
+    places: list[PlaceWarning] = []
+    if cfg.townships:
         t_lat = np.array([t.lat for t in cfg.townships])
         t_lon = np.array([t.lon for t in cfg.townships])
-        d_ct = distance_km(g_lat[keep, None], g_lon[keep, None], t_lat[None, :], t_lon[None, :])
-        towns = [cfg.townships[int(i)].code for i in np.argmin(d_ct, axis=1)]
+        if len(keep):
+            d_ct = distance_km(g_lat[keep, None], g_lon[keep, None], t_lat[None, :], t_lon[None, :])
+            nearest = np.argmin(d_ct, axis=1)
+            close = d_ct[np.arange(len(keep)), nearest] <= cfg.township_cell_km
+            towns = [
+                cfg.townships[int(i)].code if ok else None
+                for i, ok in zip(nearest, close, strict=True)
+            ]
+        _, _, t_levels, t_r = _level_at(t_lat, t_lon, h, mag, st, cfg)
+        warned = set(ev.warned)
+        for i, town in enumerate(cfg.townships):
+            if t_levels[i] >= floor or town.code in warned:
+                places.append(
+                    PlaceWarning(
+                        township=town.code,
+                        intensity=level_from_ordinal(int(t_levels[i])),
+                        s_arrival_s=h.origin_s + float(t_r[i]) / thr.vs_kms,
+                    )
+                )
+        cell_towns = {t for t in towns if t is not None}
+        # A township whose cell reaches the level is warned even if its centroid does not.
+        for code in sorted(cell_towns - {p.township for p in places}):
+            i = next(k for k, t in enumerate(cfg.townships) if t.code == code)
+            best = max((int(levels[keep[k]]) for k, t in enumerate(towns) if t == code), default=0)
+            places.append(
+                PlaceWarning(
+                    township=code,
+                    intensity=level_from_ordinal(max(best, int(t_levels[i]))),
+                    s_arrival_s=h.origin_s + float(t_r[i]) / thr.vs_kms,
+                )
+            )
+        places.sort(key=lambda p: p.township)
     cells = tuple(
         CellShaking(
             lat=round(float(g_lat[i]), 4),
@@ -752,28 +1434,27 @@ def _snapshot(ev: _EventState, now_s: float, cfg: QuakeConfig, *, closed: bool) 
         station_ids=tuple(s.station_id for s in st),
         max_intensity=level_from_ordinal(max_level),
         cells=cells,
-        townships=tuple(sorted({t for t in towns if t is not None})),
+        townships=tuple(p.township for p in places),
         first_trigger_s=ev.first_trigger_s,
         computed_at_s=now_s,
         closed=closed,
         cell_broadcast_level=cell_broadcast_min_level(mag),
+        location=h,
+        places=tuple(places),
+        n_picks=len(ev.picks),
     )
 
 
 def township_intensities(event: QuakeEvent) -> dict[str, str]:
-    """The highest CWA level among each township's reported cells, by township code.
-
-    Only cells at or above the configured minimum level are reported, and a cell belongs
-    to the township with the nearest centroid (:attr:`QuakeConfig.townships`); cells
-    without a township are left out.
-    """
+    """The highest CWA level of each warned township, by township code: its place
+    warning and its reported cells (a cell belongs to the township with the nearest
+    centroid, :attr:`QuakeConfig.townships`; cells without a township are left out)."""
     best: dict[str, str] = {}
-    for cell in event.cells:
-        town = cell.township
-        if town is None:
-            continue
-        if town not in best or intensity_ordinal(cell.intensity) > intensity_ordinal(best[town]):
-            best[town] = cell.intensity
+    named = [(p.township, p.intensity) for p in event.places]
+    named += [(c.township, c.intensity) for c in event.cells if c.township is not None]
+    for town, level in named:
+        if town not in best or intensity_ordinal(level) > intensity_ordinal(best[town]):
+            best[town] = level
     return dict(sorted(best.items()))
 
 
@@ -794,6 +1475,8 @@ def to_alert_candidate(
     is closed (the alert service cancels it after its hold time). ``severity``:
     levels up to 3 Minor, 4 Moderate, 5-/5+ Severe, 6- and above Extreme. The circle is
     centred on the epicentre and reaches the farthest reported cell (at least 10 km).
+    Seconds to the S wave count from ``detected_at``: the S wave's arrival is a moment
+    (origin + distance / vs) whatever the clock the event was computed on.
 
     Args:
         event: the event to report.
@@ -801,6 +1484,7 @@ def to_alert_candidate(
         config: the settings used for the event (for the minimum level).
     """
     cfg = config if config is not None else QuakeConfig()
+    thr = cfg.association
     level = 0 if event.closed else intensity_ordinal(event.max_intensity)
     lat_lon = f"{event.lat:.2f}N {event.lon:.2f}E"
     radius = 10.0
@@ -814,21 +1498,44 @@ def to_alert_candidate(
         radius = max(radius, float(far.max()) + cfg.cell_deg * 111.0 / 2)
     origin = datetime.fromtimestamp(event.origin_s, UTC)
     state = "ended" if event.closed else f"expected intensity up to {event.max_intensity}"
+    # The cells' countdowns were computed at the event's stream time; shift them to the
+    # decision's clock.
+    lag = detected_at.timestamp() - event.computed_at_s
+    loc = event.location
+    quality = loc.quality if loc is not None else "unknown"
+    evidence: dict[str, float | str] = {
+        "magnitude": event.magnitude,
+        "magnitude_method": event.magnitude_method,
+        "depth_km": event.depth_km,
+        "origin_time": origin.isoformat(timespec="milliseconds"),
+        "epicentre_lat": event.lat,
+        "epicentre_lon": event.lon,
+        "n_stations": float(event.n_stations),
+        "n_picks": float(event.n_picks),
+        "max_intensity": event.max_intensity,
+        "rms_residual_s": event.rms_s,
+        "location_quality": quality,
+        "cell_broadcast_min_level": event.cell_broadcast_level or "none",
+    }
+    if loc is not None:
+        evidence["location_uncertainty_km"] = loc.uncertainty_km
+        evidence["azimuthal_gap_deg"] = loc.gap_deg
+    uncertain = " (location uncertain)" if quality == "poor" else ""
     return AlertCandidate(
         hazard="earthquake",
         area_code=f"quake-{event.event_id}",
         area_desc=f"Earthquake M{event.magnitude:.1f} near {lat_lon}",
         level=level,
         severity=_SEVERITY_FROM_ORDINAL[level],
-        headline=f"Earthquake M{event.magnitude:.1f} near {lat_lon}, {state}",
+        headline=f"Earthquake M{event.magnitude:.1f} near {lat_lon}{uncertain}, {state}",
         description=(
             f"Origin {origin.isoformat(timespec='seconds')}, depth {event.depth_km:.0f} km, "
             f"{event.n_stations} stations; {len(event.cells)} cells at intensity "
-            f">= {cfg.association.report_min_intensity}."
+            f">= {thr.report_min_intensity}; location {quality}."
         ),
         metric="cwa_intensity_ordinal",
         value=float(level),
-        threshold=float(intensity_ordinal(cfg.association.report_min_intensity)),
+        threshold=float(intensity_ordinal(thr.report_min_intensity)),
         event_time=datetime.fromtimestamp(event.computed_at_s, UTC),
         detected_at=detected_at,
         devices=event.station_ids,
@@ -839,21 +1546,18 @@ def to_alert_candidate(
                 lat=c.lat,
                 lon=c.lon,
                 intensity=c.intensity,
-                s_wave_s=c.s_wave_s,
+                s_wave_s=max(0.0, c.s_wave_s - lag),
                 township=c.township,
             )
             for c in event.cells
         ),
-        evidence={
-            "magnitude": event.magnitude,
-            "magnitude_method": event.magnitude_method,
-            "depth_km": event.depth_km,
-            "origin_time": origin.isoformat(timespec="milliseconds"),
-            "epicentre_lat": event.lat,
-            "epicentre_lon": event.lon,
-            "n_stations": float(event.n_stations),
-            "max_intensity": event.max_intensity,
-            "rms_residual_s": event.rms_s,
-            "cell_broadcast_min_level": event.cell_broadcast_level or "none",
-        },
+        places=tuple(
+            PlaceShaking(
+                township=p.township,
+                intensity=p.intensity,
+                s_wave_s=max(0.0, p.s_arrival_s - detected_at.timestamp()),
+            )
+            for p in event.places
+        ),
+        evidence=evidence,
     )

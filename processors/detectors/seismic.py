@@ -1,4 +1,4 @@
-"""Per-station earthquake detection: STA/LTA trigger, P pick, PGA, PGV, Pd and intensity.
+"""Per-station earthquake detection: STA/LTA trigger, P pick, P-wave features, PGA, PGV.
 
 A station (a low-cost MEMS accelerometer such as OpenEEW or P-Alert) sends a packet of
 three-component acceleration about once a second. :func:`process_packet` takes the
@@ -7,29 +7,49 @@ the new state; nothing is mutated and nothing does I/O, so the Faust agent only 
 keep ``result.state`` in its table.
 
 Signal chain, every filter carried across packets so that a stream cut into packets gives
-the same numbers as one long array:
+the same numbers as one long array (each filter is a cascade of first-order sections,
+solved in closed form per packet, :func:`_recurse`):
 
 1. **High-pass** each component (first-order, ``highpass_hz``, default 0.075 Hz): removes
    the sensor offset (gravity on the vertical axis of many MEMS boards) and slow drift.
    The first packet's mean seeds the filter so a 980 gal offset does not ring.
-2. **Characteristic function**: squared high-passed acceleration, summed over the three
-   components by default (orientation-free; ``use_vertical_only`` for the vertical only).
+2. **Characteristic function** (CF): the squared acceleration in the trigger band
+   (``cf_band_hz``, two high-pass and two low-pass sections), on the vertical component
+   by default. At 50-120 km the P onset is about a gal against a few tenths of MEMS
+   noise spread over 0-50 Hz: the band keeps the P wave's energy and drops most of the
+   noise, and the vertical is where P is strongest and S weakest, so a far station
+   picks P instead of triggering on S.
 3. **Recursive STA/LTA** (ObsPy ``recursive_sta_lta``: ``sta += (cf - sta) / n_sta``),
-   trigger when the ratio crosses ``trigger_ratio`` upwards; no trigger until ``lta_s`` of data
-   has been seen (warm-up) nor within ``retrigger_lockout_s`` of the previous trigger
-   (OpenEEW). The P pick is the first sample where the ratio reached the threshold.
-4. **Velocity** and **displacement** by leaky integration (an integrator followed by a
-   first-order high-pass at ``highpass_hz``; the leak is what stops MEMS noise from
-   random-walking). 0.075 Hz is the corner Wu & Zhao (2006) used for Pd.
+   trigger when the ratio crosses ``trigger_ratio`` upwards; none until ``lta_s`` of data
+   has been seen (warm-up). The LTA is **frozen** while the event window is open, as
+   strong-motion recorders do: it keeps measuring the noise before the trigger, so the
+   ratio says how far the signal stands above that noise, and a spike does not inflate
+   the LTA and blind the station for the next minute.
+4. **Velocity** by leaky integration (an integrator followed by a first-order high-pass
+   at ``highpass_hz``; the leak stops MEMS noise from random-walking), for PGV.
+5. **P-wave chain** on the vertical: a further high-pass at ``pd_highpass_hz`` and two
+   leaky integrators at that corner give the velocity and displacement from which Pd
+   (peak displacement), Pv and tau_c (Wu & Kanamori 2005, ``2 pi sqrt(sum u^2 / sum
+   u'^2)``) are measured over the first ``pd_window_s`` after P. Wu & Zhao (2006) used
+   0.075 Hz; MEMS noise integrates to ~0.025 cm of displacement at that corner, which
+   hides the Pd of an M5 beyond ~20 km, hence a higher corner (the magnitude corrects for
+   the filter, :mod:`processors.detectors.quake`).
 
 After a trigger the station's *event window* tracks PGA and PGV (peaks of the
 three-component vector of high-passed acceleration and velocity: orientation-free and
 never below any single component; whether CWA uses the vector or the larger horizontal
-is *unconfirmed*), Pd (peak |vertical displacement| in the first ``pd_window_s`` after P,
-as Wu & Zhao define it) and the CWA intensity reached so far. The window closes once the
-STA/LTA ratio has fallen below ``detrigger_ratio`` and at least ``min_event_window_s``
-have passed (long enough for the S wave at stations a few hundred km away), or after
-``max_event_window_s`` whatever the ratio.
+is *unconfirmed*), the P-wave features and the CWA intensity reached so far.
+
+The window closes, and the station can trigger again:
+
+- as a **transient** when the ratio falls back below ``detrigger_ratio`` within
+  ``transient_max_s`` of the trigger (a spike, a slammed door): the station is armed again
+  at once, so a real P wave a few seconds later is still picked;
+- otherwise once the ratio has fallen below ``detrigger_ratio`` and at least
+  ``min_event_window_s`` have passed (long enough for the S wave at stations a few hundred
+  km away), or after ``max_event_window_s`` whatever the ratio; then no new trigger until
+  ``retrigger_lockout_s`` after the P pick (OpenEEW), so the coda of a real quake does not
+  fire again.
 
 Samples are rows, components columns: ``(n, 3)`` in gal, ordered east, north, vertical
 (``vertical_axis`` says which column is vertical).
@@ -46,6 +66,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from civic_iot.contracts.processing import Observation, StationStatus, Trigger
 from civic_iot.thresholds import StaLtaThresholds
 from processors.detectors.intensity import CWA_2020, IntensityScale, cwa_intensity
 from processors.detectors.state import stored
@@ -60,38 +81,41 @@ __all__ = [
 FloatArray = NDArray[np.float64]
 Vec3 = tuple[float, float, float]
 _ZERO3: Vec3 = (0.0, 0.0, 0.0)
+#: Memory of the trigger band's four sections: (high-pass 1 input, high-pass 1 output,
+#: high-pass 2 output, low-pass 1 output, low-pass 2 output), per CF component.
+CfMemory = tuple[Vec3, Vec3, Vec3, Vec3, Vec3]
+_CF_ZERO: CfMemory = (_ZERO3, _ZERO3, _ZERO3, _ZERO3, _ZERO3)
 
 
 @dataclass(frozen=True, slots=True)
 class SeismicConfig:
-    """Per-station detection settings (defaults from docs/domain.md "Early-warning practice").
+    """Per-station detection settings.
 
     Attributes:
         sta_lta: the STA/LTA trigger (the thresholds file's ``seismic`` section): STA and
             LTA windows, s (the LTA is also the warm-up), trigger and detrigger ratios,
-            re-trigger lockout, s, and the event window's minimum and maximum length
-            after P, s.
-        highpass_hz: corner of the first-order high-pass on acceleration and of the
-            leaky integrators for velocity and displacement, Hz (0.075 Hz after Wu & Zhao
-            2006).
-        pd_window_s: Pd is the peak vertical displacement this long after P, s (3 s).
+            the trigger band, Hz, the transient and re-trigger rules, s, and the event
+            window's minimum and maximum length after P, s.
+        highpass_hz: corner of the first-order high-pass on acceleration and of the leaky
+            integrator for velocity (PGV), Hz (0.075 Hz after Wu & Zhao 2006).
+        pd_highpass_hz: corner of the P-wave chain (Pd, Pv, tau_c), Hz; network-wide (the
+            thresholds file's ``quake.pd_highpass_hz``), since the magnitude corrects for it.
+        pd_window_s: P-wave features are measured over this long after P, s (3 s).
         max_gap_s: a jump in packet time larger than this (s) restarts the filters and the
             warm-up; smaller gaps are bridged as if contiguous.
-        noise_window_s: time constant of the running RMS of vertical displacement outside
-            event windows, s; Pd is compared with it (``pd_snr``) because MEMS noise
-            integrates to displacements of a few hundredths of a cm.
+        noise_window_s: time constant of the running mean square of the P-wave chain's
+            displacement outside event windows, s; Pd is compared with it (``pd_snr``).
         vertical_axis: column (0-2) holding the vertical component.
-        use_vertical_only: STA/LTA on the vertical component alone instead of all three.
         intensity_scale: the intensity table.
     """
 
     sta_lta: StaLtaThresholds = field(default_factory=StaLtaThresholds)
     highpass_hz: float = 0.075
+    pd_highpass_hz: float = 0.2
     pd_window_s: float = 3.0
     max_gap_s: float = 2.0
     noise_window_s: float = 30.0
     vertical_axis: int = 2
-    use_vertical_only: bool = False
     intensity_scale: IntensityScale = field(default=CWA_2020)
 
     def __post_init__(self) -> None:
@@ -120,22 +144,46 @@ class StationState:
     acc: Vec3 = _ZERO3
     #: Last velocity, cm/s.
     vel: Vec3 = _ZERO3
-    #: Last displacement, cm.
-    disp: Vec3 = _ZERO3
+    #: Trigger-band filter memory (see :data:`CfMemory`), gal.
+    cf_mem: CfMemory = _CF_ZERO
+    #: P-wave chain on the vertical: acceleration gal, velocity cm/s, displacement cm.
+    pz: Vec3 = _ZERO3
     #: Short- and long-term averages of the characteristic function, gal^2.
     sta: float = 0.0
     lta: float = 0.0
-    #: Time of the last trigger (P pick), s; drives the re-trigger lockout.
+    #: Time the warm-up ended (the LTA had filled), s; None before.
+    warm_since_s: float | None = None
+    #: No trigger before this time (the re-trigger lockout, or the end of a window), s.
+    rearm_s: float | None = None
+    #: Time of the last trigger (P pick), s.
     last_trigger_s: float | None = None
+    #: Last time the ratio was below ``onset_ratio`` while armed, s (the P onset is
+    #: picked back there: the ratio crosses the trigger ratio after the onset).
+    quiet_s: float | None = None
     #: Whether the event window is open.
     in_event: bool = False
     #: P time of the current (or last) event window, s.
     event_p_time_s: float | None = None
-    #: Peaks in the current (or last) event window: PGA gal, PGV cm/s, Pd cm.
+    #: Peaks in the current (or last) event window: PGA gal, PGV cm/s.
     event_pga_gal: float = 0.0
     event_pgv_cms: float = 0.0
+    #: P-wave features of that window (first ``pd_window_s``): Pd cm, Pv cm/s, Pa gal
+    #: (trigger band), sums of squared displacement and velocity (tau_c), seconds seen.
     event_pd_cm: float = 0.0
-    #: Running mean square of vertical displacement outside event windows, cm^2.
+    event_pv_cms: float = 0.0
+    event_pa_gal: float = 0.0
+    event_sum_d2: float = 0.0
+    event_sum_v2: float = 0.0
+    event_p_window_s: float = 0.0
+    #: The LTA frozen at the trigger (the noise the signal stands against), gal^2.
+    event_noise_ms: float = 0.0
+    #: The last window closed as a transient (its STA faded within transient_max_s).
+    event_transient: bool = False
+    #: Highest STA since the trigger, gal^2 (the transient rule compares with it).
+    event_sta_peak: float = 0.0
+    #: The LTA stays frozen after a transient until the ratio is below detrigger.
+    lta_hold: bool = False
+    #: Running mean square of the P-wave chain's displacement outside windows, cm^2.
     disp_noise_ms: float = 0.0
 
 
@@ -154,16 +202,30 @@ class PacketResult:
         event_pga_gal: PGA so far in that window, gal.
         event_pgv_cms: PGV so far in that window, cm/s.
         event_intensity: CWA level from those two.
-        pd_cm: peak vertical displacement so far in the Pd window, cm (None if no window).
-        pd_complete: the whole Pd window (``pd_window_s`` after P) has been seen.
-        pd_snr: ``pd_cm`` over the RMS vertical displacement of the noise before the event
+        pd_cm: peak vertical displacement so far in the P window, cm (None if no window).
+        pd_complete: the whole P window (``pd_window_s`` after P) has been seen.
+        pd_snr: ``pd_cm`` over the RMS displacement of the noise before the event
             (inf when no noise has been measured; None if no window).
+        pv_cms: peak vertical velocity so far in the P window, cm/s (None if no window).
+        pa_gal: peak vertical acceleration in the trigger band so far in the P window,
+            gal (None if no window).
+        pa_snr: ``pa_gal`` over the RMS of the trigger band before the trigger (inf when
+            it was 0; None if no window).
+        tau_c_s: Wu & Kanamori's tau_c over the P window so far, s (None until 0.5 s of
+            P has been seen or when the velocity is zero).
+        p_window_s: seconds of P wave the features cover (0 to ``pd_window_s``).
+        transient: the window closed as a transient.
+        armed_since_s: the detector has been able to trigger continuously since this
+            time, epoch s, up to the packet's end; None when it cannot (warm-up, window
+            open, lockout).
+        noise_gal: RMS of the trigger band the station currently measures (sqrt LTA), gal.
         packet_pga_gal: peak vector acceleration in this packet, gal (for storage).
         packet_pgv_cms: peak vector velocity in this packet, cm/s.
         packet_max_ratio: highest STA/LTA ratio in this packet (0 during warm-up).
         warmed_up: the LTA has filled; triggers are possible.
         restarted: the filters restarted with this packet (first packet, gap, new rate).
         duplicate: every sample of this packet had been seen already; nothing changed.
+        end_s: time of the sample after the packet's last, epoch s.
     """
 
     state: StationState
@@ -178,12 +240,69 @@ class PacketResult:
     pd_cm: float | None
     pd_complete: bool
     pd_snr: float | None
+    pv_cms: float | None
+    pa_gal: float | None
+    pa_snr: float | None
+    tau_c_s: float | None
+    p_window_s: float
+    transient: bool
+    armed_since_s: float | None
+    noise_gal: float
     packet_pga_gal: float
     packet_pgv_cms: float
     packet_max_ratio: float
     warmed_up: bool
     restarted: bool
     duplicate: bool = False
+    end_s: float | None = None
+
+    def trigger(self, station_id: str, lat: float, lon: float) -> Trigger | None:
+        """The trigger in this packet for the associator, or None when it did not
+        trigger. Position, degrees."""
+        if not self.triggered or self.p_time_s is None:
+            return None
+        return Trigger(
+            station_id=station_id, lat=lat, lon=lon, p_time_s=self.p_time_s, at_s=self.end_s
+        )
+
+    def observation(self, station_id: str) -> Observation | None:
+        """The event window's figures for the associator, or None outside a window."""
+        if self.event_p_time_s is None or not (self.in_event or self.event_ended):
+            return None
+
+        def finite(v: float | None) -> float | None:
+            # JSON has no infinity: an unknown noise level is no ratio at all.
+            return v if v is None or math.isfinite(v) else None
+
+        return Observation(
+            station_id=station_id,
+            p_time_s=self.event_p_time_s,
+            at_s=self.end_s,
+            pga_gal=self.event_pga_gal,
+            pgv_cms=self.event_pgv_cms,
+            pd_cm=self.pd_cm,
+            pd_snr=finite(self.pd_snr),
+            pv_cms=self.pv_cms,
+            pa_gal=self.pa_gal,
+            pa_snr=finite(self.pa_snr),
+            tau_c_s=self.tau_c_s,
+            p_window_s=self.p_window_s,
+            transient=self.transient and not self.in_event,
+        )
+
+    def status(self, station_id: str, lat: float, lon: float) -> StationStatus | None:
+        """Whether the station could trigger, for the associator's constraints (None for
+        a packet that brought nothing new)."""
+        if self.end_s is None or self.duplicate:
+            return None
+        return StationStatus(
+            station_id=station_id,
+            lat=lat,
+            lon=lon,
+            until_s=self.end_s,
+            armed_since_s=self.armed_since_s,
+            noise_gal=self.noise_gal,
+        )
 
 
 @lru_cache(maxsize=256)
@@ -205,13 +324,14 @@ def _recurse(coeffs: tuple[float, ...], u: FloatArray, y0: FloatArray) -> FloatA
     that ``a**-k`` spans a modest range (``a**-block`` < e**40) and precision holds.
 
     Args:
-        coeffs: one pole ``a`` (0 < a < 1) per column of ``u``.
+        coeffs: one pole ``a`` (0 < a <= 1) per column of ``u``.
         u: input, shape (n, c).
         y0: the previous output ``y[-1]``, shape (c,).
     """
     n = u.shape[0]
     out = np.empty_like(u)
-    block = max(1, int(40.0 / -math.log(max(min(coeffs), 1e-300))))
+    smallest = max(min(coeffs), 1e-300)
+    block = n if smallest >= 1.0 else max(1, int(40.0 / -math.log(smallest)))
     a = np.asarray(coeffs, dtype=np.float64)
     prev = y0
     for start in range(0, n, block):
@@ -221,6 +341,21 @@ def _recurse(coeffs: tuple[float, ...], u: FloatArray, y0: FloatArray) -> FloatA
         out[start : start + block] = y
         prev = y[-1]
     return out
+
+
+def _highpass(x: FloatArray, x_prev: FloatArray, y_prev: FloatArray, alpha: float) -> FloatArray:
+    """First-order high-pass ``y[n] = alpha (y[n-1] + x[n] - x[n-1])`` per column."""
+    dx = np.diff(x, axis=0, prepend=x_prev[None, :])
+    return _recurse((alpha,) * x.shape[1], alpha * dx, y_prev)
+
+
+def _lowpass(x: FloatArray, y_prev: FloatArray, b: float) -> FloatArray:
+    """First-order low-pass ``y[n] = b y[n-1] + (1 - b) x[n]`` per column."""
+    return _recurse((b,) * x.shape[1], (1.0 - b) * x, y_prev)
+
+
+def _alpha(corner_hz: float, dt: float) -> float:
+    return 1.0 / (1.0 + 2.0 * math.pi * corner_hz * dt)
 
 
 def _as_samples(samples: NDArray[Any] | Sequence[Sequence[float]]) -> FloatArray:
@@ -245,13 +380,44 @@ def _as_samples(samples: NDArray[Any] | Sequence[Sequence[float]]) -> FloatArray
     return arr
 
 
-def _first_true(mask: NDArray[np.bool_], start: int) -> int | None:
-    """Index of the first True at or after ``start``, or None."""
-    if start >= mask.shape[0]:
+def _first_true(mask: NDArray[np.bool_], start: int, stop: int | None = None) -> int | None:
+    """Index of the first True in ``[start, stop)``, or None."""
+    end = mask.shape[0] if stop is None else min(stop, mask.shape[0])
+    if start >= end:
         return None
-    sub = mask[start:]
+    sub = mask[start:end]
     i = int(np.argmax(sub))
     return start + i if sub[i] else None
+
+
+def _cf_band(
+    acc: FloatArray, mem: CfMemory, cfg: SeismicConfig, fs: float
+) -> tuple[FloatArray, CfMemory]:
+    """The trigger band of ``acc`` (columns as given) and the new filter memory."""
+    dt = 1.0 / fs
+    lo, hi = cfg.sta_lta.cf_band_hz
+    c = acc.shape[1]
+    m = [np.asarray(v[:c]) for v in mem]
+    a = _alpha(lo, dt)
+    h1 = _highpass(acc, m[0], m[1], a)
+    h2 = _highpass(h1, m[1], m[2], a)
+    out = h2
+    l1, l2 = m[3], m[4]
+    # A low-pass at or above ~0.45 fs does nothing useful (the band is already cut by
+    # the sample rate, 20 Hz MEMS streams): skip it rather than distort the band.
+    if hi < 0.45 * fs:
+        b = math.exp(-2.0 * math.pi * hi * dt)
+        y1 = _lowpass(h2, l1, b)
+        out = _lowpass(y1, l2, b)
+        l1, l2 = y1[-1], out[-1]
+
+    def vec(v: FloatArray) -> Vec3:
+        full = np.zeros(3)
+        full[:c] = v
+        return _vec(full)
+
+    new_mem: CfMemory = (vec(acc[-1]), vec(h1[-1]), vec(h2[-1]), vec(l1), vec(l2))
+    return out, new_mem
 
 
 def process_packet(
@@ -275,6 +441,7 @@ def process_packet(
         The packet's findings and the new state.
     """
     cfg = config if config is not None else SeismicConfig()
+    thr = cfg.sta_lta
     if not sample_rate_hz > 0:
         msg = f"sample_rate_hz must be > 0, got {sample_rate_hz}"
         raise ValueError(msg)
@@ -289,15 +456,23 @@ def process_packet(
     gap = None if st.next_t_s is None else t0 - st.next_t_s
     if st.sample_rate_hz != fs or gap is None or abs(gap) > cfg.max_gap_s:
         # New stream, new rate or a long gap: the filters' memory no longer applies.
-        # The re-trigger lockout survives so that a reconnecting station cannot re-fire.
+        # A lockout in force survives so that a reconnecting station cannot re-fire.
         event_ended = st.in_event
         st = StationState(
             sample_rate_hz=fs,
+            rearm_s=st.rearm_s,
             last_trigger_s=st.last_trigger_s,
             event_p_time_s=st.event_p_time_s,
             event_pga_gal=st.event_pga_gal,
             event_pgv_cms=st.event_pgv_cms,
             event_pd_cm=st.event_pd_cm,
+            event_pv_cms=st.event_pv_cms,
+            event_pa_gal=st.event_pa_gal,
+            event_sum_d2=st.event_sum_d2,
+            event_sum_v2=st.event_sum_v2,
+            event_p_window_s=st.event_p_window_s,
+            event_noise_ms=st.event_noise_ms,
+            event_transient=st.event_transient,
             disp_noise_ms=st.disp_noise_ms,
             # Seeding the high-pass with the packet mean, not the first (noisy) sample,
             # keeps a ~1 gal step from integrating into a ~0.5 cm false displacement.
@@ -314,95 +489,194 @@ def process_packet(
     if n == 0:
         return _result(st, cfg, restarted=restarted, event_ended=event_ended, duplicate=True)
 
+    vz = cfg.vertical_axis
     # 1. High-pass: y[n] = alpha * (y[n-1] + x[n] - x[n-1]).
-    alpha = 1.0 / (1.0 + 2.0 * math.pi * cfg.highpass_hz * dt)
-    dx = np.diff(x, axis=0, prepend=np.asarray(st.x_prev)[None, :])
-    acc = _recurse((alpha,) * 3, alpha * dx, np.asarray(st.acc))
-    # 4. Leaky integration: v[n] = beta * v[n-1] + a[n] * dt, and the same for d from v.
+    acc = _highpass(x, np.asarray(st.x_prev), np.asarray(st.acc), _alpha(cfg.highpass_hz, dt))
+    # 4. Leaky integration: v[n] = beta * v[n-1] + a[n] * dt.
     beta = math.exp(-2.0 * math.pi * cfg.highpass_hz * dt)
     vel = _recurse((beta,) * 3, acc * dt, np.asarray(st.vel))
-    disp = _recurse((beta,) * 3, vel * dt, np.asarray(st.disp))
-    # 2-3. Characteristic function and recursive STA/LTA (two columns, one pass).
-    vz = cfg.vertical_axis
-    cf = acc[:, vz] ** 2 if cfg.use_vertical_only else np.einsum("ij,ij->i", acc, acc)
-    c_sta = 1.0 / max(cfg.sta_lta.sta_s * fs, 1.0)
-    c_lta = 1.0 / max(cfg.sta_lta.lta_s * fs, 1.0)
-    avg = _recurse(
-        (1.0 - c_sta, 1.0 - c_lta),
-        cf[:, None] * np.asarray([c_sta, c_lta]),
-        np.asarray([st.sta, st.lta]),
-    )
-    ratio = avg[:, 0] / np.maximum(avg[:, 1], 1e-12)
-    n_lta = math.ceil(cfg.sta_lta.lta_s * fs)
-    first_warm = max(0, n_lta - st.n_seen)  # index of the first sample past warm-up
-    if first_warm > 0:
-        ratio[: min(first_warm, n)] = 0.0
-
-    # A trigger is an upward crossing of the threshold, as in ObsPy's trigger_onset: a
-    # ratio still high when the lockout ends (long shaking, a spike's tail) is no new onset.
-    prev_ratio = st.sta / st.lta if st.lta > 0 and first_warm == 0 else 0.0
-    onset = ratio >= cfg.sta_lta.trigger_ratio
-    onset[1:] &= ratio[:-1] < cfg.sta_lta.trigger_ratio
-    onset[0] &= prev_ratio < cfg.sta_lta.trigger_ratio
+    # 5. P-wave chain on the vertical: high-pass, then two leaky integrators.
+    pz0 = np.asarray(st.pz)
+    a_pd = _alpha(cfg.pd_highpass_hz, dt)
+    b_pd = math.exp(-2.0 * math.pi * cfg.pd_highpass_hz * dt)
+    acc_z = acc[:, vz : vz + 1]
+    prev_acc_z = np.asarray([st.acc[vz]])
+    pz_acc = _highpass(acc_z, prev_acc_z, pz0[0:1], a_pd)
+    pz_vel = _recurse((b_pd,), pz_acc * dt, pz0[1:2])
+    pz_disp = _recurse((b_pd,), pz_vel * dt, pz0[2:3])
+    pv_abs = np.abs(pz_vel[:, 0])
+    pd_abs = np.abs(pz_disp[:, 0])
+    # 2. Characteristic function in the trigger band.
+    cf_in = acc[:, vz : vz + 1] if thr.cf_vertical_only else acc
+    band, cf_mem = _cf_band(cf_in, st.cf_mem, cfg, fs)
+    cf = np.einsum("ij,ij->i", band, band)
+    pa_abs = np.abs(band[:, 0]) if thr.cf_vertical_only else np.sqrt(cf)
 
     acc_norm = np.sqrt(np.einsum("ij,ij->i", acc, acc))
     vel_norm = np.sqrt(np.einsum("ij,ij->i", vel, vel))
 
-    # Event windows and triggers. At most a couple of iterations per packet: a trigger is
-    # followed by a window of >= min_event_window_s, so this is not a per-sample loop.
+    # 3. STA/LTA, piecewise: the LTA runs while armed and is frozen in event windows.
+    c_sta = 1.0 / max(thr.sta_s * fs, 1.0)
+    c_lta = 1.0 / max(thr.lta_s * fs, 1.0)
+    n_lta = math.ceil(thr.lta_s * fs)
+    first_warm = max(0, n_lta - st.n_seen)  # index of the first sample past warm-up
+    warm_since = st.warm_since_s
+    if warm_since is None and first_warm < n:
+        warm_since = t0 + first_warm * dt
+    sta_out = np.empty(n)
+    ratio = np.zeros(n)
+    sta, lta = st.sta, st.lta
+    prev_ratio = sta / lta if lta > 0 and first_warm == 0 else 0.0
+
     in_event = st.in_event
     p_time = st.event_p_time_s
+    rearm = st.rearm_s
     last_trigger = st.last_trigger_s
-    pga, pgv, pd = st.event_pga_gal, st.event_pgv_cms, st.event_pd_cm
+    pga, pgv = st.event_pga_gal, st.event_pgv_cms
+    pd, pv, pa = st.event_pd_cm, st.event_pv_cms, st.event_pa_gal
+    sum_d2, sum_v2, p_win = st.event_sum_d2, st.event_sum_v2, st.event_p_window_s
+    noise_ms, transient = st.event_noise_ms, st.event_transient
+    sta_peak, hold = st.event_sta_peak, st.lta_hold
     triggered = False
     new_p: float | None = None
+    quiet = st.quiet_s
     in_window = np.zeros(n, dtype=bool)
     i = 0
+    # At most a few iterations per packet (one per trigger and per window end): this is
+    # not a per-sample loop.
     while i < n:
         if in_event and p_time is not None:
-            # The window's first sample *not* in it: the first sub-detrigger ratio after the
-            # minimum length, or the maximum length, whichever comes first.
-            min_end = _index_at(p_time + cfg.sta_lta.min_event_window_s, t0, fs)
-            end = _index_at(p_time + cfg.sta_lta.max_event_window_s, t0, fs)
-            below = _first_true(ratio < cfg.sta_lta.detrigger_ratio, max(i, min_end))
-            if below is not None:
-                end = min(end, below)
-            end = max(end, i)
-            stop = min(end, n)
+            seg = _recurse((1.0 - c_sta,), c_sta * cf[i:, None], np.asarray([sta]))[:, 0]
+            r = seg / max(lta, 1e-12)
+            below = r < thr.detrigger_ratio
+            running_peak = np.maximum.accumulate(np.maximum(seg, sta_peak))
+            # Transient: the STA has fallen to a small part of its peak soon after the
+            # trigger (a spike); a quake's P is followed by more P and the S wave.
+            t_end = _index_at(p_time + thr.transient_max_s, t0, fs) - i
+            faded = seg <= thr.transient_fraction * running_peak
+            end_rel = _first_true(faded, 0, max(t_end, 0))
+            is_transient = end_rel is not None
+            if end_rel is None:
+                min_end = _index_at(p_time + thr.min_event_window_s, t0, fs) - i
+                max_end = _index_at(p_time + thr.max_event_window_s, t0, fs) - i
+                end_rel = _first_true(below, max(min_end, 0))
+                end_rel = max_end if end_rel is None else min(end_rel, max_end)
+                end_rel = max(end_rel, 0)
+            stop = min(i + end_rel, n)
+            sta_out[i:stop] = seg[: stop - i]
+            # The trigger sample keeps the ratio that crossed the threshold.
+            ratio[i:stop] = np.maximum(r[: stop - i], ratio[i:stop])
             in_window[i:stop] = True
             if stop > i:
+                sta = float(seg[stop - i - 1])
+                sta_peak = float(running_peak[stop - i - 1])
                 pga = max(pga, float(acc_norm[i:stop].max()))
                 pgv = max(pgv, float(vel_norm[i:stop].max()))
-                pd_stop = min(_index_at(p_time + cfg.pd_window_s, t0, fs), stop)
-                if pd_stop > i:
-                    pd = max(pd, float(np.abs(disp[i:pd_stop, vz]).max()))
-            if end >= n:
+                p_stop = min(_index_at(p_time + cfg.pd_window_s, t0, fs), stop)
+                if p_stop > i:
+                    pd = max(pd, float(pd_abs[i:p_stop].max()))
+                    pv = max(pv, float(pv_abs[i:p_stop].max()))
+                    pa = max(pa, float(pa_abs[i:p_stop].max()))
+                    sum_d2 += float(np.sum(pz_disp[i:p_stop, 0] ** 2))
+                    sum_v2 += float(np.sum(pz_vel[i:p_stop, 0] ** 2))
+                    p_win = min(cfg.pd_window_s, t0 + p_stop * dt - p_time)
+            if i + end_rel >= n:
                 break
+            # The window closes at sample i + end_rel.
+            i = i + end_rel
             in_event = False
             event_ended = True
-            i = end
+            transient = is_transient
+            end_time = t0 + i * dt
+            # After a transient the station is armed at once, but the LTA stays frozen
+            # until the spike's tail has gone (hold): it must not learn the spike as noise.
+            hold = is_transient
+            rearm = end_time if is_transient else max(end_time, p_time + thr.retrigger_lockout_s)
             continue
-        start = max(i, first_warm)
-        if last_trigger is not None:
-            start = max(start, _index_at(last_trigger + cfg.sta_lta.retrigger_lockout_s, t0, fs))
+        if hold:
+            # A spike's tail: the STA runs against the frozen LTA until the ratio is back
+            # below the detrigger ratio; a P wave arriving meanwhile still triggers.
+            seg = _recurse((1.0 - c_sta,), c_sta * cf[i:, None], np.asarray([sta]))[:, 0]
+            r = seg / max(lta, 1e-12)
+            h_end = _first_true(r < thr.detrigger_ratio, 0)
+            limit = n - i if h_end is None else h_end
+            before = np.concatenate(([ratio[i - 1] if i > 0 else prev_ratio], r[:-1]))
+            onset = (r >= thr.trigger_ratio) & (before < thr.trigger_ratio)
+            start = 0 if rearm is None else max(0, _index_at(rearm, t0, fs) - i)
+            j = _first_true(onset, start, limit)
+            stop = limit if j is None else j
+            sta_out[i : i + stop] = seg[:stop]
+            ratio[i : i + stop] = r[:stop]
+            if stop > 0:
+                sta = float(seg[stop - 1])
+            if j is not None:
+                ratio[i + j] = r[j]
+                triggered, new_p = True, t0 + (i + j) * dt
+                p_time = last_trigger = new_p
+                in_event, transient, hold = True, False, False
+                noise_ms = lta
+                pga = pgv = pd = pv = pa = sum_d2 = sum_v2 = p_win = sta_peak = 0.0
+                i += j
+                continue
+            if h_end is None:
+                break
+            hold = False
+            i += h_end
+            continue
+        # Armed (or warming up, or locked out): both averages run.
+        avg = _recurse(
+            (1.0 - c_sta, 1.0 - c_lta),
+            cf[i:, None] * np.asarray([c_sta, c_lta]),
+            np.asarray([sta, lta]),
+        )
+        r = avg[:, 0] / np.maximum(avg[:, 1], 1e-12)
+        if first_warm > i:
+            r[: first_warm - i] = 0.0
+        # A trigger is an upward crossing of the threshold, as in ObsPy's trigger_onset: a
+        # ratio still high when the lockout ends (long shaking, a spike's tail) is no new
+        # onset.
+        before = np.concatenate(([prev_ratio if i == 0 else ratio[i - 1]], r[:-1]))
+        onset = (r >= thr.trigger_ratio) & (before < thr.trigger_ratio)
+        start = max(0, first_warm - i)
+        if rearm is not None:
+            start = max(start, _index_at(rearm, t0, fs) - i)
         j = _first_true(onset, start)
+        low = np.flatnonzero(r[: n - i if j is None else j] < thr.onset_ratio)
+        if low.size:
+            quiet = t0 + (i + int(low[-1])) * dt
         if j is None:
+            sta_out[i:] = avg[:, 0]
+            ratio[i:] = r
+            sta, lta = float(avg[-1, 0]), float(avg[-1, 1])
             break
+        # The trigger sample opens the window (its peaks count); the STA is taken up
+        # again from the sample before it, the LTA frozen at the trigger.
+        sta_out[i : i + j] = avg[:j, 0]
+        ratio[i : i + j + 1] = r[: j + 1]
+        sta = float(avg[j - 1, 0]) if j > 0 else sta
+        lta = float(avg[j, 1])
         triggered = True
-        new_p = t0 + j * dt
+        t_cross = t0 + (i + j) * dt
+        # The onset: just after the ratio was last quiet, at most max_backtrack_s before
+        # the crossing (a weak, emergent P crosses the threshold late).
+        new_p = t_cross
+        if quiet is not None:
+            new_p = min(t_cross, max(quiet + dt, t_cross - thr.max_backtrack_s))
         p_time = last_trigger = new_p
         in_event = True
-        pga = pgv = pd = 0.0
-        i = j
+        transient = False
+        noise_ms = lta
+        pga = pgv = pd = pv = pa = sum_d2 = sum_v2 = p_win = sta_peak = 0.0
+        i += j
 
-    noise_ms = st.disp_noise_ms
-    quiet = disp[~in_window, vz : vz + 1]
-    if quiet.shape[0]:
+    disp_noise = st.disp_noise_ms
+    outside = pz_disp[~in_window]
+    if outside.shape[0]:
         # Only samples outside event windows teach us the noise level (the estimate is
         # frozen inside them), so an event cannot inflate it.
         c_noise = 1.0 / max(cfg.noise_window_s * fs, 1.0)
-        noise_ms = float(
-            _recurse((1.0 - c_noise,), c_noise * quiet**2, np.asarray([st.disp_noise_ms]))[-1, 0]
+        disp_noise = float(
+            _recurse((1.0 - c_noise,), c_noise * outside**2, np.asarray([disp_noise]))[-1, 0]
         )
 
     last = n - 1
@@ -413,16 +687,29 @@ def process_packet(
         x_prev=_vec(x[last]),
         acc=_vec(acc[last]),
         vel=_vec(vel[last]),
-        disp=_vec(disp[last]),
-        sta=float(avg[last, 0]),
-        lta=float(avg[last, 1]),
+        cf_mem=cf_mem,
+        pz=(float(pz_acc[last, 0]), float(pz_vel[last, 0]), float(pz_disp[last, 0])),
+        sta=float(sta_out[last]),
+        lta=lta,
+        warm_since_s=warm_since,
+        rearm_s=rearm,
         last_trigger_s=last_trigger,
+        quiet_s=quiet,
         in_event=in_event,
         event_p_time_s=p_time,
         event_pga_gal=pga,
         event_pgv_cms=pgv,
         event_pd_cm=pd,
-        disp_noise_ms=noise_ms,
+        event_pv_cms=pv,
+        event_pa_gal=pa,
+        event_sum_d2=sum_d2,
+        event_sum_v2=sum_v2,
+        event_p_window_s=p_win,
+        event_noise_ms=noise_ms,
+        event_transient=transient,
+        event_sta_peak=sta_peak,
+        lta_hold=hold,
+        disp_noise_ms=disp_noise,
     )
     return _result(
         new_state,
@@ -447,6 +734,11 @@ def _vec(row: FloatArray) -> Vec3:
     return (float(row[0]), float(row[1]), float(row[2]))
 
 
+def _snr(value: float, noise_ms: float) -> float:
+    rms = math.sqrt(max(noise_ms, 0.0))
+    return value / rms if rms > 0 else math.inf
+
+
 def _result(
     state: StationState,
     cfg: SeismicConfig,
@@ -461,12 +753,25 @@ def _result(
     duplicate: bool = False,
 ) -> PacketResult:
     has_window = state.event_p_time_s is not None
-    noise_rms = math.sqrt(state.disp_noise_ms)
+    end = state.next_t_s
     pd_complete = (
         state.event_p_time_s is not None
-        and state.next_t_s is not None
-        and state.next_t_s >= state.event_p_time_s + cfg.pd_window_s
+        and end is not None
+        and end >= state.event_p_time_s + cfg.pd_window_s
     )
+    warmed = state.warm_since_s is not None
+    armed = (
+        warmed
+        and not state.in_event
+        and end is not None
+        and (state.rearm_s is None or state.rearm_s <= end)
+    )
+    armed_since = None
+    if armed and state.warm_since_s is not None:
+        armed_since = max(state.warm_since_s, state.rearm_s or state.warm_since_s)
+    tau_c = None
+    if has_window and state.event_p_window_s >= 0.5 and state.event_sum_v2 > 0:
+        tau_c = 2.0 * math.pi * math.sqrt(state.event_sum_d2 / state.event_sum_v2)
     return PacketResult(
         state=state,
         triggered=triggered,
@@ -481,15 +786,20 @@ def _result(
         ),
         pd_cm=state.event_pd_cm if has_window else None,
         pd_complete=pd_complete,
-        pd_snr=(
-            (state.event_pd_cm / noise_rms if noise_rms > 0 else math.inf) if has_window else None
-        ),
+        pd_snr=_snr(state.event_pd_cm, state.disp_noise_ms) if has_window else None,
+        pv_cms=state.event_pv_cms if has_window else None,
+        pa_gal=state.event_pa_gal if has_window else None,
+        pa_snr=_snr(state.event_pa_gal, state.event_noise_ms) if has_window else None,
+        tau_c_s=tau_c,
+        p_window_s=state.event_p_window_s if has_window else 0.0,
+        transient=state.event_transient,
+        armed_since_s=armed_since,
+        noise_gal=math.sqrt(max(state.lta, 0.0)),
         packet_pga_gal=packet_pga_gal,
         packet_pgv_cms=packet_pgv_cms,
         packet_max_ratio=packet_max_ratio,
-        warmed_up=state.n_seen >= math.ceil(cfg.sta_lta.lta_s * state.sample_rate_hz)
-        if state.sample_rate_hz > 0
-        else False,
+        warmed_up=warmed,
         restarted=restarted,
         duplicate=duplicate,
+        end_s=end,
     )

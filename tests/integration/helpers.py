@@ -9,11 +9,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import paho.mqtt.client as mqtt
+from aiohttp import web
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
@@ -173,3 +175,32 @@ def start_process(args: Iterable[str], env: dict[str, str], log: Path) -> subpro
         stderr=subprocess.STDOUT,
         cwd=REPO,
     )
+
+
+class PostReceiver(Protocol):
+    """A test's HTTP receiver: answers POSTs, learns the port it is served on."""
+
+    port: int
+
+    @property
+    def handle(self) -> Callable[[web.Request], Awaitable[web.StreamResponse]]: ...
+
+
+R = TypeVar("R", bound=PostReceiver)
+
+
+@asynccontextmanager
+async def serve_posts(r: R, route: str) -> AsyncIterator[R]:
+    """``r`` served on a free loopback port (set in ``r.port``): POSTs to ``route`` go to
+    ``r.handle``. Stopped on exit, cancelling handlers that still hang."""
+    app = web.Application()
+    app.router.add_post(route, r.handle)
+    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=0.1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    r.port = int(runner.addresses[0][1])
+    try:
+        yield r
+    finally:
+        await runner.cleanup()

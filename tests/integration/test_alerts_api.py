@@ -15,7 +15,7 @@ import json
 import signal
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,7 @@ from alerts.signing import MESSAGE_ID_HEADER
 from civic_iot.settings import Settings
 from civic_iot.topology import Topology
 
-from .helpers import start_process
+from .helpers import serve_posts, start_process
 from .test_alerts_service import (
     alert_messages,
     api_tokens,
@@ -92,19 +92,8 @@ class Verifying:
         return f"http://127.0.0.1:{self.port}/hook"
 
 
-@asynccontextmanager
-async def serving(r: Verifying) -> AsyncIterator[Verifying]:
-    app = web.Application()
-    app.router.add_post("/hook", r.handle)
-    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    r.port = int(runner.addresses[0][1])
-    try:
-        yield r
-    finally:
-        await runner.cleanup()
+def serving(r: Verifying) -> AbstractAsyncContextManager[Verifying]:
+    return serve_posts(r, "/hook")
 
 
 def child_env(env: Settings, port: int) -> dict[str, str]:

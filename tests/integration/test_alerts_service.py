@@ -12,12 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import socket
 import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -48,8 +49,11 @@ from civic_iot.contracts.storage import StorageDeadLetter
 from civic_iot.kafka_admin import ensure_topics
 from civic_iot.settings import Settings, influx_token, mqtt_password
 from civic_iot.topology import Topology
+from processors.detectors.intensity import intensity_ordinal
+from processors.detectors.quake import distance_km, to_alert_candidate
+from tests.unit.api.live_factories import quake_event
 
-from .helpers import start_process
+from .helpers import serve_posts, start_process
 
 pytestmark = pytest.mark.integration
 
@@ -365,19 +369,9 @@ class Receiver:
         return f"http://127.0.0.1:{self.port}/{name}"
 
 
-@asynccontextmanager
-async def receiver(r: Receiver) -> AsyncIterator[Receiver]:
-    app = web.Application()
-    app.router.add_post("/{name}", r.handle)
-    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    r.port = int(runner.addresses[0][1])
-    try:
-        yield r
-    finally:
-        await runner.cleanup()
+def receiver(r: Receiver) -> AbstractAsyncContextManager[Receiver]:
+    """The webhook receiver: ``/{name}`` is the subscription's name."""
+    return serve_posts(r, "/{name}")
 
 
 def sid(name: str) -> str:
@@ -475,6 +469,58 @@ def test_retained_alert_for_late_subscriber_then_cleared_by_cancel(
         asyncio.run(run())
     finally:
         clear_retained(env, topic)
+
+
+def test_township_subscriber_gets_the_quake_with_intensity_and_countdown(
+    env: Settings, unique: str
+) -> None:
+    """An agency subscribed to ``alerts/earthquake/<township>`` gets the earthquake: the
+    township's expected intensity and the seconds left until the S wave (issue 12)."""
+    root = Topology.of(env).mqtt_alerts_root
+    event, cfg = quake_event()
+    origin = time.time() - 1.0  # the quake began a second ago: the S wave is on its way
+    now = datetime.now(UTC)
+    cand = to_alert_candidate(event, detected_at=now, config=cfg)
+    cand = cand.model_copy(
+        update={
+            "area_code": f"quake-t{unique}",
+            "event_time": now,
+            "evidence": cand.evidence
+            | {"origin_time": datetime.fromtimestamp(origin, UTC).isoformat()},
+        }
+    )
+    far_code = "T-MID"  # tens of km from the epicentre: seconds of warning
+    assert far_code in cand.geocodes
+    listener = Listener(env, f"{root}/earthquake/{far_code}", f"t-town-{unique}")
+
+    async def run() -> None:
+        async with running(env, lifecycle=short_lifecycle(60.0), subscriptions=[]):
+            await send_candidates(env, cand)
+            await wait_until(lambda: bool(listener.messages), 10, "the township's warning")
+
+    try:
+        asyncio.run(run())
+    finally:
+        listener.close()
+    topic, payload, retained, got_at = listener.messages[0]
+    body = json.loads(payload)
+    assert (topic, retained) == (f"{root}/earthquake/{far_code}", False)
+    assert body["schema"] == "civic-iot.place-warning/1"
+    assert (body["township"], body["msg_type"], body["status"]) == (far_code, "Alert", "Exercise")
+    assert body["event"] == f"quake-t{unique}"
+    # The township's highest reported cell, and its S arrival from the hypocentre at Vs.
+    cells = [c for c in cand.cells if c.township == far_code]
+    assert body["intensity"] == max((c.intensity for c in cells), key=intensity_ordinal)
+    vs = cfg.association.vs_kms
+    # No registry centroid for this test township: its cells place it.
+    first = min(
+        origin + math.hypot(distance_km(event.lat, event.lon, c.lat, c.lon), event.depth_km) / vs
+        for c in cells
+    )
+    assert body["s_arrival_s"] == pytest.approx(first, abs=0.01)
+    # Counted down from when it was published, before it reached the subscriber.
+    assert 0 < body["seconds_left"] <= first - origin
+    assert body["seconds_left"] >= first - got_at - 0.1
 
 
 def test_flaky_receiver_gets_the_message_once_signed(env: Settings, unique: str) -> None:

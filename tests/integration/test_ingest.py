@@ -251,11 +251,14 @@ def test_ingest_reconnects_after_its_connection_is_dropped(
 def test_two_ingest_processes_split_the_load_and_lose_nothing(
     stack: Settings, registry: Registry, env: dict[str, str], tmp_path: Path
 ) -> None:
-    """The MQTT 5 shared subscription: two processes, one share group, each reading once."""
+    """The MQTT 5 shared subscription (not the default: see the IngestSettings): two
+    processes, one share group, each reading once."""
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
+    shared = {**env, "CIVIC_INGEST__SUBSCRIPTION": "shared"}
+    instance = env["CIVIC_INGEST__INSTANCE"]
     procs = [
-        _start_ingest({**env, "CIVIC_INGEST__INSTANCE": f"{env['CIVIC_INGEST__INSTANCE']}{s}"}, p)
+        _start_ingest({**shared, "CIVIC_INGEST__INSTANCE": f"{instance}{s}"}, p)
         for s, p in (("a", tmp_path / "a"), ("b", tmp_path / "b"))
     ]
     devices = registry.of_kind("air")[10:14]

@@ -310,13 +310,19 @@ def _seismic_records(
     return out
 
 
+def _quake_closed(got: list[dict[str, Any]]) -> bool:
+    quakes = [c for c in got if c["hazard"] == "earthquake"]
+    return any(c["level"] >= 1 for c in quakes) and quakes[-1]["level"] == 0
+
+
 def test_quake_replay_gives_one_event_and_noise_none(penv: Env) -> None:
     quake = SimQuake(lat=24.80, lon=121.60, depth_km=10.0, magnitude=6.0, origin_s=T0 + 40.0)
     records = _seismic_records(penv, quake, 100.0)
     produce(penv, records)
     worker = start_worker(penv)
     try:
-        got = candidates(penv, want=50, timeout=90)
+        # Until the event has been declared and closed (its last candidate is level 0).
+        got = _candidates_until(penv, _quake_closed)
         quakes = [c for c in got if c["hazard"] == "earthquake"]
         assert quakes
         assert len({c["area_code"] for c in quakes}) == 1, [c["area_code"] for c in quakes]
@@ -406,13 +412,19 @@ def test_state_survives_sigkill_and_every_reading_is_stored_once(
 
 
 def test_worker_without_influxdb_commits_nothing(penv: Env, registry: Registry) -> None:
+    """InfluxDB unreachable: the worker says so on /health and commits nothing, also
+    when a second worker joins the group and the first leaves it (partitions move with
+    records fetched and not stored); a worker started with InfluxDB back stores all."""
     gauge = next(d for d in registry.of_kind("water") if d.sensor == "rain")
     start = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=5)
     produce(penv, _rain_records(penv, gauge, start, range(40)))
+    topic = f"{penv.prefix}readings.water"
+    assert asyncio.run(_uncommitted(penv, topic)) == 40  # all on Kafka, none committed
     # A closed port: every write fails, the worker backs off and holds its offsets.
     port = free_port()
     web = {"CIVIC_PROCESSORS__WEB_PORT": str(port), "CIVIC_PROCESSORS__HEALTH_STORAGE_GRACE_S": "1"}
-    worker = start_worker(penv, "down", CIVIC_INFLUX__URL="http://127.0.0.1:9", **web)
+    down = {"CIVIC_INFLUX__URL": "http://127.0.0.1:9"}
+    worker = start_worker(penv, "down", **down, **web)
     log = penv.tmp / "down.log"
     deadline = time.monotonic() + 30
     while "storage unavailable" not in log.read_text(errors="replace"):
@@ -426,11 +438,20 @@ def test_worker_without_influxdb_commits_nothing(penv: Env, registry: Registry) 
     # The lag counts from the consumer's committed offsets (processors.faust_adapter):
     # nothing is committed, so every reading read so far is lag.
     assert body["lag"] >= 40, body
-    stop(worker)
+    # A second worker joins, then the first leaves: two rebalances mid-outage.
+    other = start_worker(penv, "down2", **down)
+    try:
+        time.sleep(3)
+    finally:
+        stop(worker)
+    time.sleep(3)
+    stop(other)
+    assert asyncio.run(_uncommitted(penv, topic)) == 40
     assert penv.count("readings", "water", "rainfall_mm") == 0
     worker = start_worker(penv, "up", **web)
     try:
-        assert penv.wait_count(40, "readings", "water", "rainfall_mm") == 40
+        stored = penv.wait_count(40, "readings", "water", "rainfall_mm")
+        assert stored == 40, _diagnosis(penv, topic, ("down", "down2", "up"))
         deadline = time.monotonic() + 30
         while _last_rain_24h(penv) < 80.0 and time.monotonic() < deadline:
             time.sleep(0.5)
@@ -446,6 +467,19 @@ def test_worker_without_influxdb_commits_nothing(penv: Env, registry: Registry) 
         assert body["lag"] == 0, body  # all stored, all committed
     finally:
         stop(worker)
+
+
+def _diagnosis(e: Env, topic: str, logs: Sequence[str]) -> str:
+    """What a failed wait needs explained: the uncommitted records and the workers' logs
+    (their lines about partitions, commits, storage and errors)."""
+    words = ("assign", "revok", "commit", "storage", "error", "Error", "warn", "seek", "Seek")
+    out = [f"uncommitted on {topic}: {asyncio.run(_uncommitted(e, topic))}"]
+    for name in logs:
+        path = e.tmp / f"{name}.log"
+        lines = path.read_text(errors="replace").splitlines() if path.exists() else []
+        out.append(f"--- {name}.log ({len(lines)} lines)")
+        out.extend([line[:300] for line in lines if any(w in line for w in words)][-60:])
+    return "\n".join(out)
 
 
 def _health(port: int) -> tuple[int, dict[str, Any]]:

@@ -47,6 +47,7 @@ from civic_iot.registry import Registry, device_password, device_secret, load_re
 from civic_iot.settings import Settings, mqtt_password
 from civic_iot.topology import Topology
 from ops import broker
+from ops.mark_key import ensure_mark_key
 from ops.pipeline import free_port
 from simulator.publisher import publish_all
 from simulator.scenario import SimMessage
@@ -127,6 +128,7 @@ def tls_broker(settings: Settings, tmp_path: Path) -> Iterator[TlsBroker]:
     assert broker.prepare(data, listeners, user=user) is True
     assert broker.prepare(data, listeners, user=user) is False  # idempotent
     broker.sync(registry, data)
+    ensure_mark_key(data)  # as deploy/stack.sh up: ingest refuses to start without it
     work = broker.broker_dir(data)
     if os.geteuid() == 0:  # as deploy/stack.sh: the folder belongs to the broker's account
         account = pwd.getpwnam(user)

@@ -11,13 +11,12 @@ import numpy as np
 from alerts.lifecycle import LifecycleState, on_candidate, on_tick
 from alerts.messages import to_json_dict
 from civic_iot.contracts.alerts import AlertCandidate
+from civic_iot.contracts.processing import Observation, Trigger
 from processors.detectors.quake import (
     Associator,
     GroundMotionModel,
     QuakeConfig,
     QuakeEvent,
-    StationObservation,
-    StationTrigger,
     Township,
     distance_km,
     to_alert_candidate,
@@ -47,10 +46,11 @@ def quake_event(magnitude: float = 6.0, depth_km: float = 10.0) -> tuple[QuakeEv
     triggers, observations = [], []
     for sid, lat, lon in STATIONS:
         r = float(np.hypot(distance_km(EPICENTRE[0], EPICENTRE[1], lat, lon), depth_km))
-        triggers.append(StationTrigger(sid, lat, lon, ORIGIN_S + r / cfg.vp_kms))
+        p_time_s = ORIGIN_S + r / cfg.association.vp_kms
+        triggers.append(Trigger(station_id=sid, lat=lat, lon=lon, p_time_s=p_time_s))
         pga = float(gm.pga_gal(magnitude, np.array([r]))[0])
         pgv = float(gm.pgv_cms(magnitude, np.array([r]))[0])
-        observations.append(StationObservation(sid, pga, pgv))
+        observations.append(Observation(station_id=sid, pga_gal=pga, pgv_cms=pgv))
     now = max(t.p_time_s for t in triggers) + 1.0
     assoc = Associator().step(now_s=now, triggers=triggers, config=cfg).associator
     result = assoc.step(now_s=now + 0.5, observations=observations, config=cfg)

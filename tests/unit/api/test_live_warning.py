@@ -1,4 +1,5 @@
-"""The per-place earthquake warning (api.warning) against the detector's own figures."""
+"""The per-place earthquake warning (civic_iot.warning, shared by the API and the alert
+service) against the detector's own figures."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import math
 
 import pytest
 
-from api.warning import (
+from civic_iot.warning import (
     CELL_DEG,
     VS_KMS,
     Quake,
@@ -23,7 +24,7 @@ from tests.unit.api.live_factories import ORIGIN_S, quake_message
 def test_grid_and_speed_are_the_detectors() -> None:
     """The message does not carry them: the copies here must equal the detector's."""
     cfg = QuakeConfig()
-    assert (cfg.cell_deg, cfg.vs_kms) == (CELL_DEG, VS_KMS)
+    assert (cfg.cell_deg, cfg.association.vs_kms) == (CELL_DEG, VS_KMS)
 
 
 def test_quake_from_the_alert_message() -> None:

@@ -8,13 +8,12 @@ from itertools import groupby
 
 import numpy as np
 
+from civic_iot.contracts.processing import Trigger
 from processors.detectors.intensity import intensity_ordinal
 from processors.detectors.quake import (
     Associator,
     QuakeConfig,
     QuakeEvent,
-    StationObservation,
-    StationTrigger,
     distance_km,
 )
 from processors.detectors.seismic import PacketResult, StationState, process_packet
@@ -34,7 +33,7 @@ SPIKES = [Spike(NOISY, T0 + t, a) for t, a in ((15.0, 200.0), (47.3, 300.0), (11
 @dataclass
 class Replay:
     events: list[QuakeEvent] = field(default_factory=list)
-    triggers: list[StationTrigger] = field(default_factory=list)
+    triggers: list[Trigger] = field(default_factory=list)
     last: dict[str, PacketResult] = field(default_factory=dict)
     packet_s: list[float] = field(default_factory=list)
     step_s: list[float] = field(default_factory=list)
@@ -57,7 +56,7 @@ def replay(quake: SimQuake | None, seed: int) -> Replay:
     assoc = Associator()
     out = Replay()
     for t0, batch in groupby(packets, key=lambda p: p.t0_s):
-        triggers, observations = [], []
+        triggers, observations, statuses = [], [], []
         for p in batch:
             tic = time.perf_counter()
             res = process_packet(states[p.station_id], p.samples, p.sample_rate_hz, p.t0_s)
@@ -65,14 +64,23 @@ def replay(quake: SimQuake | None, seed: int) -> Replay:
             states[p.station_id] = res.state
             out.last[p.station_id] = res
             st = where[p.station_id]
-            trig = StationTrigger.from_packet(st.station_id, st.lat, st.lon, res)
+            trig = res.trigger(st.station_id, st.lat, st.lon)
             if trig is not None:
                 triggers.append(trig)
-            obs = StationObservation.from_packet(st.station_id, res)
+            obs = res.observation(st.station_id)
             if obs is not None:
                 observations.append(obs)
+            status = res.status(st.station_id, st.lat, st.lon)
+            if status is not None:
+                statuses.append(status)
         tic = time.perf_counter()
-        step = assoc.step(now_s=t0 + 1.0, triggers=triggers, observations=observations, config=cfg)
+        step = assoc.step(
+            now_s=t0 + 1.0,
+            triggers=triggers,
+            observations=observations,
+            stations=statuses,
+            config=cfg,
+        )
         out.step_s.append(time.perf_counter() - tic)
         assoc = step.associator
         out.events.extend(step.updates)

@@ -1,5 +1,7 @@
 """``_send_grouped``: one Kafka batch per (topic, partition), as ``send`` would place them;
-``_Pipeline``: batches in flight to Kafka, acknowledged to the broker in arrival order."""
+``_Pipeline``: batches in flight to Kafka, acknowledged to the broker in arrival order, and
+a new producer with every unacknowledged batch sent again when Kafka fails; ``Outage``: one
+log line per interval while Kafka is unavailable."""
 
 from __future__ import annotations
 
@@ -7,11 +9,13 @@ import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
-from aiokafka.errors import KafkaTimeoutError
+import pytest
+from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError, OutOfOrderSequenceNumber
 from aiokafka.partitioner import DefaultPartitioner
 
 from civic_iot.contracts.provenance import HEADER, Marker
-from ingest.service import Inbound, _Pipeline, _send_grouped
+from ingest import service
+from ingest.service import Inbound, Outage, _Pipeline, _send_grouped
 
 MARK = Marker(b"k" * 32)
 
@@ -90,9 +94,24 @@ def test_a_full_batch_is_sent_and_a_new_one_started() -> None:
 class HeldProducer(FakeProducer):
     """Kafka's acknowledgements are the test's to give: each send_batch's future waits."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, refuse_start: bool = False) -> None:
         super().__init__()
         self.pending: list[asyncio.Future[None]] = []
+        self.refuse_start = refuse_start
+        self.started = self.stopped = False
+
+    async def start(self) -> None:
+        if self.refuse_start:
+            msg = "Unable to bootstrap"
+            raise KafkaConnectionError(msg)
+        self.started = True
+
+    async def stop(self) -> None:
+        # What a producer still holds when it stops has failed (its request timed out).
+        for done in self.pending:
+            if not done.done():
+                done.set_exception(KafkaTimeoutError())
+        self.stopped = True
 
     async def partitions_for(self, topic: str) -> set[int]:
         return {0}
@@ -111,17 +130,34 @@ class AckLog:
         self.acked: list[list[int]] = []
         self.kicks = 0
 
-    def ack(self, batch: list[Inbound]) -> None:
+    def ack(self, batch: list[Inbound], first: int) -> None:
+        assert first == batch[0].mid - 1  # the tests number messages 1, 2, 3...
         self.acked.append([m.mid for m in batch])
 
     def kick(self) -> None:
         self.kicks += 1
 
 
-def batch_of(*mids: int) -> tuple[list[Inbound], list[tuple[str, bytes, bytes]]]:
+def batch_of(*mids: int) -> tuple[list[Inbound], int, list[tuple[str, bytes, bytes]]]:
+    """Messages with these packet ids (also their sequence numbers, from 1)."""
     now = datetime.now(UTC)
     msgs = [Inbound("devices/a-1/air", b"{}", mid, 1, now) for mid in mids]
-    return msgs, [("readings.air", b"a-1", b"%d" % mid) for mid in mids]
+    return msgs, mids[0] - 1, [("readings.air", b"a-1", b"%d" % mid) for mid in mids]
+
+
+async def pipeline_of(*producers: HeldProducer) -> tuple[_Pipeline, AckLog]:
+    """A started pipeline whose producers are these, one after the other."""
+    log = AckLog()
+    queue = list(producers)
+    pipeline = _Pipeline(lambda: queue.pop(0), log, depth=4, timeout_s=1.0, mark=MARK)  # type: ignore[arg-type,return-value]
+    await pipeline.start()
+    return pipeline, log
+
+
+@pytest.fixture(autouse=True)
+def no_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Producers are retried at once (the backoff is civic_iot.retry's, tested there)."""
+    monkeypatch.setattr(service, "KAFKA_RETRY_BASE_S", 0.0)
 
 
 async def turns() -> None:
@@ -132,8 +168,8 @@ async def turns() -> None:
 
 def test_batches_are_acknowledged_in_arrival_order_whatever_order_kafka_finishes() -> None:
     async def scenario() -> None:
-        producer, log = HeldProducer(), AckLog()
-        pipeline = _Pipeline(producer, log, depth=4, mark=MARK)  # type: ignore[arg-type]
+        producer = HeldProducer()
+        pipeline, log = await pipeline_of(producer)
         for mids in ((1, 2), (3,), (4, 5)):
             await pipeline.send(*batch_of(*mids))
         first, second, third = producer.pending
@@ -157,23 +193,100 @@ def test_batches_are_acknowledged_in_arrival_order_whatever_order_kafka_finishes
 
 def test_a_failed_batch_is_sent_again_before_anything_later_is_acknowledged() -> None:
     async def scenario() -> None:
-        producer, log = HeldProducer(), AckLog()
-        pipeline = _Pipeline(producer, log, depth=4, mark=MARK)  # type: ignore[arg-type]
+        old, new = HeldProducer(), HeldProducer()
+        pipeline, log = await pipeline_of(old, new)
         await pipeline.send(*batch_of(1))
         await pipeline.send(*batch_of(2))
-        first, second = producer.pending
+        first, second = old.pending
         second.set_result(None)
         first.set_exception(KafkaTimeoutError())
         settling = asyncio.ensure_future(pipeline.settle(wait=True))
         for _ in range(100):  # a few loop turns until the re-send of batch 1
-            if len(producer.pending) == 3:
+            if new.pending:
                 break
             await asyncio.sleep(0)
         assert log.acked == []
-        assert producer.sent[-1][2] == [(b"a-1", b"1")]
-        producer.pending[2].set_result(None)
+        assert old.stopped  # the producer that failed is not used again
+        assert [records for _, _, records in new.sent] == [[(b"a-1", b"1")]]  # not batch 2
+        new.pending[0].set_result(None)
         await settling
         await pipeline.settle()
         assert log.acked == [[1], [2]]
+        assert pipeline.outage.since is None
+
+    asyncio.run(scenario())
+
+
+def test_a_fatal_producer_error_brings_a_new_producer_once_kafka_answers() -> None:
+    """OutOfOrderSequenceNumber (an idempotent producer's batches expired while Kafka was
+    down) fails every later batch of that producer: only a new producer gets through.
+    While Kafka refuses connections, new producers fail to start and are retried; then
+    every batch Kafka has not acknowledged is sent again, oldest first."""
+
+    async def scenario() -> None:
+        old, down, new = HeldProducer(), HeldProducer(refuse_start=True), HeldProducer()
+        pipeline, log = await pipeline_of(old, down, new)
+        for mids in ((1,), (2,), (3,)):
+            await pipeline.send(*batch_of(*mids))
+        one, two, _three = old.pending
+        one.set_exception(OutOfOrderSequenceNumber())
+        two.set_result(None)  # Kafka has batch 2; batch 3 is still on its way
+        settling = asyncio.ensure_future(pipeline.settle(wait=True))
+        for _ in range(100):  # a few loop turns until the re-sends
+            if len(new.pending) == 2:
+                break
+            await asyncio.sleep(0)
+        assert down.started is False
+        assert new.started
+        assert old.stopped
+        # 1 and 3 again (3 failed when its producer stopped), in arrival order; 2 not
+        assert [records for _, _, records in new.sent] == [[(b"a-1", b"1")], [(b"a-1", b"3")]]
+        assert log.acked == []
+        assert pipeline.outage.attempts == 2  # the batch, then the refused start
+        assert pipeline.health(0.0)[0] == "unavailable"
+        new.pending[0].set_result(None)
+        new.pending[1].set_result(None)
+        await settling
+        await turns()
+        await pipeline.settle()
+        assert log.acked == [[1], [2], [3]]
+        assert pipeline.outage.since is None
+
+    asyncio.run(scenario())
+
+
+def test_an_outage_is_logged_when_it_starts_then_once_per_interval() -> None:
+    outage = Outage(interval_s=30)
+    logged = [outage.failed(t, "refused") for t in (100.0, 100.5, 110, 129.9, 130, 131, 160)]
+    assert logged == [True, False, False, False, True, False, True]
+    assert outage.attempts == 7
+    assert outage.end(170.0) == (70.0, 7)
+    assert outage.since is None
+    assert outage.end(171.0) is None  # nothing to end
+    assert outage.failed(200.0, KafkaTimeoutError())  # a new outage is logged at once
+    assert outage.last_error == "KafkaTimeoutError()"
+
+
+def test_a_batch_the_producer_holds_past_the_deadline_is_sent_again_on_a_new_producer() -> None:
+    """While Kafka's node cannot be reached at all, aiokafka neither sends a batch nor
+    fails it: past the deadline ingest counts it failed and recovers."""
+
+    async def scenario() -> None:
+        old, new = HeldProducer(), HeldProducer()
+        pipeline, log = await pipeline_of(old, new)
+        pipeline.deadline_s = 0.05
+        await pipeline.send(*batch_of(1))
+        await pipeline.settle()
+        assert new.sent == []  # within the deadline: still waiting
+        await asyncio.sleep(0.06)
+        await pipeline.settle()
+        assert old.stopped
+        assert [records for _, _, records in new.sent] == [[(b"a-1", b"1")]]
+        assert pipeline.outage.attempts == 1
+        new.pending[0].set_result(None)
+        await turns()
+        await pipeline.settle()
+        assert log.acked == [[1]]
+        assert pipeline.outage.since is None
 
     asyncio.run(scenario())

@@ -43,7 +43,6 @@ from processors.detectors.quake import (
     Associator,
     EventStation,
     Hypocentre,
-    StationTrigger,
     _EventState,
     distance_km,
 )
@@ -152,18 +151,29 @@ stations = st.builds(
     x_prev=vec3,
     acc=vec3,
     vel=vec3,
-    disp=vec3,
+    cf_mem=st.tuples(vec3, vec3, vec3, vec3, vec3),
+    pz=vec3,
     sta=floats,
     lta=floats,
+    warm_since_s=opt_floats,
+    rearm_s=opt_floats,
     last_trigger_s=opt_floats,
+    quiet_s=opt_floats,
     in_event=st.booleans(),
     event_p_time_s=opt_floats,
     event_pga_gal=floats,
     event_pgv_cms=floats,
     event_pd_cm=floats,
+    event_pv_cms=floats,
+    event_pa_gal=floats,
+    event_sum_d2=floats,
+    event_sum_v2=floats,
+    event_p_window_s=floats,
+    event_noise_ms=floats,
+    event_transient=st.booleans(),
     disp_noise_ms=floats,
 )
-triggers = st.builds(StationTrigger, station_id=names, lat=floats, lon=floats, p_time_s=floats)
+triggers = st.builds(Trigger, station_id=names, lat=finite, lon=finite, p_time_s=finite)
 event_stations = st.builds(
     EventStation,
     station_id=names,
@@ -175,6 +185,12 @@ event_stations = st.builds(
     pgv_cms=floats,
     pd_cm=opt_floats,
     pd_snr=opt_floats,
+    pv_cms=opt_floats,
+    pa_gal=opt_floats,
+    pa_snr=opt_floats,
+    tau_c_s=opt_floats,
+    p_window_s=floats,
+    transient=st.booleans(),
 )
 events = st.builds(
     _EventState,
@@ -182,15 +198,22 @@ events = st.builds(
     stations=st.lists(event_stations, max_size=4).map(tuple),
     first_trigger_s=floats,
     last_trigger_s=floats,
-    hypo=st.builds(Hypocentre, floats, floats, floats, floats, floats),
-    published=st.none() | st.tuples(st.integers(0, 100), floats, st.integers(0, 9)),
+    hypo=st.builds(
+        Hypocentre, floats, floats, floats, floats, floats, floats, floats,
+        st.integers(0, 100), st.integers(0, 100), st.sampled_from(["good", "fair", "poor"]),
+    ),
+    published=st.none() | st.tuples(st.integers(0, 100), floats, st.integers(0, 9), floats, floats),
     closed_at_s=opt_floats,
-)
+    warned=st.lists(names, max_size=3).map(tuple),
+    located_at_s=floats,
+)  # fmt: skip
 associators = st.builds(
     Associator,
-    pending=st.lists(triggers, max_size=4).map(tuple),
+    pending=st.lists(event_stations, max_size=4).map(tuple),
+    inbox=st.lists(triggers, max_size=3).map(tuple),
     events=st.lists(events, max_size=2).map(tuple),
     recent=st.lists(events, max_size=2).map(tuple),
+    armed=st.dictionaries(names, st.tuples(floats, floats, opt_floats, floats, floats), max_size=3),
 )
 device_levels = st.builds(
     DeviceLevel, level=st.integers(0, 3), value=opt_floats, threshold=opt_floats, metric=names,
@@ -211,7 +234,6 @@ DETECTOR_STATES: dict[type[Any], st.SearchStrategy[Any]] = {
     StrongShaking: shakings,
     DebrisFlowState: debris,
     StationState: stations,
-    StationTrigger: triggers,
     EventStation: event_stations,
     _EventState: events,
     Associator: associators,

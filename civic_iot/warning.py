@@ -4,7 +4,9 @@ Pure: no I/O, no clock of its own (``now`` is passed in, epoch seconds). The inp
 earthquake alert message in its JSON form (``civic-iot.alert/1``, what the alert service
 puts on the ``alerts`` topic and MQTT): its ``evidence`` carries the epicentre, depth,
 origin time (ms) and magnitude, its ``area.cells`` the 0.1 degree cells at or above the
-reported CWA level, each with its township.
+reported CWA level, each with its township, its ``area.geocodes`` the townships warned.
+The API's live feed and the alert service's per-township MQTT topics
+(``alerts/earthquake/{township}``) both compute their countdowns here.
 
 For a place (a point, or a township):
 
@@ -25,7 +27,7 @@ and a unit test pins them to the detector's values.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -38,10 +40,12 @@ __all__ = [
     "Cell",
     "PlaceWarning",
     "Quake",
+    "affected_townships",
     "hypocentral_km",
     "intensity_rank",
     "warn_point",
     "warn_township",
+    "warn_townships",
 ]
 
 #: The detector's shaking grid, degrees (the Civil IoT micro-zoning grid).
@@ -102,6 +106,8 @@ class Quake:
     headline: str
     #: The stations that recorded it.
     stations: tuple[str, ...] = ()
+    #: The townships the detector warned (the message's ``area.geocodes``).
+    geocodes: tuple[str, ...] = ()
 
     @property
     def ended(self) -> bool:
@@ -142,6 +148,7 @@ class Quake:
                 cells=cells,
                 headline=str(msg.get("headline", "")),
                 stations=tuple(str(d) for d in msg.get("devices") or ()),
+                geocodes=tuple(str(g) for g in msg.get("area", {}).get("geocodes") or ()),
             )
         except (KeyError, TypeError, ValueError):
             return None
@@ -217,11 +224,28 @@ def warn_point(quake: Quake, lat: float, lon: float) -> PlaceWarning:
     )
 
 
-def warn_township(quake: Quake, code: str, lat: float, lon: float) -> PlaceWarning:
+def warn_township(
+    quake: Quake, code: str, lat: float | None = None, lon: float | None = None
+) -> PlaceWarning:
     """The warning for a township: its highest cell level, and the earliest S arrival
-    over its centroid (``lat``, ``lon``) and its cells' centres."""
-    cells = [c for c in quake.cells if c.township == code]
-    points: Iterable[tuple[float, float]] = [(lat, lon), *((c.lat, c.lon) for c in cells)]
+    over its centroid (``lat``, ``lon``, degrees; None: unknown) and its cells' centres.
+
+    Raises:
+        ValueError: neither a centroid nor a cell of the township: nowhere to place it.
+    """
+    centroid = None if lat is None or lon is None else (lat, lon)
+    return _warn_cells(quake, code, centroid, [c for c in quake.cells if c.township == code])
+
+
+def _warn_cells(
+    quake: Quake, code: str, centroid: tuple[float, float] | None, cells: list[Cell]
+) -> PlaceWarning:
+    points: list[tuple[float, float]] = [(c.lat, c.lon) for c in cells]
+    if centroid is not None:
+        points.insert(0, centroid)
+    if not points:
+        msg = f"township {code!r}: no centroid and no reported cell"
+        raise ValueError(msg)
     first = min(points, key=lambda p: quake.arrival_s(*p))
     best = max(cells, key=lambda c: intensity_rank(c.intensity), default=None)
     return PlaceWarning(
@@ -230,3 +254,29 @@ def warn_township(quake: Quake, code: str, lat: float, lon: float) -> PlaceWarni
         arrival_s=quake.arrival_s(*first),
         distance_km=hypocentral_km(quake, *first),
     )
+
+
+def affected_townships(quake: Quake) -> tuple[str, ...]:
+    """The townships an earthquake alert concerns, sorted: those the detector warned
+    (geocodes) and those a reported cell belongs to."""
+    named = {c.township for c in quake.cells if c.township}
+    return tuple(sorted({*quake.geocodes, *named}))
+
+
+def warn_townships(
+    quake: Quake, centroids: Mapping[str, tuple[float, float]]
+) -> tuple[tuple[str, PlaceWarning], ...]:
+    """The warning of each affected township (:func:`affected_townships`), in that order,
+    as (code, warning) pairs, as :func:`warn_township` gives it with the centroid when
+    known (``centroids``: code -> lat, lon degrees); a township with neither a centroid
+    nor a cell cannot be placed and is left out."""
+    by_town: dict[str, list[Cell]] = {}
+    for c in quake.cells:
+        if c.township:
+            by_town.setdefault(c.township, []).append(c)
+    out: list[tuple[str, PlaceWarning]] = []
+    for code in affected_townships(quake):
+        centroid, cells = centroids.get(code), by_town.get(code, [])
+        if centroid is not None or cells:
+            out.append((code, _warn_cells(quake, code, centroid, cells)))
+    return tuple(out)
