@@ -64,6 +64,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from civic_iot.accounts import INGEST_USER
+from civic_iot.contracts.readings import record_lines
 from civic_iot.kafka_admin import delete_topics, ensure_topics
 from civic_iot.registry import device_password, device_secret, load_registry
 from civic_iot.settings import Settings, get_settings, mqtt_password
@@ -597,8 +598,13 @@ async def run_system(
                     if tp.topic == topics.deadletter:
                         phase.deadletters += len(recs)
                         continue
+                    # A record holds a partition's readings of one ingest batch, one a line.
                     records.extend(
-                        (r.value, r.timestamp, now) for r in recs if r.value and MARK in r.value
+                        (line, r.timestamp, now)
+                        for r in recs
+                        if r.value and MARK in r.value
+                        for line in record_lines(r.value)
+                        if MARK in line
                     )
                     last_new = time.monotonic()
                 if time.monotonic() - last_new > 30:

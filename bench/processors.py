@@ -1,24 +1,35 @@
-"""Benchmark one processors worker against the real Kafka and InfluxDB (run by hand).
+"""One processors worker against the real Kafka and InfluxDB, and the Python floor in the
+same run (run by hand).
 
-    .venv/bin/python bench/processors.py --air 20000 --water 10000 --stations 27 --seconds 100
-    .venv/bin/python bench/processors.py --rate 1000   # paced, for latency below saturation
+    .venv/bin/python bench/processors.py --air 50000 --water 10000 --stations 26 --seconds 60
+    .venv/bin/python bench/processors.py --air 20000 --water 0 --stations 0 --profile w.prof
+    .venv/bin/python bench/processors.py --rate 2000   # records/s, for latency below saturation
 
-Produces Reading JSON to fresh topics (unique prefix) and temporary buckets (deleted at the
-end), runs one worker (``python -m processors.cli``) and reports:
+The workload is written to fresh topics (unique prefix) exactly as ingest writes it:
+readings in arrival order, per batch of 1,000 messages one marked record per topic and
+partition (:func:`ingest.service.readings_records`). Then, one after the other, on the
+same records and temporary buckets (deleted at the end):
 
-* sustained readings/s into InfluxDB: from the first record produced to the last raw point
-  visible (polling Flux counts);
-* latency Kafka record timestamp -> points stored, p50/p99, as the worker measures it per
-  record (``pipeline`` measurement, every second: median of the p50s, max of the p99s);
-* triggering packet (its Kafka record timestamp) -> earthquake candidate handed to the
-  producer, as the worker logs it (``quake candidate latency_ms``);
-* worker CPU time (user + sys from /proc) per reading, and peak RSS (VmHWM).
+1. **the Python floor** (``bench/floor.py``): a bare aiokafka consumer that parses each
+   reading and writes its raw point, batched, committing after each write;
+2. **one worker** (``python -m processors.cli``): every detector, raw and derived points,
+   township reports, ticks, candidates.
+
+Each reports readings/s (first record fetched -> last committed after its points are
+stored: the consumer group's committed offsets reach the end), CPU per reading (user +
+sys of the process, /proc), peak RSS (VmHWM), latency Kafka record -> stored (the
+worker: its own ``pipeline`` statistics, median of the 1 s p50s and max of the p99s; the
+floor: per record), and the ratio ours/floor; and, from the worker's log, the
+triggering packet -> earthquake candidate latency. The machine's load average is printed
+with every figure: on a shared machine, CPU per reading is the figure to compare.
+``--profile`` runs the worker under cProfile with a CPU-time clock.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import re
 import signal
@@ -31,22 +42,26 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
-from influxdb_client.client.influxdb_client import InfluxDBClient
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from civic_iot.contracts.provenance import Marker  # noqa: E402
+from bench.common import (  # noqa: E402
+    Buckets,
+    ingest_records,
+    load,
+    proc_cpu_s,
+    proc_hwm_mib,
+    produce,
+    table,
+    wait_committed,
+)
 from civic_iot.contracts.readings import AirPayload, Location, Reading, WaterPayload  # noqa: E402
 from civic_iot.kafka_admin import ensure_topics  # noqa: E402
 from civic_iot.registry import load_registry  # noqa: E402
-from civic_iot.settings import Settings, get_settings, influx_token, mark_key  # noqa: E402
+from civic_iot.settings import Settings, get_settings, influx_token  # noqa: E402
 from civic_iot.times import to_ns  # noqa: E402
-from civic_iot.topology import Topology  # noqa: E402
+from civic_iot.topology import READING_KINDS, Topology  # noqa: E402
 from simulator.waveforms import SimQuake, SimStation, synthesize_packets  # noqa: E402
-
-CLK = os.sysconf("SC_CLK_TCK")
 
 
 def reading(dev_id: str, lat: float, lon: float, town: str, t: datetime, data: Any) -> bytes:
@@ -115,43 +130,50 @@ def workload(settings: Settings, prefix: str, n_air: int, n_water: int, stations
     return mixed
 
 
-async def produce(settings: Settings, records: list[tuple[str, str, bytes]], rate: float) -> float:
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap, linger_ms=5,
-                                max_batch_size=256 * 1024)  # fmt: skip
-    mark = Marker(mark_key(settings))  # as ingest marks its records: the worker checks
-    await producer.start()
-    t_first = time.time()
-    try:
-        futs = []
-        for i, (topic, key, value) in enumerate(records):
-            if rate > 0:
-                ahead = t_first + i / rate - time.time()
-                if ahead > 0:
-                    await asyncio.sleep(ahead)
-            headers = mark.headers(topic, key.encode(), value)
-            futs.append(await producer.send(topic, value, key=key.encode(), headers=headers))
-        await asyncio.gather(*futs)
-    finally:
-        await producer.stop()
-    return t_first
+PROFILE = """
+import cProfile, sys, time
+sys.argv = ["processors.cli"]
+import runpy
+prof = cProfile.Profile(time.process_time)
+try:
+    prof.runcall(runpy.run_module, "processors.cli", run_name="__main__")
+finally:
+    prof.dump_stats(PATH)
+"""
 
 
-def proc_cpu_rss(pid: int) -> tuple[float, int]:
-    stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    cpu = (int(stat[11]) + int(stat[12])) / CLK  # utime, stime (fields 14, 15)
-    hwm = re.search(r"VmHWM:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())
-    return cpu, int(hwm.group(1)) if hwm else 0
+def start_worker(env: dict[str, str], log: Path, profile: Path | None) -> subprocess.Popen[bytes]:
+    cmd = [sys.executable, "-m", "processors.cli"]
+    if profile is not None:  # the worker's main thread: its event loop, agents and detectors
+        cmd = [sys.executable, "-c", PROFILE.replace("PATH", repr(str(profile)))]
+    return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+
+
+def run_floor(
+    settings: Settings, env: dict[str, str], prefix: str, buckets: Buckets
+) -> dict[str, Any]:
+    topics = [Topology(prefix=prefix).readings(k) for k in READING_KINDS]
+    out = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "floor.py"), "--group", f"{prefix}floor",
+         "--topics", *topics, "--bucket-readings", buckets.names["floor"],
+         "--bucket-seismic", buckets.names["floor_seismic"], "--until-idle", "4"],
+        env=env, cwd=REPO, capture_output=True, check=True, timeout=3600,
+    )  # fmt: skip
+    result: dict[str, Any] = json.loads(out.stdout.decode().strip().splitlines()[-1])
+    return result
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--air", type=int, default=20000)
+    ap.add_argument("--air", type=int, default=50000)
     ap.add_argument("--water", type=int, default=10000)
     ap.add_argument("--stations", type=int, default=26)
-    ap.add_argument("--seconds", type=float, default=100.0)
-    ap.add_argument("--rate", type=float, default=0.0, help="records/s (0: as fast as possible)")
+    ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--rate", type=float, default=0.0, help="records/s (0: produce first)")
+    ap.add_argument("--no-floor", action="store_true", help="skip the Python floor")
     ap.add_argument("--keep", action="store_true", help="keep the buckets")
     ap.add_argument("--profile", type=Path, help="run the worker under cProfile, write here")
+    ap.add_argument("--py-spy", type=Path, help="sample the worker with py-spy (raw), write here")
     args = ap.parse_args()
 
     base = get_settings()
@@ -161,65 +183,58 @@ def main() -> int:
     asyncio.run(
         ensure_topics(kafka.bootstrap, Topology(prefix=prefix, partitions=kafka.partitions))
     )
-    buckets = {b: f"bench{uid}-{b}" for b in ("readings", "seismic", "derived")}
-    i = base.influx
-    client = InfluxDBClient(url=i.url, token=influx_token(base), org=i.org, timeout=60_000)
-    org = client.organizations_api().find_organizations(org=i.org)[0]
-    for name in buckets.values():
-        client.buckets_api().create_bucket(bucket_name=name, org_id=org.id)
+    buckets = Buckets(base, uid, ("readings", "seismic", "derived", "floor", "floor_seismic"))
     settings = base.model_copy(update={"kafka": kafka})
-    records = workload(settings, prefix, args.air, args.water, args.stations, args.seconds)
-    n_seis = sum(1 for r in records if r[0].endswith("seismic"))
-    n_aw = len(records) - n_seis
-    print(f"workload: {n_aw} air/water readings, {n_seis} seismic packets", flush=True)
+    messages = workload(settings, prefix, args.air, args.water, args.stations, args.seconds)
+    n_seis = sum(1 for m in messages if m[0].endswith("seismic"))
+    n_aw = len(messages) - n_seis
+    records = ingest_records(settings, messages)
+    print(f"workload: {n_aw} air/water readings, {n_seis} seismic packets, "
+          f"{len(records)} records; load {load()}", flush=True)  # fmt: skip
 
     log = Path(f"/tmp/bench-processors-{uid}.log")
     env = {
         **os.environ,
         "CIVIC_KAFKA__TOPIC_PREFIX": prefix,
-        "CIVIC_INFLUX__BUCKET_READINGS": buckets["readings"],
-        "CIVIC_INFLUX__BUCKET_SEISMIC": buckets["seismic"],
-        "CIVIC_INFLUX__BUCKET_DERIVED": buckets["derived"],
+        **buckets.env(),
         "CIVIC_INFLUX__TOKEN": influx_token(base),  # the run's own buckets
         "CIVIC_PROCESSORS__WEB_PORT": "0",
         "CIVIC_PROCESSORS__STATS_INTERVAL_S": "1",
     }
-    cmd = [sys.executable, "-m", "processors.cli"]
-    if args.profile:  # the worker's main thread: its event loop, agents and detectors
-        cmd[1:1] = ["-m", "cProfile", "-o", str(args.profile)]
-    worker = subprocess.Popen(cmd, env=env, cwd=REPO,
-                              stdout=log.open("wb"), stderr=subprocess.STDOUT)  # fmt: skip
+    group = Topology(prefix=prefix).processors_app
+    reading_topics = [Topology(prefix=prefix).readings(k) for k in READING_KINDS]
+    floor: dict[str, Any] | None = None
     try:
-        while "Ready" not in log.read_text(errors="replace"):
+        t_first = asyncio.run(produce(settings, records, args.rate)) if args.rate == 0 else 0.0
+        if not args.no_floor and args.rate == 0:
+            floor = run_floor(settings, env, prefix, buckets)
+            print(f"floor done; load {load()}", flush=True)
+        worker = start_worker(env, log, args.profile)
+        while "worker ready" not in log.read_text(errors="replace"):
             assert worker.poll() is None, log.read_text()
             time.sleep(0.2)
-        cpu0, _ = proc_cpu_rss(worker.pid)
-        t_first = asyncio.run(produce(settings, records, args.rate))
-        t_produced = time.time()
-
-        def count(bucket: str, meas: str, field: str) -> int:
-            rows = client.query_api().query(
-                f'from(bucket: "{buckets[bucket]}") |> range(start: 0) |> filter(fn: (r) => '
-                f'r._measurement == "{meas}" and r._field == "{field}") |> group() |> count()'
-            )
-            return int(rows[0].records[0].get_value()) if rows and rows[0].records else 0
-
-        want_samples = sum(1 for r in records if r[0].endswith("seismic")) * 100
-        deadline = time.time() + 1200
-        while time.time() < deadline:
-            done = (
-                count("readings", "air", "lat") + count("readings", "water", "lat") >= n_aw
-                and count("derived", "seismic_station", "pga_gal") >= n_seis
-                and count("seismic", "seismic_sample", "z_gal") >= want_samples
-            )
-            if done:
-                break
-            time.sleep(0.5)
-        t_last = time.time()
-        cpu1, hwm = proc_cpu_rss(worker.pid)
+        load_start = load()
+        spy = None
+        if args.py_spy:
+            spy = subprocess.Popen(
+                [str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(worker.pid),
+                 "-r", "200", "-f", "raw", "-o", str(args.py_spy)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+        cpu0 = proc_cpu_s(worker.pid)
+        t0 = time.time()
+        if args.rate > 0:
+            t_first = asyncio.run(produce(settings, records, args.rate))
+            t0 = t_first
+        t_done = asyncio.run(wait_committed(settings, group, reading_topics, 3600))
+        cpu1, hwm = proc_cpu_s(worker.pid), proc_hwm_mib(worker.pid)
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(30)
+        load_end = load()
         time.sleep(2.5)  # one more statistics interval
-        rows = client.query_api().query(
-            f'from(bucket: "{buckets["derived"]}") |> range(start: 0) |> filter(fn: (r) => '
+        rows = buckets.client.query_api().query(
+            f'from(bucket: "{buckets.names["derived"]}") |> range(start: 0) |> filter(fn: (r) => '
             'r._measurement == "pipeline" and (r._field == "latency_p50_ms" or '
             'r._field == "latency_p99_ms"))'
         )
@@ -227,38 +242,42 @@ def main() -> int:
         p99s = [r.get_value() for t in rows for r in t.records if r.get_field() == "latency_p99_ms"]
         quake_ms = [float(m) for m in re.findall(r"quake candidate latency_ms=([\d.]+)",
                                                  log.read_text(errors="replace"))]  # fmt: skip
-    finally:
+        stored = buckets.count("readings", "air", "lat") + buckets.count("readings", "water", "lat")
         worker.send_signal(signal.SIGTERM)
         worker.wait(60)
+    finally:
         if not args.keep:
-            api = client.buckets_api()
-            for name in buckets.values():
-                b = api.find_bucket_by_name(name)
-                if b is not None:
-                    api.delete_bucket(b)
-        client.close()
+            buckets.drop()
 
-    total = len(records)
-    wall = t_last - t_first
-    rows_out = [
-        ("records (air+water readings / seismic packets)", f"{n_aw} / {n_seis}"),
-        ("raw points (incl. seismic samples)", f"{n_aw + want_samples}"),
-        ("produce time, s", f"{t_produced - t_first:.1f}"),
-        ("first produce -> last point visible, s", f"{wall:.1f}"),
-        ("sustained records/s into InfluxDB", f"{total / wall:.0f}"),
-        ("sustained points/s into InfluxDB", f"{(n_aw + want_samples) / wall:.0f}"),
-        ("latency record -> stored p50, ms (median of 1 s p50s)",
-         f"{statistics.median(p50s):.0f}" if p50s else "n/a"),
-        ("latency record -> stored p99, ms (max of 1 s p99s)",
-         f"{max(p99s):.0f}" if p99s else "n/a"),
-        ("triggering packet -> quake candidate, ms (first / median)",
+    total = len(messages)
+    wall = t_done - t0
+    ours_cpu = (cpu1 - cpu0) / total * 1e6
+    out = [
+        ("readings (air+water / seismic packets), records",
+         f"{n_aw} / {n_seis}, {len(records)} records"),
+        ("air/water readings stored (raw) by the worker, of", f"{stored} of {n_aw}"),
+        ("worker: readings/s, first fetch -> last committed", f"{total / wall:.0f}"),
+        ("worker: CPU per reading, us", f"{ours_cpu:.0f}"),
+        ("worker: peak RSS (VmHWM), MiB", f"{hwm:.0f}"),
+        ("worker: latency record -> stored p50 / p99, ms",
+         f"{statistics.median(p50s):.0f} / {max(p99s):.0f}" if p50s else "n/a"),
+        ("worker: triggering packet -> quake candidate, ms (first / median)",
          f"{quake_ms[0]:.0f} / {statistics.median(quake_ms):.0f}" if quake_ms else "n/a"),
-        ("worker CPU per record, ms", f"{(cpu1 - cpu0) * 1000 / total:.2f}"),
-        ("worker peak RSS (VmHWM), MiB", f"{hwm / 1024:.0f}"),
+        ("load average at start / end of the worker's run", f"{load_start} / {load_end}"),
     ]  # fmt: skip
-    width = max(len(k) for k, _ in rows_out)
-    for k, v in rows_out:
-        print(f"{k:<{width}}  {v}")
+    if floor is not None:
+        f_rate = floor["readings"] / floor["wall_s"]
+        f_cpu = floor["cpu_s"] / floor["readings"] * 1e6
+        out += [
+            ("floor: readings/s", f"{f_rate:.0f}"),
+            ("floor: CPU per reading, us", f"{f_cpu:.0f}"),
+            ("floor: peak RSS, MiB", f"{floor['rss_mib']:.0f}"),
+            ("floor: latency record -> written p50 / p99, ms",
+             f"{floor['p50_ms']:.0f} / {floor['p99_ms']:.0f}"),
+            ("ratio ours / floor: readings/s, CPU per reading",
+             f"{total / wall / f_rate:.2f}, {ours_cpu / f_cpu:.1f}x"),
+        ]  # fmt: skip
+    print(table(out))
     print(f"worker log: {log}")
     return 0
 

@@ -348,6 +348,11 @@ class ProcessorSettings(BaseModel):
     silence_check_interval_s: float = Field(default=60.0, gt=0)
     #: How often the worker writes its ``pipeline`` statistics, seconds (0 = never).
     stats_interval_s: float = Field(default=10.0, ge=0)
+    #: The agents this worker runs (``processors.app``): ``all``; or, as two kinds of
+    #: process, ``bulk`` (air, water, townships, strong-shaking marks, dead letters) and
+    #: ``seismic`` (stations and the earthquake associator, in a consumer group of its
+    #: own), so that an air or water backlog never delays an earthquake.
+    role: Literal["all", "bulk", "seismic"] = "all"
 
 
 class ApiSettings(BaseModel):

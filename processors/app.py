@@ -35,6 +35,13 @@ assigns co-partitioned topics by partition number (``PartitionAssignor``), so th
 holding a device's ``readings.water`` partition holds its ``shaking-state`` partition
 (:func:`processors.cli.copartitioning_errors` refuses to start otherwise).
 
+A worker runs every agent (``CIVIC_PROCESSORS__ROLE=all``), or one of two halves in
+processes of their own: ``bulk`` (air, water, township, shaking, dead letters) and
+``seismic`` (the stations and the associator, app id and consumer group
+``{processors_app}-seismic``: :func:`processors_app_id`). The halves share no table and
+talk only through Kafka (``processors.shaking``), so a seismic worker's event loop,
+producer buffer and partitions never wait behind an air or water backlog.
+
 Every agent runs the commit-after-sink loop (:mod:`processors.agents.loop`): a batch's
 events are acked, and its state written to the tables, only once its points are stored.
 Faust's own files go under ``{data dir}/processors/{app id}``.
@@ -96,6 +103,8 @@ SESSION_TIMEOUT_S = 10.0
 HEALTH_CHECK_INTERVAL_S = KAFKA_ASK_INTERVAL_S
 
 SinkFactory = Callable[[str], PointSink]
+#: Events buffered per agent stream (Faust's default is 4096).
+STREAM_BUFFER = 64
 
 
 def group_instance_id(settings: Settings) -> str | None:
@@ -133,15 +142,19 @@ def create_app(
     p = settings.processors
     topics = Topology.of(settings)
     n = settings.kafka.partitions
+    app_id = processors_app_id(topics, p.role)
     app = faust.App(
-        topics.processors_app,
+        app_id,
         broker=f"kafka://{settings.kafka.bootstrap}",
         store="memory://",
-        datadir=settings.data_dir / "processors" / topics.processors_app,
+        datadir=settings.data_dir / "processors" / app_id,
         key_serializer="raw",
         value_serializer="raw",
         consumer_auto_offset_reset="earliest",
         broker_max_poll_records=p.batch_max,
+        # A readings record holds up to 256 KB of readings: a few per agent buffered
+        # are enough to keep it busy, and bound the worker's memory in a backlog.
+        stream_buffer_maxsize=STREAM_BUFFER,
         topic_partitions=n,
         table_standby_replicas=0,
         stream_wait_empty=False,
@@ -187,12 +200,7 @@ def create_app(
     stats = Stats()
     activity = Activity()
 
-    air_table = state_table(app, "air-state", AirDevice, n)
-    water_table = state_table(app, "water-state", WaterDevice, n)
-    seismic_table = state_table(app, "seismic-state", SeismicDevice, n)
-    township_table = state_table(app, "township-state", TownshipState, n)
-    quake_table = state_table(app, "quake-state", QuakeState, 1)
-    shaking_table = state_table(app, "shaking-state", ShakingMark, n)
+    bulk, seismic = p.role in ("all", "bulk"), p.role in ("all", "seismic")
 
     guard = ReadingGuard(
         marker=Marker(key),
@@ -207,43 +215,61 @@ def create_app(
     def deps(kind: str) -> DeviceDeps:
         return DeviceDeps(ctx, new_sink(kind), outbox, stats, activity, guard)
 
-    devices: list[BatchAgent] = [
-        AirAgent(deps("air"), air_table),
-        WaterAgent(deps("water"), water_table, shaking_table),
-        SeismicAgent(deps("seismic"), seismic_table),
-    ]
-    agents: list[tuple[TopicT, BatchAgent, float]] = [
-        *((app.topic(topics.readings(a.name)), a, p.batch_within_s) for a in devices),
-        (
-            app.topic(topics.deadletter),
-            DeadletterAgent(ctx.buckets, new_sink("deadletter"), stats),
-            p.batch_within_s,
-        ),
-        (
-            app.topic(topics.township, partitions=n, internal=True),
-            TownshipAgent(ctx, township_table, new_sink("township"), outbox, stats),
-            p.batch_within_s,
-        ),
-        (
-            app.topic(topics.shaking, partitions=n, internal=True),
-            ShakingAgent(ctx, shaking_table, new_sink("shaking"), stats),
-            p.batch_within_s,
-        ),
-        (
-            app.topic(topics.triggers, partitions=1, internal=True),
-            QuakeAgent(ctx, quake_table, new_sink("quake"), outbox, stats),
-            p.quake_within_s,
-        ),
-    ]
+    devices: list[BatchAgent] = []
+    agents: list[tuple[TopicT, BatchAgent, float]] = []
+    watched: dict[str, Any] = {}  # kind -> its device table, for the silence watch
+    republished: list[Any] = []  # tables whose open candidates are re-sent
+    if bulk:
+        air_table = state_table(app, "air-state", AirDevice, n)
+        water_table = state_table(app, "water-state", WaterDevice, n)
+        township_table = state_table(app, "township-state", TownshipState, n)
+        shaking_table = state_table(app, "shaking-state", ShakingMark, n)
+        devices += [
+            AirAgent(deps("air"), air_table),
+            WaterAgent(deps("water"), water_table, shaking_table),
+        ]
+        watched |= {"air": air_table, "water": water_table}
+        republished.append(township_table)
+        agents += [
+            (
+                app.topic(topics.deadletter),
+                DeadletterAgent(ctx.buckets, new_sink("deadletter"), stats),
+                p.batch_within_s,
+            ),
+            (
+                app.topic(topics.township, partitions=n, internal=True),
+                TownshipAgent(ctx, township_table, new_sink("township"), outbox, stats),
+                p.batch_within_s,
+            ),
+            (
+                app.topic(topics.shaking, partitions=n, internal=True),
+                ShakingAgent(ctx, shaking_table, new_sink("shaking"), stats),
+                p.batch_within_s,
+            ),
+        ]
+    if seismic:
+        seismic_table = state_table(app, "seismic-state", SeismicDevice, n)
+        quake_table = state_table(app, "quake-state", QuakeState, 1)
+        devices.append(SeismicAgent(deps("seismic"), seismic_table))
+        watched["seismic"] = seismic_table
+        republished.append(quake_table)
+        agents.append(
+            (
+                app.topic(topics.triggers, partitions=1, internal=True),
+                QuakeAgent(ctx, quake_table, new_sink("quake"), outbox, stats),
+                p.quake_within_s,
+            )
+        )
+    agents[:0] = [(app.topic(topics.readings(a.name)), a, p.batch_within_s) for a in devices]
     for topic, agent, within_s in agents:
         _register(
             app, topics, topic, agent, batch_max=p.batch_max, within_s=within_s, retry_s=retry_s
         )
 
     timer_sink = new_sink("timers")
-    republish = Republish([township_table, quake_table], outbox)
+    republish = Republish(republished, outbox)
     silence = SilenceWatch(
-        tables={"air": air_table, "water": water_table, "seismic": seismic_table},
+        tables=watched,
         activity=activity,
         ctx=ctx,
         registry=reg,
@@ -314,6 +340,13 @@ def create_app(
             return web.json(report, status=200 if report["healthy"] else 503)
 
     return app
+
+
+def processors_app_id(topics: Topology, role: str) -> str:
+    """The Faust app id (the consumer group, and the prefix of its tables' changelogs) of
+    a worker of ``role``: the seismic path's workers are a group of their own, so that
+    their partitions and their event loop never wait for the bulk readings'."""
+    return f"{topics.processors_app}-seismic" if role == "seismic" else topics.processors_app
 
 
 def _register(
@@ -425,4 +458,4 @@ def worker_health(
     }
 
 
-__all__ = ["FaustPublisher", "Progress", "create_app", "worker_health"]
+__all__ = ["FaustPublisher", "Progress", "create_app", "processors_app_id", "worker_health"]

@@ -24,7 +24,8 @@ again by the worker's timer so the alert service does not expire it.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
@@ -50,7 +51,7 @@ from civic_iot.contracts.readings import (
 from civic_iot.registry import Registry
 from civic_iot.settings import InfluxSettings
 from civic_iot.storage.points import Point
-from civic_iot.storage.schema import windowed
+from civic_iot.storage.schema import TOWNSHIP_AIR, windowed
 from civic_iot.thresholds import Thresholds, ThresholdSet, thresholds_from
 from civic_iot.timebounds import TimeBounds
 from processors.candidates import township_candidate, update_hazard
@@ -111,6 +112,7 @@ from processors.states import (
 )
 
 S = TypeVar("S", bound=TableValue)
+TOWNSHIP_AIR_MEASUREMENT = TOWNSHIP_AIR.name
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +160,10 @@ class Context:
     #: A seismic partition without a tick for this long (processing time, s) no longer
     #: holds the associator's clock back.
     quake_idle_s: float = 10.0
+    #: Township code -> its registered air sensors, and its water devices' ids (counted
+    #: once: a township is asked for every report).
+    air_counts: Mapping[str, int] = field(default_factory=dict)
+    water_ids: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     #: How far ahead of the wall clock a stream time may be (processors.guard).
     bounds: TimeBounds = field(default_factory=TimeBounds)
 
@@ -185,6 +191,8 @@ class Context:
             devices={device: detectors(t) for device, t in thr.by_device.items()},
             quake=QuakeConfig(association=thr.defaults.quake, townships=towns),
             silent_after_s=thr.defaults.silence.by_kind(),
+            air_counts=Counter(d.township for d in registry.devices if d.kind == "air"),
+            water_ids=_group((d.township, d.id) for d in registry.devices if d.kind == "water"),
         )
 
     def for_township(self, code: str) -> Detectors:
@@ -197,8 +205,7 @@ class Context:
         return found if found is not None else self.townships.get(township, self.defaults)
 
     def air_sensors_in(self, township: str) -> int | None:
-        n = sum(1 for d in self.registry.devices if d.kind == "air" and d.township == township)
-        return n or None
+        return self.air_counts.get(township) or None
 
     def shaking_min_intensity(self, township: str) -> str:
         """The CWA level from which an earthquake lowers a township's debris-flow line."""
@@ -206,7 +213,14 @@ class Context:
 
     def water_devices_in(self, township: str) -> list[str]:
         """Ids of the registry's water devices in a township (any may report rain)."""
-        return [d.id for d in self.registry.devices if d.kind == "water" and d.township == township]
+        return list(self.water_ids.get(township, ()))
+
+
+def _group(pairs: Iterable[tuple[str, str]]) -> dict[str, tuple[str, ...]]:
+    out: dict[str, list[str]] = {}
+    for key, value in pairs:
+        out.setdefault(key, []).append(value)
+    return {k: tuple(v) for k, v in out.items()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -597,6 +611,29 @@ def handle_township(
         air=air_state, water=water, levels=levels, open=_remember(env.open, candidates)
     )
     return Decision(state, points, candidates)
+
+
+def handle_township_reports(
+    env: TownshipState, reports: Sequence[TownshipReport], ctx: Context, detected_at: datetime
+) -> Decision[TownshipState]:
+    """A batch's reports for one township, in order (:func:`handle_township` each): every
+    level change is a candidate; of ``township_air`` points at one time only the last is
+    kept (InfluxDB would keep only that one of a series at one time anyway)."""
+    points: list[Point] = []
+    candidates: list[AlertCandidate] = []
+    air: dict[int, Point] = {}  # time ns -> the township's air then
+    for report in reports:
+        d = handle_township(env, report, ctx, detected_at)
+        env = d.state
+        candidates += d.candidates
+        for p in d.points:
+            if p.measurement == TOWNSHIP_AIR_MEASUREMENT:
+                air.pop(p.time_ns, None)  # the newest goes last, as it was written
+                air[p.time_ns] = p
+            else:
+                points.append(p)
+    points += air.values()
+    return Decision(env, points, candidates)
 
 
 def handle_quake(

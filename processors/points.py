@@ -139,6 +139,16 @@ class Where:
         return {"device": self.device, "township": self.township, **extra}
 
 
+#: The averaged concentrations ``air_quality`` stores (names of the storage rule).
+_AIR_QUALITY_FIGURES = (
+    windowed("pm2_5_ugm3", "1h"),
+    windowed("pm2_5_ugm3", "rt"),
+    windowed("pm10_ugm3", "rt"),
+    windowed("o3_ppb", "8h"),
+    windowed("co_ppm", "8h"),
+)
+
+
 def air_quality_point(where: Where, figures: AirFigures, buckets: InfluxSettings) -> Point | None:
     """``air_quality``: AQI, category, leading pollutant, level and the AQI inputs, named
     and measured as the readings are (``pm2_5_ugm3_rt``, ``o3_ppb_8h`` ...)."""
@@ -149,16 +159,7 @@ def air_quality_point(where: Where, figures: AirFigures, buckets: InfluxSettings
         "category": aqi.category.name_en if aqi else None,
         "leading": aqi.leading_pollutant if aqi else None,
         "level": figures.level,
-        **{
-            name: conc.get(name)
-            for name in (
-                windowed("pm2_5_ugm3", "1h"),
-                windowed("pm2_5_ugm3", "rt"),
-                windowed("pm10_ugm3", "rt"),
-                windowed("o3_ppb", "8h"),
-                windowed("co_ppm", "8h"),
-            )
-        },
+        **{name: conc.get(name) for name in _AIR_QUALITY_FIGURES},
         "lat": where.lat,
         "lon": where.lon,
     }

@@ -20,8 +20,10 @@ table (key)         value                   holds
                                             the open candidates
 ==================  ======================  ===========================================
 
-Each value records the ``offset`` of the last input message applied to its key, so a
-message read again after a restart is recognised (:mod:`processors.agents.loop`).
+Each value records the ``offset`` of the last input message applied to its key, and
+for a device the ``index`` of the reading within that record (a readings record holds
+several), so a reading read again after a restart is recognised
+(:mod:`processors.agents.loop`).
 Values are written to and read from the changelog by one codec
 (:func:`encode_value`/:func:`decode_value`), never by hand.
 """
@@ -49,13 +51,16 @@ STATE_VERSION = 2
 
 
 class TableValue(BaseModel):
-    """What every table value has: its layout version and the offset of the last input
-    message applied to its key (None: not yet stored)."""
+    """What every table value has: its layout version and the position of the last input
+    applied to its key: the record's ``offset`` (None: not yet stored) and the reading's
+    ``index`` within it (0 for a message of one input; a value stored before records held
+    several has 0 too, which is what it meant)."""
 
     model_config = ConfigDict(frozen=True, ser_json_inf_nan="constants")
 
     v: int = STATE_VERSION
     offset: int | None = None
+    index: int = 0
 
 
 class DeviceState(TableValue):

@@ -3,7 +3,8 @@
 
 * ``{prefix}processors.township`` (keyed by township code, as many partitions as the
   readings topics): every air and water reading's per-device level, so that the
-  township's state lives in one partition whatever device partition it came from.
+  township's state lives in one partition whatever device partition it came from; one
+  message per township and batch of readings (:class:`TownshipReports`).
 * ``{prefix}seismic.triggers`` (one partition, one constant key): per batch of seismic
   packets, the station triggers and event-window observations and the stream clock, for
   the network associator that must see every station.
@@ -42,6 +43,15 @@ class TownshipReport(BaseModel):
     threshold: float | None = None
     event_time: AwareDatetime
     evidence: dict[str, float | str] = Field(default_factory=dict)
+
+
+class TownshipReports(BaseModel):
+    """The reports of one batch of readings for one township, in reading order."""
+
+    model_config = ConfigDict(frozen=True)
+
+    township: str
+    reports: tuple[TownshipReport, ...]
 
 
 class Trigger(BaseModel):
@@ -128,6 +138,9 @@ class SeismicTick(BaseModel):
     observations: tuple[Observation, ...] = ()
     stations: tuple[StationStatus, ...] = ()
     trigger_record_ms: int | None = None
+    #: Kafka timestamp of the oldest packet of the tick, ms: the latency of a candidate
+    #: this tick decides is counted from it.
+    record_ms: int | None = None
     #: The ``readings.seismic`` partition the packets came from: the associator's clock
     #: is the slowest partition's (a watermark), see ``processors.handlers.handle_quake``.
     partition: int | None = None

@@ -148,22 +148,26 @@ class Measurement:
         """
         casts = self._casts
         kept: list[tuple[str, FieldValue]] = []
+        isfinite = math.isfinite
         for k, v in fields.items():
             cast = casts.get(k)
             if cast is None:
                 self.field(k)  # raises, naming the measurement
             if v is None:
                 continue
-            value = cast(v) if cast is not None else v
-            if isinstance(value, float) and not math.isfinite(value):
+            # Most values already have their type: skip the cast then (bool is an int).
+            value = v if cast is None or type(v) is cast else cast(v)
+            if type(value) is float and not isfinite(value):
                 continue
             kept.append((k, value))
         if not kept:
             return None
-        unknown = set(tags) - self._tags
-        if unknown:
-            msg = f"measurement {self.name} has no tag(s) {sorted(unknown)} (schema.py)"
-            raise KeyError(msg)
+        known = self._tags
+        for k in tags:
+            if k not in known:
+                unknown = sorted(set(tags) - known)
+                msg = f"measurement {self.name} has no tag(s) {unknown} (schema.py)"
+                raise KeyError(msg)
         return Point(
             bucket=self.bucket_name(buckets),
             measurement=self.name,

@@ -1,12 +1,17 @@
 """The device agents: ``readings.{air,water,seismic}`` -> detectors -> points, township
 reports and, from the seismic stations, ticks for the earthquake associator.
 
-Each reading is decoded (a record that is no :class:`~civic_iot.contracts.readings.Reading`
-is logged and counted, not stored: ingest validated it), handed with its device's state
-to the kind's pure handler (:mod:`processors.handlers`), and its outcome staged: the
-state for the table, the points for the sink, the reports for ``processors.township``
-keyed by township. A reading read again after a restart (:func:`seen`) has its raw point
-rewritten only; a detector that fails stores the raw point and the stream moves on.
+A record holds one reading or many (:mod:`civic_iot.contracts.readings`). A record
+without ingest's mark is dead-lettered (:mod:`processors.agents.guard`); a marked one's
+lines are validated (a line that is no :class:`~civic_iot.contracts.readings.Reading` is
+logged, counted and dead-lettered with its record, the others go on); each reading's
+time is checked against the bounds (the guard). Each reading is handed with its device's
+state to the kind's pure handler (:mod:`processors.handlers`) and its outcome staged: the
+state for the table, the points for the sink; after the batch, the reports go to
+``processors.township``, one message per township
+(:class:`~civic_iot.contracts.processing.TownshipReports`). A reading read again after a
+restart (:func:`seen`) has its raw point rewritten only; a detector that fails stores the
+raw point and the stream moves on.
 """
 
 from __future__ import annotations
@@ -19,10 +24,16 @@ from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
 from faust.types import EventT
-from pydantic import ValidationError
 
-from civic_iot.contracts.processing import NETWORK_KEY, Observation, SeismicTick, StationStatus
-from civic_iot.contracts.readings import Reading
+from civic_iot.contracts.processing import (
+    NETWORK_KEY,
+    Observation,
+    SeismicTick,
+    StationStatus,
+    TownshipReport,
+    TownshipReports,
+)
+from civic_iot.contracts.readings import Reading, RecordReadings, decode_record
 from civic_iot.storage.points import Point
 from civic_iot.storage.sink import PointSink
 from processors.agents.guard import ReadingGuard
@@ -88,72 +99,118 @@ class DeviceAgent(BatchAgent, Generic[S, OutcomeT]):
         self.guard = deps.guard
         self.states: BatchState[S] = BatchState(table, self.model)
         self.state = self.states
+        #: Readings of each event of the batch (by id), for the statistics.
+        self._inputs: dict[int, int] = {}
+
+    def begin_batch(self) -> None:
+        super().begin_batch()
+        self._inputs = {}
 
     @abstractmethod
     def decide(self, env: S, reading: Reading) -> OutcomeT:
         """The kind's pure handler."""
 
     @abstractmethod
-    async def emit(self, outcome: OutcomeT, event: EventT[Any]) -> None:
-        """Send what the outcome has for other agents."""
+    def stage(self, outcome: OutcomeT, event: EventT[Any]) -> None:
+        """Keep what the outcome has for other agents (sent in :meth:`on_batch`)."""
 
-    async def on_event(self, event: EventT[Any]) -> None:
+    async def on_event(self, event: EventT[Any]) -> int:
         if not await self.guard.marked(event):  # not written by ingest: dead-lettered
-            return
-        reading = await self.guard.admit(event, self._decode(event), self.sink)
-        if reading is None:
-            return
+            return 1
+        record = self._decode(event)
+        if record.refused:
+            # Marked, yet a line is no reading: the record is dead-lettered (its bytes
+            # whole) and its other readings go on.
+            await self.guard.admit(event, None, self.sink)
         msg = event.message
-        self.activity.observe(
-            self.kind, reading.device_id, msg.partition, reading.event_time.timestamp()
-        )
-        env = self.states.get(reading.device_id)
-        if seen(env, event):
-            # Replayed after a restart: the state already holds it (its changelog was
-            # written, the offset not yet committed). Rewrite the raw point only.
-            self.stats.counters["replayed"] += 1
-            self.sink.add(reading_points(reading, self.ctx.buckets))
-            return
-        try:
-            out = self.decide(env, reading)
-        except Exception:
-            # A detector bug must not lose the reading nor stop the stream.
-            logger.exception("detector failed reading=%s kind=%s", reading.reading_id, self.kind)
-            self.stats.counters["detector_errors"] += 1
-            self.sink.add(reading_points(reading, self.ctx.buckets))
-            return
-        self.states.set(reading.device_id, out.state, event)
-        self.sink.add(out.points)
-        await self.emit(out, event)
+        partition = msg.partition
+        observe = self.activity.observe
+        admit, sink = self.guard.admit, self.sink
+        for index, found in enumerate(record.readings):
+            reading = await admit(event, found, sink)  # its time within the bounds
+            if reading is None:
+                continue
+            device = reading.device_id
+            observe(self.kind, device, partition, reading.event_time.timestamp())
+            env = self.states.get(device)
+            if seen(env, event, index):
+                # Replayed after a restart: the state already holds it (its changelog was
+                # written, the offset not yet committed). Rewrite the raw point only.
+                self.stats.counters["replayed"] += 1
+                self.sink.add(reading_points(reading, self.ctx.buckets))
+                continue
+            try:
+                out = self.decide(env, reading)
+            except Exception:
+                # A detector bug must not lose the reading nor stop the stream.
+                logger.exception(
+                    "detector failed reading=%s kind=%s", reading.reading_id, self.kind
+                )
+                self.stats.counters["detector_errors"] += 1
+                self.sink.add(reading_points(reading, self.ctx.buckets))
+                continue
+            self.states.set(device, out.state, event, index)
+            self.sink.add(out.points)
+            self.stage(out, event)
+        return len(record.readings) + len(record.refused)
 
     def on_stored(self, events: Sequence[EventT[Any]]) -> None:
-        self.stats.stored([ms for e in events if (ms := record_ms(e)) is not None])
+        self.stats.stored(
+            [
+                ms
+                for e in events
+                if (ms := record_ms(e)) is not None
+                for _ in range(self._inputs.get(id(e), 1))
+            ]
+        )
 
-    def _decode(self, event: EventT[Any]) -> Reading | None:
-        self.stats.counters["readings_in"] += 1
-        try:
-            return Reading.from_record(event.value)
-        except ValidationError as exc:
-            # ingest validated it: a message that is no Reading is not ours to store.
-            self.stats.counters["deadletters"] += 1
-            msg = event.message
+    def _decode(self, event: EventT[Any]) -> RecordReadings:
+        """A marked record's readings, each line validated again (defence in depth: the
+        mark says ingest wrote it, not that what ingest wrote is sound; the trusted path,
+        ``decode_record(trusted=True)``, would halve the decoding), a line that is no
+        reading refused alone."""
+        msg = event.message
+        value: bytes = event.value
+        record = decode_record(value, trusted=False)
+        n = len(record.readings) + len(record.refused)
+        self._inputs[id(event)] = n
+        self.stats.counters["readings_in"] += n
+        if record.refused:
+            # ingest validated what it wrote: a line that is no Reading is not ours to store.
+            self.stats.counters["deadletters"] += len(record.refused)
             logger.error(
-                "not a reading topic=%s partition=%d offset=%d kind=%s error=%s",
+                "not a reading topic=%s partition=%d offset=%d kind=%s refused=%d error=%s",
                 msg.topic,
                 msg.partition,
                 msg.offset,
                 self.kind,
-                exc.errors(include_url=False)[:3],
+                len(record.refused),
+                record.refused[0],
             )
-            return None
+        return record
 
 
 class ReportingAgent(DeviceAgent[S, DeviceOutcome[S]]):
-    """A device agent whose readings report a level per hazard to their township."""
+    """A device agent whose readings report a level per hazard to their township: the
+    batch's reports go out after it, one message per township, in reading order."""
 
-    async def emit(self, outcome: DeviceOutcome[S], event: EventT[Any]) -> None:
+    def __init__(self, deps: DeviceDeps, table: MutableMapping[str, S]) -> None:
+        super().__init__(deps, table)
+        self._reports: dict[str, list[TownshipReport]] = {}
+
+    def begin_batch(self) -> None:
+        super().begin_batch()
+        self._reports = {}
+
+    def stage(self, outcome: DeviceOutcome[S], event: EventT[Any]) -> None:
         for r in outcome.reports:
-            await self.outbox.send(self.outbox.topics.township, r.township, r)
+            self._reports.setdefault(r.township, []).append(r)
+
+    async def on_batch(self) -> None:
+        reports, self._reports = self._reports, {}
+        for township, batch in reports.items():
+            msg = TownshipReports(township=township, reports=tuple(batch))
+            await self.outbox.send(self.outbox.topics.township, township, msg)
 
 
 class AirAgent(ReportingAgent[AirDevice]):
@@ -204,7 +261,7 @@ class SeismicAgent(DeviceAgent[SeismicDevice, SeismicOutcome]):
         super().begin_batch()
         self._batch = []
 
-    async def emit(self, outcome: SeismicOutcome, event: EventT[Any]) -> None:
+    def stage(self, outcome: SeismicOutcome, event: EventT[Any]) -> None:
         self._batch.append((outcome, record_ms(event), event.message.partition))
 
     async def on_batch(self) -> None:
@@ -222,7 +279,8 @@ def seismic_ticks(batch: Sequence[tuple[SeismicOutcome, int | None, int]]) -> li
     (see :func:`processors.handlers.handle_quake`). Within a tick the order of packets
     does not matter: the associator takes triggers in P-time order.
     ``trigger_record_ms`` is the earliest record time of a triggering packet (for the
-    alert latency).
+    alert latency), ``record_ms`` of any packet (the latency of a candidate the stream
+    clock decides).
     """
     groups: dict[tuple[int, int], list[tuple[SeismicOutcome, int | None]]] = {}
     for o, ts, part in batch:
@@ -239,6 +297,7 @@ def seismic_ticks(batch: Sequence[tuple[SeismicOutcome, int | None, int]]) -> li
             observations=tuple(_latest_obs([o.observation for o, _ in group])),
             stations=tuple(_latest_status([o.status for o, _ in group])),
             trigger_record_ms=min((ts for o, ts in group if o.trigger and ts), default=None),
+            record_ms=min((ts for _, ts in group if ts), default=None),
             partition=part,
         )
         for (_, part), group in sorted(groups.items())

@@ -4,11 +4,15 @@ An agent (:class:`BatchAgent`) says what it does with each event of a batch and 
 the batch; the loop does the rest, the same way for all of them:
 
 1. :func:`processors.faust_adapter.batches` reads with ``stream.noack_take(max,
-   within)``, which yields buffered *events* and never acks them.
+   within)``, which yields buffered *events* and never acks them. A readings record
+   holds many readings (:mod:`civic_iot.contracts.readings`), so a batch is cut again
+   after the events that make ``batch_max`` inputs (a record is never split).
 2. The agent handles every event of the batch: its state goes to its
    :class:`~processors.agents.tables.BatchState` (not yet to the table), its points to
-   its sink, its messages (township reports, alert candidates, ticks, notices) to the
-   app's producer at once.
+   its sink, its messages (alert candidates, ticks, notices) to the app's producer at
+   once, and what it gathers over the batch (township reports) after the last event.
+   Between events the loop lets other agents run: a batch of bulk readings never holds
+   the event loop for more than one record.
 3. The loop awaits the sink (:func:`civic_iot.storage.sink.store`) until InfluxDB has
    every point, retrying with backoff while it is down.
 4. Only then is the batch's state written to the table (and so its changelog), each
@@ -33,6 +37,7 @@ worker commits what is acked instead of waiting for events that cannot be stored
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
@@ -60,8 +65,9 @@ class BatchAgent(ABC):
             self.state.reset()
 
     @abstractmethod
-    async def on_event(self, event: EventT[Any]) -> None:
-        """Decode one event, decide, stage the state, add points, send messages."""
+    async def on_event(self, event: EventT[Any]) -> int | None:
+        """Decode one event, decide, stage the state, add points, send messages; returns
+        how many inputs (readings) the event held (None: one)."""
 
     async def on_batch(self) -> None:  # noqa: B027 - most agents have nothing to do here
         """After every event of the batch, before its points are stored."""
@@ -75,16 +81,25 @@ async def commit_after_sink(
 ) -> None:
     """Run ``agent`` on ``stream`` until the stream stops (see the module docstring)."""
     async for events in batches(stream, batch_max, within_s):
-        agent.begin_batch()
-        for event in events:
-            await agent.on_event(event)
-        await agent.on_batch()
-        await store(agent.sink, what=agent.name, retry_s=retry_s)
-        if agent.state is not None:
-            agent.state.write()
-        for event in events:
-            await stream.ack(event)
-        agent.on_stored(events)
+        i = 0
+        while i < len(events):
+            agent.begin_batch()
+            inputs = 0
+            done: list[EventT[Any]] = []
+            while i < len(events) and inputs < batch_max:
+                event = events[i]
+                n = await agent.on_event(event)
+                inputs += 1 if n is None else n
+                done.append(event)
+                i += 1
+                await asyncio.sleep(0)  # let another agent (the seismic path) run
+            await agent.on_batch()
+            await store(agent.sink, what=agent.name, retry_s=retry_s)
+            if agent.state is not None:
+                agent.state.write()
+            for event in done:
+                await stream.ack(event)
+            agent.on_stored(done)
 
 
 __all__ = ["BatchAgent", "commit_after_sink"]

@@ -69,7 +69,7 @@ class BatchState(Generic[S]):
     def __init__(self, table: MutableMapping[str, S], model: type[S]) -> None:
         self.table = table
         self._empty = model()
-        self._new: dict[str, tuple[S, EventT[Any]]] = {}
+        self._new: dict[str, tuple[S, EventT[Any], int]] = {}
 
     def get(self, key: str) -> S:
         """The key's state as of this batch (a fresh one for a key never stored)."""
@@ -79,30 +79,39 @@ class BatchState(Generic[S]):
         value = self.table.get(key)
         return value if value is not None else self._empty
 
-    def set(self, key: str, value: S, event: EventT[Any]) -> None:
-        """The key's new state, having applied ``event`` (its offset is recorded)."""
-        self._new[key] = (value.model_copy(update={"offset": int(event.message.offset)}), event)
+    def set(self, key: str, value: S, event: EventT[Any], index: int = 0) -> None:
+        """The key's new state, having applied ``event`` (the input at ``index`` of its
+        record; the position is recorded when the state is written). Within a batch a
+        key's inputs come in order, so a staged state needs no position to tell them
+        from replays."""
+        self._new[key] = (value, event, index)
 
     def reset(self) -> None:
         """Forget a batch that did not finish (its events are not acked either)."""
         self._new.clear()
 
     def write(self) -> None:
-        """Into the table, each key under its own last event (its changelog partition)."""
-        for key, (value, event) in self._new.items():
-            write_table(self.table, key, value, event)
+        """Into the table, each key under its own last event (its changelog partition),
+        with the position of its last input."""
+        for key, (value, event, index) in self._new.items():
+            update = {"offset": int(event.message.offset), "index": index}
+            write_table(self.table, key, value.model_copy(update=update), event)
         self._new.clear()
 
 
-def seen(state: TableValue, event: EventT[Any]) -> bool:
-    """Whether a key's state already includes this message (the offset it stored).
+def seen(state: TableValue, event: EventT[Any], index: int = 0) -> bool:
+    """Whether a key's state already includes this input: the one at ``index`` of the
+    message (the position it stored).
 
     Faust writes a table's changelog as soon as the value is set, but the source offset
     is committed later; after a crash in between, the message comes again. Each key's
-    input stays in one partition, so the offset of the last message applied to a key
-    tells a replay from a new message, and the detectors see every reading once.
+    input stays in one partition, so the position of the last input applied to a key
+    tells a replay from a new input, and the detectors see every reading once.
     """
-    return state.offset is not None and int(event.message.offset) <= state.offset
+    if state.offset is None:
+        return False
+    offset = int(event.message.offset)
+    return offset < state.offset or (offset == state.offset and index <= state.index)
 
 
 __all__ = ["BatchState", "StateCodec", "seen", "state_table"]

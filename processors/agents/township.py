@@ -1,5 +1,7 @@
-"""The township agent: ``processors.township`` (device reports keyed by township) ->
-:func:`~processors.handlers.handle_township` -> township points and alert candidates.
+"""The township agent: ``processors.township`` (the device agents' reports, one message
+per township and batch of readings, keyed by township) ->
+:func:`~processors.handlers.handle_township_reports` -> township points and alert
+candidates.
 
 Per-township state (air sensors agreeing, the water hazards' device levels) is keyed by
 township like its input, so it is co-partitioned with it and the app scales out on
@@ -13,15 +15,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 from faust.types import EventT
+from pydantic import ValidationError
 
-from civic_iot.contracts.processing import TownshipReport
+from civic_iot.contracts.processing import TownshipReport, TownshipReports
 from civic_iot.storage.sink import PointSink
 from processors.agents.faults import failed
 from processors.agents.loop import BatchAgent
 from processors.agents.outbox import Outbox
 from processors.agents.stats import Stats
 from processors.agents.tables import BatchState, seen
-from processors.handlers import Context, handle_township
+from processors.handlers import Context, handle_township_reports
 from processors.states import TownshipState
 
 
@@ -43,19 +46,30 @@ class TownshipAgent(BatchAgent):
         self.states = BatchState(table, TownshipState)
         self.state = self.states
 
-    async def on_event(self, event: EventT[Any]) -> None:
+    async def on_event(self, event: EventT[Any]) -> int:
         try:
-            report = TownshipReport.model_validate_json(event.value)
-            env = self.states.get(report.township)
+            msg = decode_reports(event.value)
+            env = self.states.get(msg.township)
             if seen(env, event):
-                return
-            decision = handle_township(env, report, self.ctx, datetime.now(UTC))
+                return len(msg.reports)
+            decision = handle_township_reports(env, msg.reports, self.ctx, datetime.now(UTC))
         except Exception as exc:  # noqa: BLE001 - one record must not stop the agent
             failed(self.stats, self.name, exc, event)
-            return
-        self.states.set(report.township, decision.state, event)
+            return 1
+        self.states.set(msg.township, decision.state, event)
         await self.outbox.candidates(decision.candidates)
         self.sink.add(decision.points)
+        return len(msg.reports)
 
 
-__all__ = ["TownshipAgent"]
+def decode_reports(value: bytes) -> TownshipReports:
+    """A message of ``processors.township``: a batch's reports, or one report as workers
+    before batches wrote them (still on the topic after an upgrade)."""
+    try:
+        return TownshipReports.model_validate_json(value)
+    except ValidationError:
+        report = TownshipReport.model_validate_json(value)
+        return TownshipReports(township=report.township, reports=(report,))
+
+
+__all__ = ["TownshipAgent", "decode_reports"]

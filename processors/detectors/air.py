@@ -180,19 +180,24 @@ def update_air(
     (``accepted=False``). ``config`` carries the lines in force for the sensor.
     """
     t = epoch_s(event_time)
-    clock = t if state.clock is None else max(state.clock, t)
-    series = dict(state.series)
+    clock = t if state.clock is None or t > state.clock else state.clock
+    sizes = _window_sizes(config)
+    usable = {k: v for k, v in values.items() if k in AIR_FIELDS and math.isfinite(v) and v >= 0}
+    # Each series: the reading's value added, old hours dropped and every window's mean,
+    # in one pass over its buckets.
+    series: dict[str, BucketSeries] = {}
+    windows: dict[str, Windows] = {}
     accepted = False
-    for reading_field, value in values.items():
-        if reading_field not in AIR_FIELDS or not math.isfinite(value) or value < 0:
-            continue
-        current = series.get(reading_field) or BucketSeries(HOUR_S, config.history_hours)
-        series[reading_field], kept = current.add(t, value, clock)
-        accepted = accepted or kept
-    series = {k: s.pruned(clock) for k, s in series.items()}
-
-    means = {k: _means(s, clock, config) for k, s in sorted(series.items())}
-    inputs, concentrations = _aqi_inputs(series, clock, config)
+    for reading_field in sorted(state.series.keys() | usable.keys()):
+        current = state.series.get(reading_field) or BucketSeries(HOUR_S, config.history_hours)
+        if reading_field in usable:
+            new, kept, win = current.step(clock, sizes, t, usable[reading_field])
+            accepted = accepted or kept
+        else:
+            new, _, win = current.step(clock, sizes)
+        series[reading_field], windows[reading_field] = new, win
+    means = {k: _means(w, config) for k, w in windows.items()}
+    inputs, concentrations = _aqi_inputs(windows, config)
     pm25 = means.get("pm2_5_ugm3")
     if pm25 is not None and pm25.mean_1h is not None:
         concentrations[windowed("pm2_5_ugm3", "1h")] = pm25.mean_1h
@@ -207,18 +212,36 @@ def update_air(
     return AirUpdate(state=new_state, figures=figures, step=step, accepted=accepted)
 
 
-def _means(series: BucketSeries, now: float, config: AirConfig) -> PollutantMeans:
-    mean_1h, _ = series.mean_of_means(now, 1)
-    mean_8h, _ = series.mean_of_means(now, 8)
-    mean_24h, valid = series.mean_of_means(now, config.history_hours)
+#: Window sizes (hours) -> mean of the hourly means and valid hours, of one series.
+Windows = Mapping[int, tuple[float | None, int]]
+
+
+def _window_sizes(config: AirConfig) -> tuple[int, ...]:
+    """Every window (hours) the figures and the AQI inputs need, ascending."""
+    # By identity: hashing a config (a frozen dataclass of tables) costs more than the
+    # windows themselves. The config is kept with its sizes, so its id is never reused.
+    found = _SIZES.get(id(config))
+    if found is None:
+        hours = {1, 8, config.history_hours, config.pm_short_hours, config.pm_long_hours}
+        found = _SIZES[id(config)] = (config, tuple(sorted(hours)))
+    return found[1]
+
+
+_SIZES: dict[int, tuple[AirConfig, tuple[int, ...]]] = {}
+
+
+def _means(windows: Windows, config: AirConfig) -> PollutantMeans:
+    mean_1h, _ = windows[1]
+    mean_8h, _ = windows[8]
+    mean_24h, valid = windows[config.history_hours]
     return PollutantMeans(mean_1h, mean_8h, mean_24h, valid)
 
 
 def _aqi_inputs(
-    series: Mapping[str, BucketSeries], now: float, config: AirConfig
+    series: Mapping[str, Windows], config: AirConfig
 ) -> tuple[dict[Pollutant, float], dict[str, float]]:
     """The AQI inputs (keys and units of :mod:`.aqi`) and the same figures in the
-    readings' names and units."""
+    readings' names and units, from each series' windows."""
     inputs: dict[Pollutant, float] = {}
     named: dict[str, float] = {}
 
@@ -226,7 +249,7 @@ def _aqi_inputs(
         s = series.get(reading_field)
         if s is None:
             return None
-        value, valid = s.mean_of_means(now, hours)
+        value, valid = s[hours]
         return value if valid >= min_valid else None
 
     pm: tuple[tuple[str, Pollutant], ...] = (("pm2_5_ugm3", "pm2_5"), ("pm10_ugm3", "pm10"))

@@ -95,6 +95,23 @@ class BreakpointTable:
     bands: tuple[Band, ...]
     decimals: int
     rounding: Literal["half_up", "truncate"] = "half_up"
+    #: Each band's (c_lo, c_hi) as exact decimals, the quantum and the rounding mode:
+    #: made once, used for every value.
+    _edges: tuple[tuple[Decimal, Decimal], ...] = field(init=False, repr=False, compare=False)
+    _quantum: Decimal = field(init=False, repr=False, compare=False)
+    _mode: str = field(init=False, repr=False, compare=False)
+    #: Quantised concentration -> (sub-index, above the top band), or None: values at
+    #: the table's resolution are few, and each is worked out once.
+    _memo: dict[Decimal, tuple[int, bool] | None] = field(
+        init=False, repr=False, compare=False, default_factory=dict
+    )
+
+    def __post_init__(self) -> None:
+        edges = tuple((Decimal(repr(b.c_lo)), Decimal(repr(b.c_hi))) for b in self.bands)
+        object.__setattr__(self, "_edges", edges)
+        object.__setattr__(self, "_quantum", Decimal(1).scaleb(-self.decimals))
+        mode = ROUND_HALF_UP if self.rounding == "half_up" else ROUND_DOWN
+        object.__setattr__(self, "_mode", mode)
 
     @property
     def top(self) -> Band:
@@ -102,8 +119,7 @@ class BreakpointTable:
 
     def quantise(self, concentration: float) -> Decimal:
         """The concentration at the table's resolution (exact decimal arithmetic)."""
-        mode = ROUND_HALF_UP if self.rounding == "half_up" else ROUND_DOWN
-        return Decimal(repr(concentration)).quantize(Decimal(1).scaleb(-self.decimals), mode)
+        return Decimal(repr(concentration)).quantize(self._quantum, self._mode)
 
 
 def _table(
@@ -333,17 +349,32 @@ REMARK_SO2_24H_USED = "so2_24h_used"  # SO2 above 200 decided by the 24-hour val
 REMARK_SO2_1H_CAPPED = "so2_1h_capped_at_200"  # 1 h SO2 >= 305 ppb without a 24 h value
 
 
+#: Quantised values a table remembers at most (its memo is emptied beyond).
+_MEMO_KEPT = 50_000
+
+
 def _interpolate(table: BreakpointTable, concentration: float) -> tuple[int, bool] | None:
     """(sub-index, above the top band) or None when the table has no band for it."""
     if not math.isfinite(concentration) or concentration < 0:
         return None
     c = table.quantise(concentration)
-    if c < Decimal(repr(table.bands[0].c_lo)):
+    memo = table._memo
+    if c in memo:
+        return memo[c]
+    if len(memo) >= _MEMO_KEPT:
+        memo.clear()
+    memo[c] = found = _band_index(table, c)
+    return found
+
+
+def _band_index(table: BreakpointTable, c: Decimal) -> tuple[int, bool] | None:
+    """:func:`_interpolate` of a quantised concentration."""
+    edges = table._edges
+    if c < edges[0][0]:
         return None  # below the first band (O3 1 h under 0.101 ppm)
-    if c > Decimal(repr(table.top.c_hi)):
+    if c > edges[-1][1]:
         return table.top.i_hi, True
-    for band in table.bands:
-        c_lo, c_hi = Decimal(repr(band.c_lo)), Decimal(repr(band.c_hi))
+    for band, (c_lo, c_hi) in zip(table.bands, edges, strict=True):
         if c <= c_hi:
             # A value between two bands (only with a custom table of a coarser
             # resolution) takes the lower edge of the next band.

@@ -71,12 +71,23 @@ class HealthState:
 
 @dataclass(frozen=True, slots=True)
 class HealthUpdate:
-    """New state, the issues now open, and those that opened or cleared with this reading."""
+    """New state, and the issues that opened or cleared with this reading."""
 
     state: HealthState
-    findings: tuple[HealthFinding, ...]
     opened: tuple[HealthFinding, ...]
     cleared: tuple[HealthFinding, ...]
+    device_id: str = ""
+    values: Mapping[str, float] = field(default_factory=dict)
+
+    @property
+    def findings(self) -> tuple[HealthFinding, ...]:
+        """The issues now open, by field and issue (worked out when asked: the agents
+        only need what opened and cleared)."""
+        return tuple(
+            _finding(self.device_id, q, i, since, self.values.get(q))
+            for q, issues in sorted(self.state.open.items())
+            for i, since in sorted(issues.items())
+        )
 
 
 def update_health(
@@ -89,23 +100,36 @@ def update_health(
     """Check one reading's fields (units as in the field names) at tz-aware ``event_time``."""
     t = epoch_s(event_time)
     runs = dict(state.runs)
-    open_now: dict[str, dict[Issue, float]] = {k: dict(v) for k, v in state.open.items()}
+    # The open issues are copied only when one opens or clears (rarely).
+    open_now: Mapping[str, Mapping[Issue, float]] = state.open
+    copied = False
     opened: list[HealthFinding] = []
     cleared: list[HealthFinding] = []
 
-    def set_issue(quantity: str, issue: Issue, active: bool, since: float, value: float) -> None:
-        issues = open_now.setdefault(quantity, {})
-        if active and issue not in issues:
-            issues[issue] = since
-            opened.append(_finding(device_id, quantity, issue, since, value))
-        elif not active and issue in issues:
-            cleared.append(_finding(device_id, quantity, issue, issues.pop(issue), value))
+    def change(quantity: str) -> dict[Issue, float]:
+        nonlocal open_now, copied
+        if not copied:
+            open_now = {k: dict(v) for k, v in open_now.items()}
+            copied = True
+        issues: dict[Issue, float] = open_now.setdefault(quantity, {})  # type: ignore[attr-defined]
+        return issues
 
+    def set_issue(quantity: str, issue: Issue, active: bool, since: float, value: float) -> None:
+        issues = open_now.get(quantity)
+        if active and (issues is None or issue not in issues):
+            change(quantity)[issue] = since
+            opened.append(_finding(device_id, quantity, issue, since, value))
+        elif not active and issues is not None and issue in issues:
+            was = change(quantity).pop(issue)
+            cleared.append(_finding(device_id, quantity, issue, was, value))
+
+    rules = config.rules
+    isfinite = math.isfinite
     for quantity, value in values.items():
-        rule = config.rules.get(quantity)
+        rule = rules.get(quantity)
         if rule is None:
             continue
-        plausible = math.isfinite(value) and rule.min_value <= value <= rule.max_value
+        plausible = isfinite(value) and rule.min_value <= value <= rule.max_value
         set_issue(quantity, "out_of_range", not plausible, t, value)
 
         run = runs.get(quantity)
@@ -118,17 +142,14 @@ def update_health(
         runs[quantity] = run
         set_issue(quantity, "stuck", _is_stuck(run, rule), run.first, value)
 
-    open_clean = {k: v for k, v in open_now.items() if v}
-    findings = tuple(
-        _finding(device_id, q, i, since, values.get(q))
-        for q, issues in sorted(open_clean.items())
-        for i, since in sorted(issues.items())
-    )
+    if copied:
+        open_now = {k: v for k, v in open_now.items() if v}
     return HealthUpdate(
-        state=HealthState(runs=runs, open=open_clean),
-        findings=findings,
+        state=HealthState(runs=runs, open=open_now),
         opened=tuple(opened),
         cleared=tuple(cleared),
+        device_id=device_id,
+        values=values,
     )
 
 

@@ -14,7 +14,7 @@ Times are epoch seconds (float) derived from tz-aware event times by :func:`epoc
 from __future__ import annotations
 
 import bisect
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import field
 from datetime import UTC, datetime
 from typing import Self
@@ -66,7 +66,11 @@ class BucketSeries:
         now = max(now, t)
         floor = self.oldest_kept(now)
         start = self.start_of(t)
-        kept = {k: v for k, v in self.buckets.items() if k >= floor}
+        buckets = self.buckets
+        if buckets and min(buckets) < floor:
+            kept = {k: v for k, v in buckets.items() if k >= floor}
+        else:
+            kept = dict(buckets)
         if start < floor:
             return self._with(kept), False
         total, count = kept.get(start, (0.0, 0))
@@ -74,8 +78,11 @@ class BucketSeries:
         return self._with(kept), True
 
     def pruned(self, now: float) -> Self:
-        """The series without buckets older than the window at ``now``."""
+        """The series without buckets older than the window at ``now`` (itself when it
+        has none)."""
         floor = self.oldest_kept(now)
+        if not self.buckets or min(self.buckets) >= floor:
+            return self
         return self._with({k: v for k, v in self.buckets.items() if k >= floor})
 
     def last(self, now: float, n: int) -> list[tuple[int, float, int]]:
@@ -99,8 +106,58 @@ class BucketSeries:
         This is how hourly values become 4-, 8-, 12- or 24-hour averages: every hour
         weighs the same whatever the number of readings in it.
         """
-        means = [total / count for _, total, count in self.last(now, n) if count > 0]
-        return (sum(means) / len(means) if means else None), len(means)
+        return self.means_of_means(now, (n,))[n]
+
+    def means_of_means(
+        self, now: float, windows: Iterable[int]
+    ) -> dict[int, tuple[float | None, int]]:
+        """:meth:`mean_of_means` of every window size in ``windows``, from one pass over
+        the buckets: the newest bucket's mean first, then each older one's, every window
+        taking the running sum when the pass reaches its edge."""
+        return self.step(now, sorted(windows))[2]
+
+    def step(
+        self, now: float, windows: Sequence[int], t: float | None = None, value: float = 0.0
+    ) -> tuple[Self, bool, dict[int, tuple[float | None, int]]]:
+        """:meth:`add` ``value`` at ``t`` (when given), :meth:`pruned` and
+        :meth:`means_of_means` of ``windows`` (ascending) at once: the series, whether
+        the value was kept, and each window's mean and valid buckets. What a detector does
+        with every reading, in one pass over the buckets."""
+        width, offset = self.width_s, self.offset_s
+        if t is not None and t > now:
+            now = t
+        newest = int((now + offset) // width) * width - offset
+        floor = newest - (self.keep - 1) * width
+        buckets = self.buckets
+        new: dict[int, tuple[float, int]] | None = None
+        kept = t is not None
+        if t is not None:
+            start = int((t + offset) // width) * width - offset
+            if start >= floor:
+                new = {k: v for k, v in buckets.items() if k >= floor}
+                old = new.get(start)
+                new[start] = (old[0] + value, old[1] + 1) if old is not None else (value, 1)
+            else:
+                kept = False
+        if new is None and buckets and min(buckets) < floor:
+            new = {k: v for k, v in buckets.items() if k >= floor}
+        series = self if new is None else self._with(new)
+        aged = sorted(
+            ((newest - k) // width, total / count)
+            for k, (total, count) in series.buckets.items()
+            if count > 0 and k <= newest
+        )
+        out: dict[int, tuple[float | None, int]] = {}
+        total_m = 0.0
+        valid = 0
+        i, n_aged = 0, len(aged)
+        for n in windows:
+            while i < n_aged and aged[i][0] < n:
+                total_m += aged[i][1]
+                valid += 1
+                i += 1
+            out[n] = ((total_m / valid) if valid else None), valid
+        return series, kept, out
 
     def _with(self, buckets: dict[int, tuple[float, int]]) -> Self:
         return type(self)(self.width_s, self.keep, self.offset_s, buckets)
@@ -118,7 +175,12 @@ class SampleBuffer:
         Samples older than ``keep_s`` before the newest are dropped, then the oldest
         beyond ``max_len``.
         """
-        items = [s for s in self.samples if s[0] != t]
+        samples = self.samples
+        if samples and t > samples[-1][0]:
+            # The usual case, a sample newer than any: append, cut the old ones off.
+            start = bisect.bisect_left(samples, (t - keep_s,))
+            return type(self)((*samples[start:], (t, value))[-max_len:])
+        items = [s for s in samples if s[0] != t]
         bisect.insort(items, (t, value))
         newest = items[-1][0]
         items = [s for s in items if s[0] >= newest - keep_s][-max_len:]
@@ -137,10 +199,13 @@ class SampleBuffer:
             return None
         t0 = pts[0][0]
         n = len(pts)
-        mean_t = sum(t - t0 for t, _ in pts) / n
-        mean_v = sum(v for _, v in pts) / n
-        var_t = sum((t - t0 - mean_t) ** 2 for t, _ in pts)
+        ts = [t - t0 for t, _ in pts]
+        vs = [v for _, v in pts]
+        mean_t = sum(ts) / n
+        mean_v = sum(vs) / n
+        dts = [x - mean_t for x in ts]
+        var_t = sum([d * d for d in dts])
         if var_t == 0:
             return None
-        cov = sum((t - t0 - mean_t) * (v - mean_v) for t, v in pts)
+        cov = sum([d * (v - mean_v) for d, v in zip(dts, vs, strict=True)])
         return cov / var_t

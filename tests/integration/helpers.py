@@ -20,8 +20,10 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
+from civic_iot.contracts.readings import record_lines
 from civic_iot.registry import device_password, device_secret
 from civic_iot.settings import Settings
+from civic_iot.topology import READING_KINDS
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -98,7 +100,7 @@ async def read_topic(
         while len(out) < want and time.monotonic() < deadline:
             batch = await consumer.getmany(timeout_ms=500)
             for recs in batch.values():
-                out += [(r.key, r.value) for r in recs if r.value is not None]
+                out += _per_reading(topic, [(r.key, r.value) for r in recs if r.value is not None])
         return out
     finally:
         await consumer.stop()
@@ -134,19 +136,35 @@ async def read_through(
         while not any(is_marker(k, v) for k, v in out):
             assert time.monotonic() < deadline, f"no marker on {topic}; got {len(out)} records"
             batch = await consumer.getmany(timeout_ms=500)
-            out += [
-                (r.key, r.value) for recs in batch.values() for r in recs if r.value is not None
-            ]
+            out += _per_reading(
+                topic,
+                [(r.key, r.value) for recs in batch.values() for r in recs if r.value is not None],
+            )
         end = await consumer.end_offsets(tps)
         while [tp for tp in tps if await consumer.position(tp) < end[tp]]:
             assert time.monotonic() < deadline, f"{topic} not read to its end"
             batch = await consumer.getmany(timeout_ms=500)
-            out += [
-                (r.key, r.value) for recs in batch.values() for r in recs if r.value is not None
-            ]
+            out += _per_reading(
+                topic,
+                [(r.key, r.value) for recs in batch.values() for r in recs if r.value is not None],
+            )
         return out
     finally:
         await consumer.stop()
+
+
+def _per_reading(
+    topic: str, records: list[tuple[bytes | None, bytes]]
+) -> list[tuple[bytes | None, bytes]]:
+    """A readings topic's records one reading each (a record holds several, one a line:
+    civic_iot.contracts.readings), keyed by the reading's device; others as they are."""
+    if not topic.endswith(tuple(f"readings.{k}" for k in READING_KINDS)):
+        return records
+    return [
+        (json.loads(line)["device_id"].encode(), line)
+        for _, value in records
+        for line in record_lines(value)
+    ]
 
 
 def start_process(args: Iterable[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:

@@ -14,6 +14,7 @@ from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError, OutOfOrderS
 from aiokafka.partitioner import DefaultPartitioner
 
 from civic_iot.contracts.provenance import HEADER, Marker
+from civic_iot.contracts.readings import record_value
 from ingest import service
 from ingest.service import Inbound, Outage, _Pipeline, _send_grouped
 
@@ -145,11 +146,20 @@ def batch_of(*mids: int) -> tuple[list[Inbound], int, list[tuple[str, bytes, byt
     return msgs, mids[0] - 1, [("readings.air", b"a-1", b"%d" % mid) for mid in mids]
 
 
-async def pipeline_of(*producers: HeldProducer) -> tuple[_Pipeline, AckLog]:
+async def pipeline_of(
+    *producers: HeldProducer, readings: frozenset[str] = frozenset()
+) -> tuple[_Pipeline, AckLog]:
     """A started pipeline whose producers are these, one after the other."""
     log = AckLog()
     queue = list(producers)
-    pipeline = _Pipeline(lambda: queue.pop(0), log, depth=4, timeout_s=1.0, mark=MARK)  # type: ignore[arg-type,return-value]
+    pipeline = _Pipeline(
+        lambda: queue.pop(0),  # type: ignore[arg-type,return-value]
+        log,  # type: ignore[arg-type]
+        depth=4,
+        timeout_s=1.0,
+        mark=MARK,
+        readings=readings,
+    )
     await pipeline.start()
     return pipeline, log
 
@@ -212,6 +222,34 @@ def test_a_failed_batch_is_sent_again_before_anything_later_is_acknowledged() ->
         await settling
         await pipeline.settle()
         assert log.acked == [[1], [2]]
+        assert pipeline.outage.since is None
+
+    asyncio.run(scenario())
+
+
+def test_a_failed_batch_of_readings_goes_again_as_the_same_records_on_a_new_producer() -> None:
+    """A flight keeps its readings one per record and gathers them into records of
+    several at each launch (ingest.service.readings_records): the new producer gets the
+    same records, and the readings are acknowledged once Kafka has them."""
+
+    async def scenario() -> None:
+        old, new = HeldProducer(), HeldProducer()
+        pipeline, log = await pipeline_of(old, new, readings=frozenset({"readings.air"}))
+        await pipeline.send(*batch_of(1, 2, 3))
+        gathered = [("readings.air", 0, [(b"a-1", record_value([b"1", b"2", b"3"]))])]
+        assert old.sent == gathered
+        old.pending[0].set_exception(KafkaTimeoutError())
+        settling = asyncio.ensure_future(pipeline.settle(wait=True))
+        for _ in range(100):  # a few loop turns until the re-send
+            if new.pending:
+                break
+            await asyncio.sleep(0)
+        assert old.stopped
+        assert new.sent == gathered
+        assert log.acked == []
+        new.pending[0].set_result(None)
+        await settling
+        assert log.acked == [[1, 2, 3]]
         assert pipeline.outage.since is None
 
     asyncio.run(scenario())

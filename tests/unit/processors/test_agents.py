@@ -121,7 +121,12 @@ def test_air_readings_give_figures_and_township_reports(harness: Any) -> None:
     assert last["aqi"] > 150
     assert last["level"] == 2
     assert aq[-1].time_ns == to_ns(start + timedelta(minutes=770))
-    reports = [json.loads(v) for topic, _, v in pub.sent if topic == Topology.of(settings).township]
+    # One message per township and batch, its reports in reading order.
+    messages = [
+        json.loads(v) for topic, _, v in pub.sent if topic == Topology.of(settings).township
+    ]
+    assert all(m["township"] == TOWN for m in messages)
+    reports = [r for m in messages for r in m["reports"]]
     assert len(reports) == 156
     assert reports[-1]["level"] == 2
     assert reports[-1]["township"] == TOWN
@@ -181,8 +186,9 @@ def test_flood_reading_reports_its_level_to_the_township(harness: Any) -> None:
     assert dict(by_m["water_level"].fields)["level"] == 2
     [(_topic, key, v)] = pub.sent
     assert key == TOWN
-    assert json.loads(v)["hazard"] == "flood"
-    assert json.loads(v)["level"] == 2
+    [report] = json.loads(v)["reports"]
+    assert report["hazard"] == "flood"
+    assert report["level"] == 2
 
 
 # --- strong shaking: quake agent -> processors.shaking -> shaking agent -> water agent -----
@@ -305,7 +311,12 @@ def test_shaking_agent_marks_the_gauge_and_the_water_agent_uses_r50(shaken: Any)
     assert rain[-1]["debris_flow_threshold_kind"] == "r50"
     assert rain[-1]["debris_flow_threshold_mm"] == 200.0
     assert rain[-1]["debris_flow_level"] == 2
-    reports = [json.loads(v) for t, _, v in pub.sent if t == Topology.of(settings).township]
+    reports = [
+        r
+        for t, _, v in pub.sent
+        if t == Topology.of(settings).township
+        for r in json.loads(v)["reports"]
+    ]
     debris = [r for r in reports if r["hazard"] == "debris_flow"]
     assert [r["level"] for r in debris][-1] == 2
     assert debris[-1]["evidence"]["debris_flow_threshold_kind"] == "r50"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -32,6 +33,7 @@ from processors.handlers import (
     handle_quake,
     handle_shaking,
     handle_township,
+    handle_township_reports,
     handle_water,
     open_candidates,
     strong_shaking_townships,
@@ -375,3 +377,42 @@ def test_fast_rise_is_a_township_candidate_of_its_own() -> None:
     assert c.evidence["flood_depth_cm"] == 9.5
     assert c.headline.startswith("Water rising fast in Yilan")
     assert open_candidates(township) == [c]
+
+
+def test_a_batch_of_township_reports_stores_what_one_at_a_time_stores() -> None:
+    # Air reports of a township, some at one time: the batch keeps only the last
+    # township_air point of a time, which is the one InfluxDB keeps of a series anyway.
+    levels = [(0, 40.0, 0), (1, 80.0, 0), (2, 160.0, 1), (1, 90.0, 1), (2, 170.0, 1), (0, 30.0, 3)]
+    reports = [
+        TownshipReport(
+            township=QUAKE_TOWN,
+            hazard="air_quality",
+            device=f"air-{i % 3}",
+            level=level,
+            value=aqi,
+            metric="aqi",
+            event_time=T + timedelta(minutes=minute),
+        )
+        for i, (level, aqi, minute) in enumerate(levels)
+    ]
+    one = TownshipState()
+    one_points: list[Any] = []
+    one_candidates = []
+    for r in reports:
+        d = handle_township(one, r, CTX, T)
+        one, one_points, one_candidates = (
+            d.state,
+            one_points + d.points,
+            one_candidates + d.candidates,
+        )
+    batch = handle_township_reports(TownshipState(), reports, CTX, T)
+    assert batch.state == one
+    assert batch.candidates == one_candidates
+    assert len(one_candidates) >= 2
+
+    def stored(points: list[Any]) -> dict[Any, Any]:
+        return {(p.measurement, p.tags, p.time_ns): p.fields for p in points}
+
+    assert stored(list(batch.points)) == stored(one_points)
+    air = [p for p in batch.points if p.measurement == "township_air"]
+    assert len({p.time_ns for p in air}) == len(air) == 3

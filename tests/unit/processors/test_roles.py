@@ -1,0 +1,51 @@
+"""A worker's role says which agents and tables it runs: the seismic path (stations and
+the earthquake associator) can run in processes and a consumer group of its own."""
+
+from __future__ import annotations
+
+import pytest
+
+from civic_iot.settings import Settings
+from civic_iot.thresholds import thresholds_from
+from civic_iot.topology import Topology
+from processors.app import create_app
+from tests.unit.processors.recorders import RecordingPublisher, RecordingSink
+from tests.unit.processors.test_agents import REGISTRY
+
+BULK_TOPICS = {"readings.air", "readings.water", "readings.deadletter"}
+SEISMIC_TOPICS = {"readings.seismic"}
+
+
+def _app(role: str) -> tuple[str, set[str], set[str]]:
+    settings = Settings(
+        kafka={"topic_prefix": "r."},  # type: ignore[arg-type]
+        processors={"web_port": 0, "stats_interval_s": 0, "role": role},  # type: ignore[arg-type]
+    )
+    app = create_app(
+        settings,
+        registry=REGISTRY,
+        thresholds=thresholds_from({}, REGISTRY),
+        sink_factory=lambda _name: RecordingSink(),
+        publisher=RecordingPublisher(),
+    )
+    app.finalize()
+    topics = {t.removeprefix("r.") for agent in app.agents.values() for t in agent.channel.topics}
+    tables = set(app.tables.keys())
+    return app.conf.id, topics, tables
+
+
+@pytest.mark.parametrize("role", ["all", "bulk", "seismic"])
+def test_each_role_runs_its_agents_and_tables(role: str) -> None:
+    app_id, topics, tables = _app(role)
+    group = Topology(prefix="r.").processors_app
+    bulk = role in ("all", "bulk")
+    seismic = role in ("all", "seismic")
+    assert app_id == (f"{group}-seismic" if role == "seismic" else group)
+    assert (topics >= BULK_TOPICS) is bulk
+    assert (topics >= SEISMIC_TOPICS) is seismic
+    assert ("processors.township" in topics) is bulk
+    assert ("seismic.triggers" in topics) is seismic
+    assert ({"air-state", "water-state", "township-state", "shaking-state"} <= tables) is bulk
+    assert ({"seismic-state", "quake-state"} <= tables) is seismic
+    if role != "all":
+        assert not (tables & ({"seismic-state", "quake-state"} if bulk else {"air-state"}))
