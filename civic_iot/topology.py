@@ -194,8 +194,15 @@ class Topology:
 
     @property
     def processors_app(self) -> str:
-        """The Faust app id, which is also the processors' consumer group."""
+        """The Faust app id, which is also the processors' consumer group (workers of the
+        roles ``all`` and ``bulk``)."""
         return f"{self.prefix}civic-processors"
+
+    @property
+    def processors_seismic(self) -> str:
+        """The app id and consumer group of the ``seismic`` workers: a group of their own,
+        so that their partitions and event loop never wait for the bulk readings'."""
+        return f"{self.processors_app}-seismic"
 
     def agent(self, name: str) -> str:
         """A Faust agent's name (unique per app and deployment)."""
@@ -219,7 +226,13 @@ class Topology:
 
     @property
     def groups(self) -> tuple[str, ...]:
-        return (self.processors_app, self.alerts_group, self.election_group, self.webhook_group)
+        return (
+            self.processors_app,
+            self.processors_seismic,
+            self.alerts_group,
+            self.election_group,
+            self.webhook_group,
+        )
 
     # ------------------------------------------------------------------ MQTT
 

@@ -396,7 +396,9 @@ def demo_cmd(
         str, typer.Option("--scenario", "-s", help="scenario name or path")
     ] = "demo",
     speed: Annotated[float, typer.Option(help="multiplies the scenario's time compression")] = 1.0,
-    workers: Annotated[int, typer.Option(help="Faust workers to start")] = 1,
+    workers: Annotated[
+        int, typer.Option(help="bulk Faust workers to start (beside one seismic worker)")
+    ] = 1,
 ) -> None:
     """Stack up, ingest + worker(s) + alerts + the API, a scenario from simulated devices
     (the operations console's URL is printed), a summary."""

@@ -47,7 +47,8 @@ def run_demo(
     )
     console.rule(f"civic-iot demo: scenario [bold]{scenario}[/bold], run {run}")
     console.print(
-        f"starting ingest, {workers} Faust worker(s), the alert service and the API "
+        f"starting ingest, {workers} bulk Faust worker(s) and a seismic one, the alert "
+        "service and the API "
         f"(logs in {pipeline.log_dir})"
     )
     pipeline.start()

@@ -60,7 +60,12 @@ class Pipeline:
     settings: Settings
     prefix: str
     log_dir: Path
+    #: Workers of the bulk readings (air, water, townships): role ``bulk``, or ``all``
+    #: without a seismic worker.
     workers: int = 1
+    #: One worker of role ``seismic`` beside them (the recommended deployment: an air or
+    #: water backlog never delays an earthquake warning).
+    seismic_worker: bool = True
     api: bool = False
     #: HTTP ports of the children; free ones are picked so a demo never collides with
     #: processes already running on the usual ports.
@@ -116,12 +121,15 @@ class Pipeline:
         )
         self._token = (record.id, token)
         self._spawn("alerts", ["alerts", "run"])
-        self.worker_ports = [free_port() for _ in range(self.workers)]
-        for i, port in enumerate(self.worker_ports):
+        roles = ["bulk" if self.seismic_worker else "all"] * self.workers
+        roles += ["seismic"] if self.seismic_worker else []
+        self.worker_ports = [free_port() for _ in roles]
+        for i, (role, port) in enumerate(zip(roles, self.worker_ports, strict=True)):
             self._spawn(
                 f"worker{i}",
                 ["worker"],
                 {
+                    "CIVIC_PROCESSORS__ROLE": role,
                     "CIVIC_PROCESSORS__INSTANCE": f"{self.prefix}{i}",
                     "CIVIC_PROCESSORS__WEB_PORT": str(port),
                 },
@@ -263,12 +271,23 @@ async def _read_all(settings: Settings, topic: str, timeout_s: float = 90) -> li
         await consumer.stop()
 
 
-def stages(topology: Topology) -> list[tuple[str, list[str]]]:
+def stages(topology: Topology, *, seismic_worker: bool) -> list[tuple[str, list[str]]]:
     """The hops of a run, in order: a consumer group and the topics it reads. Each hop's
-    input is complete once the hop before it has consumed all of its own."""
+    input is complete once the hop before it has consumed all of its own. With a seismic
+    worker, its group reads the stations and the triggers, and its strong-shaking marks
+    go to the bulk group."""
+    if not seismic_worker:
+        return [
+            (topology.processors_app, [topology.readings(k) for k in READING_KINDS]),
+            (topology.processors_app, [topology.township, topology.shaking, topology.triggers]),
+            (topology.alerts_group, [topology.candidates]),
+        ]
+    bulk = [topology.readings(k) for k in READING_KINDS if k != "seismic"]
     return [
-        (topology.processors_app, [topology.readings(k) for k in READING_KINDS]),
-        (topology.processors_app, [topology.township, topology.shaking, topology.triggers]),
+        (topology.processors_seismic, [topology.readings("seismic")]),
+        (topology.processors_seismic, [topology.triggers]),
+        (topology.processors_app, [*bulk, topology.deadletter]),
+        (topology.processors_app, [topology.township, topology.shaking]),
         (topology.alerts_group, [topology.candidates]),
     ]
 
@@ -320,14 +339,16 @@ async def group_lag(
         await admin.close()
 
 
-def wait_consumed(settings: Settings, topology: Topology, timeout_s: float = 90) -> list[str]:
+def wait_consumed(
+    settings: Settings, topology: Topology, *, seismic_worker: bool, timeout_s: float = 90
+) -> list[str]:
     """Wait until each stage of a run has consumed (committed) everything produced before
     it, hop after hop (:func:`stages`): then every candidate that the run's readings give
     is on the alerts topic as the messages it made (the alert service commits a candidate
     after its messages). A check that nothing else was issued can read the alerts then.
     Returns what still lags after ``timeout_s`` per stage (empty: all consumed)."""
     deadline = time.monotonic() + timeout_s
-    for group, topics in stages(topology):
+    for group, topics in stages(topology, seismic_worker=seismic_worker):
         left = max(1.0, deadline - time.monotonic())
         behind = asyncio.run(group_lag(settings, group, topics, left))
         if behind:
@@ -564,7 +585,12 @@ def execute(
             break
         time.sleep(2)
     found = stored_readings(settings, start, window_end) & want
-    lagging = wait_consumed(settings, pipeline.topology, timeout_s=drain_timeout_s)
+    lagging = wait_consumed(
+        settings,
+        pipeline.topology,
+        seismic_worker=pipeline.seismic_worker,
+        timeout_s=drain_timeout_s,
+    )
     tick(progress.get("p"))
     counts = pipeline.ingest_counts()
     alerts = read_alerts(settings, pipeline.prefix)

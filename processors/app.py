@@ -344,9 +344,8 @@ def create_app(
 
 def processors_app_id(topics: Topology, role: str) -> str:
     """The Faust app id (the consumer group, and the prefix of its tables' changelogs) of
-    a worker of ``role``: the seismic path's workers are a group of their own, so that
-    their partitions and their event loop never wait for the bulk readings'."""
-    return f"{topics.processors_app}-seismic" if role == "seismic" else topics.processors_app
+    a worker of ``role`` (:attr:`Topology.processors_seismic` for the seismic path)."""
+    return topics.processors_seismic if role == "seismic" else topics.processors_app
 
 
 def _register(

@@ -194,18 +194,21 @@ def test_each_service_gets_only_its_own_secrets() -> None:
             assert "civic-data" not in _mounts(svc).values(), name
     # Each service mounts its hand-out volume, and only its own; the alert service and
     # the API share the token file's volume, and nobody else sees it.
-    where = {
-        "ingest": "/data",
-        "worker": "/data",
-        "alerts": "/data",
-        "api": "/data",
-        "grafana": "/run/civic",
-    }
-    for service, target in where.items():
+    # (service, its hand-out, where it mounts it): the seismic worker runs on the worker's.
+    where = [
+        ("ingest", "ingest", "/data"),
+        ("worker", "worker", "/data"),
+        ("worker-seismic", "worker", "/data"),
+        ("alerts", "alerts", "/data"),
+        ("api", "api", "/data"),
+        ("grafana", "grafana", "/run/civic"),
+    ]
+    assert {s for s, _, _ in where} == set(services) - {"setup", "mosquitto", "kafka", "influxdb"}
+    for service, own, target in where:
         mounts = _mounts(services[service])
-        assert mounts[target] == handout[service], service
+        assert mounts[target] == handout[own], service
         shared = {handout["tokens"]} if service in ("alerts", "api") else set()
-        assert not set(mounts.values()) & (set(handout.values()) - {handout[service]} - shared)
+        assert not set(mounts.values()) & (set(handout.values()) - {handout[own]} - shared)
     assert setup.HANDOUT["tokens"].files == {}
     for service in ("alerts", "api"):
         assert _mounts(services[service])["/tokens"] == handout["tokens"]
@@ -237,7 +240,7 @@ def test_each_service_gets_only_its_own_secrets() -> None:
 
 def test_compose_processes_use_tls_and_their_data_dir() -> None:
     services = _compose()["services"]
-    for name in ("ingest", "worker", "alerts", "api", "setup"):
+    for name in ("ingest", "worker", "worker-seismic", "alerts", "api", "setup"):
         env = services[name]["environment"]
         assert env["CIVIC_DATA_DIR"] == "/data"
         assert env["CIVIC_MQTT__TLS"] == "true"
@@ -514,3 +517,17 @@ def test_mosquitto_hash_format() -> None:
     h = mosquitto_hash("pw", salt=b"\x00" * 12)
     assert h.startswith("$7$101$AAAAAAAAAAAAAAAA$")
     assert len(h.split("$")[-1]) == 88  # 64 bytes in base64
+
+
+def test_compose_runs_a_bulk_and_a_seismic_worker() -> None:
+    """The recommended deployment: an air or water backlog never delays the earthquake
+    path (``CIVIC_PROCESSORS__ROLE``, bench/quake_isolation.py)."""
+    services = _compose()["services"]
+    roles = {
+        name: svc["environment"].get("CIVIC_PROCESSORS__ROLE")
+        for name, svc in services.items()
+        if svc.get("command") == ["worker"]
+    }
+    assert roles == {"worker": "bulk", "worker-seismic": "seismic"}
+    for role in roles.values():
+        assert Settings(processors={"role": role}).processors.role == role
