@@ -94,6 +94,9 @@ class Pipeline:
             # The run's ingest session is not resumed by a later run: let the broker drop
             # it (and its queue) soon after the run ends.
             "CIVIC_MQTT__SESSION_EXPIRY_S": "300",
+            # Scenarios compress hours into seconds: production's check of silent devices
+            # every 60 s would see a device's hours of silence once, or not at all.
+            "CIVIC_PROCESSORS__SILENCE_CHECK_INTERVAL_S": "10",
             "PYTHONUNBUFFERED": "1",
         }
 

@@ -80,7 +80,11 @@ from processors.agents.stats import Activity, Stats, consumer_lag
 from processors.agents.tables import state_table
 from processors.agents.timers import PipelineStats, Republish, SilenceWatch
 from processors.agents.township import TownshipAgent
-from processors.faust_adapter import committed_offsets, on_rebalance_complete
+from processors.faust_adapter import (
+    committed_offsets,
+    on_rebalance_complete,
+    seek_uncommitted_to_start,
+)
 from processors.handlers import Context
 from processors.states import (
     AirDevice,
@@ -265,6 +269,9 @@ def create_app(
         _register(
             app, topics, topic, agent, batch_max=p.batch_max, within_s=within_s, retry_s=retry_s
         )
+    # A partition without a committed offset is read again from its start after every
+    # rebalance, not from wherever the fetcher had got to (processors.faust_adapter).
+    seek_uncommitted_to_start(app)
 
     timer_sink = new_sink("timers")
     republish = Republish(republished, outbox)

@@ -13,6 +13,15 @@ the project touches a private name of faust or mode.
   ``faust.streams._current_event``. ``Stream._set_current_event`` would also
   overwrite the stream's ``current_event``, which ``noack_take``'s buffering processor
   reads in the background, and lose events; so only the task-local variable is set.
+* :func:`seek_uncommitted_to_start`: after a rebalance faust seeks every partition to
+  its committed offset (``Consumer.perform_seek``), but aiokafka's
+  ``seek_to_committed`` seeks only where an offset above 0 is committed: a partition
+  with none stays at whatever position the fetcher reached. Records faust read from it
+  but did not hand to an agent (the read offset moves on when the flow is suspended
+  mid-delivery, and a skipped record is not delivered) are then never read again in
+  this session: the partition stalls with nothing committed (seen in CI: a worker
+  started on an uncommitted backlog stored 0 and then 33 of 40 readings). Such a
+  partition is sought to its start, as ``auto_offset_reset="earliest"`` means.
 * :func:`committed_offsets`: the consumer's last committed offset per partition
   (``Consumer._committed_offset``; there is no public accessor), for the lag.
 * :func:`on_rebalance_complete`: mode's signal handler type spells out the ``signal``
@@ -57,6 +66,24 @@ def write_table(table: MutableMapping[K, V], key: K, value: V, event: EventT[Any
         _current_event.set(None)
 
 
+def seek_uncommitted_to_start(app: faust.App) -> None:
+    """Make the consumer's seek to the committed offsets also seek every stream partition
+    without a committed offset to its start (module doc); changelogs are faust's."""
+    consumer: Any = app.consumer
+    seek_to_committed = consumer.seek_to_committed
+
+    async def seek_committed_or_start() -> Mapping[TP, int]:
+        committed: Mapping[TP, int] = await seek_to_committed()
+        changelogs = app.tables.changelog_topics
+        fresh = [tp for tp, at in committed.items() if not at and tp.topic not in changelogs]
+        if fresh:
+            for tp, start in (await consumer.earliest_offsets(*fresh)).items():
+                await consumer.seek(tp, start)
+        return committed
+
+    consumer.seek_to_committed = seek_committed_or_start
+
+
 def committed_offsets(consumer: Any) -> Mapping[TP, int | None]:
     """The consumer's committed offset per topic partition (None: nothing committed)."""
     return cast(Mapping[TP, int | None], consumer._committed_offset)
@@ -76,5 +103,6 @@ __all__ = [
     "batches",
     "committed_offsets",
     "on_rebalance_complete",
+    "seek_uncommitted_to_start",
     "write_table",
 ]

@@ -10,6 +10,7 @@ committed offsets are checked against the real Kafka in
 from __future__ import annotations
 
 import asyncio
+import inspect
 import re
 import tomllib
 import uuid
@@ -20,6 +21,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import faust
+from aiokafka import AIOKafkaConsumer
 from faust.events import Event
 from faust.types import TP, EventT, Message
 
@@ -29,6 +31,7 @@ from processors.faust_adapter import (
     batches,
     committed_offsets,
     on_rebalance_complete,
+    seek_uncommitted_to_start,
     write_table,
 )
 from processors.states import AirDevice
@@ -124,6 +127,53 @@ def test_rebalance_complete_calls_back_with_nothing() -> None:
     asyncio.run(app.on_rebalance_complete.send())
     asyncio.run(app.on_rebalance_complete.send())
     assert calls == [1, 1]
+
+
+def test_a_partition_without_a_committed_offset_is_sought_to_its_start() -> None:
+    """aiokafka's seek_to_committed leaves such a partition where the fetcher got to; the
+    adapter seeks it to its start, streams only (a changelog is faust's own)."""
+    app = _app()
+    table: Any = state_table(app, "state", AirDevice, 4)
+    changelog = table.changelog_topic.get_topic_name()
+    committed = {
+        TP("readings.air", 0): None,  # never committed
+        TP("readings.air", 1): 0,  # committed at the start
+        TP("readings.air", 2): 7,
+        TP(changelog, 0): None,
+    }
+    calls: list[tuple[str, tuple[TP, ...]]] = []
+
+    async def seek_to_committed() -> Mapping[TP, int | None]:
+        calls.append(("committed", ()))
+        return committed
+
+    async def earliest_offsets(*tps: TP) -> Mapping[TP, int]:
+        calls.append(("earliest", tps))
+        return dict.fromkeys(tps, 3)  # the log starts at 3 (older records deleted)
+
+    async def seek(tp: TP, offset: int) -> None:
+        calls.append(("seek", (tp, offset)))
+
+    consumer: Any = app.consumer
+    consumer.seek_to_committed = seek_to_committed
+    consumer.earliest_offsets = earliest_offsets
+    consumer.seek = seek
+    seek_uncommitted_to_start(app)
+    assert asyncio.run(consumer.seek_to_committed()) == committed
+    fresh = (TP("readings.air", 0), TP("readings.air", 1))
+    assert calls == [
+        ("committed", ()),
+        ("earliest", fresh),
+        ("seek", (fresh[0], 3)),
+        ("seek", (fresh[1], 3)),
+    ]
+
+
+def test_aiokafka_seeks_only_to_a_committed_offset_above_zero() -> None:
+    """What seek_uncommitted_to_start makes up for, in the pinned aiokafka: without a
+    committed offset (or at 0) the position is left where it is."""
+    source = inspect.getsource(AIOKafkaConsumer.seek_to_committed)
+    assert "if offset and offset > 0:" in source
 
 
 def test_the_adapter_is_the_only_module_with_private_faust_names() -> None:
