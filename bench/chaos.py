@@ -69,6 +69,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: E402
 from loadgen import LeanDevice, Tally  # noqa: E402
 
 from civic_iot.auth import TokenStore  # noqa: E402
+from civic_iot.contracts.readings import record_lines  # noqa: E402
 from civic_iot.kafka_admin import ensure_topics, partition_counts  # noqa: E402
 from civic_iot.registry import device_password, device_secret, load_registry  # noqa: E402
 from civic_iot.settings import Settings, get_settings  # noqa: E402
@@ -432,7 +433,9 @@ def account_readings(
     on_kafka: Counter[str] = Counter()
     for kind in ("air", "water"):
         for v in read_topic_values(settings, topics.readings(kind)):
-            on_kafka[json.loads(v)["reading_id"]] += 1
+            # A record holds one ingest batch's readings of a partition, a line each.
+            for line in record_lines(v):
+                on_kafka[json.loads(line)["reading_id"]] += 1
     stored = stored_readings(settings, *window)
     acked_keys = {reading_key(d, datetime.fromtimestamp(ts / 1000, UTC)) for d, ts in acked}
     return {
