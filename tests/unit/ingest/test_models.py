@@ -14,25 +14,17 @@ from typing import Any
 import pytest
 
 from civic_iot.contracts.readings import AirPayload, Reading, SeismicPayload, WaterPayload
-from civic_iot.registry import Device, Registry, Township
 from civic_iot.times import to_ns
 from ingest.refusals import Limits, ReadingRefusedError, parse_topic
 from ingest.validate import validate
 from tests.contract_oracle import RANGES
+from tests.contract_world import DEVICE_FOR, REGISTRY
 
 NOW = datetime(2026, 11, 25, 0, 0, tzinfo=UTC)
 #: Half an hour before NOW: inside the lateness window, so not late.
 TS = "2026-11-24T23:30:00Z"
 
-REGISTRY = Registry(
-    townships=(Township(code="63000030", name="Da'an", lat=25.026, lon=121.543),),
-    devices=(
-        Device(id="air-1", kind="air", lat=25.02, lon=121.54, township="63000030"),
-        Device(id="water-1", kind="water", lat=25.03, lon=121.55, township="63000030"),
-        Device(id="quake-1", kind="seismic", lat=25.04, lon=121.56, township="63000030"),
-    ),
-)
-DEVICE_OF = {"air": "air-1", "water": "water-1", "seismic": "quake-1"}
+DEVICE_OF = DEVICE_FOR
 
 
 def judge(kind: str, doc: dict[str, Any]) -> Reading:
