@@ -4,6 +4,7 @@ same run (run by hand).
     .venv/bin/python bench/processors.py --air 50000 --water 10000 --stations 26 --seconds 60
     .venv/bin/python bench/processors.py --air 20000 --water 0 --stations 0 --profile w.prof
     .venv/bin/python bench/processors.py --rate 2000   # records/s, for latency below saturation
+    .venv/bin/python bench/processors.py --air 40000 --water 0 --stations 0 --workers 2 --no-floor
 
 The workload is written to fresh topics (unique prefix) exactly as ingest writes it:
 readings in arrival order, per batch of 1,000 messages one marked record per topic and
@@ -23,6 +24,13 @@ floor: per record), and the ratio ours/floor; and, from the worker's log, the
 triggering packet -> earthquake candidate latency. The machine's load average is printed
 with every figure: on a shared machine, CPU per reading is the figure to compare.
 ``--profile`` runs the worker under cProfile with a CPU-time clock.
+
+``--workers N`` (scale-out: Kafka partitions shared by more workers in one consumer
+group, each with its own static member id) starts the N workers first and waits until
+every one has joined the group and is ready, then produces the records flat out: the
+readings/s are from the first send to the last commit, the CPU is the sum of the workers'.
+With more workers than the topics' partitions (``CIVIC_KAFKA__PARTITIONS``) the extra
+ones idle.
 """
 
 from __future__ import annotations
@@ -149,6 +157,24 @@ def start_worker(env: dict[str, str], log: Path, profile: Path | None) -> subpro
     return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=log.open("wb"), stderr=subprocess.STDOUT)
 
 
+def start_workers(
+    env: dict[str, str], logs: list[Path], profile: Path | None
+) -> list[subprocess.Popen[bytes]]:
+    """One worker per log, each its own static group member; returns once all are ready.
+
+    A worker that joins makes the others rebalance; the last one to say ready has been
+    through the group's final rebalance, and so have the others by then."""
+    workers = [
+        start_worker({**env, "CIVIC_PROCESSORS__INSTANCE": f"bench{i}"}, log, profile)
+        for i, log in enumerate(logs)
+    ]
+    for worker, log in zip(workers, logs, strict=True):
+        while "worker ready" not in log.read_text(errors="replace"):
+            assert worker.poll() is None, log.read_text()
+            time.sleep(0.2)
+    return workers
+
+
 def run_floor(
     settings: Settings, env: dict[str, str], prefix: str, buckets: Buckets
 ) -> dict[str, Any]:
@@ -174,7 +200,10 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true", help="keep the buckets")
     ap.add_argument("--profile", type=Path, help="run the worker under cProfile, write here")
     ap.add_argument("--py-spy", type=Path, help="sample the worker with py-spy (raw), write here")
+    ap.add_argument("--workers", type=int, default=1, help="workers in the group (scale-out)")
     args = ap.parse_args()
+    if args.workers > 1 and (args.rate or args.profile or args.py_spy):
+        ap.error("--workers > 1 produces flat out after the workers joined; no --rate/profiles")
 
     base = get_settings()
     uid = uuid.uuid4().hex[:8]
@@ -192,7 +221,7 @@ def main() -> int:
     print(f"workload: {n_aw} air/water readings, {n_seis} seismic packets, "
           f"{len(records)} records; load {load()}", flush=True)  # fmt: skip
 
-    log = Path(f"/tmp/bench-processors-{uid}.log")
+    logs = [Path(f"/tmp/bench-processors-{uid}-{i}.log") for i in range(args.workers)]
     env = {
         **os.environ,
         "CIVIC_KAFKA__TOPIC_PREFIX": prefix,
@@ -205,14 +234,15 @@ def main() -> int:
     reading_topics = [Topology(prefix=prefix).readings(k) for k in READING_KINDS]
     floor: dict[str, Any] | None = None
     try:
-        t_first = asyncio.run(produce(settings, records, args.rate)) if args.rate == 0 else 0.0
-        if not args.no_floor and args.rate == 0:
+        # One worker: the records wait in Kafka, the worker starts on a full backlog.
+        # Several: they join first (each join rebalances the others), then the records go.
+        produce_first = args.rate == 0 and args.workers == 1
+        t_first = asyncio.run(produce(settings, records, args.rate)) if produce_first else 0.0
+        if not args.no_floor and produce_first:
             floor = run_floor(settings, env, prefix, buckets)
             print(f"floor done; load {load()}", flush=True)
-        worker = start_worker(env, log, args.profile)
-        while "worker ready" not in log.read_text(errors="replace"):
-            assert worker.poll() is None, log.read_text()
-            time.sleep(0.2)
+        workers = start_workers(env, logs, args.profile)
+        worker = workers[0]
         load_start = load()
         spy = None
         if args.py_spy:
@@ -221,13 +251,14 @@ def main() -> int:
                  "-r", "200", "-f", "raw", "-o", str(args.py_spy)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
-        cpu0 = proc_cpu_s(worker.pid)
+        cpu0 = sum(proc_cpu_s(w.pid) for w in workers)
         t0 = time.time()
-        if args.rate > 0:
+        if not produce_first:
             t_first = asyncio.run(produce(settings, records, args.rate))
             t0 = t_first
         t_done = asyncio.run(wait_committed(settings, group, reading_topics, 3600))
-        cpu1, hwm = proc_cpu_s(worker.pid), proc_hwm_mib(worker.pid)
+        cpu1 = sum(proc_cpu_s(w.pid) for w in workers)
+        hwm = max(proc_hwm_mib(w.pid) for w in workers)
         if spy is not None:
             spy.send_signal(signal.SIGINT)
             spy.wait(30)
@@ -240,11 +271,13 @@ def main() -> int:
         )
         p50s = [r.get_value() for t in rows for r in t.records if r.get_field() == "latency_p50_ms"]
         p99s = [r.get_value() for t in rows for r in t.records if r.get_field() == "latency_p99_ms"]
-        quake_ms = [float(m) for m in re.findall(r"quake candidate latency_ms=([\d.]+)",
-                                                 log.read_text(errors="replace"))]  # fmt: skip
+        quake_ms = [float(m) for lg in logs for m in re.findall(
+            r"quake candidate latency_ms=([\d.]+)", lg.read_text(errors="replace"))]  # fmt: skip
         stored = buckets.count("readings", "air", "lat") + buckets.count("readings", "water", "lat")
-        worker.send_signal(signal.SIGTERM)
-        worker.wait(60)
+        for w in workers:
+            w.send_signal(signal.SIGTERM)
+        for w in workers:
+            w.wait(60)
     finally:
         if not args.keep:
             buckets.drop()
@@ -256,9 +289,10 @@ def main() -> int:
         ("readings (air+water / seismic packets), records",
          f"{n_aw} / {n_seis}, {len(records)} records"),
         ("air/water readings stored (raw) by the worker, of", f"{stored} of {n_aw}"),
-        ("worker: readings/s, first fetch -> last committed", f"{total / wall:.0f}"),
-        ("worker: CPU per reading, us", f"{ours_cpu:.0f}"),
-        ("worker: peak RSS (VmHWM), MiB", f"{hwm:.0f}"),
+        ("workers in the group", f"{args.workers}"),
+        ("worker(s): readings/s, first fetch -> last committed", f"{total / wall:.0f}"),
+        ("worker(s): CPU per reading, us (all workers)", f"{ours_cpu:.0f}"),
+        ("worker: peak RSS (VmHWM), MiB (the largest)", f"{hwm:.0f}"),
         ("worker: latency record -> stored p50 / p99, ms",
          f"{statistics.median(p50s):.0f} / {max(p99s):.0f}" if p50s else "n/a"),
         ("worker: triggering packet -> quake candidate, ms (first / median)",
@@ -278,7 +312,7 @@ def main() -> int:
              f"{total / wall / f_rate:.2f}, {ours_cpu / f_cpu:.1f}x"),
         ]  # fmt: skip
     print(table(out))
-    print(f"worker log: {log}")
+    print(f"worker log(s): {' '.join(map(str, logs))}")
     return 0
 
 
