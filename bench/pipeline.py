@@ -19,10 +19,17 @@ not counted:
 
 1. **ceiling**: Mosquitto -> ``mosquitto_sub`` (C, QoS 1): what the broker delivers with
    no work per message;
-2. **telegraf**: Mosquitto -> Telegraf (``inputs.mqtt_consumer`` at QoS 1 with a
-   persistent session, so each message is acknowledged to the broker only once its metric
-   is written, ``max_undelivered_messages`` 10,000; the JSON parser with the reading's
-   ``ts`` as its time; ``outputs.influxdb_v2`` to a bucket of its own);
+2. **telegraf**: Mosquitto -> Telegraf (``inputs.mqtt_consumer`` at QoS 1,
+   ``max_undelivered_messages`` 10,000; the JSON parser with the reading's ``ts`` as its
+   time; ``outputs.influxdb_v2`` to a bucket of its own; ``metric_batch_size``
+   ``--telegraf-batch``, 1,000 as Telegraf's default, ``flush_interval`` 1 s). Its default
+   clean session acknowledges each message on receipt: a crash loses what is not yet
+   written;
+   **telegraf-durable**: the same with a persistent session, so each message is
+   acknowledged only once its metric is written (civic-iot's guarantee: ingest
+   acknowledges once Kafka has the reading). Mosquitto then has at most
+   ``max_inflight_messages`` (1,000, deploy/mosquitto) unacknowledged messages out to
+   Telegraf, an MQTT 3.1.1 client: with batches of 1,000, it waits for each write;
 3. **civic-iot**: Mosquitto -> ingest -> Kafka -> a ``bulk`` processors worker -> InfluxDB
    (raw and derived points), with the seismic worker and the alert service beside them as
    deployed (:class:`ops.pipeline.Pipeline`), on a fresh topic prefix and buckets.
@@ -86,7 +93,10 @@ from civic_iot.registry import device_password, device_secret, load_registry  # 
 from civic_iot.settings import Settings, get_settings, influx_token, mqtt_password  # noqa: E402
 from ops.pipeline import Pipeline  # noqa: E402
 
-PATHS = ("ceiling", "telegraf", "civic")
+#: Telegraf acknowledges a message on receipt by default (a clean session); with a
+#: persistent session, once its metric is written: "telegraf-durable", the guarantee
+#: civic-iot gives (ingest acknowledges once Kafka has the reading).
+PATHS = ("ceiling", "telegraf", "telegraf-durable", "civic")
 #: The field every stored air reading has, in both stored paths' ``air`` measurement.
 COUNTED_FIELD = "pm2_5_ugm3"
 _WROTE = re.compile(r"\bWrote batch of (\d+) metrics\b")
@@ -119,6 +129,9 @@ class TelegrafPlan:
     token: str
     org: str
     bucket: str
+    #: A persistent session: each message acknowledged once its metric is written (else
+    #: on receipt, Telegraf's default).
+    persistent: bool = False
     batch: int = 1000
     flush_s: float = 1.0
     undelivered: int = 10_000
@@ -127,10 +140,10 @@ class TelegrafPlan:
 
 
 def telegraf_config(p: TelegrafPlan) -> str:
-    """Telegraf's TOML: the MQTT consumer at QoS 1 with a persistent session (messages are
-    acknowledged once written, not on receipt), the JSON parser with ``ts`` (epoch ms) as
-    the metric's time and ``air`` as its name, the InfluxDB v2 output; debug logging on
-    stderr, which is how the bench sees each write."""
+    """Telegraf's TOML: the MQTT consumer at QoS 1 (with ``persistent``, a persistent
+    session: messages are acknowledged once written, not on receipt), the JSON parser with
+    ``ts`` (epoch ms) as the metric's time and ``air`` as its name, the InfluxDB v2 output;
+    debug logging on stderr, which is how the bench sees each write."""
     topics = ", ".join(_toml(t) for t in p.topics)
     return f"""\
 [agent]
@@ -146,7 +159,7 @@ def telegraf_config(p: TelegrafPlan) -> str:
   servers = [{_toml(p.mqtt_url)}]
   topics = [{topics}]
   qos = 1
-  persistent_session = true
+  persistent_session = {str(p.persistent).lower()}
   client_id = {_toml(p.client_id)}
   max_undelivered_messages = {p.undelivered}
   username = {_toml(p.username)}
@@ -277,7 +290,7 @@ def summary(results: Sequence[PathResult]) -> dict[str, Any]:
             "lat_p99_ms": pct(r.lat_ms, 0.99),
             "ratio_to_ceiling": r.rate / ceiling.rate if ceiling and ceiling.rate else None,
         }
-        if telegraf is not None and r.name not in ("ceiling", "telegraf"):
+        if telegraf is not None and r.name in ("civic", "telegraf-durable"):
             tp, to = telegraf.cpu_us(), telegraf.cpu_us(telegraf.own)
             mp, mo = r.cpu_us(), r.cpu_us(r.own)
             d["cpu_x_telegraf_path"] = mp / tp if mp and tp else None
@@ -362,12 +375,27 @@ def render(rows: Sequence[tuple[str, list[str]]], headers: Sequence[str]) -> str
 
 
 def readme_row(s: dict[str, Any], readings: int) -> str:
-    """The README's "Measured performance" row for this run (needs all three paths)."""
-    c, t, o = (s["paths"][n] for n in PATHS)
+    """The README's "Measured performance" row for this run (the ceiling, Telegraf and
+    civic-iot; Telegraf with a persistent session too when it ran)."""
+    paths = s["paths"]
+    c, t, o = paths["ceiling"], paths["telegraf"], paths["civic"]
 
     def lat(p: dict[str, Any]) -> str:
         return f"p50 {_num(p['lat_p50_ms'])} / p99 {_num(p['lat_p99_ms'])} ms"
 
+    def peer(p: dict[str, Any]) -> str:
+        return (
+            f"{_num(p['rate'])}/s, {_num(p['ratio_to_ceiling'], '.2f')} of the ceiling, "
+            f"{_num(p['cpu_us_path'])} us ({_num(p['cpu_us_own'])} us its own), "
+            f"lost {p['lost']:,}, {lat(p)}"
+        )
+
+    durable = paths.get("telegraf-durable")
+    also = (
+        ""
+        if durable is None
+        else f"; Telegraf acknowledging once written (persistent session) {peer(durable)}"
+    )
     return (
         f"| devices -> Mosquitto -> InfluxDB, whole pipeline, {readings:,} clean air readings "
         f"at QoS 1, publishers flat out, against Telegraf in the same run | civic-iot (ingest "
@@ -375,13 +403,11 @@ def readme_row(s: dict[str, Any], readings: int) -> str:
         f"{_num(o['ratio_to_ceiling'], '.2f')} of the QoS 1 ceiling ({_num(c['rate'])}/s), "
         f"{_num(o['cpu_us_path'])} us CPU per reading with the brokers "
         f"({_num(o['cpu_us_own'])} us its own processes), lost {o['lost']:,}, {lat(o)}; "
-        f"Telegraf 1.37 (mqtt_consumer -> influxdb_v2) {_num(t['rate'])}/s, "
-        f"{_num(t['ratio_to_ceiling'], '.2f')} of the ceiling, {_num(t['cpu_us_path'])} us "
-        f"({_num(t['cpu_us_own'])} us its own), lost {t['lost']:,}, {lat(t)}; ours "
-        f"{_num(o.get('cpu_x_telegraf_path'), '.1f')}x Telegraf's CPU per reading "
-        f"({_num(o.get('cpu_x_telegraf_own'), '.1f')}x own processes); load "
-        f"{c['load_start'].split(' on ')[0]} to {o['load_end'].split(' on ')[0]} on 2 cores "
-        f"| `bench/pipeline.py` |"
+        f"Telegraf 1.37 (mqtt_consumer -> influxdb_v2, its defaults: acknowledged on "
+        f"receipt) {peer(t)}{also}; ours {_num(o.get('cpu_x_telegraf_path'), '.1f')}x "
+        f"Telegraf's CPU per reading ({_num(o.get('cpu_x_telegraf_own'), '.1f')}x own "
+        f"processes); load {c['load_start'].split(' on ')[0]} to "
+        f"{o['load_end'].split(' on ')[0]} on 2 cores | `bench/pipeline.py` |"
     )
 
 
@@ -600,9 +626,9 @@ def telegraf_binary() -> str:
     return out.stdout.strip().splitlines()[-1]
 
 
-def run_telegraf(run: Run, binary: str) -> PathResult:
+def run_telegraf(run: Run, binary: str, name: str) -> PathResult:
     s, args = run.settings, run.args
-    client_id = f"bench-telegraf-{run.uid}"
+    client_id = f"bench-{name}-{run.uid}"
     plan = TelegrafPlan(
         mqtt_url=f"tcp://{s.mqtt.host}:{s.mqtt.port}",
         username=INGEST_USER,
@@ -612,11 +638,12 @@ def run_telegraf(run: Run, binary: str) -> PathResult:
         influx_url=s.influx.url,
         token=influx_token(s),
         org=s.influx.org,
-        bucket=run.buckets.names["telegraf"],
+        bucket=run.buckets.names[name.replace("-", "_")],
+        persistent=name == "telegraf-durable",
         batch=args.telegraf_batch,
         flush_s=args.telegraf_flush,
     )
-    workdir = Path(tempfile.mkdtemp(prefix="bench-telegraf-"))
+    workdir = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
     tg = TelegrafProcess(binary, plan, workdir)
     bucket = plan.bucket
     try:
@@ -654,7 +681,7 @@ def run_telegraf(run: Run, binary: str) -> PathResult:
         )
         why = tg.wait_written(base + n, args.timeout, args.stall) if why is None else why
         watch.stop()
-        r = run.result("telegraf", t0, watch, ("telegraf",))
+        r = run.result(name, t0, watch, ("telegraf",))
         r.rss_mib = {"telegraf": proc_status_kb(tg.proc.pid, "VmHWM") / 1024}
         r.load_start, r.load_end = start_load, load()
         steps = [(t, c - base) for t, c in tg.steps if c > base]
@@ -783,7 +810,7 @@ def main() -> int:
 
     settings = get_settings()
     refuse_shared_stack(settings, "the pipeline benchmark loads both cores flat out")
-    binary = telegraf_binary() if "telegraf" in args.paths else ""
+    binary = telegraf_binary() if any(p.startswith("telegraf") for p in args.paths) else ""
     registry = load_registry(settings.registry)
     devices = registry.of_kind("air")[: args.devices]
     if len(devices) < args.devices:
@@ -791,7 +818,8 @@ def main() -> int:
     secret = device_secret(settings.data_dir)
     creds = [(d.id, device_password(secret, d.id)) for d in devices]
     uid = uuid.uuid4().hex[:8]
-    buckets = Buckets(settings, uid, ("readings", "seismic", "derived", "alerts", "telegraf"))
+    roles = ("readings", "seismic", "derived", "alerts", "telegraf", "telegraf_durable")
+    buckets = Buckets(settings, uid, roles)
     pubs = Publishers(creds, args.publishers, settings, args.window)
     run = Run(args, settings, pubs, [d.id for d in devices], uid, buckets, Store(buckets))
     results: list[PathResult] = []
@@ -800,8 +828,8 @@ def main() -> int:
             print(f"{name}: running; load {load()}", flush=True)
             if name == "ceiling":
                 results.append(run_ceiling(run))
-            elif name == "telegraf":
-                results.append(run_telegraf(run, binary))
+            elif name.startswith("telegraf"):
+                results.append(run_telegraf(run, binary, name))
             else:
                 results.append(run_civic(run))
             print(f"{name}: {results[-1].stored:,} stored at {results[-1].rate:,.0f}/s", flush=True)
@@ -840,7 +868,7 @@ def main() -> int:
             f"civic-iot: committed {civic.extra['committed_s']:.1f} s after publishing began; "
             f"derived points {civic.extra['derived_points']:,}"
         )
-    if all(n in s["paths"] for n in PATHS):
+    if all(n in s["paths"] for n in ("ceiling", "telegraf", "civic")):
         print("\nREADME row:\n" + readme_row(s, args.readings))
     out = REPO / "bench" / "results" / f"pipeline-{time.strftime('%Y%m%dT%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -51,12 +51,20 @@ def test_the_write_lines_of_telegrafs_log_are_counted_and_no_other() -> None:
     assert wrote_batch("I! [inputs.mqtt_consumer] Connected [tcp://127.0.0.1:31883]") == 0
 
 
-def test_telegrafs_configuration_acknowledges_after_writing_and_times_by_ts() -> None:
+def test_telegraf_acknowledges_once_written_only_with_a_persistent_session() -> None:
+    # Without a persistent session Telegraf acknowledges on receipt, not once written.
+    assert (
+        tomllib.loads(telegraf_config(plan()))["inputs"]["mqtt_consumer"][0]["persistent_session"]
+        is False
+    )
+    durable = tomllib.loads(telegraf_config(plan(persistent=True)))
+    assert durable["inputs"]["mqtt_consumer"][0]["persistent_session"] is True
+
+
+def test_telegrafs_configuration_is_qos_1_json_timed_by_ts() -> None:
     conf = tomllib.loads(telegraf_config(plan(batch=5000, flush_s=0.5)))
     mqtt = conf["inputs"]["mqtt_consumer"][0]
     assert mqtt["qos"] == 1
-    # Without a persistent session Telegraf acknowledges on receipt, not once written.
-    assert mqtt["persistent_session"] is True
     assert mqtt["client_id"] == "bench-telegraf-x"
     assert mqtt["max_undelivered_messages"] == 10_000
     assert mqtt["topics"] == ["devices/air-0001/air", "devices/air-0002/air"]
@@ -130,7 +138,20 @@ def result(name: str, stored: int, wall: float, cpu: dict[str, float], own: tupl
     )
 
 
-def three() -> list[PathResult]:
+def three(durable: bool = False) -> list[PathResult]:
+    extra = (
+        [
+            result(
+                "telegraf-durable",
+                10_000,
+                2.0,
+                {"mosquitto": 0.1, "telegraf": 0.5, "influxdb": 0.3},
+                ("telegraf",),
+            )
+        ]
+        if durable
+        else []
+    )
     return [
         result("ceiling", 10_000, 0.5, {"mosquitto": 0.1, "subscriber": 0.05}, ("subscriber",)),
         result(
@@ -147,6 +168,7 @@ def three() -> list[PathResult]:
             {"mosquitto": 0.1, "ingest": 0.4, "worker (bulk)": 3.0, "kafka": 1.0},
             ("ingest", "worker (bulk)"),
         ),
+        *extra,
     ]
 
 
@@ -171,6 +193,8 @@ def test_summary_holds_each_path_to_the_ceiling_and_telegraf() -> None:
     assert s["civic"]["cpu_x_telegraf_own"] == pytest.approx((3.4 / 9_990) / (0.4 / 10_000))
     assert "cpu_x_telegraf_path" not in s["ceiling"]
     assert "cpu_x_telegraf_path" not in s["telegraf"]
+    durable = summary(three(durable=True))["paths"]["telegraf-durable"]
+    assert durable["cpu_x_telegraf_own"] == pytest.approx(0.5 / 0.4)
     assert s["civic"]["lat_p50_ms"] == 20.0
     assert "lat_ms" not in s["civic"]  # the JSON keeps quantiles, not every reading
 
@@ -205,5 +229,9 @@ def test_the_readme_row_names_both_peers_and_the_ceiling() -> None:
     assert row.endswith("| `bench/pipeline.py` |")
     assert row.count(" | ") == 2  # three cells
     assert "2,498 readings/s stored, 0.12 of the QoS 1 ceiling (20,000/s)" in row
-    assert "Telegraf 1.37 (mqtt_consumer -> influxdb_v2) 10,000/s, 0.50 of the ceiling" in row
+    assert "acknowledged on receipt) 10,000/s, 0.50 of the ceiling" in row
     assert "lost 10" in row
+    assert "persistent session" not in row
+    durable = readme_row(summary(three(durable=True)), 10_000)
+    assert "Telegraf acknowledging once written (persistent session) 5,000/s, 0.25" in durable
+    assert durable.count(" | ") == 2
