@@ -695,8 +695,8 @@ def run_telegraf(run: Run, binary: str, name: str) -> PathResult:
     r.stored = len(sent)
     r.lat_ms = fifo_latencies_ms(sent, steps)
     r.lat_how = "first in, first out, from Telegraf's log of writes"
-    r.extra = {"config": {k: v for k, v in asdict(plan).items() if k not in ("password", "token")}}
-    r.extra["log"] = str(tg.log)
+    config = {k: v for k, v in asdict(plan).items() if k not in ("password", "token", "topics")}
+    r.extra = {"config": config | {"topics": len(plan.topics)}, "log": str(tg.log)}
     return r
 
 
