@@ -374,9 +374,10 @@ def render(rows: Sequence[tuple[str, list[str]]], headers: Sequence[str]) -> str
     return "\n".join(lines)
 
 
-def readme_row(s: dict[str, Any], readings: int) -> str:
+def readme_row(s: dict[str, Any], readings: int, rate: float = 0.0) -> str:
     """The README's "Measured performance" row for this run (the ceiling, Telegraf and
-    civic-iot; Telegraf with a persistent session too when it ran)."""
+    civic-iot; Telegraf with a persistent session too when it ran); ``rate``: the offered
+    readings/s (0: flat out)."""
     paths = s["paths"]
     c, t, o = paths["ceiling"], paths["telegraf"], paths["civic"]
 
@@ -390,6 +391,7 @@ def readme_row(s: dict[str, Any], readings: int) -> str:
             f"lost {p['lost']:,}, {lat(p)}"
         )
 
+    offered = f"offered at {rate:,.0f}/s" if rate else "publishers flat out"
     durable = paths.get("telegraf-durable")
     also = (
         ""
@@ -398,8 +400,9 @@ def readme_row(s: dict[str, Any], readings: int) -> str:
     )
     return (
         f"| devices -> Mosquitto -> InfluxDB, whole pipeline, {readings:,} clean air readings "
-        f"at QoS 1, publishers flat out, against Telegraf in the same run | civic-iot (ingest "
-        f"-> Kafka -> bulk worker, raw + derived) {_num(o['rate'])} readings/s stored, "
+        f"at QoS 1, {offered}, against Telegraf in the same run | civic-iot (ingest "
+        f"-> Kafka -> bulk worker, raw + derived; seismic worker and alert service beside) "
+        f"{_num(o['rate'])} readings/s stored, "
         f"{_num(o['ratio_to_ceiling'], '.2f')} of the QoS 1 ceiling ({_num(c['rate'])}/s), "
         f"{_num(o['cpu_us_path'])} us CPU per reading with the brokers "
         f"({_num(o['cpu_us_own'])} us its own processes), lost {o['lost']:,}, {lat(o)}; "
@@ -869,7 +872,7 @@ def main() -> int:
             f"derived points {civic.extra['derived_points']:,}"
         )
     if all(n in s["paths"] for n in ("ceiling", "telegraf", "civic")):
-        print("\nREADME row:\n" + readme_row(s, args.readings))
+        print("\nREADME row:\n" + readme_row(s, args.readings, args.rate))
     out = REPO / "bench" / "results" / f"pipeline-{time.strftime('%Y%m%dT%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(s, indent=2) + "\n")

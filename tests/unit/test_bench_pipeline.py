@@ -232,6 +232,8 @@ def test_the_readme_row_names_both_peers_and_the_ceiling() -> None:
     assert "acknowledged on receipt) 10,000/s, 0.50 of the ceiling" in row
     assert "lost 10" in row
     assert "persistent session" not in row
+    assert "publishers flat out" in row
+    assert "offered at 1,000/s" in readme_row(summary(three()), 10_000, 1000.0)
     durable = readme_row(summary(three(durable=True)), 10_000)
     assert "Telegraf acknowledging once written (persistent session) 5,000/s, 0.25" in durable
     assert durable.count(" | ") == 2
