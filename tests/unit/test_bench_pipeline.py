@@ -13,6 +13,7 @@ from bench.pipeline import (
     count_flux,
     fifo_latencies_ms,
     pct,
+    poll,
     reached,
     readme_row,
     render,
@@ -237,3 +238,20 @@ def test_the_readme_row_names_both_peers_and_the_ceiling() -> None:
     durable = readme_row(summary(three(durable=True)), 10_000)
     assert "Telegraf acknowledging once written (persistent session) 5,000/s, 0.25" in durable
     assert durable.count(" | ") == 2
+
+
+def test_poll_keeps_each_count_until_it_reaches_n_or_gives_up() -> None:
+    counts = iter([0, 5, 10, 99])
+    steps, why = poll(lambda: next(counts), 10, interval_s=0, stall_s=60, timeout_s=60)
+    assert why is None
+    assert [c for _, c in steps] == [0, 5, 10]
+    assert [t for t, _ in steps] == sorted(t for t, _ in steps)
+
+    steps, why = poll(lambda: 3, 10, interval_s=0, stall_s=0, timeout_s=60)
+    assert why is not None
+    assert why.startswith("stalled at 3 of 10")
+
+    # Done by another sign (Telegraf's log) before the count says so.
+    steps, why = poll(lambda: 0, 10, interval_s=60, stall_s=60, timeout_s=60, done=lambda: True)
+    assert why is None
+    assert len(steps) == 1
