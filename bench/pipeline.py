@@ -1,11 +1,12 @@
 """The whole pipeline, MQTT -> InfluxDB: the QoS 1 ceiling, Telegraf and civic-iot in one
 run (run by hand, on a PRIVATE stack).
 
-    . /work/telegraf-private/env      # CIVIC_DATA_DIR, CIVIC_MQTT__PORT, CIVIC_MQTT__TLS_PORT,
-                                      # CIVIC_KAFKA__BOOTSTRAP, CIVIC_KAFKA_CONTROLLER_PORT,
-                                      # CIVIC_INFLUX__URL of your own (see bench/chaos.py)
+    . .civic-private/env          # CIVIC_DATA_DIR, CIVIC_MQTT__PORT, CIVIC_MQTT__TLS_PORT,
+                                  # CIVIC_KAFKA__BOOTSTRAP, CIVIC_KAFKA_CONTROLLER_PORT,
+                                  # CIVIC_INFLUX__URL of your own (see bench/chaos.py)
     deploy/stack.sh up
-    .venv/bin/python bench/pipeline.py --readings 30000 --devices 50
+    .venv/bin/python bench/pipeline.py --readings 50000              # flat out
+    .venv/bin/python bench/pipeline.py --readings 20000 --rate 400   # a steady load
 
 It refuses the shared stack's ports: it loads both cores flat out for minutes, and every
 ingest on a shared broker would receive its readings. Telegraf is built once and cached
@@ -38,7 +39,11 @@ Per path: readings stored per second (publishing started -> the last reading sto
 ratio to the ceiling's, CPU per stored reading (user + sys from ``/proc`` of the path's
 processes: brokers included, publishers apart), peak RSS of the path's own processes
 (VmHWM), latency publish -> stored p50 / p99, and loss (acknowledged by the broker vs
-stored, each reading counted once).
+stored, each reading counted once). CPU is counted from publishing started until the last
+reading is received or written (ceiling, Telegraf) or, for civic-iot, until the worker has
+committed the offsets of every reading (after its points are stored; Faust commits every
+2.8 s). Paced (``--rate``), each process's idle work over the longer run counts per
+reading too, and ingest's batches are small (the publishers send 10 ms worth at a time).
 
 When a reading is stored: the ceiling's subscriber prints each message's arrival time
 (exact); Telegraf's debug log says ``Wrote batch of N metrics`` after each write, read
@@ -52,8 +57,9 @@ which are shorter, and the result gives the number of counts. A reading's
 first out: Telegraf writes in arrival order, the worker nearly), so it is an estimate for
 the two stored paths. Flat out, latency is mostly backlog: ``--rate`` offers a steady load.
 
-CPU per reading is the figure to compare on a shared machine: the load average is printed
-with every path. The result goes to ``bench/results/pipeline-<time>.json``; the table and
+CPU per reading is the figure to compare on a shared machine: readings/s and the ratios
+swing with other processes' load (flat out, the ceiling's run lasts a few seconds), and the
+load average is printed with every path. The result goes to ``bench/results/pipeline-<time>.json``; the table and
 the README's row are printed.
 """
 
