@@ -59,8 +59,8 @@ the two stored paths. Flat out, latency is mostly backlog: ``--rate`` offers a s
 
 CPU per reading is the figure to compare on a shared machine: readings/s and the ratios
 swing with other processes' load (flat out, the ceiling's run lasts a few seconds), and the
-load average is printed with every path. The result goes to ``bench/results/pipeline-<time>.json``; the table and
-the README's row are printed.
+load average is printed with every path. The result goes to
+``bench/results/pipeline-<time>.json``; the table and the README's row are printed.
 """
 
 from __future__ import annotations
