@@ -45,6 +45,23 @@ def load() -> str:
     return f"{one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} CPUs"
 
 
+def refuse_shared_stack(settings: Settings, why: str) -> None:
+    """Exit unless the settings name a private stack (bench/chaos.py's docstring: its own
+    data dir and ports): the default ports and data dir are everybody's."""
+    ports = {
+        "CIVIC_MQTT__PORT": settings.mqtt.port == 1883,
+        "CIVIC_KAFKA__BOOTSTRAP": settings.kafka.bootstrap.endswith(":9092"),
+        "CIVIC_INFLUX__URL": settings.influx.url.rstrip("/").endswith(":8086"),
+    }
+    shared = [name for name, default in ports.items() if default]
+    repo = Path(__file__).resolve().parents[1]
+    if shared or settings.data_dir.resolve() == (repo / ".civic").resolve():
+        raise SystemExit(
+            f"{why}: run it on a private stack of your own (default ports or data dir in "
+            f"use: {', '.join(shared) or 'CIVIC_DATA_DIR'}); see bench/chaos.py's docstring"
+        )
+
+
 def pct(values: Sequence[float], q: float) -> float:
     """The ``q``-quantile (0..1) of ``values``, nearest rank."""
     s = sorted(values)

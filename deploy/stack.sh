@@ -23,7 +23,8 @@ set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 data=${CIVIC_DATA_DIR:-$repo/.civic}
-cache=${CIVIC_CACHE_DIR:-$HOME/.cache/civic-iot}
+. "$repo/deploy/cache.sh"
+cache=$(civic_cache_dir)
 py="$repo/.venv/bin/python"
 kafka_version=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$repo/deploy/kafka/pom.xml")
 mqtt_port=${CIVIC_MQTT__PORT:-1883}

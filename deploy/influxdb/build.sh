@@ -8,7 +8,8 @@
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 version=$(awk '/github.com\/influxdata\/influxdb\/v2 v/ {print $2; exit}' "$here/go.mod")
-cache=${CIVIC_CACHE_DIR:-$HOME/.cache/civic-iot}
+. "$here/../cache.sh"
+cache=$(civic_cache_dir)
 out="$cache/influxd-$version"
 if [[ -x "$out/influxd" ]]; then
   echo "$out/influxd"
