@@ -105,6 +105,11 @@ class StorageUnavailable(Exception):  # noqa: N818 - the project's name for it
     Every point not yet stored stays in the sink for the next :meth:`PointSink.flush`."""
 
 
+class SinkClosed(Exception):  # noqa: N818 - a state, like StorageUnavailable
+    """The sink was closed (the process is stopping): nothing more is stored, the points
+    held stay unstored and their offsets uncommitted, so Kafka delivers them again."""
+
+
 class PointSink(Protocol):
     """Points in, stored on :meth:`flush`."""
 
@@ -320,6 +325,7 @@ class InfluxSink:
         self._metrics = metrics or StorageMetrics.of()
         self._rng: retry.RandomSource = rng or random.Random()
         self._session: aiohttp.ClientSession | None = None
+        self._closed = False
         self._lock = asyncio.Lock()
         self._pending: list[Point] = []
         #: Points of the flush under way not yet written or set aside.
@@ -424,6 +430,9 @@ class InfluxSink:
     async def close(self) -> None:
         # Points still held are not lost by closing: the processors read them again from
         # Kafka (offsets not committed); the alert service calls set_aside() first.
+        # Closed for good: a write in flight or after this raises SinkClosed instead of
+        # opening a new session or failing on the closed one (a crash while stopping).
+        self._closed = True
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -515,6 +524,8 @@ class InfluxSink:
         raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
     async def _post(self, bucket: str, body: bytes) -> Answer:
+        if self._closed:
+            raise SinkClosed(self.name)
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=self._timeout)
         url = f"{self._write_url}?org={quote(self._org)}&bucket={quote(bucket)}&precision=ns"
@@ -522,9 +533,17 @@ class InfluxSink:
             async with self._session.post(url, data=body, headers=self._headers) as resp:
                 return judge(resp.status, await resp.text(errors="replace"))
         except TimeoutError:
-            return Answer("unavailable", 0, f"no answer within {self._timeout.total:g} s")
-        except (aiohttp.ClientError, OSError) as exc:
-            return Answer("unavailable", 0, f"{type(exc).__name__}: {exc}")
+            answer = Answer("unavailable", 0, f"no answer within {self._timeout.total:g} s")
+        except (aiohttp.ClientError, OSError, RuntimeError) as exc:
+            # RuntimeError: aiohttp's "Session is closed", when close() came mid-request.
+            if self._closed:
+                raise SinkClosed(self.name) from exc
+            if isinstance(exc, RuntimeError):
+                raise
+            answer = Answer("unavailable", 0, f"{type(exc).__name__}: {exc}")
+        if self._closed:
+            raise SinkClosed(self.name)
+        return answer
 
     def _failed(self) -> None:
         self.write_errors += 1

@@ -38,6 +38,7 @@ worker commits what is acked instead of waiting for events that cannot be stored
 from __future__ import annotations
 
 import asyncio
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
@@ -45,9 +46,11 @@ from typing import Any
 from faust.streams import Stream
 from faust.types import EventT
 
-from civic_iot.storage.sink import PointSink, store
+from civic_iot.storage.sink import PointSink, SinkClosed, store
 from processors.agents.tables import BatchState
 from processors.faust_adapter import batches
+
+logger = logging.getLogger(__name__)
 
 
 class BatchAgent(ABC):
@@ -94,7 +97,17 @@ async def commit_after_sink(
                 i += 1
                 await asyncio.sleep(0)  # let another agent (the seismic path) run
             await agent.on_batch()
-            await store(agent.sink, what=agent.name, retry_s=retry_s)
+            try:
+                await store(agent.sink, what=agent.name, retry_s=retry_s)
+            except SinkClosed:
+                # The worker is stopping and closed its sinks before this batch was stored:
+                # end here, nothing acked, so the batch is read again after the restart.
+                # (Raising would crash the agent, and faust restarting a crashed agent
+                # while it stops hangs the worker.)
+                logger.info(
+                    "stopping before the batch was stored agent=%s events=%d", agent.name, len(done)
+                )
+                return
             if agent.state is not None:
                 agent.state.write()
             for event in done:

@@ -7,6 +7,7 @@ The InfluxDB messages below are the ones InfluxDB 2.7.12 gave on the development
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime
 
@@ -19,6 +20,7 @@ from civic_iot.storage.points import Point
 from civic_iot.storage.sink import (
     Answer,
     InfluxSink,
+    SinkClosed,
     StorageMetrics,
     deadletter_report,
     halves,
@@ -287,6 +289,22 @@ def test_an_unbounded_sink_keeps_everything() -> None:
     sink.add(_points(1000))
     assert (sink.pending, sink.deadletters) == (1000, 0)
     assert deadletter_report({"air": sink, "other": object()}) == {}
+
+
+def test_a_closed_sink_refuses_to_write_and_keeps_its_points() -> None:
+    # Closing while the worker stops: no new session, no crash on the closed one; the
+    # points stay unstored (their offsets uncommitted, Kafka delivers them again).
+    sink = _sink(None, CollectorRegistry())
+    sink.add(_points(3))
+
+    async def run() -> None:
+        await sink.close()
+        with pytest.raises(SinkClosed):
+            await sink.flush()
+
+    asyncio.run(run())
+    assert sink.pending == 3
+    assert sink.write_errors == 0
 
 
 def test_metrics_are_created_once_per_registry() -> None:

@@ -16,6 +16,7 @@ from civic_iot.contracts.provenance import Marker
 from civic_iot.contracts.readings import AirPayload, Location, Reading, WaterPayload
 from civic_iot.registry import Device, Registry, Township
 from civic_iot.settings import Settings
+from civic_iot.storage.sink import SinkClosed
 from civic_iot.thresholds import thresholds_from
 from civic_iot.times import to_ns
 from civic_iot.topology import Topology
@@ -386,6 +387,66 @@ def test_state_and_acks_wait_until_the_points_are_stored() -> None:
     assert state.last_seen == t.timestamp()
     # The replay rewrote the raw point only: the detectors saw the reading once.
     assert [p.measurement for p in sinks["air"].stored] == ["air", "air_quality", "air"]
+
+
+class ClosedSink(RecordingSink):
+    """The sink of a worker that is stopping: closed before the batch was stored."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refused = asyncio.Event()
+
+    async def flush(self) -> None:
+        if self.pending:
+            self.refused.set()
+            raise SinkClosed("air")
+        await super().flush()
+
+
+def test_a_batch_the_closed_sink_refuses_ends_the_agent_unacked_without_a_crash() -> None:
+    # A crashed agent is restarted by faust's supervisor, and one restarted while the
+    # worker stops hangs it (seen: a worker SIGTERMed mid-batch never exited). The agent
+    # ends instead, nothing acked, so the batch is read again after the restart.
+    settings = _settings()
+    sinks: dict[str, RecordingSink] = {}
+
+    def factory(name: str) -> RecordingSink:
+        return sinks.setdefault(name, ClosedSink() if name == "air" else RecordingSink())
+
+    app = create_app(
+        settings,
+        registry=REGISTRY,
+        thresholds=thresholds_from({}, REGISTRY),
+        sink_factory=factory,
+        publisher=RecordingPublisher(),
+        clock=lambda: NOW,
+    )
+    app.finalize()
+    app.flow_control.resume()
+    agent = app.agents["air"]
+    device = REGISTRY.devices[0]
+    t = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
+    seen: dict[str, Any] = {}
+
+    async def run() -> None:
+        sink = sinks["air"]
+        assert isinstance(sink, ClosedSink)
+        async with agent.test_context() as ctx:
+            record = _marked("air", device.id.encode(), _air(device, t, 40.0))
+            event = await ctx.put(**record, wait=False)
+            await asyncio.wait_for(sink.refused.wait(), 5)
+            actors = list(ctx._actors)
+            await _until(
+                lambda: all(a.actor_task is not None and a.actor_task.done() for a in actors)
+            )
+            seen.update(
+                acked=event.message.acked,
+                crashed=[a.crash_reason for a in actors if a.crash_reason is not None],
+                state=app.tables["air-state"].get(device.id),
+            )
+
+    asyncio.run(run())
+    assert seen == {"acked": False, "crashed": [], "state": None}
 
 
 def test_seismic_ticks_replay_a_batch_per_second_and_partition() -> None:
