@@ -334,6 +334,10 @@ class ProcessorSettings(BaseModel):
     #: ``/health`` on the web port answers 503 once InfluxDB writes have been failing
     #: this long (the worker then holds its offsets and stores nothing).
     health_storage_grace_s: float = Field(default=30.0, gt=0)
+    #: An input partition with a lag whose committed offset has not moved this long, s,
+    #: while its agent waited idle for events, is read again from its committed offset
+    #: (records faust lost across quick rebalances: processors.agents.loop.StallRepair).
+    stall_repair_after_s: float = Field(default=30.0, gt=0)
     #: Readings per batch and the longest wait to fill one, seconds: offsets are
     #: committed per batch, after its points are stored.
     batch_max: int = Field(default=500, ge=1)

@@ -52,7 +52,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import faust
@@ -63,7 +63,7 @@ from faust.types import TopicT
 from civic_iot.contracts.provenance import Marker
 from civic_iot.health import KAFKA_ASK_INTERVAL_S, KafkaWatch
 from civic_iot.registry import Registry, load_registry
-from civic_iot.settings import Settings, mark_key
+from civic_iot.settings import ProcessorSettings, Settings, mark_key
 from civic_iot.storage.sink import InfluxSink, PointSink, Publisher, deadletter_report
 from civic_iot.thresholds import Thresholds, load_thresholds
 from civic_iot.timebounds import TimeBounds
@@ -72,7 +72,7 @@ from processors.agents.deadletter import DeadletterAgent
 from processors.agents.device import AirAgent, DeviceDeps, SeismicAgent, WaterAgent
 from processors.agents.faults import contained
 from processors.agents.guard import ReadingGuard
-from processors.agents.loop import BatchAgent, commit_after_sink
+from processors.agents.loop import BatchAgent, StallRepair, commit_after_sink
 from processors.agents.outbox import FaustPublisher, Outbox
 from processors.agents.quake import QuakeAgent
 from processors.agents.shaking import ShakingAgent
@@ -272,6 +272,7 @@ def create_app(
     # A partition without a committed offset is read again from its start after every
     # rebalance, not from wherever the fetcher had got to (processors.faust_adapter).
     seek_uncommitted_to_start(app)
+    repair_stalls = _stall_repair(app, {t.get_topic_name(): a for t, a, _ in agents}, p)
 
     timer_sink = new_sink("timers")
     republish = Republish(republished, outbox)
@@ -305,6 +306,9 @@ def create_app(
             logger.info("worker ready instance=%s", p.instance)
 
     on_rebalance_complete(app, ready)
+    app.timer(interval=HEALTH_CHECK_INTERVAL_S)(
+        contained(lambda: repair_stalls(bool(recovered)), stats, "stall-repair")
+    )
 
     if p.web_port > 0:
         kafka = KafkaWatch(f"processors worker instance={p.instance}")
@@ -353,6 +357,43 @@ def processors_app_id(topics: Topology, role: str) -> str:
     """The Faust app id (the consumer group, and the prefix of its tables' changelogs) of
     a worker of ``role`` (:attr:`Topology.processors_seismic` for the seismic path)."""
     return topics.processors_seismic if role == "seismic" else topics.processors_app
+
+
+def _stall_repair(
+    app: faust.App, agents: Mapping[str, BatchAgent], p: ProcessorSettings
+) -> Callable[[bool], Awaitable[None]]:
+    """The timer's work of :class:`StallRepair`: a stalled input partition is sought to its
+    committed offset (its start when none), with a warning."""
+    repair = StallRepair(p.stall_repair_after_s)
+
+    async def run(ready: bool) -> None:
+        if not ready or app.rebalancing:
+            return
+        consumer: Any = app.consumer
+        committed = committed_offsets(consumer)
+        partitions = {
+            tp: (committed.get(tp), consumer.highwater(tp) or 0)
+            for tp in consumer.assignment()
+            if tp.topic in agents
+        }
+        idle = {topic: agent.idle_since_s for topic, agent in agents.items()}
+        now = time.monotonic()
+        for tp in repair.due(now, partitions, idle):
+            at, end = partitions[tp]
+            if at is None:
+                at = (await consumer.earliest_offsets(tp))[tp]
+            logger.warning(
+                "partition stalled, read again from its committed offset topic=%s "
+                "partition=%d offset=%d end=%d stalled_s>=%.0f",
+                tp.topic,
+                tp.partition,
+                at,
+                end,
+                p.stall_repair_after_s,
+            )
+            await consumer.seek(tp, at)
+
+    return run
 
 
 def _register(

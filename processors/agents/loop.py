@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
@@ -61,6 +62,9 @@ class BatchAgent(ABC):
     sink: PointSink
     #: Its table through the batch; None for an agent without state.
     state: BatchState[Any] | None = None
+    #: Set by :func:`commit_after_sink`: since when (monotonic s) the agent has waited for
+    #: events, None inside a batch (deciding, storing, acking); :class:`StallRepair`.
+    idle_since_s: float | None = None
 
     def begin_batch(self) -> None:
         """Forget whatever a batch that did not finish left staged."""
@@ -83,7 +87,9 @@ async def commit_after_sink(
     stream: Stream[Any], agent: BatchAgent, *, batch_max: int, within_s: float, retry_s: float
 ) -> None:
     """Run ``agent`` on ``stream`` until the stream stops (see the module docstring)."""
+    agent.idle_since_s = time.monotonic()
     async for events in batches(stream, batch_max, within_s):
+        agent.idle_since_s = None
         i = 0
         while i < len(events):
             agent.begin_batch()
@@ -113,6 +119,53 @@ async def commit_after_sink(
             for event in done:
                 await stream.ack(event)
             agent.on_stored(done)
+        agent.idle_since_s = time.monotonic()
 
 
-__all__ = ["BatchAgent", "commit_after_sink"]
+class StallRepair:
+    """Which input partitions to seek again to their committed offset: those with a lag
+    whose committed offset has not moved for ``after_s`` while their agent, idle (not in
+    a batch), received nothing for as long.
+
+    Why: across quick successive rebalances faust can lose records it had fetched but not
+    yet handed to the agent (its read offset moves on when the flow is suspended
+    mid-delivery; see :mod:`processors.faust_adapter`). The partition then stalls with a
+    lag forever (seen: 4 workers joining one after another, 17 records of one partition
+    never processed, every worker idle). Seeking it to its committed offset reads them
+    again; an agent in a batch (storing, e.g. through an InfluxDB outage) is never
+    touched, so nothing it holds is read twice. Pure: the worker's timer applies it."""
+
+    def __init__(self, after_s: float) -> None:
+        self.after_s = after_s
+        self._seen: dict[Any, tuple[int | None, float]] = {}
+
+    def due(
+        self,
+        now: float,
+        partitions: dict[Any, tuple[int | None, int]],
+        idle_since: dict[str, float | None],
+    ) -> list[Any]:
+        """``partitions``: per input partition (``.topic`` names it) its committed offset
+        (None: none) and its end offset; ``idle_since``: per topic, since when (monotonic
+        s) its agent has been idle without events, None while it is in a batch. Returns
+        the partitions to seek now (each then waits ``after_s`` again)."""
+        out = []
+        seen = self._seen
+        for tp in list(seen):
+            if tp not in partitions:
+                del seen[tp]
+        for tp, (committed, end) in partitions.items():
+            lag = end - (committed or 0)
+            before = seen.get(tp)
+            if lag <= 0 or before is None or before[0] != committed:
+                seen[tp] = (committed, now)
+                continue
+            idle = idle_since.get(tp.topic)
+            if idle is None or now - idle < self.after_s or now - before[1] < self.after_s:
+                continue
+            out.append(tp)
+            seen[tp] = (committed, now)
+        return out
+
+
+__all__ = ["BatchAgent", "StallRepair", "commit_after_sink"]
