@@ -48,8 +48,8 @@ import multiprocessing as mp
 import os
 import re
 import resource
+import signal
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -65,11 +65,14 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
 
+# The packages before bench/chaos.py puts bench/ first on the path (bench/ingest.py and
+# bench/processors.py would shadow them).
+import ingest.service  # noqa: E402, F401
+import processors.app  # noqa: E402
+import processors.points  # noqa: E402, F401
 from civic_iot.contracts.readings import SeismicPayload  # noqa: E402
 from civic_iot.registry import Device, Registry  # noqa: E402
-from civic_iot.storage.points import Point  # noqa: E402
 from civic_iot.times import to_ns  # noqa: E402
 from simulator.network import NetworkSpec  # noqa: E402
 from simulator.scenario import Phase, QuakeEvent, Scenario  # noqa: E402
@@ -106,8 +109,13 @@ def fleet(registry: Registry, scale: float) -> Registry:
     the first of each kind (water: of each sensor, so every sensor stays represented;
     seismic stations come far-apart first, so any share spreads over the network)."""
     spec = taiwan_spec(scale)
-    want = {"air": spec.air, "river": spec.river, "flood": spec.flood, "rain": spec.rain,
-            "accelerometer": spec.seismic}  # fmt: skip
+    want = {
+        "air": spec.air,
+        "river": spec.river,
+        "flood": spec.flood,
+        "rain": spec.rain,
+        "accelerometer": spec.seismic,
+    }
     taken: Counter[str] = Counter()
     chosen: list[Device] = []
     for d in registry:
@@ -149,7 +157,8 @@ def offered_rates(spec: NetworkSpec) -> dict[str, float]:
 
 
 _CANDIDATE = re.compile(
-    r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) .*quake candidate latency_ms=([\d.]+)", re.M
+    r"^\[?(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3})\]? .*quake candidate latency_ms=([\d.]+)",
+    re.M,
 )
 
 
@@ -163,19 +172,28 @@ def candidate_times(log: str) -> list[tuple[float, float]]:
     return out
 
 
-def alert_latencies(candidates: Sequence[tuple[float, float]], alerts_ms: Sequence[float]) -> list[float]:
-    """Per MQTT earthquake message (arrival, ms): arrival minus the deciding record of the
-    latest candidate logged before it (ms); messages before any candidate are skipped."""
+def alert_latencies(
+    candidates: Sequence[tuple[float, float]], alerts_ms: Sequence[float]
+) -> list[float]:
+    """Per candidate (deciding record time, latency; ms, in log order), the first MQTT
+    earthquake message that arrived after it was logged and before the next one was:
+    arrival minus the deciding record's time, ms. A candidate the alert service sent no
+    message for (nothing new to say) has none; one message per township follows each
+    candidate, only the first counts."""
+    arrivals = sorted(alerts_ms)
     out = []
-    for at in sorted(alerts_ms):
-        before = [rec for rec, lat in candidates if rec + lat <= at]
-        if before:
-            out.append(at - before[-1])
+    for i, (record, latency) in enumerate(candidates):
+        start = record + latency
+        end = sum(candidates[i + 1]) if i + 1 < len(candidates) else math.inf
+        first = next((a for a in arrivals if start <= a < end), None)
+        if first is not None:
+            out.append(first - record)
     return out
 
 
-def held(offered: Mapping[str, int], stored: Mapping[str, int], drain_s: float | None,
-         limit_s: float) -> bool:  # fmt: skip
+def held(
+    offered: Mapping[str, int], stored: Mapping[str, int], drain_s: float | None, limit_s: float
+) -> bool:
     """Held in real time: every offered reading stored, and the workers at the end of
     their topics within ``limit_s`` of the last message (``drain_s``; None: never)."""
     return (
@@ -185,13 +203,16 @@ def held(offered: Mapping[str, int], stored: Mapping[str, int], drain_s: float |
     )
 
 
-def shares(before: Mapping[str, float], after: Mapping[str, float], wall_s: float) -> dict[str, float]:
+def shares(
+    before: Mapping[str, float], after: Mapping[str, float], wall_s: float
+) -> dict[str, float]:
     """CPU share of a core per process between two samples of CPU seconds."""
     return {k: (after[k] - before[k]) / wall_s for k in after if k in before and wall_s > 0}
 
 
-def packed_line(device: str, township: str, data: SeismicPayload, t0_ns: int,
-                decimals: int = 2) -> str:  # fmt: skip
+def packed_line(
+    device: str, township: str, data: SeismicPayload, t0_ns: int, decimals: int = 2
+) -> str:
     """The packed alternative: one ``seismic_packet`` point per packet, each component's
     samples in one string field (comma-separated, ``decimals``), the rate as a field."""
 
@@ -227,7 +248,6 @@ def lean_lines(device: str, data: SeismicPayload, t0_ns: int) -> list[str]:
 
 def cmd_registry(_args: argparse.Namespace) -> int:
     from bench.chaos import refuse_shared_stack, stack_up  # noqa: PLC0415
-
     from civic_iot.settings import get_settings  # noqa: PLC0415
     from simulator.network import DEFAULT_SEED, build_network, dump_registry  # noqa: PLC0415
 
@@ -263,11 +283,10 @@ def publisher_main(conn: Connection, plan: PublisherPlan) -> None:
     """One publisher process: generate its messages, connect its devices, say ready, send
     each message at ``start_s + at_s``; send back what it did."""
     from bench.loadgen import LeanDevice, Tally  # noqa: PLC0415
-
     from civic_iot.registry import device_password  # noqa: PLC0415
     from simulator.scenario import generate  # noqa: PLC0415
 
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     t_gen = time.monotonic()
     messages = generate(
@@ -285,9 +304,13 @@ def publisher_main(conn: Connection, plan: PublisherPlan) -> None:
     async def run() -> None:
         devices = {
             d.id: LeanDevice(
-                d.id, device_password(plan.secret, d.id), plan.host, plan.port,
-                on_ack=acked.update, tally=tally,
-            )  # fmt: skip
+                d.id,
+                device_password(plan.secret, d.id),
+                plan.host,
+                plan.port,
+                on_ack=acked.update,
+                tally=tally,
+            )
             for d in plan.registry
         }
         tasks = [asyncio.create_task(d.run()) for d in devices.values()]
@@ -295,6 +318,8 @@ def publisher_main(conn: Connection, plan: PublisherPlan) -> None:
         for d in devices.values():
             await d.wait_connected(300)
         out["connect_s"] = round(time.monotonic() - t_conn, 1)
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        out["cpu_ready_s"] = usage.ru_utime + usage.ru_stime  # generating and connecting
         conn.send(("ready", out["generate_s"], out["connect_s"]))
         max_lag = 0.0
         i = 0
@@ -326,8 +351,15 @@ def publisher_main(conn: Connection, plan: PublisherPlan) -> None:
     except Exception as exc:  # noqa: BLE001 - reported to the parent, which fails the run
         conn.send(("error", repr(exc)))
         return
-    out |= {"sent": dict(sent), "acked": dict(acked), "skipped": tally.skipped,
-            "refused": tally.refused, "unacknowledged": tally.unacknowledged}  # fmt: skip
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    out["cpu_s"] = usage.ru_utime + usage.ru_stime - out["cpu_ready_s"]
+    out |= {
+        "sent": dict(sent),
+        "acked": dict(acked),
+        "skipped": tally.skipped,
+        "refused": tally.refused,
+        "unacknowledged": tally.unacknowledged,
+    }
     conn.send(("done", out))
 
 
@@ -340,6 +372,32 @@ def _pid(path: Path) -> int | None:
         os.kill(pid, 0)
         return pid
     return None
+
+
+async def seismic_changelogs(bootstrap: str, topology: Any) -> None:
+    """The seismic worker's table changelogs, made before it starts. Made by Faust at its
+    start instead, on a fresh prefix, the quake agent's first table write fails with
+    PartitionsMismatch ("changelog ... has 0 partitions": the consumer's metadata snapshot
+    predates the topic) and the agent crash-loops: no candidate ever (seen here on the
+    first runs; reported with the results)."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: PLC0415
+
+    from processors.app import processors_app_id  # noqa: PLC0415
+
+    app_id = processors_app_id(topology, "seismic")
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics(
+            [
+                NewTopic(
+                    f"{app_id}-{table}-changelog", n, 1, topic_configs={"cleanup.policy": "compact"}
+                )
+                for table, n in (("seismic-state", topology.partitions), ("quake-state", 1))
+            ]
+        )
+    finally:
+        await admin.close()
 
 
 class Sampler(threading.Thread):
@@ -372,7 +430,7 @@ class Sampler(threading.Thread):
             loop.close()
 
 
-def cmd_load(args: argparse.Namespace) -> int:  # noqa: PLR0915 - one run, top to bottom
+def cmd_load(args: argparse.Namespace) -> int:
     import paho.mqtt.client as mqtt  # noqa: PLC0415
     from paho.mqtt.enums import CallbackAPIVersion  # noqa: PLC0415
 
@@ -388,11 +446,11 @@ def cmd_load(args: argparse.Namespace) -> int:  # noqa: PLR0915 - one run, top t
     )
     from bench.processors import workload  # noqa: PLC0415
     from bench.quake_isolation import backlog_left  # noqa: PLC0415
-
     from civic_iot.kafka_admin import ensure_topics  # noqa: PLC0415
     from civic_iot.registry import device_secret, load_registry  # noqa: PLC0415
     from civic_iot.settings import get_settings, influx_token, mqtt_password  # noqa: PLC0415
     from civic_iot.topology import Topology  # noqa: PLC0415
+    from ops.pipeline import free_port  # noqa: PLC0415
     from processors.app import processors_app_id  # noqa: PLC0415
 
     base = get_settings()
@@ -406,12 +464,20 @@ def cmd_load(args: argparse.Namespace) -> int:  # noqa: PLR0915 - one run, top t
     )
     topology = Topology.of(settings)
     asyncio.run(ensure_topics(settings.kafka.bootstrap, topology))
+    if args.precreate_changelogs:
+        asyncio.run(seismic_changelogs(settings.kafka.bootstrap, topology))
     buckets = Buckets(base, uid, roles=("readings", "seismic", "derived", "alerts"))
     log_dir = Path(f"/tmp/bench-taiwan-{uid}")
     stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
-    result: dict[str, Any] = {"run": prefix, "scale": args.scale, "seconds": args.seconds,
-                              "backlog": args.backlog, "spec": asdict(spec),
-                              "offered_per_s": offered_rates(spec), "logs": str(log_dir)}  # fmt: skip
+    result: dict[str, Any] = {
+        "run": prefix,
+        "scale": args.scale,
+        "seconds": args.seconds,
+        "backlog": args.backlog,
+        "spec": asdict(spec),
+        "offered_per_s": offered_rates(spec),
+        "logs": str(log_dir),
+    }
     procs: Procs | None = None
     sub: mqtt.Client | None = None
     publishers: list[mp.Process] = []
@@ -421,41 +487,77 @@ def cmd_load(args: argparse.Namespace) -> int:  # noqa: PLR0915 - one run, top t
             records = ingest_records(settings, workload(settings, prefix, args.backlog, 0, 0, 0))
             asyncio.run(produce(settings, records))
             result["backlog_records"] = len(records)
-            print(f"backlog: {args.backlog} air readings in {len(records)} records on Kafka "
-                  f"({time.monotonic() - t:.0f} s)", flush=True)  # fmt: skip
+            print(
+                f"backlog: {args.backlog} air readings in {len(records)} records on Kafka "
+                f"({time.monotonic() - t:.0f} s)",
+                flush=True,
+            )
         procs = Procs(
-            settings, prefix, log_dir,
-            {**buckets.env(), "CIVIC_INFLUX__TOKEN": influx_token(base),
-             "CIVIC_PROCESSORS__STATS_INTERVAL_S": "5"},
-            args={"ingest": ["ingest"], "worker": ["worker"], "seismic": ["worker"],
-                  "alerts": ["alerts", "run"]},
-        )  # fmt: skip
+            settings,
+            prefix,
+            log_dir,
+            {
+                **buckets.env(),
+                "CIVIC_INFLUX__TOKEN": influx_token(base),
+                "CIVIC_PROCESSORS__STATS_INTERVAL_S": "5",
+            },
+            args={
+                "ingest": ["ingest"],
+                "worker": ["worker"],
+                "seismic": ["worker"],
+                "alerts": ["alerts", "run"],
+            },
+        )
         run = prefix.rstrip(".")
         role_env = {
-            "worker": {"CIVIC_PROCESSORS__ROLE": "bulk", "CIVIC_PROCESSORS__INSTANCE": f"{run}-bulk"},
-            "seismic": {"CIVIC_PROCESSORS__ROLE": "seismic",
-                        "CIVIC_PROCESSORS__INSTANCE": f"{run}-seismic",
-                        "CIVIC_PROCESSORS__WEB_PORT": str(procs.ports["seismic"])},
-        }  # fmt: skip
+            "worker": {
+                "CIVIC_PROCESSORS__ROLE": "bulk",
+                "CIVIC_PROCESSORS__INSTANCE": f"{run}-bulk",
+            },
+            "seismic": {
+                "CIVIC_PROCESSORS__ROLE": "seismic",
+                "CIVIC_PROCESSORS__INSTANCE": f"{run}-seismic",
+                "CIVIC_PROCESSORS__WEB_PORT": str(procs.ports["seismic"]),
+            },
+        }
         common_env = procs.extra_env
-        for name in ("alerts", "seismic", "worker", "ingest"):
+
+        def start(name: str) -> None:
+            if name == "seismic":
+                role_env[name]["CIVIC_PROCESSORS__WEB_PORT"] = str(procs.ports[name])
             procs.extra_env = {**common_env, **role_env.get(name, {})}
             procs.start(name)
-        procs.extra_env = common_env
+            procs.extra_env = common_env
+
+        for name in ("alerts", "seismic", "worker", "ingest"):
+            start(name)
         deadline = time.monotonic() + 240
+        restarts = 0
         while not all(read_health(procs.url(n))[0] == 200 for n in procs.args):
+            for name, proc in procs.procs.items():
+                # On a shared machine another process may take a port between free_port()
+                # and the bind: start again on another.
+                if proc.poll() is not None and restarts < 5:
+                    restarts += 1
+                    procs.ports[name] = free_port()
+                    print(f"{name} exited ({proc.returncode}): restarted", flush=True)
+                    start(name)
             if time.monotonic() > deadline:
                 sys.exit(f"not all healthy after 240 s; logs in {log_dir}")
             time.sleep(1)
-        print(f"run {prefix}: ingest, bulk + seismic workers, alerts healthy; logs {log_dir}",
-              flush=True)  # fmt: skip
+        print(
+            f"run {prefix}: ingest, bulk + seismic workers, alerts healthy; logs {log_dir}",
+            flush=True,
+        )
 
         # The MQTT alerts, as an agency's subscriber receives them.
         alerts_at: list[float] = []
         sub = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
         sub.username_pw_set("civic-subscriber", mqtt_password(settings, "civic-subscriber"))
         subscribed = threading.Event()
-        sub.on_message = lambda _c, _u, m: alerts_at.append(time.time() * 1000) if m.payload else None
+        sub.on_message = lambda _c, _u, m: (
+            alerts_at.append(time.time() * 1000) if m.payload else None
+        )
         sub.on_subscribe = lambda *_a: subscribed.set()
         sub.connect(settings.mqtt.host, settings.mqtt.port)
         sub.loop_start()
@@ -465,7 +567,7 @@ def cmd_load(args: argparse.Namespace) -> int:  # noqa: PLR0915 - one run, top t
 
         # Publishers: generate, connect, then start together at start_s.
         secret = device_secret(settings.data_dir)
-        start_s = float(math.ceil(time.time() + args.prepare))
+        start_s = float(math.ceil(time.time() + (args.prepare or 40 + 240 * args.scale)))
         ctx = mp.get_context("spawn")
         pipes: list[Connection] = []
         groups = (("air", "water"), ("seismic",))
@@ -475,8 +577,15 @@ def cmd_load(args: argparse.Namespace) -> int:  # noqa: PLR0915 - one run, top t
                 devices=tuple(d for d in registry if d.kind in kinds),
             )
             mine, theirs = ctx.Pipe()
-            plan = PublisherPlan(settings.mqtt.host, settings.mqtt.port, kinds, sub_reg,
-                                 args.seconds, start_s, secret)  # fmt: skip
+            plan = PublisherPlan(
+                settings.mqtt.host,
+                settings.mqtt.port,
+                kinds,
+                sub_reg,
+                args.seconds,
+                start_s,
+                secret,
+            )
             p = ctx.Process(target=publisher_main, args=(theirs, plan), daemon=True)
             p.start()
             publishers.append(p)
@@ -487,12 +596,17 @@ def cmd_load(args: argparse.Namespace) -> int:  # noqa: PLR0915 - one run, top t
             msg = pipe.recv()
             if msg[0] != "ready":
                 sys.exit(f"publisher {kinds}: {msg}")
-            print(f"publisher {'+'.join(kinds)}: generated in {msg[1]} s, connected in "
-                  f"{msg[2]} s", flush=True)  # fmt: skip
+            print(
+                f"publisher {'+'.join(kinds)}: generated in {msg[1]} s, connected in {msg[2]} s",
+                flush=True,
+            )
         late = time.time() - start_s
         if late > 0:
-            print(f"WARNING: the publishers were ready {late:.0f} s after the start: raise "
-                  "--prepare; the first messages go out late", flush=True)  # fmt: skip
+            print(
+                f"WARNING: the publishers were ready {late:.0f} s after the start: raise "
+                "--prepare; the first messages go out late",
+                flush=True,
+            )
 
         pids = {
             "ingest": procs.procs["ingest"].pid,
@@ -511,20 +625,26 @@ def cmd_load(args: argparse.Namespace) -> int:  # noqa: PLR0915 - one run, top t
 
         async def lags() -> dict[str, int]:
             out = {}
-            for name, group, kinds in (("bulk", bulk_group, ("air", "water")),
-                                       ("seismic", seis_group, ("seismic",))):  # fmt: skip
-                out[name] = sum([await backlog_left(settings, group, topology.readings(k))
-                                 for k in kinds])  # fmt: skip
+            for name, group, kinds in (
+                ("bulk", bulk_group, ("air", "water")),
+                ("seismic", seis_group, ("seismic",)),
+            ):
+                out[name] = sum(
+                    [await backlog_left(settings, group, topology.readings(k)) for k in kinds]
+                )
             return out
 
         sampler = Sampler(pids, lags, every=args.sample)
         while time.time() < start_s:
             time.sleep(0.05)
-        cpu0 = {k: proc_cpu_s(p) for k, p in pids.items()}
+        cpu0 = {k: proc_cpu_s(p) for k, p in pids.items() if "publisher" not in k}
         load0, wall0 = load(), time.time()
         sampler.start()
-        print(f"load: {args.scale:g} x Taiwan for {args.seconds:g} s, quake at "
-              f"{args.seconds / 2:g} s ({load0})", flush=True)  # fmt: skip
+        print(
+            f"load: {args.scale:g} x Taiwan for {args.seconds:g} s, quake at "
+            f"{args.seconds / 2:g} s ({load0})",
+            flush=True,
+        )
         reports = []
         for kinds, pipe in zip(groups, pipes, strict=True):
             if not pipe.poll(args.seconds + 300):
@@ -534,9 +654,10 @@ def cmd_load(args: argparse.Namespace) -> int:  # noqa: PLR0915 - one run, top t
                 sys.exit(f"publisher {kinds}: {msg}")
             reports.append(msg[1])
         last_send = max(r["last_send_s"] for r in reports)
-        cpu1 = {k: proc_cpu_s(p) for k, p in pids.items() if k not in (
-            "publisher air+water", "publisher seismic")}  # fmt: skip
-        cpu1 |= {k: cpu0[k] for k in ("publisher air+water", "publisher seismic")}
+        cpu1 = {k: proc_cpu_s(p) for k, p in pids.items() if "publisher" not in k}
+        # The publishers have exited: their own count, from ready to done.
+        for name, r in zip(("publisher air+water", "publisher seismic"), reports, strict=True):
+            cpu0[name], cpu1[name] = 0.0, r["cpu_s"]
         wall1 = time.time()
 
         # Drained: both groups at the end of their topics (ingest's records all in).
@@ -588,13 +709,15 @@ def cmd_load(args: argparse.Namespace) -> int:  # noqa: PLR0915 - one run, top t
             "cpu_us_per_reading": {
                 k: round(1e6 * (cpu2[k] - cpu0[k]) / n, 1) for k, n in readings.items() if n
             },
-            "peak_rss_mib": {k: round(proc_hwm_mib(pids[k]), 0)
-                             for k in ("ingest", "bulk worker", "seismic worker", "alerts")},
+            "peak_rss_mib": {
+                k: round(proc_hwm_mib(pids[k]), 0)
+                for k in ("ingest", "bulk worker", "seismic worker", "alerts")
+            },
             "lag": [{"t": round(r["t"] - wall0, 1), **r["lag"]} for r in sampler.rows],
             "candidate_ms": [round(lat, 1) for _, lat in cands],
             "mqtt_alert_ms": [round(x, 1) for x in alert_ms],
             "mqtt_alerts": len(alerts_at),
-        }  # fmt: skip
+        }
         lag_bulk = [r["lag"].get("bulk", 0) for r in sampler.rows if r["lag"]]
         lag_seis = [r["lag"].get("seismic", 0) for r in sampler.rows if r["lag"]]
         result["lag_max"] = {"bulk": max(lag_bulk, default=0), "seismic": max(lag_seis, default=0)}
@@ -629,35 +752,56 @@ def print_load(r: Mapping[str, Any], pct: Any) -> None:
         return f"first {xs[0]:.0f}, p50 {pct(xs, 0.5):.0f}, p99 {pct(xs, 0.99):.0f} (n={len(xs)})"
 
     rows = [
-        ("scale, seconds, backlog", f"{r['scale']:g} x Taiwan, {r['seconds']:g} s, {r['backlog']} air readings"),
+        (
+            "scale, seconds, backlog",
+            f"{r['scale']:g} x Taiwan, {r['seconds']:g} s, {r['backlog']} air readings",
+        ),
         ("offered per s", ", ".join(f"{k} {v:,.0f}" for k, v in r["offered_per_s"].items())),
-        ("sent / acknowledged / stored",
-         ", ".join(f"{k} {r['sent'].get(k, 0)}/{r['acked'].get(k, 0)}/{r['stored'].get(k, 0)}"
-                   for k in ("air", "water", "seismic"))),
-        ("publisher max lag behind schedule, s", ", ".join(str(p["max_lag_s"]) for p in r["publishers"])),
-        ("consumer lag max, records (bulk, seismic)", f"{r['lag_max']['bulk']}, {r['lag_max']['seismic']}"),
-        ("drained after the last message, s", f"{r['drain_s']:.1f}" if r["drain_s"] is not None else "never"),
+        (
+            "sent / acknowledged / stored",
+            ", ".join(
+                f"{k} {r['sent'].get(k, 0)}/{r['acked'].get(k, 0)}/{r['stored'].get(k, 0)}"
+                for k in ("air", "water", "seismic")
+            ),
+        ),
+        (
+            "publisher max lag behind schedule, s",
+            ", ".join(str(p["max_lag_s"]) for p in r["publishers"]),
+        ),
+        (
+            "consumer lag max, records (bulk, seismic)",
+            f"{r['lag_max']['bulk']}, {r['lag_max']['seismic']}",
+        ),
+        (
+            "drained after the last message, s",
+            f"{r['drain_s']:.1f}" if r["drain_s"] is not None else "never",
+        ),
         ("held in real time", "yes" if r["held"] else "NO"),
         ("CPU share of a core", ", ".join(f"{k} {v:.2f}" for k, v in r["cpu_share"].items())),
-        ("both workers' CPU (one worker's headroom)",
-         f"{r['worker_cpu_share']:.2f} core ({100 * (1 - r['worker_cpu_share']):.0f}% headroom)"),
+        (
+            "both workers' CPU (one worker's headroom)",
+            f"{r['worker_cpu_share']:.2f} core ({100 * (1 - r['worker_cpu_share']):.0f}% headroom)",
+        ),
         ("CPU per reading, us", ", ".join(f"{k} {v}" for k, v in r["cpu_us_per_reading"].items())),
         ("peak RSS, MiB", ", ".join(f"{k} {v:.0f}" for k, v in r["peak_rss_mib"].items())),
         ("deciding packet -> candidate, ms", q(r["candidate_ms"])),
         ("deciding packet -> MQTT alert, ms", q(r["mqtt_alert_ms"])),
         ("load average start / end", r["load"]),
-    ]  # fmt: skip
+    ]
     print(table(rows), flush=True)
 
 
 # ---------------------------------------------------------------- raw waveform storage
 
 
-def _dir_bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
+def _dir_bytes(path: Path, pattern: str = "*") -> int:
+    """Bytes of the files under ``path`` matching ``pattern`` (0 when it is missing)."""
+    if not path.exists():
+        return 0
+    return sum(f.stat().st_size for f in path.rglob(pattern) if f.is_file())
 
 
-def cmd_storage(args: argparse.Namespace) -> int:  # noqa: PLR0915 - one run, top to bottom
+def cmd_storage(args: argparse.Namespace) -> int:
     from bench.common import Buckets, load, proc_cpu_s, table  # noqa: PLC0415
     from civic_iot.registry import load_registry  # noqa: PLC0415
     from civic_iot.settings import get_settings, influx_token  # noqa: PLC0415
@@ -671,7 +815,9 @@ def cmd_storage(args: argparse.Namespace) -> int:  # noqa: PLR0915 - one run, to
     towns = {d.id: d.township for d in seis}
     sim = [SimStation(d.id, d.lat, d.lon) for d in seis]
     t0 = float(int(time.time()) - args.seconds - 600)
-    quake = SimQuake(lat=24.8, lon=121.6, depth_km=10, magnitude=6.0, origin_s=t0 + args.seconds / 2)
+    quake = SimQuake(
+        lat=24.8, lon=121.6, depth_km=10, magnitude=6.0, origin_s=t0 + args.seconds / 2
+    )
     packets = synthesize_packets(sim, start_s=t0, duration_s=args.seconds, quake=quake, seed=3)
     # As the devices send them (simulator.scenario: 2 decimals).
     payloads = [(p.station_id, p.payload(decimals=2)) for p in packets]
@@ -697,23 +843,31 @@ def cmd_storage(args: argparse.Namespace) -> int:  # noqa: PLR0915 - one run, to
     token = influx_token(settings)
     rows: dict[str, dict[str, Any]] = {}
     try:
-        ids = {v: buckets.client.buckets_api().find_bucket_by_name(n).id
-               for v, n in buckets.names.items()}  # fmt: skip
+        ids = {
+            v: buckets.client.buckets_api().find_bucket_by_name(n).id
+            for v, n in buckets.names.items()
+        }
         for name, (build, precision) in variants.items():
             c = time.process_time()
             lines = build()
             build_s = time.process_time() - c
             i0 = proc_cpu_s(influxd) if influxd else 0.0
             w0 = time.monotonic()
-            url = (f"{influx.url.rstrip('/')}/api/v2/write?org={influx.org}"
-                   f"&bucket={buckets.names[name]}&precision={precision}")  # fmt: skip
+            url = (
+                f"{influx.url.rstrip('/')}/api/v2/write?org={influx.org}"
+                f"&bucket={buckets.names[name]}&precision={precision}"
+            )
             for i in range(0, len(lines), args.chunk):
                 req = urllib.request.Request(
-                    url, data="\n".join(lines[i : i + args.chunk]).encode(), method="POST",
-                    headers={"Authorization": f"Token {token}",
-                             "Content-Type": "text/plain; charset=utf-8"},
-                )  # fmt: skip
-                with urllib.request.urlopen(req, timeout=120):  # noqa: S310 - the stack's URL
+                    url,
+                    data="\n".join(lines[i : i + args.chunk]).encode(),
+                    method="POST",
+                    headers={
+                        "Authorization": f"Token {token}",
+                        "Content-Type": "text/plain; charset=utf-8",
+                    },
+                )
+                with urllib.request.urlopen(req, timeout=120):
                     pass
             wall = time.monotonic() - w0
             influx_s = (proc_cpu_s(influxd) if influxd else 0.0) - i0
@@ -731,8 +885,11 @@ def cmd_storage(args: argparse.Namespace) -> int:  # noqa: PLR0915 - one run, to
         last: dict[str, tuple[int, int]] = {}
         stable = 0
         while time.monotonic() < deadline:
-            now = {v: (_dir_bytes(engine / "data" / i), _dir_bytes(engine / "wal" / i))
-                   for v, i in ids.items()}  # fmt: skip
+            # TSM files only: a bucket's series file and index are preallocated.
+            now = {
+                v: (_dir_bytes(engine / "data" / i, "*.tsm"), _dir_bytes(engine / "wal" / i))
+                for v, i in ids.items()
+            }
             settled = all(w < 1024 for _, w in now.values())
             stable = stable + 1 if now == last and settled else 0
             last = now
@@ -740,8 +897,11 @@ def cmd_storage(args: argparse.Namespace) -> int:  # noqa: PLR0915 - one run, to
                 break
             time.sleep(5)
         for v, (tsm, wal) in last.items():
-            rows[v] |= {"tsm_bytes_per_station_s": tsm / station_s, "wal_bytes": wal,
-                        "settled": stable >= 6}  # fmt: skip
+            rows[v] |= {
+                "tsm_bytes_per_station_s": tsm / station_s,
+                "wal_bytes": wal,
+                "settled": stable >= 6,
+            }
         # One minute of one station, as a client gets it (and unpacked, when packed).
         dev = seis[0].id
         start = datetime.fromtimestamp(t0 + args.seconds / 2 - 30, UTC).isoformat()
@@ -749,9 +909,11 @@ def cmd_storage(args: argparse.Namespace) -> int:  # noqa: PLR0915 - one run, to
         api = buckets.client.query_api()
         for v in variants:
             meas = "seismic_packet" if v == "packed" else "seismic_sample"
-            flux = (f'from(bucket: "{buckets.names[v]}") |> range(start: {start}, stop: {stop})'
-                    f' |> filter(fn: (r) => r._measurement == "{meas}" and r.device == "{dev}")'
-                    ' |> filter(fn: (r) => r._field != "sample_rate_hz")')  # fmt: skip
+            flux = (
+                f'from(bucket: "{buckets.names[v]}") |> range(start: {start}, stop: {stop})'
+                f' |> filter(fn: (r) => r._measurement == "{meas}" and r.device == "{dev}")'
+                ' |> filter(fn: (r) => r._field != "sample_rate_hz")'
+            )
             times, samples = [], 0
             for _ in range(args.queries):
                 q0 = time.monotonic()
@@ -765,13 +927,24 @@ def cmd_storage(args: argparse.Namespace) -> int:  # noqa: PLR0915 - one run, to
             rows[v] |= {"query_ms": statistics.median(times), "query_samples": samples}
     finally:
         buckets.drop()
-    print(table([
-        ("station-seconds", f"{station_s} ({args.stations} stations x {args.seconds:g} s, an M6 "
-                            "half-way, 2 decimals)"),
-        *((f"{v}: " + k, f"{x:,.1f}" if isinstance(x, float) else str(x))
-          for v, r in rows.items() for k, x in r.items()),
-        ("load average", load()),
-    ]), flush=True)  # fmt: skip
+    print(
+        table(
+            [
+                (
+                    "station-seconds",
+                    f"{station_s} ({args.stations} stations x {args.seconds:g} s, an M6 "
+                    "half-way, 2 decimals)",
+                ),
+                *(
+                    (f"{v}: " + k, f"{x:,.1f}" if isinstance(x, float) else str(x))
+                    for v, r in rows.items()
+                    for k, x in r.items()
+                ),
+                ("load average", load()),
+            ]
+        ),
+        flush=True,
+    )
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"taiwan-storage-{datetime.now(UTC):%Y%m%d%H%M%S}.json"
     out.write_text(json.dumps({"station_s": station_s, "variants": rows, "load": load()}, indent=1))
@@ -787,11 +960,21 @@ def main() -> int:
     lp.add_argument("--scale", type=float, default=1.0, help="share of Taiwan's fleet")
     lp.add_argument("--seconds", type=float, default=120.0, help="load, s (quake half-way)")
     lp.add_argument("--backlog", type=int, default=0, help="air readings on Kafka first")
-    lp.add_argument("--prepare", type=float, default=150.0,
-                    help="s for the publishers to generate and connect")  # fmt: skip
+    lp.add_argument(
+        "--prepare",
+        type=float,
+        default=0.0,
+        help="s for the publishers to generate and connect (0: 40 + 240 x scale)",
+    )
     lp.add_argument("--sample", type=float, default=2.0, help="s between lag/CPU samples")
     lp.add_argument("--drain-limit", type=float, default=5.0, help="held: drained within, s")
     lp.add_argument("--drain-timeout", type=float, default=900.0)
+    lp.add_argument(
+        "--precreate-changelogs",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="make the seismic worker's changelogs first (see seismic_changelogs)",
+    )
     sp = sub.add_parser("storage", help="raw waveform storage, today vs alternatives")
     sp.add_argument("--stations", type=int, default=40)
     sp.add_argument("--seconds", type=float, default=60.0)
@@ -799,6 +982,8 @@ def main() -> int:
     sp.add_argument("--settle", type=float, default=180.0, help="most s to wait for compaction")
     sp.add_argument("--queries", type=int, default=5)
     args = ap.parse_args()
+    # A run stopped with SIGTERM still stops its processes and drops its buckets.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     return {"registry": cmd_registry, "load": cmd_load, "storage": cmd_storage}[args.cmd](args)
 
 
