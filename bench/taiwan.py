@@ -409,10 +409,12 @@ class Sampler(threading.Thread):
         self.lag = lag
         self.every = every
         self.rows: list[dict[str, Any]] = []
+        #: Peak RSS (VmHWM) of each process as last seen, MiB.
+        self.hwm: dict[str, float] = {}
         self.halt = threading.Event()
 
     def run(self) -> None:
-        from bench.common import proc_cpu_s  # noqa: PLC0415
+        from bench.common import proc_cpu_s, proc_hwm_mib  # noqa: PLC0415
 
         loop = asyncio.new_event_loop()
         try:
@@ -421,6 +423,7 @@ class Sampler(threading.Thread):
                 for name, pid in self.pids.items():
                     with contextlib.suppress(OSError):
                         cpu[name] = proc_cpu_s(pid)
+                        self.hwm[name] = max(self.hwm.get(name, 0.0), proc_hwm_mib(pid))
                 try:
                     lag = loop.run_until_complete(self.lag())
                 except Exception:  # noqa: BLE001 - a missed sample is only a gap
@@ -654,7 +657,13 @@ def cmd_load(args: argparse.Namespace) -> int:
                 sys.exit(f"publisher {kinds}: {msg}")
             reports.append(msg[1])
         last_send = max(r["last_send_s"] for r in reports)
-        cpu1 = {k: proc_cpu_s(p) for k, p in pids.items() if "publisher" not in k}
+        cpu1 = {}
+        for k, p in pids.items():
+            if "publisher" not in k:
+                try:
+                    cpu1[k] = proc_cpu_s(p)
+                except OSError:  # exited: its last sample
+                    cpu1[k] = sampler.rows[-1]["cpu"].get(k, cpu0[k]) if sampler.rows else cpu0[k]
         # The publishers have exited: their own count, from ready to done.
         for name, r in zip(("publisher air+water", "publisher seismic"), reports, strict=True):
             cpu0[name], cpu1[name] = 0.0, r["cpu_s"]
@@ -664,15 +673,29 @@ def cmd_load(args: argparse.Namespace) -> int:
         time.sleep(1)
         drain_s: float | None = None
         deadline = time.monotonic() + args.drain_timeout
+        left: dict[str, int] = {}
+        died: dict[str, int] = {}
         while time.monotonic() < deadline:
             left = asyncio.run(lags())
             if all(v == 0 for v in left.values()):
                 drain_s = time.time() - last_send
                 break
+            died = {n: p.returncode for n, p in procs.procs.items() if p.poll() is not None}
+            if died:
+                print(f"exited during the run: {died} (logs {log_dir})", flush=True)
+                break
             time.sleep(0.5)
         sampler.halt.set()
         sampler.join(10)
-        cpu2 = {k: proc_cpu_s(p) for k, p in pids.items() if "publisher" not in k}
+        # CPU seconds so far (a process that exited keeps its last sample).
+        last_cpu = sampler.rows[-1]["cpu"] if sampler.rows else cpu0
+        cpu2 = {}
+        for k, p in pids.items():
+            if "publisher" not in k:
+                try:
+                    cpu2[k] = proc_cpu_s(p)
+                except OSError:
+                    cpu2[k] = last_cpu.get(k, cpu0[k])
         load1 = load()
         time.sleep(3)  # the last alert deliveries
         sent: Counter[str] = Counter()
@@ -703,6 +726,8 @@ def cmd_load(args: argparse.Namespace) -> int:
             "acked": dict(acked),
             "stored": stored,
             "drain_s": drain_s,
+            "lag_at_end": left,
+            "exited": died,
             "held": held(dict(acked), stored, drain_s, args.drain_limit),
             "cpu_share": {k: round(v, 3) for k, v in cpu_share.items()},
             "cpu_total_incl_drain_s": {k: round(cpu2[k] - cpu0[k], 1) for k in cpu2},
@@ -710,7 +735,7 @@ def cmd_load(args: argparse.Namespace) -> int:
                 k: round(1e6 * (cpu2[k] - cpu0[k]) / n, 1) for k, n in readings.items() if n
             },
             "peak_rss_mib": {
-                k: round(proc_hwm_mib(pids[k]), 0)
+                k: round(max(sampler.hwm.get(k, 0.0), proc_hwm_mib(pids[k])))
                 for k in ("ingest", "bulk worker", "seismic worker", "alerts")
             },
             "lag": [{"t": round(r["t"] - wall0, 1), **r["lag"]} for r in sampler.rows],
@@ -774,8 +799,11 @@ def print_load(r: Mapping[str, Any], pct: Any) -> None:
         ),
         (
             "drained after the last message, s",
-            f"{r['drain_s']:.1f}" if r["drain_s"] is not None else "never",
+            f"{r['drain_s']:.1f}"
+            if r["drain_s"] is not None
+            else f"not drained; lag at the end (records) {r['lag_at_end']}",
         ),
+        ("processes that exited during the run", str(r["exited"] or "none")),
         ("held in real time", "yes" if r["held"] else "NO"),
         ("CPU share of a core", ", ".join(f"{k} {v:.2f}" for k, v in r["cpu_share"].items())),
         (
