@@ -703,21 +703,23 @@ def cmd_load(args: argparse.Namespace) -> int:
         for r in reports:
             sent.update(r["sent"])
             acked.update(r["acked"])
+        # The live readings: event times from the load's start (the backlog's are hours
+        # older; its air readings stored are counted apart).
+        live = datetime.fromtimestamp(start_s - 60, UTC).isoformat()
         stored = {
-            "air": buckets.count("readings", "air", "lat"),
-            "water": buckets.count("readings", "water", "lat"),
-            "seismic": buckets.count("seismic", "seismic_sample", "z_gal") // 100,
+            "air": buckets.count("readings", "air", "lat", live),
+            "water": buckets.count("readings", "water", "lat", live),
+            "seismic": buckets.count("seismic", "seismic_sample", "z_gal", live) // 100,
         }
-        # Air readings of the backlog are stored too: the live ones are the rest.
-        stored["air"] -= args.backlog if stored["air"] >= args.backlog else 0
+        backlog_stored = buckets.count("readings", "air", "lat") - stored["air"]
         cands = candidate_times((log_dir / "seismic.log").read_text(errors="replace"))
         alert_ms = alert_latencies(cands, alerts_at)
         wall = wall1 - wall0
         cpu_share = shares(cpu0, cpu1, wall)
-        readings = {
+        readings = {  # what each process handled (the bulk worker: backlog included)
             "ingest": sum(acked.values()),
-            "bulk worker": acked["air"] + acked["water"] + args.backlog,
-            "seismic worker": acked["seismic"],
+            "bulk worker": stored["air"] + stored["water"] + backlog_stored,
+            "seismic worker": stored["seismic"],
         }
         result |= {
             "load": f"{load0} / {load1}",
@@ -725,6 +727,7 @@ def cmd_load(args: argparse.Namespace) -> int:
             "sent": dict(sent),
             "acked": dict(acked),
             "stored": stored,
+            "backlog_stored": backlog_stored,
             "drain_s": drain_s,
             "lag_at_end": left,
             "exited": died,
@@ -814,6 +817,7 @@ def print_load(r: Mapping[str, Any], pct: Any) -> None:
         ("peak RSS, MiB", ", ".join(f"{k} {v:.0f}" for k, v in r["peak_rss_mib"].items())),
         ("deciding packet -> candidate, ms", q(r["candidate_ms"])),
         ("deciding packet -> MQTT alert, ms", q(r["mqtt_alert_ms"])),
+        ("backlog readings stored by the end", f"{r['backlog_stored']} of {r['backlog']}"),
         ("load average start / end", r["load"]),
     ]
     print(table(rows), flush=True)
