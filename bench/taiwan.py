@@ -173,18 +173,23 @@ def candidate_times(log: str) -> list[tuple[float, float]]:
 
 
 def alert_latencies(
-    candidates: Sequence[tuple[float, float]], alerts_ms: Sequence[float]
+    candidates: Sequence[tuple[float, float]],
+    alerts_ms: Sequence[float],
+    within_ms: float = 10_000.0,
 ) -> list[float]:
     """Per candidate (deciding record time, latency; ms, in log order), the first MQTT
     earthquake message that arrived after it was logged and before the next one was:
     arrival minus the deciding record's time, ms. A candidate the alert service sent no
     message for (nothing new to say) has none; one message per township follows each
-    candidate, only the first counts."""
+    candidate, only the first counts; one more than ``within_ms`` after the candidate is
+    not its alert (the Cancel once the quake is cleared, a minute later)."""
     arrivals = sorted(alerts_ms)
     out = []
     for i, (record, latency) in enumerate(candidates):
         start = record + latency
-        end = sum(candidates[i + 1]) if i + 1 < len(candidates) else math.inf
+        end = min(
+            start + within_ms, sum(candidates[i + 1]) if i + 1 < len(candidates) else math.inf
+        )
         first = next((a for a in arrivals if start <= a < end), None)
         if first is not None:
             out.append(first - record)

@@ -109,6 +109,13 @@ def test_alert_latency_is_the_first_message_after_each_candidate() -> None:
     # candidate brought no message.
     arrivals = [3400.0, 1300.0, 900.0, 1310.0, 3420.0]
     assert alert_latencies(candidates, arrivals) == [300.0, 400.0]
+    # The Cancel a minute after the last candidate is not that candidate's alert.
+    assert alert_latencies(candidates, [*arrivals, 70_000.0]) == [300.0, 400.0]
+    assert alert_latencies(candidates, [*arrivals, 70_000.0], within_ms=1e9) == [
+        300.0,
+        400.0,
+        65_000.0,
+    ]
 
 
 def _payload() -> SeismicPayload:
