@@ -34,7 +34,14 @@ here) latencies. Results go to ``bench/results/taiwan-<time>.json``.
 ``storage``: one station-second of raw waveform stored as today (a ``seismic_sample``
 point per sample) against the alternatives, on the real InfluxDB: write CPU (Python
 building the lines, influxd writing them), bytes on disk once the cache is snapshotted
-and compacted, and the time to query one minute of one station.
+and compacted, and the time to query one minute of one station. For the bytes on disk,
+start influxd with short cold durations (``deploy/stack.sh down influxdb``, then
+``INFLUXD_STORAGE_CACHE_SNAPSHOT_WRITE_COLD_DURATION=5s
+INFLUXD_STORAGE_COMPACT_FULL_WRITE_COLD_DURATION=15s deploy/stack.sh up influxdb``):
+otherwise the figures are the cache's and ``settled`` says False.
+
+On a fresh prefix the seismic worker's changelogs are made before it starts
+(``--no-precreate-changelogs`` to see why: :func:`seismic_changelogs`).
 """
 
 from __future__ import annotations
