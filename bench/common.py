@@ -190,9 +190,11 @@ class Buckets:
             if r in ("readings", "seismic", "derived", "alerts")
         }
 
-    def count(self, role: str, measurement: str, field: str) -> int:
+    def count(self, role: str, measurement: str, field: str, start: str = "0") -> int:
+        """Points of ``measurement`` with ``field`` in the role's bucket, from ``start``
+        (a Flux time: ``0``, or RFC 3339)."""
         rows = self.client.query_api().query(
-            f'from(bucket: "{self.names[role]}") |> range(start: 0) |> filter(fn: (r) => '
+            f'from(bucket: "{self.names[role]}") |> range(start: {start}) |> filter(fn: (r) => '
             f'r._measurement == "{measurement}" and r._field == "{field}") |> group() |> count()'
         )
         return int(rows[0].records[0].get_value()) if rows and rows[0].records else 0
