@@ -39,9 +39,6 @@ start influxd with short cold durations (``deploy/stack.sh down influxdb``, then
 ``INFLUXD_STORAGE_CACHE_SNAPSHOT_WRITE_COLD_DURATION=5s
 INFLUXD_STORAGE_COMPACT_FULL_WRITE_COLD_DURATION=15s deploy/stack.sh up influxdb``):
 otherwise the figures are the cache's and ``settled`` says False.
-
-On a fresh prefix the seismic worker's changelogs are made before it starts
-(``--no-precreate-changelogs`` to see why: :func:`seismic_changelogs`).
 """
 
 from __future__ import annotations
@@ -386,32 +383,6 @@ def _pid(path: Path) -> int | None:
     return None
 
 
-async def seismic_changelogs(bootstrap: str, topology: Any) -> None:
-    """The seismic worker's table changelogs, made before it starts. Made by Faust at its
-    start instead, on a fresh prefix, the quake agent's first table write fails with
-    PartitionsMismatch ("changelog ... has 0 partitions": the consumer's metadata snapshot
-    predates the topic) and the agent crash-loops: no candidate ever (seen here on the
-    first runs; reported with the results)."""
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: PLC0415
-
-    from processors.app import processors_app_id  # noqa: PLC0415
-
-    app_id = processors_app_id(topology, "seismic")
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics(
-            [
-                NewTopic(
-                    f"{app_id}-{table}-changelog", n, 1, topic_configs={"cleanup.policy": "compact"}
-                )
-                for table, n in (("seismic-state", topology.partitions), ("quake-state", 1))
-            ]
-        )
-    finally:
-        await admin.close()
-
-
 class Sampler(threading.Thread):
     """Every ``every`` s: CPU seconds of each process and both groups' lag (records)."""
 
@@ -479,8 +450,6 @@ def cmd_load(args: argparse.Namespace) -> int:
     )
     topology = Topology.of(settings)
     asyncio.run(ensure_topics(settings.kafka.bootstrap, topology))
-    if args.precreate_changelogs:
-        asyncio.run(seismic_changelogs(settings.kafka.bootstrap, topology))
     buckets = Buckets(base, uid, roles=("readings", "seismic", "derived", "alerts"))
     log_dir = Path(f"/tmp/bench-taiwan-{uid}")
     stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
@@ -1013,12 +982,6 @@ def main() -> int:
     lp.add_argument("--sample", type=float, default=2.0, help="s between lag/CPU samples")
     lp.add_argument("--drain-limit", type=float, default=5.0, help="held: drained within, s")
     lp.add_argument("--drain-timeout", type=float, default=900.0)
-    lp.add_argument(
-        "--precreate-changelogs",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="make the seismic worker's changelogs first (see seismic_changelogs)",
-    )
     sp = sub.add_parser("storage", help="raw waveform storage, today vs alternatives")
     sp.add_argument("--stations", type=int, default=40)
     sp.add_argument("--seconds", type=float, default=60.0)

@@ -13,7 +13,7 @@ import sys
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from civic_iot.settings import get_settings
-from civic_iot.topology import Topology
+from civic_iot.topology import TopicSpec, Topology
 
 logger = logging.getLogger(__name__)
 
@@ -27,11 +27,16 @@ def _admin(bootstrap: str) -> AIOKafkaAdminClient:
 async def ensure_topics(bootstrap: str, topology: Topology) -> list[str]:
     """Create the deployment's missing topics; returns the names created. Two processes
     doing this at once is harmless: the broker creates each topic once."""
+    return await ensure_specs(bootstrap, topology.specs())
+
+
+async def ensure_specs(bootstrap: str, specs: list[TopicSpec]) -> list[str]:
+    """Create those of ``specs`` that do not exist; returns the names created."""
     admin = _admin(bootstrap)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        missing = [s for s in topology.specs() if s.name not in existing]
+        missing = [s for s in specs if s.name not in existing]
         if missing:
             await admin.create_topics(
                 [NewTopic(s.name, s.partitions, 1, topic_configs=s.configs()) for s in missing]

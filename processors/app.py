@@ -67,7 +67,7 @@ from civic_iot.settings import ProcessorSettings, Settings, mark_key
 from civic_iot.storage.sink import InfluxSink, PointSink, Publisher, deadletter_report
 from civic_iot.thresholds import Thresholds, load_thresholds
 from civic_iot.timebounds import TimeBounds
-from civic_iot.topology import Topology
+from civic_iot.topology import STATE_RECORD_MAX_BYTES, Topology
 from processors.agents.deadletter import DeadletterAgent
 from processors.agents.device import AirAgent, DeviceDeps, SeismicAgent, WaterAgent
 from processors.agents.faults import contained
@@ -159,6 +159,9 @@ def create_app(
         # A readings record holds up to 256 KB of readings: a few per agent buffered
         # are enough to keep it busy, and bound the worker's memory in a backlog.
         stream_buffer_maxsize=STREAM_BUFFER,
+        # A table's state record may exceed Kafka's default 1 MB (the changelogs are made
+        # to take it: civic_iot.topology.STATE_RECORD_MAX_BYTES).
+        producer_max_request_size=STATE_RECORD_MAX_BYTES,
         topic_partitions=n,
         table_standby_replicas=0,
         stream_wait_empty=False,

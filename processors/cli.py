@@ -15,10 +15,10 @@ import sys
 
 import faust
 
-from civic_iot.kafka_admin import partition_counts
+from civic_iot.kafka_admin import ensure_specs, partition_counts, wait_for_topics
 from civic_iot.logs import limit_repeats
 from civic_iot.settings import Settings, get_settings
-from civic_iot.topology import Topology
+from civic_iot.topology import TopicSpec, Topology
 from processors.app import create_app
 
 logger = logging.getLogger(__name__)
@@ -55,6 +55,7 @@ def run_worker(settings: Settings) -> None:
         logger.error(msg)
         raise SystemExit(msg)
     app = create_app(settings)
+    _make_changelogs(settings, app)
     # Faust makes its own directory (the app's) under this one, not the parents.
     app.conf.datadir.parent.mkdir(parents=True, exist_ok=True)
     limit_repeats("aiokafka")  # a Kafka outage: a line per interval, not per attempt
@@ -66,6 +67,29 @@ def run_worker(settings: Settings) -> None:
     )
     worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True)
     worker.execute_from_commandline()
+
+
+def changelog_specs(app: faust.App) -> list[TopicSpec]:
+    """The changelog topic of each of the app's tables, as the worker makes it."""
+    return [
+        Topology.changelog_spec(
+            table.changelog_topic.get_topic_name(),
+            table.partitions or app.conf.topic_partitions,
+        )
+        for table in app.tables.values()
+    ]
+
+
+def _make_changelogs(settings: Settings, app: faust.App) -> None:
+    """Create the tables' changelogs before Faust starts (Topology.changelog_spec: why)."""
+    specs = changelog_specs(app)
+    loop = asyncio.new_event_loop()
+    try:
+        bootstrap = settings.kafka.bootstrap
+        loop.run_until_complete(ensure_specs(bootstrap, specs))
+        loop.run_until_complete(wait_for_topics(bootstrap, [s.name for s in specs]))
+    finally:
+        loop.close()
 
 
 def main() -> int:

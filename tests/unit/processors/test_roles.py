@@ -7,8 +7,9 @@ import pytest
 
 from civic_iot.settings import Settings
 from civic_iot.thresholds import thresholds_from
-from civic_iot.topology import Topology
+from civic_iot.topology import STATE_RECORD_MAX_BYTES, Topology
 from processors.app import create_app
+from processors.cli import changelog_specs
 from tests.unit.processors.recorders import RecordingPublisher, RecordingSink
 from tests.unit.processors.test_agents import REGISTRY
 
@@ -49,3 +50,28 @@ def test_each_role_runs_its_agents_and_tables(role: str) -> None:
     assert ({"seismic-state", "quake-state"} <= tables) is seismic
     if role != "all":
         assert not (tables & ({"seismic-state", "quake-state"} if bulk else {"air-state"}))
+
+
+@pytest.mark.parametrize("role", ["all", "bulk", "seismic"])
+def test_the_worker_makes_each_tables_changelog_to_take_a_large_state_record(role: str) -> None:
+    # Made before Faust starts (a changelog Faust makes itself on a fresh prefix can fail
+    # the first table write), and taking the associator's state at Taiwan's 615 stations
+    # (1.1 MB, above Kafka's default 1 MB limit: the seismic worker died on it).
+    settings = Settings(
+        kafka={"topic_prefix": "r."},  # type: ignore[arg-type]
+        processors={"web_port": 0, "stats_interval_s": 0, "role": role},  # type: ignore[arg-type]
+    )
+    app = create_app(
+        settings,
+        registry=REGISTRY,
+        thresholds=thresholds_from({}, REGISTRY),
+        sink_factory=lambda _name: RecordingSink(),
+        publisher=RecordingPublisher(),
+    )
+    specs = {s.name: s for s in changelog_specs(app)}
+    assert set(specs) == {f"{app.conf.id}-{t}-changelog" for t in app.tables}
+    for spec in specs.values():
+        assert spec.configs()["cleanup.policy"] == "compact"
+        assert int(spec.configs()["max.message.bytes"]) >= 4 * 1024 * 1024
+        assert spec.partitions == (1 if spec.name.endswith("quake-state-changelog") else 4)
+    assert app.conf.producer_max_request_size == STATE_RECORD_MAX_BYTES
