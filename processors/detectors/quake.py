@@ -110,28 +110,44 @@ class GroundMotionModel:
     form Wu, Shin & Teng (2001) fit to Taiwan data; coefficients as we recall them,
     *unconfirmed* for Taiwan. About 150 gal at 10 km and 11 gal at 100 km for M 6.
 
-    PGV (cm/s): ``log10 PGV = log10 PGA + e + f M``: PGV/PGA (a period-like ratio, s) of
-    about 0.1 s at M 6 growing with magnitude. A placeholder calibration, *unconfirmed*;
-    replace with a published Taiwan PGV relation.
+    PGV (cm/s): Si & Midorikawa (1999, J. Struct. Constr. Eng. AIJ 523, 63-70), crustal
+    events on engineering bedrock (Vs 600 m/s): ``log10 PGV = 0.58 M + 0.0038 D - 1.29 -
+    log10(X + 0.0028 10^(0.5 M)) - 0.002 X`` (D depth km, X fault distance km, taken as
+    the hypocentral distance: a point source; sigma 0.23), times ``pgv_site`` to the
+    surface: 1.4, Midorikawa et al. (1994) ``log10 amp = 1.83 - 0.66 log10 Vs30`` at Vs30
+    about 350 m/s (a stiff-soil site). Published, widely used for ShakeMaps in Japan's
+    similar tectonics; a Taiwan-specific PGV relation (Wu, Shin & Chang 2001) would be
+    preferred once its coefficients are confirmed. The magnitude is taken as Mw.
     """
 
     pga_a: float = 0.00215
     pga_b: float = 0.581
     pga_c: float = 0.00871
     pga_d: float = 0.00414
-    pgv_e: float = -2.8
-    pgv_f: float = 0.3
+    pgv_a: float = 0.58
+    pgv_h: float = 0.0038
+    pgv_b: float = -1.29
+    pgv_c: float = 0.0028
+    pgv_d: float = 0.002
+    pgv_site: float = 1.4
 
     def pga_gal(self, magnitude: float, hyp_km: FloatArray) -> FloatArray:
         """Median PGA, gal, at hypocentral distances ``hyp_km`` (km)."""
         r = np.asarray(hyp_km, dtype=np.float64)
         return np.asarray(10 ** self._log_pga(magnitude, r), dtype=np.float64)
 
-    def pgv_cms(self, magnitude: float, hyp_km: FloatArray) -> FloatArray:
-        """Median PGV, cm/s, at hypocentral distances ``hyp_km`` (km)."""
+    def pgv_cms(self, magnitude: float, hyp_km: FloatArray, depth_km: float = 0.0) -> FloatArray:
+        """Median PGV at the surface, cm/s, at hypocentral distances ``hyp_km`` (km) from
+        a source ``depth_km`` (km) deep."""
         r = np.asarray(hyp_km, dtype=np.float64)
-        log_pgv = self._log_pga(magnitude, r) + self.pgv_e + self.pgv_f * magnitude
-        return np.asarray(10**log_pgv, dtype=np.float64)
+        log_pgv = (
+            self.pgv_a * magnitude
+            + self.pgv_h * depth_km
+            + self.pgv_b
+            - np.log10(r + self.pgv_c * 10 ** (0.5 * magnitude))
+            - self.pgv_d * r
+        )
+        return np.asarray(self.pgv_site * 10**log_pgv, dtype=np.float64)
 
     def magnitude_from_pga(
         self, pga_gal: FloatArray, hyp_km: FloatArray, lo: float = 1.0, hi: float = 9.5
@@ -1334,7 +1350,7 @@ def _level_at(
     r = np.hypot(distance_km(h.lat, h.lon, lat, lon), h.depth_km)
     gm = cfg.ground_motion
     pga = gm.pga_gal(mag, r)
-    pgv = gm.pgv_cms(mag, r)
+    pgv = gm.pgv_cms(mag, r, h.depth_km)
     levels = cwa_intensity_ordinals(pga, pgv, cfg.intensity_scale)
     if stations and lat.size:
         s_lat = np.array([s.lat for s in stations])
