@@ -39,6 +39,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -191,7 +192,9 @@ class WaveModel:
         moment = 10 ** (1.5 * magnitude + 16.05)  # dyne-cm (Hanks & Kanamori 1979)
         return float(4.906e6 * self.vs_kms * (self.stress_drop_bar / moment) ** (1.0 / 3.0))
 
-    def s_spectrum(self, magnitude: float, hyp_km: FloatArray, f: FloatArray) -> FloatArray:
+    def s_spectrum(
+        self, magnitude: float, hyp_km: FloatArray, f: NDArray[np.floating[Any]]
+    ) -> FloatArray:
         """Shape of the S wave's acceleration amplitude spectrum (arbitrary scale) at
         frequencies ``f`` (Hz) for each hypocentral distance (km): (stations, freqs)."""
         r = np.asarray(hyp_km, dtype=np.float64)[:, None]

@@ -205,6 +205,9 @@ class QuakeConfig:
             max_constraint_stations, max_inbox: bounds (memory, and the location's cost).
         constraint_radius_km: stations that did not trigger constrain the location within
             this distance of the first pick.
+        declare_max_magnitude_span: an event is not declared from fewer than
+            2 x ``min_stations`` picks while the depths they allow change its magnitude
+            by more than this (the issue's target for the first magnitude, 0.7).
         townships: centroids to name cells and warn places by; empty means no names.
         ground_motion, intensity_scale: the models.
     """
@@ -227,6 +230,7 @@ class QuakeConfig:
     max_constraint_stations: int = 60
     max_inbox: int = 2000
     constraint_radius_km: float = 150.0
+    declare_max_magnitude_span: float = 0.7
     townships: tuple[Township, ...] = ()
     ground_motion: GroundMotionModel = field(default_factory=GroundMotionModel)
     intensity_scale: IntensityScale = CWA_2020
@@ -263,9 +267,10 @@ class EventStation:
 class Hypocentre:
     """A location: origin time (epoch s), epicentre (degrees), depth (km), RMS P residual
     of the picks (s), and its quality: the farthest epicentre within the confidence
-    region (km), the largest azimuthal gap between picks seen from the epicentre
-    (degrees), the picks used, the stations that did not trigger used as constraints,
-    and ``quality`` "good", "fair" or "poor" (see the thresholds' ``poor_location_km``)."""
+    region (km), the depths it spans (km), the largest azimuthal gap between picks seen
+    from the epicentre (degrees), the picks used, the stations that did not trigger
+    used as constraints, and ``quality`` "good", "fair" or "poor" (see the thresholds'
+    ``poor_location_km``)."""
 
     origin_s: float
     lat: float
@@ -277,6 +282,8 @@ class Hypocentre:
     n_picks: int = 0
     n_constraints: int = 0
     quality: str = "poor"
+    #: Shallowest and deepest depth within the confidence region, km (None: unknown).
+    depth_range_km: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -531,8 +538,15 @@ def locate(
         step /= 4
     g_lat, g_lon = (a.ravel() for a in np.meshgrid(lat_ax, lon_ax, indexing="ij"))
     cost, _ = _costs(g_lat, g_lon, depths, p_lat, p_lon, p_t, cons, thr)
-    # Every point tried, for the confidence region: (lat, lon, cost).
-    tried = [(np.broadcast_to(g_lat, cost.shape), np.broadcast_to(g_lon, cost.shape), cost)]
+    # Every point tried, for the confidence region: (lat, lon, depth, cost).
+    tried = [
+        (
+            np.broadcast_to(g_lat, cost.shape),
+            np.broadcast_to(g_lon, cost.shape),
+            np.broadcast_to(depths[:, None], cost.shape),
+            cost,
+        )
+    ]
 
     # The best few distinct minima of the first grid, each refined.
     order = np.argsort(cost, axis=None)
@@ -564,6 +578,7 @@ def locate(
                     (
                         np.broadcast_to(f_lat, f_cost.shape),
                         np.broadcast_to(f_lon, f_cost.shape),
+                        np.broadcast_to(zs[:, None], f_cost.shape),
                         f_cost,
                     )
                 )
@@ -594,11 +609,13 @@ def locate(
     # Confidence region: every point tried within a chi-square step (~90 %, 3 unknowns
     # that matter here) of the best; its reach from the solution is the uncertainty.
     reach = 0.0
-    for t_lat, t_lon, t_cost in tried:
+    z_min, z_max = b_z, b_z
+    for t_lat, t_lon, t_z, t_cost in tried:
         ok = t_cost <= b_cost + 6.25
         if ok.any():
             far = distance_km(b_lat, b_lon, t_lat[ok], t_lon[ok])
             reach = max(reach, float(far.max()))
+            z_min, z_max = min(z_min, float(t_z[ok].min())), max(z_max, float(t_z[ok].max()))
     uncertainty = reach
     gap = _gap_deg(b_lat, b_lon, p_lat, p_lon)
     quality = "good" if uncertainty <= 0.5 * thr.poor_location_km else "fair"
@@ -623,6 +640,7 @@ def locate(
         n_picks=int(p_t.size),
         n_constraints=n_used,
         quality=quality,
+        depth_range_km=(z_min, z_max),
     )
 
 
@@ -1250,6 +1268,9 @@ def _declare(
         return None
     if hypo.uncertainty_km > thr.declare_max_uncertainty_km and len(best) < 2 * thr.min_stations:
         return None  # a line of picks: near and far offshore fit alike; wait for one more
+    span = _magnitude_span(best, hypo, now_s, cfg)
+    if span > cfg.declare_max_magnitude_span and len(best) < 2 * thr.min_stations:
+        return None  # the picks allow depths that change the magnitude: wait for one more
     sites = _sites(best, thr)
     if sites <= thr.min_stations:
         if hypo.quality == "poor":
@@ -1270,6 +1291,23 @@ def _declare(
     if _contradicted(ev, armed, now_s, cfg) or _disagree(ev, now_s, cfg):
         return None
     return ev
+
+
+def _magnitude_span(
+    stations: Sequence[EventStation], hypo: Hypocentre, now_s: float, cfg: QuakeConfig
+) -> float:
+    """How much the magnitude changes over the depths the picks allow (the confidence
+    region's): Pd and the P amplitude fall with hypocentral distance, so a depth the
+    picks do not constrain is a magnitude they do not constrain, most where the
+    stations are near the epicentre (a deep quake under the network)."""
+    if hypo.depth_range_km is None:
+        return 0.0
+    mags = [
+        _magnitude(stations, replace(hypo, depth_km=z), now_s, cfg) for z in hypo.depth_range_km
+    ]
+    if any(method == "none" for _, method in mags):
+        return 0.0
+    return abs(mags[1][0] - mags[0][0])
 
 
 def _disagree(ev: _EventState, now_s: float, cfg: QuakeConfig) -> bool:
