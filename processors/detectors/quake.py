@@ -205,13 +205,12 @@ class QuakeConfig:
             max_constraint_stations, max_inbox: bounds (memory, and the location's cost).
         constraint_radius_km: stations that did not trigger constrain the location within
             this distance of the first pick.
-        travel_time_error: the velocity model's error as a fraction of the P travel
-            time (3%: a constant-speed model against Taiwan's crust, whose P speed runs
-            from ~5 km/s near the surface to ~7 at depth); it widens a pick's error.
         declare_max_magnitude_span: an event is not declared from fewer than
             2 x ``min_stations`` picks while the depths they allow change its magnitude
-            by more than this (the issue's target for the first magnitude, 0.7), unless
-            no pick came for ``declare_max_wait_s`` (s).
+            by more than this (the issue's target for the first magnitude, 0.7), nor
+            while their confidence region reaches beyond the thresholds'
+            ``declare_max_uncertainty_km``, unless no pick came for
+            ``declare_max_wait_s`` (s).
         townships: centroids to name cells and warn places by; empty means no names.
         ground_motion, intensity_scale: the models.
     """
@@ -235,7 +234,6 @@ class QuakeConfig:
     max_inbox: int = 2000
     constraint_radius_km: float = 150.0
     declare_max_magnitude_span: float = 0.7
-    travel_time_error: float = 0.0
     declare_max_wait_s: float = 2.0
     townships: tuple[Township, ...] = ()
     ground_motion: GroundMotionModel = field(default_factory=GroundMotionModel)
@@ -462,13 +460,11 @@ def _costs(
     p_t: FloatArray,
     cons: _Constraints,
     thr: QuakeThresholds,
-    tt_error: float = 0.0,
 ) -> tuple[FloatArray, FloatArray]:
     """Cost and origin time of every (epicentre, depth) pair, shape (depths, epicentres).
 
     The cost is in units of the pick error: squared P residuals over ``pick_sigma_s``
-    squared (widened by the velocity model's error, ``tt_error`` times the travel time,
-    in quadrature), each capped at 9 (an odd pick, an S taken for P, weighs like a 3-sigma one),
+    squared, each capped at 9 (an odd pick, an S taken for P, weighs like a 3-sigma one),
     plus the squared delay by which an armed station that did not trigger should have
     (EPIC's "not yet arrived"), capped like a pick (a noisy station may miss a weak P),
     and once the magnitude is known only where that P would stand
@@ -479,16 +475,8 @@ def _costs(
     epi = distance_km(g_lat[:, None], g_lon[:, None], p_lat[None, :], p_lon[None, :])
     tt = np.hypot(epi[None, :, :], depths[:, None, None]) / thr.vp_kms  # (D, G, N)
     origin = np.median(p_t[None, None, :] - tt, axis=2)
-    # A constant-speed model's error grows with the path (a slower or faster crust, the
-    # head wave beyond ~100 km): far picks weigh less, or a model a few percent too fast
-    # drags the epicentre outward as the far stations' late picks arrive.
-    pick_sigma = np.sqrt(sigma**2 + (tt_error * tt) ** 2) if tt_error > 0 else sigma
-    res = (p_t[None, None, :] - tt - origin[:, :, None]) / pick_sigma
+    res = (p_t[None, None, :] - tt - origin[:, :, None]) / sigma
     cost = np.sum(np.minimum(res * res, 9.0), axis=2)
-    if tt_error > 0:
-        # The Gaussian's normalisation (-2 log likelihood): without it a far source,
-        # whose long paths excuse any residual, would fit best.
-        cost = cost + np.sum(2.0 * np.log(pick_sigma / sigma), axis=2)
     # A weak prior on depth: three or four picks do not resolve depth from origin time,
     # and a free depth slides along that trade-off (EPIC and ElarmS fix it at 8 km).
     cost = cost + ((depths[:, None] - thr.depth_prior_km) / thr.depth_prior_sigma_km) ** 2
@@ -553,7 +541,7 @@ def locate(
         depths = np.unique(np.clip(around.depth_km + np.arange(-20.0, 21.0, 5.0), z_lo, z_hi))
         step /= 4
     g_lat, g_lon = (a.ravel() for a in np.meshgrid(lat_ax, lon_ax, indexing="ij"))
-    cost, _ = _costs(g_lat, g_lon, depths, p_lat, p_lon, p_t, cons, thr, config.travel_time_error)
+    cost, _ = _costs(g_lat, g_lon, depths, p_lat, p_lon, p_t, cons, thr)
     # Every point tried, for the confidence region: (lat, lon, depth, cost).
     tried = [
         (
@@ -589,9 +577,7 @@ def locate(
                 lo = c_lon + h_step * np.arange(-4, 5)
                 zs = np.unique(np.clip(c_z + z_step * np.arange(-3, 4), z_lo, z_hi))
                 f_lat, f_lon = (a.ravel() for a in np.meshgrid(la, lo, indexing="ij"))
-                f_cost, f_origin = _costs(
-                    f_lat, f_lon, zs, p_lat, p_lon, p_t, cons, thr, config.travel_time_error
-                )
+                f_cost, f_origin = _costs(f_lat, f_lon, zs, p_lat, p_lon, p_t, cons, thr)
                 tried.append(
                     (
                         np.broadcast_to(f_lat, f_cost.shape),
@@ -1284,16 +1270,20 @@ def _declare(
     hypo = _locate_picks(best, armed, names, now_s, cfg)
     if hypo.rms_s > thr.max_rms_s:
         return None
-    if hypo.uncertainty_km > thr.declare_max_uncertainty_km and len(best) < 2 * thr.min_stations:
-        return None  # a line of picks: near and far offshore fit alike; wait for one more
-    span = _magnitude_span(best, hypo, now_s, cfg)
+    # Few picks that leave the epicentre or the magnitude open wait for one more (about
+    # a second), unless none has come for a while: a small quake may never bring more.
+    # A line of picks fits near and far offshore alike; a depth the picks do not
+    # resolve is a magnitude they do not resolve (Pd's distance is mostly depth under
+    # the network).
+    recent = now_s - max(s.p_time_s for s in best) < cfg.declare_max_wait_s
     if (
-        span > cfg.declare_max_magnitude_span
+        recent
         and len(best) < 2 * thr.min_stations
-        and now_s - max(s.p_time_s for s in best) < cfg.declare_max_wait_s
+        and (
+            hypo.uncertainty_km > thr.declare_max_uncertainty_km
+            or _magnitude_span(best, hypo, now_s, cfg) > cfg.declare_max_magnitude_span
+        )
     ):
-        # The picks allow depths that change the magnitude: wait for one more, unless
-        # none has come for a while (a small deep quake may never have more).
         return None
     sites = _sites(best, thr)
     if sites <= thr.min_stations:
