@@ -483,7 +483,7 @@ class QuakeThresholds(_Strict):
     max_rms_s: float = Field(default=1.0, gt=0, le=30)
     unpicked_margin_s: float = Field(default=1.5, ge=0, le=30)
     poor_location_km: float = Field(default=30.0, gt=0, le=1000)
-    declare_max_uncertainty_km: float = Field(default=60.0, gt=0, le=10_000)
+    declare_max_uncertainty_km: float = Field(default=100.0, gt=0, le=10_000)
     noise_min_pa_snr: float = Field(default=20.0, gt=0, le=10_000)
     noise_max_period_s: float = Field(default=0.4, ge=0, le=10)
     max_magnitude_spread: float = Field(default=1.0, gt=0, le=10)

@@ -893,10 +893,23 @@ class Associator:
             taken = {*events, *(e.event_id for e in recent)}
             found = _declare(pending, armed, now_s, taken, cfg)
             if found is not None:
-                events[found.event_id] = found
-                touched.add(found.event_id)
                 used = {s.station_id for s in found.stations}
                 pending = [u for u in pending if u.station_id not in used]
+                # Picks already waiting that the group left out (beyond pair range of
+                # its members, or not judged yet) are tried as a new trigger would be:
+                # no later trigger may come to bring them in.
+                took = [u for u in pending if _fits(u, found, cfg) is not None]
+                if took:
+                    found = replace(
+                        found,
+                        stations=(*found.stations, *(replace(u, picked=True) for u in took)),
+                        last_trigger_s=max(found.last_trigger_s, *(u.p_time_s for u in took)),
+                    )
+                    found = _relocate(found, armed, now_s, cfg)
+                    names = {u.station_id for u in took}
+                    pending = [u for u in pending if u.station_id not in names]
+                events[found.event_id] = found
+                touched.add(found.event_id)
 
         updates: list[QuakeEvent] = []
         still_open: list[_EventState] = []
