@@ -1300,7 +1300,13 @@ def _declare(
         and len(best) < 2 * thr.min_stations
         and (
             hypo.uncertainty_km > thr.declare_max_uncertainty_km
-            or _magnitude_span(best, hypo, now_s, cfg) > cfg.declare_max_magnitude_span
+            or (
+                # Only while the S wave has not reached the nearest station: once it
+                # has, the places nearest the source need the warning now, and a
+                # shallow source near the stations is what the depth prior expects.
+                now_s < _first_s_arrival(best, hypo, cfg)
+                and _magnitude_span(best, hypo, now_s, cfg) > cfg.declare_max_magnitude_span
+            )
         )
     ):
         return None
@@ -1324,6 +1330,14 @@ def _declare(
     if _contradicted(ev, armed, now_s, cfg) or _disagree(ev, now_s, cfg):
         return None
     return ev
+
+
+def _first_s_arrival(stations: Sequence[EventStation], hypo: Hypocentre, cfg: QuakeConfig) -> float:
+    """When the S wave reaches the nearest of ``stations`` by ``hypo``, epoch s."""
+    lat = np.array([s.lat for s in stations])
+    lon = np.array([s.lon for s in stations])
+    r = np.hypot(distance_km(hypo.lat, hypo.lon, lat, lon), hypo.depth_km)
+    return hypo.origin_s + float(r.min()) / cfg.association.vs_kms
 
 
 def _magnitude_span(
