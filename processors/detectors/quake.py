@@ -736,14 +736,22 @@ def _magnitude(
 ) -> tuple[float, str]:
     """The event's magnitude and how it was estimated: the median over stations of the
     best kind available (PGA after S from 3 stations, else Pd, else Pa, else PGA so far).
-    One station's Pd does not outweigh the others' Pa: over a network, the 3 s window's
-    displacement noise now and then peaks above the Pd threshold (a deep M6.2 under
-    heavy noise read M7.1 from one station while 34 P amplitudes said 6.0)."""
+    One station's Pd just above its threshold does not outweigh the others' Pa: over a
+    network, the 3 s window's displacement noise now and then peaks above it (a deep
+    M6.2 under heavy noise read M7.1 from one station at 6.5x its noise while 34 P
+    amplitudes said 6.0); at twice the threshold it is a P pulse, and it does (an M7.4's
+    first Pd said 6.8 while the first P amplitudes said 6.2)."""
     m_pd, m_pa, m_s = _station_magnitudes(stations, hypo, now_s, cfg)
-    n_pd = int(np.sum(np.isfinite(m_pd)))
+    has_pd = np.isfinite(m_pd)
+    # A lone Pd counts when it stands well clear of the noise (twice the threshold).
+    clear = [
+        (s.pd_snr is None or s.pd_snr >= 2 * cfg.association.pd_magnitude_min_snr)
+        for s, ok in zip(stations, has_pd, strict=True)
+        if ok
+    ]
     if np.sum(np.isfinite(m_s)) >= 3:
         m, method = float(np.nanmedian(m_s)), "pga"
-    elif n_pd >= 2 or (n_pd == 1 and not np.isfinite(m_pa).any()):
+    elif len(clear) >= 2 or any(clear) or (clear and not np.isfinite(m_pa).any()):
         m, method = float(np.nanmedian(m_pd)), "pd"
     elif np.isfinite(m_pa).any():
         m, method = float(np.nanmedian(m_pa)), "pa"
