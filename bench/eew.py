@@ -146,11 +146,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows.append((kind, sc, replay(sc, seed=1000 + i).metrics()))
     found = [(k, sc, m) for k, sc, m in rows if m is not None]
     missed = [sc.name for _, sc, m in rows if m is None]
-    split = [sc.name for _, sc, m in found if m is not None and m.n_events > 1]
+    split = [
+        f"#{rows.index((k, sc, m))} {k} {sc.name}"
+        for k, sc, m in found
+        if m is not None and m.n_events > 1
+    ]
     print(f"## {args.quakes} random quakes (seed {args.seed})\n")
     print(f"Declared {len(found)} of {len(rows)}; split into several events: {len(split)}.")
     if missed:
         print(f"Missed: {', '.join(missed)}.")
+    if split:
+        print(f"Split: {', '.join(split)}.")
     print()
     print("| figure | median | 90th percentile | worst | within target |")
     print("|---|---|---|---|---|")

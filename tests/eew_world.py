@@ -141,7 +141,7 @@ class Outcome:
         assert q is not None
         end = q.origin_s + self.scenario.after_s
         vs = self.scenario.model.vs_kms
-        src = 10 ** (0.5 * q.magnitude - 2.3)
+        src = 1.0 / self.scenario.model.corner_hz(q.magnitude)
         felt = [
             k
             for k, v in self.observed_levels.items()
@@ -159,7 +159,9 @@ class Outcome:
         r = np.hypot(distance_km(ev.lat, ev.lon, lat, lon), ev.depth_km)
         gm = cfg.ground_motion
         predicted = cwa_intensity_ordinals(
-            gm.pga_gal(ev.magnitude, r), gm.pgv_cms(ev.magnitude, r), cfg.intensity_scale
+            gm.pga_gal(ev.magnitude, r),
+            gm.pgv_cms(ev.magnitude, r, ev.depth_km),
+            cfg.intensity_scale,
         )
         observed = np.array([self.observed_levels[k] for k in felt])
         return float(np.mean(np.abs(predicted - observed) <= 1))

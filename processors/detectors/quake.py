@@ -110,28 +110,44 @@ class GroundMotionModel:
     form Wu, Shin & Teng (2001) fit to Taiwan data; coefficients as we recall them,
     *unconfirmed* for Taiwan. About 150 gal at 10 km and 11 gal at 100 km for M 6.
 
-    PGV (cm/s): ``log10 PGV = log10 PGA + e + f M``: PGV/PGA (a period-like ratio, s) of
-    about 0.1 s at M 6 growing with magnitude. A placeholder calibration, *unconfirmed*;
-    replace with a published Taiwan PGV relation.
+    PGV (cm/s): Si & Midorikawa (1999, J. Struct. Constr. Eng. AIJ 523, 63-70), crustal
+    events on engineering bedrock (Vs 600 m/s): ``log10 PGV = 0.58 M + 0.0038 D - 1.29 -
+    log10(X + 0.0028 10^(0.5 M)) - 0.002 X`` (D depth km, X fault distance km, taken as
+    the hypocentral distance: a point source; sigma 0.23), times ``pgv_site`` to the
+    surface: 1.4, Midorikawa et al. (1994) ``log10 amp = 1.83 - 0.66 log10 Vs30`` at Vs30
+    about 350 m/s (a stiff-soil site). Published, widely used for ShakeMaps in Japan's
+    similar tectonics; a Taiwan-specific PGV relation (Wu, Shin & Chang 2001) would be
+    preferred once its coefficients are confirmed. The magnitude is taken as Mw.
     """
 
     pga_a: float = 0.00215
     pga_b: float = 0.581
     pga_c: float = 0.00871
     pga_d: float = 0.00414
-    pgv_e: float = -2.8
-    pgv_f: float = 0.3
+    pgv_a: float = 0.58
+    pgv_h: float = 0.0038
+    pgv_b: float = -1.29
+    pgv_c: float = 0.0028
+    pgv_d: float = 0.002
+    pgv_site: float = 1.4
 
     def pga_gal(self, magnitude: float, hyp_km: FloatArray) -> FloatArray:
         """Median PGA, gal, at hypocentral distances ``hyp_km`` (km)."""
         r = np.asarray(hyp_km, dtype=np.float64)
         return np.asarray(10 ** self._log_pga(magnitude, r), dtype=np.float64)
 
-    def pgv_cms(self, magnitude: float, hyp_km: FloatArray) -> FloatArray:
-        """Median PGV, cm/s, at hypocentral distances ``hyp_km`` (km)."""
+    def pgv_cms(self, magnitude: float, hyp_km: FloatArray, depth_km: float = 0.0) -> FloatArray:
+        """Median PGV at the surface, cm/s, at hypocentral distances ``hyp_km`` (km) from
+        a source ``depth_km`` (km) deep."""
         r = np.asarray(hyp_km, dtype=np.float64)
-        log_pgv = self._log_pga(magnitude, r) + self.pgv_e + self.pgv_f * magnitude
-        return np.asarray(10**log_pgv, dtype=np.float64)
+        log_pgv = (
+            self.pgv_a * magnitude
+            + self.pgv_h * depth_km
+            + self.pgv_b
+            - np.log10(r + self.pgv_c * 10 ** (0.5 * magnitude))
+            - self.pgv_d * r
+        )
+        return np.asarray(self.pgv_site * 10**log_pgv, dtype=np.float64)
 
     def magnitude_from_pga(
         self, pga_gal: FloatArray, hyp_km: FloatArray, lo: float = 1.0, hi: float = 9.5
@@ -189,6 +205,12 @@ class QuakeConfig:
             max_constraint_stations, max_inbox: bounds (memory, and the location's cost).
         constraint_radius_km: stations that did not trigger constrain the location within
             this distance of the first pick.
+        declare_max_magnitude_span: an event is not declared from fewer than
+            2 x ``min_stations`` picks while the depths they allow change its magnitude
+            by more than this (the issue's target for the first magnitude, 0.7), nor
+            while their confidence region reaches beyond the thresholds'
+            ``declare_max_uncertainty_km``, unless no pick (P time) came for
+            ``declare_max_wait_s`` (s: a packet, then two seconds).
         townships: centroids to name cells and warn places by; empty means no names.
         ground_motion, intensity_scale: the models.
     """
@@ -211,6 +233,8 @@ class QuakeConfig:
     max_constraint_stations: int = 60
     max_inbox: int = 2000
     constraint_radius_km: float = 150.0
+    declare_max_magnitude_span: float = 0.7
+    declare_max_wait_s: float = 3.0
     townships: tuple[Township, ...] = ()
     ground_motion: GroundMotionModel = field(default_factory=GroundMotionModel)
     intensity_scale: IntensityScale = CWA_2020
@@ -247,9 +271,10 @@ class EventStation:
 class Hypocentre:
     """A location: origin time (epoch s), epicentre (degrees), depth (km), RMS P residual
     of the picks (s), and its quality: the farthest epicentre within the confidence
-    region (km), the largest azimuthal gap between picks seen from the epicentre
-    (degrees), the picks used, the stations that did not trigger used as constraints,
-    and ``quality`` "good", "fair" or "poor" (see the thresholds' ``poor_location_km``)."""
+    region (km), the depths it spans (km), the largest azimuthal gap between picks seen
+    from the epicentre (degrees), the picks used, the stations that did not trigger
+    used as constraints, and ``quality`` "good", "fair" or "poor" (see the thresholds'
+    ``poor_location_km``)."""
 
     origin_s: float
     lat: float
@@ -261,6 +286,8 @@ class Hypocentre:
     n_picks: int = 0
     n_constraints: int = 0
     quality: str = "poor"
+    #: Shallowest and deepest depth within the confidence region, km (None: unknown).
+    depth_range_km: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -515,8 +542,15 @@ def locate(
         step /= 4
     g_lat, g_lon = (a.ravel() for a in np.meshgrid(lat_ax, lon_ax, indexing="ij"))
     cost, _ = _costs(g_lat, g_lon, depths, p_lat, p_lon, p_t, cons, thr)
-    # Every point tried, for the confidence region: (lat, lon, cost).
-    tried = [(np.broadcast_to(g_lat, cost.shape), np.broadcast_to(g_lon, cost.shape), cost)]
+    # Every point tried, for the confidence region: (lat, lon, depth, cost).
+    tried = [
+        (
+            np.broadcast_to(g_lat, cost.shape),
+            np.broadcast_to(g_lon, cost.shape),
+            np.broadcast_to(depths[:, None], cost.shape),
+            cost,
+        )
+    ]
 
     # The best few distinct minima of the first grid, each refined.
     order = np.argsort(cost, axis=None)
@@ -548,6 +582,7 @@ def locate(
                     (
                         np.broadcast_to(f_lat, f_cost.shape),
                         np.broadcast_to(f_lon, f_cost.shape),
+                        np.broadcast_to(zs[:, None], f_cost.shape),
                         f_cost,
                     )
                 )
@@ -578,11 +613,13 @@ def locate(
     # Confidence region: every point tried within a chi-square step (~90 %, 3 unknowns
     # that matter here) of the best; its reach from the solution is the uncertainty.
     reach = 0.0
-    for t_lat, t_lon, t_cost in tried:
+    z_min, z_max = b_z, b_z
+    for t_lat, t_lon, t_z, t_cost in tried:
         ok = t_cost <= b_cost + 6.25
         if ok.any():
             far = distance_km(b_lat, b_lon, t_lat[ok], t_lon[ok])
             reach = max(reach, float(far.max()))
+            z_min, z_max = min(z_min, float(t_z[ok].min())), max(z_max, float(t_z[ok].max()))
     uncertainty = reach
     gap = _gap_deg(b_lat, b_lon, p_lat, p_lon)
     quality = "good" if uncertainty <= 0.5 * thr.poor_location_km else "fair"
@@ -607,6 +644,7 @@ def locate(
         n_picks=int(p_t.size),
         n_constraints=n_used,
         quality=quality,
+        depth_range_km=(z_min, z_max),
     )
 
 
@@ -697,11 +735,23 @@ def _magnitude(
     stations: Sequence[EventStation], hypo: Hypocentre, now_s: float, cfg: QuakeConfig
 ) -> tuple[float, str]:
     """The event's magnitude and how it was estimated: the median over stations of the
-    best kind available (PGA after S from 3 stations, else Pd, else Pa, else PGA so far)."""
+    best kind available (PGA after S from 3 stations, else Pd, else Pa, else PGA so far).
+    One station's Pd just above its threshold does not outweigh the others' Pa: over a
+    network, the 3 s window's displacement noise now and then peaks above it (a deep
+    M6.2 under heavy noise read M7.1 from one station at 6.5x its noise while 34 P
+    amplitudes said 6.0); at twice the threshold it is a P pulse, and it does (an M7.4's
+    first Pd said 6.8 while the first P amplitudes said 6.2)."""
     m_pd, m_pa, m_s = _station_magnitudes(stations, hypo, now_s, cfg)
+    has_pd = np.isfinite(m_pd)
+    # A lone Pd counts when it stands well clear of the noise (twice the threshold).
+    clear = [
+        (s.pd_snr is None or s.pd_snr >= 2 * cfg.association.pd_magnitude_min_snr)
+        for s, ok in zip(stations, has_pd, strict=True)
+        if ok
+    ]
     if np.sum(np.isfinite(m_s)) >= 3:
         m, method = float(np.nanmedian(m_s)), "pga"
-    elif np.isfinite(m_pd).any():
+    elif len(clear) >= 2 or any(clear) or (clear and not np.isfinite(m_pa).any()):
         m, method = float(np.nanmedian(m_pd)), "pd"
     elif np.isfinite(m_pa).any():
         m, method = float(np.nanmedian(m_pa)), "pa"
@@ -851,10 +901,23 @@ class Associator:
             taken = {*events, *(e.event_id for e in recent)}
             found = _declare(pending, armed, now_s, taken, cfg)
             if found is not None:
-                events[found.event_id] = found
-                touched.add(found.event_id)
                 used = {s.station_id for s in found.stations}
                 pending = [u for u in pending if u.station_id not in used]
+                # Picks already waiting that the group left out (beyond pair range of
+                # its members, or not judged yet) are tried as a new trigger would be:
+                # no later trigger may come to bring them in.
+                took = [u for u in pending if _fits(u, found, cfg) is not None]
+                if took:
+                    found = replace(
+                        found,
+                        stations=(*found.stations, *(replace(u, picked=True) for u in took)),
+                        last_trigger_s=max(found.last_trigger_s, *(u.p_time_s for u in took)),
+                    )
+                    found = _relocate(found, armed, now_s, cfg)
+                    names = {u.station_id for u in took}
+                    pending = [u for u in pending if u.station_id not in names]
+                events[found.event_id] = found
+                touched.add(found.event_id)
 
         updates: list[QuakeEvent] = []
         still_open: list[_EventState] = []
@@ -1232,8 +1295,29 @@ def _declare(
     hypo = _locate_picks(best, armed, names, now_s, cfg)
     if hypo.rms_s > thr.max_rms_s:
         return None
-    if hypo.uncertainty_km > thr.declare_max_uncertainty_km and len(best) < 2 * thr.min_stations:
-        return None  # a line of picks: near and far offshore fit alike; wait for one more
+    # Few picks that leave the epicentre or the magnitude open wait for one more (about
+    # a second), unless none has come for a while: a small quake may never bring more.
+    # A line of picks fits near and far offshore alike; a depth the picks do not
+    # resolve is a magnitude they do not resolve (Pd's distance is mostly depth under
+    # the network).
+    # Any pick counts as news, usable yet or not: a group's newest pick may be seconds old
+    # while the next stations' picks are still being judged.
+    recent = now_s - max(u.p_time_s for u in pending) < cfg.declare_max_wait_s
+    if (
+        recent
+        and len(best) < 2 * thr.min_stations
+        and (
+            hypo.uncertainty_km > thr.declare_max_uncertainty_km
+            or (
+                # Only while the S wave has not reached the nearest station: once it
+                # has, the places nearest the source need the warning now, and a
+                # shallow source near the stations is what the depth prior expects.
+                now_s < _first_s_arrival(best, hypo, cfg)
+                and _magnitude_span(best, hypo, now_s, cfg) > cfg.declare_max_magnitude_span
+            )
+        )
+    ):
+        return None
     sites = _sites(best, thr)
     if sites <= thr.min_stations:
         if hypo.quality == "poor":
@@ -1254,6 +1338,31 @@ def _declare(
     if _contradicted(ev, armed, now_s, cfg) or _disagree(ev, now_s, cfg):
         return None
     return ev
+
+
+def _first_s_arrival(stations: Sequence[EventStation], hypo: Hypocentre, cfg: QuakeConfig) -> float:
+    """When the S wave reaches the nearest of ``stations`` by ``hypo``, epoch s."""
+    lat = np.array([s.lat for s in stations])
+    lon = np.array([s.lon for s in stations])
+    r = np.hypot(distance_km(hypo.lat, hypo.lon, lat, lon), hypo.depth_km)
+    return hypo.origin_s + float(r.min()) / cfg.association.vs_kms
+
+
+def _magnitude_span(
+    stations: Sequence[EventStation], hypo: Hypocentre, now_s: float, cfg: QuakeConfig
+) -> float:
+    """How much the magnitude changes over the depths the picks allow (the confidence
+    region's): Pd and the P amplitude fall with hypocentral distance, so a depth the
+    picks do not constrain is a magnitude they do not constrain, most where the
+    stations are near the epicentre (a deep quake under the network)."""
+    if hypo.depth_range_km is None:
+        return 0.0
+    mags = [
+        _magnitude(stations, replace(hypo, depth_km=z), now_s, cfg) for z in hypo.depth_range_km
+    ]
+    if any(method == "none" for _, method in mags):
+        return 0.0
+    return abs(mags[1][0] - mags[0][0])
 
 
 def _disagree(ev: _EventState, now_s: float, cfg: QuakeConfig) -> bool:
@@ -1334,7 +1443,7 @@ def _level_at(
     r = np.hypot(distance_km(h.lat, h.lon, lat, lon), h.depth_km)
     gm = cfg.ground_motion
     pga = gm.pga_gal(mag, r)
-    pgv = gm.pgv_cms(mag, r)
+    pgv = gm.pgv_cms(mag, r, h.depth_km)
     levels = cwa_intensity_ordinals(pga, pgv, cfg.intensity_scale)
     if stations and lat.size:
         s_lat = np.array([s.lat for s in stations])
