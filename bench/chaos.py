@@ -62,12 +62,13 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
+sys.path.append(str(REPO / "bench"))  # after REPO: bench/ingest.py must not shadow ingest/
 
 from aiohttp import web  # noqa: E402
 from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: E402
 from loadgen import LeanDevice, Tally  # noqa: E402
 
+from bench.common import refuse_shared_stack  # noqa: E402
 from civic_iot.auth import TokenStore  # noqa: E402
 from civic_iot.contracts.readings import record_lines  # noqa: E402
 from civic_iot.kafka_admin import ensure_topics, partition_counts  # noqa: E402
@@ -81,21 +82,6 @@ PROCESS_FAULTS = {"ingest-kill": "ingest", "worker-kill": "worker", "alerts-kill
 BROKER_FAULTS = {"mosquitto", "kafka", "influxdb"}
 #: Flood depth of an episode, cm: over the first line (10 cm), so a flood alert opens.
 FLOOD_CM = 15.0
-
-
-def refuse_shared_stack(settings: Settings) -> None:
-    ports = {
-        "CIVIC_MQTT__PORT": settings.mqtt.port == 1883,
-        "CIVIC_KAFKA__BOOTSTRAP": settings.kafka.bootstrap.endswith(":9092"),
-        "CIVIC_INFLUX__URL": settings.influx.url.rstrip("/").endswith(":8086"),
-    }
-    shared = [name for name, default in ports.items() if default]
-    if shared or settings.data_dir.resolve() == (REPO / ".civic").resolve():
-        sys.exit(
-            "chaos stops and restarts brokers: run it on a private stack of your own "
-            f"(default ports or data dir in use: {', '.join(shared) or 'CIVIC_DATA_DIR'}); "
-            "see the module docstring"
-        )
 
 
 # ---------------------------------------------------------------- the device fleet
@@ -571,7 +557,7 @@ def main() -> int:
         ap.error("--fault is required")
 
     settings = get_settings()
-    refuse_shared_stack(settings)
+    refuse_shared_stack(settings, "chaos stops and restarts brokers")
     stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
     prefix = f"chaos{stamp}."
     topics = Topology.of(settings).with_prefix(prefix)

@@ -256,12 +256,13 @@ def lean_lines(device: str, data: SeismicPayload, t0_ns: int) -> list[str]:
 
 
 def cmd_registry(_args: argparse.Namespace) -> int:
-    from bench.chaos import refuse_shared_stack, stack_up  # noqa: PLC0415
+    from bench.chaos import stack_up  # noqa: PLC0415
+    from bench.common import refuse_shared_stack  # noqa: PLC0415
     from civic_iot.settings import get_settings  # noqa: PLC0415
     from simulator.network import DEFAULT_SEED, build_network, dump_registry  # noqa: PLC0415
 
     settings = get_settings()
-    refuse_shared_stack(settings)
+    refuse_shared_stack(settings, "the Taiwan-scale bench rewrites the broker's accounts")
     path = settings.data_dir / "taiwan-devices.yaml"
     registry = build_network(DEFAULT_SEED, taiwan_spec(1.0))
     path.write_text(dump_registry(registry, DEFAULT_SEED), encoding="utf-8")
@@ -420,7 +421,7 @@ def cmd_load(args: argparse.Namespace) -> int:
     import paho.mqtt.client as mqtt  # noqa: PLC0415
     from paho.mqtt.enums import CallbackAPIVersion  # noqa: PLC0415
 
-    from bench.chaos import Procs, read_health, refuse_shared_stack  # noqa: PLC0415
+    from bench.chaos import Procs, read_health  # noqa: PLC0415
     from bench.common import (  # noqa: PLC0415
         Buckets,
         ingest_records,
@@ -429,6 +430,7 @@ def cmd_load(args: argparse.Namespace) -> int:
         proc_cpu_s,
         proc_hwm_mib,
         produce,
+        refuse_shared_stack,
     )
     from bench.processors import workload  # noqa: PLC0415
     from bench.quake_isolation import backlog_left  # noqa: PLC0415
@@ -440,7 +442,7 @@ def cmd_load(args: argparse.Namespace) -> int:
     from processors.app import processors_app_id  # noqa: PLC0415
 
     base = get_settings()
-    refuse_shared_stack(base)
+    refuse_shared_stack(base, "the Taiwan-scale bench loads both cores flat out")
     registry = fleet(load_registry(base.registry), args.scale)
     spec = taiwan_spec(args.scale)
     uid = uuid.uuid4().hex[:8]
