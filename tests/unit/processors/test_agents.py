@@ -327,6 +327,25 @@ def test_shaking_agent_marks_the_gauge_and_the_water_agent_uses_r50(shaken: Any)
 # --- the commit-after-sink loop ------------------------------------------------------------
 
 
+def _app_with_air_sink(air: RecordingSink, sinks: dict[str, RecordingSink]) -> Any:
+    """A finalized app whose air agent stores into ``air``; every sink lands in ``sinks``."""
+
+    def factory(name: str) -> RecordingSink:
+        return sinks.setdefault(name, air if name == "air" else RecordingSink())
+
+    app = create_app(
+        _settings(),
+        registry=REGISTRY,
+        thresholds=thresholds_from({}, REGISTRY),
+        sink_factory=factory,
+        publisher=RecordingPublisher(),
+        clock=lambda: NOW,
+    )
+    app.finalize()
+    app.flow_control.resume()
+    return app
+
+
 class GatedSink(RecordingSink):
     """A sink whose flush waits until the test opens the gate (InfluxDB slow or down)."""
 
@@ -343,22 +362,8 @@ class GatedSink(RecordingSink):
 
 
 def test_state_and_acks_wait_until_the_points_are_stored() -> None:
-    settings = _settings()
     sinks: dict[str, RecordingSink] = {}
-
-    def factory(name: str) -> RecordingSink:
-        return sinks.setdefault(name, GatedSink() if name == "air" else RecordingSink())
-
-    app = create_app(
-        settings,
-        registry=REGISTRY,
-        thresholds=thresholds_from({}, REGISTRY),
-        sink_factory=factory,
-        publisher=RecordingPublisher(),
-        clock=lambda: NOW,
-    )
-    app.finalize()
-    app.flow_control.resume()
+    app = _app_with_air_sink(GatedSink(), sinks)
     table = app.tables["air-state"]
     device = REGISTRY.devices[0]
     t = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
@@ -407,22 +412,8 @@ def test_a_batch_the_closed_sink_refuses_ends_the_agent_unacked_without_a_crash(
     # A crashed agent is restarted by faust's supervisor, and one restarted while the
     # worker stops hangs it (seen: a worker SIGTERMed mid-batch never exited). The agent
     # ends instead, nothing acked, so the batch is read again after the restart.
-    settings = _settings()
     sinks: dict[str, RecordingSink] = {}
-
-    def factory(name: str) -> RecordingSink:
-        return sinks.setdefault(name, ClosedSink() if name == "air" else RecordingSink())
-
-    app = create_app(
-        settings,
-        registry=REGISTRY,
-        thresholds=thresholds_from({}, REGISTRY),
-        sink_factory=factory,
-        publisher=RecordingPublisher(),
-        clock=lambda: NOW,
-    )
-    app.finalize()
-    app.flow_control.resume()
+    app = _app_with_air_sink(ClosedSink(), sinks)
     agent = app.agents["air"]
     device = REGISTRY.devices[0]
     t = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)

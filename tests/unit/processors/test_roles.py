@@ -3,6 +3,8 @@ the earthquake associator) can run in processes and a consumer group of its own.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from civic_iot.settings import Settings
@@ -17,18 +19,22 @@ BULK_TOPICS = {"readings.air", "readings.water", "readings.deadletter"}
 SEISMIC_TOPICS = {"readings.seismic"}
 
 
-def _app(role: str) -> tuple[str, set[str], set[str]]:
+def _worker(role: str) -> Any:
     settings = Settings(
         kafka={"topic_prefix": "r."},  # type: ignore[arg-type]
         processors={"web_port": 0, "stats_interval_s": 0, "role": role},  # type: ignore[arg-type]
     )
-    app = create_app(
+    return create_app(
         settings,
         registry=REGISTRY,
         thresholds=thresholds_from({}, REGISTRY),
         sink_factory=lambda _name: RecordingSink(),
         publisher=RecordingPublisher(),
     )
+
+
+def _app(role: str) -> tuple[str, set[str], set[str]]:
+    app = _worker(role)
     app.finalize()
     topics = {t.removeprefix("r.") for agent in app.agents.values() for t in agent.channel.topics}
     tables = set(app.tables.keys())
@@ -57,17 +63,7 @@ def test_the_worker_makes_each_tables_changelog_to_take_a_large_state_record(rol
     # Made before Faust starts (a changelog Faust makes itself on a fresh prefix can fail
     # the first table write), and taking the associator's state at Taiwan's 615 stations
     # (1.1 MB, above Kafka's default 1 MB limit: the seismic worker died on it).
-    settings = Settings(
-        kafka={"topic_prefix": "r."},  # type: ignore[arg-type]
-        processors={"web_port": 0, "stats_interval_s": 0, "role": role},  # type: ignore[arg-type]
-    )
-    app = create_app(
-        settings,
-        registry=REGISTRY,
-        thresholds=thresholds_from({}, REGISTRY),
-        sink_factory=lambda _name: RecordingSink(),
-        publisher=RecordingPublisher(),
-    )
+    app = _worker(role)
     specs = {s.name: s for s in changelog_specs(app)}
     assert set(specs) == {f"{app.conf.id}-{t}-changelog" for t in app.tables}
     for spec in specs.values():
