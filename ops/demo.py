@@ -179,6 +179,11 @@ def print_summary(console: Any, settings: Settings, res: RunResult) -> None:
         "dead-lettered", ", ".join(f"{k} {v}" for k, v in sorted(res.refused.items())) or "0"
     )
     summary.add_row("stored in InfluxDB (this run's readings found)", f"{len(res.stored_ids):,}")
+    summary.add_row(
+        "published over (scenario length)",
+        f"{res.publish_s:.0f} s ({res.scenario_s:.0f} s)",
+    )
+    summary.add_row("everything stored after the last message", f"{res.stored_after_s:.0f} s")
     by_type = Counter(a["msg_type"] for a in res.alerts)
     summary.add_row(
         "alert messages", ", ".join(f"{k} {v}" for k, v in sorted(by_type.items())) or "0"

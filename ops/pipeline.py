@@ -531,6 +531,13 @@ class RunResult:
     stored_ids: set[tuple[str, str]]
     alerts: list[dict[str, Any]]
     checks: list[Check]
+    scenario_s: float = 0.0
+    """The scenario's length in wall seconds at the run's speed."""
+    publish_s: float = 0.0
+    """Wall time from the first message sent to the last acknowledged, s."""
+    stored_after_s: float = 0.0
+    """From the last message acknowledged to the stored count's last change (polled every
+    2 s, so up to 2 s late), s: how far the pipeline finished behind the publishers."""
 
     @property
     def ok(self) -> bool:
@@ -564,11 +571,13 @@ def execute(
 
     tick = on_progress or (lambda _p: None)
     wall_start = datetime.now(UTC)
+    sent_from = time.monotonic()
     sender = threading.Thread(target=publish, name="publisher", daemon=True)
     sender.start()
     while sender.is_alive():
         sender.join(1.0)
         tick(progress.get("p"))
+    sent_until = time.monotonic()
     report = result["report"]
     want = {
         reading_key(m.device_id, m.event_time)
@@ -577,12 +586,14 @@ def execute(
     }
     window_end = datetime.now(UTC) + timedelta(seconds=1)
     deadline = time.monotonic() + drain_timeout_s
-    last, steady = -1, 0
+    last, steady, changed_at = -1, 0, sent_until
     while time.monotonic() < deadline:
         accepted = int(pipeline.ingest_counts().get("accepted", 0))
         total = sum(count_stored(settings, start, window_end).values())
         tick(progress.get("p"))
         steady = steady + 1 if total == last else 0
+        if total != last:
+            changed_at = time.monotonic()
         last = total
         if accepted >= len(want) and steady >= 3:
             break
@@ -631,4 +642,7 @@ def execute(
         found,
         alerts,
         checks,
+        scenario_s=scenario.wall_duration_s(speed),
+        publish_s=sent_until - sent_from,
+        stored_after_s=max(0.0, changed_at - sent_until),
     )

@@ -60,6 +60,9 @@ def test_scenario_end_to_end(stack: Settings, unique: str, tmp_path: Path) -> No
     assert res.stored_ids == res.expected_ids
     assert len(res.expected_ids) > 1000
     assert res.accepted >= len(res.expected_ids)
+    # The demo's timing figures are measured, not defaulted.
+    assert 0 < res.publish_s <= res.scenario_s + 60
+    assert 0 <= res.stored_after_s < 120
 
     # Every Grafana panel's query runs on the data this scenario wrote: no Flux error, and
     # no empty panel except those listed with a reason.
