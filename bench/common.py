@@ -12,14 +12,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from influxdb_client.client.influxdb_client import InfluxDBClient
 
 from civic_iot.contracts.provenance import Marker
 from civic_iot.settings import Settings, influx_token, mark_key
 from civic_iot.topology import READING_KINDS, Topology
 from ingest.service import _send_grouped, readings_records
+from ops.pipeline import group_lag
 
 #: A record for Kafka: topic, key, value.
 Record = tuple[str, bytes, bytes]
@@ -140,28 +139,11 @@ async def wait_committed(
 ) -> float:
     """Wait until ``group`` has committed every partition of ``topics`` to its end;
     returns the time it was seen done (polled every 0.2 s)."""
-    bootstrap = settings.kafka.bootstrap
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await admin.start()
-    await consumer.start()
-    try:
-        described = await admin.describe_topics(list(topics))
-        tps = [
-            TopicPartition(t["topic"], p["partition"]) for t in described for p in t["partitions"]
-        ]
-        end = {tp: n for tp, n in (await consumer.end_offsets(tps)).items() if n > 0}
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            found = await admin.list_consumer_group_offsets(group, partitions=list(end))
-            if all(found.get(tp) is not None and found[tp].offset >= n for tp, n in end.items()):
-                return time.time()
-            await asyncio.sleep(0.2)
-        msg = f"group {group} not done within {timeout_s:g} s"
+    behind = await group_lag(settings, group, list(topics), timeout_s, poll_s=0.2)
+    if behind:
+        msg = f"group {group} not done within {timeout_s:g} s: {', '.join(behind)}"
         raise TimeoutError(msg)
-    finally:
-        await consumer.stop()
-        await admin.close()
+    return time.time()
 
 
 @dataclass

@@ -296,10 +296,11 @@ def stages(topology: Topology, *, seismic_worker: bool) -> list[tuple[str, list[
 
 
 async def group_lag(
-    settings: Settings, group: str, topics: list[str], timeout_s: float
+    settings: Settings, group: str, topics: list[str], timeout_s: float, poll_s: float = 0.5
 ) -> list[str]:
     """Wait until ``group`` has committed every partition of ``topics`` up to the end offset
-    it has now; returns ``topic[partition] committed/end`` of those still behind then."""
+    it has now (asked every ``poll_s``); returns ``topic[partition] committed/end`` of those
+    still behind then."""
     bootstrap = settings.kafka.bootstrap
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
@@ -336,7 +337,7 @@ async def group_lag(
             ]
             if not behind or time.monotonic() > deadline:
                 return behind
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(poll_s)
     finally:
         await consumer.stop()
         await admin.close()
