@@ -90,4 +90,4 @@ def peak(samples: Sequence[float]) -> float:
     """The largest absolute sample (gal), from the samples as sent; 0.0 when empty."""
     if not samples:
         return 0.0
-    return float(max(max(samples), -min(samples)))
+    return float(max(*samples, -min(samples)))
