@@ -992,7 +992,7 @@ def cmd_storage(args: argparse.Namespace) -> int:
             [
                 (
                     "station-seconds",
-                    f"{station_s} ({args.stations} stations x {args.seconds:g} s, an M6 "
+                    f"{station_s} ({len(seis)} stations x {args.seconds:g} s, an M6 "
                     "half-way, 2 decimals)",
                 ),
                 *(

@@ -66,7 +66,7 @@ def bucket_specs(settings: Settings) -> list[BucketSpec]:
             i.bucket_readings, i.readings_retention_days * DAY_S, "raw air and water readings"
         ),
         BucketSpec(
-            i.bucket_seismic, i.seismic_retention_days * DAY_S, "raw seismic acceleration samples"
+            i.bucket_seismic, i.seismic_retention_days * DAY_S, "raw seismic packets, packed"
         ),
         BucketSpec(i.bucket_derived, 0, "rolling means, AQI, accumulations, intensities"),
         BucketSpec(i.bucket_alerts, 0, "issued alert messages and delivery results"),
