@@ -7,14 +7,15 @@ and nowhere else: the processors write with :func:`pack`, readers (tests, benchm
 anyone querying the ``seismic`` bucket) read with :func:`unpack`.
 
 The format (:data:`ENCODING`): the samples as IEEE 754 binary32 (float32), little-endian,
-4 bytes each, in order, then standard base64 with padding (RFC 4648): ``ceil(n / 3) * 4``
-characters for ``n * 4`` bytes, 5.3 characters a sample. Empty samples pack to ``""``.
+4 bytes each, in order, then standard base64 with padding (RFC 4648): ``4 * ceil(4n / 3)``
+characters for ``n`` samples, 5.3 a sample. Empty samples pack to ``""``.
 
 Why float32 (docs/storage.md, "Raw waveforms", has the measurements): its 24-bit
 significand resolves 2**-12 gal (0.00024 gal) at the contract's 4,000 gal and finer
 below, finer than a 24-bit ADC spread over that range (0.00048 gal) and far finer than a
 MEMS accelerometer's noise; it packs in about a seventh of the Python time of decimal
-text and takes no more room. A sample reads back as the float32 nearest to what was sent
+text (the seismic worker's CPU is what Taiwan's scale runs short of), for about half as
+much again on disk. A sample reads back as the float32 nearest to what was sent
 (relative error at most 2**-24); :func:`stored` gives that value.
 """
 
