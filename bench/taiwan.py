@@ -31,8 +31,11 @@ process (share of a core, and per reading) and peak RSS; and the deciding packet
 record -> earthquake candidate (seismic worker's log) and -> MQTT alert (a subscriber
 here) latencies. Results go to ``bench/results/taiwan-<time>.json``.
 
-``storage``: one station-second of raw waveform stored as today (a ``seismic_sample``
-point per sample) against the alternatives, on the real InfluxDB: write CPU (Python
+``storage``: one station-second of raw waveform stored as the processors store it (one
+``seismic_packet`` point per packet, the samples packed by ``civic_iot.storage.waveform``:
+``packed``) against the alternatives (``per_sample``: a ``seismic_sample`` point per sample,
+the layout before issue 11; ``lean``: the same with fewer tags, in ms; ``text``: one point
+per packet with the samples as decimal text), on the real InfluxDB: write CPU (Python
 building the lines, influxd writing them), bytes on disk once the cache is snapshotted
 and compacted, and the time to query one minute of one station. For the bytes on disk,
 start influxd with short cold durations (``deploy/stack.sh down influxdb``, then
@@ -77,7 +80,10 @@ import processors.app  # noqa: E402
 import processors.points  # noqa: E402, F401
 from civic_iot.contracts.readings import SeismicPayload  # noqa: E402
 from civic_iot.registry import Device, Registry  # noqa: E402
+from civic_iot.settings import InfluxSettings  # noqa: E402
+from civic_iot.storage.waveform import unpack  # noqa: E402
 from civic_iot.times import to_ns  # noqa: E402
+from processors.points import seismic_packet_point  # noqa: E402
 from simulator.network import NetworkSpec  # noqa: E402
 from simulator.scenario import Phase, QuakeEvent, Scenario  # noqa: E402
 
@@ -219,29 +225,51 @@ def shares(
     return {k: (after[k] - before[k]) / wall_s for k in after if k in before and wall_s > 0}
 
 
-def packed_line(
+def packed_line(device: str, township: str, data: SeismicPayload, t0_ns: int) -> str:
+    """How the processors store a packet: one ``seismic_packet`` point, each component's
+    samples packed by :mod:`civic_iot.storage.waveform` (float32, base64), with the rate,
+    the count and the peaks (:func:`processors.points.seismic_packet_point`)."""
+    point = seismic_packet_point(device, township, data, t0_ns, InfluxSettings())
+    if point is None:  # pragma: no cover - a packet always has its packed samples
+        msg = f"no point for a packet of {device}"
+        raise ValueError(msg)
+    return point.line()
+
+
+def text_line(
     device: str, township: str, data: SeismicPayload, t0_ns: int, decimals: int = 2
 ) -> str:
-    """The packed alternative: one ``seismic_packet`` point per packet, each component's
-    samples in one string field (comma-separated, ``decimals``), the rate as a field."""
+    """The alternative measured against it (docs/storage.md, "Raw waveforms"): the samples
+    as decimal text, comma-separated, ``decimals`` each (read back: :func:`text_samples`)."""
 
-    def pack(xs: Sequence[float]) -> str:
+    def text(xs: Sequence[float]) -> str:
         return ",".join(f"{x:.{decimals}f}" for x in xs)
 
     return (
-        f"seismic_packet,device={device},township={township} "
-        f'sample_rate_hz={float(data.sample_rate_hz)!r},x_gal="{pack(data.x_gal)}",'
-        f'y_gal="{pack(data.y_gal)}",z_gal="{pack(data.z_gal)}" {t0_ns}'
+        f"seismic_text,device={device},township={township} "
+        f'sample_rate_hz={float(data.sample_rate_hz)!r},x_gal="{text(data.x_gal)}",'
+        f'y_gal="{text(data.y_gal)}",z_gal="{text(data.z_gal)}" {t0_ns}'
     )
 
 
-def unpack(text: str) -> list[float]:
-    """The samples of a packed field."""
+def text_samples(text: str) -> list[float]:
+    """The samples of a :func:`text_line` field."""
     return [float(x) for x in text.split(",")] if text else []
 
 
+def per_sample_lines(device: str, township: str, data: SeismicPayload, t0_ns: int) -> list[str]:
+    """The layout before issue 11: a ``seismic_sample`` point per sample at t0 + i / rate
+    (ns), device and township tags."""
+    head = f"seismic_sample,device={device},township={township} "
+    step = 1e9 / float(data.sample_rate_hz)
+    return [
+        f"{head}x_gal={x!r},y_gal={y!r},z_gal={z!r} {t0_ns + round(i * step)}"
+        for i, (x, y, z) in enumerate(zip(data.x_gal, data.y_gal, data.z_gal, strict=True))
+    ]
+
+
 def lean_lines(device: str, data: SeismicPayload, t0_ns: int) -> list[str]:
-    """The lean alternative: a point per sample as today, the device tag only and the
+    """The lean alternative: a point per sample as before issue 11, the device tag only and the
     time in ms (``precision=ms``: 10 ms samples lose nothing)."""
     step = 1000.0 / float(data.sample_rate_hz)
     t0 = t0_ns // 1_000_000
@@ -692,7 +720,7 @@ def cmd_load(args: argparse.Namespace) -> int:
         stored = {
             "air": buckets.count("readings", "air", "lat", live),
             "water": buckets.count("readings", "water", "lat", live),
-            "seismic": buckets.count("seismic", "seismic_sample", "z_gal", live) // 100,
+            "seismic": buckets.count("seismic", "seismic_packet", "samples", live),
         }
         backlog_stored = buckets.count("readings", "air", "lat") - stored["air"]
         cands = candidate_times((log_dir / "seismic.log").read_text(errors="replace"))
@@ -820,7 +848,6 @@ def cmd_storage(args: argparse.Namespace) -> int:
     from bench.common import Buckets, load, proc_cpu_s, table  # noqa: PLC0415
     from civic_iot.registry import load_registry  # noqa: PLC0415
     from civic_iot.settings import get_settings, influx_token  # noqa: PLC0415
-    from processors.points import seismic_sample_points  # noqa: PLC0415
     from simulator.waveforms import SimQuake, SimStation, synthesize_packets  # noqa: PLC0415
 
     settings = get_settings()
@@ -839,20 +866,35 @@ def cmd_storage(args: argparse.Namespace) -> int:
     station_s = len(payloads)
     influx = settings.influx
 
-    def today() -> list[str]:
+    def ns(data: SeismicPayload) -> int:
+        return to_ns(data.ts)
+
+    def per_sample() -> list[str]:
         return [
-            pt.line()
-            for dev, data in payloads
-            for pt in seismic_sample_points(dev, towns[dev], data, to_ns(data.ts), influx)
+            ln for dev, data in payloads for ln in per_sample_lines(dev, towns[dev], data, ns(data))
         ]
 
     def lean() -> list[str]:
-        return [ln for dev, data in payloads for ln in lean_lines(dev, data, to_ns(data.ts))]
+        return [ln for dev, data in payloads for ln in lean_lines(dev, data, ns(data))]
+
+    def text() -> list[str]:
+        return [text_line(dev, towns[dev], data, ns(data)) for dev, data in payloads]
 
     def packed() -> list[str]:
-        return [packed_line(dev, towns[dev], data, to_ns(data.ts)) for dev, data in payloads]
+        return [
+            pt.line()
+            for dev, data in payloads
+            if (pt := seismic_packet_point(dev, towns[dev], data, ns(data), influx))
+        ]
 
-    variants = {"today": (today, "ns"), "lean": (lean, "ms"), "packed": (packed, "ns")}
+    # "packed" is the processors' own path (processors.points); the others are measured
+    # against it: the layout before issue 11, a leaner one, the samples as decimal text.
+    variants = {
+        "per_sample": (per_sample, "ns"),
+        "lean": (lean, "ms"),
+        "text": (text, "ns"),
+        "packed": (packed, "ns"),
+    }
     uid = uuid.uuid4().hex[:8]
     buckets = Buckets(settings, uid, roles=tuple(variants))
     token = influx_token(settings)
@@ -922,12 +964,15 @@ def cmd_storage(args: argparse.Namespace) -> int:
         start = datetime.fromtimestamp(t0 + args.seconds / 2 - 30, UTC).isoformat()
         stop = datetime.fromtimestamp(t0 + args.seconds / 2 + 30, UTC).isoformat()
         api = buckets.client.query_api()
+        layout = {"per_sample": "seismic_sample", "lean": "seismic_sample"}
+        layout |= {"text": "seismic_text", "packed": "seismic_packet"}
+        read = {"text": text_samples, "packed": unpack}
         for v in variants:
-            meas = "seismic_packet" if v == "packed" else "seismic_sample"
             flux = (
                 f'from(bucket: "{buckets.names[v]}") |> range(start: {start}, stop: {stop})'
-                f' |> filter(fn: (r) => r._measurement == "{meas}" and r.device == "{dev}")'
-                ' |> filter(fn: (r) => r._field != "sample_rate_hz")'
+                f' |> filter(fn: (r) => r._measurement == "{layout[v]}" and r.device == "{dev}")'
+                ' |> filter(fn: (r) => r._field == "x_gal" or r._field == "y_gal"'
+                ' or r._field == "z_gal")'
             )
             times, samples = [], 0
             for _ in range(args.queries):
@@ -936,7 +981,7 @@ def cmd_storage(args: argparse.Namespace) -> int:
                 n = 0
                 for t in tables:
                     for rec in t.records:
-                        n += len(unpack(rec.get_value())) if v == "packed" else 1
+                        n += len(read[v](rec.get_value())) if v in read else 1
                 times.append(1000 * (time.monotonic() - q0))
                 samples = n
             rows[v] |= {"query_ms": statistics.median(times), "query_samples": samples}
@@ -947,7 +992,7 @@ def cmd_storage(args: argparse.Namespace) -> int:
             [
                 (
                     "station-seconds",
-                    f"{station_s} ({args.stations} stations x {args.seconds:g} s, an M6 "
+                    f"{station_s} ({len(seis)} stations x {args.seconds:g} s, an M6 "
                     "half-way, 2 decimals)",
                 ),
                 *(
@@ -984,7 +1029,7 @@ def main() -> int:
     lp.add_argument("--sample", type=float, default=2.0, help="s between lag/CPU samples")
     lp.add_argument("--drain-limit", type=float, default=5.0, help="held: drained within, s")
     lp.add_argument("--drain-timeout", type=float, default=900.0)
-    sp = sub.add_parser("storage", help="raw waveform storage, today vs alternatives")
+    sp = sub.add_parser("storage", help="raw waveform storage, packed vs alternatives")
     sp.add_argument("--stations", type=int, default=40)
     sp.add_argument("--seconds", type=float, default=60.0)
     sp.add_argument("--chunk", type=int, default=5000, help="lines per write request")

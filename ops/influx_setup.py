@@ -66,7 +66,7 @@ def bucket_specs(settings: Settings) -> list[BucketSpec]:
             i.bucket_readings, i.readings_retention_days * DAY_S, "raw air and water readings"
         ),
         BucketSpec(
-            i.bucket_seismic, i.seismic_retention_days * DAY_S, "raw seismic acceleration samples"
+            i.bucket_seismic, i.seismic_retention_days * DAY_S, "raw seismic packets, packed"
         ),
         BucketSpec(i.bucket_derived, 0, "rolling means, AQI, accumulations, intensities"),
         BucketSpec(i.bucket_alerts, 0, "issued alert messages and delivery results"),
@@ -77,16 +77,29 @@ DOWNSAMPLE_TASK = "civic-seismic-downsample-1m"
 
 
 def downsample_flux(settings: Settings) -> str:
-    """Per-station 1-minute peaks of the raw samples, kept in the long-lived bucket."""
+    """Per-station 1-minute peaks of the raw samples, kept in the long-lived bucket.
+
+    Read from the packets' peak fields (``x_peak_gal`` ...: each packet's largest absolute
+    sample) without unpacking a waveform; written as ``seismic_peak_1m``'s ``x_gal`` ...
+    A packet counts in the minute of its first sample."""
     i = settings.influx
+    peaks = " or ".join(f'r._field == "{c}_peak_gal"' for c in "xyz")
+    # x_peak_gal -> x_gal ... (no import: the task's options go before the script)
+    rename = " else ".join(f'if r._field == "{c}_peak_gal" then "{c}_gal"' for c in "xyz")
     return f"""from(bucket: "{i.bucket_seismic}")
   |> range(start: -task.every)
-  |> filter(fn: (r) => r._measurement == "seismic_sample")
-  |> map(fn: (r) => ({{r with _value: if r._value < 0.0 then -r._value else r._value}}))
+  |> filter(fn: (r) => r._measurement == "{schema.SEISMIC_PACKET.name}")
+  |> filter(fn: (r) => {peaks})
   |> aggregateWindow(every: 1m, fn: max, createEmpty: false)
-  |> set(key: "_measurement", value: "seismic_peak_1m")
+  |> map(fn: (r) => ({{r with _field: {rename} else r._field}}))
+  |> set(key: "_measurement", value: "{schema.SEISMIC_PEAK_1M.name}")
   |> to(bucket: "{i.bucket_derived}", org: "{i.org}")
 """
+
+
+def task_flux(settings: Settings) -> str:
+    """The downsampling task's whole script: its options, then :func:`downsample_flux`."""
+    return f'option task = {{name: "{DOWNSAMPLE_TASK}", every: 1m}}\n{downsample_flux(settings)}'
 
 
 def _onboard(settings: Settings) -> None:
@@ -159,7 +172,7 @@ def ensure_task(client: InfluxDBClient, settings: Settings) -> None:
     existing = api.find_tasks(name=DOWNSAMPLE_TASK)
     if existing:
         task = existing[0]
-        task.flux = f'option task = {{name: "{DOWNSAMPLE_TASK}", every: 1m}}\n{flux}'
+        task.flux = task_flux(settings)
         api.update_task(task)
         return
     org = client.organizations_api().find_organizations(org=settings.influx.org)[0]

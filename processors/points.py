@@ -24,7 +24,7 @@ from civic_iot.contracts.readings import (
     WaterPayload,
 )
 from civic_iot.settings import InfluxSettings
-from civic_iot.storage import schema
+from civic_iot.storage import schema, waveform
 from civic_iot.storage.points import FieldValue, Point
 from civic_iot.storage.schema import windowed
 from civic_iot.times import to_ns
@@ -67,7 +67,7 @@ def reading_points(
     reading: Reading, buckets: InfluxSettings, *, sensor: str | None = None
 ) -> list[Point]:
     """The raw points of one reading: ``air`` or ``water`` in ``bucket_readings``, or one
-    ``seismic_sample`` per sample in ``bucket_seismic``. ``sensor``: the registry's."""
+    ``seismic_packet`` per packet in ``bucket_seismic``. ``sensor``: the registry's."""
     loc = reading.location
     data = reading.data
     t = reading.event_time_ns
@@ -86,36 +86,29 @@ def reading_points(
             "sensor": water_sensor(data, sensor),
         }
         return _kept([schema.WATER.point(buckets, tags, fields, t)])
-    return seismic_sample_points(reading.device_id, loc.township, data, t, buckets)
+    return _kept([seismic_packet_point(reading.device_id, loc.township, data, t, buckets)])
 
 
-def sample_time_ns(t0_ns: int, i: int, rate_hz: float) -> int:
-    """Time of sample ``i`` of a packet starting at ``t0_ns``: ``t0 + i / rate``, ns."""
-    return t0_ns + round(i * 1_000_000_000 / rate_hz)
-
-
-def seismic_sample_points(
+def seismic_packet_point(
     device: str, township: str, data: SeismicPayload, t0_ns: int, buckets: InfluxSettings
-) -> list[Point]:
-    """One ``seismic_sample`` point (``x_gal``, ``y_gal``, ``z_gal``) per sample.
-
-    Built directly (a hundred points a second per station), with the schema's names."""
-    m = schema.SEISMIC_SAMPLE
-    tags: tuple[tuple[str, str], ...] = (("device", device),)
-    if township:
-        tags = (("device", device), ("township", township))
-    rate = data.sample_rate_hz
-    bucket = m.bucket_name(buckets)
-    return [
-        Point(
-            bucket=bucket,
-            measurement=m.name,
-            tags=tags,
-            fields=(("x_gal", float(x)), ("y_gal", float(y)), ("z_gal", float(z))),
-            time_ns=sample_time_ns(t0_ns, i, rate),
-        )
-        for i, (x, y, z) in enumerate(zip(data.x_gal, data.y_gal, data.z_gal, strict=True))
-    ]
+) -> Point | None:
+    """One ``seismic_packet`` point per packet at its first sample (``t0_ns``): each
+    component's samples packed (:func:`civic_iot.storage.waveform.pack`), the rate, the
+    number of samples and each component's largest absolute sample (gal)."""
+    x, y, z = data.x_gal, data.y_gal, data.z_gal
+    fields: dict[str, FieldValue | None] = {
+        "x_gal": waveform.pack(x),
+        "y_gal": waveform.pack(y),
+        "z_gal": waveform.pack(z),
+        "sample_rate_hz": data.sample_rate_hz,
+        "samples": len(x),
+        "x_peak_gal": waveform.peak(x),
+        "y_peak_gal": waveform.peak(y),
+        "z_peak_gal": waveform.peak(z),
+    }
+    return schema.SEISMIC_PACKET.point(
+        buckets, {"device": device, "township": township}, fields, t0_ns
+    )
 
 
 # --- derived figures --------------------------------------------------------------------

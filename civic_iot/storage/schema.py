@@ -242,14 +242,25 @@ DEADLETTER = Measurement(
     "processors, dead-letter agent (processors.points.deadletter_point)",
     "One per reading ingest refused; the raw bytes stay on the Kafka dead-letter topic.",
 )
-SEISMIC_SAMPLE = Measurement(
-    "seismic_sample",
+SEISMIC_PACKET = Measurement(
+    "seismic_packet",
     "seismic",
     _DEVICE,
-    (_f("x_gal", "gal"), _f("y_gal", "gal"), _f("z_gal", "gal")),
-    "each sample's time (t0 + i / rate)",
-    "processors, seismic agent (processors.points.seismic_sample_points)",
-    "Raw acceleration, east, north, vertical.",
+    (
+        _s("x_gal", "east, gal: the packet's samples packed (civic_iot.storage.waveform)"),
+        _s("y_gal", "north, gal: packed"),
+        _s("z_gal", "vertical, gal: packed"),
+        _f("sample_rate_hz", "Hz"),
+        _i("samples", "samples per component"),
+        _f("x_peak_gal", "gal", "largest absolute sample of the packet"),
+        _f("y_peak_gal", "gal"),
+        _f("z_peak_gal", "gal"),
+    ),
+    "the packet's first sample (sample i at t0 + i / sample_rate_hz)",
+    "processors, seismic agent (processors.points.seismic_packet_point)",
+    "Raw acceleration, one point per packet: each component's samples as float32, "
+    "little-endian, base64 (civic_iot.storage.waveform.unpack reads them back); the peaks "
+    "are numeric so Flux aggregates without unpacking.",
 )
 AIR_QUALITY = Measurement(
     "air_quality",
@@ -346,7 +357,7 @@ SEISMIC_PEAK_1M = Measurement(
     (_f("x_gal", "gal"), _f("y_gal", "gal"), _f("z_gal", "gal")),
     "the end of each minute",
     "InfluxDB task civic-seismic-downsample-1m (ops.influx_setup)",
-    "1-minute peak of the absolute raw samples.",
+    "1-minute peak of the absolute raw samples (the largest packet peak of the minute).",
 )
 QUAKE_EVENT = Measurement(
     "quake_event",
@@ -462,7 +473,7 @@ MEASUREMENTS: tuple[Measurement, ...] = (
     AIR,
     WATER,
     DEADLETTER,
-    SEISMIC_SAMPLE,
+    SEISMIC_PACKET,
     AIR_QUALITY,
     TOWNSHIP_AIR,
     WATER_LEVEL,

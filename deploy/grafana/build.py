@@ -1240,18 +1240,25 @@ def earthquake() -> Json:
             ),
             size=(12, 8),
         ),
-        timeseries(
-            "Raw samples: peak |acceleration| (gal)",
-            flux(
-                schema.SEISMIC_SAMPLE,
-                ["x_gal", "y_gal", "z_gal"],
-                imports=["math"],
-                where=[DEVICE],
-                then=["map(fn: (r) => ({r with _value: math.abs(x: r._value)}))", WINDOW_MAX],
+        {
+            **timeseries(
+                "Raw samples: peak |acceleration| (gal)",
+                flux(
+                    schema.SEISMIC_PACKET,
+                    ["x_peak_gal", "y_peak_gal", "z_peak_gal"],
+                    where=[DEVICE],
+                    then=[WINDOW_MAX],
+                ),
+                legend="${__field.labels.device} ${__field.name}",
+                description=(
+                    "Largest absolute raw sample per display interval, per axis, from each "
+                    "packet's peak (x_peak_gal ...: one value per 1 s packet, so the panel is "
+                    "exact at 1 s resolution and coarser, its smallest interval). The samples "
+                    "themselves are packed in seismic_packet (docs/storage.md; 7-day bucket)."
+                ),
             ),
-            legend="${__field.labels.device} ${__field.name}",
-            description="Peak of the raw 3-axis samples per display interval (7-day bucket).",
-        ),
+            "interval": "1s",
+        },
     ]
     return dashboard(
         "civic-earthquake",

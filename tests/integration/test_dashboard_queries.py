@@ -22,7 +22,9 @@ from influxdb_client.client.write.point import Point
 from influxdb_client.client.write_api import SYNCHRONOUS
 from influxdb_client.domain.bucket_retention_rules import BucketRetentionRules
 
+from civic_iot.contracts.readings import SeismicPayload
 from civic_iot.settings import InfluxSettings, get_settings, influx_token
+from civic_iot.times import to_ns
 from ops import grafana
 from ops.grafana import (
     DASHBOARDS_DIR,
@@ -33,6 +35,8 @@ from ops.grafana import (
     panel_queries,
     render_flux,
 )
+from ops.influx_setup import task_flux
+from processors.points import seismic_packet_point
 
 pytestmark = pytest.mark.integration
 
@@ -106,10 +110,22 @@ def minutes_ago(m: float) -> datetime:
     return NOW - timedelta(minutes=m)
 
 
+def packet_line(dev: str, town: str, t: datetime, amp: float, s: InfluxSettings) -> str:
+    """A 1 s packet at 100 Hz through the processors' builder: x alternates +-amp, y is
+    -amp / 2, z amp / 3 (peaks amp, amp / 2, amp / 3)."""
+    xs = [amp * (-1) ** n for n in range(100)]
+    data = SeismicPayload(
+        ts=t, sample_rate_hz=100, x_gal=xs, y_gal=[-amp / 2] * 100, z_gal=[amp / 3] * 100
+    )
+    point = seismic_packet_point(dev, town, data, to_ns(t), s)
+    assert point is not None
+    return point.line()
+
+
 def write_dataset(client: InfluxDBClient, s: InfluxSettings) -> None:
     """Forty minutes of every measurement of docs/storage.md, with their documented types."""
     readings: list[Point] = []
-    seismic: list[Point] = []
+    seismic: list[str] = []
     derived: list[Point] = []
     alerts: list[Point] = []
     steps = range(9)  # one point every 5 minutes, 40 minutes ago .. now
@@ -192,14 +208,10 @@ def write_dataset(client: InfluxDBClient, s: InfluxSettings) -> None:
         )  # fmt: skip
 
     t0 = minutes_ago(10)
-    for dev, _town, _lat, _lon in SEISMIC:
-        for n in range(200):  # two seconds at 100 Hz
-            amp = 3.0 if n < 100 else 80.0 * (-1) ** n
-            seismic.append(
-                Point("seismic_sample").tag("device", dev).tag("township", _town)
-                .field("x_gal", amp).field("y_gal", -amp / 2).field("z_gal", amp / 3)
-                .time(t0 + timedelta(milliseconds=10 * n))
-            )  # fmt: skip
+    for dev, town, _lat, _lon in SEISMIC:
+        for k in range(2):  # two 1 s packets at 100 Hz, as the processors store them
+            t = t0 + timedelta(seconds=k)
+            seismic.append(packet_line(dev, town, t, 3.0 if k == 0 else 80.0, s))
     ranks = ["0", "1", "2", "3", "4", "5-"]
     for i, (dev, town, lat, lon) in enumerate(SEISMIC):
         for k in range(6):
@@ -371,3 +383,58 @@ def test_geomap_layers_have_one_row_per_sensor_with_coordinates(influx: Influx) 
         devices = [r["device"] for r in rows]
         assert len(devices) == len(set(devices)), f"{target['refId']}: one row per sensor"
         assert all(isinstance(r["lat"], float) and isinstance(r["lon"], float) for r in rows)
+
+
+def test_waveform_panel_shows_each_axis_peak_from_the_packets(influx: Influx) -> None:
+    dashboard = dashboard_by_uid(influx, "civic-earthquake")
+    q = next(q for q in panel_queries(dashboard) if q.title.startswith("Raw samples"))
+    rows = influx.rows(rendered(influx, q, {"device": None}))
+    peaks: dict[tuple[str, str], float] = {}
+    for r in rows:
+        key = (r["device"], r["_field"])
+        peaks[key] = max(peaks.get(key, 0.0), r["_value"])
+    assert peaks == {
+        (dev, f"{c}_peak_gal"): peak
+        for dev, *_ in SEISMIC
+        for c, peak in (("x", 80.0), ("y", 40.0), ("z", 80.0 / 3))
+    }
+
+
+def test_downsample_task_keeps_the_minute_peaks_of_the_packets(influx: Influx) -> None:
+    """The task's script (ops.influx_setup) run as InfluxDB runs it, on packets of the
+    last minute: per station and minute, each axis' largest packet peak, written to
+    ``seismic_peak_1m`` in the derived bucket; older packets are not read again."""
+    s = influx.settings
+    now = datetime.now(UTC)
+    # One packet a second from 35 s ago, the amplitude rising; and one 5 minutes ago.
+    sent: dict[str, list[tuple[datetime, float]]] = {
+        dev: [(now - timedelta(seconds=35 - k), 1.0 + k + 10 * i) for k in range(30)]
+        for i, (dev, *_) in enumerate(SEISMIC)
+    }
+    lines = [
+        packet_line(dev, town, t, amp, s)
+        for dev, town, *_ in SEISMIC
+        for t, amp in [*sent[dev], (now - timedelta(minutes=5), 999.0)]
+    ]
+    with influx.client.write_api(write_options=SYNCHRONOUS) as api:
+        api.write(bucket=s.bucket_seismic, org=s.org, record=lines)
+    settings = get_settings().model_copy(update={"influx": s})
+    influx.rows(task_flux(settings))  # to() writes; the rows are what it wrote
+    got = influx.rows(
+        f'from(bucket: "{s.bucket_derived}") |> range(start: -1h)'
+        ' |> filter(fn: (r) => r._measurement == "seismic_peak_1m")'
+    )
+    by_minute: dict[tuple[str, str, int], float] = {}
+    for r in got:
+        # A window's time is its end (a whole minute) or, for the minute in progress,
+        # the task's now: either way within the minute after the packets'.
+        minute = int((r["_time"] - timedelta(microseconds=1)).timestamp() // 60)
+        by_minute[(r["device"], r["_field"], minute)] = r["_value"]
+    want: dict[tuple[str, str, int], float] = {}
+    for dev, packets in sent.items():
+        for t, amp in packets:
+            for c, peak in (("x", amp), ("y", amp / 2), ("z", amp / 3)):
+                key = (dev, f"{c}_gal", int(t.timestamp() // 60))
+                want[key] = max(want.get(key, 0.0), peak)
+    assert by_minute == want
+    assert {r["township"] for r in got} == {town for _, town, *_ in SEISMIC}

@@ -17,12 +17,16 @@ from bench.taiwan import (
     lean_lines,
     offered_rates,
     packed_line,
+    per_sample_lines,
     shares,
     taiwan_scenario,
     taiwan_spec,
+    text_line,
+    text_samples,
     unpack,
 )
 from civic_iot.contracts.readings import SeismicPayload
+from civic_iot.storage import waveform
 from simulator.network import build_network
 
 
@@ -128,18 +132,40 @@ def _payload() -> SeismicPayload:
     )
 
 
-def test_packed_line_holds_every_sample_and_unpacks_to_them() -> None:
+def test_packed_line_is_the_processors_point_and_unpacks_to_every_sample() -> None:
     line = packed_line("seis-0001", "63000010", _payload(), 1_000_000_000)
     assert line.startswith("seismic_packet,device=seis-0001,township=63000010 ")
     assert line.endswith(" 1000000000")
     packed = dict(re.findall(r'(\w_gal)="([^"]*)"', line))
+    assert unpack is waveform.unpack  # the one packing, not a copy
     assert {k: unpack(v) for k, v in packed.items()} == {
+        "x_gal": waveform.stored([0.1, -0.25, 3.0]),
+        "y_gal": [0.0, 1.5, -2.0],
+        "z_gal": waveform.stored([9.81, 0.01, 0.0]),
+    }
+    assert "sample_rate_hz=100.0," in line
+    assert ",x_peak_gal=3.0,y_peak_gal=2.0,z_peak_gal=9.81 " in line
+
+
+def test_text_line_holds_every_sample_as_decimals() -> None:
+    line = text_line("seis-0001", "63000010", _payload(), 1_000_000_000)
+    assert line.startswith("seismic_text,device=seis-0001,township=63000010 ")
+    packed = dict(re.findall(r'(\w_gal)="([^"]*)"', line))
+    assert {k: text_samples(v) for k, v in packed.items()} == {
         "x_gal": [0.1, -0.25, 3.0],
         "y_gal": [0.0, 1.5, -2.0],
         "z_gal": [9.81, 0.01, 0.0],
     }
-    assert "sample_rate_hz=100.0," in line
-    assert unpack("") == []
+    assert text_samples("") == []
+
+
+def test_per_sample_lines_are_the_layout_before_packing() -> None:
+    lines = per_sample_lines("seis-0001", "63000010", _payload(), 1_000_000_000)
+    assert lines[1] == (
+        "seismic_sample,device=seis-0001,township=63000010 x_gal=-0.25,y_gal=1.5,z_gal=0.01 "
+        "1010000000"
+    )
+    assert len(lines) == 3
 
 
 def test_lean_lines_are_one_per_sample_in_ms() -> None:

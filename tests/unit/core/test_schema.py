@@ -90,7 +90,7 @@ def test_nothing_left_is_no_point() -> None:
     assert schema.RAIN.point(BUCKETS, {"device": "d"}, {"rti": nan, "rain_class": None}, 0) is None
 
 
-def test_seismic_samples_are_built_with_the_schema_names() -> None:
+def test_seismic_packets_are_built_with_the_schema_names() -> None:
     t = datetime(2025, 7, 1, tzinfo=UTC)
     data = SeismicPayload(ts=t, sample_rate_hz=100, x_gal=[1.0], y_gal=[2.0], z_gal=[3.0])
     r = Reading(
@@ -98,7 +98,7 @@ def test_seismic_samples_are_built_with_the_schema_names() -> None:
         location=Location(lat=25.0, lon=121.5, township="63000010"), data=data,
     )  # fmt: skip
     (p,) = reading_points(r, InfluxSettings(bucket_seismic="t-seismic"))
-    m = schema.SEISMIC_SAMPLE
+    m = schema.SEISMIC_PACKET
     assert (p.bucket, p.measurement) == ("t-seismic", m.name)
     assert {k for k, _ in p.tags} == set(m.tag_names)
     assert [k for k, _ in p.fields] == list(m.field_names)

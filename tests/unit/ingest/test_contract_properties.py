@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from civic_iot.contracts.deadletter import ReasonCode, deadletter_record
 from civic_iot.contracts.readings import SEISMIC_RATES_HZ, Reading, SeismicPayload
 from civic_iot.settings import InfluxSettings
+from civic_iot.storage.waveform import stored, unpack
 from ingest.refusals import Limits, ReadingRefusedError
 from ingest.validate import validate
 from processors.points import reading_points
@@ -168,17 +169,19 @@ def assert_points_round_trip(reading: Reading) -> None:
     points = reading_points(reading, BUCKETS)
     data = reading.data
     if isinstance(data, SeismicPayload):
-        assert len(points) == len(data.x_gal)
-        for i, p in enumerate(points):
-            _, tags, fields, t = parse_line(p.line())
-            assert tags["device"] == reading.device_id
-            assert [fields["x_gal"], fields["y_gal"], fields["z_gal"]] == [
-                data.x_gal[i],
-                data.y_gal[i],
-                data.z_gal[i],
-            ]
-            # Sample i at ts + i / rate, to the nanosecond (integer arithmetic).
-            assert t == reading.event_time_ns + round(i * 1_000_000_000 / data.sample_rate_hz)
+        # One point per packet at its first sample; every sample back as its float32.
+        [p] = points
+        measurement, tags, fields, t = parse_line(p.line())
+        assert (measurement, tags["device"]) == ("seismic_packet", reading.device_id)
+        assert t == reading.event_time_ns
+        for c in ("x_gal", "y_gal", "z_gal"):
+            sent = getattr(data, c)
+            assert unpack(fields[c]) == stored(sent)
+            assert fields[c.replace("_gal", "_peak_gal")] == max(abs(x) for x in sent)
+        assert (fields["samples"], fields["sample_rate_hz"]) == (
+            len(data.x_gal),
+            float(data.sample_rate_hz),
+        )
         return
     [p] = points
     measurement, tags, fields, t = parse_line(p.line())

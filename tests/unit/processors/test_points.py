@@ -9,6 +9,7 @@ from influxdb_client.client.write.point import Point as InfluxPoint
 
 from civic_iot.contracts.readings import AirPayload, Location, Reading, SeismicPayload, WaterPayload
 from civic_iot.settings import InfluxSettings
+from civic_iot.storage.waveform import unpack
 from civic_iot.times import to_ns
 from processors.detectors.air import AirState, update_air
 from processors.detectors.quake import CellShaking, QuakeEvent
@@ -67,16 +68,22 @@ def test_water_reading_sensor_tag(data: WaterPayload, registered: str | None, se
     assert dict(p.fields)["late"] is True
 
 
-def test_seismic_samples_one_point_each_at_t0_plus_i_over_rate() -> None:
+def test_a_seismic_packet_is_one_point_at_t0_with_its_samples_packed() -> None:
     data = SeismicPayload(
-        ts=T, sample_rate_hz=40, x_gal=[1, 2, 3], y_gal=[4, 5, 6], z_gal=[7, 8, 9]
+        ts=T, sample_rate_hz=40, x_gal=[1, -2.5, 3], y_gal=[4, 5, -6], z_gal=[980.25, 8, 9]
     )
-    points = reading_points(_reading(data), B)
-    assert [p.bucket for p in points] == ["seismic"] * 3
-    assert {p.measurement for p in points} == {"seismic_sample"}
-    assert [p.time_ns - to_ns(T) for p in points] == [0, 25_000_000, 50_000_000]
-    assert dict(points[2].fields) == {"x_gal": 3.0, "y_gal": 6.0, "z_gal": 9.0}
-    assert dict(points[0].tags) == {"device": "dev-1", "township": "63000010"}
+    [p] = reading_points(_reading(data), B)
+    assert (p.bucket, p.measurement, p.time_ns) == ("seismic", "seismic_packet", to_ns(T))
+    assert dict(p.tags) == {"device": "dev-1", "township": "63000010"}
+    fields = dict(p.fields)
+    assert [unpack(str(fields[c])) for c in ("x_gal", "y_gal", "z_gal")] == [
+        [1.0, -2.5, 3.0], [4.0, 5.0, -6.0], [980.25, 8.0, 9.0],
+    ]  # fmt: skip
+    assert (fields["sample_rate_hz"], fields["samples"]) == (40.0, 3)
+    assert (fields["x_peak_gal"], fields["y_peak_gal"], fields["z_peak_gal"]) == (3.0, 6.0, 980.25)
+    # Numbers as numbers (Flux aggregates them), the samples as strings.
+    assert p.line().count('"') == 6
+    assert ",samples=3i," in p.line()
 
 
 def test_same_reading_same_points() -> None:
