@@ -217,9 +217,11 @@ class QuakeConfig:
             at least ``velocity_min_picks`` picks is also located with the P velocity
             times each of ``velocity_scales`` (the crust is rarely the model's: 4-12%
             off is common, and an 8% slower world put depths 20-33 km too shallow); one
-            is kept when its cost (squared pick errors) is lower by ``velocity_min_gain``
-            (chi-square, one more unknown, 99%), so the model's velocity stays unless the
-            picks' moveout says otherwise.
+            is kept when its cost (squared pick errors over the pick error) is lower by
+            ``velocity_min_gain`` (chi-square, one more unknown, 99%) times the misfit
+            left per degree of freedom, at least ``velocity_min_spread`` (picks half as
+            good as the pick error assumes): an F test, so the model's velocity stays
+            unless the picks' moveout says otherwise.
         townships: centroids to name cells and warn places by; empty means no names.
         ground_motion, intensity_scale: the models.
     """
@@ -247,6 +249,7 @@ class QuakeConfig:
     velocity_scales: tuple[float, ...] = (0.88, 0.92, 0.96, 1.04, 1.08)
     velocity_min_picks: int = 10
     velocity_min_gain: float = 6.6
+    velocity_min_spread: float = 0.25
     townships: tuple[Township, ...] = ()
     ground_motion: GroundMotionModel = field(default_factory=GroundMotionModel)
     intensity_scale: IntensityScale = CWA_2020
@@ -1280,7 +1283,7 @@ def _locate_picks(
     if around is None or len(use) < cfg.velocity_min_picks:
         return hypo
     # A settled event with many picks: the picks' moveout also measures the velocity.
-    best, best_cost = hypo, cost - cfg.velocity_min_gain
+    best, best_cost = hypo, math.inf
     thr = cfg.association
     for k in cfg.velocity_scales:
         scaled = thr.model_copy(update={"vp_kms": thr.vp_kms * k})
@@ -1289,7 +1292,11 @@ def _locate_picks(
         )
         if c < best_cost:
             best, best_cost = replace(h, vp_scale=k), c
-    return best
+    # An F test: the gain against the misfit left per degree of freedom (picks minus
+    # origin, position, depth and velocity), in units of the pick error; real pick
+    # errors are often well below it and the cost alone would understate the evidence.
+    spread = max(best_cost / max(len(use) - 5, 1), cfg.velocity_min_spread)
+    return best if cost - best_cost >= cfg.velocity_min_gain * spread else hypo
 
 
 def _relocate(
