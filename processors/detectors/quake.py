@@ -539,19 +539,6 @@ def locate(
         constraints: armed stations that did not trigger (see :func:`_costs`).
         around: search near this hypocentre only (a relocation with more picks).
     """
-    return _locate(lats, lons, p_times_s, config, constraints=constraints, around=around)[0]
-
-
-def _locate(
-    lats: Sequence[float],
-    lons: Sequence[float],
-    p_times_s: Sequence[float],
-    config: QuakeConfig,
-    *,
-    constraints: _Constraints | None = None,
-    around: Hypocentre | None = None,
-) -> tuple[Hypocentre, float]:
-    """:func:`locate`, with the cost of its solution (units of the squared pick error)."""
     thr = config.association
     p_lat = np.asarray(lats, dtype=np.float64)
     p_lon = np.asarray(lons, dtype=np.float64)
@@ -664,7 +651,7 @@ def _locate(
                 <= distance_km(b_lat, b_lon, p_lat, p_lon).max()
             )
         )
-    hypo = Hypocentre(
+    return Hypocentre(
         origin_s=b_origin,
         lat=b_lat,
         lon=b_lon,
@@ -677,7 +664,6 @@ def _locate(
         quality=quality,
         depth_range_km=(z_min, z_max),
     )
-    return hypo, b_cost
 
 
 # --------------------------------------------------------------------------- magnitude
@@ -1279,24 +1265,57 @@ def _locate_picks(
     lats = [s.lat for s in use]
     lons = [s.lon for s in use]
     times = [s.p_time_s for s in use]
-    hypo, cost = _locate(lats, lons, times, cfg, constraints=cons, around=around)
+    hypo = locate(lats, lons, times, cfg, constraints=cons, around=around)
     if around is None or len(use) < cfg.velocity_min_picks:
         return hypo
     # A settled event with many picks: the picks' moveout also measures the velocity.
-    best, best_cost = hypo, math.inf
+    # The velocity trades off with depth and origin time, hardly with the epicentre: each
+    # is scanned over depth near the epicentre (a tenth of a location's cost), and only
+    # the one kept is located in full.
     thr = cfg.association
-    for k in cfg.velocity_scales:
-        scaled = thr.model_copy(update={"vp_kms": thr.vp_kms * k})
-        h, c = _locate(
-            lats, lons, times, replace(cfg, association=scaled), constraints=cons, around=hypo
-        )
-        if c < best_cost:
-            best, best_cost = replace(h, vp_scale=k), c
+    scan = {
+        k: _depth_scan(lats, lons, times, thr, k, cons, hypo) for k in (1.0, *cfg.velocity_scales)
+    }
+    k_best = min(cfg.velocity_scales, key=lambda k: scan[k], default=1.0)
     # An F test: the gain against the misfit left per degree of freedom (picks minus
     # origin, position, depth and velocity), in units of the pick error; real pick
     # errors are often well below it and the cost alone would understate the evidence.
-    spread = max(best_cost / max(len(use) - 5, 1), cfg.velocity_min_spread)
-    return best if cost - best_cost >= cfg.velocity_min_gain * spread else hypo
+    spread = max(scan[k_best] / max(len(use) - 5, 1), cfg.velocity_min_spread)
+    if k_best == 1.0 or scan[1.0] - scan[k_best] < cfg.velocity_min_gain * spread:
+        return hypo
+    scaled = replace(cfg, association=thr.model_copy(update={"vp_kms": thr.vp_kms * k_best}))
+    return replace(
+        locate(lats, lons, times, scaled, constraints=cons, around=hypo), vp_scale=k_best
+    )
+
+
+def _depth_scan(
+    lats: Sequence[float],
+    lons: Sequence[float],
+    times: Sequence[float],
+    thr: QuakeThresholds,
+    vp_scale: float,
+    cons: _Constraints,
+    near: Hypocentre,
+) -> float:
+    """The lowest cost with the P velocity times ``vp_scale`` over every depth (2.5 km
+    steps) and the epicentres within a fine grid step of ``near``'s."""
+    step = thr.search_step_deg / 16.0
+    ax = step * np.arange(-1.0, 2.0)
+    g_lat, g_lon = (a.ravel() for a in np.meshgrid(near.lat + ax, near.lon + ax, indexing="ij"))
+    z_lo, z_hi = thr.depth_km
+    scaled = thr.model_copy(update={"vp_kms": thr.vp_kms * vp_scale})
+    cost, _ = _costs(
+        g_lat,
+        g_lon,
+        np.arange(z_lo, z_hi + 1e-6, 2.5),
+        np.asarray(lats, dtype=np.float64),
+        np.asarray(lons, dtype=np.float64),
+        np.asarray(times, dtype=np.float64),
+        cons,
+        scaled,
+    )
+    return float(cost.min())
 
 
 def _relocate(
