@@ -218,7 +218,7 @@ class QuakeConfig:
             times each of ``velocity_scales`` (the crust is rarely the model's: 4-12%
             off is common, and an 8% slower world put depths 20-33 km too shallow); one
             is kept when its cost (squared pick errors over the pick error) is lower by
-            ``velocity_min_gain`` (chi-square, one more unknown, 99%) times the misfit
+            ``velocity_min_gain`` (chi-square, one more unknown, 95%) times the misfit
             left per degree of freedom, at least ``velocity_min_spread`` (picks half as
             good as the pick error assumes): an F test, so the model's velocity stays
             unless the picks' moveout says otherwise.
@@ -248,7 +248,7 @@ class QuakeConfig:
     declare_max_wait_s: float = 3.0
     velocity_scales: tuple[float, ...] = (0.88, 0.92, 0.96, 1.04, 1.08)
     velocity_min_picks: int = 10
-    velocity_min_gain: float = 6.6
+    velocity_min_gain: float = 3.84
     velocity_min_spread: float = 0.25
     townships: tuple[Township, ...] = ()
     ground_motion: GroundMotionModel = field(default_factory=GroundMotionModel)
@@ -1299,9 +1299,10 @@ def _depth_scan(
     near: Hypocentre,
 ) -> float:
     """The lowest cost with the P velocity times ``vp_scale`` over every depth (2.5 km
-    steps) and the epicentres within a fine grid step of ``near``'s."""
-    step = thr.search_step_deg / 16.0
-    ax = step * np.arange(-1.0, 2.0)
+    steps) and the epicentres within two fine grid steps of ``near``'s (0.05 deg: the
+    velocity also moves a one-sided solution along its azimuth)."""
+    step = thr.search_step_deg / 8.0
+    ax = step * np.arange(-2.0, 3.0)
     g_lat, g_lon = (a.ravel() for a in np.meshgrid(near.lat + ax, near.lon + ax, indexing="ij"))
     z_lo, z_hi = thr.depth_km
     scaled = thr.model_copy(update={"vp_kms": thr.vp_kms * vp_scale})
