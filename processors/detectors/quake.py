@@ -1269,9 +1269,9 @@ def _locate_picks(
     if around is None or len(use) < cfg.velocity_min_picks:
         return hypo
     # A settled event with many picks: the picks' moveout also measures the velocity.
-    # The velocity trades off with depth and origin time, hardly with the epicentre: each
-    # is scanned over depth near the epicentre (a tenth of a location's cost), and only
-    # the one kept is located in full.
+    # The velocity trades off mostly with depth and origin time: each factor is scanned
+    # over depth near the epicentre (a fraction of a location's cost), and only the one
+    # kept is located in full.
     thr = cfg.association
     scan = {
         k: _depth_scan(lats, lons, times, thr, k, cons, hypo) for k in (1.0, *cfg.velocity_scales)
