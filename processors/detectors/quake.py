@@ -77,6 +77,7 @@ from processors.detectors.intensity import (
 from processors.detectors.state import stored
 
 __all__ = [
+    "TAU_C_MAX_MAGNITUDE",
     "AssociationResult",
     "Associator",
     "CellShaking",

@@ -11,6 +11,7 @@ from processors.detectors.quake import (
     _locate_picks,
     distance_km,
 )
+from processors.detectors.state import dump_state, load_state
 from tests.unit.detectors.test_quake import CFG as NETWORK_CFG
 from tests.unit.detectors.test_quake import T0, feed, trig
 
@@ -67,3 +68,10 @@ def test_the_models_velocity_stays_when_the_picks_fit_it() -> None:
     # A young event (no ``around``) or few picks: the model's velocity, always.
     assert _locate_picks(_ring(5.5, 40.0, n=6), {}, set(), T0 + 40.0, CFG, HYPO).vp_scale == 1.0
     assert _locate_picks(_ring(5.5, 40.0), {}, set(), T0 + 40.0, CFG).vp_scale == 1.0
+
+
+def test_the_velocity_factor_is_stored_and_older_states_read_as_the_models() -> None:
+    h = Hypocentre(origin_s=T0, lat=24.0, lon=121.6, depth_km=40.0, rms_s=0.1, vp_scale=0.92)
+    assert load_state(Hypocentre, dump_state(h)) == h
+    older = b'{"origin_s": 1700000000.0, "lat": 24.0, "lon": 121.6, "depth_km": 40.0, "rms_s": 0.1}'
+    assert load_state(Hypocentre, older).vp_scale == 1.0
