@@ -177,6 +177,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"| {name} | {statistics.median(vals):.2f} | {_pct(vals, 0.9):.2f} "
             f"| {max(vals):.2f} | {ok} |"
         )
+    # The early-magnitude target: within 0.7 of the final estimate for M5-7.
+    early = [
+        abs(m.first_magnitude_error - m.final_magnitude_error)
+        for _, sc, m in found
+        if m is not None and sc.quake is not None and sc.quake.magnitude <= 7.0
+    ]
+    if early:
+        print(
+            f"| first vs final magnitude, M5-7, abs | {statistics.median(early):.2f} "
+            f"| {_pct(early, 0.9):.2f} | {max(early):.2f} "
+            f"| {sum(v <= 0.7 for v in early)}/{len(early)} |"
+        )
     print()
     print("Quakes outside a target:\n")
     print(HEADER)

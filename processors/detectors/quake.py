@@ -57,6 +57,7 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any, TypeVar
 
 import numpy as np
@@ -76,6 +77,7 @@ from processors.detectors.intensity import (
 from processors.detectors.state import stored
 
 __all__ = [
+    "TAU_C_MAX_MAGNITUDE",
     "AssociationResult",
     "Associator",
     "CellShaking",
@@ -88,6 +90,7 @@ __all__ = [
     "distance_km",
     "locate",
     "magnitude_from_pd",
+    "magnitude_from_tau_c",
     "to_alert_candidate",
     "township_intensities",
 ]
@@ -211,6 +214,15 @@ class QuakeConfig:
             while their confidence region reaches beyond the thresholds'
             ``declare_max_uncertainty_km``, unless no pick (P time) came for
             ``declare_max_wait_s`` (s: a packet, then two seconds).
+        velocity_scales, velocity_min_picks, velocity_min_gain: a settled event with
+            at least ``velocity_min_picks`` picks is also located with the P velocity
+            times each of ``velocity_scales`` (the crust is rarely the model's: 4-12%
+            off is common, and an 8% slower world put depths 20-33 km too shallow); one
+            is kept when its cost (squared pick errors over the pick error) is lower by
+            ``velocity_min_gain`` (chi-square, one more unknown, 95%) times the misfit
+            left per degree of freedom, at least ``velocity_min_spread`` (picks half as
+            good as the pick error assumes): an F test, so the model's velocity stays
+            unless the picks' moveout says otherwise.
         townships: centroids to name cells and warn places by; empty means no names.
         ground_motion, intensity_scale: the models.
     """
@@ -235,6 +247,10 @@ class QuakeConfig:
     constraint_radius_km: float = 150.0
     declare_max_magnitude_span: float = 0.7
     declare_max_wait_s: float = 3.0
+    velocity_scales: tuple[float, ...] = (0.88, 0.92, 0.96, 1.04, 1.08)
+    velocity_min_picks: int = 10
+    velocity_min_gain: float = 3.84
+    velocity_min_spread: float = 0.25
     townships: tuple[Township, ...] = ()
     ground_motion: GroundMotionModel = field(default_factory=GroundMotionModel)
     intensity_scale: IntensityScale = CWA_2020
@@ -288,6 +304,9 @@ class Hypocentre:
     quality: str = "poor"
     #: Shallowest and deepest depth within the confidence region, km (None: unknown).
     depth_range_km: tuple[float, float] | None = None
+    #: The P velocity the picks chose, as a factor of the model's (1: the model's; see
+    #: ``QuakeConfig.velocity_scales``).
+    vp_scale: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -679,22 +698,88 @@ def _magnitude_pd(pd_cm: FloatArray, hyp_km: FloatArray, cfg: QuakeConfig) -> Fl
     return m
 
 
+#: The largest magnitude tau_c tells: beyond, the P window (3 s) and the stations'
+#: 0.2 Hz P-wave filter cut the longer periods and the measured tau_c stops following
+#: the magnitude (Wu & Kanamori 2005 saw it saturate near M 6.5-7 over 3 s).
+TAU_C_MAX_MAGNITUDE = 6.5
+#: Magnitudes over which the tau_c relation is inverted (0.05 steps up to the largest).
+_TAU_C_MAGNITUDES = tuple(round(3.0 + 0.05 * k, 2) for k in range(71))
+
+
+@lru_cache(maxsize=64)
+def _tau_c_curve(
+    window_s: float, station_hz: float, pd_hz: float
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The tau_c the stations measure over ``window_s`` of P, against magnitude, up to
+    where it saturates: (tau_c s, magnitude), both rising.
+
+    The P pulse is a sinusoid of Wu & Kanamori's period that grows over half a period
+    (an emergent onset), taken through the stations' P-wave chain (high-pass at
+    ``station_hz``, high-pass at ``pd_hz``, two leaky integrators at ``pd_hz``; 100 Hz),
+    up to :data:`TAU_C_MAX_MAGNITUDE`. A window cutting the pulse mid-cycle makes the
+    curve wiggle: only the points above every smaller magnitude's are kept.
+    """
+    dt = 0.01
+    n = max(2, round(window_s / dt))
+    t = np.arange(n) * dt
+    a_st = 1.0 / (1.0 + 2.0 * math.pi * station_hz * dt)
+    a_pd = 1.0 / (1.0 + 2.0 * math.pi * pd_hz * dt)
+    b_pd = math.exp(-2.0 * math.pi * pd_hz * dt)
+    taus: list[float] = []
+    for m in _TAU_C_MAGNITUDES:
+        period = 10 ** (WU_KANAMORI_A + WU_KANAMORI_B * m)
+        disp = np.minimum(t / (0.5 * period), 1.0) * np.sin(2.0 * math.pi * t / period)
+        acc = np.gradient(np.gradient(disp, dt), dt)
+        x0 = h1 = h2 = v = u = 0.0
+        prev_h1 = 0.0
+        sum_u2 = sum_v2 = 0.0
+        for x in acc.tolist():
+            h1 = a_st * (h1 + x - x0)
+            x0 = x
+            h2 = a_pd * (h2 + h1 - prev_h1)
+            prev_h1 = h1
+            v = b_pd * v + h2 * dt
+            u = b_pd * u + v * dt
+            sum_u2 += u * u
+            sum_v2 += v * v
+        taus.append(2.0 * math.pi * math.sqrt(sum_u2 / sum_v2) if sum_v2 > 0 else 0.0)
+    keep = [0]
+    for k in range(1, len(taus)):
+        if taus[k] > taus[keep[-1]]:
+            keep.append(k)
+    return tuple(taus[k] for k in keep), tuple(_TAU_C_MAGNITUDES[k] for k in keep)
+
+
+def magnitude_from_tau_c(tau_c_s: float, window_s: float, cfg: QuakeConfig) -> float:
+    """Magnitude from tau_c (s) measured over ``window_s`` of P by the stations' P-wave
+    chain: Wu & Kanamori (2005), ``log10 tau_c = -1.716 + 0.296 M``, corrected for the
+    chain and the window (:func:`_tau_c_curve`), at most :data:`TAU_C_MAX_MAGNITUDE`.
+    Distance does not enter, so a poor early location does not bias it; it saturates,
+    so it bounds the magnitude from below."""
+    window = min(max(round(window_s * 2.0) / 2.0, 0.5), cfg.pd_window_s)
+    taus, mags = _tau_c_curve(window, cfg.station_highpass_hz, cfg.association.pd_highpass_hz)
+    return float(np.interp(tau_c_s, taus, mags))
+
+
 def _station_magnitudes(
     stations: Sequence[EventStation], hypo: Hypocentre, now_s: float, cfg: QuakeConfig
-) -> tuple[FloatArray, FloatArray, FloatArray]:
-    """Per-station magnitudes from Pd, from Pa and from PGA after the S wave (NaN where
-    a station has none), in the order of ``stations``."""
+) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
+    """Per-station magnitudes from Pd, from Pa, from PGA after the S wave and from
+    tau_c (NaN where a station has none), in the order of ``stations``. tau_c counts
+    where the P pulse stands clear of the displacement noise (``pd_min_snr`` + 1, the
+    bar of an earthquake-like pick: noise alone reads a long period)."""
     thr = cfg.association
     n = len(stations)
     m_pd = np.full(n, np.nan)
     m_pa = np.full(n, np.nan)
     m_s = np.full(n, np.nan)
+    m_tc = np.full(n, np.nan)
     if not n:
-        return m_pd, m_pa, m_s
+        return m_pd, m_pa, m_s, m_tc
     lat = np.array([s.lat for s in stations])
     lon = np.array([s.lon for s in stations])
     r = np.maximum(np.hypot(distance_km(hypo.lat, hypo.lon, lat, lon), hypo.depth_km), 1.0)
-    t_p = hypo.origin_s + r / thr.vp_kms
+    t_p = hypo.origin_s + r / (thr.vp_kms * hypo.vp_scale)
     t_s = hypo.origin_s + r / thr.vs_kms
     # The P window must end before the S wave arrives, or S sets the peaks.
     clear = np.array([s.p_window_s for s in stations]) <= (t_s - t_p) - 0.2
@@ -712,6 +797,14 @@ def _station_magnitudes(
         if s.pa_gal is not None and s.pa_gal > 0 and (s.pa_snr is None or s.pa_snr >= 3.0):
             m_pa[i] = float(gm.magnitude_from_pga(np.asarray([s.pa_gal / thr.p_to_s_ratio]),
                                                  r[i : i + 1])[0])  # fmt: skip
+        if (
+            s.tau_c_s is not None
+            and s.tau_c_s > 0
+            and s.p_window_s >= thr.pd_min_window_s
+            and s.pd_snr is not None
+            and s.pd_snr >= thr.pd_min_snr + 1.0
+        ):
+            m_tc[i] = magnitude_from_tau_c(s.tau_c_s, s.p_window_s, cfg)
     # PGA counts once the S wave has passed for a source duration's worth (it only grows).
     seen = np.array([s.pga_gal for s in stations])
     ok = seen > 0
@@ -728,7 +821,7 @@ def _station_magnitudes(
         passed = ok & (until >= t_s + duration)
         if passed.any():
             m_s[passed] = gm.magnitude_from_pga(seen[passed], r[passed])
-    return m_pd, m_pa, m_s
+    return m_pd, m_pa, m_s, m_tc
 
 
 def _magnitude(
@@ -741,7 +834,7 @@ def _magnitude(
     M6.2 under heavy noise read M7.1 from one station at 6.5x its noise while 34 P
     amplitudes said 6.0); at twice the threshold it is a P pulse, and it does (an M7.4's
     first Pd said 6.8 while the first P amplitudes said 6.2)."""
-    m_pd, m_pa, m_s = _station_magnitudes(stations, hypo, now_s, cfg)
+    m_pd, m_pa, m_s, m_tc = _station_magnitudes(stations, hypo, now_s, cfg)
     has_pd = np.isfinite(m_pd)
     # A lone Pd counts when it stands well clear of the noise (twice the threshold).
     clear = [
@@ -755,6 +848,12 @@ def _magnitude(
         m, method = float(np.nanmedian(m_pd)), "pd"
     elif np.isfinite(m_pa).any():
         m, method = float(np.nanmedian(m_pa)), "pa"
+        # The P amplitude of a few seconds reads low (a growing, band-limited P wave);
+        # tau_c does not depend on the distance and reads low only when it saturates:
+        # from two stations or more, its lower median bounds the magnitude from below.
+        tc = np.sort(m_tc[np.isfinite(m_tc)])
+        if tc.size >= 2 and float(tc[(tc.size - 1) // 2]) > m:
+            m, method = float(tc[(tc.size - 1) // 2]), "tau_c"
     else:
         pga = np.array([s.pga_gal for s in stations])
         seen = pga > 0
@@ -1024,7 +1123,13 @@ def _predicted(ev: _EventState, lat: float, lon: float, cfg: QuakeConfig) -> tup
     h = ev.hypo
     r = math.hypot(float(distance_km(h.lat, h.lon, lat, lon)), h.depth_km)
     thr = cfg.association
-    return h.origin_s + r / thr.vp_kms, h.origin_s + r / thr.vs_kms
+    return h.origin_s + r / (thr.vp_kms * h.vp_scale), h.origin_s + r / thr.vs_kms
+
+
+def _residual(s: EventStation, h: Hypocentre, cfg: QuakeConfig) -> float:
+    """A pick's P time minus the one ``h`` predicts, s."""
+    r = math.hypot(float(distance_km(h.lat, h.lon, s.lat, s.lon)), h.depth_km)
+    return s.p_time_s - (h.origin_s + r / (cfg.association.vp_kms * h.vp_scale))
 
 
 def _tolerance(h: Hypocentre, cfg: QuakeConfig) -> float:
@@ -1158,14 +1263,61 @@ def _locate_picks(
 ) -> Hypocentre:
     use = sorted(picks, key=lambda s: (s.p_time_s, s.station_id))[: cfg.max_location_picks]
     cons, _ = _constraints(armed, exclude, use[0].lat, use[0].lon, now_s, cfg, magnitude)
-    return locate(
-        [s.lat for s in use],
-        [s.lon for s in use],
-        [s.p_time_s for s in use],
-        cfg,
-        constraints=cons,
-        around=around,
+    lats = [s.lat for s in use]
+    lons = [s.lon for s in use]
+    times = [s.p_time_s for s in use]
+    hypo = locate(lats, lons, times, cfg, constraints=cons, around=around)
+    if around is None or len(use) < cfg.velocity_min_picks:
+        return hypo
+    # A settled event with many picks: the picks' moveout also measures the velocity.
+    # The velocity trades off mostly with depth and origin time: each factor is scanned
+    # over depth near the epicentre (a fraction of a location's cost), and only the one
+    # kept is located in full.
+    thr = cfg.association
+    scan = {
+        k: _depth_scan(lats, lons, times, thr, k, cons, hypo) for k in (1.0, *cfg.velocity_scales)
+    }
+    k_best = min(cfg.velocity_scales, key=lambda k: scan[k], default=1.0)
+    # An F test: the gain against the misfit left per degree of freedom (picks minus
+    # origin, position, depth and velocity), in units of the pick error; real pick
+    # errors are often well below it and the cost alone would understate the evidence.
+    spread = max(scan[k_best] / max(len(use) - 5, 1), cfg.velocity_min_spread)
+    if k_best == 1.0 or scan[1.0] - scan[k_best] < cfg.velocity_min_gain * spread:
+        return hypo
+    scaled = replace(cfg, association=thr.model_copy(update={"vp_kms": thr.vp_kms * k_best}))
+    return replace(
+        locate(lats, lons, times, scaled, constraints=cons, around=hypo), vp_scale=k_best
     )
+
+
+def _depth_scan(
+    lats: Sequence[float],
+    lons: Sequence[float],
+    times: Sequence[float],
+    thr: QuakeThresholds,
+    vp_scale: float,
+    cons: _Constraints,
+    near: Hypocentre,
+) -> float:
+    """The lowest cost with the P velocity times ``vp_scale`` over every depth (2.5 km
+    steps) and the epicentres within two fine grid steps of ``near``'s (0.05 deg: the
+    velocity also moves a one-sided solution along its azimuth)."""
+    step = thr.search_step_deg / 8.0
+    ax = step * np.arange(-2.0, 3.0)
+    g_lat, g_lon = (a.ravel() for a in np.meshgrid(near.lat + ax, near.lon + ax, indexing="ij"))
+    z_lo, z_hi = thr.depth_km
+    scaled = thr.model_copy(update={"vp_kms": thr.vp_kms * vp_scale})
+    cost, _ = _costs(
+        g_lat,
+        g_lon,
+        np.arange(z_lo, z_hi + 1e-6, 2.5),
+        np.asarray(lats, dtype=np.float64),
+        np.asarray(lons, dtype=np.float64),
+        np.asarray(times, dtype=np.float64),
+        cons,
+        scaled,
+    )
+    return float(cost.min())
 
 
 def _relocate(
@@ -1294,7 +1446,19 @@ def _declare(
     names = {s.station_id for s in best}
     hypo = _locate_picks(best, armed, names, now_s, cfg)
     if hypo.rms_s > thr.max_rms_s:
-        return None
+        # An odd pick in the group (noise a second before the P, an S taken for P): the
+        # location is robust to it (its residual is capped), the RMS is not. Without the
+        # picks far off that solution, the rest are judged as a group of their own; the
+        # odd ones stay pending (a trigger 1.2 s before the origin held an offshore M7.3
+        # back for 6 s, until it expired).
+        keep = [s for s in best if abs(_residual(s, hypo, cfg)) <= 3.0 * thr.pick_sigma_s]
+        if len(keep) == len(best) or _sites(keep, thr) < thr.min_stations:
+            return None
+        best = keep
+        names = {s.station_id for s in best}
+        hypo = _locate_picks(best, armed, names, now_s, cfg)
+        if hypo.rms_s > thr.max_rms_s:
+            return None
     # Few picks that leave the epicentre or the magnitude open wait for one more (about
     # a second), unless none has come for a while: a small quake may never bring more.
     # A line of picks fits near and far offshore alike; a depth the picks do not
@@ -1368,7 +1532,7 @@ def _magnitude_span(
 def _disagree(ev: _EventState, now_s: float, cfg: QuakeConfig) -> bool:
     """The picks' P-amplitude magnitudes spread more than an earthquake's would (a burst
     of unrelated noise on a few stations is not one source)."""
-    _, m_pa, _ = _station_magnitudes(ev.picks, ev.hypo, now_s, cfg)
+    _, m_pa, _, _ = _station_magnitudes(ev.picks, ev.hypo, now_s, cfg)
     m = m_pa[np.isfinite(m_pa)]
     return m.size >= 3 and float(m.max() - m.min()) > 2 * cfg.association.max_magnitude_spread
 
@@ -1390,7 +1554,7 @@ def _contradicted(
     mag, _ = _magnitude(ev.picks, ev.hypo, now_s, cfg)
     h = ev.hypo
     r = np.hypot(distance_km(h.lat, h.lon, cons.lat, cons.lon), h.depth_km)
-    tp = h.origin_s + r / thr.vp_kms
+    tp = h.origin_s + r / (thr.vp_kms * h.vp_scale)
     due = (tp >= cons.since_s) & (tp + thr.unpicked_margin_s <= np.minimum(cons.until_s, now_s))
     if not due.any():
         return False

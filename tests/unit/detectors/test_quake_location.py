@@ -1,0 +1,77 @@
+"""Location round 3: an odd pick in the declaring group, and the P velocity solved for."""
+
+import math
+
+import pytest
+
+from processors.detectors.quake import (
+    EventStation,
+    Hypocentre,
+    QuakeConfig,
+    _locate_picks,
+    distance_km,
+)
+from processors.detectors.state import dump_state, load_state
+from tests.unit.detectors.test_quake import CFG as NETWORK_CFG
+from tests.unit.detectors.test_quake import T0, feed, trig
+
+CFG = QuakeConfig()
+HYPO = Hypocentre(origin_s=T0, lat=24.0, lon=121.6, depth_km=20.0, rms_s=0.5)
+
+
+def test_an_early_noise_pick_in_the_group_does_not_hold_the_event_back() -> None:
+    # Five picks from the quake and one 3 s early (a station's noise before the P):
+    # consistent in pairs, so in the group, but the group's RMS is over the bar.
+    odd = trig(5, -3.0)
+    res = feed([trig(0), trig(1), trig(2), trig(3), trig(4), odd], T0 + 8)
+    assert len(res.updates) == 1
+    ev = res.updates[0]
+    assert odd.station_id not in ev.station_ids
+    assert ev.n_stations == 5
+    assert ev.rms_s < NETWORK_CFG.association.max_rms_s
+
+
+def test_picks_that_fit_no_source_still_make_no_event() -> None:
+    # Every pick off by seconds in its own way: dropping the worst leaves too few.
+    res = feed([trig(0), trig(1, 2.5), trig(2, -2.5), trig(3, 3.0)], T0 + 10)
+    assert res.updates == ()
+
+
+def _ring(vp_kms: float, depth_km: float, n: int = 20) -> list[EventStation]:
+    """``n`` picks around an epicentre at 10-200 km, from a world with this vp."""
+    out = []
+    for k in range(n):
+        az = math.radians(360.0 / n * k * 7 % 360.0)
+        d = 10.0 + 190.0 * k / (n - 1)
+        lat = HYPO.lat + d * math.cos(az) / 111.2
+        lon = HYPO.lon + d * math.sin(az) / (111.2 * math.cos(math.radians(HYPO.lat)))
+        r = math.hypot(float(distance_km(HYPO.lat, HYPO.lon, lat, lon)), depth_km)
+        out.append(EventStation(f"S{k}", lat, lon, T0 + r / vp_kms, picked=True))
+    return out
+
+
+def test_a_settled_event_solves_for_a_slower_crust() -> None:
+    picks = _ring(5.5, 40.0)  # 8% slower than the model's 6.0 km/s
+    fixed = _locate_picks(picks, {}, set(), T0 + 40.0, QuakeConfig(velocity_scales=()), HYPO)
+    free = _locate_picks(picks, {}, set(), T0 + 40.0, CFG, HYPO)
+    assert fixed.vp_scale == 1.0
+    assert free.vp_scale == pytest.approx(0.92)
+    assert abs(free.depth_km - 40.0) < abs(fixed.depth_km - 40.0)
+    assert abs(free.depth_km - 40.0) <= 5.0
+    assert free.rms_s < fixed.rms_s
+
+
+def test_the_models_velocity_stays_when_the_picks_fit_it() -> None:
+    hypo = _locate_picks(_ring(6.0, 40.0), {}, set(), T0 + 40.0, CFG, HYPO)
+    assert hypo.vp_scale == 1.0
+    assert abs(hypo.depth_km - 40.0) <= 3.0
+    # A young event (no ``around``) or few picks: the model's velocity, always.
+    assert _locate_picks(_ring(5.5, 40.0, n=6), {}, set(), T0 + 40.0, CFG, HYPO).vp_scale == 1.0
+    assert _locate_picks(_ring(5.5, 40.0), {}, set(), T0 + 40.0, CFG).vp_scale == 1.0
+
+
+def test_the_velocity_factor_is_stored_and_older_states_read_as_the_models() -> None:
+    h = Hypocentre(origin_s=T0, lat=24.0, lon=121.6, depth_km=40.0, rms_s=0.1, vp_scale=0.92)
+    assert load_state(Hypocentre, dump_state(h)) == h
+    older = b'{"origin_s": 1700000000.0, "lat": 24.0, "lon": 121.6, "depth_km": 40.0, "rms_s": 0.1}'
+    assert load_state(Hypocentre, older).vp_scale == 1.0

@@ -1,0 +1,107 @@
+"""The early magnitude from tau_c (Wu & Kanamori 2005) through the stations' P-wave chain."""
+
+import math
+from itertools import pairwise
+
+import numpy as np
+import pytest
+
+from processors.detectors.quake import (
+    TAU_C_MAX_MAGNITUDE,
+    EventStation,
+    Hypocentre,
+    QuakeConfig,
+    _magnitude,
+    magnitude_from_tau_c,
+)
+from processors.detectors.seismic import SeismicConfig, StationState, process_packet
+from simulator.waveforms import SimQuake, SimStation, arrival_times, synthesize_traces
+
+T0 = 1_700_000_000.0
+CFG = QuakeConfig()
+
+
+def station_tau_c(magnitude: float, seed: int = 2) -> tuple[float, float]:
+    """(tau_c s, Pd SNR) a 20 Hz station 36 km from a 20 km deep quake reports once
+    its 3 s P window is complete."""
+    station = SimStation("ST1", 24.95, 121.55)
+    quake = SimQuake(24.70, 121.75, 20.0, magnitude, T0 + 20.0)
+    fs = 20.0
+    trace = synthesize_traces(
+        [station], start_s=T0, duration_s=40, sample_rate_hz=fs, quake=quake, seed=seed
+    )["ST1"]
+    p_true, _ = arrival_times(quake, station)
+    seismic = SeismicConfig(pd_highpass_hz=CFG.association.pd_highpass_hz)
+    state = StationState()
+    for k in range(0, trace.shape[0], 20):
+        res = process_packet(state, trace[k : k + 20], fs, T0 + k / fs, seismic)
+        state = res.state
+        if (
+            res.tau_c_s is not None
+            and res.pd_snr is not None
+            and res.event_p_time_s is not None
+            and abs(res.event_p_time_s - p_true) < 0.5
+            and res.pd_complete
+        ):
+            return res.tau_c_s, res.pd_snr
+    raise AssertionError("no complete P window at the quake's P time")
+
+
+@pytest.mark.parametrize("magnitude", [5.0, 5.5, 6.0])
+def test_tau_c_through_the_station_detector_gives_the_magnitude(magnitude: float) -> None:
+    tau_c, snr = station_tau_c(magnitude)
+    assert snr >= CFG.association.pd_min_snr + 1.0
+    assert magnitude_from_tau_c(tau_c, 3.0, CFG) == pytest.approx(magnitude, abs=0.3)
+
+
+@pytest.mark.parametrize("magnitude", [6.5, 7.0, 7.5])
+def test_tau_c_saturates_so_it_only_bounds_a_large_quake_from_below(magnitude: float) -> None:
+    tau_c, _ = station_tau_c(magnitude)
+    m = magnitude_from_tau_c(tau_c, 3.0, CFG)
+    assert 6.0 <= m <= TAU_C_MAX_MAGNITUDE
+    assert m <= magnitude
+
+
+def test_tau_c_magnitude_rises_with_tau_c_for_every_window() -> None:
+    for window in (1.0, 1.5, 2.0, 2.5, 3.0):
+        ms = [magnitude_from_tau_c(t, window, CFG) for t in np.linspace(0.2, 3.0, 30)]
+        assert all(b >= a for a, b in pairwise(ms))
+        assert 6.0 <= ms[-1] <= TAU_C_MAX_MAGNITUDE
+    # Wu & Kanamori's period of an M 5 over a 3 s window, through the chain.
+    assert magnitude_from_tau_c(10 ** (-1.716 + 0.296 * 5.0), 3.0, CFG) == pytest.approx(
+        5.0, abs=0.1
+    )
+
+
+HYPO = Hypocentre(origin_s=T0, lat=24.0, lon=121.6, depth_km=20.0, rms_s=0.1)
+
+
+def _pick(sid: str, km_east: float, **kw: float) -> EventStation:
+    lon = HYPO.lon + km_east / (111.2 * math.cos(math.radians(HYPO.lat)))
+    r = math.hypot(km_east, HYPO.depth_km)
+    return EventStation(
+        station_id=sid,
+        lat=HYPO.lat,
+        lon=lon,
+        p_time_s=T0 + r / 6.0,
+        picked=True,
+        seen_until_s=T0 + 8.0,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def test_tau_c_lifts_a_low_p_amplitude_magnitude_from_two_stations() -> None:
+    # Pd below the magnitude's SNR bar (noise), the P amplitude saying ~M 4, tau_c ~M 6.
+    common = {"pd_cm": 0.01, "pd_snr": 5.0, "pa_gal": 0.5, "pa_snr": 10.0, "p_window_s": 3.0}
+    one = [_pick("A", 30.0, tau_c_s=1.13, **common), _pick("B", 35.0, **common)]
+    m1, method1 = _magnitude(one, HYPO, T0 + 8.0, CFG)
+    assert method1 == "pa"
+    two = [_pick("A", 30.0, tau_c_s=1.13, **common), _pick("B", 35.0, tau_c_s=1.2, **common)]
+    m2, method2 = _magnitude(two, HYPO, T0 + 8.0, CFG)
+    assert method2 == "tau_c"
+    assert m2 == pytest.approx(6.0, abs=0.15)
+    assert m2 > m1 + 1.0
+    # tau_c of a pulse barely above the displacement noise is the noise's period.
+    noisy = {**common, "pd_snr": 3.5}
+    weak = [_pick("A", 30.0, tau_c_s=3.0, **noisy), _pick("B", 35.0, tau_c_s=3.0, **noisy)]
+    assert _magnitude(weak, HYPO, T0 + 8.0, CFG) == (m1, "pa")
