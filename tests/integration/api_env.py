@@ -15,7 +15,6 @@ import asyncio
 import signal
 import subprocess
 import time
-import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +35,7 @@ from civic_iot.storage.sink import InfluxSink, StorageMetrics
 from civic_iot.topology import Topology
 from ops.pipeline import free_port
 from tests.integration.helpers import start_process
+from tests.run_ids import new_id
 
 S = 1_000_000_000
 MIN = 60 * S
@@ -424,7 +424,7 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 def api_env(stack: Settings, tmp: Path, **extra_env: str) -> Iterator[ApiEnv]:
     """Buckets with the fixture's history, and the API process over them."""
-    unique = uuid.uuid4().hex[:10]
+    unique = new_id()
     roles = ("readings", "seismic", "derived", "alerts")
     buckets = {r: f"t{unique}-{r}" for r in roles}
     s = stack

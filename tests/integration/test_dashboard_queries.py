@@ -10,7 +10,6 @@ back without error and with at least one row. The buckets are deleted at the end
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -37,6 +36,7 @@ from ops.grafana import (
 )
 from ops.influx_setup import task_flux
 from processors.points import seismic_packet_point
+from tests.run_ids import new_id
 
 pytestmark = pytest.mark.integration
 
@@ -62,7 +62,7 @@ class Influx:
 @pytest.fixture(scope="module")
 def influx() -> Iterator[Influx]:
     settings = get_settings()
-    prefix = f"gtest-{uuid.uuid4().hex[:8]}-"
+    prefix = f"gtest-{new_id(8)}-"
     base = settings.influx
     mine = base.model_copy(
         update={
