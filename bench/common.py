@@ -146,6 +146,14 @@ async def wait_committed(
     return time.time()
 
 
+def drop_topics(settings: Settings, prefix: str) -> None:
+    """Delete a run's topics (every one named with ``prefix``, Faust's too): a benchmark's
+    thousands of partitions would otherwise stay on the broker for good."""
+    from civic_iot.kafka_admin import delete_topics  # noqa: PLC0415
+
+    asyncio.run(delete_topics(settings.kafka.bootstrap, Topology(prefix=prefix)))
+
+
 @dataclass
 class Buckets:
     """Temporary InfluxDB buckets, ``bench<uid>-<role>``, deleted by :meth:`drop`."""

@@ -55,6 +55,7 @@ sys.path.insert(0, str(REPO))
 
 from bench.common import (  # noqa: E402
     Buckets,
+    drop_topics,
     ingest_records,
     load,
     proc_cpu_s,
@@ -197,7 +198,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--rate", type=float, default=0.0, help="records/s (0: produce first)")
     ap.add_argument("--no-floor", action="store_true", help="skip the Python floor")
-    ap.add_argument("--keep", action="store_true", help="keep the buckets")
+    ap.add_argument("--keep", action="store_true", help="keep the buckets and topics")
     ap.add_argument("--profile", type=Path, help="run the worker under cProfile, write here")
     ap.add_argument("--py-spy", type=Path, help="sample the worker with py-spy (raw), write here")
     ap.add_argument("--workers", type=int, default=1, help="workers in the group (scale-out)")
@@ -281,6 +282,7 @@ def main() -> int:
     finally:
         if not args.keep:
             buckets.drop()
+            drop_topics(settings, prefix)
 
     total = len(messages)
     wall = t_done - t0

@@ -452,6 +452,7 @@ def cmd_load(args: argparse.Namespace) -> int:
     from bench.chaos import Procs, read_health  # noqa: PLC0415
     from bench.common import (  # noqa: PLC0415
         Buckets,
+        drop_topics,
         ingest_records,
         load,
         pct,
@@ -780,6 +781,7 @@ def cmd_load(args: argparse.Namespace) -> int:
         if procs is not None:
             procs.stop_all()
         buckets.drop()
+        drop_topics(base, prefix)
 
 
 def print_load(r: Mapping[str, Any], pct: Any) -> None:
