@@ -161,6 +161,7 @@ finally:
     prof.dump_stats(PATH)
 """
 
+
 def start_worker(env: dict[str, str], log: Path, profile: Path | None) -> subprocess.Popen[bytes]:
     cmd = [sys.executable, "-m", "processors.cli"]
     if profile is not None:  # the worker's main thread: its event loop, agents and detectors

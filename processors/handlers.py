@@ -243,11 +243,11 @@ def _health(
     ctx: Context,
     kind: str,
     health: HealthConfig,
+    where: Where,
 ) -> tuple[HealthState, list[Point]]:
     """Stuck and out-of-range checks, and the end of a silence (state-based, so a
     restarted worker still clears the ``silent`` issue it raised before); ``last`` is
     the device's last reading time before this one, epoch s."""
-    where = Where.of(reading)
     t = reading.event_time.timestamp()
     points: list[Point | None] = []
     if last is not None and t - last > ctx.silent_after_s.get(kind, math.inf):
@@ -288,13 +288,14 @@ def handle_air(env: AirDevice, reading: Reading, ctx: Context) -> DeviceOutcome[
     township = reading.location.township
     det = ctx.for_device(reading.device_id, township)
     upd = update_air(env.air, reading.event_time, values, det.air)
+    where = Where.of(reading)
     health, health_points = _health(
-        env.last_seen, env.health, reading, values, ctx, "air", det.health
+        env.last_seen, env.health, reading, values, ctx, "air", det.health, where
     )
     state = AirDevice(last_seen=_last_seen(env.last_seen, reading), health=health, air=upd.state)
     fig = upd.figures
     points = reading_points(reading, ctx.buckets)
-    p = air_quality_point(Where.of(reading), fig, ctx.buckets)
+    p = air_quality_point(where, fig, ctx.buckets)
     points += [p] if p else []
     points += health_points
     report = TownshipReport(
@@ -337,7 +338,7 @@ def handle_water(
         if (v := getattr(data, f)) is not None
     }
     health, health_points = _health(
-        env.last_seen, env.health, reading, values, ctx, "water", det.health
+        env.last_seen, env.health, reading, values, ctx, "water", det.health, where
     )
     gauge_states = {"flood": env.flood, "river": env.river}
     rain_state, debris_state = env.rain, env.debris

@@ -134,7 +134,11 @@ class BucketSeries:
         if t is not None:
             start = int((t + offset) // width) * width - offset
             if start >= floor:
-                new = {k: v for k, v in buckets.items() if k >= floor}
+                # A plain copy unless an hour aged out (once an hour of a series).
+                if buckets and min(buckets) < floor:
+                    new = {k: v for k, v in buckets.items() if k >= floor}
+                else:
+                    new = dict(buckets)
                 old = new.get(start)
                 new[start] = (old[0] + value, old[1] + 1) if old is not None else (value, 1)
             else:
@@ -142,11 +146,12 @@ class BucketSeries:
         if new is None and buckets and min(buckets) < floor:
             new = {k: v for k, v in buckets.items() if k >= floor}
         series = self if new is None else self._with(new)
-        aged = sorted(
+        aged = [
             ((newest - k) // width, total / count)
             for k, (total, count) in series.buckets.items()
             if count > 0 and k <= newest
-        )
+        ]
+        aged.sort()
         out: dict[int, tuple[float | None, int]] = {}
         total_m = 0.0
         valid = 0
