@@ -14,6 +14,7 @@ Times are epoch seconds (float) derived from tz-aware event times by :func:`epoc
 from __future__ import annotations
 
 import bisect
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import field
 from datetime import UTC, datetime
@@ -199,7 +200,12 @@ class SampleBuffer:
         ``None`` when fewer than ``min_samples`` samples or they span less than
         ``min_span_s`` seconds: two readings a second apart say nothing about a trend.
         """
-        pts = [(t, v) for t, v in self.samples if now - window_s <= t <= now]
+        samples = self.samples  # sorted by time: the window's are a slice
+        pts = samples[
+            bisect.bisect_left(samples, (now - window_s,)) : bisect.bisect_right(
+                samples, (now, math.inf)
+            )
+        ]
         if len(pts) < max(min_samples, 2) or pts[-1][0] - pts[0][0] < min_span_s:
             return None
         t0 = pts[0][0]
