@@ -15,7 +15,8 @@ time, values varying.
 It reports CPU time (``time.process_time``) per reading and the readings/s that makes,
 peak memory (``ru_maxrss``), and the same for the floor: the same record decoded with
 ``json.loads`` and each reading encoded as one line of line protocol (what a bare
-consumer that only stores readings would do). The work is deterministic, so an A/B
+consumer that only stores readings would do). The garbage collector is set as a
+worker sets it once ready (:func:`processors.app.settle_heap`). The work is deterministic, so an A/B
 comparison is best made by instruction counts under callgrind (``--warm`` readings
 first, so imports and first-use caches are not counted: callgrind counts the whole run;
 compare two runs' totals) when the machine is shared; CPU time is what the other
@@ -53,6 +54,7 @@ from civic_iot.settings import InfluxSettings, get_settings  # noqa: E402
 from civic_iot.storage.points import Point  # noqa: E402
 from civic_iot.thresholds import load_thresholds  # noqa: E402
 from civic_iot.times import to_ns  # noqa: E402
+from processors.app import settle_heap  # noqa: E402
 from processors.handlers import (  # noqa: E402
     Context,
     handle_air,
@@ -193,6 +195,8 @@ def main() -> int:
     start = datetime(2026, 11, 25, tzinfo=UTC)
     warm = records(registry, args.kind, args.warm, start - timedelta(days=1))
     batches = records(registry, args.kind, args.readings, start)
+
+    settle_heap()  # as the worker does once it is ready
 
     def run_ours() -> int:
         work = BatchWork(ctx, args.kind, args.trusted)

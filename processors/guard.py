@@ -57,23 +57,28 @@ def judge_time(
     """``None`` when every sample of ``reading`` lies within the bounds at ``wall_s``
     (epoch s); else the problem and a message naming the device and the times."""
     span = sample_span_s(reading)
-    who = f"device {reading.device_id!r} reading {reading.reading_id!r}"
     if span is None:
-        return "schema", f"{who}: its sample times are not finite numbers"
+        return "schema", f"{_who(reading)}: its sample times are not finite numbers"
     first, last = span
     ahead = wall_s + bounds.max_future_skew_s
     if last > ahead:
         return "future_timestamp", (
-            f"{who}: last sample {last:.3f} is more than {bounds.max_future_skew_s:g} s "
-            f"ahead of the processors' clock {wall_s:.3f} (epoch s)"
+            f"{_who(reading)}: last sample {last:.3f} is more than "
+            f"{bounds.max_future_skew_s:g} s ahead of the processors' clock {wall_s:.3f} "
+            "(epoch s)"
         )
     max_age = bounds.max_age_s.get(reading.kind, min(bounds.max_age_s.values(), default=0.0))
     if first < wall_s - max_age:
         return "too_old", (
-            f"{who}: first sample {first:.3f} is more than {max_age:g} s older than the "
+            f"{_who(reading)}: first sample {first:.3f} is more than {max_age:g} s older than the "
             f"processors' clock {wall_s:.3f} (epoch s); stored, not given to the detectors"
         )
     return None
+
+
+def _who(reading: Reading) -> str:
+    # Only for a reading refused: every reading is judged.
+    return f"device {reading.device_id!r} reading {reading.reading_id!r}"
 
 
 def not_ahead(t_s: float, wall_s: float, bounds: TimeBounds) -> float:

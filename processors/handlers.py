@@ -51,12 +51,13 @@ from civic_iot.contracts.readings import (
 from civic_iot.registry import Registry
 from civic_iot.settings import InfluxSettings
 from civic_iot.storage.points import Point
-from civic_iot.storage.schema import TOWNSHIP_AIR, windowed
+from civic_iot.storage.schema import windowed
 from civic_iot.thresholds import Thresholds, ThresholdSet, thresholds_from
 from civic_iot.timebounds import TimeBounds
 from processors.candidates import township_candidate, update_hazard
 from processors.detectors.air import (
     AirConfig,
+    TownshipUpdate,
     update_air,
     update_township,
 )
@@ -112,7 +113,6 @@ from processors.states import (
 )
 
 S = TypeVar("S", bound=TableValue)
-TOWNSHIP_AIR_MEASUREMENT = TOWNSHIP_AIR.name
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,11 +243,11 @@ def _health(
     ctx: Context,
     kind: str,
     health: HealthConfig,
+    where: Where,
 ) -> tuple[HealthState, list[Point]]:
     """Stuck and out-of-range checks, and the end of a silence (state-based, so a
     restarted worker still clears the ``silent`` issue it raised before); ``last`` is
     the device's last reading time before this one, epoch s."""
-    where = Where.of(reading)
     t = reading.event_time.timestamp()
     points: list[Point | None] = []
     if last is not None and t - last > ctx.silent_after_s.get(kind, math.inf):
@@ -288,13 +288,14 @@ def handle_air(env: AirDevice, reading: Reading, ctx: Context) -> DeviceOutcome[
     township = reading.location.township
     det = ctx.for_device(reading.device_id, township)
     upd = update_air(env.air, reading.event_time, values, det.air)
+    where = Where.of(reading)
     health, health_points = _health(
-        env.last_seen, env.health, reading, values, ctx, "air", det.health
+        env.last_seen, env.health, reading, values, ctx, "air", det.health, where
     )
     state = AirDevice(last_seen=_last_seen(env.last_seen, reading), health=health, air=upd.state)
     fig = upd.figures
     points = reading_points(reading, ctx.buckets)
-    p = air_quality_point(Where.of(reading), fig, ctx.buckets)
+    p = air_quality_point(where, fig, ctx.buckets)
     points += [p] if p else []
     points += health_points
     report = TownshipReport(
@@ -337,7 +338,7 @@ def handle_water(
         if (v := getattr(data, f)) is not None
     }
     health, health_points = _health(
-        env.last_seen, env.health, reading, values, ctx, "water", det.health
+        env.last_seen, env.health, reading, values, ctx, "water", det.health, where
     )
     gauge_states = {"flood": env.flood, "river": env.river}
     rain_state, debris_state = env.rain, env.debris
@@ -547,11 +548,25 @@ def handle_township(
     env: TownshipState, report: TownshipReport, ctx: Context, detected_at: datetime
 ) -> Decision[TownshipState]:
     """Aggregate one device report into its township; a level change is a candidate."""
+    state, air, candidates = _township_step(env, report, ctx, detected_at)
+    p = (
+        None
+        if air is None
+        else township_air_point(report.township, air, report.event_time, ctx.buckets)
+    )
+    return Decision(state, [p] if p else [], candidates)
+
+
+def _township_step(
+    env: TownshipState, report: TownshipReport, ctx: Context, detected_at: datetime
+) -> tuple[TownshipState, TownshipUpdate | None, list[AlertCandidate]]:
+    """:func:`handle_township` but the point: the new state, the township's air after
+    an air report (None after a water one), the candidates."""
     air_state, water, levels = env.air, env.water, env.levels
     code = report.township
     town = ctx.registry.township(code)
     air = ctx.for_township(code).air
-    points: list[Point] = []
+    air_update: TownshipUpdate | None = None
     candidates: list[AlertCandidate] = []
     if report.hazard == "air_quality":
         aqi = None if report.value is None else int(report.value)
@@ -564,9 +579,7 @@ def handle_township(
             air,
             registered_sensors=ctx.air_sensors_in(code),
         )
-        air_state = upd.state
-        p = township_air_point(code, upd, report.event_time, ctx.buckets)
-        points += [p] if p else []
+        air_state, air_update = upd.state, upd
         if upd.changed:
             line = air.ladder().threshold(upd.level)
             candidates.append(
@@ -610,7 +623,7 @@ def handle_township(
     state = TownshipState(
         air=air_state, water=water, levels=levels, open=_remember(env.open, candidates)
     )
-    return Decision(state, points, candidates)
+    return state, air_update, candidates
 
 
 def handle_township_reports(
@@ -619,20 +632,20 @@ def handle_township_reports(
     """A batch's reports for one township, in order (:func:`handle_township` each): every
     level change is a candidate; of ``township_air`` points at one time only the last is
     kept (InfluxDB would keep only that one of a series at one time anyway)."""
-    points: list[Point] = []
     candidates: list[AlertCandidate] = []
-    air: dict[int, Point] = {}  # time ns -> the township's air then
+    # Event time -> the township's air then (its point is made once, for the last).
+    air: dict[datetime, tuple[str, TownshipUpdate]] = {}
     for report in reports:
-        d = handle_township(env, report, ctx, detected_at)
-        env = d.state
-        candidates += d.candidates
-        for p in d.points:
-            if p.measurement == TOWNSHIP_AIR_MEASUREMENT:
-                air.pop(p.time_ns, None)  # the newest goes last, as it was written
-                air[p.time_ns] = p
-            else:
-                points.append(p)
-    points += air.values()
+        env, upd, found = _township_step(env, report, ctx, detected_at)
+        candidates += found
+        if upd is not None:
+            air.pop(report.event_time, None)  # the newest goes last, as it was written
+            air[report.event_time] = (report.township, upd)
+    points = [
+        p
+        for at, (code, upd) in air.items()
+        if (p := township_air_point(code, upd, at, ctx.buckets)) is not None
+    ]
     return Decision(env, points, candidates)
 
 

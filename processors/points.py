@@ -72,12 +72,16 @@ def reading_points(
     data = reading.data
     t = reading.event_time_ns
     if isinstance(data, AirPayload):
-        fields: dict[str, FieldValue | None] = {f: getattr(data, f) for f in AIR_READING_FIELDS}
+        # Only the values sent (most sensors send a few of these): Measurement.point
+        # leaves None out anyway.
+        fields: dict[str, FieldValue | None] = {
+            f: v for f in AIR_READING_FIELDS if (v := getattr(data, f)) is not None
+        }
         fields |= {"lat": loc.lat, "lon": loc.lon, "late": reading.late}
         tags = {"device": reading.device_id, "township": loc.township, "kind": "air"}
         return _kept([schema.AIR.point(buckets, tags, fields, t)])
     if isinstance(data, WaterPayload):
-        fields = {f: getattr(data, f) for f in WATER_READING_FIELDS}
+        fields = {f: v for f in WATER_READING_FIELDS if (v := getattr(data, f)) is not None}
         fields |= {"lat": loc.lat, "lon": loc.lon, "late": reading.late}
         tags = {
             "device": reading.device_id,

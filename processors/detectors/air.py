@@ -149,11 +149,20 @@ class AirFigures:
     """
 
     as_of: datetime
-    means: Mapping[str, PollutantMeans]
+    #: Per reading field: window hours -> (mean of the hourly means, valid hours).
+    windows: Mapping[str, Windows]
     aqi_inputs: Mapping[Pollutant, float]
     aqi: AqiResult | None
     level: int
     concentrations: Mapping[str, float] = field(default_factory=dict)
+    #: The longest window, hours (``AirConfig.history_hours``).
+    history_hours: int = 24
+
+    @property
+    def means(self) -> Mapping[str, PollutantMeans]:
+        """Each reading field's rolling means (made when asked: the worker stores the
+        concentrations, not these)."""
+        return {k: _means(w, self.history_hours) for k, w in self.windows.items()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,11 +205,10 @@ def update_air(
         else:
             new, _, win = current.step(clock, sizes)
         series[reading_field], windows[reading_field] = new, win
-    means = {k: _means(w, config) for k, w in windows.items()}
     inputs, concentrations = _aqi_inputs(windows, config)
-    pm25 = means.get("pm2_5_ugm3")
-    if pm25 is not None and pm25.mean_1h is not None:
-        concentrations[windowed("pm2_5_ugm3", "1h")] = pm25.mean_1h
+    pm25 = windows.get("pm2_5_ugm3")
+    if pm25 is not None and pm25[1][0] is not None:
+        concentrations[windowed("pm2_5_ugm3", "1h")] = pm25[1][0]
     result = compute_aqi(inputs, config.tables)
     as_of = from_epoch(clock)
     if result is None:
@@ -208,7 +216,9 @@ def update_air(
     else:
         step = state.tracker.update(result.aqi, config.ladder(), as_of)
     new_state = AirState(series=series, clock=clock, tracker=step.tracker)
-    figures = AirFigures(as_of, means, inputs, result, step.level, concentrations)
+    figures = AirFigures(
+        as_of, windows, inputs, result, step.level, concentrations, config.history_hours
+    )
     return AirUpdate(state=new_state, figures=figures, step=step, accepted=accepted)
 
 
@@ -230,10 +240,10 @@ def _window_sizes(config: AirConfig) -> tuple[int, ...]:
 _SIZES: dict[int, tuple[AirConfig, tuple[int, ...]]] = {}
 
 
-def _means(windows: Windows, config: AirConfig) -> PollutantMeans:
+def _means(windows: Windows, history_hours: int) -> PollutantMeans:
     mean_1h, _ = windows[1]
     mean_8h, _ = windows[8]
-    mean_24h, valid = windows[config.history_hours]
+    mean_24h, valid = windows[history_hours]
     return PollutantMeans(mean_1h, mean_8h, mean_24h, valid)
 
 

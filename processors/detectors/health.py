@@ -130,7 +130,10 @@ def update_health(
         if rule is None:
             continue
         plausible = isfinite(value) and rule.min_value <= value <= rule.max_value
-        set_issue(quantity, "out_of_range", not plausible, t, value)
+        # set_issue only where something may open or clear: a sound field of a device
+        # without open issues (nearly every reading) skips it.
+        if not plausible or open_now.get(quantity):
+            set_issue(quantity, "out_of_range", not plausible, t, value)
 
         run = runs.get(quantity)
         if run is not None and t <= run.last:
@@ -140,7 +143,9 @@ def update_health(
         else:
             run = Run(value, t, t, 1)
         runs[quantity] = run
-        set_issue(quantity, "stuck", _is_stuck(run, rule), run.first, value)
+        stuck = run.count > 1 and _is_stuck(run, rule)
+        if stuck or open_now.get(quantity):
+            set_issue(quantity, "stuck", stuck, run.first, value)
 
     if copied:
         open_now = {k: v for k, v in open_now.items() if v}

@@ -80,6 +80,14 @@ class FloodConfig:
 
     lines: FloodThresholds = field(default_factory=FloodThresholds)
     rise: RiseConfig = RiseConfig()
+    #: The depth ladder and the rise ladder, made once (every reading uses them).
+    ladders: tuple[Ladder, Ladder] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        lines = self.lines
+        depth = Ladder.of(lines.flood_depth_cm_levels, lines.flood_depth_cm_clear_margin)
+        rise = _rise_ladder(lines.rise_cm_per_10min, lines.rise_clear_fraction)
+        object.__setattr__(self, "ladders", (depth, rise))
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +98,14 @@ class RiverConfig:
 
     lines: RiverThresholds = field(default_factory=RiverThresholds)
     rise: RiseConfig = RiseConfig()
+    #: The stage ladder and the rise ladder, made once (every reading uses them).
+    ladders: tuple[Ladder, Ladder] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        lines = self.lines
+        stage = Ladder.of(lines.levels, lines.water_level_m_clear_margin)
+        rise = _rise_ladder(lines.rise_cm_per_10min, lines.rise_clear_fraction)
+        object.__setattr__(self, "ladders", (stage, rise))
 
 
 @stored
@@ -198,16 +214,8 @@ def update_flood(
     falls below ``rise_clear_fraction`` of that line (escalation at once, hysteresis on
     the way down, as for the depth ladder).
     """
-    lines = config.lines
-    return _update_gauge(
-        state,
-        event_time,
-        depth_cm,
-        Ladder.of(lines.flood_depth_cm_levels, lines.flood_depth_cm_clear_margin),
-        _rise_ladder(lines.rise_cm_per_10min, lines.rise_clear_fraction),
-        config.rise,
-        cm_per_unit=1.0,
-    )
+    depth, rise = config.ladders
+    return _update_gauge(state, event_time, depth_cm, depth, rise, config.rise, cm_per_unit=1.0)
 
 
 def update_river(
@@ -222,16 +230,8 @@ def update_river(
     ``water_level_m_red``. Missing lines cannot be entered; with none the level stays 0
     and ``figures.has_levels`` is False. ``rising`` as for floods, in cm per 10 min.
     """
-    lines = config.lines
-    return _update_gauge(
-        state,
-        event_time,
-        stage_m,
-        Ladder.of(lines.levels, lines.water_level_m_clear_margin),
-        _rise_ladder(lines.rise_cm_per_10min, lines.rise_clear_fraction),
-        config.rise,
-        cm_per_unit=100.0,
-    )
+    stage, rise = config.ladders
+    return _update_gauge(state, event_time, stage_m, stage, rise, config.rise, cm_per_unit=100.0)
 
 
 # --- rain ------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ Times are epoch seconds (float) derived from tz-aware event times by :func:`epoc
 from __future__ import annotations
 
 import bisect
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import field
 from datetime import UTC, datetime
@@ -134,7 +135,11 @@ class BucketSeries:
         if t is not None:
             start = int((t + offset) // width) * width - offset
             if start >= floor:
-                new = {k: v for k, v in buckets.items() if k >= floor}
+                # A plain copy unless an hour aged out (once an hour of a series).
+                if buckets and min(buckets) < floor:
+                    new = {k: v for k, v in buckets.items() if k >= floor}
+                else:
+                    new = dict(buckets)
                 old = new.get(start)
                 new[start] = (old[0] + value, old[1] + 1) if old is not None else (value, 1)
             else:
@@ -142,11 +147,12 @@ class BucketSeries:
         if new is None and buckets and min(buckets) < floor:
             new = {k: v for k, v in buckets.items() if k >= floor}
         series = self if new is None else self._with(new)
-        aged = sorted(
+        aged = [
             ((newest - k) // width, total / count)
             for k, (total, count) in series.buckets.items()
             if count > 0 and k <= newest
-        )
+        ]
+        aged.sort()
         out: dict[int, tuple[float | None, int]] = {}
         total_m = 0.0
         valid = 0
@@ -194,7 +200,12 @@ class SampleBuffer:
         ``None`` when fewer than ``min_samples`` samples or they span less than
         ``min_span_s`` seconds: two readings a second apart say nothing about a trend.
         """
-        pts = [(t, v) for t, v in self.samples if now - window_s <= t <= now]
+        samples = self.samples  # sorted by time: the window's are a slice
+        pts = samples[
+            bisect.bisect_left(samples, (now - window_s,)) : bisect.bisect_right(
+                samples, (now, math.inf)
+            )
+        ]
         if len(pts) < max(min_samples, 2) or pts[-1][0] - pts[0][0] < min_span_s:
             return None
         t0 = pts[0][0]
