@@ -15,6 +15,7 @@ from pathlib import Path
 from influxdb_client.client.influxdb_client import InfluxDBClient
 
 from civic_iot.contracts.provenance import Marker
+from civic_iot.kafka_admin import delete_topics
 from civic_iot.settings import Settings, influx_token, mark_key
 from civic_iot.topology import READING_KINDS, Topology
 from ingest.service import _send_grouped, readings_records
@@ -149,8 +150,6 @@ async def wait_committed(
 def drop_topics(settings: Settings, prefix: str) -> None:
     """Delete a run's topics (every one named with ``prefix``, Faust's too): a benchmark's
     thousands of partitions would otherwise stay on the broker for good."""
-    from civic_iot.kafka_admin import delete_topics  # noqa: PLC0415
-
     asyncio.run(delete_topics(settings.kafka.bootstrap, Topology(prefix=prefix)))
 
 

@@ -130,22 +130,20 @@ class BucketSeries:
         newest = int((now + offset) // width) * width - offset
         floor = newest - (self.keep - 1) * width
         buckets = self.buckets
+        # Filtered only when a bucket aged out (once an hour of a series), else copied
+        # plainly when a value is added.
         new: dict[int, tuple[float, int]] | None = None
+        if buckets and min(buckets) < floor:
+            new = {k: v for k, v in buckets.items() if k >= floor}
         kept = t is not None
         if t is not None:
             start = int((t + offset) // width) * width - offset
             if start >= floor:
-                # A plain copy unless an hour aged out (once an hour of a series).
-                if buckets and min(buckets) < floor:
-                    new = {k: v for k, v in buckets.items() if k >= floor}
-                else:
-                    new = dict(buckets)
+                new = dict(buckets) if new is None else new
                 old = new.get(start)
                 new[start] = (old[0] + value, old[1] + 1) if old is not None else (value, 1)
             else:
                 kept = False
-        if new is None and buckets and min(buckets) < floor:
-            new = {k: v for k, v in buckets.items() if k >= floor}
         series = self if new is None else self._with(new)
         aged = [
             ((newest - k) // width, total / count)
