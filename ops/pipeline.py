@@ -118,6 +118,15 @@ class Pipeline:
         )
 
     def start(self, timeout_s: float = 90) -> None:
+        """Start every process and wait until each is ready; if one exits or is not ready
+        in ``timeout_s``, stop those already started (none is left running) and raise."""
+        try:
+            self._start(timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, timeout_s: float) -> None:
         asyncio.run(ensure_topics(self.settings.kafka.bootstrap, self.topology))
         record, token = TokenStore.at(self.settings.tokens_file).issue(
             "civic-pipeline", "agency", f"run {self.prefix} (revoked when it stops)"
