@@ -455,6 +455,11 @@ def _apply_candidate(
             rec.latest.detected_at.isoformat(),
         )
         return rec, None
+    if rec is not None and rec.status != "closed" and cand == rec.latest:
+        # The very candidate this record last took, read again after a takeover whose
+        # offset commit had failed: no new evidence, so not a new ``last_seen`` either
+        # (and no state record to write).
+        return rec, None
 
     if rec is None or rec.status == "closed":
         if rec is not None and cand.detected_at == rec.latest.detected_at:

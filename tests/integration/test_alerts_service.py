@@ -1118,7 +1118,8 @@ def test_frozen_leader_writes_nothing_when_it_resumes(
             assert {m["alert_id"] for m in sent} == {alert_id}
             state = await read_topic(env, Topology.of(env).alert_state)
             # The Alert's and the Update's state, both the new leader's.
-            assert len([x for x in state if x.key == key.encode()]) == 2
+            mine = [x for x in state if x.key == key.encode()]
+            assert len(mine) == 2, [(x.offset, x.timestamp, x.value) for x in mine]
             refused = [r for r in caplog.records if "leadership lost" in r.getMessage()]
             assert any(a.service.instance in r.getMessage() for r in refused), refused
 

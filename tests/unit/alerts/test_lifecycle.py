@@ -436,6 +436,20 @@ def test_restart_then_replay_of_the_same_candidate_sends_no_duplicate_alert() ->
     assert msgs == []
 
 
+def test_a_candidate_read_again_changes_no_state() -> None:
+    """A takeover re-reads candidates whose offsets were not committed: the one an open
+    alert last took is no news (nothing to write, its quiet timer not restarted); the
+    same level detected later is."""
+    first = candidate(2, 0)
+    state, _ = on_candidate(LifecycleState(), first, at(0))
+    again, msgs = on_candidate(_reload(state), first, at(5))
+    assert msgs == []
+    assert changed_keys(state, again) == frozenset()
+    later, msgs = on_candidate(state, candidate(2, 5), at(5))
+    assert msgs == []
+    assert changed_keys(state, later) == {first.key}
+
+
 def test_restart_keeps_a_pending_clear() -> None:
     state, _ = run([(0, candidate(2, 0)), (300, candidate(0, 300))])
     state, msgs = on_tick(_reload(state), at(300 + 1799))
