@@ -491,28 +491,37 @@ def _costs(
     origin is the median of ``p - travel time``.
     """
     sigma = thr.pick_sigma_s
+    z2 = (np.asarray(depths, dtype=np.float64) ** 2)[:, None, None]
     epi = distance_km(g_lat[:, None], g_lon[:, None], p_lat[None, :], p_lon[None, :])
-    tt = np.hypot(epi[None, :, :], depths[:, None, None]) / thr.vp_kms  # (D, G, N)
+    tt = np.sqrt(epi[None, :, :] ** 2 + z2) / thr.vp_kms  # (D, G, N)
     origin = np.median(p_t[None, None, :] - tt, axis=2)
     res = (p_t[None, None, :] - tt - origin[:, :, None]) / sigma
     cost = np.sum(np.minimum(res * res, 9.0), axis=2)
     # A weak prior on depth: three or four picks do not resolve depth from origin time,
     # and a free depth slides along that trade-off (EPIC and ElarmS fix it at 8 km).
     cost = cost + ((depths[:, None] - thr.depth_prior_km) / thr.depth_prior_sigma_km) ** 2
-    if len(cons):
-        epi_c = distance_km(g_lat[:, None], g_lon[:, None], cons.lat[None, :], cons.lon[None, :])
-        tt_c = np.hypot(epi_c[None, :, :], depths[:, None, None]) / thr.vp_kms
-        tp_c = origin[:, :, None] + tt_c
-        limit = np.minimum(cons.until_s, cons.now_s)[None, None, :] - thr.unpicked_margin_s
-        nearer = tt_c < tt.max(axis=2, keepdims=True)
-        late = (tp_c >= cons.since_s[None, None, :]) & (tp_c < limit) & nearer
-        if cons.magnitude is not None and cons.noise_gal.size:
-            hyp = tt_c * thr.vp_kms
-            seen = thr.p_to_s_ratio * cons.ground_motion.pga_gal(cons.magnitude, hyp)
-            late &= seen >= thr.unpicked_min_pa_snr * np.maximum(cons.noise_gal, 1e-3)
-        v = np.where(late, np.minimum(limit - tp_c, 3.0 * sigma), 0.0) / sigma
-        cost = cost + np.sum(v * v, axis=2)
-    return cost, origin
+    if not len(cons):
+        return cost, origin
+    epi_c = distance_km(g_lat[:, None], g_lon[:, None], cons.lat[None, :], cons.lon[None, :])
+    # Only a station nearer some trial epicentre than that point's farthest pick can be
+    # late (the rest cost nothing): the others' travel times are not worked out.
+    near = np.flatnonzero((epi_c < epi.max(axis=1, keepdims=True)).any(axis=0))
+    if not near.size:
+        return cost, origin
+    epi_c = epi_c[:, near]
+    tt_c = np.sqrt(epi_c[None, :, :] ** 2 + z2) / thr.vp_kms
+    tp_c = origin[:, :, None] + tt_c
+    limit = np.minimum(cons.until_s[near], cons.now_s)[None, None, :] - thr.unpicked_margin_s
+    nearer = tt_c < tt.max(axis=2, keepdims=True)
+    late = (tp_c >= cons.since_s[near][None, None, :]) & (tp_c < limit) & nearer
+    if cons.magnitude is not None and cons.noise_gal.size and late.any():
+        # The P amplitude only where a station is late at all (a log and a power each).
+        at = np.nonzero(late)
+        seen = thr.p_to_s_ratio * cons.ground_motion.pga_gal(cons.magnitude, tt_c[at] * thr.vp_kms)
+        noise = np.maximum(cons.noise_gal[near], 1e-3)[at[2]]
+        late[at] = seen >= thr.unpicked_min_pa_snr * noise
+    v = np.where(late, np.minimum(limit - tp_c, 3.0 * sigma), 0.0) / sigma
+    return cost + np.sum(v * v, axis=2), origin
 
 
 def locate(
@@ -784,6 +793,9 @@ def _station_magnitudes(
     # The P window must end before the S wave arrives, or S sets the peaks.
     clear = np.array([s.p_window_s for s in stations]) <= (t_s - t_p) - 0.2
     gm = cfg.ground_motion
+    # Which stations have which measure, then each relation once over all of them.
+    pd_at: list[int] = []
+    pa_at: list[int] = []
     for i, s in enumerate(stations):
         if not (s.picked and clear[i]):
             continue
@@ -793,10 +805,9 @@ def _station_magnitudes(
             and s.p_window_s >= thr.pd_min_window_s
             and (s.pd_snr is None or s.pd_snr >= thr.pd_magnitude_min_snr)
         ):
-            m_pd[i] = float(_magnitude_pd(np.asarray([s.pd_cm]), r[i : i + 1], cfg)[0])
+            pd_at.append(i)
         if s.pa_gal is not None and s.pa_gal > 0 and (s.pa_snr is None or s.pa_snr >= 3.0):
-            m_pa[i] = float(gm.magnitude_from_pga(np.asarray([s.pa_gal / thr.p_to_s_ratio]),
-                                                 r[i : i + 1])[0])  # fmt: skip
+            pa_at.append(i)
         if (
             s.tau_c_s is not None
             and s.tau_c_s > 0
@@ -805,6 +816,12 @@ def _station_magnitudes(
             and s.pd_snr >= thr.pd_min_snr + 1.0
         ):
             m_tc[i] = magnitude_from_tau_c(s.tau_c_s, s.p_window_s, cfg)
+    if pd_at:
+        pd = np.array([stations[i].pd_cm or 0.0 for i in pd_at])
+        m_pd[pd_at] = _magnitude_pd(pd, r[pd_at], cfg)
+    if pa_at:
+        pa = np.array([(stations[i].pa_gal or 0.0) / thr.p_to_s_ratio for i in pa_at])
+        m_pa[pa_at] = gm.magnitude_from_pga(pa, r[pa_at])
     # PGA counts once the S wave has passed for a source duration's worth (it only grows).
     seen = np.array([s.pga_gal for s in stations])
     ok = seen > 0
@@ -1670,11 +1687,16 @@ def _snapshot(ev: _EventState, now_s: float, cfg: QuakeConfig, *, closed: bool) 
                         s_arrival_s=h.origin_s + float(t_r[i]) / thr.vs_kms,
                     )
                 )
-        cell_towns = {t for t in towns if t is not None}
+        # Each township's highest cell, in one pass over the cells.
+        cell_best: dict[str, int] = {}
+        for k, t in enumerate(towns):
+            if t is not None:
+                cell_best[t] = max(cell_best.get(t, 0), int(levels[keep[k]]))
+        index = {t.code: k for k, t in reversed(list(enumerate(cfg.townships)))}
         # A township whose cell reaches the level is warned even if its centroid does not.
-        for code in sorted(cell_towns - {p.township for p in places}):
-            i = next(k for k, t in enumerate(cfg.townships) if t.code == code)
-            best = max((int(levels[keep[k]]) for k, t in enumerate(towns) if t == code), default=0)
+        for code in sorted(cell_best.keys() - {p.township for p in places}):
+            i = index[code]
+            best = cell_best[code]
             places.append(
                 PlaceWarning(
                     township=code,
