@@ -84,6 +84,7 @@ __all__ = [
     "EventStation",
     "GroundMotionModel",
     "Hypocentre",
+    "PWindow",
     "QuakeConfig",
     "QuakeEvent",
     "Township",
@@ -257,6 +258,25 @@ class QuakeConfig:
 
 
 @stored
+class PWindow:
+    """A station's P-wave features over its first ``p_window_s`` seconds of P: Pd cm with
+    its ratio to the displacement noise, Pa gal with its ratio to the band's noise,
+    tau_c s (None: not measured)."""
+
+    p_window_s: float
+    pd_cm: float | None = None
+    pd_snr: float | None = None
+    pa_gal: float | None = None
+    pa_snr: float | None = None
+    tau_c_s: float | None = None
+
+
+#: Shorter P windows an event station keeps (packets are 1 s and the P window 3 s: its
+#: first three windows are the shorter ones).
+MAX_SHORTER_WINDOWS = 4
+
+
+@stored
 class EventStation:
     """A station's pick and what it has seen. ``picked``: its P time locates the event
     (otherwise it triggered on the S wave or the coda, or does not fit yet).
@@ -281,6 +301,18 @@ class EventStation:
     transient: bool = False
     #: The end of the newest packet observed, epoch s (0: unknown, the stream clock).
     seen_until_s: float = 0.0
+    #: The features of the shorter windows before the current one, shortest first: near
+    #: the source the S wave arrives within the 3 s P window (1.7 s after P at 14 km)
+    #: and sets its peaks, while a shorter window still measures the P wave alone.
+    shorter: tuple[PWindow, ...] = ()
+
+    def features(self, max_window_s: float = math.inf) -> PWindow | None:
+        """The features of the longest window at most ``max_window_s`` long (s)."""
+        if self.p_window_s <= max_window_s:
+            return PWindow(
+                self.p_window_s, self.pd_cm, self.pd_snr, self.pa_gal, self.pa_snr, self.tau_c_s
+            )
+        return next((w for w in reversed(self.shorter) if w.p_window_s <= max_window_s), None)
 
 
 @stored
@@ -770,6 +802,29 @@ def magnitude_from_tau_c(tau_c_s: float, window_s: float, cfg: QuakeConfig) -> f
     return float(np.interp(tau_c_s, taus, mags))
 
 
+_NO_P = PWindow(0.0)
+
+
+def _arrivals(
+    stations: Sequence[EventStation], hypo: Hypocentre, cfg: QuakeConfig
+) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """Hypocentral distance (km, at least 1), P and S arrival (epoch s) at each station."""
+    thr = cfg.association
+    lat = np.array([s.lat for s in stations])
+    lon = np.array([s.lon for s in stations])
+    r = np.maximum(np.hypot(distance_km(hypo.lat, hypo.lon, lat, lon), hypo.depth_km), 1.0)
+    t_p = hypo.origin_s + r / (thr.vp_kms * hypo.vp_scale)
+    return r, t_p, hypo.origin_s + r / thr.vs_kms
+
+
+def _clear_features(
+    stations: Sequence[EventStation], s_minus_p_s: FloatArray
+) -> list[PWindow | None]:
+    """Each station's features over its longest P window that ends 0.2 s before the
+    S wave (``s_minus_p_s``: S - P time, s, at each station), or None."""
+    return [s.features(float(lim) - 0.2) for s, lim in zip(stations, s_minus_p_s, strict=True)]
+
+
 def _station_magnitudes(
     stations: Sequence[EventStation], hypo: Hypocentre, now_s: float, cfg: QuakeConfig
 ) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
@@ -785,19 +840,16 @@ def _station_magnitudes(
     m_tc = np.full(n, np.nan)
     if not n:
         return m_pd, m_pa, m_s, m_tc
-    lat = np.array([s.lat for s in stations])
-    lon = np.array([s.lon for s in stations])
-    r = np.maximum(np.hypot(distance_km(hypo.lat, hypo.lon, lat, lon), hypo.depth_km), 1.0)
-    t_p = hypo.origin_s + r / (thr.vp_kms * hypo.vp_scale)
-    t_s = hypo.origin_s + r / thr.vs_kms
-    # The P window must end before the S wave arrives, or S sets the peaks.
-    clear = np.array([s.p_window_s for s in stations]) <= (t_s - t_p) - 0.2
+    r, t_p, t_s = _arrivals(stations, hypo, cfg)
+    # The P window must end before the S wave arrives, or S sets the peaks: the longest
+    # window that does (near the source, a shorter one than the newest).
+    feats = _clear_features(stations, t_s - t_p)
     gm = cfg.ground_motion
     # Which stations have which measure, then each relation once over all of them.
     pd_at: list[int] = []
     pa_at: list[int] = []
-    for i, s in enumerate(stations):
-        if not (s.picked and clear[i]):
+    for i, (st, s) in enumerate(zip(stations, feats, strict=True)):
+        if s is None or not st.picked:
             continue
         if (
             s.pd_cm is not None
@@ -817,10 +869,10 @@ def _station_magnitudes(
         ):
             m_tc[i] = magnitude_from_tau_c(s.tau_c_s, s.p_window_s, cfg)
     if pd_at:
-        pd = np.array([stations[i].pd_cm or 0.0 for i in pd_at])
+        pd = np.array([(feats[i] or _NO_P).pd_cm or 0.0 for i in pd_at])
         m_pd[pd_at] = _magnitude_pd(pd, r[pd_at], cfg)
     if pa_at:
-        pa = np.array([(stations[i].pa_gal or 0.0) / thr.p_to_s_ratio for i in pa_at])
+        pa = np.array([((feats[i] or _NO_P).pa_gal or 0.0) / thr.p_to_s_ratio for i in pa_at])
         m_pa[pa_at] = gm.magnitude_from_pga(pa, r[pa_at])
     # PGA counts once the S wave has passed for a source duration's worth (it only grows).
     seen = np.array([s.pga_gal for s in stations])
@@ -854,11 +906,15 @@ def _magnitude(
     m_pd, m_pa, m_s, m_tc = _station_magnitudes(stations, hypo, now_s, cfg)
     has_pd = np.isfinite(m_pd)
     # A lone Pd counts when it stands well clear of the noise (twice the threshold).
-    clear = [
-        (s.pd_snr is None or s.pd_snr >= 2 * cfg.association.pd_magnitude_min_snr)
-        for s, ok in zip(stations, has_pd, strict=True)
-        if ok
-    ]
+    clear: list[bool] = []
+    if has_pd.any():
+        _, t_p, t_s = _arrivals(stations, hypo, cfg)
+        feats = _clear_features(stations, t_s - t_p)
+        clear = [
+            (f.pd_snr is None or f.pd_snr >= 2 * cfg.association.pd_magnitude_min_snr)
+            for f, ok in zip(feats, has_pd, strict=True)
+            if ok and f is not None
+        ]
     if np.sum(np.isfinite(m_s)) >= 3:
         m, method = float(np.nanmedian(m_s)), "pga"
     elif len(clear) >= 2 or any(clear) or (clear and not np.isfinite(m_pa).any()):
@@ -1112,8 +1168,15 @@ def _observe(st: EventStation, obs: Observation) -> EventStation:
     if obs.p_window_s < st.p_window_s:
         # An older packet of the window: nothing new.
         return replace(st, pga_gal=pga, pgv_cms=pgv, seen_until_s=until)
+    shorter = st.shorter
+    if obs.p_window_s > st.p_window_s > 0:
+        # The window grew: its shorter self may be the one the S wave has not reached.
+        kept = st.features()
+        if kept is not None:
+            shorter = (*st.shorter, kept)[-MAX_SHORTER_WINDOWS:]
     return replace(
         st,
+        shorter=shorter,
         pga_gal=pga,
         pgv_cms=pgv,
         seen_until_s=until,

@@ -1,4 +1,5 @@
-"""The early magnitude from tau_c (Wu & Kanamori 2005) through the stations' P-wave chain."""
+"""The early magnitude: tau_c (Wu & Kanamori 2005) through the stations' P-wave chain, and Pd
+from the P window the S wave has not reached."""
 
 import math
 from itertools import pairwise
@@ -6,12 +7,16 @@ from itertools import pairwise
 import numpy as np
 import pytest
 
+from civic_iot.contracts.processing import Observation
 from processors.detectors.quake import (
     TAU_C_MAX_MAGNITUDE,
     EventStation,
     Hypocentre,
+    PWindow,
     QuakeConfig,
     _magnitude,
+    _observe,
+    magnitude_from_pd,
     magnitude_from_tau_c,
 )
 from processors.detectors.seismic import SeismicConfig, StationState, process_packet
@@ -105,3 +110,32 @@ def test_tau_c_lifts_a_low_p_amplitude_magnitude_from_two_stations() -> None:
     noisy = {**common, "pd_snr": 3.5}
     weak = [_pick("A", 30.0, tau_c_s=3.0, **noisy), _pick("B", 35.0, tau_c_s=3.0, **noisy)]
     assert _magnitude(weak, HYPO, T0 + 8.0, CFG) == (m1, "pa")
+
+
+def test_a_station_near_the_source_gives_its_magnitude_from_the_window_before_s() -> None:
+    # 8 km east of a 20 km deep source: S comes 2.6 s after P, inside the 3 s P window,
+    # and sets its peaks (a Pd of 0.5 cm reads M 6.8); the 2 s window before it reads ~M 5.
+    r = math.hypot(8.0, HYPO.depth_km)
+    pd_2s = float(10 ** (-3.463 + 0.729 * 5.0 - 1.374 * math.log10(r)))
+    st = _pick("N", 8.0)
+    for window, pd in ((0.6, pd_2s / 3), (1.6, pd_2s * 0.9), (2.0, pd_2s), (3.0, 0.5)):
+        obs = Observation(
+            station_id="N", pga_gal=1.0, pgv_cms=0.1, p_time_s=st.p_time_s, at_s=T0 + 9.0,
+            pd_cm=pd, pd_snr=100.0, pa_gal=1.0, pa_snr=100.0, p_window_s=window,
+        )  # fmt: skip
+        st = _observe(st, obs)
+    assert st.p_window_s == 3.0
+    assert [w.p_window_s for w in st.shorter] == [0.6, 1.6, 2.0]
+    assert st.features(2.5) == PWindow(2.0, pd_2s, 100.0, 1.0, 100.0, None)
+    assert st.features(0.5) is None
+    m, method = _magnitude([st], HYPO, T0 + 8.0, CFG)
+    assert method == "pd"
+    # The station's filter takes a little of Pd: the corrected magnitude is a bit higher.
+    assert 5.0 <= m <= 5.3
+    assert float(magnitude_from_pd(np.array([0.5]), np.array([r]))[0]) > 6.5
+    # An older packet of the window (partitions deliver out of order) changes nothing.
+    late = Observation(
+        station_id="N", pga_gal=1.0, pgv_cms=0.1, p_time_s=st.p_time_s, at_s=T0 + 7.0,
+        pd_cm=pd_2s, pd_snr=100.0, pa_gal=1.0, pa_snr=100.0, p_window_s=1.6,
+    )  # fmt: skip
+    assert _observe(st, late).shorter == st.shorter
