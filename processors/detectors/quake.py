@@ -306,13 +306,19 @@ class EventStation:
     #: and sets its peaks, while a shorter window still measures the P wave alone.
     shorter: tuple[PWindow, ...] = ()
 
-    def features(self, max_window_s: float = math.inf) -> PWindow | None:
-        """The features of the longest window at most ``max_window_s`` long (s)."""
+    def features(
+        self, max_window_s: float = math.inf, min_shorter_s: float = 0.0
+    ) -> PWindow | None:
+        """The features of the longest window at most ``max_window_s`` long (s); a window
+        shorter than the current one only if it is at least ``min_shorter_s`` long."""
         if self.p_window_s <= max_window_s:
             return PWindow(
                 self.p_window_s, self.pd_cm, self.pd_snr, self.pa_gal, self.pa_snr, self.tau_c_s
             )
-        return next((w for w in reversed(self.shorter) if w.p_window_s <= max_window_s), None)
+        return next(
+            (w for w in reversed(self.shorter) if min_shorter_s <= w.p_window_s <= max_window_s),
+            None,
+        )
 
 
 @stored
@@ -818,11 +824,17 @@ def _arrivals(
 
 
 def _clear_features(
-    stations: Sequence[EventStation], s_minus_p_s: FloatArray
+    stations: Sequence[EventStation], s_minus_p_s: FloatArray, cfg: QuakeConfig
 ) -> list[PWindow | None]:
     """Each station's features over its longest P window that ends 0.2 s before the
-    S wave (``s_minus_p_s``: S - P time, s, at each station), or None."""
-    return [s.features(float(lim) - 0.2) for s, lim in zip(stations, s_minus_p_s, strict=True)]
+    S wave (``s_minus_p_s``: S - P time, s, at each station), or None. A shorter window
+    than the newest counts from ``pd_min_window_s`` (1 s): the first fraction of a
+    second of a large quake's P wave is a fraction of its size (an M7.5's 0.4 s read
+    two units low, and the spread of the picks' magnitudes held its first alert 13 s)."""
+    least = cfg.association.pd_min_window_s
+    return [
+        s.features(float(lim) - 0.2, least) for s, lim in zip(stations, s_minus_p_s, strict=True)
+    ]
 
 
 def _station_magnitudes(
@@ -843,7 +855,7 @@ def _station_magnitudes(
     r, t_p, t_s = _arrivals(stations, hypo, cfg)
     # The P window must end before the S wave arrives, or S sets the peaks: the longest
     # window that does (near the source, a shorter one than the newest).
-    feats = _clear_features(stations, t_s - t_p)
+    feats = _clear_features(stations, t_s - t_p, cfg)
     gm = cfg.ground_motion
     # Which stations have which measure, then each relation once over all of them.
     pd_at: list[int] = []
@@ -909,7 +921,7 @@ def _magnitude(
     clear: list[bool] = []
     if has_pd.any():
         _, t_p, t_s = _arrivals(stations, hypo, cfg)
-        feats = _clear_features(stations, t_s - t_p)
+        feats = _clear_features(stations, t_s - t_p, cfg)
         clear = [
             (f.pd_snr is None or f.pd_snr >= 2 * cfg.association.pd_magnitude_min_snr)
             for f, ok in zip(feats, has_pd, strict=True)
