@@ -1780,17 +1780,29 @@ def _snapshot(ev: _EventState, now_s: float, cfg: QuakeConfig, *, closed: bool) 
                 )
             )
         places.sort(key=lambda p: p.township)
+    # Hundreds of cells per update: their numbers taken out of the arrays at once.
+    ordinals = levels[keep].tolist()
+    names = {o: level_from_ordinal(o) for o in set(ordinals)}
     cells = tuple(
         CellShaking(
-            lat=round(float(g_lat[i]), 4),
-            lon=round(float(g_lon[i]), 4),
-            pga_gal=float(pga[i]),
-            pgv_cms=float(pgv[i]),
-            intensity=level_from_ordinal(int(levels[i])),
-            s_wave_s=float(s_wave[i]),
+            lat=round(c_lat, 4),
+            lon=round(c_lon, 4),
+            pga_gal=c_pga,
+            pgv_cms=c_pgv,
+            intensity=names[o],
+            s_wave_s=c_s,
             township=town,
         )
-        for i, town in zip(keep, towns, strict=True)
+        for c_lat, c_lon, c_pga, c_pgv, o, c_s, town in zip(
+            g_lat[keep].tolist(),
+            g_lon[keep].tolist(),
+            pga[keep].tolist(),
+            pgv[keep].tolist(),
+            ordinals,
+            s_wave[keep].tolist(),
+            towns,
+            strict=True,
+        )
     )
     return QuakeEvent(
         event_id=ev.event_id,
