@@ -2,6 +2,7 @@
 from the P window the S wave has not reached."""
 
 import math
+from dataclasses import replace
 from itertools import pairwise
 
 import numpy as np
@@ -20,6 +21,7 @@ from processors.detectors.quake import (
     magnitude_from_tau_c,
 )
 from processors.detectors.seismic import SeismicConfig, StationState, process_packet
+from processors.detectors.state import dump_state, load_state
 from simulator.waveforms import SimQuake, SimStation, arrival_times, synthesize_traces
 
 T0 = 1_700_000_000.0
@@ -139,3 +141,11 @@ def test_a_station_near_the_source_gives_its_magnitude_from_the_window_before_s(
         pd_cm=pd_2s, pd_snr=100.0, pa_gal=1.0, pa_snr=100.0, p_window_s=1.6,
     )  # fmt: skip
     assert _observe(st, late).shorter == st.shorter
+
+
+def test_shorter_windows_are_stored_and_older_states_read_without_them() -> None:
+    st = replace(_pick("A", 30.0), shorter=(PWindow(1.2, 0.01, math.inf, 2.0, 30.0, 0.8),))
+    assert load_state(EventStation, dump_state(st)) == st
+    older = dump_state(_pick("A", 30.0)).replace(b',"shorter":[]', b"")
+    assert b"shorter" not in older
+    assert load_state(EventStation, older).shorter == ()
