@@ -1613,9 +1613,26 @@ def _magnitude_span(
     stations are near the epicentre (a deep quake under the network)."""
     if hypo.depth_range_km is None:
         return 0.0
-    mags = [
-        _magnitude(stations, replace(hypo, depth_km=z), now_s, cfg) for z in hypo.depth_range_km
+    # Each station keeps the P window the located hypocentre chose: the span measures
+    # what the depth does to the distances, not which shorter window a station offers
+    # (a shallower source brings S closer to P, and a shorter window reads lower).
+    _, t_p, t_s = _arrivals(stations, hypo, cfg)
+    frozen = [
+        replace(s, shorter=())
+        if f is None
+        else replace(
+            s,
+            shorter=(),
+            p_window_s=f.p_window_s,
+            pd_cm=f.pd_cm,
+            pd_snr=f.pd_snr,
+            pa_gal=f.pa_gal,
+            pa_snr=f.pa_snr,
+            tau_c_s=f.tau_c_s,
+        )
+        for s, f in zip(stations, _clear_features(stations, t_s - t_p, cfg), strict=True)
     ]
+    mags = [_magnitude(frozen, replace(hypo, depth_km=z), now_s, cfg) for z in hypo.depth_range_km]
     if any(method == "none" for _, method in mags):
         return 0.0
     return abs(mags[1][0] - mags[0][0])

@@ -16,6 +16,7 @@ from processors.detectors.quake import (
     PWindow,
     QuakeConfig,
     _magnitude,
+    _magnitude_span,
     _observe,
     magnitude_from_pd,
     magnitude_from_tau_c,
@@ -149,3 +150,17 @@ def test_shorter_windows_are_stored_and_older_states_read_without_them() -> None
     older = dump_state(_pick("A", 30.0)).replace(b',"shorter":[]', b"")
     assert b"shorter" not in older
     assert load_state(EventStation, older).shorter == ()
+
+
+def test_the_depth_span_keeps_the_windows_the_location_chose() -> None:
+    # Three stations 25-35 km out, their 3 s windows clear of S at the located 20 km;
+    # at the region's shallow end S would come within them, and a shorter window (a
+    # second of P, reading lower) would stand in: that is not the depth's doing.
+    common = {"pd_snr": 50.0, "pa_gal": 5.0, "pa_snr": 50.0, "p_window_s": 3.0}
+    short = (PWindow(1.0, 0.01, 20.0, 2.0, 20.0, None), PWindow(2.0, 0.02, 40.0, 4.0, 40.0))
+    bare = [_pick(k, d, pd_cm=0.05, **common) for k, d in (("A", 25.0), ("B", 30.0), ("C", 35.0))]
+    with_short = [replace(s, shorter=short) for s in bare]
+    hypo = replace(HYPO, depth_range_km=(0.0, 60.0))
+    span = _magnitude_span(bare, hypo, T0 + 8.0, CFG)
+    assert span > 0.0
+    assert _magnitude_span(with_short, hypo, T0 + 8.0, CFG) == span
