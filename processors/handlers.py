@@ -71,6 +71,7 @@ from processors.detectors.quake import (
     township_intensities,
 )
 from processors.detectors.seismic import SeismicConfig, process_packet
+from processors.detectors.state import frozen
 from processors.detectors.water import (
     DebrisFlowConfig,
     DebrisFlowState,
@@ -223,7 +224,7 @@ def _group(pairs: Iterable[tuple[str, str]]) -> dict[str, tuple[str, ...]]:
     return {k: tuple(v) for k, v in out.items()}
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class DeviceOutcome(Generic[S]):
     state: S
     points: list[Point]
@@ -520,7 +521,7 @@ def handle_seismic(env: SeismicDevice, reading: Reading, ctx: Context) -> Seismi
     )
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Decision(Generic[S]):
     """New state, points, the candidates to publish now and, from the associator, the
     strong-shaking notices to send to the water devices."""

@@ -13,7 +13,6 @@ schema lacks and casts each field to its one type.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from civic_iot.contracts.readings import (
@@ -33,6 +32,7 @@ from processors.detectors.health import Issue
 from processors.detectors.intensity import cwa_intensity, intensity_ordinal
 from processors.detectors.quake import QuakeEvent
 from processors.detectors.seismic import PacketResult
+from processors.detectors.state import frozen
 from processors.detectors.water import (
     DebrisFlowFigures,
     GaugeFigures,
@@ -118,7 +118,7 @@ def seismic_packet_point(
 # --- derived figures --------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Where:
     """Device identity as the derived points tag and locate it."""
 

@@ -60,7 +60,7 @@ from processors.detectors.aqi import (
     pm2_5_table,
 )
 from processors.detectors.levels import Ladder, LevelStep, LevelTracker
-from processors.detectors.state import stored
+from processors.detectors.state import frozen, stored
 from processors.detectors.windows import BucketSeries, epoch_s, from_epoch
 
 #: Reading field -> short pollutant name used in figures.
@@ -127,7 +127,7 @@ class AirState:
     tracker: LevelTracker = field(default_factory=LevelTracker)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class PollutantMeans:
     """Rolling means of one pollutant in its reading unit, and valid hours in 24 h."""
 
@@ -137,7 +137,7 @@ class PollutantMeans:
     valid_hours_24h: int
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class AirFigures:
     """What one update derives, for storage and display.
 
@@ -165,7 +165,7 @@ class AirFigures:
         return {k: _means(w, self.history_hours) for k, w in self.windows.items()}
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class AirUpdate:
     """The new state, the figures, the level step and whether the reading was kept."""
 
@@ -311,7 +311,7 @@ class TownshipAirState:
     clock: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TownshipUpdate:
     """The township's level after one sensor report.
 

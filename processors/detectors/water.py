@@ -41,7 +41,7 @@ from civic_iot.thresholds import (
 )
 from processors.detectors.intensity import intensity_ordinal
 from processors.detectors.levels import Ladder, LevelStep, LevelTracker
-from processors.detectors.state import stored
+from processors.detectors.state import frozen, stored
 from processors.detectors.windows import (
     BucketSeries,
     SampleBuffer,
@@ -119,7 +119,7 @@ class GaugeState:
     rise: LevelTracker = field(default_factory=LevelTracker)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class GaugeFigures:
     """Derived figures of a flood (cm) or river (m) gauge as of the newest event time."""
 
@@ -140,7 +140,7 @@ class GaugeFigures:
     rise_threshold_cm_per_10min: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class GaugeUpdate:
     state: GaugeState
     figures: GaugeFigures
@@ -320,7 +320,7 @@ class RainState:
         return cls(days=BucketSeries(DAY_S, config.antecedent_days + 1, config.utc_offset_s))
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class RainFigures:
     """Accumulations of ``rainfall_mm`` (mm) as of the newest event time, and the class."""
 
@@ -335,7 +335,7 @@ class RainFigures:
     class_zh: str | None
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class RainUpdate:
     state: RainState
     figures: RainFigures
@@ -491,7 +491,7 @@ def mark_strong_shaking(state: DebrisFlowState, shaking: StrongShaking | None) -
     return replace(state, shaking=shaking)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class DebrisFlowFigures:
     """RTI figures as of the rain clock. Rain in mm, RTI in mm^2/h.
 
@@ -518,7 +518,7 @@ class DebrisFlowFigures:
     shaking: StrongShaking | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class DebrisFlowUpdate:
     state: DebrisFlowState
     figures: DebrisFlowFigures
