@@ -312,12 +312,28 @@ class TownshipAirState:
 
 
 @frozen
-class TownshipUpdate:
+class TownshipLevel:
     """The township's level after one sensor report.
 
     ``changed`` is what becomes an alert candidate (also back to 0); ``devices`` are the
     sensors at or above the level, ``aqi`` the highest AQI among them.
     """
+
+    level: int
+    previous: int
+    devices: tuple[str, ...]
+    hotspot: bool
+    aqi: int | None
+
+    @property
+    def changed(self) -> bool:
+        return self.level != self.previous
+
+
+@frozen
+class TownshipUpdate:
+    """The township's level after one sensor report (:class:`TownshipLevel`), and its
+    new state."""
 
     state: TownshipAirState
     level: int
@@ -350,29 +366,77 @@ def update_township(
     ``registered_sensors`` so that one noisy sensor cannot decide alone while its
     neighbours are silent. A report older than the sensor's last one is ignored.
     """
-    t = epoch_s(event_time)
-    clock = t if state.clock is None else max(state.clock, t)
-    sensors = dict(state.sensors)
-    known = sensors.get(device_id)
-    if known is None or t >= known.last_seen:
-        sensors[device_id] = SensorReport(level, aqi, t)
-    sensors = {k: r for k, r in sensors.items() if r.last_seen >= clock - config.sensor_timeout_s}
-
-    count = registered_sensors if registered_sensors is not None else len(sensors)
-    need = max(1, min(config.min_agreeing_sensors, count))
-    new_level = 0
-    agreeing: list[str] = []
-    for candidate in range(max((r.level for r in sensors.values()), default=0), 0, -1):
-        at_or_above = sorted(k for k, r in sensors.items() if r.level >= candidate)
-        if len(at_or_above) >= need:
-            new_level, agreeing = candidate, at_or_above
-            break
-    aqis = [a for k in agreeing if (a := sensors[k].aqi) is not None]
+    town = TownshipAggregate(state, config, registered_sensors=registered_sensors)
+    step = town.add(device_id, level, aqi, event_time)
     return TownshipUpdate(
-        state=TownshipAirState(sensors=sensors, level=new_level, clock=clock),
-        level=new_level,
-        previous=state.level,
-        devices=tuple(agreeing),
-        hotspot=new_level > 0 and len(agreeing) >= config.hotspot_min_sensors,
-        aqi=max(aqis, default=None),
+        town.state(), step.level, step.previous, step.devices, step.hotspot, step.aqi
     )
+
+
+class TownshipAggregate:
+    """:func:`update_township` for a batch of reports of one township: the same level
+    after each report, with the sensors kept in one working copy (not copied and
+    filtered again for every report) and the state made once, at the end
+    (:meth:`state`). Private to the batch that made it."""
+
+    __slots__ = ("_config", "_oldest", "_registered", "clock", "level", "sensors")
+
+    def __init__(
+        self,
+        state: TownshipAirState,
+        config: AirConfig = AirConfig(),
+        *,
+        registered_sensors: int | None = None,
+    ) -> None:
+        self.sensors = dict(state.sensors)
+        self.level = state.level
+        self.clock = state.clock
+        self._config = config
+        self._registered = registered_sensors
+        #: No sensor was last seen before this (epoch s): the timeout filter runs only
+        #: when the clock's edge passes it.
+        self._oldest = min((r.last_seen for r in self.sensors.values()), default=math.inf)
+
+    def add(
+        self, device_id: str, level: int, aqi: int | None, event_time: datetime
+    ) -> TownshipLevel:
+        """Record one sensor's report and decide the township (:func:`update_township`)."""
+        config = self._config
+        t = epoch_s(event_time)
+        clock = t if self.clock is None else max(self.clock, t)
+        self.clock = clock
+        sensors = self.sensors
+        known = sensors.get(device_id)
+        if known is None or t >= known.last_seen:
+            sensors[device_id] = SensorReport(level, aqi, t)
+            self._oldest = min(self._oldest, t)
+        edge = clock - config.sensor_timeout_s
+        if self._oldest < edge:
+            kept = {k: r for k, r in sensors.items() if r.last_seen >= edge}
+            sensors.clear()
+            sensors.update(kept)
+            self._oldest = min((r.last_seen for r in sensors.values()), default=math.inf)
+
+        registered = self._registered
+        count = registered if registered is not None else len(sensors)
+        need = max(1, min(config.min_agreeing_sensors, count))
+        new_level = 0
+        agreeing: list[str] = []
+        for candidate in range(max((r.level for r in sensors.values()), default=0), 0, -1):
+            at_or_above = sorted(k for k, r in sensors.items() if r.level >= candidate)
+            if len(at_or_above) >= need:
+                new_level, agreeing = candidate, at_or_above
+                break
+        aqis = [a for k in agreeing if (a := sensors[k].aqi) is not None]
+        previous, self.level = self.level, new_level
+        return TownshipLevel(
+            new_level,
+            previous,
+            tuple(agreeing),
+            new_level > 0 and len(agreeing) >= config.hotspot_min_sensors,
+            max(aqis, default=None),
+        )
+
+    def state(self) -> TownshipAirState:
+        """The township's state after the reports added so far."""
+        return TownshipAirState(sensors=dict(self.sensors), level=self.level, clock=self.clock)
