@@ -143,10 +143,6 @@ def _name(k: str) -> str:
     return name
 
 
-def _float(v: float) -> str:
-    return repr(v)
-
-
 def _int(v: int) -> str:
     return f"{v}i"
 
@@ -162,9 +158,10 @@ def _str(v: str) -> str:
     return f'"{escaped}"'
 
 
-#: The encoder of a field value of each exact type.
+#: The encoder of a field value of each exact type (a float: its shortest round-trip
+#: form, which ``repr`` gives).
 ENCODERS: dict[type, Callable[[FieldValue], str]] = {
-    float: _float,  # type: ignore[dict-item]
+    float: repr,
     int: _int,  # type: ignore[dict-item]
     bool: _bool,  # type: ignore[dict-item]
     str: _str,  # type: ignore[dict-item]
@@ -182,5 +179,5 @@ def encode_field(v: FieldValue) -> str:
     if isinstance(v, int):
         return _int(v)
     if isinstance(v, float):
-        return _float(v)
+        return repr(v)
     return _str(v)

@@ -100,6 +100,8 @@ class Measurement:
     written_by: str
     doc: str = ""
     _tags: frozenset[str] = field(init=False, repr=False, compare=False)
+    #: The InfluxSettings attribute naming the bucket (``bucket_<role>``).
+    _bucket_setting: str = field(init=False, repr=False, compare=False)
     #: Field name -> (its cast, ``name=`` escaped, the encoder of its type).
     _encode: dict[str, tuple[Callable[[FieldValue], FieldValue], str, Callable[[Any], str]]] = (
         field(init=False, repr=False, compare=False)
@@ -123,6 +125,7 @@ class Measurement:
         }
         object.__setattr__(self, "_encode", encode)
         object.__setattr__(self, "_series", {})
+        object.__setattr__(self, "_bucket_setting", f"bucket_{self.bucket}")
 
     @property
     def field_names(self) -> tuple[str, ...]:
@@ -142,7 +145,7 @@ class Measurement:
 
     def bucket_name(self, buckets: InfluxSettings) -> str:
         """The configured name of this measurement's bucket."""
-        name: str = getattr(buckets, f"bucket_{self.bucket}")
+        name: str = getattr(buckets, self._bucket_setting)
         return name
 
     def point(
@@ -188,7 +191,7 @@ class Measurement:
             self._series[key] = series
         point_tags, head = series
         return Point(
-            self.bucket_name(buckets),
+            getattr(buckets, self._bucket_setting),
             self.name,
             point_tags,
             tuple(kept),
