@@ -254,39 +254,66 @@ def _aqi_inputs(
     readings' names and units, from each series' windows."""
     inputs: dict[Pollutant, float] = {}
     named: dict[str, float] = {}
-
-    def mean(reading_field: str, hours: int, min_valid: int) -> float | None:
+    pm, averaged = _input_plan(config)
+    for reading_field, pollutant, name in pm:
         s = series.get(reading_field)
         if s is None:
-            return None
-        value, valid = s[hours]
-        return value if valid >= min_valid else None
-
-    pm: tuple[tuple[str, Pollutant], ...] = (("pm2_5_ugm3", "pm2_5"), ("pm10_ugm3", "pm10"))
-    for reading_field, pollutant in pm:
-        long = mean(reading_field, config.pm_long_hours, config.pm_min_valid_long)
-        short = mean(reading_field, config.pm_short_hours, config.pm_min_valid_short)
-        if long is not None and short is not None:
+            continue
+        long, valid_long = s[config.pm_long_hours]
+        short, valid_short = s[config.pm_short_hours]
+        if (
+            long is not None
+            and short is not None
+            and valid_long >= config.pm_min_valid_long
+            and valid_short >= config.pm_min_valid_short
+        ):
             table = config.tables.get(pollutant)
-            inputs[pollutant] = float(table.quantise(0.5 * long + 0.5 * short))
-            named[windowed(reading_field, "rt")] = inputs[pollutant]
+            inputs[pollutant] = named[name] = float(table.quantise(0.5 * long + 0.5 * short))
 
-    # (reading field, hours, valid hours needed, AQI key, divisor to the AQI unit)
-    averaged: tuple[tuple[str, int, int, Pollutant, float], ...] = (
-        ("o3_ppb", 8, config.min_valid_8h, "o3_8h", 1000.0),  # ppb -> ppm
-        ("o3_ppb", 1, 1, "o3_1h", 1000.0),
-        ("co_ppm", 8, config.min_valid_8h, "co_8h", 1.0),
-        ("so2_ppb", 1, 1, "so2_1h", 1.0),
-        ("so2_ppb", config.history_hours, config.min_valid_24h, "so2_24h", 1.0),
-        ("no2_ppb", 1, 1, "no2_1h", 1.0),
-    )
-    for reading_field, hours, min_valid, key, divisor in averaged:
-        value = mean(reading_field, hours, min_valid)
-        if value is not None:
+    for reading_field, hours, min_valid, key, divisor, name in averaged:
+        s = series.get(reading_field)
+        if s is None:
+            continue
+        value, valid = s[hours]
+        if value is not None and valid >= min_valid:
             inputs[key] = value / divisor if divisor != 1.0 else value
-            window: Window = "8h" if hours == 8 else "1h" if hours == 1 else "24h"
-            named[windowed(reading_field, window)] = value
+            named[name] = value
     return inputs, named
+
+
+#: (reading field, AQI key, stored name) of the real-time PM averages.
+_PmPlan = tuple[tuple[str, Pollutant, str], ...]
+#: (reading field, hours, valid hours needed, AQI key, divisor to the AQI unit, stored
+#: name) of the other averages.
+_AveragedPlan = tuple[tuple[str, int, int, Pollutant, float, str], ...]
+
+
+def _input_plan(config: AirConfig) -> tuple[_PmPlan, _AveragedPlan]:
+    """What :func:`_aqi_inputs` takes from which window, made once per config (kept by
+    identity, as :func:`_window_sizes`)."""
+    found = _PLANS.get(id(config))
+    if found is None:
+        pm: _PmPlan = (
+            ("pm2_5_ugm3", "pm2_5", windowed("pm2_5_ugm3", "rt")),
+            ("pm10_ugm3", "pm10", windowed("pm10_ugm3", "rt")),
+        )
+        averaged: list[tuple[str, int, int, Pollutant, float, str]] = []
+        for reading_field, hours, min_valid, key, divisor in (
+            ("o3_ppb", 8, config.min_valid_8h, "o3_8h", 1000.0),  # ppb -> ppm
+            ("o3_ppb", 1, 1, "o3_1h", 1000.0),
+            ("co_ppm", 8, config.min_valid_8h, "co_8h", 1.0),
+            ("so2_ppb", 1, 1, "so2_1h", 1.0),
+            ("so2_ppb", config.history_hours, config.min_valid_24h, "so2_24h", 1.0),
+            ("no2_ppb", 1, 1, "no2_1h", 1.0),
+        ):
+            window: Window = "8h" if hours == 8 else "1h" if hours == 1 else "24h"
+            name = windowed(reading_field, window)
+            averaged.append((reading_field, hours, min_valid, key, divisor, name))  # type: ignore[arg-type]
+        found = _PLANS[id(config)] = (config, (pm, tuple(averaged)))
+    return found[1]
+
+
+_PLANS: dict[int, tuple[AirConfig, tuple[_PmPlan, _AveragedPlan]]] = {}
 
 
 # --- township aggregation -------------------------------------------------------------
