@@ -376,7 +376,8 @@ def update_rain(
     recent = state.recent if duplicate else (*state.recent, t)[-config.dedupe_keep :]
 
     hours = {1, 3, 24} | {h for c in config.classes for h, _ in c.criteria}
-    sums = {h: _mm(tens.total(clock, h * HOUR_S // TEN_MIN_S)) for h in hours}
+    in_tens = tens.totals(clock, {h * HOUR_S // TEN_MIN_S for h in hours})
+    sums = {h: _mm(in_tens[h * HOUR_S // TEN_MIN_S]) for h in hours}
     by_day = {start: _mm(total) for start, total, _ in days.last(clock, days.keep)}
     today = days.start_of(clock)
     daily = tuple(by_day.get(today - d * DAY_S, 0.0) for d in range(days.keep))

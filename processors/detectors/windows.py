@@ -108,6 +108,18 @@ class BucketSeries:
         """Sum of the values in the ``n`` newest buckets at ``now``."""
         return sum(total for _, total, _ in self.last(now, n))
 
+    def totals(self, now: float, counts: Iterable[int]) -> dict[int, float]:
+        """:meth:`total` of each of ``counts`` newest buckets at ``now``, from one sort of
+        the buckets (each sum taken oldest first, as :meth:`total` takes it)."""
+        newest = self.start_of(now)
+        kept = sorted((k, total) for k, (total, _) in self.buckets.items() if k <= newest)
+        starts = [k for k, _ in kept]
+        values = [total for _, total in kept]
+        width = self.width_s
+        return {
+            n: sum(values[bisect.bisect_left(starts, newest - (n - 1) * width) :]) for n in counts
+        }
+
     def mean_of_means(self, now: float, n: int) -> tuple[float | None, int]:
         """Mean of the per-bucket means over the ``n`` newest buckets, and how many had data.
 

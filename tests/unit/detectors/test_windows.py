@@ -53,3 +53,15 @@ def test_kept_sums_are_not_stored() -> None:
     assert (
         back.step(7300.0, WINDOWS, 7300.0, 5.0)[2] == series.step(7300.0, WINDOWS, 7300.0, 5.0)[2]
     )
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_totals_are_each_total(seed: int) -> None:
+    rng = random.Random(seed)
+    series = BucketSeries(600, 144)
+    now = 1_764_000_000.0
+    for _ in range(500):
+        now += rng.uniform(0, 900)
+        series, _ = series.add(now - rng.uniform(0, 4 * 3600), rng.uniform(0, 20), now)
+        counts = (1, 6, 18, 144, 300)
+        assert series.totals(now, counts) == {n: series.total(now, n) for n in counts}
