@@ -54,12 +54,12 @@ from civic_iot.storage.points import Point
 from civic_iot.storage.schema import windowed
 from civic_iot.thresholds import Thresholds, ThresholdSet, thresholds_from
 from civic_iot.timebounds import TimeBounds
-from processors.candidates import township_candidate, update_hazard
+from processors.candidates import DeviceLevel, township_candidate, update_hazard
 from processors.detectors.air import (
     AirConfig,
-    TownshipUpdate,
+    TownshipAggregate,
+    TownshipLevel,
     update_air,
-    update_township,
 )
 from processors.detectors.health import HealthConfig, HealthState, update_health
 from processors.detectors.intensity import intensity_ordinal
@@ -71,6 +71,7 @@ from processors.detectors.quake import (
     township_intensities,
 )
 from processors.detectors.seismic import SeismicConfig, process_packet
+from processors.detectors.state import frozen
 from processors.detectors.water import (
     DebrisFlowConfig,
     DebrisFlowState,
@@ -223,7 +224,7 @@ def _group(pairs: Iterable[tuple[str, str]]) -> dict[str, tuple[str, ...]]:
     return {k: tuple(v) for k, v in out.items()}
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class DeviceOutcome(Generic[S]):
     state: S
     points: list[Point]
@@ -520,7 +521,7 @@ def handle_seismic(env: SeismicDevice, reading: Reading, ctx: Context) -> Seismi
     )
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Decision(Generic[S]):
     """New state, points, the candidates to publish now and, from the associator, the
     strong-shaking notices to send to the water devices."""
@@ -548,82 +549,108 @@ def handle_township(
     env: TownshipState, report: TownshipReport, ctx: Context, detected_at: datetime
 ) -> Decision[TownshipState]:
     """Aggregate one device report into its township; a level change is a candidate."""
-    state, air, candidates = _township_step(env, report, ctx, detected_at)
+    town = _TownshipWork(env, ctx)
+    air, candidates = town.add(report, detected_at)
     p = (
         None
         if air is None
         else township_air_point(report.township, air, report.event_time, ctx.buckets)
     )
-    return Decision(state, [p] if p else [], candidates)
+    return Decision(town.state(), [p] if p else [], candidates)
 
 
-def _township_step(
-    env: TownshipState, report: TownshipReport, ctx: Context, detected_at: datetime
-) -> tuple[TownshipState, TownshipUpdate | None, list[AlertCandidate]]:
-    """:func:`handle_township` but the point: the new state, the township's air after
-    an air report (None after a water one), the candidates."""
-    air_state, water, levels = env.air, env.water, env.levels
-    code = report.township
-    town = ctx.registry.township(code)
-    air = ctx.for_township(code).air
-    air_update: TownshipUpdate | None = None
-    candidates: list[AlertCandidate] = []
-    if report.hazard == "air_quality":
-        aqi = None if report.value is None else int(report.value)
-        upd = update_township(
-            env.air,
-            report.device,
-            report.level,
-            aqi,
-            report.event_time,
-            air,
-            registered_sensors=ctx.air_sensors_in(code),
+class _TownshipWork:
+    """One township's state while a batch of its reports is applied: the air sensors in
+    one working copy (:class:`~processors.detectors.air.TownshipAggregate`), the water
+    hazards' devices and levels, the open candidates; the state is made once, at the
+    end (:meth:`state`). Private to the batch."""
+
+    __slots__ = ("_air", "_ctx", "_env", "_levels", "_open", "_water")
+
+    def __init__(self, env: TownshipState, ctx: Context) -> None:
+        self._env = env
+        self._ctx = ctx
+        self._air: TownshipAggregate | None = None  # made at the first air report
+        self._water: dict[str, dict[str, DeviceLevel]] | None = None  # copied at the first
+        self._levels: dict[str, int] | None = None
+        self._open: dict[str, AlertCandidate] | None = None
+
+    def add(
+        self, report: TownshipReport, detected_at: datetime
+    ) -> tuple[TownshipLevel | None, list[AlertCandidate]]:
+        """Apply one report: the township's air after an air report (None after a water
+        one), and the candidates it makes."""
+        ctx = self._ctx
+        code = report.township
+        town = ctx.registry.township(code)
+        candidates: list[AlertCandidate] = []
+        air_level: TownshipLevel | None = None
+        if report.hazard == "air_quality":
+            air = ctx.for_township(code).air
+            aggregate = self._air
+            if aggregate is None:
+                aggregate = self._air = TownshipAggregate(
+                    self._env.air, air, registered_sensors=ctx.air_sensors_in(code)
+                )
+            aqi = None if report.value is None else int(report.value)
+            upd = aggregate.add(report.device, report.level, aqi, report.event_time)
+            air_level = upd
+            if upd.changed:
+                line = air.ladder().threshold(upd.level)
+                candidates.append(
+                    township_candidate(
+                        hazard="air_quality",
+                        code=code,
+                        township=town,
+                        level=upd.level,
+                        value=float(upd.aqi if upd.aqi is not None else (aqi or 0)),
+                        metric="aqi",
+                        threshold=line,
+                        devices=upd.devices,
+                        event_time=report.event_time,
+                        detected_at=detected_at,
+                        evidence={
+                            "hotspot": "yes" if upd.hotspot else "no",
+                            "sensors_agreeing": float(len(upd.devices)),
+                        },
+                    )
+                )
+        else:
+            if self._water is None or self._levels is None:
+                self._water, self._levels = dict(self._env.water), dict(self._env.levels)
+            water, levels = self._water, self._levels
+            h = update_hazard(water.get(report.hazard, {}), levels.get(report.hazard, 0), report)
+            water[report.hazard] = h.devices
+            levels[report.hazard] = h.level
+            if h.changed:
+                candidates.append(
+                    township_candidate(
+                        hazard=report.hazard,
+                        code=code,
+                        township=town,
+                        level=h.level,
+                        value=h.value,
+                        metric=h.metric,
+                        threshold=h.threshold,
+                        devices=h.at_level,
+                        event_time=report.event_time,
+                        detected_at=detected_at,
+                        evidence=report.evidence,
+                    )
+                )
+        if candidates:
+            self._open = _remember(self._env.open if self._open is None else self._open, candidates)
+        return air_level, candidates
+
+    def state(self) -> TownshipState:
+        """The township's state after the reports applied so far."""
+        env = self._env
+        return TownshipState(
+            air=env.air if self._air is None else self._air.state(),
+            water=env.water if self._water is None else dict(self._water),
+            levels=env.levels if self._levels is None else dict(self._levels),
+            open=dict(env.open) if self._open is None else dict(self._open),
         )
-        air_state, air_update = upd.state, upd
-        if upd.changed:
-            line = air.ladder().threshold(upd.level)
-            candidates.append(
-                township_candidate(
-                    hazard="air_quality",
-                    code=code,
-                    township=town,
-                    level=upd.level,
-                    value=float(upd.aqi if upd.aqi is not None else (aqi or 0)),
-                    metric="aqi",
-                    threshold=line,
-                    devices=upd.devices,
-                    event_time=report.event_time,
-                    detected_at=detected_at,
-                    evidence={
-                        "hotspot": "yes" if upd.hotspot else "no",
-                        "sensors_agreeing": float(len(upd.devices)),
-                    },
-                )
-            )
-    else:
-        h = update_hazard(water.get(report.hazard, {}), levels.get(report.hazard, 0), report)
-        water = {**water, report.hazard: h.devices}
-        levels = {**levels, report.hazard: h.level}
-        if h.changed:
-            candidates.append(
-                township_candidate(
-                    hazard=report.hazard,
-                    code=code,
-                    township=town,
-                    level=h.level,
-                    value=h.value,
-                    metric=h.metric,
-                    threshold=h.threshold,
-                    devices=h.at_level,
-                    event_time=report.event_time,
-                    detected_at=detected_at,
-                    evidence=report.evidence,
-                )
-            )
-    state = TownshipState(
-        air=air_state, water=water, levels=levels, open=_remember(env.open, candidates)
-    )
-    return state, air_update, candidates
 
 
 def handle_township_reports(
@@ -632,11 +659,12 @@ def handle_township_reports(
     """A batch's reports for one township, in order (:func:`handle_township` each): every
     level change is a candidate; of ``township_air`` points at one time only the last is
     kept (InfluxDB would keep only that one of a series at one time anyway)."""
+    town = _TownshipWork(env, ctx)
     candidates: list[AlertCandidate] = []
     # Event time -> the township's air then (its point is made once, for the last).
-    air: dict[datetime, tuple[str, TownshipUpdate]] = {}
+    air: dict[datetime, tuple[str, TownshipLevel]] = {}
     for report in reports:
-        env, upd, found = _township_step(env, report, ctx, detected_at)
+        upd, found = town.add(report, detected_at)
         candidates += found
         if upd is not None:
             air.pop(report.event_time, None)  # the newest goes last, as it was written
@@ -646,7 +674,7 @@ def handle_township_reports(
         for at, (code, upd) in air.items()
         if (p := township_air_point(code, upd, at, ctx.buckets)) is not None
     ]
-    return Decision(env, points, candidates)
+    return Decision(town.state(), points, candidates)
 
 
 def handle_quake(

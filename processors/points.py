@@ -13,7 +13,6 @@ schema lacks and casts each field to its one type.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from civic_iot.contracts.readings import (
@@ -28,11 +27,12 @@ from civic_iot.storage import schema, waveform
 from civic_iot.storage.points import FieldValue, Point
 from civic_iot.storage.schema import windowed
 from civic_iot.times import to_ns
-from processors.detectors.air import AirFigures, TownshipUpdate
+from processors.detectors.air import AirFigures, TownshipLevel, TownshipUpdate
 from processors.detectors.health import Issue
 from processors.detectors.intensity import cwa_intensity, intensity_ordinal
 from processors.detectors.quake import QuakeEvent
 from processors.detectors.seismic import PacketResult
+from processors.detectors.state import frozen
 from processors.detectors.water import (
     DebrisFlowFigures,
     GaugeFigures,
@@ -118,7 +118,7 @@ def seismic_packet_point(
 # --- derived figures --------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Where:
     """Device identity as the derived points tag and locate it."""
 
@@ -164,7 +164,7 @@ def air_quality_point(where: Where, figures: AirFigures, buckets: InfluxSettings
 
 
 def township_air_point(
-    township: str, update: TownshipUpdate, at: datetime, buckets: InfluxSettings
+    township: str, update: TownshipLevel | TownshipUpdate, at: datetime, buckets: InfluxSettings
 ) -> Point | None:
     """``township_air``: the township's level, agreeing sensors and their highest AQI."""
     fields: dict[str, FieldValue | None] = {

@@ -27,10 +27,10 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from civic_iot.settings import REPO_ROOT, InfluxSettings
-from civic_iot.storage.points import FieldValue, Point
+from civic_iot.storage.points import ENCODERS, FieldValue, Point, field_name, series_head
 
 __all__ = [
     "MEASUREMENTS",
@@ -99,18 +99,33 @@ class Measurement:
     #: Which process (and function) writes it.
     written_by: str
     doc: str = ""
-    _casts: dict[str, Callable[[FieldValue], FieldValue]] = field(
-        init=False, repr=False, compare=False
-    )
     _tags: frozenset[str] = field(init=False, repr=False, compare=False)
+    #: The InfluxSettings attribute naming the bucket (``bucket_<role>``).
+    _bucket_setting: str = field(init=False, repr=False, compare=False)
+    #: Field name -> (its cast, ``name=`` escaped, the encoder of its type).
+    _encode: dict[str, tuple[Callable[[FieldValue], FieldValue], str, Callable[[Any], str]]] = (
+        field(init=False, repr=False, compare=False)
+    )
+    #: The tags as a builder passed them (items, in its order) -> the point's tags
+    #: (sorted, empty ones left out) and its series, escaped: a few thousand devices
+    #: write the same series again and again. Emptied when it holds ``_KEPT`` series.
+    _series: dict[tuple[tuple[str, str | None], ...], tuple[tuple[tuple[str, str], ...], str]] = (
+        field(init=False, repr=False, compare=False)
+    )
 
     def __post_init__(self) -> None:
         names = [f.name for f in self.fields]
         if len(set(names)) != len(names):
             msg = f"measurement {self.name}: a field is listed twice in {names}"
             raise ValueError(msg)
-        object.__setattr__(self, "_casts", {f.name: _CAST[f.type] for f in self.fields})
         object.__setattr__(self, "_tags", frozenset(t.name for t in self.tags))
+        encode = {
+            f.name: (_CAST[f.type], f"{field_name(f.name)}=", ENCODERS[_CAST[f.type]])  # type: ignore[index]
+            for f in self.fields
+        }
+        object.__setattr__(self, "_encode", encode)
+        object.__setattr__(self, "_series", {})
+        object.__setattr__(self, "_bucket_setting", f"bucket_{self.bucket}")
 
     @property
     def field_names(self) -> tuple[str, ...]:
@@ -130,7 +145,7 @@ class Measurement:
 
     def bucket_name(self, buckets: InfluxSettings) -> str:
         """The configured name of this measurement's bucket."""
-        name: str = getattr(buckets, f"bucket_{self.bucket}")
+        name: str = getattr(buckets, self._bucket_setting)
         return name
 
     def point(
@@ -140,41 +155,63 @@ class Measurement:
         fields: Mapping[str, FieldValue | None],
         time_ns: int,
     ) -> Point | None:
-        """A point of this measurement, every field cast to its schema type.
+        """A point of this measurement, every field cast to its schema type, and its
+        line protocol (:meth:`Point.line`) made at once.
 
         Empty tags, ``None`` fields and non-finite floats are left out (InfluxDB accepts
         none of them); ``None`` when no field is left. A tag or field name the schema
         does not list raises ``KeyError``: a builder and the schema disagree.
         """
-        casts = self._casts
+        encode = self._encode
         kept: list[tuple[str, FieldValue]] = []
+        body: list[str] = []
         isfinite = math.isfinite
         for k, v in fields.items():
-            cast = casts.get(k)
-            if cast is None:
+            spec = encode.get(k)
+            if spec is None:
                 self.field(k)  # raises, naming the measurement
+                continue  # pragma: no cover
             if v is None:
                 continue
+            cast, prefix, enc = spec
             # Most values already have their type: skip the cast then (bool is an int).
-            value = v if cast is None or type(v) is cast else cast(v)
-            if type(value) is float and not isfinite(value):
+            value = v if type(v) is cast else cast(v)
+            if cast is float and not isfinite(value):  # type: ignore[arg-type]
                 continue
             kept.append((k, value))
+            body.append(prefix + enc(value))
         if not kept:
             return None
+        key = tuple(tags.items())
+        series = self._series.get(key)
+        if series is None:
+            series = self._series_of(tags)
+            if len(self._series) >= _KEPT:
+                self._series.clear()
+            self._series[key] = series
+        point_tags, head = series
+        return Point(
+            getattr(buckets, self._bucket_setting),
+            self.name,
+            point_tags,
+            tuple(kept),
+            time_ns,
+            f"{head} {','.join(body)} {time_ns}",
+        )
+
+    def _series_of(self, tags: Mapping[str, str | None]) -> tuple[tuple[tuple[str, str], ...], str]:
         known = self._tags
         for k in tags:
             if k not in known:
                 unknown = sorted(set(tags) - known)
                 msg = f"measurement {self.name} has no tag(s) {unknown} (schema.py)"
                 raise KeyError(msg)
-        return Point(
-            bucket=self.bucket_name(buckets),
-            measurement=self.name,
-            tags=tuple(sorted((k, v) for k, v in tags.items() if v)),
-            fields=tuple(kept),
-            time_ns=time_ns,
-        )
+        point_tags = tuple(sorted((k, v) for k, v in tags.items() if v))
+        return point_tags, series_head(self.name, point_tags)
+
+
+#: Series a measurement keeps escaped (:attr:`Measurement._series`).
+_KEPT = 100_000
 
 
 def _f(name: str, unit: str = "", doc: str = "") -> FieldSpec:

@@ -60,7 +60,7 @@ from processors.detectors.aqi import (
     pm2_5_table,
 )
 from processors.detectors.levels import Ladder, LevelStep, LevelTracker
-from processors.detectors.state import stored
+from processors.detectors.state import frozen, stored
 from processors.detectors.windows import BucketSeries, epoch_s, from_epoch
 
 #: Reading field -> short pollutant name used in figures.
@@ -127,7 +127,7 @@ class AirState:
     tracker: LevelTracker = field(default_factory=LevelTracker)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class PollutantMeans:
     """Rolling means of one pollutant in its reading unit, and valid hours in 24 h."""
 
@@ -137,7 +137,7 @@ class PollutantMeans:
     valid_hours_24h: int
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class AirFigures:
     """What one update derives, for storage and display.
 
@@ -165,7 +165,7 @@ class AirFigures:
         return {k: _means(w, self.history_hours) for k, w in self.windows.items()}
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class AirUpdate:
     """The new state, the figures, the level step and whether the reading was kept."""
 
@@ -254,39 +254,66 @@ def _aqi_inputs(
     readings' names and units, from each series' windows."""
     inputs: dict[Pollutant, float] = {}
     named: dict[str, float] = {}
-
-    def mean(reading_field: str, hours: int, min_valid: int) -> float | None:
+    pm, averaged = _input_plan(config)
+    for reading_field, pollutant, name in pm:
         s = series.get(reading_field)
         if s is None:
-            return None
-        value, valid = s[hours]
-        return value if valid >= min_valid else None
-
-    pm: tuple[tuple[str, Pollutant], ...] = (("pm2_5_ugm3", "pm2_5"), ("pm10_ugm3", "pm10"))
-    for reading_field, pollutant in pm:
-        long = mean(reading_field, config.pm_long_hours, config.pm_min_valid_long)
-        short = mean(reading_field, config.pm_short_hours, config.pm_min_valid_short)
-        if long is not None and short is not None:
+            continue
+        long, valid_long = s[config.pm_long_hours]
+        short, valid_short = s[config.pm_short_hours]
+        if (
+            long is not None
+            and short is not None
+            and valid_long >= config.pm_min_valid_long
+            and valid_short >= config.pm_min_valid_short
+        ):
             table = config.tables.get(pollutant)
-            inputs[pollutant] = float(table.quantise(0.5 * long + 0.5 * short))
-            named[windowed(reading_field, "rt")] = inputs[pollutant]
+            inputs[pollutant] = named[name] = float(table.quantise(0.5 * long + 0.5 * short))
 
-    # (reading field, hours, valid hours needed, AQI key, divisor to the AQI unit)
-    averaged: tuple[tuple[str, int, int, Pollutant, float], ...] = (
-        ("o3_ppb", 8, config.min_valid_8h, "o3_8h", 1000.0),  # ppb -> ppm
-        ("o3_ppb", 1, 1, "o3_1h", 1000.0),
-        ("co_ppm", 8, config.min_valid_8h, "co_8h", 1.0),
-        ("so2_ppb", 1, 1, "so2_1h", 1.0),
-        ("so2_ppb", config.history_hours, config.min_valid_24h, "so2_24h", 1.0),
-        ("no2_ppb", 1, 1, "no2_1h", 1.0),
-    )
-    for reading_field, hours, min_valid, key, divisor in averaged:
-        value = mean(reading_field, hours, min_valid)
-        if value is not None:
+    for reading_field, hours, min_valid, key, divisor, name in averaged:
+        s = series.get(reading_field)
+        if s is None:
+            continue
+        value, valid = s[hours]
+        if value is not None and valid >= min_valid:
             inputs[key] = value / divisor if divisor != 1.0 else value
-            window: Window = "8h" if hours == 8 else "1h" if hours == 1 else "24h"
-            named[windowed(reading_field, window)] = value
+            named[name] = value
     return inputs, named
+
+
+#: (reading field, AQI key, stored name) of the real-time PM averages.
+_PmPlan = tuple[tuple[str, Pollutant, str], ...]
+#: (reading field, hours, valid hours needed, AQI key, divisor to the AQI unit, stored
+#: name) of the other averages.
+_AveragedPlan = tuple[tuple[str, int, int, Pollutant, float, str], ...]
+
+
+def _input_plan(config: AirConfig) -> tuple[_PmPlan, _AveragedPlan]:
+    """What :func:`_aqi_inputs` takes from which window, made once per config (kept by
+    identity, as :func:`_window_sizes`)."""
+    found = _PLANS.get(id(config))
+    if found is None:
+        pm: _PmPlan = (
+            ("pm2_5_ugm3", "pm2_5", windowed("pm2_5_ugm3", "rt")),
+            ("pm10_ugm3", "pm10", windowed("pm10_ugm3", "rt")),
+        )
+        averaged: list[tuple[str, int, int, Pollutant, float, str]] = []
+        for reading_field, hours, min_valid, key, divisor in (
+            ("o3_ppb", 8, config.min_valid_8h, "o3_8h", 1000.0),  # ppb -> ppm
+            ("o3_ppb", 1, 1, "o3_1h", 1000.0),
+            ("co_ppm", 8, config.min_valid_8h, "co_8h", 1.0),
+            ("so2_ppb", 1, 1, "so2_1h", 1.0),
+            ("so2_ppb", config.history_hours, config.min_valid_24h, "so2_24h", 1.0),
+            ("no2_ppb", 1, 1, "no2_1h", 1.0),
+        ):
+            window: Window = "8h" if hours == 8 else "1h" if hours == 1 else "24h"
+            name = windowed(reading_field, window)
+            averaged.append((reading_field, hours, min_valid, key, divisor, name))  # type: ignore[arg-type]
+        found = _PLANS[id(config)] = (config, (pm, tuple(averaged)))
+    return found[1]
+
+
+_PLANS: dict[int, tuple[AirConfig, tuple[_PmPlan, _AveragedPlan]]] = {}
 
 
 # --- township aggregation -------------------------------------------------------------
@@ -311,13 +338,29 @@ class TownshipAirState:
     clock: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class TownshipUpdate:
+@frozen
+class TownshipLevel:
     """The township's level after one sensor report.
 
     ``changed`` is what becomes an alert candidate (also back to 0); ``devices`` are the
     sensors at or above the level, ``aqi`` the highest AQI among them.
     """
+
+    level: int
+    previous: int
+    devices: tuple[str, ...]
+    hotspot: bool
+    aqi: int | None
+
+    @property
+    def changed(self) -> bool:
+        return self.level != self.previous
+
+
+@frozen
+class TownshipUpdate:
+    """The township's level after one sensor report (:class:`TownshipLevel`), and its
+    new state."""
 
     state: TownshipAirState
     level: int
@@ -350,29 +393,77 @@ def update_township(
     ``registered_sensors`` so that one noisy sensor cannot decide alone while its
     neighbours are silent. A report older than the sensor's last one is ignored.
     """
-    t = epoch_s(event_time)
-    clock = t if state.clock is None else max(state.clock, t)
-    sensors = dict(state.sensors)
-    known = sensors.get(device_id)
-    if known is None or t >= known.last_seen:
-        sensors[device_id] = SensorReport(level, aqi, t)
-    sensors = {k: r for k, r in sensors.items() if r.last_seen >= clock - config.sensor_timeout_s}
-
-    count = registered_sensors if registered_sensors is not None else len(sensors)
-    need = max(1, min(config.min_agreeing_sensors, count))
-    new_level = 0
-    agreeing: list[str] = []
-    for candidate in range(max((r.level for r in sensors.values()), default=0), 0, -1):
-        at_or_above = sorted(k for k, r in sensors.items() if r.level >= candidate)
-        if len(at_or_above) >= need:
-            new_level, agreeing = candidate, at_or_above
-            break
-    aqis = [a for k in agreeing if (a := sensors[k].aqi) is not None]
+    town = TownshipAggregate(state, config, registered_sensors=registered_sensors)
+    step = town.add(device_id, level, aqi, event_time)
     return TownshipUpdate(
-        state=TownshipAirState(sensors=sensors, level=new_level, clock=clock),
-        level=new_level,
-        previous=state.level,
-        devices=tuple(agreeing),
-        hotspot=new_level > 0 and len(agreeing) >= config.hotspot_min_sensors,
-        aqi=max(aqis, default=None),
+        town.state(), step.level, step.previous, step.devices, step.hotspot, step.aqi
     )
+
+
+class TownshipAggregate:
+    """:func:`update_township` for a batch of reports of one township: the same level
+    after each report, with the sensors kept in one working copy (not copied and
+    filtered again for every report) and the state made once, at the end
+    (:meth:`state`). Private to the batch that made it."""
+
+    __slots__ = ("_config", "_oldest", "_registered", "clock", "level", "sensors")
+
+    def __init__(
+        self,
+        state: TownshipAirState,
+        config: AirConfig = AirConfig(),
+        *,
+        registered_sensors: int | None = None,
+    ) -> None:
+        self.sensors = dict(state.sensors)
+        self.level = state.level
+        self.clock = state.clock
+        self._config = config
+        self._registered = registered_sensors
+        #: No sensor was last seen before this (epoch s): the timeout filter runs only
+        #: when the clock's edge passes it.
+        self._oldest = min((r.last_seen for r in self.sensors.values()), default=math.inf)
+
+    def add(
+        self, device_id: str, level: int, aqi: int | None, event_time: datetime
+    ) -> TownshipLevel:
+        """Record one sensor's report and decide the township (:func:`update_township`)."""
+        config = self._config
+        t = epoch_s(event_time)
+        clock = t if self.clock is None else max(self.clock, t)
+        self.clock = clock
+        sensors = self.sensors
+        known = sensors.get(device_id)
+        if known is None or t >= known.last_seen:
+            sensors[device_id] = SensorReport(level, aqi, t)
+            self._oldest = min(self._oldest, t)
+        edge = clock - config.sensor_timeout_s
+        if self._oldest < edge:
+            kept = {k: r for k, r in sensors.items() if r.last_seen >= edge}
+            sensors.clear()
+            sensors.update(kept)
+            self._oldest = min((r.last_seen for r in sensors.values()), default=math.inf)
+
+        registered = self._registered
+        count = registered if registered is not None else len(sensors)
+        need = max(1, min(config.min_agreeing_sensors, count))
+        new_level = 0
+        agreeing: list[str] = []
+        for candidate in range(max((r.level for r in sensors.values()), default=0), 0, -1):
+            at_or_above = sorted(k for k, r in sensors.items() if r.level >= candidate)
+            if len(at_or_above) >= need:
+                new_level, agreeing = candidate, at_or_above
+                break
+        aqis = [a for k in agreeing if (a := sensors[k].aqi) is not None]
+        previous, self.level = self.level, new_level
+        return TownshipLevel(
+            new_level,
+            previous,
+            tuple(agreeing),
+            new_level > 0 and len(agreeing) >= config.hotspot_min_sensors,
+            max(aqis, default=None),
+        )
+
+    def state(self) -> TownshipAirState:
+        """The township's state after the reports added so far."""
+        return TownshipAirState(sensors=dict(self.sensors), level=self.level, clock=self.clock)

@@ -44,6 +44,7 @@ from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal
 from typing import Literal
 
 from civic_iot.thresholds import Pm25Breakpoints
+from processors.detectors.state import frozen
 
 Pollutant = Literal["pm2_5", "pm10", "o3_8h", "o3_1h", "co_8h", "so2_1h", "so2_24h", "no2_1h"]
 
@@ -397,7 +398,7 @@ def sub_index(
     return None if result is None else result[0]
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class AqiResult:
     """An AQI value with its leading pollutant, sub-indices, category and remarks.
 

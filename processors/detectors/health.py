@@ -20,7 +20,7 @@ from datetime import datetime
 from typing import Literal
 
 from civic_iot.thresholds import HealthRule, HealthThresholds
-from processors.detectors.state import stored
+from processors.detectors.state import frozen, stored
 from processors.detectors.windows import epoch_s, from_epoch
 
 Issue = Literal["stuck", "out_of_range", "silent"]
@@ -39,7 +39,7 @@ class HealthConfig:
     rules: Mapping[str, QuantityRule] = field(default_factory=lambda: HealthThresholds().rules())
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class HealthFinding:
     """One health issue of one device and reading field, open since ``since`` (event time)."""
 
@@ -69,7 +69,7 @@ class HealthState:
     open: Mapping[str, Mapping[Issue, float]] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class HealthUpdate:
     """New state, and the issues that opened or cleared with this reading."""
 

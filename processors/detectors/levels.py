@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Self
 
-from processors.detectors.state import stored
+from processors.detectors.state import frozen, stored
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +104,7 @@ class Ladder:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class LevelStep:
     """The outcome of one tracker update."""
 

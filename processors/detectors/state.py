@@ -12,6 +12,12 @@ their windows each time (a pydantic dataclass) cost about a fifth of an air read
 handling. The detectors are type-checked (mypy strict) instead; the round-trip tests
 (``tests/unit/processors/test_states.py``) serialise the states they really produce.
 
+States, and the values the detectors return with them, are immutable but built cheaply:
+a frozen dataclass's ``__init__`` assigns each field through ``object.__setattr__``,
+about four times the cost of a plain assignment, and an air reading builds some twenty
+of them. :func:`frozen` (and so :func:`stored`) keeps the dataclass frozen (assigning a
+field still raises) and gives it an ``__init__`` that writes its slots directly.
+
 Infinity is a value some states hold (a station's Pd signal-to-noise ratio before any
 noise was measured), so it is written as ``Infinity`` rather than JSON ``null``, which
 would not read back as a float.
@@ -34,7 +40,60 @@ STATE_CONFIG = ConfigDict(ser_json_inf_nan="constants")
 def stored(cls: type[T]) -> type[T]:
     """Declare a detector state: a frozen, slotted dataclass that pydantic serialises."""
     cls.__pydantic_config__ = STATE_CONFIG  # type: ignore[attr-defined]  # read by pydantic
-    return dataclasses.dataclass(frozen=True, slots=True)(cls)
+    return frozen(cls)
+
+
+@dataclass_transform(frozen_default=True, field_specifiers=(dataclasses.field,))
+def frozen(cls: type[T]) -> type[T]:
+    """``dataclass(frozen=True, slots=True)`` with a cheaper ``__init__``: the same
+    parameters, defaults, default factories and ``__post_init__``, but each field
+    written through its slot's descriptor rather than ``object.__setattr__``."""
+    made = dataclasses.dataclass(frozen=True, slots=True)(cls)
+    _slot_init(made)
+    return made
+
+
+_NO_VALUE = object()
+
+
+def _slot_init(cls: type[Any]) -> None:
+    fields = dataclasses.fields(cls)
+    if len(fields) != len(cls.__dataclass_fields__) or any(f.kw_only for f in fields):
+        return  # InitVar, ClassVar or keyword-only fields: keep dataclasses' __init__
+    names: dict[str, Any] = {"_NO_VALUE": _NO_VALUE}
+    params: list[str] = []
+    body: list[str] = []
+    for i, f in enumerate(fields):
+        setter = f"_dc_set{i}"
+        names[setter] = cls.__dict__[f.name].__set__
+        has_default = f.default is not dataclasses.MISSING
+        has_factory = f.default_factory is not dataclasses.MISSING
+        names[f"_dc_default{i}"] = f.default
+        names[f"_dc_factory{i}"] = f.default_factory
+        if not f.init:
+            if has_default:
+                body.append(f"{setter}(self, _dc_default{i})")
+            elif has_factory:
+                body.append(f"{setter}(self, _dc_factory{i}())")
+            continue
+        if has_default:
+            params.append(f"{f.name}=_dc_default{i}")
+            body.append(f"{setter}(self, {f.name})")
+        elif has_factory:
+            params.append(f"{f.name}=_NO_VALUE")
+            value = f"_dc_factory{i}() if {f.name} is _NO_VALUE else {f.name}"
+            body.append(f"{setter}(self, {value})")
+        else:
+            params.append(f.name)
+            body.append(f"{setter}(self, {f.name})")
+    if hasattr(cls, "__post_init__"):
+        body.append("self.__post_init__()")
+    source = f"def __init__(self, {', '.join(params)}):\n    " + "\n    ".join(body or ["pass"])
+    exec(source, names)  # noqa: S102  # built from the dataclass's own field names
+    init = names["__init__"]
+    init.__qualname__ = f"{cls.__qualname__}.__init__"
+    init.__module__ = cls.__module__
+    cls.__init__ = init
 
 
 _ADAPTERS: dict[type[Any], TypeAdapter[Any]] = {}
@@ -59,4 +118,4 @@ def load_state(kind: type[T], data: bytes | str) -> T:
     return value
 
 
-__all__ = ["STATE_CONFIG", "dump_state", "load_state", "stored"]
+__all__ = ["STATE_CONFIG", "dump_state", "frozen", "load_state", "stored"]

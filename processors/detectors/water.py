@@ -41,7 +41,7 @@ from civic_iot.thresholds import (
 )
 from processors.detectors.intensity import intensity_ordinal
 from processors.detectors.levels import Ladder, LevelStep, LevelTracker
-from processors.detectors.state import stored
+from processors.detectors.state import frozen, stored
 from processors.detectors.windows import (
     BucketSeries,
     SampleBuffer,
@@ -119,7 +119,7 @@ class GaugeState:
     rise: LevelTracker = field(default_factory=LevelTracker)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class GaugeFigures:
     """Derived figures of a flood (cm) or river (m) gauge as of the newest event time."""
 
@@ -140,7 +140,7 @@ class GaugeFigures:
     rise_threshold_cm_per_10min: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class GaugeUpdate:
     state: GaugeState
     figures: GaugeFigures
@@ -320,7 +320,7 @@ class RainState:
         return cls(days=BucketSeries(DAY_S, config.antecedent_days + 1, config.utc_offset_s))
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class RainFigures:
     """Accumulations of ``rainfall_mm`` (mm) as of the newest event time, and the class."""
 
@@ -335,7 +335,7 @@ class RainFigures:
     class_zh: str | None
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class RainUpdate:
     state: RainState
     figures: RainFigures
@@ -376,7 +376,8 @@ def update_rain(
     recent = state.recent if duplicate else (*state.recent, t)[-config.dedupe_keep :]
 
     hours = {1, 3, 24} | {h for c in config.classes for h, _ in c.criteria}
-    sums = {h: _mm(tens.total(clock, h * HOUR_S // TEN_MIN_S)) for h in hours}
+    in_tens = tens.totals(clock, {h * HOUR_S // TEN_MIN_S for h in hours})
+    sums = {h: _mm(in_tens[h * HOUR_S // TEN_MIN_S]) for h in hours}
     by_day = {start: _mm(total) for start, total, _ in days.last(clock, days.keep)}
     today = days.start_of(clock)
     daily = tuple(by_day.get(today - d * DAY_S, 0.0) for d in range(days.keep))
@@ -491,7 +492,7 @@ def mark_strong_shaking(state: DebrisFlowState, shaking: StrongShaking | None) -
     return replace(state, shaking=shaking)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class DebrisFlowFigures:
     """RTI figures as of the rain clock. Rain in mm, RTI in mm^2/h.
 
@@ -518,7 +519,7 @@ class DebrisFlowFigures:
     shaking: StrongShaking | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class DebrisFlowUpdate:
     state: DebrisFlowState
     figures: DebrisFlowFigures

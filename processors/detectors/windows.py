@@ -18,7 +18,9 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import field
 from datetime import UTC, datetime
-from typing import Self
+from typing import Annotated, Self
+
+from pydantic import Field
 
 from processors.detectors.state import stored
 
@@ -49,6 +51,11 @@ class BucketSeries:
     keep: int
     offset_s: int = 0
     buckets: Mapping[int, tuple[float, int]] = field(default_factory=dict)
+    #: The older buckets' sums per window (:meth:`step`): worked out again from the
+    #: buckets when missing, so not stored.
+    older: Annotated[Older | None, Field(exclude=True)] = field(
+        default=None, repr=False, compare=False
+    )
 
     def start_of(self, t: float) -> int:
         """The start (epoch seconds) of the bucket holding ``t``."""
@@ -101,6 +108,18 @@ class BucketSeries:
         """Sum of the values in the ``n`` newest buckets at ``now``."""
         return sum(total for _, total, _ in self.last(now, n))
 
+    def totals(self, now: float, counts: Iterable[int]) -> dict[int, float]:
+        """:meth:`total` of each of ``counts`` newest buckets at ``now``, from one sort of
+        the buckets (each sum taken oldest first, as :meth:`total` takes it)."""
+        newest = self.start_of(now)
+        kept = sorted((k, total) for k, (total, _) in self.buckets.items() if k <= newest)
+        starts = [k for k, _ in kept]
+        values = [total for _, total in kept]
+        width = self.width_s
+        return {
+            n: sum(values[bisect.bisect_left(starts, newest - (n - 1) * width) :]) for n in counts
+        }
+
     def mean_of_means(self, now: float, n: int) -> tuple[float | None, int]:
         """Mean of the per-bucket means over the ``n`` newest buckets, and how many had data.
 
@@ -123,11 +142,41 @@ class BucketSeries:
         """:meth:`add` ``value`` at ``t`` (when given), :meth:`pruned` and
         :meth:`means_of_means` of ``windows`` (ascending) at once: the series, whether
         the value was kept, and each window's mean and valid buckets. What a detector does
-        with every reading, in one pass over the buckets."""
+        with every reading.
+
+        The buckets before the newest change only when the newest moves on (once an hour
+        for hourly buckets) or a late value lands in one: until then each window's sum of
+        their means is kept with the series (:attr:`older`), and a step adds the newest
+        bucket's mean to it instead of going over every bucket again."""
         width, offset = self.width_s, self.offset_s
         if t is not None and t > now:
             now = t
         newest = int((now + offset) // width) * width - offset
+        older = self.older
+        if older is not None and older[0] == newest and older[1] == windows:
+            # Nothing aged out since the sums were made (the newest is the same).
+            buckets = self.buckets
+            kept = t is not None
+            series = self
+            if t is not None:
+                start = int((t + offset) // width) * width - offset
+                if start == newest:
+                    new = dict(buckets)
+                    old = new.get(start)
+                    new[start] = (old[0] + value, old[1] + 1) if old is not None else (value, 1)
+                    series = self._with(new, older)
+                elif start >= newest - (self.keep - 1) * width:
+                    return self._step(now, newest, windows, t, value)  # a late value
+                else:
+                    kept = False
+            return series, kept, _windows(series.buckets.get(newest), older)
+        return self._step(now, newest, windows, t, value)
+
+    def _step(
+        self, now: float, newest: int, windows: Sequence[int], t: float | None, value: float
+    ) -> tuple[Self, bool, dict[int, tuple[float | None, int]]]:
+        """:meth:`step` going over every bucket, and the sums of the older ones made."""
+        width, offset = self.width_s, self.offset_s
         floor = newest - (self.keep - 1) * width
         buckets = self.buckets
         # Filtered only when a bucket aged out (once an hour of a series), else copied
@@ -144,14 +193,15 @@ class BucketSeries:
                 new[start] = (old[0] + value, old[1] + 1) if old is not None else (value, 1)
             else:
                 kept = False
-        series = self if new is None else self._with(new)
+        current = self.buckets if new is None else new
         aged = [
             ((newest - k) // width, total / count)
-            for k, (total, count) in series.buckets.items()
-            if count > 0 and k <= newest
+            for k, (total, count) in current.items()
+            if count > 0 and k < newest
         ]
         aged.sort()
-        out: dict[int, tuple[float | None, int]] = {}
+        sums: list[float] = []
+        valids: list[int] = []
         total_m = 0.0
         valid = 0
         i, n_aged = 0, len(aged)
@@ -160,11 +210,36 @@ class BucketSeries:
                 total_m += aged[i][1]
                 valid += 1
                 i += 1
-            out[n] = ((total_m / valid) if valid else None), valid
-        return series, kept, out
+            sums.append(total_m)
+            valids.append(valid)
+        older = (newest, tuple(windows), tuple(sums), tuple(valids))
+        series = self._with(current, older)  # the buckets are never changed in place
+        return series, kept, _windows(current.get(newest), older)
 
-    def _with(self, buckets: dict[int, tuple[float, int]]) -> Self:
-        return type(self)(self.width_s, self.keep, self.offset_s, buckets)
+    def _with(self, buckets: Mapping[int, tuple[float, int]], older: Older | None = None) -> Self:
+        return type(self)(self.width_s, self.keep, self.offset_s, buckets, older)
+
+
+#: What :meth:`BucketSeries.step` keeps of the buckets before the newest: the newest's
+#: start, the window sizes, and per window the sum of the older buckets' means in it and
+#: how many there are.
+Older = tuple[int, tuple[int, ...], tuple[float, ...], tuple[int, ...]]
+
+
+def _windows(newest: tuple[float, int] | None, older: Older) -> dict[int, tuple[float | None, int]]:
+    """Each window's mean of means and valid buckets: the older buckets' sums, then the
+    newest bucket's mean (when it has values), in that order whichever path made them."""
+    _, windows, sums, valids = older
+    if newest is None or newest[1] <= 0:
+        return {
+            n: ((total / valid) if valid else None, valid)
+            for n, total, valid in zip(windows, sums, valids, strict=True)
+        }
+    mean = newest[0] / newest[1]
+    return {
+        n: ((total + mean) / (valid + 1), valid + 1)
+        for n, total, valid in zip(windows, sums, valids, strict=True)
+    }
 
 
 @stored

@@ -12,6 +12,7 @@ from processors.detectors.air import (
     AirConfig,
     AirState,
     AirUpdate,
+    TownshipAggregate,
     TownshipAirState,
     update_air,
     update_township,
@@ -314,3 +315,37 @@ def test_township_state_round_trip() -> None:
     state = update_township(state, "b", 1, None, at(0, 5)).state
     restored = load_state(TownshipAirState, dump_state(state))
     assert restored == state
+
+
+@pytest.mark.parametrize("registered", [None, 3])
+def test_a_township_aggregate_decides_as_update_township_after_each_report(
+    registered: int | None,
+) -> None:
+    # Sensors that go quiet past the timeout, a late report, levels up and down: after
+    # every report the aggregate's level is update_township's, and so is its final state.
+    reports = [
+        ("a", 1, 110, at(0)),
+        ("b", 1, 120, at(0, 10)),
+        ("c", 2, 160, at(0, 20)),
+        ("c", 0, 40, at(0, 15)),  # late: ignored
+        ("b", 2, 170, at(0, 50)),
+        ("c", 2, 165, at(1, 40)),  # a and b (and the old c) time out
+        ("d", 3, 210, at(1, 45)),
+        ("a", 3, None, at(1, 50)),
+        ("d", 0, 30, at(3)),
+    ]
+    state = TownshipAirState()
+    town = TownshipAggregate(state, registered_sensors=registered)
+    for device, level, aqi, when in reports:
+        one = update_township(state, device, level, aqi, when, registered_sensors=registered)
+        step = town.add(device, level, aqi, when)
+        assert (step.level, step.previous, step.devices, step.hotspot, step.aqi) == (
+            one.level,
+            one.previous,
+            one.devices,
+            one.hotspot,
+            one.aqi,
+        )
+        state = one.state
+        assert town.state() == state
+    assert list(state.sensors) == ["d"]

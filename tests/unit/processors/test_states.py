@@ -6,6 +6,7 @@ states the handlers really produce."""
 from __future__ import annotations
 
 import math
+from dataclasses import FrozenInstanceError, field, replace
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -47,7 +48,7 @@ from processors.detectors.quake import (
     distance_km,
 )
 from processors.detectors.seismic import StationState
-from processors.detectors.state import dump_state, load_state
+from processors.detectors.state import dump_state, frozen, load_state
 from processors.detectors.water import DebrisFlowState, GaugeState, RainState, StrongShaking
 from processors.detectors.windows import BucketSeries, SampleBuffer
 from processors.handlers import (
@@ -461,3 +462,32 @@ def test_township_shaking_and_quake_states_of_real_inputs_round_trip() -> None:
     assert quake.assoc.events
     assert any(st.pd_snr == math.inf for st in quake.assoc.events[0].stations)
     _round_trips(quake)
+
+
+def test_a_frozen_value_is_built_as_a_dataclass_would_build_it() -> None:
+    @frozen
+    class Made:
+        a: int
+        b: tuple[int, ...] = (1,)
+        c: list[int] = field(default_factory=list, compare=False)
+        d: int = field(init=False, default=7)
+        e: list[int] = field(init=False, default_factory=list, compare=False)
+        f: int = field(init=False, repr=False, compare=False)
+
+        def __post_init__(self) -> None:
+            object.__setattr__(self, "f", self.a * 2)
+
+    x = Made(3)
+    assert (x.a, x.b, x.c, x.d, x.e, x.f) == (3, (1,), [], 7, [], 6)
+    assert Made(3).c is not x.c  # a fresh default each time
+    y = Made(a=4, b=(2,), c=[1])
+    assert (y.a, y.b, y.c, y.f) == (4, (2,), [1], 8)
+    assert x == Made(3)
+    assert hash(Made(3, (5,))) == hash(Made(3, (5,), [2]))
+    assert replace(x, a=5).f == 10
+    with pytest.raises(FrozenInstanceError):
+        x.a = 4  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        Made()  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        Made(1, d=2)  # type: ignore[call-arg]
