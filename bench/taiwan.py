@@ -182,17 +182,44 @@ def candidate_times(log: str) -> list[tuple[float, float]]:
     return out
 
 
+#: ``key=value`` figures (ms) of the stage lines: the seismic worker's ``seismic ticks``
+#: (a batch with triggers: its wait since the first trigger's record, deciding its
+#: packets, sending its ticks) and ``quake candidate`` (deciding packet -> its tick's
+#: record, the tick's wait for the quake agent, the associator step).
+_STAGE_LINES = {
+    "seismic ticks": ("wait_ms", "decide_ms", "send_ms"),
+    "quake candidate": ("to_tick_ms", "tick_wait_ms", "step_ms"),
+}
+
+
+def stages(log: str) -> dict[str, list[float]]:
+    """Per stage figure of :data:`_STAGE_LINES`, its values in log order, ms."""
+    out: dict[str, list[float]] = {k: [] for keys in _STAGE_LINES.values() for k in keys}
+    for line in log.splitlines():
+        for marker, keys in _STAGE_LINES.items():
+            if marker + " " in line:
+                for key in keys:
+                    m = re.search(rf"\b{key}=(-?[\d.]+)", line)
+                    if m:
+                        out[key].append(float(m.group(1)))
+    return out
+
+
 def alert_latencies(
     candidates: Sequence[tuple[float, float]],
     alerts_ms: Sequence[float],
     within_ms: float = 10_000.0,
+    *,
+    from_candidate: bool = False,
 ) -> list[float]:
     """Per candidate (deciding record time, latency; ms, in log order), the first MQTT
     earthquake message that arrived after it was logged and before the next one was:
     arrival minus the deciding record's time, ms. A candidate the alert service sent no
     message for (nothing new to say) has none; one message per township follows each
     candidate, only the first counts; one more than ``within_ms`` after the candidate is
-    not its alert (the Cancel once the quake is cleared, a minute later)."""
+    not its alert (the Cancel once the quake is cleared, a minute later).
+    ``from_candidate``: arrival minus the candidate's log time instead (the alert service
+    and MQTT stage)."""
     arrivals = sorted(alerts_ms)
     out = []
     for i, (record, latency) in enumerate(candidates):
@@ -202,7 +229,7 @@ def alert_latencies(
         )
         first = next((a for a in arrivals if start <= a < end), None)
         if first is not None:
-            out.append(first - record)
+            out.append(first - (start if from_candidate else record))
     return out
 
 
@@ -726,6 +753,8 @@ def cmd_load(args: argparse.Namespace) -> int:
         backlog_stored = buckets.count("readings", "air", "lat") - stored["air"]
         cands = candidate_times((log_dir / "seismic.log").read_text(errors="replace"))
         alert_ms = alert_latencies(cands, alerts_at)
+        stage_ms = stages((log_dir / "seismic.log").read_text(errors="replace"))
+        stage_ms["candidate_to_mqtt_ms"] = alert_latencies(cands, alerts_at, from_candidate=True)
         wall = wall1 - wall0
         cpu_share = shares(cpu0, cpu1, wall)
         readings = {  # what each process handled (the bulk worker: backlog included)
@@ -757,6 +786,7 @@ def cmd_load(args: argparse.Namespace) -> int:
             "candidate_ms": [round(lat, 1) for _, lat in cands],
             "mqtt_alert_ms": [round(x, 1) for x in alert_ms],
             "mqtt_alerts": len(alerts_at),
+            "stage_ms": {k: [round(x, 1) for x in v] for k, v in stage_ms.items()},
         }
         lag_bulk = [r["lag"].get("bulk", 0) for r in sampler.rows if r["lag"]]
         lag_seis = [r["lag"].get("seismic", 0) for r in sampler.rows if r["lag"]]
@@ -830,6 +860,7 @@ def print_load(r: Mapping[str, Any], pct: Any) -> None:
         ("peak RSS, MiB", ", ".join(f"{k} {v:.0f}" for k, v in r["peak_rss_mib"].items())),
         ("deciding packet -> candidate, ms", q(r["candidate_ms"])),
         ("deciding packet -> MQTT alert, ms", q(r["mqtt_alert_ms"])),
+        *((f"  stage {k}", q(v)) for k, v in r.get("stage_ms", {}).items()),
         ("backlog readings stored by the end", f"{r['backlog_stored']} of {r['backlog']}"),
         ("load average start / end", r["load"]),
     ]

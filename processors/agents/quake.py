@@ -26,7 +26,7 @@ from civic_iot.storage.sink import PointSink
 from processors.agents.faults import failed
 from processors.agents.loop import BatchAgent
 from processors.agents.outbox import Outbox
-from processors.agents.stats import Stats
+from processors.agents.stats import Stats, record_ms
 from processors.agents.tables import BatchState, seen
 from processors.handlers import Context, handle_quake
 from processors.states import QuakeState
@@ -52,18 +52,25 @@ class QuakeAgent(BatchAgent):
         self.states = BatchState(table, QuakeState)
         self.state = self.states
         self._ticks: list[SeismicTick] = []
+        #: Per tick of the batch (by id): its own Kafka record time and when this agent
+        #: took it, epoch ms, for the stages of the candidate latency.
+        self._arrived: dict[int, tuple[float, float]] = {}
         self._last: EventT[Any] | None = None
 
     def begin_batch(self) -> None:
         super().begin_batch()
-        self._ticks, self._last = [], None
+        self._ticks, self._last, self._arrived = [], None, {}
 
     async def on_event(self, event: EventT[Any]) -> None:
         if not seen(self.states.get(NETWORK_KEY), event):
             try:
-                self._ticks.append(SeismicTick.model_validate_json(event.value))
+                tick = SeismicTick.model_validate_json(event.value)
             except Exception as exc:  # noqa: BLE001 - one record must not stop the agent
                 failed(self.stats, self.name, exc, event)
+            else:
+                self._ticks.append(tick)
+                now_ms = time.time() * 1000
+                self._arrived[id(tick)] = (float(record_ms(event) or now_ms), now_ms)
             self._last = event
 
     async def on_batch(self) -> None:
@@ -75,7 +82,8 @@ class QuakeAgent(BatchAgent):
         state = self.states.get(NETWORK_KEY)
         found: list[AlertCandidate] = []
         points: list[Point] = []
-        deciding: list[int] = []  # record ms of the ticks that gave candidates
+        # (record ms, tick) of the ticks that gave candidates
+        deciding: list[tuple[int, SeismicTick]] = []
         for tick in sorted(ticks, key=lambda k: k.now_s):
             try:
                 decision = handle_quake(state, [tick], self.ctx, datetime.now(UTC))
@@ -84,7 +92,7 @@ class QuakeAgent(BatchAgent):
                 continue
             state = decision.state
             if decision.candidates and tick.record_ms:
-                deciding.append(tick.record_ms)
+                deciding.append((tick.record_ms, tick))
             await self.outbox.candidates(decision.candidates)
             for notice in decision.notices:
                 await self.outbox.send(self.outbox.topics.shaking, notice.device, notice)
@@ -96,10 +104,18 @@ class QuakeAgent(BatchAgent):
         first = min((t.trigger_record_ms for t in ticks if t.trigger_record_ms), default=None)
         if found and deciding:
             now_ms = time.time() * 1000
+            packet_ms, tick = min(deciding, key=lambda d: d[0])
+            tick_ms, took_ms = self._arrived.get(id(tick), (now_ms, now_ms))
+            # The stages: the deciding packet's record -> its tick's record (the seismic
+            # agent's batch), -> this agent took it (its batch wait), -> candidate sent.
             logger.info(
-                "quake candidate latency_ms=%.1f from_trigger_ms=%.1f",
-                now_ms - min(deciding),
+                "quake candidate latency_ms=%.1f from_trigger_ms=%.1f to_tick_ms=%.1f "
+                "tick_wait_ms=%.1f step_ms=%.1f",
+                now_ms - packet_ms,
                 now_ms - first if first is not None else -1.0,
+                tick_ms - packet_ms,
+                took_ms - tick_ms,
+                now_ms - took_ms,
             )
         self.sink.add(points)
 
