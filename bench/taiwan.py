@@ -25,8 +25,7 @@ QoS 1, a bounded window), in two publisher processes (air + water, seismic).
 (``bench/quake_isolation.py``), so the bulk worker starts N readings behind.
 ``--split-quake`` runs the seismic path as two processes, ``stations`` and ``quake`` (the
 associator alone), instead of one ``seismic`` worker; ``--seismic-within S`` sets the
-stations' batch wait (``CIVIC_PROCESSORS__SEISMIC_WITHIN_S``; 0.2 s was the bulk
-readings' wait they shared before).
+stations' batch wait (``CIVIC_PROCESSORS__SEISMIC_WITHIN_S``, 0.2 s by default).
 
 It reports, per kind, offered (published) vs acknowledged vs stored; the consumer lag of
 both worker groups over time; held in real time or not (everything stored, both groups

@@ -342,12 +342,15 @@ class ProcessorSettings(BaseModel):
     #: committed per batch, after its points are stored.
     batch_max: int = Field(default=500, ge=1)
     batch_within_s: float = Field(default=0.2, gt=0)
-    #: The seismic stations' batch wait, seconds: on the alert latency path. Faust's
+    #: The seismic stations' batch wait, seconds, on the alert latency path. Faust's
     #: batches come on a timer of this period (and again a whole period after a batch
-    #: ends), so a packet waits up to this long before it is decided; the stations send
-    #: once a second, all at the top of the second, and a batch of 0.2 s kept the
-    #: earthquake candidate ~0.1-0.3 s later (bench/taiwan.py, docs/eew.md).
-    seismic_within_s: float = Field(default=0.02, gt=0)
+    #: ends), so a packet waits up to this long before it is decided; but a shorter one
+    #: splits a second's packets (the stations send at the top of the second) over more
+    #: ticks, and a tick the associator's watermark has passed is a step of its own
+    #: (0.2-0.5 s during an earthquake at 0.25 x Taiwan): 0.02 s measured no better at
+    #: 0.25 x Taiwan with the associator in its own process, and worse with it in the
+    #: stations' (docs/eew.md, "Latency of the warning path").
+    seismic_within_s: float = Field(default=0.2, gt=0)
     #: The earthquake associator's batch wait, seconds: on the alert latency path.
     quake_within_s: float = Field(default=0.02, gt=0)
     #: Open alert candidates (level >= 1) are re-sent this often, seconds, so the alert

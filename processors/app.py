@@ -45,8 +45,9 @@ half may be split again: ``stations`` (the station agent, group
 ``{processors_app}-seismic``) and ``quake`` (the associator, group
 ``{processors_app}-quake``), which talk only through ``seismic.triggers``, so that an
 associator step during an earthquake never holds the next second's packets back (one
-worker of each; a ``seismic`` worker does not join them). The stations batch on a
-shorter timer (``seismic_within_s``) than the bulk readings: they are on the warning path.
+worker of each; a ``seismic`` worker does not join them). The stations and the
+associator have batch waits of their own (``seismic_within_s``, ``quake_within_s``): they
+are on the warning path.
 
 Every agent runs the commit-after-sink loop (:mod:`processors.agents.loop`): a batch's
 events are acked, and its state written to the tables, only once its points are stored.
