@@ -23,13 +23,18 @@ the simulator) and sent by lean devices (``bench/loadgen.py``: one MQTT connecti
 QoS 1, a bounded window), in two publisher processes (air + water, seismic).
 ``--backlog N`` first writes N air readings to ingest's raw topic as ingest would
 (``bench/quake_isolation.py``), so the bulk worker starts N readings behind.
+``--split-quake`` runs the seismic path as two processes, ``stations`` and ``quake`` (the
+associator alone), instead of one ``seismic`` worker; ``--seismic-within S`` sets the
+stations' batch wait (``CIVIC_PROCESSORS__SEISMIC_WITHIN_S``, 0.2 s by default).
 
 It reports, per kind, offered (published) vs acknowledged vs stored; the consumer lag of
 both worker groups over time; held in real time or not (everything stored, both groups
 at the end of their topics within ``--drain-limit`` s of the last message); CPU of every
 process (share of a core, and per reading) and peak RSS; and the deciding packet's Kafka
 record -> earthquake candidate (seismic worker's log) and -> MQTT alert (a subscriber
-here) latencies. Results go to ``bench/results/taiwan-<time>.json``.
+here) latencies, and that latency's stages (:func:`stages`: the seismic batch's wait,
+deciding its packets, the tick's wait for the associator, the associator's step, the
+alert service and MQTT). Results go to ``bench/results/taiwan-<time>.json``.
 
 ``storage``: one station-second of raw waveform stored as the processors store it (one
 ``seismic_packet`` point per packet, the samples packed by ``civic_iot.storage.waveform``:
@@ -182,17 +187,44 @@ def candidate_times(log: str) -> list[tuple[float, float]]:
     return out
 
 
+#: ``key=value`` figures (ms) of the stage lines: the seismic worker's ``seismic ticks``
+#: (a batch with triggers: its wait since the first trigger's record, deciding its
+#: packets, sending its ticks) and ``quake candidate`` (deciding packet -> its tick's
+#: record, the tick's wait for the quake agent, the associator step).
+_STAGE_LINES = {
+    "seismic ticks": ("wait_ms", "decide_ms", "send_ms"),
+    "quake candidate": ("to_tick_ms", "tick_wait_ms", "step_ms"),
+}
+
+
+def stages(log: str) -> dict[str, list[float]]:
+    """Per stage figure of :data:`_STAGE_LINES`, its values in log order, ms."""
+    out: dict[str, list[float]] = {k: [] for keys in _STAGE_LINES.values() for k in keys}
+    for line in log.splitlines():
+        for marker, keys in _STAGE_LINES.items():
+            if marker + " " in line:
+                for key in keys:
+                    m = re.search(rf"\b{key}=(-?[\d.]+)", line)
+                    if m:
+                        out[key].append(float(m.group(1)))
+    return out
+
+
 def alert_latencies(
     candidates: Sequence[tuple[float, float]],
     alerts_ms: Sequence[float],
     within_ms: float = 10_000.0,
+    *,
+    from_candidate: bool = False,
 ) -> list[float]:
     """Per candidate (deciding record time, latency; ms, in log order), the first MQTT
     earthquake message that arrived after it was logged and before the next one was:
     arrival minus the deciding record's time, ms. A candidate the alert service sent no
     message for (nothing new to say) has none; one message per township follows each
     candidate, only the first counts; one more than ``within_ms`` after the candidate is
-    not its alert (the Cancel once the quake is cleared, a minute later)."""
+    not its alert (the Cancel once the quake is cleared, a minute later).
+    ``from_candidate``: arrival minus the candidate's log time instead (the alert service
+    and MQTT stage)."""
     arrivals = sorted(alerts_ms)
     out = []
     for i, (record, latency) in enumerate(candidates):
@@ -202,7 +234,7 @@ def alert_latencies(
         )
         first = next((a for a in arrivals if start <= a < end), None)
         if first is not None:
-            out.append(first - record)
+            out.append(first - (start if from_candidate else record))
     return out
 
 
@@ -489,6 +521,8 @@ def cmd_load(args: argparse.Namespace) -> int:
         "scale": args.scale,
         "seconds": args.seconds,
         "backlog": args.backlog,
+        "split_quake": args.split_quake,
+        "seismic_within_s": args.seismic_within,
         "spec": asdict(spec),
         "offered_per_s": offered_rates(spec),
         "logs": str(log_dir),
@@ -520,32 +554,43 @@ def cmd_load(args: argparse.Namespace) -> int:
                 "ingest": ["ingest"],
                 "worker": ["worker"],
                 "seismic": ["worker"],
+                **({"quake": ["worker"]} if args.split_quake else {}),
                 "alerts": ["alerts", "run"],
             },
         )
         run = prefix.rstrip(".")
+        seismic_env = (
+            {"CIVIC_PROCESSORS__SEISMIC_WITHIN_S": str(args.seismic_within)}
+            if args.seismic_within
+            else {}
+        )
         role_env = {
             "worker": {
                 "CIVIC_PROCESSORS__ROLE": "bulk",
                 "CIVIC_PROCESSORS__INSTANCE": f"{run}-bulk",
             },
             "seismic": {
-                "CIVIC_PROCESSORS__ROLE": "seismic",
+                "CIVIC_PROCESSORS__ROLE": "stations" if args.split_quake else "seismic",
                 "CIVIC_PROCESSORS__INSTANCE": f"{run}-seismic",
-                "CIVIC_PROCESSORS__WEB_PORT": str(procs.ports["seismic"]),
+                **seismic_env,
+            },
+            "quake": {
+                "CIVIC_PROCESSORS__ROLE": "quake",
+                "CIVIC_PROCESSORS__INSTANCE": f"{run}-quake",
             },
         }
         common_env = procs.extra_env
 
         def start(name: str) -> None:
-            if name == "seismic":
+            if name in ("seismic", "quake"):
                 role_env[name]["CIVIC_PROCESSORS__WEB_PORT"] = str(procs.ports[name])
             procs.extra_env = {**common_env, **role_env.get(name, {})}
             procs.start(name)
             procs.extra_env = common_env
 
-        for name in ("alerts", "seismic", "worker", "ingest"):
+        for name in ("alerts", *(("quake",) if args.split_quake else ()), "seismic", "worker"):
             start(name)
+        start("ingest")
         deadline = time.monotonic() + 240
         restarts = 0
         while not all(read_health(procs.url(n))[0] == 200 for n in procs.args):
@@ -627,6 +672,7 @@ def cmd_load(args: argparse.Namespace) -> int:
             "ingest": procs.procs["ingest"].pid,
             "bulk worker": procs.procs["worker"].pid,
             "seismic worker": procs.procs["seismic"].pid,
+            **({"quake worker": procs.procs["quake"].pid} if args.split_quake else {}),
             "alerts": procs.procs["alerts"].pid,
             "publisher air+water": publishers[0].pid or 0,
             "publisher seismic": publishers[1].pid or 0,
@@ -724,8 +770,20 @@ def cmd_load(args: argparse.Namespace) -> int:
             "seismic": buckets.count("seismic", "seismic_packet", "samples", live),
         }
         backlog_stored = buckets.count("readings", "air", "lat") - stored["air"]
-        cands = candidate_times((log_dir / "seismic.log").read_text(errors="replace"))
+        # The associator's log: the quake worker's, or the seismic worker's.
+        worker_logs = "".join(
+            (log_dir / f"{n}.log").read_text(errors="replace")
+            for n in ("seismic", "quake")
+            if n in procs.procs
+        )
+        cands = candidate_times(
+            (log_dir / ("quake.log" if args.split_quake else "seismic.log")).read_text(
+                errors="replace"
+            )
+        )
         alert_ms = alert_latencies(cands, alerts_at)
+        stage_ms = stages(worker_logs)
+        stage_ms["candidate_to_mqtt_ms"] = alert_latencies(cands, alerts_at, from_candidate=True)
         wall = wall1 - wall0
         cpu_share = shares(cpu0, cpu1, wall)
         readings = {  # what each process handled (the bulk worker: backlog included)
@@ -751,19 +809,21 @@ def cmd_load(args: argparse.Namespace) -> int:
             },
             "peak_rss_mib": {
                 k: round(max(sampler.hwm.get(k, 0.0), proc_hwm_mib(pids[k])))
-                for k in ("ingest", "bulk worker", "seismic worker", "alerts")
+                for k in ("ingest", "bulk worker", "seismic worker", "quake worker", "alerts")
+                if k in pids
             },
             "lag": [{"t": round(r["t"] - wall0, 1), **r["lag"]} for r in sampler.rows],
             "candidate_ms": [round(lat, 1) for _, lat in cands],
             "mqtt_alert_ms": [round(x, 1) for x in alert_ms],
             "mqtt_alerts": len(alerts_at),
+            "stage_ms": {k: [round(x, 1) for x in v] for k, v in stage_ms.items()},
         }
         lag_bulk = [r["lag"].get("bulk", 0) for r in sampler.rows if r["lag"]]
         lag_seis = [r["lag"].get("seismic", 0) for r in sampler.rows if r["lag"]]
         result["lag_max"] = {"bulk": max(lag_bulk, default=0), "seismic": max(lag_seis, default=0)}
         # One worker for air, water and seismic would carry both workers' CPU.
         result["worker_cpu_share"] = round(
-            cpu_share.get("bulk worker", 0) + cpu_share.get("seismic worker", 0), 3
+            sum(cpu_share.get(f"{k} worker", 0) for k in ("bulk", "seismic", "quake")), 3
         )
         RESULTS.mkdir(exist_ok=True)
         out = RESULTS / f"taiwan-{stamp}.json"
@@ -796,6 +856,11 @@ def print_load(r: Mapping[str, Any], pct: Any) -> None:
         (
             "scale, seconds, backlog",
             f"{r['scale']:g} x Taiwan, {r['seconds']:g} s, {r['backlog']} air readings",
+        ),
+        (
+            "seismic path",
+            ("stations + quake workers" if r.get("split_quake") else "one seismic worker")
+            + f", stations' batch wait {r.get('seismic_within_s') or 'default'}",
         ),
         ("offered per s", ", ".join(f"{k} {v:,.0f}" for k, v in r["offered_per_s"].items())),
         (
@@ -830,6 +895,7 @@ def print_load(r: Mapping[str, Any], pct: Any) -> None:
         ("peak RSS, MiB", ", ".join(f"{k} {v:.0f}" for k, v in r["peak_rss_mib"].items())),
         ("deciding packet -> candidate, ms", q(r["candidate_ms"])),
         ("deciding packet -> MQTT alert, ms", q(r["mqtt_alert_ms"])),
+        *((f"  stage {k}", q(v)) for k, v in r.get("stage_ms", {}).items()),
         ("backlog readings stored by the end", f"{r['backlog_stored']} of {r['backlog']}"),
         ("load average start / end", r["load"]),
     ]
@@ -1027,6 +1093,17 @@ def main() -> int:
         type=float,
         default=0.0,
         help="s for the publishers to generate and connect (0: 40 + 240 x scale)",
+    )
+    lp.add_argument(
+        "--split-quake",
+        action="store_true",
+        help="the seismic path as a stations and a quake worker (roles stations, quake)",
+    )
+    lp.add_argument(
+        "--seismic-within",
+        type=float,
+        default=0.0,
+        help="the stations' batch wait, s (CIVIC_PROCESSORS__SEISMIC_WITHIN_S; 0: default)",
     )
     lp.add_argument("--sample", type=float, default=2.0, help="s between lag/CPU samples")
     lp.add_argument("--drain-limit", type=float, default=5.0, help="held: drained within, s")

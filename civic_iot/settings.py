@@ -342,6 +342,15 @@ class ProcessorSettings(BaseModel):
     #: committed per batch, after its points are stored.
     batch_max: int = Field(default=500, ge=1)
     batch_within_s: float = Field(default=0.2, gt=0)
+    #: The seismic stations' batch wait, seconds, on the alert latency path. Faust's
+    #: batches come on a timer of this period (and again a whole period after a batch
+    #: ends), so a packet waits up to this long before it is decided; but a shorter one
+    #: splits a second's packets (the stations send at the top of the second) over more
+    #: ticks, and a tick the associator's watermark has passed is a step of its own
+    #: (0.2-0.5 s during an earthquake at 0.25 x Taiwan): 0.02 s measured no better at
+    #: 0.25 x Taiwan with the associator in its own process, and worse with it in the
+    #: stations' (docs/eew.md, "Latency of the warning path").
+    seismic_within_s: float = Field(default=0.2, gt=0)
     #: The earthquake associator's batch wait, seconds: on the alert latency path.
     quake_within_s: float = Field(default=0.02, gt=0)
     #: Open alert candidates (level >= 1) are re-sent this often, seconds, so the alert
@@ -355,8 +364,12 @@ class ProcessorSettings(BaseModel):
     #: The agents this worker runs (``processors.app``): ``all``; or, as two kinds of
     #: process, ``bulk`` (air, water, townships, strong-shaking marks, dead letters) and
     #: ``seismic`` (stations and the earthquake associator, in a consumer group of its
-    #: own), so that an air or water backlog never delays an earthquake.
-    role: Literal["all", "bulk", "seismic"] = "all"
+    #: own), so that an air or water backlog never delays an earthquake. ``seismic`` may
+    #: itself be split in two processes: ``stations`` (the station agent, the seismic
+    #: group) and ``quake`` (the associator, a group of its own), so that an associator
+    #: step during an earthquake (0.3-1 s of CPU at Taiwan's scale) never holds the
+    #: stations' packets back, nor they it.
+    role: Literal["all", "bulk", "seismic", "stations", "quake"] = "all"
 
 
 class ApiSettings(BaseModel):

@@ -222,6 +222,12 @@ class Topology:
         so that their partitions and event loop never wait for the bulk readings'."""
         return f"{self.processors_app}-seismic"
 
+    @property
+    def processors_quake(self) -> str:
+        """The app id and consumer group of the ``quake`` workers (the associator alone,
+        when the seismic path runs as ``stations`` + ``quake``)."""
+        return f"{self.processors_app}-quake"
+
     def agent(self, name: str) -> str:
         """A Faust agent's name (unique per app and deployment)."""
         return f"{self.prefix}{name}"
@@ -247,6 +253,7 @@ class Topology:
         return (
             self.processors_app,
             self.processors_seismic,
+            self.processors_quake,
             self.alerts_group,
             self.election_group,
             self.webhook_group,

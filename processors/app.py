@@ -40,7 +40,14 @@ processes of their own: ``bulk`` (air, water, township, shaking, dead letters) a
 ``seismic`` (the stations and the associator, app id and consumer group
 ``{processors_app}-seismic``: :func:`processors_app_id`). The halves share no table and
 talk only through Kafka (``processors.shaking``), so a seismic worker's event loop,
-producer buffer and partitions never wait behind an air or water backlog.
+producer buffer and partitions never wait behind an air or water backlog. The seismic
+half may be split again: ``stations`` (the station agent, group
+``{processors_app}-seismic``) and ``quake`` (the associator, group
+``{processors_app}-quake``), which talk only through ``seismic.triggers``, so that an
+associator step during an earthquake never holds the next second's packets back (one
+worker of each; a ``seismic`` worker does not join them). The stations and the
+associator have batch waits of their own (``seismic_within_s``, ``quake_within_s``): they
+are on the warning path.
 
 Every agent runs the commit-after-sink loop (:mod:`processors.agents.loop`): a batch's
 events are acked, and its state written to the tables, only once its points are stored.
@@ -208,7 +215,9 @@ def create_app(
     stats = Stats()
     activity = Activity()
 
-    bulk, seismic = p.role in ("all", "bulk"), p.role in ("all", "seismic")
+    bulk = p.role in ("all", "bulk")
+    stations = p.role in ("all", "seismic", "stations")
+    quake = p.role in ("all", "seismic", "quake")
 
     guard = ReadingGuard(
         marker=Marker(key),
@@ -224,7 +233,7 @@ def create_app(
         return DeviceDeps(ctx, new_sink(kind), outbox, stats, activity, guard)
 
     devices: list[BatchAgent] = []
-    agents: list[tuple[TopicT, BatchAgent, float]] = []
+    agents: list[tuple[TopicT, BatchAgent]] = []
     watched: dict[str, Any] = {}  # kind -> its device table, for the silence watch
     republished: list[Any] = []  # tables whose open candidates are re-sent
     if bulk:
@@ -242,41 +251,44 @@ def create_app(
             (
                 app.topic(topics.deadletter),
                 DeadletterAgent(ctx.buckets, new_sink("deadletter"), stats),
-                p.batch_within_s,
             ),
             (
                 app.topic(topics.township, partitions=n, internal=True),
                 TownshipAgent(ctx, township_table, new_sink("township"), outbox, stats),
-                p.batch_within_s,
             ),
             (
                 app.topic(topics.shaking, partitions=n, internal=True),
                 ShakingAgent(ctx, shaking_table, new_sink("shaking"), stats),
-                p.batch_within_s,
             ),
         ]
-    if seismic:
+    if stations:
         seismic_table = state_table(app, "seismic-state", SeismicDevice, n)
-        quake_table = state_table(app, "quake-state", QuakeState, 1)
         devices.append(SeismicAgent(deps("seismic"), seismic_table))
         watched["seismic"] = seismic_table
+    if quake:
+        quake_table = state_table(app, "quake-state", QuakeState, 1)
         republished.append(quake_table)
         agents.append(
             (
                 app.topic(topics.triggers, partitions=1, internal=True),
                 QuakeAgent(ctx, quake_table, new_sink("quake"), outbox, stats),
-                p.quake_within_s,
             )
         )
-    agents[:0] = [(app.topic(topics.readings(a.name)), a, p.batch_within_s) for a in devices]
-    for topic, agent, within_s in agents:
+    agents[:0] = [(app.topic(topics.readings(a.name)), a) for a in devices]
+    for topic, agent in agents:
         _register(
-            app, topics, topic, agent, batch_max=p.batch_max, within_s=within_s, retry_s=retry_s
+            app,
+            topics,
+            topic,
+            agent,
+            batch_max=p.batch_max,
+            within_s=batch_within_s(p, agent.name),
+            retry_s=retry_s,
         )
     # A partition without a committed offset is read again from its start after every
     # rebalance, not from wherever the fetcher had got to (processors.faust_adapter).
     seek_uncommitted_to_start(app)
-    repair_stalls = _stall_repair(app, {t.get_topic_name(): a for t, a, _ in agents}, p)
+    repair_stalls = _stall_repair(app, {t.get_topic_name(): a for t, a in agents}, p)
 
     timer_sink = new_sink("timers")
     republish = Republish(republished, outbox)
@@ -378,10 +390,19 @@ def settle_heap() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
 
 
+def batch_within_s(p: ProcessorSettings, agent: str) -> float:
+    """The longest wait, s, for a batch of the agent named ``agent``: the stations' and the
+    associator's are shorter, they are on the warning path."""
+    return {"seismic": p.seismic_within_s, "quake": p.quake_within_s}.get(agent, p.batch_within_s)
+
+
 def processors_app_id(topics: Topology, role: str) -> str:
     """The Faust app id (the consumer group, and the prefix of its tables' changelogs) of
-    a worker of ``role`` (:attr:`Topology.processors_seismic` for the seismic path)."""
-    return topics.processors_seismic if role == "seismic" else topics.processors_app
+    a worker of ``role`` (:attr:`Topology.processors_seismic` for the seismic path and its
+    stations, :attr:`Topology.processors_quake` for the associator alone)."""
+    if role in ("seismic", "stations"):
+        return topics.processors_seismic
+    return topics.processors_quake if role == "quake" else topics.processors_app
 
 
 def _stall_repair(
@@ -530,4 +551,11 @@ def worker_health(
     }
 
 
-__all__ = ["FaustPublisher", "Progress", "create_app", "processors_app_id", "worker_health"]
+__all__ = [
+    "FaustPublisher",
+    "Progress",
+    "batch_within_s",
+    "create_app",
+    "processors_app_id",
+    "worker_health",
+]

@@ -369,6 +369,35 @@ def test_quake_replay_gives_one_event_and_noise_none(penv: Env) -> None:
         stop(worker)
 
 
+def test_the_seismic_path_split_in_a_stations_and_a_quake_worker_gives_the_event(
+    penv: Env,
+) -> None:
+    # Roles ``stations`` and ``quake``: the associator in a process (and consumer group)
+    # of its own, fed only through seismic.triggers, so that its steps never hold the
+    # stations' packets back; the same replay as one worker gives the same one event.
+    quake = SimQuake(lat=24.80, lon=121.60, depth_km=10.0, magnitude=6.0, origin_s=T0 + 40.0)
+    records = _seismic_records(penv, quake, 100.0)
+    produce(penv, records)
+    assoc = start_worker(penv, "quake", CIVIC_PROCESSORS__ROLE="quake")
+    stations = start_worker(penv, "stations", CIVIC_PROCESSORS__ROLE="stations")
+    try:
+        got = _candidates_until(penv, _quake_closed)
+        quakes = [c for c in got if c["hazard"] == "earthquake"]
+        assert quakes
+        assert len({c["area_code"] for c in quakes}) == 1, [c["area_code"] for c in quakes]
+        assert quakes[0]["level"] >= 1
+        assert quakes[-1]["level"] == 0
+        assert len(quakes[-1]["devices"]) >= 20
+        assert_every_sample_stored(penv, records)
+        assert penv.count("derived", "seismic_station", "pga_gal") == len(records)
+        # Each did only its own part: the stations worker logged no candidate.
+        assert "alert candidate" not in (penv.tmp / "stations.log").read_text(errors="replace")
+        assert "alert candidate" in (penv.tmp / "quake.log").read_text(errors="replace")
+    finally:
+        stop(stations)
+        stop(assoc)
+
+
 def test_a_lone_noisy_station_raises_no_quake(penv: Env) -> None:
     records = [r for r in _seismic_records(penv, None, 90.0) if r[1] == NOISY]
     records += [r for r in _seismic_records(penv, None, 90.0) if r[1] in ("TPE", "KEL")]

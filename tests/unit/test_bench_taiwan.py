@@ -19,6 +19,7 @@ from bench.taiwan import (
     packed_line,
     per_sample_lines,
     shares,
+    stages,
     taiwan_scenario,
     taiwan_spec,
     text_line,
@@ -120,6 +121,27 @@ def test_alert_latency_is_the_first_message_after_each_candidate() -> None:
         400.0,
         65_000.0,
     ]
+    # The alert service's and MQTT's own stage: from the candidate's log line.
+    assert alert_latencies(candidates, arrivals, from_candidate=True) == [200.0, 350.0]
+
+
+def test_stages_are_read_from_both_agents_lines() -> None:
+    log = (
+        "[2026-12-01 18:00:00,250] [1] [INFO] seismic ticks triggers=2 packets=40 "
+        "wait_ms=120.5 decide_ms=60.0 send_ms=0.4\n"
+        "[2026-12-01 18:00:00,400] [1] [INFO] quake candidate latency_ms=300.0 "
+        "from_trigger_ms=300.0 to_tick_ms=190.0 tick_wait_ms=15.5 step_ms=94.5\n"
+        "[2026-12-01 18:00:00,500] [1] [INFO] seismic ticks triggers=1 packets=3 "
+        "wait_ms=-2.0 decide_ms=5.0 send_ms=0.1\n"
+    )
+    assert stages(log) == {
+        "wait_ms": [120.5, -2.0],
+        "decide_ms": [60.0, 5.0],
+        "send_ms": [0.4, 0.1],
+        "to_tick_ms": [190.0],
+        "tick_wait_ms": [15.5],
+        "step_ms": [94.5],
+    }
 
 
 def _payload() -> SeismicPayload:

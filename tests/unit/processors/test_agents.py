@@ -13,7 +13,13 @@ import pytest
 
 from civic_iot.contracts.processing import Observation, SeismicTick, StrongShakingNotice, Trigger
 from civic_iot.contracts.provenance import Marker
-from civic_iot.contracts.readings import AirPayload, Location, Reading, WaterPayload
+from civic_iot.contracts.readings import (
+    AirPayload,
+    Location,
+    Reading,
+    SeismicPayload,
+    WaterPayload,
+)
 from civic_iot.registry import Device, Registry, Township
 from civic_iot.settings import Settings
 from civic_iot.storage.sink import SinkClosed
@@ -392,6 +398,57 @@ def test_state_and_acks_wait_until_the_points_are_stored() -> None:
     assert state.last_seen == t.timestamp()
     # The replay rewrote the raw point only: the detectors saw the reading once.
     assert [p.measurement for p in sinks["air"].stored] == ["air", "air_quality", "air"]
+
+
+def test_the_stations_ticks_leave_before_their_packets_are_stored_and_acks_wait() -> None:
+    # Storage is not on the warning path: the associator's tick of a batch is sent as
+    # soon as its packets are decided, while their raw points are still being stored;
+    # the state and the acks (so the commit) still wait for the points.
+    station = Device(id="seis-1", kind="seismic", lat=25.05, lon=121.56, township=TOWN)
+    registry = Registry(townships=REGISTRY.townships, devices=(*REGISTRY.devices, station))
+    sink, pub = GatedSink(), RecordingPublisher()
+    app = create_app(
+        _settings(),
+        registry=registry,
+        thresholds=thresholds_from({}, registry),
+        sink_factory=lambda name: sink if name == "seismic" else RecordingSink(),
+        publisher=pub,
+        clock=lambda: NOW,
+    )
+    app.finalize()
+    app.flow_control.resume()
+    t = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
+    packet = SeismicPayload(
+        ts=t, sample_rate_hz=100.0, x_gal=[0.1] * 100, y_gal=[0.2] * 100, z_gal=[980.0] * 100
+    )
+    value = Reading(
+        reading_id=f"seis-1:{to_ns(t)}", device_id="seis-1", kind="seismic", event_time=t,
+        received_at=t, location=Location(lat=station.lat, lon=station.lon, township=TOWN),
+        data=packet,
+    ).to_record()  # fmt: skip
+    triggers = Topology.of(_settings()).triggers
+    while_storing: dict[str, Any] = {}
+
+    async def run() -> None:
+        async with app.agents["seismic"].test_context() as ctx:
+            event = await ctx.put(**_marked("seismic", b"seis-1", value), wait=False)
+            await asyncio.wait_for(sink.flushing.wait(), 5)
+            while_storing.update(
+                ticks=[json.loads(v) for topic, _, v in pub.sent if topic == triggers],
+                state=app.tables["seismic-state"].get("seis-1"),
+                acked=event.message.acked,
+            )
+            sink.gate.set()
+            await _until(lambda: event.message.acked)
+
+    asyncio.run(run())
+    [tick] = while_storing["ticks"]
+    assert tick["now_s"] == t.timestamp() + 1.0
+    assert [s["station_id"] for s in tick["stations"]] == ["seis-1"]
+    assert while_storing["state"] is None
+    assert while_storing["acked"] is False
+    assert [p.measurement for p in sink.stored] == ["seismic_packet", "seismic_station"]
+    assert app.tables["seismic-state"].get("seis-1") is not None
 
 
 class ClosedSink(RecordingSink):

@@ -10,7 +10,7 @@ import pytest
 from civic_iot.settings import Settings
 from civic_iot.thresholds import thresholds_from
 from civic_iot.topology import STATE_RECORD_MAX_BYTES, Topology
-from processors.app import create_app
+from processors.app import batch_within_s, create_app
 from processors.cli import changelog_specs
 from tests.unit.processors.recorders import RecordingPublisher, RecordingSink
 from tests.unit.processors.test_agents import REGISTRY
@@ -41,24 +41,40 @@ def _app(role: str) -> tuple[str, set[str], set[str]]:
     return app.conf.id, topics, tables
 
 
-@pytest.mark.parametrize("role", ["all", "bulk", "seismic"])
+ROLES = ["all", "bulk", "seismic", "stations", "quake"]
+
+
+@pytest.mark.parametrize("role", ROLES)
 def test_each_role_runs_its_agents_and_tables(role: str) -> None:
     app_id, topics, tables = _app(role)
     group = Topology(prefix="r.").processors_app
     bulk = role in ("all", "bulk")
-    seismic = role in ("all", "seismic")
-    assert app_id == (f"{group}-seismic" if role == "seismic" else group)
+    stations = role in ("all", "seismic", "stations")
+    quake = role in ("all", "seismic", "quake")
+    assert app_id == {"seismic": f"{group}-seismic", "stations": f"{group}-seismic"}.get(
+        role, f"{group}-quake" if role == "quake" else group
+    )
     assert (topics >= BULK_TOPICS) is bulk
-    assert (topics >= SEISMIC_TOPICS) is seismic
+    assert (topics >= SEISMIC_TOPICS) is stations
     assert ("processors.township" in topics) is bulk
-    assert ("seismic.triggers" in topics) is seismic
+    assert ("seismic.triggers" in topics) is quake
     assert ({"air-state", "water-state", "township-state", "shaking-state"} <= tables) is bulk
-    assert ({"seismic-state", "quake-state"} <= tables) is seismic
+    assert ("seismic-state" in tables) is stations
+    assert ("quake-state" in tables) is quake
     if role != "all":
         assert not (tables & ({"seismic-state", "quake-state"} if bulk else {"air-state"}))
 
 
-@pytest.mark.parametrize("role", ["all", "bulk", "seismic"])
+def test_the_stations_and_the_associator_batch_on_their_own_shorter_timers() -> None:
+    # On the warning path: a packet waits for its agent's batch timer before it is decided.
+    p = Settings(
+        processors={"batch_within_s": 0.3, "seismic_within_s": 0.01, "quake_within_s": 0.02}  # type: ignore[arg-type]
+    ).processors
+    waits = {a: batch_within_s(p, a) for a in ("air", "water", "township", "seismic", "quake")}
+    assert waits == {"air": 0.3, "water": 0.3, "township": 0.3, "seismic": 0.01, "quake": 0.02}
+
+
+@pytest.mark.parametrize("role", ROLES)
 def test_the_worker_makes_each_tables_changelog_to_take_a_large_state_record(role: str) -> None:
     # Made before Faust starts (a changelog Faust makes itself on a fresh prefix can fail
     # the first table write), and taking the associator's state at Taiwan's 615 stations
