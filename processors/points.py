@@ -27,7 +27,7 @@ from civic_iot.storage import schema, waveform
 from civic_iot.storage.points import FieldValue, Point
 from civic_iot.storage.schema import windowed
 from civic_iot.times import to_ns
-from processors.detectors.air import AirFigures, TownshipLevel, TownshipUpdate
+from processors.detectors.air import AirFigures, TownshipLevel
 from processors.detectors.health import Issue
 from processors.detectors.intensity import cwa_intensity, intensity_ordinal
 from processors.detectors.quake import QuakeEvent
@@ -164,7 +164,7 @@ def air_quality_point(where: Where, figures: AirFigures, buckets: InfluxSettings
 
 
 def township_air_point(
-    township: str, update: TownshipLevel | TownshipUpdate, at: datetime, buckets: InfluxSettings
+    township: str, update: TownshipLevel, at: datetime, buckets: InfluxSettings
 ) -> Point | None:
     """``township_air``: the township's level, agreeing sensors and their highest AQI."""
     fields: dict[str, FieldValue | None] = {

@@ -358,20 +358,10 @@ class TownshipLevel:
 
 
 @frozen
-class TownshipUpdate:
-    """The township's level after one sensor report (:class:`TownshipLevel`), and its
-    new state."""
+class TownshipUpdate(TownshipLevel):
+    """The township's level after one sensor report, and its new state."""
 
     state: TownshipAirState
-    level: int
-    previous: int
-    devices: tuple[str, ...]
-    hotspot: bool
-    aqi: int | None
-
-    @property
-    def changed(self) -> bool:
-        return self.level != self.previous
 
 
 def update_township(
@@ -396,7 +386,7 @@ def update_township(
     town = TownshipAggregate(state, config, registered_sensors=registered_sensors)
     step = town.add(device_id, level, aqi, event_time)
     return TownshipUpdate(
-        town.state(), step.level, step.previous, step.devices, step.hotspot, step.aqi
+        step.level, step.previous, step.devices, step.hotspot, step.aqi, town.state()
     )
 
 

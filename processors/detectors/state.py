@@ -65,7 +65,9 @@ def _slot_init(cls: type[Any]) -> None:
     body: list[str] = []
     for i, f in enumerate(fields):
         setter = f"_dc_set{i}"
-        names[setter] = cls.__dict__[f.name].__set__
+        # The slot's descriptor, on the class that declared the field (a base's).
+        slot = next(k.__dict__[f.name] for k in cls.__mro__ if f.name in k.__dict__)
+        names[setter] = slot.__set__
         has_default = f.default is not dataclasses.MISSING
         has_factory = f.default_factory is not dataclasses.MISSING
         names[f"_dc_default{i}"] = f.default

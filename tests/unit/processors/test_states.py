@@ -491,3 +491,21 @@ def test_a_frozen_value_is_built_as_a_dataclass_would_build_it() -> None:
         Made()  # type: ignore[call-arg]
     with pytest.raises(TypeError):
         Made(1, d=2)  # type: ignore[call-arg]
+
+
+def test_a_frozen_subclass_sets_its_bases_fields_too() -> None:
+    @frozen
+    class Base:
+        a: int
+        b: int = 2
+
+    @frozen
+    class Child(Base):
+        c: str = "c"
+
+    x = Child(1, 3, "z")
+    assert (x.a, x.b, x.c) == (1, 3, "z")
+    assert (Child(5).b, Child(5).c) == (2, "c")
+    assert isinstance(x, Base)
+    with pytest.raises(FrozenInstanceError):
+        x.a = 4  # type: ignore[misc]
