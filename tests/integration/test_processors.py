@@ -347,6 +347,17 @@ def _quake_closed(got: list[dict[str, Any]]) -> bool:
     return any(c["level"] >= 1 for c in quakes) and quakes[-1]["level"] == 0
 
 
+def _one_closed_event(got: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The earthquake candidates of ``got``, checked to be one event, declared and closed."""
+    quakes = [c for c in got if c["hazard"] == "earthquake"]
+    assert quakes
+    assert len({c["area_code"] for c in quakes}) == 1, [c["area_code"] for c in quakes]
+    assert quakes[0]["level"] >= 1
+    assert quakes[-1]["level"] == 0  # the event closed
+    assert len(quakes[-1]["devices"]) >= 20
+    return quakes
+
+
 def test_quake_replay_gives_one_event_and_noise_none(penv: Env) -> None:
     quake = SimQuake(lat=24.80, lon=121.60, depth_km=10.0, magnitude=6.0, origin_s=T0 + 40.0)
     records = _seismic_records(penv, quake, 100.0)
@@ -354,13 +365,7 @@ def test_quake_replay_gives_one_event_and_noise_none(penv: Env) -> None:
     worker = start_worker(penv)
     try:
         # Until the event has been declared and closed (its last candidate is level 0).
-        got = _candidates_until(penv, _quake_closed)
-        quakes = [c for c in got if c["hazard"] == "earthquake"]
-        assert quakes
-        assert len({c["area_code"] for c in quakes}) == 1, [c["area_code"] for c in quakes]
-        assert quakes[0]["level"] >= 1
-        assert quakes[-1]["level"] == 0  # the event closed
-        assert len(quakes[-1]["devices"]) >= 20
+        quakes = _one_closed_event(_candidates_until(penv, _quake_closed))
         assert_every_sample_stored(penv, records)
         # Updates in the same stream second share a point (same series and time).
         assert 1 <= penv.count("derived", "quake_event", "magnitude") <= len(quakes)
@@ -381,13 +386,7 @@ def test_the_seismic_path_split_in_a_stations_and_a_quake_worker_gives_the_event
     assoc = start_worker(penv, "quake", CIVIC_PROCESSORS__ROLE="quake")
     stations = start_worker(penv, "stations", CIVIC_PROCESSORS__ROLE="stations")
     try:
-        got = _candidates_until(penv, _quake_closed)
-        quakes = [c for c in got if c["hazard"] == "earthquake"]
-        assert quakes
-        assert len({c["area_code"] for c in quakes}) == 1, [c["area_code"] for c in quakes]
-        assert quakes[0]["level"] >= 1
-        assert quakes[-1]["level"] == 0
-        assert len(quakes[-1]["devices"]) >= 20
+        _one_closed_event(_candidates_until(penv, _quake_closed))
         assert_every_sample_stored(penv, records)
         assert penv.count("derived", "seismic_station", "pga_gal") == len(records)
         # Each did only its own part: the stations worker logged no candidate.
