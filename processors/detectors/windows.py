@@ -81,8 +81,7 @@ class BucketSeries:
             kept = dict(buckets)
         if start < floor:
             return self._with(kept), False
-        total, count = kept.get(start, (0.0, 0))
-        kept[start] = (total + value, count + 1)
+        _add_value(kept, start, value)
         return self._with(kept), True
 
     def pruned(self, now: float) -> Self:
@@ -162,8 +161,7 @@ class BucketSeries:
                 start = int((t + offset) // width) * width - offset
                 if start == newest:
                     new = dict(buckets)
-                    old = new.get(start)
-                    new[start] = (old[0] + value, old[1] + 1) if old is not None else (value, 1)
+                    _add_value(new, start, value)
                     series = self._with(new, older)
                 elif start >= newest - (self.keep - 1) * width:
                     return self._step(now, newest, windows, t, value)  # a late value
@@ -189,8 +187,7 @@ class BucketSeries:
             start = int((t + offset) // width) * width - offset
             if start >= floor:
                 new = dict(buckets) if new is None else new
-                old = new.get(start)
-                new[start] = (old[0] + value, old[1] + 1) if old is not None else (value, 1)
+                _add_value(new, start, value)
             else:
                 kept = False
         current = self.buckets if new is None else new
@@ -218,6 +215,12 @@ class BucketSeries:
 
     def _with(self, buckets: Mapping[int, tuple[float, int]], older: Older | None = None) -> Self:
         return type(self)(self.width_s, self.keep, self.offset_s, buckets, older)
+
+
+def _add_value(buckets: dict[int, tuple[float, int]], start: int, value: float) -> None:
+    """Add ``value`` to the (total, count) of the bucket starting at ``start``."""
+    old = buckets.get(start)
+    buckets[start] = (old[0] + value, old[1] + 1) if old is not None else (value, 1)
 
 
 #: What :meth:`BucketSeries.step` keeps of the buckets before the newest: the newest's
