@@ -28,6 +28,7 @@ import statistics
 import threading
 import time
 import uuid
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -75,6 +76,43 @@ def mqtt_client(settings: Settings, user: str) -> mqtt.Client:
     c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
     c.username_pw_set(user, mqtt_password(settings, user))
     return c
+
+
+def subscribe_areas(
+    settings: Settings, area_prefix: str, first_at: dict[str, float]
+) -> mqtt.Client:
+    """A subscriber to every air-quality alert area (started, subscribed): the time each
+    area of this run (``area_prefix``...) first brought an alert goes to ``first_at``
+    (also used by ``bench/live.py``)."""
+    sub = mqtt_client(settings, "civic-subscriber")
+    ready = threading.Event()
+
+    def on_message(_c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+        area = msg.topic.rsplit("/", 1)[-1]
+        if area.startswith(area_prefix) and msg.payload and area not in first_at:
+            first_at[area] = time.time()
+
+    sub.on_message = on_message
+    sub.on_subscribe = lambda *_a: ready.set()
+    sub.connect(settings.mqtt.host, settings.mqtt.port)
+    sub.loop_start()
+    sub.subscribe(f"{Topology.of(settings).mqtt_alerts_root}/air_quality/+", qos=1)
+    if not ready.wait(10):
+        raise SystemExit("no SUBACK from Mosquitto for civic-subscriber")
+    return sub
+
+
+def clear_retained(settings: Settings, areas: Iterable[str]) -> None:
+    """Leave no retained bench alerts on the broker: an empty retained message per area."""
+    root = Topology.of(settings).mqtt_alerts_root
+    pub = mqtt_client(settings, "civic-alerts")
+    pub.connect(settings.mqtt.host, settings.mqtt.port)
+    pub.loop_start()
+    infos = [pub.publish(f"{root}/air_quality/{a}", b"", qos=1, retain=True) for a in areas]
+    for info in infos:
+        info.wait_for_publish(10)
+    pub.disconnect()
+    pub.loop_stop()
 
 
 def bench_candidate(area: str, i: int) -> AlertCandidate:
@@ -129,22 +167,7 @@ async def bench(n: int, rate: float, worst: int = 0) -> dict[str, object]:
     mqtt_at: dict[str, float] = {}
     hook_at: dict[str, float] = {}
 
-    # MQTT subscriber: every area of this run.
-    sub = mqtt_client(settings, "civic-subscriber")
-    ready = threading.Event()
-
-    def on_message(_c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
-        area = msg.topic.rsplit("/", 1)[-1]
-        if area.startswith(area_prefix) and msg.payload and area not in mqtt_at:
-            mqtt_at[area] = time.time()
-
-    sub.on_message = on_message
-    sub.on_subscribe = lambda *_a: ready.set()
-    sub.connect(settings.mqtt.host, settings.mqtt.port)
-    sub.loop_start()
-    sub.subscribe(f"{Topology.of(settings).mqtt_alerts_root}/air_quality/+", qos=1)
-    if not ready.wait(10):
-        raise SystemExit("no SUBACK from Mosquitto for civic-subscriber")
+    sub = subscribe_areas(settings, area_prefix, mqtt_at)
 
     # Webhook receiver.
     async def hook(req: web.Request) -> web.Response:
@@ -197,16 +220,7 @@ async def bench(n: int, rate: float, worst: int = 0) -> dict[str, object]:
         await runner.cleanup()
         sub.disconnect()
         sub.loop_stop()
-        # Leave no retained bench alerts on the broker.
-        root = Topology.of(settings).mqtt_alerts_root
-        pub = mqtt_client(settings, "civic-alerts")
-        pub.connect(settings.mqtt.host, settings.mqtt.port)
-        pub.loop_start()
-        infos = [pub.publish(f"{root}/air_quality/{a}", b"", qos=1, retain=True) for a in sent_at]
-        for info in infos:
-            info.wait_for_publish(10)
-        pub.disconnect()
-        pub.loop_stop()
+        clear_retained(settings, sent_at)
         influx.buckets_api().delete_bucket(created)
         influx.close()
         await delete_topics(settings.kafka.bootstrap, Topology.of(settings))

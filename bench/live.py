@@ -30,7 +30,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from datetime import UTC, datetime
@@ -39,39 +38,15 @@ from pathlib import Path
 import httpx
 import paho.mqtt.client as mqtt
 from aiokafka import AIOKafkaProducer
-from alerts_latency import bench_candidate
+from alerts_latency import bench_candidate, clear_retained, subscribe_areas, summary
 from influxdb_client.client.influxdb_client import InfluxDBClient
-from paho.mqtt.enums import CallbackAPIVersion
 
 from civic_iot.kafka_admin import delete_topics, ensure_topics
-from civic_iot.settings import REPO_ROOT, Settings, get_settings, influx_token, mqtt_password
+from civic_iot.settings import REPO_ROOT, get_settings, influx_token
 from civic_iot.topology import Topology
 from ops.pipeline import free_port
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
-
-
-def summary(name: str, ms: list[float], n: int) -> dict[str, float]:
-    if not ms:
-        print(f"{name:<14} nothing received of {n}")
-        return {}
-    row = {"received": len(ms), "p50_ms": pct(ms, 0.5), "p99_ms": pct(ms, 0.99), "max_ms": max(ms)}
-    print(
-        f"{name:<14} {len(ms)}/{n}  p50 {row['p50_ms']:7.1f} ms  "
-        f"p99 {row['p99_ms']:7.1f} ms  max {row['max_ms']:7.1f} ms"
-    )
-    return row
-
-
-def mqtt_client(settings: Settings, user: str) -> mqtt.Client:
-    c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-    c.username_pw_set(user, mqtt_password(settings, user))
-    return c
 
 
 def spawn(module: str, args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -143,25 +118,12 @@ async def bench(n: int, rate: float, clients: int, log_dir: Path) -> dict[str, o
     sse_at: dict[str, float] = {}
     console_events = [0]
     tasks: list[asyncio.Task[None]] = []
-    sub = mqtt_client(settings, "civic-subscriber")
+    sub: mqtt.Client | None = None
     try:
         await wait_healthy(f"http://127.0.0.1:{alerts_port}/health", procs, 60)
         await wait_healthy(f"http://127.0.0.1:{api_port}/health", procs, 60)
 
-        ready = threading.Event()
-
-        def on_message(_c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
-            area = msg.topic.rsplit("/", 1)[-1]
-            if area.startswith(area_prefix) and msg.payload and area not in mqtt_at:
-                mqtt_at[area] = time.time()
-
-        sub.on_message = on_message
-        sub.on_subscribe = lambda *_a: ready.set()
-        sub.connect(settings.mqtt.host, settings.mqtt.port)
-        sub.loop_start()
-        sub.subscribe(f"{topology.mqtt_alerts_root}/air_quality/+", qos=1)
-        if not ready.wait(10):
-            raise SystemExit("no SUBACK from Mosquitto for civic-subscriber")
+        sub = subscribe_areas(settings, area_prefix, mqtt_at)
 
         def on_alert(name: str, data: str) -> None:
             if name == "alert":
@@ -211,17 +173,10 @@ async def bench(n: int, rate: float, clients: int, log_dir: Path) -> dict[str, o
                 p.wait(30)
             except subprocess.TimeoutExpired:
                 p.kill()
-        sub.disconnect()
-        sub.loop_stop()
-        root = topology.mqtt_alerts_root
-        pub = mqtt_client(settings, "civic-alerts")
-        pub.connect(settings.mqtt.host, settings.mqtt.port)
-        pub.loop_start()
-        infos = [pub.publish(f"{root}/air_quality/{a}", b"", qos=1, retain=True) for a in sent_at]
-        for info in infos:
-            info.wait_for_publish(10)
-        pub.disconnect()
-        pub.loop_stop()
+        if sub is not None:
+            sub.disconnect()
+            sub.loop_stop()
+        clear_retained(settings, sent_at)
         influx.buckets_api().delete_bucket(created)
         influx.close()
         await delete_topics(settings.kafka.bootstrap, topology)

@@ -91,16 +91,9 @@ async def read_topic(
     out: list[tuple[bytes | None, bytes]] = []
     try:
         deadline = time.monotonic() + timeout_s
-        while not (parts := consumer.partitions_for_topic(topic)):
-            assert time.monotonic() < deadline, f"topic {topic} never appeared"
-            await consumer._client.force_metadata_update()
-            await asyncio.sleep(0.2)
-        consumer.assign([TopicPartition(topic, p) for p in parts])
-        await consumer.seek_to_beginning()
+        await _from_beginning(consumer, topic, deadline)
         while len(out) < want and time.monotonic() < deadline:
-            batch = await consumer.getmany(timeout_ms=500)
-            for recs in batch.values():
-                out += _per_reading(topic, [(r.key, r.value) for r in recs if r.value is not None])
+            out += await _next_records(consumer, topic)
         return out
     finally:
         await consumer.stop()
@@ -126,31 +119,40 @@ async def read_through(
     out: list[tuple[bytes | None, bytes]] = []
     try:
         deadline = time.monotonic() + timeout_s
-        while not (parts := consumer.partitions_for_topic(topic)):
-            assert time.monotonic() < deadline, f"topic {topic} never appeared"
-            await consumer._client.force_metadata_update()
-            await asyncio.sleep(0.2)
-        tps = [TopicPartition(topic, p) for p in parts]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning()
+        tps = await _from_beginning(consumer, topic, deadline)
         while not any(is_marker(k, v) for k, v in out):
             assert time.monotonic() < deadline, f"no marker on {topic}; got {len(out)} records"
-            batch = await consumer.getmany(timeout_ms=500)
-            out += _per_reading(
-                topic,
-                [(r.key, r.value) for recs in batch.values() for r in recs if r.value is not None],
-            )
+            out += await _next_records(consumer, topic)
         end = await consumer.end_offsets(tps)
         while [tp for tp in tps if await consumer.position(tp) < end[tp]]:
             assert time.monotonic() < deadline, f"{topic} not read to its end"
-            batch = await consumer.getmany(timeout_ms=500)
-            out += _per_reading(
-                topic,
-                [(r.key, r.value) for recs in batch.values() for r in recs if r.value is not None],
-            )
+            out += await _next_records(consumer, topic)
         return out
     finally:
         await consumer.stop()
+
+
+async def _from_beginning(
+    consumer: AIOKafkaConsumer, topic: str, deadline: float
+) -> list[TopicPartition]:
+    """Every partition of ``topic`` assigned to ``consumer``, from its first record (the
+    topic may still be being made: wait for it until ``deadline``, monotonic)."""
+    while not (parts := consumer.partitions_for_topic(topic)):
+        assert time.monotonic() < deadline, f"topic {topic} never appeared"
+        await consumer._client.force_metadata_update()
+        await asyncio.sleep(0.2)
+    tps = [TopicPartition(topic, p) for p in parts]
+    consumer.assign(tps)
+    await consumer.seek_to_beginning()
+    return tps
+
+
+async def _next_records(consumer: AIOKafkaConsumer, topic: str) -> list[tuple[bytes | None, bytes]]:
+    """The records of one fetch (up to 0.5 s), one reading each (:func:`_per_reading`)."""
+    batch = await consumer.getmany(timeout_ms=500)
+    return _per_reading(
+        topic, [(r.key, r.value) for recs in batch.values() for r in recs if r.value is not None]
+    )
 
 
 def _per_reading(
