@@ -98,24 +98,35 @@ async def write_changelog(
     data = t.data
     on_set = t._sensor_on_set
     key_serializer, value_serializer = t.key_serializer, t.value_serializer
+    keys = _KEYS.setdefault(name, {})
     for key, value, event in writes:
-        k, _ = topic.prepare_key(key, key_serializer)
+        k = keys.get(key)
+        if k is None:
+            if len(keys) >= _KEYS_KEPT:
+                keys.clear()
+            k = keys[key] = topic.prepare_key(key, key_serializer)[0]
         v, _ = topic.prepare_value(value, value_serializer)
         try:
             fut = await producer.send(name, k, v, event.message.partition, None, None)
         except Exception as exc:  # noqa: BLE001 - e.g. a record too large: the next key goes on
             logger.error("changelog record not sent table=%s key=%s error=%r", t.name, key, exc)
         else:
-            fut.add_done_callback(_changelog_sent)
+            fut.add_done_callback(sent_logged)
         data[key] = value
         on_set(table, key, value)
 
 
-def _changelog_sent(fut: asyncio.Future[Any]) -> None:
-    # aiokafka retries a record until its delivery timeout; what fails after that is
-    # logged (faust's buffered path logs it too) and the consumer's commit goes on.
+#: Changelog topic -> key -> its serialized bytes: the same few thousand devices again
+#: and again. Emptied when it holds ``_KEYS_KEPT`` keys.
+_KEYS: dict[str, dict[Any, bytes]] = {}
+_KEYS_KEPT = 100_000
+
+
+def sent_logged(fut: asyncio.Future[Any]) -> None:
+    """A producer future's done callback: a record that could not be sent is logged
+    (aiokafka retries it until its delivery timeout first)."""
     if not fut.cancelled() and (exc := fut.exception()) is not None:
-        logger.error("changelog record not sent error=%r", exc)
+        logger.error("record not sent error=%r", exc)
 
 
 def seek_uncommitted_to_start(app: faust.App) -> None:
@@ -156,6 +167,7 @@ __all__ = [
     "committed_offsets",
     "on_rebalance_complete",
     "seek_uncommitted_to_start",
+    "sent_logged",
     "write_changelog",
     "write_table",
 ]
