@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import collections
+import re
 import signal
 import sys
 from pathlib import Path
@@ -38,14 +39,16 @@ REPO = str(Path(__file__).resolve().parents[1]) + "/"
 def _name(frame: FrameType) -> str:
     code = frame.f_code
     path = code.co_filename
-    if path.startswith(REPO):
+    if "site-packages/" in path:
+        path = path.split("site-packages/", 1)[1]
+    elif (stdlib := _STDLIB.search(path)) is not None:
+        path = path[stdlib.end() :]
+    elif path.startswith(REPO):
         path = path[len(REPO) :]
-    else:
-        for cut in ("site-packages/", "/lib/python3"):
-            if cut in path:
-                path = path.split(cut, 1)[1]
-                break
     return f"{path}:{code.co_name}"
+
+
+_STDLIB = re.compile(r"/lib/python3\.\d+/")
 
 
 class Sampler:
