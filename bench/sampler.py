@@ -13,7 +13,10 @@ interrupts the process every ``interval_s`` of its CPU time (the kernel's tick, 
 here, is the finest it does) and the signal handler records the main thread's Python
 stack, where the event loop, the agents and the handlers run. Another thread's CPU
 (aiokafka has none; the InfluxDB client none) lands on whatever the main thread was
-doing. The samples are written as collapsed stacks (``frame;frame;... count`` per line,
+doing. A Python signal handler runs at the next bytecode: time in C (pydantic-core
+validating, the event loop's C parts) is charged to the next Python frame that runs (a
+pydantic validator written in Python, ``asyncio.sleep``), so read the self shares of
+such frames as "about there". The samples are written as collapsed stacks (``frame;frame;... count`` per line,
 as flame graph tools read them).
 """
 
