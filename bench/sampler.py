@@ -16,8 +16,8 @@ stack, where the event loop, the agents and the handlers run. Another thread's C
 doing. A Python signal handler runs at the next bytecode: time in C (pydantic-core
 validating, the event loop's C parts) is charged to the next Python frame that runs (a
 pydantic validator written in Python, ``asyncio.sleep``), so read the self shares of
-such frames as "about there". The samples are written as collapsed stacks (``frame;frame;... count`` per line,
-as flame graph tools read them).
+such frames as "about there". The samples are written as collapsed stacks
+(``frame;frame;... count`` per line, as flame graph tools read them).
 """
 
 from __future__ import annotations
