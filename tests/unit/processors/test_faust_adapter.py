@@ -23,6 +23,8 @@ from typing import Any
 import faust
 from aiokafka import AIOKafkaConsumer
 from faust.events import Event
+from faust.transport.consumer import Consumer
+from faust.transport.drivers.aiokafka import Producer
 from faust.types import TP, EventT, Message
 
 from processors.agents.tables import StateCodec, state_table
@@ -245,8 +247,17 @@ def test_aiokafka_seeks_only_to_a_committed_offset_above_zero() -> None:
     assert "if offset and offset > 0:" in source
 
 
+def test_the_consumer_flushes_the_producer_and_its_aiokafka_producer_before_a_commit() -> None:
+    """What write_changelog and FaustPublisher rely on, in the pinned faust: records
+    handed straight to the producer (aiokafka's accumulator, not faust's buffer) are
+    sent before the offsets after them are committed."""
+    commit = inspect.getsource(Consumer._commit_offsets)
+    assert commit.index("await self.app.producer.flush()") < commit.index("await self._commit(")
+    assert "await self._producer.flush()" in inspect.getsource(Producer.flush)
+
+
 def test_the_adapter_is_the_only_module_with_private_faust_names() -> None:
-    private = re.compile(r"\b(_current_event|_committed_offset)\b")
+    private = re.compile(r"\b(_current_event|_committed_offset|_sensor_on_set)\b")
     users = {
         str(path.relative_to(REPO))
         for path in sorted((REPO / "processors").rglob("*.py"))
