@@ -23,8 +23,11 @@ the project touches a private name of faust or mode.
   (key and value through the topic's own ``prepare_key``/``prepare_value``), the
   partition and the flush before a commit (``Producer.flush`` flushes aiokafka's
   accumulator too) are the same; the table's data is set as ``__setitem__`` does,
-  and its set sensor called. Without a running producer (an app under
-  ``test_context()``) it writes as :func:`write_table` does.
+  and its set sensor called. What faust's send callback adds, the changelog offset it
+  persists (``Store.set_persisted_offset``), means nothing to the in-memory store the
+  worker uses (it always recovers from the changelog's start): with another store, or
+  without a running producer (an app under ``test_context()``), it writes as
+  :func:`write_table` does.
 * :func:`seek_uncommitted_to_start`: after a rebalance faust seeks every partition to
   its committed offset (``Consumer.perform_seek``), but aiokafka's
   ``seek_to_committed`` seeks only where an offset above 0 is committed: a partition
@@ -50,6 +53,7 @@ from contextlib import aclosing
 from typing import Any, TypeVar, cast
 
 import faust
+from faust.stores.memory import Store as MemoryStore
 from faust.streams import Stream, _current_event
 from faust.types import TP, EventT
 from mode.types.signals import BaseSignalT
@@ -87,7 +91,11 @@ async def write_changelog(
 ) -> None:
     """``table[key] = value`` for each ``(key, value, event)``, its changelog record in
     ``event``'s partition, sent straight to the producer (module doc)."""
-    if not isinstance(table, faust.Table) or not table.app.producer.started:
+    if (
+        not isinstance(table, faust.Table)
+        or not isinstance(table.data, MemoryStore)
+        or not table.app.producer.started
+    ):
         for key, value, event in writes:
             write_table(table, key, value, event)
         return
