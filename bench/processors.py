@@ -3,6 +3,7 @@ same run (run by hand).
 
     .venv/bin/python bench/processors.py --air 50000 --water 10000 --stations 26 --seconds 60
     .venv/bin/python bench/processors.py --air 20000 --water 0 --stations 0 --profile w.prof
+    .venv/bin/python bench/processors.py --air 20000 --water 0 --stations 0 --sample w.stacks
     .venv/bin/python bench/processors.py --rate 2000   # records/s, for latency below saturation
     .venv/bin/python bench/processors.py --air 40000 --water 0 --stations 0 --workers 2 --no-floor
 
@@ -23,7 +24,10 @@ worker: its own ``pipeline`` statistics, median of the 1 s p50s and max of the p
 floor: per record), and the ratio ours/floor; and, from the worker's log, the
 triggering packet -> earthquake candidate latency. The machine's load average is printed
 with every figure: on a shared machine, CPU per reading is the figure to compare.
-``--profile`` runs the worker under cProfile with a CPU-time clock, from its readiness on.
+``--profile`` runs the worker under cProfile with a CPU-time clock, from its readiness on;
+``--sample`` samples its stack instead every 4 ms of its CPU (``bench/sampler.py``, which
+reports the samples): cProfile makes the machinery around the handlers (asyncio, faust,
+aiokafka: many small calls) look twice its share, the sampler does not.
 
 ``--workers N`` (scale-out: Kafka partitions shared by more workers in one consumer
 group, each with its own static member id) starts the N workers first and waits until
@@ -64,6 +68,7 @@ from bench.common import (  # noqa: E402
     table,
     wait_committed,
 )
+from bench.sampler import WORKER as SAMPLED  # noqa: E402
 from civic_iot.contracts.readings import AirPayload, Location, Reading, WaterPayload  # noqa: E402
 from civic_iot.kafka_admin import ensure_topics  # noqa: E402
 from civic_iot.registry import load_registry  # noqa: E402
@@ -163,22 +168,26 @@ finally:
 """
 
 
-def start_worker(env: dict[str, str], log: Path, profile: Path | None) -> subprocess.Popen[bytes]:
+def start_worker(
+    env: dict[str, str], log: Path, profile: Path | None, sample: Path | None = None
+) -> subprocess.Popen[bytes]:
     cmd = [sys.executable, "-m", "processors.cli"]
     if profile is not None:  # the worker's main thread: its event loop, agents and detectors
         cmd = [sys.executable, "-c", PROFILE.replace("PATH", repr(str(profile)))]
+    elif sample is not None:
+        cmd = [sys.executable, "-c", SAMPLED.replace("PATH", repr(str(sample)))]
     return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=log.open("wb"), stderr=subprocess.STDOUT)
 
 
 def start_workers(
-    env: dict[str, str], logs: list[Path], profile: Path | None
+    env: dict[str, str], logs: list[Path], profile: Path | None, sample: Path | None = None
 ) -> list[subprocess.Popen[bytes]]:
     """One worker per log, each its own static group member; returns once all are ready.
 
     A worker that joins makes the others rebalance; the last one to say ready has been
     through the group's final rebalance, and so have the others by then."""
     workers = [
-        start_worker({**env, "CIVIC_PROCESSORS__INSTANCE": f"bench{i}"}, log, profile)
+        start_worker({**env, "CIVIC_PROCESSORS__INSTANCE": f"bench{i}"}, log, profile, sample)
         for i, log in enumerate(logs)
     ]
     for worker, log in zip(workers, logs, strict=True):
@@ -212,10 +221,11 @@ def main() -> int:
     ap.add_argument("--no-floor", action="store_true", help="skip the Python floor")
     ap.add_argument("--keep", action="store_true", help="keep the buckets and topics")
     ap.add_argument("--profile", type=Path, help="run the worker under cProfile, write here")
+    ap.add_argument("--sample", type=Path, help="sample the worker's stacks, write here")
     ap.add_argument("--py-spy", type=Path, help="sample the worker with py-spy (raw), write here")
     ap.add_argument("--workers", type=int, default=1, help="workers in the group (scale-out)")
     args = ap.parse_args()
-    if args.workers > 1 and (args.rate or args.profile or args.py_spy):
+    if args.workers > 1 and (args.rate or args.profile or args.sample or args.py_spy):
         ap.error("--workers > 1 produces flat out after the workers joined; no --rate/profiles")
 
     base = get_settings()
@@ -254,7 +264,7 @@ def main() -> int:
         if not args.no_floor and produce_first:
             floor = run_floor(settings, env, prefix, buckets)
             print(f"floor done; load {load()}", flush=True)
-        workers = start_workers(env, logs, args.profile)
+        workers = start_workers(env, logs, args.profile, args.sample)
         worker = workers[0]
         load_start = load()
         spy = None

@@ -115,7 +115,7 @@ async def commit_after_sink(
                 )
                 return
             if agent.state is not None:
-                agent.state.write()
+                await agent.state.write()
             for event in done:
                 await stream.ack(event)
             agent.on_stored(done)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from typing import Any
 
 import faust
 from pydantic import BaseModel
@@ -12,6 +11,7 @@ from pydantic import BaseModel
 from civic_iot.contracts.alerts import AlertCandidate
 from civic_iot.storage.sink import Publisher
 from civic_iot.topology import Topology
+from processors.faust_adapter import sent_logged
 
 logger = logging.getLogger(__name__)
 
@@ -19,17 +19,16 @@ logger = logging.getLogger(__name__)
 class FaustPublisher:
     """:class:`~civic_iot.storage.sink.Publisher` on the app's own producer, so the
     consumer's commit (which flushes that producer first) never passes an unsent
-    message."""
+    message. Each message goes straight to the producer (``Producer.send``, partitioned
+    by its key as a topic's send does) without faust's per-message topic machinery."""
 
     def __init__(self, app: faust.App) -> None:
         self._app = app
-        self._topics: dict[str, Any] = {}
 
     async def add(self, topic: str, key: str, value: bytes) -> None:
-        t = self._topics.get(topic)
-        if t is None:
-            t = self._topics[topic] = self._app.topic(topic, value_serializer="raw")
-        await t.send(key=key.encode(), value=value)
+        producer = await self._app.maybe_start_producer()
+        fut = await producer.send(topic, key.encode(), value, None, None, None)
+        fut.add_done_callback(sent_logged)
 
     async def flush(self) -> None:
         await self._app.producer.flush()

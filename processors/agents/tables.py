@@ -15,7 +15,7 @@ import faust
 from faust.serializers.codecs import Codec
 from faust.types import EventT
 
-from processors.faust_adapter import write_table
+from processors.faust_adapter import write_changelog
 from processors.states import TableValue, decode_value, encode_value
 
 S = TypeVar("S", bound=TableValue)
@@ -90,12 +90,20 @@ class BatchState(Generic[S]):
         """Forget a batch that did not finish (its events are not acked either)."""
         self._new.clear()
 
-    def write(self) -> None:
+    async def write(self) -> None:
         """Into the table, each key under its own last event (its changelog partition),
         with the position of its last input."""
-        for key, (value, event, index) in self._new.items():
-            update = {"offset": int(event.message.offset), "index": index}
-            write_table(self.table, key, value.model_copy(update=update), event)
+        await write_changelog(
+            self.table,
+            (
+                (
+                    key,
+                    value.model_copy(update={"offset": int(event.message.offset), "index": index}),
+                    event,
+                )
+                for key, (value, event, index) in self._new.items()
+            ),
+        )
         self._new.clear()
 
 

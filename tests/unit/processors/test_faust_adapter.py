@@ -23,6 +23,8 @@ from typing import Any
 import faust
 from aiokafka import AIOKafkaConsumer
 from faust.events import Event
+from faust.transport.consumer import Consumer
+from faust.transport.drivers.aiokafka import Producer
 from faust.types import TP, EventT, Message
 
 from processors.agents.tables import StateCodec, state_table
@@ -32,6 +34,7 @@ from processors.faust_adapter import (
     committed_offsets,
     on_rebalance_complete,
     seek_uncommitted_to_start,
+    write_changelog,
     write_table,
 )
 from processors.states import AirDevice
@@ -113,6 +116,74 @@ def test_a_table_write_goes_to_the_changelog_partition_of_its_event() -> None:
     assert faust.current_event() is None
 
 
+class _StartedProducer:
+    """What :func:`write_changelog` uses of a running faust producer: ``started`` and
+    ``send`` (records what it is given, returns the future aiokafka would)."""
+
+    started = True
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes, bytes, int | None]] = []
+
+    async def send(
+        self, topic: str, key: bytes, value: bytes, partition: int | None, *_a: Any
+    ) -> asyncio.Future[Any]:
+        self.sent.append((topic, key, value, partition))
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        fut.set_result(None)
+        return fut
+
+
+def test_a_batch_of_table_writes_goes_straight_to_the_producer_as_faust_would_send_it() -> None:
+    """The same records as ``table[key] = value`` (key and value bytes through the
+    topic's own serializers, the event's partition), the table's data set, and nothing
+    left in faust's producer buffer (the per-record path write_changelog avoids)."""
+    app = _app()
+    table: Any = state_table(app, "state", AirDevice, 8)
+    faust_sent: list[tuple[int | None, bytes, bytes]] = []
+
+    def send_changelog(partition: int | None, key: Any, value: Any, *_a: Any, **_k: Any) -> Any:
+        topic = table.changelog_topic
+        k, _ = topic.prepare_key(key, table.key_serializer)
+        v, _ = topic.prepare_value(value, table.value_serializer)
+        faust_sent.append((partition, k, v))
+        return SimpleNamespace(message=SimpleNamespace(partition=partition))
+
+    one, two = AirDevice(last_seen=5.0, offset=7), AirDevice(last_seen=6.0, offset=9, index=2)
+    writes = [("air-1", one, _event(app, 5, 7)), ("air-2", two, _event(app, 3, 9))]
+    table.send_changelog = send_changelog
+    for key, value, event in writes:  # faust's own path, for the bytes it would send
+        write_table(table, key, value, event)
+    producer = _StartedProducer()
+    app.producer = producer  # type: ignore[assignment]
+    table.data.clear()
+    asyncio.run(write_changelog(table, writes))
+    changelog = table.changelog_topic.get_topic_name()
+    assert producer.sent == [(changelog, k, v, p) for p, k, v in faust_sent]
+    assert [p for *_, p in producer.sent] == [5, 3]
+    assert table.value_serializer.loads(producer.sent[1][2]) == two
+    assert (table["air-1"], table["air-2"]) == (one, two)
+    assert faust.current_event() is None
+
+
+def test_without_a_running_producer_table_writes_take_faust_s_own_path() -> None:
+    """An app under ``test_context()`` has no running producer: the writes go through
+    ``table[key] = value`` (the event's partition) as before."""
+    app = _app()
+    table: Any = state_table(app, "state", AirDevice, 8)
+    sent: list[tuple[int | None, Any]] = []
+
+    def send_changelog(partition: int | None, key: Any, *_a: Any, **_k: Any) -> Any:
+        sent.append((partition, key))
+        return SimpleNamespace(message=SimpleNamespace(partition=partition))
+
+    table.send_changelog = send_changelog
+    value = AirDevice(last_seen=5.0, offset=7)
+    asyncio.run(write_changelog(table, [("air-1", value, _event(app, 6, 7))]))
+    assert sent == [(6, "air-1")]
+    assert table["air-1"] == value
+
+
 def test_the_consumer_keeps_its_committed_offsets_by_partition() -> None:
     app = _app()
     offsets = committed_offsets(app.consumer)
@@ -176,8 +247,17 @@ def test_aiokafka_seeks_only_to_a_committed_offset_above_zero() -> None:
     assert "if offset and offset > 0:" in source
 
 
+def test_the_consumer_flushes_the_producer_and_its_aiokafka_producer_before_a_commit() -> None:
+    """What write_changelog and FaustPublisher rely on, in the pinned faust: records
+    handed straight to the producer (aiokafka's accumulator, not faust's buffer) are
+    sent before the offsets after them are committed."""
+    commit = inspect.getsource(Consumer._commit_offsets)
+    assert commit.index("await self.app.producer.flush()") < commit.index("await self._commit(")
+    assert "await self._producer.flush()" in inspect.getsource(Producer.flush)
+
+
 def test_the_adapter_is_the_only_module_with_private_faust_names() -> None:
-    private = re.compile(r"\b(_current_event|_committed_offset)\b")
+    private = re.compile(r"\b(_current_event|_committed_offset|_sensor_on_set)\b")
     users = {
         str(path.relative_to(REPO))
         for path in sorted((REPO / "processors").rglob("*.py"))

@@ -3,6 +3,7 @@ record's offset and the reading's index within it (a record holds several)."""
 
 from __future__ import annotations
 
+import asyncio
 from types import SimpleNamespace
 from typing import Any
 
@@ -37,7 +38,7 @@ def test_a_written_state_records_its_last_readings_position() -> None:
     states.set("dev", AirDevice(), _event(4), 2)
     states.set("dev", AirDevice(), _event(5), 1)
     assert table == {}  # staged until the batch is stored
-    states.write()
+    asyncio.run(states.write())
     assert (table["dev"].offset, table["dev"].index) == (5, 1)
     assert seen(table["dev"], _event(5), 1)
     assert not seen(table["dev"], _event(5), 2)
