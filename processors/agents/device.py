@@ -48,6 +48,7 @@ from processors.handlers import (
     SeismicOutcome,
     handle_air,
     handle_seismic,
+    handle_seismic_many,
     handle_water,
 )
 from processors.points import reading_points
@@ -246,7 +247,12 @@ class WaterAgent(ReportingAgent[WaterDevice]):
 
 
 class SeismicAgent(DeviceAgent[SeismicDevice, SeismicOutcome]):
-    """Seismic packets; after each batch, ticks for the associator (:func:`seismic_ticks`)."""
+    """Seismic packets; after each batch, ticks for the associator (:func:`seismic_ticks`).
+
+    A record's packets are decided in waves, each station at most once a wave (its next
+    packet needs this one's state), every wave's stations through the detector's filters
+    together (:func:`~processors.handlers.handle_seismic_many`): the same outcomes as
+    one packet after the other, at a fraction of the CPU."""
 
     kind = "seismic"
     model = SeismicDevice
@@ -259,6 +265,70 @@ class SeismicAgent(DeviceAgent[SeismicDevice, SeismicOutcome]):
 
     def decide(self, env: SeismicDevice, reading: Reading) -> SeismicOutcome:
         return handle_seismic(env, reading, self.ctx)
+
+    async def on_event(self, event: EventT[Any]) -> int:
+        if not await self.guard.marked(event):  # not written by ingest: dead-lettered
+            return 1
+        record = self._decode(event)
+        if record.refused:
+            await self.guard.admit(event, None, self.sink)
+        partition = event.message.partition
+        observe = self.activity.observe
+        admit, sink = self.guard.admit, self.sink
+        pending: list[tuple[int, Reading]] = []
+        for index, found in enumerate(record.readings):
+            reading = await admit(event, found, sink)  # its time within the bounds
+            if reading is None:
+                continue
+            observe(self.kind, reading.device_id, partition, reading.event_time.timestamp())
+            pending.append((index, reading))
+        while pending:
+            wave: list[tuple[int, Reading]] = []
+            later: list[tuple[int, Reading]] = []
+            stations: set[str] = set()
+            for item in pending:
+                device = item[1].device_id
+                (later if device in stations else wave).append(item)
+                stations.add(device)
+            self._decide_wave(wave, event)
+            pending = later
+        return len(record.readings) + len(record.refused)
+
+    def _decide_wave(self, wave: Sequence[tuple[int, Reading]], event: EventT[Any]) -> None:
+        """Decide and stage packets of distinct stations (as :meth:`DeviceAgent.on_event`
+        does one by one: a replayed packet rewrites its raw point only, a detector that
+        fails stores the raw point)."""
+        todo: list[tuple[int, Reading, SeismicDevice]] = []
+        for index, reading in wave:
+            env = self.states.get(reading.device_id)
+            if seen(env, event, index):
+                self.stats.counters["replayed"] += 1
+                self.sink.add(reading_points(reading, self.ctx.buckets))
+                continue
+            todo.append((index, reading, env))
+        outs: list[SeismicOutcome] | None = None
+        if len(todo) > 1:
+            try:
+                outs = handle_seismic_many([(env, r) for _, r, env in todo], self.ctx)
+            except Exception:  # noqa: BLE001 - one bad packet: decide them one by one below
+                outs = None
+        for k, (index, reading, env) in enumerate(todo):
+            if outs is not None:
+                out = outs[k]
+            else:
+                try:
+                    out = self.decide(env, reading)
+                except Exception:
+                    # A detector bug must not lose the reading nor stop the stream.
+                    logger.exception(
+                        "detector failed reading=%s kind=%s", reading.reading_id, self.kind
+                    )
+                    self.stats.counters["detector_errors"] += 1
+                    self.sink.add(reading_points(reading, self.ctx.buckets))
+                    continue
+            self.states.set(reading.device_id, out.state, event, index)
+            self.sink.add(out.points)
+            self.stage(out, event)
 
     def begin_batch(self) -> None:
         super().begin_batch()
