@@ -70,7 +70,7 @@ from processors.detectors.quake import (
     to_alert_candidate,
     township_intensities,
 )
-from processors.detectors.seismic import SeismicConfig, process_packet
+from processors.detectors.seismic import SeismicConfig, process_packets
 from processors.detectors.state import frozen
 from processors.detectors.water import (
     DebrisFlowConfig,
@@ -497,28 +497,49 @@ class SeismicOutcome:
 
 def handle_seismic(env: SeismicDevice, reading: Reading, ctx: Context) -> SeismicOutcome:
     """Raw samples, the station detector, and what the associator needs."""
-    data = reading.data
-    assert isinstance(data, SeismicPayload), reading.reading_id
-    samples = np.column_stack(
-        (np.asarray(data.x_gal), np.asarray(data.y_gal), np.asarray(data.z_gal))
-    )
-    t0 = reading.event_time.timestamp()
-    det = ctx.for_device(reading.device_id, reading.location.township)
-    res = process_packet(env.station, samples, data.sample_rate_hz, t0, det.seismic)
-    # No health checks on raw samples: the device's reading time only.
-    state = SeismicDevice(last_seen=_last_seen(env.last_seen, reading), station=res.state)
-    where = Where.of(reading)
-    points = reading_points(reading, ctx.buckets)
-    p = seismic_station_point(where, res, reading.event_time_ns, ctx.buckets)
-    points += [p] if p else []
-    return SeismicOutcome(
-        state=state,
-        points=points,
-        trigger=res.trigger(where.device, where.lat, where.lon),
-        observation=res.observation(where.device),
-        end_s=t0 + len(data.x_gal) / data.sample_rate_hz,
-        status=res.status(where.device, where.lat, where.lon),
-    )
+    return handle_seismic_many([(env, reading)], ctx)[0]
+
+
+def handle_seismic_many(
+    packets: Sequence[tuple[SeismicDevice, Reading]], ctx: Context
+) -> list[SeismicOutcome]:
+    """:func:`handle_seismic` of many stations' packets, one per station (the detector
+    runs their filters together, :func:`~processors.detectors.seismic.process_packets`):
+    the same outcomes, in order."""
+    work = []
+    for env, reading in packets:
+        data = reading.data
+        assert isinstance(data, SeismicPayload), reading.reading_id
+        samples = np.column_stack(
+            (np.asarray(data.x_gal), np.asarray(data.y_gal), np.asarray(data.z_gal))
+        )
+        det = ctx.for_device(reading.device_id, reading.location.township)
+        work.append(
+            (env.station, samples, data.sample_rate_hz, reading.event_time.timestamp(), det.seismic)
+        )
+    results = process_packets(work)
+    out = []
+    for (env, reading), res in zip(packets, results, strict=True):
+        data = reading.data
+        assert isinstance(data, SeismicPayload)
+        # No health checks on raw samples: the device's reading time only.
+        state = SeismicDevice(last_seen=_last_seen(env.last_seen, reading), station=res.state)
+        where = Where.of(reading)
+        points = reading_points(reading, ctx.buckets)
+        p = seismic_station_point(where, res, reading.event_time_ns, ctx.buckets)
+        points += [p] if p else []
+        t0 = reading.event_time.timestamp()
+        out.append(
+            SeismicOutcome(
+                state=state,
+                points=points,
+                trigger=res.trigger(where.device, where.lat, where.lon),
+                observation=res.observation(where.device),
+                end_s=t0 + len(data.x_gal) / data.sample_rate_hz,
+                status=res.status(where.device, where.lat, where.lon),
+            )
+        )
+    return out
 
 
 @frozen

@@ -76,6 +76,7 @@ __all__ = [
     "SeismicConfig",
     "StationState",
     "process_packet",
+    "process_packets",
 ]
 
 FloatArray = NDArray[np.float64]
@@ -306,15 +307,25 @@ class PacketResult:
 
 
 @lru_cache(maxsize=256)
-def _powers(coeffs: tuple[float, ...], m: int) -> tuple[FloatArray, FloatArray]:
-    """``a**k`` and ``a**-k`` for k = 0..m-1, one column per coefficient (cached)."""
+def _powers(coeffs: tuple[float, ...], m: int) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """``a**k`` and ``a**-k`` for k = 0..m-1, one column per coefficient, and the
+    coefficients as an array (cached: a packet's filters reuse them every packet)."""
     k = np.arange(m, dtype=np.float64)[:, None]
     a = np.asarray(coeffs, dtype=np.float64)[None, :]
     p = a**k
     p.setflags(write=False)
     inv = 1.0 / p
     inv.setflags(write=False)
-    return p, inv
+    flat = a[0]
+    flat.setflags(write=False)
+    return p, inv, flat
+
+
+@lru_cache(maxsize=256)
+def _block(coeffs: tuple[float, ...]) -> float:
+    """Samples :func:`_recurse` solves in one closed form for these poles (inf: any)."""
+    smallest = max(min(coeffs), 1e-300)
+    return math.inf if smallest >= 1.0 else max(1, int(40.0 / -math.log(smallest)))
 
 
 def _recurse(coeffs: tuple[float, ...], u: FloatArray, y0: FloatArray) -> FloatArray:
@@ -329,29 +340,85 @@ def _recurse(coeffs: tuple[float, ...], u: FloatArray, y0: FloatArray) -> FloatA
         y0: the previous output ``y[-1]``, shape (c,).
     """
     n = u.shape[0]
+    block = _block(coeffs)
+    if n <= block:
+        # One block (a packet, for every pole but a low-pass near the band's top): the
+        # same arithmetic as the loop below, without its bookkeeping (this runs ~10
+        # times per packet).
+        p, inv, a = _powers(coeffs, n)
+        y: FloatArray = p * (a * y0 + np.cumsum(u * inv, axis=0))
+        return y
+    step = int(block)
     out = np.empty_like(u)
-    smallest = max(min(coeffs), 1e-300)
-    block = n if smallest >= 1.0 else max(1, int(40.0 / -math.log(smallest)))
-    a = np.asarray(coeffs, dtype=np.float64)
+    a = _powers(coeffs, 1)[2]
     prev = y0
-    for start in range(0, n, block):
-        seg = u[start : start + block]
-        p, inv = _powers(coeffs, seg.shape[0])
+    for start in range(0, n, step):
+        seg = u[start : start + step]
+        p, inv, _ = _powers(coeffs, seg.shape[0])
         y = p * (a * prev + np.cumsum(seg * inv, axis=0))
-        out[start : start + block] = y
+        out[start : start + step] = y
         prev = y[-1]
     return out
 
 
 def _highpass(x: FloatArray, x_prev: FloatArray, y_prev: FloatArray, alpha: float) -> FloatArray:
     """First-order high-pass ``y[n] = alpha (y[n-1] + x[n] - x[n-1])`` per column."""
-    dx = np.diff(x, axis=0, prepend=x_prev[None, :])
-    return _recurse((alpha,) * x.shape[1], alpha * dx, y_prev)
+    return _recurse((alpha,) * x.shape[1], alpha * _diff(x, x_prev), y_prev)
 
 
-def _lowpass(x: FloatArray, y_prev: FloatArray, b: float) -> FloatArray:
-    """First-order low-pass ``y[n] = b y[n-1] + (1 - b) x[n]`` per column."""
-    return _recurse((b,) * x.shape[1], (1.0 - b) * x, y_prev)
+def _diff(x: FloatArray, x_prev: FloatArray) -> FloatArray:
+    """``x[n] - x[n-1]`` per column, ``x_prev`` (c,) before the first row."""
+    # np.diff(prepend=...) concatenates first: two subtractions into one array are
+    # the same differences at a fraction of the cost.
+    dx = np.empty_like(x)
+    np.subtract(x[:1], x_prev, out=dx[:1])
+    np.subtract(x[1:], x[:-1], out=dx[1:])
+    return dx
+
+
+def _recurse_group(
+    parts: Sequence[tuple[tuple[float, ...], FloatArray, FloatArray]],
+) -> list[FloatArray]:
+    """:func:`_recurse` of each ``(coeffs, u, y0)``, the inputs of equal length: the
+    parts that fit in one block solved together, side by side as columns of one array.
+
+    Each column's numbers are those :func:`_recurse` gives it alone: the closed form is
+    elementwise along the rows and ``cumsum`` adds down each column in order, and the
+    powers are each pole's own (:func:`_powers`), so only the per-call overhead is shared.
+    """
+    n = parts[0][1].shape[0]
+    together = [k for k, (coeffs, _, _) in enumerate(parts) if n <= _block(coeffs)]
+    out: list[FloatArray | None] = [None] * len(parts)
+    if len(together) > 1:
+        key = tuple(parts[k][0] for k in together)
+        p, inv, a = _group_powers(key, n)
+        u = np.concatenate([parts[k][1] for k in together], axis=1)
+        y0 = np.concatenate([parts[k][2] for k in together])
+        y = p * (a * y0 + np.cumsum(u * inv, axis=0))
+        col = 0
+        for k in together:
+            width = parts[k][1].shape[1]
+            out[k] = y[:, col : col + width]
+            col += width
+    for k, (coeffs, u_k, y0_k) in enumerate(parts):
+        if out[k] is None:
+            out[k] = _recurse(coeffs, u_k, y0_k)
+    return [o for o in out if o is not None]
+
+
+@lru_cache(maxsize=256)
+def _group_powers(
+    coeffs: tuple[tuple[float, ...], ...], m: int
+) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """:func:`_powers` of several groups of poles side by side (each group's own arrays,
+    so every column holds exactly what it holds alone)."""
+    each = [_powers(c, m) for c in coeffs]
+    p = np.concatenate([e[0] for e in each], axis=1)
+    inv = np.concatenate([e[1] for e in each], axis=1)
+    a = np.concatenate([e[2] for e in each])
+    for arr in (p, inv, a):
+        arr.setflags(write=False)
+    return p, inv, a
 
 
 def _alpha(corner_hz: float, dt: float) -> float:
@@ -390,34 +457,165 @@ def _first_true(mask: NDArray[np.bool_], start: int, stop: int | None = None) ->
     return start + i if sub[i] else None
 
 
-def _cf_band(
-    acc: FloatArray, mem: CfMemory, cfg: SeismicConfig, fs: float
-) -> tuple[FloatArray, CfMemory]:
-    """The trigger band of ``acc`` (columns as given) and the new filter memory."""
+@dataclass(frozen=True, slots=True)
+class _Filtered:
+    """A packet through the station's filters (see the module docstring): high-passed
+    acceleration (n, 3) gal, velocity (n, 3) cm/s, the P-wave chain's acceleration,
+    velocity and displacement (n, 1), the trigger band (n, c) gal and its new memory."""
+
+    acc: FloatArray
+    vel: FloatArray
+    pz_acc: FloatArray
+    pz_vel: FloatArray
+    pz_disp: FloatArray
+    band: FloatArray
+    cf_mem: CfMemory
+
+
+def _filters(x: FloatArray, st: StationState, cfg: SeismicConfig, fs: float) -> _Filtered:
+    """Every filter of the signal chain over one packet ``x`` (n, 3), from the memory in
+    ``st``.
+
+    The chains run side by side: the filters that take the same input (velocity, the
+    P-wave chain's high-pass and the trigger band's first section all take the
+    high-passed acceleration) are solved in one :func:`_recurse_group`, so a packet costs
+    five solves instead of eleven, each column computed exactly as alone."""
     dt = 1.0 / fs
-    lo, hi = cfg.sta_lta.cf_band_hz
-    c = acc.shape[1]
-    m = [np.asarray(v[:c]) for v in mem]
-    a = _alpha(lo, dt)
-    h1 = _highpass(acc, m[0], m[1], a)
-    h2 = _highpass(h1, m[1], m[2], a)
-    out = h2
+    thr = cfg.sta_lta
+    vz = cfg.vertical_axis
+    # 1. High-pass: y[n] = alpha * (y[n-1] + x[n] - x[n-1]).
+    acc_prev = np.asarray(st.acc)
+    acc = _highpass(x, np.asarray(st.x_prev), acc_prev, _alpha(cfg.highpass_hz, dt))
+    # 4. Leaky integration: v[n] = beta * v[n-1] + a[n] * dt.
+    beta = math.exp(-2.0 * math.pi * cfg.highpass_hz * dt)
+    # 5. P-wave chain on the vertical: high-pass, then two leaky integrators.
+    pz0 = np.asarray(st.pz)
+    a_pd = _alpha(cfg.pd_highpass_hz, dt)
+    b_pd = math.exp(-2.0 * math.pi * cfg.pd_highpass_hz * dt)
+    # 2. The trigger band: two high-pass and two low-pass sections, on the vertical by
+    # default (its columns ``cols``).
+    lo, hi = thr.cf_band_hz
+    c = 1 if thr.cf_vertical_only else 3
+    cf_in = acc[:, vz : vz + 1] if thr.cf_vertical_only else acc
+    m = [np.asarray(v[:c]) for v in st.cf_mem]
+    a_lo = _alpha(lo, dt)
+    d_acc = _diff(acc, acc_prev)
+    d_cf = _diff(cf_in, m[0])
+    vel, pz_acc, h1 = _recurse_group(
+        [
+            ((beta,) * 3, acc * dt, np.asarray(st.vel)),
+            ((a_pd,), a_pd * d_acc[:, vz : vz + 1], pz0[0:1]),
+            ((a_lo,) * c, a_lo * d_cf, m[1]),
+        ]
+    )
+    pz_vel, h2 = _recurse_group(
+        [((b_pd,), pz_acc * dt, pz0[1:2]), ((a_lo,) * c, a_lo * _diff(h1, m[1]), m[2])]
+    )
+    band = h2
     l1, l2 = m[3], m[4]
     # A low-pass at or above ~0.45 fs does nothing useful (the band is already cut by
     # the sample rate, 20 Hz MEMS streams): skip it rather than distort the band.
     if hi < 0.45 * fs:
         b = math.exp(-2.0 * math.pi * hi * dt)
-        y1 = _lowpass(h2, l1, b)
-        out = _lowpass(y1, l2, b)
-        l1, l2 = y1[-1], out[-1]
+        pz_disp, y1 = _recurse_group(
+            [((b_pd,), pz_vel * dt, pz0[2:3]), ((b,) * c, (1.0 - b) * h2, l1)]
+        )
+        band = _recurse((b,) * c, (1.0 - b) * y1, l2)
+        l1, l2 = y1[-1], band[-1]
+    else:
+        pz_disp = _recurse((b_pd,), pz_vel * dt, pz0[2:3])
 
     def vec(v: FloatArray) -> Vec3:
-        full = np.zeros(3)
-        full[:c] = v
-        return _vec(full)
+        if c == 3:
+            return _vec(v)
+        return (float(v[0]), 0.0, 0.0)
 
-    new_mem: CfMemory = (vec(acc[-1]), vec(h1[-1]), vec(h2[-1]), vec(l1), vec(l2))
-    return out, new_mem
+    new_mem: CfMemory = (vec(cf_in[-1]), vec(h1[-1]), vec(h2[-1]), vec(l1), vec(l2))
+    return _Filtered(acc, vel, pz_acc, pz_vel, pz_disp, band, new_mem)
+
+
+def _filters_many(preps: Sequence[_Prepared]) -> list[_Filtered]:
+    """:func:`_filters` of several stations' packets of one length, rate and filter
+    settings, solved together: arrays (n, stations, columns), every element computed with
+    the same operations on the same numbers as :func:`_filters` alone (elementwise, and
+    ``cumsum`` down axis 0), so the results are the same to the last bit."""
+    first = preps[0]
+    cfg, fs = first.cfg, first.fs
+    dt = 1.0 / fs
+    thr = cfg.sta_lta
+    vz = cfg.vertical_axis
+    sts = [p.st for p in preps]
+    x = np.stack([p.x for p in preps], axis=1)
+    acc_prev = np.array([s.acc for s in sts], dtype=np.float64)
+    alpha = _alpha(cfg.highpass_hz, dt)
+    acc = _recurse_many(
+        (alpha,) * 3,
+        alpha * _diff(x, np.array([s.x_prev for s in sts], dtype=np.float64)),
+        acc_prev,
+    )
+    beta = math.exp(-2.0 * math.pi * cfg.highpass_hz * dt)
+    vel = _recurse_many((beta,) * 3, acc * dt, np.array([s.vel for s in sts], dtype=np.float64))
+    pz0 = np.array([s.pz for s in sts], dtype=np.float64)
+    a_pd = _alpha(cfg.pd_highpass_hz, dt)
+    b_pd = math.exp(-2.0 * math.pi * cfg.pd_highpass_hz * dt)
+    pz_acc = _recurse_many((a_pd,), a_pd * _diff(acc, acc_prev)[:, :, vz : vz + 1], pz0[:, 0:1])
+    pz_vel = _recurse_many((b_pd,), pz_acc * dt, pz0[:, 1:2])
+    pz_disp = _recurse_many((b_pd,), pz_vel * dt, pz0[:, 2:3])
+    lo, hi = thr.cf_band_hz
+    c = 1 if thr.cf_vertical_only else 3
+    cf_in = acc[:, :, vz : vz + 1] if thr.cf_vertical_only else acc
+    m = [np.array([s.cf_mem[j][:c] for s in sts], dtype=np.float64) for j in range(5)]
+    a_lo = _alpha(lo, dt)
+    h1 = _recurse_many((a_lo,) * c, a_lo * _diff(cf_in, m[0]), m[1])
+    h2 = _recurse_many((a_lo,) * c, a_lo * _diff(h1, m[1]), m[2])
+    band = h2
+    l1, l2 = m[3], m[4]
+    if hi < 0.45 * fs:  # as in _filters
+        b = math.exp(-2.0 * math.pi * hi * dt)
+        y1 = _recurse_many((b,) * c, (1.0 - b) * h2, l1)
+        band = _recurse_many((b,) * c, (1.0 - b) * y1, l2)
+        l1, l2 = y1[-1], band[-1]
+
+    def per_station(arr: FloatArray) -> FloatArray:
+        # (stations, n, columns), each station's block contiguous as _filters makes it.
+        return np.ascontiguousarray(arr.transpose(1, 0, 2))
+
+    def vecs(rows: FloatArray) -> list[Vec3]:
+        if c == 3:
+            return [(r[0], r[1], r[2]) for r in rows.tolist()]
+        return [(r[0], 0.0, 0.0) for r in rows.tolist()]
+
+    mems = list(zip(vecs(cf_in[-1]), vecs(h1[-1]), vecs(h2[-1]), vecs(l1), vecs(l2), strict=True))
+    acc_s, vel_s, pza_s, pzv_s, pzd_s, band_s = (
+        per_station(a) for a in (acc, vel, pz_acc, pz_vel, pz_disp, band)
+    )
+    return [
+        _Filtered(acc_s[k], vel_s[k], pza_s[k], pzv_s[k], pzd_s[k], band_s[k], mems[k])
+        for k in range(len(preps))
+    ]
+
+
+def _recurse_many(coeffs: tuple[float, ...], u: FloatArray, y0: FloatArray) -> FloatArray:
+    """:func:`_recurse` of several stations at once: ``u`` (n, stations, c), ``y0``
+    (stations, c); each station's columns get exactly what :func:`_recurse` gives them
+    (the same cached powers, the same blocks, the same operations)."""
+    n = u.shape[0]
+    block = _block(coeffs)
+    if n <= block:
+        p, inv, a = _powers(coeffs, n)
+        y: FloatArray = p[:, None, :] * (a * y0 + np.cumsum(u * inv[:, None, :], axis=0))
+        return y
+    step = int(block)
+    out = np.empty_like(u)
+    a = _powers(coeffs, 1)[2]
+    prev = y0
+    for start in range(0, n, step):
+        seg = u[start : start + step]
+        p, inv, _ = _powers(coeffs, seg.shape[0])
+        y = p[:, None, :] * (a * prev + np.cumsum(seg * inv[:, None, :], axis=0))
+        out[start : start + step] = y
+        prev = y[-1]
+    return out
 
 
 def process_packet(
@@ -441,7 +639,92 @@ def process_packet(
         The packet's findings and the new state.
     """
     cfg = config if config is not None else SeismicConfig()
+    prep = _prepare(state, samples, sample_rate_hz, t0_s, cfg)
+    if isinstance(prep, PacketResult):
+        return prep
+    return _detect(prep, _filters(prep.x, prep.st, cfg, prep.fs), cfg)
+
+
+def process_packets(
+    packets: Sequence[
+        tuple[StationState, NDArray[Any] | Sequence[Sequence[float]], float, float, SeismicConfig]
+    ],
+) -> list[PacketResult]:
+    """:func:`process_packet` for many stations' packets at once: ``(state, samples,
+    sample_rate_hz, t0_s, config)`` each, the results in the same order and the same to
+    the last bit. Each packet must have its own station (one packet per state: a
+    station's next packet needs this one's state).
+
+    Why: a packet's filters are a dozen numpy calls on 100 x 3 numbers, so numpy's
+    per-call overhead is most of their cost; the packets of equal length, rate and
+    filter settings go through the filters together, one column per station
+    (:func:`_filters_many`), and only the trigger logic runs station by station.
+    """
+    preps: list[_Prepared | PacketResult] = [
+        _prepare(st, samples, fs, t0, cfg) for st, samples, fs, t0, cfg in packets
+    ]
+    filtered: list[_Filtered | None] = [None] * len(preps)
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for k, prep in enumerate(preps):
+        if isinstance(prep, _Prepared):
+            groups.setdefault(_filter_key(prep), []).append(k)
+    for members in groups.values():
+        if len(members) == 1:
+            prep = preps[members[0]]
+            assert isinstance(prep, _Prepared)
+            filtered[members[0]] = _filters(prep.x, prep.st, prep.cfg, prep.fs)
+            continue
+        group = [p for k in members if isinstance(p := preps[k], _Prepared)]
+        for k, f in zip(members, _filters_many(group), strict=True):
+            filtered[k] = f
+    out: list[PacketResult] = []
+    for prep, fil in zip(preps, filtered, strict=True):
+        if isinstance(prep, PacketResult):
+            out.append(prep)
+        else:
+            assert fil is not None
+            out.append(_detect(prep, fil, prep.cfg))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """A packet ready for the filters: the state it starts from (fresh after a restart),
+    its new samples (n >= 1, a re-sent packet's old ones dropped), their first time, s."""
+
+    st: StationState
+    x: FloatArray
+    t0: float
+    fs: float
+    cfg: SeismicConfig
+    restarted: bool
+    event_ended: bool
+
+
+def _filter_key(prep: _Prepared) -> tuple[Any, ...]:
+    """What packets must share to go through the filters together."""
+    cfg = prep.cfg
     thr = cfg.sta_lta
+    return (
+        prep.fs,
+        prep.x.shape[0],
+        cfg.highpass_hz,
+        cfg.pd_highpass_hz,
+        cfg.vertical_axis,
+        thr.cf_band_hz,
+        thr.cf_vertical_only,
+    )
+
+
+def _prepare(
+    state: StationState,
+    samples: NDArray[Any] | Sequence[Sequence[float]],
+    sample_rate_hz: float,
+    t0_s: float,
+    cfg: SeismicConfig,
+) -> _Prepared | PacketResult:
+    """Check a packet, restart the filters after a gap and drop re-sent samples; a
+    packet with nothing new is already its result."""
     if not sample_rate_hz > 0:
         msg = f"sample_rate_hz must be > 0, got {sample_rate_hz}"
         raise ValueError(msg)
@@ -489,26 +772,20 @@ def process_packet(
     if n == 0:
         return _result(st, cfg, restarted=restarted, event_ended=event_ended, duplicate=True)
 
-    vz = cfg.vertical_axis
-    # 1. High-pass: y[n] = alpha * (y[n-1] + x[n] - x[n-1]).
-    acc = _highpass(x, np.asarray(st.x_prev), np.asarray(st.acc), _alpha(cfg.highpass_hz, dt))
-    # 4. Leaky integration: v[n] = beta * v[n-1] + a[n] * dt.
-    beta = math.exp(-2.0 * math.pi * cfg.highpass_hz * dt)
-    vel = _recurse((beta,) * 3, acc * dt, np.asarray(st.vel))
-    # 5. P-wave chain on the vertical: high-pass, then two leaky integrators.
-    pz0 = np.asarray(st.pz)
-    a_pd = _alpha(cfg.pd_highpass_hz, dt)
-    b_pd = math.exp(-2.0 * math.pi * cfg.pd_highpass_hz * dt)
-    acc_z = acc[:, vz : vz + 1]
-    prev_acc_z = np.asarray([st.acc[vz]])
-    pz_acc = _highpass(acc_z, prev_acc_z, pz0[0:1], a_pd)
-    pz_vel = _recurse((b_pd,), pz_acc * dt, pz0[1:2])
-    pz_disp = _recurse((b_pd,), pz_vel * dt, pz0[2:3])
+    return _Prepared(st, x, t0, fs, cfg, restarted, event_ended)
+
+
+def _detect(prep: _Prepared, f: _Filtered, cfg: SeismicConfig) -> PacketResult:
+    """STA/LTA, the trigger and the event window over a filtered packet."""
+    thr = cfg.sta_lta
+    st, x, t0, fs = prep.st, prep.x, prep.t0, prep.fs
+    restarted, event_ended = prep.restarted, prep.event_ended
+    dt = 1.0 / fs
+    n = x.shape[0]
+    acc, vel, band, cf_mem = f.acc, f.vel, f.band, f.cf_mem
+    pz_acc, pz_vel, pz_disp = f.pz_acc, f.pz_vel, f.pz_disp
     pv_abs = np.abs(pz_vel[:, 0])
     pd_abs = np.abs(pz_disp[:, 0])
-    # 2. Characteristic function in the trigger band.
-    cf_in = acc[:, vz : vz + 1] if thr.cf_vertical_only else acc
-    band, cf_mem = _cf_band(cf_in, st.cf_mem, cfg, fs)
     cf = np.einsum("ij,ij->i", band, band)
     pa_abs = np.abs(band[:, 0]) if thr.cf_vertical_only else np.sqrt(cf)
 

@@ -9,6 +9,7 @@ import math
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import numpy as np
 import pytest
 
 from civic_iot.contracts.processing import Observation, SeismicTick, StrongShakingNotice, Trigger
@@ -19,6 +20,7 @@ from civic_iot.contracts.readings import (
     Reading,
     SeismicPayload,
     WaterPayload,
+    record_value,
 )
 from civic_iot.registry import Device, Registry, Township
 from civic_iot.settings import Settings
@@ -29,8 +31,9 @@ from civic_iot.topology import Topology
 from processors.agents.device import seismic_ticks
 from processors.app import create_app
 from processors.detectors.quake import distance_km
-from processors.handlers import SeismicOutcome
+from processors.handlers import Context, SeismicOutcome, handle_seismic
 from processors.states import SeismicDevice
+from simulator.waveforms import SimQuake, SimStation, synthesize_traces
 from tests.unit.processors.recorders import RecordingPublisher, RecordingSink
 
 TOWN = "63000010"
@@ -526,3 +529,79 @@ def test_seismic_ticks_replay_a_batch_per_second_and_partition() -> None:
     assert later.triggers == ()
     assert later.observations == ()
     assert later.trigger_record_ms is None
+
+
+def test_a_batch_of_packets_decided_together_is_decided_as_one_after_another() -> None:
+    # The seismic agent decides a batch's packets in waves of distinct stations, each
+    # wave's filters together: a station twice in one record and in two records, a packet
+    # with nothing new, must give the states and points of one packet after the other.
+    stations = [
+        Device(id=f"seis-{i}", kind="seismic", lat=24.9 + 0.1 * i, lon=121.5, township=TOWN)
+        for i in range(3)
+    ]
+    registry = Registry(townships=REGISTRY.townships, devices=(*REGISTRY.devices, *stations))
+    thresholds = thresholds_from({}, registry)
+    t0 = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
+    quake = SimQuake(lat=25.0, lon=121.6, depth_km=10, magnitude=5.5, origin_s=t0.timestamp() + 12)
+    traces = synthesize_traces(
+        [SimStation(d.id, d.lat, d.lon) for d in stations],
+        start_s=t0.timestamp(),
+        duration_s=18,
+        quake=quake,
+        seed=2,
+    )
+
+    def packet(d: Device, second: int) -> Reading:
+        t = t0 + timedelta(seconds=second)
+        x = np.round(traces[d.id][second * 100 : second * 100 + 100], 3)
+        data = SeismicPayload(
+            ts=t, sample_rate_hz=100.0, x_gal=x[:, 0].tolist(), y_gal=x[:, 1].tolist(),
+            z_gal=x[:, 2].tolist(),
+        )  # fmt: skip
+        return Reading(
+            reading_id=f"{d.id}:{to_ns(t)}", device_id=d.id, kind="seismic", event_time=t,
+            received_at=t, location=Location(lat=d.lat, lon=d.lon, township=TOWN), data=data,
+        )  # fmt: skip
+
+    s0, s1, s2 = stations
+    records = [
+        [packet(s0, 0), packet(s1, 0), packet(s0, 1), packet(s0, 2)],
+        [packet(s2, 0), packet(s1, 1), packet(s0, 2), packet(s1, 2), packet(s2, 1)],
+        [packet(d, k) for k in range(3, 18) for d in stations],
+    ]
+    sink = RecordingSink()
+    app = create_app(
+        _settings(),
+        registry=registry,
+        thresholds=thresholds,
+        sink_factory=lambda name: sink if name == "seismic" else RecordingSink(),
+        publisher=RecordingPublisher(),
+        clock=lambda: NOW,
+    )
+    app.finalize()
+    app.flow_control.resume()
+
+    async def run() -> None:
+        async with app.agents["seismic"].test_context() as ctx:
+            events = [
+                await ctx.put(
+                    **_marked("seismic", b"p0", record_value([r.to_record() for r in rs])),
+                    wait=False,
+                )
+                for rs in records
+            ]
+            await _until(lambda: all(e.message.acked for e in events))
+
+    asyncio.run(run())
+    ctx = Context.build(_settings().influx, registry, thresholds)
+    states: dict[str, SeismicDevice] = {}
+    lines = []
+    for rs in records:
+        for r in rs:
+            out = handle_seismic(states.get(r.device_id, SeismicDevice()), r, ctx)
+            states[r.device_id] = out.state
+            lines += [p.line() for p in out.points]
+    assert sorted(p.line() for p in sink.stored) == sorted(lines)
+    assert any(s.station.last_trigger_s for s in states.values())  # an event, not only noise
+    for d in stations:
+        assert app.tables["seismic-state"].get(d.id).station == states[d.id].station

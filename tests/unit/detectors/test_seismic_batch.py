@@ -1,0 +1,188 @@
+"""The station detector's CPU work must not change what it finds: the picks and every
+number of every packet's result are pinned (computed before the filters were solved side
+by side), and many stations' packets through :func:`process_packets` give exactly what
+:func:`process_packet` gives each alone, over quakes, noise, spikes, gaps, re-sent and
+ragged packets and both trigger bands."""
+
+import hashlib
+
+import numpy as np
+import pytest
+
+from civic_iot.thresholds import StaLtaThresholds
+from processors.detectors.seismic import (
+    PacketResult,
+    SeismicConfig,
+    StationState,
+    process_packet,
+    process_packets,
+)
+from simulator.waveforms import SimQuake, SimStation, Spike, synthesize_traces
+
+T0 = 1_700_000_000.0
+STATIONS = [
+    SimStation(f"G{i:02d}", 23.6 + 0.25 * (i % 4), 120.6 + 0.3 * (i // 4)) for i in range(12)
+]
+M6 = SimQuake(lat=24.0, lon=121.0, depth_km=10.0, magnitude=6.0, origin_s=T0 + 30)
+M5 = SimQuake(lat=24.6, lon=121.9, depth_km=20.0, magnitude=5.0, origin_s=T0 + 30)
+SPIKES = [Spike("G03", T0 + 25), Spike("G07", T0 + 40, amplitude_gal=400.0)]
+
+#: (scenario, synthesis arguments, the picks (station, P time), sha256 of every packet's
+#: PacketResult repr, stations in order): what the detector gave before issue 11's CPU
+#: work on it. A change here is a change of behaviour, not of speed.
+PINNED = [
+    (
+        "M6 near",
+        {"quake": M6},
+        [
+            ("G00", 1700000040.26),
+            ("G01", 1700000037.55),
+            ("G02", 1700000037.25),
+            ("G03", 1700000039.56),
+            ("G04", 1700000037.84),
+            ("G05", 1700000033.7),
+            ("G06", 1700000033.04),
+            ("G07", 1700000036.95),
+            ("G08", 1700000038.3799999),
+            ("G09", 1700000034.76),
+            ("G10", 1700000034.26),
+            ("G11", 1700000037.57),
+        ],
+        "e7bbc7bc2d079fe9468fa6dd3b859ce8d37580c482906db6a0d5cfbc0e08fe1f",
+    ),
+    (
+        "M5 offshore",
+        {"quake": M5},
+        [
+            ("G06", 1700000049.89),
+            ("G07", 1700000047.98),
+            ("G09", 1700000048.76),
+            ("G10", 1700000045.59),
+            ("G11", 1700000043.29),
+        ],
+        "8ee36f34991d178ecd72077f887e1de8de2fc945720d40d691e830032a6d301a",
+    ),
+    (
+        "noise and spikes",
+        {"spikes": SPIKES, "noise_gal": 0.6},
+        [("G03", 1700000025.05), ("G07", 1700000040.06)],
+        "7dfd8a3d82974212dfe9ec8b3bff4d1176a5001be47bb4424b88a4771aca4ba1",
+    ),
+]
+
+
+def traces(**kw: object) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = synthesize_traces(
+        STATIONS,
+        start_s=T0,
+        duration_s=90,
+        sample_rate_hz=100.0,
+        seed=7,
+        **kw,  # type: ignore[arg-type]
+    )
+    return out
+
+
+@pytest.mark.parametrize(("name", "kw", "picks", "digest"), PINNED, ids=[p[0] for p in PINNED])
+@pytest.mark.parametrize("together", [False, True], ids=["one by one", "stations together"])
+def test_the_picks_and_every_figure_are_those_pinned(
+    name: str, kw: dict[str, object], picks: list[tuple[str, float]], digest: str, together: bool
+) -> None:
+    x = traces(**kw)
+    results: dict[str, list[PacketResult]] = {s.station_id: [] for s in STATIONS}
+    states = {s.station_id: StationState() for s in STATIONS}
+    for i in range(0, 9000, 100):
+        if together:
+            batch = process_packets(
+                [
+                    (
+                        states[s.station_id],
+                        x[s.station_id][i : i + 100],
+                        100.0,
+                        T0 + i / 100,
+                        SeismicConfig(),
+                    )
+                    for s in STATIONS
+                ]
+            )
+        else:
+            batch = [
+                process_packet(
+                    states[s.station_id], x[s.station_id][i : i + 100], 100.0, T0 + i / 100
+                )
+                for s in STATIONS
+            ]
+        for s, r in zip(STATIONS, batch, strict=True):
+            results[s.station_id].append(r)
+            states[s.station_id] = r.state
+    h = hashlib.sha256()
+    found = []
+    for s in STATIONS:
+        for r in results[s.station_id]:
+            h.update(repr(r).encode())
+            if r.triggered:
+                found.append((s.station_id, r.p_time_s))
+    assert found == picks
+    assert h.hexdigest() == digest
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_stations_together_give_what_each_gives_alone(seed: int) -> None:
+    """Rates 20-200 Hz, packets of 0.5-10 s, ragged lengths, gaps (restart), re-sent
+    overlaps, repeated packets (nothing new), a 980 gal offset, both trigger bands mixed
+    in one call."""
+    rng = np.random.default_rng(seed)
+    fs = [100.0, 50.0, 20.0, 100.0, 200.0, 100.0][seed]
+    n = int([1.0, 1.0, 2.0, 0.5, 1.0, 10.0][seed] * fs)
+    quake = SimQuake(
+        lat=24.2,
+        lon=121.0 + 0.2 * seed,
+        depth_km=10.0,
+        magnitude=4.5 + 0.4 * seed,
+        origin_s=T0 + 35,
+    )
+    x = synthesize_traces(
+        STATIONS,
+        start_s=T0,
+        duration_s=120,
+        sample_rate_hz=fs,
+        quake=quake,
+        spikes=SPIKES,
+        noise_gal=0.3,
+        offset_gal=(0.0, 0.0, 980.0 if seed % 2 else 0.0),
+        seed=seed,
+    )
+    configs = [
+        SeismicConfig(),
+        SeismicConfig(sta_lta=StaLtaThresholds(cf_vertical_only=False, cf_band_hz=(2.0, 8.0))),
+    ]
+    alone = {s.station_id: StationState() for s in STATIONS}
+    together = dict(alone)
+    pos = dict.fromkeys(alone, 0)
+    k = 0
+    triggered = 0
+    while any(pos[s] < len(x[s]) for s in pos):
+        calls = []
+        for j, s in enumerate(STATIONS):
+            sid = s.station_id
+            i = pos[sid]
+            if i >= len(x[sid]):
+                continue
+            m = n if (k + j) % 11 else max(1, n - int(rng.integers(0, n)))
+            seg, t0 = x[sid][i : i + m], T0 + i / fs
+            if (k + j) % 37 == 5:
+                t0 += 5.0  # a gap: the filters restart
+            elif (k + 2 * j) % 29 == 3 and i > n:
+                seg, t0 = x[sid][i - n // 2 : i + m], T0 + (i - n // 2) / fs  # re-sent half
+            elif (k + j) % 53 == 7 and i >= m:
+                seg, t0 = x[sid][i - m : i], T0 + (i - m) / fs  # all seen already
+            calls.append((sid, seg, t0, configs[j % 2]))
+            pos[sid] = i + m
+        ones = [process_packet(alone[sid], seg, fs, t0, cfg) for sid, seg, t0, cfg in calls]
+        many = process_packets([(together[sid], seg, fs, t0, cfg) for sid, seg, t0, cfg in calls])
+        for (sid, *_), a, b in zip(calls, ones, many, strict=True):
+            assert repr(a) == repr(b), (sid, k)
+            alone[sid], together[sid] = a.state, b.state
+            triggered += a.triggered
+        k += 1
+    assert triggered > 0  # the comparison covered event windows, not only noise
