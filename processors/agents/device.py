@@ -117,23 +117,9 @@ class DeviceAgent(BatchAgent, Generic[S, OutcomeT]):
         """Keep what the outcome has for other agents (sent in :meth:`on_batch`)."""
 
     async def on_event(self, event: EventT[Any]) -> int:
-        if not await self.guard.marked(event):  # not written by ingest: dead-lettered
-            return 1
-        record = self._decode(event)
-        if record.refused:
-            # Marked, yet a line is no reading: the record is dead-lettered (its bytes
-            # whole) and its other readings go on.
-            await self.guard.admit(event, None, self.sink)
-        msg = event.message
-        partition = msg.partition
-        observe = self.activity.observe
-        admit, sink = self.guard.admit, self.sink
-        for index, found in enumerate(record.readings):
-            reading = await admit(event, found, sink)  # its time within the bounds
-            if reading is None:
-                continue
+        inputs, admitted = await self._admitted(event)
+        for index, reading in admitted:
             device = reading.device_id
-            observe(self.kind, device, partition, reading.event_time.timestamp())
             env = self.states.get(device)
             if seen(env, event, index):
                 # Replayed after a restart: the state already holds it (its changelog was
@@ -154,7 +140,28 @@ class DeviceAgent(BatchAgent, Generic[S, OutcomeT]):
             self.states.set(device, out.state, event, index)
             self.sink.add(out.points)
             self.stage(out, event)
-        return len(record.readings) + len(record.refused)
+        return inputs
+
+    async def _admitted(self, event: EventT[Any]) -> tuple[int, list[tuple[int, Reading]]]:
+        """How many inputs a record counts for, and its readings the guard admits (their
+        index in the record, the reading), each seen by the activity watch."""
+        if not await self.guard.marked(event):  # not written by ingest: dead-lettered
+            return 1, []
+        record = self._decode(event)
+        if record.refused:
+            # Marked, yet a line is no reading: the record is dead-lettered (its bytes
+            # whole) and its other readings go on.
+            await self.guard.admit(event, None, self.sink)
+        partition = event.message.partition
+        observe = self.activity.observe
+        admit, sink = self.guard.admit, self.sink
+        out: list[tuple[int, Reading]] = []
+        for index, found in enumerate(record.readings):
+            reading = await admit(event, found, sink)  # its time within the bounds
+            if reading is not None:
+                observe(self.kind, reading.device_id, partition, reading.event_time.timestamp())
+                out.append((index, reading))
+        return len(record.readings) + len(record.refused), out
 
     def on_stored(self, events: Sequence[EventT[Any]]) -> None:
         self.stats.stored(
@@ -271,22 +278,9 @@ class SeismicAgent(DeviceAgent[SeismicDevice, SeismicOutcome]):
         return handle_seismic(env, reading, self.ctx)
 
     async def on_event(self, event: EventT[Any]) -> int:
-        if not await self.guard.marked(event):  # not written by ingest: dead-lettered
-            return 1
-        record = self._decode(event)
-        if record.refused:
-            # As DeviceAgent.on_event: the record dead-lettered, its readings go on.
-            await self.guard.admit(event, None, self.sink)
-        partition = event.message.partition
-        observe = self.activity.observe
-        admit, sink = self.guard.admit, self.sink
-        for index, found in enumerate(record.readings):
-            reading = await admit(event, found, sink)  # its time within the bounds
-            if reading is None:
-                continue
-            observe(self.kind, reading.device_id, partition, reading.event_time.timestamp())
-            self._pending.append((event, index, reading))
-        return len(record.readings) + len(record.refused)
+        inputs, admitted = await self._admitted(event)
+        self._pending += [(event, index, reading) for index, reading in admitted]
+        return inputs
 
     def _decide_pending(self) -> None:
         """Decide the batch's packets, in waves of distinct stations."""

@@ -323,102 +323,27 @@ def _powers(coeffs: tuple[float, ...], m: int) -> tuple[FloatArray, FloatArray, 
 
 @lru_cache(maxsize=256)
 def _block(coeffs: tuple[float, ...]) -> float:
-    """Samples :func:`_recurse` solves in one closed form for these poles (inf: any)."""
+    """Samples :func:`_recurse_many` solves in one closed form for these poles (inf: any)."""
     smallest = max(min(coeffs), 1e-300)
     return math.inf if smallest >= 1.0 else max(1, int(40.0 / -math.log(smallest)))
 
 
 def _recurse(coeffs: tuple[float, ...], u: FloatArray, y0: FloatArray) -> FloatArray:
-    """Solve ``y[n] = a * y[n-1] + u[n]`` along axis 0 without a Python loop per sample.
-
-    Closed form ``y[n] = a**n * (a * y[-1] + cumsum(u[k] * a**-k))``; worked in blocks so
-    that ``a**-k`` spans a modest range (``a**-block`` < e**40) and precision holds.
-
-    Args:
-        coeffs: one pole ``a`` (0 < a <= 1) per column of ``u``.
-        u: input, shape (n, c).
-        y0: the previous output ``y[-1]``, shape (c,).
-    """
-    n = u.shape[0]
-    block = _block(coeffs)
-    if n <= block:
-        # One block (a packet, for every pole but a low-pass near the band's top): the
-        # same arithmetic as the loop below, without its bookkeeping (this runs ~10
-        # times per packet).
-        p, inv, a = _powers(coeffs, n)
-        y: FloatArray = p * (a * y0 + np.cumsum(u * inv, axis=0))
-        return y
-    step = int(block)
-    out = np.empty_like(u)
-    a = _powers(coeffs, 1)[2]
-    prev = y0
-    for start in range(0, n, step):
-        seg = u[start : start + step]
-        p, inv, _ = _powers(coeffs, seg.shape[0])
-        y = p * (a * prev + np.cumsum(seg * inv, axis=0))
-        out[start : start + step] = y
-        prev = y[-1]
-    return out
-
-
-def _highpass(x: FloatArray, x_prev: FloatArray, y_prev: FloatArray, alpha: float) -> FloatArray:
-    """First-order high-pass ``y[n] = alpha (y[n-1] + x[n] - x[n-1])`` per column."""
-    return _recurse((alpha,) * x.shape[1], alpha * _diff(x, x_prev), y_prev)
+    """Solve ``y[n] = a * y[n-1] + u[n]`` along axis 0 without a Python loop per sample:
+    ``u`` (n, c), ``y0`` the previous output ``y[-1]`` (c,), one pole ``a`` (0 < a <= 1)
+    per column (:func:`_recurse_many` for one station)."""
+    y: FloatArray = _recurse_many(coeffs, u[:, None, :], y0[None, :])[:, 0, :]
+    return y
 
 
 def _diff(x: FloatArray, x_prev: FloatArray) -> FloatArray:
-    """``x[n] - x[n-1]`` per column, ``x_prev`` (c,) before the first row."""
+    """``x[n] - x[n-1]`` along axis 0, ``x_prev`` before the first row."""
     # np.diff(prepend=...) concatenates first: two subtractions into one array are
     # the same differences at a fraction of the cost.
     dx = np.empty_like(x)
     np.subtract(x[:1], x_prev, out=dx[:1])
     np.subtract(x[1:], x[:-1], out=dx[1:])
     return dx
-
-
-def _recurse_group(
-    parts: Sequence[tuple[tuple[float, ...], FloatArray, FloatArray]],
-) -> list[FloatArray]:
-    """:func:`_recurse` of each ``(coeffs, u, y0)``, the inputs of equal length: the
-    parts that fit in one block solved together, side by side as columns of one array.
-
-    Each column's numbers are those :func:`_recurse` gives it alone: the closed form is
-    elementwise along the rows and ``cumsum`` adds down each column in order, and the
-    powers are each pole's own (:func:`_powers`), so only the per-call overhead is shared.
-    """
-    n = parts[0][1].shape[0]
-    together = [k for k, (coeffs, _, _) in enumerate(parts) if n <= _block(coeffs)]
-    out: list[FloatArray | None] = [None] * len(parts)
-    if len(together) > 1:
-        key = tuple(parts[k][0] for k in together)
-        p, inv, a = _group_powers(key, n)
-        u = np.concatenate([parts[k][1] for k in together], axis=1)
-        y0 = np.concatenate([parts[k][2] for k in together])
-        y = p * (a * y0 + np.cumsum(u * inv, axis=0))
-        col = 0
-        for k in together:
-            width = parts[k][1].shape[1]
-            out[k] = y[:, col : col + width]
-            col += width
-    for k, (coeffs, u_k, y0_k) in enumerate(parts):
-        if out[k] is None:
-            out[k] = _recurse(coeffs, u_k, y0_k)
-    return [o for o in out if o is not None]
-
-
-@lru_cache(maxsize=256)
-def _group_powers(
-    coeffs: tuple[tuple[float, ...], ...], m: int
-) -> tuple[FloatArray, FloatArray, FloatArray]:
-    """:func:`_powers` of several groups of poles side by side (each group's own arrays,
-    so every column holds exactly what it holds alone)."""
-    each = [_powers(c, m) for c in coeffs]
-    p = np.concatenate([e[0] for e in each], axis=1)
-    inv = np.concatenate([e[1] for e in each], axis=1)
-    a = np.concatenate([e[2] for e in each])
-    for arr in (p, inv, a):
-        arr.setflags(write=False)
-    return p, inv, a
 
 
 def _alpha(corner_hz: float, dt: float) -> float:
@@ -472,73 +397,12 @@ class _Filtered:
     cf_mem: CfMemory
 
 
-def _filters(x: FloatArray, st: StationState, cfg: SeismicConfig, fs: float) -> _Filtered:
-    """Every filter of the signal chain over one packet ``x`` (n, 3), from the memory in
-    ``st``.
-
-    The chains run side by side: the filters that take the same input (velocity, the
-    P-wave chain's high-pass and the trigger band's first section all take the
-    high-passed acceleration) are solved in one :func:`_recurse_group`, so a packet costs
-    five solves instead of eleven, each column computed exactly as alone."""
-    dt = 1.0 / fs
-    thr = cfg.sta_lta
-    vz = cfg.vertical_axis
-    # 1. High-pass: y[n] = alpha * (y[n-1] + x[n] - x[n-1]).
-    acc_prev = np.asarray(st.acc)
-    acc = _highpass(x, np.asarray(st.x_prev), acc_prev, _alpha(cfg.highpass_hz, dt))
-    # 4. Leaky integration: v[n] = beta * v[n-1] + a[n] * dt.
-    beta = math.exp(-2.0 * math.pi * cfg.highpass_hz * dt)
-    # 5. P-wave chain on the vertical: high-pass, then two leaky integrators.
-    pz0 = np.asarray(st.pz)
-    a_pd = _alpha(cfg.pd_highpass_hz, dt)
-    b_pd = math.exp(-2.0 * math.pi * cfg.pd_highpass_hz * dt)
-    # 2. The trigger band: two high-pass and two low-pass sections, on the vertical by
-    # default (its columns ``cols``).
-    lo, hi = thr.cf_band_hz
-    c = 1 if thr.cf_vertical_only else 3
-    cf_in = acc[:, vz : vz + 1] if thr.cf_vertical_only else acc
-    m = [np.asarray(v[:c]) for v in st.cf_mem]
-    a_lo = _alpha(lo, dt)
-    d_acc = _diff(acc, acc_prev)
-    d_cf = _diff(cf_in, m[0])
-    vel, pz_acc, h1 = _recurse_group(
-        [
-            ((beta,) * 3, acc * dt, np.asarray(st.vel)),
-            ((a_pd,), a_pd * d_acc[:, vz : vz + 1], pz0[0:1]),
-            ((a_lo,) * c, a_lo * d_cf, m[1]),
-        ]
-    )
-    pz_vel, h2 = _recurse_group(
-        [((b_pd,), pz_acc * dt, pz0[1:2]), ((a_lo,) * c, a_lo * _diff(h1, m[1]), m[2])]
-    )
-    band = h2
-    l1, l2 = m[3], m[4]
-    # A low-pass at or above ~0.45 fs does nothing useful (the band is already cut by
-    # the sample rate, 20 Hz MEMS streams): skip it rather than distort the band.
-    if hi < 0.45 * fs:
-        b = math.exp(-2.0 * math.pi * hi * dt)
-        pz_disp, y1 = _recurse_group(
-            [((b_pd,), pz_vel * dt, pz0[2:3]), ((b,) * c, (1.0 - b) * h2, l1)]
-        )
-        band = _recurse((b,) * c, (1.0 - b) * y1, l2)
-        l1, l2 = y1[-1], band[-1]
-    else:
-        pz_disp = _recurse((b_pd,), pz_vel * dt, pz0[2:3])
-
-    def vec(v: FloatArray) -> Vec3:
-        if c == 3:
-            return _vec(v)
-        return (float(v[0]), 0.0, 0.0)
-
-    new_mem: CfMemory = (vec(cf_in[-1]), vec(h1[-1]), vec(h2[-1]), vec(l1), vec(l2))
-    return _Filtered(acc, vel, pz_acc, pz_vel, pz_disp, band, new_mem)
-
-
 def _filters_many(preps: Sequence[_Prepared]) -> list[_Filtered]:
-    """:func:`_filters` of several stations' packets of one length, rate and filter
-    settings, solved together: arrays (n, stations, columns), every element computed with
-    the same operations on the same numbers as :func:`_filters` alone (elementwise, and
-    ``cumsum`` down axis 0), so the results are the same to the last bit."""
+    """Every filter of the signal chain (the module docstring) over packets of one
+    length, rate and filter settings, from each one's station memory, solved together:
+    arrays (n, stations, columns), every element computed with the same operations on
+    the same numbers whatever the other stations (elementwise, and ``cumsum`` down axis
+    0), so a packet's results are the same to the last bit alone or in a crowd."""
     first = preps[0]
     cfg, fs = first.cfg, first.fs
     dt = 1.0 / fs
@@ -570,14 +434,16 @@ def _filters_many(preps: Sequence[_Prepared]) -> list[_Filtered]:
     h2 = _recurse_many((a_lo,) * c, a_lo * _diff(h1, m[1]), m[2])
     band = h2
     l1, l2 = m[3], m[4]
-    if hi < 0.45 * fs:  # as in _filters
+    # A low-pass at or above ~0.45 fs does nothing useful (the band is already cut by
+    # the sample rate, 20 Hz MEMS streams): skip it rather than distort the band.
+    if hi < 0.45 * fs:
         b = math.exp(-2.0 * math.pi * hi * dt)
         y1 = _recurse_many((b,) * c, (1.0 - b) * h2, l1)
         band = _recurse_many((b,) * c, (1.0 - b) * y1, l2)
         l1, l2 = y1[-1], band[-1]
 
     def per_station(arr: FloatArray) -> FloatArray:
-        # (stations, n, columns), each station's block contiguous as _filters makes it.
+        # (stations, n, columns), each station's block contiguous.
         return np.ascontiguousarray(arr.transpose(1, 0, 2))
 
     def vecs(rows: FloatArray) -> list[Vec3]:
@@ -596,9 +462,15 @@ def _filters_many(preps: Sequence[_Prepared]) -> list[_Filtered]:
 
 
 def _recurse_many(coeffs: tuple[float, ...], u: FloatArray, y0: FloatArray) -> FloatArray:
-    """:func:`_recurse` of several stations at once: ``u`` (n, stations, c), ``y0``
-    (stations, c); each station's columns get exactly what :func:`_recurse` gives them
-    (the same cached powers, the same blocks, the same operations)."""
+    """Solve ``y[n] = a * y[n-1] + u[n]`` along axis 0 for several stations at once,
+    without a Python loop per sample: ``u`` (n, stations, c), ``y0`` the previous output
+    ``y[-1]`` (stations, c), one pole ``a`` (0 < a <= 1) per column.
+
+    Closed form ``y[n] = a**n * (a * y[-1] + cumsum(u[k] * a**-k))``; worked in blocks so
+    that ``a**-k`` spans a modest range (``a**-block`` < e**40) and precision holds. Every
+    element is computed with the same operations whatever the other stations, so a
+    station's results are the same alone or in a crowd.
+    """
     n = u.shape[0]
     block = _block(coeffs)
     if n <= block:
@@ -642,7 +514,7 @@ def process_packet(
     prep = _prepare(state, samples, sample_rate_hz, t0_s, cfg)
     if isinstance(prep, PacketResult):
         return prep
-    return _detect(prep, _filters(prep.x, prep.st, cfg, prep.fs), cfg)
+    return _detect(prep, _filters_many([prep])[0], cfg)
 
 
 def process_packets(
@@ -669,11 +541,6 @@ def process_packets(
         if isinstance(prep, _Prepared):
             groups.setdefault(_filter_key(prep), []).append(k)
     for members in groups.values():
-        if len(members) == 1:
-            prep = preps[members[0]]
-            assert isinstance(prep, _Prepared)
-            filtered[members[0]] = _filters(prep.x, prep.st, prep.cfg, prep.fs)
-            continue
         group = [p for k in members if isinstance(p := preps[k], _Prepared)]
         for k, f in zip(members, _filters_many(group), strict=True):
             filtered[k] = f
