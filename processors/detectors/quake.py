@@ -29,7 +29,8 @@ The thresholds are the thresholds file's ``quake`` section
   at least one must look like an earthquake and the location must not be poor; the
   armed stations that should have triggered (amplitude over distance) must have; the
   picks' magnitudes must agree. One station's spike, or a burst on a few neighbours,
-  never makes an event.
+  never makes an event. A location that leaves the epicentre or the magnitude open
+  waits for the next pick, a bounded time (at most 1.5 s after the fifth pick).
 - **Location.** Grid search over the whole warning region and depth (origin time in
   closed form), coarse to fine around the best few minima, robust to an odd pick, with
   the stations that did NOT trigger as constraints (EPIC): a hypocentre that would have
@@ -40,7 +41,8 @@ The thresholds are the thresholds file's ``quake`` section
 - **Magnitude.** Pd (Wu & Zhao 2006, corrected for the station's P-wave filter) where
   it stands ``pd_magnitude_min_snr`` above the noise, updated as picks and seconds of P
   arrive; the P amplitude through the ground-motion model until a Pd qualifies; the PGA
-  of stations whose own data show the S wave has passed, once there are three.
+  of stations whose own data show the S wave has passed, once there are three (before
+  that, the PGA so far of two stations past their S wave is a floor).
 - **Expected shaking.** For each 0.1 x 0.1 degree cell of the warning region and each
   township centroid, PGA and PGV from :class:`GroundMotionModel`, then the CWA level; a
   place near a station (``station_correction_km``) is raised to the level that station
