@@ -29,8 +29,8 @@ The thresholds are the thresholds file's ``quake`` section
   at least one must look like an earthquake and the location must not be poor; the
   armed stations that should have triggered (amplitude over distance) must have; the
   picks' magnitudes must agree. One station's spike, or a burst on a few neighbours,
-  never makes an event. A location that leaves the epicentre or the magnitude open
-  waits for the next pick, a bounded time (at most 1.5 s after the fifth pick).
+  never makes an event. A location from a few picks that leaves the epicentre or the
+  magnitude open waits for more, a bounded time (``QuakeConfig.declare_*``).
 - **Location.** Grid search over the whole warning region and depth (origin time in
   closed form), coarse to fine around the best few minima, robust to an odd pick, with
   the stations that did NOT trigger as constraints (EPIC): a hypocentre that would have
