@@ -29,7 +29,8 @@ The thresholds are the thresholds file's ``quake`` section
   at least one must look like an earthquake and the location must not be poor; the
   armed stations that should have triggered (amplitude over distance) must have; the
   picks' magnitudes must agree. One station's spike, or a burst on a few neighbours,
-  never makes an event.
+  never makes an event. A location from a few picks that leaves the epicentre or the
+  magnitude open waits for more, a bounded time (``QuakeConfig.declare_*``).
 - **Location.** Grid search over the whole warning region and depth (origin time in
   closed form), coarse to fine around the best few minima, robust to an odd pick, with
   the stations that did NOT trigger as constraints (EPIC): a hypocentre that would have
@@ -40,7 +41,8 @@ The thresholds are the thresholds file's ``quake`` section
 - **Magnitude.** Pd (Wu & Zhao 2006, corrected for the station's P-wave filter) where
   it stands ``pd_magnitude_min_snr`` above the noise, updated as picks and seconds of P
   arrive; the P amplitude through the ground-motion model until a Pd qualifies; the PGA
-  of stations whose own data show the S wave has passed, once there are three.
+  of stations whose own data show the S wave has passed, once there are three (before
+  that, the PGA so far of two stations past their S wave is a floor).
 - **Expected shaking.** For each 0.1 x 0.1 degree cell of the warning region and each
   township centroid, PGA and PGV from :class:`GroundMotionModel`, then the CWA level; a
   place near a station (``station_correction_km``) is raised to the level that station
@@ -215,6 +217,16 @@ class QuakeConfig:
             while their confidence region reaches beyond the thresholds'
             ``declare_max_uncertainty_km``, unless no pick (P time) came for
             ``declare_max_wait_s`` (s: a packet, then two seconds).
+        declare_wide_km, declare_wide_max_picks, declare_wide_wait_s: fewer than
+            ``declare_wide_max_picks`` picks whose confidence region reaches beyond
+            ``declare_wide_km`` wait for more, but no longer than ``declare_wide_wait_s``
+            after the group's fifth pick (s): picks along one coast fit a deep source
+            near it and a shallow one far out alike, and the next second's picks, a step
+            inland, tell them apart; the bound keeps the alert within the issue's 3 s
+            after the fifth P wherever the region stays wide (one-sided networks).
+        s_floor_min_s, s_floor_min_stations: the PGA of ``s_floor_min_stations``
+            stations or more that have recorded ``s_floor_min_s`` of the S wave (s) is
+            a floor for a magnitude from the P wave (:func:`_s_wave_floor`).
         velocity_scales, velocity_min_picks, velocity_min_gain: a settled event with
             at least ``velocity_min_picks`` picks is also located with the P velocity
             times each of ``velocity_scales`` (the crust is rarely the model's: 4-12%
@@ -248,6 +260,11 @@ class QuakeConfig:
     constraint_radius_km: float = 150.0
     declare_max_magnitude_span: float = 0.7
     declare_max_wait_s: float = 3.0
+    declare_wide_km: float = 60.0
+    declare_wide_max_picks: int = 9
+    declare_wide_wait_s: float = 1.5
+    s_floor_min_s: float = 1.0
+    s_floor_min_stations: int = 2
     velocity_scales: tuple[float, ...] = (0.88, 0.92, 0.96, 1.04, 1.08)
     velocity_min_picks: int = 10
     velocity_min_gain: float = 3.84
@@ -948,7 +965,36 @@ def _magnitude(
         lon = np.array([s.lon for s in stations])[seen]
         r = np.hypot(distance_km(hypo.lat, hypo.lon, lat, lon), hypo.depth_km)
         m, method = float(np.median(cfg.ground_motion.magnitude_from_pga(pga[seen], r))), "pga"
+    if method in ("pd", "pa", "tau_c"):
+        # The S wave seen so far bounds the magnitude from below (PGA only grows): near
+        # a large quake the stations' P windows clear of S are too short to count, and
+        # the farther stations' first fractions of a second of P read one or two units
+        # low (an M7.0 under the network first read 5.8 while its two nearest stations
+        # had recorded 1-2 s of S).
+        floor = _s_wave_floor(stations, hypo, now_s, cfg)
+        if floor is not None and floor > m:
+            m, method = floor, "pga"
     return float(np.clip(round(m, 2), cfg.min_magnitude, cfg.max_magnitude)), method
+
+
+def _s_wave_floor(
+    stations: Sequence[EventStation], hypo: Hypocentre, now_s: float, cfg: QuakeConfig
+) -> float | None:
+    """The lower median of the magnitudes the PGA so far gives at the stations that have
+    recorded at least ``s_floor_min_s`` of the S wave (on their own data), from
+    ``s_floor_min_stations`` of them; None with fewer. A lower bound: the peak grows
+    with the S wave and the source's duration (and their PGA counts in full once both
+    have passed, :func:`_station_magnitudes`)."""
+    if len(stations) < cfg.s_floor_min_stations:
+        return None
+    pga = np.array([s.pga_gal for s in stations])
+    r, _, t_s = _arrivals(stations, hypo, cfg)
+    until = np.array([s.seen_until_s or now_s for s in stations])
+    ok = (pga > 0) & (until >= t_s + cfg.s_floor_min_s)
+    if int(ok.sum()) < cfg.s_floor_min_stations:
+        return None
+    m = np.sort(cfg.ground_motion.magnitude_from_pga(pga[ok], r[ok]))
+    return float(m[(m.size - 1) // 2])
 
 
 # --------------------------------------------------------------------------- association
@@ -1086,11 +1132,11 @@ class Associator:
             found = _declare(pending, armed, now_s, taken, cfg)
             if found is not None:
                 used = {s.station_id for s in found.stations}
-                pending = [u for u in pending if u.station_id not in used]
+                rest = [u for u in pending if u.station_id not in used]
                 # Picks already waiting that the group left out (beyond pair range of
                 # its members, or not judged yet) are tried as a new trigger would be:
                 # no later trigger may come to bring them in.
-                took = [u for u in pending if _fits(u, found, cfg) is not None]
+                took = [u for u in rest if _fits(u, found, cfg) is not None]
                 if took:
                     found = replace(
                         found,
@@ -1099,9 +1145,15 @@ class Associator:
                     )
                     found = _relocate(found, armed, now_s, cfg)
                     names = {u.station_id for u in took}
-                    pending = [u for u in pending if u.station_id not in names]
-                events[found.event_id] = found
-                touched.add(found.event_id)
+                    rest = [u for u in rest if u.station_id not in names]
+                # Judged with every pick it took: the group alone may be narrower.
+                news = now_s - max(u.p_time_s for u in pending) < cfg.declare_max_wait_s
+                if news and _too_wide(found.picks, found.hypo, now_s, cfg):
+                    found = None
+                else:
+                    pending = rest
+                    events[found.event_id] = found
+                    touched.add(found.event_id)
 
         updates: list[QuakeEvent] = []
         still_open: list[_EventState] = []
@@ -1594,6 +1646,22 @@ def _declare(
     if _contradicted(ev, armed, now_s, cfg) or _disagree(ev, now_s, cfg):
         return None
     return ev
+
+
+def _too_wide(
+    picks: Sequence[EventStation], hypo: Hypocentre, now_s: float, cfg: QuakeConfig
+) -> bool:
+    """A first location from a handful of picks whose confidence region is still wide
+    (``declare_wide_km``) while the next pick can come in time: until
+    ``declare_wide_wait_s`` after the group's fifth pick. Picks along one coast fit a
+    deep source near it and a shallow one farther out alike (the depth prior then
+    chooses the shallow one: 35-64 km off); a second later the stations a step inland
+    tell them apart."""
+    if len(picks) >= cfg.declare_wide_max_picks or hypo.uncertainty_km <= cfg.declare_wide_km:
+        return False
+    times = sorted(u.p_time_s for u in picks)
+    fifth = times[min(4, len(times) - 1)]
+    return now_s < fifth + cfg.declare_wide_wait_s
 
 
 def _first_s_arrival(stations: Sequence[EventStation], hypo: Hypocentre, cfg: QuakeConfig) -> float:

@@ -1,0 +1,112 @@
+"""The first alert of a one-sided network (a wide location waits a bounded time) and the
+S wave's PGA as a floor for a P-wave magnitude."""
+
+from dataclasses import replace
+
+import numpy as np
+
+from processors.detectors.quake import (
+    EventStation,
+    Hypocentre,
+    PWindow,
+    QuakeConfig,
+    _magnitude,
+    _s_wave_floor,
+    _too_wide,
+    distance_km,
+)
+
+T0 = 1_700_000_000.0
+CFG = QuakeConfig()
+HYPO = Hypocentre(origin_s=T0, lat=24.0, lon=121.5, depth_km=10.0, rms_s=0.1)
+
+
+def picks(n: int, first_s: float = T0 + 5.0, step_s: float = 0.4) -> list[EventStation]:
+    return [
+        EventStation(f"S{k}", 24.0 + 0.1 * k, 121.6, first_s + step_s * k, picked=True)
+        for k in range(n)
+    ]
+
+
+def test_a_wide_region_from_few_picks_waits_until_after_the_fifth_pick() -> None:
+    group = picks(7)
+    wide = replace(HYPO, uncertainty_km=CFG.declare_wide_km + 20.0)
+    fifth = group[4].p_time_s
+    assert _too_wide(group, wide, fifth + 1.0, CFG)
+    # The bound: the alert is not held past the fifth pick + the wait.
+    assert not _too_wide(group, wide, fifth + CFG.declare_wide_wait_s, CFG)
+    # A narrow region, or enough picks, declares at once.
+    assert not _too_wide(group, replace(wide, uncertainty_km=CFG.declare_wide_km), fifth, CFG)
+    many = picks(CFG.declare_wide_max_picks, step_s=0.1)
+    assert not _too_wide(many, wide, many[4].p_time_s, CFG)
+
+
+def test_fewer_than_five_picks_wait_after_the_newest() -> None:
+    group = picks(3)
+    wide = replace(HYPO, uncertainty_km=90.0)
+    assert _too_wide(group, wide, group[-1].p_time_s + 1.0, CFG)
+    assert not _too_wide(group, wide, group[-1].p_time_s + CFG.declare_wide_wait_s, CFG)
+
+
+def _near_stations(pga_gal: float, seen_after_s_s: float) -> list[EventStation]:
+    """Three stations 10-20 km from ``HYPO`` with ``pga_gal`` so far, their data reaching
+    ``seen_after_s_s`` past their S wave, and a P amplitude that reads low (a short window)."""
+    out = []
+    for k, dlat in enumerate((0.09, 0.13, 0.18)):
+        lat, lon = HYPO.lat + dlat, HYPO.lon
+        r = float(np.hypot(distance_km(HYPO.lat, HYPO.lon, lat, lon), HYPO.depth_km))
+        t_s = HYPO.origin_s + r / CFG.association.vs_kms
+        out.append(
+            EventStation(
+                f"N{k}",
+                lat,
+                lon,
+                HYPO.origin_s + r / CFG.association.vp_kms,
+                picked=True,
+                pga_gal=pga_gal,
+                pa_gal=2.0,
+                pa_snr=50.0,
+                p_window_s=0.6,
+                seen_until_s=t_s + seen_after_s_s,
+            )
+        )
+    return out
+
+
+def test_the_s_wave_so_far_floors_a_low_p_wave_magnitude() -> None:
+    gm = CFG.ground_motion
+    r = np.array([20.0])
+    pga = float(gm.pga_gal(6.8, r)[0])
+    stations = _near_stations(pga, seen_after_s_s=1.5)
+    now = max(s.seen_until_s for s in stations)
+    floor = _s_wave_floor(stations, HYPO, now, CFG)
+    assert floor is not None
+    assert 6.0 < floor < 7.5
+    m, method = _magnitude(stations, HYPO, now, CFG)
+    assert method == "pga"
+    assert m == round(floor, 2)
+    # The same P amplitudes before the S wave has been recorded for a second: no floor.
+    early = _near_stations(pga, seen_after_s_s=0.5)
+    assert _s_wave_floor(early, HYPO, now, CFG) is None
+    m_early, method_early = _magnitude(early, HYPO, now, CFG)
+    assert method_early == "pa"
+    assert m_early < floor - 1.0
+
+
+def test_the_floor_needs_two_stations_and_never_lowers() -> None:
+    gm = CFG.ground_motion
+    one = _near_stations(float(gm.pga_gal(6.8, np.array([20.0]))[0]), 1.5)
+    one = [one[0], *(replace(s, pga_gal=0.0) for s in one[1:])]
+    now = max(s.seen_until_s for s in one)
+    assert _s_wave_floor(one, HYPO, now, CFG) is None
+    # A weak S wave (a small quake's) leaves a higher P-wave magnitude as it is.
+    weak = [
+        replace(s, pga_gal=0.5, shorter=(PWindow(0.3),))
+        for s in _near_stations(1.0, seen_after_s_s=2.0)
+    ]
+    strong_p = [replace(s, pa_gal=50.0) for s in weak]
+    m_p, method = _magnitude(strong_p, HYPO, now + 5.0, CFG)
+    assert method == "pa"
+    floor = _s_wave_floor(strong_p, HYPO, now + 5.0, CFG)
+    assert floor is not None
+    assert floor < m_p
