@@ -92,6 +92,7 @@ from processors.faust_adapter import (
     committed_offsets,
     on_rebalance_complete,
     seek_uncommitted_to_start,
+    wait_for_fetches,
 )
 from processors.handlers import Context
 from processors.states import (
@@ -288,6 +289,8 @@ def create_app(
     # A partition without a committed offset is read again from its start after every
     # rebalance, not from wherever the fetcher had got to (processors.faust_adapter).
     seek_uncommitted_to_start(app)
+    if p.role == "bulk":
+        wait_for_fetches(app, p.bulk_fetch_min_bytes, p.bulk_fetch_wait_s)
     repair_stalls = _stall_repair(app, {t.get_topic_name(): a for t, a in agents}, p)
 
     timer_sink = new_sink("timers")

@@ -28,6 +28,13 @@ the project touches a private name of faust or mode.
   worker uses (it always recovers from the changelog's start): with another store, or
   without a running producer (an app under ``test_context()``), it writes as
   :func:`write_table` does.
+* :func:`wait_for_fetches`: faust creates aiokafka's consumer
+  (``AIOKafkaConsumerThread._create_worker_consumer``) without ``fetch_min_bytes``, so
+  aiokafka's default of 1 byte applies: the broker answers a fetch as soon as one record
+  is there, and a trickle of records costs a fetch request, a response and a wake-up of
+  faust's consumer thread each. The consumer it creates gets its fetch wait set
+  (``_fetch_min_bytes``, ``_fetch_max_wait_ms``: what ``AIOKafkaConsumer.start`` gives its
+  fetcher) before it starts.
 * :func:`seek_uncommitted_to_start`: after a rebalance faust seeks every partition to
   its committed offset (``Consumer.perform_seek``), but aiokafka's
   ``seek_to_committed`` seeks only where an offset above 0 is committed: a partition
@@ -55,6 +62,7 @@ from typing import Any, TypeVar, cast
 import faust
 from faust.stores.memory import Store as MemoryStore
 from faust.streams import Stream, _current_event
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.types import TP, EventT
 from mode.types.signals import BaseSignalT
 
@@ -137,6 +145,30 @@ def sent_logged(fut: asyncio.Future[Any]) -> None:
         logger.error("record not sent error=%r", exc)
 
 
+def wait_for_fetches(app: faust.App, min_bytes: int, max_wait_s: float) -> None:
+    """Let ``app``'s Kafka fetches wait until ``min_bytes`` are there or ``max_wait_s``
+    has passed (module doc), instead of answering at the first record."""
+    _FETCH_WAITS[app] = (min_bytes, round(max_wait_s * 1000))
+    thread: Any = AIOKafkaConsumerThread
+    if getattr(thread, "_civic_fetch_waits", False):
+        return
+    create = thread._create_worker_consumer
+
+    def created(self: Any, transport: Any) -> Any:
+        consumer = create(self, transport)
+        wait = _FETCH_WAITS.get(self.app)
+        if wait is not None:
+            consumer._fetch_min_bytes, consumer._fetch_max_wait_ms = wait
+        return consumer
+
+    thread._create_worker_consumer = created
+    thread._civic_fetch_waits = True
+
+
+#: App -> (fetch_min_bytes, fetch_max_wait_ms) of its consumer (:func:`wait_for_fetches`).
+_FETCH_WAITS: weakref.WeakKeyDictionary[faust.App, tuple[int, int]] = weakref.WeakKeyDictionary()
+
+
 def seek_uncommitted_to_start(app: faust.App) -> None:
     """Make the consumer's seek to the committed offsets also seek every stream partition
     without a committed offset to its start (module doc); changelogs are faust's."""
@@ -176,6 +208,7 @@ __all__ = [
     "on_rebalance_complete",
     "seek_uncommitted_to_start",
     "sent_logged",
+    "wait_for_fetches",
     "write_changelog",
     "write_table",
 ]

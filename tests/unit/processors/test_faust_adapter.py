@@ -34,6 +34,7 @@ from processors.faust_adapter import (
     committed_offsets,
     on_rebalance_complete,
     seek_uncommitted_to_start,
+    wait_for_fetches,
     write_changelog,
     write_table,
 )
@@ -256,8 +257,36 @@ def test_the_consumer_flushes_the_producer_and_its_aiokafka_producer_before_a_co
     assert "await self._producer.flush()" in inspect.getsource(Producer.flush)
 
 
+def worker_consumer(app: faust.App) -> AIOKafkaConsumer:
+    """The aiokafka consumer faust's consumer thread creates for ``app`` (not started)."""
+
+    async def create() -> AIOKafkaConsumer:
+        thread: Any = app.consumer._thread  # type: ignore[attr-defined]
+        made: AIOKafkaConsumer = thread._create_worker_consumer(app.transport)
+        return made
+
+    return asyncio.run(create())
+
+
+def test_fetches_wait_for_bytes_only_in_an_app_that_asks_for_it() -> None:
+    """faust gives aiokafka no fetch_min_bytes (1 byte: a fetch per trickling record);
+    wait_for_fetches sets it on the consumer faust creates, for that app only."""
+    waiting, other = _app(), _app()
+    wait_for_fetches(waiting, 262_144, 0.2)
+    tuned, untouched = worker_consumer(waiting), worker_consumer(other)
+    assert (tuned._fetch_min_bytes, tuned._fetch_max_wait_ms) == (262_144, 200)
+    assert (untouched._fetch_min_bytes, untouched._fetch_max_wait_ms) == (1, 1500)
+    # What the fetcher is built from, in the pinned aiokafka.
+    start = inspect.getsource(AIOKafkaConsumer.start)
+    assert "fetch_min_bytes=self._fetch_min_bytes" in start
+    assert "fetch_max_wait_ms=self._fetch_max_wait_ms" in start
+
+
 def test_the_adapter_is_the_only_module_with_private_faust_names() -> None:
-    private = re.compile(r"\b(_current_event|_committed_offset|_sensor_on_set)\b")
+    private = re.compile(
+        r"\b(_current_event|_committed_offset|_sensor_on_set|_create_worker_consumer"
+        r"|_fetch_min_bytes|_fetch_max_wait_ms)\b"
+    )
     users = {
         str(path.relative_to(REPO))
         for path in sorted((REPO / "processors").rglob("*.py"))

@@ -15,6 +15,7 @@ from processors.app import batch_within_s, create_app
 from processors.cli import changelog_specs
 from tests.unit.processors.recorders import RecordingPublisher, RecordingSink
 from tests.unit.processors.test_agents import REGISTRY
+from tests.unit.processors.test_faust_adapter import worker_consumer
 
 BULK_TOPICS = {"readings.air", "readings.water", "readings.deadletter"}
 SEISMIC_TOPICS = {"readings.seismic"}
@@ -100,3 +101,16 @@ def test_every_table_of_the_worker_is_in_memory_so_its_changelog_goes_straight_o
     app.finalize()
     assert app.tables
     assert all(isinstance(t.data, MemoryStore) for t in app.tables.values())
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_only_a_bulk_worker_waits_for_its_fetches(role: str) -> None:
+    """The seismic path's fetches answer at the first record (the warning's latency);
+    a bulk worker's wait for bytes (its CPU)."""
+    app = _worker(role)
+    app.finalize()
+    consumer = worker_consumer(app)
+    waits = (consumer._fetch_min_bytes, consumer._fetch_max_wait_ms)
+    p = Settings().processors
+    bulk = (p.bulk_fetch_min_bytes, round(p.bulk_fetch_wait_s * 1000))
+    assert waits == (bulk if role == "bulk" else (1, 1500))
