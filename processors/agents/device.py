@@ -119,28 +119,39 @@ class DeviceAgent(BatchAgent, Generic[S, OutcomeT]):
     async def on_event(self, event: EventT[Any]) -> int:
         inputs, admitted = await self._admitted(event)
         for index, reading in admitted:
-            device = reading.device_id
-            env = self.states.get(device)
-            if seen(env, event, index):
-                # Replayed after a restart: the state already holds it (its changelog was
-                # written, the offset not yet committed). Rewrite the raw point only.
-                self.stats.counters["replayed"] += 1
-                self.sink.add(reading_points(reading, self.ctx.buckets))
+            env = self.states.get(reading.device_id)
+            if self._replayed(env, event, index, reading):
                 continue
-            try:
-                out = self.decide(env, reading)
-            except Exception:
-                # A detector bug must not lose the reading nor stop the stream.
-                logger.exception(
-                    "detector failed reading=%s kind=%s", reading.reading_id, self.kind
-                )
-                self.stats.counters["detector_errors"] += 1
-                self.sink.add(reading_points(reading, self.ctx.buckets))
-                continue
-            self.states.set(device, out.state, event, index)
-            self.sink.add(out.points)
-            self.stage(out, event)
+            out = self._decide_safely(env, reading)
+            if out is not None:
+                self._take(out, reading, event, index)
         return inputs
+
+    def _replayed(self, env: S, event: EventT[Any], index: int, reading: Reading) -> bool:
+        """A reading replayed after a restart: the state already holds it (its changelog
+        was written, the offset not yet committed), so only its raw point is written."""
+        if not seen(env, event, index):
+            return False
+        self.stats.counters["replayed"] += 1
+        self.sink.add(reading_points(reading, self.ctx.buckets))
+        return True
+
+    def _decide_safely(self, env: S, reading: Reading) -> OutcomeT | None:
+        """:meth:`decide`; a detector that fails stores the raw point and gives None (a
+        detector bug must not lose the reading nor stop the stream)."""
+        try:
+            return self.decide(env, reading)
+        except Exception:
+            logger.exception("detector failed reading=%s kind=%s", reading.reading_id, self.kind)
+            self.stats.counters["detector_errors"] += 1
+            self.sink.add(reading_points(reading, self.ctx.buckets))
+            return None
+
+    def _take(self, out: OutcomeT, reading: Reading, event: EventT[Any], index: int) -> None:
+        """An outcome's state into the batch's table state, its points into the sink."""
+        self.states.set(reading.device_id, out.state, event, index)
+        self.sink.add(out.points)
+        self.stage(out, event)
 
     async def _admitted(self, event: EventT[Any]) -> tuple[int, list[tuple[int, Reading]]]:
         """How many inputs a record counts for, and its readings the guard admits (their
@@ -300,15 +311,11 @@ class SeismicAgent(DeviceAgent[SeismicDevice, SeismicOutcome]):
         """Decide and stage packets of distinct stations, as :meth:`DeviceAgent.on_event`
         does one by one: a replayed packet rewrites its raw point only, a detector that
         fails stores the raw point (then the wave is decided one by one)."""
-        todo: list[tuple[EventT[Any], int, Reading, SeismicDevice]] = []
-        for event, index, reading in wave:
-            env = self.states.get(reading.device_id)
-            if seen(env, event, index):
-                # Replayed after a restart: the state already holds it.
-                self.stats.counters["replayed"] += 1
-                self.sink.add(reading_points(reading, self.ctx.buckets))
-                continue
-            todo.append((event, index, reading, env))
+        todo = [
+            (event, index, reading, env)
+            for event, index, reading in wave
+            if not self._replayed(env := self.states.get(reading.device_id), event, index, reading)
+        ]
         outs: list[SeismicOutcome] | None = None
         if len(todo) > 1:
             try:
@@ -316,22 +323,9 @@ class SeismicAgent(DeviceAgent[SeismicDevice, SeismicOutcome]):
             except Exception:  # noqa: BLE001 - one bad packet: one by one below finds it
                 outs = None
         for k, (event, index, reading, env) in enumerate(todo):
-            if outs is not None:
-                out = outs[k]
-            else:
-                try:
-                    out = self.decide(env, reading)
-                except Exception:
-                    # A detector bug must not lose the reading nor stop the stream.
-                    logger.exception(
-                        "detector failed reading=%s kind=%s", reading.reading_id, self.kind
-                    )
-                    self.stats.counters["detector_errors"] += 1
-                    self.sink.add(reading_points(reading, self.ctx.buckets))
-                    continue
-            self.states.set(reading.device_id, out.state, event, index)
-            self.sink.add(out.points)
-            self.stage(out, event)
+            out = outs[k] if outs is not None else self._decide_safely(env, reading)
+            if out is not None:
+                self._take(out, reading, event, index)
 
     def begin_batch(self) -> None:
         super().begin_batch()
