@@ -21,7 +21,9 @@ solved in closed form per packet, :func:`_recurse`):
    picks P instead of triggering on S.
 3. **Recursive STA/LTA** (ObsPy ``recursive_sta_lta``: ``sta += (cf - sta) / n_sta``),
    trigger when the ratio crosses ``trigger_ratio`` upwards; none until ``lta_s`` of data
-   has been seen (warm-up). The LTA is **frozen** while the event window is open, as
+   has been seen (warm-up), over which the LTA is the mean of the samples so far (so it
+   measures the noise when the warm-up ends, and a ratio already high then is no
+   onset). The LTA is **frozen** while the event window is open, as
    strong-motion recorders do: it keeps measuring the noise before the trigger, so the
    ratio says how far the signal stands above that noise, and a spike does not inflate
    the LTA and blind the station for the next minute.
@@ -670,7 +672,7 @@ def _detect(prep: _Prepared, f: _Filtered, cfg: SeismicConfig) -> PacketResult:
     sta_out = np.empty(n)
     ratio = np.zeros(n)
     sta, lta = st.sta, st.lta
-    prev_ratio = sta / lta if lta > 0 and first_warm == 0 else 0.0
+    prev_ratio = sta / lta if lta > 0 else 0.0
 
     in_event = st.in_event
     p_time = st.event_p_time_s
@@ -773,12 +775,23 @@ def _detect(prep: _Prepared, f: _Filtered, cfg: SeismicConfig) -> PacketResult:
             cf[i:, None] * np.asarray([c_sta, c_lta]),
             np.asarray([sta, lta]),
         )
+        warming = min(first_warm - i, n - i)
+        if warming > 0:
+            # The warm-up's LTA is the mean of every sample so far, then the average runs
+            # on from it. Run from zero it would hold 63 % of the noise when the warm-up
+            # ends, and every station restarted together (a network-wide outage) would
+            # stand 1.6 times over its noise at once: 6 of 615 triggered within 2 s.
+            k0 = st.n_seen + i  # samples the LTA has averaged so far
+            seen = k0 + np.arange(1, warming + 1, dtype=np.float64)
+            avg[:warming, 1] = (lta * k0 + np.cumsum(cf[i : i + warming])) / seen
+            if warming < n - i:
+                avg[warming:, 1] = _recurse(
+                    (1.0 - c_lta,), c_lta * cf[i + warming :, None], avg[warming - 1 : warming, 1]
+                )[:, 0]
         r = avg[:, 0] / np.maximum(avg[:, 1], 1e-12)
-        if first_warm > i:
-            r[: first_warm - i] = 0.0
         # A trigger is an upward crossing of the threshold, as in ObsPy's trigger_onset: a
-        # ratio still high when the lockout ends (long shaking, a spike's tail) is no new
-        # onset.
+        # ratio still high when the lockout ends (long shaking, a spike's tail) or when
+        # the warm-up ends is no new onset.
         before = np.concatenate(([prev_ratio if i == 0 else ratio[i - 1]], r[:-1]))
         onset = (r >= thr.trigger_ratio) & (before < thr.trigger_ratio)
         start = max(0, first_warm - i)
@@ -788,6 +801,8 @@ def _detect(prep: _Prepared, f: _Filtered, cfg: SeismicConfig) -> PacketResult:
         low = np.flatnonzero(r[: n - i if j is None else j] < thr.onset_ratio)
         if low.size:
             quiet = t0 + (i + int(low[-1])) * dt
+        if warming > 0:
+            r[:warming] = 0.0  # no ratio is reported before the warm-up has ended
         if j is None:
             sta_out[i:] = avg[:, 0]
             ratio[i:] = r

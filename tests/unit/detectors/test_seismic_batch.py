@@ -29,7 +29,10 @@ SPIKES = [Spike("G03", T0 + 25), Spike("G07", T0 + 40, amplitude_gal=400.0)]
 
 #: (scenario, synthesis arguments, the picks (station, P time), sha256 of every packet's
 #: PacketResult repr, stations in order): what the detector gave before issue 11's CPU
-#: work on it. A change here is a change of behaviour, not of speed.
+#: work on it, then since the warm-up's LTA is the mean of the samples so far (it had
+#: run from zero: every state changed, and the weak M5's G09, whose ratio had stood at
+#: 3.04 over a noise 2 % low 18 s after the warm-up, peaks at 2.98 and is no pick). A
+#: change here is a change of behaviour, not of speed.
 PINNED = [
     (
         "M6 near",
@@ -48,7 +51,7 @@ PINNED = [
             ("G10", 1700000034.26),
             ("G11", 1700000037.57),
         ],
-        "e7bbc7bc2d079fe9468fa6dd3b859ce8d37580c482906db6a0d5cfbc0e08fe1f",
+        "21040f225f07a2204d21d3b8e14684feac22977a91030efebab5194864bfc872",
     ),
     (
         "M5 offshore",
@@ -56,17 +59,16 @@ PINNED = [
         [
             ("G06", 1700000049.89),
             ("G07", 1700000047.98),
-            ("G09", 1700000048.76),
-            ("G10", 1700000045.59),
+            ("G10", 1700000045.6),
             ("G11", 1700000043.29),
         ],
-        "8ee36f34991d178ecd72077f887e1de8de2fc945720d40d691e830032a6d301a",
+        "1fab7fb83b55557da2790f4a26879e53cb439306cb1049d61dd1a1e30cd8746a",
     ),
     (
         "noise and spikes",
         {"spikes": SPIKES, "noise_gal": 0.6},
         [("G03", 1700000025.05), ("G07", 1700000040.06)],
-        "7dfd8a3d82974212dfe9ec8b3bff4d1176a5001be47bb4424b88a4771aca4ba1",
+        "e7232c4842c2e8439d8e2eca2fa7d8239bb71380f98f0fac437aea42dba8d519",
     ),
 ]
 
