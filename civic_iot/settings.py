@@ -351,6 +351,10 @@ class ProcessorSettings(BaseModel):
     #: 0.25 x Taiwan with the associator in its own process, and worse with it in the
     #: stations' (docs/eew.md, "Latency of the warning path").
     seismic_within_s: float = Field(default=0.2, gt=0)
+    #: The stations' batch also closes as soon as the stream second is in: every station
+    #: that sent the second before has sent this one (processors.agents.seconds); its
+    #: wait then counts from its first packet's arrival.
+    seismic_close_on_second: bool = True
     #: The earthquake associator's batch wait, seconds: on the alert latency path.
     quake_within_s: float = Field(default=0.02, gt=0)
     #: Open alert candidates (level >= 1) are re-sent this often, seconds, so the alert
