@@ -271,7 +271,7 @@ class Reading(BaseModel):
 
 #: :meth:`Reading.to_record`'s pieces: the reading without its payload (the last field).
 _SERIALIZE = Reading.__pydantic_serializer__.to_json
-_DATA_FIELD = frozenset({"data"})
+_DATA_FIELD = {"data"}
 if list(Reading.model_fields)[-1] != "data":  # pragma: no cover - a guard for the splice
     raise RuntimeError("Reading.data must stay the last field: to_record splices it last")
 
