@@ -805,16 +805,25 @@ async def _forward(
         len(ingest.registry),
     )
     last_reload = time.monotonic()
+    most, gap_s = settings.ingest.max_batch, settings.ingest.batch_gap_s
+    last_batch = 0.0
     while not stop.is_set():
         await source.wait()
         if stop.is_set():
             break
+        # What comes within the gap joins this batch (settings: IngestSettings.batch_gap_s).
+        early = last_batch + gap_s - time.monotonic()
+        if early > 0 and source.pending < most:
+            await asyncio.sleep(early)
+            if stop.is_set():
+                break
         await pipeline.settle()
         if len(pipeline) >= pipeline.depth:
             await pipeline.settle(wait=True)
         first = source.taken
-        batch = source.take(settings.ingest.max_batch)
+        batch = source.take(most)
         if batch:
+            last_batch = time.monotonic()
             await pipeline.send(batch, first, [ingest.route(item) for item in batch])
         INBOX.set(source.pending)
         IN_FLIGHT.set(len(pipeline))
