@@ -811,9 +811,8 @@ async def _forward(
         await source.wait()
         if stop.is_set():
             break
-        # What comes within the gap joins this batch (settings: IngestSettings.batch_gap_s).
-        early = last_batch + gap_s - time.monotonic()
-        if early > 0 and source.pending < most:
+        early = batch_delay(last_batch, time.monotonic(), gap_s, source.pending, most)
+        if early > 0:
             await asyncio.sleep(early)
             if stop.is_set():
                 break
@@ -832,6 +831,16 @@ async def _forward(
             last_reload = time.monotonic()
     while len(pipeline):
         await pipeline.settle(wait=True)
+
+
+def batch_delay(last_s: float, now_s: float, gap_s: float, pending: int, most: int) -> float:
+    """How long to wait before taking the next batch, s: until ``gap_s`` after the last
+    one was taken (at ``last_s``, monotonic), so that what comes meanwhile joins it
+    (:attr:`~civic_iot.settings.IngestSettings.batch_gap_s`); not at all once a whole
+    batch (``most``) is pending."""
+    if pending >= most:
+        return 0.0
+    return max(0.0, last_s + gap_s - now_s)
 
 
 async def _probe(pipeline: _Pipeline) -> None:
