@@ -121,7 +121,7 @@ async def closing_take(
       ``max_events``), not only when its wait expires: that event is its last;
     * its wait, ``within_s``, counts from when its first event reached the stream,
       not from the end of the batch before (``noack_take`` restarts its timer then): an
-      event that waited through a long batch is taken with what else is there at once.
+      event that waited through a long batch is taken at once with what else is fetched.
     """
     s: Any = stream
     loop = asyncio.get_running_loop()
@@ -174,6 +174,14 @@ async def closing_take(
             left = first_s + within_s - loop.time()
             if buffer and left > 0 and not close.is_set() and not s.should_stop:
                 await s.wait_for_stopped(close, timeout=left)
+            elif buffer and not close.is_set():
+                # Overdue (it waited through the batch before): what is already fetched
+                # joins it, one loop turn at a time while that adds events, not one
+                # event's worth of a backlog per batch.
+                n = -1
+                while n != len(buffer) and not close.is_set() and not s.should_stop:
+                    n = len(buffer)
+                    await asyncio.sleep(0)
             if buffer:
                 if consuming is None or consuming.done():
                     consuming = loop.create_future()
