@@ -117,8 +117,9 @@ async def closing_take(
     stream is drained passively; nothing acked), with two differences for a batch on the
     alert path:
 
-    * it closes as soon as ``closes(event)`` is true for an event it took (or at
-      ``max_events``), not only when its wait expires: that event is its last;
+    * it closes as soon as ``closes(event)`` is true for an event it took while no other
+      is queued (or at ``max_events``), not only when its wait expires: that event is
+      its last;
     * its wait, ``within_s``, counts from when its first event reached the stream,
       not from the end of the batch before (``noack_take`` restarts its timer then): an
       event that waited through a long batch is taken at once with what else is fetched.
@@ -152,7 +153,9 @@ async def closing_take(
                 close.set()
                 consumed.clear()  # never more than max_events: wait until taken
                 await s.wait(consumed)
-            elif closes(event):
+            elif closes(event) and _nothing_queued(s):
+                # (Behind, with more fetched, the batch takes that too: a backlog goes
+                # in batches of its wait or max_events, not a second at a time.)
                 close.set()
                 # The batch ends here: the next event waits until it is handed over.
                 consuming = loop.create_future()
@@ -196,6 +199,15 @@ async def closing_take(
     finally:
         s.enable_acks = enable_acks
         s._processors.remove(add_to_buffer)
+
+
+def _nothing_queued(stream: Any) -> bool:
+    """Whether the stream's channel holds no event yet to be taken (faust's conductor
+    puts what the consumer fetched there)."""
+    try:
+        return bool(stream.channel.empty())
+    except (AttributeError, TypeError):  # a channel without a queue: as if empty
+        return True
 
 
 def write_table(table: MutableMapping[K, V], key: K, value: V, event: EventT[Any]) -> None:
