@@ -25,7 +25,9 @@ QoS 1, a bounded window), in two publisher processes (air + water, seismic).
 (``bench/quake_isolation.py``), so the bulk worker starts N readings behind.
 ``--split-quake`` runs the seismic path as two processes, ``stations`` and ``quake`` (the
 associator alone), instead of one ``seismic`` worker; ``--seismic-within S`` sets the
-stations' batch wait (``CIVIC_PROCESSORS__SEISMIC_WITHIN_S``, 0.2 s by default).
+stations' batch wait (``CIVIC_PROCESSORS__SEISMIC_WITHIN_S``, 0.2 s by default);
+``--no-close-on-second`` makes that batch wait for its timer only, as before it closed
+once the stream second is in (``CIVIC_PROCESSORS__SEISMIC_CLOSE_ON_SECOND``).
 
 It reports, per kind, offered (published) vs acknowledged vs stored; the consumer lag of
 both worker groups over time; held in real time or not (everything stored, both groups
@@ -523,6 +525,7 @@ def cmd_load(args: argparse.Namespace) -> int:
         "backlog": args.backlog,
         "split_quake": args.split_quake,
         "seismic_within_s": args.seismic_within,
+        "close_on_second": not args.no_close_on_second,
         "spec": asdict(spec),
         "offered_per_s": offered_rates(spec),
         "logs": str(log_dir),
@@ -564,6 +567,8 @@ def cmd_load(args: argparse.Namespace) -> int:
             if args.seismic_within
             else {}
         )
+        if args.no_close_on_second:
+            seismic_env["CIVIC_PROCESSORS__SEISMIC_CLOSE_ON_SECOND"] = "false"
         role_env = {
             "worker": {
                 "CIVIC_PROCESSORS__ROLE": "bulk",
@@ -860,7 +865,8 @@ def print_load(r: Mapping[str, Any], pct: Any) -> None:
         (
             "seismic path",
             ("stations + quake workers" if r.get("split_quake") else "one seismic worker")
-            + f", stations' batch wait {r.get('seismic_within_s') or 'default'}",
+            + f", stations' batch wait {r.get('seismic_within_s') or 'default'}"
+            + ("" if r.get("close_on_second", True) else ", no close on the second"),
         ),
         ("offered per s", ", ".join(f"{k} {v:,.0f}" for k, v in r["offered_per_s"].items())),
         (
@@ -1104,6 +1110,11 @@ def main() -> int:
         type=float,
         default=0.0,
         help="the stations' batch wait, s (CIVIC_PROCESSORS__SEISMIC_WITHIN_S; 0: default)",
+    )
+    lp.add_argument(
+        "--no-close-on-second",
+        action="store_true",
+        help="the stations' batch only at its wait (CIVIC_PROCESSORS__SEISMIC_CLOSE_ON_SECOND)",
     )
     lp.add_argument("--sample", type=float, default=2.0, help="s between lag/CPU samples")
     lp.add_argument("--drain-limit", type=float, default=5.0, help="held: drained within, s")

@@ -805,16 +805,24 @@ async def _forward(
         len(ingest.registry),
     )
     last_reload = time.monotonic()
+    most, gap_s = settings.ingest.max_batch, settings.ingest.batch_gap_s
+    last_batch = 0.0
     while not stop.is_set():
         await source.wait()
         if stop.is_set():
             break
+        early = batch_delay(last_batch, time.monotonic(), gap_s, source.pending, most)
+        if early > 0:
+            await asyncio.sleep(early)
+            if stop.is_set():
+                break
         await pipeline.settle()
         if len(pipeline) >= pipeline.depth:
             await pipeline.settle(wait=True)
         first = source.taken
-        batch = source.take(settings.ingest.max_batch)
+        batch = source.take(most)
         if batch:
+            last_batch = time.monotonic()
             await pipeline.send(batch, first, [ingest.route(item) for item in batch])
         INBOX.set(source.pending)
         IN_FLIGHT.set(len(pipeline))
@@ -823,6 +831,16 @@ async def _forward(
             last_reload = time.monotonic()
     while len(pipeline):
         await pipeline.settle(wait=True)
+
+
+def batch_delay(last_s: float, now_s: float, gap_s: float, pending: int, most: int) -> float:
+    """How long to wait before taking the next batch, s: until ``gap_s`` after the last
+    one was taken (at ``last_s``, monotonic), so that what comes meanwhile joins it
+    (:attr:`~civic_iot.settings.IngestSettings.batch_gap_s`); not at all once a whole
+    batch (``most``) is pending."""
+    if pending >= most:
+        return 0.0
+    return max(0.0, last_s + gap_s - now_s)
 
 
 async def _probe(pipeline: _Pipeline) -> None:

@@ -264,7 +264,9 @@ def create_app(
         ]
     if stations:
         seismic_table = state_table(app, "seismic-state", SeismicDevice, n)
-        devices.append(SeismicAgent(deps("seismic"), seismic_table))
+        devices.append(
+            SeismicAgent(deps("seismic"), seismic_table, close_on_second=p.seismic_close_on_second)
+        )
         watched["seismic"] = seismic_table
     if quake:
         quake_table = state_table(app, "quake-state", QuakeState, 1)

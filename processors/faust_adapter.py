@@ -8,6 +8,8 @@ the project touches a private name of faust or mode.
 * :func:`batches`: ``Stream.noack_take`` yields buffered *events* and never acks them
   (faust/streams.py: the ``await self.ack(event)`` of ``take()`` is commented out
   there), so an agent acks each event itself, after its points are stored.
+* :func:`closing_take`: ``noack_take`` with a batch that closes early (its processor,
+  passive draining and buffer hand-over written as faust's, see there).
 * :func:`write_table`: a table write goes to the changelog partition of the *current
   event*, which ``Table.partition_for_key`` reads from faust's task-local
   ``faust.streams._current_event``. ``Stream._set_current_event`` would also
@@ -55,7 +57,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, MutableMapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Callable,
+    Iterable,
+    Mapping,
+    MutableMapping,
+    Sequence,
+)
 from contextlib import aclosing
 from typing import Any, TypeVar, cast
 
@@ -65,6 +75,7 @@ from faust.streams import Stream, _current_event
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.types import TP, EventT
 from mode.types.signals import BaseSignalT
+from mode.utils.futures import notify
 
 #: The faust-streaming release whose behaviour this module is written against.
 FAUST_VERSION = "0.15.3"
@@ -76,13 +87,127 @@ V = TypeVar("V")
 
 
 async def batches(
-    stream: Stream[Any], max_events: int, within_s: float
+    stream: Stream[Any],
+    max_events: int,
+    within_s: float,
+    closes: Callable[[EventT[Any]], bool] | None = None,
 ) -> AsyncIterator[Sequence[EventT[Any]]]:
     """Up to ``max_events`` events at a time (or what came within ``within_s``), none
-    of them acked: ack each with ``await stream.ack(event)`` once it is done with."""
-    async with aclosing(stream.noack_take(max_events, within_s)) as taken:
+    of them acked: ack each with ``await stream.ack(event)`` once it is done with.
+
+    With ``closes`` (:func:`closing_take`), a batch also closes as soon as ``closes``
+    says so for an event it took, and ``within_s`` counts from its first event's arrival."""
+    taking: AsyncGenerator[Sequence[Any], None] = (
+        stream.noack_take(max_events, within_s)
+        if closes is None
+        else closing_take(stream, max_events, within_s, closes)
+    )
+    async with aclosing(taking) as taken:
         async for events in taken:
             yield cast(Sequence[EventT[Any]], events)
+
+
+async def closing_take(
+    stream: Stream[Any],
+    max_events: int,
+    within_s: float,
+    closes: Callable[[EventT[Any]], bool],
+) -> AsyncGenerator[Sequence[EventT[Any]], None]:
+    """``Stream.noack_take`` (faust/streams.py: a processor fills a buffer while the
+    stream is drained passively; nothing acked), with two differences for a batch on the
+    alert path:
+
+    * it closes as soon as ``closes(event)`` is true for an event it took while no other
+      is queued (or at ``max_events``), not only when its wait expires: that event is
+      its last;
+    * its wait, ``within_s``, counts from when its first event reached the stream,
+      not from the end of the batch before (``noack_take`` restarts its timer then): an
+      event that waited through a long batch is taken at once with what else is fetched.
+    """
+    s: Any = stream
+    loop = asyncio.get_running_loop()
+    buffer: list[EventT[Any]] = []
+    first_s = 0.0  # loop time the buffer's first event reached the stream
+    started = asyncio.Event()  # the buffer holds an event
+    close = asyncio.Event()  # full, or ``closes`` said so
+    consumed = asyncio.Event()
+    consuming: asyncio.Future[None] | None = None
+
+    async def add_to_buffer(value: Any) -> Any:
+        nonlocal consuming, first_s
+        try:
+            arrived = loop.time()
+            if consuming is not None:  # the batch before is being handled: wait
+                try:
+                    await consuming
+                finally:
+                    consuming = None
+            event = s.current_event
+            if event is None:
+                raise RuntimeError("Take buffer found current_event is None")
+            if not buffer:
+                first_s = arrived
+                started.set()
+            buffer.append(event)
+            if len(buffer) >= max_events:
+                close.set()
+                consumed.clear()  # never more than max_events: wait until taken
+                await s.wait(consumed)
+            elif closes(event) and _nothing_queued(s):
+                # (Behind, with more fetched, the batch takes that too: a backlog goes
+                # in batches of its wait or max_events, not a second at a time.)
+                close.set()
+                # The batch ends here: the next event waits until it is handed over.
+                consuming = loop.create_future()
+        except asyncio.CancelledError:  # pragma: no cover
+            raise
+        except Exception as exc:  # as noack_take: the stream crashes
+            s.log.exception("Error adding to take buffer: %r", exc)
+            await s.crash(exc)
+        return value
+
+    enable_acks = s.enable_acks
+    s.enable_acks = False  # acked by the caller, after its points are stored
+    s.add_processor(add_to_buffer)
+    s._enable_passive(aiter(s.channel))
+    try:
+        while not s.should_stop:
+            if not buffer:
+                await s.wait_for_stopped(started, timeout=within_s)
+            left = first_s + within_s - loop.time()
+            if buffer and left > 0 and not close.is_set() and not s.should_stop:
+                await s.wait_for_stopped(close, timeout=left)
+            elif buffer and not close.is_set():
+                # Overdue (it waited through the batch before): what is already fetched
+                # joins it, one loop turn at a time while that adds events, not one
+                # event's worth of a backlog per batch.
+                n = -1
+                while n != len(buffer) and not close.is_set() and not s.should_stop:
+                    n = len(buffer)
+                    await asyncio.sleep(0)
+            if buffer:
+                if consuming is None or consuming.done():
+                    consuming = loop.create_future()
+                try:
+                    yield list(buffer)
+                finally:
+                    buffer.clear()
+                    notify(consuming)
+                    started.clear()
+                    close.clear()
+                    consumed.set()
+    finally:
+        s.enable_acks = enable_acks
+        s._processors.remove(add_to_buffer)
+
+
+def _nothing_queued(stream: Any) -> bool:
+    """Whether the stream's channel holds no event yet to be taken (faust's conductor
+    puts what the consumer fetched there)."""
+    try:
+        return bool(stream.channel.empty())
+    except (AttributeError, TypeError):  # a channel without a queue: as if empty
+        return True
 
 
 def write_table(table: MutableMapping[K, V], key: K, value: V, event: EventT[Any]) -> None:
@@ -204,6 +329,7 @@ def on_rebalance_complete(app: faust.App, callback: Callable[[], None]) -> None:
 __all__ = [
     "FAUST_VERSION",
     "batches",
+    "closing_take",
     "committed_offsets",
     "on_rebalance_complete",
     "seek_uncommitted_to_start",

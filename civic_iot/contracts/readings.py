@@ -249,8 +249,18 @@ class Reading(BaseModel):
 
     def to_record(self) -> bytes:
         """The value of this reading's Kafka record on ``readings.{kind}``: JSON, and the
-        payload as the device contract has it (a field without a value left out)."""
-        return self.model_dump_json(exclude_none=True).encode()
+        payload as the device contract has it (a field without a value left out).
+
+        The bytes of ``model_dump_json(exclude_none=True)``, made as the reading's other
+        fields and then its payload through the payload's own model: ``data`` is the last
+        field, and serialising it through the union costs ingest a third of the record
+        (a seismic packet: ~30 -> ~20 us)."""
+        head = _SERIALIZE(self, exclude_none=True, exclude=_DATA_FIELD)
+        data = self.data
+        return b'%b,"data":%b}' % (
+            head[:-1],
+            data.__pydantic_serializer__.to_json(data, exclude_none=True),
+        )
 
     @classmethod
     def from_record(cls, value: bytes) -> Reading:
@@ -258,6 +268,12 @@ class Reading(BaseModel):
         who may produce to the topic could have written it."""
         return cls.model_validate_json(value)
 
+
+#: :meth:`Reading.to_record`'s pieces: the reading without its payload (the last field).
+_SERIALIZE = Reading.__pydantic_serializer__.to_json
+_DATA_FIELD = {"data"}
+if list(Reading.model_fields)[-1] != "data":  # pragma: no cover - a guard for the splice
+    raise RuntimeError("Reading.data must stay the last field: to_record splices it last")
 
 #: The payload model of each reading kind (the last segment of a device topic).
 PAYLOAD_MODELS: dict[str, type[AirPayload | WaterPayload | SeismicPayload]] = {

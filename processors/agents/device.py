@@ -20,7 +20,7 @@ import logging
 import math
 import time
 from abc import abstractmethod
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -40,6 +40,7 @@ from civic_iot.storage.sink import PointSink
 from processors.agents.guard import ReadingGuard
 from processors.agents.loop import BatchAgent
 from processors.agents.outbox import Outbox
+from processors.agents.seconds import StreamSeconds, packet_seconds
 from processors.agents.stats import Activity, Stats, record_ms
 from processors.agents.tables import BatchState, seen
 from processors.handlers import (
@@ -277,8 +278,16 @@ class SeismicAgent(DeviceAgent[SeismicDevice, SeismicOutcome]):
     kind = "seismic"
     model = SeismicDevice
 
-    def __init__(self, deps: DeviceDeps, table: MutableMapping[str, SeismicDevice]) -> None:
+    def __init__(
+        self,
+        deps: DeviceDeps,
+        table: MutableMapping[str, SeismicDevice],
+        *,
+        close_on_second: bool = True,
+    ) -> None:
         super().__init__(deps, table)
+        #: Close a batch once the stream second is in (:mod:`processors.agents.seconds`).
+        self._seconds = StreamSeconds() if close_on_second else None
         self._batch: list[tuple[SeismicOutcome, int | None, int]] = []
         #: The batch's admitted packets, in arrival order: (event, index in its record).
         self._pending: list[tuple[EventT[Any], int, Reading]] = []
@@ -287,6 +296,18 @@ class SeismicAgent(DeviceAgent[SeismicDevice, SeismicOutcome]):
 
     def decide(self, env: SeismicDevice, reading: Reading) -> SeismicOutcome:
         return handle_seismic(env, reading, self.ctx)
+
+    def batch_closer(self) -> Callable[[EventT[Any]], bool] | None:
+        return None if self._seconds is None else self._second_complete
+
+    def _second_complete(self, event: EventT[Any]) -> bool:
+        """Whether the stream second is in once ``event`` is (read from its reading ids
+        only: the record is decoded later, with the batch)."""
+        assert self._seconds is not None
+        value = event.value
+        if not isinstance(value, bytes):
+            return False
+        return self._seconds.add(event.message.partition, packet_seconds(value))
 
     async def on_event(self, event: EventT[Any]) -> int:
         inputs, admitted = await self._admitted(event)

@@ -41,7 +41,7 @@ import asyncio
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from faust.streams import Stream
@@ -82,13 +82,18 @@ class BatchAgent(ABC):
     def on_stored(self, events: Sequence[EventT[Any]]) -> None:  # noqa: B027
         """After the batch's points are stored, its state written and its events acked."""
 
+    def batch_closer(self) -> Callable[[EventT[Any]], bool] | None:
+        """What closes a batch before its wait, event by event (None: only the wait and
+        ``batch_max``; :func:`processors.faust_adapter.batches`)."""
+        return None
+
 
 async def commit_after_sink(
     stream: Stream[Any], agent: BatchAgent, *, batch_max: int, within_s: float, retry_s: float
 ) -> None:
     """Run ``agent`` on ``stream`` until the stream stops (see the module docstring)."""
     agent.idle_since_s = time.monotonic()
-    async for events in batches(stream, batch_max, within_s):
+    async for events in batches(stream, batch_max, within_s, agent.batch_closer()):
         agent.idle_since_s = None
         i = 0
         while i < len(events):

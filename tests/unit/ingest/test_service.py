@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from civic_iot.contracts.readings import Reading
 from civic_iot.registry import Device, Registry, Township, load_registry, save_registry
 from civic_iot.settings import KafkaSettings, Settings
-from ingest.service import Inbound, Ingest
+from ingest.service import Inbound, Ingest, batch_delay
 
 NOW = datetime(2026, 11, 25, 0, 0, tzinfo=UTC)
 PREFIX = "unit."
@@ -137,3 +137,10 @@ def test_route_never_raises(ingest: Ingest, topic: str, payload: bytes) -> None:
     assert out_topic.startswith(PREFIX)
     assert key
     assert json.loads(value)
+
+
+def test_a_batch_waits_for_the_gap_after_the_one_before() -> None:
+    assert batch_delay(100.0, 100.004, 0.01, pending=3, most=1000) == pytest.approx(0.006)
+    assert batch_delay(100.0, 100.02, 0.01, pending=3, most=1000) == 0.0  # gap passed
+    assert batch_delay(100.0, 100.004, 0.0, pending=3, most=1000) == 0.0  # no gap set
+    assert batch_delay(100.0, 100.004, 0.01, pending=1000, most=1000) == 0.0  # a whole batch

@@ -522,6 +522,8 @@ def same_outcome_as_before(topic: str, raw: bytes) -> None:
     assert got == expected
     # byte for byte what Kafka gets, although the fast path skips revalidation
     assert got.model_dump_json() == expected.model_dump_json()
+    # and the record, although it is made in two pieces (Reading.to_record)
+    assert got.to_record() == expected.model_dump_json(exclude_none=True).encode()
 
 
 @pytest.mark.parametrize(

@@ -94,6 +94,39 @@ def test_noack_take_never_acks_the_events_it_yields() -> None:
     assert acked == [[False, False], [True, True]]
 
 
+def test_a_closing_take_closes_when_told_and_never_acks() -> None:
+    """``closes`` ends a batch at once although its wait (1000 s) is far off; ``max``
+    still cuts one; nothing is acked by the take."""
+    app = _app()
+    taken: list[list[bytes]] = []
+    acked: list[bool] = []
+
+    def closes(event: EventT[Any]) -> bool:
+        return bool(event.value == b"close")
+
+    async def probe(stream: Any) -> None:
+        async for events in batches(stream, 3, 1000.0, closes):
+            taken.append([e.value for e in events])
+            acked.extend(e.message.acked for e in events)
+            for e in events:
+                await stream.ack(e)
+
+    agent = app.agent(app.channel(), name="closing")(probe)
+
+    async def run() -> None:
+        async with agent.test_context() as ctx:
+            for value in (b"a", b"close", b"b", b"c", b"d", b"e", b"close"):
+                await ctx.put(key=b"k", value=value)
+            for _ in range(3000):
+                if sum(map(len, taken)) == 7:
+                    break
+                await asyncio.sleep(0.01)
+
+    asyncio.run(run())
+    assert taken == [[b"a", b"close"], [b"b", b"c", b"d"], [b"e", b"close"]]
+    assert acked == [False] * 7
+
+
 def test_a_table_write_goes_to_the_changelog_partition_of_its_event() -> None:
     app = _app()
     table: Any = state_table(app, "state", AirDevice, 8)
