@@ -209,6 +209,8 @@ class QuakeConfig:
         change_magnitude, change_location_km: what is worth a new update.
         max_pending, max_event_stations, max_open_events, max_location_picks,
             max_constraint_stations, max_inbox: bounds (memory, and the location's cost).
+        location_spread_km: beyond ``max_location_picks`` picks a location takes the
+            first pick of each neighbourhood this wide before a second one there.
         constraint_radius_km: stations that did not trigger constrain the location within
             this distance of the first pick.
         declare_max_magnitude_span: an event is not declared from fewer than
@@ -255,6 +257,7 @@ class QuakeConfig:
     max_event_stations: int = 1000
     max_open_events: int = 8
     max_location_picks: int = 40
+    location_spread_km: float = 10.0
     max_constraint_stations: int = 60
     max_inbox: int = 2000
     constraint_radius_km: float = 150.0
@@ -1411,6 +1414,38 @@ def _constraints(
     )
 
 
+def _spread_picks(picks: Sequence[EventStation], cfg: QuakeConfig) -> list[EventStation]:
+    """The picks a location uses, in time order: all of them up to
+    ``max_location_picks``; beyond that the first pick of every neighbourhood
+    (``location_spread_km`` across, in time order) before any second one there.
+
+    The first picks by time alone are the nearest few neighbourhoods' stations: under a
+    dense network (Taiwan's 615 stations, several to a town) the first 40 of 115 picks of
+    an M5.2 at the network's edge stood in five towns, and the location went 276 km out
+    and took every station with it; the neighbourhoods' first picks keep the geometry."""
+    use = sorted(picks, key=lambda s: (s.p_time_s, s.station_id))
+    cap = cfg.max_location_picks
+    if len(use) <= cap:
+        return use
+    lat = np.array([s.lat for s in use], dtype=np.float64)
+    lon = np.array([s.lon for s in use], dtype=np.float64)
+    i, j, _ = _within(lat, lon, lat, lon, cfg.location_spread_km)
+    by = np.lexsort((j, i))
+    i, j = i[by], j[by]
+    starts = np.searchsorted(i, np.arange(len(use) + 1))
+    covered = np.zeros(len(use), dtype=np.bool_)
+    first: list[int] = []
+    for k in range(len(use)):
+        if not covered[k]:
+            first.append(k)
+            covered[j[starts[k] : starts[k + 1]]] = True
+            if len(first) == cap:
+                break
+    chosen = set(first)
+    rest = [k for k in range(len(use)) if k not in chosen][: cap - len(first)]
+    return [use[k] for k in sorted(first + rest)]
+
+
 def _locate_picks(
     picks: Sequence[EventStation],
     armed: dict[str, tuple[float, float, float | None, float, float]],
@@ -1420,7 +1455,7 @@ def _locate_picks(
     around: Hypocentre | None = None,
     magnitude: float | None = None,
 ) -> Hypocentre:
-    use = sorted(picks, key=lambda s: (s.p_time_s, s.station_id))[: cfg.max_location_picks]
+    use = _spread_picks(picks, cfg)
     cons, _ = _constraints(armed, exclude, use[0].lat, use[0].lon, now_s, cfg, magnitude)
     lats = [s.lat for s in use]
     lons = [s.lon for s in use]

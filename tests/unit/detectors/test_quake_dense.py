@@ -15,6 +15,7 @@ from processors.detectors.quake import (
     _consistent_pairs,
     _group,
     _sites,
+    _spread_picks,
     _within,
     distance_km,
 )
@@ -122,3 +123,42 @@ def test_places_within_reach_are_exactly_the_pairs_the_full_matrix_finds(km: flo
     assert np.allclose(d, full[i, j], rtol=1e-12, atol=1e-9)
     if km >= 10.0:
         assert len(want) > 0
+
+
+def test_a_location_takes_every_pick_up_to_its_bound() -> None:
+    cfg = QuakeConfig()
+    picks = _picks(random.Random(3), cfg.max_location_picks, spread_deg=0.2, spread_s=5.0)
+    assert _spread_picks(picks, cfg) == sorted(picks, key=lambda u: (u.p_time_s, u.station_id))
+
+
+def test_beyond_its_bound_a_location_takes_each_neighbourhood_before_a_second_pick_there() -> None:
+    """Towns of eight stations each (a dense network): the first picks by time are the
+    nearest towns' only; the location takes a pick from every town first."""
+    cfg = QuakeConfig()
+    rng = random.Random(4)
+    towns = [(24.2 + 0.15 * a, 120.9 + 0.15 * b) for a in range(6) for b in range(6)]
+    picks = []
+    for k, (lat, lon) in enumerate(towns):
+        # P reaches the towns in order of their distance from the south-west corner.
+        t0 = 1000.0 + float(distance_km(24.2, 120.9, lat, lon)) / 6.0
+        for m in range(8):
+            picks.append(
+                EventStation(
+                    f"t{k:02d}-{m}",
+                    lat + rng.uniform(-0.01, 0.01),
+                    lon + rng.uniform(-0.01, 0.01),
+                    t0 + rng.uniform(0.0, 0.3),
+                    True,
+                )
+            )
+    use = _spread_picks(picks, cfg)
+    assert len(use) == cfg.max_location_picks
+    assert use == sorted(use, key=lambda u: (u.p_time_s, u.station_id))
+    towns_used = {u.station_id.split("-")[0] for u in use}
+    by_time = sorted(picks, key=lambda u: (u.p_time_s, u.station_id))[: cfg.max_location_picks]
+    assert len(towns_used) == len(towns)  # every town, where time alone took a few
+    assert len({u.station_id.split("-")[0] for u in by_time}) < len(towns) // 3
+    # Each town's first pick is among them.
+    for k in range(len(towns)):
+        town = [u for u in picks if u.station_id.startswith(f"t{k:02d}-")]
+        assert min(town, key=lambda u: (u.p_time_s, u.station_id)) in use
