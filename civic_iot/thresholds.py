@@ -368,7 +368,7 @@ class StaLtaThresholds(_Strict):
 
     sta_s: float = Field(default=0.75, gt=0, le=60)
     lta_s: float = Field(default=10.0, gt=0, le=600)
-    trigger_ratio: float = Field(default=3.0, gt=0, le=100)
+    trigger_ratio: float = Field(default=2.5, gt=0, le=100)
     detrigger_ratio: float = Field(default=1.0, gt=0, le=100)
     onset_ratio: float = Field(default=1.5, gt=0, le=100)
     max_backtrack_s: float = Field(default=1.0, ge=0, le=10)

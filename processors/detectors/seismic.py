@@ -184,6 +184,8 @@ class StationState:
     event_sta_peak: float = 0.0
     #: The LTA stays frozen after a transient until the ratio is below detrigger.
     lta_hold: bool = False
+    #: Lowest STA since that hold began, gal^2 (a P in the spike's tail is a rise over it).
+    hold_floor: float = 0.0
     #: Running mean square of the P-wave chain's displacement outside windows, cm^2.
     disp_noise_ms: float = 0.0
 
@@ -680,7 +682,7 @@ def _detect(prep: _Prepared, f: _Filtered, cfg: SeismicConfig) -> PacketResult:
     pd, pv, pa = st.event_pd_cm, st.event_pv_cms, st.event_pa_gal
     sum_d2, sum_v2, p_win = st.event_sum_d2, st.event_sum_v2, st.event_p_window_s
     noise_ms, transient = st.event_noise_ms, st.event_transient
-    sta_peak, hold = st.event_sta_peak, st.lta_hold
+    sta_peak, hold, floor = st.event_sta_peak, st.lta_hold, st.hold_floor
     triggered = False
     new_p: float | None = None
     quiet = st.quiet_s
@@ -735,6 +737,7 @@ def _detect(prep: _Prepared, f: _Filtered, cfg: SeismicConfig) -> PacketResult:
             # After a transient the station is armed at once, but the LTA stays frozen
             # until the spike's tail has gone (hold): it must not learn the spike as noise.
             hold = is_transient
+            floor = sta
             rearm = end_time if is_transient else max(end_time, p_time + thr.retrigger_lockout_s)
             continue
         if hold:
@@ -746,6 +749,14 @@ def _detect(prep: _Prepared, f: _Filtered, cfg: SeismicConfig) -> PacketResult:
             limit = n - i if h_end is None else h_end
             before = np.concatenate(([ratio[i - 1] if i > 0 else prev_ratio], r[:-1]))
             onset = (r >= thr.trigger_ratio) & (before < thr.trigger_ratio)
+            # A P wave in the tail may never let the ratio fall below the threshold first
+            # (a spike 6 s before a near P: the tail still stood 10x over the noise):
+            # its onset is a rise by the trigger ratio over the tail's lowest STA so far,
+            # which a decaying tail never makes.
+            low = np.minimum.accumulate(np.minimum(seg, floor))
+            rise = seg / np.maximum(low, lta)
+            rise_before = np.concatenate(([sta / max(floor, lta, 1e-12)], rise[:-1]))
+            onset |= (rise >= thr.trigger_ratio) & (rise_before < thr.trigger_ratio)
             start = 0 if rearm is None else max(0, _index_at(rearm, t0, fs) - i)
             j = _first_true(onset, start, limit)
             stop = limit if j is None else j
@@ -753,6 +764,7 @@ def _detect(prep: _Prepared, f: _Filtered, cfg: SeismicConfig) -> PacketResult:
             ratio[i : i + stop] = r[:stop]
             if stop > 0:
                 sta = float(seg[stop - 1])
+                floor = float(low[stop - 1])
             if j is not None:
                 ratio[i + j] = r[j]
                 triggered, new_p = True, t0 + (i + j) * dt
@@ -773,6 +785,19 @@ def _detect(prep: _Prepared, f: _Filtered, cfg: SeismicConfig) -> PacketResult:
             cf[i:, None] * np.asarray([c_sta, c_lta]),
             np.asarray([sta, lta]),
         )
+        if first_warm > i:
+            # During the warm-up the LTA is the plain mean of the samples so far: the
+            # recursive average started from 0 reads 63 % of the noise when the warm-up
+            # ends (1 - 1/e) and still 86 % an LTA later, so every (re)started station
+            # stood 1.2-1.6 times closer to its threshold and noise crossed it.
+            m = min(first_warm, n) - i
+            seen = st.n_seen + i + np.arange(1.0, m + 1.0)
+            mean = (lta * (seen[0] - 1.0) + np.cumsum(cf[i : i + m])) / seen
+            avg[:m, 1] = mean
+            if m < n - i:
+                avg[m:, 1] = _recurse(
+                    (1.0 - c_lta,), c_lta * cf[i + m :, None], np.asarray([mean[-1]])
+                )[:, 0]
         r = avg[:, 0] / np.maximum(avg[:, 1], 1e-12)
         if first_warm > i:
             r[: first_warm - i] = 0.0
@@ -853,6 +878,7 @@ def _detect(prep: _Prepared, f: _Filtered, cfg: SeismicConfig) -> PacketResult:
         event_transient=transient,
         event_sta_peak=sta_peak,
         lta_hold=hold,
+        hold_floor=floor,
         disp_noise_ms=disp_noise,
     )
     return _result(
