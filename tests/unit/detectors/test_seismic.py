@@ -1,6 +1,7 @@
 """Station detector: STA/LTA trigger, warm-up, transients and lockout, packet boundaries,
 PGA/PGV, P-wave features."""
 
+import math
 from dataclasses import asdict
 from itertools import pairwise
 
@@ -8,7 +9,13 @@ import numpy as np
 import pytest
 
 from civic_iot.thresholds import StaLtaThresholds
-from processors.detectors.seismic import PacketResult, SeismicConfig, StationState, process_packet
+from processors.detectors.seismic import (
+    PacketResult,
+    SeismicConfig,
+    StationState,
+    process_packet,
+    process_packets,
+)
 from processors.detectors.state import dump_state, load_state
 from simulator.waveforms import SimQuake, SimStation, Spike, arrival_times, synthesize_traces
 
@@ -63,6 +70,40 @@ def test_trigger_on_p_onset_with_accurate_pick() -> None:
 def test_no_trigger_during_warm_up() -> None:
     trace = noise(30, spikes=[Spike("ST1", T0 + 4.0, 200.0)])
     assert triggers(run(trace)) == []
+
+
+def test_a_started_station_does_not_trigger_on_its_own_noise() -> None:
+    # The LTA is the plain mean of the warm-up: a recursive average from 0 read 63 % of
+    # the noise when the warm-up ended, and 60 stations under 3x noise started together
+    # made 5-10 triggers in the next 20 s (a station then blind for a minute).
+    stations = [SimStation(f"N{k:02d}", 23.0 + 0.05 * k, 121.0) for k in range(60)]
+    x = synthesize_traces(stations, start_s=T0, duration_s=40, sample_rate_hz=20.0,
+                          noise_gal=0.9, seed=11)  # fmt: skip
+    states = {s.station_id: StationState() for s in stations}
+    picks = []
+    noise_at_warm: dict[str, float] = {}
+    for j in range(0, 800, 20):
+        batch = process_packets(
+            [
+                (
+                    states[s.station_id],
+                    x[s.station_id][j : j + 20],
+                    20.0,
+                    T0 + j / 20.0,
+                    SeismicConfig(),
+                )
+                for s in stations
+            ]  # fmt: skip
+        )
+        for s, r in zip(stations, batch, strict=True):
+            states[s.station_id] = r.state
+            picks += triggers([r])
+            if r.warmed_up and s.station_id not in noise_at_warm:
+                noise_at_warm[s.station_id] = r.noise_gal
+    assert picks == []
+    # The noise the station measures when armed is the noise it measures later.
+    ratio = [noise_at_warm[s.station_id] / math.sqrt(states[s.station_id].lta) for s in stations]
+    assert 0.9 <= float(np.median(ratio)) <= 1.1
 
 
 def test_spikes_do_not_blind_the_station() -> None:
