@@ -349,10 +349,10 @@ class StaLtaThresholds(_Strict):
 
     STA 0.5-1 s, LTA 10-11 s (also the warm-up), trigger ratio 3-3.5, detrigger about 1
     (ObsPy tutorial, OpenEEW); 2.5 here (the LTA is unbiased after the warm-up and a weak
-    P at 50-120 km stands 2-3 times over the noise: docs/eew.md). The characteristic function is the acceleration in
-    ``cf_band_hz`` (local choice: 1-10 Hz holds the P wave of local and regional quakes
-    and drops most of a MEMS sensor's white noise), on the vertical component when
-    ``cf_vertical_only`` (P is strongest there, S weakest).
+    P at 50-120 km stands 2-3 times over the noise: docs/eew.md). The characteristic
+    function is the acceleration in ``cf_band_hz`` (local choice: 1-10 Hz holds the P
+    wave of local and regional quakes and drops most of a MEMS sensor's white noise), on
+    the vertical component when ``cf_vertical_only`` (P is strongest there, S weakest).
 
     The LTA is frozen while a window is open. A window whose STA has faded to
     ``transient_fraction`` of its peak within ``transient_max_s`` of the trigger was a

@@ -77,8 +77,9 @@ def test_a_started_station_does_not_trigger_on_its_own_noise() -> None:
     # the noise when the warm-up ended, and 60 stations under 3x noise started together
     # made 5-10 triggers in the next 20 s (a station then blind for a minute).
     stations = [SimStation(f"N{k:02d}", 23.0 + 0.05 * k, 121.0) for k in range(60)]
-    x = synthesize_traces(stations, start_s=T0, duration_s=40, sample_rate_hz=20.0,
-                          noise_gal=0.9, seed=11)  # fmt: skip
+    x = synthesize_traces(
+        stations, start_s=T0, duration_s=40, sample_rate_hz=20.0, noise_gal=0.9, seed=11
+    )
     states = {s.station_id: StationState() for s in stations}
     picks = []
     noise_at_warm: dict[str, float] = {}
@@ -93,7 +94,7 @@ def test_a_started_station_does_not_trigger_on_its_own_noise() -> None:
                     SeismicConfig(),
                 )
                 for s in stations
-            ]  # fmt: skip
+            ]
         )
         for s, r in zip(stations, batch, strict=True):
             states[s.station_id] = r.state
