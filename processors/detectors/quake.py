@@ -540,7 +540,27 @@ def _costs(
     cons: _Constraints,
     thr: QuakeThresholds,
 ) -> tuple[FloatArray, FloatArray]:
-    """Cost and origin time of every (epicentre, depth) pair, shape (depths, epicentres).
+    """Cost and origin time of every (epicentre, depth) pair, shape (depths, epicentres)
+    (:func:`_costs_for` with the pick error ``pick_sigma_s``)."""
+    costs, origin = _costs_for(
+        g_lat, g_lon, depths, p_lat, p_lon, p_t, cons, thr, (thr.pick_sigma_s,)
+    )
+    return costs[0], origin
+
+
+def _costs_for(
+    g_lat: FloatArray,
+    g_lon: FloatArray,
+    depths: FloatArray,
+    p_lat: FloatArray,
+    p_lon: FloatArray,
+    p_t: FloatArray,
+    cons: _Constraints,
+    thr: QuakeThresholds,
+    sigmas: tuple[float, ...],
+) -> tuple[list[FloatArray], FloatArray]:
+    """Cost, for each pick error in ``sigmas`` (s), and origin time of every (epicentre,
+    depth) pair, shape (depths, epicentres); the travel times are worked out once.
 
     The cost is in units of the pick error: squared P residuals over ``pick_sigma_s``
     squared, each capped at 9 (an odd pick, an S taken for P, weighs like a 3-sigma one),
@@ -550,24 +570,26 @@ def _costs(
     ``unpicked_min_pa_snr`` above the station's noise, plus a weak prior on depth. The
     origin is the median of ``p - travel time``.
     """
-    sigma = thr.pick_sigma_s
     z2 = (np.asarray(depths, dtype=np.float64) ** 2)[:, None, None]
     epi = distance_km(g_lat[:, None], g_lon[:, None], p_lat[None, :], p_lon[None, :])
     tt = np.sqrt(epi[None, :, :] ** 2 + z2) / thr.vp_kms  # (D, G, N)
     origin = np.median(p_t[None, None, :] - tt, axis=2)
-    res = (p_t[None, None, :] - tt - origin[:, :, None]) / sigma
-    cost = np.sum(np.minimum(res * res, 9.0), axis=2)
+    delay = p_t[None, None, :] - tt - origin[:, :, None]
     # A weak prior on depth: three or four picks do not resolve depth from origin time,
     # and a free depth slides along that trade-off (EPIC and ElarmS fix it at 8 km).
-    cost = cost + ((depths[:, None] - thr.depth_prior_km) / thr.depth_prior_sigma_km) ** 2
+    prior = ((depths[:, None] - thr.depth_prior_km) / thr.depth_prior_sigma_km) ** 2
+    costs = []
+    for sigma in sigmas:
+        res = delay / sigma
+        costs.append(np.sum(np.minimum(res * res, 9.0), axis=2) + prior)
     if not len(cons):
-        return cost, origin
+        return costs, origin
     epi_c = distance_km(g_lat[:, None], g_lon[:, None], cons.lat[None, :], cons.lon[None, :])
     # Only a station nearer some trial epicentre than that point's farthest pick can be
     # late (the rest cost nothing): the others' travel times are not worked out.
     near = np.flatnonzero((epi_c < epi.max(axis=1, keepdims=True)).any(axis=0))
     if not near.size:
-        return cost, origin
+        return costs, origin
     epi_c = epi_c[:, near]
     tt_c = np.sqrt(epi_c[None, :, :] ** 2 + z2) / thr.vp_kms
     tp_c = origin[:, :, None] + tt_c
@@ -580,8 +602,11 @@ def _costs(
         seen = thr.p_to_s_ratio * cons.ground_motion.pga_gal(cons.magnitude, tt_c[at] * thr.vp_kms)
         noise = np.maximum(cons.noise_gal[near], 1e-3)[at[2]]
         late[at] = seen >= thr.unpicked_min_pa_snr * noise
-    v = np.where(late, np.minimum(limit - tp_c, 3.0 * sigma), 0.0) / sigma
-    return cost + np.sum(v * v, axis=2), origin
+    out = []
+    for sigma, cost in zip(sigmas, costs, strict=True):
+        v = np.where(late, np.minimum(limit - tp_c, 3.0 * sigma), 0.0) / sigma
+        out.append(cost + np.sum(v * v, axis=2))
+    return out, origin
 
 
 def locate(
@@ -629,7 +654,17 @@ def locate(
         depths = np.unique(np.clip(around.depth_km + np.arange(-20.0, 21.0, 5.0), z_lo, z_hi))
         step /= 4
     g_lat, g_lon = (a.ravel() for a in np.meshgrid(lat_ax, lon_ax, indexing="ij"))
-    cost, _ = _costs(g_lat, g_lon, depths, p_lat, p_lon, p_t, cons, thr)
+    # Picks all around a source (a deep one ringed by its first stations) leave a misfit
+    # valley narrower than the grid's step: every grid point misses it by a second or
+    # more, each pick's misfit is capped, and the three best points can lie anywhere (a
+    # 98 km deep M5.3 first put 32-41 km off at RMS 2.3-2.7 s from five good picks). The
+    # same grid judged with a pick error as wide as half a step's travel time finds the
+    # valley's basin: its best point is refined too (from 4 picks, on the whole region).
+    sigmas: tuple[float, ...] = (thr.pick_sigma_s,)
+    if around is None and p_t.size >= 4:
+        sigmas = (thr.pick_sigma_s, math.hypot(thr.pick_sigma_s, 0.5 * step * 111.2 / thr.vp_kms))
+    costs, _ = _costs_for(g_lat, g_lon, depths, p_lat, p_lon, p_t, cons, thr, sigmas)
+    cost = costs[0]
     # Every point tried, for the confidence region: (lat, lon, depth, cost).
     tried = [
         (
@@ -650,19 +685,8 @@ def locate(
             seeds.append(cand)
         if len(seeds) == 3:
             break
-    if around is None and p_t.size >= 4:
-        # Picks all around a source (a deep one ringed by its first stations) leave a
-        # misfit valley narrower than the grid's step: every grid point misses it by a
-        # second or more, each pick's misfit is capped, and the three best points can lie
-        # anywhere (a 98 km deep M5.3 first put 32-41 km off at RMS 2.3-2.7 s from five
-        # good picks). The same grid judged with a pick error as wide as half a step's
-        # travel time finds the valley's basin: its best point is refined too.
-        half_step_s = 0.5 * step * 111.2 / thr.vp_kms
-        sigma = math.hypot(thr.pick_sigma_s, half_step_s)
-        wide, _ = _costs(
-            g_lat, g_lon, depths, p_lat, p_lon, p_t, cons,
-            thr.model_copy(update={"pick_sigma_s": sigma}),
-        )  # fmt: skip
+    if len(costs) > 1:
+        wide = costs[1]
         d, g = np.unravel_index(int(np.argmin(wide)), wide.shape)
         cand = (float(g_lat[g]), float(g_lon[g]), float(depths[d]))
         if all(abs(cand[0] - s[0]) > 2 * step or abs(cand[1] - s[1]) > 2 * step for s in seeds):
