@@ -1638,7 +1638,7 @@ def _declare(
     if _sites(best, thr) < thr.min_stations:
         return None
     names = {s.station_id for s in best}
-    hypo = _locate_new(best, armed, names, now_s, cfg)
+    hypo = _locate_picks(best, armed, names, now_s, cfg)
     if hypo.rms_s > thr.max_rms_s:
         # An odd pick in the group (noise a second before the P, an S taken for P): the
         # location is robust to it (its residual is capped), the RMS is not. Without the
@@ -1650,7 +1650,7 @@ def _declare(
             return None
         best = keep
         names = {s.station_id for s in best}
-        hypo = _locate_new(best, armed, names, now_s, cfg)
+        hypo = _locate_picks(best, armed, names, now_s, cfg)
         if hypo.rms_s > thr.max_rms_s:
             return None
     # Few picks that leave the epicentre or the magnitude open wait for one more (about
@@ -1696,26 +1696,6 @@ def _declare(
     if _contradicted(ev, armed, now_s, cfg) or _disagree(ev, now_s, cfg):
         return None
     return ev
-
-
-def _locate_new(
-    picks: Sequence[EventStation],
-    armed: dict[str, tuple[float, float, float | None, float, float]],
-    exclude: set[str],
-    now_s: float,
-    cfg: QuakeConfig,
-) -> Hypocentre:
-    """A declaring group's location, its silent stations judged at the magnitude its
-    own picks show (as every relocation's are): without one, every armed station whose
-    P the grid point makes late costs like a bad pick, however far under its noise that
-    P would stand. Under 3x noise a deep M5.3's six stations above it heard nothing and
-    pushed five good picks' solution 32-41 km off (RMS 2.3-2.7 s; 0.4 km and 0.13 s
-    without them). The picks alone locate first, their magnitude is taken there."""
-    free = _locate_picks(picks, {}, exclude, now_s, cfg)
-    mag, method = _magnitude(picks, free, now_s, cfg)
-    if method == "none":
-        return _locate_picks(picks, armed, exclude, now_s, cfg)
-    return _locate_picks(picks, armed, exclude, now_s, cfg, magnitude=mag)
 
 
 def _too_wide(
