@@ -21,7 +21,9 @@ solved in closed form per packet, :func:`_recurse`):
    picks P instead of triggering on S.
 3. **Recursive STA/LTA** (ObsPy ``recursive_sta_lta``: ``sta += (cf - sta) / n_sta``),
    trigger when the ratio crosses ``trigger_ratio`` upwards; none until ``lta_s`` of data
-   has been seen (warm-up). The LTA is **frozen** while the event window is open, as
+   has been seen (warm-up), during which the LTA is the plain mean of the samples so far
+   (a recursive average from 0 would read 63 % of the noise when the station arms, and
+   noise would cross the threshold). The LTA is **frozen** while the event window is open, as
    strong-motion recorders do: it keeps measuring the noise before the trigger, so the
    ratio says how far the signal stands above that noise, and a spike does not inflate
    the LTA and blind the station for the next minute.
@@ -42,9 +44,10 @@ is *unconfirmed*), the P-wave features and the CWA intensity reached so far.
 
 The window closes, and the station can trigger again:
 
-- as a **transient** when the ratio falls back below ``detrigger_ratio`` within
+- as a **transient** when the STA fades to ``transient_fraction`` of its peak within
   ``transient_max_s`` of the trigger (a spike, a slammed door): the station is armed again
-  at once, so a real P wave a few seconds later is still picked;
+  at once, so a real P wave a few seconds later is still picked, also in the spike's
+  tail (a rise by the trigger ratio over the tail's lowest STA is an onset);
 - otherwise once the ratio has fallen below ``detrigger_ratio`` and at least
   ``min_event_window_s`` have passed (long enough for the S wave at stations a few hundred
   km away), or after ``max_event_window_s`` whatever the ratio; then no new trigger until
