@@ -348,10 +348,11 @@ class StaLtaThresholds(_Strict):
     """Per-station STA/LTA trigger (domain.md "Early-warning practice").
 
     STA 0.5-1 s, LTA 10-11 s (also the warm-up), trigger ratio 3-3.5, detrigger about 1
-    (ObsPy tutorial, OpenEEW). The characteristic function is the acceleration in
-    ``cf_band_hz`` (local choice: 1-10 Hz holds the P wave of local and regional quakes
-    and drops most of a MEMS sensor's white noise), on the vertical component when
-    ``cf_vertical_only`` (P is strongest there, S weakest).
+    (ObsPy tutorial, OpenEEW); 2.5 here (the LTA is unbiased after the warm-up and a weak
+    P at 50-120 km stands 2-3 times over the noise: docs/eew.md). The characteristic
+    function is the acceleration in ``cf_band_hz`` (local choice: 1-10 Hz holds the P
+    wave of local and regional quakes and drops most of a MEMS sensor's white noise), on
+    the vertical component when ``cf_vertical_only`` (P is strongest there, S weakest).
 
     The LTA is frozen while a window is open. A window whose STA has faded to
     ``transient_fraction`` of its peak within ``transient_max_s`` of the trigger was a
@@ -368,7 +369,7 @@ class StaLtaThresholds(_Strict):
 
     sta_s: float = Field(default=0.75, gt=0, le=60)
     lta_s: float = Field(default=10.0, gt=0, le=600)
-    trigger_ratio: float = Field(default=3.0, gt=0, le=100)
+    trigger_ratio: float = Field(default=2.5, gt=0, le=100)
     detrigger_ratio: float = Field(default=1.0, gt=0, le=100)
     onset_ratio: float = Field(default=1.5, gt=0, le=100)
     max_backtrack_s: float = Field(default=1.0, ge=0, le=10)

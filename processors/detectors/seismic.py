@@ -21,9 +21,9 @@ solved in closed form per packet, :func:`_recurse`):
    picks P instead of triggering on S.
 3. **Recursive STA/LTA** (ObsPy ``recursive_sta_lta``: ``sta += (cf - sta) / n_sta``),
    trigger when the ratio crosses ``trigger_ratio`` upwards; none until ``lta_s`` of data
-   has been seen (warm-up), over which the LTA is the mean of the samples so far (so it
-   measures the noise when the warm-up ends, and a ratio already high then is no
-   onset). The LTA is **frozen** while the event window is open, as
+   has been seen (warm-up), during which the LTA is the plain mean of the samples so far
+   (a recursive average from 0 would read 63 % of the noise when the station arms, and
+   noise would cross the threshold). The LTA is **frozen** while the event window is open, as
    strong-motion recorders do: it keeps measuring the noise before the trigger, so the
    ratio says how far the signal stands above that noise, and a spike does not inflate
    the LTA and blind the station for the next minute.
@@ -44,9 +44,10 @@ is *unconfirmed*), the P-wave features and the CWA intensity reached so far.
 
 The window closes, and the station can trigger again:
 
-- as a **transient** when the ratio falls back below ``detrigger_ratio`` within
+- as a **transient** when the STA fades to ``transient_fraction`` of its peak within
   ``transient_max_s`` of the trigger (a spike, a slammed door): the station is armed again
-  at once, so a real P wave a few seconds later is still picked;
+  at once, so a real P wave a few seconds later is still picked, also in the spike's
+  tail (a rise by the trigger ratio over the tail's lowest STA is an onset);
 - otherwise once the ratio has fallen below ``detrigger_ratio`` and at least
   ``min_event_window_s`` have passed (long enough for the S wave at stations a few hundred
   km away), or after ``max_event_window_s`` whatever the ratio; then no new trigger until
@@ -186,6 +187,8 @@ class StationState:
     event_sta_peak: float = 0.0
     #: The LTA stays frozen after a transient until the ratio is below detrigger.
     lta_hold: bool = False
+    #: Lowest STA since that hold began, gal^2 (a P in the spike's tail is a rise over it).
+    hold_floor: float = 0.0
     #: Running mean square of the P-wave chain's displacement outside windows, cm^2.
     disp_noise_ms: float = 0.0
 
@@ -672,7 +675,7 @@ def _detect(prep: _Prepared, f: _Filtered, cfg: SeismicConfig) -> PacketResult:
     sta_out = np.empty(n)
     ratio = np.zeros(n)
     sta, lta = st.sta, st.lta
-    prev_ratio = sta / lta if lta > 0 else 0.0
+    prev_ratio = sta / lta if lta > 0 and first_warm == 0 else 0.0
 
     in_event = st.in_event
     p_time = st.event_p_time_s
@@ -682,7 +685,7 @@ def _detect(prep: _Prepared, f: _Filtered, cfg: SeismicConfig) -> PacketResult:
     pd, pv, pa = st.event_pd_cm, st.event_pv_cms, st.event_pa_gal
     sum_d2, sum_v2, p_win = st.event_sum_d2, st.event_sum_v2, st.event_p_window_s
     noise_ms, transient = st.event_noise_ms, st.event_transient
-    sta_peak, hold = st.event_sta_peak, st.lta_hold
+    sta_peak, hold, floor = st.event_sta_peak, st.lta_hold, st.hold_floor
     triggered = False
     new_p: float | None = None
     quiet = st.quiet_s
@@ -737,6 +740,7 @@ def _detect(prep: _Prepared, f: _Filtered, cfg: SeismicConfig) -> PacketResult:
             # After a transient the station is armed at once, but the LTA stays frozen
             # until the spike's tail has gone (hold): it must not learn the spike as noise.
             hold = is_transient
+            floor = sta
             rearm = end_time if is_transient else max(end_time, p_time + thr.retrigger_lockout_s)
             continue
         if hold:
@@ -748,6 +752,14 @@ def _detect(prep: _Prepared, f: _Filtered, cfg: SeismicConfig) -> PacketResult:
             limit = n - i if h_end is None else h_end
             before = np.concatenate(([ratio[i - 1] if i > 0 else prev_ratio], r[:-1]))
             onset = (r >= thr.trigger_ratio) & (before < thr.trigger_ratio)
+            # A P wave in the tail may never let the ratio fall below the threshold first
+            # (a spike 6 s before a near P: the tail still stood 10x over the noise):
+            # its onset is a rise by the trigger ratio over the tail's lowest STA so far,
+            # which a decaying tail never makes.
+            low = np.minimum.accumulate(np.minimum(seg, floor))
+            rise = seg / np.maximum(low, lta)
+            rise_before = np.concatenate(([sta / max(floor, lta, 1e-12)], rise[:-1]))
+            onset |= (rise >= thr.trigger_ratio) & (rise_before < thr.trigger_ratio)
             start = 0 if rearm is None else max(0, _index_at(rearm, t0, fs) - i)
             j = _first_true(onset, start, limit)
             stop = limit if j is None else j
@@ -755,6 +767,7 @@ def _detect(prep: _Prepared, f: _Filtered, cfg: SeismicConfig) -> PacketResult:
             ratio[i : i + stop] = r[:stop]
             if stop > 0:
                 sta = float(seg[stop - 1])
+                floor = float(low[stop - 1])
             if j is not None:
                 ratio[i + j] = r[j]
                 triggered, new_p = True, t0 + (i + j) * dt
@@ -775,23 +788,25 @@ def _detect(prep: _Prepared, f: _Filtered, cfg: SeismicConfig) -> PacketResult:
             cf[i:, None] * np.asarray([c_sta, c_lta]),
             np.asarray([sta, lta]),
         )
-        warming = min(first_warm - i, n - i)
-        if warming > 0:
-            # The warm-up's LTA is the mean of every sample so far, then the average runs
-            # on from it. Run from zero it would hold 63 % of the noise when the warm-up
-            # ends, and every station restarted together (a network-wide outage) would
-            # stand 1.6 times over its noise at once: 6 of 615 triggered within 2 s.
-            k0 = st.n_seen + i  # samples the LTA has averaged so far
-            seen = k0 + np.arange(1, warming + 1, dtype=np.float64)
-            avg[:warming, 1] = (lta * k0 + np.cumsum(cf[i : i + warming])) / seen
-            if warming < n - i:
-                avg[warming:, 1] = _recurse(
-                    (1.0 - c_lta,), c_lta * cf[i + warming :, None], avg[warming - 1 : warming, 1]
+        if first_warm > i:
+            # During the warm-up the LTA is the plain mean of the samples so far: the
+            # recursive average started from 0 reads 63 % of the noise when the warm-up
+            # ends (1 - 1/e) and still 86 % an LTA later, so every (re)started station
+            # stood 1.2-1.6 times closer to its threshold and noise crossed it.
+            m = min(first_warm, n) - i
+            seen = st.n_seen + i + np.arange(1.0, m + 1.0)
+            mean = (lta * (seen[0] - 1.0) + np.cumsum(cf[i : i + m])) / seen
+            avg[:m, 1] = mean
+            if m < n - i:
+                avg[m:, 1] = _recurse(
+                    (1.0 - c_lta,), c_lta * cf[i + m :, None], np.asarray([mean[-1]])
                 )[:, 0]
         r = avg[:, 0] / np.maximum(avg[:, 1], 1e-12)
+        if first_warm > i:
+            r[: first_warm - i] = 0.0
         # A trigger is an upward crossing of the threshold, as in ObsPy's trigger_onset: a
-        # ratio still high when the lockout ends (long shaking, a spike's tail) or when
-        # the warm-up ends is no new onset.
+        # ratio still high when the lockout ends (long shaking, a spike's tail) is no new
+        # onset.
         before = np.concatenate(([prev_ratio if i == 0 else ratio[i - 1]], r[:-1]))
         onset = (r >= thr.trigger_ratio) & (before < thr.trigger_ratio)
         start = max(0, first_warm - i)
@@ -801,8 +816,6 @@ def _detect(prep: _Prepared, f: _Filtered, cfg: SeismicConfig) -> PacketResult:
         low = np.flatnonzero(r[: n - i if j is None else j] < thr.onset_ratio)
         if low.size:
             quiet = t0 + (i + int(low[-1])) * dt
-        if warming > 0:
-            r[:warming] = 0.0  # no ratio is reported before the warm-up has ended
         if j is None:
             sta_out[i:] = avg[:, 0]
             ratio[i:] = r
@@ -868,6 +881,7 @@ def _detect(prep: _Prepared, f: _Filtered, cfg: SeismicConfig) -> PacketResult:
         event_transient=transient,
         event_sta_peak=sta_peak,
         lta_hold=hold,
+        hold_floor=floor,
         disp_noise_ms=disp_noise,
     )
     return _result(

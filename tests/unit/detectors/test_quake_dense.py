@@ -12,6 +12,7 @@ import pytest
 from processors.detectors.quake import (
     EventStation,
     QuakeConfig,
+    _consistent,
     _consistent_pairs,
     _group,
     _sites,
@@ -40,25 +41,14 @@ def _picks(rng: random.Random, n: int, *, spread_deg: float, spread_s: float) ->
     return out
 
 
-def _consistent(a: EventStation, b: EventStation) -> bool:
-    """The pair test as defined: within range, and P could have crossed the distance."""
-    d = float(distance_km(a.lat, a.lon, b.lat, b.lon))
-    dt = abs(a.p_time_s - b.p_time_s)
-    return (
-        d <= THR.pair_max_km
-        and dt <= THR.pair_max_dt_s
-        and dt <= d / THR.vp_kms + THR.pair_tolerance_s
-    )
-
-
 def _plain_group(anchor: EventStation, pool: list[EventStation]) -> list[EventStation]:
     group = [anchor]
     others = sorted(
-        (u for u in pool if u.station_id != anchor.station_id and _consistent(anchor, u)),
+        (u for u in pool if u.station_id != anchor.station_id and _consistent(anchor, u, THR)),
         key=lambda u: (abs(u.p_time_s - anchor.p_time_s), u.station_id),
     )
     for u in others:
-        if all(_consistent(u, g) for g in group[1:]):
+        if all(_consistent(u, g, THR) for g in group[1:]):
             group.append(u)
     return group
 
