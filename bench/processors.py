@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import re
 import signal
@@ -57,8 +58,11 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from aiokafka import AIOKafkaProducer  # noqa: E402
+
 from bench.common import (  # noqa: E402
     Buckets,
+    Record,
     drop_topics,
     ingest_records,
     load,
@@ -69,12 +73,14 @@ from bench.common import (  # noqa: E402
     wait_committed,
 )
 from bench.sampler import WORKER as SAMPLED  # noqa: E402
+from civic_iot.contracts.provenance import Marker  # noqa: E402
 from civic_iot.contracts.readings import AirPayload, Location, Reading, WaterPayload  # noqa: E402
 from civic_iot.kafka_admin import ensure_topics  # noqa: E402
 from civic_iot.registry import load_registry  # noqa: E402
-from civic_iot.settings import Settings, get_settings, influx_token  # noqa: E402
+from civic_iot.settings import Settings, get_settings, influx_token, mark_key  # noqa: E402
 from civic_iot.times import to_ns  # noqa: E402
 from civic_iot.topology import READING_KINDS, Topology  # noqa: E402
+from ingest.service import _send_grouped as send_grouped  # noqa: E402
 from simulator.waveforms import SimQuake, SimStation, synthesize_packets  # noqa: E402
 
 
@@ -91,10 +97,12 @@ def reading(dev_id: str, lat: float, lon: float, town: str, t: datetime, data: A
 
 
 def workload(settings: Settings, prefix: str, n_air: int, n_water: int, stations: int,
-             seconds: float) -> list[tuple[str, str, bytes]]:  # fmt: skip
+             seconds: float, start: datetime | None = None
+             ) -> list[tuple[str, str, bytes]]:  # fmt: skip
     reg = load_registry(settings.registry)
     air, water = reg.of_kind("air"), reg.of_kind("water")
-    start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=6)
+    if start is None:
+        start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=6)
     out: list[tuple[str, str, bytes]] = []
     for i in range(n_air):
         d = air[i % len(air)]
@@ -142,6 +150,60 @@ def workload(settings: Settings, prefix: str, n_air: int, n_water: int, stations
                 mixed.append(nxt)
     mixed += list(it)
     return mixed
+
+
+#: Taiwan's air and water readings per second (``bench/taiwan.py``: 17,300 air devices once
+#: a minute, 1,000 water gauges every 10 s), and ingest's batch period at that rate.
+TAIWAN_AIR_PER_S, TAIWAN_WATER_PER_S = 17_300 / 60, 1_000 / 10
+INGEST_PERIOD_S = 0.2
+
+
+def trickle_workload(
+    settings: Settings, prefix: str, seconds: float, scale: float
+) -> list[tuple[float, list[Record]]]:
+    """``scale`` x Taiwan's air and water readings over ``seconds``, event times from now
+    on, in arrival order, cut as ingest cuts them at that rate (one record per topic and
+    partition every :data:`INGEST_PERIOD_S`): (seconds from the start, records)."""
+    air_s, water_s = TAIWAN_AIR_PER_S * scale, TAIWAN_WATER_PER_S * scale
+    n_air, n_water = round(air_s * seconds), round(water_s * seconds)
+    start = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=30)
+    msgs = workload(settings, prefix, n_air, n_water, 0, 0, start=start)
+    # workload() gives a device's next reading a minute later: here air devices report
+    # once a minute and water gauges every 10 s, so each message's due time is its place
+    # in its kind's stream at that kind's rate.
+    due = [i / air_s for i in range(n_air)] + [j / water_s for j in range(n_water)]
+    order = sorted(range(len(msgs)), key=lambda i: due[i])
+    out: list[tuple[float, list[Record]]] = []
+    k = 0
+    for b in range(math.ceil(seconds / INGEST_PERIOD_S)):
+        end = (b + 1) * INGEST_PERIOD_S
+        chunk = []
+        while k < len(order) and due[order[k]] < end:
+            chunk.append(msgs[order[k]])
+            k += 1
+        if chunk:
+            out.append((end, ingest_records(settings, chunk, batch=len(chunk))))
+    return out
+
+
+async def produce_paced(settings: Settings, batches: list[tuple[float, list[Record]]]) -> float:
+    """Each batch's records at its time from now, as ingest sends them; returns the first
+    send's time."""
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap, linger_ms=5)
+    mark = Marker(mark_key(settings))
+    await producer.start()
+    first = time.time()
+    try:
+        futures = []
+        for at, records in batches:
+            ahead = first + at - time.time()
+            if ahead > 0:
+                await asyncio.sleep(ahead)
+            futures += await send_grouped(producer, records, mark)
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    return first
 
 
 PROFILE = """
@@ -224,7 +286,16 @@ def main() -> int:
     ap.add_argument("--sample", type=Path, help="sample the worker's stacks, write here")
     ap.add_argument("--py-spy", type=Path, help="sample the worker with py-spy (raw), write here")
     ap.add_argument("--workers", type=int, default=1, help="workers in the group (scale-out)")
+    ap.add_argument(
+        "--trickle",
+        type=float,
+        default=0.0,
+        help="s of Taiwan's air+water readings at their real rate, as ingest cuts them",
+    )
+    ap.add_argument("--scale", type=float, default=1.0, help="--trickle: share of Taiwan's fleet")
     args = ap.parse_args()
+    if args.trickle and (args.workers > 1 or args.rate):
+        ap.error("--trickle: one worker, its own pace")
     if args.workers > 1 and (args.rate or args.profile or args.sample or args.py_spy):
         ap.error("--workers > 1 produces flat out after the workers joined; no --rate/profiles")
 
@@ -237,10 +308,17 @@ def main() -> int:
     )
     buckets = Buckets(base, uid, ("readings", "seismic", "derived", "floor", "floor_seismic"))
     settings = base.model_copy(update={"kafka": kafka})
-    messages = workload(settings, prefix, args.air, args.water, args.stations, args.seconds)
-    n_seis = sum(1 for m in messages if m[0].endswith("seismic"))
-    n_aw = len(messages) - n_seis
-    records = ingest_records(settings, messages)
+    paced: list[tuple[float, list[Record]]] = []
+    if args.trickle:
+        paced = trickle_workload(settings, prefix, args.trickle, args.scale)
+        records = [r for _, rs in paced for r in rs]
+        n_seis, n_aw = 0, sum(len(r[2].splitlines()) for r in records)
+        messages: list[tuple[str, str, bytes]] = [("", "", b"")] * n_aw
+    else:
+        messages = workload(settings, prefix, args.air, args.water, args.stations, args.seconds)
+        n_seis = sum(1 for m in messages if m[0].endswith("seismic"))
+        n_aw = len(messages) - n_seis
+        records = ingest_records(settings, messages)
     print(f"workload: {n_aw} air/water readings, {n_seis} seismic packets, "
           f"{len(records)} records; load {load()}", flush=True)  # fmt: skip
 
@@ -259,7 +337,7 @@ def main() -> int:
     try:
         # One worker: the records wait in Kafka, the worker starts on a full backlog.
         # Several: they join first (each join rebalances the others), then the records go.
-        produce_first = args.rate == 0 and args.workers == 1
+        produce_first = args.rate == 0 and args.workers == 1 and not args.trickle
         t_first = asyncio.run(produce(settings, records, args.rate)) if produce_first else 0.0
         if not args.no_floor and produce_first:
             floor = run_floor(settings, env, prefix, buckets)
@@ -276,7 +354,10 @@ def main() -> int:
             )  # fmt: skip
         cpu0 = sum(proc_cpu_s(w.pid) for w in workers)
         t0 = time.time()
-        if not produce_first:
+        if paced:
+            t_first = asyncio.run(produce_paced(settings, paced))
+            t0 = t_first
+        elif not produce_first:
             t_first = asyncio.run(produce(settings, records, args.rate))
             t0 = t_first
         t_done = asyncio.run(wait_committed(settings, group, reading_topics, 3600))

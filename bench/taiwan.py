@@ -477,6 +477,24 @@ class Sampler(threading.Thread):
             loop.close()
 
 
+def sampled_worker(procs: Any, out: Path) -> None:
+    """Start ``procs``' worker (``bench.chaos.Procs``) under :mod:`bench.sampler`: its
+    stacks, every 4 ms of its CPU from its readiness on, go to ``out`` when it stops."""
+    import subprocess  # noqa: PLC0415
+
+    from bench.sampler import WORKER  # noqa: PLC0415
+
+    log = (procs.log_dir / "worker.log").open("ab")
+    procs.procs["worker"] = subprocess.Popen(
+        [sys.executable, "-c", WORKER.replace("PATH", repr(str(out.resolve())))],
+        env=procs.env(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=REPO,
+        start_new_session=True,
+    )
+
+
 def cmd_load(args: argparse.Namespace) -> int:
     import paho.mqtt.client as mqtt  # noqa: PLC0415
     from paho.mqtt.enums import CallbackAPIVersion  # noqa: PLC0415
@@ -585,7 +603,10 @@ def cmd_load(args: argparse.Namespace) -> int:
             if name in ("seismic", "quake"):
                 role_env[name]["CIVIC_PROCESSORS__WEB_PORT"] = str(procs.ports[name])
             procs.extra_env = {**common_env, **role_env.get(name, {})}
-            procs.start(name)
+            if name == "worker" and args.sample_bulk is not None:
+                sampled_worker(procs, args.sample_bulk)
+            else:
+                procs.start(name)
             procs.extra_env = common_env
 
         for name in ("alerts", *(("quake",) if args.split_quake else ()), "seismic", "worker"):
@@ -1106,6 +1127,11 @@ def main() -> int:
         help="the stations' batch wait, s (CIVIC_PROCESSORS__SEISMIC_WITHIN_S; 0: default)",
     )
     lp.add_argument("--sample", type=float, default=2.0, help="s between lag/CPU samples")
+    lp.add_argument(
+        "--sample-bulk",
+        type=Path,
+        help="the bulk worker's stacks, sampled on its CPU time, to this file (bench/sampler.py)",
+    )
     lp.add_argument("--drain-limit", type=float, default=5.0, help="held: drained within, s")
     lp.add_argument("--drain-timeout", type=float, default=900.0)
     sp = sub.add_parser("storage", help="raw waveform storage, packed vs alternatives")
