@@ -97,12 +97,10 @@ def reading(dev_id: str, lat: float, lon: float, town: str, t: datetime, data: A
 
 
 def workload(settings: Settings, prefix: str, n_air: int, n_water: int, stations: int,
-             seconds: float, start: datetime | None = None
-             ) -> list[tuple[str, str, bytes]]:  # fmt: skip
+             seconds: float) -> list[tuple[str, str, bytes]]:  # fmt: skip
     reg = load_registry(settings.registry)
     air, water = reg.of_kind("air"), reg.of_kind("water")
-    if start is None:
-        start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=6)
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=6)
     out: list[tuple[str, str, bytes]] = []
     for i in range(n_air):
         d = air[i % len(air)]
@@ -153,33 +151,45 @@ def workload(settings: Settings, prefix: str, n_air: int, n_water: int, stations
 
 
 #: Taiwan's air and water readings per second (``bench/taiwan.py``: 17,300 air devices once
-#: a minute, 1,000 water gauges every 10 s), and ingest's batch period at that rate.
+#: a minute, 1,000 water gauges every 10 s).
 TAIWAN_AIR_PER_S, TAIWAN_WATER_PER_S = 17_300 / 60, 1_000 / 10
-INGEST_PERIOD_S = 0.2
 
 
 def trickle_workload(
-    settings: Settings, prefix: str, seconds: float, scale: float
+    settings: Settings, prefix: str, seconds: float, scale: float, period_s: float
 ) -> list[tuple[float, list[Record]]]:
     """``scale`` x Taiwan's air and water readings over ``seconds``, event times from now
-    on, in arrival order, cut as ingest cuts them at that rate (one record per topic and
-    partition every :data:`INGEST_PERIOD_S`): (seconds from the start, records)."""
+    on, in arrival order, cut as ingest cuts them (a record per topic and partition of
+    what came in each ``period_s``): (seconds from the start, records)."""
     air_s, water_s = TAIWAN_AIR_PER_S * scale, TAIWAN_WATER_PER_S * scale
-    n_air, n_water = round(air_s * seconds), round(water_s * seconds)
-    start = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=30)
-    msgs = workload(settings, prefix, n_air, n_water, 0, 0, start=start)
-    # workload() gives a device's next reading a minute later: here air devices report
-    # once a minute and water gauges every 10 s, so each message's due time is its place
-    # in its kind's stream at that kind's rate.
-    due = [i / air_s for i in range(n_air)] + [j / water_s for j in range(n_water)]
-    order = sorted(range(len(msgs)), key=lambda i: due[i])
+    reg = load_registry(settings.registry)
+    air, water = reg.of_kind("air"), reg.of_kind("water")
+    start = datetime.now(UTC)
+    due: list[tuple[float, str, Any]] = [
+        (i / air_s, "air", air[i % len(air)]) for i in range(round(air_s * seconds))
+    ] + [(j / water_s, "water", water[j % len(water)]) for j in range(round(water_s * seconds))]
+    due.sort(key=lambda m: m[0])
+    msgs = []
+    for i, (at, kind, d) in enumerate(due):
+        t = start + timedelta(seconds=at)
+        data: Any = (
+            AirPayload(ts=t, pm2_5_ugm3=20.0 + i % 50, pm10_ugm3=40.0, o3_ppb=30.0)
+            if kind == "air"
+            else WaterPayload(ts=t, rainfall_mm=1.0)
+            if d.sensor == "rain"
+            else WaterPayload(ts=t, flood_depth_cm=float(i % 20))
+            if d.sensor == "flood"
+            else WaterPayload(ts=t, water_level_m=3.0)
+        )
+        value = reading(d.id, d.lat, d.lon, d.township, t, data)
+        msgs.append((f"{prefix}readings.{kind}", d.id, value))
     out: list[tuple[float, list[Record]]] = []
     k = 0
-    for b in range(math.ceil(seconds / INGEST_PERIOD_S)):
-        end = (b + 1) * INGEST_PERIOD_S
+    for b in range(math.ceil(seconds / period_s)):
+        end = (b + 1) * period_s
         chunk = []
-        while k < len(order) and due[order[k]] < end:
-            chunk.append(msgs[order[k]])
+        while k < len(msgs) and due[k][0] < end:
+            chunk.append(msgs[k])
             k += 1
         if chunk:
             out.append((end, ingest_records(settings, chunk, batch=len(chunk))))
@@ -293,6 +303,12 @@ def main() -> int:
         help="s of Taiwan's air+water readings at their real rate, as ingest cuts them",
     )
     ap.add_argument("--scale", type=float, default=1.0, help="--trickle: share of Taiwan's fleet")
+    ap.add_argument(
+        "--ingest-period",
+        type=float,
+        default=0.02,
+        help="--trickle: s of readings per ingest batch (ingest takes what came since its last)",
+    )
     args = ap.parse_args()
     if args.trickle and (args.workers > 1 or args.rate):
         ap.error("--trickle: one worker, its own pace")
@@ -310,7 +326,7 @@ def main() -> int:
     settings = base.model_copy(update={"kafka": kafka})
     paced: list[tuple[float, list[Record]]] = []
     if args.trickle:
-        paced = trickle_workload(settings, prefix, args.trickle, args.scale)
+        paced = trickle_workload(settings, prefix, args.trickle, args.scale, args.ingest_period)
         records = [r for _, rs in paced for r in rs]
         n_seis, n_aw = 0, sum(len(r[2].splitlines()) for r in records)
         messages: list[tuple[str, str, bytes]] = [("", "", b"")] * n_aw

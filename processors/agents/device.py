@@ -42,6 +42,7 @@ from processors.agents.loop import BatchAgent
 from processors.agents.outbox import Outbox
 from processors.agents.stats import Activity, Stats, record_ms
 from processors.agents.tables import BatchState, seen
+from processors.agents.township import encode_reports, partition_of
 from processors.handlers import (
     Context,
     DeviceOutcome,
@@ -228,9 +229,16 @@ class ReportingAgent(DeviceAgent[S, DeviceOutcome[S]]):
 
     async def on_batch(self) -> None:
         reports, self._reports = self._reports, {}
+        topic = self.outbox.topics.township
+        n = self.outbox.partitions(topic)
+        # A message per partition (processors.agents.township); a message per township
+        # while the partitions are not known.
+        groups: dict[int | str, list[TownshipReports]] = {}
         for township, batch in reports.items():
             msg = TownshipReports(township=township, reports=tuple(batch))
-            await self.outbox.send(self.outbox.topics.township, township, msg)
+            groups.setdefault(partition_of(township, n) if n else township, []).append(msg)
+        for msgs in groups.values():
+            await self.outbox.publisher.add(topic, msgs[0].township, encode_reports(msgs))
 
 
 class AirAgent(ReportingAgent[AirDevice]):
