@@ -8,8 +8,8 @@ logged, counted and dead-lettered with its record, the others go on); each readi
 time is checked against the bounds (the guard). Each reading is handed with its device's
 state to the kind's pure handler (:mod:`processors.handlers`) and its outcome staged: the
 state for the table, the points for the sink; after the batch, the reports go to
-``processors.township``, one message per township
-(:class:`~civic_iot.contracts.processing.TownshipReports`). A reading read again after a
+``processors.township``, one message per partition, a line per township
+(:func:`~processors.agents.township.encode_reports`). A reading read again after a
 restart (:func:`seen`) has its raw point rewritten only; a detector that fails stores the
 raw point and the stream moves on.
 """
@@ -213,7 +213,8 @@ class DeviceAgent(BatchAgent, Generic[S, OutcomeT]):
 
 class ReportingAgent(DeviceAgent[S, DeviceOutcome[S]]):
     """A device agent whose readings report a level per hazard to their township: the
-    batch's reports go out after it, one message per township, in reading order."""
+    batch's reports go out after it, one message per partition of ``processors.township``
+    and a line per township, in reading order."""
 
     def __init__(self, deps: DeviceDeps, table: MutableMapping[str, S]) -> None:
         super().__init__(deps, table)

@@ -1,5 +1,5 @@
 """The township agent: ``processors.township`` (the device agents' reports, one message
-per township and batch of readings, keyed by township) ->
+per partition and batch of readings, a line per township) ->
 :func:`~processors.handlers.handle_township_reports` -> township points and alert
 candidates.
 
