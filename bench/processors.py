@@ -5,6 +5,7 @@ same run (run by hand).
     .venv/bin/python bench/processors.py --air 20000 --water 0 --stations 0 --profile w.prof
     .venv/bin/python bench/processors.py --air 20000 --water 0 --stations 0 --sample w.stacks
     .venv/bin/python bench/processors.py --rate 2000   # records/s, for latency below saturation
+    CIVIC_PROCESSORS__ROLE=bulk .venv/bin/python bench/processors.py --trickle 45 --stations 0
     .venv/bin/python bench/processors.py --air 40000 --water 0 --stations 0 --workers 2 --no-floor
 
 The workload is written to fresh topics (unique prefix) exactly as ingest writes it:
@@ -28,6 +29,16 @@ with every figure: on a shared machine, CPU per reading is the figure to compare
 ``--sample`` samples its stack instead every 4 ms of its CPU (``bench/sampler.py``, which
 reports the samples): cProfile makes the machinery around the handlers (asyncio, faust,
 aiokafka: many small calls) look twice its share, the sampler does not.
+
+``--trickle S`` feeds the worker Taiwan's air and water readings at their real rate
+instead (``--scale`` x 17,300 air devices once a minute and 1,000 water gauges every 10 s,
+for ``S`` seconds, event times now), cut into records as ingest cuts them: what came in
+each ``--ingest-period`` (0.02 s: ingest takes whatever its inbox holds, so at this rate
+a record holds a reading or two) in one record per topic and partition. Set
+``CIVIC_PROCESSORS__ROLE=bulk`` (and ``CIVIC_REGISTRY`` to the Taiwan registry of
+``bench/taiwan.py registry``) to measure the bulk worker of ``bench/taiwan.py load``
+without the rest of the stack: its CPU per reading at the trickle, where per-record and
+per-batch costs weigh more than in a backlog.
 
 ``--workers N`` (scale-out: Kafka partitions shared by more workers in one consumer
 group, each with its own static member id) starts the N workers first and waits until
