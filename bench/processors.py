@@ -5,6 +5,7 @@ same run (run by hand).
     .venv/bin/python bench/processors.py --air 20000 --water 0 --stations 0 --profile w.prof
     .venv/bin/python bench/processors.py --air 20000 --water 0 --stations 0 --sample w.stacks
     .venv/bin/python bench/processors.py --rate 2000   # records/s, for latency below saturation
+    CIVIC_PROCESSORS__ROLE=bulk .venv/bin/python bench/processors.py --trickle 45 --stations 0
     .venv/bin/python bench/processors.py --air 40000 --water 0 --stations 0 --workers 2 --no-floor
 
 The workload is written to fresh topics (unique prefix) exactly as ingest writes it:
@@ -29,6 +30,16 @@ with every figure: on a shared machine, CPU per reading is the figure to compare
 reports the samples): cProfile makes the machinery around the handlers (asyncio, faust,
 aiokafka: many small calls) look twice its share, the sampler does not.
 
+``--trickle S`` feeds the worker Taiwan's air and water readings at their real rate
+instead (``--scale`` x 17,300 air devices once a minute and 1,000 water gauges every 10 s,
+for ``S`` seconds, event times now), cut into records as ingest cuts them: what came in
+each ``--ingest-period`` (0.02 s: ingest takes whatever its inbox holds, so at this rate
+a record holds a reading or two) in one record per topic and partition. Set
+``CIVIC_PROCESSORS__ROLE=bulk`` (and ``CIVIC_REGISTRY`` to the Taiwan registry of
+``bench/taiwan.py registry``) to measure the bulk worker of ``bench/taiwan.py load``
+without the rest of the stack: its CPU per reading at the trickle, where per-record and
+per-batch costs weigh more than in a backlog.
+
 ``--workers N`` (scale-out: Kafka partitions shared by more workers in one consumer
 group, each with its own static member id) starts the N workers first and waits until
 every one has joined the group and is ready, then produces the records flat out: the
@@ -42,6 +53,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import re
 import signal
@@ -57,8 +69,11 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from aiokafka import AIOKafkaProducer  # noqa: E402
+
 from bench.common import (  # noqa: E402
     Buckets,
+    Record,
     drop_topics,
     ingest_records,
     load,
@@ -69,12 +84,14 @@ from bench.common import (  # noqa: E402
     wait_committed,
 )
 from bench.sampler import WORKER as SAMPLED  # noqa: E402
+from civic_iot.contracts.provenance import Marker  # noqa: E402
 from civic_iot.contracts.readings import AirPayload, Location, Reading, WaterPayload  # noqa: E402
 from civic_iot.kafka_admin import ensure_topics  # noqa: E402
 from civic_iot.registry import load_registry  # noqa: E402
-from civic_iot.settings import Settings, get_settings, influx_token  # noqa: E402
+from civic_iot.settings import Settings, get_settings, influx_token, mark_key  # noqa: E402
 from civic_iot.times import to_ns  # noqa: E402
 from civic_iot.topology import READING_KINDS, Topology  # noqa: E402
+from ingest.service import _send_grouped as send_grouped  # noqa: E402
 from simulator.waveforms import SimQuake, SimStation, synthesize_packets  # noqa: E402
 
 
@@ -142,6 +159,72 @@ def workload(settings: Settings, prefix: str, n_air: int, n_water: int, stations
                 mixed.append(nxt)
     mixed += list(it)
     return mixed
+
+
+#: Taiwan's air and water readings per second (``bench/taiwan.py``: 17,300 air devices once
+#: a minute, 1,000 water gauges every 10 s).
+TAIWAN_AIR_PER_S, TAIWAN_WATER_PER_S = 17_300 / 60, 1_000 / 10
+
+
+def trickle_workload(
+    settings: Settings, prefix: str, seconds: float, scale: float, period_s: float
+) -> list[tuple[float, list[Record]]]:
+    """``scale`` x Taiwan's air and water readings over ``seconds``, event times from now
+    on, in arrival order, cut as ingest cuts them (a record per topic and partition of
+    what came in each ``period_s``): (seconds from the start, records)."""
+    air_s, water_s = TAIWAN_AIR_PER_S * scale, TAIWAN_WATER_PER_S * scale
+    reg = load_registry(settings.registry)
+    air, water = reg.of_kind("air"), reg.of_kind("water")
+    start = datetime.now(UTC)
+    due: list[tuple[float, str, Any]] = [
+        (i / air_s, "air", air[i % len(air)]) for i in range(round(air_s * seconds))
+    ] + [(j / water_s, "water", water[j % len(water)]) for j in range(round(water_s * seconds))]
+    due.sort(key=lambda m: m[0])
+    msgs = []
+    for i, (at, kind, d) in enumerate(due):
+        t = start + timedelta(seconds=at)
+        data: Any = (
+            AirPayload(ts=t, pm2_5_ugm3=20.0 + i % 50, pm10_ugm3=40.0, o3_ppb=30.0)
+            if kind == "air"
+            else WaterPayload(ts=t, rainfall_mm=1.0)
+            if d.sensor == "rain"
+            else WaterPayload(ts=t, flood_depth_cm=float(i % 20))
+            if d.sensor == "flood"
+            else WaterPayload(ts=t, water_level_m=3.0)
+        )
+        value = reading(d.id, d.lat, d.lon, d.township, t, data)
+        msgs.append((f"{prefix}readings.{kind}", d.id, value))
+    out: list[tuple[float, list[Record]]] = []
+    k = 0
+    for b in range(math.ceil(seconds / period_s)):
+        end = (b + 1) * period_s
+        chunk = []
+        while k < len(msgs) and due[k][0] < end:
+            chunk.append(msgs[k])
+            k += 1
+        if chunk:
+            out.append((end, ingest_records(settings, chunk, batch=len(chunk))))
+    return out
+
+
+async def produce_paced(settings: Settings, batches: list[tuple[float, list[Record]]]) -> float:
+    """Each batch's records at its time from now, as ingest sends them; returns the first
+    send's time."""
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap, linger_ms=5)
+    mark = Marker(mark_key(settings))
+    await producer.start()
+    first = time.time()
+    try:
+        futures = []
+        for at, records in batches:
+            ahead = first + at - time.time()
+            if ahead > 0:
+                await asyncio.sleep(ahead)
+            futures += await send_grouped(producer, records, mark)
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    return first
 
 
 PROFILE = """
@@ -224,7 +307,22 @@ def main() -> int:
     ap.add_argument("--sample", type=Path, help="sample the worker's stacks, write here")
     ap.add_argument("--py-spy", type=Path, help="sample the worker with py-spy (raw), write here")
     ap.add_argument("--workers", type=int, default=1, help="workers in the group (scale-out)")
+    ap.add_argument(
+        "--trickle",
+        type=float,
+        default=0.0,
+        help="s of Taiwan's air+water readings at their real rate, as ingest cuts them",
+    )
+    ap.add_argument("--scale", type=float, default=1.0, help="--trickle: share of Taiwan's fleet")
+    ap.add_argument(
+        "--ingest-period",
+        type=float,
+        default=0.02,
+        help="--trickle: s of readings per ingest batch (ingest takes what came since its last)",
+    )
     args = ap.parse_args()
+    if args.trickle and (args.workers > 1 or args.rate):
+        ap.error("--trickle: one worker, its own pace")
     if args.workers > 1 and (args.rate or args.profile or args.sample or args.py_spy):
         ap.error("--workers > 1 produces flat out after the workers joined; no --rate/profiles")
 
@@ -237,10 +335,17 @@ def main() -> int:
     )
     buckets = Buckets(base, uid, ("readings", "seismic", "derived", "floor", "floor_seismic"))
     settings = base.model_copy(update={"kafka": kafka})
-    messages = workload(settings, prefix, args.air, args.water, args.stations, args.seconds)
-    n_seis = sum(1 for m in messages if m[0].endswith("seismic"))
-    n_aw = len(messages) - n_seis
-    records = ingest_records(settings, messages)
+    paced: list[tuple[float, list[Record]]] = []
+    if args.trickle:
+        paced = trickle_workload(settings, prefix, args.trickle, args.scale, args.ingest_period)
+        records = [r for _, rs in paced for r in rs]
+        n_seis, n_aw = 0, sum(len(r[2].splitlines()) for r in records)
+        messages: list[tuple[str, str, bytes]] = [("", "", b"")] * n_aw
+    else:
+        messages = workload(settings, prefix, args.air, args.water, args.stations, args.seconds)
+        n_seis = sum(1 for m in messages if m[0].endswith("seismic"))
+        n_aw = len(messages) - n_seis
+        records = ingest_records(settings, messages)
     print(f"workload: {n_aw} air/water readings, {n_seis} seismic packets, "
           f"{len(records)} records; load {load()}", flush=True)  # fmt: skip
 
@@ -259,7 +364,7 @@ def main() -> int:
     try:
         # One worker: the records wait in Kafka, the worker starts on a full backlog.
         # Several: they join first (each join rebalances the others), then the records go.
-        produce_first = args.rate == 0 and args.workers == 1
+        produce_first = args.rate == 0 and args.workers == 1 and not args.trickle
         t_first = asyncio.run(produce(settings, records, args.rate)) if produce_first else 0.0
         if not args.no_floor and produce_first:
             floor = run_floor(settings, env, prefix, buckets)
@@ -276,7 +381,10 @@ def main() -> int:
             )  # fmt: skip
         cpu0 = sum(proc_cpu_s(w.pid) for w in workers)
         t0 = time.time()
-        if not produce_first:
+        if paced:
+            t_first = asyncio.run(produce_paced(settings, paced))
+            t0 = t_first
+        elif not produce_first:
             t_first = asyncio.run(produce(settings, records, args.rate))
             t0 = t_first
         t_done = asyncio.run(wait_committed(settings, group, reading_topics, 3600))

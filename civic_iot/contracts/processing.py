@@ -3,8 +3,9 @@
 
 * ``{prefix}processors.township`` (keyed by township code, as many partitions as the
   readings topics): every air and water reading's per-device level, so that the
-  township's state lives in one partition whatever device partition it came from; one
-  message per township and batch of readings (:class:`TownshipReports`).
+  township's state lives in one partition whatever device partition it came from; per
+  batch of readings one message per partition, a township's :class:`TownshipReports` a
+  line, keyed so that each of its townships hashes to that partition.
 * ``{prefix}seismic.triggers`` (one partition, one constant key): per batch of seismic
   packets, the station triggers and event-window observations and the stream clock, for
   the network associator that must see every station.

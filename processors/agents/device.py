@@ -8,8 +8,8 @@ logged, counted and dead-lettered with its record, the others go on); each readi
 time is checked against the bounds (the guard). Each reading is handed with its device's
 state to the kind's pure handler (:mod:`processors.handlers`) and its outcome staged: the
 state for the table, the points for the sink; after the batch, the reports go to
-``processors.township``, one message per township
-(:class:`~civic_iot.contracts.processing.TownshipReports`). A reading read again after a
+``processors.township``, one message per partition, a line per township
+(:func:`~processors.agents.township.encode_reports`). A reading read again after a
 restart (:func:`seen`) has its raw point rewritten only; a detector that fails stores the
 raw point and the stream moves on.
 """
@@ -43,6 +43,7 @@ from processors.agents.outbox import Outbox
 from processors.agents.seconds import StreamSeconds, packet_seconds
 from processors.agents.stats import Activity, Stats, record_ms
 from processors.agents.tables import BatchState, seen
+from processors.agents.township import encode_reports, partition_of
 from processors.handlers import (
     Context,
     DeviceOutcome,
@@ -213,7 +214,8 @@ class DeviceAgent(BatchAgent, Generic[S, OutcomeT]):
 
 class ReportingAgent(DeviceAgent[S, DeviceOutcome[S]]):
     """A device agent whose readings report a level per hazard to their township: the
-    batch's reports go out after it, one message per township, in reading order."""
+    batch's reports go out after it, one message per partition of ``processors.township``
+    and a line per township, in reading order."""
 
     def __init__(self, deps: DeviceDeps, table: MutableMapping[str, S]) -> None:
         super().__init__(deps, table)
@@ -229,9 +231,16 @@ class ReportingAgent(DeviceAgent[S, DeviceOutcome[S]]):
 
     async def on_batch(self) -> None:
         reports, self._reports = self._reports, {}
+        topic = self.outbox.topics.township
+        n = self.outbox.partitions(topic)
+        # A message per partition (processors.agents.township); a message per township
+        # while the partitions are not known.
+        groups: dict[int | str, list[TownshipReports]] = {}
         for township, batch in reports.items():
             msg = TownshipReports(township=township, reports=tuple(batch))
-            await self.outbox.send(self.outbox.topics.township, township, msg)
+            groups.setdefault(partition_of(township, n) if n else township, []).append(msg)
+        for msgs in groups.values():
+            await self.outbox.publisher.add(topic, msgs[0].township, encode_reports(msgs))
 
 
 class AirAgent(ReportingAgent[AirDevice]):

@@ -11,8 +11,10 @@ the batch; the loop does the rest, the same way for all of them:
    :class:`~processors.agents.tables.BatchState` (not yet to the table), its points to
    its sink, its messages (alert candidates, ticks, notices) to the app's producer at
    once, and what it gathers over the batch (township reports) after the last event.
-   Between events the loop lets other agents run: a batch of bulk readings never holds
-   the event loop for more than one record.
+   Between events the loop lets other agents run once :data:`YIELD_AFTER_S` has passed
+   since it last did: a batch of bulk readings never holds the event loop for more than
+   that and one record (at Taiwan's trickle a record holds a reading or two, and a
+   yield after each cost the bulk worker an event-loop turn per reading).
 3. The loop awaits the sink (:func:`civic_iot.storage.sink.store`) until InfluxDB has
    every point, retrying with backoff while it is down.
 4. Only then is the batch's state written to the table (and so its changelog), each
@@ -54,6 +56,11 @@ from processors.faust_adapter import batches
 logger = logging.getLogger(__name__)
 
 
+#: How long, s, an agent's batch may hold the event loop before it lets another agent (the
+#: seismic path) run, besides the record it is on.
+YIELD_AFTER_S = 0.002
+
+
 class BatchAgent(ABC):
     """What one agent does with the events of a batch; :func:`commit_after_sink` runs it."""
 
@@ -93,8 +100,10 @@ async def commit_after_sink(
 ) -> None:
     """Run ``agent`` on ``stream`` until the stream stops (see the module docstring)."""
     agent.idle_since_s = time.monotonic()
+    clock = time.monotonic
     async for events in batches(stream, batch_max, within_s, agent.batch_closer()):
         agent.idle_since_s = None
+        yielded = clock()
         i = 0
         while i < len(events):
             agent.begin_batch()
@@ -106,7 +115,9 @@ async def commit_after_sink(
                 inputs += 1 if n is None else n
                 done.append(event)
                 i += 1
-                await asyncio.sleep(0)  # let another agent (the seismic path) run
+                if clock() - yielded >= YIELD_AFTER_S:
+                    await asyncio.sleep(0)  # let another agent (the seismic path) run
+                    yielded = clock()
             await agent.on_batch()
             try:
                 await store(agent.sink, what=agent.name, retry_s=retry_s)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import faust
 from pydantic import BaseModel
@@ -36,6 +36,14 @@ class FaustPublisher:
     async def close(self) -> None:
         return None
 
+    def partitions(self, topic: str) -> int | None:
+        """How many partitions ``topic`` has, as the consumer's metadata says (None: not
+        known, e.g. a topic the worker does not read)."""
+        try:
+            return self._app.consumer.topic_partitions(topic)
+        except Exception:  # noqa: BLE001 - unknown: the caller does without
+            return None
+
 
 class Outbox:
     """The agents' messages as JSON on the deployment's topics."""
@@ -43,6 +51,10 @@ class Outbox:
     def __init__(self, publisher: Publisher, topics: Topology) -> None:
         self.publisher = publisher
         self.topics = topics
+        #: A topic's partitions, when the publisher knows them (the app's producer).
+        self.partitions: Callable[[str], int | None] = (
+            publisher.partitions if isinstance(publisher, FaustPublisher) else _unknown
+        )
 
     async def send(self, topic: str, key: str, message: BaseModel) -> None:
         await self.publisher.add(topic, key, message.model_dump_json().encode())
@@ -51,6 +63,10 @@ class Outbox:
         for c in candidates:
             await self.send(self.topics.candidates, c.key, c)
             logger.info("alert candidate key=%s level=%d value=%s", c.key, c.level, f"{c.value:g}")
+
+
+def _unknown(_topic: str) -> None:
+    return None
 
 
 __all__ = ["FaustPublisher", "Outbox"]

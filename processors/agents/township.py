@@ -1,19 +1,28 @@
 """The township agent: ``processors.township`` (the device agents' reports, one message
-per township and batch of readings, keyed by township) ->
+per partition and batch of readings, a line per township) ->
 :func:`~processors.handlers.handle_township_reports` -> township points and alert
 candidates.
 
 Per-township state (air sensors agreeing, the water hazards' device levels) is keyed by
 township like its input, so it is co-partitioned with it and the app scales out on
 partitions.
+
+A message holds the reports of every township of one partition (:func:`encode_reports`:
+JSON Lines, one :class:`~civic_iot.contracts.processing.TownshipReports` a line, keyed
+by its first township, each of its townships hashing to that partition:
+:func:`partition_of`): at Taiwan's trickle a batch of readings reaches most of its
+townships with a report or two each, and a message per township cost the bulk worker a
+Kafka record, a Faust event and a changelog record around every report. Each line's
+township keeps its place in the message (its index) for the replay check.
 """
 
 from __future__ import annotations
 
-from collections.abc import MutableMapping
+from collections.abc import MutableMapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from aiokafka.partitioner import murmur2
 from faust.types import EventT
 from pydantic import ValidationError
 
@@ -48,28 +57,56 @@ class TownshipAgent(BatchAgent):
 
     async def on_event(self, event: EventT[Any]) -> int:
         try:
-            msg = decode_reports(event.value)
-            env = self.states.get(msg.township)
-            if seen(env, event):
-                return len(msg.reports)
-            decision = handle_township_reports(env, msg.reports, self.ctx, datetime.now(UTC))
+            messages = decode_reports(event.value)
         except Exception as exc:  # noqa: BLE001 - one record must not stop the agent
             failed(self.stats, self.name, exc, event)
             return 1
-        self.states.set(msg.township, decision.state, event)
-        await self.outbox.candidates(decision.candidates)
-        self.sink.add(decision.points)
-        return len(msg.reports)
+        for index, msg in enumerate(messages):
+            try:
+                env = self.states.get(msg.township)
+                if seen(env, event, index):
+                    continue
+                decision = handle_township_reports(env, msg.reports, self.ctx, datetime.now(UTC))
+            except Exception as exc:  # noqa: BLE001 - one township must not stop the others
+                failed(self.stats, self.name, exc, event)
+                continue
+            self.states.set(msg.township, decision.state, event, index)
+            await self.outbox.candidates(decision.candidates)
+            self.sink.add(decision.points)
+        return sum(len(m.reports) for m in messages) or 1
 
 
-def decode_reports(value: bytes) -> TownshipReports:
-    """A message of ``processors.township``: a batch's reports, or one report as workers
-    before batches wrote them (still on the topic after an upgrade)."""
-    try:
-        return TownshipReports.model_validate_json(value)
-    except ValidationError:
-        report = TownshipReport.model_validate_json(value)
-        return TownshipReports(township=report.township, reports=(report,))
+def encode_reports(messages: Sequence[TownshipReports]) -> bytes:
+    """A message of ``processors.township``: townships' reports, one township a line."""
+    return b"\n".join(m.model_dump_json().encode() for m in messages)
 
 
-__all__ = ["TownshipAgent", "decode_reports"]
+def decode_reports(value: bytes) -> list[TownshipReports]:
+    """A message of ``processors.township`` (:func:`encode_reports`); a line may also be one
+    report alone, as workers before batches wrote them (still on the topic after an
+    upgrade)."""
+    out = []
+    for line in value.split(b"\n"):
+        try:
+            out.append(TownshipReports.model_validate_json(line))
+        except ValidationError:
+            report = TownshipReport.model_validate_json(line)
+            out.append(TownshipReports(township=report.township, reports=(report,)))
+    return out
+
+
+def partition_of(township: str, partitions: int) -> int:
+    """The partition of ``processors.township`` (of ``partitions``) the producer's default
+    partitioner gives the key ``township`` (Kafka's: murmur2 of the key's bytes)."""
+    key = (township, partitions)
+    hit = _PARTITION_OF.get(key)
+    if hit is None:
+        hit = _PARTITION_OF[key] = (murmur2(township.encode()) & 0x7FFFFFFF) % partitions
+    return hit
+
+
+#: (township, partitions) -> partition: a few hundred townships, hashed once each.
+_PARTITION_OF: dict[tuple[str, int], int] = {}
+
+
+__all__ = ["TownshipAgent", "decode_reports", "encode_reports", "partition_of"]

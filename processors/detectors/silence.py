@@ -30,6 +30,10 @@ from processors.detectors.windows import from_epoch
 #: judged silent at all.
 RECEIVED_GRACE_S = 30.0
 
+#: How far, s, a device's gap must be from its kind's threshold for the floats alone to
+#: judge it: far above the datetimes' microsecond rounding.
+_CLEAR_S = 1e-3
+
 
 @dataclass(frozen=True, slots=True)
 class KindActivity:
@@ -102,7 +106,15 @@ def check_silence(
             else:
                 part = act.partition_of.get(device)
                 ref = act.clocks.get(part, slowest) if part is not None else slowest
-            if silent_devices({device: from_epoch(last)}, from_epoch(ref), after, factor=1):
+            # The judgement is silent_devices' (through datetimes, to the microsecond); a gap
+            # clear of the threshold by far more than that is judged by the floats alone,
+            # which is all but a few devices and a few percent of the cost (the check visits
+            # every device of the fleet: 18,300 at Taiwan's scale).
+            gap = ref - last
+            if gap > after + _CLEAR_S or (
+                gap >= after - _CLEAR_S
+                and silent_devices({device: from_epoch(last)}, from_epoch(ref), after, factor=1)
+            ):
                 found.append(Silence(device, kind, last, ref))
         silent += found
         still -= set(act.last_seen) - {s.device_id for s in found}

@@ -6,7 +6,9 @@ from typing import Any
 
 import pytest
 
+from processors.detectors.health import silent_devices
 from processors.detectors.silence import KindActivity, Silence, check_silence
+from processors.detectors.windows import from_epoch
 
 NOW = 100_000.0
 AFTER = {"air": 100.0, "water": 100.0, "seismic": 10.0}
@@ -111,3 +113,16 @@ def test_a_report_that_was_not_stored_is_new_at_the_next_check() -> None:
     # The caller failed to store it, so it does not add first.new to what it reported.
     second = check_silence(act, now_s=NOW + 60, silent_after_s=AFTER, reported=first.reported)
     assert second.new == (Silence("a", "air", NOW - 500, NOW + 60),)
+
+
+@pytest.mark.parametrize(
+    "gap_s", [-50.0, 99.0, 99.999, 99.9995, 100.0, 100.0000004, 100.000001, 100.0005, 100.01, 5e4]
+)
+def test_the_gap_is_judged_as_silent_devices_judges_it_to_the_microsecond(gap_s: float) -> None:
+    # Far from the threshold the check judges by floats; near it, through datetimes as
+    # silent_devices does: the same verdict either way.
+    now = 1_800_000_000.123456
+    last = now - gap_s
+    expected = bool(silent_devices({"a": from_epoch(last)}, from_epoch(now), 100.0, factor=1))
+    check = check_silence(_air(last_seen={"a": last}), now_s=now, silent_after_s=AFTER)
+    assert bool(check.silent) == expected

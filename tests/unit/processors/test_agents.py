@@ -12,7 +12,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from civic_iot.contracts.processing import Observation, SeismicTick, StrongShakingNotice, Trigger
+from civic_iot.contracts.processing import (
+    Observation,
+    SeismicTick,
+    StrongShakingNotice,
+    TownshipReport,
+    TownshipReports,
+    Trigger,
+)
 from civic_iot.contracts.provenance import Marker
 from civic_iot.contracts.readings import (
     AirPayload,
@@ -29,6 +36,7 @@ from civic_iot.thresholds import thresholds_from
 from civic_iot.times import to_ns
 from civic_iot.topology import Topology
 from processors.agents.device import seismic_ticks
+from processors.agents.township import encode_reports
 from processors.app import create_app
 from processors.detectors.quake import distance_km
 from processors.handlers import Context, SeismicOutcome, handle_seismic
@@ -605,3 +613,39 @@ def test_a_batch_of_packets_decided_together_is_decided_as_one_after_another() -
     assert any(s.station.last_trigger_s for s in states.values())  # an event, not only noise
     for d in stations:
         assert app.tables["seismic-state"].get(d.id).station == states[d.id].station
+
+
+def test_township_agent_takes_every_township_of_a_message(harness: Any) -> None:
+    # The device agents send one message per partition of processors.township, a line
+    # per township (processors.agents.township.encode_reports).
+    app, sinks, pub, _settings = harness
+    agent = app.agents["township"]
+    t = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
+    other = "63000020"
+
+    def report(town: str, device: str, level: int, aqi: float) -> TownshipReport:
+        return TownshipReport(
+            township=town, hazard="air_quality", device=device, level=level, value=aqi,
+            metric="aqi", event_time=t,
+        )  # fmt: skip
+
+    value = encode_reports([
+        TownshipReports(
+            township=TOWN, reports=(report(TOWN, "air-1", 2, 170), report(TOWN, "air-2", 2, 165))
+        ),
+        TownshipReports(township=other, reports=(report(other, "air-9", 0, 40),)),
+    ])  # fmt: skip
+
+    async def run() -> None:
+        async with agent.test_context() as ctx:
+            await ctx.put(key=TOWN.encode(), value=value)
+            await _until(lambda: len(sinks["township"].stored) >= 2)
+
+    asyncio.run(run())
+    cands = [json.loads(v) for topic, _, v in pub.sent if topic.endswith("alerts.candidates")]
+    assert [(c["area_code"], c["level"]) for c in cands] == [(TOWN, 2)]
+    stored = {dict(p.tags)["township"]: dict(p.fields)["level"] for p in sinks["township"].stored}
+    assert stored == {TOWN: 2, other: 0}
+    # Each township's state holds its own place in the message, for the replay check.
+    table = app.tables["township-state"]
+    assert (table[TOWN].index, table[other].index) == (0, 1)
