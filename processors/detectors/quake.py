@@ -1473,20 +1473,7 @@ def _spread_picks(picks: Sequence[EventStation], cfg: QuakeConfig) -> list[Event
     cap = cfg.max_location_picks
     if len(use) <= cap:
         return use
-    lat = np.array([s.lat for s in use], dtype=np.float64)
-    lon = np.array([s.lon for s in use], dtype=np.float64)
-    i, j, _ = _within(lat, lon, lat, lon, cfg.location_spread_km)
-    by = np.lexsort((j, i))
-    i, j = i[by], j[by]
-    starts = np.searchsorted(i, np.arange(len(use) + 1))
-    covered = np.zeros(len(use), dtype=np.bool_)
-    first: list[int] = []
-    for k in range(len(use)):
-        if not covered[k]:
-            first.append(k)
-            covered[j[starts[k] : starts[k + 1]]] = True
-            if len(first) == cap:
-                break
+    first = _first_apart(use, cfg.location_spread_km, most=cap)
     chosen = set(first)
     rest = [k for k in range(len(use)) if k not in chosen][: cap - len(first)]
     return [use[k] for k in sorted(first + rest)]
@@ -1658,18 +1645,34 @@ def _quake_like(s: EventStation, thr: QuakeThresholds) -> bool:
 def _sites(picks: Sequence[EventStation], thr: QuakeThresholds) -> int:
     """Distinct sites among picks: stations closer than ``min_site_km`` count once
     (greedily, in the picks' order: a pick near one already kept is not a site)."""
-    if not picks:
-        return 0
+    return len(_first_apart(picks, thr.min_site_km, closer=True))
+
+
+def _first_apart(
+    picks: Sequence[EventStation], km: float, *, most: int | None = None, closer: bool = False
+) -> list[int]:
+    """Indices of the picks, in their order, that are not within ``km`` (``closer``:
+    closer than ``km``) of an earlier one so chosen; at most ``most`` of them."""
+    n = len(picks)
+    if not n:
+        return []
     lat = np.array([s.lat for s in picks], dtype=np.float64)
     lon = np.array([s.lon for s in picks], dtype=np.float64)
-    near = distance_km(lat[:, None], lon[:, None], lat[None, :], lon[None, :]) < thr.min_site_km
-    taken = np.zeros(len(picks), dtype=np.bool_)
-    sites = 0
-    for i in range(len(picks)):
-        if not taken[i]:
-            sites += 1
-            taken |= near[i]
-    return sites
+    i, j, d = _within(lat, lon, lat, lon, km)
+    if closer:
+        i, j = i[d < km], j[d < km]
+    by = np.lexsort((j, i))
+    i, j = i[by], j[by]
+    starts = np.searchsorted(i, np.arange(n + 1))
+    covered = np.zeros(n, dtype=np.bool_)
+    first: list[int] = []
+    for k in range(n):
+        if not covered[k]:
+            first.append(k)
+            covered[j[starts[k] : starts[k + 1]]] = True
+            if most is not None and len(first) == most:
+                break
+    return first
 
 
 def _group(
