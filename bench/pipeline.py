@@ -384,9 +384,9 @@ def render(rows: Sequence[tuple[str, list[str]]], headers: Sequence[str]) -> str
 
 
 def readme_row(s: dict[str, Any], readings: int, rate: float = 0.0) -> str:
-    """The README's "Measured performance" row for this run (the ceiling, Telegraf and
-    civic-iot; Telegraf with a persistent session too when it ran); ``rate``: the offered
-    readings/s (0: flat out)."""
+    """The README's "Measured performance" row for this run (path | latest figures | run
+    | benchmark: the ceiling, Telegraf and civic-iot; Telegraf with a persistent session
+    too when it ran); ``rate``: the offered readings/s (0: flat out)."""
     paths = s["paths"]
     c, t, o = paths["ceiling"], paths["telegraf"], paths["civic"]
 
@@ -418,8 +418,9 @@ def readme_row(s: dict[str, Any], readings: int, rate: float = 0.0) -> str:
         f"Telegraf 1.37 (mqtt_consumer -> influxdb_v2, its defaults: acknowledged on "
         f"receipt) {peer(t)}{also}; ours {_num(o.get('cpu_x_telegraf_path'), '.1f')}x "
         f"Telegraf's CPU per reading ({_num(o.get('cpu_x_telegraf_own'), '.1f')}x own "
-        f"processes); load {c['load_start'].split(' on ')[0]} to "
-        f"{o['load_end'].split(' on ')[0]} on 2 cores | `bench/pipeline.py` |"
+        f"processes) | {time.strftime('%Y-%m-%d')}, {readings:,} readings, load "
+        f"{c['load_start'].split(' on ')[0]} to {o['load_end'].split(' on ')[0]} on 2 cores "
+        f"| `bench/pipeline.py` |"
     )
 
 

@@ -228,7 +228,7 @@ def test_the_readme_row_names_both_peers_and_the_ceiling() -> None:
     row = readme_row(summary(three()), 10_000)
     assert row.startswith("| ")
     assert row.endswith("| `bench/pipeline.py` |")
-    assert row.count(" | ") == 2  # three cells
+    assert row.count(" | ") == 3  # path, latest figures, run, benchmark
     assert "2,498 readings/s stored, 0.12 of the QoS 1 ceiling (20,000/s)" in row
     assert "acknowledged on receipt) 10,000/s, 0.50 of the ceiling" in row
     assert "lost 10" in row
@@ -237,7 +237,7 @@ def test_the_readme_row_names_both_peers_and_the_ceiling() -> None:
     assert "offered at 1,000/s" in readme_row(summary(three()), 10_000, 1000.0)
     durable = readme_row(summary(three(durable=True)), 10_000)
     assert "Telegraf acknowledging once written (persistent session) 5,000/s, 0.25" in durable
-    assert durable.count(" | ") == 2
+    assert durable.count(" | ") == 3
 
 
 def test_poll_keeps_each_count_until_it_reaches_n_or_gives_up() -> None:
