@@ -2033,8 +2033,9 @@ def _within(
     """The pairs (place ``i``, point ``j``) at most ``km`` apart, and their distances, km.
 
     Distances only for pairs in the same band of latitude (a great-circle distance is at
-    least the meridian arc between the two latitudes), not for every pair: the region's
-    2,475 cells against 615 stations were 1.5 million distances per update."""
+    least the meridian arc between the two latitudes) and of longitude, not for every
+    pair: the region's 2,475 cells against 615 stations were 1.5 million distances per
+    update."""
     order = np.argsort(lat, kind="stable")
     by_lat = lat[order]
     band = math.degrees(km / EARTH_RADIUS_KM) * (1 + 1e-9) + 1e-9
@@ -2043,6 +2044,16 @@ def _within(
     j = np.repeat(np.arange(p_lat.size, dtype=np.intp), counts)
     first = np.repeat(lo - (np.cumsum(counts) - counts), counts)
     i = order[first + np.arange(j.size, dtype=np.intp)]
+    # And in the same band of longitude, as wide as a parallel's arc of ``km`` is at the
+    # highest latitude (haversine: h >= cos(lat1) cos(lat2) sin^2(dlon / 2)).
+    top = max(float(np.abs(lat).max(initial=0.0)), float(np.abs(p_lat).max(initial=0.0)))
+    top = min(math.radians(top + band), math.pi / 2)
+    reach = math.sin(km / (2 * EARTH_RADIUS_KM)) / max(math.cos(top), 1e-12)
+    if reach < 1.0:
+        lon_band = math.degrees(2 * math.asin(reach)) * (1 + 1e-9) + 1e-9
+        dl = np.abs(lon[i] - p_lon[j])
+        keep = np.minimum(dl, 360.0 - dl) <= lon_band
+        i, j = i[keep], j[keep]
     d = distance_km(lat[i], lon[i], p_lat[j], p_lon[j])
     ok = d <= km
     return i[ok], j[ok], np.asarray(d[ok], dtype=np.float64)
