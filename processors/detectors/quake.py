@@ -94,6 +94,7 @@ __all__ = [
     "locate",
     "magnitude_from_pd",
     "magnitude_from_tau_c",
+    "magnitudes_from_tau_c",
     "to_alert_candidate",
     "township_intensities",
 ]
@@ -168,8 +169,7 @@ class GroundMotionModel:
         r = np.asarray(hyp_km, dtype=np.float64)
         curves = self._log_pga(grid[None, :], r[:, None])  # (stations, grid), increasing
         target = np.log10(np.maximum(np.asarray(pga_gal, dtype=np.float64), 1e-6))
-        out = np.array([np.interp(t, c, grid) for t, c in zip(target, curves, strict=True)])
-        return np.asarray(out, dtype=np.float64)
+        return _interp_rows(target, curves, grid)
 
     def _log_pga(self, magnitude: float | FloatArray, r: FloatArray) -> FloatArray:
         return np.asarray(
@@ -179,6 +179,27 @@ class GroundMotionModel:
             - self.pga_d * r,
             dtype=np.float64,
         )
+
+
+def _interp_rows(x: FloatArray, xp: FloatArray, fp: FloatArray) -> FloatArray:
+    """``np.interp(x[i], xp[i], fp)`` for every row ``i`` of ``xp`` (each increasing),
+    the same numbers as numpy's loop (its formula and its ends) in one pass: a row per
+    station was a call per station, hundreds per update of a strong quake."""
+    x = np.asarray(x, dtype=np.float64)
+    n = fp.size
+    # numpy's j: the last knot at or below x (x below the first: fp[0]; above the last
+    # or on it: fp[-1]).
+    j = np.clip(np.sum(xp <= x[:, None], axis=1) - 1, 0, n - 2)
+    rows = np.arange(x.size)
+    x0, x1 = xp[rows, j], xp[rows, j + 1]
+    y0, y1 = fp[j], fp[j + 1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = (y1 - y0) / (x1 - x0) * (x - x0) + y0
+        again = (y1 - y0) / (x1 - x0) * (x - x1) + y1
+    out = np.where(np.isnan(out), np.where(np.isnan(again) & (y0 == y1), y0, again), out)
+    out = np.where(x < xp[:, 0], fp[0], out)
+    out = np.where(x >= xp[:, -1], fp[-1], out)
+    return np.asarray(np.where(np.isnan(x), np.nan, out), dtype=np.float64)
 
 
 @dataclass(frozen=True, slots=True)
@@ -491,6 +512,27 @@ def distance_km(
     return np.asarray(2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.clip(h, 0, 1))), np.float64)
 
 
+def grid_distance_km(
+    lat_ax: FloatArray, lon_ax: FloatArray, lat: FloatArray, lon: FloatArray
+) -> FloatArray:
+    """:func:`distance_km` from every point of the grid ``lat_ax`` x ``lon_ax`` (rows of
+    latitude, the points in ``np.meshgrid(lat_ax, lon_ax, indexing="ij")`` order) to
+    every point (``lat``, ``lon``), shape (grid points, points): the same terms, each
+    worked out once per grid row or column rather than once per grid point (the
+    locator's trial epicentres against every pick and silent station)."""
+    p1 = np.radians(np.asarray(lat_ax, dtype=np.float64))[:, None]
+    p2 = np.radians(np.asarray(lat, dtype=np.float64))[None, :]
+    along = np.sin((p2 - p1) / 2) ** 2  # (rows, points)
+    cosines = np.cos(p1) * np.cos(p2)  # (rows, points)
+    dl = np.radians(
+        np.asarray(lon, dtype=np.float64)[None, :] - np.asarray(lon_ax, dtype=np.float64)[:, None]
+    )
+    across = np.sin(dl / 2) ** 2  # (columns, points)
+    h = along[:, None, :] + cosines[:, None, :] * across[None, :, :]
+    h = h.reshape(-1, h.shape[-1])
+    return np.asarray(2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.clip(h, 0, 1))), np.float64)
+
+
 def _azimuth_deg(lat0: float, lon0: float, lat: FloatArray, lon: FloatArray) -> FloatArray:
     """Azimuths from (lat0, lon0) to points, degrees (flat-earth: fine at these ranges)."""
     dx = (np.asarray(lon) - lon0) * math.cos(math.radians(lat0))
@@ -534,8 +576,8 @@ class _Constraints:
 
 
 def _costs(
-    g_lat: FloatArray,
-    g_lon: FloatArray,
+    lat_ax: FloatArray,
+    lon_ax: FloatArray,
     depths: FloatArray,
     p_lat: FloatArray,
     p_lon: FloatArray,
@@ -546,14 +588,14 @@ def _costs(
     """Cost and origin time of every (epicentre, depth) pair, shape (depths, epicentres)
     (:func:`_costs_for` with the pick error ``pick_sigma_s``)."""
     costs, origin = _costs_for(
-        g_lat, g_lon, depths, p_lat, p_lon, p_t, cons, thr, (thr.pick_sigma_s,)
+        lat_ax, lon_ax, depths, p_lat, p_lon, p_t, cons, thr, (thr.pick_sigma_s,)
     )
     return costs[0], origin
 
 
 def _costs_for(
-    g_lat: FloatArray,
-    g_lon: FloatArray,
+    lat_ax: FloatArray,
+    lon_ax: FloatArray,
     depths: FloatArray,
     p_lat: FloatArray,
     p_lon: FloatArray,
@@ -563,7 +605,8 @@ def _costs_for(
     sigmas: tuple[float, ...],
 ) -> tuple[list[FloatArray], FloatArray]:
     """Cost, for each pick error in ``sigmas`` (s), and origin time of every (epicentre,
-    depth) pair, shape (depths, epicentres); the travel times are worked out once.
+    depth) pair, shape (depths, epicentres: the grid ``lat_ax`` x ``lon_ax`` in
+    :func:`grid_distance_km`'s order); the travel times are worked out once.
 
     The cost is in units of the pick error: squared P residuals over ``pick_sigma_s``
     squared, each capped at 9 (an odd pick, an S taken for P, weighs like a 3-sigma one),
@@ -574,42 +617,71 @@ def _costs_for(
     origin is the median of ``p - travel time``.
     """
     z2 = (np.asarray(depths, dtype=np.float64) ** 2)[:, None, None]
-    epi = distance_km(g_lat[:, None], g_lon[:, None], p_lat[None, :], p_lon[None, :])
+    epi = grid_distance_km(lat_ax, lon_ax, p_lat, p_lon)
     tt = np.sqrt(epi[None, :, :] ** 2 + z2) / thr.vp_kms  # (D, G, N)
-    origin = np.median(p_t[None, None, :] - tt, axis=2)
-    delay = p_t[None, None, :] - tt - origin[:, :, None]
+    delay = p_t[None, None, :] - tt
+    origin = _median_last(delay)
+    delay -= origin[:, :, None]
     # A weak prior on depth: three or four picks do not resolve depth from origin time,
     # and a free depth slides along that trade-off (EPIC and ElarmS fix it at 8 km).
     prior = ((depths[:, None] - thr.depth_prior_km) / thr.depth_prior_sigma_km) ** 2
     costs = []
     for sigma in sigmas:
         res = delay / sigma
-        costs.append(np.sum(np.minimum(res * res, 9.0), axis=2) + prior)
+        res *= res
+        costs.append(np.sum(np.minimum(res, 9.0, out=res), axis=2) + prior)
     if not len(cons):
         return costs, origin
-    epi_c = distance_km(g_lat[:, None], g_lon[:, None], cons.lat[None, :], cons.lon[None, :])
-    # Only a station nearer some trial epicentre than that point's farthest pick can be
-    # late (the rest cost nothing): the others' travel times are not worked out.
-    near = np.flatnonzero((epi_c < epi.max(axis=1, keepdims=True)).any(axis=0))
+    epi_c = grid_distance_km(lat_ax, lon_ax, cons.lat, cons.lon)
+    # Only a station nearer a trial epicentre than that point's farthest pick can be
+    # late (the rest cost nothing): only those pairs' travel times are worked out (a
+    # third of them or fewer near a solution), and only the columns of the stations
+    # near some point are summed.
+    far = epi.max(axis=1)  # (G,)
+    pair = epi_c < far[:, None]
+    near = np.flatnonzero(pair.any(axis=0))
     if not near.size:
         return costs, origin
-    epi_c = epi_c[:, near]
-    tt_c = np.sqrt(epi_c[None, :, :] ** 2 + z2) / thr.vp_kms
-    tp_c = origin[:, :, None] + tt_c
-    limit = np.minimum(cons.until_s[near], cons.now_s)[None, None, :] - thr.unpicked_margin_s
-    nearer = tt_c < tt.max(axis=2, keepdims=True)
-    late = (tp_c >= cons.since_s[near][None, None, :]) & (tp_c < limit) & nearer
+    g_at, c_at = np.nonzero(pair[:, near])  # c_at: a column of ``near``
+    at_c = near[c_at]
+    # The farthest pick's travel time, from its distance: the same number as the
+    # largest of the picks' times (each step of the travel time is monotonic).
+    tt_far = np.sqrt(far[None, :] ** 2 + z2[:, :, 0]) / thr.vp_kms  # (D, G)
+    tt_c = np.sqrt(epi_c[g_at, at_c][None, :] ** 2 + z2[:, :, 0]) / thr.vp_kms  # (D, K)
+    tp_c = origin[:, g_at] + tt_c
+    limit = np.minimum(cons.until_s, cons.now_s)[at_c][None, :] - thr.unpicked_margin_s
+    late = (tp_c >= cons.since_s[at_c][None, :]) & (tp_c < limit) & (tt_c < tt_far[:, g_at])
     if cons.magnitude is not None and cons.noise_gal.size and late.any():
         # The P amplitude only where a station is late at all (a log and a power each).
         at = np.nonzero(late)
         seen = thr.p_to_s_ratio * cons.ground_motion.pga_gal(cons.magnitude, tt_c[at] * thr.vp_kms)
-        noise = np.maximum(cons.noise_gal[near], 1e-3)[at[2]]
+        noise = np.maximum(cons.noise_gal[at_c], 1e-3)[at[1]]
         late[at] = seen >= thr.unpicked_min_pa_snr * noise
+    d_at, k_at = np.nonzero(late)
     out = []
     for sigma, cost in zip(sigmas, costs, strict=True):
-        v = np.where(late, np.minimum(limit - tp_c, 3.0 * sigma), 0.0) / sigma
-        out.append(cost + np.sum(v * v, axis=2))
+        if not d_at.size:
+            out.append(cost)
+            continue
+        v = np.minimum(limit[0, k_at] - tp_c[d_at, k_at], 3.0 * sigma) / sigma
+        # Summed over the near stations' columns, zeros where none is late, as one
+        # array: the same sums to the last bit as the dense form.
+        squares = np.zeros((*cost.shape, near.size))
+        squares[d_at, g_at[k_at], c_at[k_at]] = v * v
+        out.append(cost + np.sum(squares, axis=2))
     return out, origin
+
+
+def _median_last(x: FloatArray) -> FloatArray:
+    """``np.median(x, axis=-1)`` for data without NaN, to the last bit (the middle one
+    or the mean of the middle two), without its checks and copies: the locator takes
+    one for every trial hypocentre."""
+    n = x.shape[-1]
+    h = n // 2
+    if n % 2:
+        return np.asarray(np.partition(x, h, axis=-1)[..., h], dtype=np.float64)
+    part = np.partition(x, (h - 1, h), axis=-1)
+    return np.asarray((part[..., h - 1] + part[..., h]) / 2.0, dtype=np.float64)
 
 
 def locate(
@@ -666,7 +738,7 @@ def locate(
     sigmas: tuple[float, ...] = (thr.pick_sigma_s,)
     if around is None and p_t.size >= 4:
         sigmas = (thr.pick_sigma_s, math.hypot(thr.pick_sigma_s, 0.5 * step * 111.2 / thr.vp_kms))
-    costs, _ = _costs_for(g_lat, g_lon, depths, p_lat, p_lon, p_t, cons, thr, sigmas)
+    costs, _ = _costs_for(lat_ax, lon_ax, depths, p_lat, p_lon, p_t, cons, thr, sigmas)
     cost = costs[0]
     # Every point tried, for the confidence region: (lat, lon, depth, cost).
     tried = [
@@ -705,11 +777,11 @@ def locate(
             # Walk the box downhill until its best point is inside it: a valley (the
             # depth-origin trade-off of few picks) is followed, not cut at the box edge.
             for _walk in range(6):
-                la = c_lat + h_step * np.arange(-4, 5)
-                lo = c_lon + h_step * np.arange(-4, 5)
+                la = c_lat + h_step * np.arange(-4.0, 5.0)
+                lo = c_lon + h_step * np.arange(-4.0, 5.0)
                 zs = np.unique(np.clip(c_z + z_step * np.arange(-3, 4), z_lo, z_hi))
                 f_lat, f_lon = (a.ravel() for a in np.meshgrid(la, lo, indexing="ij"))
-                f_cost, f_origin = _costs(f_lat, f_lon, zs, p_lat, p_lon, p_t, cons, thr)
+                f_cost, f_origin = _costs(la, lo, zs, p_lat, p_lon, p_t, cons, thr)
                 tried.append(
                     (
                         np.broadcast_to(f_lat, f_cost.shape),
@@ -869,9 +941,23 @@ def magnitude_from_tau_c(tau_c_s: float, window_s: float, cfg: QuakeConfig) -> f
     chain and the window (:func:`_tau_c_curve`), at most :data:`TAU_C_MAX_MAGNITUDE`.
     Distance does not enter, so a poor early location does not bias it; it saturates,
     so it bounds the magnitude from below."""
-    window = min(max(round(window_s * 2.0) / 2.0, 0.5), cfg.pd_window_s)
-    taus, mags = _tau_c_curve(window, cfg.station_highpass_hz, cfg.association.pd_highpass_hz)
-    return float(np.interp(tau_c_s, taus, mags))
+    return float(magnitudes_from_tau_c([tau_c_s], [window_s], cfg)[0])
+
+
+def magnitudes_from_tau_c(
+    tau_c_s: Sequence[float], window_s: Sequence[float], cfg: QuakeConfig
+) -> FloatArray:
+    """:func:`magnitude_from_tau_c` of every (tau_c, window) pair: one curve lookup per
+    distinct window (half-second steps), not one per station."""
+    out = np.empty(len(tau_c_s), dtype=np.float64)
+    by_window: dict[float, list[int]] = {}
+    for i, w in enumerate(window_s):
+        by_window.setdefault(min(max(round(w * 2.0) / 2.0, 0.5), cfg.pd_window_s), []).append(i)
+    taus_in = np.asarray(tau_c_s, dtype=np.float64)
+    for window, at in by_window.items():
+        taus, mags = _tau_c_curve(window, cfg.station_highpass_hz, cfg.association.pd_highpass_hz)
+        out[at] = np.interp(taus_in[at], taus, mags)
+    return out
 
 
 _NO_P = PWindow(0.0)
@@ -884,7 +970,7 @@ def _arrivals(
     thr = cfg.association
     lat = np.array([s.lat for s in stations])
     lon = np.array([s.lon for s in stations])
-    r = np.maximum(np.hypot(distance_km(hypo.lat, hypo.lon, lat, lon), hypo.depth_km), 1.0)
+    r = np.maximum(_hypocentral_km(hypo, lat, lon), 1.0)
     t_p = hypo.origin_s + r / (thr.vp_kms * hypo.vp_scale)
     return r, t_p, hypo.origin_s + r / thr.vs_kms
 
@@ -910,6 +996,15 @@ def _station_magnitudes(
     tau_c (NaN where a station has none), in the order of ``stations``. tau_c counts
     where the P pulse stands clear of the displacement noise (``pd_min_snr`` + 1, the
     bar of an earthquake-like pick: noise alone reads a long period)."""
+    m_pd, m_pa, m_s, m_tc, _ = _measures(stations, hypo, now_s, cfg)
+    return m_pd, m_pa, m_s, m_tc
+
+
+def _measures(
+    stations: Sequence[EventStation], hypo: Hypocentre, now_s: float, cfg: QuakeConfig
+) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray, list[PWindow | None]]:
+    """:func:`_station_magnitudes` and the P windows they were measured on
+    (:func:`_clear_features`)."""
     thr = cfg.association
     n = len(stations)
     m_pd = np.full(n, np.nan)
@@ -917,7 +1012,7 @@ def _station_magnitudes(
     m_s = np.full(n, np.nan)
     m_tc = np.full(n, np.nan)
     if not n:
-        return m_pd, m_pa, m_s, m_tc
+        return m_pd, m_pa, m_s, m_tc, []
     r, t_p, t_s = _arrivals(stations, hypo, cfg)
     # The P window must end before the S wave arrives, or S sets the peaks: the longest
     # window that does (near the source, a shorter one than the newest).
@@ -926,6 +1021,7 @@ def _station_magnitudes(
     # Which stations have which measure, then each relation once over all of them.
     pd_at: list[int] = []
     pa_at: list[int] = []
+    tc_at: list[int] = []
     for i, (st, s) in enumerate(zip(stations, feats, strict=True)):
         if s is None or not st.picked:
             continue
@@ -945,7 +1041,13 @@ def _station_magnitudes(
             and s.pd_snr is not None
             and s.pd_snr >= thr.pd_min_snr + 1.0
         ):
-            m_tc[i] = magnitude_from_tau_c(s.tau_c_s, s.p_window_s, cfg)
+            tc_at.append(i)
+    if tc_at:
+        m_tc[tc_at] = magnitudes_from_tau_c(
+            [(feats[i] or _NO_P).tau_c_s or 0.0 for i in tc_at],
+            [(feats[i] or _NO_P).p_window_s for i in tc_at],
+            cfg,
+        )
     if pd_at:
         pd = np.array([(feats[i] or _NO_P).pd_cm or 0.0 for i in pd_at])
         m_pd[pd_at] = _magnitude_pd(pd, r[pd_at], cfg)
@@ -968,7 +1070,7 @@ def _station_magnitudes(
         passed = ok & (until >= t_s + duration)
         if passed.any():
             m_s[passed] = gm.magnitude_from_pga(seen[passed], r[passed])
-    return m_pd, m_pa, m_s, m_tc
+    return m_pd, m_pa, m_s, m_tc, feats
 
 
 def _magnitude(
@@ -981,13 +1083,11 @@ def _magnitude(
     M6.2 under heavy noise read M7.1 from one station at 6.5x its noise while 34 P
     amplitudes said 6.0); at twice the threshold it is a P pulse, and it does (an M7.4's
     first Pd said 6.8 while the first P amplitudes said 6.2)."""
-    m_pd, m_pa, m_s, m_tc = _station_magnitudes(stations, hypo, now_s, cfg)
+    m_pd, m_pa, m_s, m_tc, feats = _measures(stations, hypo, now_s, cfg)
     has_pd = np.isfinite(m_pd)
     # A lone Pd counts when it stands well clear of the noise (twice the threshold).
     clear: list[bool] = []
     if has_pd.any():
-        _, t_p, t_s = _arrivals(stations, hypo, cfg)
-        feats = _clear_features(stations, t_s - t_p, cfg)
         clear = [
             (f.pd_snr is None or f.pd_snr >= 2 * cfg.association.pd_magnitude_min_snr)
             for f, ok in zip(feats, has_pd, strict=True)
@@ -1012,7 +1112,7 @@ def _magnitude(
             return cfg.min_magnitude, "none"
         lat = np.array([s.lat for s in stations])[seen]
         lon = np.array([s.lon for s in stations])[seen]
-        r = np.hypot(distance_km(hypo.lat, hypo.lon, lat, lon), hypo.depth_km)
+        r = _hypocentral_km(hypo, lat, lon)
         m, method = float(np.median(cfg.ground_motion.magnitude_from_pga(pga[seen], r))), "pga"
     if method in ("pd", "pa", "tau_c"):
         # The S wave seen so far bounds the magnitude from below (PGA only grows): near
@@ -1329,14 +1429,19 @@ def _finite_or_none(v: float | None) -> float | None:
 def _predicted(ev: _EventState, lat: float, lon: float, cfg: QuakeConfig) -> tuple[float, float]:
     """Predicted P and S arrival times at a place, epoch s."""
     h = ev.hypo
-    r = math.hypot(float(distance_km(h.lat, h.lon, lat, lon)), h.depth_km)
+    r = _hypocentral_km(h, lat, lon)
     thr = cfg.association
-    return h.origin_s + r / (thr.vp_kms * h.vp_scale), h.origin_s + r / thr.vs_kms
+    return float(h.origin_s + r / (thr.vp_kms * h.vp_scale)), float(h.origin_s + r / thr.vs_kms)
+
+
+def _hypocentral_km(h: Hypocentre, lat: FloatArray | float, lon: FloatArray | float) -> FloatArray:
+    """Distance from the hypocentre to places at the surface, km."""
+    return np.asarray(np.hypot(distance_km(h.lat, h.lon, lat, lon), h.depth_km), dtype=np.float64)
 
 
 def _residual(s: EventStation, h: Hypocentre, cfg: QuakeConfig) -> float:
     """A pick's P time minus the one ``h`` predicts, s."""
-    r = math.hypot(float(distance_km(h.lat, h.lon, s.lat, s.lon)), h.depth_km)
+    r = float(_hypocentral_km(h, s.lat, s.lon))
     return s.p_time_s - (h.origin_s + r / (cfg.association.vp_kms * h.vp_scale))
 
 
@@ -1531,12 +1636,11 @@ def _depth_scan(
     velocity also moves a one-sided solution along its azimuth)."""
     step = thr.search_step_deg / 8.0
     ax = step * np.arange(-2.0, 3.0)
-    g_lat, g_lon = (a.ravel() for a in np.meshgrid(near.lat + ax, near.lon + ax, indexing="ij"))
     z_lo, z_hi = thr.depth_km
     scaled = thr.model_copy(update={"vp_kms": thr.vp_kms * vp_scale})
     cost, _ = _costs(
-        g_lat,
-        g_lon,
+        near.lat + ax,
+        near.lon + ax,
         np.arange(z_lo, z_hi + 1e-6, 2.5),
         np.asarray(lats, dtype=np.float64),
         np.asarray(lons, dtype=np.float64),
@@ -1570,12 +1674,16 @@ def _relocate(
         # its solution (bounded cost).
         around = None if _young(replace(ev, stations=tuple(stations)), cfg) else hypo
         hypo = _locate_picks(picks, armed, names, now_s, cfg, around=around, magnitude=known)
-        probe = replace(ev, hypo=hypo)
         tol = _tolerance(hypo, cfg)
-        new = []
-        for s in stations:
-            tp, _ = _predicted(probe, s.lat, s.lon, cfg)
-            new.append(replace(s, picked=abs(s.p_time_s - tp) <= tol))
+        # Every station's predicted P at once (the same numbers as :func:`_predicted`).
+        lat = np.array([s.lat for s in stations])
+        lon = np.array([s.lon for s in stations])
+        tp = hypo.origin_s + _hypocentral_km(hypo, lat, lon) / (thr.vp_kms * hypo.vp_scale)
+        fits = (np.abs(np.array([s.p_time_s for s in stations]) - tp) <= tol).tolist()
+        new = [
+            s if s.picked == ok else replace(s, picked=ok)
+            for s, ok in zip(stations, fits, strict=True)
+        ]
         if sum(s.picked for s in new) < thr.min_stations:
             break
         changed = [s.picked for s in new] != [s.picked for s in stations]
@@ -1816,7 +1924,7 @@ def _first_s_arrival(stations: Sequence[EventStation], hypo: Hypocentre, cfg: Qu
     """When the S wave reaches the nearest of ``stations`` by ``hypo``, epoch s."""
     lat = np.array([s.lat for s in stations])
     lon = np.array([s.lon for s in stations])
-    r = np.hypot(distance_km(hypo.lat, hypo.lon, lat, lon), hypo.depth_km)
+    r = _hypocentral_km(hypo, lat, lon)
     return hypo.origin_s + float(r.min()) / cfg.association.vs_kms
 
 
@@ -1878,7 +1986,7 @@ def _contradicted(
         return False
     mag, _ = _magnitude(ev.picks, ev.hypo, now_s, cfg)
     h = ev.hypo
-    r = np.hypot(distance_km(h.lat, h.lon, cons.lat, cons.lon), h.depth_km)
+    r = _hypocentral_km(h, cons.lat, cons.lon)
     tp = h.origin_s + r / (thr.vp_kms * h.vp_scale)
     due = (tp >= cons.since_s) & (tp + thr.unpicked_margin_s <= np.minimum(cons.until_s, now_s))
     if not due.any():
@@ -1925,8 +2033,9 @@ def _within(
     """The pairs (place ``i``, point ``j``) at most ``km`` apart, and their distances, km.
 
     Distances only for pairs in the same band of latitude (a great-circle distance is at
-    least the meridian arc between the two latitudes), not for every pair: the region's
-    2,475 cells against 615 stations were 1.5 million distances per update."""
+    least the meridian arc between the two latitudes) and of longitude, not for every
+    pair: the region's 2,475 cells against 615 stations were 1.5 million distances per
+    update."""
     order = np.argsort(lat, kind="stable")
     by_lat = lat[order]
     band = math.degrees(km / EARTH_RADIUS_KM) * (1 + 1e-9) + 1e-9
@@ -1935,6 +2044,16 @@ def _within(
     j = np.repeat(np.arange(p_lat.size, dtype=np.intp), counts)
     first = np.repeat(lo - (np.cumsum(counts) - counts), counts)
     i = order[first + np.arange(j.size, dtype=np.intp)]
+    # And in the same band of longitude, as wide as a parallel's arc of ``km`` is at the
+    # highest latitude (haversine: h >= cos(lat1) cos(lat2) sin^2(dlon / 2)).
+    top = max(float(np.abs(lat).max(initial=0.0)), float(np.abs(p_lat).max(initial=0.0)))
+    top = min(math.radians(top + band), math.pi / 2)
+    reach = math.sin(km / (2 * EARTH_RADIUS_KM)) / max(math.cos(top), 1e-12)
+    if reach < 1.0:
+        lon_band = math.degrees(2 * math.asin(reach)) * (1 + 1e-9) + 1e-9
+        dl = np.abs(lon[i] - p_lon[j])
+        keep = np.minimum(dl, 360.0 - dl) <= lon_band
+        i, j = i[keep], j[keep]
     d = distance_km(lat[i], lon[i], p_lat[j], p_lon[j])
     ok = d <= km
     return i[ok], j[ok], np.asarray(d[ok], dtype=np.float64)
@@ -1950,7 +2069,7 @@ def _level_at(
 ) -> tuple[FloatArray, FloatArray, NDArray[np.int64], FloatArray]:
     """PGA gal, PGV cm/s, CWA ordinal (raised to what a near station observed) and
     hypocentral distance km at places."""
-    r = np.hypot(distance_km(h.lat, h.lon, lat, lon), h.depth_km)
+    r = _hypocentral_km(h, lat, lon)
     gm = cfg.ground_motion
     pga = gm.pga_gal(mag, r)
     pgv = gm.pgv_cms(mag, r, h.depth_km)
