@@ -397,8 +397,14 @@ def settle_heap() -> None:
 
 def batch_within_s(p: ProcessorSettings, agent: str) -> float:
     """The longest wait, s, for a batch of the agent named ``agent``: the stations' and the
-    associator's are shorter, they are on the warning path."""
-    return {"seismic": p.seismic_within_s, "quake": p.quake_within_s}.get(agent, p.batch_within_s)
+    associator's are shorter, they are on the warning path; the townships' longer, each
+    of its batches writes every township state it reached."""
+    waits = {
+        "seismic": p.seismic_within_s,
+        "quake": p.quake_within_s,
+        "township": p.township_within_s,
+    }
+    return waits.get(agent, p.batch_within_s)
 
 
 def processors_app_id(topics: Topology, role: str) -> str:
