@@ -11,7 +11,7 @@ from faust.stores.memory import Store as MemoryStore
 from civic_iot.settings import Settings
 from civic_iot.thresholds import thresholds_from
 from civic_iot.topology import STATE_RECORD_MAX_BYTES, Topology
-from processors.app import batch_within_s, create_app
+from processors.app import PRODUCER_BATCH_BYTES, batch_within_s, create_app
 from processors.cli import changelog_specs
 from tests.unit.processors.recorders import RecordingPublisher, RecordingSink
 from tests.unit.processors.test_agents import REGISTRY
@@ -96,6 +96,8 @@ def test_the_worker_makes_each_tables_changelog_to_take_a_large_state_record(rol
         assert int(spec.configs()["max.message.bytes"]) >= 4 * 1024 * 1024
         assert spec.partitions == (1 if spec.name.endswith("quake-state-changelog") else 4)
     assert app.conf.producer_max_request_size == STATE_RECORD_MAX_BYTES
+    # A batch's changelog records of one partition fit one record batch (write_changelog).
+    assert app.conf.producer_max_batch_size == PRODUCER_BATCH_BYTES >= 1024 * 1024
 
 
 @pytest.mark.parametrize("role", ["all", "bulk"])
