@@ -362,6 +362,14 @@ class ProcessorSettings(BaseModel):
     seismic_close_on_second: bool = True
     #: The earthquake associator's batch wait, seconds: on the alert latency path.
     quake_within_s: float = Field(default=0.02, gt=0)
+    #: The township agent's batch wait, seconds. Each batch writes the state of every
+    #: township it reached, and a township's state holds every sensor heard in the hour
+    #: (hundreds: at Taiwan's trickle each batch of 0.2 s reaches most townships with a
+    #: report or two): a longer wait writes it less often. The raw readings and a
+    #: device's own figures are stored as before; township levels and their candidates
+    #: come up to this much later (air quality and water levels, whose readings come
+    #: every minute or ten seconds).
+    township_within_s: float = Field(default=1.0, gt=0)
     #: Open alert candidates (level >= 1) are re-sent this often, seconds, so the alert
     #: service does not expire an alert whose condition still holds.
     republish_interval_s: float = Field(default=300.0, gt=0)

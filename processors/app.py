@@ -171,6 +171,11 @@ def create_app(
         # A table's state record may exceed Kafka's default 1 MB (the changelogs are made
         # to take it: civic_iot.topology.STATE_RECORD_MAX_BYTES).
         producer_max_request_size=STATE_RECORD_MAX_BYTES,
+        # A batch's changelog records go out as one record batch per partition
+        # (processors.faust_adapter.write_changelog): one that fills up waits for the
+        # one before it to leave, a broker round trip. 1 MiB holds a backlog batch's
+        # states of one partition (500 air devices x 2.5 KB over 4 partitions: ~310 KB).
+        producer_max_batch_size=PRODUCER_BATCH_BYTES,
         topic_partitions=n,
         table_standby_replicas=0,
         stream_wait_empty=False,
@@ -395,10 +400,20 @@ def settle_heap() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
 
 
+#: The largest record batch the worker's producer builds, bytes (aiokafka's default: 16 KiB).
+PRODUCER_BATCH_BYTES = 1024 * 1024
+
+
 def batch_within_s(p: ProcessorSettings, agent: str) -> float:
     """The longest wait, s, for a batch of the agent named ``agent``: the stations' and the
-    associator's are shorter, they are on the warning path."""
-    return {"seismic": p.seismic_within_s, "quake": p.quake_within_s}.get(agent, p.batch_within_s)
+    associator's are shorter, they are on the warning path; the townships' longer, each
+    of its batches writes every township state it reached."""
+    waits = {
+        "seismic": p.seismic_within_s,
+        "quake": p.quake_within_s,
+        "township": p.township_within_s,
+    }
+    return waits.get(agent, p.batch_within_s)
 
 
 def processors_app_id(topics: Topology, role: str) -> str:

@@ -15,21 +15,26 @@ the project touches a private name of faust or mode.
   ``faust.streams._current_event``. ``Stream._set_current_event`` would also
   overwrite the stream's ``current_event``, which ``noack_take``'s buffering processor
   reads in the background, and lose events; so only the task-local variable is set.
-* :func:`write_changelog`: a batch's table writes at once, each changelog record sent
-  straight to the producer (``Producer.send``, which hands it to aiokafka's
-  accumulator) instead of ``table[key] = value``'s ``Topic.send_soon``: that puts each
-  record in faust's ``ProducerBuffer``, drained one record per event-loop wake-up by a
-  task of its own, and the consumer's flush before a commit then waits for it one
-  record at a time, each through an ``asyncio.wait_for`` (a task and a timer per
-  record). Measured: a third of the worker's CPU outside its handlers. The bytes
-  (key and value through the topic's own ``prepare_key``/``prepare_value``), the
-  partition and the flush before a commit (``Producer.flush`` flushes aiokafka's
-  accumulator too) are the same; the table's data is set as ``__setitem__`` does,
-  and its set sensor called. What faust's send callback adds, the changelog offset it
-  persists (``Store.set_persisted_offset``), means nothing to the in-memory store the
-  worker uses (it always recovers from the changelog's start): with another store, or
-  without a running producer (an app under ``test_context()``), it writes as
-  :func:`write_table` does.
+* :func:`write_changelog`: a batch's table writes at once, each changelog partition's
+  records appended to one aiokafka record batch (``AIOKafkaProducer.create_batch``) and
+  handed over with ``send_batch``, instead of ``table[key] = value``'s
+  ``Topic.send_soon``: that puts each record in faust's ``ProducerBuffer``, drained one
+  record per event-loop wake-up by a task of its own, and the consumer's flush before a
+  commit then waits for it one record at a time, each through an ``asyncio.wait_for`` (a
+  task and a timer per record; measured: a third of the worker's CPU outside its
+  handlers); and instead of a ``Producer.send`` per record (faust's and aiokafka's checks,
+  a future and a done callback per record: at Taiwan's trickle a reading's state is a
+  record of its own). The bytes (key and value through the topic's own
+  ``prepare_key``/``prepare_value``), the partition, the order within it and the flush
+  before a commit (``Producer.flush`` flushes aiokafka's accumulator, which holds the
+  batches too) are the same; the table's data is set as ``__setitem__`` does, and its set
+  sensor called. The aiokafka producer is faust's ``Producer._producer``. A record too
+  large for a request goes alone through ``Producer.send``, which refuses it, so that it
+  fails alone. What faust's send callback adds, the changelog offset it persists
+  (``Store.set_persisted_offset``), means nothing to the in-memory store the worker uses
+  (it always recovers from the changelog's start): with another store, or without a
+  running producer (an app under ``test_context()``), it writes as :func:`write_table`
+  does.
 * :func:`wait_for_fetches`: faust creates aiokafka's consumer
   (``AIOKafkaConsumerThread._create_worker_consumer``) without ``fetch_min_bytes``, so
   aiokafka's default of 1 byte applies: the broker answers a fetch as soon as one record
@@ -223,7 +228,7 @@ async def write_changelog(
     table: MutableMapping[K, V], writes: Iterable[tuple[K, V, EventT[Any]]]
 ) -> None:
     """``table[key] = value`` for each ``(key, value, event)``, its changelog record in
-    ``event``'s partition, sent straight to the producer (module doc)."""
+    ``event``'s partition, sent in one record batch per partition (module doc)."""
     if (
         not isinstance(table, faust.Table)
         or not isinstance(table.data, MemoryStore)
@@ -234,12 +239,14 @@ async def write_changelog(
         return
     t: Any = table
     producer = t.app.producer
+    client = producer._producer  # aiokafka's, started with faust's
     topic = t.changelog_topic
     name = topic.get_topic_name()
     data = t.data
     on_set = t._sensor_on_set
     key_serializer, value_serializer = t.key_serializer, t.value_serializer
     keys = _KEYS.setdefault(name, {})
+    open_batches: dict[int, Any] = {}
     for key, value, event in writes:
         k = keys.get(key)
         if k is None:
@@ -247,14 +254,49 @@ async def write_changelog(
                 keys.clear()
             k = keys[key] = topic.prepare_key(key, key_serializer)[0]
         v, _ = topic.prepare_value(value, value_serializer)
-        try:
-            fut = await producer.send(name, k, v, event.message.partition, None, None)
-        except Exception as exc:  # noqa: BLE001 - e.g. a record too large: the next key goes on
-            logger.error("changelog record not sent table=%s key=%s error=%r", t.name, key, exc)
+        partition = event.message.partition
+        if len(k) + len(v) > _ALONE_BYTES:
+            await _send_alone(producer, name, k, v, partition, t.name, key)
         else:
-            fut.add_done_callback(sent_logged)
+            batch = open_batches.get(partition)
+            if batch is None:
+                batch = open_batches[partition] = client.create_batch()
+            if batch.append(key=k, value=v, timestamp=None) is None:  # full: send it
+                await _send_batch(client, batch, name, partition, t.name)
+                batch = open_batches[partition] = client.create_batch()
+                batch.append(key=k, value=v, timestamp=None)  # a batch takes its first
         data[key] = value
         on_set(table, key, value)
+    for partition, batch in open_batches.items():
+        await _send_batch(client, batch, name, partition, t.name)
+
+
+#: A changelog record at least this large (key and value, bytes) is sent alone
+#: (:func:`write_changelog`): the producer refuses one beyond its request size, and it
+#: must not take a batch of other keys' records with it.
+_ALONE_BYTES = 1024 * 1024
+
+
+async def _send_batch(client: Any, batch: Any, topic: str, partition: int, table: str) -> None:
+    try:
+        fut = await client.send_batch(batch, topic, partition=partition)
+    except Exception as exc:  # noqa: BLE001 - logged as a record not sent would be
+        logger.error(
+            "changelog batch not sent table=%s partition=%d error=%r", table, partition, exc
+        )
+    else:
+        fut.add_done_callback(sent_logged)
+
+
+async def _send_alone(
+    producer: Any, topic: str, k: bytes, v: bytes, partition: int, table: str, key: Any
+) -> None:
+    try:
+        fut = await producer.send(topic, k, v, partition, None, None)
+    except Exception as exc:  # noqa: BLE001 - e.g. a record too large: the next key goes on
+        logger.error("changelog record not sent table=%s key=%s error=%r", table, key, exc)
+    else:
+        fut.add_done_callback(sent_logged)
 
 
 #: Changelog topic -> key -> its serialized bytes: the same few thousand devices again

@@ -31,6 +31,7 @@ Values are written to and read from the changelog by one codec
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from typing import TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -45,9 +46,15 @@ from processors.detectors.water import DebrisFlowState, GaugeState, RainState, S
 
 logger = logging.getLogger(__name__)
 
-#: The layout of every stored value. Bump it when a state's fields change meaning: a
-#: value written under another version is not read, and its key starts afresh.
-STATE_VERSION = 2
+#: The layout of every stored value. Bump it when a state's fields change meaning or
+#: layout: a value written under a version not in :data:`READABLE_VERSIONS` is not read,
+#: and its key starts afresh (logged, :func:`decode_value`).
+STATE_VERSION = 3
+#: The versions a worker reads. 3 writes the records of
+#: :mod:`processors.detectors.state` (a township's sensor reports) as JSON arrays where 2
+#: wrote objects; the same fields, which read from either form, so a value of 2 is read
+#: (and written again as 3): an upgrade keeps every device's windows.
+READABLE_VERSIONS = frozenset({2, STATE_VERSION})
 
 
 class TableValue(BaseModel):
@@ -126,30 +133,44 @@ def encode_value(value: TableValue) -> bytes:
 
 def decode_value(kind: type[V], data: bytes) -> V | None:
     """A table value from the changelog, or None (its key starts afresh) when it was
-    written under another :data:`STATE_VERSION` or is not a ``kind`` at all: a worker
-    must come up whatever an older one left behind."""
+    written under a version not in :data:`READABLE_VERSIONS` or is not a ``kind`` at
+    all: a worker must come up whatever an older one left behind. A value of an older
+    readable version comes back as :data:`STATE_VERSION` (it is written so next)."""
     try:
         value = kind.model_validate_json(data)
     except ValidationError as exc:
         _unreadable(kind, f"invalid: {exc.errors(include_url=False)[:3]}")
         return None
-    if "v" not in value.model_fields_set or value.v != STATE_VERSION:
+    if "v" not in value.model_fields_set or value.v not in READABLE_VERSIONS:
         _unreadable(kind, f"version {value.v if 'v' in value.model_fields_set else None}")
         return None
+    if value.v != STATE_VERSION:
+        return value.model_copy(update={"v": STATE_VERSION})
     return value
 
 
-_reported: set[str] = set()
+#: Keys started afresh, per table value type, since the worker started.
+_afresh: Counter[str] = Counter()
 
 
 def _unreadable(kind: type[TableValue], why: str) -> None:
-    # Once per table value type: after a version change every key of a table says so.
-    level = logging.DEBUG if kind.__name__ in _reported else logging.WARNING
-    _reported.add(kind.__name__)
-    logger.log(level, "stored state not read, key starts afresh kind=%s why=%s", kind.__name__, why)
+    # A warning at the 1st, 10th, 100th ... key of a table value type (after a version
+    # change every key of a table starts afresh: their count is what the log must say),
+    # the others at debug.
+    _afresh[kind.__name__] += 1
+    n = _afresh[kind.__name__]
+    level = logging.WARNING if 10 ** (len(str(n)) - 1) == n else logging.DEBUG
+    logger.log(
+        level,
+        "stored state not read, key starts afresh kind=%s count=%d why=%s",
+        kind.__name__,
+        n,
+        why,
+    )
 
 
 __all__ = [
+    "READABLE_VERSIONS",
     "STATE_VERSION",
     "AirDevice",
     "DeviceState",

@@ -48,6 +48,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import NamedTuple
 
 from civic_iot.storage.schema import Window, windowed
 from civic_iot.thresholds import AirQualityThresholds
@@ -319,9 +320,10 @@ _PLANS: dict[int, tuple[AirConfig, tuple[_PmPlan, _AveragedPlan]]] = {}
 # --- township aggregation -------------------------------------------------------------
 
 
-@stored
-class SensorReport:
-    """A sensor's latest level and AQI as the township aggregator knows them."""
+class SensorReport(NamedTuple):
+    """A sensor's latest level and AQI as the township aggregator knows them.
+
+    A record (:mod:`.state`): a township holds hundreds, each written as a JSON array."""
 
     level: int
     aqi: int | None

@@ -21,12 +21,15 @@ from types import SimpleNamespace
 from typing import Any
 
 import faust
-from aiokafka import AIOKafkaConsumer
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.producer.message_accumulator import MessageAccumulator
 from faust.events import Event
 from faust.transport.consumer import Consumer
 from faust.transport.drivers.aiokafka import Producer
 from faust.types import TP, EventT, Message
 
+from processors import faust_adapter
 from processors.agents.tables import StateCodec, state_table
 from processors.faust_adapter import (
     FAUST_VERSION,
@@ -150,30 +153,55 @@ def test_a_table_write_goes_to_the_changelog_partition_of_its_event() -> None:
     assert faust.current_event() is None
 
 
+class _Batch:
+    """aiokafka's ``BatchBuilder`` as write_changelog uses it: takes ``room`` records
+    (always the first), then says it is full (None)."""
+
+    def __init__(self, room: int) -> None:
+        self.room = room
+        self.records: list[tuple[bytes, bytes]] = []
+
+    def append(self, *, timestamp: Any, key: bytes, value: bytes) -> object | None:
+        assert timestamp is None  # the time of sending, as Producer.send gives it
+        if self.records and len(self.records) >= self.room:
+            return None
+        self.records.append((key, value))
+        return object()
+
+
 class _StartedProducer:
-    """What :func:`write_changelog` uses of a running faust producer: ``started`` and
-    ``send`` (records what it is given, returns the future aiokafka would)."""
+    """What :func:`write_changelog` uses of a running faust producer: ``started``,
+    ``send`` (records what it is given, returns the future aiokafka would) and its
+    aiokafka producer's ``create_batch``/``send_batch``."""
 
     started = True
 
-    def __init__(self) -> None:
+    def __init__(self, room: int = 100) -> None:
         self.sent: list[tuple[str, bytes, bytes, int | None]] = []
+        self.batches: list[tuple[str, int, list[tuple[bytes, bytes]]]] = []
+        self._producer = SimpleNamespace(create_batch=lambda: _Batch(room), send_batch=self._batch)
 
     async def send(
         self, topic: str, key: bytes, value: bytes, partition: int | None, *_a: Any
     ) -> asyncio.Future[Any]:
         self.sent.append((topic, key, value, partition))
+        return self._done()
+
+    async def _batch(self, batch: _Batch, topic: str, *, partition: int) -> asyncio.Future[Any]:
+        self.batches.append((topic, partition, batch.records))
+        for k, v in batch.records:
+            self.sent.append((topic, k, v, partition))
+        return self._done()
+
+    @staticmethod
+    def _done() -> asyncio.Future[Any]:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         fut.set_result(None)
         return fut
 
 
-def test_a_batch_of_table_writes_goes_straight_to_the_producer_as_faust_would_send_it() -> None:
-    """The same records as ``table[key] = value`` (key and value bytes through the
-    topic's own serializers, the event's partition), the table's data set, and nothing
-    left in faust's producer buffer (the per-record path write_changelog avoids)."""
-    app = _app()
-    table: Any = state_table(app, "state", AirDevice, 8)
+def _faust_bytes(table: Any, writes: list[tuple[str, AirDevice, EventT[Any]]]) -> list[Any]:
+    """(partition, key, value) of the records ``table[key] = value`` sends for ``writes``."""
     faust_sent: list[tuple[int | None, bytes, bytes]] = []
 
     def send_changelog(partition: int | None, key: Any, value: Any, *_a: Any, **_k: Any) -> Any:
@@ -183,21 +211,72 @@ def test_a_batch_of_table_writes_goes_straight_to_the_producer_as_faust_would_se
         faust_sent.append((partition, k, v))
         return SimpleNamespace(message=SimpleNamespace(partition=partition))
 
-    one, two = AirDevice(last_seen=5.0, offset=7), AirDevice(last_seen=6.0, offset=9, index=2)
-    writes = [("air-1", one, _event(app, 5, 7)), ("air-2", two, _event(app, 3, 9))]
     table.send_changelog = send_changelog
     for key, value, event in writes:  # faust's own path, for the bytes it would send
         write_table(table, key, value, event)
+    table.data.clear()
+    return faust_sent
+
+
+def test_a_batch_of_table_writes_goes_straight_to_the_producer_as_faust_would_send_it() -> None:
+    """The same records as ``table[key] = value`` (key and value bytes through the
+    topic's own serializers, the event's partition), one record batch per partition
+    with its records in order, the table's data set, and nothing left in faust's
+    producer buffer (the per-record path write_changelog avoids)."""
+    app = _app()
+    table: Any = state_table(app, "state", AirDevice, 8)
+    one, two = AirDevice(last_seen=5.0, offset=7), AirDevice(last_seen=6.0, offset=9, index=2)
+    three = AirDevice(last_seen=7.0, offset=10)
+    writes = [
+        ("air-1", one, _event(app, 5, 7)),
+        ("air-2", two, _event(app, 3, 9)),
+        ("air-3", three, _event(app, 5, 10)),
+    ]
+    faust_sent = _faust_bytes(table, writes)
     producer = _StartedProducer()
     app.producer = producer  # type: ignore[assignment]
-    table.data.clear()
     asyncio.run(write_changelog(table, writes))
     changelog = table.changelog_topic.get_topic_name()
-    assert producer.sent == [(changelog, k, v, p) for p, k, v in faust_sent]
-    assert [p for *_, p in producer.sent] == [5, 3]
-    assert table.value_serializer.loads(producer.sent[1][2]) == two
-    assert (table["air-1"], table["air-2"]) == (one, two)
+    assert sorted(producer.sent, key=lambda r: r[3] or 0) == sorted(
+        [(changelog, k, v, p) for p, k, v in faust_sent], key=lambda r: r[3] or 0
+    )
+    assert [(p, len(records)) for _, p, records in producer.batches] == [(5, 2), (3, 1)]
+    assert [k for k, _ in producer.batches[0][2]] == [faust_sent[0][1], faust_sent[2][1]]
+    assert table.value_serializer.loads(producer.batches[1][2][0][1]) == two
+    assert (table["air-1"], table["air-2"], table["air-3"]) == (one, two, three)
     assert faust.current_event() is None
+
+
+def test_a_full_record_batch_is_sent_and_the_partition_goes_on_in_a_new_one() -> None:
+    app = _app()
+    table: Any = state_table(app, "state", AirDevice, 8)
+    writes = [(f"air-{i}", AirDevice(last_seen=float(i)), _event(app, 2, i)) for i in range(5)]
+    faust_sent = _faust_bytes(table, writes)
+    producer = _StartedProducer(room=2)
+    app.producer = producer  # type: ignore[assignment]
+    asyncio.run(write_changelog(table, writes))
+    assert [len(records) for _, _, records in producer.batches] == [2, 2, 1]
+    assert [(k, v) for *_, records in producer.batches for k, v in records] == [
+        (k, v) for _, k, v in faust_sent
+    ]
+
+
+def test_a_record_too_large_for_a_batch_goes_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Alone through ``Producer.send``, which refuses a record beyond its request size
+    (then only that key's record is lost, logged, not its batch's)."""
+    app = _app()
+    table: Any = state_table(app, "state", AirDevice, 8)
+    big, small = AirDevice(last_seen=1.0), AirDevice(last_seen=2.0)
+    writes = [("air-big", big, _event(app, 1, 1)), ("air-1", small, _event(app, 1, 2))]
+    faust_sent = _faust_bytes(table, writes)
+    monkeypatch.setattr(faust_adapter, "_ALONE_BYTES", len(faust_sent[0][2]) + 8 - 1)
+    producer = _StartedProducer()
+    app.producer = producer  # type: ignore[assignment]
+    asyncio.run(write_changelog(table, writes))
+    changelog = table.changelog_topic.get_topic_name()
+    assert producer.sent[0] == (changelog, faust_sent[0][1], faust_sent[0][2], 1)
+    assert [(p, len(records)) for _, p, records in producer.batches] == [(1, 1)]
+    assert (table["air-big"], table["air-1"]) == (big, small)
 
 
 def test_without_a_running_producer_table_writes_take_faust_s_own_path() -> None:
@@ -290,6 +369,21 @@ def test_the_consumer_flushes_the_producer_and_its_aiokafka_producer_before_a_co
     assert "await self._producer.flush()" in inspect.getsource(Producer.flush)
 
 
+def test_record_batches_go_through_faust_s_aiokafka_producer_and_its_flush() -> None:
+    """What write_changelog relies on, in the pinned faust and aiokafka: faust's producer
+    keeps the aiokafka producer it starts as ``_producer``; a batch handed over with
+    ``send_batch`` waits in the accumulator that ``flush`` (before a commit) waits for."""
+    assert "producer = self._producer = self._new_producer()" in inspect.getsource(
+        Producer.on_start
+    )
+    assert "self._message_accumulator.add_batch(" in inspect.getsource(AIOKafkaProducer.send_batch)
+    add_batch = inspect.getsource(MessageAccumulator.add_batch)
+    assert "self._append_batch(builder, tp)" in add_batch
+    assert "self._batches[tp].append(batch)" in inspect.getsource(MessageAccumulator._append_batch)
+    assert "for batches in self._batches.values()" in inspect.getsource(MessageAccumulator.flush)
+    assert "await self._message_accumulator.flush()" in inspect.getsource(AIOKafkaProducer.flush)
+
+
 def worker_consumer(app: faust.App) -> AIOKafkaConsumer:
     """The aiokafka consumer faust's consumer thread creates for ``app`` (not started)."""
 
@@ -318,7 +412,7 @@ def test_fetches_wait_for_bytes_only_in_an_app_that_asks_for_it() -> None:
 def test_the_adapter_is_the_only_module_with_private_faust_names() -> None:
     private = re.compile(
         r"\b(_current_event|_committed_offset|_sensor_on_set|_create_worker_consumer"
-        r"|_fetch_min_bytes|_fetch_max_wait_ms)\b"
+        r"|_fetch_min_bytes|_fetch_max_wait_ms|_producer)\b"
     )
     users = {
         str(path.relative_to(REPO))

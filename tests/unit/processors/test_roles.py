@@ -11,7 +11,7 @@ from faust.stores.memory import Store as MemoryStore
 from civic_iot.settings import Settings
 from civic_iot.thresholds import thresholds_from
 from civic_iot.topology import STATE_RECORD_MAX_BYTES, Topology
-from processors.app import batch_within_s, create_app
+from processors.app import PRODUCER_BATCH_BYTES, batch_within_s, create_app
 from processors.cli import changelog_specs
 from tests.unit.processors.recorders import RecordingPublisher, RecordingSink
 from tests.unit.processors.test_agents import REGISTRY
@@ -67,13 +67,20 @@ def test_each_role_runs_its_agents_and_tables(role: str) -> None:
         assert not (tables & ({"seismic-state", "quake-state"} if bulk else {"air-state"}))
 
 
-def test_the_stations_and_the_associator_batch_on_their_own_shorter_timers() -> None:
+def test_the_stations_the_associator_and_the_townships_batch_on_their_own_timers() -> None:
     # On the warning path: a packet waits for its agent's batch timer before it is decided.
+    # The townships' longer: each batch writes every township state it reached.
     p = Settings(
-        processors={"batch_within_s": 0.3, "seismic_within_s": 0.01, "quake_within_s": 0.02}  # type: ignore[arg-type]
+        processors={
+            "batch_within_s": 0.3,
+            "seismic_within_s": 0.01,
+            "quake_within_s": 0.02,
+            "township_within_s": 0.9,
+        }  # type: ignore[arg-type]
     ).processors
     waits = {a: batch_within_s(p, a) for a in ("air", "water", "township", "seismic", "quake")}
-    assert waits == {"air": 0.3, "water": 0.3, "township": 0.3, "seismic": 0.01, "quake": 0.02}
+    assert waits == {"air": 0.3, "water": 0.3, "township": 0.9, "seismic": 0.01, "quake": 0.02}
+    assert Settings().processors.township_within_s == 1.0
 
 
 @pytest.mark.parametrize("role", ROLES)
@@ -89,6 +96,8 @@ def test_the_worker_makes_each_tables_changelog_to_take_a_large_state_record(rol
         assert int(spec.configs()["max.message.bytes"]) >= 4 * 1024 * 1024
         assert spec.partitions == (1 if spec.name.endswith("quake-state-changelog") else 4)
     assert app.conf.producer_max_request_size == STATE_RECORD_MAX_BYTES
+    # A batch's changelog records of one partition fit one record batch (write_changelog).
+    assert app.conf.producer_max_batch_size == PRODUCER_BATCH_BYTES >= 1024 * 1024
 
 
 @pytest.mark.parametrize("role", ["all", "bulk"])

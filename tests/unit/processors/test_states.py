@@ -5,6 +5,7 @@ states the handlers really produce."""
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import FrozenInstanceError, field, replace
 from datetime import UTC, datetime, timedelta, timezone
@@ -34,6 +35,7 @@ from civic_iot.settings import InfluxSettings, Settings
 from civic_iot.thresholds import thresholds_from
 from civic_iot.times import to_ns
 from civic_iot.topology import TABLES
+from processors import states
 from processors.agents.tables import StateCodec
 from processors.app import create_app
 from processors.candidates import DeviceLevel, township_candidate
@@ -61,6 +63,7 @@ from processors.handlers import (
     handle_water,
 )
 from processors.states import (
+    READABLE_VERSIONS,
     STATE_VERSION,
     AirDevice,
     QuakeState,
@@ -340,18 +343,87 @@ def test_every_table_of_the_app_is_covered_here() -> None:
     ("stored", "why"),
     [
         (b'{"v": 1, "last_seen": 5.0}', "written under another version"),
+        (b'{"v": 4, "last_seen": 5.0}', "written by a newer worker"),
         (b'{"last_seen": 5.0}', "the layout before versions (dicts of the first release)"),
-        (b'{"v": 2, "health": {"runs": {"pm2_5_ugm3": [1, 2, 3, 4]}}}', "not an AirDevice"),
+        (b'{"v": 3, "health": {"runs": {"pm2_5_ugm3": [1, 2]}}}', "not an AirDevice"),
+        (b'{"v": 3, "health": {"runs": {"pm2_5_ugm3": {"value": 1}}}}', "not an AirDevice"),
         (b"not json", "not JSON"),
     ],
 )
 def test_a_state_that_cannot_be_read_starts_afresh(stored: bytes, why: str) -> None:
-    assert STATE_VERSION == 2
+    assert STATE_VERSION == 3
+    assert {2, 3} == READABLE_VERSIONS
     assert decode_value(AirDevice, stored) is None, why
 
 
+def test_starting_afresh_is_logged_with_the_count_of_keys(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """After a version change every key of a table starts afresh: a warning at the
+    1st, 10th, 100th ... key, with the count (the others at debug)."""
+    caplog.set_level(logging.DEBUG, logger="processors.states")
+    states._afresh.clear()
+    for _ in range(12):
+        assert decode_value(ShakingMark, b'{"v": 1}') is None
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(caplog.records) == 12
+    assert [m.split(" why=")[0] for m in warned] == [
+        "stored state not read, key starts afresh kind=ShakingMark count=1",
+        "stored state not read, key starts afresh kind=ShakingMark count=10",
+    ]
+
+
 def test_a_value_records_its_version() -> None:
-    assert b'"v":2' in encode_value(AirDevice())
+    assert b'"v":3' in encode_value(AirDevice())
+
+
+#: Values written by a worker of STATE_VERSION 2 (main at 7e70fce: handle_air of three
+#: readings, handle_township of two sensors' reports), the records as objects.
+V2_AIR = (
+    b'{"v":2,"offset":41,"index":2,"last_seen":1795597200.0,"health":{"runs":{"pm2_5_ugm3":'
+    b'{"value":42.0,"first":1795597200.0,"last":1795597200.0,"count":1},"pm10_ugm3":{"value":'
+    b'20.0,"first":1795593600.0,"last":1795597200.0,"count":3}},"open":{}},"air":{"series":'
+    b'{"pm10_ugm3":{"width_s":3600,"keep":24,"offset_s":0,"buckets":{"1795593600":[40.0,2],'
+    b'"1795597200":[20.0,1]}},"pm2_5_ugm3":{"width_s":3600,"keep":24,"offset_s":0,"buckets":'
+    b'{"1795593600":[81.0,2],"1795597200":[42.0,1]}}},"clock":1795597200.0,"tracker":'
+    b'{"level":0,"since":null}}}'
+)
+V2_TOWN = (
+    b'{"v":2,"offset":7,"index":0,"air":{"sensors":{"air-1":{"level":1,"aqi":120,"last_seen":'
+    b'1795593600.0},"air-2":{"level":1,"aqi":121,"last_seen":1795593660.0}},"level":1,'
+    b'"clock":1795593660.0},"water":{},"levels":{},"open":{}}'
+)
+
+
+def test_a_value_of_version_2_is_read_whole_and_written_again_as_3() -> None:
+    """An upgrade from 2 keeps every device's windows and every township's sensors: the
+    same values, written next with the records as arrays."""
+    air = decode_value(AirDevice, V2_AIR)
+    assert air is not None
+    assert (air.v, air.offset, air.index, air.last_seen) == (3, 41, 2, 1795597200.0)
+    assert air.health.runs["pm10_ugm3"] == Run(20.0, 1795593600.0, 1795597200.0, 3)
+    assert air.air.series["pm2_5_ugm3"].buckets == {1795593600: (81.0, 2), 1795597200: (42.0, 1)}
+    stored = encode_value(air)
+    assert stored.startswith(b'{"v":3,"offset":41,"index":2,')
+    assert decode_value(AirDevice, stored) == air
+    # The same state as the handler makes from the same readings now.
+    now = AirDevice()
+    for i in range(3):
+        t = T + timedelta(minutes=30 * i)
+        payload = AirPayload(ts=t, pm2_5_ugm3=40.0 + i, pm10_ugm3=20.0)
+        now = handle_air(now, _reading("air-1", t, payload), CTX).state
+    assert now.model_copy(update={"offset": 41, "index": 2}) == air
+
+    town = decode_value(TownshipState, V2_TOWN)
+    assert town is not None
+    assert town.v == 3
+    assert town.air.sensors == {
+        "air-1": SensorReport(1, 120, 1795593600.0),
+        "air-2": SensorReport(1, 121, 1795593660.0),
+    }
+    assert b'"sensors":{"air-1":[1,120,1795593600.0],"air-2":[1,121,1795593660.0]}' in (
+        encode_value(town)
+    )
 
 
 # --- the states the handlers produce --------------------------------------------------
