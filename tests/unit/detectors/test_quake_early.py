@@ -4,6 +4,7 @@ S wave's PGA as a floor for a P-wave magnitude."""
 from dataclasses import replace
 
 import numpy as np
+import pytest
 
 from processors.detectors.quake import (
     EventStation,
@@ -39,6 +40,27 @@ def test_a_wide_region_from_few_picks_waits_until_after_the_fifth_pick() -> None
     assert not _too_wide(group, replace(wide, uncertainty_km=CFG.declare_wide_km), fifth, CFG)
     many = picks(CFG.declare_wide_max_picks, step_s=0.1)
     assert not _too_wide(many, wide, many[4].p_time_s, CFG)
+
+
+@pytest.mark.parametrize("fifth_in_packet_s", [0.0, 0.05, 0.2, 0.5, 0.8, 0.95])
+@pytest.mark.parametrize("late_s", [0.0, 0.1, 0.19])
+def test_a_wide_region_waits_a_second_but_never_past_the_fifth_p_plus_3_s(
+    fifth_in_packet_s: float, late_s: float
+) -> None:
+    # Decisions come at the end of each 1 s packet; the fifth pick lies anywhere in one
+    # and comes up to 0.2 s after the P it picks. The wide region is held for at least
+    # the next packet (its stations a step inland tell a deep source near the coast from
+    # a shallow one far out), and the first decision that is not held is within 3 s of
+    # the fifth P.
+    fifth_p = T0 + 10.0 + fifth_in_packet_s
+    group = picks(7, first_s=fifth_p + late_s - 4 * 0.4)
+    wide = replace(HYPO, uncertainty_km=CFG.declare_wide_km + 30.0)
+    decisions = [T0 + 10.0 + k for k in range(1, 6)]
+    held = [t for t in decisions if _too_wide(group, wide, t, CFG)]
+    declared = next(t for t in decisions if not _too_wide(group, wide, t, CFG))
+    assert held
+    assert held[0] < declared
+    assert declared - fifth_p <= 3.0
 
 
 def test_fewer_than_five_picks_wait_after_the_newest() -> None:
