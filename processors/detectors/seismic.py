@@ -358,7 +358,9 @@ def _alpha(corner_hz: float, dt: float) -> float:
 def _as_samples(samples: NDArray[Any] | Sequence[Sequence[float]]) -> FloatArray:
     """Packet samples as an (n, 3) float array in gal."""
     if isinstance(samples, np.ndarray):
-        arr = np.asarray(samples, dtype=np.float64)
+        # Samples as rows in memory too: a reduction down the columns (the restart's
+        # mean) adds in the same order whatever layout the caller's array had.
+        arr = np.ascontiguousarray(samples, dtype=np.float64)
         if arr.ndim != 2 or arr.shape[1] != 3:
             msg = f"packet samples: expected an (n, 3) array in gal, got shape {arr.shape}"
             raise ValueError(msg)
