@@ -16,7 +16,8 @@ ticks (:func:`processors.agents.device.seismic_ticks`) as JSON. The stations are
 Taiwan-scale registry's (``simulator.network``), their packets a noise floor with an
 earthquake under the network half-way (``simulator.waveforms``), 100 Hz x 3 components,
 the samples rounded to 0.01 gal as the simulator's devices send them; a batch is one
-second of every station, ``--per-record`` packets to a record.
+second of every station, ``--per-record`` packets to a record, cut at ``--batch-max``
+packets as the worker's loop cuts it (``CIVIC_PROCESSORS__BATCH_MAX``).
 
 It reports CPU time (``time.process_time``) per packet of each stage, the median of
 ``--repeat`` runs (and the best, for an A/B on a busy machine), and the garbage
@@ -53,7 +54,7 @@ from civic_iot.contracts.readings import (  # noqa: E402
 from civic_iot.settings import get_settings  # noqa: E402
 from processors import handlers  # noqa: E402
 from processors.agents.device import seismic_ticks  # noqa: E402
-from processors.app import settle_heap  # noqa: E402
+from processors.app import GC_YOUNG_THRESHOLD_STATIONS, settle_heap  # noqa: E402
 from processors.handlers import Context, handle_seismic_many  # noqa: E402
 from processors.states import SeismicDevice, encode_value  # noqa: E402
 from simulator.network import DEFAULT_SEED, build_network, network_thresholds  # noqa: E402
@@ -64,8 +65,11 @@ _process_packets = handlers.process_packets
 STAGES = ("decode", "detector", "outcomes", "lines", "state", "ticks")
 
 
-def batches(n_stations: int, seconds: int, seed: int, per_record: int) -> list[list[bytes]]:
-    """A second of every station's packets a batch, as ingest's records."""
+def batches(
+    n_stations: int, seconds: int, seed: int, per_record: int, batch_max: int
+) -> list[list[bytes]]:
+    """A second of every station's packets a batch, as ingest's records, cut after the
+    record that makes ``batch_max`` packets (as the worker's loop cuts its batches)."""
     registry = build_network(DEFAULT_SEED, taiwan_spec(1.0))
     devices = registry.of_kind("seismic")[:n_stations]
     t0 = 1_790_000_000.0
@@ -104,9 +108,11 @@ def batches(n_stations: int, seconds: int, seed: int, per_record: int) -> list[l
                     data=data,
                 ).to_record()
             )
-        out.append(
-            [record_value(lines[i : i + per_record]) for i in range(0, len(lines), per_record)]
-        )
+        records = [
+            record_value(lines[i : i + per_record]) for i in range(0, len(lines), per_record)
+        ]
+        per_batch = -(-batch_max // per_record)
+        out += [records[i : i + per_batch] for i in range(0, len(records), per_batch)]
     return out
 
 
@@ -188,6 +194,7 @@ def main() -> int:
     ap.add_argument("--warm", type=int, default=12, help="seconds decided first, not counted")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--per-record", type=int, default=3, help="packets per Kafka record")
+    ap.add_argument("--batch-max", type=int, default=500, help="packets a batch at most")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--profile", type=Path, help="cProfile (CPU time) of one measured run")
     args = ap.parse_args()
@@ -196,9 +203,10 @@ def main() -> int:
     spec = taiwan_spec(1.0)
     registry = build_network(DEFAULT_SEED, spec)
     ctx = Context.build(settings.influx, registry, network_thresholds(DEFAULT_SEED, spec))
-    work = batches(args.stations, args.seconds, args.seed, args.per_record)
-    warm, measured = work[: args.warm], work[args.warm :]
-    settle_heap()  # as the worker does once it is ready
+    work = batches(args.stations, args.seconds, args.seed, args.per_record, args.batch_max)
+    per_s = len(work) // args.seconds
+    warm, measured = work[: args.warm * per_s], work[args.warm * per_s :]
+    settle_heap(GC_YOUNG_THRESHOLD_STATIONS)  # as the seismic worker does once it is ready
 
     def run() -> Worker:
         w = Worker(ctx)
@@ -220,8 +228,9 @@ def main() -> int:
         prof = cProfile.Profile(time.process_time)
         prof.runcall(run)
         prof.dump_stats(str(args.profile))
-    n = args.stations * len(measured)
-    print(f"{args.stations} stations, {len(measured)} s measured ({n} packets), seed {args.seed}")
+    seconds = args.seconds - args.warm
+    n = args.stations * seconds
+    print(f"{args.stations} stations, {seconds} s measured ({n} packets), seed {args.seed}")
     for stage in (*STAGES, "total"):
         vals = [(sum(w.cpu.values()) if stage == "total" else w.cpu[stage]) / n * 1e6 for w in runs]
         print(
