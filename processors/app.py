@@ -329,7 +329,9 @@ def create_app(
         # worker consumes.
         if not recovered:
             recovered.append(True)
-            settle_heap()
+            settle_heap(
+                GC_YOUNG_THRESHOLD_STATIONS if stations and not bulk else GC_YOUNG_THRESHOLD
+            )
             logger.info("worker ready instance=%s", p.instance)
 
     on_rebalance_complete(app, ready)
@@ -384,9 +386,16 @@ def create_app(
 #: (Python's default: 700). Every reading makes and drops a few hundred small objects;
 #: collecting that often cost about a tenth of the worker's CPU (bench/processors.py).
 GC_YOUNG_THRESHOLD = 20_000
+#: The same for a worker of the seismic path alone (roles ``seismic``, ``stations``). A
+#: young collection walks every young object alive, and a stations batch keeps about 40
+#: per packet alive until it is decided (the samples as decoded, the new states): with
+#: 20,000 a batch of ``batch_max`` (500) packets was walked once or twice, 10-20 ms each
+#: (bench/stations.py: 35 us a packet, a seventh of the pure work). With this a batch is
+#: decided and dropped between two collections.
+GC_YOUNG_THRESHOLD_STATIONS = 100_000
 
 
-def settle_heap() -> None:
+def settle_heap(young: int = GC_YOUNG_THRESHOLD) -> None:
     """Once started: collect, then move everything alive (modules, faust and aiokafka,
     the topic metadata of the broker, the recovered tables) out of the collector's
     reach (``gc.freeze``), and collect the young generation less often. Full collections
@@ -397,7 +406,7 @@ def settle_heap() -> None:
     gc.collect()
     gc.freeze()
     _, older, oldest = gc.get_threshold()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
+    gc.set_threshold(young, older, oldest)
 
 
 #: The largest record batch the worker's producer builds, bytes (aiokafka's default: 16 KiB).

@@ -31,6 +31,7 @@ from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
 import numpy as np
+from numpy.typing import NDArray
 
 from civic_iot.contracts.alerts import AlertCandidate
 from civic_iot.contracts.processing import (
@@ -507,25 +508,27 @@ def handle_seismic_many(
     runs their filters together, :func:`~processors.detectors.seismic.process_packets`):
     the same outcomes, in order."""
     work = []
+    rows: list[NDArray[np.float64]] = []
     for env, reading in packets:
         data = reading.data
         assert isinstance(data, SeismicPayload), reading.reading_id
-        samples = np.column_stack(
-            (np.asarray(data.x_gal), np.asarray(data.y_gal), np.asarray(data.z_gal))
-        )
+        # The components as rows, converted from the lists once: the detector reads
+        # them as columns (samples as rows), the raw point packs them.
+        comps = np.array((data.x_gal, data.y_gal, data.z_gal), dtype=np.float64)
+        rows.append(comps)
         det = ctx.for_device(reading.device_id, reading.location.township)
         work.append(
-            (env.station, samples, data.sample_rate_hz, reading.event_time.timestamp(), det.seismic)
+            (env.station, comps.T, data.sample_rate_hz, reading.event_time.timestamp(), det.seismic)
         )
     results = process_packets(work)
     out = []
-    for (env, reading), res in zip(packets, results, strict=True):
+    for (env, reading), res, comps in zip(packets, results, rows, strict=True):
         data = reading.data
         assert isinstance(data, SeismicPayload)
         # No health checks on raw samples: the device's reading time only.
         state = SeismicDevice(last_seen=_last_seen(env.last_seen, reading), station=res.state)
         where = Where.of(reading)
-        points = reading_points(reading, ctx.buckets)
+        points = reading_points(reading, ctx.buckets, components=comps)
         p = seismic_station_point(where, res, reading.event_time_ns, ctx.buckets)
         points += [p] if p else []
         t0 = reading.event_time.timestamp()

@@ -15,6 +15,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 
+import numpy as np
+from numpy.typing import NDArray
+
 from civic_iot.contracts.readings import (
     POLLUTANT_FIELDS,
     AirPayload,
@@ -64,10 +67,15 @@ def water_sensor(data: WaterPayload, registered: str | None = None) -> str:
 
 
 def reading_points(
-    reading: Reading, buckets: InfluxSettings, *, sensor: str | None = None
+    reading: Reading,
+    buckets: InfluxSettings,
+    *,
+    sensor: str | None = None,
+    components: NDArray[np.float64] | None = None,
 ) -> list[Point]:
     """The raw points of one reading: ``air`` or ``water`` in ``bucket_readings``, or one
-    ``seismic_packet`` per packet in ``bucket_seismic``. ``sensor``: the registry's."""
+    ``seismic_packet`` per packet in ``bucket_seismic``. ``sensor``: the registry's;
+    ``components``: a seismic packet's samples as a (3, n) array, if already made."""
     loc = reading.location
     data = reading.data
     t = reading.event_time_ns
@@ -90,25 +98,37 @@ def reading_points(
             "sensor": water_sensor(data, sensor),
         }
         return _kept([schema.WATER.point(buckets, tags, fields, t)])
-    return _kept([seismic_packet_point(reading.device_id, loc.township, data, t, buckets)])
+    return _kept(
+        [seismic_packet_point(reading.device_id, loc.township, data, t, buckets, components)]
+    )
 
 
 def seismic_packet_point(
-    device: str, township: str, data: SeismicPayload, t0_ns: int, buckets: InfluxSettings
+    device: str,
+    township: str,
+    data: SeismicPayload,
+    t0_ns: int,
+    buckets: InfluxSettings,
+    components: NDArray[np.float64] | None = None,
 ) -> Point | None:
     """One ``seismic_packet`` point per packet at its first sample (``t0_ns``): each
-    component's samples packed (:func:`civic_iot.storage.waveform.pack`), the rate, the
-    number of samples and each component's largest absolute sample (gal)."""
-    x, y, z = data.x_gal, data.y_gal, data.z_gal
+    component's samples packed (:func:`civic_iot.storage.waveform.pack_rows`), the rate,
+    the number of samples and each component's largest absolute sample (gal).
+    ``components``: the packet's samples as a (3, n) array (x, y, z rows, gal) when the
+    caller has made it already."""
+    if components is None:
+        components = np.array((data.x_gal, data.y_gal, data.z_gal), dtype=np.float64)
+    x, y, z = waveform.pack_rows(components)
+    px, py, pz = waveform.peaks(components)
     fields: dict[str, FieldValue | None] = {
-        "x_gal": waveform.pack(x),
-        "y_gal": waveform.pack(y),
-        "z_gal": waveform.pack(z),
+        "x_gal": x,
+        "y_gal": y,
+        "z_gal": z,
         "sample_rate_hz": data.sample_rate_hz,
-        "samples": len(x),
-        "x_peak_gal": waveform.peak(x),
-        "y_peak_gal": waveform.peak(y),
-        "z_peak_gal": waveform.peak(z),
+        "samples": len(data.x_gal),
+        "x_peak_gal": px,
+        "y_peak_gal": py,
+        "z_peak_gal": pz,
     }
     return schema.SEISMIC_PACKET.point(
         buckets, {"device": device, "township": township}, fields, t0_ns

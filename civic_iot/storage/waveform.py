@@ -27,8 +27,22 @@ import binascii
 import math
 import sys
 from collections.abc import Iterable, Sequence
+from typing import Any
 
-__all__ = ["ENCODING", "MAX_ABS", "WaveformError", "pack", "peak", "stored", "unpack"]
+import numpy as np
+from numpy.typing import NDArray
+
+__all__ = [
+    "ENCODING",
+    "MAX_ABS",
+    "WaveformError",
+    "pack",
+    "pack_rows",
+    "peak",
+    "peaks",
+    "stored",
+    "unpack",
+]
 
 #: What :func:`pack` writes, for the docs and anyone decoding outside Python.
 ENCODING = "float32 little-endian, base64 (RFC 4648, padded)"
@@ -60,6 +74,37 @@ def pack(samples: Iterable[float]) -> str:
     if _BIG_ENDIAN:  # pragma: no cover - the format is little-endian everywhere
         values.byteswap()
     return base64.b64encode(values.tobytes()).decode("ascii")
+
+
+def pack_rows(samples: NDArray[Any]) -> list[str]:
+    """:func:`pack` of each row of a 2-D array (a packet's components, one a row, gal):
+    the same text, and the same :class:`WaveformError`, at a fraction of the cost of
+    packing Python lists (one cast and one check for every component)."""
+    if samples.ndim != 2:
+        msg = f"packed rows: expected a 2-D array of samples, got shape {samples.shape}"
+        raise WaveformError(msg)
+    # The cast array('f') makes (round to nearest); beyond MAX_ABS it gives infinity,
+    # refused below as pack refuses it.
+    with np.errstate(over="ignore", invalid="ignore"):
+        values = np.ascontiguousarray(samples, dtype="<f4")
+    finite = np.isfinite(values)
+    if not finite.all():
+        row, bad = (int(i[0]) for i in np.nonzero(~finite))
+        msg = (
+            f"row {row}: sample {bad} is not a finite float32 (|x| <= {MAX_ABS:.4g}): "
+            "cannot pack it"
+        )
+        raise WaveformError(msg)
+    return [base64.b64encode(row.tobytes()).decode("ascii") for row in values]
+
+
+def peaks(samples: NDArray[Any]) -> list[float]:
+    """:func:`peak` of each row of a 2-D array (gal): its largest absolute sample, 0.0
+    for rows without samples."""
+    if samples.shape[-1] == 0:
+        return [0.0] * samples.shape[0]
+    out: list[float] = np.abs(samples).max(axis=-1).tolist()
+    return out
 
 
 def unpack(text: str) -> list[float]:

@@ -358,7 +358,9 @@ def _alpha(corner_hz: float, dt: float) -> float:
 def _as_samples(samples: NDArray[Any] | Sequence[Sequence[float]]) -> FloatArray:
     """Packet samples as an (n, 3) float array in gal."""
     if isinstance(samples, np.ndarray):
-        arr = np.asarray(samples, dtype=np.float64)
+        # Samples as rows in memory too: a reduction down the columns (the restart's
+        # mean) adds in the same order whatever layout the caller's array had.
+        arr = np.ascontiguousarray(samples, dtype=np.float64)
         if arr.ndim != 2 or arr.shape[1] != 3:
             msg = f"packet samples: expected an (n, 3) array in gal, got shape {arr.shape}"
             raise ValueError(msg)
@@ -391,7 +393,9 @@ def _first_true(mask: NDArray[np.bool_], start: int, stop: int | None = None) ->
 class _Filtered:
     """A packet through the station's filters (see the module docstring): high-passed
     acceleration (n, 3) gal, velocity (n, 3) cm/s, the P-wave chain's acceleration,
-    velocity and displacement (n, 1), the trigger band (n, c) gal and its new memory."""
+    velocity and displacement (n, 1), the trigger band (n, c) gal and its new memory;
+    and what :func:`_detect` derives from them whatever its branches (:func:`_derived`),
+    computed with every station of the group at once."""
 
     acc: FloatArray
     vel: FloatArray
@@ -400,6 +404,29 @@ class _Filtered:
     pz_disp: FloatArray
     band: FloatArray
     cf_mem: CfMemory
+    derived: _Derived
+
+
+@dataclass(frozen=True, slots=True)
+class _Derived:
+    """Per sample (n,): the characteristic function cf, gal^2; the P window's
+    amplitudes |Pa| gal, |Pv| cm/s, |Pd| cm; the vector acceleration gal and velocity
+    cm/s. ``sta_lta`` (n, 2): the STA and LTA run from the state's over the whole packet
+    as an armed station runs them (what :func:`_detect` computes when it starts armed;
+    the station's own copy, the warm-up may overwrite its LTA column). ``disp_noise_ms``:
+    the displacement noise after the packet had no sample been in an event window, cm^2.
+    ``packet_pga_gal``, ``packet_pgv_cms``: the packet's peaks."""
+
+    cf: FloatArray
+    pa_abs: FloatArray
+    pv_abs: FloatArray
+    pd_abs: FloatArray
+    acc_norm: FloatArray
+    vel_norm: FloatArray
+    sta_lta: FloatArray
+    disp_noise_ms: float
+    packet_pga_gal: float
+    packet_pgv_cms: float
 
 
 def _filters_many(preps: Sequence[_Prepared]) -> list[_Filtered]:
@@ -457,11 +484,65 @@ def _filters_many(preps: Sequence[_Prepared]) -> list[_Filtered]:
         return [(r[0], 0.0, 0.0) for r in rows.tolist()]
 
     mems = list(zip(vecs(cf_in[-1]), vecs(h1[-1]), vecs(h2[-1]), vecs(l1), vecs(l2), strict=True))
+    derived = _derived(preps, acc, vel, pz_vel, pz_disp, band)
     acc_s, vel_s, pza_s, pzv_s, pzd_s, band_s = (
         per_station(a) for a in (acc, vel, pz_acc, pz_vel, pz_disp, band)
     )
     return [
-        _Filtered(acc_s[k], vel_s[k], pza_s[k], pzv_s[k], pzd_s[k], band_s[k], mems[k])
+        _Filtered(acc_s[k], vel_s[k], pza_s[k], pzv_s[k], pzd_s[k], band_s[k], mems[k], derived[k])
+        for k in range(len(preps))
+    ]
+
+
+def _derived(
+    preps: Sequence[_Prepared],
+    acc: FloatArray,
+    vel: FloatArray,
+    pz_vel: FloatArray,
+    pz_disp: FloatArray,
+    band: FloatArray,
+) -> list[_Derived]:
+    """:class:`_Derived` of each packet of a group (arrays (n, stations, columns) from
+    :func:`_filters_many`), elementwise (and ``cumsum`` and ``max`` down axis 0) as
+    :func:`_detect` computes them for one station, so the same to the last bit: numpy's
+    per-call overhead, not the arithmetic, was most of a quiet station's detection."""
+    first = preps[0]
+    cfg, fs = first.cfg, first.fs
+    thr = cfg.sta_lta
+    sts = [p.st for p in preps]
+    cf = np.einsum("nsc,nsc->ns", band, band)
+    pa_abs = np.abs(band[:, :, 0]) if thr.cf_vertical_only else np.sqrt(cf)
+    pv_abs = np.abs(pz_vel[:, :, 0])
+    pd_abs = np.abs(pz_disp[:, :, 0])
+    acc_norm = np.sqrt(np.einsum("nsc,nsc->ns", acc, acc))
+    vel_norm = np.sqrt(np.einsum("nsc,nsc->ns", vel, vel))
+    c_sta = 1.0 / max(thr.sta_s * fs, 1.0)
+    c_lta = 1.0 / max(thr.lta_s * fs, 1.0)
+    sta_lta = _recurse_many(
+        (1.0 - c_sta, 1.0 - c_lta),
+        cf[:, :, None] * np.asarray([c_sta, c_lta]),
+        np.array([(s.sta, s.lta) for s in sts], dtype=np.float64),
+    )
+    c_noise = 1.0 / max(cfg.noise_window_s * fs, 1.0)
+    noise = _recurse_many(
+        (1.0 - c_noise,),
+        c_noise * pz_disp**2,
+        np.array([(s.disp_noise_ms,) for s in sts], dtype=np.float64),
+    )[-1, :, 0].tolist()
+    pga = acc_norm.max(axis=0).tolist()
+    pgv = vel_norm.max(axis=0).tolist()
+
+    def rows(arr: FloatArray) -> FloatArray:
+        # (stations, ...), each station's block contiguous.
+        return np.ascontiguousarray(np.moveaxis(arr, 1, 0))
+
+    cf_s, pa_s, pv_s, pd_s, an_s, vn_s, sl_s = (
+        rows(a) for a in (cf, pa_abs, pv_abs, pd_abs, acc_norm, vel_norm, sta_lta)
+    )
+    return [
+        _Derived(
+            cf_s[k], pa_s[k], pv_s[k], pd_s[k], an_s[k], vn_s[k], sl_s[k], noise[k], pga[k], pgv[k]
+        )
         for k in range(len(preps))
     ]
 
@@ -585,6 +666,9 @@ def _filter_key(prep: _Prepared) -> tuple[Any, ...]:
         cfg.vertical_axis,
         thr.cf_band_hz,
         thr.cf_vertical_only,
+        thr.sta_s,
+        thr.lta_s,
+        cfg.noise_window_s,
     )
 
 
@@ -654,15 +738,11 @@ def _detect(prep: _Prepared, f: _Filtered, cfg: SeismicConfig) -> PacketResult:
     restarted, event_ended = prep.restarted, prep.event_ended
     dt = 1.0 / fs
     n = x.shape[0]
-    acc, vel, band, cf_mem = f.acc, f.vel, f.band, f.cf_mem
+    acc, vel, cf_mem = f.acc, f.vel, f.cf_mem
     pz_acc, pz_vel, pz_disp = f.pz_acc, f.pz_vel, f.pz_disp
-    pv_abs = np.abs(pz_vel[:, 0])
-    pd_abs = np.abs(pz_disp[:, 0])
-    cf = np.einsum("ij,ij->i", band, band)
-    pa_abs = np.abs(band[:, 0]) if thr.cf_vertical_only else np.sqrt(cf)
-
-    acc_norm = np.sqrt(np.einsum("ij,ij->i", acc, acc))
-    vel_norm = np.sqrt(np.einsum("ij,ij->i", vel, vel))
+    d = f.derived
+    cf, pa_abs, pv_abs, pd_abs = d.cf, d.pa_abs, d.pv_abs, d.pd_abs
+    acc_norm, vel_norm = d.acc_norm, d.vel_norm
 
     # 3. STA/LTA, piecewise: the LTA runs while armed and is frozen in event windows.
     c_sta = 1.0 / max(thr.sta_s * fs, 1.0)
@@ -783,10 +863,14 @@ def _detect(prep: _Prepared, f: _Filtered, cfg: SeismicConfig) -> PacketResult:
             i += h_end
             continue
         # Armed (or warming up, or locked out): both averages run.
-        avg = _recurse(
-            (1.0 - c_sta, 1.0 - c_lta),
-            cf[i:, None] * np.asarray([c_sta, c_lta]),
-            np.asarray([sta, lta]),
+        avg = (
+            d.sta_lta  # from the state's averages: computed with the group
+            if i == 0
+            else _recurse(
+                (1.0 - c_sta, 1.0 - c_lta),
+                cf[i:, None] * np.asarray([c_sta, c_lta]),
+                np.asarray([sta, lta]),
+            )
         )
         if first_warm > i:
             # During the warm-up the LTA is the plain mean of the samples so far: the
@@ -842,8 +926,10 @@ def _detect(prep: _Prepared, f: _Filtered, cfg: SeismicConfig) -> PacketResult:
         i += j
 
     disp_noise = st.disp_noise_ms
-    outside = pz_disp[~in_window]
-    if outside.shape[0]:
+    outside = pz_disp[~in_window] if in_window.any() else None
+    if outside is None:
+        disp_noise = d.disp_noise_ms  # every sample outside windows: with the group
+    elif outside.shape[0]:
         # Only samples outside event windows teach us the noise level (the estimate is
         # frozen inside them), so an event cannot inflate it.
         c_noise = 1.0 / max(cfg.noise_window_s * fs, 1.0)
@@ -891,8 +977,8 @@ def _detect(prep: _Prepared, f: _Filtered, cfg: SeismicConfig) -> PacketResult:
         event_ended=event_ended,
         triggered=triggered,
         p_time_s=new_p,
-        packet_pga_gal=float(acc_norm.max()),
-        packet_pgv_cms=float(vel_norm.max()),
+        packet_pga_gal=d.packet_pga_gal,
+        packet_pgv_cms=d.packet_pgv_cms,
         packet_max_ratio=float(ratio.max()),
     )
 

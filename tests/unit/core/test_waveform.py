@@ -12,7 +12,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from civic_iot.storage.waveform import MAX_ABS, WaveformError, pack, peak, stored, unpack
+from civic_iot.storage.waveform import (
+    MAX_ABS,
+    WaveformError,
+    pack,
+    pack_rows,
+    peak,
+    peaks,
+    stored,
+    unpack,
+)
 
 #: What the payload contract admits: 1 to 1,000 samples of -4,000 to 4,000 gal.
 contract_samples = st.lists(
@@ -99,3 +108,32 @@ def test_what_a_float32_cannot_hold_is_refused(samples: list[float], bad: int) -
 def test_text_that_is_no_packing_is_refused(text: str, why: str) -> None:
     with pytest.raises(WaveformError, match=why):
         unpack(text)
+
+
+@given(st.integers(1, 4), st.data())
+def test_rows_pack_as_each_row_alone(n_rows: int, data: st.DataObject) -> None:
+    """pack_rows and peaks (numpy, a packet's components at once) give exactly what
+    pack and peak give each component's list."""
+    n = data.draw(st.integers(0, 300))
+    rows = [
+        data.draw(st.lists(st.floats(-4000, 4000, allow_nan=False), min_size=n, max_size=n))
+        for _ in range(n_rows)
+    ]
+    arr = np.array(rows, dtype=np.float64).reshape(n_rows, n)
+    assert pack_rows(arr) == [pack(r) for r in rows]
+    assert peaks(arr) == [peak(r) for r in rows]
+    # A view (the detector's columns, transposed back) packs the same.
+    assert pack_rows(np.ascontiguousarray(arr.T).T) == [pack(r) for r in rows]
+
+
+@pytest.mark.parametrize(
+    ("rows", "where"),
+    [
+        ([[0.0, 1.0], [2.0, math.nan]], "row 1: sample 1"),
+        ([[math.inf, 0.0], [0.0, 0.0]], "row 0: sample 0"),
+        ([[0.0, 1e39], [0.0, 0.0]], "row 0: sample 1"),
+    ],
+)
+def test_rows_refuse_what_a_float32_cannot_hold(rows: list[list[float]], where: str) -> None:
+    with pytest.raises(WaveformError, match=f"{where} is not a finite float32"):
+        pack_rows(np.array(rows))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import numpy as np
 import pytest
 from influxdb_client.client.write.point import Point as InfluxPoint
 
@@ -84,6 +85,19 @@ def test_a_seismic_packet_is_one_point_at_t0_with_its_samples_packed() -> None:
     # Numbers as numbers (Flux aggregates them), the samples as strings.
     assert p.line().count('"') == 6
     assert ",samples=3i," in p.line()
+
+
+def test_a_seismic_packet_point_from_its_components_array_is_the_same() -> None:
+    """The worker hands the raw point the (3, n) array it made for the detector: the
+    same point as from the payload's lists."""
+    data = SeismicPayload(
+        ts=T, sample_rate_hz=100, x_gal=[0.01, -0.0, 3999.99], y_gal=[-4000, 5.5, -6.25],
+        z_gal=[980.25, 0.1, -0.07],
+    )  # fmt: skip
+    r = _reading(data)
+    comps = np.array((data.x_gal, data.y_gal, data.z_gal))
+    assert reading_points(r, B, components=comps) == reading_points(r, B)
+    assert reading_points(r, B)[0].line() == reading_points(r, B, components=comps)[0].line()
 
 
 def test_same_reading_same_points() -> None:
