@@ -45,6 +45,9 @@ WEEK_MS = 7 * 86_400_000
 #: up to this much): the associator's one record holds what it knows of every station,
 #: about 1.1 MB at Taiwan's 615 (bench/taiwan.py), above Kafka's default of 1 MB.
 STATE_RECORD_MAX_BYTES = 8 * 1024 * 1024
+#: The largest record batch the worker's producer builds, bytes (aiokafka's default: 16
+#: KiB); a changelog record this large or larger goes in a request of its own.
+PRODUCER_BATCH_BYTES = 1024 * 1024
 
 #: The processors' state tables (Faust keeps each in a ``{app}-{table}-changelog`` topic).
 TABLES = (

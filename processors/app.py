@@ -75,7 +75,7 @@ from civic_iot.settings import ProcessorSettings, Settings, mark_key
 from civic_iot.storage.sink import InfluxSink, PointSink, Publisher, deadletter_report
 from civic_iot.thresholds import Thresholds, load_thresholds
 from civic_iot.timebounds import TimeBounds
-from civic_iot.topology import STATE_RECORD_MAX_BYTES, Topology
+from civic_iot.topology import PRODUCER_BATCH_BYTES, STATE_RECORD_MAX_BYTES, Topology
 from processors.agents.deadletter import DeadletterAgent
 from processors.agents.device import AirAgent, DeviceDeps, SeismicAgent, WaterAgent
 from processors.agents.faults import contained
@@ -407,10 +407,6 @@ def settle_heap(young: int = GC_YOUNG_THRESHOLD) -> None:
     gc.freeze()
     _, older, oldest = gc.get_threshold()
     gc.set_threshold(young, older, oldest)
-
-
-#: The largest record batch the worker's producer builds, bytes (aiokafka's default: 16 KiB).
-PRODUCER_BATCH_BYTES = 1024 * 1024
 
 
 def batch_within_s(p: ProcessorSettings, agent: str) -> float:

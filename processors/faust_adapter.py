@@ -82,6 +82,8 @@ from faust.types import TP, EventT
 from mode.types.signals import BaseSignalT
 from mode.utils.futures import notify
 
+from civic_iot.topology import PRODUCER_BATCH_BYTES
+
 #: The faust-streaming release whose behaviour this module is written against.
 FAUST_VERSION = "0.15.3"
 
@@ -274,7 +276,7 @@ async def write_changelog(
 #: A changelog record at least this large (key and value, bytes) is sent alone
 #: (:func:`write_changelog`): the producer refuses one beyond its request size, and it
 #: must not take a batch of other keys' records with it.
-_ALONE_BYTES = 1024 * 1024
+_ALONE_BYTES = PRODUCER_BATCH_BYTES
 
 
 async def _send_batch(client: Any, batch: Any, topic: str, partition: int, table: str) -> None:

@@ -10,8 +10,8 @@ from faust.stores.memory import Store as MemoryStore
 
 from civic_iot.settings import Settings
 from civic_iot.thresholds import thresholds_from
-from civic_iot.topology import STATE_RECORD_MAX_BYTES, Topology
-from processors.app import PRODUCER_BATCH_BYTES, batch_within_s, create_app
+from civic_iot.topology import PRODUCER_BATCH_BYTES, STATE_RECORD_MAX_BYTES, Topology
+from processors.app import batch_within_s, create_app
 from processors.cli import changelog_specs
 from tests.unit.processors.recorders import RecordingPublisher, RecordingSink
 from tests.unit.processors.test_agents import REGISTRY
