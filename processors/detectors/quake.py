@@ -580,24 +580,6 @@ class _Constraints:
         return int(self.lat.shape[0])
 
 
-def _costs(
-    lat_ax: FloatArray,
-    lon_ax: FloatArray,
-    depths: FloatArray,
-    p_lat: FloatArray,
-    p_lon: FloatArray,
-    p_t: FloatArray,
-    cons: _Constraints,
-    thr: QuakeThresholds,
-) -> tuple[FloatArray, FloatArray]:
-    """Cost and origin time of every (epicentre, depth) pair, shape (depths, epicentres)
-    (:func:`_costs_for` with the pick error ``pick_sigma_s``)."""
-    costs, origin = _costs_for(
-        lat_ax, lon_ax, depths, p_lat, p_lon, p_t, cons, thr, (thr.pick_sigma_s,)
-    )
-    return costs[0], origin
-
-
 def _costs_for(
     lat_ax: FloatArray,
     lon_ax: FloatArray,
@@ -607,11 +589,12 @@ def _costs_for(
     p_t: FloatArray,
     cons: _Constraints,
     thr: QuakeThresholds,
-    sigmas: tuple[float, ...],
+    sigmas: tuple[float, ...] = (),
 ) -> tuple[list[FloatArray], FloatArray]:
-    """Cost, for each pick error in ``sigmas`` (s), and origin time of every (epicentre,
-    depth) pair, shape (depths, epicentres: the grid ``lat_ax`` x ``lon_ax`` in
-    :func:`grid_distance_km`'s order); the travel times are worked out once.
+    """Cost, for each pick error in ``sigmas`` (s; none given: ``pick_sigma_s``), and
+    origin time of every (epicentre, depth) pair, shape (depths, epicentres: the grid
+    ``lat_ax`` x ``lon_ax`` in :func:`grid_distance_km`'s order); the travel times are
+    worked out once.
 
     The cost is in units of the pick error: squared P residuals over ``pick_sigma_s``
     squared, each capped at 9 (an odd pick, an S taken for P, weighs like a 3-sigma one),
@@ -621,6 +604,7 @@ def _costs_for(
     ``unpicked_min_pa_snr`` above the station's noise, plus a weak prior on depth. The
     origin is the median of ``p - travel time``.
     """
+    sigmas = sigmas or (thr.pick_sigma_s,)
     z2 = (np.asarray(depths, dtype=np.float64) ** 2)[:, None, None]
     epi = grid_distance_km(lat_ax, lon_ax, p_lat, p_lon)
     tt = np.sqrt(epi[None, :, :] ** 2 + z2) / thr.vp_kms  # (D, G, N)
@@ -711,7 +695,7 @@ def locate(
     Args:
         lats, lons, p_times_s: the picks, degrees and epoch s.
         config: the settings (velocities, region, depth range, pick error).
-        constraints: armed stations that did not trigger (see :func:`_costs`).
+        constraints: armed stations that did not trigger (see :func:`_costs_for`).
         around: search near this hypocentre only (a relocation with more picks).
     """
     thr = config.association
@@ -786,7 +770,8 @@ def locate(
                 lo = c_lon + h_step * np.arange(-4.0, 5.0)
                 zs = np.unique(np.clip(c_z + z_step * np.arange(-3, 4), z_lo, z_hi))
                 f_lat, f_lon = (a.ravel() for a in np.meshgrid(la, lo, indexing="ij"))
-                f_cost, f_origin = _costs(la, lo, zs, p_lat, p_lon, p_t, cons, thr)
+                f_costs, f_origin = _costs_for(la, lo, zs, p_lat, p_lon, p_t, cons, thr)
+                f_cost = f_costs[0]
                 tried.append(
                     (
                         np.broadcast_to(f_lat, f_cost.shape),
@@ -1643,7 +1628,7 @@ def _depth_scan(
     ax = step * np.arange(-2.0, 3.0)
     z_lo, z_hi = thr.depth_km
     scaled = thr.model_copy(update={"vp_kms": thr.vp_kms * vp_scale})
-    cost, _ = _costs(
+    cost, _ = _costs_for(
         near.lat + ax,
         near.lon + ax,
         np.arange(z_lo, z_hi + 1e-6, 2.5),
@@ -1653,7 +1638,7 @@ def _depth_scan(
         cons,
         scaled,
     )
-    return float(cost.min())
+    return float(cost[0].min())
 
 
 def _relocate(
