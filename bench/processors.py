@@ -92,6 +92,7 @@ from civic_iot.settings import Settings, get_settings, influx_token, mark_key  #
 from civic_iot.times import to_ns  # noqa: E402
 from civic_iot.topology import READING_KINDS, Topology  # noqa: E402
 from ingest.service import _send_grouped as send_grouped  # noqa: E402
+from processors.app import processors_app_id  # noqa: E402
 from simulator.waveforms import SimQuake, SimStation, synthesize_packets  # noqa: E402
 
 
@@ -358,7 +359,8 @@ def main() -> int:
         "CIVIC_PROCESSORS__WEB_PORT": "0",
         "CIVIC_PROCESSORS__STATS_INTERVAL_S": "1",
     }
-    group = Topology(prefix=prefix).processors_app
+    # The worker's consumer group: a role's own (``CIVIC_PROCESSORS__ROLE``, e.g. seismic).
+    group = processors_app_id(Topology(prefix=prefix), settings.processors.role)
     reading_topics = [Topology(prefix=prefix).readings(k) for k in READING_KINDS]
     floor: dict[str, Any] | None = None
     try:
