@@ -15,11 +15,14 @@ the batch; the loop does the rest, the same way for all of them:
    since it last did: a batch of bulk readings never holds the event loop for more than
    that and one record (at Taiwan's trickle a record holds a reading or two, and a
    yield after each cost the bulk worker an event-loop turn per reading).
-3. The loop awaits the sink (:func:`civic_iot.storage.sink.store`) until InfluxDB has
-   every point, retrying with backoff while it is down.
-4. Only then is the batch's state written to the table (and so its changelog), each
-   key under its own last event, and each event acked (``Stream.ack`` ->
-   ``Consumer.ack``).
+3. The sink (:func:`civic_iot.storage.sink.store`) stores the batch's points while the
+   next batch is read and decided: the agent never waits for InfluxDB between batches,
+   only when a batch is decided before the one before it is stored (one batch is stored
+   at a time, in order). The store retries with backoff while InfluxDB is down.
+4. Only once the batch's points are stored is its state written to the table (and so
+   its changelog), each key under its own last event, and each event acked
+   (``Stream.ack`` -> ``Consumer.ack``). The next batch reads the state through the
+   batch before (:meth:`~processors.agents.tables.BatchState.detach`).
 
 The consumer commits, every ``broker_commit_interval``, only the highest *contiguous*
 acked offset per partition (``Consumer._new_offset``), after flushing the producer
@@ -43,7 +46,7 @@ import asyncio
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from faust.streams import Stream
@@ -99,43 +102,97 @@ async def commit_after_sink(
     stream: Stream[Any], agent: BatchAgent, *, batch_max: int, within_s: float, retry_s: float
 ) -> None:
     """Run ``agent`` on ``stream`` until the stream stops (see the module docstring)."""
-    agent.idle_since_s = time.monotonic()
     clock = time.monotonic
-    async for events in batches(stream, batch_max, within_s, agent.batch_closer()):
-        agent.idle_since_s = None
-        yielded = clock()
-        i = 0
-        while i < len(events):
-            agent.begin_batch()
-            inputs = 0
-            done: list[EventT[Any]] = []
-            while i < len(events) and inputs < batch_max:
-                event = events[i]
-                n = await agent.on_event(event)
-                inputs += 1 if n is None else n
-                done.append(event)
-                i += 1
-                if clock() - yielded >= YIELD_AFTER_S:
-                    await asyncio.sleep(0)  # let another agent (the seismic path) run
-                    yielded = clock()
-            await agent.on_batch()
+    agent.idle_since_s = clock()
+    #: The batch whose points are being stored: True once stored, written and acked,
+    #: False when the worker stopped before (its sink closed).
+    storing: asyncio.Task[bool] | None = None
+
+    async def settle(done: list[EventT[Any]]) -> bool:
+        try:
+            await store(agent.sink, what=agent.name, retry_s=retry_s)
+        except SinkClosed:
+            # The worker is stopping and closed its sinks before this batch was stored:
+            # end here, nothing acked, so the batch is read again after the restart.
+            # (Raising would crash the agent, and faust restarting a crashed agent
+            # while it stops hangs the worker.)
+            logger.info(
+                "stopping before the batch was stored agent=%s events=%d", agent.name, len(done)
+            )
+            return False
+        if agent.state is not None:
+            await agent.state.write()
+        for event in done:
+            await stream.ack(event)
+        agent.on_stored(done)
+        return True
+
+    taking = batches(stream, batch_max, within_s, agent.batch_closer())
+    taken: asyncio.Future[Sequence[EventT[Any]]] | None = None
+    try:
+        while True:
+            taken = asyncio.ensure_future(anext(taking))
+            if storing is not None and not storing.done():
+                # Wait for events, but end at once if the batch before cannot be stored
+                # (and raise what went wrong storing it).
+                await asyncio.wait((taken, storing), return_when=asyncio.FIRST_COMPLETED)
+            if storing is not None and storing.done():
+                if not storing.result():
+                    return
+                storing = None
+                if not taken.done():
+                    agent.idle_since_s = clock()
             try:
-                await store(agent.sink, what=agent.name, retry_s=retry_s)
-            except SinkClosed:
-                # The worker is stopping and closed its sinks before this batch was stored:
-                # end here, nothing acked, so the batch is read again after the restart.
-                # (Raising would crash the agent, and faust restarting a crashed agent
-                # while it stops hangs the worker.)
-                logger.info(
-                    "stopping before the batch was stored agent=%s events=%d", agent.name, len(done)
-                )
+                events = await taken
+            except StopAsyncIteration:
+                break
+            agent.idle_since_s = None
+            stopping, storing = await _decide(agent, events, batch_max, storing, settle)
+            if stopping:
                 return
-            if agent.state is not None:
-                await agent.state.write()
-            for event in done:
-                await stream.ack(event)
-            agent.on_stored(done)
-        agent.idle_since_s = time.monotonic()
+        if storing is not None:
+            await storing
+    finally:
+        for task in (taken, storing):
+            if task is not None and not task.done():
+                task.cancel()
+
+
+async def _decide(
+    agent: BatchAgent,
+    events: Sequence[EventT[Any]],
+    batch_max: int,
+    storing: asyncio.Task[bool] | None,
+    settle: Callable[[list[EventT[Any]]], Coroutine[Any, Any, bool]],
+) -> tuple[bool, asyncio.Task[bool] | None]:
+    """Decide ``events`` in batches of ``batch_max`` inputs, each stored once the one
+    before is (``storing``); returns whether the worker stops (a batch's sink closed)
+    and the last batch's store."""
+    clock = time.monotonic
+    yielded = clock()
+    i = 0
+    while i < len(events):
+        agent.begin_batch()
+        inputs = 0
+        done: list[EventT[Any]] = []
+        while i < len(events) and inputs < batch_max:
+            event = events[i]
+            n = await agent.on_event(event)
+            inputs += 1 if n is None else n
+            done.append(event)
+            i += 1
+            if clock() - yielded >= YIELD_AFTER_S:
+                await asyncio.sleep(0)  # let another agent (the seismic path) run
+                yielded = clock()
+        await agent.on_batch()
+        # One batch stored at a time, in order: the one before is stored, its state
+        # written and its events acked before this one's points go.
+        if storing is not None and not await storing:
+            return True, None
+        if agent.state is not None:
+            agent.state.detach()
+        storing = asyncio.create_task(settle(done))
+    return False, storing
 
 
 class StallRepair:

@@ -64,16 +64,23 @@ class BatchState(Generic[S]):
     nothing reaches the table (and so its changelog) until :meth:`write` after the
     batch's points are stored. A crash before that leaves the old state, and the
     re-read batch recomputes the same figures; a crash after it finds each key's stored
-    offset and skips what the state already holds (:func:`seen`)."""
+    offset and skips what the state already holds (:func:`seen`).
+
+    While a batch's points are being stored the next batch is already decided
+    (:mod:`processors.agents.loop`): :meth:`detach` sets the finished batch's writes
+    aside, still seen by reads under the new batch's own, until :meth:`write` puts them
+    in the table."""
 
     def __init__(self, table: MutableMapping[str, S], model: type[S]) -> None:
         self.table = table
         self._empty = model()
         self._new: dict[str, tuple[S, EventT[Any], int]] = {}
+        #: The finished batch's writes, waiting for its points to be stored.
+        self._storing: dict[str, tuple[S, EventT[Any], int]] = {}
 
     def get(self, key: str) -> S:
         """The key's state as of this batch (a fresh one for a key never stored)."""
-        hit = self._new.get(key)
+        hit = self._new.get(key) or self._storing.get(key)
         if hit is not None:
             return hit[0]
         value = self.table.get(key)
@@ -90,9 +97,17 @@ class BatchState(Generic[S]):
         """Forget a batch that did not finish (its events are not acked either)."""
         self._new.clear()
 
+    def detach(self) -> None:
+        """The batch is decided: set its writes aside for :meth:`write`, and begin the
+        next batch's on top of them. The batch before must be written already."""
+        if self._storing:
+            msg = "the batch before is not written yet"
+            raise RuntimeError(msg)
+        self._storing, self._new = self._new, {}
+
     async def write(self) -> None:
-        """Into the table, each key under its own last event (its changelog partition),
-        with the position of its last input."""
+        """The detached batch into the table, each key under its own last event (its
+        changelog partition), with the position of its last input."""
         await write_changelog(
             self.table,
             (
@@ -101,10 +116,10 @@ class BatchState(Generic[S]):
                     value.model_copy(update={"offset": int(event.message.offset), "index": index}),
                     event,
                 )
-                for key, (value, event, index) in self._new.items()
+                for key, (value, event, index) in self._storing.items()
             ),
         )
-        self._new.clear()
+        self._storing = {}
 
 
 def seen(state: TableValue, event: EventT[Any], index: int = 0) -> bool:

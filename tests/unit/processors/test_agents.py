@@ -649,3 +649,49 @@ def test_township_agent_takes_every_township_of_a_message(harness: Any) -> None:
     # Each township's state holds its own place in the message, for the replay check.
     table = app.tables["township-state"]
     assert (table[TOWN].index, table[other].index) == (0, 1)
+
+
+def test_the_next_batch_is_decided_through_the_one_being_stored_and_acks_keep_order() -> None:
+    # InfluxDB slow: the agent does not wait for it between batches. The next batch reads
+    # the state through the batch being stored, while neither reaches the table nor is
+    # acked until the points of the first are stored; then both, in order.
+    sinks: dict[str, RecordingSink] = {}
+    app = _app_with_air_sink(GatedSink(), sinks)
+    table = app.tables["air-state"]
+    device = REGISTRY.devices[0]
+    t = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
+    while_storing: dict[str, Any] = {}
+
+    async def run() -> None:
+        sink = sinks["air"]
+        assert isinstance(sink, GatedSink)
+        async with app.agents["air"].test_context() as ctx:
+            first = await ctx.put(**_marked("air", device.id.encode(), _air(device, t, 40.0)))
+            await asyncio.wait_for(sink.flushing.wait(), 5)
+            later = t + timedelta(minutes=10)
+            second = await ctx.put(
+                **_marked("air", device.id.encode(), _air(device, later, 100.0)), wait=False
+            )
+            await _until(lambda: len(sink.pending) >= 4)  # decided while the first is held
+            while_storing.update(
+                state=table.get(device.id),
+                acked=(first.message.acked, second.message.acked),
+                stored=len(sink.stored),
+            )
+            sink.gate.set()
+            await _until(lambda: second.message.acked)
+            while_storing["first_acked_after"] = first.message.acked
+
+    asyncio.run(run())
+    assert while_storing == {
+        "state": None,
+        "acked": (False, False),
+        "stored": 0,
+        "first_acked_after": True,
+    }
+    aq = [dict(p.fields) for p in sinks["air"].stored if p.measurement == "air_quality"]
+    assert [f["pm2_5_ugm3_1h"] for f in aq] == [40.0, 70.0]  # the second saw the first
+    state = table.get(device.id)
+    assert state is not None
+    assert state.offset == 1
+    assert state.last_seen == (t + timedelta(minutes=10)).timestamp()

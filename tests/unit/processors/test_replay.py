@@ -38,6 +38,8 @@ def test_a_written_state_records_its_last_readings_position() -> None:
     states.set("dev", AirDevice(), _event(4), 2)
     states.set("dev", AirDevice(), _event(5), 1)
     assert table == {}  # staged until the batch is stored
+    states.detach()
+    assert table == {}  # set aside while its points are stored
     asyncio.run(states.write())
     assert (table["dev"].offset, table["dev"].index) == (5, 1)
     assert seen(table["dev"], _event(5), 1)
