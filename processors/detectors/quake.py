@@ -241,10 +241,12 @@ class QuakeConfig:
             this distance of the first pick.
         declare_max_magnitude_span: an event is not declared from fewer than
             2 x ``min_stations`` picks while the depths they allow change its magnitude
-            by more than this (the issue's target for the first magnitude, 0.7), nor
-            while their confidence region reaches beyond the thresholds'
-            ``declare_max_uncertainty_km``, unless no pick (P time) came for
-            ``declare_max_wait_s`` (s: a packet, then two seconds).
+            by more than this (the issue's target for the first magnitude, 0.7: only
+            until the S wave could have reached the nearest pick from every depth
+            allowed, and from five picks no longer than ``declare_wide_wait_s`` after
+            the fifth), nor while their confidence region reaches beyond the
+            thresholds' ``declare_max_uncertainty_km``, unless no pick (P time) came
+            for ``declare_max_wait_s`` (s: a packet, then two seconds).
         declare_wide_km, declare_wide_max_picks, declare_wide_wait_s: fewer than
             ``declare_wide_max_picks`` picks whose confidence region reaches beyond
             ``declare_wide_km`` wait for more, but no longer than ``declare_wide_wait_s``
@@ -1862,13 +1864,7 @@ def _declare(
         and len(best) < 2 * thr.min_stations
         and (
             hypo.uncertainty_km > thr.declare_max_uncertainty_km
-            or (
-                # Only while the S wave has not reached the nearest station: once it
-                # has, the places nearest the source need the warning now, and a
-                # shallow source near the stations is what the depth prior expects.
-                now_s < _first_s_arrival(best, hypo, cfg)
-                and _magnitude_span(best, hypo, now_s, cfg) > cfg.declare_max_magnitude_span
-            )
+            or _depth_open(best, hypo, now_s, cfg)
         )
     ):
         return None
@@ -1910,12 +1906,46 @@ def _too_wide(
     return now_s < fifth + cfg.declare_wide_wait_s
 
 
+def _wait_until(picks: Sequence[EventStation], cfg: QuakeConfig) -> float:
+    """How long a first location may wait for one more pick once it has five:
+    ``declare_wide_wait_s`` after the fifth pick (epoch s; without five picks, no bound:
+    the issue's 3 s after the fifth P has not started)."""
+    if len(picks) < 5:
+        return math.inf
+    return sorted(u.p_time_s for u in picks)[4] + cfg.declare_wide_wait_s
+
+
+def _depth_open(
+    picks: Sequence[EventStation], hypo: Hypocentre, now_s: float, cfg: QuakeConfig
+) -> bool:
+    """A first location whose magnitude changes by more than
+    ``declare_max_magnitude_span`` over the depths the picks allow waits for one more
+    pick: only while the S wave has not surely reached the nearest station (at every
+    depth the picks allow; once it has, the places nearest the source need the warning
+    now, and a shallow source near the stations is what the depth prior expects), and
+    from five picks on no longer than a wide location waits (:func:`_wait_until`: the
+    alert stays within 3 s of the fifth P)."""
+    if now_s >= min(_first_s_arrival(picks, hypo, cfg), _wait_until(picks, cfg)):
+        return False
+    return _magnitude_span(picks, hypo, now_s, cfg) > cfg.declare_max_magnitude_span
+
+
 def _first_s_arrival(stations: Sequence[EventStation], hypo: Hypocentre, cfg: QuakeConfig) -> float:
-    """When the S wave reaches the nearest of ``stations`` by ``hypo``, epoch s."""
+    """When the S wave has surely reached one of ``stations`` (picks), epoch s: the
+    earliest over the stations of their own P pick plus the S - P time at the deepest
+    depth the picks allow (``hypo.depth_range_km``).
+
+    The S - P time grows with the hypocentral distance, so a depth the picks do not
+    resolve is an S arrival they do not resolve: at the located depth alone, a 71 km deep
+    M5.6 first put at 15 km (its origin 6 s late) had its S "at" the nearest station 2 s
+    before the alert, and was declared a unit low while the picks allowed 92 km."""
+    thr = cfg.association
     lat = np.array([s.lat for s in stations])
     lon = np.array([s.lon for s in stations])
-    r = _hypocentral_km(hypo, lat, lon)
-    return hypo.origin_s + float(r.min()) / cfg.association.vs_kms
+    deepest = hypo.depth_km if hypo.depth_range_km is None else max(hypo.depth_range_km)
+    r = _hypocentral_km(replace(hypo, depth_km=deepest), lat, lon)
+    s_minus_p = r * (1.0 / thr.vs_kms - 1.0 / (thr.vp_kms * hypo.vp_scale))
+    return float(np.min(np.array([s.p_time_s for s in stations]) + s_minus_p))
 
 
 def _magnitude_span(
