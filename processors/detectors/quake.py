@@ -241,10 +241,12 @@ class QuakeConfig:
             this distance of the first pick.
         declare_max_magnitude_span: an event is not declared from fewer than
             2 x ``min_stations`` picks while the depths they allow change its magnitude
-            by more than this (the issue's target for the first magnitude, 0.7), nor
-            while their confidence region reaches beyond the thresholds'
-            ``declare_max_uncertainty_km``, unless no pick (P time) came for
-            ``declare_max_wait_s`` (s: a packet, then two seconds).
+            by more than this (the issue's target for the first magnitude, 0.7: only
+            until the S wave could have reached the nearest pick from every depth
+            allowed, and from five picks no longer than ``declare_wide_wait_s`` after
+            the fifth), nor while their confidence region reaches beyond the
+            thresholds' ``declare_max_uncertainty_km``, unless no pick (P time) came
+            for ``declare_max_wait_s`` (s: a packet, then two seconds).
         declare_wide_km, declare_wide_max_picks, declare_wide_wait_s: fewer than
             ``declare_wide_max_picks`` picks whose confidence region reaches beyond
             ``declare_wide_km`` wait for more, but no longer than ``declare_wide_wait_s``
@@ -1834,7 +1836,9 @@ def _declare(
     if _sites(best, thr) < thr.min_stations:
         return None
     names = {s.station_id for s in best}
-    hypo = _locate_picks(best, armed, names, now_s, cfg)
+    # The silent stations are judged at the largest magnitude the picks allow.
+    largest = _largest_magnitude(best, now_s, cfg)
+    hypo = _locate_picks(best, armed, names, now_s, cfg, magnitude=largest)
     if hypo.rms_s > thr.max_rms_s:
         # An odd pick in the group (noise a second before the P, an S taken for P): the
         # location is robust to it (its residual is capped), the RMS is not. Without the
@@ -1846,7 +1850,9 @@ def _declare(
             return None
         best = keep
         names = {s.station_id for s in best}
-        hypo = _locate_picks(best, armed, names, now_s, cfg)
+        hypo = _locate_picks(
+            best, armed, names, now_s, cfg, magnitude=_largest_magnitude(best, now_s, cfg)
+        )
         if hypo.rms_s > thr.max_rms_s:
             return None
     # Few picks that leave the epicentre or the magnitude open wait for one more (about
@@ -1862,13 +1868,7 @@ def _declare(
         and len(best) < 2 * thr.min_stations
         and (
             hypo.uncertainty_km > thr.declare_max_uncertainty_km
-            or (
-                # Only while the S wave has not reached the nearest station: once it
-                # has, the places nearest the source need the warning now, and a
-                # shallow source near the stations is what the depth prior expects.
-                now_s < _first_s_arrival(best, hypo, cfg)
-                and _magnitude_span(best, hypo, now_s, cfg) > cfg.declare_max_magnitude_span
-            )
+            or _depth_open(best, hypo, now_s, cfg)
         )
     ):
         return None
@@ -1894,6 +1894,38 @@ def _declare(
     return ev
 
 
+def _largest_magnitude(
+    picks: Sequence[EventStation], now_s: float, cfg: QuakeConfig
+) -> float | None:
+    """The largest magnitude the picks allow, at which a declaration judges the armed
+    stations that did not trigger: located alone (no silent station), the largest of
+    the magnitudes at the located depth and at the ends of the depths the picks allow
+    (a deeper source is farther from every station, so it reads larger). None while no
+    measure gives one, from ``min_stations`` picks or fewer (three picks do not locate
+    alone: four unknowns), or where the picks alone do not fit one source (RMS over
+    twice the pick error: an odd pick the location may have taken for the P).
+
+    A silent station whose P would stand under ``unpicked_min_pa_snr`` times its noise
+    even at this magnitude cannot object. Without a magnitude every late station costs
+    like a bad pick, however far under its noise that P would be: the six stations above
+    a 98 km deep M5.3 under noise pulled its five picks' solution 32-41 km off (RMS
+    2.3-2.7 s) and held its alert to 5.1 s after the fifth P. At the magnitude of the
+    picks' own location instead, a deep quake that the picks alone put shallow reads low
+    and excuses the very stations that would pull it down (a deep M6.2 was first put 64
+    km too shallow and read 1.5 low): the largest magnitude does not depend on the depth
+    the silent stations are to decide."""
+    thr = cfg.association
+    if len(picks) <= thr.min_stations:
+        return None
+    alone = _locate_picks(picks, {}, set(), now_s, cfg)
+    if alone.rms_s > 2.0 * thr.pick_sigma_s:
+        return None
+    depths = {alone.depth_km, *(alone.depth_range_km or ())}
+    mags = [_magnitude(picks, replace(alone, depth_km=z), now_s, cfg) for z in sorted(depths)]
+    known = [m for m, method in mags if method != "none"]
+    return max(known) if known else None
+
+
 def _too_wide(
     picks: Sequence[EventStation], hypo: Hypocentre, now_s: float, cfg: QuakeConfig
 ) -> bool:
@@ -1910,12 +1942,46 @@ def _too_wide(
     return now_s < fifth + cfg.declare_wide_wait_s
 
 
+def _wait_until(picks: Sequence[EventStation], cfg: QuakeConfig) -> float:
+    """How long a first location may wait for one more pick once it has five:
+    ``declare_wide_wait_s`` after the fifth pick (epoch s; without five picks, no bound:
+    the issue's 3 s after the fifth P has not started)."""
+    if len(picks) < 5:
+        return math.inf
+    return sorted(u.p_time_s for u in picks)[4] + cfg.declare_wide_wait_s
+
+
+def _depth_open(
+    picks: Sequence[EventStation], hypo: Hypocentre, now_s: float, cfg: QuakeConfig
+) -> bool:
+    """A first location whose magnitude changes by more than
+    ``declare_max_magnitude_span`` over the depths the picks allow waits for one more
+    pick: only while the S wave has not surely reached the nearest station (at every
+    depth the picks allow; once it has, the places nearest the source need the warning
+    now, and a shallow source near the stations is what the depth prior expects), and
+    from five picks on no longer than a wide location waits (:func:`_wait_until`: the
+    alert stays within 3 s of the fifth P)."""
+    if now_s >= min(_first_s_arrival(picks, hypo, cfg), _wait_until(picks, cfg)):
+        return False
+    return _magnitude_span(picks, hypo, now_s, cfg) > cfg.declare_max_magnitude_span
+
+
 def _first_s_arrival(stations: Sequence[EventStation], hypo: Hypocentre, cfg: QuakeConfig) -> float:
-    """When the S wave reaches the nearest of ``stations`` by ``hypo``, epoch s."""
+    """When the S wave has surely reached one of ``stations`` (picks), epoch s: the
+    earliest over the stations of their own P pick plus the S - P time at the deepest
+    depth the picks allow (``hypo.depth_range_km``).
+
+    The S - P time grows with the hypocentral distance, so a depth the picks do not
+    resolve is an S arrival they do not resolve: at the located depth alone, a 71 km deep
+    M5.6 first put at 15 km (its origin 6 s late) had its S "at" the nearest station 2 s
+    before the alert, and was declared a unit low while the picks allowed 92 km."""
+    thr = cfg.association
     lat = np.array([s.lat for s in stations])
     lon = np.array([s.lon for s in stations])
-    r = _hypocentral_km(hypo, lat, lon)
-    return hypo.origin_s + float(r.min()) / cfg.association.vs_kms
+    deepest = hypo.depth_km if hypo.depth_range_km is None else max(hypo.depth_range_km)
+    r = _hypocentral_km(replace(hypo, depth_km=deepest), lat, lon)
+    s_minus_p = r * (1.0 / thr.vs_kms - 1.0 / (thr.vp_kms * hypo.vp_scale))
+    return float(np.min(np.array([s.p_time_s for s in stations]) + s_minus_p))
 
 
 def _magnitude_span(

@@ -1,6 +1,8 @@
-"""The first alert of a one-sided network (a wide location waits a bounded time) and the
-S wave's PGA as a floor for a P-wave magnitude."""
+"""The first alert of a one-sided network (a wide location waits a bounded time), the
+S wave's PGA as a floor for a P-wave magnitude, and a first location whose depth (and so
+magnitude) the picks leave open (round 8)."""
 
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -11,6 +13,8 @@ from processors.detectors.quake import (
     Hypocentre,
     PWindow,
     QuakeConfig,
+    _depth_open,
+    _first_s_arrival,
     _magnitude,
     _s_wave_floor,
     _too_wide,
@@ -132,3 +136,82 @@ def test_the_floor_needs_two_stations_and_never_lowers() -> None:
     floor = _s_wave_floor(strong_p, HYPO, now + 5.0, CFG)
     assert floor is not None
     assert floor < m_p
+
+
+def _deep_picks(depth_km: float, azimuth_deg: float, n: int) -> list[EventStation]:
+    """``n`` picks 18-45 km from a source ``depth_km`` deep under ``HYPO``'s epicentre
+    (exact P times), each with a P amplitude the magnitude can be read from."""
+    out = []
+    for k in range(n):
+        az = math.radians(azimuth_deg + 360.0 * k / n)
+        d = 18.0 + 27.0 * k / max(n - 1, 1)
+        lat = HYPO.lat + d * math.cos(az) / 111.2
+        lon = HYPO.lon + d * math.sin(az) / (111.2 * math.cos(math.radians(HYPO.lat)))
+        r = math.hypot(float(distance_km(HYPO.lat, HYPO.lon, lat, lon)), depth_km)
+        out.append(
+            EventStation(
+                f"D{k}",
+                lat,
+                lon,
+                HYPO.origin_s + r / CFG.association.vp_kms,
+                picked=True,
+                pa_gal=3.0,
+                pa_snr=10.0,
+                p_window_s=1.0,
+            )
+        )
+    return out
+
+
+@pytest.mark.parametrize("depth_km", [55.0, 70.0, 85.0, 100.0])
+@pytest.mark.parametrize("azimuth_deg", [0.0, 40.0, 100.0])
+def test_a_deep_quake_first_put_shallow_waits_while_its_s_wave_is_not_surely_in(
+    depth_km: float, azimuth_deg: float
+) -> None:
+    # Four picks of a deep source, located shallow with a late origin (the depth prior,
+    # or an early noise pick the location fits): at the located depth the S wave has
+    # reached the nearest station a second ago, but at the depths the picks allow it
+    # has not, and the magnitude changes by a unit over those depths.
+    group = _deep_picks(depth_km, azimuth_deg, 4)
+    shallow = 15.0
+    t_p = np.array([s.p_time_s for s in group])
+    r_shallow = np.array(
+        [float(np.hypot(distance_km(HYPO.lat, HYPO.lon, s.lat, s.lon), shallow)) for s in group]
+    )
+    origin = float(np.median(t_p - r_shallow / CFG.association.vp_kms))
+    located = replace(
+        HYPO, origin_s=origin, depth_km=shallow, depth_range_km=(5.0, min(depth_km + 10.0, 100.0))
+    )
+    s_at_located = origin + float(r_shallow.min()) / CFG.association.vs_kms
+    now = s_at_located + 1.0
+    true_s = min(
+        HYPO.origin_s
+        + float(np.hypot(distance_km(HYPO.lat, HYPO.lon, s.lat, s.lon), depth_km))
+        / CFG.association.vs_kms
+        for s in group
+    )
+    assert now < true_s  # the S wave has not come: the old test was wrong here
+    assert _first_s_arrival(group, located, CFG) > now
+    assert _depth_open(group, located, now, CFG)
+    # Once the S wave could have come from every depth allowed, the event goes out.
+    assert not _depth_open(group, located, _first_s_arrival(group, located, CFG), CFG)
+    # A depth the picks resolve holds nothing back.
+    resolved = replace(located, depth_range_km=(shallow - 3.0, shallow + 3.0))
+    assert not _depth_open(group, resolved, now, CFG)
+
+
+@pytest.mark.parametrize("depth_km", [55.0, 85.0])
+@pytest.mark.parametrize("fifth_in_packet_s", [0.0, 0.5, 0.95])
+def test_from_five_picks_the_depth_wait_ends_with_the_wide_wait(
+    depth_km: float, fifth_in_packet_s: float
+) -> None:
+    group = _deep_picks(depth_km, 20.0, 5)
+    located = replace(HYPO, depth_km=15.0, depth_range_km=(5.0, 100.0))
+    fifth = sorted(s.p_time_s for s in group)[4]
+    assert _depth_open(group, located, fifth + 0.5, CFG)
+    assert not _depth_open(group, located, fifth + CFG.declare_wide_wait_s, CFG)
+    # With 1 s packets the first decision not held is within 3 s of the fifth P.
+    start = math.floor(fifth) + fifth_in_packet_s
+    decisions = [start + k for k in range(1, 6)]
+    declared = next(t for t in decisions if not _depth_open(group, located, t, CFG))
+    assert declared - fifth <= 3.0

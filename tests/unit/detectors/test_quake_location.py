@@ -1,8 +1,11 @@
 """Location: an odd pick in the declaring group, the P velocity solved for (round 3), a
-deep source ringed by its first stations (round 6)."""
+deep source ringed by its first stations (round 6), the silent stations judged at the
+largest magnitude the picks allow (round 8)."""
 
 import math
+from dataclasses import replace
 
+import numpy as np
 import pytest
 
 from civic_iot.contracts.processing import Trigger
@@ -13,7 +16,9 @@ from processors.detectors.quake import (
     Hypocentre,
     QuakeConfig,
     _consistent,
+    _largest_magnitude,
     _locate_picks,
+    _magnitude,
     distance_km,
     locate,
 )
@@ -151,3 +156,85 @@ def test_a_deep_source_ringed_by_its_picks_is_found_between_grid_nodes() -> None
     h = locate(lats, lons, times, CFG)
     assert float(distance_km(h.lat, h.lon, HYPO.lat, HYPO.lon)) <= 5.0
     assert h.rms_s < 0.3
+
+
+def _deep_event(
+    depth_km: float, magnitude: float, azimuth_deg: float
+) -> tuple[
+    Hypocentre, list[EventStation], dict[str, tuple[float, float, float | None, float, float]]
+]:
+    """A deep source under noise: five picks 55-67 km out around it (exact P times, P
+    amplitudes of ``magnitude``) and six armed stations 5-30 km from its epicentre whose
+    P, a second or more before the picks', stood under ten times their 0.9 gal noise (so
+    they did not trigger)."""
+    src = Hypocentre(origin_s=T0, lat=24.2, lon=121.2, depth_km=depth_km, rms_s=0.0)
+    gm = CFG.ground_motion
+    thr = CFG.association
+
+    def at(d_km: float, az_deg: float) -> tuple[float, float, float]:
+        az = math.radians(az_deg)
+        lat = src.lat + d_km * math.cos(az) / 111.2
+        lon = src.lon + d_km * math.sin(az) / (111.2 * math.cos(math.radians(src.lat)))
+        return lat, lon, math.hypot(float(distance_km(src.lat, src.lon, lat, lon)), depth_km)
+
+    picks = []
+    for k in range(5):
+        lat, lon, r = at(55.0 + 3.0 * k, azimuth_deg + 72.0 * k)
+        pa = thr.p_to_s_ratio * float(gm.pga_gal(magnitude, np.array([r]))[0])
+        picks.append(
+            EventStation(
+                f"P{k}",
+                lat,
+                lon,
+                T0 + r / thr.vp_kms,
+                picked=True,
+                pa_gal=pa,
+                pa_snr=10.0,
+                p_window_s=1.0,
+            )
+        )
+    now = max(s.p_time_s for s in picks) + 1.0
+    armed: dict[str, tuple[float, float, float | None, float, float]] = {}
+    for k in range(6):
+        lat, lon, _ = at(5.0 + 5.0 * k, azimuth_deg + 60.0 * k + 30.0)
+        armed[f"Q{k}"] = (lat, lon, T0 - 60.0, now, 0.9)
+    return src, picks, armed
+
+
+@pytest.mark.parametrize("depth_km", [85.0, 98.0])
+@pytest.mark.parametrize("magnitude", [5.1, 5.4])
+@pytest.mark.parametrize("azimuth_deg", [0.0, 35.0])
+def test_silent_stations_over_a_weak_deep_quake_do_not_pull_its_first_location(
+    depth_km: float, magnitude: float, azimuth_deg: float
+) -> None:
+    src, picks, armed = _deep_event(depth_km, magnitude, azimuth_deg)
+    now = max(s.p_time_s for s in picks) + 1.0
+    names = {s.station_id for s in picks}
+    largest = _largest_magnitude(picks, now, CFG)
+    assert largest is not None
+    # At the largest magnitude the picks allow, the stations above it could not have
+    # seen its P over their noise: they are excused, and the picks locate it.
+    h = _locate_picks(picks, armed, names, now, CFG, magnitude=largest)
+    assert float(distance_km(h.lat, h.lon, src.lat, src.lon)) <= 10.0
+    assert h.rms_s < 0.3
+    # Judged without a magnitude, the same stations pull the solution off (the test can
+    # fail: the silent stations do constrain).
+    blind = _locate_picks(picks, armed, names, now, CFG)
+    assert blind.rms_s > 1.0 or float(distance_km(blind.lat, blind.lon, src.lat, src.lon)) > 20.0
+
+
+def test_the_largest_magnitude_needs_picks_that_locate_alone() -> None:
+    _, picks, _ = _deep_event(98.0, 5.3, 0.0)
+    now = max(s.p_time_s for s in picks) + 1.0
+    m5 = _largest_magnitude(picks, now, CFG)
+    assert m5 is not None
+    # Deeper reads larger: not below the magnitude at the picks' own location.
+    alone = _locate_picks(picks, {}, set(), now, CFG)
+    assert m5 >= _magnitude(picks, alone, now, CFG)[0]
+    # Three picks (four unknowns) and picks that do not fit one source give none.
+    assert _largest_magnitude(picks[:3], now, CFG) is None
+    odd = [*picks[:4], replace(picks[4], p_time_s=picks[4].p_time_s - 3.0)]
+    assert _largest_magnitude(odd, now, CFG) is None
+    # No measure, no magnitude.
+    bare = [replace(s, pa_gal=None, pa_snr=None, p_window_s=0.0) for s in picks]
+    assert _largest_magnitude(bare, now, CFG) is None
