@@ -251,25 +251,26 @@ def _health(
     restarted worker still clears the ``silent`` issue it raised before); ``last`` is
     the device's last reading time before this one, epoch s."""
     t = reading.event_time.timestamp()
-    points: list[Point | None] = []
+    points: list[Point] = []
     if last is not None and t - last > ctx.silent_after_s.get(kind, math.inf):
-        points.append(
-            sensor_health_point(
-                where.device,
-                where.township,
-                "silent",
-                active=False,
-                detail=f"reading again after {t - last:.0f} s",
-                at=reading.event_time,
-                buckets=ctx.buckets,
-            )
+        p = sensor_health_point(
+            where.device,
+            where.township,
+            "silent",
+            active=False,
+            detail=f"reading again after {t - last:.0f} s",
+            at=reading.event_time,
+            buckets=ctx.buckets,
         )
+        points += [p] if p else []
     if values:
         upd = update_health(state, reading.device_id, reading.event_time, values, health)
         state = upd.state
-        for finding, active in [(f, True) for f in upd.opened] + [(f, False) for f in upd.cleared]:
-            points.append(
-                sensor_health_point(
+        if upd.opened or upd.cleared:  # rarely: most readings change no issue
+            for finding, active in [(f, True) for f in upd.opened] + [
+                (f, False) for f in upd.cleared
+            ]:
+                p = sensor_health_point(
                     where.device,
                     where.township,
                     finding.issue,
@@ -278,8 +279,8 @@ def _health(
                     at=reading.event_time,
                     buckets=ctx.buckets,
                 )
-            )
-    return state, [p for p in points if p is not None]
+                points += [p] if p else []
+    return state, points
 
 
 def handle_air(env: AirDevice, reading: Reading, ctx: Context) -> DeviceOutcome[AirDevice]:
