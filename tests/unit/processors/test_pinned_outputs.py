@@ -34,7 +34,7 @@ from civic_iot.thresholds import thresholds_from
 from civic_iot.times import to_ns
 from processors.detectors.state import dump_state
 from processors.handlers import Context, handle_air, handle_township_reports, handle_water
-from processors.states import AirDevice, TownshipState, WaterDevice
+from processors.states import AirDevice, TownshipState, WaterDevice, encode_value
 
 TOWNS = ("63000010", "63000020", "10002010")
 REGISTRY = Registry(
@@ -180,11 +180,13 @@ def _run(seed: int, n: int, batch: int) -> dict[str, str]:
                 air[r.device_id] = out_a.state
                 points, found = out_a.points, out_a.reports
                 state = out_a.state.model_dump_json()
+                assert encode_value(out_a.state) == state.encode()
             else:
                 out_w = handle_water(water.get(r.device_id, WaterDevice()), r, CTX)
                 water[r.device_id] = out_w.state
                 points, found = out_w.points, out_w.reports
                 state = out_w.state.model_dump_json()
+                assert encode_value(out_w.state) == state.encode()
             for p in points:
                 lines.update(f"{p.bucket}|{p.line()}\n".encode())
             for rep in found:
@@ -201,6 +203,7 @@ def _run(seed: int, n: int, batch: int) -> dict[str, str]:
             for c in d.candidates:
                 reports_h.update(c.model_dump_json().encode() + b"\n")
             states.update(dump_state(d.state) + b"\n")
+            assert encode_value(d.state) == d.state.model_dump_json().encode()
     return {
         "lines": lines.hexdigest()[:16],
         "reports": reports_h.hexdigest()[:16],
