@@ -48,6 +48,7 @@ from civic_iot.contracts.readings import (
     Reading,
     SeismicPayload,
     WaterPayload,
+    assemble,
 )
 from civic_iot.registry import Registry
 from civic_iot.settings import InfluxSettings
@@ -301,14 +302,21 @@ def handle_air(env: AirDevice, reading: Reading, ctx: Context) -> DeviceOutcome[
     p = air_quality_point(where, fig, ctx.buckets)
     points += [p] if p else []
     points += health_points
-    report = TownshipReport(
-        township=township,
-        hazard="air_quality",
-        device=reading.device_id,
-        level=fig.level,
-        value=float(fig.aqi.aqi) if fig.aqi else None,
-        metric="aqi",
-        event_time=fig.as_of,
+    # Every field made by the detector (a level >= 0, an aware time): assembled, not
+    # validated (the township agent validates the message it reads).
+    report = assemble(
+        TownshipReport,
+        {
+            "township": township,
+            "hazard": "air_quality",
+            "device": reading.device_id,
+            "level": fig.level,
+            "value": float(fig.aqi.aqi) if fig.aqi else None,
+            "metric": "aqi",
+            "threshold": None,
+            "event_time": fig.as_of,
+            "evidence": {},
+        },
     )
     return DeviceOutcome(state, points, [report])
 
