@@ -18,6 +18,7 @@ from civic_iot.contracts.readings import (
     Reading,
     SeismicPayload,
     WaterPayload,
+    assemble,
 )
 from civic_iot.registry import Device, Registry
 from civic_iot.times import to_ns
@@ -99,16 +100,20 @@ def validate(
                 _refuse_duplicates(device_id, topic, [k.decode() for k in keys])
     _check_time(data, device_id, topic, kind, limits, now)
     # Every input is validated already (the payload above, the device by the registry,
-    # ``now`` by the caller), so the reading is assembled without validating it again.
-    return Reading.model_construct(
-        reading_id=f"{device_id}:{to_ns(data.ts)}",
-        device_id=device_id,
-        kind=kind,  # parse_topic checked it
-        event_time=data.ts,
-        received_at=now,
-        late=data.ts < now - limits.lateness,
-        location=_location(device),
-        data=data,
+    # ``now`` by the caller), so the reading is assembled without validating it again
+    # (``assemble``: model_construct's defaults handling cost a fifth of ingest's work).
+    return assemble(
+        Reading,
+        {
+            "reading_id": f"{device_id}:{to_ns(data.ts)}",
+            "device_id": device_id,
+            "kind": kind,  # parse_topic checked it
+            "event_time": data.ts,
+            "received_at": now,
+            "late": data.ts < now - limits.lateness,
+            "location": _location(device),
+            "data": data,
+        },
     )
 
 

@@ -48,6 +48,7 @@ from civic_iot.contracts.readings import (
     Reading,
     SeismicPayload,
     WaterPayload,
+    assemble,
 )
 from civic_iot.registry import Registry
 from civic_iot.settings import InfluxSettings
@@ -251,25 +252,26 @@ def _health(
     restarted worker still clears the ``silent`` issue it raised before); ``last`` is
     the device's last reading time before this one, epoch s."""
     t = reading.event_time.timestamp()
-    points: list[Point | None] = []
+    points: list[Point] = []
     if last is not None and t - last > ctx.silent_after_s.get(kind, math.inf):
-        points.append(
-            sensor_health_point(
-                where.device,
-                where.township,
-                "silent",
-                active=False,
-                detail=f"reading again after {t - last:.0f} s",
-                at=reading.event_time,
-                buckets=ctx.buckets,
-            )
+        p = sensor_health_point(
+            where.device,
+            where.township,
+            "silent",
+            active=False,
+            detail=f"reading again after {t - last:.0f} s",
+            at=reading.event_time,
+            buckets=ctx.buckets,
         )
+        points += [p] if p else []
     if values:
         upd = update_health(state, reading.device_id, reading.event_time, values, health)
         state = upd.state
-        for finding, active in [(f, True) for f in upd.opened] + [(f, False) for f in upd.cleared]:
-            points.append(
-                sensor_health_point(
+        if upd.opened or upd.cleared:  # rarely: most readings change no issue
+            for finding, active in [(f, True) for f in upd.opened] + [
+                (f, False) for f in upd.cleared
+            ]:
+                p = sensor_health_point(
                     where.device,
                     where.township,
                     finding.issue,
@@ -278,8 +280,8 @@ def _health(
                     at=reading.event_time,
                     buckets=ctx.buckets,
                 )
-            )
-    return state, [p for p in points if p is not None]
+                points += [p] if p else []
+    return state, points
 
 
 def handle_air(env: AirDevice, reading: Reading, ctx: Context) -> DeviceOutcome[AirDevice]:
@@ -300,14 +302,21 @@ def handle_air(env: AirDevice, reading: Reading, ctx: Context) -> DeviceOutcome[
     p = air_quality_point(where, fig, ctx.buckets)
     points += [p] if p else []
     points += health_points
-    report = TownshipReport(
-        township=township,
-        hazard="air_quality",
-        device=reading.device_id,
-        level=fig.level,
-        value=float(fig.aqi.aqi) if fig.aqi else None,
-        metric="aqi",
-        event_time=fig.as_of,
+    # Every field made by the detector (a level >= 0, an aware time): assembled, not
+    # validated (the township agent validates the message it reads).
+    report = assemble(
+        TownshipReport,
+        {
+            "township": township,
+            "hazard": "air_quality",
+            "device": reading.device_id,
+            "level": fig.level,
+            "value": float(fig.aqi.aqi) if fig.aqi else None,
+            "metric": "aqi",
+            "threshold": None,
+            "event_time": fig.as_of,
+            "evidence": {},
+        },
     )
     return DeviceOutcome(state, points, [report])
 

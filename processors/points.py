@@ -85,9 +85,10 @@ def reading_points(
         fields: dict[str, FieldValue | None] = {
             f: v for f in AIR_READING_FIELDS if (v := getattr(data, f)) is not None
         }
-        fields |= {"lat": loc.lat, "lon": loc.lon, "late": reading.late}
+        fields["lat"], fields["lon"], fields["late"] = loc.lat, loc.lon, reading.late
         tags = {"device": reading.device_id, "township": loc.township, "kind": "air"}
-        return _kept([schema.AIR.point(buckets, tags, fields, t)])
+        p = schema.AIR.point(buckets, tags, fields, t)
+        return [p] if p is not None else []
     if isinstance(data, WaterPayload):
         fields = {f: v for f in WATER_READING_FIELDS if (v := getattr(data, f)) is not None}
         fields |= {"lat": loc.lat, "lon": loc.lon, "late": reading.late}
@@ -171,15 +172,15 @@ def air_quality_point(where: Where, figures: AirFigures, buckets: InfluxSettings
     and measured as the readings are (``pm2_5_ugm3_rt``, ``o3_ppb_8h`` ...)."""
     aqi = figures.aqi
     conc = figures.concentrations
-    fields: dict[str, FieldValue | None] = {
-        "aqi": aqi.aqi if aqi else None,
-        "category": aqi.category.name_en if aqi else None,
-        "leading": aqi.leading_pollutant if aqi else None,
-        "level": figures.level,
-        **{name: conc.get(name) for name in _AIR_QUALITY_FIGURES},
-        "lat": where.lat,
-        "lon": where.lon,
-    }
+    fields: dict[str, FieldValue | None] = (
+        {"aqi": aqi.aqi, "category": aqi.category.name_en, "leading": aqi.leading_pollutant}
+        if aqi
+        else {"aqi": None, "category": None, "leading": None}
+    )
+    fields["level"] = figures.level
+    for name in _AIR_QUALITY_FIGURES:
+        fields[name] = conc.get(name)
+    fields["lat"], fields["lon"] = where.lat, where.lon
     return schema.AIR_QUALITY.point(buckets, where.tags(), fields, to_ns(figures.as_of))
 
 

@@ -128,7 +128,9 @@ V = TypeVar("V", bound=TableValue)
 
 def encode_value(value: TableValue) -> bytes:
     """A table value as the changelog stores it (JSON)."""
-    return value.model_dump_json().encode()
+    # The serializer's bytes: model_dump_json's, without decoding them to text and
+    # encoding them again (a device's state is a few KB, written once a batch).
+    return value.__pydantic_serializer__.to_json(value)
 
 
 def decode_value(kind: type[V], data: bytes) -> V | None:

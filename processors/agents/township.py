@@ -78,7 +78,7 @@ class TownshipAgent(BatchAgent):
 
 def encode_reports(messages: Sequence[TownshipReports]) -> bytes:
     """A message of ``processors.township``: townships' reports, one township a line."""
-    return b"\n".join(m.model_dump_json().encode() for m in messages)
+    return b"\n".join([m.__pydantic_serializer__.to_json(m) for m in messages])
 
 
 def decode_reports(value: bytes) -> list[TownshipReports]:

@@ -398,7 +398,7 @@ class TownshipAggregate:
     filtered again for every report) and the state made once, at the end
     (:meth:`state`). Private to the batch that made it."""
 
-    __slots__ = ("_config", "_oldest", "_registered", "clock", "level", "sensors")
+    __slots__ = ("_at", "_config", "_oldest", "_registered", "clock", "level", "sensors")
 
     def __init__(
         self,
@@ -414,7 +414,20 @@ class TownshipAggregate:
         self._registered = registered_sensors
         #: No sensor was last seen before this (epoch s): the timeout filter runs only
         #: when the clock's edge passes it.
+        self._oldest = math.inf
+        #: Level (>= 1) -> the sensors at that level: a report is decided from the few
+        #: sensors above level 0, not by going over all of a township's (hundreds).
+        self._at: dict[int, set[str]] = {}
+        self._index()
+
+    def _index(self) -> None:
+        """:attr:`_oldest` and :attr:`_at` from the sensors."""
         self._oldest = min((r.last_seen for r in self.sensors.values()), default=math.inf)
+        at: dict[int, set[str]] = {}
+        for k, r in self.sensors.items():
+            if r.level > 0:
+                at.setdefault(r.level, set()).add(k)
+        self._at = at
 
     def add(
         self, device_id: str, level: int, aqi: int | None, event_time: datetime
@@ -425,26 +438,36 @@ class TownshipAggregate:
         clock = t if self.clock is None else max(self.clock, t)
         self.clock = clock
         sensors = self.sensors
+        at = self._at
         known = sensors.get(device_id)
         if known is None or t >= known.last_seen:
+            if known is not None and known.level > 0:
+                at[known.level].discard(device_id)
             sensors[device_id] = SensorReport(level, aqi, t)
+            if level > 0:
+                at.setdefault(level, set()).add(device_id)
             self._oldest = min(self._oldest, t)
         edge = clock - config.sensor_timeout_s
         if self._oldest < edge:
             kept = {k: r for k, r in sensors.items() if r.last_seen >= edge}
             sensors.clear()
             sensors.update(kept)
-            self._oldest = min((r.last_seen for r in sensors.values()), default=math.inf)
+            self._index()
+            at = self._at
 
         registered = self._registered
         count = registered if registered is not None else len(sensors)
         need = max(1, min(config.min_agreeing_sensors, count))
         new_level = 0
         agreeing: list[str] = []
-        for candidate in range(max((r.level for r in sensors.values()), default=0), 0, -1):
-            at_or_above = sorted(k for k, r in sensors.items() if r.level >= candidate)
-            if len(at_or_above) >= need:
-                new_level, agreeing = candidate, at_or_above
+        # The highest level that ``need`` sensors reach: the sensors at or above each
+        # level, counted down from the highest level held.
+        at_or_above = 0
+        for candidate in range(max((k for k, ids in at.items() if ids), default=0), 0, -1):
+            at_or_above += len(at.get(candidate, ()))
+            if at_or_above >= need:
+                new_level = candidate
+                agreeing = sorted(k for lv, ids in at.items() if lv >= candidate for k in ids)
                 break
         aqis = [a for k in agreeing if (a := sensors[k].aqi) is not None]
         previous, self.level = self.level, new_level

@@ -101,9 +101,10 @@ class BreakpointTable:
     _edges: tuple[tuple[Decimal, Decimal], ...] = field(init=False, repr=False, compare=False)
     _quantum: Decimal = field(init=False, repr=False, compare=False)
     _mode: str = field(init=False, repr=False, compare=False)
-    #: Quantised concentration -> (sub-index, above the top band), or None: values at
-    #: the table's resolution are few, and each is worked out once.
-    _memo: dict[Decimal, tuple[int, bool] | None] = field(
+    #: Concentration as given -> (sub-index, above the top band), or None: most values
+    #: come again (quantised averages, the same hour's means), and each is quantised and
+    #: worked out once (a Decimal costs more than the interpolation).
+    _memo: dict[float, tuple[int, bool] | None] = field(
         init=False, repr=False, compare=False, default_factory=dict
     )
 
@@ -356,16 +357,19 @@ _MEMO_KEPT = 50_000
 
 def _interpolate(table: BreakpointTable, concentration: float) -> tuple[int, bool] | None:
     """(sub-index, above the top band) or None when the table has no band for it."""
-    if not math.isfinite(concentration) or concentration < 0:
-        return None
-    c = table.quantise(concentration)
     memo = table._memo
-    if c in memo:
-        return memo[c]
+    found = memo.get(concentration, _UNKNOWN)
+    if found is not _UNKNOWN:
+        return found  # type: ignore[return-value]
+    if not math.isfinite(concentration) or concentration < 0:
+        return None  # not kept: NaN is no key
     if len(memo) >= _MEMO_KEPT:
         memo.clear()
-    memo[c] = found = _band_index(table, c)
+    memo[concentration] = found = _band_index(table, table.quantise(concentration))
     return found
+
+
+_UNKNOWN = object()
 
 
 def _band_index(table: BreakpointTable, c: Decimal) -> tuple[int, bool] | None:

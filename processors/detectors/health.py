@@ -100,29 +100,9 @@ def update_health(
     """Check one reading's fields (units as in the field names) at tz-aware ``event_time``."""
     t = epoch_s(event_time)
     runs = dict(state.runs)
-    # The open issues are copied only when one opens or clears (rarely).
-    open_now: Mapping[str, Mapping[Issue, float]] = state.open
-    copied = False
-    opened: list[HealthFinding] = []
-    cleared: list[HealthFinding] = []
-
-    def change(quantity: str) -> dict[Issue, float]:
-        nonlocal open_now, copied
-        if not copied:
-            open_now = {k: dict(v) for k, v in open_now.items()}
-            copied = True
-        issues: dict[Issue, float] = open_now.setdefault(quantity, {})  # type: ignore[attr-defined]
-        return issues
-
-    def set_issue(quantity: str, issue: Issue, active: bool, since: float, value: float) -> None:
-        issues = open_now.get(quantity)
-        if active and (issues is None or issue not in issues):
-            change(quantity)[issue] = since
-            opened.append(_finding(device_id, quantity, issue, since, value))
-        elif not active and issues is not None and issue in issues:
-            was = change(quantity).pop(issue)
-            cleared.append(_finding(device_id, quantity, issue, was, value))
-
+    # Made at the first field whose issues may open or clear (rarely: a sound field of a
+    # device without open issues, nearly every reading, needs none).
+    issues: _Issues | None = None
     rules = config.rules
     isfinite = math.isfinite
     for quantity, value in values.items():
@@ -130,10 +110,10 @@ def update_health(
         if rule is None:
             continue
         plausible = isfinite(value) and rule.min_value <= value <= rule.max_value
-        # set_issue only where something may open or clear: a sound field of a device
-        # without open issues (nearly every reading) skips it.
-        if not plausible or open_now.get(quantity):
-            set_issue(quantity, "out_of_range", not plausible, t, value)
+        if not plausible or (state.open if issues is None else issues.open).get(quantity):
+            if issues is None:
+                issues = _Issues(device_id, state.open)
+            issues.set(quantity, "out_of_range", not plausible, t, value)
 
         run = runs.get(quantity)
         if run is not None and t <= run.last:
@@ -144,18 +124,54 @@ def update_health(
             run = Run(value, t, t, 1)
         runs[quantity] = run
         stuck = run.count > 1 and _is_stuck(run, rule)
-        if stuck or open_now.get(quantity):
-            set_issue(quantity, "stuck", stuck, run.first, value)
+        if stuck or (state.open if issues is None else issues.open).get(quantity):
+            if issues is None:
+                issues = _Issues(device_id, state.open)
+            issues.set(quantity, "stuck", stuck, run.first, value)
 
-    if copied:
-        open_now = {k: v for k, v in open_now.items() if v}
+    if issues is None:
+        return HealthUpdate(HealthState(runs, state.open), (), (), device_id, values)
     return HealthUpdate(
-        state=HealthState(runs=runs, open=open_now),
-        opened=tuple(opened),
-        cleared=tuple(cleared),
+        state=HealthState(runs=runs, open=issues.state()),
+        opened=tuple(issues.opened),
+        cleared=tuple(issues.cleared),
         device_id=device_id,
         values=values,
     )
+
+
+class _Issues:
+    """The open issues of one reading's update: copied at the first that opens or
+    clears, and what opened and cleared. Private to :func:`update_health`."""
+
+    __slots__ = ("cleared", "copied", "device_id", "open", "opened")
+
+    def __init__(self, device_id: str, open_: Mapping[str, Mapping[Issue, float]]) -> None:
+        self.device_id = device_id
+        self.open = open_
+        self.copied = False
+        self.opened: list[HealthFinding] = []
+        self.cleared: list[HealthFinding] = []
+
+    def _change(self, quantity: str) -> dict[Issue, float]:
+        if not self.copied:
+            self.open = {k: dict(v) for k, v in self.open.items()}
+            self.copied = True
+        issues: dict[Issue, float] = self.open.setdefault(quantity, {})  # type: ignore[attr-defined]
+        return issues
+
+    def set(self, quantity: str, issue: Issue, active: bool, since: float, value: float) -> None:
+        issues = self.open.get(quantity)
+        if active and (issues is None or issue not in issues):
+            self._change(quantity)[issue] = since
+            self.opened.append(_finding(self.device_id, quantity, issue, since, value))
+        elif not active and issues is not None and issue in issues:
+            was = self._change(quantity).pop(issue)
+            self.cleared.append(_finding(self.device_id, quantity, issue, was, value))
+
+    def state(self) -> Mapping[str, Mapping[Issue, float]]:
+        """The open issues after the reading: a field whose last issue cleared is gone."""
+        return {k: v for k, v in self.open.items() if v} if self.copied else self.open
 
 
 def _is_stuck(run: Run, rule: QuantityRule) -> bool:

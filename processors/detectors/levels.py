@@ -87,21 +87,20 @@ class Ladder:
 
     def entered(self, value: float) -> int:
         """The highest level whose threshold ``value`` reaches (no hysteresis)."""
-        return max(
-            (k for k, t in enumerate(self.thresholds, 1) if t is not None and value >= t),
-            default=0,
-        )
+        level = 0
+        for k, t in enumerate(self.thresholds, 1):  # a loop: no generator per reading
+            if t is not None and value >= t:
+                level = k
+        return level
 
     def held(self, value: float, current: int) -> int:
         """The highest level <= ``current`` not yet cleared (value >= line - margin)."""
-        return max(
-            (
-                k
-                for k, (t, m) in enumerate(zip(self.thresholds, self.margins, strict=True), 1)
-                if k <= current and t is not None and value >= t - m
-            ),
-            default=0,
-        )
+        level = 0
+        margins = self.margins
+        for k, t in enumerate(self.thresholds[: max(current, 0)], 1):
+            if t is not None and value >= t - margins[k - 1]:
+                level = k
+        return level
 
 
 @frozen

@@ -160,14 +160,17 @@ class BucketSeries:
             if t is not None:
                 start = int((t + offset) // width) * width - offset
                 if start == newest:
+                    # _add_value and _with written out: this runs for every value of
+                    # every reading.
                     new = dict(buckets)
-                    _add_value(new, start, value)
-                    series = self._with(new, older)
-                elif start >= newest - (self.keep - 1) * width:
+                    old = new.get(start)
+                    new[start] = (old[0] + value, old[1] + 1) if old is not None else (value, 1)
+                    series = type(self)(width, self.keep, offset, new, older)
+                    return series, True, _windows(new[start], older)
+                if start >= newest - (self.keep - 1) * width:
                     return self._step(now, newest, windows, t, value)  # a late value
-                else:
-                    kept = False
-            return series, kept, _windows(series.buckets.get(newest), older)
+                kept = False
+            return series, kept, _windows(buckets.get(newest), older)
         return self._step(now, newest, windows, t, value)
 
     def _step(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
@@ -349,3 +350,51 @@ def test_a_township_aggregate_decides_as_update_township_after_each_report(
         state = one.state
         assert town.state() == state
     assert list(state.sensors) == ["d"]
+
+
+def _township_by_scan(
+    sensors: dict[str, tuple[int, int | None, float]], need: int, hotspot: int
+) -> tuple[int, tuple[str, ...], bool, int | None]:
+    """The township's level decided as it was before the aggregate kept its sensors by
+    level: every sensor gone over for every level (the reference)."""
+    for candidate in range(max((lv for lv, _, _ in sensors.values()), default=0), 0, -1):
+        agreeing = sorted(k for k, (lv, _, _) in sensors.items() if lv >= candidate)
+        if len(agreeing) >= need:
+            aqis = [a for k in agreeing if (a := sensors[k][1]) is not None]
+            return candidate, tuple(agreeing), len(agreeing) >= hotspot, max(aqis, default=None)
+    return 0, (), False, None
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_township_aggregate_decides_as_going_over_every_sensor(seed: int) -> None:
+    # Hundreds of sensors, mostly at level 0, some up to 3; late reports, sensors timing
+    # out, episodes rising and clearing: the aggregate kept by level decides as a scan of
+    # every sensor would, after every report.
+    rng = random.Random(seed)
+    config = AirConfig()
+    registered = rng.choice((None, 5, 400))
+    town = TownshipAggregate(TownshipAirState(), config, registered_sensors=registered)
+    sensors: dict[str, tuple[int, int | None, float]] = {}
+    clock = 0.0
+    episode = 0.0
+    for i in range(3000):
+        if i % 300 == 0:
+            episode = rng.choice((0.0, 0.02, 0.3, 0.9))
+        device = f"s{rng.randrange(rng.choice((3, 60, 450)))}"
+        minutes = clock + rng.uniform(0, 0.5) - (rng.uniform(0, 90) if rng.random() < 0.05 else 0)
+        clock = max(clock, minutes)
+        level = rng.choice((1, 2, 3)) if rng.random() < episode else 0
+        aqi = None if rng.random() < 0.1 else rng.randint(0, 300)
+        when = at(minutes=minutes)
+        step = town.add(device, level, aqi, when)
+        t = when.timestamp()
+        if device not in sensors or t >= sensors[device][2]:
+            sensors[device] = (level, aqi, t)
+        edge = at(minutes=clock).timestamp() - config.sensor_timeout_s
+        sensors = {k: v for k, v in sensors.items() if v[2] >= edge}
+        count = registered if registered is not None else len(sensors)
+        need = max(1, min(config.min_agreeing_sensors, count))
+        assert (step.level, step.devices, step.hotspot, step.aqi) == _township_by_scan(
+            sensors, need, config.hotspot_min_sensors
+        )
+    assert dict(town.state().sensors) == {k: (lv, a, t) for k, (lv, a, t) in sensors.items()}
