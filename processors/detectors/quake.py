@@ -1917,13 +1917,34 @@ def _largest_magnitude(
     thr = cfg.association
     if len(picks) <= thr.min_stations:
         return None
-    alone = _locate_picks(picks, {}, set(), now_s, cfg)
+    alone = _located_alone(picks, now_s, cfg)
     if alone.rms_s > 2.0 * thr.pick_sigma_s:
         return None
     depths = {alone.depth_km, *(alone.depth_range_km or ())}
     mags = [_magnitude(picks, replace(alone, depth_km=z), now_s, cfg) for z in sorted(depths)]
     known = [m for m, method in mags if method != "none"]
     return max(known) if known else None
+
+
+#: :func:`_located_alone`'s locations by pick set, each with the config it was made with.
+_ALONE: dict[tuple[tuple[float, str, float, float], ...], tuple[QuakeConfig, Hypocentre]] = {}
+#: How many pick sets :data:`_ALONE` keeps (then it starts again).
+_ALONE_KEPT = 256
+
+
+def _located_alone(picks: Sequence[EventStation], now_s: float, cfg: QuakeConfig) -> Hypocentre:
+    """The picks located alone (no silent station): a function of the picks only, so
+    kept by pick set. A declaration waiting for one more pick asks every second with the
+    same picks, and at Taiwan's density each location is a whole-region search."""
+    key = tuple(sorted((s.p_time_s, s.station_id, s.lat, s.lon) for s in picks))
+    hit = _ALONE.get(key)
+    if hit is not None and hit[0] is cfg:
+        return hit[1]
+    hypo = _locate_picks(picks, {}, set(), now_s, cfg)
+    if len(_ALONE) >= _ALONE_KEPT:
+        _ALONE.clear()
+    _ALONE[key] = (cfg, hypo)
+    return hypo
 
 
 def _too_wide(
