@@ -258,7 +258,6 @@ def record(sc: Scenario, *, seed: int = 0, cfg: QuakeConfig | None = None) -> Re
                     st.station_id,
                     SeismicOutcome(
                         state=SeismicDevice(station=res.state),
-                        points=[],
                         trigger=res.trigger(st.station_id, st.lat, st.lon),
                         observation=obs,
                         end_s=p.t0_s + p.samples.shape[0] / p.sample_rate_hz,

@@ -16,6 +16,7 @@ raw point and the stream moves on.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -38,7 +39,7 @@ from civic_iot.contracts.readings import Reading, RecordReadings, decode_record
 from civic_iot.storage.points import Point
 from civic_iot.storage.sink import PointSink
 from processors.agents.guard import ReadingGuard
-from processors.agents.loop import BatchAgent
+from processors.agents.loop import YIELD_AFTER_S, BatchAgent
 from processors.agents.outbox import Outbox
 from processors.agents.seconds import StreamSeconds, packet_seconds
 from processors.agents.stats import Activity, Stats, record_ms
@@ -298,6 +299,8 @@ class SeismicAgent(DeviceAgent[SeismicDevice, SeismicOutcome]):
         #: Close a batch once the stream second is in (:mod:`processors.agents.seconds`).
         self._seconds = StreamSeconds() if close_on_second else None
         self._batch: list[tuple[SeismicOutcome, int | None, int]] = []
+        #: The batch's decided packets whose points are not yet in the sink.
+        self._unstored: list[tuple[SeismicOutcome, Reading]] = []
         #: The batch's admitted packets, in arrival order: (event, index in its record).
         self._pending: list[tuple[EventT[Any], int, Reading]] = []
         #: When the batch began (epoch s), for the stages of the candidate latency.
@@ -360,8 +363,15 @@ class SeismicAgent(DeviceAgent[SeismicDevice, SeismicOutcome]):
     def begin_batch(self) -> None:
         super().begin_batch()
         self._batch = []
+        self._unstored = []
         self._pending = []
         self._began_s = time.time()
+
+    def _take(self, out: SeismicOutcome, reading: Reading, event: EventT[Any], index: int) -> None:
+        """As :meth:`DeviceAgent._take`, but the points wait for :meth:`_add_points`."""
+        self.states.set(reading.device_id, out.state, event, index)
+        self._unstored.append((out, reading))
+        self.stage(out, event)
 
     def stage(self, outcome: SeismicOutcome, event: EventT[Any]) -> None:
         self._batch.append((outcome, record_ms(event), event.message.partition))
@@ -386,6 +396,28 @@ class SeismicAgent(DeviceAgent[SeismicDevice, SeismicOutcome]):
                 (decided_s - self._began_s) * 1000,
                 (sent_s - decided_s) * 1000,
             )
+        await self._add_points()
+
+    async def _add_points(self) -> None:
+        """The batch's points into the sink, once its ticks are sent: the warning path
+        does not wait for them to be built (their store, the state and the acks do).
+        Lets the other agents run every :data:`YIELD_AFTER_S`, the associator's step
+        first. A packet whose points cannot be built keeps its raw point, as a failed
+        detector does (:meth:`DeviceAgent._decide_safely`)."""
+        unstored, self._unstored = self._unstored, []
+        clock = time.monotonic
+        yielded = clock()
+        for out, reading in unstored:
+            try:
+                points = out.points
+            except Exception:
+                logger.exception("points failed reading=%s kind=%s", reading.reading_id, self.kind)
+                self.stats.counters["detector_errors"] += 1
+                points = reading_points(reading, self.ctx.buckets)
+            self.sink.add(points)
+            if clock() - yielded >= YIELD_AFTER_S:
+                await asyncio.sleep(0)
+                yielded = clock()
 
 
 def seismic_ticks(batch: Sequence[tuple[SeismicOutcome, int | None, int]]) -> list[SeismicTick]:

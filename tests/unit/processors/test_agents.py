@@ -413,7 +413,7 @@ def test_state_and_acks_wait_until_the_points_are_stored() -> None:
 
 def test_the_stations_ticks_leave_before_their_packets_are_stored_and_acks_wait() -> None:
     # Storage is not on the warning path: the associator's tick of a batch is sent as
-    # soon as its packets are decided, while their raw points are still being stored;
+    # soon as its packets are decided, before their points are built and while they are stored;
     # the state and the acks (so the commit) still wait for the points.
     station = Device(id="seis-1", kind="seismic", lat=25.05, lon=121.56, township=TOWN)
     registry = Registry(townships=REGISTRY.townships, devices=(*REGISTRY.devices, station))
@@ -439,6 +439,16 @@ def test_the_stations_ticks_leave_before_their_packets_are_stored_and_acks_wait(
     ).to_record()  # fmt: skip
     triggers = Topology.of(_settings()).triggers
     while_storing: dict[str, Any] = {}
+    # How many ticks had gone when each packet's points reached the sink: the points
+    # are built after the ticks leave (building them is not on the warning path).
+    ticks_at_add: list[int] = []
+    add = sink.add
+
+    def watched_add(points: Any) -> None:
+        ticks_at_add.append(sum(topic == triggers for topic, _, _ in pub.sent))
+        add(points)
+
+    sink.add = watched_add  # type: ignore[method-assign]
 
     async def run() -> None:
         async with app.agents["seismic"].test_context() as ctx:
@@ -459,6 +469,7 @@ def test_the_stations_ticks_leave_before_their_packets_are_stored_and_acks_wait(
     assert while_storing["state"] is None
     assert while_storing["acked"] is False
     assert [p.measurement for p in sink.stored] == ["seismic_packet", "seismic_station"]
+    assert ticks_at_add == [1]
     assert app.tables["seismic-state"].get("seis-1") is not None
 
 
@@ -512,7 +523,6 @@ def test_seismic_ticks_replay_a_batch_per_second_and_partition() -> None:
     def out(end_s: float, station: str, *, trig: bool = False, pga: float = 0.0) -> Any:
         return SeismicOutcome(
             state=SeismicDevice(),
-            points=[],
             trigger=Trigger(station_id=station, lat=24.0, lon=121.0, p_time_s=end_s - 0.5)
             if trig
             else None,
