@@ -644,23 +644,108 @@ def _costs_for(
     late = (tp_c >= cons.since_s[at_c][None, :]) & (tp_c < limit) & (tt_c < tt_far[:, g_at])
     if cons.magnitude is not None and cons.noise_gal.size and late.any():
         # The P amplitude only where a station is late at all (a log and a power each).
-        at = np.nonzero(late)
-        seen = thr.p_to_s_ratio * cons.ground_motion.pga_gal(cons.magnitude, tt_c[at] * thr.vp_kms)
-        noise = np.maximum(cons.noise_gal[at_c], 1e-3)[at[1]]
-        late[at] = seen >= thr.unpicked_min_pa_snr * noise
+        bar = thr.unpicked_min_pa_snr * np.maximum(cons.noise_gal, 1e-3)
+        late &= _heard(
+            cons.ground_motion, cons.magnitude, thr.p_to_s_ratio, tt_c * thr.vp_kms, bar,
+            at_c, late,
+        )  # fmt: skip
     d_at, k_at = np.nonzero(late)
+    if not d_at.size:
+        return costs, origin
+    # Summed over the near stations' columns, zeros where none is late: the same sums
+    # to the last bit as the dense form. Only the trial points with a late station
+    # have a row (a third of them or fewer): the others' sum is 0.0, and adding it
+    # changes no cost.
+    point = d_at * origin.shape[1] + g_at[k_at]
+    has = np.zeros(origin.size, dtype=np.bool_)
+    has[point] = True
+    rows = np.flatnonzero(has)
+    row = (np.cumsum(has) - 1)[point]
+    col = c_at[k_at]
+    short = limit[0, k_at] - tp_c[d_at, k_at]
     out = []
     for sigma, cost in zip(sigmas, costs, strict=True):
-        if not d_at.size:
-            out.append(cost)
-            continue
-        v = np.minimum(limit[0, k_at] - tp_c[d_at, k_at], 3.0 * sigma) / sigma
-        # Summed over the near stations' columns, zeros where none is late, as one
-        # array: the same sums to the last bit as the dense form.
-        squares = np.zeros((*cost.shape, near.size))
-        squares[d_at, g_at[k_at], c_at[k_at]] = v * v
-        out.append(cost + np.sum(squares, axis=2))
+        v = np.minimum(short, 3.0 * sigma) / sigma
+        squares = np.zeros((rows.size, near.size))
+        squares[row, col] = v * v
+        total = cost.copy()
+        total.reshape(-1)[rows] += np.sum(squares, axis=1)
+        out.append(total)
     return out, origin
+
+
+def _heard(
+    gm: GroundMotionModel,
+    magnitude: float,
+    ratio: float,
+    r_km: FloatArray,
+    bar: FloatArray,
+    station: NDArray[np.intp],
+    asked: NDArray[np.bool_],
+) -> NDArray[np.bool_]:
+    """Where ``asked``: ``ratio * gm.pga_gal(magnitude, r_km) >= bar[station]`` (the
+    same booleans; elsewhere any), ``r_km`` (depths, pairs) and ``station`` each pair's.
+
+    The amplitude falls strictly with distance (its log by at least ``pga_d`` per km),
+    so each station is above its bar up to one distance and under it beyond
+    (:func:`_crossings`). Distances clear of that crossing by :data:`_HEARD_MARGIN_KM`
+    are decided from it: over that margin the amplitude changes by a ten-thousandth at
+    least, ten orders of magnitude above its rounding. Only the few within are
+    evaluated (a ufunc gives a value the same number wherever it stands in an array).
+    An amplitude per late pair of every trial point, gathered and scattered back, was a
+    quarter of a whole-region location; a few pairs (a refinement's box) are simply
+    evaluated.
+    """
+    if np.count_nonzero(asked) < 4096 or not float(r_km.max()) < _HEARD_TOP_KM:
+        at = np.nonzero(asked)
+        out = np.zeros(asked.shape, dtype=np.bool_)
+        out[at] = ratio * gm.pga_gal(magnitude, r_km[at]) >= bar[station[at[1]]]
+        return out
+    lo, hi = _crossings(gm, magnitude, ratio, bar)
+    out = r_km < (lo - _HEARD_MARGIN_KM)[station]
+    unsure = np.nonzero(asked & ~out & (r_km <= (hi + _HEARD_MARGIN_KM)[station]))
+    if unsure[0].size:
+        out[unsure] = ratio * gm.pga_gal(magnitude, r_km[unsure]) >= bar[station[unsure[1]]]
+    return out
+
+
+#: :func:`_heard`'s decided distances: hypocentral, km, under this bound (a larger one
+#: is evaluated), decided this far (km) from a station's crossing.
+_HEARD_TOP_KM = 20_000.0
+_HEARD_MARGIN_KM = 0.02
+#: :func:`_crossings` by (model, magnitude, ratio, bars); a location asks for the same
+#: ones in every trial grid. Bounded like :data:`_ALONE`.
+_CROSSINGS: dict[tuple[GroundMotionModel, float, float, bytes], tuple[FloatArray, FloatArray]] = {}
+_CROSSINGS_KEPT = 64
+
+
+def _crossings(
+    gm: GroundMotionModel, magnitude: float, ratio: float, bar: FloatArray
+) -> tuple[FloatArray, FloatArray]:
+    """Per bar, distances (km) ``lo`` < ``hi`` at which ``ratio * gm.pga_gal(magnitude,
+    .)`` is at or above the bar (``lo``) and under it (``hi``), by bisection over
+    [0, :data:`_HEARD_TOP_KM`]; ``lo`` -inf and ``hi`` 0 where it is under the bar
+    everywhere (or the bar is NaN), ``lo`` the bound and ``hi`` +inf where above it
+    everywhere."""
+    key = (gm, magnitude, ratio, bar.tobytes())
+    hit = _CROSSINGS.get(key)
+    if hit is not None:
+        return hit
+    lo = np.zeros(bar.size)
+    hi = np.full(bar.size, _HEARD_TOP_KM)
+    at_lo = ratio * gm.pga_gal(magnitude, lo) >= bar
+    at_hi = ratio * gm.pga_gal(magnitude, hi) >= bar
+    for _ in range(45):
+        mid = 0.5 * (lo + hi)
+        up = ratio * gm.pga_gal(magnitude, mid) >= bar
+        lo = np.where(up, mid, lo)
+        hi = np.where(up, hi, mid)
+    lo = np.where(at_hi, _HEARD_TOP_KM, np.where(at_lo, lo, -np.inf))
+    hi = np.where(at_hi, np.inf, np.where(at_lo, hi, 0.0))
+    if len(_CROSSINGS) >= _CROSSINGS_KEPT:
+        _CROSSINGS.clear()
+    _CROSSINGS[key] = (lo, hi)
+    return lo, hi
 
 
 def _median_last(x: FloatArray) -> FloatArray:
