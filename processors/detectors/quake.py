@@ -167,9 +167,28 @@ class GroundMotionModel:
         """Invert :meth:`pga_gal` per station (monotonic in M), clipped to [lo, hi]."""
         grid = np.linspace(lo, hi, 426)  # 0.02 magnitude steps
         r = np.asarray(hyp_km, dtype=np.float64)
-        curves = self._log_pga(grid[None, :], r[:, None])  # (stations, grid), increasing
         target = np.log10(np.maximum(np.asarray(pga_gal, dtype=np.float64), 1e-6))
-        return _interp_rows(target, curves, grid)
+        # Each station's curve (``_log_pga(grid[None, :], r[:, None])``, increasing) is
+        # read at four knots only: its ends and the two around the target, found by
+        # bisection. A curve rises by 0.0016 or more per knot (``pga_b`` per magnitude
+        # against at most 0.5 for the log term), far above its rounding, so the knots at
+        # or below the target are a prefix, as many as :func:`_interp_rows` counts; and
+        # a ufunc gives each knot's value the same number as in the whole curve. The
+        # whole curves were 426 logs per station, hundreds of stations per update.
+        below = np.zeros(r.size, dtype=np.intp)  # knots known at or below the target
+        above = np.full(r.size, grid.size, dtype=np.intp)  # first knot known above
+        while True:
+            open_ = np.flatnonzero(below < above)
+            if not open_.size:
+                break
+            mid = (below[open_] + above[open_]) // 2
+            up = self._log_pga(grid[mid], r[open_]) <= target[open_]
+            below[open_] = np.where(up, mid + 1, below[open_])
+            above[open_] = np.where(up, above[open_], mid)
+        j = np.clip(below - 1, 0, grid.size - 2)
+        knots = np.stack((np.zeros_like(j), j, j + 1, np.full_like(j, grid.size - 1)), axis=1)
+        curves = self._log_pga(grid[knots], r[:, None])  # (stations, 4)
+        return _interp_rows(target, curves, grid, knots)
 
     def _log_pga(self, magnitude: float | FloatArray, r: FloatArray) -> FloatArray:
         return np.asarray(
@@ -181,17 +200,26 @@ class GroundMotionModel:
         )
 
 
-def _interp_rows(x: FloatArray, xp: FloatArray, fp: FloatArray) -> FloatArray:
+def _interp_rows(
+    x: FloatArray, xp: FloatArray, fp: FloatArray, knots: NDArray[np.intp] | None = None
+) -> FloatArray:
     """``np.interp(x[i], xp[i], fp)`` for every row ``i`` of ``xp`` (each increasing),
     the same numbers as numpy's loop (its formula and its ends) in one pass: a row per
-    station was a call per station, hundreds per update of a strong quake."""
+    station was a call per station, hundreds per update of a strong quake.
+
+    ``knots`` (rows, 4): ``xp`` holds only each row's first knot, numpy's ``j`` and
+    ``j + 1`` and its last knot, at these indices of ``fp`` and in this order."""
     x = np.asarray(x, dtype=np.float64)
     n = fp.size
-    # numpy's j: the last knot at or below x (x below the first: fp[0]; above the last
-    # or on it: fp[-1]).
-    j = np.clip(np.sum(xp <= x[:, None], axis=1) - 1, 0, n - 2)
-    rows = np.arange(x.size)
-    x0, x1 = xp[rows, j], xp[rows, j + 1]
+    if knots is not None:
+        j = knots[:, 1]
+        x0, x1 = xp[:, 1], xp[:, 2]
+    else:
+        # numpy's j: the last knot at or below x (x below the first: fp[0]; above the
+        # last or on it: fp[-1]).
+        j = np.clip(np.sum(xp <= x[:, None], axis=1) - 1, 0, n - 2)
+        rows = np.arange(x.size)
+        x0, x1 = xp[rows, j], xp[rows, j + 1]
     y0, y1 = fp[j], fp[j + 1]
     with np.errstate(invalid="ignore", divide="ignore"):
         out = (y1 - y0) / (x1 - x0) * (x - x0) + y0
