@@ -637,8 +637,12 @@ def _costs_for(
     sigmas = sigmas or (thr.pick_sigma_s,)
     z2 = (np.asarray(depths, dtype=np.float64) ** 2)[:, None, None]
     epi = grid_distance_km(lat_ax, lon_ax, p_lat, p_lon)
-    tt = np.sqrt(epi[None, :, :] ** 2 + z2) / thr.vp_kms  # (D, G, N)
-    delay = p_t[None, None, :] - tt
+    # Each array of the trial points' size worked in place (the same numbers as the
+    # expressions in the comments, without their temporaries).
+    delay = epi**2 + z2  # (D, G, N): p - sqrt(epi ** 2 + z2) / vp
+    np.sqrt(delay, out=delay)
+    delay /= thr.vp_kms
+    np.subtract(p_t[None, None, :], delay, out=delay)
     origin = _median_last(delay)
     delay -= origin[:, :, None]
     # A weak prior on depth: three or four picks do not resolve depth from origin time,
@@ -666,10 +670,15 @@ def _costs_for(
     # The farthest pick's travel time, from its distance: the same number as the
     # largest of the picks' times (each step of the travel time is monotonic).
     tt_far = np.sqrt(far[None, :] ** 2 + z2[:, :, 0]) / thr.vp_kms  # (D, G)
-    tt_c = np.sqrt(epi_c[g_at, at_c][None, :] ** 2 + z2[:, :, 0]) / thr.vp_kms  # (D, K)
-    tp_c = origin[:, g_at] + tt_c
+    tt_c = epi_c[g_at, at_c][None, :] ** 2 + z2[:, :, 0]  # (D, K): sqrt(. + z2) / vp
+    np.sqrt(tt_c, out=tt_c)
+    tt_c /= thr.vp_kms
+    tp_c = origin[:, g_at]  # + tt_c
+    tp_c += tt_c
     limit = np.minimum(cons.until_s, cons.now_s)[at_c][None, :] - thr.unpicked_margin_s
-    late = (tp_c >= cons.since_s[at_c][None, :]) & (tp_c < limit) & (tt_c < tt_far[:, g_at])
+    late = tp_c >= cons.since_s[at_c][None, :]  # & (tp_c < limit) & (tt_c < tt_far[:, g_at])
+    late &= tp_c < limit
+    late &= tt_c < tt_far[:, g_at]
     if cons.magnitude is not None and cons.noise_gal.size and late.any():
         # The P amplitude only where a station is late at all (a log and a power each).
         bar = thr.unpicked_min_pa_snr * np.maximum(cons.noise_gal, 1e-3)
