@@ -636,6 +636,16 @@ def _costs_for(
     """
     sigmas = sigmas or (thr.pick_sigma_s,)
     z2 = (np.asarray(depths, dtype=np.float64) ** 2)[:, None, None]
+    whole = depths.size * lat_ax.size * lon_ax.size >= _PICK_COSTS_FROM
+    if whole:
+        key = (
+            *(a.tobytes() for a in (lat_ax, lon_ax, depths, p_lat, p_lon, p_t)),
+            thr.vp_kms, thr.depth_prior_km, thr.depth_prior_sigma_km, sigmas,
+        )  # fmt: skip
+        hit = _PICK_COSTS.get(key)
+        if hit is not None:
+            epi, costs, origin = hit
+            return _late_costs(lat_ax, lon_ax, z2, epi, costs, origin, cons, thr, sigmas)
     epi = grid_distance_km(lat_ax, lon_ax, p_lat, p_lon)
     # Each array of the trial points' size worked in place (the same numbers as the
     # expressions in the comments, without their temporaries).
@@ -653,8 +663,40 @@ def _costs_for(
         res = delay / sigma
         res *= res
         costs.append(np.sum(np.minimum(res, 9.0, out=res), axis=2) + prior)
+    if whole:
+        if len(_PICK_COSTS) >= _PICK_COSTS_KEPT:
+            _PICK_COSTS.clear()
+        for a in (epi, origin, *costs):
+            a.setflags(write=False)
+        _PICK_COSTS[key] = (epi, costs, origin)
+    return _late_costs(lat_ax, lon_ax, z2, epi, costs, origin, cons, thr, sigmas)
+
+
+#: :func:`_costs_for`'s picks' part of a whole-region grid (this many trial hypocentres
+#: or more) by grid, picks and model: a declaration locates its picks alone, then
+#: with the silent stations (:func:`_largest_magnitude`, :func:`_declare`). Bounded
+#: like :data:`_ALONE`; the arrays are never written.
+_PICK_COSTS_FROM = 4096
+_PICK_COSTS: dict[tuple[Any, ...], tuple[FloatArray, list[FloatArray], FloatArray]] = {}
+_PICK_COSTS_KEPT = 16
+
+
+def _late_costs(
+    lat_ax: FloatArray,
+    lon_ax: FloatArray,
+    z2: FloatArray,
+    epi: FloatArray,
+    costs: list[FloatArray],
+    origin: FloatArray,
+    cons: _Constraints,
+    thr: QuakeThresholds,
+    sigmas: tuple[float, ...],
+) -> tuple[list[FloatArray], FloatArray]:
+    """:func:`_costs_for` from the picks' part (``epi``: the trial epicentres' distances
+    to the picks, ``costs`` for each of ``sigmas``, ``origin``; ``z2``: the depths
+    squared, (D, 1, 1)): the late silent stations' costs added, in new arrays."""
     if not len(cons):
-        return costs, origin
+        return list(costs), origin
     epi_c = grid_distance_km(lat_ax, lon_ax, cons.lat, cons.lon)
     # Only a station nearer a trial epicentre than that point's farthest pick can be
     # late (the rest cost nothing): only those pairs' travel times are worked out (a
@@ -664,7 +706,7 @@ def _costs_for(
     pair = epi_c < far[:, None]
     near = np.flatnonzero(pair.any(axis=0))
     if not near.size:
-        return costs, origin
+        return list(costs), origin
     g_at, c_at = np.nonzero(pair[:, near])  # c_at: a column of ``near``
     at_c = near[c_at]
     # The farthest pick's travel time, from its distance: the same number as the
@@ -688,7 +730,7 @@ def _costs_for(
         )  # fmt: skip
     d_at, k_at = np.nonzero(late)
     if not d_at.size:
-        return costs, origin
+        return list(costs), origin
     # Summed over the near stations' columns, zeros where none is late: the same sums
     # to the last bit as the dense form. Only the trial points with a late station
     # have a row (a third of them or fewer): the others' sum is 0.0, and adding it
