@@ -1922,20 +1922,20 @@ def _first_apart(
         return []
     lat = np.array([s.lat for s in picks], dtype=np.float64)
     lon = np.array([s.lon for s in picks], dtype=np.float64)
-    i, j, d = _within(lat, lon, lat, lon, km)
-    if closer:
-        i, j = i[d < km], j[d < km]
-    by = np.lexsort((j, i))
-    i, j = i[by], j[by]
-    starts = np.searchsorted(i, np.arange(n + 1))
+    # Each chosen pick's distances to the picks after it only: a dense network's picks
+    # fall in a few dozen neighbourhoods, and the pairs of all of them (:func:`_within`)
+    # were most of a relocation's cost besides the location. The same distances
+    # (``distance_km`` from the chosen pick), the same comparison.
     covered = np.zeros(n, dtype=np.bool_)
     first: list[int] = []
     for k in range(n):
-        if not covered[k]:
-            first.append(k)
-            covered[j[starts[k] : starts[k + 1]]] = True
-            if most is not None and len(first) == most:
-                break
+        if covered[k]:
+            continue
+        first.append(k)
+        if most is not None and len(first) == most:
+            break
+        d = distance_km(lat[k : k + 1], lon[k : k + 1], lat[k + 1 :], lon[k + 1 :])
+        covered[k + 1 :] |= d < km if closer else d <= km
     return first
 
 
