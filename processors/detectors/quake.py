@@ -167,9 +167,28 @@ class GroundMotionModel:
         """Invert :meth:`pga_gal` per station (monotonic in M), clipped to [lo, hi]."""
         grid = np.linspace(lo, hi, 426)  # 0.02 magnitude steps
         r = np.asarray(hyp_km, dtype=np.float64)
-        curves = self._log_pga(grid[None, :], r[:, None])  # (stations, grid), increasing
         target = np.log10(np.maximum(np.asarray(pga_gal, dtype=np.float64), 1e-6))
-        return _interp_rows(target, curves, grid)
+        # Each station's curve (``_log_pga(grid[None, :], r[:, None])``, increasing) is
+        # read at four knots only: its ends and the two around the target, found by
+        # bisection. A curve rises by 0.0016 or more per knot (``pga_b`` per magnitude
+        # against at most 0.5 for the log term), far above its rounding, so the knots at
+        # or below the target are a prefix, as many as :func:`_interp_rows` counts; and
+        # a ufunc gives each knot's value the same number as in the whole curve. The
+        # whole curves were 426 logs per station, hundreds of stations per update.
+        below = np.zeros(r.size, dtype=np.intp)  # knots known at or below the target
+        above = np.full(r.size, grid.size, dtype=np.intp)  # first knot known above
+        while True:
+            open_ = np.flatnonzero(below < above)
+            if not open_.size:
+                break
+            mid = (below[open_] + above[open_]) // 2
+            up = self._log_pga(grid[mid], r[open_]) <= target[open_]
+            below[open_] = np.where(up, mid + 1, below[open_])
+            above[open_] = np.where(up, above[open_], mid)
+        j = np.clip(below - 1, 0, grid.size - 2)
+        knots = np.stack((np.zeros_like(j), j, j + 1, np.full_like(j, grid.size - 1)), axis=1)
+        curves = self._log_pga(grid[knots], r[:, None])  # (stations, 4)
+        return _interp_rows(target, curves, grid, knots)
 
     def _log_pga(self, magnitude: float | FloatArray, r: FloatArray) -> FloatArray:
         return np.asarray(
@@ -181,17 +200,26 @@ class GroundMotionModel:
         )
 
 
-def _interp_rows(x: FloatArray, xp: FloatArray, fp: FloatArray) -> FloatArray:
+def _interp_rows(
+    x: FloatArray, xp: FloatArray, fp: FloatArray, knots: NDArray[np.intp] | None = None
+) -> FloatArray:
     """``np.interp(x[i], xp[i], fp)`` for every row ``i`` of ``xp`` (each increasing),
     the same numbers as numpy's loop (its formula and its ends) in one pass: a row per
-    station was a call per station, hundreds per update of a strong quake."""
+    station was a call per station, hundreds per update of a strong quake.
+
+    ``knots`` (rows, 4): ``xp`` holds only each row's first knot, numpy's ``j`` and
+    ``j + 1`` and its last knot, at these indices of ``fp`` and in this order."""
     x = np.asarray(x, dtype=np.float64)
     n = fp.size
-    # numpy's j: the last knot at or below x (x below the first: fp[0]; above the last
-    # or on it: fp[-1]).
-    j = np.clip(np.sum(xp <= x[:, None], axis=1) - 1, 0, n - 2)
-    rows = np.arange(x.size)
-    x0, x1 = xp[rows, j], xp[rows, j + 1]
+    if knots is not None:
+        j = knots[:, 1]
+        x0, x1 = xp[:, 1], xp[:, 2]
+    else:
+        # numpy's j: the last knot at or below x (x below the first: fp[0]; above the
+        # last or on it: fp[-1]).
+        j = np.clip(np.sum(xp <= x[:, None], axis=1) - 1, 0, n - 2)
+        rows = np.arange(x.size)
+        x0, x1 = xp[rows, j], xp[rows, j + 1]
     y0, y1 = fp[j], fp[j + 1]
     with np.errstate(invalid="ignore", divide="ignore"):
         out = (y1 - y0) / (x1 - x0) * (x - x0) + y0
@@ -608,9 +636,23 @@ def _costs_for(
     """
     sigmas = sigmas or (thr.pick_sigma_s,)
     z2 = (np.asarray(depths, dtype=np.float64) ** 2)[:, None, None]
+    whole = depths.size * lat_ax.size * lon_ax.size >= _PICK_COSTS_FROM
+    if whole:
+        key = (
+            *(a.tobytes() for a in (lat_ax, lon_ax, depths, p_lat, p_lon, p_t)),
+            thr.vp_kms, thr.depth_prior_km, thr.depth_prior_sigma_km, sigmas,
+        )  # fmt: skip
+        hit = _PICK_COSTS.get(key)
+        if hit is not None:
+            epi, costs, origin = hit
+            return _late_costs(lat_ax, lon_ax, z2, epi, costs, origin, cons, thr, sigmas)
     epi = grid_distance_km(lat_ax, lon_ax, p_lat, p_lon)
-    tt = np.sqrt(epi[None, :, :] ** 2 + z2) / thr.vp_kms  # (D, G, N)
-    delay = p_t[None, None, :] - tt
+    # Each array of the trial points' size worked in place (the same numbers as the
+    # expressions in the comments, without their temporaries).
+    delay = epi**2 + z2  # (D, G, N): p - sqrt(epi ** 2 + z2) / vp
+    np.sqrt(delay, out=delay)
+    delay /= thr.vp_kms
+    np.subtract(p_t[None, None, :], delay, out=delay)
     origin = _median_last(delay)
     delay -= origin[:, :, None]
     # A weak prior on depth: three or four picks do not resolve depth from origin time,
@@ -621,8 +663,40 @@ def _costs_for(
         res = delay / sigma
         res *= res
         costs.append(np.sum(np.minimum(res, 9.0, out=res), axis=2) + prior)
+    if whole:
+        if len(_PICK_COSTS) >= _PICK_COSTS_KEPT:
+            _PICK_COSTS.clear()
+        for a in (epi, origin, *costs):
+            a.setflags(write=False)
+        _PICK_COSTS[key] = (epi, costs, origin)
+    return _late_costs(lat_ax, lon_ax, z2, epi, costs, origin, cons, thr, sigmas)
+
+
+#: :func:`_costs_for`'s picks' part of a whole-region grid (this many trial hypocentres
+#: or more) by grid, picks and model: a declaration locates its picks alone, then
+#: with the silent stations (:func:`_largest_magnitude`, :func:`_declare`). Bounded
+#: like :data:`_ALONE`; the arrays are never written.
+_PICK_COSTS_FROM = 4096
+_PICK_COSTS: dict[tuple[Any, ...], tuple[FloatArray, list[FloatArray], FloatArray]] = {}
+_PICK_COSTS_KEPT = 16
+
+
+def _late_costs(
+    lat_ax: FloatArray,
+    lon_ax: FloatArray,
+    z2: FloatArray,
+    epi: FloatArray,
+    costs: list[FloatArray],
+    origin: FloatArray,
+    cons: _Constraints,
+    thr: QuakeThresholds,
+    sigmas: tuple[float, ...],
+) -> tuple[list[FloatArray], FloatArray]:
+    """:func:`_costs_for` from the picks' part (``epi``: the trial epicentres' distances
+    to the picks, ``costs`` for each of ``sigmas``, ``origin``; ``z2``: the depths
+    squared, (D, 1, 1)): the late silent stations' costs added, in new arrays."""
     if not len(cons):
-        return costs, origin
+        return list(costs), origin
     epi_c = grid_distance_km(lat_ax, lon_ax, cons.lat, cons.lon)
     # Only a station nearer a trial epicentre than that point's farthest pick can be
     # late (the rest cost nothing): only those pairs' travel times are worked out (a
@@ -632,35 +706,125 @@ def _costs_for(
     pair = epi_c < far[:, None]
     near = np.flatnonzero(pair.any(axis=0))
     if not near.size:
-        return costs, origin
+        return list(costs), origin
     g_at, c_at = np.nonzero(pair[:, near])  # c_at: a column of ``near``
     at_c = near[c_at]
     # The farthest pick's travel time, from its distance: the same number as the
     # largest of the picks' times (each step of the travel time is monotonic).
     tt_far = np.sqrt(far[None, :] ** 2 + z2[:, :, 0]) / thr.vp_kms  # (D, G)
-    tt_c = np.sqrt(epi_c[g_at, at_c][None, :] ** 2 + z2[:, :, 0]) / thr.vp_kms  # (D, K)
-    tp_c = origin[:, g_at] + tt_c
+    tt_c = epi_c[g_at, at_c][None, :] ** 2 + z2[:, :, 0]  # (D, K): sqrt(. + z2) / vp
+    np.sqrt(tt_c, out=tt_c)
+    tt_c /= thr.vp_kms
+    tp_c = origin[:, g_at]  # + tt_c
+    tp_c += tt_c
     limit = np.minimum(cons.until_s, cons.now_s)[at_c][None, :] - thr.unpicked_margin_s
-    late = (tp_c >= cons.since_s[at_c][None, :]) & (tp_c < limit) & (tt_c < tt_far[:, g_at])
+    late = tp_c >= cons.since_s[at_c][None, :]  # & (tp_c < limit) & (tt_c < tt_far[:, g_at])
+    late &= tp_c < limit
+    late &= tt_c < tt_far[:, g_at]
     if cons.magnitude is not None and cons.noise_gal.size and late.any():
-        # The P amplitude only where a station is late at all (a log and a power each).
-        at = np.nonzero(late)
-        seen = thr.p_to_s_ratio * cons.ground_motion.pga_gal(cons.magnitude, tt_c[at] * thr.vp_kms)
-        noise = np.maximum(cons.noise_gal[at_c], 1e-3)[at[1]]
-        late[at] = seen >= thr.unpicked_min_pa_snr * noise
+        # The P amplitude only matters where a station is late at all.
+        bar = thr.unpicked_min_pa_snr * np.maximum(cons.noise_gal, 1e-3)
+        late &= _heard(
+            cons.ground_motion, cons.magnitude, thr.p_to_s_ratio, tt_c * thr.vp_kms, bar,
+            at_c, late,
+        )  # fmt: skip
     d_at, k_at = np.nonzero(late)
+    if not d_at.size:
+        return list(costs), origin
+    # Summed over the near stations' columns, zeros where none is late: the same sums
+    # to the last bit as the dense form. Only the trial points with a late station
+    # have a row (a third of them or fewer): the others' sum is 0.0, and adding it
+    # changes no cost.
+    point = d_at * origin.shape[1] + g_at[k_at]
+    has = np.zeros(origin.size, dtype=np.bool_)
+    has[point] = True
+    rows = np.flatnonzero(has)
+    row = (np.cumsum(has) - 1)[point]
+    col = c_at[k_at]
+    short = limit[0, k_at] - tp_c[d_at, k_at]
     out = []
     for sigma, cost in zip(sigmas, costs, strict=True):
-        if not d_at.size:
-            out.append(cost)
-            continue
-        v = np.minimum(limit[0, k_at] - tp_c[d_at, k_at], 3.0 * sigma) / sigma
-        # Summed over the near stations' columns, zeros where none is late, as one
-        # array: the same sums to the last bit as the dense form.
-        squares = np.zeros((*cost.shape, near.size))
-        squares[d_at, g_at[k_at], c_at[k_at]] = v * v
-        out.append(cost + np.sum(squares, axis=2))
+        v = np.minimum(short, 3.0 * sigma) / sigma
+        squares = np.zeros((rows.size, near.size))
+        squares[row, col] = v * v
+        total = cost.copy()
+        total.reshape(-1)[rows] += np.sum(squares, axis=1)
+        out.append(total)
     return out, origin
+
+
+def _heard(
+    gm: GroundMotionModel,
+    magnitude: float,
+    ratio: float,
+    r_km: FloatArray,
+    bar: FloatArray,
+    station: NDArray[np.intp],
+    asked: NDArray[np.bool_],
+) -> NDArray[np.bool_]:
+    """Where ``asked``: ``ratio * gm.pga_gal(magnitude, r_km) >= bar[station]`` (the
+    same booleans; elsewhere any), ``r_km`` (depths, pairs) and ``station`` each pair's.
+
+    The amplitude falls strictly with distance (its log by at least ``pga_d`` per km),
+    so each station is above its bar up to one distance and under it beyond
+    (:func:`_crossings`). Distances clear of that crossing by :data:`_HEARD_MARGIN_KM`
+    are decided from it: over that margin the amplitude changes by a ten-thousandth at
+    least, ten orders of magnitude above its rounding. Only the few within are
+    evaluated (a ufunc gives a value the same number wherever it stands in an array).
+    An amplitude per late pair of every trial point, gathered and scattered back, was a
+    quarter of a whole-region location; a few pairs (a refinement's box) are simply
+    evaluated.
+    """
+    if np.count_nonzero(asked) < 4096 or not float(r_km.max()) < _HEARD_TOP_KM:
+        at = np.nonzero(asked)
+        out = np.zeros(asked.shape, dtype=np.bool_)
+        out[at] = ratio * gm.pga_gal(magnitude, r_km[at]) >= bar[station[at[1]]]
+        return out
+    lo, hi = _crossings(gm, magnitude, ratio, bar)
+    out = r_km < (lo - _HEARD_MARGIN_KM)[station]
+    unsure = np.nonzero(asked & ~out & (r_km <= (hi + _HEARD_MARGIN_KM)[station]))
+    if unsure[0].size:
+        out[unsure] = ratio * gm.pga_gal(magnitude, r_km[unsure]) >= bar[station[unsure[1]]]
+    return out
+
+
+#: :func:`_heard`'s decided distances: hypocentral, km, under this bound (a larger one
+#: is evaluated), decided this far (km) from a station's crossing.
+_HEARD_TOP_KM = 20_000.0
+_HEARD_MARGIN_KM = 0.02
+#: :func:`_crossings` by (model, magnitude, ratio, bars); a location asks for the same
+#: ones in every trial grid. Bounded like :data:`_ALONE`.
+_CROSSINGS: dict[tuple[GroundMotionModel, float, float, bytes], tuple[FloatArray, FloatArray]] = {}
+_CROSSINGS_KEPT = 64
+
+
+def _crossings(
+    gm: GroundMotionModel, magnitude: float, ratio: float, bar: FloatArray
+) -> tuple[FloatArray, FloatArray]:
+    """Per bar, distances (km) ``lo`` < ``hi`` at which ``ratio * gm.pga_gal(magnitude,
+    .)`` is at or above the bar (``lo``) and under it (``hi``), by bisection over
+    [0, :data:`_HEARD_TOP_KM`]; ``lo`` -inf and ``hi`` 0 where it is under the bar
+    everywhere (or the bar is NaN), ``lo`` the bound and ``hi`` +inf where above it
+    everywhere."""
+    key = (gm, magnitude, ratio, bar.tobytes())
+    hit = _CROSSINGS.get(key)
+    if hit is not None:
+        return hit
+    lo = np.zeros(bar.size)
+    hi = np.full(bar.size, _HEARD_TOP_KM)
+    at_lo = ratio * gm.pga_gal(magnitude, lo) >= bar
+    at_hi = ratio * gm.pga_gal(magnitude, hi) >= bar
+    for _ in range(45):
+        mid = 0.5 * (lo + hi)
+        up = ratio * gm.pga_gal(magnitude, mid) >= bar
+        lo = np.where(up, mid, lo)
+        hi = np.where(up, hi, mid)
+    lo = np.where(at_hi, _HEARD_TOP_KM, np.where(at_lo, lo, -np.inf))
+    hi = np.where(at_hi, np.inf, np.where(at_lo, hi, 0.0))
+    if len(_CROSSINGS) >= _CROSSINGS_KEPT:
+        _CROSSINGS.clear()
+    _CROSSINGS[key] = (lo, hi)
+    return lo, hi
 
 
 def _median_last(x: FloatArray) -> FloatArray:
@@ -1758,20 +1922,20 @@ def _first_apart(
         return []
     lat = np.array([s.lat for s in picks], dtype=np.float64)
     lon = np.array([s.lon for s in picks], dtype=np.float64)
-    i, j, d = _within(lat, lon, lat, lon, km)
-    if closer:
-        i, j = i[d < km], j[d < km]
-    by = np.lexsort((j, i))
-    i, j = i[by], j[by]
-    starts = np.searchsorted(i, np.arange(n + 1))
+    # Each chosen pick's distances to the picks after it only: a dense network's picks
+    # fall in a few dozen neighbourhoods, and the pairs of all of them (:func:`_within`)
+    # were a tenth of a relocating step at Taiwan's density. The same distances
+    # (``distance_km`` from the chosen pick), the same comparison.
     covered = np.zeros(n, dtype=np.bool_)
     first: list[int] = []
     for k in range(n):
-        if not covered[k]:
-            first.append(k)
-            covered[j[starts[k] : starts[k + 1]]] = True
-            if most is not None and len(first) == most:
-                break
+        if covered[k]:
+            continue
+        first.append(k)
+        if most is not None and len(first) == most:
+            break
+        d = distance_km(lat[k : k + 1], lon[k : k + 1], lat[k + 1 :], lon[k + 1 :])
+        covered[k + 1 :] |= d < km if closer else d <= km
     return first
 
 

@@ -8,13 +8,18 @@ import numpy as np
 import pytest
 
 from processors.detectors.quake import (
+    EventStation,
     GroundMotionModel,
     QuakeConfig,
     _Constraints,
     _costs_for,
+    _crossings,
+    _first_apart,
+    _heard,
     _interp_rows,
     _median_last,
     _tau_c_curve,
+    _within,
     distance_km,
     grid_distance_km,
     magnitude_from_tau_c,
@@ -176,3 +181,81 @@ def test_tau_c_magnitudes_of_many_windows_are_each_one_s() -> None:
         curve, mags = _tau_c_curve(window, CFG.station_highpass_hz, THR.pd_highpass_hz)
         assert m == float(np.interp(t, curve, mags))
         assert m == magnitude_from_tau_c(float(t), float(w), CFG)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_magnitudes_from_pga_are_the_whole_curves_numbers(seed: int) -> None:
+    """Four knots per station found by bisection: the numbers of the 426-knot curves,
+    to the last bit, targets on knots, at the ends, beyond them, NaN and zero included."""
+    gm = GroundMotionModel()
+    grid = np.linspace(1.0, 9.5, 426)
+    rng = np.random.default_rng(seed)
+    r = np.concatenate((rng.uniform(1, 600, 300), rng.uniform(0, 2, 20), [1.0, 0.0, np.nan]))
+    pga = 10 ** rng.uniform(-8, 5, r.size)
+    on = rng.random(r.size) < 0.3
+    pga[on] = 10 ** gm._log_pga(grid[rng.integers(0, grid.size, int(on.sum()))], r[on])
+    pga[:5] = [0.0, np.inf, np.nan, 1e-6, -1.0]
+    pga[5] = 10 ** float(gm._log_pga(grid[-1], r[5]))
+    curves = gm._log_pga(grid[None, :], r[:, None])
+    target = np.log10(np.maximum(pga, 1e-6))
+    want = _interp_rows(target, curves, grid)
+    got = gm.magnitude_from_pga(pga, r)
+    assert got.tobytes() == want.tobytes()
+    assert gm.magnitude_from_pga(np.zeros(0), np.zeros(0)).shape == (0,)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_heard_is_the_amplitude_against_the_bar_wherever_asked(seed: int) -> None:
+    """Decided from each station's crossing distance, evaluated near it: the same
+    booleans as the amplitude of every pair, with distances put right at the
+    crossings, bars of zero, NaN and infinity, and the few-pairs path."""
+    gm = GroundMotionModel()
+    rng = np.random.default_rng(seed)
+    magnitude = float(rng.uniform(2.0, 8.5))
+    noise = rng.uniform(0.0, 5.0, 60)
+    noise[:4] = [0.0, np.nan, np.inf, 1e-9]
+    bar = THR.unpicked_min_pa_snr * np.maximum(noise, 1e-3)
+    for pairs in (50, 3000):
+        station = rng.integers(0, bar.size, pairs)
+        r = rng.uniform(0, float(rng.uniform(1, 800)), (4, pairs))
+        lo, hi = _crossings(gm, magnitude, THR.p_to_s_ratio, bar)
+        at = np.flatnonzero(np.isfinite(lo[station]) & np.isfinite(hi[station]))[:200]
+        r[0, at] = lo[station[at]] + rng.uniform(-0.05, 0.05, at.size)  # at the crossing
+        r = np.maximum(r, 0.0)
+        asked = rng.random(r.shape) < 0.7
+        want = THR.p_to_s_ratio * gm.pga_gal(magnitude, r) >= bar[station]
+        got = _heard(gm, magnitude, THR.p_to_s_ratio, r, bar, station, asked)
+        assert np.array_equal(got[asked], want[asked])
+
+
+def _first_apart_by_pairs(picks: list[EventStation], km: float, closer: bool) -> list[int]:
+    """The greedy choice from every pair within ``km`` (:func:`_within`)."""
+    lat = np.array([s.lat for s in picks])
+    lon = np.array([s.lon for s in picks])
+    i, j, d = _within(lat, lon, lat, lon, km)
+    near = d < km if closer else d <= km
+    covered = np.zeros(len(picks), dtype=np.bool_)
+    first: list[int] = []
+    for k in range(len(picks)):
+        if not covered[k]:
+            first.append(k)
+            covered[j[near & (i == k)]] = True
+    return first
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_first_picks_apart_are_those_all_pairs_give(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 400))
+    # Stations in a few towns, as a dense network's are, some on the same spot.
+    towns = rng.uniform([22.5, 120.3], [25.2, 121.9], (12, 2))
+    at = towns[rng.integers(0, len(towns), n)] + rng.normal(0, 0.05, (n, 2))
+    at[rng.random(n) < 0.05] = at[0]
+    picks = [
+        EventStation(f"s{k}", float(a), float(o), float(k), True) for k, (a, o) in enumerate(at)
+    ]
+    for km, closer in ((10.0, False), (3.0, True), (10.0, True)):
+        want = _first_apart_by_pairs(picks, km, closer)
+        assert _first_apart(picks, km, closer=closer) == want
+        for most in (1, 5, 40):
+            assert _first_apart(picks, km, most=most, closer=closer) == want[:most]
