@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/handlers.py --kind air --readings 20000
     .venv/bin/python bench/handlers.py --kind water --readings 20000 --profile /tmp/h.prof
+    .venv/bin/python bench/handlers.py --kind air --changelog
     valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.out \\
         .venv/bin/python bench/handlers.py --kind air --readings 2000 --warm 200
 
@@ -10,7 +11,9 @@ and InfluxDB: decode the record (ingest's batch record, each line validated as t
 does; ``--trusted`` without), the kind's handler with the device's state, the township
 aggregation of the batch's reports, every point encoded as line protocol. Readings come
 from the registry's devices in turn, a device every 60 s (air) or 10 s (water) of event
-time, values varying.
+time, values varying. ``--changelog`` adds what the worker writes to the tables'
+changelogs after each batch: every device state the record changed, with its position,
+encoded (:func:`processors.states.encode_value`).
 
 It reports CPU time (``time.process_time``) per reading and the readings/s that makes,
 peak memory (``ru_maxrss``), and the same for the floor: the same record decoded with
@@ -61,7 +64,13 @@ from processors.handlers import (  # noqa: E402
     handle_township_reports,
     handle_water,
 )
-from processors.states import AirDevice, DeviceState, TownshipState, WaterDevice  # noqa: E402
+from processors.states import (  # noqa: E402
+    AirDevice,
+    DeviceState,
+    TownshipState,
+    WaterDevice,
+    encode_value,
+)
 
 BATCH = 500
 
@@ -108,13 +117,19 @@ def _reading(d: Device, t: datetime, i: int) -> Reading:
 class BatchWork:
     """What a worker's device agent and township agent do with one record's readings
     (:mod:`processors.agents`), minus Kafka and InfluxDB: decode, handler, state, the
-    batch's reports per township, every point's line."""
+    batch's reports per township, every point's line; with ``changelog``, every device
+    state the record changed as its changelog record holds it."""
 
-    def __init__(self, ctx: Context, kind: str, trusted: bool = False) -> None:
+    def __init__(
+        self, ctx: Context, kind: str, trusted: bool = False, changelog: bool = False
+    ) -> None:
         self.ctx = ctx
         self.kind = kind
         #: Decode without validating the lines again (the worker validates them).
         self.trusted = trusted
+        #: Encode the states as BatchState.write does (position, encode_value).
+        self.changelog = changelog
+        self.offset = 0
         self.devices: dict[str, DeviceState] = {}
         self.towns: dict[str, TownshipState] = {}
         self.lines = 0
@@ -152,6 +167,13 @@ class BatchWork:
             self.towns[town] = d.state
             points += d.points
         self.lines += len("\n".join(p.line() for p in points))
+        if self.changelog:
+            # Each device the record reached, once, at its last reading (BatchState.write).
+            last = {r.device_id: i for i, r in enumerate(record.readings)}
+            for device, i in last.items():
+                state = self.devices[device].model_copy(update={"offset": self.offset, "index": i})
+                self.lines += len(encode_value(state))
+        self.offset += 1
         return len(record.readings)
 
 
@@ -184,6 +206,9 @@ def main() -> int:
     ap.add_argument("--thresholds", type=Path, help="default: CIVIC_THRESHOLDS")
     ap.add_argument("--profile", type=Path, help="cProfile (CPU time) of the measured part")
     ap.add_argument("--trusted", action="store_true", help="decode without validating again")
+    ap.add_argument(
+        "--changelog", action="store_true", help="also encode each record's device states"
+    )
     ap.add_argument("--repeat", type=int, default=3, help="runs; the median is reported")
     args = ap.parse_args()
 
@@ -199,7 +224,7 @@ def main() -> int:
     settle_heap()  # as the worker does once it is ready
 
     def run_ours() -> int:
-        work = BatchWork(ctx, args.kind, args.trusted)
+        work = BatchWork(ctx, args.kind, args.trusted, args.changelog)
         for value in warm:
             work.run(value)
         n = 0

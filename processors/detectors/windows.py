@@ -20,9 +20,9 @@ from dataclasses import field
 from datetime import UTC, datetime
 from typing import Annotated, Self
 
-from pydantic import Field
+from pydantic import Field, TypeAdapter
 
-from processors.detectors.state import stored
+from processors.detectors.state import STATE_CONFIG, dump_state, stored
 
 
 def epoch_s(t: datetime, what: str = "event_time") -> float:
@@ -212,12 +212,46 @@ class BucketSeries:
                 i += 1
             sums.append(total_m)
             valids.append(valid)
-        older = (newest, tuple(windows), tuple(sums), tuple(valids))
+        older: Older = (newest, tuple(windows), tuple(sums), tuple(valids), [])
         series = self._with(current, older)  # the buckets are never changed in place
         return series, kept, _windows(current.get(newest), older)
 
     def _with(self, buckets: Mapping[int, tuple[float, int]], older: Older | None = None) -> Self:
         return type(self)(self.width_s, self.keep, self.offset_s, buckets, older)
+
+    def json(self) -> bytes:
+        """:func:`~processors.detectors.state.dump_state` of the series (its JSON as the
+        changelog stores it), with the buckets before the newest written once per
+        :attr:`older`, i.e. once an hour of hourly buckets, not at every reading.
+
+        Those buckets change only when :meth:`step` makes :attr:`older` again (the newest
+        moved on, a late value, a bucket aged out): until then a step changes the newest
+        bucket alone, so their JSON is kept with :attr:`older` and only the newest is
+        written. Any other series (no :attr:`older`, the newest not the last bucket in
+        the mapping's order) is written whole."""
+        older = self.older
+        buckets = self.buckets
+        if older is None or not isinstance(buckets, dict):
+            return dump_state(self)
+        newest = older[0]
+        last = next(reversed(buckets), None)
+        if last is not None and last != newest and newest in buckets:
+            return dump_state(self)  # a bucket came after the newest: not the kept order
+        memo = older[4]
+        if not memo:
+            before = {k: v for k, v in buckets.items() if k != newest}
+            entries = _BUCKETS_JSON(before)[1:-1]  # without the braces
+            head = b'{"width_s":%d,"keep":%d,"offset_s":%d,"buckets":{%b' % (
+                self.width_s,
+                self.keep,
+                self.offset_s,
+                entries,
+            )
+            memo += (head, head + b"," if entries else head)
+        bucket = buckets.get(newest)
+        if bucket is None:
+            return memo[0] + b"}}"
+        return b'%b"%d":%b}}' % (memo[1], newest, _BUCKET_JSON(bucket))
 
 
 def _add_value(buckets: dict[int, tuple[float, int]], start: int, value: float) -> None:
@@ -227,15 +261,20 @@ def _add_value(buckets: dict[int, tuple[float, int]], start: int, value: float) 
 
 
 #: What :meth:`BucketSeries.step` keeps of the buckets before the newest: the newest's
-#: start, the window sizes, and per window the sum of the older buckets' means in it and
-#: how many there are.
-Older = tuple[int, tuple[int, ...], tuple[float, ...], tuple[int, ...]]
+#: start, the window sizes, per window the sum of the older buckets' means in it and how
+#: many there are, and (once the series is written, :meth:`BucketSeries.json`) its JSON
+#: up to the newest bucket, without and with the comma before it: a memo, empty until then.
+Older = tuple[int, tuple[int, ...], tuple[float, ...], tuple[int, ...], list[bytes]]
+
+#: The JSON of buckets, and of one bucket, as :func:`dump_state` writes them in a series.
+_BUCKETS_JSON = TypeAdapter(dict[int, tuple[float, int]], config=STATE_CONFIG).serializer.to_json
+_BUCKET_JSON = TypeAdapter(tuple[float, int], config=STATE_CONFIG).serializer.to_json
 
 
 def _windows(newest: tuple[float, int] | None, older: Older) -> dict[int, tuple[float | None, int]]:
     """Each window's mean of means and valid buckets: the older buckets' sums, then the
     newest bucket's mean (when it has values), in that order whichever path made them."""
-    _, windows, sums, valids = older
+    _, windows, sums, valids, _ = older
     if newest is None or newest[1] <= 0:
         return {
             n: ((total / valid) if valid else None, valid)

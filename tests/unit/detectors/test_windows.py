@@ -42,6 +42,32 @@ def test_kept_sums_give_what_every_bucket_gives(seed: int) -> None:
     assert series.older is not None
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_json_is_what_the_serializer_writes(seed: int) -> None:
+    """BucketSeries.json (the buckets before the newest kept as JSON) gives dump_state's
+    bytes after every step, written once or again: values in the newest hour, late ones
+    (new older buckets after the newest in the mapping's order), hours without values."""
+    rng = random.Random(seed)
+    series = BucketSeries(3600, 24)
+    now = 1_764_000_000.0
+    for _ in range(2000):
+        roll = rng.random()
+        if roll < 0.8:
+            now += rng.uniform(0, 600)
+            t: float | None = now
+        elif roll < 0.9:
+            t = now - rng.uniform(0, 30 * 3600)
+        else:
+            now += rng.uniform(0, 7200)
+            t = None
+        series = series.step(now, WINDOWS, t, rng.choice([rng.uniform(0, 100), 0.0, 1e17]))[0]
+        assert series.json() == dump_state(series)
+        assert series.json() == dump_state(series)  # the kept part, written again
+    assert series.older is not None
+    assert len(series.older[4]) == 2
+    assert _plain(series).json() == dump_state(series)
+
+
 def test_kept_sums_are_not_stored() -> None:
     series, _, _ = BucketSeries(3600, 24).step(7200.0, WINDOWS, 7200.0, 3.0)
     assert series.older is not None

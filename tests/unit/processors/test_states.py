@@ -488,6 +488,35 @@ def test_device_states_of_real_readings_round_trip() -> None:
         _round_trips(value.model_copy(update={"offset": 41}))
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_an_air_state_is_encoded_as_the_serializer_writes_it(seed: int) -> None:
+    """encode_value of an air sensor (its series spliced in, each with the hours before
+    the current one written once an hour) is model_dump_json's bytes after every
+    reading: a day and more of readings, pollutants that come and go, late readings,
+    silences, states written once or again and read back from the changelog."""
+    rng = np.random.default_rng(seed)
+    a = AirDevice()
+    spliced = 0
+    t = T
+    for i in range(1500):
+        t += timedelta(minutes=float(rng.choice([1, 5, 10, 90], p=[0.5, 0.3, 0.17, 0.03])))
+        at = t - timedelta(hours=float(rng.uniform(0, 30))) if rng.random() < 0.05 else t
+        values = {
+            f: float(rng.uniform(0, 80))
+            for f in ("pm2_5_ugm3", "pm10_ugm3", "o3_ppb", "co_ppm")
+            if rng.random() < (0.9 if f == "pm2_5_ugm3" else 0.4)
+        }
+        data = AirPayload.model_validate({"ts": at, **(values or {"pm2_5_ugm3": 10.0})})
+        a = handle_air(a, _reading("air-1", at, data), CTX).state
+        if i % 97 == 0:
+            a = states.decode_value(AirDevice, states.encode_value(a)) or a  # as recovered
+        expected = a.model_dump_json().encode()
+        assert states.encode_value(a) == expected
+        assert states.encode_value(a) == expected  # again: the kept hours
+        spliced += sum(len(s.buckets) for s in a.air.series.values()) >= states._SPLICE_FROM
+    assert spliced > 1000
+
+
 def test_township_shaking_and_quake_states_of_real_inputs_round_trip() -> None:
     town = TownshipState()
     for i, (device, hazard, level) in enumerate(
