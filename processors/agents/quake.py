@@ -20,7 +20,6 @@ from typing import Any
 
 from faust.types import EventT
 
-from civic_iot.contracts.alerts import AlertCandidate
 from civic_iot.contracts.processing import NETWORK_KEY, SeismicTick
 from civic_iot.storage.points import Point
 from civic_iot.storage.sink import PointSink
@@ -82,11 +81,11 @@ class QuakeAgent(BatchAgent):
         # One associator step per stream second of the batch, in order (a backlog replays
         # as it happened), with every tick of that second (Associator.step).
         state = self.states.get(NETWORK_KEY)
-        found: list[AlertCandidate] = []
         points: list[Point] = []
-        # (record ms, tick) of the ticks that gave candidates
-        deciding: list[tuple[int, SeismicTick]] = []
         steps = tick_seconds(ticks)
+        # From the first trigger's record, for the latency line.
+        first = min((t.trigger_record_ms for t in ticks if t.trigger_record_ms), default=None)
+        timed_yet = False
         for second in steps:
             try:
                 decision = handle_quake(state, second, self.ctx, datetime.now(UTC))
@@ -94,37 +93,41 @@ class QuakeAgent(BatchAgent):
                 failed(self.stats, self.name, exc)
                 continue
             state = decision.state
-            timed = [(t.record_ms, t) for t in second if t.record_ms]
-            if decision.candidates and timed:
-                # The packet that decided: the newest of the second's (its tick came last).
-                deciding.append(max(timed, key=lambda d: d[0]))
             await self.outbox.candidates(decision.candidates)
+            timed = [(t.record_ms, t) for t in second if t.record_ms]
+            if decision.candidates and timed and not timed_yet:
+                # The packet that decided: the newest of the second's (its tick came
+                # last); a candidate may come from a tick after the triggers', when the
+                # stream clock closes the event. Timed as the candidates leave, not after
+                # the batch's notices and points.
+                self._log_latency(max(timed, key=lambda d: d[0]), first, len(ticks), len(steps))
+                timed_yet = True
             for notice in decision.notices:
                 await self.outbox.send(self.outbox.topics.shaking, notice.device, notice)
-            found += decision.candidates
             points += decision.points
         self.states.set(NETWORK_KEY, state, last)
-        # From the deciding packets' records (a candidate may come from a tick after the
-        # triggers', when the stream clock closes the event), and from the first trigger.
-        first = min((t.trigger_record_ms for t in ticks if t.trigger_record_ms), default=None)
-        if found and deciding:
-            now_ms = time.time() * 1000
-            packet_ms, tick = min(deciding, key=lambda d: d[0])
-            tick_ms, took_ms = self._arrived.get(id(tick), (now_ms, now_ms))
-            # The stages: the deciding packet's record -> its tick's record (the seismic
-            # agent's batch), -> this agent took it (its batch wait), -> candidate sent.
-            logger.info(
-                "quake candidate latency_ms=%.1f from_trigger_ms=%.1f to_tick_ms=%.1f "
-                "tick_wait_ms=%.1f step_ms=%.1f ticks=%d steps=%d",
-                now_ms - packet_ms,
-                now_ms - first if first is not None else -1.0,
-                tick_ms - packet_ms,
-                took_ms - tick_ms,
-                now_ms - took_ms,
-                len(ticks),
-                len(steps),
-            )
         self.sink.add(points)
+
+    def _log_latency(
+        self, deciding: tuple[int, SeismicTick], first: int | None, ticks: int, steps: int
+    ) -> None:
+        """The candidate latency's stages: the deciding packet's record -> its tick's
+        record (the seismic agent's batch), -> this agent took it (its batch wait), ->
+        the candidate sent (the associator's step); and from the first trigger's record."""
+        now_ms = time.time() * 1000
+        packet_ms, tick = deciding
+        tick_ms, took_ms = self._arrived.get(id(tick), (now_ms, now_ms))
+        logger.info(
+            "quake candidate latency_ms=%.1f from_trigger_ms=%.1f to_tick_ms=%.1f "
+            "tick_wait_ms=%.1f step_ms=%.1f ticks=%d steps=%d",
+            now_ms - packet_ms,
+            now_ms - first if first is not None else -1.0,
+            tick_ms - packet_ms,
+            took_ms - tick_ms,
+            now_ms - took_ms,
+            ticks,
+            steps,
+        )
 
 
 def tick_seconds(ticks: Sequence[SeismicTick]) -> list[list[SeismicTick]]:

@@ -36,6 +36,7 @@ from civic_iot.thresholds import thresholds_from
 from civic_iot.times import to_ns
 from civic_iot.topology import Topology
 from processors.agents.device import seismic_ticks
+from processors.agents.quake import QuakeAgent
 from processors.agents.township import encode_reports
 from processors.app import create_app
 from processors.detectors.quake import distance_km
@@ -290,6 +291,50 @@ def test_quake_agent_sends_strong_shaking_to_the_township_rain_gauges(shaken: An
     assert (notice["township"], notice["intensity"]) == (YILAN, "5-")
     cands = [json.loads(v) for t, _, v in pub.sent if t.endswith("alerts.candidates")]
     assert notice["event_id"] == cands[-1]["area_code"].removeprefix("quake-")
+
+
+def test_the_candidate_latency_is_taken_as_the_candidate_leaves_not_after_the_notices(
+    shaken: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The latency line is the bench's candidate time: taken after the batch's notices to
+    # the rain gauges (and a strong quake shakes many), it ran late by the notices, and
+    # the bench matched a candidate with nothing new to say to the next one's alert.
+    app, _sinks, pub, settings = shaken
+    topics = Topology.of(settings)
+    sent_when_logged: list[list[str]] = []
+    log_latency = QuakeAgent._log_latency
+
+    def spy(self: QuakeAgent, *args: Any) -> None:
+        sent_when_logged.append([t for t, _, _ in pub.sent])
+        log_latency(self, *args)
+
+    monkeypatch.setattr(QuakeAgent, "_log_latency", spy)
+    record_ms = int(QUAKE_T0 * 1000) + 7_000
+    tick = SeismicTick(
+        now_s=QUAKE_T0 + 7,
+        triggers=tuple(
+            Trigger(station_id=s, lat=la, lon=lo, p_time_s=_p_time(la, lo))
+            for s, la, lo in QUAKE_STATIONS
+        ),
+        observations=tuple(
+            Observation(station_id=s, pga_gal=160.0, pgv_cms=16.0) for s, _, _ in QUAKE_STATIONS
+        ),
+        trigger_record_ms=record_ms,
+        record_ms=record_ms,
+        partition=0,
+    )
+
+    async def run() -> None:
+        async with app.agents["quake"].test_context() as ctx:
+            await ctx.put(key=b"network", value=tick.model_dump_json().encode())
+            await _until(lambda: any(t == topics.shaking for t, _, _ in pub.sent))
+
+    asyncio.run(run())
+    [when] = sent_when_logged
+    assert when
+    assert when[-1] == topics.candidates
+    assert topics.shaking not in when
+    assert [t for t, _, _ in pub.sent][len(when) :] == [topics.shaking]
 
 
 def _rain(t: datetime, mm: float) -> bytes:
