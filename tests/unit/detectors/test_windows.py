@@ -4,6 +4,7 @@ exactly what going over all the buckets gives."""
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 
 import pytest
 
@@ -11,6 +12,22 @@ from processors.detectors.state import dump_state, load_state
 from processors.detectors.windows import BucketSeries
 
 WINDOWS = (1, 4, 8, 12, 24)
+
+
+def _walk(rng: random.Random, steps: int) -> Iterator[tuple[float, float | None]]:
+    """(clock, value time) of a sensor's readings: mostly on time, some late (sometimes
+    older than kept), some hours without a value (the windows move on: time None)."""
+    now = 1_764_000_000.0
+    for _ in range(steps):
+        roll = rng.random()
+        if roll < 0.8:
+            now += rng.uniform(0, 600)
+            yield now, now
+        elif roll < 0.9:
+            yield now, now - rng.uniform(0, 30 * 3600)
+        else:
+            now += rng.uniform(0, 7200)
+            yield now, None
 
 
 def _plain(series: BucketSeries) -> BucketSeries:
@@ -22,17 +39,7 @@ def _plain(series: BucketSeries) -> BucketSeries:
 def test_kept_sums_give_what_every_bucket_gives(seed: int) -> None:
     rng = random.Random(seed)
     series = BucketSeries(3600, 24)
-    now = 1_764_000_000.0
-    for _ in range(3000):
-        roll = rng.random()
-        if roll < 0.8:
-            now += rng.uniform(0, 600)
-            t: float | None = now
-        elif roll < 0.9:
-            t = now - rng.uniform(0, 30 * 3600)  # late, sometimes older than kept
-        else:
-            now += rng.uniform(0, 7200)
-            t = None  # no value: the windows move on
+    for now, t in _walk(rng, 3000):
         value = rng.uniform(0, 100)
         fast = series.step(now, WINDOWS, t, value)
         slow = _plain(series).step(now, WINDOWS, t, value)
@@ -49,17 +56,7 @@ def test_json_is_what_the_serializer_writes(seed: int) -> None:
     (new older buckets after the newest in the mapping's order), hours without values."""
     rng = random.Random(seed)
     series = BucketSeries(3600, 24)
-    now = 1_764_000_000.0
-    for _ in range(2000):
-        roll = rng.random()
-        if roll < 0.8:
-            now += rng.uniform(0, 600)
-            t: float | None = now
-        elif roll < 0.9:
-            t = now - rng.uniform(0, 30 * 3600)
-        else:
-            now += rng.uniform(0, 7200)
-            t = None
+    for now, t in _walk(rng, 2000):
         series = series.step(now, WINDOWS, t, rng.choice([rng.uniform(0, 100), 0.0, 1e17]))[0]
         assert series.json() == dump_state(series)
         assert series.json() == dump_state(series)  # the kept part, written again
