@@ -16,7 +16,6 @@ raw point and the stream moves on.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import time
@@ -39,7 +38,7 @@ from civic_iot.contracts.readings import Reading, RecordReadings, decode_record
 from civic_iot.storage.points import Point
 from civic_iot.storage.sink import PointSink
 from processors.agents.guard import ReadingGuard
-from processors.agents.loop import YIELD_AFTER_S, BatchAgent
+from processors.agents.loop import BatchAgent, Turns
 from processors.agents.outbox import Outbox
 from processors.agents.seconds import StreamSeconds, packet_seconds
 from processors.agents.stats import Activity, Stats, record_ms
@@ -151,10 +150,14 @@ class DeviceAgent(BatchAgent, Generic[S, OutcomeT]):
             return None
 
     def _take(self, out: OutcomeT, reading: Reading, event: EventT[Any], index: int) -> None:
-        """An outcome's state into the batch's table state, its points into the sink."""
+        """An outcome's state into the batch's table state, its points to the sink."""
         self.states.set(reading.device_id, out.state, event, index)
-        self.sink.add(out.points)
+        self.keep_points(out, reading)
         self.stage(out, event)
+
+    def keep_points(self, outcome: OutcomeT, reading: Reading) -> None:
+        """The outcome's points into the sink (at once; the seismic agent's later)."""
+        self.sink.add(outcome.points)
 
     async def _admitted(self, event: EventT[Any]) -> tuple[int, list[tuple[int, Reading]]]:
         """How many inputs a record counts for, and its readings the guard admits (their
@@ -367,11 +370,9 @@ class SeismicAgent(DeviceAgent[SeismicDevice, SeismicOutcome]):
         self._pending = []
         self._began_s = time.time()
 
-    def _take(self, out: SeismicOutcome, reading: Reading, event: EventT[Any], index: int) -> None:
-        """As :meth:`DeviceAgent._take`, but the points wait for :meth:`_add_points`."""
-        self.states.set(reading.device_id, out.state, event, index)
-        self._unstored.append((out, reading))
-        self.stage(out, event)
+    def keep_points(self, outcome: SeismicOutcome, reading: Reading) -> None:
+        """The points wait for :meth:`_add_points`, after the ticks."""
+        self._unstored.append((outcome, reading))
 
     def stage(self, outcome: SeismicOutcome, event: EventT[Any]) -> None:
         self._batch.append((outcome, record_ms(event), event.message.partition))
@@ -405,8 +406,7 @@ class SeismicAgent(DeviceAgent[SeismicDevice, SeismicOutcome]):
         first. A packet whose points cannot be built keeps its raw point, as a failed
         detector does (:meth:`DeviceAgent._decide_safely`)."""
         unstored, self._unstored = self._unstored, []
-        clock = time.monotonic
-        yielded = clock()
+        turns = Turns()
         for out, reading in unstored:
             try:
                 points = out.points
@@ -415,9 +415,7 @@ class SeismicAgent(DeviceAgent[SeismicDevice, SeismicOutcome]):
                 self.stats.counters["detector_errors"] += 1
                 points = reading_points(reading, self.ctx.buckets)
             self.sink.add(points)
-            if clock() - yielded >= YIELD_AFTER_S:
-                await asyncio.sleep(0)
-                yielded = clock()
+            await turns.give()
 
 
 def seismic_ticks(batch: Sequence[tuple[SeismicOutcome, int | None, int]]) -> list[SeismicTick]:

@@ -64,6 +64,20 @@ logger = logging.getLogger(__name__)
 YIELD_AFTER_S = 0.002
 
 
+class Turns:
+    """Lets the other agents (the seismic path) run once :data:`YIELD_AFTER_S` has passed
+    since this did last: a long piece of work never holds the event loop for longer."""
+
+    def __init__(self) -> None:
+        self._since = time.monotonic()
+
+    async def give(self) -> None:
+        """Yield to the event loop if the time has come."""
+        if time.monotonic() - self._since >= YIELD_AFTER_S:
+            await asyncio.sleep(0)
+            self._since = time.monotonic()
+
+
 class BatchAgent(ABC):
     """What one agent does with the events of a batch; :func:`commit_after_sink` runs it."""
 
@@ -168,8 +182,7 @@ async def _decide(
     """Decide ``events`` in batches of ``batch_max`` inputs, each stored once the one
     before is (``storing``); returns whether the worker stops (a batch's sink closed)
     and the last batch's store."""
-    clock = time.monotonic
-    yielded = clock()
+    turns = Turns()
     i = 0
     while i < len(events):
         agent.begin_batch()
@@ -181,9 +194,7 @@ async def _decide(
             inputs += 1 if n is None else n
             done.append(event)
             i += 1
-            if clock() - yielded >= YIELD_AFTER_S:
-                await asyncio.sleep(0)  # let another agent (the seismic path) run
-                yielded = clock()
+            await turns.give()
         await agent.on_batch()
         # One batch stored at a time, in order: the one before is stored, its state
         # written and its events acked before this one's points go.
@@ -241,4 +252,4 @@ class StallRepair:
         return out
 
 
-__all__ = ["BatchAgent", "StallRepair", "commit_after_sink"]
+__all__ = ["BatchAgent", "StallRepair", "Turns", "commit_after_sink"]
