@@ -635,6 +635,7 @@ class AlertService:
             max_pending=a.webhook_max_pending,
             session_timeout_s=a.session_timeout_s,
             heartbeat_interval_s=a.heartbeat_interval_s,
+            fetch_wait_s=settings.kafka.warning_fetch_wait_s,
         )
         self._channels: list[Sink[AlertMessage]] = [self.mqtt]
 
@@ -894,6 +895,7 @@ class AlertService:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             client_id="civic-alerts",
+            fetch_max_wait_ms=round(self.settings.kafka.warning_fetch_wait_s * 1000),
             # An active instance that dies leaves this group as soon as the election.
             session_timeout_ms=round(a.session_timeout_s * 1000),
             heartbeat_interval_ms=round(a.heartbeat_interval_s * 1000),

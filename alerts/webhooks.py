@@ -281,6 +281,7 @@ class WebhookDelivery:
         max_pending: int = 1000,
         session_timeout_s: float = 10.0,
         heartbeat_interval_s: float = 3.0,
+        fetch_wait_s: float,
         rng: retry.RandomSource | None = None,
         resolver: Any = None,
     ) -> None:
@@ -299,6 +300,7 @@ class WebhookDelivery:
         self._max_pending = max(1, max_pending)
         self._session_timeout_ms = round(session_timeout_s * 1000)
         self._heartbeat_ms = round(heartbeat_interval_s * 1000)
+        self._fetch_wait_ms = round(fetch_wait_s * 1000)
         self._rng: retry.RandomSource = rng or random.Random()
         self._resolver = resolver
         self._tracker = OffsetTracker()
@@ -346,6 +348,7 @@ class WebhookDelivery:
             client_id="civic-alerts-webhooks",
             session_timeout_ms=self._session_timeout_ms,
             heartbeat_interval_ms=self._heartbeat_ms,
+            fetch_max_wait_ms=self._fetch_wait_ms,
         )
         await consumer.start()
         consumer.subscribe([self._topic], listener=_Rebalance(self))

@@ -166,6 +166,15 @@ class KafkaSettings(BaseModel):
     #: Prefix for every topic name, so tests and demos can run side by side on one broker.
     topic_prefix: str = ""
     partitions: int = 4
+    #: The warning path's consumers (the stations, the associator, the alert service and
+    #: its webhooks) answer at the first record but wait at most this long, seconds, when
+    #: none comes. aiokafka leaves a partition whose records are not yet consumed out of
+    #: the next fetch and sends one fetch at a time to a broker, so a record that comes
+    #: just after a fetch waits for that fetch to end: with faust's wait of 1.5 s a
+    #: second's ticks that came in two fetches waited for the next second's packets
+    #: (0.5-0.8 s, the candidate latency's p99 at Taiwan's scale). A wait that runs out
+    #: costs an empty fetch: 20 a second when idle.
+    warning_fetch_wait_s: float = Field(default=0.05, gt=0, le=5)
     #: Key of the mark ingest puts on its records and the processors check
     #: (:mod:`civic_iot.contracts.provenance`). Unset (the normal case): the file
     #: ``<data dir>/secrets/kafka-mark-key`` (``python -m ops.mark_key`` creates it); see
@@ -390,16 +399,9 @@ class ProcessorSettings(BaseModel):
     #: A ``bulk`` worker's Kafka fetches wait until this many bytes are there, or
     #: ``bulk_fetch_wait_s`` has passed: answered at the first record (aiokafka's default),
     #: a trickle of readings costs a fetch and a wake-up each, 40 % of the bulk worker's
-    #: CPU at 0.25 x Taiwan. Other roles: ``warning_fetch_wait_s``.
+    #: CPU at 0.25 x Taiwan. Other roles: :attr:`KafkaSettings.warning_fetch_wait_s`.
     bulk_fetch_min_bytes: int = Field(default=262_144, ge=1)
     bulk_fetch_wait_s: float = Field(default=0.2, gt=0, le=5)
-    #: The other roles' fetches (the warning path) answer at the first record but wait at
-    #: most this long, seconds, when none comes. aiokafka leaves a partition whose records
-    #: are not yet consumed out of the next fetch, and sends one fetch at a time to a
-    #: broker: with faust's wait of 1.5 s a second's ticks that came in two fetches waited
-    #: for the next second's packets (0.58-0.78 s, the candidate latency's p99 at Taiwan's
-    #: scale). Each wait that runs out costs an empty fetch: 20 a second when idle.
-    warning_fetch_wait_s: float = Field(default=0.05, gt=0, le=5)
 
 
 class ApiSettings(BaseModel):

@@ -299,7 +299,7 @@ def create_app(
     if p.role == "bulk":
         wait_for_fetches(app, p.bulk_fetch_min_bytes, p.bulk_fetch_wait_s)
     else:
-        wait_for_fetches(app, 1, p.warning_fetch_wait_s)
+        wait_for_fetches(app, 1, settings.kafka.warning_fetch_wait_s)
     repair_stalls = _stall_repair(app, {t.get_topic_name(): a for t, a in agents}, p)
 
     timer_sink = new_sink("timers")

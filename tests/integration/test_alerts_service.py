@@ -698,6 +698,28 @@ def test_restart_in_the_middle_no_duplicate_alert_and_cancel_kept(
         clear_retained(env, f"{Topology.of(env).mqtt_alerts_root}/river/{area}")
 
 
+def test_the_alert_paths_consumers_never_wait_long_for_an_empty_fetch(env: Settings) -> None:
+    """The candidates' and the webhooks' consumers fetch with the warning path's wait:
+    aiokafka leaves a partition with unconsumed records out of the next fetch, so a
+    candidate that comes just after a fetch waits for that fetch to end (aiokafka's
+    default: 0.5 s), as the processors' ticks did (settings.KafkaSettings)."""
+    wait_ms = round(env.kafka.warning_fetch_wait_s * 1000)
+    assert wait_ms <= 100
+
+    async def run() -> None:
+        async with running(env, lifecycle=short_lifecycle(60)) as service:
+            await wait_until(lambda: service.role == "active", 30, "the service active")
+            term = service._term
+            assert term is not None
+            assert term.consumer is not None
+            webhooks = service.webhooks._consumer
+            assert webhooks is not None
+            for consumer in (term.consumer, webhooks):
+                assert consumer._fetcher._fetch_max_wait_ms == wait_ms
+
+    asyncio.run(run())
+
+
 def test_ack_over_http_is_recorded_and_metrics_served(
     env: Settings, unique: str, api_tokens: dict[str, str]
 ) -> None:

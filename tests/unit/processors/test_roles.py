@@ -122,6 +122,6 @@ def test_only_a_bulk_worker_waits_for_its_fetches(role: str) -> None:
     waits = (consumer._fetch_min_bytes, consumer._fetch_max_wait_ms)
     p = Settings().processors
     bulk = (p.bulk_fetch_min_bytes, round(p.bulk_fetch_wait_s * 1000))
-    warning = (1, round(p.warning_fetch_wait_s * 1000))
+    warning = (1, round(Settings().kafka.warning_fetch_wait_s * 1000))
     assert waits == (bulk if role == "bulk" else warning)
     assert role == "bulk" or consumer._fetch_max_wait_ms <= 100
