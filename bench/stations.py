@@ -3,6 +3,7 @@
     .venv/bin/python bench/stations.py                       # 615 stations, 40 s, an M6
     .venv/bin/python bench/stations.py --stations 300 --seconds 60 --seed 3
     .venv/bin/python bench/stations.py --profile /tmp/s.prof
+    .venv/bin/python bench/stations.py --quiet                # noise only (most seconds)
 
 What the seismic worker does with a second of the network's packets once Kafka has
 handed them over, minus Kafka and InfluxDB, split as the worker does it
@@ -69,16 +70,21 @@ WARNING_PATH = STAGES[:4]
 
 
 def batches(
-    n_stations: int, seconds: int, seed: int, per_record: int, batch_max: int
+    n_stations: int, seconds: int, seed: int, per_record: int, batch_max: int, *, quiet: bool
 ) -> list[list[bytes]]:
     """A second of every station's packets a batch, as ingest's records, cut after the
-    record that makes ``batch_max`` packets (as the worker's loop cuts its batches)."""
+    record that makes ``batch_max`` packets (as the worker's loop cuts its batches);
+    ``quiet``: noise only, no earthquake."""
     registry = build_network(DEFAULT_SEED, taiwan_spec(1.0))
     devices = registry.of_kind("seismic")[:n_stations]
     t0 = 1_790_000_000.0
     lat = statistics.fmean(d.lat for d in devices)
     lon = statistics.fmean(d.lon for d in devices)
-    quake = SimQuake(lat=lat, lon=lon, depth_km=10.0, magnitude=6.0, origin_s=t0 + seconds / 2)
+    quake = (
+        None
+        if quiet
+        else SimQuake(lat=lat, lon=lon, depth_km=10.0, magnitude=6.0, origin_s=t0 + seconds / 2)
+    )
     traces = synthesize_traces(
         [SimStation(d.id, d.lat, d.lon) for d in devices],
         start_s=t0,
@@ -200,13 +206,18 @@ def main() -> int:
     ap.add_argument("--batch-max", type=int, default=500, help="packets a batch at most")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--profile", type=Path, help="cProfile (CPU time) of one measured run")
+    ap.add_argument(
+        "--quiet", action="store_true", help="noise only: the network's every second outside quakes"
+    )
     args = ap.parse_args()
 
     settings = get_settings()
     spec = taiwan_spec(1.0)
     registry = build_network(DEFAULT_SEED, spec)
     ctx = Context.build(settings.influx, registry, network_thresholds(DEFAULT_SEED, spec))
-    work = batches(args.stations, args.seconds, args.seed, args.per_record, args.batch_max)
+    work = batches(
+        args.stations, args.seconds, args.seed, args.per_record, args.batch_max, quiet=args.quiet
+    )
     per_s = len(work) // args.seconds
     warm, measured = work[: args.warm * per_s], work[args.warm * per_s :]
     settle_heap(GC_YOUNG_THRESHOLD_STATIONS)  # as the seismic worker does once it is ready
@@ -233,7 +244,8 @@ def main() -> int:
         prof.dump_stats(str(args.profile))
     seconds = args.seconds - args.warm
     n = args.stations * seconds
-    print(f"{args.stations} stations, {seconds} s measured ({n} packets), seed {args.seed}")
+    what = "noise only" if args.quiet else "an M6 half-way"
+    print(f"{args.stations} stations, {seconds} s measured ({n} packets, {what}), seed {args.seed}")
     for stage in (*STAGES, "to ticks", "total"):
         parts = {"to ticks": WARNING_PATH, "total": STAGES}.get(stage, (stage,))
         vals = [sum(w.cpu[p] for p in parts) / n * 1e6 for w in runs]
