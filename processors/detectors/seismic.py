@@ -541,11 +541,10 @@ def _derived(
     # The armed branch of _detect over the whole packet, for every station at once (the
     # same elementwise operations, so the same bits): most packets are quiet, and their
     # dozen numpy calls each were most of the detector's time (:func:`_armed_quiet`).
-    ratio = sta_lta[:, :, 0] / np.maximum(sta_lta[:, :, 1], 1e-12)
+    ratio = _armed_ratio(sta_lta)
     prev = np.array([s.sta / s.lta if s.lta > 0 else 0.0 for s in sts], dtype=np.float64)
     before = np.concatenate((prev[None, :], ratio[:-1]), axis=0)
-    crossed = (ratio >= thr.trigger_ratio) & (before < thr.trigger_ratio)
-    onset: list[bool] = np.any(crossed, axis=0).tolist()
+    onset: list[bool] = np.any(_upward(ratio, before, thr.trigger_ratio), axis=0).tolist()
     max_ratio = ratio.max(axis=0).tolist()
     low = ratio < thr.onset_ratio
     n = low.shape[0]
@@ -771,14 +770,14 @@ def _detect(prep: _Prepared, f: _Filtered, cfg: SeismicConfig) -> PacketResult:
 def _armed_quiet(prep: _Prepared, f: _Filtered, cfg: SeismicConfig) -> PacketResult | None:
     """:func:`_detect_full` for the packet of nearly every station nearly every second:
     warmed up, not in an event window nor a spike's tail, and no onset in it (armed or
-    locked out). Then only the armed branch runs, over the whole
-    packet, and its figures come from the group (:class:`_Derived`): the same result to
-    the last bit, without a dozen numpy calls per station. None: any other packet."""
+    locked out). Then only the armed branch runs, over the whole packet, and its figures
+    come from the group (:class:`_Derived`): the same result to the last bit, without a
+    dozen numpy calls per station. None: any other packet."""
     st = prep.st
     d = f.derived
     fs, t0 = prep.fs, prep.t0
     # (A lockout changes nothing here: it only hides onsets, and there are none.)
-    if d.onset or st.in_event or st.lta_hold or st.n_seen < math.ceil(cfg.sta_lta.lta_s * fs):
+    if d.onset or st.in_event or st.lta_hold or st.n_seen < _warm_up_samples(cfg, fs):
         return None
     x = prep.x
     n = x.shape[0]
@@ -829,7 +828,7 @@ def _detect_full(prep: _Prepared, f: _Filtered, cfg: SeismicConfig) -> PacketRes
     # 3. STA/LTA, piecewise: the LTA runs while armed and is frozen in event windows.
     c_sta = 1.0 / max(thr.sta_s * fs, 1.0)
     c_lta = 1.0 / max(thr.lta_s * fs, 1.0)
-    n_lta = math.ceil(thr.lta_s * fs)
+    n_lta = _warm_up_samples(cfg, fs)
     first_warm = max(0, n_lta - st.n_seen)  # index of the first sample past warm-up
     warm_since = st.warm_since_s
     if warm_since is None and first_warm < n:
@@ -913,7 +912,7 @@ def _detect_full(prep: _Prepared, f: _Filtered, cfg: SeismicConfig) -> PacketRes
             h_end = _first_true(r < thr.detrigger_ratio, 0)
             limit = n - i if h_end is None else h_end
             before = np.concatenate(([ratio[i - 1] if i > 0 else prev_ratio], r[:-1]))
-            onset = (r >= thr.trigger_ratio) & (before < thr.trigger_ratio)
+            onset = _upward(r, before, thr.trigger_ratio)
             # A P wave in the tail may never let the ratio fall below the threshold first
             # (a spike 6 s before a near P: the tail still stood 10x over the noise):
             # its onset is a rise by the trigger ratio over the tail's lowest STA so far,
@@ -921,7 +920,7 @@ def _detect_full(prep: _Prepared, f: _Filtered, cfg: SeismicConfig) -> PacketRes
             low = np.minimum.accumulate(np.minimum(seg, floor))
             rise = seg / np.maximum(low, lta)
             rise_before = np.concatenate(([sta / max(floor, lta, 1e-12)], rise[:-1]))
-            onset |= (rise >= thr.trigger_ratio) & (rise_before < thr.trigger_ratio)
+            onset |= _upward(rise, rise_before, thr.trigger_ratio)
             start = 0 if rearm is None else max(0, _index_at(rearm, t0, fs) - i)
             j = _first_true(onset, start, limit)
             stop = limit if j is None else j
@@ -967,14 +966,14 @@ def _detect_full(prep: _Prepared, f: _Filtered, cfg: SeismicConfig) -> PacketRes
                 avg[m:, 1] = _recurse(
                     (1.0 - c_lta,), c_lta * cf[i + m :, None], np.asarray([mean[-1]])
                 )[:, 0]
-        r = avg[:, 0] / np.maximum(avg[:, 1], 1e-12)
+        r = _armed_ratio(avg)
         if first_warm > i:
             r[: first_warm - i] = 0.0
         # A trigger is an upward crossing of the threshold, as in ObsPy's trigger_onset: a
         # ratio still high when the lockout ends (long shaking, a spike's tail) is no new
         # onset.
         before = np.concatenate(([prev_ratio if i == 0 else ratio[i - 1]], r[:-1]))
-        onset = (r >= thr.trigger_ratio) & (before < thr.trigger_ratio)
+        onset = _upward(r, before, thr.trigger_ratio)
         start = max(0, first_warm - i)
         if rearm is not None:
             start = max(start, _index_at(rearm, t0, fs) - i)
@@ -1063,6 +1062,24 @@ def _detect_full(prep: _Prepared, f: _Filtered, cfg: SeismicConfig) -> PacketRes
         packet_pgv_cms=d.packet_pgv_cms,
         packet_max_ratio=float(ratio.max()),
     )
+
+
+def _warm_up_samples(cfg: SeismicConfig, fs: float) -> int:
+    """Samples a station sees before it may trigger: one LTA window."""
+    return math.ceil(cfg.sta_lta.lta_s * fs)
+
+
+def _armed_ratio(sta_lta: FloatArray) -> FloatArray:
+    """STA / LTA of an armed station's running averages (last axis: STA, LTA)."""
+    ratio: FloatArray = sta_lta[..., 0] / np.maximum(sta_lta[..., 1], 1e-12)
+    return ratio
+
+
+def _upward(ratio: FloatArray, before: FloatArray, level: float) -> NDArray[np.bool_]:
+    """Where a ratio crosses ``level`` upwards, as ObsPy's ``trigger_onset``: at or over
+    it, the sample before under it."""
+    crossed: NDArray[np.bool_] = (ratio >= level) & (before < level)
+    return crossed
 
 
 def _index_at(time_s: float, t0_s: float, fs: float) -> int:
