@@ -433,7 +433,10 @@ class QuakeThresholds(_Strict):
     origin time; EPIC and ElarmS fix it at 8 km; local choice); constant ``vp_kms`` /
     ``vs_kms`` (6.0 / 3.5,
     *unconfirmed* for Taiwan, which uses depth-dependent speeds of about 5.1 / 2.9 km/s
-    near the surface). Stations that have NOT triggered constrain it (ShakeAlert/EPIC): a
+    near the surface). A station's S pick (its S - P time is a distance: it fixes depth
+    and a one-sided epicentre) locates with an error of ``s_pick_sigma_s``, twice a P
+    pick's (the S wave starts in the P coda, and its onset is emergent). Stations that
+    have NOT triggered constrain it (ShakeAlert/EPIC): a
     station armed and nearer the trial hypocentre than the farthest pick must have
     triggered ``unpicked_margin_s`` after its predicted P. A location whose
     ``pick_sigma_s`` confidence region reaches further than ``poor_location_km`` from the
@@ -481,6 +484,7 @@ class QuakeThresholds(_Strict):
     vp_kms: float = Field(default=6.0, gt=0, le=20)
     vs_kms: float = Field(default=3.5, gt=0, le=20)
     pick_sigma_s: float = Field(default=0.3, gt=0, le=10)
+    s_pick_sigma_s: float = Field(default=0.6, gt=0, le=20)
     max_rms_s: float = Field(default=1.0, gt=0, le=30)
     unpicked_margin_s: float = Field(default=1.5, ge=0, le=30)
     poor_location_km: float = Field(default=30.0, gt=0, le=1000)

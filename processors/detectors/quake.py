@@ -386,6 +386,8 @@ class EventStation:
     #: the source the S wave arrives within the 3 s P window (1.7 s after P at 14 km)
     #: and sets its peaks, while a shorter window still measures the P wave alone.
     shorter: tuple[PWindow, ...] = ()
+    #: The station's S pick in the window its P pick opened, epoch s (None: none yet).
+    s_time_s: float | None = None
 
     def features(
         self, max_window_s: float = math.inf, min_shorter_s: float = 0.0
@@ -620,11 +622,14 @@ def _costs_for(
     cons: _Constraints,
     thr: QuakeThresholds,
     sigmas: tuple[float, ...] = (),
+    n_s: int = 0,
 ) -> tuple[list[FloatArray], FloatArray]:
     """Cost, for each pick error in ``sigmas`` (s; none given: ``pick_sigma_s``), and
     origin time of every (epicentre, depth) pair, shape (depths, epicentres: the grid
     ``lat_ax`` x ``lon_ax`` in :func:`grid_distance_km`'s order); the travel times are
-    worked out once.
+    worked out once. The last ``n_s`` picks are S picks (of stations among the P picks):
+    their travel time at ``vs_kms``, their error ``s_pick_sigma_s`` over
+    ``pick_sigma_s`` times each of ``sigmas``.
 
     The cost is in units of the pick error: squared P residuals over ``pick_sigma_s``
     squared, each capped at 9 (an odd pick, an S taken for P, weighs like a 3-sigma one),
@@ -641,6 +646,7 @@ def _costs_for(
         key = (
             *(a.tobytes() for a in (lat_ax, lon_ax, depths, p_lat, p_lon, p_t)),
             thr.vp_kms, thr.depth_prior_km, thr.depth_prior_sigma_km, sigmas,
+            n_s, thr.vs_kms, thr.s_pick_sigma_s,
         )  # fmt: skip
         hit = _PICK_COSTS.get(key)
         if hit is not None:
@@ -651,7 +657,11 @@ def _costs_for(
     # expressions in the comments, without their temporaries).
     delay = epi**2 + z2  # (D, G, N): p - sqrt(epi ** 2 + z2) / vp
     np.sqrt(delay, out=delay)
-    delay /= thr.vp_kms
+    if n_s:
+        delay[:, :, :-n_s] /= thr.vp_kms
+        delay[:, :, -n_s:] /= thr.vs_kms
+    else:
+        delay /= thr.vp_kms
     np.subtract(p_t[None, None, :], delay, out=delay)
     origin = _median_last(delay)
     delay -= origin[:, :, None]
@@ -661,6 +671,8 @@ def _costs_for(
     costs = []
     for sigma in sigmas:
         res = delay / sigma
+        if n_s:
+            res[:, :, -n_s:] *= thr.pick_sigma_s / thr.s_pick_sigma_s
         res *= res
         costs.append(np.sum(np.minimum(res, 9.0, out=res), axis=2) + prior)
     if whole:
@@ -847,8 +859,9 @@ def locate(
     *,
     constraints: _Constraints | None = None,
     around: Hypocentre | None = None,
+    s_picks: Sequence[tuple[float, float, float]] = (),
 ) -> Hypocentre:
-    """Grid-search hypocentre and origin time from P picks.
+    """Grid-search hypocentre and origin time from P picks (and S picks).
 
     For each trial hypocentre the origin time is solved in closed form (the median of
     ``p - travel time``), so only latitude, longitude and depth are searched: the whole
@@ -863,11 +876,18 @@ def locate(
         config: the settings (velocities, region, depth range, pick error).
         constraints: armed stations that did not trigger (see :func:`_costs_for`).
         around: search near this hypocentre only (a relocation with more picks).
+        s_picks: S picks of stations among the P picks, (lat, lon, S time epoch s): the S
+            - P time is a distance, so a station's S pick fixes how far the source is
+            where P picks on one side, or all at one distance, leave it open (depth and
+            origin time trade; a one-sided network slides the epicentre along its
+            azimuth). Weighted by ``s_pick_sigma_s``; the RMS, gap and pick count are
+            the P picks'.
     """
     thr = config.association
-    p_lat = np.asarray(lats, dtype=np.float64)
-    p_lon = np.asarray(lons, dtype=np.float64)
-    p_t = np.asarray(p_times_s, dtype=np.float64)
+    n_p, n_s = len(p_times_s), len(s_picks)
+    p_lat = np.asarray([*lats, *(s[0] for s in s_picks)], dtype=np.float64)
+    p_lon = np.asarray([*lons, *(s[1] for s in s_picks)], dtype=np.float64)
+    p_t = np.asarray([*p_times_s, *(s[2] for s in s_picks)], dtype=np.float64)
     cons = constraints if constraints is not None else _Constraints.none()
     z_lo, z_hi = thr.depth_km
     lat0, lon0, lat1, lon1 = thr.region_deg
@@ -891,9 +911,9 @@ def locate(
     # same grid judged with a pick error as wide as half a step's travel time finds the
     # valley's basin: its best point is refined too (from 4 picks, on the whole region).
     sigmas: tuple[float, ...] = (thr.pick_sigma_s,)
-    if around is None and p_t.size >= 4:
+    if around is None and n_p >= 4:
         sigmas = (thr.pick_sigma_s, math.hypot(thr.pick_sigma_s, 0.5 * step * 111.2 / thr.vp_kms))
-    costs, _ = _costs_for(lat_ax, lon_ax, depths, p_lat, p_lon, p_t, cons, thr, sigmas)
+    costs, _ = _costs_for(lat_ax, lon_ax, depths, p_lat, p_lon, p_t, cons, thr, sigmas, n_s)
     cost = costs[0]
     # Every point tried, for the confidence region: (lat, lon, depth, cost).
     tried = [
@@ -936,7 +956,7 @@ def locate(
                 lo = c_lon + h_step * np.arange(-4.0, 5.0)
                 zs = np.unique(np.clip(c_z + z_step * np.arange(-3, 4), z_lo, z_hi))
                 f_lat, f_lon = (a.ravel() for a in np.meshgrid(la, lo, indexing="ij"))
-                f_costs, f_origin = _costs_for(la, lo, zs, p_lat, p_lon, p_t, cons, thr)
+                f_costs, f_origin = _costs_for(la, lo, zs, p_lat, p_lon, p_t, cons, thr, n_s=n_s)
                 f_cost = f_costs[0]
                 tried.append(
                     (
@@ -961,13 +981,18 @@ def locate(
             best = (c_cost, c_lat, c_lon, c_z, c_origin)
     b_cost, b_lat, b_lon, b_z, b_origin = best
 
-    # Mean origin over the picks that fit (the median served the search).
-    tt = np.hypot(distance_km(b_lat, b_lon, p_lat, p_lon), b_z) / thr.vp_kms
-    res = p_t - tt - b_origin
-    fit = np.abs(res) <= 3 * thr.pick_sigma_s
+    # Mean origin over the picks that fit (the median served the search), an S pick
+    # weighted by its error against a P pick's.
+    r_b = np.hypot(distance_km(b_lat, b_lon, p_lat, p_lon), b_z)
+    is_p = np.arange(p_t.size) < n_p
+    speed = np.where(is_p, thr.vp_kms, thr.vs_kms)
+    sigma = np.where(is_p, thr.pick_sigma_s, thr.s_pick_sigma_s)
+    res = p_t - r_b / speed - b_origin
+    fit = np.abs(res) <= 3 * sigma
     if fit.any():
-        b_origin += float(np.mean(res[fit]))
-    res = p_t - tt - b_origin
+        w = fit / sigma**2
+        b_origin += float(np.sum(w * res) / np.sum(w) if n_s else np.mean(res[fit]))
+    res = (p_t - r_b / speed - b_origin)[:n_p]
     rms = float(np.sqrt(np.mean(res**2))) if res.size else 0.0
 
     # Confidence region: every point tried within a chi-square step (~90 %, 3 unknowns
@@ -981,6 +1006,7 @@ def locate(
             reach = max(reach, float(far.max()))
             z_min, z_max = min(z_min, float(t_z[ok].min())), max(z_max, float(t_z[ok].max()))
     uncertainty = reach
+    p_lat, p_lon = p_lat[:n_p], p_lon[:n_p]
     gap = _gap_deg(b_lat, b_lon, p_lat, p_lon)
     quality = "good" if uncertainty <= 0.5 * thr.poor_location_km else "fair"
     if uncertainty > thr.poor_location_km:
@@ -1001,7 +1027,7 @@ def locate(
         rms_s=rms,
         uncertainty_km=round(uncertainty, 1),
         gap_deg=round(gap, 1),
-        n_picks=int(p_t.size),
+        n_picks=n_p,
         n_constraints=n_used,
         quality=quality,
         depth_range_km=(z_min, z_max),
@@ -1419,10 +1445,13 @@ class Associator:
                 for eid in events:
                     where = at[eid].get(obs.station_id)
                     if where is not None:
-                        new = _observe(members[eid][where], obs)
-                        if new != members[eid][where]:
+                        was = members[eid][where]
+                        new = _observe(was, obs)
+                        if new != was:
                             members[eid][where] = new
                             observed.add(eid)
+                            if new.picked and new.s_time_s != was.s_time_s:
+                                relocate.add(eid)  # a new S pick locates too
                 for k in waiting_at.get(obs.station_id, ()):
                     pending[k] = _observe(pending[k], obs)
             for eid in observed:
@@ -1572,6 +1601,7 @@ def _observe(st: EventStation, obs: Observation) -> EventStation:
         tau_c_s=obs.tau_c_s if obs.tau_c_s is not None else st.tau_c_s,
         p_window_s=obs.p_window_s,
         transient=obs.transient,
+        s_time_s=obs.s_time_s if obs.s_time_s is not None else st.s_time_s,
     )
 
 
@@ -1754,7 +1784,8 @@ def _locate_picks(
     lats = [s.lat for s in use]
     lons = [s.lon for s in use]
     times = [s.p_time_s for s in use]
-    hypo = locate(lats, lons, times, cfg, constraints=cons, around=around)
+    s_picks = [(s.lat, s.lon, s.s_time_s) for s in use if s.s_time_s is not None]
+    hypo = locate(lats, lons, times, cfg, constraints=cons, around=around, s_picks=s_picks)
     if around is None or len(use) < cfg.velocity_min_picks:
         return hypo
     # A settled event with many picks: the picks' moveout also measures the velocity.
@@ -1763,7 +1794,8 @@ def _locate_picks(
     # kept is located in full.
     thr = cfg.association
     scan = {
-        k: _depth_scan(lats, lons, times, thr, k, cons, hypo) for k in (1.0, *cfg.velocity_scales)
+        k: _depth_scan(lats, lons, times, s_picks, thr, k, cons, hypo)
+        for k in (1.0, *cfg.velocity_scales)
     }
     k_best = min(cfg.velocity_scales, key=lambda k: scan[k], default=1.0)
     # An F test: the gain against the misfit left per degree of freedom (picks minus
@@ -1772,16 +1804,23 @@ def _locate_picks(
     spread = max(scan[k_best] / max(len(use) - 5, 1), cfg.velocity_min_spread)
     if k_best == 1.0 or scan[1.0] - scan[k_best] < cfg.velocity_min_gain * spread:
         return hypo
-    scaled = replace(cfg, association=thr.model_copy(update={"vp_kms": thr.vp_kms * k_best}))
+    scaled = replace(cfg, association=_scaled(thr, k_best))
     return replace(
-        locate(lats, lons, times, scaled, constraints=cons, around=hypo), vp_scale=k_best
+        locate(lats, lons, times, scaled, constraints=cons, around=hypo, s_picks=s_picks),
+        vp_scale=k_best,
     )
+
+
+def _scaled(thr: QuakeThresholds, vp_scale: float) -> QuakeThresholds:
+    """The model's wave speeds times ``vp_scale`` (a slower crust slows S as it does P)."""
+    return thr.model_copy(update={"vp_kms": thr.vp_kms * vp_scale, "vs_kms": thr.vs_kms * vp_scale})
 
 
 def _depth_scan(
     lats: Sequence[float],
     lons: Sequence[float],
     times: Sequence[float],
+    s_picks: Sequence[tuple[float, float, float]],
     thr: QuakeThresholds,
     vp_scale: float,
     cons: _Constraints,
@@ -1793,16 +1832,16 @@ def _depth_scan(
     step = thr.search_step_deg / 8.0
     ax = step * np.arange(-2.0, 3.0)
     z_lo, z_hi = thr.depth_km
-    scaled = thr.model_copy(update={"vp_kms": thr.vp_kms * vp_scale})
     cost, _ = _costs_for(
         near.lat + ax,
         near.lon + ax,
         np.arange(z_lo, z_hi + 1e-6, 2.5),
-        np.asarray(lats, dtype=np.float64),
-        np.asarray(lons, dtype=np.float64),
-        np.asarray(times, dtype=np.float64),
+        np.asarray([*lats, *(s[0] for s in s_picks)], dtype=np.float64),
+        np.asarray([*lons, *(s[1] for s in s_picks)], dtype=np.float64),
+        np.asarray([*times, *(s[2] for s in s_picks)], dtype=np.float64),
         cons,
-        scaled,
+        _scaled(thr, vp_scale),
+        n_s=len(s_picks),
     )
     return float(cost[0].min())
 
@@ -2091,7 +2130,9 @@ def _largest_magnitude(
 
 
 #: :func:`_located_alone`'s locations by pick set, each with the config it was made with.
-_ALONE: dict[tuple[tuple[float, str, float, float], ...], tuple[QuakeConfig, Hypocentre]] = {}
+_ALONE: dict[
+    tuple[tuple[float, str, float, float, float | None], ...], tuple[QuakeConfig, Hypocentre]
+] = {}
 #: How many pick sets :data:`_ALONE` keeps (then it starts again).
 _ALONE_KEPT = 256
 
@@ -2100,7 +2141,7 @@ def _located_alone(picks: Sequence[EventStation], now_s: float, cfg: QuakeConfig
     """The picks located alone (no silent station): a function of the picks only, so
     kept by pick set. A declaration waiting for one more pick asks every second with the
     same picks, and at Taiwan's density each location is a whole-region search."""
-    key = tuple(sorted((s.p_time_s, s.station_id, s.lat, s.lon) for s in picks))
+    key = tuple(sorted((s.p_time_s, s.station_id, s.lat, s.lon, s.s_time_s) for s in picks))
     hit = _ALONE.get(key)
     if hit is not None and hit[0] is cfg:
         return hit[1]
