@@ -428,6 +428,8 @@ class Hypocentre:
     #: The P velocity the picks chose, as a factor of the model's (1: the model's; see
     #: ``QuakeConfig.velocity_scales``).
     vp_scale: float = 1.0
+    #: S picks used (of stations among the P picks).
+    n_s_picks: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -1029,6 +1031,7 @@ def locate(
         gap_deg=round(gap, 1),
         n_picks=n_p,
         n_constraints=n_used,
+        n_s_picks=n_s,
         quality=quality,
         depth_range_km=(z_min, z_max),
     )
@@ -1492,7 +1495,7 @@ class Associator:
                         stations=(*found.stations, *(replace(u, picked=True) for u in took)),
                         last_trigger_s=max(found.last_trigger_s, *(u.p_time_s for u in took)),
                     )
-                    found = _relocate(found, armed, now_s, cfg)
+                    found = _relocate(found, armed, now_s, cfg, with_s=False)
                     names = {u.station_id for u in took}
                     rest = [u for u in rest if u.station_id not in names]
                 # Judged with every pick it took: the group alone may be narrower.
@@ -1778,13 +1781,19 @@ def _locate_picks(
     cfg: QuakeConfig,
     around: Hypocentre | None = None,
     magnitude: float | None = None,
+    with_s: bool = False,
 ) -> Hypocentre:
+    """The picks' hypocentre with the silent stations as constraints; ``with_s``: the
+    picked stations' S picks too (a declared event's: a declaration is judged on P
+    picks alone, whose rules were set on them; an S pick near the source comes within
+    seconds and made a location "good" from four picks, declared a second earlier on a
+    1 s Pd a unit high)."""
     use = _spread_picks(picks, cfg)
     cons, _ = _constraints(armed, exclude, use[0].lat, use[0].lon, now_s, cfg, magnitude)
     lats = [s.lat for s in use]
     lons = [s.lon for s in use]
     times = [s.p_time_s for s in use]
-    s_picks = [(s.lat, s.lon, s.s_time_s) for s in use if s.s_time_s is not None]
+    s_picks = [(s.lat, s.lon, s.s_time_s) for s in use if with_s and s.s_time_s is not None]
     hypo = locate(lats, lons, times, cfg, constraints=cons, around=around, s_picks=s_picks)
     if around is None or len(use) < cfg.velocity_min_picks:
         return hypo
@@ -1851,9 +1860,12 @@ def _relocate(
     armed: dict[str, tuple[float, float, float | None, float, float]],
     now_s: float,
     cfg: QuakeConfig,
+    *,
+    with_s: bool = True,
 ) -> _EventState:
-    """Locate with the event's picks, then try every station again as a P pick (keep
-    those within tolerance of the new solution), until the picks stop changing."""
+    """Locate with the event's picks (and their S picks unless ``with_s`` is False: an
+    event being declared), then try every station again as a P pick (keep those within
+    tolerance of the new solution), until the picks stop changing."""
     thr = cfg.association
     names = {s.station_id for s in ev.stations}
     stations = list(ev.stations)
@@ -1868,7 +1880,9 @@ def _relocate(
         # A young or poor event is searched over the whole region; a settled one near
         # its solution (bounded cost).
         around = None if _young(replace(ev, stations=tuple(stations)), cfg) else hypo
-        hypo = _locate_picks(picks, armed, names, now_s, cfg, around=around, magnitude=known)
+        hypo = _locate_picks(
+            picks, armed, names, now_s, cfg, around=around, magnitude=known, with_s=with_s
+        )
         tol = _tolerance(hypo, cfg)
         # Every station's predicted P at once (the same numbers as :func:`_predicted`).
         lat = np.array([s.lat for s in stations])

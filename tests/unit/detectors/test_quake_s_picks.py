@@ -82,7 +82,8 @@ def test_s_picks_fix_the_depth_of_a_source_ringed_by_its_stations(
     assert float(distance_km(with_s.lat, with_s.lon, src.lat, src.lon)) <= 5.0
     assert abs(with_s.origin_s - T0) <= 1.0
     # The location's own figures stay the P picks'.
-    assert with_s.n_picks == len(p_times)
+    assert (with_s.n_picks, with_s.n_s_picks) == (len(p_times), len(s_picks))
+    assert p_only.n_s_picks == 0
 
 
 @pytest.mark.parametrize(
