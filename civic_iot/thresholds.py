@@ -365,6 +365,18 @@ class StaLtaThresholds(_Strict):
     closes after ``max_event_window_s`` whatever the ratio, and no new trigger comes
     within ``retrigger_lockout_s`` of its P (60 s, OpenEEW), so a quake's coda does not
     fire again (local choices).
+
+    S pick (inside an open event window only; docs/eew.md "S picks at the station"): the
+    S wave is mostly horizontal and stands several times over the P coda there, so the
+    energy of the two horizontal components (high-passed acceleration) is averaged over
+    ``s_sta_s`` and compared with its mean since the trigger (the horizontal P coda and
+    the noise under it). The S pick is an upward crossing of ``s_ratio`` no earlier than
+    ``s_min_after_p_s`` after P, picked back to just after the ratio was last below
+    ``s_onset_ratio``, at most ``s_max_backtrack_s`` before the crossing (as the P pick).
+    Defaults from bench/spicks.py over random quakes and noise (local choices): a 0.5 s
+    STA follows the S wave's rise within its first half second; at a ratio of 4 under
+    one S pick in a hundred is more than 1 s off; S - P under 1 s (hypocentres within
+    about 8 km) cannot be told from the P onset's own rise.
     """
 
     sta_s: float = Field(default=0.75, gt=0, le=60)
@@ -382,9 +394,17 @@ class StaLtaThresholds(_Strict):
     retrigger_lockout_s: float = Field(default=60.0, ge=0, le=3600)
     min_event_window_s: float = Field(default=30.0, gt=0, le=3600)
     max_event_window_s: float = Field(default=120.0, gt=0, le=3600)
+    s_sta_s: float = Field(default=0.5, gt=0, le=10)
+    s_ratio: float = Field(default=4.0, gt=1, le=100)
+    s_onset_ratio: float = Field(default=1.5, gt=0, le=100)
+    s_min_after_p_s: float = Field(default=1.0, ge=0, le=60)
+    s_max_backtrack_s: float = Field(default=0.5, ge=0, le=10)
 
     @model_validator(mode="after")
     def _check(self) -> Self:
+        if not self.s_onset_ratio < self.s_ratio:
+            msg = f"s_onset_ratio {self.s_onset_ratio:g} must be below s_ratio {self.s_ratio:g}"
+            raise ValueError(msg)
         if not self.sta_s < self.lta_s:
             msg = f"sta_s {self.sta_s:g} must be shorter than lta_s {self.lta_s:g}"
             raise ValueError(msg)
