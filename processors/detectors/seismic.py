@@ -1188,7 +1188,9 @@ def _s_pick(
     onset = t_cross
     if s_quiet is not None:
         onset = min(t_cross, max(s_quiet + dt, t_cross - thr.s_max_backtrack_s))
-    return max(onset, p_time + thr.s_min_after_p_s), new_carry
+    # One pick per window: the memory is done with (and so the same however the stream
+    # was cut into packets after the pick).
+    return max(onset, p_time + thr.s_min_after_p_s), _S_FRESH
 
 
 def _warm_up_samples(cfg: SeismicConfig, fs: float) -> int:
