@@ -366,22 +366,21 @@ class StaLtaThresholds(_Strict):
     within ``retrigger_lockout_s`` of its P (60 s, OpenEEW), so a quake's coda does not
     fire again (local choices).
 
-    S pick (inside an open event window only; docs/eew.md "S picks at the station"): the
-    S wave is mostly horizontal and stands several times over the P coda there (2-5 in
-    amplitude on the horizontals), so the energy of the two horizontal components
-    (high-passed acceleration) is averaged over ``s_sta_s`` and compared with its mean
-    since the trigger (the horizontal P coda and the noise under it), that mean frozen
-    while the ratio stands at or over ``s_onset_ratio``. The S pick is an upward
-    crossing of ``s_ratio`` no earlier than ``s_min_after_p_s`` after P, picked back to
-    just after the ratio was last below ``s_onset_ratio``, at most ``s_max_backtrack_s``
-    before the crossing (as the P pick). Local choices measured with bench/spicks.py
-    over random quakes, noise and harsher worlds: a 0.5 s STA follows the S wave's rise
-    within its first half second (0.3 s: five times the picks in noise windows; 1 s:
-    later picks); an energy ratio of 3 (1.7 in amplitude) still picks an S wave only
-    1.5-2.5 times over the P coda in amplitude (4, a quiet level of 1.5 and a 0.5 s
-    backtrack gave 5 times the picks more than 1 s off where P is 0.8 of S); S - P
-    under 1 s (hypocentres within about 8 km) cannot be told
-    from the P onset's own rise.
+    S pick (inside an open event window only; docs/eew.md "S picks at the station"): the S
+    wave is mostly horizontal and stands several times over the P coda there (2-5 times in
+    amplitude on the horizontals: *unconfirmed*, a rule of thumb), so the energy of the two
+    horizontal components (high-passed acceleration) is averaged over ``s_sta_s`` and
+    compared with its mean since the trigger (the horizontal P coda and the noise under it),
+    that mean frozen while the ratio stands at or over ``s_onset_ratio``. The S pick is an
+    upward crossing of ``s_ratio`` no earlier than ``s_min_after_p_s`` after P, picked back
+    to just after the ratio was last below ``s_onset_ratio``, at most ``s_max_backtrack_s``
+    before the crossing (as the P pick). Local choices measured with bench/spicks.py over
+    random quakes, noise and harsher worlds: a 0.5 s STA follows the S wave's rise within
+    its first half second (0.3 s: five times the picks in noise windows; 1 s: later picks);
+    an energy ratio of 3 (1.7 in amplitude) still picks an S wave only 1.5-2.5 times over
+    the P coda in amplitude (4, a quiet level of 1.5 and a 0.5 s backtrack gave 5 times the
+    picks more than 1 s off where P is 0.8 of S); S - P under 1 s (hypocentres within about
+    8 km) cannot be told from the P onset's own rise.
     """
 
     sta_s: float = Field(default=0.75, gt=0, le=60)

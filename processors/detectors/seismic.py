@@ -1,4 +1,5 @@
-"""Per-station earthquake detection: STA/LTA trigger, P pick, P-wave features, PGA, PGV.
+"""Per-station earthquake detection: STA/LTA trigger, P and S picks, P-wave features, PGA,
+PGV.
 
 A station (a low-cost MEMS accelerometer such as OpenEEW or P-Alert) sends a packet of
 three-component acceleration about once a second. :func:`process_packet` takes the
@@ -36,6 +37,12 @@ solved in closed form per packet, :func:`_recurse`):
    0.075 Hz; MEMS noise integrates to ~0.025 cm of displacement at that corner, which
    hides the Pd of an M5 beyond ~20 km, hence a higher corner (the magnitude corrects for
    the filter, :mod:`processors.detectors.quake`).
+
+6. **S pick**, inside an event window only (:func:`_s_pick`): the STA of the horizontal
+   energy of the high-passed acceleration against its mean since the trigger (the P
+   coda; frozen while the ratio stands high), an upward crossing of ``s_ratio`` at least
+   ``s_min_after_p_s`` after P, picked back to where the ratio was last low. One pick
+   per window, dropped when the window closes as a transient.
 
 After a trigger the station's *event window* tracks PGA and PGV (peaks of the
 three-component vector of high-passed acceleration and velocity: orientation-free and
