@@ -84,7 +84,9 @@ class Observation(BaseModel):
     ``pa_snr`` its ratio to the band's noise before the trigger; ``tau_c_s`` the dominant
     period of Wu & Kanamori (2005), s. ``transient``: the window closed as a transient
     (the signal was gone within seconds: a spike). ``at_s``: the end of the packet, epoch s.
-    ``s_time_s``: the S pick of the window, epoch s (None: none yet).
+    ``s_time_s``: the S pick of the window opened at ``p_time_s``, epoch s (the
+    horizontals' STA over their mean since the trigger; None: none yet, or none to be
+    had: a transient window, S - P under about 1 s, an S wave under the P coda).
     """
 
     model_config = ConfigDict(frozen=True)

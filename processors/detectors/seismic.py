@@ -1,4 +1,5 @@
-"""Per-station earthquake detection: STA/LTA trigger, P pick, P-wave features, PGA, PGV.
+"""Per-station earthquake detection: STA/LTA trigger, P and S picks, P-wave features, PGA,
+PGV.
 
 A station (a low-cost MEMS accelerometer such as OpenEEW or P-Alert) sends a packet of
 three-component acceleration about once a second. :func:`process_packet` takes the
@@ -36,6 +37,12 @@ solved in closed form per packet, :func:`_recurse`):
    0.075 Hz; MEMS noise integrates to ~0.025 cm of displacement at that corner, which
    hides the Pd of an M5 beyond ~20 km, hence a higher corner (the magnitude corrects for
    the filter, :mod:`processors.detectors.quake`).
+
+6. **S pick**, inside an event window only (:func:`_s_pick`): the STA of the horizontal
+   energy of the high-passed acceleration against its mean since the trigger (the P
+   coda; frozen while the ratio stands high), an upward crossing of ``s_ratio`` at least
+   ``s_min_after_p_s`` after P, picked back to where the ratio was last low. One pick
+   per window, dropped when the window closes as a transient.
 
 After a trigger the station's *event window* tracks PGA and PGV (peaks of the
 three-component vector of high-passed acceleration and velocity: orientation-free and
@@ -191,6 +198,19 @@ class StationState:
     hold_floor: float = 0.0
     #: Running mean square of the P-wave chain's displacement outside windows, cm^2.
     disp_noise_ms: float = 0.0
+    #: S pick of the current (or last) event window, s; None: none (yet).
+    event_s_time_s: float | None = None
+    #: The S picker in the open window (reset by each trigger): STA of the horizontal
+    #: energy, gal^2; sum of that energy since the trigger, gal^2, and its sample count
+    #: (their mean is the reference); the reference frozen while the ratio stands high,
+    #: gal^2 (0: the running mean); the ratio at the last sample; last time the ratio
+    #: was below ``s_onset_ratio``, s.
+    s_sta: float = 0.0
+    s_sum: float = 0.0
+    s_count: int = 0
+    s_ref: float = 0.0
+    s_prev_ratio: float = 0.0
+    s_quiet_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,6 +252,8 @@ class PacketResult:
         restarted: the filters restarted with this packet (first packet, gap, new rate).
         duplicate: every sample of this packet had been seen already; nothing changed.
         end_s: time of the sample after the packet's last, epoch s.
+        s_time_s: the S pick of the current or last event window, epoch s (None: none
+            yet, or none: a transient window, S - P under ``s_min_after_p_s``).
     """
 
     state: StationState
@@ -261,6 +283,7 @@ class PacketResult:
     restarted: bool
     duplicate: bool = False
     end_s: float | None = None
+    s_time_s: float | None = None
 
     def trigger(self, station_id: str, lat: float, lon: float) -> Trigger | None:
         """The trigger in this packet for the associator, or None when it did not
@@ -294,6 +317,7 @@ class PacketResult:
             tau_c_s=self.tau_c_s,
             p_window_s=self.p_window_s,
             transient=self.transient and not self.in_event,
+            s_time_s=self.s_time_s,
         )
 
     def status(self, station_id: str, lat: float, lon: float) -> StationStatus | None:
@@ -742,6 +766,7 @@ def _prepare(
             event_p_window_s=st.event_p_window_s,
             event_noise_ms=st.event_noise_ms,
             event_transient=st.event_transient,
+            event_s_time_s=st.event_s_time_s,
             disp_noise_ms=st.disp_noise_ms,
             # Seeding the high-pass with the packet mean, not the first (noisy) sample,
             # keeps a ~1 gal step from integrating into a ~0.5 cm false displacement.
@@ -850,6 +875,15 @@ def _detect_full(prep: _Prepared, f: _Filtered, cfg: SeismicConfig) -> PacketRes
     triggered = False
     new_p: float | None = None
     quiet = st.quiet_s
+    s_time = st.event_s_time_s
+    s_carry: _SCarry = (
+        st.s_sta,
+        st.s_sum,
+        st.s_count,
+        st.s_ref,
+        st.s_prev_ratio,
+        st.s_quiet_s,
+    )
     in_window = np.zeros(n, dtype=bool)
     i = 0
     # At most a few iterations per packet (one per trigger and per window end): this is
@@ -890,6 +924,8 @@ def _detect_full(prep: _Prepared, f: _Filtered, cfg: SeismicConfig) -> PacketRes
                     sum_d2 += float(np.sum(pz_disp[i:p_stop, 0] ** 2))
                     sum_v2 += float(np.sum(pz_vel[i:p_stop, 0] ** 2))
                     p_win = min(cfg.pd_window_s, t0 + p_stop * dt - p_time)
+                if s_time is None:
+                    s_time, s_carry = _s_pick(acc[i:stop], t0 + i * dt, p_time, cfg, fs, s_carry)
             if i + end_rel >= n:
                 break
             # The window closes at sample i + end_rel.
@@ -897,6 +933,8 @@ def _detect_full(prep: _Prepared, f: _Filtered, cfg: SeismicConfig) -> PacketRes
             in_event = False
             event_ended = True
             transient = is_transient
+            if is_transient:
+                s_time = None  # a spike's S pick would only mislead the locator
             end_time = t0 + i * dt
             # After a transient the station is armed at once, but the LTA stays frozen
             # until the spike's tail has gone (hold): it must not learn the spike as noise.
@@ -936,6 +974,7 @@ def _detect_full(prep: _Prepared, f: _Filtered, cfg: SeismicConfig) -> PacketRes
                 in_event, transient, hold = True, False, False
                 noise_ms = lta
                 pga = pgv = pd = pv = pa = sum_d2 = sum_v2 = p_win = sta_peak = 0.0
+                s_time, s_carry = None, _S_FRESH
                 i += j
                 continue
             if h_end is None:
@@ -1004,6 +1043,7 @@ def _detect_full(prep: _Prepared, f: _Filtered, cfg: SeismicConfig) -> PacketRes
         transient = False
         noise_ms = lta
         pga = pgv = pd = pv = pa = sum_d2 = sum_v2 = p_win = sta_peak = 0.0
+        s_time, s_carry = None, _S_FRESH
         i += j
 
     disp_noise = st.disp_noise_ms
@@ -1050,6 +1090,13 @@ def _detect_full(prep: _Prepared, f: _Filtered, cfg: SeismicConfig) -> PacketRes
         lta_hold=hold,
         hold_floor=floor,
         disp_noise_ms=disp_noise,
+        event_s_time_s=s_time,
+        s_sta=s_carry[0],
+        s_sum=s_carry[1],
+        s_count=s_carry[2],
+        s_ref=s_carry[3],
+        s_prev_ratio=s_carry[4],
+        s_quiet_s=s_carry[5],
     )
     return _result(
         new_state,
@@ -1062,6 +1109,95 @@ def _detect_full(prep: _Prepared, f: _Filtered, cfg: SeismicConfig) -> PacketRes
         packet_pgv_cms=d.packet_pgv_cms,
         packet_max_ratio=float(ratio.max()),
     )
+
+
+#: The S picker's memory in an open window (see :class:`StationState`): STA of the
+#: horizontal energy, its sum and sample count since the trigger, the reference the
+#: ratio is taken against (frozen while the ratio stands high; 0: the running mean),
+#: the last ratio, the last time the ratio was low.
+_SCarry = tuple[float, float, int, float, float, float | None]
+_S_FRESH: _SCarry = (0.0, 0.0, 0, 0.0, 0.0, None)
+
+
+def _s_pick(
+    acc: FloatArray, t_first: float, p_time: float, cfg: SeismicConfig, fs: float, carry: _SCarry
+) -> tuple[float | None, _SCarry]:
+    """The S picker over a stretch of an open event window: ``acc`` (m, 3) high-passed
+    acceleration, gal, its first sample at ``t_first``, s; P at ``p_time``, s. Returns the
+    S pick (epoch s, or None) and the picker's new memory.
+
+    The S wave is mostly horizontal, the P wave mostly vertical: on the horizontals the
+    S wave stands several times over the P coda. The characteristic function is the
+    horizontal energy (the two horizontal components squared, gal^2), its STA over
+    ``s_sta_s`` against its mean since the trigger (the P coda and the noise under it:
+    no pre-event average has to run on quiet packets). While the ratio stands at or
+    over ``s_onset_ratio`` that reference is frozen at its last quiet value, as the
+    P trigger's LTA is in a window: the S wave must not raise the reference it is
+    measured against (with a running mean, an S wave 1-2 s after P could never stand
+    4 times over it). The pick is an upward crossing of ``s_ratio`` at least
+    ``s_min_after_p_s`` after P, picked back to just after the ratio was last below
+    ``s_onset_ratio``, at most ``s_max_backtrack_s`` before the crossing (an S wave
+    rises over a few tenths of a second)."""
+    thr = cfg.sta_lta
+    vz = cfg.vertical_axis
+    dt = 1.0 / fs
+    s_sta, s_sum, s_count, s_ref, s_prev, s_quiet = carry
+    horiz = acc[:, [k for k in range(3) if k != vz]]
+    h = np.einsum("nc,nc->n", horiz, horiz)
+    m = h.shape[0]
+    c = 1.0 / max(thr.s_sta_s * fs, 1.0)
+    sta = _recurse((1.0 - c,), c * h[:, None], np.asarray([s_sta]))[:, 0]
+    total = s_sum + np.cumsum(h)
+    mean = total / (s_count + np.arange(1.0, m + 1.0))
+    ratio = np.empty(m)
+    # Piecewise, one piece per change between a running and a frozen reference: a few
+    # per packet, not a loop per sample.
+    ref = s_ref
+    last_mean = s_sum / s_count if s_count else 0.0
+    i = 0
+    while i < m:
+        if ref <= 0.0:
+            r = sta[i:] / np.maximum(mean[i:], 1e-12)
+            k = _first_true(r >= thr.s_onset_ratio, 0)
+            stop = m - i if k is None else k
+            ratio[i : i + stop] = r[:stop]
+            if k is None:
+                break
+            # Frozen at the mean up to the sample before (the last quiet one).
+            ref = max(mean[i + k - 1] if i + k > 0 else last_mean, 1e-12)
+            i += k
+        else:
+            r = sta[i:] / ref
+            k = _first_true(r < thr.s_onset_ratio, 0)
+            stop = m - i if k is None else k
+            ratio[i : i + stop] = r[:stop]
+            if k is None:
+                break
+            ref = 0.0
+            i += k
+    before = np.concatenate(([s_prev], ratio[:-1]))
+    start = _index_at(p_time + thr.s_min_after_p_s, t_first, fs)
+    j = _first_true(_upward(ratio, before, thr.s_ratio), start)
+    low = np.flatnonzero(ratio[: m if j is None else j] < thr.s_onset_ratio)
+    if low.size:
+        s_quiet = t_first + int(low[-1]) * dt
+    new_carry: _SCarry = (
+        float(sta[-1]),
+        float(total[-1]),
+        s_count + m,
+        float(ref),
+        float(ratio[-1]),
+        s_quiet,
+    )
+    if j is None:
+        return None, new_carry
+    t_cross = t_first + j * dt
+    onset = t_cross
+    if s_quiet is not None:
+        onset = min(t_cross, max(s_quiet + dt, t_cross - thr.s_max_backtrack_s))
+    # One pick per window: the memory is done with (and so the same however the stream
+    # was cut into packets after the pick).
+    return max(onset, p_time + thr.s_min_after_p_s), _S_FRESH
 
 
 def _warm_up_samples(cfg: SeismicConfig, fs: float) -> int:
@@ -1160,4 +1296,5 @@ def _result(
         restarted=restarted,
         duplicate=duplicate,
         end_s=end,
+        s_time_s=state.event_s_time_s,
     )
