@@ -109,3 +109,23 @@ def test_a_real_p_right_after_a_spike_still_triggers() -> None:
     assert m.n_events == 1
     assert "DTG" in out.updates[-1].station_ids
     assert m.first_error_km <= 10.0
+
+
+def test_s_picks_bring_in_a_weak_quake_seen_from_one_side() -> None:
+    # Off the north-east edge under three times the noise (bench/eew.py seed 6): its P
+    # picks all lie to the south-west (gap 335 deg) and locate 40 km off at 0.01 s RMS
+    # by themselves; the S - P times of the same stations say how far it is.
+    sc = Scenario(
+        "north-east edge, M5.0, 12 km, noise x3",
+        quake(25.497, 122.256, 12.3, 5.02),
+        noise_gal=0.9,
+    )
+    out = replay(sc, seed=1023)
+    m = out.metrics()
+    assert m is not None
+    assert m.n_events == 1
+    last = out.updates[-1]
+    assert last.location is not None
+    assert last.location.n_s_picks >= 3
+    assert m.final_error_km <= FINAL_ERROR_KM, m
+    assert abs(m.final_depth_error_km) <= 10.0, m
