@@ -265,6 +265,9 @@ class QuakeConfig:
             max_constraint_stations, max_inbox: bounds (memory, and the location's cost).
         location_spread_km: beyond ``max_location_picks`` picks a location takes the
             first pick of each neighbourhood this wide before a second one there.
+        max_location_s_picks: S picks a relocation takes, from its first P picks (the
+            nearest stations: their S - P times fix the depth best); a new S pick
+            relocates an event only while it has fewer (the location's cost).
         constraint_radius_km: stations that did not trigger constrain the location within
             this distance of the first pick.
         declare_max_magnitude_span: an event is not declared from fewer than
@@ -318,6 +321,7 @@ class QuakeConfig:
     max_event_stations: int = 1000
     max_open_events: int = 8
     max_location_picks: int = 40
+    max_location_s_picks: int = 10
     location_spread_km: float = 10.0
     max_constraint_stations: int = 60
     max_inbox: int = 2000
@@ -1444,6 +1448,12 @@ class Associator:
             for k, u in enumerate(pending):
                 waiting_at.setdefault(u.station_id, []).append(k)
             observed: set[str] = set()
+            # S picks each event's relocations may still take (a new one relocates).
+            s_room = {
+                eid: cfg.max_location_s_picks
+                - sum(m.picked and m.s_time_s is not None for m in ev.stations)
+                for eid, ev in events.items()
+            }
             for obs in obs_list:
                 for eid in events:
                     where = at[eid].get(obs.station_id)
@@ -1453,8 +1463,10 @@ class Associator:
                         if new != was:
                             members[eid][where] = new
                             observed.add(eid)
-                            if new.picked and new.s_time_s != was.s_time_s:
-                                relocate.add(eid)  # a new S pick locates too
+                            if new.picked and was.s_time_s is None and new.s_time_s is not None:
+                                s_room[eid] -= 1
+                                if s_room[eid] >= 0:
+                                    relocate.add(eid)  # a new S pick locates too
                 for k in waiting_at.get(obs.station_id, ()):
                     pending[k] = _observe(pending[k], obs)
             for eid in observed:
@@ -1794,6 +1806,7 @@ def _locate_picks(
     lons = [s.lon for s in use]
     times = [s.p_time_s for s in use]
     s_picks = [(s.lat, s.lon, s.s_time_s) for s in use if with_s and s.s_time_s is not None]
+    s_picks = s_picks[: cfg.max_location_s_picks]
     hypo = locate(lats, lons, times, cfg, constraints=cons, around=around, s_picks=s_picks)
     if around is None or len(use) < cfg.velocity_min_picks:
         return hypo
