@@ -2585,6 +2585,7 @@ def to_alert_candidate(
     if loc is not None:
         evidence["location_uncertainty_km"] = loc.uncertainty_km
         evidence["azimuthal_gap_deg"] = loc.gap_deg
+        evidence["n_s_picks"] = float(loc.n_s_picks)
     uncertain = " (location uncertain)" if quality == "poor" else ""
     return AlertCandidate(
         hazard="earthquake",

@@ -5,6 +5,7 @@ like an odd P pick."""
 
 import math
 import random
+from datetime import UTC, datetime
 
 import pytest
 
@@ -16,6 +17,7 @@ from processors.detectors.quake import (
     QuakeConfig,
     distance_km,
     locate,
+    to_alert_candidate,
 )
 from processors.detectors.state import dump_state, load_state
 
@@ -152,6 +154,13 @@ def test_an_s_pick_arriving_with_an_observation_relocates_the_event() -> None:
     assert {s.station_id: s.s_time_s for s in ev.stations} == {
         o.station_id: o.s_time_s for o in obs
     }
+    # An operator sees how many S picks the location took.
+    cand = to_alert_candidate(res.updates[0], detected_at=datetime.now(UTC), config=CFG)
+    assert cand.evidence["n_s_picks"] == len(obs)
+    assert (
+        to_alert_candidate(first, detected_at=datetime.now(UTC), config=CFG).evidence["n_s_picks"]
+        == 0
+    )
 
 
 def test_the_s_pick_is_carried_and_older_records_read_without_one() -> None:
