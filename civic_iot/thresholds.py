@@ -484,8 +484,12 @@ class QuakeThresholds(_Strict):
     that Pd measures the noise) and the S wave has not yet arrived, corrected for the
     station's P-wave high-pass at ``pd_highpass_hz`` (Wu & Zhao used 0.075 Hz) with the
     dominant period of Wu & Kanamori (2005). Until a Pd qualifies, the trigger-band P
-    amplitude through the ground-motion model and ``p_to_s_ratio`` (*unconfirmed*); once
-    the S wave has passed stations, their PGA and PGV through the ground-motion model.
+    amplitude through the ground-motion model and ``p_to_s_ratio`` (*unconfirmed*), which
+    over the first seconds of P reads ``pa_shortfall_m5`` low at M5 and
+    ``pa_shortfall_per_m`` more per unit above (the ratio is the P train's peak; the
+    longer a larger source's train, the smaller the share of it its first seconds hold:
+    measured over 240 synthetic quakes, docs/eew.md); once the S wave has passed
+    stations, their PGA and PGV through the ground-motion model.
     """
 
     min_stations: int = Field(default=3, ge=2, le=100)
@@ -522,6 +526,8 @@ class QuakeThresholds(_Strict):
     pd_magnitude_min_snr: float = Field(default=6.0, gt=0, le=1000)
     pd_min_window_s: float = Field(default=1.0, gt=0, le=10)
     p_to_s_ratio: float = Field(default=0.25, gt=0, le=10)
+    pa_shortfall_m5: float = Field(default=0.12, ge=0, le=2)
+    pa_shortfall_per_m: float = Field(default=0.11, ge=0, lt=0.9)
 
     @model_validator(mode="after")
     def _check(self) -> Self:

@@ -24,6 +24,7 @@ from processors.detectors.quake import (
     grid_distance_km,
     magnitude_from_tau_c,
     magnitudes_from_tau_c,
+    pa_reading,
 )
 
 CFG = QuakeConfig()
@@ -56,7 +57,8 @@ def _plain_costs(
     limit = np.minimum(cons.until_s, cons.now_s)[None, None, :] - thr.unpicked_margin_s
     late = (tp_c >= cons.since_s) & (tp_c < limit) & (tt_c < tt.max(axis=2, keepdims=True))
     if cons.magnitude is not None:
-        seen = thr.p_to_s_ratio * cons.ground_motion.pga_gal(cons.magnitude, tt_c * thr.vp_kms)
+        read = pa_reading(cons.magnitude, thr)  # the first seconds' P amplitude
+        seen = thr.p_to_s_ratio * cons.ground_motion.pga_gal(read, tt_c * thr.vp_kms)
         late &= seen >= thr.unpicked_min_pa_snr * np.maximum(cons.noise_gal, 1e-3)
     for sigma in sigmas:
         res = delay / sigma
